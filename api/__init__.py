@@ -1,0 +1,2 @@
+"""Thin HTTP API (FastAPI) over the stores and cores: vehicles, commands, zones, events.
+"""

@@ -1,0 +1,105 @@
+"""Private service processes for the demo and the tests: Mosquitto and PostgreSQL.
+
+Both run the project's own configuration on a free loopback port with their state in a folder
+the caller owns, so that nothing is shared with the machine's services.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+
+class EmbeddedServiceError(RuntimeError):
+    """A private service could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise EmbeddedServiceError(f"process exited with {proc.returncode} before {host}:{port} opened")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise EmbeddedServiceError(f"{host}:{port} did not open within {timeout} s")
+
+
+def mosquitto_config_text() -> str:
+    """The project's recommended broker configuration (deploy/mosquitto.conf)."""
+    return resources.files("fleetgate").joinpath("data/mosquitto.conf").read_text()
+
+
+@dataclass
+class Mosquitto:
+    """A Mosquitto process running the project's config on its own port and data folder."""
+
+    datadir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    extra_config: str = ""
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def config(self) -> str:
+        text = mosquitto_config_text()
+        text = re.sub(r"^listener .*$", f"listener {self.port} {self.host}", text, flags=re.M)
+        text = re.sub(r"^persistence_location .*$", f"persistence_location {self.datadir}/", text,
+                      flags=re.M)
+        text = re.sub(r"^log_dest .*$", f"log_dest file {self.datadir}/mosquitto.log", text,
+                      flags=re.M)
+        text += f"\npid_file {self.datadir}/mosquitto.pid\n"
+        if os.geteuid() == 0:
+            # Started as root, Mosquitto would switch to the `mosquitto` user, which cannot write
+            # the caller's data folder; a private broker runs as its caller.
+            text += "user root\n"
+        return text + self.extra_config
+
+    def start(self, timeout: float = 10.0) -> Mosquitto:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not os.path.exists(binary):
+            raise EmbeddedServiceError(
+                "mosquitto is not installed (Debian: apt-get install mosquitto); "
+                "or configure FLEETGATE_MQTT_URL to use an existing broker")
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+        conf = self.datadir / "mosquitto.conf"
+        conf.write_text(self.config())
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.host, self.port, timeout, self.proc)
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the broker; a clean stop (SIGTERM) saves its persistent state first."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.kill() if kill else self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def restart(self, timeout: float = 10.0) -> Mosquitto:
+        self.stop()
+        return self.start(timeout)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"

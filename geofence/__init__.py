@@ -1,0 +1,2 @@
+"""Geofence core: zones, GBFS-style rules and a vectorised point-in-zone engine (sans-IO).
+"""

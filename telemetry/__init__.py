@@ -1,0 +1,1 @@
+"""Telemetry: the device sample contract, its codecs and validation, and the telemetry store."""
