@@ -1,0 +1,286 @@
+"""Decode many raw telemetry payloads into one validated columnar batch.
+
+Parsing is one orjson call for all JSON payloads of a batch where it can be; type and range checks
+run on whole columns with numpy. Every rejected sample gets exactly one reason of REASONS.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import cbor2
+import numpy as np
+import orjson
+
+from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, TelemetryBatch
+from telemetry.schema import (
+    DEVICE_ID_PATTERN,
+    HEADING_RANGE,
+    LAT_RANGE,
+    LON_RANGE,
+    MAX_PAYLOAD_BYTES,
+    MAX_SAMPLES_PER_MESSAGE,
+    SOC_RANGE,
+    SPEED_RANGE,
+)
+
+# Stable label values of fleetgate_samples_rejected_total{reason=...}; docs/protocol.md explains
+# each. The first group rejects a whole message before its samples are read and counts one per
+# message; the second counts one per sample.
+MESSAGE_REASONS = ("payload_too_large", "unknown_encoding", "malformed_json", "malformed_cbor",
+                   "bad_structure", "bad_topic", "unknown_device")
+SAMPLE_REASONS = ("missing_field", "wrong_type", "lat_out_of_range", "lon_out_of_range",
+                  "soc_out_of_range", "speed_out_of_range", "heading_out_of_range",
+                  "time_in_future", "time_too_old")
+REASONS = MESSAGE_REASONS + SAMPLE_REASONS
+
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
+_NUMBER_TYPES = frozenset((int, float, type(None)))
+_BOOL_TYPES = frozenset((bool, type(None)))
+_TRISTATE = {None: -1, False: 0, True: 1}
+_JSON_START = frozenset(b"{[ \t\r\n")
+_NUMBER_FIELDS = ("lat", "lon", *FLOAT_COLUMNS, "odometer_m")
+# Checked in this order: a sample rejected for the first failing check only.
+_RANGES = (("lat", LAT_RANGE, "lat_out_of_range"), ("lon", LON_RANGE, "lon_out_of_range"),
+           ("soc_pct", SOC_RANGE, "soc_out_of_range"), ("speed_kmh", SPEED_RANGE, "speed_out_of_range"),
+           ("heading_deg", HEADING_RANGE, "heading_out_of_range"))
+
+
+@dataclass(frozen=True, slots=True)
+class TimeLimits:
+    """How far a sample's device time may lie from the gateway's clock."""
+
+    max_future_ms: int = 5 * 60_000
+    max_age_ms: int = 30 * 86_400_000
+
+
+@dataclass(slots=True)
+class Problem:
+    """One rejection, kept for the log (a bounded number per batch)."""
+
+    device_id: str
+    reason: str
+    detail: str
+
+
+@dataclass(slots=True)
+class DecodeResult:
+    batch: TelemetryBatch
+    rejected: dict[str, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def payload_encoding(payload: bytes, content_type: str | None = None) -> str | None:
+    """'json', 'cbor' or None, by MQTT 5 content type, else by the first byte (docs/protocol.md)."""
+    if content_type:
+        ct = content_type.split(";", 1)[0].strip().lower()
+        if ct == "application/json":
+            return "json"
+        if ct == "application/cbor":
+            return "cbor"
+    if not payload:
+        return None
+    first = payload[0]
+    if first in _JSON_START:
+        return "json"
+    if 0x80 <= first <= 0xBF or payload.startswith(b"\xd9\xd9\xf7"):
+        return "cbor"
+    return None
+
+
+def parse_payload(payload: bytes, encoding: str) -> object:
+    """Parse one payload; raises ValueError (orjson, cbor2 errors are ValueErrors)."""
+    if encoding == "json":
+        return orjson.loads(payload)
+    return cbor2.loads(payload)
+
+
+class _Rejections:
+    def __init__(self, device_ids: Sequence[str], max_problems: int) -> None:
+        self.counts: dict[str, int] = {}
+        self.problems: list[Problem] = []
+        self._device_ids = device_ids
+        self._max = max_problems
+
+    def add(self, reason: str, msg: int, detail: str, count: int = 1) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + count
+        if len(self.problems) < self._max:
+            self.problems.append(Problem(self._device_ids[msg], reason, detail))
+
+
+def decode_telemetry(
+    device_ids: Sequence[str],
+    payloads: Sequence[bytes],
+    received_ms: Sequence[int] | np.ndarray,
+    registry: Mapping[str, int],
+    *,
+    now_ms: int,
+    limits: TimeLimits = TimeLimits(),
+    content_types: Sequence[str | None] | None = None,
+    max_problems: int = 20,
+) -> DecodeResult:
+    """Decode the payloads of many telemetry messages into one batch of valid samples.
+
+    device_ids[i] is the device id from message i's topic, registry maps a device id to its
+    vehicles.id. Invalid samples are left out of the batch and counted by reason.
+    """
+    rejections = _Rejections(device_ids, max_problems)
+    items, owner = _parse_messages(device_ids, payloads, registry, content_types, rejections)
+    received = np.asarray(received_ms, dtype=np.int64)
+    vehicle_of_msg = np.fromiter((registry.get(d, -1) for d in device_ids), np.int32, len(device_ids))
+    batch = _columns(items, np.asarray(owner, dtype=np.intp), vehicle_of_msg, received, now_ms,
+                     limits, rejections)
+    return DecodeResult(batch, rejections.counts, rejections.problems)
+
+
+def _parse_messages(device_ids, payloads, registry, content_types, rejections):
+    """Parse every message; returns the sample objects and the message index of each."""
+    encodings: list[str | None] = [None] * len(payloads)
+    json_msgs: list[int] = []
+    for i, payload in enumerate(payloads):
+        device_id = device_ids[i]
+        if device_id not in registry:
+            if _DEVICE_ID.match(device_id or ""):
+                rejections.add("unknown_device", i, f"device {device_id!r} is not registered")
+            else:
+                rejections.add("bad_topic", i, f"invalid device id {device_id!r} in topic")
+            continue
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            rejections.add("payload_too_large", i, f"{len(payload)} bytes")
+            continue
+        enc = payload_encoding(payload, content_types[i] if content_types else None)
+        if enc is None:
+            rejections.add("unknown_encoding", i, f"first byte {payload[:1]!r}")
+            continue
+        encodings[i] = enc
+        if enc == "json":
+            json_msgs.append(i)
+
+    parsed: dict[int, object] = {}
+    if json_msgs:
+        # One parse for all JSON payloads. A payload that is not one JSON value on its own either
+        # breaks the joined document or changes the item count; both fall back to one by one.
+        try:
+            values = orjson.loads(b"[" + b",".join([payloads[i] for i in json_msgs]) + b"]")
+        except orjson.JSONDecodeError:
+            values = None
+        if values is not None and len(values) == len(json_msgs):
+            parsed = dict(zip(json_msgs, values))
+
+    items: list[dict] = []
+    owner: list[int] = []
+    for i, enc in enumerate(encodings):
+        if enc is None:
+            continue
+        value = parsed.get(i, _MISSING) if enc == "json" else _MISSING
+        if value is _MISSING:
+            try:
+                value = parse_payload(payloads[i], enc)
+            except Exception as exc:  # cbor2 raises several types for garbage input
+                rejections.add(f"malformed_{enc}", i, str(exc)[:200])
+                continue
+        if type(value) is dict:
+            items.append(value)
+            owner.append(i)
+        elif type(value) is list and 0 < len(value) <= MAX_SAMPLES_PER_MESSAGE and all(
+                type(v) is dict for v in value):
+            items.extend(value)
+            owner.extend([i] * len(value))
+        else:
+            what = (f"a batch of {len(value)} samples" if type(value) is list
+                    else f"a {type(value).__name__}")
+            rejections.add("bad_structure", i, f"expected a sample object or a batch of 1 to "
+                                               f"{MAX_SAMPLES_PER_MESSAGE} samples, got {what}")
+    return items, owner
+
+
+_MISSING = object()
+
+
+def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections) -> TelemetryBatch:
+    n = len(items)
+    reason = np.zeros(n, dtype=np.int8)  # 0 = valid, else 1 + index into SAMPLE_REASONS
+    detail_field: dict[int, str] = {}  # first failing field(s) per reason code, for the log
+
+    def reject(mask: np.ndarray, name: str, field_name: str) -> None:
+        code = SAMPLE_REASONS.index(name) + 1
+        new = mask & (reason == 0)
+        if new.any():
+            reason[new] = code
+            detail_field.setdefault(code, field_name)
+
+    batch = TelemetryBatch.empty(n)
+
+    # t: required integer.
+    t_col = [o.get("t") for o in items]
+    t_types = set(map(type, t_col))
+    if t_types <= {int}:
+        try:
+            batch.time_ms[:] = t_col
+        except OverflowError:
+            t_types = {object}
+    if not t_types <= {int}:
+        missing = np.fromiter((v is None for v in t_col), bool, n)
+        reject(missing, "missing_field", "t")
+        wrong = np.fromiter((type(v) is not int or not -2**62 < v < 2**62 for v in t_col), bool, n)
+        reject(wrong & ~missing, "wrong_type", "t")
+        batch.time_ms[:] = [v if reason[k] == 0 else 0 for k, v in enumerate(t_col)]
+
+    for name in _NUMBER_FIELDS:
+        _number_column(items, name, getattr(batch, name), reject)
+    for name in STATE_COLUMNS:
+        col = [o.get(name) for o in items]
+        if set(map(type, col)) <= _BOOL_TYPES:
+            getattr(batch, name)[:] = [_TRISTATE[v] for v in col]
+        else:
+            wrong = np.fromiter((type(v) not in _BOOL_TYPES for v in col), bool, n)
+            reject(wrong, "wrong_type", name)
+            getattr(batch, name)[:] = [_TRISTATE[v] if type(v) in _BOOL_TYPES else -1 for v in col]
+
+    reject(np.isnan(batch.lat) != np.isnan(batch.lon), "missing_field", "lat/lon")
+    with np.errstate(invalid="ignore"):
+        for name, (lo, hi), why in _RANGES:
+            col = getattr(batch, name)
+            reject((col < lo) | (col > hi), why, name)
+    reject(batch.time_ms > now_ms + limits.max_future_ms, "time_in_future", "t")
+    reject(batch.time_ms < now_ms - limits.max_age_ms, "time_too_old", "t")
+
+    if n:
+        batch.vehicle[:] = vehicle_of_msg[owner]
+        batch.received_ms[:] = received[owner]
+    bad = reason != 0
+    if bad.any():
+        codes, first, counts = np.unique(reason[bad], return_index=True, return_counts=True)
+        bad_rows = np.flatnonzero(bad)
+        for code, row, count in zip(codes.tolist(), first.tolist(), counts.tolist()):
+            msg = int(owner[bad_rows[row]])
+            name = SAMPLE_REASONS[code - 1]
+            sample = items[bad_rows[row]]
+            shown = ", ".join(f"{k}={sample.get(k)!r}" for k in detail_field[code].split("/"))
+            rejections.add(name, msg, shown, count)
+        return batch.take(~bad)
+    return batch
+
+
+def _number_column(items, name, out: np.ndarray, reject) -> None:
+    col = [o.get(name) for o in items]
+    types = set(map(type, col))
+    if types <= _NUMBER_TYPES:
+        try:
+            out[:] = col  # None becomes NaN
+        except OverflowError:
+            types = {object}
+    if not types <= _NUMBER_TYPES:
+        wrong = np.fromiter((type(v) not in _NUMBER_TYPES for v in col), bool, len(col))
+        reject(wrong, "wrong_type", name)
+        out[:] = [v if not w else None for v, w in zip(col, wrong)]
+    with np.errstate(invalid="ignore", over="ignore"):
+        nonfinite = ~np.isfinite(out)
+    if nonfinite.any():
+        # NaN is our "not reported"; a NaN or infinity the device actually sent is a wrong type,
+        # as is a number too large for the column.
+        sent = np.fromiter((v is not None for v in col), bool, len(col))
+        reject(nonfinite & sent, "wrong_type", name)
+        out[nonfinite] = np.nan
