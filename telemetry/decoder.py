@@ -14,7 +14,9 @@ import cbor2
 import numpy as np
 import orjson
 
-from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, TelemetryBatch
+from pydantic import ValidationError
+
+from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, DeviceEvent, TelemetryBatch
 from telemetry.schema import (
     DEVICE_ID_PATTERN,
     HEADING_RANGE,
@@ -24,6 +26,8 @@ from telemetry.schema import (
     MAX_SAMPLES_PER_MESSAGE,
     SOC_RANGE,
     SPEED_RANGE,
+    DeviceEventPayload,
+    Status,
 )
 
 # Stable label values of fleetgate_samples_rejected_total{reason=...}; docs/protocol.md explains
@@ -284,3 +288,45 @@ def _number_column(items, name, out: np.ndarray, reject) -> None:
         sent = np.fromiter((v is not None for v in col), bool, len(col))
         reject(nonfinite & sent, "wrong_type", name)
         out[nonfinite] = np.nan
+
+
+def decode_events(
+    device_ids: Sequence[str],
+    payloads: Sequence[bytes],
+    registry: Mapping[str, int],
+    *,
+    now_ms: int,
+    limits: TimeLimits = TimeLimits(),
+    content_types: Sequence[str | None] | None = None,
+    max_problems: int = 20,
+) -> tuple[list[DeviceEvent], dict[str, int], list[Problem]]:
+    """Decode device-event messages (low volume: one pydantic validation per event)."""
+    rejections = _Rejections(device_ids, max_problems)
+    items, owner = _parse_messages(device_ids, payloads, registry, content_types, rejections)
+    events: list[DeviceEvent] = []
+    for item, i in zip(items, owner):
+        try:
+            ev = DeviceEventPayload.model_validate(item)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            reason = "missing_field" if err["type"] == "missing" else "wrong_type"
+            rejections.add(reason, i, f"{'.'.join(map(str, err['loc']))}: {err['msg']}")
+            continue
+        if ev.t > now_ms + limits.max_future_ms:
+            rejections.add("time_in_future", i, f"t={ev.t}")
+        elif ev.t < now_ms - limits.max_age_ms:
+            rejections.add("time_too_old", i, f"t={ev.t}")
+        else:
+            events.append(DeviceEvent(registry[device_ids[i]], ev.t, ev.type, ev.detail))
+    return events, rejections.counts, rejections.problems
+
+
+def decode_status(payload: bytes, content_type: str | None = None) -> Status | None:
+    """A presence payload, or None when it is not one (counted by the caller)."""
+    enc = payload_encoding(payload, content_type)
+    if enc is None:
+        return None
+    try:
+        return Status.model_validate(parse_payload(payload, enc))
+    except Exception:  # any parse or validation failure: not a status
+        return None

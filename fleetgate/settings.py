@@ -1,0 +1,96 @@
+"""The one settings object: environment variables (FLEETGATE_*) and an optional config file.
+
+Validated once at start; the cores never see it, the IO shells take plain values from it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEETGATE_", extra="forbid",
+                                      env_file=os.environ.get("FLEETGATE_ENV_FILE"),
+                                      validate_default=True)
+
+    # Where things are. Unset database_url / mqtt_url: `fleetgate run` and `demo` start embedded
+    # PostgreSQL / Mosquitto in data_dir.
+    database_url: SecretStr | None = Field(None, description="postgresql://user:pass@host:port/db")
+    mqtt_url: str | None = Field(None, description="mqtt://host:port")
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    data_dir: Path = Path(".fleetgate")
+
+    # MQTT ingress.
+    mqtt_client_id: str = Field("fleetgate-gw-1", pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+                                description="unique per gateway process; keeps its session")
+    mqtt_topic_root: str = "fg/v1"
+    mqtt_shared_group: str = Field("fleetgate", description="empty: plain subscriptions "
+                                   "(brokers without shared subscriptions; one gateway only)")
+    mqtt_protocol: Literal[4, 5] = 5
+    mqtt_keepalive_s: int = Field(30, ge=5, le=600)
+    mqtt_session_expiry_s: int = Field(7 * 86400, ge=60)
+    mqtt_receive_maximum: int = Field(65535, ge=10, le=65535)
+
+    # Batch pipeline.
+    batch_max_messages: int = Field(5000, ge=1)
+    batch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    batch_max_age_ms: int = Field(100, ge=1, le=60_000)
+    pipeline_max_pending: int = Field(65535, ge=100, description="unacknowledged messages held "
+                                      "before the gateway stops reading from the broker")
+
+    # Storage.
+    storage: Literal["auto", "timescaledb", "native"] = "auto"
+    retention_days: int = Field(30, ge=1)
+    db_pool_max: int = Field(4, ge=1)
+
+    # Validation and presence.
+    max_future_s: float = Field(300, gt=0)
+    ebike_max_speed_kmh: float = Field(80, gt=0)
+    car_max_speed_kmh: float = Field(300, gt=0)
+    presence_timeout_s: float = Field(300, gt=0)
+
+    # Operations.
+    metrics_port: int = Field(9108, ge=0, le=65535, description="0 disables the /metrics listener")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+            raise ValueError("must look like mqtt://host:port")
+        return v
+
+    @field_validator("mqtt_topic_root")
+    @classmethod
+    def _topic_root(cls, v: str) -> str:
+        if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "+#"):
+            raise ValueError("a topic prefix such as fg/v1, without wildcards or outer slashes")
+        return v
+
+    @property
+    def mqtt_host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.mqtt_url or "mqtt://127.0.0.1:1883")
+        return parts.hostname or "127.0.0.1", parts.port or 1883
+
+    def masked(self) -> dict:
+        """The effective settings with secrets masked, for `fleetgate config show` and logs."""
+        out = self.model_dump(mode="json")
+        if self.database_url is not None:
+            parts = urlsplit(self.database_url.get_secret_value())
+            if parts.password:
+                netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+                out["database_url"] = parts._replace(netloc=netloc).geturl()
+            else:
+                out["database_url"] = parts.geturl()
+        return out
