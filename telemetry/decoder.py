@@ -232,8 +232,9 @@ def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections)
         reject(wrong & ~missing, "wrong_type", "t")
         batch.time_ms[:] = [v if reason[k] == 0 else 0 for k, v in enumerate(t_col)]
 
-    for name in _NUMBER_FIELDS:
-        _number_column(items, name, getattr(batch, name), reject)
+    # Numbers are read and range-checked in float64 before they meet their (often float32)
+    # column: a tiny negative speed must fail as negative, not pass as -0.0.
+    numbers = {name: _number_column(items, name, reject) for name in _NUMBER_FIELDS}
     for name in STATE_COLUMNS:
         col = [o.get(name) for o in items]
         if set(map(type, col)) <= _BOOL_TYPES:
@@ -243,11 +244,19 @@ def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections)
             reject(wrong, "wrong_type", name)
             getattr(batch, name)[:] = [_TRISTATE[v] if type(v) in _BOOL_TYPES else -1 for v in col]
 
-    reject(np.isnan(batch.lat) != np.isnan(batch.lon), "missing_field", "lat/lon")
+    reject(np.isnan(numbers["lat"]) != np.isnan(numbers["lon"]), "missing_field", "lat/lon")
     with np.errstate(invalid="ignore"):
         for name, (lo, hi), why in _RANGES:
-            col = getattr(batch, name)
+            col = numbers[name]
             reject((col < lo) | (col > hi), why, name)
+    with np.errstate(over="ignore"):
+        for name, col in numbers.items():
+            out = getattr(batch, name)
+            out[:] = col
+            too_large = np.isinf(out) & ~np.isnan(col)  # finite in float64, not in the column
+            if too_large.any():
+                reject(too_large, "wrong_type", name)
+                out[too_large] = np.nan
     reject(batch.time_ms > now_ms + limits.max_future_ms, "time_in_future", "t")
     reject(batch.time_ms < now_ms - limits.max_age_ms, "time_too_old", "t")
 
@@ -268,8 +277,10 @@ def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections)
     return batch
 
 
-def _number_column(items, name, out: np.ndarray, reject) -> None:
+def _number_column(items, name, reject) -> np.ndarray:
+    """One numeric field of every sample as float64, NaN where not reported or rejected."""
     col = [o.get(name) for o in items]
+    out = np.full(len(col), np.nan)
     types = set(map(type, col))
     if types <= _NUMBER_TYPES:
         try:
@@ -277,17 +288,19 @@ def _number_column(items, name, out: np.ndarray, reject) -> None:
         except OverflowError:
             types = {object}
     if not types <= _NUMBER_TYPES:
-        wrong = np.fromiter((type(v) not in _NUMBER_TYPES for v in col), bool, len(col))
+        # Some value is not a number, or an integer too large even for float64 (CBOR bignums).
+        wrong = np.fromiter((type(v) not in _NUMBER_TYPES or (type(v) is int and abs(v) > 2**1000)
+                             for v in col), bool, len(col))
         reject(wrong, "wrong_type", name)
         out[:] = [v if not w else None for v, w in zip(col, wrong)]
     with np.errstate(invalid="ignore", over="ignore"):
         nonfinite = ~np.isfinite(out)
     if nonfinite.any():
-        # NaN is our "not reported"; a NaN or infinity the device actually sent is a wrong type,
-        # as is a number too large for the column.
+        # NaN is our "not reported"; a NaN or infinity the device actually sent is a wrong type.
         sent = np.fromiter((v is not None for v in col), bool, len(col))
         reject(nonfinite & sent, "wrong_type", name)
         out[nonfinite] = np.nan
+    return out
 
 
 def decode_events(

@@ -90,6 +90,9 @@ def test_encoding_is_detected_by_content_type_then_first_byte():
     (cbor2.dumps(sample(aux_v=float("nan"))), "wrong_type"),
     (cbor2.dumps(sample(pack_v=float("inf"))), "wrong_type"),
     (cbor2.dumps(sample(t=2**70)), "wrong_type"),
+    (cbor2.dumps(sample(pack_v=2**2000)), "wrong_type"),
+    (orjson.dumps(sample(aux_v=1e39)), "wrong_type"),  # finite, but not in a float32 column
+    (orjson.dumps(sample(speed_kmh=-5e-282)), "speed_out_of_range"),  # not -0.0 after rounding
     (orjson.dumps(sample(t=2**63 - 1)), "time_in_future"),
     (orjson.dumps(sample(lat=123.0)), "lat_out_of_range"),
     (orjson.dumps(sample(lon=-180.5)), "lon_out_of_range"),

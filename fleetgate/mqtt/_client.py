@@ -1,0 +1,416 @@
+"""A lean asyncio MQTT client: one object per connection, manual acknowledgement, coalesced writes.
+
+The gateway needs what common clients do not give it: PUBACK only after the database commit, and
+tens of thousands of messages a second without a Python object per message per layer. Devices of
+the simulator use the same client, so both ends of the tests speak the same, tested code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl as _ssl
+import time
+from collections.abc import Callable, Iterable
+
+from fleetgate.mqtt._packets import (
+    CONNACK,
+    DISCONNECT,
+    DISCONNECT_PACKET,
+    PINGREQ_PACKET,
+    PROP_MAXIMUM_PACKET_SIZE,
+    PROP_RECEIVE_MAXIMUM,
+    PROP_SERVER_KEEP_ALIVE,
+    PUBACK,
+    SUBACK,
+    CONNACK_V3_REASONS,
+    MalformedPacket,
+    Message,
+    PacketStream,
+    Will,
+    decode_connack,
+    decode_suback,
+    encode_connect,
+    encode_pubacks,
+    encode_publish,
+    encode_subscribe,
+    read_properties,
+    reason_name,
+)
+
+
+class MqttError(Exception):
+    """A protocol failure, or the broker refusing a connection, subscription or publish."""
+
+    def __init__(self, message: str, reason_code: int | None = None) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
+class ConnectionLost(MqttError):
+    """The connection ended, not by our own disconnect() or abort()."""
+
+
+class _Wire(asyncio.Protocol):
+    """asyncio's view of the socket; everything is forwarded to the client."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: MqttClient) -> None:
+        self.client = client
+
+    def connection_made(self, transport) -> None:
+        self.client._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.client._on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._on_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.client._writable.clear()
+
+    def resume_writing(self) -> None:
+        self.client._writable.set()
+
+
+class MqttClient:
+    """One MQTT connection.
+
+    on_messages(list[Message]) is called synchronously with every PUBLISH parsed from one read of
+    the socket. Without manual_ack the client acknowledges QoS 1 messages once the callback
+    returns; with it, the owner calls ack(mids) when it is done with them (for the gateway: after
+    the commit), in the order they arrived.
+    """
+
+    def __init__(self, host: str, port: int, *, client_id: str, protocol: int = 5,
+                 clean_start: bool = True, session_expiry_s: int = 0, keepalive_s: int = 30,
+                 receive_maximum: int = 65535, username: str | None = None,
+                 password: str | None = None, will: Will | None = None,
+                 on_messages: Callable[[list[Message]], None] | None = None,
+                 manual_ack: bool = False, ssl: _ssl.SSLContext | None = None) -> None:
+        if protocol not in (4, 5):
+            raise ValueError("protocol must be 4 (MQTT 3.1.1) or 5")
+        self.host, self.port = host, port
+        self.client_id = client_id
+        self.protocol = protocol
+        self.clean_start = clean_start
+        self.session_expiry_s = session_expiry_s
+        self.keepalive_s = keepalive_s
+        self.receive_maximum = receive_maximum
+        self.username, self.password = username, password
+        self.will = will
+        self.on_messages = on_messages
+        self.manual_ack = manual_ack
+        self._ssl = ssl
+
+        self._transport: asyncio.Transport | None = None
+        self._stream = PacketStream(protocol)
+        self._connected = False
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connack: asyncio.Future | None = None
+        self._closed: asyncio.Future | None = None
+        self._done: asyncio.Future | None = None  # shared result of every QoS 0 publish
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._last_send = 0.0
+        self._ping_sent: float | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+        self._lost_reason: ConnectionLost | None = None
+
+        self._next_mid = 1
+        self._inflight: dict[int, asyncio.Future] = {}
+        self._waiting: collections.deque = collections.deque()  # QoS 1 beyond the send quota
+        self._subacks: dict[int, asyncio.Future] = {}
+        self._send_quota = 65535  # the server's Receive Maximum
+        self._max_packet = 268_435_455
+        self._topics: dict[str, bytes] = {}
+        self.session_present = False
+
+    # --- connection -------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def in_flight(self) -> int:
+        """QoS 1 publishes sent or queued and not yet acknowledged by the broker."""
+        return len(self._inflight) + len(self._waiting)
+
+    async def connect(self, timeout: float = 10.0) -> bool:
+        """Open the connection; returns whether the broker resumed an existing session."""
+        if self._transport is not None:
+            raise MqttError("a client object serves one connection; create a new one")
+        loop = self._loop = asyncio.get_running_loop()
+        self._connack = loop.create_future()
+        self._closed = loop.create_future()
+        self._done = loop.create_future()
+        self._done.set_result(None)
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(lambda: _Wire(self), self.host, self.port,
+                                             ssl=self._ssl)
+                self._write_now(encode_connect(
+                    client_id=self.client_id, protocol=self.protocol, clean_start=self.clean_start,
+                    keepalive_s=self.keepalive_s, session_expiry_s=self.session_expiry_s,
+                    receive_maximum=self.receive_maximum, username=self.username,
+                    password=self.password, will=self.will))
+                connack = await self._connack
+        except BaseException:
+            self.abort()
+            raise
+        if connack.reason_code != 0:
+            self.abort()
+            reason = (reason_name(connack.reason_code) if self.protocol == 5 else
+                      CONNACK_V3_REASONS.get(connack.reason_code, str(connack.reason_code)))
+            raise MqttError(f"connection refused by {self.host}:{self.port}: {reason}",
+                            connack.reason_code)
+        props = connack.properties
+        self._send_quota = int(props.get(PROP_RECEIVE_MAXIMUM, 65535))
+        self._max_packet = int(props.get(PROP_MAXIMUM_PACKET_SIZE, self._max_packet))
+        self.keepalive_s = int(props.get(PROP_SERVER_KEEP_ALIVE, self.keepalive_s))
+        self.session_present = connack.session_present
+        self._connected = True
+        if self.keepalive_s:
+            self._keepalive_timer = loop.call_later(self.keepalive_s / 2, self._keepalive)
+        return connack.session_present
+
+    async def disconnect(self) -> None:
+        """Leave cleanly with DISCONNECT: the broker keeps the session but drops the will."""
+        if self._transport is None or self._closing:
+            return
+        if self._connected:
+            self._write_now(DISCONNECT_PACKET)
+        self._closing = True
+        self._transport.close()
+        await self.wait_closed()
+
+    def abort(self) -> None:
+        """Drop the TCP connection without DISCONNECT; the broker publishes the will."""
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def wait_closed(self) -> None:
+        """Return when the connection is closed by us; raise ConnectionLost otherwise."""
+        if self._closed is None:
+            return
+        await asyncio.shield(self._closed)
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and self._reading_paused:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    async def drain(self) -> None:
+        """Wait until the socket takes writes again (after a burst of publishes)."""
+        await self._writable.wait()
+
+    # --- publish / subscribe ----------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                content_type: str | None = None) -> asyncio.Future:
+        """Send a message. The future resolves when the broker acknowledges it (QoS 1) or at once
+        (QoS 0); it fails with ConnectionLost if the connection ends first."""
+        if not self._connected:
+            raise ConnectionLost(f"not connected to {self.host}:{self.port}")
+        if qos not in (0, 1):
+            raise ValueError("this client publishes with QoS 0 or 1")
+        t = self._topics.get(topic)
+        if t is None:
+            t = self._topics[topic] = topic.encode()
+            if len(self._topics) > 10_000:
+                self._topics.clear()
+        if qos == 0:
+            self._send(encode_publish(t, payload, qos=0, mid=0, retain=retain, dup=False,
+                                      protocol=self.protocol, content_type=content_type))
+            return self._done
+        fut = self._loop.create_future()
+        if len(self._inflight) >= self._send_quota:
+            self._waiting.append((t, payload, retain, content_type, fut))
+        else:
+            self._send_qos1(t, payload, retain, content_type, fut)
+        return fut
+
+    def _send_qos1(self, topic: bytes, payload: bytes, retain: bool, content_type: str | None,
+                   fut: asyncio.Future) -> None:
+        mid = self._take_mid()
+        packet = encode_publish(topic, payload, qos=1, mid=mid, retain=retain, dup=False,
+                                protocol=self.protocol, content_type=content_type)
+        if len(packet) > self._max_packet:
+            fut.set_exception(MqttError(f"message of {len(packet)} bytes exceeds the broker's "
+                                        f"maximum packet size {self._max_packet}", 0x95))
+            return
+        self._inflight[mid] = fut
+        self._send(packet)
+
+    def _take_mid(self) -> int:
+        if len(self._inflight) + len(self._subacks) >= 65535:
+            raise MqttError("all 65535 packet identifiers are in use")
+        mid = self._next_mid
+        while mid in self._inflight or mid in self._subacks:
+            mid = mid % 65535 + 1
+        self._next_mid = mid % 65535 + 1
+        return mid
+
+    async def subscribe(self, topics: list[tuple[str, int]]) -> list[int]:
+        """Subscribe; returns the granted QoS per topic, raises MqttError if any is refused."""
+        if not self._connected:
+            raise ConnectionLost(f"not connected to {self.host}:{self.port}")
+        mid = self._take_mid()
+        fut = self._subacks[mid] = self._loop.create_future()
+        self._send(encode_subscribe(mid, topics, self.protocol))
+        codes = await fut
+        refused = [(t, c) for (t, _), c in zip(topics, codes) if c >= 0x80]
+        if refused:
+            raise MqttError("subscription refused: " + ", ".join(
+                f"{t} ({reason_name(c)})" for t, c in refused), refused[0][1])
+        return codes
+
+    def ack(self, mids: Iterable[int]) -> None:
+        """PUBACK received QoS 1 messages (manual_ack), in the order they arrived."""
+        if self._connected:
+            data = encode_pubacks(list(mids))
+            if data:
+                self._send(data)
+
+    # --- IO internals -----------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(self._out))
+            self._last_send = time.monotonic()
+        self._out.clear()
+
+    def _write_now(self, data: bytes) -> None:
+        self._out.append(data)
+        self._flush()
+
+    def _on_data(self, data: bytes) -> None:
+        try:
+            messages, acked, others, pongs = self._stream.feed(data)
+        except MalformedPacket as exc:
+            self._fail(ConnectionLost(f"malformed packet from the broker: {exc}"))
+            return
+        if pongs:
+            self._ping_sent = None
+        for packet in others:
+            try:
+                self._on_packet(packet)
+            except (MalformedPacket, IndexError) as exc:
+                self._fail(ConnectionLost(f"malformed packet from the broker: {exc!r}"))
+                return
+        if acked:
+            inflight = self._inflight
+            for mid in acked:
+                fut = inflight.pop(mid, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            self._release_waiting()
+        if messages:
+            if self.on_messages is not None:
+                self.on_messages(messages)
+            if not self.manual_ack:
+                mids = [m.mid for m in messages if m.qos]
+                if mids:
+                    self._send(encode_pubacks(mids))
+
+    def _release_waiting(self) -> None:
+        waiting = self._waiting
+        while waiting and len(self._inflight) < self._send_quota:
+            topic, payload, retain, content_type, fut = waiting.popleft()
+            if not fut.done():
+                self._send_qos1(topic, payload, retain, content_type, fut)
+
+    def _on_packet(self, packet) -> None:
+        kind = packet.type
+        if kind == CONNACK and self._connack is not None and not self._connack.done():
+            try:
+                self._connack.set_result(decode_connack(packet.body, self.protocol))
+            except MalformedPacket as exc:
+                self._connack.set_exception(MqttError(f"malformed CONNACK: {exc}"))
+        elif kind == PUBACK:  # an MQTT 5 PUBACK with a reason code
+            body = packet.body
+            mid, code = (body[0] << 8) | body[1], body[2]
+            fut = self._inflight.pop(mid, None)
+            if fut is not None and not fut.done():
+                if code >= 0x80:
+                    fut.set_exception(MqttError(f"publish refused: {reason_name(code)}", code))
+                else:
+                    fut.set_result(None)
+            self._release_waiting()
+        elif kind == SUBACK:
+            mid, codes = decode_suback(packet.body, self.protocol)
+            fut = self._subacks.pop(mid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(codes)
+        elif kind == DISCONNECT:
+            body = packet.body
+            code = body[0] if body else 0
+            detail = reason_name(code)
+            if len(body) > 1:
+                props, _ = read_properties(body, 1)
+                if 0x1F in props:
+                    detail += f": {props[0x1F]}"
+            self._fail(ConnectionLost(f"broker disconnected: {detail}", code))
+        # UNSUBACK, AUTH, QoS 2 flow: not used by this client.
+
+    def _fail(self, exc: ConnectionLost) -> None:
+        self._lost_reason = exc
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _keepalive(self) -> None:
+        if not self._connected:
+            return
+        now = time.monotonic()
+        if self._ping_sent is not None and not self._reading_paused \
+                and now - self._ping_sent > self.keepalive_s:
+            self._fail(ConnectionLost(f"no PINGRESP within {self.keepalive_s} s"))
+            return
+        if self._ping_sent is None and now - self._last_send >= self.keepalive_s / 2:
+            self._ping_sent = now
+            self._write_now(PINGREQ_PACKET)
+        self._keepalive_timer = self._loop.call_later(self.keepalive_s / 4, self._keepalive)
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        self._connected = False
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+        lost = self._lost_reason or ConnectionLost(
+            f"connection to {self.host}:{self.port} lost" + (f": {exc}" if exc else ""))
+        for fut in [*self._inflight.values(), *(w[-1] for w in self._waiting),
+                    *self._subacks.values()]:
+            if not fut.done():
+                fut.set_exception(lost)
+                fut.exception()  # reported once, through wait_closed(); don't log each
+        self._inflight.clear()
+        self._waiting.clear()
+        self._subacks.clear()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(lost)
+        if self._closed is not None and not self._closed.done():
+            if self._closing:
+                self._closed.set_result(None)
+            else:
+                self._closed.set_exception(lost)
+                self._closed.exception()
+        self._writable.set()

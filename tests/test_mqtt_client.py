@@ -1,0 +1,141 @@
+"""The MQTT client against a real Mosquitto running the project's configuration."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fleetgate.mqtt import ConnectionLost, MqttClient, MqttError, Will
+from tests.harness import eventually
+
+pytestmark = pytest.mark.integration
+
+
+async def client(broker, client_id: str, **kw) -> MqttClient:
+    c = MqttClient(broker.host, broker.port, client_id=client_id, **kw)
+    await c.connect()
+    return c
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+async def test_qos1_round_trip_resolves_publishes_on_puback(mosquitto, topic_root, protocol):
+    got = []
+    sub = await client(mosquitto, f"sub-{protocol}-{topic_root}", protocol=protocol,
+                       on_messages=got.extend)
+    assert await sub.subscribe([(f"{topic_root}/+/telemetry", 1)]) == [1]
+    pub = await client(mosquitto, f"pub-{protocol}-{topic_root}", protocol=protocol)
+    futures = [pub.publish(f"{topic_root}/d{i}/telemetry", b"%d" % i, qos=1) for i in range(500)]
+    await asyncio.gather(*futures)
+    assert pub.in_flight == 0
+    await eventually(lambda: len(got) == 500, timeout=10, what="500 messages")
+    assert [m.payload for m in got] == [b"%d" % i for i in range(500)]
+    assert {m.qos for m in got} == {1} and got[3].topic == f"{topic_root}/d3/telemetry"
+    await pub.disconnect()
+    await sub.disconnect()
+
+
+async def test_content_type_travels_with_mqtt5(mosquitto, topic_root):
+    got = []
+    sub = await client(mosquitto, f"ct-sub-{topic_root}", on_messages=got.extend)
+    await sub.subscribe([(f"{topic_root}/#", 1)])
+    pub = await client(mosquitto, f"ct-pub-{topic_root}")
+    await pub.publish(f"{topic_root}/a", b"\xa0", qos=1, content_type="application/cbor")
+    await eventually(lambda: got, timeout=5)
+    assert got[0].content_type == "application/cbor"
+    await pub.disconnect()
+    await sub.disconnect()
+
+
+async def test_unacknowledged_messages_come_again_after_reconnect_and_acked_ones_do_not(
+        mosquitto, topic_root):
+    sub_id = f"gw-{topic_root}"
+    got = []
+    opts = dict(clean_start=False, session_expiry_s=300, manual_ack=True, on_messages=got.extend)
+    sub = await client(mosquitto, sub_id, **opts)
+    await sub.subscribe([(f"{topic_root}/+/telemetry", 1)])
+    pub = await client(mosquitto, f"dev-{topic_root}")
+    for i in range(10):
+        await pub.publish(f"{topic_root}/d/telemetry", b"%d" % i, qos=1)
+    await eventually(lambda: len(got) == 10, timeout=5)
+    sub.ack([m.mid for m in got[:4]])  # "committed" the first four only
+    await asyncio.sleep(0.2)
+    sub.abort()  # the gateway dies
+
+    again = []
+    opts["on_messages"] = again.extend
+    sub2 = await client(mosquitto, sub_id, **opts)
+    assert sub2.session_present
+    await eventually(lambda: len(again) == 6, timeout=5, what="redelivery")
+    assert [m.payload for m in again] == [b"%d" % i for i in range(4, 10)]
+    assert all(m.dup for m in again)
+    sub2.ack([m.mid for m in again])
+    await sub2.disconnect()
+    await pub.disconnect()
+
+
+async def test_will_is_published_on_abort_and_not_on_disconnect(mosquitto, topic_root):
+    got = []
+    watcher = await client(mosquitto, f"watch-{topic_root}", on_messages=got.extend)
+    await watcher.subscribe([(f"{topic_root}/+/status", 1)])
+    will = Will(f"{topic_root}/a/status", b"gone", qos=1)
+    polite = await client(mosquitto, f"a-{topic_root}", will=will)
+    await polite.disconnect()
+    rude = await client(mosquitto, f"b-{topic_root}",
+                        will=Will(f"{topic_root}/b/status", b"gone", qos=1))
+    rude.abort()
+    await eventually(lambda: got, timeout=5, what="the will")
+    await asyncio.sleep(0.3)
+    assert [(m.topic, m.payload) for m in got] == [(f"{topic_root}/b/status", b"gone")]
+    await watcher.disconnect()
+
+
+async def test_publishes_beyond_the_brokers_receive_maximum_wait_their_turn(mosquitto, topic_root):
+    pub = await client(mosquitto, f"burst-{topic_root}")
+    assert pub._send_quota == 1000  # deploy/mosquitto.conf: max_inflight_messages 1000
+    futures = [pub.publish(f"{topic_root}/x", b"x", qos=1) for i in range(5000)]
+    assert pub.in_flight == 5000
+    await asyncio.gather(*futures)
+    assert pub.in_flight == 0
+    await pub.disconnect()
+
+
+async def test_broker_going_away_fails_pending_publishes_and_wait_closed(restartable_mosquitto):
+    broker = restartable_mosquitto
+    sub = await client(broker, "stuck", manual_ack=True)
+    await sub.subscribe([("t/#", 1)])
+    sub.pause_reading()
+    pub = await client(broker, "pub")
+    fut = pub.publish("t/1", b"x" * 100_000, qos=1)
+    broker.stop(kill=True)
+    with pytest.raises(ConnectionLost):
+        await asyncio.wait_for(pub.wait_closed(), 5)
+    assert not pub.connected
+    with pytest.raises(ConnectionLost):
+        pub.publish("t/1", b"x", qos=1)
+    if fut.done():  # it may have been acknowledged before the kill
+        assert fut.exception() is None or isinstance(fut.exception(), ConnectionLost)
+
+
+async def test_a_refused_connection_says_why(restartable_mosquitto, tmp_path):
+    broker = restartable_mosquitto
+    broker.stop()
+    pwfile = tmp_path / "passwd"
+    pwfile.write_text("")
+    broker.extra_config = f"allow_anonymous false\npassword_file {pwfile}\n"
+    broker.start()
+    for protocol in (4, 5):
+        c = MqttClient(broker.host, broker.port, client_id="nobody", protocol=protocol,
+                       username="nobody", password="wrong")
+        with pytest.raises(MqttError) as err:
+            await c.connect()
+        assert "refused" in str(err.value) and err.value.reason_code in (4, 5, 0x86, 0x87)
+        assert not c.connected
+
+
+async def test_keepalive_pings_keep_an_idle_connection_open(mosquitto, topic_root):
+    c = await client(mosquitto, f"idle-{topic_root}", keepalive_s=1)
+    await asyncio.sleep(2.5)
+    assert c.connected
+    await c.publish(f"{topic_root}/still-here", b"1", qos=1)
+    await c.disconnect()

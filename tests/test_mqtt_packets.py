@@ -1,0 +1,122 @@
+"""The MQTT codec on plain bytes: packets split anywhere, lengths of every size, MQTT 5 properties."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleetgate.mqtt._packets import (
+    CONNACK,
+    PUBACK,
+    SUBACK,
+    MalformedPacket,
+    PacketStream,
+    Will,
+    decode_connack,
+    encode_connect,
+    encode_pubacks,
+    encode_publish,
+    read_varint,
+)
+
+
+def publish(topic="fg/v1/d1/telemetry", payload=b"{}", qos=1, mid=7, protocol=5, **kw) -> bytes:
+    return encode_publish(topic.encode(), payload, qos=qos, mid=mid, retain=kw.get("retain", False),
+                          dup=kw.get("dup", False), protocol=protocol,
+                          content_type=kw.get("content_type"))
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+@pytest.mark.parametrize("size", [0, 1, 120, 127, 128, 16_383, 16_384, 300_000])
+def test_publish_round_trips_for_every_length_class(protocol, size):
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    messages, acked, others, pongs = PacketStream(protocol).feed(
+        publish(payload=payload, protocol=protocol))
+    assert (acked, others, pongs) == ([], [], 0)
+    (m,) = messages
+    assert (m.topic, m.payload, m.qos, m.mid, m.retain, m.dup) == (
+        "fg/v1/d1/telemetry", payload, 1, 7, False, False)
+
+
+def test_qos0_has_no_packet_id_and_flags_survive():
+    (m,), *_ = PacketStream(5).feed(publish(qos=0, mid=0, retain=True, dup=True))
+    assert (m.qos, m.mid, m.retain, m.dup) == (0, 0, True, True)
+
+
+def test_content_type_property_is_read():
+    (m,), *_ = PacketStream(5).feed(publish(content_type="application/cbor", payload=b"\xa0"))
+    assert m.content_type == "application/cbor" and m.payload == b"\xa0"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=300), st.integers(0, 1)), min_size=1, max_size=12),
+       st.data())
+def test_a_stream_cut_at_arbitrary_points_yields_the_same_packets(items, data):
+    wire = b"".join(publish(payload=p, qos=q, mid=i + 1 if q else 0)
+                    for i, (p, q) in enumerate(items)) + encode_pubacks([3, 4]) + b"\xd0\x00"
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    stream = PacketStream(5)
+    got, acked, pongs = [], [], 0
+    for a, b in zip([0, *cuts], [*cuts, len(wire)]):
+        m, k, _, p = stream.feed(wire[a:b])
+        got += m
+        acked += k
+        pongs += p
+    assert [(m.payload, m.qos) for m in got] == items
+    assert acked == [3, 4] and pongs == 1
+
+
+def test_pubacks_encode_in_order_and_decode_as_packet_ids():
+    wire = encode_pubacks([1, 256, 65535])
+    assert wire == b"\x40\x02\x00\x01\x40\x02\x01\x00\x40\x02\xff\xff"
+    _, acked, _, _ = PacketStream(4).feed(wire)
+    assert acked == [1, 256, 65535]
+
+
+def test_a_puback_with_a_reason_code_is_handed_over_whole():
+    _, acked, others, _ = PacketStream(5).feed(b"\x40\x03\x00\x09\x87")
+    assert acked == [] and others[0].type == PUBACK and others[0].body == b"\x00\x09\x87"
+
+
+def test_connack_and_suback_are_other_packets():
+    connack_body = b"\x01\x00" + b"\x05\x21\x03\xe8\x24\x01"  # receive max 1000, max QoS 1
+    wire = bytes([0x20, len(connack_body)]) + connack_body + b"\x90\x04\x00\x05\x00\x01"
+    _, _, others, _ = PacketStream(5).feed(wire)
+    assert [p.type for p in others] == [CONNACK, SUBACK]
+    ack = decode_connack(others[0].body, 5)
+    assert ack.session_present and ack.reason_code == 0
+    assert ack.properties == {0x21: 1000, 0x24: 1}
+
+
+@pytest.mark.parametrize("wire,why", [
+    (b"\x36\x05\x00\x01a\x00\x01", "QoS 3"),
+    (b"\x30\x03\x00\x09a", "overruns"),
+    (b"\x32\x04\x00\x01a\x00", "overruns"),
+    (b"\x30\xff\xff\xff\xff\x01", "longer than 4 bytes"),
+])
+def test_malformed_input_raises(wire, why):
+    with pytest.raises(MalformedPacket, match=why):
+        PacketStream(5).feed(wire)
+
+
+def test_packets_over_the_limit_are_refused_before_buffering():
+    with pytest.raises(MalformedPacket, match="exceeds the limit"):
+        PacketStream(5, max_packet=1000).feed(publish(payload=b"x" * 2000)[:10])
+
+
+def test_connect_carries_session_will_and_credentials():
+    wire = encode_connect(client_id="tcu-1", protocol=5, clean_start=False, keepalive_s=30,
+                          session_expiry_s=3600, receive_maximum=500, username="u", password="p",
+                          will=Will("fg/v1/tcu-1/status", b'{"online": false}', 1, True))
+    assert wire[0] == 0x10
+    rl, pos = read_varint(wire, 1)
+    assert len(wire) - pos == rl
+    body = wire[pos:]
+    assert body[:7] == b"\x00\x04MQTT\x05"
+    flags = body[7]
+    assert flags == 0x80 | 0x40 | 0x20 | 0x08 | 0x04  # user, pass, will retain, will QoS 1, will
+    assert struct.unpack(">H", body[8:10]) == (30,)
+    assert b"tcu-1" in body and b'{"online": false}' in body
