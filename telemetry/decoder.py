@@ -95,7 +95,8 @@ def payload_encoding(payload: bytes, content_type: str | None = None) -> str | N
 
 
 def parse_payload(payload: bytes, encoding: str) -> object:
-    """Parse one payload; raises ValueError (orjson, cbor2 errors are ValueErrors)."""
+    """Parse one payload. Raises what the codec raises on garbage (orjson: ValueError; cbor2:
+    several types, not all ValueError), so callers catch Exception."""
     if encoding == "json":
         return orjson.loads(payload)
     return cbor2.loads(payload)

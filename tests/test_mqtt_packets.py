@@ -76,9 +76,9 @@ def test_pubacks_encode_in_order_and_decode_as_packet_ids():
     assert acked == [1, 256, 65535]
 
 
-def test_a_puback_with_a_reason_code_is_handed_over_whole():
-    _, acked, others, _ = PacketStream(5).feed(b"\x40\x03\x00\x09\x87")
-    assert acked == [] and others[0].type == PUBACK and others[0].body == b"\x00\x09\x87"
+def test_a_refusing_puback_is_handed_over_whole_and_no_subscribers_is_success():
+    _, acked, others, _ = PacketStream(5).feed(b"\x40\x03\x00\x09\x87" + b"\x40\x03\x00\x0a\x10")
+    assert acked == [10] and others[0].type == PUBACK and others[0].body == b"\x00\x09\x87"
 
 
 def test_connack_and_suback_are_other_packets():

@@ -271,8 +271,8 @@ def decode_suback(body: bytes, protocol: int) -> tuple[int, list[int]]:
 class PacketStream:
     """Cuts a byte stream into packets. feed() returns what became complete.
 
-    PUBLISH becomes a Message, a plain PUBACK its packet id, PINGRESP is counted; anything else
-    (including a PUBACK that carries an MQTT 5 reason code) is a Packet.
+    PUBLISH becomes a Message, a successful PUBACK its packet id, PINGRESP is counted; anything
+    else (including a PUBACK that refuses with an MQTT 5 reason code) is a Packet.
     """
 
     __slots__ = ("protocol", "max_packet", "_buf")
@@ -345,8 +345,9 @@ class PacketStream:
                     raise MalformedPacket("PUBLISH header overruns the packet")
                 messages.append(Message(topic, buf[p:end], qos, bool(b0 & 1), mid, bool(b0 & 8),
                                         content_type))
-            elif kind == PUBACK and rl == 2:
-                acked.append((buf[p] << 8) | buf[p + 1])  # success; with a reason code: a Packet
+            elif kind == PUBACK and (rl == 2 or buf[p + 2] < 0x80):
+                # Success, or MQTT 5 "no matching subscribers" (0x10); refusals become a Packet.
+                acked.append((buf[p] << 8) | buf[p + 1])
             elif kind == PINGRESP:
                 pongs += 1
             else:
