@@ -1,0 +1,500 @@
+"""The telemetry store: a pool of psycopg 3 connections and the queries of the ingest path.
+
+A batch is written in one transaction: binary COPY into session staging tables, insert into
+`positions` ignoring what is already there, fold each vehicle's newest values into
+`vehicle_state`, insert device events. Connection trouble surfaces as StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+
+import numpy as np
+import orjson
+import psycopg
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, DeviceEvent, TelemetryBatch
+from telemetry.store import _binary as wire
+from telemetry.store import _partitions, _policies
+from telemetry.store._errors import RegistrationConflict, StoreUnavailable
+
+_DEVICE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+VEHICLE_TYPES = ("ebike", "car")
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    vehicle: int  # vehicles.id
+    vehicle_ref: str
+    vehicle_type: str  # "ebike" | "car"
+
+
+@dataclass(frozen=True)
+class VehicleRegistration:
+    vehicle_ref: str
+    device_id: str
+    vehicle_type: str
+
+
+@dataclass
+class WriteResult:
+    inserted: int  # new rows in positions
+    duplicates: int  # samples already stored (or repeated within the batch)
+    events_inserted: int
+
+
+@dataclass(frozen=True)
+class MaintenanceReport:
+    storage: str
+    created: list[str] = field(default_factory=list)  # partitions created (native)
+    dropped: list[str] = field(default_factory=list)  # partitions dropped (native)
+    policies_fixed: list[str] = field(default_factory=list)  # policies re-created (TimescaleDB)
+
+    def __str__(self) -> str:
+        parts = [f"created {', '.join(self.created)}" if self.created else "",
+                 f"dropped {', '.join(self.dropped)}" if self.dropped else "",
+                 f"re-created {', '.join(self.policies_fixed)}" if self.policies_fixed else ""]
+        done = "; ".join(p for p in parts if p) or "nothing to do"
+        return f"maintenance ({self.storage} storage): {done}"
+
+
+# --- staging tables and their COPY streams ----------------------------------------------------
+
+_Column = tuple[str, str, Callable[[TelemetryBatch], wire.Field]]
+
+# positions: (column, SQL type, the batch column in wire form), in COPY order.
+_POSITION_COLUMNS: list[_Column] = [
+    ("time", "timestamptz", lambda b: wire.timestamptz(b.time_ms)),
+    ("vehicle", "integer", lambda b: wire.int4(b.vehicle)),
+    ("lat", "double precision", lambda b: wire.float8(b.lat)),
+    ("lon", "double precision", lambda b: wire.float8(b.lon)),
+    *[(c, "real", lambda b, c=c: wire.float4(getattr(b, c))) for c in FLOAT_COLUMNS],
+    ("odometer_m", "double precision", lambda b: wire.float8(b.odometer_m)),
+    *[(c, "boolean", lambda b, c=c: wire.tristate(getattr(b, c))) for c in STATE_COLUMNS],
+    ("flags", "smallint", lambda b: wire.int2(b.flags)),
+    ("received_at", "timestamptz", lambda b: wire.timestamptz(b.received_ms)),
+]
+
+# vehicle_state: fields that keep their newest reported value, (column, SQL type).
+_STATE_FIELDS = [(c, "real") for c in FLOAT_COLUMNS] + [("odometer_m", "double precision")]
+_STATE_FIELDS += [(c, "boolean") for c in STATE_COLUMNS]
+# One row per vehicle of the batch: its newest sample, its newest unflagged fix, and for each
+# field the newest reported value with that value's time (<field>_t, NULL when it is the newest
+# sample's time, which is the common case and cheaper to send).
+_STATE_STAGING_COLUMNS = [
+    ("vehicle", "integer"), ("time", "timestamptz"), ("received_at", "timestamptz"),
+    ("flags", "smallint"), ("last_seen", "timestamptz"), ("fix_time", "timestamptz"),
+    ("lat", "double precision"), ("lon", "double precision"),
+    *[x for c, t in _STATE_FIELDS for x in ((c, t), (f"{c}_t", "timestamptz"))]]
+
+
+def _staging_ddl(table: str, columns: list[tuple[str, str]]) -> str:
+    # Temporary, one per session, emptied by every commit: created when the pool opens a
+    # connection, so that a write never pays for catalog changes.
+    return (f"CREATE TEMP TABLE IF NOT EXISTS {table} ("
+            + ", ".join(f"{c} {t}" for c, t in columns) + ") ON COMMIT DELETE ROWS")
+
+
+_CREATE_STAGING = [_staging_ddl("positions_staging", [(c, t) for c, t, _ in _POSITION_COLUMNS]),
+                   _staging_ddl("vehicle_state_staging", _STATE_STAGING_COLUMNS)]
+_POSITION_LIST = ", ".join(c for c, _, _ in _POSITION_COLUMNS)
+_COPY_POSITIONS = f"COPY positions_staging ({_POSITION_LIST}) FROM STDIN (FORMAT BINARY)"
+_COPY_STATE = ("COPY vehicle_state_staging (" + ", ".join(c for c, _ in _STATE_STAGING_COLUMNS)
+               + ") FROM STDIN (FORMAT BINARY)")
+
+_INSERT_POSITIONS = (
+    f"INSERT INTO positions ({_POSITION_LIST}) SELECT {_POSITION_LIST} FROM positions_staging "
+    "ON CONFLICT (vehicle, time) DO NOTHING")
+
+# A field's value from the batch counts only if it was reported after the newest sample already
+# stored, or nothing is stored for it: a re-uploaded older sample never overwrites newer state,
+# and a field missing from the newest sample keeps its last reported value. The position comes
+# from the newest unflagged fix. (The join reads the stored row once for all fields; a vehicle
+# is written by one gateway process at a time, so it cannot change under this statement.)
+_UPSERT_STATE = (
+    "INSERT INTO vehicle_state AS s (vehicle, time, received_at, flags, fix_time, lat, lon, "
+    + ", ".join(c for c, _ in _STATE_FIELDS) + ", online, last_seen, updated_at)\n"
+    "SELECT b.vehicle, b.time, b.received_at, b.flags, b.fix_time, b.lat, b.lon, "
+    + ", ".join(f"CASE WHEN cur.{c} IS NULL OR coalesce(b.{c}_t, b.time) > cur.time "
+                f"THEN b.{c} END" for c, _ in _STATE_FIELDS)
+    + ", true, b.last_seen, now()\n"
+    "FROM vehicle_state_staging b LEFT JOIN vehicle_state cur ON cur.vehicle = b.vehicle\n"
+    "ON CONFLICT (vehicle) DO UPDATE SET\n"
+    "  time = greatest(s.time, EXCLUDED.time),\n"
+    + "".join(f"  {c} = CASE WHEN s.time IS NULL OR EXCLUDED.time > s.time "
+              f"THEN EXCLUDED.{c} ELSE s.{c} END,\n" for c in ("received_at", "flags"))
+    + "".join(f"  {c} = CASE WHEN s.fix_time IS NULL OR EXCLUDED.fix_time > s.fix_time "
+              f"THEN EXCLUDED.{c} ELSE s.{c} END,\n" for c in ("lat", "lon", "fix_time"))
+    + "".join(f"  {c} = coalesce(EXCLUDED.{c}, s.{c}),\n" for c, _ in _STATE_FIELDS)
+    + "  online = true,\n"
+    "  last_seen = greatest(s.last_seen, EXCLUDED.last_seen),\n"
+    "  updated_at = now()")
+
+_INSERT_EVENTS = """
+INSERT INTO events (time, vehicle, source, type, detail)
+SELECT e.time, e.vehicle, e.source, e.type, e.detail::jsonb
+FROM unnest(%s::timestamptz[], %s::int4[], %s::text[], %s::text[], %s::text[])
+     AS e(time, vehicle, source, type, detail)
+ON CONFLICT (vehicle, time, type, source) DO NOTHING"""
+
+# A status only changes presence if it is not older than the one that set it; vehicles that
+# left the registry are skipped rather than failing the batch on the foreign key.
+_SET_PRESENCE = """
+INSERT INTO vehicle_state AS s (vehicle, online, presence_changed_at, last_seen, updated_at)
+SELECT p.vehicle, p.online, p.t, CASE WHEN p.online THEN p.t END, now()
+FROM unnest(%s::int4[], %s::bool[], %s::timestamptz[]) AS p(vehicle, online, t)
+JOIN vehicles v ON v.id = p.vehicle
+ON CONFLICT (vehicle) DO UPDATE SET
+  online = EXCLUDED.online,
+  presence_changed_at = EXCLUDED.presence_changed_at,
+  last_seen = CASE WHEN EXCLUDED.online THEN greatest(s.last_seen, EXCLUDED.last_seen)
+                   ELSE s.last_seen END,
+  updated_at = now()
+WHERE s.presence_changed_at IS NULL OR EXCLUDED.presence_changed_at >= s.presence_changed_at"""
+
+_EXPIRE_PRESENCE = """
+UPDATE vehicle_state SET online = false, presence_changed_at = %(now)s, updated_at = now()
+WHERE online AND (last_seen IS NULL OR last_seen < %(cutoff)s)
+RETURNING vehicle"""
+
+_REGISTER = """
+INSERT INTO vehicles (vehicle_ref, device_id, vehicle_type)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])
+ON CONFLICT (vehicle_ref) DO UPDATE
+  SET device_id = EXCLUDED.device_id, vehicle_type = EXCLUDED.vehicle_type
+RETURNING device_id, id"""
+
+
+@dataclass(frozen=True)
+class _PreparedWrite:
+    """Everything a write sends, computed once (outside the transaction and its retries)."""
+
+    rows: int
+    positions_copy: bytes
+    state_copy: bytes
+    days: list[date]  # UTC days of the samples, for creating missing partitions
+    event_params: tuple | None
+
+    @classmethod
+    def build(cls, batch: TelemetryBatch, events: list[DeviceEvent]) -> _PreparedWrite:
+        positions_copy = state_copy = b""
+        days: list[date] = []
+        if len(batch):
+            positions_copy = wire.copy_stream([to_wire(batch)
+                                               for _, _, to_wire in _POSITION_COLUMNS])
+            state_copy = wire.copy_stream(_state_fields(batch))
+            days = _partitions.days_of(batch.time_ms)
+        event_params = None
+        if events:  # a handful per batch: plain Python values are fine here
+            event_params = (
+                [_utc(e.time_ms) for e in events], [e.vehicle for e in events],
+                [e.source for e in events], [e.type for e in events],
+                [None if e.detail is None else orjson.dumps(e.detail).decode() for e in events])
+        return cls(len(batch), positions_copy, state_copy, days, event_params)
+
+
+def _state_fields(batch: TelemetryBatch) -> list[wire.Field]:
+    """The vehicle_state_staging rows of a batch, one per vehicle, as COPY columns."""
+    newest = batch.latest_per_vehicle()  # one row per vehicle, by ascending vehicle
+    vehicles = batch.vehicle[newest]
+    newest_t = batch.time_ms[newest]
+    order = np.lexsort((batch.time_ms, batch.vehicle))  # by vehicle, then time (stable)
+    group_start = np.flatnonzero(np.r_[True, np.diff(batch.vehicle[order]) != 0])
+    last_seen = np.maximum.reduceat(batch.received_ms[order], group_start)
+
+    def newest_where(present: np.ndarray) -> np.ndarray:
+        """Row of each vehicle's newest sample where `present`, -1 where it has none."""
+        rows = order[present[order]]
+        v = batch.vehicle[rows]
+        last = np.ones(len(rows), dtype=bool)
+        last[:-1] = v[1:] != v[:-1]
+        out = np.full(len(vehicles), -1, dtype=np.intp)
+        out[np.searchsorted(vehicles, v[last])] = rows[last]
+        return out
+
+    def pick(column: np.ndarray, src: np.ndarray, missing) -> np.ndarray:
+        values = column[np.maximum(src, 0)]
+        values[src < 0] = missing
+        return values
+
+    fix = newest_where(~np.isnan(batch.lat) & ~np.isnan(batch.lon) & (batch.flags == 0))
+    fields = [wire.int4(vehicles), wire.timestamptz(newest_t),
+              wire.timestamptz(batch.received_ms[newest]), wire.int2(batch.flags[newest]),
+              wire.timestamptz(last_seen),
+              wire.timestamptz(pick(batch.time_ms, fix, 0), fix < 0),
+              wire.float8(pick(batch.lat, fix, np.nan)), wire.float8(pick(batch.lon, fix, np.nan))]
+    for name, sql_type in _STATE_FIELDS:
+        column = getattr(batch, name)
+        if sql_type == "boolean":
+            src = newest_where(column >= 0)
+            fields.append(wire.tristate(pick(column, src, -1)))
+        else:
+            src = newest_where(~np.isnan(column))
+            to_wire = wire.float4 if sql_type == "real" else wire.float8
+            fields.append(to_wire(pick(column, src, np.nan)))
+        t = pick(batch.time_ms, src, 0)
+        fields.append(wire.timestamptz(t, (src < 0) | (t == newest_t)))
+    return fields
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+# SQLSTATEs outside OperationalError that still mean "this server cannot take writes now".
+_UNAVAILABLE_STATES = {"25006"}  # read_only_sql_transaction: a standby, or during failover
+# OperationalError classes that are about the statement, not the server: retrying would stall.
+_REFUSED_CLASSES = {"54"}  # program_limit_exceeded
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, (PoolTimeout, PoolClosed)):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        return (exc.sqlstate or "")[:2] not in _REFUSED_CLASSES
+    return isinstance(exc, psycopg.Error) and exc.sqlstate in _UNAVAILABLE_STATES
+
+
+def _is_missing_partition(exc: psycopg.Error) -> bool:
+    return (isinstance(exc, psycopg.errors.CheckViolation)
+            and (exc.diag.message_primary or "").startswith("no partition of relation"))
+
+
+async def _configure(conn: AsyncConnection) -> None:
+    """Prepare each new pooled connection: its staging tables."""
+    for ddl in _CREATE_STAGING:
+        await conn.execute(ddl)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TelemetryStore:
+    """The ingest path's access to PostgreSQL. Open with `await TelemetryStore.open(dsn)`."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, pool_min: int = 1, pool_max: int = 4,
+                   timeout_s: float = 5.0) -> TelemetryStore:
+        """Open the pool and check the server answers within timeout_s (else StoreUnavailable).
+
+        timeout_s is also how long an operation waits for a pooled connection during an
+        outage before it gives up with StoreUnavailable.
+        """
+        pool = AsyncConnectionPool(
+            dsn, min_size=pool_min, max_size=max(pool_min, pool_max), open=False,
+            timeout=timeout_s, name="fleetgate-store", configure=_configure,
+            check=AsyncConnectionPool.check_connection,
+            # The pool retries a failed connection with exponential backoff until it gives up
+            # after reconnect_timeout; the next waiting caller starts afresh. Keeping that short
+            # bounds the gap between attempts, so a returning server is used within seconds
+            # rather than after a backoff that grew during a long outage.
+            reconnect_timeout=timeout_s,
+            kwargs={"autocommit": True, "application_name": "fleetgate",
+                    "connect_timeout": max(2, int(timeout_s)),
+                    # A server that vanished without closing the socket is noticed in about
+                    # 20 s instead of the kernel's two hours.
+                    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                    "keepalives_count": 2, "tcp_user_timeout": 20_000})
+        try:
+            await pool.open(wait=True, timeout=timeout_s)
+        except PoolTimeout as exc:
+            await pool.close()
+            raise StoreUnavailable(f"database not reachable within {timeout_s} s: {exc}") from exc
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def __aenter__(self) -> TelemetryStore:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection; connection-level failures come out as StoreUnavailable."""
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except Exception as exc:
+            if _is_unavailable(exc):
+                raise StoreUnavailable(_describe(exc)) from exc
+            raise
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncCursor]:
+        """A cursor in one transaction: committed when the block ends, rolled back on error."""
+        async with self._connection() as conn:
+            async with conn.transaction():
+                yield conn.cursor()
+
+    # --- registry -------------------------------------------------------------------------------
+
+    async def load_registry(self) -> dict[str, Device]:
+        """device_id -> Device for every registered vehicle."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT device_id, id, vehicle_ref, vehicle_type FROM vehicles")
+            return {d: Device(d, v, ref, t) for d, v, ref, t in await cur.fetchall()}
+
+    async def register_vehicles(self, regs: list[VehicleRegistration]) -> dict[str, int]:
+        """Create or update vehicles by vehicle_ref (idempotent); device_id -> vehicles.id.
+
+        A vehicle_ref registered again with another device_id gets that device (a TCU swap);
+        a device_id already fitted to another vehicle is a RegistrationConflict.
+        """
+        by_ref = {r.vehicle_ref: r for r in regs}  # the last registration of a ref wins
+        seen: dict[str, str] = {}
+        for r in by_ref.values():
+            _validate(r)
+            if seen.setdefault(r.device_id, r.vehicle_ref) != r.vehicle_ref:
+                raise RegistrationConflict(
+                    f"device {r.device_id!r} is given to two vehicles: "
+                    f"{seen[r.device_id]!r} and {r.vehicle_ref!r}")
+        if not by_ref:
+            return {}
+        rows = list(by_ref.values())
+        try:
+            async with self._transaction() as cur:
+                await cur.execute(_REGISTER, ([r.vehicle_ref for r in rows],
+                                              [r.device_id for r in rows],
+                                              [r.vehicle_type for r in rows]))
+                return dict(await cur.fetchall())
+        except psycopg.errors.UniqueViolation as exc:
+            raise RegistrationConflict(
+                f"a device is already fitted to another vehicle: {exc.diag.message_detail}"
+            ) from exc
+
+    # --- the ingest path ------------------------------------------------------------------------
+
+    async def write(self, batch: TelemetryBatch, events: list[DeviceEvent]) -> WriteResult:
+        """Store a batch of samples and device events in one transaction.
+
+        Samples already stored (same vehicle and time) are counted as duplicates; so are
+        repeats within the batch. A sample for a day without a partition gets one.
+        """
+        if not len(batch) and not events:
+            return WriteResult(0, 0, 0)
+        prepared = _PreparedWrite.build(batch, events)
+        try:
+            async with self._transaction() as cur:
+                return await self._write_in(cur, prepared)
+        except psycopg.errors.CheckViolation as exc:
+            if not _is_missing_partition(exc):
+                raise
+        # After a long outage of maintenance, or for old data, a day may have no partition:
+        # make the ones this batch needs and write it again, rather than refuse the rows.
+        await self._create_partitions(prepared.days)
+        async with self._transaction() as cur:
+            return await self._write_in(cur, prepared)
+
+    async def _write_in(self, cur: AsyncCursor, w: _PreparedWrite) -> WriteResult:
+        """The steps of one write's transaction. Later stages that must commit atomically
+        with the samples (geofence events, zone membership, battery estimates) add theirs here."""
+        inserted = 0
+        if w.rows:
+            async with cur.copy(_COPY_POSITIONS) as copy:
+                await copy.write(w.positions_copy)
+            await cur.execute(_INSERT_POSITIONS)
+            inserted = cur.rowcount
+            async with cur.copy(_COPY_STATE) as copy:
+                await copy.write(w.state_copy)
+            await cur.execute(_UPSERT_STATE)
+        events_inserted = 0
+        if w.event_params is not None:
+            await cur.execute(_INSERT_EVENTS, w.event_params)
+            events_inserted = cur.rowcount
+        return WriteResult(inserted, w.rows - inserted, events_inserted)
+
+    async def _create_partitions(self, days: list[date]) -> None:
+        async with self._transaction() as cur:
+            await _partitions.apply(cur, days, [])
+
+    # --- presence -------------------------------------------------------------------------------
+
+    async def set_presence(self, updates: list[tuple[int, bool, int]]) -> None:
+        """Apply (vehicle, online, t_ms) from status messages, unless older than the stored one."""
+        latest: dict[int, tuple[bool, int]] = {}
+        for vehicle, online, t_ms in updates:  # one row per vehicle: its newest status
+            if vehicle not in latest or t_ms >= latest[vehicle][1]:
+                latest[vehicle] = (online, t_ms)
+        if not latest:
+            return
+        vehicles = list(latest)
+        async with self._transaction() as cur:
+            await cur.execute(_SET_PRESENCE, (vehicles, [latest[v][0] for v in vehicles],
+                                              [_utc(latest[v][1]) for v in vehicles]))
+
+    async def expire_presence(self, timeout_s: float) -> list[int]:
+        """Set offline the vehicles online but not seen for timeout_s; returns their ids."""
+        now_ms = _now_ms()
+        async with self._transaction() as cur:
+            await cur.execute(_EXPIRE_PRESENCE, {"now": _utc(now_ms),
+                                                 "cutoff": _utc(now_ms - timeout_s * 1000)})
+            return sorted(v for (v,) in await cur.fetchall())
+
+    async def load_last_fixes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(vehicles, fix time ms, lat, lon) of every vehicle's newest plausible fix."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT vehicle, (extract(epoch FROM fix_time) * 1000)::bigint, lat, lon "
+                "FROM vehicle_state WHERE fix_time IS NOT NULL ORDER BY vehicle")
+            rows = await cur.fetchall()
+        if not rows:
+            return (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64),
+                    np.empty(0, np.float64))
+        vehicles, t, lat, lon = zip(*rows)
+        return (np.array(vehicles, np.int64), np.array(t, np.int64), np.array(lat, np.float64),
+                np.array(lon, np.float64))
+
+    # --- housekeeping ---------------------------------------------------------------------------
+
+    async def maintain(self) -> MaintenanceReport:
+        """Hourly housekeeping: partitions ahead and past retention (native), policies in place
+        (TimescaleDB). Only catalog reads when nothing is due; safe from several processes."""
+        async with self._transaction() as cur:
+            await cur.execute("SELECT storage, retention_days FROM storage_settings")
+            storage, retention_days = await cur.fetchone()
+            if storage == "native":
+                changes = await _partitions.maintain(cur, retention_days)
+                return MaintenanceReport(storage, changes.created, changes.dropped)
+            wrong = await _policies.out_of_line(cur, retention_days)
+            if wrong:
+                await cur.execute("SELECT pg_advisory_xact_lock(%s)",
+                                  (_partitions.MAINTENANCE_LOCK,))
+                wrong = await _policies.out_of_line(cur, retention_days)
+                await _policies.put_in_line(cur, retention_days, wrong)
+            return MaintenanceReport(storage, policies_fixed=wrong)
+
+
+def _validate(r: VehicleRegistration) -> None:
+    if not (1 <= len(r.device_id) <= 64) or not set(r.device_id) <= _DEVICE_ID_CHARS:
+        raise ValueError(f"device id {r.device_id!r} does not match [A-Za-z0-9_.:-]{{1,64}}")
+    if r.vehicle_type not in VEHICLE_TYPES:
+        raise ValueError(f"vehicle type {r.vehicle_type!r} is not one of {VEHICLE_TYPES}")
+    if not r.vehicle_ref:
+        raise ValueError("vehicle_ref must not be empty")
+
+
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _utc(ms: float) -> datetime:
+    return _UNIX_EPOCH + timedelta(milliseconds=ms)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return f"database unavailable: {text}"
