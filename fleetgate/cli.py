@@ -1,0 +1,333 @@
+"""The `fleetgate` command: run the gateway, drive the simulator, migrate the database, demo.
+
+Every subcommand reads the one Settings object (FLEETGATE_* environment, optional env file);
+where no database or broker is configured, `run` and `demo` start embedded ones in data_dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated
+
+import orjson
+import typer
+from pydantic import ValidationError
+
+from fleetgate.logs import fields, setup_logging
+from fleetgate.settings import Settings
+
+if TYPE_CHECKING:
+    from firmware_sim import FleetOptions
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="fleetgate: IoT fleet gateway and telemetry backend")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema")
+config_app = typer.Typer(no_args_is_help=True, help="Settings")
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+log = logging.getLogger("fleetgate.cli")
+
+
+def load_settings(**overrides) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        typer.echo(f"fleetgate: invalid settings:\n{exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@dataclass
+class Services:
+    """Where the database and broker are, after starting embedded ones where none is configured."""
+
+    database_url: str
+    mqtt_host: str
+    mqtt_port: int
+    embedded: list = field(default_factory=list)
+
+    def close(self) -> None:
+        for svc in reversed(self.embedded):
+            svc.stop()
+
+
+def resolve_services(s: Settings) -> Services:
+    from fleetgate.embedded import Mosquitto, embedded_postgres_dsn
+
+    embedded = []
+    if s.database_url is not None:
+        dsn = s.database_url.get_secret_value()
+    else:
+        dsn = embedded_postgres_dsn(s.data_dir / "postgres")
+        log.info("embedded_postgres_started", extra=fields(dsn=dsn))
+    if s.mqtt_url is not None:
+        host, port = s.mqtt_host_port
+    else:
+        broker = Mosquitto(datadir=(s.data_dir / "mosquitto").resolve()).start()
+        embedded.append(broker)
+        host, port = broker.host, broker.port
+        log.info("embedded_broker_started", extra=fields(url=broker.url))
+    return Services(dsn, host, port, embedded)
+
+
+def _install_signal_handlers(stop) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop)
+
+
+async def _migrate(dsn: str, s: Settings):
+    from telemetry.store import migrate
+
+    report = await migrate(dsn, storage=s.storage, retention_days=s.retention_days)
+    log.info("database_migrated", extra=fields(report=str(report)))
+    return report
+
+
+@db_app.command("migrate")
+def db_migrate(
+    storage: Annotated[str | None, typer.Option(help="auto | timescaledb | native")] = None,
+) -> None:
+    """Create or upgrade the schema (idempotent, versioned)."""
+    s = load_settings(storage=storage)
+    setup_logging(s.log_level, s.log_format)
+    if s.database_url is None:
+        typer.echo("fleetgate: FLEETGATE_DATABASE_URL is not set", err=True)
+        raise typer.Exit(2)
+    from telemetry.store import MigrationError, StoreUnavailable
+
+    try:
+        report = asyncio.run(_migrate(s.database_url.get_secret_value(), s))
+    except (MigrationError, StoreUnavailable) as exc:
+        typer.echo(f"fleetgate: migration failed: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(str(report))
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective settings, secrets masked."""
+    typer.echo(orjson.dumps(load_settings().masked(), option=orjson.OPT_INDENT_2).decode())
+
+
+@app.command()
+def run(
+    migrate: Annotated[bool, typer.Option(help="apply migrations before starting")] = True,
+) -> None:
+    """Run the gateway (MQTT ingress into the telemetry store) until SIGTERM/SIGINT."""
+    s = load_settings()
+    setup_logging(s.log_level, s.log_format)
+    services = resolve_services(s)
+    try:
+        asyncio.run(_run_gateway(s, services, migrate=migrate))
+    finally:
+        services.close()
+
+
+async def _run_gateway(s: Settings, services: Services, *, migrate: bool, fleet=None) -> None:
+    from gateway.service import Gateway, GatewayConfig
+
+    if migrate:
+        await _migrate(services.database_url, s)
+    if s.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(s.metrics_port, addr="127.0.0.1")
+    gateway = Gateway(GatewayConfig.from_settings(s, services.database_url, services.mqtt_host,
+                                                  services.mqtt_port))
+    _install_signal_handlers(gateway.stop)
+    tasks = [asyncio.create_task(gateway.run(), name="gateway")]
+    if fleet is not None:
+        tasks.append(asyncio.create_task(fleet(gateway), name="fleet"))
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    gateway.stop()
+    for task in tasks:
+        if task.done() and task.exception():
+            raise task.exception()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --- the simulated fleet -------------------------------------------------------------------
+
+def _fleet_options(s: Settings, host: str, port: int, *, vehicles: int, rate: float, seed: int,
+                   cars: float, cbor: float, speedup: float, fast: bool, samples: int | None,
+                   duration: float | None, misbehaviour) -> FleetOptions:
+    from firmware_sim import FleetOptions
+
+    return FleetOptions(vehicles=vehicles, rate_hz=rate, seed=seed, car_share=cars,
+                        cbor_share=cbor, speedup=speedup, fast=fast,
+                        samples_per_vehicle=samples, duration_s=duration,
+                        topic_root=s.mqtt_topic_root, host=host, port=port,
+                        misbehaviour=misbehaviour)
+
+
+def _misbehaviour(duplicates: float, malformed: float, out_of_order: float,
+                  disconnects_per_h: float):
+    from firmware_sim import Misbehaviour
+
+    return Misbehaviour(duplicate_share=duplicates, malformed_share=malformed,
+                        out_of_order_share=out_of_order, disconnects_per_h=disconnects_per_h)
+
+
+async def _register_fleet(dsn: str, fleet) -> dict[str, int]:
+    from telemetry.store import TelemetryStore, VehicleRegistration
+
+    store = await TelemetryStore.open(dsn)
+    try:
+        return await store.register_vehicles([
+            VehicleRegistration(vehicle_ref=ref, device_id=dev, vehicle_type=kind)
+            for dev, ref, kind in fleet.registrations()])
+    finally:
+        await store.close()
+
+
+async def _drive_fleet(fleet, stop: asyncio.Event, report_every_s: float, report) -> None:
+    """Connect, run until done or stopped, flush; call report() every report_every_s."""
+    async def reporter() -> None:
+        while True:
+            await asyncio.sleep(report_every_s)
+            await report()
+
+    ticker = asyncio.create_task(reporter())
+    try:
+        await fleet.start()
+        await fleet.run(stop)
+    finally:
+        ticker.cancel()
+        await fleet.stop(flush=True)
+        await report()
+
+
+Vehicles = Annotated[int, typer.Option(min=1, help="number of simulated vehicles")]
+Rate = Annotated[float, typer.Option(min=0.001, max=500, help="samples per vehicle per second")]
+Seed = Annotated[int, typer.Option(help="seed: the same seed gives the same fleet and samples")]
+Cars = Annotated[float, typer.Option(min=0, max=1, help="share of cars; the rest are e-bikes")]
+Cbor = Annotated[float, typer.Option(min=0, max=1, help="share of devices sending CBOR")]
+
+
+@app.command()
+def sim(
+    vehicles: Vehicles = 10,
+    rate: Rate = 1.0,
+    seed: Seed = 0,
+    cars: Cars = 0.5,
+    cbor: Cbor = 0.0,
+    speedup: Annotated[float, typer.Option(min=0.001, help="simulated seconds per second")] = 1.0,
+    fast: Annotated[bool, typer.Option(help="no pacing: as fast as the broker acknowledges")] = False,
+    samples: Annotated[int | None, typer.Option(min=1, help="stop after this many samples per vehicle")] = None,
+    duration: Annotated[float | None, typer.Option(min=0, help="stop after this many simulated seconds")] = None,
+    duplicates: Annotated[float, typer.Option(min=0, max=1, help="share of samples sent twice")] = 0.0,
+    malformed: Annotated[float, typer.Option(min=0, max=1, help="share of samples followed by a malformed message")] = 0.0,
+    out_of_order: Annotated[float, typer.Option(min=0, max=1, help="share of buffered uploads sent out of order")] = 0.0,
+    disconnects_per_h: Annotated[float, typer.Option(min=0, help="connection drops per vehicle per simulated hour")] = 0.0,
+    register: Annotated[bool, typer.Option(help="register the fleet's devices in FLEETGATE_DATABASE_URL first")] = False,
+    report_every: Annotated[float, typer.Option(min=0.5, help="seconds between progress lines")] = 5.0,
+) -> None:
+    """Run simulated e-bike and car TCUs against the broker (FLEETGATE_MQTT_URL)."""
+    from firmware_sim import Fleet
+
+    s = load_settings()
+    setup_logging(s.log_level, s.log_format)
+    host, port = s.mqtt_host_port
+    opts = _fleet_options(s, host, port, vehicles=vehicles, rate=rate, seed=seed, cars=cars,
+                          cbor=cbor, speedup=speedup, fast=fast, samples=samples,
+                          duration=duration, misbehaviour=_misbehaviour(
+                              duplicates, malformed, out_of_order, disconnects_per_h))
+    if register and s.database_url is None:
+        typer.echo("fleetgate: --register needs FLEETGATE_DATABASE_URL", err=True)
+        raise typer.Exit(2)
+
+    async def main() -> None:
+        fleet = Fleet(opts)
+        if register:
+            await _register_fleet(s.database_url.get_secret_value(), fleet)
+        stop = asyncio.Event()
+        _install_signal_handlers(stop.set)
+
+        async def report() -> None:
+            log.info("sim_progress", extra=fields(**fleet.stats.summary()))
+
+        await _drive_fleet(fleet, stop, report_every, report)
+
+    asyncio.run(main())
+
+
+@app.command()
+def demo(
+    vehicles: Vehicles = 200,
+    rate: Rate = 1.0,
+    seed: Seed = 0,
+    cars: Cars = 0.5,
+    misbehave: Annotated[bool, typer.Option(help="devices send duplicates, garbage, out-of-order "
+                                            "uploads and drop their connections now and then")] = False,
+    report_every: Annotated[float, typer.Option(min=0.5, help="seconds between status lines")] = 5.0,
+) -> None:
+    """Gateway + a simulated fleet, on embedded PostgreSQL and Mosquitto unless configured."""
+    from firmware_sim import Fleet
+
+    s = load_settings()
+    explicit_format = "log_format" in s.model_fields_set
+    setup_logging("WARNING" if "log_level" not in s.model_fields_set else s.log_level,
+                  s.log_format if explicit_format else "text")
+    services = resolve_services(s)
+    misbehaviour = (_misbehaviour(0.02, 0.01, 0.3, 2.0) if misbehave
+                    else _misbehaviour(0.0, 0.0, 0.0, 0.0))
+    opts = _fleet_options(s, services.mqtt_host, services.mqtt_port, vehicles=vehicles, rate=rate,
+                          seed=seed, cars=cars, cbor=0.2, speedup=1.0, fast=False, samples=None,
+                          duration=None, misbehaviour=misbehaviour)
+    typer.echo(f"fleetgate demo: {vehicles} simulated vehicles at {rate}/s; database "
+               f"{'embedded' if s.database_url is None else 'configured'}, broker "
+               f"{services.mqtt_host}:{services.mqtt_port}. Ctrl-C stops.")
+
+    async def main() -> None:
+        await _migrate(services.database_url, s)
+        fleet = Fleet(opts)
+        await _register_fleet(services.database_url, fleet)
+
+        async def run_fleet(gateway) -> None:
+            await gateway.ready.wait()
+            await gateway.ingress.subscribed.wait()
+            last = {"stored": 0.0, "at": time.monotonic()}
+
+            async def report() -> None:
+                typer.echo(_demo_status(gateway, fleet, last))
+
+            await _drive_fleet(fleet, gateway.stopping, report_every, report)
+
+        await _run_gateway(s, services, migrate=False, fleet=run_fleet)
+
+    try:
+        asyncio.run(main())
+    finally:
+        services.close()
+
+
+def _demo_status(gateway, fleet, last: dict) -> str:
+    m = gateway.metrics.registry
+    stored = m.get_sample_value("fleetgate_samples_stored_total") or 0.0
+    dupes = m.get_sample_value("fleetgate_samples_duplicate_total") or 0.0
+    rejected = {s.labels["reason"]: int(s.value)
+                for metric in m.collect() if metric.name == "fleetgate_samples_rejected"
+                for s in metric.samples if s.name.endswith("_total") and s.value}
+    now = time.monotonic()
+    rate = (stored - last["stored"]) / max(now - last["at"], 1e-9)
+    last.update(stored=stored, at=now)
+    online = fleet.connected
+    return (f"{time.strftime('%H:%M:%S')} stored {int(stored):,} samples ({rate:,.0f}/s), "
+            f"duplicates ignored {int(dupes):,}, rejected {rejected or 0}, "
+            f"vehicles connected {online}/{len(fleet.device_ids)}, "
+            f"unacknowledged {gateway.pipeline.unacknowledged if gateway.pipeline else 0}")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app(prog_name="fleetgate")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""The batch pipeline: device messages in, committed rows out, acknowledgements only after commit.
+
+Transports submit messages with an opaque acknowledgement token; the pipeline cuts batches by
+count, bytes or age, decodes and checks them as columns, writes each batch in one transaction
+(retrying while the database is away) and only then hands the batch's tokens back to be acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import psycopg
+
+from gateway.metrics import GatewayMetrics
+from fleetgate.logs import fields
+from telemetry.batch import DeviceEvent, TelemetryBatch
+from telemetry.decoder import TimeLimits, decode_events, decode_status, decode_telemetry
+from telemetry.plausibility import PlausibilityFilter
+from telemetry.store import Device, StoreUnavailable, TelemetryStore
+
+log = logging.getLogger("fleetgate.pipeline")
+
+
+class Inbound(NamedTuple):
+    """One device message as the pipeline holds it until it is committed and acknowledged."""
+
+    kind: str  # "telemetry" | "event" | "status"
+    device_id: str
+    payload: bytes
+    received_ms: int
+    token: Any  # handed back to the transport's acknowledge() after commit
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineLimits:
+    max_messages: int = 5000
+    max_bytes: int = 8 * 1024 * 1024
+    max_age_ms: int = 100
+    max_pending: int = 65535
+
+
+class DeviceRegistry:
+    """device id -> vehicle, reloaded from the store; refreshed at once when an unknown id shows up."""
+
+    def __init__(self, store: TelemetryStore, plausibility: PlausibilityFilter,
+                 max_speed_kmh: dict[str, float], min_refresh_s: float = 2.0) -> None:
+        self._store = store
+        self._plausibility = plausibility
+        self._max_speed_kmh = max_speed_kmh
+        self._min_refresh_s = min_refresh_s
+        self._refreshed_at = -1e9
+        self.devices: dict[str, Device] = {}
+        self.vehicle_of: dict[str, int] = {}
+
+    async def refresh(self) -> None:
+        devices = await self._store.load_registry()
+        self.devices = devices
+        self.vehicle_of = {d: dev.vehicle for d, dev in devices.items()}
+        self._refreshed_at = time.monotonic()
+        if devices:
+            vehicles = np.fromiter((d.vehicle for d in devices.values()), np.int64, len(devices))
+            limits = np.fromiter((self._max_speed_kmh.get(d.vehicle_type, 300.0)
+                                  for d in devices.values()), np.float64, len(devices))
+            self._plausibility.set_limits(vehicles, limits)
+
+    async def ensure_known(self, device_ids: Sequence[str]) -> None:
+        """Reload once (rate-limited) if some device id is not known yet: it may be brand new."""
+        if time.monotonic() - self._refreshed_at < self._min_refresh_s:
+            return
+        known = self.vehicle_of
+        if any(d not in known for d in device_ids):
+            await self.refresh()
+
+
+class IngestPipeline:
+    def __init__(
+        self,
+        store: TelemetryStore,
+        registry: DeviceRegistry,
+        plausibility: PlausibilityFilter,
+        acknowledge: Callable[[list[Any]], None],
+        *,
+        limits: PipelineLimits = PipelineLimits(),
+        time_limits: TimeLimits = TimeLimits(),
+        metrics: GatewayMetrics,
+        on_backpressure: Callable[[bool], None] | None = None,
+        on_committed: Callable[[TelemetryBatch, float], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._plausibility = plausibility
+        self._acknowledge = acknowledge
+        self.limits = limits
+        self._time_limits = time_limits
+        self._metrics = metrics
+        self._on_backpressure = on_backpressure
+        self._on_committed = on_committed
+        self._pending: list[Inbound] = []
+        self._pending_bytes = 0
+        self._in_write = 0  # messages taken into the batch being written
+        self._paused = False
+        self._wakeup = asyncio.Event()
+        self._full = asyncio.Event()
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._db_down = False
+        self._last_problem_log = 0.0
+        self._suppressed: dict[str, int] = {}
+
+    # --- transport side -----------------------------------------------------------------------
+
+    def submit(self, item: Inbound) -> None:
+        """Take one message (called synchronously from the transport's receive path)."""
+        pending = self._pending
+        if not pending:
+            self._wakeup.set()
+        pending.append(item)
+        self._pending_bytes += len(item.payload)
+        if len(pending) >= self.limits.max_messages or self._pending_bytes >= self.limits.max_bytes:
+            self._full.set()
+        if not self._paused and len(pending) + self._in_write >= self.limits.max_pending:
+            self._set_paused(True)
+
+    def discard_pending(self, keep: Callable[[Any], bool]) -> int:
+        """Drop messages not yet in a batch whose token fails keep() (their connection is gone
+        and the broker will deliver them again); returns how many were dropped."""
+        before = len(self._pending)
+        self._pending = [m for m in self._pending if keep(m.token)]
+        self._pending_bytes = sum(len(m.payload) for m in self._pending)
+        self._update_gauges()
+        return before - len(self._pending)
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self._pending) + self._in_write
+
+    # --- writer side --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Cut and commit batches until close() and everything pending is committed."""
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self._idle.clear()
+            age_ms = time.time() * 1000.0 - self._pending[0].received_ms
+            wait = (self.limits.max_age_ms - age_ms) / 1000.0
+            if wait > 0 and not self._full.is_set() and not self._closing:
+                try:
+                    await asyncio.wait_for(self._full.wait(), wait)
+                except TimeoutError:
+                    pass
+            await self._commit(self._take())
+
+    async def flush(self) -> None:
+        """Wait until every message submitted so far is committed and acknowledged."""
+        while self._pending or self._in_write:
+            self._full.set()
+            self._idle.clear()
+            await self._idle.wait()
+
+    def close(self) -> None:
+        """Stop after what is pending has been committed (graceful shutdown)."""
+        self._closing = True
+        self._wakeup.set()
+        self._full.set()
+
+    def _take(self) -> list[Inbound]:
+        limits, pending = self.limits, self._pending
+        n, size = 0, 0
+        while n < len(pending) and n < limits.max_messages and size < limits.max_bytes:
+            size += len(pending[n].payload)
+            n += 1
+        taken, self._pending = pending[:n], pending[n:]
+        self._pending_bytes -= size
+        self._in_write = n
+        if (len(self._pending) < limits.max_messages
+                and self._pending_bytes < limits.max_bytes):
+            self._full.clear()
+        self._update_gauges()
+        return taken
+
+    async def _commit(self, items: list[Inbound]) -> None:
+        metrics = self._metrics
+        started = time.monotonic()
+        telemetry = [m for m in items if m.kind == "telemetry"]
+        events_in = [m for m in items if m.kind == "event"]
+        statuses = [m for m in items if m.kind == "status"]
+
+        await self._refresh_registry([m.device_id for m in items])
+        vehicle_of = self._registry.vehicle_of
+        now_ms = int(time.time() * 1000)
+        rejected: dict[str, int] = {}
+        problems = []
+
+        if telemetry:
+            metrics.messages_received.labels("mqtt", "telemetry").inc(len(telemetry))
+            decoded = decode_telemetry(
+                [m.device_id for m in telemetry], [m.payload for m in telemetry],
+                np.fromiter((m.received_ms for m in telemetry), np.int64, len(telemetry)),
+                vehicle_of, now_ms=now_ms, limits=self._time_limits,
+                content_types=[m.content_type for m in telemetry])
+            batch = decoded.batch
+            _merge(rejected, decoded.rejected)
+            problems += decoded.problems
+            flagged = self._plausibility.apply(batch)
+            if flagged:
+                metrics.samples_flagged.labels("implausible_jump").inc(flagged)
+        else:
+            batch = TelemetryBatch.empty()
+        events: list[DeviceEvent] = []
+        if events_in:
+            metrics.messages_received.labels("mqtt", "event").inc(len(events_in))
+            events, ev_rejected, ev_problems = decode_events(
+                [m.device_id for m in events_in], [m.payload for m in events_in], vehicle_of,
+                now_ms=now_ms, limits=self._time_limits,
+                content_types=[m.content_type for m in events_in])
+            _merge(rejected, ev_rejected)
+            problems += ev_problems
+        presence = self._presence_updates(statuses, vehicle_of, rejected)
+        metrics.samples_received.labels("mqtt").inc(len(batch) + sum(rejected.values()))
+
+        inserted, duplicates, events_inserted = await self._write(batch, events, presence, rejected)
+
+        elapsed = time.monotonic() - started
+        for reason, count in rejected.items():
+            metrics.samples_rejected.labels(reason).inc(count)
+        metrics.samples_stored.inc(inserted)
+        metrics.samples_duplicate.inc(duplicates)
+        metrics.events_stored.inc(events_inserted)
+        metrics.batch_messages.observe(len(items))
+        metrics.commit_seconds.observe(elapsed)
+        if len(batch):
+            commit_ms = time.time() * 1000.0
+            delays = (commit_ms - batch.received_ms) / 1000.0
+            for q in np.percentile(delays, (10, 50, 90, 99)):  # a few observations, not one per row
+                metrics.sample_delay_seconds.observe(max(float(q), 0.0))
+            if self._on_committed is not None:
+                self._on_committed(batch, commit_ms)
+        self._log_problems(rejected, problems)
+
+        self._acknowledge([m.token for m in items])
+        metrics.messages_acked.inc(len(items))
+        self._in_write = 0
+        self._update_gauges()
+        if self._paused and self.unacknowledged < self.limits.max_pending // 2:
+            self._set_paused(False)
+        if not self._pending:
+            self._idle.set()
+
+    def _presence_updates(self, statuses, vehicle_of, rejected) -> list[tuple[int, bool, int]]:
+        updates = []
+        for m in statuses:
+            vehicle = vehicle_of.get(m.device_id)
+            status = decode_status(m.payload, m.content_type)
+            if vehicle is None:
+                _merge(rejected, {"unknown_device": 1})
+            elif status is None:
+                _merge(rejected, {"bad_structure": 1})
+            else:
+                updates.append((vehicle, status.online, status.t or m.received_ms))
+                self._metrics.presence_changes.labels(
+                    "online" if status.online else "offline", "status").inc()
+        return updates
+
+    async def _refresh_registry(self, device_ids: list[str]) -> None:
+        while True:
+            try:
+                await self._registry.ensure_known(device_ids)
+                return
+            except StoreUnavailable as exc:
+                await self._database_down("registry", exc)
+
+    async def _write(self, batch, events, presence, rejected) -> tuple[int, int, int]:
+        """Write until it commits; a batch the database refuses is split to isolate bad rows."""
+        backoff = 0.2
+        while True:
+            try:
+                result = await self._write_isolating(batch, events, rejected)
+                if presence:
+                    await self._store.set_presence(presence)
+                if self._db_down:
+                    self._db_down = False
+                    self._metrics.db_up.set(1)
+                    log.warning("database_recovered", extra=fields(unacknowledged=self.unacknowledged))
+                return result
+            except StoreUnavailable as exc:
+                await self._database_down("write", exc, backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _database_down(self, what: str, exc: Exception, backoff: float = 1.0) -> None:
+        self._db_down = True
+        self._metrics.db_up.set(0)
+        self._metrics.db_errors.labels("unavailable").inc()
+        log.warning("database_unavailable", extra=fields(
+            operation=what, error=str(exc)[:300], retry_in_s=backoff,
+            unacknowledged=self.unacknowledged))
+        await asyncio.sleep(backoff)
+
+    async def _write_isolating(self, batch, events, rejected) -> tuple[int, int, int]:
+        try:
+            r = await self._store.write(batch, events)
+            return r.inserted, r.duplicates, r.events_inserted
+        except StoreUnavailable:
+            raise
+        except psycopg.Error as exc:
+            # Not the connection: the database refused the data itself (a value the decoder let
+            # through but a column cannot hold). Retrying would stall the gateway; losing the batch
+            # would lose good rows. Split until the refused rows are alone, and reject only them.
+            self._metrics.db_errors.labels("refused").inc()
+            n = len(batch) + len(events)
+            if n <= 1:
+                log.error("sample_refused_by_database", extra=fields(error=str(exc)[:300]))
+                _merge(rejected, {"store_refused": n})
+                return 0, 0, 0
+            half_b, half_e = len(batch) // 2, len(events) // 2
+            a = await self._write_isolating(batch.take(slice(0, half_b)), events[:half_e], rejected)
+            b = await self._write_isolating(batch.take(slice(half_b, None)), events[half_e:], rejected)
+            return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+
+    def _log_problems(self, rejected: dict[str, int], problems) -> None:
+        if not rejected:
+            return
+        _merge(self._suppressed, rejected)
+        now = time.monotonic()
+        if now - self._last_problem_log < 1.0:
+            return  # at most one line a second, with the counts since the last one
+        self._last_problem_log = now
+        log.warning("samples_rejected", extra=fields(
+            counts=self._suppressed,
+            examples=[{"device_id": p.device_id, "reason": p.reason, "detail": p.detail}
+                      for p in problems[:5]]))
+        self._suppressed = {}
+
+    def _set_paused(self, paused: bool) -> None:
+        self._paused = paused
+        self._metrics.reading_paused.set(1 if paused else 0)
+        if self._on_backpressure is not None:
+            self._on_backpressure(paused)
+
+    def _update_gauges(self) -> None:
+        self._metrics.pending_messages.set(self.unacknowledged)
+
+
+def _merge(into: dict[str, int], counts: dict[str, int]) -> None:
+    for k, v in counts.items():
+        into[k] = into.get(k, 0) + v

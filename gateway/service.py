@@ -1,0 +1,175 @@
+"""The gateway process: store, registry, pipeline, MQTT ingress and housekeeping, wired together.
+
+`Gateway.run()` serves until `stop()`; stopping stops reading from the broker, commits and
+acknowledges what is pending, then leaves the broker cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from fleetgate.logs import fields
+from gateway.metrics import GatewayMetrics
+from gateway.mqtt_ingress import MqttIngress
+from gateway.pipeline import DeviceRegistry, IngestPipeline, PipelineLimits
+from telemetry.batch import TelemetryBatch
+from telemetry.decoder import TimeLimits
+from telemetry.plausibility import PlausibilityFilter
+from telemetry.store import StoreUnavailable, TelemetryStore
+
+log = logging.getLogger("fleetgate.gateway")
+
+
+@dataclass
+class GatewayConfig:
+    database_url: str
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_client_id: str = "fleetgate-gw-1"
+    mqtt_topic_root: str = "fg/v1"
+    mqtt_shared_group: str = "fleetgate"
+    mqtt_protocol: int = 5
+    mqtt_keepalive_s: int = 30
+    mqtt_session_expiry_s: int = 7 * 86400
+    mqtt_receive_maximum: int = 65535
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    limits: PipelineLimits = field(default_factory=PipelineLimits)
+    time_limits: TimeLimits = field(default_factory=TimeLimits)
+    max_speed_kmh: dict[str, float] = field(default_factory=lambda: {"ebike": 80.0, "car": 300.0})
+    presence_timeout_s: float = 300.0
+    registry_refresh_s: float = 60.0
+    maintenance_interval_s: float = 3600.0
+    db_pool_max: int = 4
+
+    @classmethod
+    def from_settings(cls, s, database_url: str, mqtt_host: str, mqtt_port: int) -> GatewayConfig:
+        return cls(
+            database_url=database_url, mqtt_host=mqtt_host, mqtt_port=mqtt_port,
+            mqtt_client_id=s.mqtt_client_id, mqtt_topic_root=s.mqtt_topic_root,
+            mqtt_shared_group=s.mqtt_shared_group, mqtt_protocol=s.mqtt_protocol,
+            mqtt_keepalive_s=s.mqtt_keepalive_s, mqtt_session_expiry_s=s.mqtt_session_expiry_s,
+            mqtt_receive_maximum=s.mqtt_receive_maximum, mqtt_username=s.mqtt_username,
+            mqtt_password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
+            limits=PipelineLimits(s.batch_max_messages, s.batch_max_bytes, s.batch_max_age_ms,
+                                  s.pipeline_max_pending),
+            time_limits=TimeLimits(int(s.max_future_s * 1000), s.retention_days * 86_400_000),
+            max_speed_kmh={"ebike": s.ebike_max_speed_kmh, "car": s.car_max_speed_kmh},
+            presence_timeout_s=s.presence_timeout_s, db_pool_max=s.db_pool_max)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, registry: CollectorRegistry | None = REGISTRY,
+                 on_committed: Callable[[TelemetryBatch, float], None] | None = None) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics(registry)
+        self._on_committed = on_committed
+        self._stop = asyncio.Event()
+        self.store: TelemetryStore | None = None
+        self.pipeline: IngestPipeline | None = None
+        self.ingress: MqttIngress | None = None
+        self.ready = asyncio.Event()
+
+    async def _open_store(self) -> TelemetryStore:
+        backoff = 0.5
+        while True:
+            try:
+                return await TelemetryStore.open(self.config.database_url,
+                                                 pool_max=self.config.db_pool_max)
+            except StoreUnavailable as exc:
+                self.metrics.db_up.set(0)
+                log.warning("database_unavailable", extra=fields(
+                    operation="open", error=str(exc)[:300], retry_in_s=backoff))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def run(self) -> None:
+        cfg = self.config
+        self.store = store = await self._open_store()
+        plausibility = PlausibilityFilter(default_max_speed_kmh=max(cfg.max_speed_kmh.values()))
+        registry = DeviceRegistry(store, plausibility, cfg.max_speed_kmh)
+        await self._retry(registry.refresh)
+        vehicles, t, lat, lon = await self._retry(store.load_last_fixes)
+        plausibility.restore(vehicles, t, lat, lon)
+        await self._retry(store.maintain)
+
+        ingress_box: list[MqttIngress] = []
+        self.pipeline = pipeline = IngestPipeline(
+            store, registry, plausibility, lambda tokens: ingress_box[0].acknowledge(tokens),
+            limits=cfg.limits, time_limits=cfg.time_limits, metrics=self.metrics,
+            on_backpressure=lambda paused: ingress_box[0].set_backpressure(paused),
+            on_committed=self._on_committed)
+        self.ingress = ingress = MqttIngress(
+            pipeline, host=cfg.mqtt_host, port=cfg.mqtt_port, client_id=cfg.mqtt_client_id,
+            topic_root=cfg.mqtt_topic_root, shared_group=cfg.mqtt_shared_group,
+            protocol=cfg.mqtt_protocol, keepalive_s=cfg.mqtt_keepalive_s,
+            session_expiry_s=cfg.mqtt_session_expiry_s, receive_maximum=cfg.mqtt_receive_maximum,
+            username=cfg.mqtt_username, password=cfg.mqtt_password, metrics=self.metrics)
+        ingress_box.append(ingress)
+
+        log.info("gateway_started", extra=fields(
+            client_id=cfg.mqtt_client_id, devices=len(registry.devices),
+            broker=f"{cfg.mqtt_host}:{cfg.mqtt_port}"))
+        writer = asyncio.create_task(pipeline.run(), name="pipeline")
+        reader = asyncio.create_task(ingress.run(self._stop), name="mqtt-ingress")
+        chores = [asyncio.create_task(c, name=c.__name__) for c in (
+            self._every(cfg.presence_timeout_s / 4, self._expire_presence),
+            self._every(cfg.registry_refresh_s, registry.refresh),
+            self._every(cfg.maintenance_interval_s, store.maintain))]
+        self.ready.set()
+        try:
+            await self._stop.wait()
+            # Graceful stop: no new messages, commit and acknowledge what we hold, leave cleanly.
+            ingress.pause()
+            pipeline.close()
+            await writer
+            await ingress.disconnect()
+            log.info("gateway_stopped", extra=fields(unacknowledged=pipeline.unacknowledged))
+        finally:
+            for task in (reader, writer, *chores):
+                task.cancel()
+            for task in (reader, writer, *chores):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await store.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set once stop() was called (what companions running beside the gateway wait on)."""
+        return self._stop
+
+    async def _retry(self, fn):
+        backoff = 0.5
+        while True:
+            try:
+                return await fn()
+            except StoreUnavailable as exc:
+                log.warning("database_unavailable", extra=fields(
+                    operation=getattr(fn, "__name__", "?"), error=str(exc)[:300]))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _every(self, interval_s: float, fn) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await fn()
+            except StoreUnavailable:
+                pass  # the pipeline reports the outage; housekeeping simply tries again later
+            except Exception:
+                log.exception("housekeeping_failed", extra=fields(task=getattr(fn, "__name__", "?")))
+
+    async def _expire_presence(self) -> None:
+        expired = await self.store.expire_presence(self.config.presence_timeout_s)
+        if expired:
+            self.metrics.presence_changes.labels("offline", "timeout").inc(len(expired))
+            log.info("vehicles_offline_timeout", extra=fields(count=len(expired)))

@@ -1,0 +1,248 @@
+"""The gateway against a real Mosquitto and PostgreSQL: durability, bad input, presence, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import cbor2
+import orjson
+import psycopg
+import pytest
+
+from fleetgate.mqtt import MqttClient, Will
+from tests.harness import (
+    GatewayProcess,
+    count_positions,
+    eventually,
+    gateway_config,
+    metric,
+    register,
+    running_gateway,
+    stored_keys,
+)
+from tests.netproxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+DEVICES = [(f"tcu-{i:03d}", f"veh-{i:03d}", "ebike" if i % 2 else "car") for i in range(20)]
+
+
+def sample(t: int, i: int = 0, **over) -> dict:
+    s = {"t": t, "lat": 52.50 + (i % 100) * 1e-4, "lon": 13.40 + (t % 1000) * 1e-7,
+         "speed_kmh": 12.0, "soc_pct": 80.0, "locked": False}
+    s.update(over)
+    return s
+
+
+async def device(broker, device_id: str, **kw) -> MqttClient:
+    client = MqttClient(broker.host, broker.port, client_id=device_id, **kw)
+    await client.connect()
+    return client
+
+
+class Stream:
+    """Devices publishing one sample per message at a steady rate; records what the broker acked."""
+
+    def __init__(self, clients: dict[str, MqttClient], topic_root: str, t0: int) -> None:
+        self.clients, self.root, self.t0 = clients, topic_root, t0
+        self.acked: set[tuple[str, int]] = set()
+        self.sent = 0
+
+    async def run(self, per_device: int, rate_hz: float) -> None:
+        futures = []
+        for k in range(per_device):
+            t = self.t0 + k * 1000
+            for i, (dev, client) in enumerate(self.clients.items()):
+                fut = client.publish(f"{self.root}/{dev}/telemetry",
+                                     orjson.dumps(sample(t, i)), qos=1)
+                fut.add_done_callback(lambda f, key=(dev, t): f.exception() or self.acked.add(key))
+                futures.append(fut)
+                self.sent += 1
+            await asyncio.sleep(1 / rate_hz)
+        await asyncio.gather(*futures)
+
+
+async def open_devices(broker, n: int = len(DEVICES)) -> dict[str, MqttClient]:
+    return {d: await device(broker, d) for d, _, _ in DEVICES[:n]}
+
+
+async def close_devices(clients: dict[str, MqttClient]) -> None:
+    for c in clients.values():
+        await c.disconnect()
+
+
+async def test_bad_input_is_counted_by_reason_never_stored_and_never_stalls(mosquitto, pg_dsn, topic_root):
+    await register(pg_dsn, DEVICES[:2])
+    now = int(time.time() * 1000)
+    bad = {
+        "malformed_json": b'{"t": 12',
+        "malformed_cbor": b"\xa2\x61t",
+        "unknown_encoding": b"hello",
+        "wrong_type": orjson.dumps(sample(now, lat="52.5")),
+        "lat_out_of_range": orjson.dumps(sample(now + 1, lat=123.0)),
+        "soc_out_of_range": cbor2.dumps(sample(now + 2, soc_pct=140)),
+        "missing_field": orjson.dumps({"lat": 52.5, "lon": 13.4}),
+        "time_in_future": orjson.dumps(sample(now + 3_600_000)),
+        "bad_structure": orjson.dumps([1, 2, 3]),
+    }
+    async with running_gateway(gateway_config(pg_dsn, mosquitto, topic_root)) as (gw, reg):
+        dev = await device(mosquitto, "tcu-000")
+        for payload in bad.values():
+            await dev.publish(f"{topic_root}/tcu-000/telemetry", payload, qos=1)
+        ghost = await device(mosquitto, "ghost-1")
+        await ghost.publish(f"{topic_root}/ghost-1/telemetry", orjson.dumps(sample(now)), qos=1)
+        await dev.publish(f"{topic_root}/tcu-000/telemetry",
+                          orjson.dumps([sample(now - 10), sample(now - 9, soc_pct=-1)]), qos=1)
+        await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 1,
+                         what="the one good sample stored")
+        # Still serving: a later good sample lands too.
+        await dev.publish(f"{topic_root}/tcu-000/telemetry", orjson.dumps(sample(now - 5)), qos=1)
+        await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 2)
+        for reason in bad:
+            expected = 2 if reason == "soc_out_of_range" else 1
+            assert metric(reg, "fleetgate_samples_rejected_total", reason=reason) == expected, reason
+        assert metric(reg, "fleetgate_samples_rejected_total", reason="unknown_device") == 1
+        await dev.disconnect()
+        await ghost.disconnect()
+    assert sorted(t for _, t in await stored_keys(pg_dsn)) == [now - 10, now - 5]
+
+
+async def test_duplicates_and_out_of_order_uploads_are_stored_once(mosquitto, pg_dsn, topic_root):
+    await register(pg_dsn, DEVICES[:1])
+    t0 = int(time.time() * 1000) - 600_000
+    samples = [sample(t0 + k * 1000) for k in range(300)]
+    async with running_gateway(gateway_config(pg_dsn, mosquitto, topic_root)) as (gw, reg):
+        dev = await device(mosquitto, "tcu-000")
+        topic = f"{topic_root}/tcu-000/telemetry"
+        await dev.publish(topic, orjson.dumps(samples[200:]), qos=1)          # live, newest
+        await dev.publish(topic, orjson.dumps(samples[:150][::-1]), qos=1)    # buffer, reversed
+        await dev.publish(topic, orjson.dumps(samples[100:200]), qos=1)       # overlap: 50 dupes
+        for s in samples[290:]:
+            await dev.publish(topic, orjson.dumps(s), qos=1)                  # 10 dupes, singly
+        await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 300)
+        await eventually(lambda: metric(reg, "fleetgate_samples_duplicate_total") == 60)
+        await dev.disconnect()
+    keys = await stored_keys(pg_dsn)
+    assert len(keys) == 300 and len(set(keys)) == 300
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+        (t,) = await (await conn.execute(
+            "SELECT (extract(epoch FROM time) * 1000)::bigint FROM vehicle_state")).fetchone()
+    assert t == samples[-1]["t"], "vehicle_state holds the newest sample, not the last uploaded"
+
+
+async def test_sigkill_mid_stream_loses_nothing(mosquitto, pg_dsn, topic_root, tmp_path):
+    await register(pg_dsn, DEVICES)
+    gw = GatewayProcess(pg_dsn, mosquitto, topic_root, "gw-kill", tmp_path / "gw.log").start()
+    try:
+        await gw.wait_subscribed()
+        clients = await open_devices(mosquitto)
+        stream = Stream(clients, topic_root, int(time.time() * 1000) - 3_600_000)
+        publishing = asyncio.create_task(stream.run(per_device=150, rate_hz=50))
+        await eventually(lambda: _at_least(pg_dsn, 600), what="some rows before the kill")
+        gw.kill()
+        killed_at = await count_positions(pg_dsn)
+        await asyncio.sleep(0.5)  # devices keep publishing into the broker meanwhile
+        gw.start()
+        await gw.wait_subscribed()
+        await publishing
+        await eventually(lambda: _at_least(pg_dsn, len(stream.acked)), timeout=60,
+                         what="every acked sample stored")
+        keys = await stored_keys(pg_dsn)
+        assert killed_at < stream.sent, "the kill happened mid-stream"
+        assert set(keys) == stream.acked and len(keys) == len(stream.acked) == 20 * 150
+        await close_devices(clients)
+    finally:
+        gw.stop()
+
+
+async def _at_least(dsn: str, n: int) -> bool:
+    return await count_positions(dsn) >= n
+
+
+async def test_sigterm_commits_what_it_holds_and_leaves_cleanly(mosquitto, pg_dsn, topic_root, tmp_path):
+    await register(pg_dsn, DEVICES)
+    gw = GatewayProcess(pg_dsn, mosquitto, topic_root, "gw-term", tmp_path / "gw.log",
+                        FLEETGATE_BATCH_MAX_AGE_MS=2000).start()
+    try:
+        await gw.wait_subscribed()
+        clients = await open_devices(mosquitto)
+        stream = Stream(clients, topic_root, int(time.time() * 1000) - 3_600_000)
+        await stream.run(per_device=20, rate_hz=100)
+        assert gw.terminate() == 0
+        # With batches cut every 2 s, what it held at SIGTERM was committed on the way out.
+        assert set(await stored_keys(pg_dsn)) == stream.acked
+        events = [orjson.loads(line) for line in gw.log_path.read_text().splitlines()
+                  if line.startswith("{")]
+        stopped = [e for e in events if e["event"] == "gateway_stopped"]
+        assert stopped and stopped[-1]["unacknowledged"] == 0
+        assert not any(e["event"] == "pending_dropped_for_redelivery" for e in events), \
+            "a graceful stop commits what it holds instead of leaving it to redelivery"
+        await close_devices(clients)
+    finally:
+        gw.stop()
+
+
+async def test_database_outage_stops_acks_keeps_running_and_recovers(mosquitto, pg_dsn, topic_root):
+    await register(pg_dsn, DEVICES)
+    proxy = await TcpProxy.start_for(pg_dsn)
+    try:
+        async with running_gateway(gateway_config(proxy.dsn(pg_dsn), mosquitto, topic_root)) as (gw, reg):
+            clients = await open_devices(mosquitto)
+            stream = Stream(clients, topic_root, int(time.time() * 1000) - 3_600_000)
+            publishing = asyncio.create_task(stream.run(per_device=100, rate_hz=40))
+            await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") > 200)
+            await proxy.cut()
+            await eventually(lambda: metric(reg, "fleetgate_database_up") == 0,
+                             what="outage reported in metrics")
+            acked_during = metric(reg, "fleetgate_messages_acked_total")
+            await asyncio.sleep(1.5)
+            assert metric(reg, "fleetgate_messages_acked_total") == acked_during, \
+                "nothing is acknowledged while the database is away"
+            assert gw.pipeline.unacknowledged > 0, "it holds what it could not commit"
+            await proxy.restore()
+            await publishing
+            await eventually(lambda: metric(reg, "fleetgate_database_up") == 1, timeout=30)
+            await eventually(lambda: metric(reg, "fleetgate_samples_stored_total")
+                             + metric(reg, "fleetgate_samples_duplicate_total") >= len(stream.acked),
+                             timeout=60)
+            assert metric(reg, "fleetgate_database_errors_total", kind="unavailable") >= 1
+            await close_devices(clients)
+        keys = await stored_keys(pg_dsn)
+        assert set(keys) == stream.acked and len(keys) == len(stream.acked) == 2000
+    finally:
+        await proxy.close()
+
+
+async def test_presence_follows_status_last_will_and_silence(mosquitto, pg_dsn, topic_root):
+    ids = await register(pg_dsn, DEVICES[:2])
+    cfg = gateway_config(pg_dsn, mosquitto, topic_root, presence_timeout_s=1.0)
+
+    async def online(vehicle: int) -> bool | None:
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            row = await (await conn.execute(
+                "SELECT online FROM vehicle_state WHERE vehicle = %s", (vehicle,))).fetchone()
+            return None if row is None else row[0]
+
+    async with running_gateway(cfg) as (gw, reg):
+        status = f"{topic_root}/tcu-000/status"
+        dev = await device(mosquitto, "tcu-000", will=Will(status, b'{"online": false}', qos=1,
+                                                          retain=True))
+        await dev.publish(status, orjson.dumps({"online": True, "t": int(time.time() * 1000)}),
+                          qos=1, retain=True)
+        await eventually(lambda: _is(online(ids["tcu-000"]), True), what="online from status")
+        dev.abort()  # dies without DISCONNECT: the broker publishes its will
+        await eventually(lambda: _is(online(ids["tcu-000"]), False), what="offline from will")
+
+        other = await device(mosquitto, "tcu-001")
+        await other.publish(f"{topic_root}/tcu-001/telemetry",
+                            orjson.dumps(sample(int(time.time() * 1000))), qos=1)
+        await eventually(lambda: _is(online(ids["tcu-001"]), True), what="online from telemetry")
+        await eventually(lambda: _is(online(ids["tcu-001"]), False), timeout=10,
+                         what="offline after the last-seen timeout")
+        assert metric(reg, "fleetgate_presence_changes_total", state="offline", cause="timeout") >= 1
+        await other.disconnect()
+
+
+async def _is(coro, expected) -> bool:
+    return (await coro) is expected
