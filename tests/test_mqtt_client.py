@@ -139,3 +139,32 @@ async def test_keepalive_pings_keep_an_idle_connection_open(mosquitto, topic_roo
     assert c.connected
     await c.publish(f"{topic_root}/still-here", b"1", qos=1)
     await c.disconnect()
+
+
+async def test_disconnect_right_after_a_burst_of_acks_leaves_nothing_to_redeliver(mosquitto, topic_root):
+    """The broker may still be reading our PUBACKs when we leave; disconnect() waits for it."""
+    sub_id = f"burst-gw-{topic_root}"
+    opts = dict(clean_start=False, session_expiry_s=300, manual_ack=True)
+    got = []
+    sub = await client(mosquitto, sub_id, on_messages=got.extend, **opts)
+    await sub.subscribe([(f"{topic_root}/+/telemetry", 1)])
+    pub = await client(mosquitto, f"burst-dev-{topic_root}")
+    n = 60_000  # under the 65,535 a broker sends unacknowledged
+    await asyncio.gather(*[pub.publish(f"{topic_root}/d/telemetry", b"%d" % i, qos=1)
+                           for i in range(n)])
+    await eventually(lambda: len(got) == n, timeout=30, what="the burst")
+    sub.ack([m.mid for m in got])
+    # More traffic for the leaving connection while it closes (as devices keep publishing).
+    late = [pub.publish(f"{topic_root}/d/telemetry", b"late-%d" % i, qos=1) for i in range(500)]
+    await sub.disconnect()
+    await asyncio.gather(*late)
+
+    again = []
+    sub2 = await client(mosquitto, sub_id, on_messages=again.extend, **opts)
+    await eventually(lambda: len(again) >= 500, timeout=10, what="the late messages")
+    await asyncio.sleep(0.5)
+    assert not [m.payload for m in again if not m.payload.startswith(b"late-")], \
+        "acknowledged messages came again"
+    sub2.ack([m.mid for m in again])
+    await sub2.disconnect()
+    await pub.disconnect()

@@ -122,6 +122,8 @@ class MqttClient:
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
         self._lost_reason: ConnectionLost | None = None
+        self._pong_waiters: list[asyncio.Future] = []
+        self._leaving = False
 
         self._next_mid = 1
         self._inflight: dict[int, asyncio.Future] = {}
@@ -181,12 +183,29 @@ class MqttClient:
             self._keepalive_timer = loop.call_later(self.keepalive_s / 2, self._keepalive)
         return connack.session_present
 
-    async def disconnect(self) -> None:
-        """Leave cleanly with DISCONNECT: the broker keeps the session but drops the will."""
+    async def disconnect(self, timeout: float = 10.0) -> None:
+        """Leave cleanly with DISCONNECT: the broker keeps the session but drops the will.
+
+        First a PINGREQ/PINGRESP round trip, with incoming messages no longer delivered: a broker
+        handles one connection's packets in order, so the answer proves it has processed every
+        acknowledgement sent before. Closing right after a burst of PUBACKs can otherwise lose
+        the ones the broker had not read yet (Mosquitto drops a connection's unread input when it
+        sees the socket reset), and their messages come again.
+        """
         if self._transport is None or self._closing:
             return
         if self._connected:
-            self._write_now(DISCONNECT_PACKET)
+            self._leaving = True  # what arrives now is neither delivered nor acked: it comes again
+            self.resume_reading()
+            pong = self._loop.create_future()
+            self._pong_waiters.append(pong)
+            self._write_now(PINGREQ_PACKET)
+            try:
+                await asyncio.wait_for(asyncio.shield(pong), timeout)
+            except (TimeoutError, ConnectionLost):
+                pass  # leave anyway; unprocessed acks only cause redeliveries
+            if self._connected:
+                self._write_now(DISCONNECT_PACKET)
         self._closing = True
         self._transport.close()
         await self.wait_closed()
@@ -312,6 +331,10 @@ class MqttClient:
             return
         if pongs:
             self._ping_sent = None
+            waiters, self._pong_waiters = self._pong_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
         for packet in others:
             try:
                 self._on_packet(packet)
@@ -325,7 +348,7 @@ class MqttClient:
                 if fut is not None and not fut.done():
                     fut.set_result(None)
             self._release_waiting()
-        if messages:
+        if messages and not self._leaving:
             if self.on_messages is not None:
                 self.on_messages(messages)
             if not self.manual_ack:
@@ -398,13 +421,14 @@ class MqttClient:
         lost = self._lost_reason or ConnectionLost(
             f"connection to {self.host}:{self.port} lost" + (f": {exc}" if exc else ""))
         for fut in [*self._inflight.values(), *(w[-1] for w in self._waiting),
-                    *self._subacks.values()]:
+                    *self._subacks.values(), *self._pong_waiters]:
             if not fut.done():
                 fut.set_exception(lost)
                 fut.exception()  # reported once, through wait_closed(); don't log each
         self._inflight.clear()
         self._waiting.clear()
         self._subacks.clear()
+        self._pong_waiters.clear()
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(lost)
         if self._closed is not None and not self._closed.done():
