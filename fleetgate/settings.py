@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     # Batch pipeline.
     batch_max_messages: int = Field(5000, ge=1)
     batch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    batch_max_age_ms: int = Field(100, ge=1, le=60_000)
+    batch_max_age_ms: int = Field(50, ge=1, le=60_000, description="a batch is cut at the latest "
+                                  "this long after its first message arrived")
     pipeline_max_pending: int = Field(65535, ge=100, description="unacknowledged messages held "
                                       "before the gateway stops reading from the broker")
 

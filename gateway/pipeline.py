@@ -42,7 +42,7 @@ class Inbound(NamedTuple):
 class PipelineLimits:
     max_messages: int = 5000
     max_bytes: int = 8 * 1024 * 1024
-    max_age_ms: int = 100
+    max_age_ms: int = 50
     max_pending: int = 65535
 
 
