@@ -29,8 +29,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fleetgate: IoT fleet gateway and telemetry backend")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema")
 config_app = typer.Typer(no_args_is_help=True, help="Settings")
+zones_app = typer.Typer(no_args_is_help=True, help="Geofencing zones (GBFS v3 rules)")
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
+app.add_typer(zones_app, name="zones")
 log = logging.getLogger("fleetgate.cli")
 
 
@@ -97,13 +99,11 @@ def db_migrate(
     """Create or upgrade the schema (idempotent, versioned)."""
     s = load_settings(storage=storage)
     setup_logging(s.log_level, s.log_format)
-    if s.database_url is None:
-        typer.echo("fleetgate: FLEETGATE_DATABASE_URL is not set", err=True)
-        raise typer.Exit(2)
+    dsn = _database_url(s)
     from telemetry.store import MigrationError, StoreUnavailable
 
     try:
-        report = asyncio.run(_migrate(s.database_url.get_secret_value(), s))
+        report = asyncio.run(_migrate(dsn, s))
     except (MigrationError, StoreUnavailable) as exc:
         typer.echo(f"fleetgate: migration failed: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -151,6 +151,99 @@ async def _run_gateway(s: Settings, services: Services, *, migrate: bool, fleet=
         if task.done() and task.exception():
             raise task.exception()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --- zones -------------------------------------------------------------------------------
+
+def _database_url(s: Settings) -> str:
+    if s.database_url is None:
+        typer.echo("fleetgate: FLEETGATE_DATABASE_URL is not set", err=True)
+        raise typer.Exit(2)
+    return s.database_url.get_secret_value()
+
+
+async def _with_store(dsn: str, action):
+    from telemetry.store import StoreUnavailable, TelemetryStore
+
+    try:
+        store = await TelemetryStore.open(dsn)
+    except StoreUnavailable as exc:
+        typer.echo(f"fleetgate: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+def _read_zone_document(path: str):
+    """A GBFS v3 geofencing_zones.json, or fleetgate's {"zones": [...], "global_rules": [...]}."""
+    from geofence import InvalidZone, ZoneSet
+
+    try:
+        doc = orjson.loads(sys.stdin.buffer.read() if path == "-" else open(path, "rb").read())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}") from exc
+    try:
+        if isinstance(doc, dict) and "geofencing_zones" in (doc.get("data") or {}):
+            return ZoneSet.from_gbfs(doc)
+        if isinstance(doc, dict) and isinstance(doc.get("zones"), list):
+            return ZoneSet.from_rows(doc["zones"], global_rules=doc.get("global_rules") or [])
+    except InvalidZone as exc:
+        typer.echo(f"fleetgate: rejected, nothing changed: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.BadParameter(f"{path} is neither a GBFS geofencing_zones.json nor a fleetgate "
+                             'zones document ({"zones": [...], "global_rules": [...]})')
+
+
+@zones_app.command("import")
+def zones_import(
+    path: Annotated[str, typer.Argument(help="file to read, - for standard input")],
+    replace: Annotated[bool, typer.Option(help="the file becomes the whole zone set (zones not "
+                                          "in it are deleted, global rules replaced)")] = False,
+) -> None:
+    """Validate zones with the geofence core and store them; running gateways pick them up."""
+    s = load_settings()
+    zoneset = _read_zone_document(path)
+    rows = [z.to_row() for z in zoneset.zones]
+    rules = [r.model_dump(mode="json", exclude_none=True) for r in zoneset.global_rules]
+
+    async def action(store):
+        if replace:
+            return await store.replace_zones(rows, rules)
+        return await store.put_zones(rows)
+
+    version = asyncio.run(_with_store(_database_url(s), action))
+    typer.echo(f"{len(rows)} zones {'replace the zone set' if replace else 'stored'}; "
+               f"zone set version {version}")
+
+
+@zones_app.command("export")
+def zones_export(
+    gbfs: Annotated[bool, typer.Option(help="as GBFS v3 geofencing_zones.json")] = False,
+) -> None:
+    """Print the zone set (fleetgate's document, or GBFS v3)."""
+    from geofence import ZoneSet
+
+    s = load_settings()
+    zones = asyncio.run(_with_store(_database_url(s), lambda store: store.load_zones()))
+    zoneset = ZoneSet.from_rows(zones.rows, global_rules=zones.global_rules,
+                                version=zones.version)
+    doc = zoneset.to_gbfs() if gbfs else {
+        "version": zones.version, "zones": zoneset.to_rows(),
+        "global_rules": [r.model_dump(mode="json", exclude_none=True)
+                         for r in zoneset.global_rules]}
+    typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+
+
+@zones_app.command("list")
+def zones_list() -> None:
+    """One line per zone: id, kind, priority, name."""
+    s = load_settings()
+    zones = asyncio.run(_with_store(_database_url(s), lambda store: store.load_zones()))
+    typer.echo(f"zone set version {zones.version}, {len(zones.rows)} zones")
+    for row in zones.rows:
+        typer.echo(f"{row['id']:<24} {row['kind']:<15} {row['priority']:>5}  {row['name']}")
 
 
 # --- the simulated fleet -------------------------------------------------------------------

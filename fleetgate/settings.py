@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     car_max_speed_kmh: float = Field(300, gt=0)
     presence_timeout_s: float = Field(300, gt=0)
 
+    # Geofence.
+    zones_refresh_s: float = Field(2.0, gt=0, description="how often the gateway checks for "
+                                   "edited zones (a change takes effect without a restart)")
+    geofence_margin_m: float = Field(10.0, ge=0, description="a fix must be this far inside "
+                                     "(outside) a zone to count towards entering (leaving) it")
+    geofence_fixes: int = Field(2, ge=1, description="consecutive such fixes that confirm it")
+
     # Operations.
     metrics_port: int = Field(9108, ge=0, le=65535, description="0 disables the /metrics listener")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

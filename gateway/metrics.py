@@ -61,4 +61,8 @@ class GatewayMetrics:
         self.presence_changes = Counter("fleetgate_presence_changes_total",
                                         "Presence changes applied, by new state and cause",
                                         ["state", "cause"], registry=r)
+        self.core_seconds = Histogram(
+            "fleetgate_core_seconds", "Time a core (geofence, battery) spends on one batch",
+            ["core"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=r)
         self.db_up.set(1)

@@ -18,6 +18,7 @@ import numpy as np
 import psycopg
 
 from gateway.metrics import GatewayMetrics
+from gateway.stages import BatchStage, StageOutput, merge_outputs
 from fleetgate.logs import fields
 from telemetry.batch import DeviceEvent, TelemetryBatch
 from telemetry.decoder import TimeLimits, decode_events, decode_status, decode_telemetry
@@ -58,6 +59,8 @@ class DeviceRegistry:
         self._refreshed_at = -1e9
         self.devices: dict[str, Device] = {}
         self.vehicle_of: dict[str, int] = {}
+        # Called with the devices after every reload (the stages match rules on vehicle types).
+        self.on_refresh: list[Callable[[dict[str, Device]], None]] = []
 
     async def refresh(self) -> None:
         devices = await self._store.load_registry()
@@ -69,6 +72,8 @@ class DeviceRegistry:
             limits = np.fromiter((self._max_speed_kmh.get(d.vehicle_type, 300.0)
                                   for d in devices.values()), np.float64, len(devices))
             self._plausibility.set_limits(vehicles, limits)
+        for callback in self.on_refresh:
+            callback(devices)
 
     async def ensure_known(self, device_ids: Sequence[str]) -> None:
         """Reload once (rate-limited) if some device id is not known yet: it may be brand new."""
@@ -92,6 +97,7 @@ class IngestPipeline:
         metrics: GatewayMetrics,
         on_backpressure: Callable[[bool], None] | None = None,
         on_committed: Callable[[TelemetryBatch, float], None] | None = None,
+        stages: Sequence[BatchStage] = (),
     ) -> None:
         self._store = store
         self._registry = registry
@@ -102,6 +108,7 @@ class IngestPipeline:
         self._metrics = metrics
         self._on_backpressure = on_backpressure
         self._on_committed = on_committed
+        self._stages = list(stages)
         self._pending: list[Inbound] = []
         self._pending_bytes = 0
         self._in_write = 0  # messages taken into the batch being written
@@ -231,8 +238,11 @@ class IngestPipeline:
             problems += ev_problems
         presence = self._presence_updates(statuses, vehicle_of, rejected)
         metrics.samples_received.labels("mqtt").inc(len(batch) + sum(rejected.values()))
+        derived = self._run_stages(batch)
+        events.extend(derived.events)
 
-        inserted, duplicates, events_inserted = await self._write(batch, events, presence, rejected)
+        inserted, duplicates, events_inserted = await self._write(
+            batch, events, presence, rejected, derived.vehicle_json)
 
         elapsed = time.monotonic() - started
         for reason, count in rejected.items():
@@ -260,6 +270,15 @@ class IngestPipeline:
         if not self._pending:
             self._idle.set()
 
+    def _run_stages(self, batch: TelemetryBatch) -> StageOutput:
+        """The cores over the batch, before the write: what they derive is committed with it."""
+        outputs = []
+        for stage in self._stages:
+            started = time.perf_counter()
+            outputs.append(stage.process(batch))
+            self._metrics.core_seconds.labels(stage.name).observe(time.perf_counter() - started)
+        return merge_outputs(outputs)
+
     def _presence_updates(self, statuses, vehicle_of, rejected) -> list[tuple[int, bool, int]]:
         updates = []
         for m in statuses:
@@ -283,12 +302,13 @@ class IngestPipeline:
             except StoreUnavailable as exc:
                 await self._database_down("registry", exc)
 
-    async def _write(self, batch, events, presence, rejected) -> tuple[int, int, int]:
+    async def _write(self, batch, events, presence, rejected, vehicle_json
+                     ) -> tuple[int, int, int]:
         """Write until it commits; a batch the database refuses is split to isolate bad rows."""
         backoff = 0.2
         while True:
             try:
-                result = await self._write_isolating(batch, events, rejected)
+                result = await self._write_isolating(batch, events, rejected, vehicle_json)
                 if presence:
                     await self._store.set_presence(presence)
                 if self._db_down:
@@ -309,9 +329,10 @@ class IngestPipeline:
             unacknowledged=self.unacknowledged))
         await asyncio.sleep(backoff)
 
-    async def _write_isolating(self, batch, events, rejected) -> tuple[int, int, int]:
+    async def _write_isolating(self, batch, events, rejected, vehicle_json
+                               ) -> tuple[int, int, int]:
         try:
-            r = await self._store.write(batch, events)
+            r = await self._store.write(batch, events, vehicle_json)
             return r.inserted, r.duplicates, r.events_inserted
         except StoreUnavailable:
             raise
@@ -326,8 +347,11 @@ class IngestPipeline:
                 _merge(rejected, {"store_refused": n})
                 return 0, 0, 0
             half_b, half_e = len(batch) // 2, len(events) // 2
-            a = await self._write_isolating(batch.take(slice(0, half_b)), events[:half_e], rejected)
-            b = await self._write_isolating(batch.take(slice(half_b, None)), events[half_e:], rejected)
+            # The stages' per-vehicle state goes with both halves (writing it twice is harmless).
+            a = await self._write_isolating(batch.take(slice(0, half_b)), events[:half_e],
+                                            rejected, vehicle_json)
+            b = await self._write_isolating(batch.take(slice(half_b, None)), events[half_e:],
+                                            rejected, vehicle_json)
             return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
     def _log_problems(self, rejected: dict[str, int], problems) -> None:

@@ -18,6 +18,8 @@ from fleetgate.logs import fields
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt_ingress import MqttIngress
 from gateway.pipeline import DeviceRegistry, IngestPipeline, PipelineLimits
+from gateway.stages import GeofenceStage
+from geofence import Hysteresis, SpeedCapChange
 from telemetry.batch import TelemetryBatch
 from telemetry.decoder import TimeLimits
 from telemetry.plausibility import PlausibilityFilter
@@ -47,6 +49,9 @@ class GatewayConfig:
     registry_refresh_s: float = 60.0
     maintenance_interval_s: float = 3600.0
     db_pool_max: int = 4
+    zones_refresh_s: float = 2.0
+    geofence_margin_m: float = 10.0
+    geofence_fixes: int = 2
 
     @classmethod
     def from_settings(cls, s, database_url: str, mqtt_host: str, mqtt_port: int) -> GatewayConfig:
@@ -61,7 +66,9 @@ class GatewayConfig:
                                   s.pipeline_max_pending),
             time_limits=TimeLimits(int(s.max_future_s * 1000), s.retention_days * 86_400_000),
             max_speed_kmh={"ebike": s.ebike_max_speed_kmh, "car": s.car_max_speed_kmh},
-            presence_timeout_s=s.presence_timeout_s, db_pool_max=s.db_pool_max)
+            presence_timeout_s=s.presence_timeout_s, db_pool_max=s.db_pool_max,
+            zones_refresh_s=s.zones_refresh_s, geofence_margin_m=s.geofence_margin_m,
+            geofence_fixes=s.geofence_fixes)
 
 
 class Gateway:
@@ -74,6 +81,9 @@ class Gateway:
         self.store: TelemetryStore | None = None
         self.pipeline: IngestPipeline | None = None
         self.ingress: MqttIngress | None = None
+        self.geofence: GeofenceStage | None = None
+        # The slow-zone hook: speed-limit changes from the geofence core (commands layer).
+        self.on_speed_caps: Callable[[list[SpeedCapChange]], None] | None = None
         self.ready = asyncio.Event()
 
     async def _open_store(self) -> TelemetryStore:
@@ -98,13 +108,18 @@ class Gateway:
         vehicles, t, lat, lon = await self._retry(store.load_last_fixes)
         plausibility.restore(vehicles, t, lat, lon)
         await self._retry(store.maintain)
+        self.geofence = geofence = GeofenceStage(
+            store, hysteresis=Hysteresis(cfg.geofence_margin_m, cfg.geofence_fixes),
+            on_speed_caps=self.on_speed_caps)
+        await self._retry(lambda: geofence.start(registry.devices))
+        registry.on_refresh.append(geofence.set_devices)
 
         ingress_box: list[MqttIngress] = []
         self.pipeline = pipeline = IngestPipeline(
             store, registry, plausibility, lambda tokens: ingress_box[0].acknowledge(tokens),
             limits=cfg.limits, time_limits=cfg.time_limits, metrics=self.metrics,
             on_backpressure=lambda paused: ingress_box[0].set_backpressure(paused),
-            on_committed=self._on_committed)
+            on_committed=self._on_committed, stages=[geofence])
         self.ingress = ingress = MqttIngress(
             pipeline, host=cfg.mqtt_host, port=cfg.mqtt_port, client_id=cfg.mqtt_client_id,
             topic_root=cfg.mqtt_topic_root, shared_group=cfg.mqtt_shared_group,
@@ -121,6 +136,7 @@ class Gateway:
         chores = [asyncio.create_task(c, name=c.__name__) for c in (
             self._every(cfg.presence_timeout_s / 4, self._expire_presence),
             self._every(cfg.registry_refresh_s, registry.refresh),
+            self._every(cfg.zones_refresh_s, geofence.refresh),
             self._every(cfg.maintenance_interval_s, store.maintain))]
         self.ready.set()
         try:
@@ -151,7 +167,7 @@ class Gateway:
         backoff = 0.5
         while True:
             try:
-                return await fn()
+                return await fn()  # fn: a coroutine function, called anew on every attempt
             except StoreUnavailable as exc:
                 log.warning("database_unavailable", extra=fields(
                     operation=getattr(fn, "__name__", "?"), error=str(exc)[:300]))

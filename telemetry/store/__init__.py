@@ -9,8 +9,11 @@ from telemetry.store._errors import (
     StoreUnavailable,
 )
 from telemetry.store._migrate import MigrationReport, migrate
+from telemetry.store._zones import ZoneRows
 from telemetry.store._store import (
+    VEHICLE_JSON_COLUMNS,
     Device,
+    Event,
     MaintenanceReport,
     TelemetryStore,
     VehicleRegistration,
@@ -18,7 +21,9 @@ from telemetry.store._store import (
 )
 
 __all__ = [
+    "VEHICLE_JSON_COLUMNS",
     "Device",
+    "Event",
     "MaintenanceReport",
     "MigrationError",
     "MigrationReport",
@@ -29,5 +34,6 @@ __all__ = [
     "TelemetryStore",
     "VehicleRegistration",
     "WriteResult",
+    "ZoneRows",
     "migrate",
 ]

@@ -8,10 +8,11 @@ A batch is written in one transaction: binary COPY into session staging tables, 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -19,13 +20,24 @@ import psycopg
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, DeviceEvent, TelemetryBatch
+from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, TelemetryBatch
 from telemetry.store import _binary as wire
-from telemetry.store import _partitions, _policies
+from telemetry.store import _partitions, _policies, _zones
+from telemetry.store._zones import ZoneRows
 from telemetry.store._errors import RegistrationConflict, StoreUnavailable
 
 _DEVICE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 VEHICLE_TYPES = ("ebike", "car")
+
+
+class Event(Protocol):
+    """What the events table stores: telemetry.batch.DeviceEvent, geofence.GeofenceEvent, ..."""
+
+    vehicle: int
+    time_ms: int
+    type: str
+    detail: dict | None
+    source: str
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,15 @@ _UPSERT_STATE = (
     "  last_seen = greatest(s.last_seen, EXCLUDED.last_seen),\n"
     "  updated_at = now()")
 
+# Per-vehicle state of the cores (geofence tracker, battery estimator), written with the batch
+# that changed it so that a restarted gateway resumes exactly where the database says.
+VEHICLE_JSON_COLUMNS = frozenset({"geofence"})
+_UPSERT_JSON = (
+    "INSERT INTO vehicle_state AS s (vehicle, {col}, updated_at)\n"
+    "SELECT x.vehicle, x.value::jsonb, now() FROM unnest(%s::int4[], %s::text[]) "
+    "AS x(vehicle, value) JOIN vehicles v ON v.id = x.vehicle\n"
+    "ON CONFLICT (vehicle) DO UPDATE SET {col} = EXCLUDED.{col}, updated_at = now()")
+
 _INSERT_EVENTS = """
 INSERT INTO events (time, vehicle, source, type, detail)
 SELECT e.time, e.vehicle, e.source, e.type, e.detail::jsonb
@@ -181,9 +202,11 @@ class _PreparedWrite:
     state_copy: bytes
     days: list[date]  # UTC days of the samples, for creating missing partitions
     event_params: tuple | None
+    json_params: list[tuple[str, tuple]]  # (vehicle_state column, its unnest parameters)
 
     @classmethod
-    def build(cls, batch: TelemetryBatch, events: list[DeviceEvent]) -> _PreparedWrite:
+    def build(cls, batch: TelemetryBatch, events: Sequence[Event],
+              vehicle_json: Mapping[str, Mapping[int, Any]]) -> _PreparedWrite:
         positions_copy = state_copy = b""
         days: list[date] = []
         if len(batch):
@@ -197,7 +220,16 @@ class _PreparedWrite:
                 [_utc(e.time_ms) for e in events], [e.vehicle for e in events],
                 [e.source for e in events], [e.type for e in events],
                 [None if e.detail is None else orjson.dumps(e.detail).decode() for e in events])
-        return cls(len(batch), positions_copy, state_copy, days, event_params)
+        json_params = []
+        for column, by_vehicle in vehicle_json.items():
+            if column not in VEHICLE_JSON_COLUMNS:
+                raise ValueError(f"vehicle_state has no JSON column {column!r}")
+            if by_vehicle:
+                vehicles = sorted(by_vehicle)  # one lock order for every writer: no deadlocks
+                json_params.append((column, (
+                    vehicles, [orjson.dumps(by_vehicle[v], option=orjson.OPT_SERIALIZE_NUMPY
+                                            ).decode() for v in vehicles])))
+        return cls(len(batch), positions_copy, state_copy, days, event_params, json_params)
 
 
 def _state_fields(batch: TelemetryBatch) -> list[wire.Field]:
@@ -379,15 +411,20 @@ class TelemetryStore:
 
     # --- the ingest path ------------------------------------------------------------------------
 
-    async def write(self, batch: TelemetryBatch, events: list[DeviceEvent]) -> WriteResult:
-        """Store a batch of samples and device events in one transaction.
+    async def write(self, batch: TelemetryBatch, events: Sequence[Event],
+                    vehicle_json: Mapping[str, Mapping[int, Any]] | None = None) -> WriteResult:
+        """Store a batch of samples, events and the cores' per-vehicle state in one transaction.
 
-        Samples already stored (same vehicle and time) are counted as duplicates; so are
-        repeats within the batch. A sample for a day without a partition gets one.
+        events: device, geofence or battery events (anything with vehicle, time_ms, type, detail,
+        source). vehicle_json: column of vehicle_state ("geofence", "battery") -> vehicle -> a
+        JSON-able value. Samples already stored (same vehicle and time) are counted as
+        duplicates; so are repeats within the batch. A sample for a day without a partition
+        gets one.
         """
-        if not len(batch) and not events:
+        vehicle_json = vehicle_json or {}
+        if not len(batch) and not events and not any(vehicle_json.values()):
             return WriteResult(0, 0, 0)
-        prepared = _PreparedWrite.build(batch, events)
+        prepared = _PreparedWrite.build(batch, events, vehicle_json)
         try:
             async with self._transaction() as cur:
                 return await self._write_in(cur, prepared)
@@ -416,6 +453,8 @@ class TelemetryStore:
         if w.event_params is not None:
             await cur.execute(_INSERT_EVENTS, w.event_params)
             events_inserted = cur.rowcount
+        for column, params in w.json_params:
+            await cur.execute(_UPSERT_JSON.format(col=column), params)
         return WriteResult(inserted, w.rows - inserted, events_inserted)
 
     async def _create_partitions(self, days: list[date]) -> None:
@@ -458,6 +497,47 @@ class TelemetryStore:
         vehicles, t, lat, lon = zip(*rows)
         return (np.array(vehicles, np.int64), np.array(t, np.int64), np.array(lat, np.float64),
                 np.array(lon, np.float64))
+
+    async def load_vehicle_json(self, column: str) -> tuple[dict[int, Any], dict[int, int]]:
+        """A core's stored per-vehicle state (vehicle -> value) and each vehicle's newest sample
+        time in ms (what the core has seen up to), for resuming after a restart."""
+        if column not in VEHICLE_JSON_COLUMNS:
+            raise ValueError(f"vehicle_state has no JSON column {column!r}")
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                f"SELECT vehicle, {column}, (extract(epoch FROM time) * 1000)::bigint "
+                f"FROM vehicle_state WHERE {column} IS NOT NULL")
+            rows = await cur.fetchall()
+        return ({v: value for v, value, _ in rows},
+                {v: t for v, _, t in rows if t is not None})
+
+    # --- zones ----------------------------------------------------------------------------------
+
+    async def zone_set_version(self) -> int:
+        """Bumped by every change to the zones or the global rules (cheap to poll)."""
+        async with self._connection() as conn:
+            return await _zones.version(conn.cursor())
+
+    async def load_zones(self) -> ZoneRows:
+        async with self._transaction() as cur:
+            return await _zones.load(cur)
+
+    async def put_zones(self, rows: list[dict[str, Any]]) -> int:
+        """Create or replace zones by id (rows as geofence.Zone.to_row()); the new version."""
+        async with self._transaction() as cur:
+            await _zones.put(cur, rows)
+            return await _zones.version(cur)
+
+    async def replace_zones(self, rows: list[dict[str, Any]],
+                            global_rules: list[dict[str, Any]]) -> int:
+        """Make the zone set exactly these zones and global rules; the new version."""
+        async with self._transaction() as cur:
+            await _zones.replace(cur, rows, global_rules)
+            return await _zones.version(cur)
+
+    async def delete_zone(self, zone_id: str) -> bool:
+        async with self._transaction() as cur:
+            return await _zones.delete(cur, zone_id)
 
     # --- housekeeping ---------------------------------------------------------------------------
 

@@ -1,0 +1,98 @@
+"""The `fleetgate` command against a real database: migrations, zones in and out, settings."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from fleetgate.cli import app
+
+pytestmark = pytest.mark.integration
+
+RUNNER = CliRunner()
+RULE = {"ride_start_allowed": False, "ride_end_allowed": False, "ride_through_allowed": True,
+        "maximum_speed_kph": 10}
+
+
+def run(*args: str, env: dict | None = None, input: str | None = None):
+    return RUNNER.invoke(app, list(args), env=env, input=input, catch_exceptions=False)
+
+
+def gbfs_doc(*features) -> dict:
+    return {"last_updated": "2026-11-23T08:00:00Z", "ttl": 60, "version": "3.0",
+            "data": {"geofencing_zones": {"type": "FeatureCollection", "features": list(features)},
+                     "global_rules": [{"ride_start_allowed": True, "ride_end_allowed": True,
+                                       "ride_through_allowed": True}]}}
+
+
+def feature(x0: float, y0: float, x1: float, y1: float, name: str) -> dict:
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    return {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [[ring]]},
+            "properties": {"name": [{"text": name, "language": "en"}], "rules": [RULE]}}
+
+
+def test_zones_import_list_and_export_as_gbfs(pg_dsn, tmp_path):
+    env = {"FLEETGATE_DATABASE_URL": pg_dsn}
+    path = tmp_path / "geofencing_zones.json"
+    path.write_bytes(orjson.dumps(gbfs_doc(feature(13.40, 52.50, 13.41, 52.51, "Mitte"),
+                                           feature(13.42, 52.50, 13.43, 52.51, "Kreuzberg"))))
+    result = run("zones", "import", str(path), "--replace", env=env)
+    assert result.exit_code == 0, result.output
+    assert "2 zones replace the zone set" in result.output
+
+    listed = run("zones", "list", env=env).output
+    assert "Mitte" in listed and "Kreuzberg" in listed
+
+    exported = json.loads(run("zones", "export", "--gbfs", env=env).output)
+    names = [f["properties"]["name"][0]["text"]
+             for f in exported["data"]["geofencing_zones"]["features"]]
+    assert names == ["Mitte", "Kreuzberg"]  # file order is precedence, kept
+    assert exported["data"]["geofencing_zones"]["features"][0]["properties"]["rules"] == [RULE]
+
+
+def test_an_invalid_zone_file_is_refused_and_changes_nothing(pg_dsn, tmp_path):
+    env = {"FLEETGATE_DATABASE_URL": pg_dsn}
+    good = tmp_path / "good.json"
+    good.write_bytes(orjson.dumps(gbfs_doc(feature(13.40, 52.50, 13.41, 52.51, "Mitte"))))
+    assert run("zones", "import", str(good), env=env).exit_code == 0
+    before = run("zones", "export", env=env).output
+
+    bowtie = {"type": "Feature", "properties": {"rules": [RULE]},
+              "geometry": {"type": "MultiPolygon", "coordinates": [[[[13.40, 52.50], [13.41, 52.51],
+                                                                     [13.41, 52.50], [13.40, 52.51],
+                                                                     [13.40, 52.50]]]]}}
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(orjson.dumps(gbfs_doc(bowtie)))
+    result = run("zones", "import", str(bad), "--replace", env=env)
+    assert result.exit_code == 2
+    assert "rejected, nothing changed" in result.output and "Self-intersection" in result.output
+    assert run("zones", "export", env=env).output == before
+
+
+def test_db_migrate_is_idempotent_and_reports_the_storage(empty_pg_dsn):
+    env = {"FLEETGATE_DATABASE_URL": empty_pg_dsn, "FLEETGATE_STORAGE": "native"}
+    first = run("db", "migrate", env=env)
+    assert first.exit_code == 0 and "native storage" in first.output and "applied" in first.output
+    again = run("db", "migrate", env=env)
+    assert again.exit_code == 0 and "already up to date" in again.output
+
+
+def test_db_migrate_refuses_to_switch_storage_with_one_line(empty_pg_dsn):
+    assert run("db", "migrate", env={"FLEETGATE_DATABASE_URL": empty_pg_dsn,
+                                     "FLEETGATE_STORAGE": "native"}).exit_code == 0
+    result = run("db", "migrate", env={"FLEETGATE_DATABASE_URL": empty_pg_dsn,
+                                       "FLEETGATE_STORAGE": "timescaledb"})
+    assert result.exit_code == 2 and "migration failed" in result.output
+
+
+def test_config_show_masks_secrets_and_bad_settings_exit_2():
+    shown = run("config", "show", env={"FLEETGATE_DATABASE_URL": "postgresql://fg:hunter2@db/fg",
+                                       "FLEETGATE_MQTT_PASSWORD": "s3cret"})
+    assert shown.exit_code == 0
+    assert "hunter2" not in shown.output and "s3cret" not in shown.output
+    assert json.loads(shown.output)["database_url"] == "postgresql://fg:***@db/fg"
+    bad = run("config", "show", env={"FLEETGATE_BATCH_MAX_AGE_MS": "-5"})
+    assert bad.exit_code == 2 and "batch_max_age_ms" in bad.output
