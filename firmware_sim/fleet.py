@@ -165,6 +165,7 @@ class Fleet:
         self._answers: set[asyncio.TimerHandle] = set()
         self._connect_gate: asyncio.Semaphore | None = None
         self.steps_done = 0
+        self.wall_offset_ms = 0
 
     # -- what the registry and tests read ---------------------------------------------------
 
@@ -219,6 +220,9 @@ class Fleet:
         per_turn = max(1, o.publish_burst // max(1, o.vehicles))
         # The simulated clock is tied to the wall clock from here on (paced modes).
         wall0, done0 = loop.time(), self.steps_done
+        # Paced at speedup 1, a sample with time t is published at wall-clock t + this offset
+        # (benchmarks measure publish-to-commit latency with it).
+        self.wall_offset_ms = wall_clock_ms() - self.model.t_ms
         while (total is None or self.steps_done < total) and not self._stopping:
             if stop_event is not None and stop_event.is_set():
                 break
