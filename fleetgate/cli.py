@@ -405,9 +405,13 @@ def _demo_status(gateway, fleet, last: dict) -> str:
     m = gateway.metrics.registry
     stored = m.get_sample_value("fleetgate_samples_stored_total") or 0.0
     dupes = m.get_sample_value("fleetgate_samples_duplicate_total") or 0.0
-    rejected = {s.labels["reason"]: int(s.value)
-                for metric in m.collect() if metric.name == "fleetgate_samples_rejected"
-                for s in metric.samples if s.name.endswith("_total") and s.value}
+    rejected: dict[str, int] = {}
+    for metric in m.collect():
+        if metric.name == "fleetgate_samples_rejected":
+            for s in metric.samples:
+                if s.name.endswith("_total") and s.value:
+                    reason = s.labels["reason"]
+                    rejected[reason] = rejected.get(reason, 0) + int(s.value)
     now = time.monotonic()
     rate = (stored - last["stored"]) / max(now - last["at"], 1e-9)
     last.update(stored=stored, at=now)

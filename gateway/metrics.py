@@ -27,8 +27,9 @@ class GatewayMetrics:
             "fleetgate_samples_duplicate_total",
             "Samples already stored (redelivered or re-uploaded), ignored", registry=r)
         self.samples_rejected = Counter(
-            "fleetgate_samples_rejected_total", "Samples or messages rejected, by reason",
-            ["reason"], registry=r)
+            "fleetgate_samples_rejected_total",
+            "Samples or messages rejected, by reason and transport", ["reason", "transport"],
+            registry=r)
         self.samples_flagged = Counter(
             "fleetgate_samples_flagged_total", "Samples stored with a quality flag",
             ["flag"], registry=r)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -35,8 +36,9 @@ class Inbound(NamedTuple):
     device_id: str
     payload: bytes
     received_ms: int
-    token: Any  # handed back to the transport's acknowledge() after commit
+    token: Any  # handed back to its transport's acknowledge callback after commit
     content_type: str | None = None
+    transport: str = "mqtt"  # key of the acknowledge callback; a metrics label
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,7 @@ class IngestPipeline:
         store: TelemetryStore,
         registry: DeviceRegistry,
         plausibility: PlausibilityFilter,
-        acknowledge: Callable[[list[Any]], None],
+        acknowledge: Mapping[str, Callable[[list[Any]], None]],
         *,
         limits: PipelineLimits = PipelineLimits(),
         time_limits: TimeLimits = TimeLimits(),
@@ -109,6 +111,7 @@ class IngestPipeline:
         self._on_backpressure = on_backpressure
         self._on_committed = on_committed
         self._stages = list(stages)
+        self._first_transport = "mqtt"
         self._pending: list[Inbound] = []
         self._pending_bytes = 0
         self._in_write = 0  # messages taken into the batch being written
@@ -207,37 +210,42 @@ class IngestPipeline:
         statuses = [m for m in items if m.kind == "status"]
 
         await self._refresh_registry([m.device_id for m in items])
+        self._first_transport = items[0].transport
         vehicle_of = self._registry.vehicle_of
         now_ms = int(time.time() * 1000)
-        rejected: dict[str, int] = {}
+        # Rejections by transport, then reason (fleetgate_samples_rejected_total{reason,transport}).
+        rejected: dict[str, dict[str, int]] = {}
         problems = []
 
-        if telemetry:
-            metrics.messages_received.labels("mqtt", "telemetry").inc(len(telemetry))
+        for (transport, kind), count in Counter((m.transport, m.kind) for m in items).items():
+            metrics.messages_received.labels(transport, kind).inc(count)
+        batches = []
+        for transport, msgs in _by_transport(telemetry):
             decoded = decode_telemetry(
-                [m.device_id for m in telemetry], [m.payload for m in telemetry],
-                np.fromiter((m.received_ms for m in telemetry), np.int64, len(telemetry)),
+                [m.device_id for m in msgs], [m.payload for m in msgs],
+                np.fromiter((m.received_ms for m in msgs), np.int64, len(msgs)),
                 vehicle_of, now_ms=now_ms, limits=self._time_limits,
-                content_types=[m.content_type for m in telemetry])
-            batch = decoded.batch
-            _merge(rejected, decoded.rejected)
+                content_types=[m.content_type for m in msgs])
+            batches.append(decoded.batch)
+            _merge(rejected.setdefault(transport, {}), decoded.rejected)
             problems += decoded.problems
+            metrics.samples_received.labels(transport).inc(
+                len(decoded.batch) + sum(decoded.rejected.values()))
+        batch = batches[0] if len(batches) == 1 else TelemetryBatch.concat(batches)
+        if len(batch):
             flagged = self._plausibility.apply(batch)
             if flagged:
                 metrics.samples_flagged.labels("implausible_jump").inc(flagged)
-        else:
-            batch = TelemetryBatch.empty()
         events: list[DeviceEvent] = []
-        if events_in:
-            metrics.messages_received.labels("mqtt", "event").inc(len(events_in))
-            events, ev_rejected, ev_problems = decode_events(
-                [m.device_id for m in events_in], [m.payload for m in events_in], vehicle_of,
+        for transport, msgs in _by_transport(events_in):
+            decoded_events, ev_rejected, ev_problems = decode_events(
+                [m.device_id for m in msgs], [m.payload for m in msgs], vehicle_of,
                 now_ms=now_ms, limits=self._time_limits,
-                content_types=[m.content_type for m in events_in])
-            _merge(rejected, ev_rejected)
+                content_types=[m.content_type for m in msgs])
+            events += decoded_events
+            _merge(rejected.setdefault(transport, {}), ev_rejected)
             problems += ev_problems
         presence = self._presence_updates(statuses, vehicle_of, rejected)
-        metrics.samples_received.labels("mqtt").inc(len(batch) + sum(rejected.values()))
         derived = self._run_stages(batch)
         events.extend(derived.events)
 
@@ -245,8 +253,9 @@ class IngestPipeline:
             batch, events, presence, rejected, derived.vehicle_json)
 
         elapsed = time.monotonic() - started
-        for reason, count in rejected.items():
-            metrics.samples_rejected.labels(reason).inc(count)
+        for transport, reasons in rejected.items():
+            for reason, count in reasons.items():
+                metrics.samples_rejected.labels(reason, transport).inc(count)
         metrics.samples_stored.inc(inserted)
         metrics.samples_duplicate.inc(duplicates)
         metrics.events_stored.inc(events_inserted)
@@ -261,7 +270,11 @@ class IngestPipeline:
                 self._on_committed(batch, commit_ms)
         self._log_problems(rejected, problems)
 
-        self._acknowledge([m.token for m in items])
+        by_transport: dict[str, list[Any]] = {}
+        for m in items:  # in arrival order within each transport (MQTT wants PUBACKs in order)
+            by_transport.setdefault(m.transport, []).append(m.token)
+        for transport, tokens in by_transport.items():
+            self._acknowledge[transport](tokens)
         metrics.messages_acked.inc(len(items))
         self._in_write = 0
         self._update_gauges()
@@ -285,9 +298,9 @@ class IngestPipeline:
             vehicle = vehicle_of.get(m.device_id)
             status = decode_status(m.payload, m.content_type)
             if vehicle is None:
-                _merge(rejected, {"unknown_device": 1})
+                _merge(rejected.setdefault(m.transport, {}), {"unknown_device": 1})
             elif status is None:
-                _merge(rejected, {"bad_structure": 1})
+                _merge(rejected.setdefault(m.transport, {}), {"bad_structure": 1})
             else:
                 updates.append((vehicle, status.online, status.t or m.received_ms))
                 self._metrics.presence_changes.labels(
@@ -344,7 +357,8 @@ class IngestPipeline:
             n = len(batch) + len(events)
             if n <= 1:
                 log.error("sample_refused_by_database", extra=fields(error=str(exc)[:300]))
-                _merge(rejected, {"store_refused": n})
+                # Attributed to the transport of the batch's first message: rare enough.
+                _merge(rejected.setdefault(self._first_transport, {}), {"store_refused": n})
                 return 0, 0, 0
             half_b, half_e = len(batch) // 2, len(events) // 2
             # The stages' per-vehicle state goes with both halves (writing it twice is harmless).
@@ -354,10 +368,11 @@ class IngestPipeline:
                                             rejected, vehicle_json)
             return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
-    def _log_problems(self, rejected: dict[str, int], problems) -> None:
+    def _log_problems(self, rejected: dict[str, dict[str, int]], problems) -> None:
         if not rejected:
             return
-        _merge(self._suppressed, rejected)
+        for reasons in rejected.values():
+            _merge(self._suppressed, reasons)
         now = time.monotonic()
         if now - self._last_problem_log < 1.0:
             return  # at most one line a second, with the counts since the last one
@@ -376,6 +391,14 @@ class IngestPipeline:
 
     def _update_gauges(self) -> None:
         self._metrics.pending_messages.set(self.unacknowledged)
+
+
+def _by_transport(messages: list[Inbound]) -> list[tuple[str, list[Inbound]]]:
+    """Messages grouped by transport, in arrival order within each group (usually one group)."""
+    groups: dict[str, list[Inbound]] = {}
+    for m in messages:
+        groups.setdefault(m.transport, []).append(m)
+    return list(groups.items())
 
 
 def _merge(into: dict[str, int], counts: dict[str, int]) -> None:

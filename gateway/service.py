@@ -116,7 +116,8 @@ class Gateway:
 
         ingress_box: list[MqttIngress] = []
         self.pipeline = pipeline = IngestPipeline(
-            store, registry, plausibility, lambda tokens: ingress_box[0].acknowledge(tokens),
+            store, registry, plausibility,
+            {"mqtt": lambda tokens: ingress_box[0].acknowledge(tokens)},
             limits=cfg.limits, time_limits=cfg.time_limits, metrics=self.metrics,
             on_backpressure=lambda paused: ingress_box[0].set_backpressure(paused),
             on_committed=self._on_committed, stages=[geofence])

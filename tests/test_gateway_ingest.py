@@ -101,8 +101,10 @@ async def test_bad_input_is_counted_by_reason_never_stored_and_never_stalls(mosq
         await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 2)
         for reason in bad:
             expected = 2 if reason == "soc_out_of_range" else 1
-            assert metric(reg, "fleetgate_samples_rejected_total", reason=reason) == expected, reason
-        assert metric(reg, "fleetgate_samples_rejected_total", reason="unknown_device") == 1
+            assert metric(reg, "fleetgate_samples_rejected_total", reason=reason,
+                          transport="mqtt") == expected, reason
+        assert metric(reg, "fleetgate_samples_rejected_total", reason="unknown_device",
+                      transport="mqtt") == 1
         await dev.disconnect()
         await ghost.disconnect()
     assert sorted(t for _, t in await stored_keys(pg_dsn)) == [now - 10, now - 5]
