@@ -250,7 +250,7 @@ class IngestPipeline:
         events.extend(derived.events)
 
         inserted, duplicates, events_inserted = await self._write(
-            batch, events, presence, rejected, derived.vehicle_json)
+            batch, events, presence, rejected, derived.derived)
 
         elapsed = time.monotonic() - started
         for transport, reasons in rejected.items():
@@ -315,13 +315,13 @@ class IngestPipeline:
             except StoreUnavailable as exc:
                 await self._database_down("registry", exc)
 
-    async def _write(self, batch, events, presence, rejected, vehicle_json
+    async def _write(self, batch, events, presence, rejected, derived
                      ) -> tuple[int, int, int]:
         """Write until it commits; a batch the database refuses is split to isolate bad rows."""
         backoff = 0.2
         while True:
             try:
-                result = await self._write_isolating(batch, events, rejected, vehicle_json)
+                result = await self._write_isolating(batch, events, rejected, derived)
                 if presence:
                     await self._store.set_presence(presence)
                 if self._db_down:
@@ -342,10 +342,10 @@ class IngestPipeline:
             unacknowledged=self.unacknowledged))
         await asyncio.sleep(backoff)
 
-    async def _write_isolating(self, batch, events, rejected, vehicle_json
+    async def _write_isolating(self, batch, events, rejected, derived
                                ) -> tuple[int, int, int]:
         try:
-            r = await self._store.write(batch, events, vehicle_json)
+            r = await self._store.write(batch, events, derived)
             return r.inserted, r.duplicates, r.events_inserted
         except StoreUnavailable:
             raise
@@ -361,11 +361,11 @@ class IngestPipeline:
                 _merge(rejected.setdefault(self._first_transport, {}), {"store_refused": n})
                 return 0, 0, 0
             half_b, half_e = len(batch) // 2, len(events) // 2
-            # The stages' per-vehicle state goes with both halves (writing it twice is harmless).
+            # What the stages derived goes with both halves (writing it twice is harmless).
             a = await self._write_isolating(batch.take(slice(0, half_b)), events[:half_e],
-                                            rejected, vehicle_json)
+                                            rejected, derived)
             b = await self._write_isolating(batch.take(slice(half_b, None)), events[half_e:],
-                                            rejected, vehicle_json)
+                                            rejected, derived)
             return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
     def _log_problems(self, rejected: dict[str, dict[str, int]], problems) -> None:

@@ -18,7 +18,7 @@ from fleetgate.logs import fields
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt_ingress import MqttIngress
 from gateway.pipeline import DeviceRegistry, IngestPipeline, PipelineLimits
-from gateway.stages import GeofenceStage
+from gateway.stages import BatteryStage, GeofenceStage
 from geofence import Hysteresis, SpeedCapChange
 from telemetry.batch import TelemetryBatch
 from telemetry.decoder import TimeLimits
@@ -82,6 +82,7 @@ class Gateway:
         self.pipeline: IngestPipeline | None = None
         self.ingress: MqttIngress | None = None
         self.geofence: GeofenceStage | None = None
+        self.battery: BatteryStage | None = None
         # The slow-zone hook: speed-limit changes from the geofence core (commands layer).
         self.on_speed_caps: Callable[[list[SpeedCapChange]], None] | None = None
         self.ready = asyncio.Event()
@@ -112,7 +113,9 @@ class Gateway:
             store, hysteresis=Hysteresis(cfg.geofence_margin_m, cfg.geofence_fixes),
             on_speed_caps=self.on_speed_caps)
         await self._retry(lambda: geofence.start(registry.devices))
-        registry.on_refresh.append(geofence.set_devices)
+        self.battery = battery = BatteryStage(store)
+        await self._retry(lambda: battery.start(registry.devices))
+        registry.on_refresh += [geofence.set_devices, battery.set_devices]
 
         ingress_box: list[MqttIngress] = []
         self.pipeline = pipeline = IngestPipeline(
@@ -120,7 +123,7 @@ class Gateway:
             {"mqtt": lambda tokens: ingress_box[0].acknowledge(tokens)},
             limits=cfg.limits, time_limits=cfg.time_limits, metrics=self.metrics,
             on_backpressure=lambda paused: ingress_box[0].set_backpressure(paused),
-            on_committed=self._on_committed, stages=[geofence])
+            on_committed=self._on_committed, stages=[geofence, battery])
         self.ingress = ingress = MqttIngress(
             pipeline, host=cfg.mqtt_host, port=cfg.mqtt_port, client_id=cfg.mqtt_client_id,
             topic_root=cfg.mqtt_topic_root, shared_group=cfg.mqtt_shared_group,
@@ -147,6 +150,7 @@ class Gateway:
             pipeline.close()
             await writer
             await ingress.disconnect()
+            await self._save_core_state()
             log.info("gateway_stopped", extra=fields(unacknowledged=pipeline.unacknowledged))
         finally:
             for task in (reader, writer, *chores):
@@ -155,6 +159,14 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await store.close()
+
+    async def _save_core_state(self) -> None:
+        """Everything is committed: store the battery core's full state so that the next start
+        continues without a gap. A database that is away now only costs that gap."""
+        try:
+            await asyncio.wait_for(self.battery.save(), 30)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.warning("battery_state_not_saved", extra=fields(error=str(exc)[:300]))
 
     def stop(self) -> None:
         self._stop.set()

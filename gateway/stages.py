@@ -1,5 +1,5 @@
-"""The cores the pipeline runs over every batch (geofence now, battery next), behind one small
-interface, and their IO shells: loading state at start, reloading zones while running.
+"""The cores the pipeline runs over every batch (geofence, battery), behind one small interface,
+and their IO shells: loading state at start, reloading zones while running.
 
 A stage's process() is synchronous and pure with respect to IO: it returns events and per-vehicle
 state that the store writes in the batch's own transaction, so what the database holds and what
@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from battery import DEFAULT_TYPES, BatteryCore, BatteryPolicy, BatteryType
 from fleetgate.logs import fields
 from geofence import Hysteresis, InvalidZone, SpeedCapChange, ViolationPolicy, Zone, ZoneSet, ZoneTracker
 from telemetry.batch import TelemetryBatch
-from telemetry.store import Device, TelemetryStore
+from telemetry.store import Derived, Device, TelemetryStore
 
 log = logging.getLogger("fleetgate.stages")
 
@@ -25,8 +26,7 @@ log = logging.getLogger("fleetgate.stages")
 @dataclass
 class StageOutput:
     events: list = field(default_factory=list)
-    # vehicle_state JSON column -> vehicle -> value, written with the batch
-    vehicle_json: dict[str, dict[int, Any]] = field(default_factory=dict)
+    derived: Derived = field(default_factory=Derived)  # per-vehicle state and history rows
 
 
 class BatchStage(Protocol):
@@ -108,14 +108,58 @@ class GeofenceStage:
         result = self.tracker.process(batch)
         if result.speed_caps and self.on_speed_caps is not None:
             self.on_speed_caps(result.speed_caps)
-        return StageOutput(events=result.events, vehicle_json={"geofence": result.states}
-                           if result.states else {})
+        return StageOutput(events=result.events, derived=Derived(
+            vehicle_json={"geofence": result.states} if result.states else {}))
+
+
+class BatteryStage:
+    """The battery-health core over every batch: its events, battery_health history rows and,
+    with every history row, the vehicle's resumable state.
+
+    Persisting a vehicle's state (~2 KB) with every batch would cost more than the samples, so it
+    is written with the history rows (at most every 15 min of sample time per vehicle, and at
+    every pack swap and charging start or end) and for every vehicle on a graceful stop. After a
+    crash the core resumes from the stored state and treats the samples it had not stored as a
+    gap, which its estimators tolerate; it never counts them twice.
+    """
+
+    name = "battery"
+
+    def __init__(self, store: TelemetryStore, *,
+                 types: Mapping[str, BatteryType] = DEFAULT_TYPES,
+                 policy: BatteryPolicy = BatteryPolicy()) -> None:
+        self._store = store
+        self.core = BatteryCore(types, policy=policy)
+
+    async def start(self, devices: Mapping[str, Device]) -> None:
+        self.set_devices(devices)
+        states, last_time = await self._store.load_vehicle_json("battery_state")
+        self.core.restore(states, last_time)
+        log.info("battery_state_loaded", extra=fields(vehicles_resumed=len(states)))
+
+    def set_devices(self, devices: Mapping[str, Device]) -> None:
+        known = [d for d in devices.values() if d.vehicle_type in self.core.types]
+        if known:
+            self.core.set_vehicle_types([d.vehicle for d in known],
+                                        [d.vehicle_type for d in known])
+
+    def process(self, batch: TelemetryBatch) -> StageOutput:
+        update = self.core.update(batch)
+        history = update.history
+        derived = Derived()
+        if len(history):
+            derived.battery_health = history.rows()
+            derived.vehicle_json["battery_state"] = self.core.export_state(history.vehicle.tolist())
+        return StageOutput(events=update.events, derived=derived)
+
+    async def save(self) -> None:
+        """Store every vehicle's state (graceful stop): a restart then continues seamlessly."""
+        await self._store.save_vehicle_json("battery_state", self.core.export_state())
 
 
 def merge_outputs(outputs: Iterable[StageOutput]) -> StageOutput:
     merged = StageOutput()
     for out in outputs:
         merged.events.extend(out.events)
-        for column, values in out.vehicle_json.items():
-            merged.vehicle_json.setdefault(column, {}).update(values)
+        merged.derived.merge(out.derived)
     return merged

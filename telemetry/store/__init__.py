@@ -1,6 +1,13 @@
 """The telemetry store: PostgreSQL (TimescaleDB or native partitions) for samples, latest vehicle
 state, presence and events, and the versioned migrations that create its schema."""
 
+from telemetry.store._credentials import (
+    AlreadyProvisioned,
+    CredentialInfo,
+    DeviceCredentials,
+    IssuedSecret,
+    UnknownDevice,
+)
 from telemetry.store._errors import (
     MigrationError,
     RegistrationConflict,
@@ -11,7 +18,9 @@ from telemetry.store._errors import (
 from telemetry.store._migrate import MigrationReport, migrate
 from telemetry.store._zones import ZoneRows
 from telemetry.store._store import (
+    BATTERY_HEALTH_COLUMNS,
     VEHICLE_JSON_COLUMNS,
+    Derived,
     Device,
     Event,
     MaintenanceReport,
@@ -21,6 +30,11 @@ from telemetry.store._store import (
 )
 
 __all__ = [
+    "AlreadyProvisioned",
+    "CredentialInfo",
+    "DeviceCredentials",
+    "IssuedSecret",
+    "UnknownDevice",
     "VEHICLE_JSON_COLUMNS",
     "Device",
     "Event",

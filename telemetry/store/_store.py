@@ -151,7 +151,49 @@ _UPSERT_STATE = (
 
 # Per-vehicle state of the cores (geofence tracker, battery estimator), written with the batch
 # that changed it so that a restarted gateway resumes exactly where the database says.
-VEHICLE_JSON_COLUMNS = frozenset({"geofence"})
+VEHICLE_JSON_COLUMNS = frozenset({"geofence", "battery_state"})
+
+# battery_health rows (the battery core's downsampled history), in this column order; time in ms.
+BATTERY_HEALTH_COLUMNS = (
+    "vehicle", "time_ms", "soc_pct", "range_m", "soh_pct", "capacity_ah", "resistance_ohm", "efc",
+    "energy_wh_per_km", "aux_rest_v", "aux_drain_ma", "aux_hours_to_threshold", "charging",
+    "pack_seq")
+_BH_TYPES = ["int4", "int8"] + ["float8"] * 10 + ["bool", "int4"]
+_BH_NAMES = ["time" if c == "time_ms" else c for c in BATTERY_HEALTH_COLUMNS]
+# The rows go into the history, and each vehicle's newest row refreshes its headline estimates
+# on vehicle_state (the live map and operations read those).
+_INSERT_BATTERY_HEALTH = (
+    "WITH r AS (SELECT * FROM unnest("
+    + ", ".join(f"%s::{t}[]" for t in _BH_TYPES) + ") AS r(" + ", ".join(BATTERY_HEALTH_COLUMNS)
+    + ")), ins AS (\n"
+    "  INSERT INTO battery_health (" + ", ".join(_BH_NAMES) + ")\n"
+    "  SELECT " + ", ".join("to_timestamp(time_ms / 1000.0)" if c == "time_ms" else c
+                            for c in BATTERY_HEALTH_COLUMNS)
+    + " FROM r ON CONFLICT (vehicle, time) DO NOTHING)\n"
+    "UPDATE vehicle_state s SET range_m = n.range_m, soh_pct = n.soh_pct,\n"
+    "  aux_hours_to_threshold = n.aux_hours_to_threshold\n"
+    "FROM (SELECT DISTINCT ON (vehicle) * FROM r ORDER BY vehicle, time_ms DESC) n\n"
+    "WHERE s.vehicle = n.vehicle")
+
+
+@dataclass
+class Derived:
+    """What the cores derive from a batch, written in the batch's own transaction.
+
+    vehicle_json: vehicle_state JSON column ("geofence", "battery_state") -> vehicle -> value.
+    battery_health: history rows in BATTERY_HEALTH_COLUMNS order (NaN/None = unknown).
+    """
+
+    vehicle_json: dict[str, dict[int, Any]] = field(default_factory=dict)
+    battery_health: list[tuple] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.battery_health) or any(self.vehicle_json.values())
+
+    def merge(self, other: Derived) -> None:
+        for column, values in other.vehicle_json.items():
+            self.vehicle_json.setdefault(column, {}).update(values)
+        self.battery_health.extend(other.battery_health)
 _UPSERT_JSON = (
     "INSERT INTO vehicle_state AS s (vehicle, {col}, updated_at)\n"
     "SELECT x.vehicle, x.value::jsonb, now() FROM unnest(%s::int4[], %s::text[]) "
@@ -203,10 +245,11 @@ class _PreparedWrite:
     days: list[date]  # UTC days of the samples, for creating missing partitions
     event_params: tuple | None
     json_params: list[tuple[str, tuple]]  # (vehicle_state column, its unnest parameters)
+    battery_params: tuple | None
 
     @classmethod
-    def build(cls, batch: TelemetryBatch, events: Sequence[Event],
-              vehicle_json: Mapping[str, Mapping[int, Any]]) -> _PreparedWrite:
+    def build(cls, batch: TelemetryBatch, events: Sequence[Event], derived: Derived
+              ) -> _PreparedWrite:
         positions_copy = state_copy = b""
         days: list[date] = []
         if len(batch):
@@ -221,7 +264,7 @@ class _PreparedWrite:
                 [e.source for e in events], [e.type for e in events],
                 [None if e.detail is None else orjson.dumps(e.detail).decode() for e in events])
         json_params = []
-        for column, by_vehicle in vehicle_json.items():
+        for column, by_vehicle in derived.vehicle_json.items():
             if column not in VEHICLE_JSON_COLUMNS:
                 raise ValueError(f"vehicle_state has no JSON column {column!r}")
             if by_vehicle:
@@ -229,7 +272,11 @@ class _PreparedWrite:
                 json_params.append((column, (
                     vehicles, [orjson.dumps(by_vehicle[v], option=orjson.OPT_SERIALIZE_NUMPY
                                             ).decode() for v in vehicles])))
-        return cls(len(batch), positions_copy, state_copy, days, event_params, json_params)
+        battery_params = None
+        if derived.battery_health:
+            battery_params = tuple(list(col) for col in zip(*derived.battery_health))
+        return cls(len(batch), positions_copy, state_copy, days, event_params, json_params,
+                   battery_params)
 
 
 def _state_fields(batch: TelemetryBatch) -> list[wire.Field]:
@@ -411,20 +458,18 @@ class TelemetryStore:
 
     # --- the ingest path ------------------------------------------------------------------------
 
-    async def write(self, batch: TelemetryBatch, events: Sequence[Event],
-                    vehicle_json: Mapping[str, Mapping[int, Any]] | None = None) -> WriteResult:
-        """Store a batch of samples, events and the cores' per-vehicle state in one transaction.
+    async def write(self, batch: TelemetryBatch, events: Sequence[Event] = (),
+                    derived: Derived | None = None) -> WriteResult:
+        """Store a batch of samples, events and what the cores derived, in one transaction.
 
         events: device, geofence or battery events (anything with vehicle, time_ms, type, detail,
-        source). vehicle_json: column of vehicle_state ("geofence", "battery") -> vehicle -> a
-        JSON-able value. Samples already stored (same vehicle and time) are counted as
-        duplicates; so are repeats within the batch. A sample for a day without a partition
-        gets one.
+        source). Samples already stored (same vehicle and time) are counted as duplicates; so
+        are repeats within the batch. A sample for a day without a partition gets one.
         """
-        vehicle_json = vehicle_json or {}
-        if not len(batch) and not events and not any(vehicle_json.values()):
+        derived = derived or Derived()
+        if not len(batch) and not events and not derived:
             return WriteResult(0, 0, 0)
-        prepared = _PreparedWrite.build(batch, events, vehicle_json)
+        prepared = _PreparedWrite.build(batch, events, derived)
         try:
             async with self._transaction() as cur:
                 return await self._write_in(cur, prepared)
@@ -455,7 +500,17 @@ class TelemetryStore:
             events_inserted = cur.rowcount
         for column, params in w.json_params:
             await cur.execute(_UPSERT_JSON.format(col=column), params)
+        if w.battery_params is not None:
+            await cur.execute(_INSERT_BATTERY_HEALTH, w.battery_params)
         return WriteResult(inserted, w.rows - inserted, events_inserted)
+
+    async def save_vehicle_json(self, column: str, by_vehicle: Mapping[int, Any]) -> None:
+        """Store a core's per-vehicle state outside a batch (a graceful stop saves it whole)."""
+        prepared = _PreparedWrite.build(TelemetryBatch.empty(), (),
+                                        Derived(vehicle_json={column: dict(by_vehicle)}))
+        async with self._transaction() as cur:
+            for col, params in prepared.json_params:
+                await cur.execute(_UPSERT_JSON.format(col=col), params)
 
     async def _create_partitions(self, days: list[date]) -> None:
         async with self._transaction() as cur:
