@@ -66,4 +66,8 @@ class GatewayMetrics:
             "fleetgate_core_seconds", "Time a core (geofence, battery) spends on one batch",
             ["core"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
             registry=r)
+        self.timescaledb_jobs_failing = Gauge(
+            "fleetgate_timescaledb_jobs_failing",
+            "TimescaleDB background jobs whose last run failed (compression, retention, "
+            "continuous aggregate refresh)", registry=r)
         self.db_up.set(1)

@@ -108,7 +108,7 @@ class Gateway:
         await self._retry(registry.refresh)
         vehicles, t, lat, lon = await self._retry(store.load_last_fixes)
         plausibility.restore(vehicles, t, lat, lon)
-        await self._retry(store.maintain)
+        await self._retry(self._maintain)
         self.geofence = geofence = GeofenceStage(
             store, hysteresis=Hysteresis(cfg.geofence_margin_m, cfg.geofence_fixes),
             on_speed_caps=self.on_speed_caps)
@@ -141,7 +141,7 @@ class Gateway:
             self._every(cfg.presence_timeout_s / 4, self._expire_presence),
             self._every(cfg.registry_refresh_s, registry.refresh),
             self._every(cfg.zones_refresh_s, geofence.refresh),
-            self._every(cfg.maintenance_interval_s, store.maintain))]
+            self._every(cfg.maintenance_interval_s, self._maintain))]
         self.ready.set()
         try:
             await self._stop.wait()
@@ -159,6 +159,14 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await store.close()
+
+    async def _maintain(self) -> None:
+        report = await self.store.maintain()
+        if report.created or report.dropped or report.policies_fixed:
+            log.info("database_maintained", extra=fields(report=str(report)))
+        self.metrics.timescaledb_jobs_failing.set(len(report.failing_jobs))
+        if report.failing_jobs:
+            log.warning("timescaledb_jobs_failing", extra=fields(jobs=report.failing_jobs))
 
     async def _save_core_state(self) -> None:
         """Everything is committed: store the battery core's full state so that the next start

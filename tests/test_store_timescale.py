@@ -3,6 +3,8 @@ and the same answers as the native path."""
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
 
@@ -121,3 +123,24 @@ async def test_auto_picks_timescaledb_where_it_loads_and_never_switches(timescal
         assert report.changes == [], "the policies the migrations create match the settings"
         with pytest.raises(StorageMismatch, match="migrated with timescaledb storage"):
             await migrate(dsn, storage="native")
+
+
+async def test_maintain_reports_timescaledb_jobs_whose_last_run_failed(timescale_dsn):
+    """A policy can exist and still fail on every run: maintain() names such jobs and their
+    error, and the gateway logs them and exports fleetgate_timescaledb_jobs_failing."""
+    async with await psycopg.AsyncConnection.connect(timescale_dsn, autocommit=True) as conn:
+        await conn.execute("""
+            CREATE PROCEDURE broken_job(job_id int, config jsonb) LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'the disk is full'; END $$""")
+        job = (await (await conn.execute(
+            "SELECT add_job('broken_job', INTERVAL '1 hour', initial_start => now())"
+        )).fetchone())[0]
+    async with await TelemetryStore.open(timescale_dsn) as store:
+        for _ in range(200):  # the scheduler starts the job within a few seconds
+            report = await store.maintain()
+            if any(f"job {job} broken_job" in j for j in report.failing_jobs):
+                break
+            await asyncio.sleep(0.1)
+        mine = [j for j in report.failing_jobs if f"job {job} " in j]
+        assert mine and "the disk is full" in mine[0]
+        assert "failing:" in str(report)

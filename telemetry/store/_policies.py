@@ -72,3 +72,23 @@ async def put_in_line(cur: AsyncCursor, retention_days: int, wrong: list[str]) -
         if what in wrong:
             for statement in replace.split(";"):
                 await cur.execute(statement, params)
+
+
+# TimescaleDB jobs whose last run failed, with their newest error. The policies above can exist
+# and still not work (on PostgreSQL 15.20 with TimescaleDB 2.28.3 every background run ends in
+# "cannot drop portal" after doing its work); operators must see that.
+_FAILING = """
+SELECT j.job_id, j.proc_name, coalesce(j.hypertable_name, ''),
+       (SELECT e.err_message FROM timescaledb_information.job_errors e
+        WHERE e.job_id = j.job_id ORDER BY e.finish_time DESC LIMIT 1)
+FROM timescaledb_information.jobs j
+JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
+WHERE s.last_run_status = 'Failed'
+ORDER BY j.job_id"""
+
+
+async def failing_jobs(cur: AsyncCursor) -> list[str]:
+    """'job <id> <proc> on <table>: <error>' for each job whose last run failed."""
+    await cur.execute(_FAILING)
+    return [f"job {job} {proc}" + (f" on {table}" if table else "") + f": {error or 'failed'}"
+            for job, proc, table, error in await cur.fetchall()]

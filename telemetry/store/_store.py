@@ -68,11 +68,13 @@ class MaintenanceReport:
     created: list[str] = field(default_factory=list)  # partitions created (native)
     dropped: list[str] = field(default_factory=list)  # partitions dropped (native)
     policies_fixed: list[str] = field(default_factory=list)  # policies re-created (TimescaleDB)
+    failing_jobs: list[str] = field(default_factory=list)  # TimescaleDB jobs whose last run failed
 
     def __str__(self) -> str:
         parts = [f"created {', '.join(self.created)}" if self.created else "",
                  f"dropped {', '.join(self.dropped)}" if self.dropped else "",
-                 f"re-created {', '.join(self.policies_fixed)}" if self.policies_fixed else ""]
+                 f"re-created {', '.join(self.policies_fixed)}" if self.policies_fixed else "",
+                 f"failing: {'; '.join(self.failing_jobs)}" if self.failing_jobs else ""]
         done = "; ".join(p for p in parts if p) or "nothing to do"
         return f"maintenance ({self.storage} storage): {done}"
 
@@ -611,7 +613,8 @@ class TelemetryStore:
                                   (_partitions.MAINTENANCE_LOCK,))
                 wrong = await _policies.out_of_line(cur, retention_days)
                 await _policies.put_in_line(cur, retention_days, wrong)
-            return MaintenanceReport(storage, policies_fixed=wrong)
+            return MaintenanceReport(storage, policies_fixed=wrong,
+                                     failing_jobs=await _policies.failing_jobs(cur))
 
 
 def _validate(r: VehicleRegistration) -> None:
