@@ -1,2 +1,9 @@
-"""Thin HTTP API (FastAPI) over the stores and cores: vehicles, commands, zones, events.
-"""
+"""HTTP API (FastAPI): vehicles, tracks, commands, zones, events and their live stream, devices,
+usage; API keys with scopes; errors as RFC 9457 problem details; the live map page."""
+
+from api.app import create_app
+from api.auth import KeyCache
+from api.context import ApiContext
+from api.live import LiveHub
+
+__all__ = ["ApiContext", "KeyCache", "LiveHub", "create_app"]

@@ -143,6 +143,9 @@ async def _run_gateway(s: Settings, services: Services, *, migrate: bool, fleet=
                                                   services.mqtt_port))
     _install_signal_handlers(gateway.stop)
     tasks = [asyncio.create_task(gateway.run(), name="gateway")]
+    if s.api_port:
+        tasks.append(asyncio.create_task(
+            _serve_api(s, services.database_url, gateway.stopping, gateway=gateway), name="api"))
     if fleet is not None:
         tasks.append(asyncio.create_task(fleet(gateway), name="fleet"))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -151,6 +154,116 @@ async def _run_gateway(s: Settings, services: Services, *, migrate: bool, fleet=
         if task.done() and task.exception():
             raise task.exception()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None) -> None:
+    """The HTTP API until stop is set; beside a gateway its live feed follows every commit."""
+    import uvicorn
+
+    from api import ApiContext, KeyCache, LiveHub, create_app
+    from telemetry.store import TelemetryStore
+
+    store = await _open_store_retrying(dsn, stop)
+    if store is None:
+        return
+    hub = LiveHub(store)
+    ctx = ApiContext(store=store, live=hub, key_cache=KeyCache(s.api_key_cache_s),
+                     map_tiles_url=s.map_tiles_url, map_attribution=s.map_attribution)
+    if gateway is not None:
+        gateway.change_listeners.append(hub.notify)
+        ctx.readiness = {"broker": gateway.check_subscribed, "database": gateway.check_database}
+    else:
+        ctx.readiness = {"database": store.check_writable}
+    server = uvicorn.Server(uvicorn.Config(create_app(ctx), host=s.api_host, port=s.api_port,
+                                           log_config=None, lifespan="off", access_log=False))
+    server.install_signal_handlers = lambda: None  # the gateway's handlers stop everything
+    feed = asyncio.create_task(hub.run(stop), name="live-feed")
+    serving = asyncio.create_task(server.serve(), name="uvicorn")
+    log.info("api_listening", extra=fields(url=f"http://{s.api_host}:{s.api_port}"))
+    try:
+        await asyncio.wait({serving, asyncio.ensure_future(stop.wait())},
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        server.should_exit = True
+        await asyncio.gather(serving, return_exceptions=True)
+        feed.cancel()
+        await asyncio.gather(feed, return_exceptions=True)
+        await store.close()
+    if serving.done() and not serving.cancelled() and serving.exception():
+        raise serving.exception()
+
+
+async def _open_store_retrying(dsn: str, stop: asyncio.Event):
+    from telemetry.store import StoreUnavailable, TelemetryStore
+
+    while not stop.is_set():
+        try:
+            return await TelemetryStore.open(dsn)
+        except StoreUnavailable as exc:
+            log.warning("database_unavailable", extra=fields(operation="api", error=str(exc)[:200]))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+    return None
+
+
+@app.command("api")
+def api_alone() -> None:
+    """Serve the HTTP API and live map alone (the gateway runs elsewhere)."""
+    s = load_settings()
+    setup_logging(s.log_level, s.log_format)
+    dsn = _database_url(s)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_signal_handlers(stop.set)
+        await _serve_api(s, dsn, stop)
+
+    asyncio.run(main())
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys of the HTTP API")
+app.add_typer(keys_app, name="api-keys")
+
+
+@keys_app.command("create")
+def api_keys_create(
+    name: Annotated[str, typer.Argument(help="who uses it, e.g. rental-service")],
+    scope: Annotated[list[str], typer.Option(help="fleet:read, commands:write, zones:write, "
+                                             "devices:write or admin; repeat for several")],
+) -> None:
+    """Create a key; it is printed once and stored only as a hash."""
+    s = load_settings()
+
+    async def action(store):
+        try:
+            return await store.create_api_key(name, scope)
+        except ValueError as exc:
+            typer.echo(f"fleetgate: {exc}", err=True)
+            raise typer.Exit(2) from exc
+
+    record, key = asyncio.run(_with_store(_database_url(s), action))
+    typer.echo(f"API key '{record.name}' with scopes {', '.join(record.scopes)} (shown once):")
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def api_keys_list() -> None:
+    """Name, id, scopes, state and last use of every key."""
+    s = load_settings()
+    for k in asyncio.run(_with_store(_database_url(s), lambda store: store.list_api_keys())):
+        state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+        used = f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never"
+        typer.echo(f"{k.name:<24} {k.id:<14} {','.join(k.scopes):<36} {state:<18} used {used}")
+
+
+@keys_app.command("revoke")
+def api_keys_revoke(name: Annotated[str, typer.Argument(help="the key's name or id")]) -> None:
+    """Revoke a key (servers stop accepting it within FLEETGATE_API_KEY_CACHE_S)."""
+    s = load_settings()
+    if not asyncio.run(_with_store(_database_url(s), lambda store: store.revoke_api_key(name))):
+        typer.echo(f"fleetgate: no active key {name!r}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"revoked {name}")
 
 
 # --- zones -------------------------------------------------------------------------------
@@ -382,6 +495,11 @@ def demo(
         await _migrate(services.database_url, s)
         fleet = Fleet(opts)
         await _register_fleet(services.database_url, fleet)
+        if s.api_port:
+            # A key for this demo run, so the map opens at once (never do this in production).
+            _, key = await _with_store(services.database_url, lambda store: store.create_api_key(
+                f"demo-{time.strftime('%Y%m%d-%H%M%S')}", ["admin"]))
+            typer.echo(f"live map: http://{s.api_host}:{s.api_port}/map/#key={key}")
 
         async def run_fleet(gateway) -> None:
             await gateway.ready.wait()

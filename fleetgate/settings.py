@@ -64,6 +64,17 @@ class Settings(BaseSettings):
                                      "(outside) a zone to count towards entering (leaving) it")
     geofence_fixes: int = Field(2, ge=1, description="consecutive such fixes that confirm it")
 
+    # HTTP API and live map (served by `fleetgate run` beside the gateway, or `fleetgate api`).
+    api_host: str = Field("127.0.0.1", description="address the HTTP API listens on")
+    api_port: int = Field(8080, ge=0, le=65535, description="0: no HTTP API in `fleetgate run`")
+    api_key_cache_s: float = Field(30.0, ge=0, description="how long a verified API key is "
+                                   "trusted before it is checked again (a revoked key stops "
+                                   "working within this time)")
+    map_tiles_url: str | None = Field(None, description="tile URL template for the live map, "
+                                      "e.g. https://tiles.example/{z}/{x}/{y}.png; unset: no "
+                                      "background tiles (the map works offline)")
+    map_attribution: str = ""
+
     # Operations.
     metrics_port: int = Field(9108, ge=0, le=65535, description="0 disables the /metrics listener")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

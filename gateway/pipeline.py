@@ -99,6 +99,7 @@ class IngestPipeline:
         metrics: GatewayMetrics,
         on_backpressure: Callable[[bool], None] | None = None,
         on_committed: Callable[[TelemetryBatch, float], None] | None = None,
+        on_vehicles_changed: Callable[[set[int]], None] | None = None,
         stages: Sequence[BatchStage] = (),
     ) -> None:
         self._store = store
@@ -110,6 +111,7 @@ class IngestPipeline:
         self._metrics = metrics
         self._on_backpressure = on_backpressure
         self._on_committed = on_committed
+        self._on_vehicles_changed = on_vehicles_changed
         self._stages = list(stages)
         self._first_transport = "mqtt"
         self._pending: list[Inbound] = []
@@ -147,6 +149,11 @@ class IngestPipeline:
         self._pending_bytes = sum(len(m.payload) for m in self._pending)
         self._update_gauges()
         return before - len(self._pending)
+
+    @property
+    def db_down(self) -> bool:
+        """True from a failed write until the next successful one."""
+        return self._db_down
 
     @property
     def unacknowledged(self) -> int:
@@ -268,6 +275,11 @@ class IngestPipeline:
                 metrics.sample_delay_seconds.observe(max(float(q), 0.0))
             if self._on_committed is not None:
                 self._on_committed(batch, commit_ms)
+        if self._on_vehicles_changed is not None and (len(batch) or events or presence):
+            changed = set(np.unique(batch.vehicle).tolist())
+            changed.update(e.vehicle for e in events)
+            changed.update(v for v, _, _ in presence)
+            self._on_vehicles_changed(changed)
         self._log_problems(rejected, problems)
 
         by_transport: dict[str, list[Any]] = {}

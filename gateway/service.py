@@ -86,6 +86,8 @@ class Gateway:
         # The slow-zone hook: speed-limit changes from the geofence core (commands layer).
         self.on_speed_caps: Callable[[list[SpeedCapChange]], None] | None = None
         self.ready = asyncio.Event()
+        # Called with the vehicles whose stored state a commit changed (the API's live feed).
+        self.change_listeners: list[Callable[[set[int]], None]] = []
 
     async def _open_store(self) -> TelemetryStore:
         backoff = 0.5
@@ -123,7 +125,8 @@ class Gateway:
             {"mqtt": lambda tokens: ingress_box[0].acknowledge(tokens)},
             limits=cfg.limits, time_limits=cfg.time_limits, metrics=self.metrics,
             on_backpressure=lambda paused: ingress_box[0].set_backpressure(paused),
-            on_committed=self._on_committed, stages=[geofence, battery])
+            on_committed=self._on_committed, on_vehicles_changed=self._vehicles_changed,
+            stages=[geofence, battery])
         self.ingress = ingress = MqttIngress(
             pipeline, host=cfg.mqtt_host, port=cfg.mqtt_port, client_id=cfg.mqtt_client_id,
             topic_root=cfg.mqtt_topic_root, shared_group=cfg.mqtt_shared_group,
@@ -210,3 +213,22 @@ class Gateway:
         if expired:
             self.metrics.presence_changes.labels("offline", "timeout").inc(len(expired))
             log.info("vehicles_offline_timeout", extra=fields(count=len(expired)))
+            self._vehicles_changed(set(expired))
+
+    def _vehicles_changed(self, vehicles: set[int]) -> None:
+        for listener in self.change_listeners:
+            listener(vehicles)
+
+    async def check_subscribed(self) -> str | None:
+        """Readiness: None when subscribed to the broker, else why not."""
+        if self.ingress is None or not self.ingress.subscribed.is_set():
+            return "not subscribed to the broker"
+        return None
+
+    async def check_database(self) -> str | None:
+        """Readiness: None when the database takes writes (and the last batch committed)."""
+        if self.store is None:
+            return "database not opened yet"
+        if self.pipeline is not None and self.pipeline.db_down:
+            return "the last write to the database failed; retrying"
+        return await self.store.check_writable()

@@ -149,8 +149,11 @@ class Zone(BaseModel):
             raise InvalidZone(_reason(row.get("id"), exc)) from None
 
     def to_row(self) -> dict[str, Any]:
-        """JSON-able mapping that from_row() reads back (the zones table's columns)."""
-        return self.model_dump(mode="json")
+        """JSON-able mapping that from_row() reads back (the zones table's columns). Rules leave
+        out fields they do not set, as GBFS does."""
+        row = self.model_dump(mode="json")
+        row["rules"] = [r.model_dump(mode="json", exclude_none=True) for r in self.rules]
+        return row
 
     @property
     def is_circle(self) -> bool:

@@ -15,6 +15,7 @@ from telemetry.store._errors import (
     StorageNotAvailable,
     StoreUnavailable,
 )
+from telemetry.store._api_keys import SCOPES, ApiKey, InvalidApiKey
 from telemetry.store._migrate import MigrationReport, migrate
 from telemetry.store._zones import ZoneRows
 from telemetry.store._store import (
@@ -30,6 +31,9 @@ from telemetry.store._store import (
 )
 
 __all__ = [
+    "SCOPES",
+    "ApiKey",
+    "InvalidApiKey",
     "AlreadyProvisioned",
     "CredentialInfo",
     "DeviceCredentials",

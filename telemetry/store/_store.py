@@ -22,7 +22,8 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, TelemetryBatch
 from telemetry.store import _binary as wire
-from telemetry.store import _partitions, _policies, _zones
+from telemetry.store import _api_keys, _partitions, _policies, _zones
+from telemetry.store._api_keys import ApiKey
 from telemetry.store._zones import ZoneRows
 from telemetry.store._errors import RegistrationConflict, StoreUnavailable
 
@@ -420,6 +421,51 @@ class TelemetryStore:
         async with self._connection() as conn:
             async with conn.transaction():
                 yield conn.cursor()
+
+    # Public names of the two above, for the rooms that keep their own queries over the same
+    # pool and error translation (the API's reads, the commands store).
+    connection = _connection
+    transaction = _transaction
+
+    async def check_writable(self) -> str | None:
+        """None when the server answers and takes writes; else the reason (readiness)."""
+        try:
+            async with self._connection() as conn:
+                cur = await conn.execute("SELECT pg_is_in_recovery(), "
+                                         "current_setting('default_transaction_read_only')")
+                recovery, read_only = await cur.fetchone()
+        except StoreUnavailable as exc:
+            return str(exc)[:200]
+        if recovery:
+            return "the database is a standby (in recovery)"
+        if read_only == "on":
+            return "the database is read-only"
+        return None
+
+    # --- API keys -------------------------------------------------------------------------------
+
+    async def create_api_key(self, name: str, scopes: list[str]) -> tuple[ApiKey, str]:
+        """A new key and its plaintext, which is shown once and never stored."""
+        try:
+            async with self._transaction() as cur:
+                return await _api_keys.create(cur, name, scopes)
+        except psycopg.errors.UniqueViolation as exc:
+            raise ValueError(f"an API key named {name!r} exists already") from exc
+
+    async def verify_api_key(self, key: str) -> ApiKey:
+        """The key's record, or InvalidApiKey; notes when it was last used."""
+        async with self._transaction() as cur:
+            record = await _api_keys.verify(cur, key)
+            await _api_keys.touch(cur, record.id)
+            return record
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        async with self._connection() as conn:
+            return await _api_keys.list_all(conn.cursor())
+
+    async def revoke_api_key(self, name_or_id: str) -> bool:
+        async with self._transaction() as cur:
+            return await _api_keys.revoke(cur, name_or_id)
 
     # --- registry -------------------------------------------------------------------------------
 

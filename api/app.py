@@ -1,0 +1,32 @@
+"""The HTTP API: create_app(context) builds the FastAPI application with every router.
+
+`fleetgate run` serves it beside the gateway; `fleetgate api` serves it alone. Either way the
+routes only see an ApiContext, never settings or the gateway itself.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api import problems
+from api.context import ApiContext
+from api.routes import events, health, map, vehicles, zones
+from fleetgate import __version__
+
+DESCRIPTION = """fleetgate's HTTP API for rental, billing, fleet operations and administrators.
+
+Every route but `/healthz` and `/readyz` needs an API key (`Authorization: Bearer fgk_…` or
+`X-API-Key`) with the scope the route names. Errors are RFC 9457 problem details
+(`application/problem+json`). Lists are paginated with a cursor: follow `next`.
+"""
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(title="fleetgate", version=__version__, description=DESCRIPTION,
+                  openapi_tags=[{"name": n} for n in ("vehicles", "commands", "zones", "events",
+                                                        "devices", "usage", "health")])
+    app.state.fleetgate = ctx
+    problems.install(app)
+    for module in (health, vehicles, events, zones, map):
+        app.include_router(module.router)
+    return app

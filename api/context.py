@@ -1,0 +1,34 @@
+"""What the API's routes need, handed to create_app() by whoever runs it (`fleetgate run` with
+the gateway in the same process, or the API alone)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
+
+from telemetry.store import TelemetryStore
+
+if TYPE_CHECKING:
+    from api.auth import KeyCache
+    from api.live import LiveHub
+
+
+@dataclass
+class ApiContext:
+    store: TelemetryStore
+    live: LiveHub
+    key_cache: KeyCache
+    commands: Any = None  # commands.CommandService when the commands layer runs
+    credentials: Any = None  # device credentials (CoAP tokens, MQTT passwords)
+    # Readiness checks: name -> coroutine returning None when fine, else the reason.
+    readiness: dict[str, Callable[[], Awaitable[str | None]]] = field(default_factory=dict)
+    map_tiles_url: str | None = None
+    map_attribution: str = ""
+    low_soc_pct: dict[str, float] = field(default_factory=lambda: {"ebike": 20.0, "car": 15.0})
+
+
+def context(request: Request) -> ApiContext:
+    return request.app.state.fleetgate

@@ -1,0 +1,127 @@
+"""The API's reads: vehicles with their status, tracks, events. SQL over the store's pool."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from telemetry.store import TelemetryStore
+
+VEHICLE_COLUMNS = (
+    "vehicle_ref", "device_id", "vehicle_type", "status", "online", "time", "lat", "lon",
+    "fix_time", "speed_kmh", "heading_deg", "soc_pct", "range_m", "soh_pct", "aux_v",
+    "aux_hours_to_threshold", "odometer_m", "locked", "ignition", "immobilised", "charging",
+    "last_seen", "zones")
+_VEHICLE_SELECT = "SELECT vehicle, updated_at, " + ", ".join(VEHICLE_COLUMNS) + \
+    " FROM vehicle_overview"
+
+BUCKETS = {"10s": timedelta(seconds=10), "1m": timedelta(minutes=1),
+           "5m": timedelta(minutes=5), "15m": timedelta(minutes=15), "1h": timedelta(hours=1)}
+
+
+async def vehicles(store: TelemetryStore, *, vehicle_type: str | None = None,
+                   status: str | None = None, online: bool | None = None,
+                   bbox: tuple[float, float, float, float] | None = None, zone: str | None = None,
+                   after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    where, params = [], []
+    if vehicle_type is not None:
+        where.append("vehicle_type = %s")
+        params.append(vehicle_type)
+    if status is not None:
+        where.append("status = %s")
+        params.append(status)
+    if online is not None:
+        where.append("online = %s")
+        params.append(online)
+    if bbox is not None:
+        where.append("lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s")
+        params += [bbox[0], bbox[2], bbox[1], bbox[3]]
+    if zone is not None:
+        where.append("%s = ANY(zones)")
+        params.append(zone)
+    if after is not None:
+        where.append("vehicle_ref > %s")
+        params.append(after)
+    query = _VEHICLE_SELECT + (" WHERE " + " AND ".join(where) if where else "") + \
+        " ORDER BY vehicle_ref LIMIT %s"
+    return await _fetch(store, query, [*params, limit])
+
+
+async def vehicle(store: TelemetryStore, vehicle_ref: str) -> dict[str, Any] | None:
+    rows = await _fetch(store, _VEHICLE_SELECT + " WHERE vehicle_ref = %s", [vehicle_ref])
+    return rows[0] if rows else None
+
+
+async def vehicles_by_id(store: TelemetryStore, ids: list[int]) -> list[dict[str, Any]]:
+    return await _fetch(store, _VEHICLE_SELECT + " WHERE vehicle = ANY(%s)", [ids])
+
+
+async def changed_vehicles(store: TelemetryStore, since: datetime) -> list[dict[str, Any]]:
+    """Vehicles whose state changed since `since` (the live feed's poll)."""
+    return await _fetch(store, _VEHICLE_SELECT + " WHERE updated_at > %s", [since])
+
+
+async def track(store: TelemetryStore, vehicle: int, start: datetime, end: datetime,
+                bucket: str, max_points: int) -> list[dict[str, Any]]:
+    if bucket == "raw":
+        query = ("SELECT time AS t, lat, lon, speed_kmh, soc_pct, 1 AS samples FROM positions "
+                 "WHERE vehicle = %s AND time >= %s AND time < %s AND (flags & 1) = 0 "
+                 "ORDER BY time LIMIT %s")
+        return await _fetch(store, query, [vehicle, start, end, max_points])
+    # date_bin works on both storage paths (TimescaleDB's time_bucket gives the same buckets).
+    query = (
+        "SELECT date_bin(%s, time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS t, "
+        "(array_agg(lat ORDER BY time DESC) FILTER (WHERE lat IS NOT NULL AND flags = 0))[1] "
+        "AS lat, "
+        "(array_agg(lon ORDER BY time DESC) FILTER (WHERE lat IS NOT NULL AND flags = 0))[1] "
+        "AS lon, avg(speed_kmh) AS speed_kmh, "
+        "(array_agg(soc_pct ORDER BY time DESC) FILTER (WHERE soc_pct IS NOT NULL))[1] "
+        "AS soc_pct, count(*) AS samples "
+        "FROM positions WHERE vehicle = %s AND time >= %s AND time < %s "
+        "GROUP BY 1 ORDER BY 1 LIMIT %s")
+    return await _fetch(store, query, [BUCKETS[bucket], vehicle, start, end, max_points])
+
+
+async def events(store: TelemetryStore, *, vehicle: int | None = None, type: str | None = None,
+                 source: str | None = None, start: datetime | None = None,
+                 end: datetime | None = None, after: int | None = None, limit: int = 100
+                 ) -> list[dict[str, Any]]:
+    where, params = [], []
+    for column, value in (("e.vehicle", vehicle), ("e.type", type), ("e.source", source)):
+        if value is not None:
+            where.append(f"{column} = %s")
+            params.append(value)
+    if start is not None:
+        where.append("e.time >= %s")
+        params.append(start)
+    if end is not None:
+        where.append("e.time < %s")
+        params.append(end)
+    if after is not None:
+        where.append("e.id > %s")
+        params.append(after)
+    query = ("SELECT e.id, e.time, v.vehicle_ref, e.source, e.type, e.detail, e.received_at "
+             "FROM events e JOIN vehicles v ON v.id = e.vehicle"
+             + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY e.id LIMIT %s")
+    return await _fetch(store, query, [*params, limit])
+
+
+async def latest_event_id(store: TelemetryStore) -> int:
+    rows = await _fetch(store, "SELECT coalesce(max(id), 0) AS id FROM events", [])
+    return rows[0]["id"]
+
+
+async def vehicle_id(store: TelemetryStore, vehicle_ref: str) -> int | None:
+    rows = await _fetch(store, "SELECT id FROM vehicles WHERE vehicle_ref = %s", [vehicle_ref])
+    return rows[0]["id"] if rows else None
+
+
+async def _fetch(store: TelemetryStore, query: str | sql.Composable, params: list
+                 ) -> list[dict[str, Any]]:
+    async with store.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(query, params)
+        return await cur.fetchall()

@@ -1,0 +1,150 @@
+// fleetgate live map: vehicles coloured by status, zones, live updates over the SSE stream.
+// The API key comes from #key=... in the URL (never sent to the server) or the form, and is
+// kept in sessionStorage; every data call sends it as a Bearer token.
+(function () {
+  "use strict";
+  const CONFIG = window.FLEETGATE_MAP || {};
+  const COLOURS = { available: "#2e7d32", on_trip: "#1565c0", low_battery: "#f9a825",
+                    offline: "#9e9e9e", immobilised: "#c62828" };
+  const api = CONFIG.api_base || "";
+  const markers = new Map();           // vehicle_ref -> { marker, vehicle }
+  const state = { key: null, updates: 0 };
+  window.fleetgateMap = state;         // for tests and curious operators
+
+  const map = L.map("map", { preferCanvas: true, zoomControl: true })
+    .setView(CONFIG.center || [52.52, 13.40], CONFIG.zoom || 12);
+  if (CONFIG.tiles_url) {  // optional: without tiles the map still shows zones and vehicles
+    L.tileLayer(CONFIG.tiles_url, { attribution: CONFIG.attribution || "", maxZoom: 19 }).addTo(map);
+  }
+  const zoneLayer = L.layerGroup().addTo(map);
+  const legend = document.getElementById("legend");
+  legend.innerHTML = Object.entries(COLOURS)
+    .map(([s, c]) => `<span><i style="background:${c}"></i>${s.replace("_", " ")}</span>`).join("");
+
+  function keyFromPage() {
+    const m = location.hash.match(/key=([^&]+)/);
+    if (m) { sessionStorage.setItem("fleetgate-key", decodeURIComponent(m[1])); history.replaceState(null, "", location.pathname); }
+    return sessionStorage.getItem("fleetgate-key");
+  }
+
+  async function call(path, options = {}) {
+    const res = await fetch(api + path, { ...options, headers: { ...(options.headers || {}),
+      Authorization: "Bearer " + state.key, "Content-Type": "application/json" } });
+    if (res.status === 401) { askForKey("the key was refused"); throw new Error("unauthorised"); }
+    return res;
+  }
+
+  function setConn(up, text) {
+    const el = document.getElementById("conn");
+    el.className = up ? "up" : "down"; el.textContent = text;
+  }
+
+  function askForKey(reason) {
+    setConn(false, reason || "API key needed");
+    const form = document.getElementById("keyform");
+    form.hidden = false;
+    form.onsubmit = (e) => { e.preventDefault(); sessionStorage.setItem("fleetgate-key", document.getElementById("key").value); form.hidden = true; start(); };
+  }
+
+  function popupHtml(v) {
+    const rows = [["status", v.status], ["type", v.vehicle_type], ["charge", v.soc_pct == null ? "–" : v.soc_pct.toFixed(0) + " %"],
+      ["range", v.range_m == null ? "–" : (v.range_m / 1000).toFixed(1) + " km"], ["speed", v.speed_kmh == null ? "–" : v.speed_kmh.toFixed(0) + " km/h"],
+      ["locked", v.locked == null ? "–" : v.locked ? "yes" : "no"], ["zones", (v.zones || []).join(", ") || "–"], ["seen", v.time || "–"]];
+    return `<div class="vehicle-popup" data-ref="${v.vehicle_ref}"><strong>${v.vehicle_ref}</strong><table>` +
+      rows.map(([k, x]) => `<tr><td>${k}</td><td>${x}</td></tr>`).join("") + "</table>" +
+      `<button data-cmd="unlock">Unlock</button><button data-cmd="lock">Lock</button><div class="result"></div></div>`;
+  }
+
+  function show(v) {
+    if (v.lat == null || v.lon == null) return;
+    const colour = COLOURS[v.status] || "#000";
+    let entry = markers.get(v.vehicle_ref);
+    if (!entry) {
+      const marker = L.circleMarker([v.lat, v.lon], { radius: 6, weight: 1, color: "#222", fillColor: colour, fillOpacity: 0.9 });
+      marker.bindPopup(() => popupHtml(markers.get(v.vehicle_ref).vehicle));
+      marker.addTo(map);
+      entry = { marker, vehicle: v };
+      markers.set(v.vehicle_ref, entry);
+    } else {
+      entry.vehicle = { ...entry.vehicle, ...v };
+      entry.marker.setLatLng([v.lat, v.lon]);
+      entry.marker.setStyle({ fillColor: colour });
+    }
+    entry.marker.getElement?.()?.setAttribute?.("data-status", v.status);
+  }
+
+  function counts() {
+    const by = {};
+    for (const { vehicle } of markers.values()) by[vehicle.status] = (by[vehicle.status] || 0) + 1;
+    document.getElementById("counts").textContent = `${markers.size} vehicles · ${state.updates} live updates`;
+  }
+
+  async function loadVehicles() {
+    let url = "/v1/vehicles?limit=1000";
+    while (url) {
+      const page = await (await call(url)).json();
+      page.items.forEach(show);
+      url = page.next ? page.next.replace(/^https?:\/\/[^/]+/, "") : null;
+    }
+  }
+
+  async function loadZones() {
+    const zones = await (await call("/v1/zones")).json();
+    zoneLayer.clearLayers();
+    for (const z of zones.items) {
+      const style = { color: z.kind === "no_ride" ? "#c62828" : z.kind === "slow" ? "#f9a825" : "#3949ab", weight: 1, fillOpacity: 0.08 };
+      const layer = z.geometry.type === "Circle"
+        ? L.circle([z.geometry.coordinates[1], z.geometry.coordinates[0]], { ...style, radius: z.geometry.radius_m })
+        : L.geoJSON(z.geometry, { style });
+      layer.bindTooltip(`${z.name || z.id} (${z.kind})`).addTo(zoneLayer);
+    }
+  }
+
+  async function follow() {
+    // EventSource cannot send headers, so the stream is read with fetch.
+    for (;;) {
+      try {
+        const res = await call("/v1/stream");
+        setConn(true, "live");
+        const reader = res.body.getReader();
+        const decoder = new TextDecoder();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += decoder.decode(value, { stream: true });
+          let cut;
+          while ((cut = buffer.indexOf("\n\n")) >= 0) {
+            const block = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
+            const name = (block.match(/^event: (.*)$/m) || [])[1];
+            const data = (block.match(/^data: (.*)$/m) || [])[1];
+            if (name === "positions" && data) { const list = JSON.parse(data); list.forEach(show); state.updates += list.length; counts(); }
+          }
+        }
+      } catch (e) { if (String(e).includes("unauthorised")) return; }
+      setConn(false, "reconnecting…");
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  }
+
+  map.on("popupopen", (e) => {
+    const root = e.popup.getElement().querySelector(".vehicle-popup");
+    root.querySelectorAll("button[data-cmd]").forEach((b) => b.addEventListener("click", async () => {
+      const out = root.querySelector(".result");
+      out.textContent = b.dataset.cmd + "…";
+      const res = await call(`/v1/vehicles/${encodeURIComponent(root.dataset.ref)}/commands?wait=10`, {
+        method: "POST", headers: { "Idempotency-Key": crypto.randomUUID() },
+        body: JSON.stringify({ type: b.dataset.cmd }) });
+      const body = await res.json();
+      out.textContent = res.ok ? `${body.type}: ${body.state}` : (body.detail || body.title);
+    }));
+  });
+
+  async function start() {
+    state.key = keyFromPage();
+    if (!state.key) return askForKey();
+    try { await Promise.all([loadVehicles(), loadZones()]); counts(); follow(); state.ready = true; }
+    catch (e) { if (!String(e).includes("unauthorised")) setConn(false, "API error: " + e); }
+  }
+  start();
+})();
