@@ -1,0 +1,288 @@
+"""Device identity: secrets stored hashed, provisioning and rotation, the broker's password and
+ACL files generated from the registry, and impersonation attempts against a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import orjson
+import psycopg
+import pytest
+
+from fleetgate.embedded import Mosquitto, free_port
+from fleetgate.mqtt import MqttClient, MqttError
+from gateway.broker_auth import BrokerAccess, acl_file, authorize, generate, password_file, \
+    write_files
+from telemetry.store import AlreadyProvisioned, DeviceCredentials, TelemetryStore, UnknownDevice
+from telemetry.store._credentials import check_mosquitto_hash, mosquitto_hash
+from tests.harness import eventually, gateway_config, metric, register, running_gateway, \
+    stored_keys
+
+ROOT = "fg/v1"
+DEVICES = [("lock-a", "bike-a", "ebike"), ("lock-b", "bike-b", "ebike"),
+           ("lock-c", "bike-c", "ebike")]
+
+
+# --- hashes ---------------------------------------------------------------------------------------
+
+def test_mosquitto_hash_has_the_format_mosquitto_passwd_writes():
+    hashed = mosquitto_hash("s3cret")
+    assert re.fullmatch(r"\$7\$101\$[A-Za-z0-9+/]{16}\$[A-Za-z0-9+/]{86}==", hashed)
+    assert check_mosquitto_hash("s3cret", hashed)
+    assert not check_mosquitto_hash("s3cret!", hashed)
+    assert not check_mosquitto_hash("s3cret", "$6$nope$nope")
+    assert mosquitto_hash("s3cret") != hashed, "a fresh salt every time"
+
+
+def test_a_hash_written_by_mosquitto_passwd_checks_out(tmp_path):
+    binary = shutil.which("mosquitto_passwd")
+    if binary is None:
+        pytest.skip("mosquitto_passwd is not installed (Debian: mosquitto)")
+    path = tmp_path / "passwd"
+    subprocess.run([binary, "-c", "-b", str(path), "dev-1", "pa55word"], check=True)
+    user, hashed = path.read_text().strip().split(":", 1)
+    assert user == "dev-1" and check_mosquitto_hash("pa55word", hashed)
+    assert not check_mosquitto_hash("pa55word2", hashed)
+
+
+# --- the rules as functions (EMQX's HTTP hooks) ------------------------------------------------
+
+@pytest.mark.parametrize(("user", "action", "topic", "allowed"), [
+    ("lock-a", "publish", "fg/v1/lock-a/telemetry", True),
+    ("lock-a", "publish", "fg/v1/lock-a/event", True),
+    ("lock-a", "publish", "fg/v1/lock-a/status", True),
+    ("lock-a", "publish", "fg/v1/lock-a/cmd/result", True),
+    ("lock-a", "subscribe", "fg/v1/lock-a/cmd", True),
+    ("lock-a", "publish", "fg/v1/lock-b/telemetry", False),   # another device's topic
+    ("lock-a", "publish", "fg/v1/lock-a/cmd", False),         # commands come from the gateway
+    ("lock-a", "subscribe", "fg/v1/lock-b/cmd", False),
+    ("lock-a", "subscribe", "fg/v1/+/cmd", False),            # wildcards reach others' topics
+    ("lock-a", "subscribe", "#", False),
+    ("lock-a", "subscribe", "$share/x/fg/v1/lock-a/cmd", False),
+    ("lock-a", "publish", "fg/v2/lock-a/telemetry", False),
+    ("lock-a", "delete", "fg/v1/lock-a/telemetry", False),
+    ("lock+a", "publish", "fg/v1/lock+a/telemetry", False),   # not a device id
+    ("gw-1", "subscribe", "$share/fleetgate/fg/v1/+/telemetry", True),
+    ("gw-1", "subscribe", "fg/v1/+/status", True),
+    ("gw-1", "publish", "fg/v1/lock-a/cmd", True),
+    ("gw-1", "subscribe", "$SYS/#", False),
+    ("gw-1", "publish", "other/topic", False),
+    (None, "publish", "fg/v1/lock-a/telemetry", False),
+])
+def test_authorize_lets_a_device_use_only_its_own_topics(user, action, topic, allowed):
+    assert authorize(user, action, topic, topic_root=ROOT, gateway_users={"gw-1"}) is allowed
+
+
+async def test_authenticate_checks_gateways_against_their_hash_and_devices_against_the_store():
+    secrets = {"lock-a": "secret-a"}
+
+    async def verify(device_id: str, secret: str) -> bool:
+        return secrets.get(device_id) == secret
+
+    access = BrokerAccess(ROOT, verify, {"gw-1": mosquitto_hash("gw-pass")})
+    assert await access.authenticate("gw-1", "gw-pass", "gw-1-ingest")
+    assert not await access.authenticate("gw-1", "nope")
+    assert await access.authenticate("lock-a", "secret-a", "lock-a")
+    assert await access.authenticate("lock-a", "secret-a")
+    assert not await access.authenticate("lock-a", "secret-a", "lock-b"), \
+        "a device's client id is its device id"
+    assert not await access.authenticate("lock-b", "secret-a", "lock-b")
+    assert not await access.authenticate("lock-a", None)
+    assert not await access.authenticate(None, "secret-a")
+    assert access.authorize("lock-a", "publish", "fg/v1/lock-a/telemetry")
+
+
+def test_generated_files_are_what_mosquitto_reads():
+    acl = acl_file(ROOT, ["gw-1"])
+    assert "user gw-1\ntopic readwrite fg/v1/#\n" in acl
+    assert "pattern write fg/v1/%u/telemetry" in acl and "pattern read fg/v1/%u/cmd" in acl
+    assert "pattern read fg/v1/%u/cmd/result" not in acl
+    assert password_file([("a", "$7$1$x$y")]) == "a:$7$1$x$y\n"
+    with pytest.raises(ValueError):
+        password_file([("a:b", "$7$1$x$y")])
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def credentials(dsn: str):
+    store = await TelemetryStore.open(dsn)
+    try:
+        yield DeviceCredentials(store)
+    finally:
+        await store.close()
+
+
+async def test_a_secret_is_issued_once_stored_only_hashed_and_works_for_its_device_only(pg_dsn):
+    await register(pg_dsn, DEVICES)
+    async with credentials(pg_dsn) as creds:
+        a = await creds.provision("lock-a")
+        b = await creds.provision("lock-b")
+        assert len(a.secret) >= 32 and a.secret != b.secret
+        assert await creds.verify("lock-a", a.secret)
+        assert not await creds.verify("lock-b", a.secret), "A's secret is not B's"
+        assert not await creds.verify("lock-a", a.secret + "x")
+        assert not await creds.verify("ghost", a.secret)
+        with pytest.raises(AlreadyProvisioned):
+            await creds.provision("lock-a")
+        with pytest.raises(UnknownDevice):
+            await creds.provision("ghost")
+        assert [i.device_id for i in await creds.provision_many(
+            ["lock-a", "lock-c"], skip_provisioned=True)] == ["lock-c"]
+        listed = {i.device_id: i.valid for i in await creds.list()}
+        assert listed == {"lock-a": 1, "lock-b": 1, "lock-c": 1}
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+        dump = str(await (await conn.execute("SELECT * FROM device_credentials")).fetchall())
+    assert a.secret not in dump and b.secret not in dump
+
+
+async def test_rotation_keeps_the_old_secret_for_the_grace_period_or_revokes_it(pg_dsn):
+    await register(pg_dsn, DEVICES)
+    async with credentials(pg_dsn) as creds:
+        old = await creds.provision("lock-a")
+        new = await creds.rotate("lock-a", grace_s=3600)
+        assert new.previous_valid_until is not None
+        assert await creds.verify("lock-a", old.secret) and await creds.verify("lock-a", new.secret)
+        assert [i.valid for i in await creds.list() if i.device_id == "lock-a"] == [2]
+        users = dict(await creds.broker_users())
+        assert check_mosquitto_hash(new.secret, users["lock-a"]), \
+            "the broker's file holds the newest secret (one hash per user)"
+
+        newest = await creds.rotate("lock-a", grace_s=0)  # compromised: revoke now
+        assert await creds.verify("lock-a", newest.secret)
+        assert not await creds.verify("lock-a", new.secret)
+        assert not await creds.verify("lock-a", old.secret)
+
+
+async def test_a_swapped_out_tcu_no_longer_authenticates(pg_dsn):
+    await register(pg_dsn, DEVICES[:1])
+    async with credentials(pg_dsn) as creds:
+        old = await creds.provision("lock-a")
+        await register(pg_dsn, [("lock-new", "bike-a", "ebike")])  # bike-a gets a new TCU
+        assert not await creds.verify("lock-a", old.secret)
+        assert await creds.broker_users() == []
+
+
+# --- a real Mosquitto with the generated files -------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def secured_broker(dsn: str, tmp_path, topic_root: str, gateway_users: dict[str, str]):
+    """A private Mosquitto with the files `fleetgate broker-config` generates: the project's
+    listener for the gateway, a devices' listener with use_username_as_clientid."""
+    conf_dir = tmp_path / "broker-auth"
+    async with credentials(dsn) as creds:
+        files = await generate(creds, topic_root=topic_root, gateway_users=gateway_users,
+                               directory=conf_dir)
+    write_files(files, conf_dir)
+    device_port = free_port()
+    broker = Mosquitto(datadir=tmp_path / "mosquitto", extra_config=(
+        files.conf + f"listener {device_port} 127.0.0.1\nuse_username_as_clientid true\n"))
+    broker.start()
+    try:
+        yield broker, device_port, conf_dir
+    finally:
+        broker.stop(kill=True)
+
+
+async def regenerate(dsn: str, broker: Mosquitto, conf_dir, topic_root, gateway_users) -> None:
+    async with credentials(dsn) as creds:
+        files = await generate(creds, topic_root=topic_root, gateway_users=gateway_users,
+                               directory=conf_dir)
+    write_files(files, conf_dir)
+    broker.proc.send_signal(signal.SIGHUP)
+    await asyncio.sleep(0.5)
+
+
+async def connect(host: str, port: int, user: str | None, password: str | None,
+                  client_id: str | None = None, protocol: int = 5, **kw) -> MqttClient:
+    client = MqttClient(host, port, client_id=client_id or user or "anon", username=user,
+                        password=password, protocol=protocol, **kw)
+    await client.connect()
+    return client
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", [5, 4])
+async def test_a_device_cannot_publish_as_another_or_read_its_commands(pg_dsn, tmp_path,
+                                                                       topic_root, protocol):
+    await register(pg_dsn, DEVICES)
+    async with credentials(pg_dsn) as creds:
+        secrets = {i.device_id: i.secret for i in await creds.provision_many(["lock-a",
+                                                                             "lock-b"])}
+    gw_user = f"gw-{protocol}"
+    gateways = {gw_user: "gw-password"}
+    async with secured_broker(pg_dsn, tmp_path, topic_root, gateways) as (broker, port, _):
+        cfg = gateway_config(pg_dsn, broker, topic_root, mqtt_username=gw_user,
+                             mqtt_password="gw-password", mqtt_client_id=gw_user)
+        async with running_gateway(cfg) as (gw, reg):
+            seen: list[tuple[str, bytes]] = []  # everything a gateway-side subscriber gets
+            spy = await connect(broker.host, broker.port, gw_user, "gw-password",
+                                client_id=f"{gw_user}-spy",
+                                on_messages=lambda ms: seen.extend((m.topic, m.payload)
+                                                                   for m in ms))
+            await spy.subscribe([(f"{topic_root}/#", 1)])
+            t = int(time.time() * 1000) - 60_000
+            a = await connect(broker.host, port, "lock-a", secrets["lock-a"], protocol=protocol)
+            await a.publish(f"{topic_root}/lock-a/telemetry",
+                            orjson.dumps({"t": t, "soc_pct": 50.0}), qos=1)
+            forged = orjson.dumps({"t": t + 1, "soc_pct": 1.0})
+            with contextlib.suppress(MqttError):  # MQTT 5: "not authorized"; 3.1.1: a PUBACK
+                await a.publish(f"{topic_root}/lock-b/telemetry", forged, qos=1)
+            await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 1)
+
+            # A reads B's commands: Mosquitto grants the subscription but delivers nothing.
+            stolen: list = []
+            b_got: list = []
+            b = await connect(broker.host, port, "lock-b", secrets["lock-b"], protocol=protocol,
+                              on_messages=lambda ms: b_got.extend(ms))
+            await b.subscribe([(f"{topic_root}/lock-b/cmd", 1)])
+            # A also tries B's client id (to take over B's session): the broker makes it A's.
+            a2 = await connect(broker.host, port, "lock-a", secrets["lock-a"],
+                               client_id="lock-b", protocol=protocol,
+                               on_messages=lambda ms: stolen.extend(ms))
+            with contextlib.suppress(MqttError):
+                await a2.subscribe([(f"{topic_root}/lock-b/cmd", 1), (f"{topic_root}/+/cmd", 1),
+                                    ("#", 1)])
+            await spy.publish(f"{topic_root}/lock-b/cmd", b'{"id": "c1", "type": "unlock"}', qos=1)
+            await eventually(lambda: len(b_got) == 1, what="B gets its command")
+            await asyncio.sleep(0.5)
+            assert stolen == [], "A never reads B's commands"
+            assert b.connected, "A using B's client id did not take over B's session"
+
+            for user, password in [("lock-a", "wrong"), ("lock-c", "anything"),  # unprovisioned
+                                   ("lock-b", secrets["lock-a"]), (None, None)]:
+                with pytest.raises(MqttError):
+                    await connect(broker.host, port, user, password, protocol=protocol)
+            for c in (spy, b, a2):
+                with contextlib.suppress(Exception):
+                    await c.disconnect()
+            with contextlib.suppress(Exception):
+                await a.disconnect()
+    assert await stored_keys(pg_dsn) == [("lock-a", t)], "nothing stored under B's name"
+    assert all(topic != f"{topic_root}/lock-b/telemetry" for topic, _ in seen), \
+        "the forged message reached no subscriber"
+
+
+@pytest.mark.integration
+async def test_after_rotation_and_a_reload_the_broker_takes_only_the_new_secret(pg_dsn,
+                                                                               tmp_path,
+                                                                               topic_root):
+    await register(pg_dsn, DEVICES[:1])
+    async with credentials(pg_dsn) as creds:
+        old = await creds.provision("lock-a")
+    gateways = {"gw-r": "gw-password"}
+    async with secured_broker(pg_dsn, tmp_path, topic_root, gateways) as (broker, port,
+                                                                         conf_dir):
+        await (await connect(broker.host, port, "lock-a", old.secret)).disconnect()
+        async with credentials(pg_dsn) as creds:
+            new = await creds.rotate("lock-a", grace_s=3600)
+        await regenerate(pg_dsn, broker, conf_dir, topic_root, gateways)
+        await (await connect(broker.host, port, "lock-a", new.secret)).disconnect()
+        with pytest.raises(MqttError):
+            await connect(broker.host, port, "lock-a", old.secret)
