@@ -16,6 +16,7 @@ import orjson
 
 from pydantic import ValidationError
 
+from telemetry import senml
 from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, DeviceEvent, TelemetryBatch
 from telemetry.schema import (
     DEVICE_ID_PATTERN,
@@ -45,6 +46,12 @@ _NUMBER_TYPES = frozenset((int, float, type(None)))
 _BOOL_TYPES = frozenset((bool, type(None)))
 _TRISTATE = {None: -1, False: 0, True: 1}
 _JSON_START = frozenset(b"{[ \t\r\n")
+# Media types that decide the encoding (MQTT 5 content type; CoAP content-formats 50, 60, 110
+# and 112 arrive here as these names). SenML packs are parsed as JSON or CBOR, then resolved into
+# the protocol's samples by telemetry.senml.
+_MEDIA_TYPES = {"application/json": "json", "application/cbor": "cbor",
+                "application/senml+json": "senml+json", "application/senml+cbor": "senml+cbor"}
+_SYNTAX = {"json": "json", "cbor": "cbor", "senml+json": "json", "senml+cbor": "cbor"}
 _NUMBER_FIELDS = ("lat", "lon", *FLOAT_COLUMNS, "odometer_m")
 # Checked in this order: a sample rejected for the first failing check only.
 _RANGES = (("lat", LAT_RANGE, "lat_out_of_range"), ("lon", LON_RANGE, "lon_out_of_range"),
@@ -77,13 +84,12 @@ class DecodeResult:
 
 
 def payload_encoding(payload: bytes, content_type: str | None = None) -> str | None:
-    """'json', 'cbor' or None, by MQTT 5 content type, else by the first byte (docs/protocol.md)."""
+    """'json', 'cbor', 'senml+json', 'senml+cbor' or None: by content type, else by the first
+    byte (docs/protocol.md; SenML only by its content type)."""
     if content_type:
-        ct = content_type.split(";", 1)[0].strip().lower()
-        if ct == "application/json":
-            return "json"
-        if ct == "application/cbor":
-            return "cbor"
+        enc = _MEDIA_TYPES.get(content_type.split(";", 1)[0].strip().lower())
+        if enc is not None:
+            return enc
     if not payload:
         return None
     first = payload[0]
@@ -97,7 +103,7 @@ def payload_encoding(payload: bytes, content_type: str | None = None) -> str | N
 def parse_payload(payload: bytes, encoding: str) -> object:
     """Parse one payload. Raises what the codec raises on garbage (orjson: ValueError; cbor2:
     several types, not all ValueError), so callers catch Exception."""
-    if encoding == "json":
+    if _SYNTAX[encoding] == "json":
         return orjson.loads(payload)
     return cbor2.loads(payload)
 
@@ -132,16 +138,22 @@ def decode_telemetry(
     vehicles.id. Invalid samples are left out of the batch and counted by reason.
     """
     rejections = _Rejections(device_ids, max_problems)
-    items, owner = _parse_messages(device_ids, payloads, registry, content_types, rejections)
     received = np.asarray(received_ms, dtype=np.int64)
+    items, owner = _parse_messages(device_ids, payloads, registry, content_types, rejections,
+                                   senml_received_ms=received)
     vehicle_of_msg = np.fromiter((registry.get(d, -1) for d in device_ids), np.int32, len(device_ids))
     batch = _columns(items, np.asarray(owner, dtype=np.intp), vehicle_of_msg, received, now_ms,
                      limits, rejections)
     return DecodeResult(batch, rejections.counts, rejections.problems)
 
 
-def _parse_messages(device_ids, payloads, registry, content_types, rejections):
-    """Parse every message; returns the sample objects and the message index of each."""
+def _parse_messages(device_ids, payloads, registry, content_types, rejections,
+                    senml_received_ms: np.ndarray | None = None):
+    """Parse every message; returns the sample objects and the message index of each.
+
+    SenML packs become samples; their relative times count from the message's receipt
+    (senml_received_ms[i], RFC 8428's "now"). Where that is None (device events) a SenML
+    message is a bad_structure."""
     encodings: list[str | None] = [None] * len(payloads)
     json_msgs: list[int] = []
     for i, payload in enumerate(payloads):
@@ -184,7 +196,15 @@ def _parse_messages(device_ids, payloads, registry, content_types, rejections):
             try:
                 value = parse_payload(payloads[i], enc)
             except Exception as exc:  # cbor2 raises several types for garbage input
-                rejections.add(f"malformed_{enc}", i, str(exc)[:200])
+                rejections.add(f"malformed_{_SYNTAX[enc]}", i, str(exc)[:200])
+                continue
+        if enc.startswith("senml"):
+            try:
+                if senml_received_ms is None:
+                    raise senml.SenmlError("SenML carries telemetry samples only")
+                value = senml.to_samples(value, int(senml_received_ms[i]))
+            except senml.SenmlError as exc:
+                rejections.add("bad_structure", i, str(exc)[:200])
                 continue
         if type(value) is dict:
             items.append(value)
