@@ -540,6 +540,11 @@ def _demo_status(gateway, fleet, last: dict) -> str:
             f"unacknowledged {gateway.pipeline.unacknowledged if gateway.pipeline else 0}")
 
 
+from fleetgate.cli_devices import register_device_commands  # noqa: E402 (uses this module)
+
+register_device_commands(app)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(prog_name="fleetgate")
 

@@ -64,6 +64,15 @@ class Settings(BaseSettings):
                                      "(outside) a zone to count towards entering (leaving) it")
     geofence_fixes: int = Field(2, ge=1, description="consecutive such fixes that confirm it")
 
+    # CoAP ingress for sleeping NB-IoT devices (docs/coap.md).
+    coap_enabled: bool = True
+    coap_host: str = Field("127.0.0.1", description="UDP address; :: for every interface")
+    coap_port: int = Field(5683, ge=0, le=65535)
+    coap_response_timeout_s: float = Field(5.0, gt=0, le=60, description="an uplink not "
+                                           "committed within this gets 5.03 (the device retries)")
+    coap_retry_after_s: int = Field(30, ge=1, le=3600, description="Max-Age of a 5.03 while the "
+                                    "database is unavailable")
+
     # HTTP API and live map (served by `fleetgate run` beside the gateway, or `fleetgate api`).
     api_host: str = Field("127.0.0.1", description="address the HTTP API listens on")
     api_port: int = Field(8080, ge=0, le=65535, description="0: no HTTP API in `fleetgate run`")

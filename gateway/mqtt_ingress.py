@@ -118,7 +118,7 @@ class MqttIngress:
         self.subscribed.clear()
         # What this connection delivered and nobody committed yet comes again on the next one:
         # drop it rather than write it twice.
-        dropped = self._pipeline.discard_pending(lambda tok, g=generation: tok[0] != g)
+        dropped = self._pipeline.discard_pending("mqtt", lambda tok, g=generation: tok[0] != g)
         if dropped:
             log.info("pending_dropped_for_redelivery", extra=fields(messages=dropped))
 

@@ -141,11 +141,11 @@ class IngestPipeline:
         if not self._paused and len(pending) + self._in_write >= self.limits.max_pending:
             self._set_paused(True)
 
-    def discard_pending(self, keep: Callable[[Any], bool]) -> int:
-        """Drop messages not yet in a batch whose token fails keep() (their connection is gone
-        and the broker will deliver them again); returns how many were dropped."""
+    def discard_pending(self, transport: str, keep: Callable[[Any], bool]) -> int:
+        """Drop that transport's messages not yet in a batch whose token fails keep() (their
+        connection is gone and the broker will deliver them again); returns how many."""
         before = len(self._pending)
-        self._pending = [m for m in self._pending if keep(m.token)]
+        self._pending = [m for m in self._pending if m.transport != transport or keep(m.token)]
         self._pending_bytes = sum(len(m.payload) for m in self._pending)
         self._update_gauges()
         return before - len(self._pending)
@@ -381,7 +381,7 @@ class IngestPipeline:
             return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
     def _log_problems(self, rejected: dict[str, dict[str, int]], problems) -> None:
-        if not rejected:
+        if not any(rejected.values()):
             return
         for reasons in rejected.values():
             _merge(self._suppressed, reasons)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from fleetgate.logs import fields
+from gateway.coap import CoapIngress
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt_ingress import MqttIngress
 from gateway.pipeline import DeviceRegistry, IngestPipeline, PipelineLimits
@@ -23,7 +24,7 @@ from geofence import Hysteresis, SpeedCapChange
 from telemetry.batch import TelemetryBatch
 from telemetry.decoder import TimeLimits
 from telemetry.plausibility import PlausibilityFilter
-from telemetry.store import StoreUnavailable, TelemetryStore
+from telemetry.store import DeviceCredentials, StoreUnavailable, TelemetryStore
 
 log = logging.getLogger("fleetgate.gateway")
 
@@ -50,6 +51,13 @@ class GatewayConfig:
     maintenance_interval_s: float = 3600.0
     db_pool_max: int = 4
     zones_refresh_s: float = 2.0
+    # CoAP ingress (sleeping NB-IoT devices); off unless asked for, so that tests and benchmarks
+    # of the MQTT path bind no UDP port.
+    coap_enabled: bool = False
+    coap_host: str = "127.0.0.1"
+    coap_port: int = 5683
+    coap_response_timeout_s: float = 5.0
+    coap_retry_after_s: int = 30
     geofence_margin_m: float = 10.0
     geofence_fixes: int = 2
 
@@ -68,7 +76,9 @@ class GatewayConfig:
             max_speed_kmh={"ebike": s.ebike_max_speed_kmh, "car": s.car_max_speed_kmh},
             presence_timeout_s=s.presence_timeout_s, db_pool_max=s.db_pool_max,
             zones_refresh_s=s.zones_refresh_s, geofence_margin_m=s.geofence_margin_m,
-            geofence_fixes=s.geofence_fixes)
+            geofence_fixes=s.geofence_fixes, coap_enabled=s.coap_enabled, coap_host=s.coap_host,
+            coap_port=s.coap_port, coap_response_timeout_s=s.coap_response_timeout_s,
+            coap_retry_after_s=s.coap_retry_after_s)
 
 
 class Gateway:
@@ -83,6 +93,9 @@ class Gateway:
         self.ingress: MqttIngress | None = None
         self.geofence: GeofenceStage | None = None
         self.battery: BatteryStage | None = None
+        self.coap: CoapIngress | None = None
+        # The commands layer's mailbox for devices that pull their commands (CoAP).
+        self.commands = None
         # The slow-zone hook: speed-limit changes from the geofence core (commands layer).
         self.on_speed_caps: Callable[[list[SpeedCapChange]], None] | None = None
         self.ready = asyncio.Event()
@@ -122,7 +135,8 @@ class Gateway:
         ingress_box: list[MqttIngress] = []
         self.pipeline = pipeline = IngestPipeline(
             store, registry, plausibility,
-            {"mqtt": lambda tokens: ingress_box[0].acknowledge(tokens)},
+            {"mqtt": lambda tokens: ingress_box[0].acknowledge(tokens),
+             "coap": lambda tokens: self.coap.acknowledge(tokens)},
             limits=cfg.limits, time_limits=cfg.time_limits, metrics=self.metrics,
             on_backpressure=lambda paused: ingress_box[0].set_backpressure(paused),
             on_committed=self._on_committed, on_vehicles_changed=self._vehicles_changed,
@@ -134,6 +148,14 @@ class Gateway:
             session_expiry_s=cfg.mqtt_session_expiry_s, receive_maximum=cfg.mqtt_receive_maximum,
             username=cfg.mqtt_username, password=cfg.mqtt_password, metrics=self.metrics)
         ingress_box.append(ingress)
+        if cfg.coap_enabled:
+            self.coap = CoapIngress(
+                pipeline, DeviceCredentials(store).verify, metrics=self.metrics,
+                host=cfg.coap_host, port=cfg.coap_port, path_root=cfg.mqtt_topic_root,
+                time_limits=cfg.time_limits, commands=self.commands,
+                response_timeout_s=cfg.coap_response_timeout_s,
+                retry_after_s=cfg.coap_retry_after_s)
+            await self.coap.start()
 
         log.info("gateway_started", extra=fields(
             client_id=cfg.mqtt_client_id, devices=len(registry.devices),
@@ -150,8 +172,12 @@ class Gateway:
             await self._stop.wait()
             # Graceful stop: no new messages, commit and acknowledge what we hold, leave cleanly.
             ingress.pause()
+            if self.coap is not None:
+                self.coap.pause()
             pipeline.close()
             await writer
+            if self.coap is not None:
+                await self.coap.stop()  # answers 2.04 for what the last commit held
             await ingress.disconnect()
             await self._save_core_state()
             log.info("gateway_stopped", extra=fields(unacknowledged=pipeline.unacknowledged))
@@ -161,6 +187,9 @@ class Gateway:
             for task in (reader, writer, *chores):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if self.coap is not None:
+                with contextlib.suppress(Exception):
+                    await self.coap.stop(timeout=1.0)
             await store.close()
 
     async def _maintain(self) -> None:

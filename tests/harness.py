@@ -105,6 +105,7 @@ class GatewayProcess:
                     "FLEETGATE_MQTT_CLIENT_ID": client_id,
                     "FLEETGATE_METRICS_PORT": "0",
                     "FLEETGATE_API_PORT": "0",
+                    "FLEETGATE_COAP_ENABLED": "false",
                     "FLEETGATE_BATCH_MAX_AGE_MS": "50",
                     "FLEETGATE_LOG_FORMAT": "json",
                     **{k: str(v) for k, v in env.items()}}

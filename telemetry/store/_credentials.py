@@ -104,7 +104,7 @@ class DeviceCredentials:
         """First secrets for many devices in one transaction. A device that already has a valid
         credential is an AlreadyProvisioned error, or left out with skip_provisioned."""
         issued: list[IssuedSecret] = []
-        async with self._store._transaction() as cur:
+        async with self._store.transaction() as cur:
             await _lock_devices(cur, device_ids)
             await cur.execute(
                 f"SELECT DISTINCT c.device_id FROM device_credentials c "
@@ -123,7 +123,7 @@ class DeviceCredentials:
         grace_s seconds (0: revoked now). Works for a device never provisioned, too."""
         if grace_s < 0:
             raise ValueError("grace_s must not be negative")
-        async with self._store._transaction() as cur:
+        async with self._store.transaction() as cur:
             await _lock_devices(cur, [device_id])
             await cur.execute(
                 f"UPDATE device_credentials c SET expires_at = "
@@ -140,7 +140,7 @@ class DeviceCredentials:
 
     async def verify(self, device_id: str, secret: str) -> bool:
         """Whether secret is a valid credential of device_id, a registered device."""
-        async with self._store._connection() as conn:
+        async with self._store.connection() as conn:
             cur = await conn.execute(
                 f"SELECT EXISTS (SELECT 1 FROM device_credentials c "
                 f"JOIN vehicles v ON v.device_id = c.device_id "
@@ -150,7 +150,7 @@ class DeviceCredentials:
 
     async def list(self) -> list[CredentialInfo]:
         """Every registered device, provisioned or not, by device id."""
-        async with self._store._connection() as conn:
+        async with self._store.connection() as conn:
             cur = await conn.execute(
                 f"SELECT v.device_id, v.vehicle_ref, count(c.id), max(c.created_at), "
                 f"  max(c.expires_at) "
@@ -162,7 +162,7 @@ class DeviceCredentials:
     async def broker_users(self) -> list[tuple[str, str]]:
         """(device_id, `$7$` hash) of the newest valid credential of every registered device:
         the device lines of Mosquitto's password file (it takes one hash per user)."""
-        async with self._store._connection() as conn:
+        async with self._store.connection() as conn:
             cur = await conn.execute(
                 f"SELECT DISTINCT ON (c.device_id) c.device_id, c.mosquitto_hash "
                 f"FROM device_credentials c JOIN vehicles v ON v.device_id = c.device_id "
