@@ -22,7 +22,7 @@ class ApiContext:
     live: LiveHub
     key_cache: KeyCache
     commands: Any = None  # commands.CommandService when the commands layer runs
-    credentials: Any = None  # device credentials (CoAP tokens, MQTT passwords)
+    broker_access: Any = None  # gateway.broker_auth.BrokerAccess, for EMQX's HTTP hooks
     # Readiness checks: name -> coroutine returning None when fine, else the reason.
     readiness: dict[str, Callable[[], Awaitable[str | None]]] = field(default_factory=dict)
     map_tiles_url: str | None = None

@@ -161,14 +161,18 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
     import uvicorn
 
     from api import ApiContext, KeyCache, LiveHub, create_app
-    from telemetry.store import TelemetryStore
+    from gateway.broker_auth import BrokerAccess
+    from gateway.coap import TokenVerifier
+    from telemetry.store import DeviceCredentials
 
     store = await _open_store_retrying(dsn, stop)
     if store is None:
         return
     hub = LiveHub(store)
     ctx = ApiContext(store=store, live=hub, key_cache=KeyCache(s.api_key_cache_s),
-                     map_tiles_url=s.map_tiles_url, map_attribution=s.map_attribution)
+                     map_tiles_url=s.map_tiles_url, map_attribution=s.map_attribution,
+                     broker_access=BrokerAccess(s.mqtt_topic_root, TokenVerifier(
+                         DeviceCredentials(store).verify).verify))
     if gateway is not None:
         gateway.change_listeners.append(hub.notify)
         ctx.readiness = {"broker": gateway.check_subscribed, "database": gateway.check_database}

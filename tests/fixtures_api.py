@@ -12,13 +12,15 @@ import uvicorn
 
 from api import ApiContext, KeyCache, LiveHub, create_app
 from fleetgate.embedded import free_port
-from telemetry.store import TelemetryStore
+from gateway.broker_auth import BrokerAccess
+from telemetry.store import DeviceCredentials, TelemetryStore
 
 KEY_SCOPES = {
     "reader": ["fleet:read"],
     "rental": ["fleet:read", "commands:write"],
     "ops": ["fleet:read", "zones:write"],
     "provisioning": ["devices:write"],
+    "emqx": ["broker:auth"],
     "admin": ["admin"],
 }
 
@@ -42,7 +44,8 @@ async def api_server(pg_dsn):
     store = await TelemetryStore.open(pg_dsn)
     hub = LiveHub(store, poll_interval_s=0.1, min_interval_s=0.01)
     ctx = ApiContext(store=store, live=hub, key_cache=KeyCache(0),
-                     readiness={"database": store.check_writable})
+                     readiness={"database": store.check_writable},
+                     broker_access=BrokerAccess("fg/v1", DeviceCredentials(store).verify))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port,
                                            log_config=None, lifespan="off", access_log=False))

@@ -295,3 +295,41 @@ async def test_the_openapi_spec_describes_problems_and_scopes(api_server):
     assert "application/problem+json" in vehicles["responses"]["403"]["content"]
     assert spec["components"]["securitySchemes"]
     json.dumps(spec)  # plain JSON all the way
+
+
+# --- devices and the broker hooks ----------------------------------------------------------------
+
+async def test_devices_are_registered_with_a_secret_shown_once_and_rotated(api_server):
+    device = {"vehicle_ref": "bike-9", "device_id": "lock-9", "vehicle_type": "ebike"}
+    async with api_server.client("provisioning") as c:
+        created = await c.post("/v1/devices", json=device)
+        assert created.status_code == 201
+        secret = created.json()["credentials"]["secret"]
+        again = (await c.post("/v1/devices", json=device)).json()
+        assert again["credentials"] is None, "registering again issues no second secret"
+        listed = (await c.get("/v1/devices")).json()
+        assert [(d["device_id"], d["valid_credentials"]) for d in listed] == [("lock-9", 1)]
+        assert secret not in str(listed)
+        rotated = (await c.post("/v1/devices/lock-9/credentials", params={"grace_s": 0})).json()
+        assert rotated["secret"] != secret
+        assert_problem(await c.post("/v1/devices/ghost/credentials"), 404)
+        taken = {**device, "vehicle_ref": "bike-10"}
+        assert_problem(await c.post("/v1/devices", json=taken), 409, "lock-9")
+        assert_problem(await c.post("/v1/devices", json={**device, "device_id": "a/b"}), 422)
+        assert_problem(await c.post("/v1/devices", json={**device, "vehicle_type": "bus"}), 422)
+    async with api_server.client("emqx") as c:
+        ok = await c.post("/broker/authenticate", json={"username": "lock-9", "clientid": "lock-9",
+                                                        "password": rotated["secret"]})
+        assert ok.json() == {"result": "allow", "is_superuser": False}
+        old = await c.post("/broker/authenticate", json={"username": "lock-9", "clientid": "lock-9",
+                                                         "password": secret})
+        assert old.json()["result"] == "deny", "rotated with no grace: the old secret is gone"
+        own = await c.post("/broker/authorize", json={"username": "lock-9", "action": "publish",
+                                                      "topic": "fg/v1/lock-9/telemetry"})
+        other = await c.post("/broker/authorize", json={"username": "lock-9", "action": "publish",
+                                                        "topic": "fg/v1/lock-8/telemetry"})
+        assert (own.json()["result"], other.json()["result"]) == ("allow", "deny")
+    async with api_server.client("reader") as c:
+        assert_problem(await c.post("/broker/authorize", json={"action": "publish", "topic": "x"}),
+                       403)
+        assert_problem(await c.post("/v1/devices", json=device), 403)
