@@ -8,8 +8,14 @@
                     offline: "#9e9e9e", immobilised: "#c62828" };
   const api = CONFIG.api_base || "";
   const markers = new Map();           // vehicle_ref -> { marker, vehicle }
-  const state = { key: null, updates: 0 };
-  window.fleetgateMap = state;         // for tests and curious operators
+  const state = {
+    key: null, updates: 0, ready: false,
+    // Read-only views for tests and curious operators.
+    positions: () => Object.fromEntries([...markers].map(([ref, e]) => [ref, [e.marker.getLatLng().lat, e.marker.getLatLng().lng]])),
+    statuses: () => Object.fromEntries([...markers].map(([ref, e]) => [ref, e.vehicle.status])),
+    zones: () => zoneLayer.getLayers().length,
+  };
+  window.fleetgateMap = state;
 
   const map = L.map("map", { preferCanvas: true, zoomControl: true })
     .setView(CONFIG.center || [52.52, 13.40], CONFIG.zoom || 12);
