@@ -19,7 +19,7 @@ from telemetry.store import (
     TelemetryStore,
     VehicleRegistration,
 )
-from telemetry.store._store import _is_unavailable
+from telemetry.store import is_unavailable
 from tests.netproxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -424,4 +424,4 @@ async def test_a_connection_the_server_terminated_is_replaced_without_an_error(
     (psycopg.errors.ProgramLimitExceeded, False),     # a row too large: retrying cannot help
 ])
 def test_only_connection_level_errors_count_as_unavailable(error, unavailable):
-    assert _is_unavailable(error("test")) is unavailable
+    assert is_unavailable(error("test")) is unavailable

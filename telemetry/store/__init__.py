@@ -28,6 +28,7 @@ from telemetry.store._store import (
     TelemetryStore,
     VehicleRegistration,
     WriteResult,
+    is_unavailable,
 )
 
 __all__ = [
@@ -53,5 +54,6 @@ __all__ = [
     "VehicleRegistration",
     "WriteResult",
     "ZoneRows",
+    "is_unavailable",
     "migrate",
 ]

@@ -334,7 +334,7 @@ _UNAVAILABLE_STATES = {"25006"}  # read_only_sql_transaction: a standby, or duri
 _REFUSED_CLASSES = {"54"}  # program_limit_exceeded
 
 
-def _is_unavailable(exc: BaseException) -> bool:
+def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, (PoolTimeout, PoolClosed)):
         return True
     if isinstance(exc, psycopg.OperationalError):
@@ -411,7 +411,7 @@ class TelemetryStore:
             async with self._pool.connection() as conn:
                 yield conn
         except Exception as exc:
-            if _is_unavailable(exc):
+            if is_unavailable(exc):
                 raise StoreUnavailable(_describe(exc)) from exc
             raise
 
