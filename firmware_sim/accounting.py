@@ -42,6 +42,7 @@ class FleetStats:
     commands_received: int = 0   # command messages, retries included
     commands_dropped: int = 0    # ignored on purpose (Misbehaviour / CommandBehaviour)
     command_results_sent: int = 0
+    command_acks_sent: int = 0    # "received" acknowledgements (CommandBehaviour.acknowledge)
     command_executions: Counter = field(default_factory=Counter)  # (device_id, command id) -> n
     started_monotonic: float = field(default_factory=time.monotonic)
     finished_monotonic: float | None = None

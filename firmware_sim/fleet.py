@@ -24,6 +24,8 @@ from firmware_sim.accounting import FleetStats
 from firmware_sim.model import CAR, EBIKE, VEHICLE_TYPES, Area, FleetModel
 from firmware_sim.payloads import CBOR, JSON
 from firmware_sim.tcu import (
+    RECEIVED,
+    RESULT,
     CommandBehaviour,
     CommandDecision,
     FleetFirmware,
@@ -456,19 +458,41 @@ class Fleet:
                 continue
             decision = self.firmware.command_received(link.tcu, msg.payload)
             if decision is not None and not self._closing:
+                if decision.ack is not None:
+                    self._publish(link, Outgoing(RECEIVED, link.tcu.topic_result, decision.ack,
+                                                 decision.command_id))
                 self._schedule_answer(link, decision)
 
     def _schedule_answer(self, link: _Link, decision: CommandDecision) -> None:
-        """Answer (and execute) after the device's delay, on the wall clock like a real TCU."""
-        handle: list[asyncio.TimerHandle] = []
+        """Execute and answer after the device's delay, on the wall clock like a real TCU; a
+        late answer goes out answer_after_s after the execution."""
+        loop = asyncio.get_running_loop()
+
+        def later(delay: float, fn) -> None:
+            handle: list[asyncio.TimerHandle] = []
+
+            def run() -> None:
+                self._answers.discard(handle[0])
+                fn()
+
+            handle.append(loop.call_later(delay, run))
+            self._answers.add(handle[0])
 
         def answer() -> None:
-            self._answers.discard(handle[0])
-            for out in self.firmware.execute(link.tcu, decision):
-                self._publish(link, out)
+            out = self.firmware.execute(link.tcu, decision)
+            held = [o for o in out if o.kind == RESULT] if decision.answer_after_s > 0 else []
+            for o in out:
+                if o not in held:
+                    self._publish(link, o)
+            if held:
+                def late() -> None:
+                    self.firmware.answer_held(link.tcu, decision.command_id)
+                    for o in held:
+                        self._publish(link, o)
 
-        handle.append(asyncio.get_running_loop().call_later(decision.delay_s, answer))
-        self._answers.add(handle[0])
+                later(decision.answer_after_s, late)
+
+        later(decision.delay_s, answer)
 
 
 async def run_fleet(options: FleetOptions, stop_event: asyncio.Event | None = None, *,

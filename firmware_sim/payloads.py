@@ -131,6 +131,11 @@ def result_payload(command_id: str, succeeded: bool, t_ms: int, reason: str | No
                          "t": t_ms, "reason": reason})
 
 
+def received_payload(command_id: str, t_ms: int) -> bytes:
+    """The optional acknowledgement on receipt (docs/protocol.md, Commands)."""
+    return orjson.dumps({"id": command_id, "status": "received", "t": t_ms})
+
+
 def parse_command(payload: bytes) -> dict:
     """A downlink command as a dict; raises ValueError if it is not an object with an id."""
     try:

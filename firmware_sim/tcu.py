@@ -27,6 +27,7 @@ from firmware_sim.payloads import (
     encode_samples,
     malformed_payload,
     parse_command,
+    received_payload,
     result_payload,
     sample_row,
     status_payload,
@@ -34,7 +35,7 @@ from firmware_sim.payloads import (
 from telemetry.schema import MAX_PAYLOAD_BYTES, MAX_SAMPLES_PER_MESSAGE
 
 # Kinds of outgoing message: what a PUBACK or a loss means for each.
-SAMPLE, BATCH, DUPLICATE, MALFORMED, STATUS, RESULT = range(6)
+SAMPLE, BATCH, DUPLICATE, MALFORMED, STATUS, RESULT, RECEIVED = range(7)
 UPLOAD_ORDERS = ("oldest_first", "reversed", "shuffled")
 _BATCH_BYTES = MAX_PAYLOAD_BYTES - 16  # room for the array's brackets or CBOR head
 
@@ -73,13 +74,20 @@ class CommandBehaviour:
     delay_ms: tuple[float, float] = (50.0, 300.0)
     drop_share: float = 0.0     # never seen: no execution, no answer (a retry may get through)
     refuse_share: float = 0.0   # answered "failed" with reason "refused", not executed
-    late_share: float = 0.0     # executed, but answered after late_delay_ms
+    late_share: float = 0.0     # executed after delay_ms, but answered late_delay_ms after that
     late_delay_ms: tuple[float, float] = (5_000.0, 20_000.0)
+    # Send {"id", "status": "received", "t"} as soon as a command is taken for execution (the
+    # optional acknowledgement of docs/protocol.md).
+    acknowledge: bool = False
+    # After lock/unlock/immobilise/mobilise, publish a sample with the new state at once (as
+    # TCUs report a state change), taken at the execution time the result carries.
+    report_state: bool = True
 
 
 class Outgoing:
     """One message a device hands to its transport. ref is what it carries: the sample time
-    (SAMPLE), the sample times (BATCH), the malformed kind (MALFORMED), the command id (RESULT)."""
+    (SAMPLE), the sample times (BATCH), the malformed kind (MALFORMED), the command id (RESULT,
+    RECEIVED)."""
 
     __slots__ = ("kind", "topic", "payload", "ref", "retain")
 
@@ -181,15 +189,19 @@ class CommandDecision:
     delay_s: float
     command: dict | None = None     # to execute then
     result: bytes | None = None     # or this answer (an earlier result, a refusal)
+    ack: bytes | None = None        # to publish at once ("received")
+    answer_after_s: float = 0.0     # the result goes out this long after the execution
 
 
 @dataclass
 class CommandLog:
-    """A device's memory of commands: results by id (retries get the same answer) and which
-    ids are being executed."""
+    """A device's memory of commands: results by id (retries get the same answer), which ids
+    are being executed, and results held back (a late answer: executed, not answered yet)."""
 
     results: dict[str, bytes] = field(default_factory=dict)
     executing: set[str] = field(default_factory=set)
+    held: dict[str, bytes] = field(default_factory=dict)
+    last_exec_t: int = 0  # device time of the newest execution (strictly increasing)
 
 
 class Tcu:
@@ -455,6 +467,7 @@ class FleetFirmware:
             self.stats.samples_resent += len(out.ref)
         elif kind == RESULT:
             tcu.unsent.append(out)
+        # RECEIVED (an acknowledgement) is best effort: the result follows anyway.
 
     # -- commands --------------------------------------------------------------------------
 
@@ -474,21 +487,29 @@ class FleetFirmware:
         earlier = log.results.get(cid)
         if earlier is not None:
             return CommandDecision(cid, delay, result=earlier)
-        if cid in log.executing:
-            return None
+        if cid in log.executing or cid in log.held:
+            return None  # that execution answers
         if rng.random() < beh.drop_share:
             self.stats.commands_dropped += 1
             return None
-        deadline = cmd.get("deadline")
-        if isinstance(deadline, int | float) and self.wall_ms() > deadline:
+        if self._past_deadline(cmd):
             return self._answer_now(tcu, cid, delay, False, "expired")
         if rng.random() < beh.refuse_share:
             return self._answer_now(tcu, cid, delay, False, "refused")
+        answer_after = 0.0
         if rng.random() < beh.late_share:
             lo, hi = beh.late_delay_ms
-            delay = (lo + (hi - lo) * rng.random()) / 1000.0
+            answer_after = (lo + (hi - lo) * rng.random()) / 1000.0
         log.executing.add(cid)
-        return CommandDecision(cid, delay, command=cmd)
+        ack = None
+        if beh.acknowledge:
+            ack = received_payload(cid, self.model.t_ms)
+            self.stats.command_acks_sent += 1
+        return CommandDecision(cid, delay, command=cmd, ack=ack, answer_after_s=answer_after)
+
+    def _past_deadline(self, cmd: dict) -> bool:
+        deadline = cmd.get("deadline")
+        return isinstance(deadline, int | float) and self.wall_ms() > deadline
 
     def _answer_now(self, tcu: Tcu, cid: str, delay: float, ok: bool, reason: str | None):
         result = result_payload(cid, ok, self.model.t_ms, reason)
@@ -503,9 +524,20 @@ class FleetFirmware:
             self.stats.messages_published += 1
             return [Outgoing(RESULT, tcu.topic_result, decision.result, decision.command_id)]
         cmd, cid, i = decision.command, decision.command_id, tcu.index
-        model = self.model
-        tcu.command_log.executing.discard(cid)
+        model, log = self.model, tcu.command_log
+        log.executing.discard(cid)
+        if self._past_deadline(cmd):
+            # Taken before its deadline but due after it (a long delay): a device never acts
+            # on a command past its deadline.
+            result = result_payload(cid, False, model.t_ms, "expired")
+            log.results[cid] = result
+            self.stats.messages_published += 1
+            return [Outgoing(RESULT, tcu.topic_result, result, cid)]
         self.stats.command_executions[(tcu.device_id, cid)] += 1
+        # The device's execution time: after every sample so far and every earlier execution,
+        # so "a sample at or after the result's t shows the new state" holds.
+        exec_t = max(model.t_ms + 1, log.last_exec_t + 1)
+        log.last_exec_t = exec_t
         ok, reason = True, None
         ctype, params = cmd.get("type"), cmd.get("params") or {}
         try:
@@ -522,24 +554,38 @@ class FleetFirmware:
                 if kph is not None and not isinstance(kph, int | float):
                     raise CommandRefused("invalid_params", "kph must be a number")
                 model.set_speed_limit(i, kph)
-            elif ctype == "locate":
-                out.append(self._locate_sample(tcu))
-            else:
+            elif ctype != "locate":
                 raise CommandRefused("unsupported_command", f"type {ctype!r}")
+            # Only t + 1 is sure to be free between two steps: a second report within one step
+            # is left to the next regular sample.
+            if exec_t == model.t_ms + 1 and (ctype == "locate" or (
+                    tcu.command_behaviour.report_state
+                    and ctype in ("lock", "unlock", "immobilise", "mobilise"))):
+                out.append(self._locate_sample(tcu, exec_t))
         except CommandRefused as exc:
             ok, reason = False, exc.reason
-        result = result_payload(cid, ok, model.t_ms, reason)
-        tcu.command_log.results[cid] = result
+        result = result_payload(cid, ok, exec_t if ok else model.t_ms, reason)
+        if decision.answer_after_s > 0:
+            log.held[cid] = result  # answered by answer_held() later
+        else:
+            log.results[cid] = result
         out.insert(0, Outgoing(RESULT, tcu.topic_result, result, cid))
         self.stats.messages_published += len(out)
         return out
 
-    def _locate_sample(self, tcu: Tcu) -> Outgoing:
-        """A sample of the vehicle's state now, 1 ms after the last step's (so its (device, t)
-        key is its own; steps are at least 2 ms apart in the transports)."""
+    def answer_held(self, tcu: Tcu, command_id: str) -> None:
+        """A late answer went out: retries get it from now on."""
+        result = tcu.command_log.held.pop(command_id, None)
+        if result is not None:
+            tcu.command_log.results[command_id] = result
+
+    def _locate_sample(self, tcu: Tcu, t_ms: int) -> Outgoing:
+        """A sample of the vehicle's state now, at t_ms: 1 ms after the last step's for the
+        first one (so its (device, t) key is its own; steps are at least 2 ms apart in the
+        transports); a state report is skipped when that key is taken."""
         model, i = self.model, tcu.index
         lat, lon = model.latlon()
-        row: dict = {"t": model.t_ms + 1, "lat": round(float(lat[i]), 6),
+        row: dict = {"t": t_ms, "lat": round(float(lat[i]), 6),
                      "lon": round(float(lon[i]), 6),
                      "speed_kmh": round(float(model.speed[i] * 3.6), 1),
                      "heading_deg": round(float(model.heading[i]), 1),

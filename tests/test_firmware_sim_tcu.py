@@ -24,6 +24,7 @@ from firmware_sim.tcu import (
     BATCH,
     DUPLICATE,
     MALFORMED,
+    RECEIVED,
     RESULT,
     SAMPLE,
     STATUS,
@@ -375,8 +376,69 @@ def test_locate_answers_with_a_fresh_valid_sample_of_its_own():
     assert fw.stats.samples_generated == 2 * 5 + 2 == len(keys)
 
 
+def test_a_device_acknowledges_on_receipt_when_asked_to():
+    fw = firmware(0, 1)
+    online(fw)
+    car = fw.tcus[0]
+    assert fw.command_received(car, command("c-11", "unlock")).ack is None
+    car.command_behaviour = CommandBehaviour(acknowledge=True)
+    d = fw.command_received(car, command("c-12", "lock"))
+    assert orjson.loads(d.ack) == {"id": "c-12", "status": "received", "t": fw.model.t_ms}
+    assert fw.stats.command_acks_sent == 1
+
+
+def test_a_state_change_is_reported_at_the_execution_time_the_result_carries():
+    fw = firmware(0, 1)
+    broker = online(fw)
+    broker.run(1)
+    car = fw.tcus[0]
+    _, out = answer(fw, car, command("c-13", "unlock"))
+    assert [o.kind for o in out] == [RESULT, SAMPLE]
+    t_exec = result_of(out)["t"]
+    assert t_exec == fw.model.t_ms + 1 == out[1].ref
+    assert orjson.loads(out[1].payload)["locked"] is False
+    # A second execution within the same step gets a later time; its report is left to the
+    # next regular sample (only t + 1 is sure to be free), so no stale sample looks newer.
+    _, out = answer(fw, car, command("c-14", "lock"))
+    assert [o.kind for o in out] == [RESULT] and result_of(out)["t"] == t_exec + 1
+    car.command_behaviour = CommandBehaviour(report_state=False)
+    broker.run(1)
+    _, out = answer(fw, car, command("c-15", "unlock"))
+    assert [o.kind for o in out] == [RESULT]
+
+
+def test_a_command_due_after_its_deadline_is_not_executed():
+    wall = [NOW]
+    model = FleetModel([CAR], seed=1, start_ms=START)
+    fw = FleetFirmware(model, ["car-0001"], wall_ms=lambda: wall[0])
+    online(fw)
+    car = fw.tcus[0]
+    d = fw.command_received(car, command("c-16", "unlock", deadline=NOW + 100))
+    assert d.command is not None
+    wall[0] = NOW + 101  # the device's delay ran past the deadline
+    out = fw.execute(car, d)
+    assert result_of(out)["reason"] == "expired" and model.locked[0]
+    assert fw.stats.command_executions[("car-0001", "c-16")] == 0
+
+
+def test_a_late_answer_is_held_and_retries_get_nothing_until_it_goes_out():
+    fw = firmware(0, 1)
+    online(fw)
+    car = fw.tcus[0]
+    car.command_behaviour = CommandBehaviour(late_share=1.0, late_delay_ms=(5000.0, 5000.0))
+    d = fw.command_received(car, command("c-17", "unlock"))
+    assert d.answer_after_s == 5.0 and d.delay_s < 1.0
+    fw.execute(car, d)
+    assert not fw.model.locked[0]  # executed at once ...
+    assert fw.command_received(car, command("c-17", "unlock")) is None  # ... answered later
+    fw.answer_held(car, "c-17")
+    again = fw.command_received(car, command("c-17", "unlock"))
+    assert orjson.loads(again.result)["status"] == "succeeded"
+    assert fw.stats.command_executions[("car-0001", "c-17")] == 1
+
+
 def test_message_kinds_cover_what_a_device_sends():
-    assert {SAMPLE, BATCH, DUPLICATE, MALFORMED, STATUS, RESULT} == set(range(6))
+    assert {SAMPLE, BATCH, DUPLICATE, MALFORMED, STATUS, RESULT, RECEIVED} == set(range(7))
 
 
 # -- fleet options (no broker needed until start) ----------------------------------------------
