@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.context import ApiContext
-from api.routes import broker, devices, events, health, map, vehicles, zones
+from api.routes import broker, commands, devices, events, health, map, usage, vehicles, zones
 from fleetgate import __version__
 
 DESCRIPTION = """fleetgate's HTTP API for rental, billing, fleet operations and administrators.
@@ -27,6 +27,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
                                                         "devices", "usage", "health")])
     app.state.fleetgate = ctx
     problems.install(app)
-    for module in (health, vehicles, events, zones, devices, broker, map):
+    for module in (health, vehicles, commands, usage, events, zones, devices, broker, map):
         app.include_router(module.router)
     return app

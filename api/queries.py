@@ -119,9 +119,49 @@ async def vehicle_id(store: TelemetryStore, vehicle_ref: str) -> int | None:
     return rows[0]["id"] if rows else None
 
 
-async def _fetch(store: TelemetryStore, query: str | sql.Composable, params: list
+async def _fetch(store: TelemetryStore, query: str | sql.Composable, params: list | dict
                  ) -> list[dict[str, Any]]:
     async with store.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(query, params)
         return await cur.fetchall()
+
+
+# --- usage per booking (unlock -> lock) ---------------------------------------------------------
+
+_SESSIONS = """
+WITH acts AS (
+    SELECT id, type, coalesce(device_t, finished_at) AS at FROM commands
+    WHERE vehicle = %(vehicle)s AND state = 'succeeded' AND type IN ('unlock', 'lock')
+      AND coalesce(device_t, finished_at) < %(end)s
+      AND coalesce(device_t, finished_at) >= %(start)s - interval '7 days'
+), paired AS (
+    SELECT id, type, at, lead(id) OVER w AS next_id, lead(type) OVER w AS next_type,
+           lead(at) OVER w AS next_at
+    FROM acts WINDOW w AS (ORDER BY at, id)
+)
+SELECT id AS unlock_command, at AS started_at,
+       CASE WHEN next_type = 'lock' THEN next_id END AS lock_command,
+       CASE WHEN next_type = 'lock' THEN next_at END AS ended_at,
+       next_type = 'unlock' AS unlocked_again
+FROM paired
+WHERE type = 'unlock' AND at >= %(start)s AND at < %(end)s
+   OR type = 'unlock' AND at < %(start)s AND (next_type = 'lock' AND next_at >= %(start)s)
+ORDER BY at"""
+
+
+async def usage_sessions(store: TelemetryStore, vehicle: int, start: datetime, end: datetime,
+                         unlock_command: Any = None) -> list[dict[str, Any]]:
+    """Rides between an unlock and the following lock that overlap [start, end)."""
+    rows = await _fetch(store, _SESSIONS, {"vehicle": vehicle, "start": start, "end": end})
+    if unlock_command is not None:
+        rows = [r for r in rows if r["unlock_command"] == unlock_command]
+    return rows
+
+
+async def samples_between(store: TelemetryStore, vehicle: int, start: datetime,
+                          end: datetime) -> list[dict[str, Any]]:
+    return await _fetch(store, (
+        "SELECT time, lat, lon, odometer_m, soc_pct, pack_v, pack_a, flags FROM positions "
+        "WHERE vehicle = %s AND time >= %s AND time <= %s ORDER BY time LIMIT 200000"),
+        [vehicle, start, end])

@@ -51,7 +51,6 @@ from benchmarks.ingest import (  # noqa: E402
 )
 from fleetgate.embedded import Mosquitto  # noqa: E402
 
-
 # --- the simulated locks, in a child process ------------------------------------------------------
 
 async def _sim_child(args: argparse.Namespace) -> None:

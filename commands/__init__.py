@@ -27,6 +27,7 @@ from commands.model import (
     HistoryEntry,
     VehicleSnapshot,
 )
+from commands.reads import CommandReads
 from commands.scheduler import DeliveryPolicy, Plan, plan_vehicle
 from commands.service import CommandConfig, CommandService
 from commands.store import CommandConflict, CommandStore
@@ -34,7 +35,7 @@ from commands.store import CommandConflict, CommandStore
 __all__ = [
     "TERMINAL", "TRANSITIONS", "Action", "Command", "CommandConfig", "CommandConflict",
     "CommandError", "CommandNotFound", "CommandPage", "CommandRequest", "CommandService",
-    "CommandState", "CommandStore", "CommandType", "DeliveryPolicy", "DeviceResult",
+    "CommandReads", "CommandState", "CommandStore", "CommandType", "DeliveryPolicy", "DeviceResult",
     "HistoryEntry", "IdempotencyConflict", "IllegalTransition", "InterlockPolicy",
     "InvalidDeadline", "Motion", "NotCancellable", "Plan", "UnknownVehicle", "VehicleSnapshot",
     "Verdict", "judge", "motion", "plan_vehicle",

@@ -38,7 +38,6 @@ from commands.metrics import CommandMetrics
 from commands.model import (
     MAX_TTL_S,
     Command,
-    CommandPage,
     CommandRequest,
     CommandState,
     CommandType,
@@ -46,6 +45,7 @@ from commands.model import (
     HistoryEntry,
 )
 from commands.mqtt import CommandLink, InboundResult, command_client_id
+from commands.reads import CommandReads
 from commands.scheduler import DeliveryPolicy, Plan, plan_vehicle
 from commands.store import CommandConflict, CommandStore, VehicleInfo
 from fleetgate.logs import fields
@@ -117,7 +117,7 @@ def _apply(queue: Sequence[Command], changes: Iterable[Change]) -> list[Command]
     return [c for c in (final.get(c.id, c) for c in queue) if not c.state.terminal]
 
 
-class CommandService:
+class CommandService(CommandReads):
     """Remote commands for the gateway and the HTTP API. `await start()`, then use it; `await
     stop()` leaves the broker cleanly (the session keeps results arriving meanwhile)."""
 
@@ -271,30 +271,12 @@ class CommandService:
         return self._open.get(existing.id, existing)
 
     async def get(self, command_id: uuid.UUID) -> Command:
-        cmd = self._open.get(command_id) or await self._store.get(command_id)
-        if cmd is None:
-            raise CommandNotFound(f"no command {command_id}")
-        return cmd
+        """The newest version: an open command from memory, else from the store."""
+        cmd = self._open.get(command_id)
+        return cmd if cmd is not None else await super().get(command_id)
 
-    async def history(self, command_id: uuid.UUID) -> list[HistoryEntry]:
-        entries = await self._store.history(command_id)
-        if not entries:
-            raise CommandNotFound(f"no command {command_id}")
-        return entries
-
-    async def list(self, *, vehicle: str | None = None, device_id: str | None = None,
-                   states: Sequence[CommandState] | None = None,
-                   type: CommandType | None = None, requested_by: str | None = None,
-                   created_from: datetime | None = None, created_to: datetime | None = None,
-                   before: int | None = None, limit: int = 50) -> CommandPage:
-        """Commands newest first, filtered; `before` = the previous page's next_cursor."""
-        vehicle_id = None
-        if vehicle is not None:
-            vehicle_id = (await self._resolve(vehicle_ref=vehicle)).vehicle_id
-        return await self._store.list(vehicle_id=vehicle_id, device_id=device_id, states=states,
-                                      type=type, requested_by=requested_by,
-                                      created_from=created_from, created_to=created_to,
-                                      before=before, limit=limit)
+    async def _vehicle_id(self, vehicle_ref: str) -> int:
+        return (await self._resolve(vehicle_ref=vehicle_ref)).vehicle_id
 
     async def cancel(self, command_id: uuid.UUID, *, by: str | None = None,
                      reason: str = "cancelled") -> Command:
@@ -304,7 +286,8 @@ class CommandService:
             cmd = self._open.get(command_id)
             if cmd is None:
                 cmd = await self.get(command_id)
-                raise NotCancellable(f"command {command_id} is {cmd.state.value} already")
+                raise NotCancellable(f"command {command_id} cannot be cancelled: it is "
+                                     f"{cmd.state.value} already")
             if cmd.state.in_flight:
                 raise NotCancellable(f"command {command_id} was delivered to the vehicle "
                                      f"({cmd.state.value}); it cannot be called back")

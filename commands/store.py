@@ -28,8 +28,10 @@ from commands.model import (
     HistoryEntry,
     VehicleSnapshot,
 )
-from telemetry.store import StoreUnavailable
-from telemetry.store import is_unavailable  # the one definition of "unavailable"
+from telemetry.store import (
+    StoreUnavailable,
+    is_unavailable,  # the one definition of "unavailable"
+)
 
 
 class CommandConflict(Exception):

@@ -161,6 +161,7 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
     import uvicorn
 
     from api import ApiContext, KeyCache, LiveHub, create_app
+    from commands import CommandReads, CommandStore
     from gateway.broker_auth import BrokerAccess
     from gateway.coap import TokenVerifier
     from telemetry.store import DeviceCredentials
@@ -172,9 +173,17 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
     ctx = ApiContext(store=store, live=hub, key_cache=KeyCache(s.api_key_cache_s),
                      map_tiles_url=s.map_tiles_url, map_attribution=s.map_attribution,
                      broker_access=BrokerAccess(s.mqtt_topic_root, TokenVerifier(
-                         DeviceCredentials(store).verify).verify))
+                         DeviceCredentials(store).verify).verify),
+                     command_reads=CommandReads(CommandStore(store.pool)))
+    attach = None
     if gateway is not None:
         gateway.change_listeners.append(hub.notify)
+
+        async def attach_commands() -> None:  # until then the commands routes answer 503
+            await gateway.ready.wait()
+            ctx.commands = gateway.commands
+
+        attach = asyncio.create_task(attach_commands())
         ctx.readiness = {"broker": gateway.check_subscribed, "database": gateway.check_database}
     else:
         ctx.readiness = {"database": store.check_writable}
@@ -190,8 +199,10 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
     finally:
         server.should_exit = True
         await asyncio.gather(serving, return_exceptions=True)
-        feed.cancel()
-        await asyncio.gather(feed, return_exceptions=True)
+        for task in (feed, attach):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (feed, attach) if t), return_exceptions=True)
         await store.close()
     if serving.done() and not serving.cancelled() and serving.exception():
         raise serving.exception()

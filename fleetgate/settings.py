@@ -73,6 +73,20 @@ class Settings(BaseSettings):
     coap_retry_after_s: int = Field(30, ge=1, le=3600, description="Max-Age of a 5.03 while the "
                                     "database is unavailable")
 
+    # Remote commands (docs/commands.md).
+    commands_enabled: bool = True
+    command_ttl_s: float = Field(60.0, gt=0, description="deadline of a command whose caller "
+                                 "gives none")
+    command_result_timeout_s: float = Field(5.0, gt=0, description="wait for a device's result "
+                                            "before retrying with the same id")
+    command_max_attempts: int = Field(5, ge=1)
+    command_fresh_state_s: float = Field(60.0, gt=0, description="vehicle state older than this "
+                                         "counts as unknown for the interlocks")
+    command_moving_kmh: float = Field(3.0, ge=0, description="faster than this, a vehicle is "
+                                      "moving: immobilise waits or is refused")
+    speed_caps_enabled: bool = Field(False, description="send set_speed_limit when a vehicle "
+                                     "enters or leaves a zone with maximum_speed_kph")
+
     # HTTP API and live map (served by `fleetgate run` beside the gateway, or `fleetgate api`).
     api_host: str = Field("127.0.0.1", description="address the HTTP API listens on")
     api_port: int = Field(8080, ge=0, le=65535, description="0: no HTTP API in `fleetgate run`")

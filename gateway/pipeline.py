@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import psycopg
 
+from fleetgate.logs import fields
 from gateway.metrics import GatewayMetrics
 from gateway.stages import BatchStage, StageOutput, merge_outputs
-from fleetgate.logs import fields
 from telemetry.batch import DeviceEvent, TelemetryBatch
 from telemetry.decoder import TimeLimits, decode_events, decode_status, decode_telemetry
 from telemetry.plausibility import PlausibilityFilter
@@ -100,6 +100,7 @@ class IngestPipeline:
         on_backpressure: Callable[[bool], None] | None = None,
         on_committed: Callable[[TelemetryBatch, float], None] | None = None,
         on_vehicles_changed: Callable[[set[int]], None] | None = None,
+        on_presence: Callable[[list[tuple[int, bool, int]]], None] | None = None,
         stages: Sequence[BatchStage] = (),
     ) -> None:
         self._store = store
@@ -112,6 +113,7 @@ class IngestPipeline:
         self._on_backpressure = on_backpressure
         self._on_committed = on_committed
         self._on_vehicles_changed = on_vehicles_changed
+        self._on_presence = on_presence
         self._stages = list(stages)
         self._first_transport = "mqtt"
         self._pending: list[Inbound] = []
@@ -275,6 +277,8 @@ class IngestPipeline:
                 metrics.sample_delay_seconds.observe(max(float(q), 0.0))
             if self._on_committed is not None:
                 self._on_committed(batch, commit_ms)
+        if presence and self._on_presence is not None:
+            self._on_presence(presence)
         if self._on_vehicles_changed is not None and (len(batch) or events or presence):
             changed = set(np.unique(batch.vehicle).tolist())
             changed.update(e.vehicle for e in events)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from commands import CommandConfig, CommandService, DeliveryPolicy, InterlockPolicy
 from fleetgate.logs import fields
 from gateway.coap import CoapIngress
 from gateway.metrics import GatewayMetrics
@@ -58,6 +59,11 @@ class GatewayConfig:
     coap_port: int = 5683
     coap_response_timeout_s: float = 5.0
     coap_retry_after_s: int = 30
+    # Remote commands (commands.CommandService with its own MQTT session).
+    commands_enabled: bool = True
+    command_overrides: dict = field(default_factory=dict)  # CommandConfig fields
+    # Send set_speed_limit when a vehicle enters or leaves a zone with maximum_speed_kph.
+    speed_caps_enabled: bool = False
     geofence_margin_m: float = 10.0
     geofence_fixes: int = 2
 
@@ -78,7 +84,13 @@ class GatewayConfig:
             zones_refresh_s=s.zones_refresh_s, geofence_margin_m=s.geofence_margin_m,
             geofence_fixes=s.geofence_fixes, coap_enabled=s.coap_enabled, coap_host=s.coap_host,
             coap_port=s.coap_port, coap_response_timeout_s=s.coap_response_timeout_s,
-            coap_retry_after_s=s.coap_retry_after_s)
+            coap_retry_after_s=s.coap_retry_after_s, commands_enabled=s.commands_enabled,
+            speed_caps_enabled=s.speed_caps_enabled, command_overrides={
+                "default_ttl_s": s.command_ttl_s,
+                "interlocks": InterlockPolicy(fresh_s=s.command_fresh_state_s,
+                                              moving_kmh=s.command_moving_kmh),
+                "delivery": DeliveryPolicy(result_timeout_s=s.command_result_timeout_s,
+                                           max_attempts=s.command_max_attempts)})
 
 
 class Gateway:
@@ -94,8 +106,7 @@ class Gateway:
         self.geofence: GeofenceStage | None = None
         self.battery: BatteryStage | None = None
         self.coap: CoapIngress | None = None
-        # The commands layer's mailbox for devices that pull their commands (CoAP).
-        self.commands = None
+        self.commands: CommandService | None = None
         # The slow-zone hook: speed-limit changes from the geofence core (commands layer).
         self.on_speed_caps: Callable[[list[SpeedCapChange]], None] | None = None
         self.ready = asyncio.Event()
@@ -124,9 +135,17 @@ class Gateway:
         vehicles, t, lat, lon = await self._retry(store.load_last_fixes)
         plausibility.restore(vehicles, t, lat, lon)
         await self._retry(self._maintain)
+        if cfg.commands_enabled:
+            self.commands = CommandService(
+                CommandConfig.from_gateway(cfg, **cfg.command_overrides),
+                registry=self.metrics.registry,
+                pull=lambda device_id: self.coap is not None and self.coap.serves(device_id))
+            await self._retry(self.commands.start)
+            if cfg.speed_caps_enabled:
+                self.on_speed_caps = self.commands.on_speed_caps
         self.geofence = geofence = GeofenceStage(
             store, hysteresis=Hysteresis(cfg.geofence_margin_m, cfg.geofence_fixes),
-            on_speed_caps=self.on_speed_caps)
+            on_speed_caps=self._speed_caps)
         await self._retry(lambda: geofence.start(registry.devices))
         self.battery = battery = BatteryStage(store)
         await self._retry(lambda: battery.start(registry.devices))
@@ -139,7 +158,8 @@ class Gateway:
              "coap": lambda tokens: self.coap.acknowledge(tokens)},
             limits=cfg.limits, time_limits=cfg.time_limits, metrics=self.metrics,
             on_backpressure=lambda paused: ingress_box[0].set_backpressure(paused),
-            on_committed=self._on_committed, on_vehicles_changed=self._vehicles_changed,
+            on_committed=self._committed, on_vehicles_changed=self._vehicles_changed,
+            on_presence=self._presence,
             stages=[geofence, battery])
         self.ingress = ingress = MqttIngress(
             pipeline, host=cfg.mqtt_host, port=cfg.mqtt_port, client_id=cfg.mqtt_client_id,
@@ -179,6 +199,8 @@ class Gateway:
             if self.coap is not None:
                 await self.coap.stop()  # answers 2.04 for what the last commit held
             await ingress.disconnect()
+            if self.commands is not None:
+                await self.commands.stop()
             await self._save_core_state()
             log.info("gateway_stopped", extra=fields(unacknowledged=pipeline.unacknowledged))
         finally:
@@ -190,6 +212,9 @@ class Gateway:
             if self.coap is not None:
                 with contextlib.suppress(Exception):
                     await self.coap.stop(timeout=1.0)
+            if self.commands is not None:
+                with contextlib.suppress(Exception):
+                    await self.commands.abort()
             await store.close()
 
     async def _maintain(self) -> None:
@@ -242,7 +267,23 @@ class Gateway:
         if expired:
             self.metrics.presence_changes.labels("offline", "timeout").inc(len(expired))
             log.info("vehicles_offline_timeout", extra=fields(count=len(expired)))
+            self._presence([(v, False, 0) for v in expired])
             self._vehicles_changed(set(expired))
+
+    def _committed(self, batch: TelemetryBatch, commit_ms: float) -> None:
+        if self.commands is not None:
+            self.commands.on_batch_committed(batch, commit_ms)  # interlocks see the new state
+        if self._on_committed is not None:
+            self._on_committed(batch, commit_ms)
+
+    def _presence(self, updates: list[tuple[int, bool, int]]) -> None:
+        if self.commands is not None:
+            for vehicle, online, _ in updates:
+                self.commands.on_presence(vehicle, online)  # a reconnect delivers what waits
+
+    def _speed_caps(self, changes: list[SpeedCapChange]) -> None:
+        if self.on_speed_caps is not None:
+            self.on_speed_caps(changes)
 
     def _vehicles_changed(self, vehicles: set[int]) -> None:
         for listener in self.change_listeners:

@@ -12,11 +12,19 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from battery import DEFAULT_TYPES, BatteryCore, BatteryPolicy, BatteryType
 from fleetgate.logs import fields
-from geofence import Hysteresis, InvalidZone, SpeedCapChange, ViolationPolicy, Zone, ZoneSet, ZoneTracker
+from geofence import (
+    Hysteresis,
+    InvalidZone,
+    SpeedCapChange,
+    ViolationPolicy,
+    Zone,
+    ZoneSet,
+    ZoneTracker,
+)
 from telemetry.batch import TelemetryBatch
 from telemetry.store import Derived, Device, TelemetryStore
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import cbor2
 import numpy as np
 import orjson
-
 from pydantic import ValidationError
 
 from telemetry import senml

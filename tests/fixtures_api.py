@@ -11,6 +11,7 @@ import pytest
 import uvicorn
 
 from api import ApiContext, KeyCache, LiveHub, create_app
+from commands import CommandReads, CommandStore
 from fleetgate.embedded import free_port
 from gateway.broker_auth import BrokerAccess
 from telemetry.store import DeviceCredentials, TelemetryStore
@@ -45,7 +46,8 @@ async def api_server(pg_dsn):
     hub = LiveHub(store, poll_interval_s=0.1, min_interval_s=0.01)
     ctx = ApiContext(store=store, live=hub, key_cache=KeyCache(0),
                      readiness={"database": store.check_writable},
-                     broker_access=BrokerAccess("fg/v1", DeviceCredentials(store).verify))
+                     broker_access=BrokerAccess("fg/v1", DeviceCredentials(store).verify),
+                     command_reads=CommandReads(CommandStore(store.pool)))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port,
                                            log_config=None, lifespan="off", access_log=False))

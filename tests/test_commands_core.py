@@ -27,10 +27,10 @@ from commands import (
     Motion,
     VehicleSnapshot,
     judge,
+    machine,
     motion,
     plan_vehicle,
 )
-from commands import machine
 
 S = CommandState
 T0 = datetime(2026, 11, 22, 9, 14, tzinfo=timezone.utc)

@@ -125,7 +125,8 @@ async def stack(pg_dsn, broker, topic_root, *, fleet: Fleet | None = None, vehic
             vehicles=vehicles, rate_hz=2.0, seed=7, topic_root=topic_root, host=broker.host,
             port=broker.port, session_expiry_s=60, commands=behaviour, track_keys=False)))
     await register(pg_dsn, fleet.registrations())
-    gw = gateway_config(pg_dsn, broker, topic_root, mqtt_session_expiry_s=60)
+    gw = gateway_config(pg_dsn, broker, topic_root, mqtt_session_expiry_s=60,
+                        commands_enabled=False)  # these tests run their own CommandService
     cc = CommandConfig.from_gateway(
         gw, delivery=delivery or DeliveryPolicy(result_timeout_s=2.0, clock_grace_s=0.5),
         **config)

@@ -10,8 +10,7 @@ from unittest.mock import ANY
 import psycopg
 import pytest
 
-from commands import Command, CommandConflict, CommandState, CommandStore, CommandType
-from commands import machine
+from commands import Command, CommandConflict, CommandState, CommandStore, CommandType, machine
 from commands._time import from_ms, utc_now
 from commands.model import DeviceResult
 from telemetry.store import StoreUnavailable

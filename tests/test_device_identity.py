@@ -17,12 +17,17 @@ import pytest
 
 from fleetgate.embedded import Mosquitto, free_port
 from fleetgate.mqtt import MqttClient, MqttError
-from gateway.broker_auth import BrokerAccess, acl_file, authorize, generate, password_file, \
-    write_files
+from gateway.broker_auth import (
+    BrokerAccess,
+    acl_file,
+    authorize,
+    generate,
+    password_file,
+    write_files,
+)
 from telemetry.store import AlreadyProvisioned, DeviceCredentials, TelemetryStore, UnknownDevice
 from telemetry.store._credentials import check_mosquitto_hash, mosquitto_hash
-from tests.harness import eventually, gateway_config, metric, register, running_gateway, \
-    stored_keys
+from tests.harness import eventually, gateway_config, metric, register, running_gateway, stored_keys
 
 ROOT = "fg/v1"
 DEVICES = [("lock-a", "bike-a", "ebike"), ("lock-b", "bike-b", "ebike"),

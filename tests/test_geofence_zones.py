@@ -18,7 +18,6 @@ from benchmarks.geofence import city_zones
 from geofence import InvalidZone, Rule, Zone, ZoneKind, ZoneSet
 
 
-
 def gbfs_schema(name: str) -> dict:
     """An official GBFS v3.0 JSON schema (MobilityData/gbfs-json-schema). The schemas are
     reference data kept beside the project, not in it: FLEETGATE_GBFS_SCHEMA_DIR, else the

@@ -18,8 +18,8 @@ from telemetry.store import (
     StoreUnavailable,
     TelemetryStore,
     VehicleRegistration,
+    is_unavailable,
 )
-from telemetry.store import is_unavailable
 from tests.netproxy import TcpProxy
 
 pytestmark = pytest.mark.integration

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 from fleetgate.mqtt._packets import (
     CONNACK,
+    CONNACK_V3_REASONS,
     DISCONNECT,
     DISCONNECT_PACKET,
     PINGREQ_PACKET,
@@ -23,7 +24,6 @@ from fleetgate.mqtt._packets import (
     PROP_SERVER_KEEP_ALIVE,
     PUBACK,
     SUBACK,
-    CONNACK_V3_REASONS,
     MalformedPacket,
     Message,
     PacketStream,

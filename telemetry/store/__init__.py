@@ -1,6 +1,7 @@
 """The telemetry store: PostgreSQL (TimescaleDB or native partitions) for samples, latest vehicle
 state, presence and events, and the versioned migrations that create its schema."""
 
+from telemetry.store._api_keys import SCOPES, ApiKey, InvalidApiKey
 from telemetry.store._credentials import (
     AlreadyProvisioned,
     CredentialInfo,
@@ -15,9 +16,7 @@ from telemetry.store._errors import (
     StorageNotAvailable,
     StoreUnavailable,
 )
-from telemetry.store._api_keys import SCOPES, ApiKey, InvalidApiKey
 from telemetry.store._migrate import MigrationReport, migrate
-from telemetry.store._zones import ZoneRows
 from telemetry.store._store import (
     BATTERY_HEALTH_COLUMNS,
     VEHICLE_JSON_COLUMNS,
@@ -30,6 +29,7 @@ from telemetry.store._store import (
     WriteResult,
     is_unavailable,
 )
+from telemetry.store._zones import ZoneRows
 
 __all__ = [
     "SCOPES",
@@ -40,7 +40,9 @@ __all__ = [
     "DeviceCredentials",
     "IssuedSecret",
     "UnknownDevice",
+    "BATTERY_HEALTH_COLUMNS",
     "VEHICLE_JSON_COLUMNS",
+    "Derived",
     "Device",
     "Event",
     "MaintenanceReport",

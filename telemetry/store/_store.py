@@ -21,11 +21,11 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, TelemetryBatch
-from telemetry.store import _binary as wire
 from telemetry.store import _api_keys, _partitions, _policies, _zones
+from telemetry.store import _binary as wire
 from telemetry.store._api_keys import ApiKey
-from telemetry.store._zones import ZoneRows
 from telemetry.store._errors import RegistrationConflict, StoreUnavailable
+from telemetry.store._zones import ZoneRows
 
 _DEVICE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 VEHICLE_TYPES = ("ebike", "car")
@@ -395,6 +395,11 @@ class TelemetryStore:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        """The connection pool, for the rooms that keep their own queries (commands)."""
+        return self._pool
 
     async def __aenter__(self) -> TelemetryStore:
         return self
