@@ -289,11 +289,14 @@ async def bench(args: argparse.Namespace) -> dict:
         gw_cfg = GatewayConfig(database_url=dsn, mqtt_host=broker.host, mqtt_port=broker.port,
                                mqtt_topic_root=ROOT, mqtt_client_id="bench-cmd-gateway",
                                mqtt_session_expiry_s=120)
-        service = CommandService(CommandConfig.from_gateway(gw_cfg), registry=CollectorRegistry())
-        await service.start()
-        gateway = Gateway(gw_cfg, registry=CollectorRegistry(),
-                          on_committed=service.on_batch_committed)
+        # The production wiring: the gateway runs the command service and feeds it every commit.
+        gateway = Gateway(gw_cfg, registry=CollectorRegistry())
         gw_task = asyncio.create_task(gateway.run())
+        while not gateway.ready.is_set():
+            if gw_task.done():
+                gw_task.result()
+            await asyncio.sleep(0.05)
+        service = gateway.commands
         await sim.start()
         floor = Floor(broker.host, broker.port)
         await floor.start()
@@ -352,9 +355,7 @@ async def bench(args: argparse.Namespace) -> dict:
             gateway.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(gw_task, 30)
-        if service is not None:
-            await service.stop()
-        broker.stop()
+        broker.stop()  # the gateway stopped its command service
         shutil.rmtree(tmp, ignore_errors=True)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
