@@ -81,8 +81,11 @@ class Mosquitto:
             self.port = free_port()
         conf = self.datadir / "mosquitto.conf"
         conf.write_text(self.config())
+        # Its own session: Ctrl-C in a terminal signals the whole foreground process group, and
+        # the broker must outlive the gateway's graceful stop (we stop it afterwards).
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         wait_for_port(self.host, self.port, timeout, self.proc)
         return self
 
