@@ -1,7 +1,8 @@
 """The `fleetgate` command: run the gateway, drive the simulator, migrate the database, demo.
 
-Every subcommand reads the one Settings object (FLEETGATE_* environment, optional env file);
-where no database or broker is configured, `run` and `demo` start embedded ones in data_dir.
+Every subcommand reads the one Settings object (FLEETGATE_* environment, optional env file and
+TOML config file); where no database or broker is configured, `run` and `demo` start embedded
+ones in data_dir.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
-from pydantic import ValidationError
 
 from fleetgate.logs import fields, setup_logging
-from fleetgate.settings import Settings
+from fleetgate.settings import Settings, SettingsError, sources
 
 if TYPE_CHECKING:
     from firmware_sim import FleetOptions
@@ -38,9 +38,9 @@ log = logging.getLogger("fleetgate.cli")
 
 def load_settings(**overrides) -> Settings:
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        typer.echo(f"fleetgate: invalid settings:\n{exc}", err=True)
+        return Settings.load(**overrides)
+    except SettingsError as exc:
+        typer.echo(f"fleetgate: {exc}", err=True)
         raise typer.Exit(2) from exc
 
 
@@ -111,9 +111,17 @@ def db_migrate(
 
 
 @config_app.command("show")
-def config_show() -> None:
-    """Print the effective settings, secrets masked."""
-    typer.echo(orjson.dumps(load_settings().masked(), option=orjson.OPT_INDENT_2).decode())
+def config_show(
+    with_sources: Annotated[bool, typer.Option(
+        "--sources", help="each value with where it came from: default, environment, env file "
+        "or config file")] = False,
+) -> None:
+    """Print the effective settings (JSON), secrets masked."""
+    shown = load_settings().masked()
+    if with_sources:
+        origin = sources()
+        shown = {k: {"value": v, "source": origin.get(k, "default")} for k, v in shown.items()}
+    typer.echo(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
 
 
 @app.command()
@@ -135,14 +143,12 @@ async def _run_gateway(s: Settings, services: Services, *, migrate: bool, fleet=
 
     if migrate:
         await _migrate(services.database_url, s)
-    if s.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(s.metrics_port, addr="127.0.0.1")
     gateway = Gateway(GatewayConfig.from_settings(s, services.database_url, services.mqtt_host,
                                                   services.mqtt_port))
     _install_signal_handlers(gateway.stop)
     tasks = [asyncio.create_task(gateway.run(), name="gateway")]
+    if s.metrics_port:
+        tasks.append(asyncio.create_task(_serve_ops(s, gateway), name="ops"))
     if s.api_port:
         tasks.append(asyncio.create_task(
             _serve_api(s, services.database_url, gateway.stopping, gateway=gateway), name="api"))
@@ -154,6 +160,29 @@ async def _run_gateway(s: Settings, services: Services, *, migrate: bool, fleet=
         if task.done() and task.exception():
             raise task.exception()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _serve_ops(s: Settings, gateway) -> None:
+    """The operator's port (/metrics, /healthz, /readyz) until the gateway stops."""
+    import uvicorn
+
+    from gateway.ops_http import ops_app
+
+    server = uvicorn.Server(uvicorn.Config(
+        ops_app(gateway.readiness, gateway.metrics.registry), host=s.metrics_host,
+        port=s.metrics_port, log_config=None, lifespan="off", access_log=False))
+    server.install_signal_handlers = lambda: None  # the gateway's handlers stop everything
+    serving = asyncio.create_task(server.serve(), name="ops-uvicorn")
+    log.info("metrics_listening", extra=fields(url=f"http://{s.metrics_host}:{s.metrics_port}"
+                                                   "/metrics"))
+    try:
+        await asyncio.wait({serving, asyncio.ensure_future(gateway.stopping.wait())},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            serving.result()  # it could not listen: say why
+    finally:
+        server.should_exit = True
+        await asyncio.gather(serving, return_exceptions=True)
 
 
 async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None) -> None:
@@ -184,7 +213,9 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
             ctx.commands = gateway.commands
 
         attach = asyncio.create_task(attach_commands())
-        ctx.readiness = {"broker": gateway.check_subscribed, "database": gateway.check_database}
+        # The dispatcher runs in one gateway process at a time; it may move here or away.
+        gateway.commands_listeners.append(lambda service: setattr(ctx, "commands", service))
+        ctx.readiness = gateway.readiness
     else:
         ctx.readiness = {"database": store.check_writable}
     server = uvicorn.Server(uvicorn.Config(create_app(ctx), host=s.api_host, port=s.api_port,
@@ -536,8 +567,8 @@ def demo(
 
 def _demo_status(gateway, fleet, last: dict) -> str:
     m = gateway.metrics.registry
-    stored = m.get_sample_value("fleetgate_samples_stored_total") or 0.0
-    dupes = m.get_sample_value("fleetgate_samples_duplicate_total") or 0.0
+    stored = _counter_total(m, "fleetgate_samples_stored_total")
+    dupes = _counter_total(m, "fleetgate_samples_duplicate_total")
     rejected: dict[str, int] = {}
     for metric in m.collect():
         if metric.name == "fleetgate_samples_rejected":
@@ -553,6 +584,10 @@ def _demo_status(gateway, fleet, last: dict) -> str:
             f"duplicates ignored {int(dupes):,}, rejected {rejected or 0}, "
             f"vehicles connected {online}/{len(fleet.device_ids)}, "
             f"unacknowledged {gateway.pipeline.unacknowledged if gateway.pipeline else 0}")
+
+
+def _counter_total(registry, name: str) -> float:
+    return sum(s.value for m in registry.collect() for s in m.samples if s.name == name)
 
 
 from fleetgate.cli_devices import register_device_commands  # noqa: E402 (uses this module)

@@ -1,23 +1,81 @@
-"""The one settings object: environment variables (FLEETGATE_*) and an optional config file.
+"""The one settings object: environment variables (FLEETGATE_*), an optional env file
+(FLEETGATE_ENV_FILE) and an optional TOML config file (FLEETGATE_CONFIG), in that order of
+precedence over the defaults.
 
-Validated once at start; the cores never see it, the IO shells take plain values from it.
+Validated once at start (Settings.load: every problem named with its key and where the value came
+from); the cores never see it, the IO shells take plain values from it.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PREFIX = "FLEETGATE_"
+CONFIG_FILE_VAR = "FLEETGATE_CONFIG"
+ENV_FILE_VAR = "FLEETGATE_ENV_FILE"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names every key, its source and the problem."""
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLEETGATE_", extra="forbid",
-                                      env_file=os.environ.get("FLEETGATE_ENV_FILE"),
-                                      validate_default=True)
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="forbid", validate_default=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The files are named at call time (not import time), so a test or a wrapper can set them.
+        sources = [init_settings, env_settings]
+        if env_file := os.environ.get(ENV_FILE_VAR):
+            sources.append(DotEnvSettingsSource(settings_cls, env_file=env_file))
+        if config := os.environ.get(CONFIG_FILE_VAR):
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """The effective settings, or SettingsError saying what is wrong, in which key, from
+        which source (overrides are command-line options; None means not given)."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        for var in (ENV_FILE_VAR, CONFIG_FILE_VAR):
+            path = os.environ.get(var)
+            if path and not Path(path).is_file():
+                raise SettingsError(f"{var}={path}: no such file")
+        try:
+            return cls(**overrides)
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{os.environ[CONFIG_FILE_VAR]} is not valid TOML: {exc}") from exc
+        except ValidationError as exc:
+            origin = sources(overrides)
+            lines = []
+            for err in exc.errors():
+                key = str(err["loc"][0]) if err["loc"] else "?"
+                name = key.lower().removeprefix(PREFIX.lower())
+                where = origin.get(name) or origin.get(key) or "default"
+                if err["type"] == "extra_forbidden":
+                    lines.append(f"  {name} ({where}): unknown setting")
+                    continue
+                value = "" if name in SECRETS else f" = {err.get('input')!r}"
+                lines.append(f"  {name}{value} ({where}): {err['msg']}")
+            raise SettingsError("invalid settings:\n" + "\n".join(lines)) from exc
 
     # Where things are. Unset database_url / mqtt_url: `fleetgate run` and `demo` start embedded
     # PostgreSQL / Mosquitto in data_dir.
@@ -74,7 +132,9 @@ class Settings(BaseSettings):
                                     "database is unavailable")
 
     # Remote commands (docs/commands.md).
-    commands_enabled: bool = True
+    commands_enabled: bool = Field(True, description="run the command dispatcher when this "
+                                   "process holds the dispatcher lease (one process of all that "
+                                   "share a database does; the others stand by)")
     command_ttl_s: float = Field(60.0, gt=0, description="deadline of a command whose caller "
                                  "gives none")
     command_result_timeout_s: float = Field(5.0, gt=0, description="wait for a device's result "
@@ -99,7 +159,11 @@ class Settings(BaseSettings):
     map_attribution: str = ""
 
     # Operations.
-    metrics_port: int = Field(9108, ge=0, le=65535, description="0 disables the /metrics listener")
+    metrics_host: str = Field("127.0.0.1", description="address of the operator's port: "
+                              "/metrics, /healthz, /readyz (no API keys: keep it internal)")
+    metrics_port: int = Field(9108, ge=0, le=65535, description="the operator's port; 0: none")
+    fleet_gauges_s: float = Field(15.0, gt=0, description="how often the online vehicles are "
+                                  "counted (fleetgate_devices_online)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 
@@ -129,10 +193,47 @@ class Settings(BaseSettings):
         """The effective settings with secrets masked, for `fleetgate config show` and logs."""
         out = self.model_dump(mode="json")
         if self.database_url is not None:
-            parts = urlsplit(self.database_url.get_secret_value())
-            if parts.password:
-                netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-                out["database_url"] = parts._replace(netloc=netloc).geturl()
-            else:
-                out["database_url"] = parts.geturl()
+            out["database_url"] = _mask_dsn(self.database_url.get_secret_value())
         return out
+
+
+SECRETS = frozenset({"database_url", "mqtt_password"})
+
+
+def _mask_dsn(dsn: str) -> str:
+    """A URL DSN with its password (user:password@ or ?password=) shown as ***; a key=value
+    DSN entirely masked but for its host."""
+    parts = urlsplit(dsn)
+    if not parts.scheme:
+        return "***"
+    netloc = parts.netloc
+    if parts.password:
+        netloc = netloc.replace(f":{parts.password}@", ":***@")
+    query = urlencode([(k, "***" if k == "password" else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def sources(overrides: dict[str, Any] | None = None) -> dict[str, str]:
+    """Where each setting given anywhere comes from: "command line", "environment
+    FLEETGATE_X", "env file PATH", "config file PATH" (the first that has it wins); keys not
+    listed have their default. Unknown keys are listed too, under the name they were given."""
+    out: dict[str, str] = {}
+    for key in overrides or {}:
+        out.setdefault(key, "command line")
+    for var in os.environ:
+        if var.upper().startswith(PREFIX) and var.upper() not in (ENV_FILE_VAR, CONFIG_FILE_VAR):
+            out.setdefault(var[len(PREFIX):].lower(), f"environment {var}")
+    if env_file := os.environ.get(ENV_FILE_VAR):
+        for var in dotenv_values(env_file):
+            if var.upper().startswith(PREFIX):
+                out.setdefault(var[len(PREFIX):].lower(), f"env file {env_file}")
+    if config := os.environ.get(CONFIG_FILE_VAR):
+        try:
+            with open(config, "rb") as f:
+                keys = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError):
+            keys = {}
+        for key in keys:
+            out.setdefault(key, f"config file {config}")
+    return out

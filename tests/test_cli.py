@@ -96,3 +96,34 @@ def test_config_show_masks_secrets_and_bad_settings_exit_2():
     assert json.loads(shown.output)["database_url"] == "postgresql://fg:***@db/fg"
     bad = run("config", "show", env={"FLEETGATE_BATCH_MAX_AGE_MS": "-5"})
     assert bad.exit_code == 2 and "batch_max_age_ms" in bad.output
+
+
+def test_a_config_file_is_read_the_environment_wins_and_sources_are_shown(tmp_path):
+    config = tmp_path / "fleetgate.toml"
+    config.write_text('mqtt_client_id = "gw-from-file"\nretention_days = 90\n'
+                      'database_url = "postgresql://fg:hunter2@db/fg"\n')
+    env = {"FLEETGATE_CONFIG": str(config), "FLEETGATE_RETENTION_DAYS": "45"}
+    shown = run("config", "show", "--sources", env=env)
+    assert shown.exit_code == 0, shown.output
+    settings = json.loads(shown.output)
+    assert settings["mqtt_client_id"] == {"value": "gw-from-file",
+                                          "source": f"config file {config}"}
+    assert settings["retention_days"] == {"value": 45,
+                                          "source": "environment FLEETGATE_RETENTION_DAYS"}
+    assert settings["batch_max_age_ms"] == {"value": 50, "source": "default"}
+    assert settings["database_url"]["value"] == "postgresql://fg:***@db/fg"
+    assert "hunter2" not in shown.output
+
+
+def test_a_bad_config_file_names_the_key_and_the_file(tmp_path):
+    config = tmp_path / "fleetgate.toml"
+    config.write_text('mqtt_protcol = 5\nbatch_max_age_ms = -5\n')
+    result = run("config", "show", env={"FLEETGATE_CONFIG": str(config)})
+    assert result.exit_code == 2
+    assert f"mqtt_protcol (config file {config}): unknown setting" in result.output
+    assert f"batch_max_age_ms = -5 (config file {config}):" in result.output
+    config.write_text('retention_days = [30\n')
+    broken = run("config", "show", env={"FLEETGATE_CONFIG": str(config)})
+    assert broken.exit_code == 2 and f"{config} is not valid TOML" in broken.output
+    missing = run("config", "show", env={"FLEETGATE_CONFIG": str(tmp_path / "nope.toml")})
+    assert missing.exit_code == 2 and "no such file" in missing.output
