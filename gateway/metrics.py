@@ -1,12 +1,16 @@
 """Prometheus metrics of the gateway, created in a registry the caller chooses.
 
 Tests and benchmarks run several gateways in one process, so nothing registers globally unless
-asked. Label values are bounded: reasons come from telemetry.decoder.REASONS.
+asked. Label values are bounded: transports are mqtt and coap, reasons come from
+telemetry.decoder.REASONS, cores are geofence and battery. docs/deployment.md lists them all with
+what to alert on.
 """
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -21,11 +25,15 @@ class GatewayMetrics:
         self.samples_received = Counter(
             "fleetgate_samples_received_total", "Samples decoded from device messages",
             ["transport"], registry=r)
+        # By transport: exact whenever a batch holds one transport or no duplicates; a mixed
+        # batch with duplicates splits its counts in proportion (the totals stay exact).
         self.samples_stored = Counter(
-            "fleetgate_samples_stored_total", "Samples newly stored in positions", registry=r)
+            "fleetgate_samples_stored_total", "Samples newly stored in positions, by transport",
+            ["transport"], registry=r)
         self.samples_duplicate = Counter(
             "fleetgate_samples_duplicate_total",
-            "Samples already stored (redelivered or re-uploaded), ignored", registry=r)
+            "Samples already stored (redelivered or re-uploaded), ignored, by transport",
+            ["transport"], registry=r)
         self.samples_rejected = Counter(
             "fleetgate_samples_rejected_total",
             "Samples or messages rejected, by reason and transport", ["reason", "transport"],
@@ -40,6 +48,10 @@ class GatewayMetrics:
         self.batch_messages = Histogram(
             "fleetgate_batch_messages", "Messages per committed batch",
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000), registry=r)
+        self.batch_samples = Histogram(
+            "fleetgate_batch_samples", "Samples per committed batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000),
+            registry=r)
         self.commit_seconds = Histogram(
             "fleetgate_batch_commit_seconds", "Time to write and commit one batch",
             buckets=_LATENCY_BUCKETS, registry=r)
@@ -48,8 +60,12 @@ class GatewayMetrics:
             "Delay from a sample's receipt by the gateway to its commit", buckets=_LATENCY_BUCKETS,
             registry=r)
         self.pending_messages = Gauge(
-            "fleetgate_pipeline_pending_messages", "Messages received and not yet acknowledged",
-            registry=r)
+            "fleetgate_pipeline_pending_messages",
+            "Unacknowledged messages: received and not yet committed and acknowledged", registry=r)
+        self.queued_messages = Gauge(
+            "fleetgate_pipeline_queued_messages",
+            "Messages waiting for the next batch (queue depth; pending minus the batch being "
+            "written)", registry=r)
         self.reading_paused = Gauge(
             "fleetgate_pipeline_reading_paused", "1 while the gateway applies backpressure",
             registry=r)
@@ -66,8 +82,43 @@ class GatewayMetrics:
             "fleetgate_core_seconds", "Time a core (geofence, battery) spends on one batch",
             ["core"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
             registry=r)
+        self.devices_online = Gauge(
+            "fleetgate_devices_online",
+            "Vehicles online (vehicle_state.online: status message, or telemetry within the "
+            "presence timeout), fleet-wide", registry=r)
+        self.devices_known = Gauge(
+            "fleetgate_devices_known", "Vehicles with a stored state (that ever sent anything)",
+            registry=r)
+        self.devices_registered = Gauge(
+            "fleetgate_devices_registered", "Devices in the registry", registry=r)
+        self.handover_check_seconds = Histogram(
+            "fleetgate_handover_check_seconds",
+            "Per batch: time to check whether another gateway process advanced a vehicle of the "
+            "batch, and to take over those it did",
+            buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=r)
+        self.handover_vehicles = Counter(
+            "fleetgate_handover_vehicles_total",
+            "Vehicles whose core state was taken over from the database because another gateway "
+            "process had stored newer samples of them", registry=r)
+        self.commands_dispatcher_active = Gauge(
+            "fleetgate_commands_dispatcher_active",
+            "1 while this process runs the command dispatcher (at most one process does)",
+            registry=r)
         self.timescaledb_jobs_failing = Gauge(
             "fleetgate_timescaledb_jobs_failing",
             "TimescaleDB background jobs whose last run failed (compression, retention, "
             "continuous aggregate refresh)", registry=r)
+        for transport in ("mqtt", "coap"):  # exported at 0 before the first sample
+            for counter in (self.samples_received, self.samples_stored, self.samples_duplicate):
+                counter.labels(transport)
+        self.build = Info("fleetgate_build", "The running fleetgate", registry=r)
+        self.build.info({"version": _version()})
         self.db_up.set(1)
+
+
+def _version() -> str:
+    try:
+        return version("fleetgate")
+    except PackageNotFoundError:  # a source checkout without an install
+        return "unknown"

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -102,6 +102,7 @@ class IngestPipeline:
         on_vehicles_changed: Callable[[set[int]], None] | None = None,
         on_presence: Callable[[list[tuple[int, bool, int]]], None] | None = None,
         stages: Sequence[BatchStage] = (),
+        state_sync: Callable[[TelemetryBatch], Awaitable[Any]] | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -115,6 +116,9 @@ class IngestPipeline:
         self._on_vehicles_changed = on_vehicles_changed
         self._on_presence = on_presence
         self._stages = list(stages)
+        # Before the plausibility filter and the stages see a batch: continue the vehicles that
+        # another gateway process advanced from what it stored (gateway/handover.py).
+        self._state_sync = state_sync
         self._first_transport = "mqtt"
         self._pending: list[Inbound] = []
         self._pending_bytes = 0
@@ -229,6 +233,7 @@ class IngestPipeline:
         for (transport, kind), count in Counter((m.transport, m.kind) for m in items).items():
             metrics.messages_received.labels(transport, kind).inc(count)
         batches = []
+        sizes: dict[str, int] = {}  # samples per transport, in the order of the batch's rows
         for transport, msgs in _by_transport(telemetry):
             decoded = decode_telemetry(
                 [m.device_id for m in msgs], [m.payload for m in msgs],
@@ -236,11 +241,14 @@ class IngestPipeline:
                 vehicle_of, now_ms=now_ms, limits=self._time_limits,
                 content_types=[m.content_type for m in msgs])
             batches.append(decoded.batch)
+            sizes[transport] = len(decoded.batch)
             _merge(rejected.setdefault(transport, {}), decoded.rejected)
             problems += decoded.problems
             metrics.samples_received.labels(transport).inc(
                 len(decoded.batch) + sum(decoded.rejected.values()))
         batch = batches[0] if len(batches) == 1 else TelemetryBatch.concat(batches)
+        if len(batch) and self._state_sync is not None:
+            await self._sync_state(batch)
         if len(batch):
             flagged = self._plausibility.apply(batch)
             if flagged:
@@ -265,10 +273,13 @@ class IngestPipeline:
         for transport, reasons in rejected.items():
             for reason, count in reasons.items():
                 metrics.samples_rejected.labels(reason, transport).inc(count)
-        metrics.samples_stored.inc(inserted)
-        metrics.samples_duplicate.inc(duplicates)
+        for transport, count in _split(inserted, sizes).items():
+            metrics.samples_stored.labels(transport).inc(count)
+        for transport, count in _split(duplicates, sizes).items():
+            metrics.samples_duplicate.labels(transport).inc(count)
         metrics.events_stored.inc(events_inserted)
         metrics.batch_messages.observe(len(items))
+        metrics.batch_samples.observe(len(batch))
         metrics.commit_seconds.observe(elapsed)
         if len(batch):
             commit_ms = time.time() * 1000.0
@@ -322,6 +333,14 @@ class IngestPipeline:
                 self._metrics.presence_changes.labels(
                     "online" if status.online else "offline", "status").inc()
         return updates
+
+    async def _sync_state(self, batch: TelemetryBatch) -> None:
+        while True:
+            try:
+                await self._state_sync(batch)
+                return
+            except StoreUnavailable as exc:
+                await self._database_down("state_sync", exc)
 
     async def _refresh_registry(self, device_ids: list[str]) -> None:
         while True:
@@ -407,6 +426,7 @@ class IngestPipeline:
 
     def _update_gauges(self) -> None:
         self._metrics.pending_messages.set(self.unacknowledged)
+        self._metrics.queued_messages.set(len(self._pending))
 
 
 def _by_transport(messages: list[Inbound]) -> list[tuple[str, list[Inbound]]]:
@@ -415,6 +435,20 @@ def _by_transport(messages: list[Inbound]) -> list[tuple[str, list[Inbound]]]:
     for m in messages:
         groups.setdefault(m.transport, []).append(m)
     return list(groups.items())
+
+
+def _split(count: int, sizes: dict[str, int]) -> dict[str, int]:
+    """A batch's count (stored, duplicates) by transport. The store counts per batch, not per
+    row: exact for a batch of one transport, else in proportion to each transport's samples
+    (the remainder to the largest), which is exact too when the count is all or none of them."""
+    if not sizes:
+        return {}
+    if len(sizes) == 1:
+        return {next(iter(sizes)): count}
+    total = sum(sizes.values())
+    out = {t: count * n // total for t, n in sizes.items()} if total else dict.fromkeys(sizes, 0)
+    out[max(sizes, key=sizes.__getitem__)] += count - sum(out.values())
+    return out
 
 
 def _merge(into: dict[str, int], counts: dict[str, int]) -> None:

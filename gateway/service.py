@@ -1,7 +1,10 @@
 """The gateway process: store, registry, pipeline, MQTT ingress and housekeeping, wired together.
 
 `Gateway.run()` serves until `stop()`; stopping stops reading from the broker, commits and
-acknowledges what is pending, then leaves the broker cleanly.
+acknowledges what is pending, then leaves the broker cleanly. Several processes can serve one
+broker and database (docs/deployment.md): vehicles moving between them are continued from the
+stored state (gateway/handover.py), and one of them runs the command dispatcher
+(gateway/dispatcher_lease.py).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -17,6 +20,8 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from commands import CommandConfig, CommandService, DeliveryPolicy, InterlockPolicy
 from fleetgate.logs import fields
 from gateway.coap import CoapIngress
+from gateway.dispatcher_lease import DispatcherLease, LeaseLost
+from gateway.handover import StateHandover
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt_ingress import MqttIngress
 from gateway.pipeline import DeviceRegistry, IngestPipeline, PipelineLimits
@@ -59,13 +64,16 @@ class GatewayConfig:
     coap_port: int = 5683
     coap_response_timeout_s: float = 5.0
     coap_retry_after_s: int = 30
-    # Remote commands (commands.CommandService with its own MQTT session).
+    # Remote commands (commands.CommandService with its own MQTT session). Among processes on
+    # one database only the holder of the dispatcher lease runs it; the others stand by.
     commands_enabled: bool = True
+    commands_lease_check_s: float = 2.0
     command_overrides: dict = field(default_factory=dict)  # CommandConfig fields
     # Send set_speed_limit when a vehicle enters or leaves a zone with maximum_speed_kph.
     speed_caps_enabled: bool = False
     geofence_margin_m: float = 10.0
     geofence_fixes: int = 2
+    fleet_gauges_s: float = 15.0  # how often fleetgate_devices_online is counted
 
     @classmethod
     def from_settings(cls, s, database_url: str, mqtt_host: str, mqtt_port: int) -> GatewayConfig:
@@ -85,6 +93,7 @@ class GatewayConfig:
             geofence_fixes=s.geofence_fixes, coap_enabled=s.coap_enabled, coap_host=s.coap_host,
             coap_port=s.coap_port, coap_response_timeout_s=s.coap_response_timeout_s,
             coap_retry_after_s=s.coap_retry_after_s, commands_enabled=s.commands_enabled,
+            fleet_gauges_s=s.fleet_gauges_s,
             speed_caps_enabled=s.speed_caps_enabled, command_overrides={
                 "default_ttl_s": s.command_ttl_s,
                 "interlocks": InterlockPolicy(fresh_s=s.command_fresh_state_s,
@@ -109,9 +118,17 @@ class Gateway:
         self.commands: CommandService | None = None
         # The slow-zone hook: speed-limit changes from the geofence core (commands layer).
         self.on_speed_caps: Callable[[list[SpeedCapChange]], None] | None = None
+        self.handover: StateHandover | None = None
+        self.lease: DispatcherLease | None = None
         self.ready = asyncio.Event()
         # Called with the vehicles whose stored state a commit changed (the API's live feed).
         self.change_listeners: list[Callable[[set[int]], None]] = []
+        # Called with the CommandService when this process starts dispatching, None when it
+        # stops (the API's commands routes, CoAP pull delivery follow it).
+        self.commands_listeners: list[Callable[[CommandService | None], None]] = []
+        self._commands_collector = _CommandMetrics()
+        if registry is not None:
+            registry.register(self._commands_collector)
 
     async def _open_store(self) -> TelemetryStore:
         backoff = 0.5
@@ -136,20 +153,32 @@ class Gateway:
         plausibility.restore(vehicles, t, lat, lon)
         await self._retry(self._maintain)
         if cfg.commands_enabled:
-            self.commands = CommandService(
-                CommandConfig.from_gateway(cfg, **cfg.command_overrides),
-                registry=self.metrics.registry,
-                pull=lambda device_id: self.coap is not None and self.coap.serves(device_id))
-            await self._retry(self.commands.start)
-            if cfg.speed_caps_enabled:
-                self.on_speed_caps = self.commands.on_speed_caps
+            self.lease = DispatcherLease(cfg.database_url, check_s=cfg.commands_lease_check_s)
+            started = False
+            if await self.lease.try_acquire():
+                try:
+                    await self._start_commands(retry=True)
+                    started = True
+                except LeaseLost:
+                    await self.lease.release()
+                except BaseException:
+                    await self.lease.release()
+                    raise
+            if not started:
+                log.info("commands_standby", extra=fields(
+                    reason="another gateway process runs the command dispatcher"))
         self.geofence = geofence = GeofenceStage(
             store, hysteresis=Hysteresis(cfg.geofence_margin_m, cfg.geofence_fixes),
             on_speed_caps=self._speed_caps)
-        await self._retry(lambda: geofence.start(registry.devices))
         self.battery = battery = BatteryStage(store)
+        self.handover = handover = StateHandover(store, plausibility, [geofence, battery],
+                                                 self.metrics)
+        await self._retry(handover.start)  # before the stages load: see StateHandover.start
+        await self._retry(lambda: geofence.start(registry.devices))
         await self._retry(lambda: battery.start(registry.devices))
-        registry.on_refresh += [geofence.set_devices, battery.set_devices]
+        registry.on_refresh += [geofence.set_devices, battery.set_devices,
+                                lambda devices: self.metrics.devices_registered.set(len(devices))]
+        self.metrics.devices_registered.set(len(registry.devices))
 
         ingress_box: list[MqttIngress] = []
         self.pipeline = pipeline = IngestPipeline(
@@ -160,7 +189,7 @@ class Gateway:
             on_backpressure=lambda paused: ingress_box[0].set_backpressure(paused),
             on_committed=self._committed, on_vehicles_changed=self._vehicles_changed,
             on_presence=self._presence,
-            stages=[geofence, battery])
+            stages=[geofence, battery], state_sync=handover.sync)
         self.ingress = ingress = MqttIngress(
             pipeline, host=cfg.mqtt_host, port=cfg.mqtt_port, client_id=cfg.mqtt_client_id,
             topic_root=cfg.mqtt_topic_root, shared_group=cfg.mqtt_shared_group,
@@ -186,7 +215,10 @@ class Gateway:
             self._every(cfg.presence_timeout_s / 4, self._expire_presence),
             self._every(cfg.registry_refresh_s, registry.refresh),
             self._every(cfg.zones_refresh_s, geofence.refresh),
-            self._every(cfg.maintenance_interval_s, self._maintain))]
+            self._every(cfg.maintenance_interval_s, self._maintain),
+            self._every(cfg.fleet_gauges_s, self._count_fleet, first_after_s=0.0))]
+        if self.lease is not None:
+            chores.append(asyncio.create_task(self._hold_dispatcher_lease(), name="lease"))
         self.ready.set()
         try:
             await self._stop.wait()
@@ -199,10 +231,18 @@ class Gateway:
             if self.coap is not None:
                 await self.coap.stop()  # answers 2.04 for what the last commit held
             await ingress.disconnect()
+            for task in chores:  # the lease task must not start a dispatcher while we leave
+                task.cancel()
             if self.commands is not None:
                 await self.commands.stop()
+                self._set_commands(None)
+            if self.lease is not None:
+                await self.lease.release()  # a standby process takes over within check_s
             await self._save_core_state()
-            log.info("gateway_stopped", extra=fields(unacknowledged=pipeline.unacknowledged))
+            log.info("gateway_stopped", extra=fields(
+                unacknowledged=pipeline.unacknowledged,
+                samples_stored=_total(self.metrics.samples_stored),
+                samples_duplicate=_total(self.metrics.samples_duplicate)))
         finally:
             for task in (reader, writer, *chores):
                 task.cancel()
@@ -215,7 +255,64 @@ class Gateway:
             if self.commands is not None:
                 with contextlib.suppress(Exception):
                     await self.commands.abort()
+                self._set_commands(None)
+            if self.lease is not None:
+                await self.lease.release()
             await store.close()
+
+    # --- the command dispatcher, in at most one process -------------------------------------
+
+    async def _start_commands(self, *, retry: bool) -> None:
+        cfg = self.config
+        registry = CollectorRegistry()  # exported through _CommandMetrics
+        service = CommandService(
+            CommandConfig.from_gateway(cfg, **cfg.command_overrides), registry=registry,
+            pull=lambda device_id: self.coap is not None and self.coap.serves(device_id))
+        try:
+            await (self._retry(service.start) if retry else service.start())
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await service.abort()
+            raise
+        if not self.lease.held:  # lost while starting: someone else may dispatch by now
+            await service.abort()
+            raise LeaseLost("the dispatcher lease was lost while the dispatcher started")
+        self._commands_collector.registry = registry
+        self._set_commands(service)
+
+    def _set_commands(self, service: CommandService | None) -> None:
+        self.commands = service
+        self.metrics.commands_dispatcher_active.set(0 if service is None else 1)
+        self.on_speed_caps = (service.on_speed_caps if service is not None
+                              and self.config.speed_caps_enabled else None)
+        if self.coap is not None:
+            self.coap.commands = service
+        for listener in self.commands_listeners:
+            listener(service)
+
+    async def _hold_dispatcher_lease(self) -> None:
+        """Stop dispatching when the lease is lost; take it over when its holder goes away."""
+        lease = self.lease
+        while True:
+            await asyncio.sleep(lease.check_s)
+            try:
+                if self.commands is not None and not lease.held:
+                    # Another process may take over any moment: stop dispatching at once.
+                    log.warning("commands_dispatcher_stopped", extra=fields(
+                        reason="the dispatcher lease was lost"))
+                    service = self.commands
+                    self._set_commands(None)
+                    with contextlib.suppress(Exception):
+                        await service.abort()
+                    await lease.release()
+                elif self.commands is None and await lease.try_acquire():
+                    log.info("commands_dispatcher_taken_over", extra=fields(
+                        client_id=self.config.mqtt_client_id))
+                    await self._start_commands(retry=False)
+            except Exception as exc:  # this loop must outlive any failure: it guards the lease
+                log.warning("commands_start_failed", extra=fields(error=repr(exc)[:300]))
+                with contextlib.suppress(Exception):
+                    await lease.release()
 
     async def _maintain(self) -> None:
         report = await self.store.maintain()
@@ -252,9 +349,11 @@ class Gateway:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    async def _every(self, interval_s: float, fn) -> None:
+    async def _every(self, interval_s: float, fn, first_after_s: float | None = None) -> None:
+        delay = interval_s if first_after_s is None else first_after_s
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(delay)
+            delay = interval_s
             try:
                 await fn()
             except StoreUnavailable:
@@ -270,7 +369,13 @@ class Gateway:
             self._presence([(v, False, 0) for v in expired])
             self._vehicles_changed(set(expired))
 
+    async def _count_fleet(self) -> None:
+        online, known = await self.store.count_online()
+        self.metrics.devices_online.set(online)
+        self.metrics.devices_known.set(known)
+
     def _committed(self, batch: TelemetryBatch, commit_ms: float) -> None:
+        self.handover.committed(batch)
         if self.commands is not None:
             self.commands.on_batch_committed(batch, commit_ms)  # interlocks see the new state
         if self._on_committed is not None:
@@ -295,6 +400,11 @@ class Gateway:
             return "not subscribed to the broker"
         return None
 
+    @property
+    def readiness(self) -> dict[str, Callable[[], Awaitable[str | None]]]:
+        """The readiness checks (/readyz on the API and on the metrics port)."""
+        return {"broker": self.check_subscribed, "database": self.check_database}
+
     async def check_database(self) -> str | None:
         """Readiness: None when the database takes writes (and the last batch committed)."""
         if self.store is None:
@@ -302,3 +412,21 @@ class Gateway:
         if self.pipeline is not None and self.pipeline.db_down:
             return "the last write to the database failed; retrying"
         return await self.store.check_writable()
+
+
+class _CommandMetrics:
+    """The command dispatcher's metrics in the gateway's registry. A process may start a new
+    dispatcher when it takes the lease over; each gets a registry of its own (its counters start
+    from zero, a reset Prometheus handles), exported here under the same names."""
+
+    def __init__(self) -> None:
+        self.registry: CollectorRegistry | None = None
+
+    def collect(self):
+        return self.registry.collect() if self.registry is not None else iter(())
+
+
+def _total(counter) -> int:
+    """A counter's value summed over its labels (for the log)."""
+    return int(sum(s.value for m in counter.collect() for s in m.samples
+                   if s.name.endswith("_total")))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,7 +26,7 @@ from geofence import (
     ZoneTracker,
 )
 from telemetry.batch import TelemetryBatch
-from telemetry.store import Derived, Device, TelemetryStore
+from telemetry.store import AdvancedState, Derived, Device, TelemetryStore
 
 log = logging.getLogger("fleetgate.stages")
 
@@ -112,6 +112,14 @@ class GeofenceStage:
             vehicles = [d.vehicle for d in devices.values()]
             self.tracker.set_vehicle_types(vehicles, [d.vehicle_type for d in devices.values()])
 
+    def resume(self, taken: Sequence[AdvancedState]) -> None:
+        """Continue vehicles another gateway process advanced from the state it stored: that is
+        exact (written with every change), so the hand-over causes no event of its own."""
+        states = {r.vehicle: r.geofence for r in taken if r.geofence is not None}
+        if states:
+            self.tracker.restore(states, {v: r.time_ms for r in taken
+                                          if (v := r.vehicle) in states})
+
     def process(self, batch: TelemetryBatch) -> StageOutput:
         result = self.tracker.process(batch)
         if result.speed_caps and self.on_speed_caps is not None:
@@ -150,6 +158,15 @@ class BatteryStage:
         if known:
             self.core.set_vehicle_types([d.vehicle for d in known],
                                         [d.vehicle_type for d in known])
+
+    def resume(self, taken: Sequence[AdvancedState]) -> None:
+        """Continue vehicles another gateway process advanced. Its stored state is up to ~15 min
+        of sample time behind what it processed; it is taken where it is newer than this
+        process's own, and the samples neither state includes are a gap to the estimators (as
+        after a crash), never counted twice."""
+        self.core.restore({r.vehicle: r.battery_state for r in taken
+                           if r.battery_state is not None},
+                          {r.vehicle: r.time_ms for r in taken})
 
     def process(self, batch: TelemetryBatch) -> StageOutput:
         update = self.core.update(batch)

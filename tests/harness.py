@@ -14,8 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
+import orjson
 import psycopg
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.pipeline import PipelineLimits
 from gateway.service import Gateway, GatewayConfig
@@ -63,8 +66,9 @@ async def count_positions(dsn: str) -> int:
 
 
 def metric(registry: CollectorRegistry, name: str, **labels) -> float:
-    value = registry.get_sample_value(name, labels or None)
-    return 0.0 if value is None else value
+    """A sample's value; summed over the labels not given (0 when there is none)."""
+    return sum(s.value for m in registry.collect() for s in m.samples
+               if s.name == name and labels.items() <= s.labels.items())
 
 
 def gateway_config(dsn: str, broker, topic_root: str, **overrides) -> GatewayConfig:
@@ -94,22 +98,24 @@ async def running_gateway(config: GatewayConfig):
 
 
 class GatewayProcess:
-    """`fleetgate run` as a child process (for SIGKILL and SIGTERM tests)."""
+    """`fleetgate run` as a child process (for SIGKILL and SIGTERM tests). With metrics_port, its
+    operator's port (/metrics, /healthz, /readyz) answers there."""
 
     def __init__(self, dsn: str, broker, topic_root: str, client_id: str, log_path: Path,
-                 **env) -> None:
+                 metrics_port: int = 0, **env) -> None:
         self.env = {**os.environ,
                     "FLEETGATE_DATABASE_URL": dsn,
                     "FLEETGATE_MQTT_URL": f"mqtt://{broker.host}:{broker.port}",
                     "FLEETGATE_MQTT_TOPIC_ROOT": topic_root,
                     "FLEETGATE_MQTT_CLIENT_ID": client_id,
-                    "FLEETGATE_METRICS_PORT": "0",
+                    "FLEETGATE_METRICS_PORT": str(metrics_port),
                     "FLEETGATE_API_PORT": "0",
                     "FLEETGATE_COAP_ENABLED": "false",
                     "FLEETGATE_BATCH_MAX_AGE_MS": "50",
                     "FLEETGATE_LOG_FORMAT": "json",
                     **{k: str(v) for k, v in env.items()}}
         self.log_path = log_path
+        self.metrics_port = metrics_port
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> GatewayProcess:
@@ -135,6 +141,26 @@ class GatewayProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
+    @property
+    def ops_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    async def get(self, path: str) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.ops_url, timeout=10.0) as client:
+            return await client.get(path)
+
+    async def scrape(self) -> dict[str, dict]:
+        """/metrics as family name -> {"type", "samples": {(sample name, labels...): value}}."""
+        text = (await self.get("/metrics")).text
+        return {f.name: {"type": f.type, "samples": {
+            (s.name, *sorted(s.labels.items())): s.value for s in f.samples}}
+            for f in text_string_to_metric_families(text)}
+
+    def events(self) -> list[dict]:
+        """The structured log lines of every run of this process so far."""
+        return [orjson.loads(line) for line in self.log_path.read_text().splitlines()
+                if line.startswith("{")]
+
     def terminate(self, timeout: float = 30.0) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
@@ -143,3 +169,16 @@ class GatewayProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def sample_sum(scraped: dict[str, dict], name: str, **labels) -> float:
+    """The sum of a scraped metric's samples named `name` with these labels (0 if none)."""
+    family = name
+    for suffix in ("_total", "_count", "_sum", "_bucket", "_info"):
+        if name.endswith(suffix) and name[: -len(suffix)] in scraped:
+            family = name[: -len(suffix)]
+    total = 0.0
+    for (sample, *pairs), value in scraped.get(family, {}).get("samples", {}).items():
+        if sample == name and labels.items() <= dict(pairs).items():
+            total += value
+    return total

@@ -20,6 +20,7 @@ from telemetry.store._migrate import MigrationReport, migrate
 from telemetry.store._store import (
     BATTERY_HEALTH_COLUMNS,
     VEHICLE_JSON_COLUMNS,
+    AdvancedState,
     Derived,
     Device,
     Event,
@@ -42,6 +43,7 @@ __all__ = [
     "UnknownDevice",
     "BATTERY_HEALTH_COLUMNS",
     "VEHICLE_JSON_COLUMNS",
+    "AdvancedState",
     "Derived",
     "Device",
     "Event",

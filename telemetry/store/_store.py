@@ -56,6 +56,19 @@ class VehicleRegistration:
     vehicle_type: str
 
 
+@dataclass(frozen=True, slots=True)
+class AdvancedState:
+    """A vehicle another gateway process has written since the caller last saw it."""
+
+    vehicle: int
+    time_ms: int  # its newest stored sample
+    geofence: dict | None  # the geofence tracker's state (exact: written on every change)
+    battery_state: dict | None  # None unless newer than what the caller has seen
+    fix_time_ms: int | None  # its newest plausible fix
+    lat: float | None
+    lon: float | None
+
+
 @dataclass
 class WriteResult:
     inserted: int  # new rows in positions
@@ -131,8 +144,11 @@ _INSERT_POSITIONS = (
 # A field's value from the batch counts only if it was reported after the newest sample already
 # stored, or nothing is stored for it: a re-uploaded older sample never overwrites newer state,
 # and a field missing from the newest sample keeps its last reported value. The position comes
-# from the newest unflagged fix. (The join reads the stored row once for all fields; a vehicle
-# is written by one gateway process at a time, so it cannot change under this statement.)
+# from the newest unflagged fix. (The join reads the stored row once for all fields. When two
+# gateway processes write one vehicle at the same moment, during a hand-over or on a broker that
+# spreads a vehicle's messages, the row can move between that read and the update: then a
+# batch whose newest sample is older than the row's keeps the row's values, so the older batch
+# never overwrites what the newer one wrote. With one writer this changes nothing.)
 _UPSERT_STATE = (
     "INSERT INTO vehicle_state AS s (vehicle, time, received_at, flags, fix_time, lat, lon, "
     + ", ".join(c for c, _ in _STATE_FIELDS) + ", online, last_seen, updated_at)\n"
@@ -147,7 +163,8 @@ _UPSERT_STATE = (
               f"THEN EXCLUDED.{c} ELSE s.{c} END,\n" for c in ("received_at", "flags"))
     + "".join(f"  {c} = CASE WHEN s.fix_time IS NULL OR EXCLUDED.fix_time > s.fix_time "
               f"THEN EXCLUDED.{c} ELSE s.{c} END,\n" for c in ("lat", "lon", "fix_time"))
-    + "".join(f"  {c} = coalesce(EXCLUDED.{c}, s.{c}),\n" for c, _ in _STATE_FIELDS)
+    + "".join(f"  {c} = CASE WHEN EXCLUDED.time < s.time AND s.{c} IS NOT NULL THEN s.{c} "
+              f"ELSE coalesce(EXCLUDED.{c}, s.{c}) END,\n" for c, _ in _STATE_FIELDS)
     + "  online = true,\n"
     "  last_seen = greatest(s.last_seen, EXCLUDED.last_seen),\n"
     "  updated_at = now()")
@@ -197,11 +214,30 @@ class Derived:
         for column, values in other.vehicle_json.items():
             self.vehicle_json.setdefault(column, {}).update(values)
         self.battery_health.extend(other.battery_health)
+# A core's state carries the time of the newest sample it includes ("t"). A state never replaces
+# a newer one: two gateway processes may hold a vehicle at once during a hand-over, and a process
+# saving every state it knows on a graceful stop must not put back what it held an hour ago over
+# what the vehicle's present owner wrote since.
 _UPSERT_JSON = (
     "INSERT INTO vehicle_state AS s (vehicle, {col}, updated_at)\n"
     "SELECT x.vehicle, x.value::jsonb, now() FROM unnest(%s::int4[], %s::text[]) "
     "AS x(vehicle, value) JOIN vehicles v ON v.id = x.vehicle\n"
-    "ON CONFLICT (vehicle) DO UPDATE SET {col} = EXCLUDED.{col}, updated_at = now()")
+    "ON CONFLICT (vehicle) DO UPDATE SET {col} = EXCLUDED.{col}, updated_at = now()\n"
+    "WHERE s.{col} IS NULL OR (s.{col}->>'t')::bigint IS NULL\n"
+    "   OR (EXCLUDED.{col}->>'t')::bigint >= (s.{col}->>'t')::bigint")
+
+# For the hand-over between gateway processes (gateway/handover.py): the vehicles of a batch whose
+# newest stored sample is newer than what this process knows, with the state it needs to continue
+# them. The battery state (~2 KB) is sent only where it is newer than the caller's own. About
+# 1 µs per vehicle on the server and 0.5 µs in Python (binary parameters): ~0.5 ms for a batch of
+# 300 vehicles, ~6 ms for 5,000.
+_ADVANCED_STATES = """
+SELECT s.vehicle, (extract(epoch FROM s.time) * 1000)::bigint, s.geofence,
+       CASE WHEN (s.battery_state->>'t')::bigint > k.known THEN s.battery_state END,
+       (extract(epoch FROM s.fix_time) * 1000)::bigint, s.lat, s.lon
+FROM unnest(%b::int4[], %b::int8[]) AS k(vehicle, known)
+JOIN vehicle_state s ON s.vehicle = k.vehicle
+WHERE s.time > timestamptz 'epoch' + k.known * interval '1 millisecond'"""
 
 _INSERT_EVENTS = """
 INSERT INTO events (time, vehicle, source, type, detail)
@@ -605,6 +641,38 @@ class TelemetryStore:
         vehicles, t, lat, lon = zip(*rows)
         return (np.array(vehicles, np.int64), np.array(t, np.int64), np.array(lat, np.float64),
                 np.array(lon, np.float64))
+
+    async def load_sample_times(self) -> tuple[np.ndarray, np.ndarray]:
+        """(vehicles, newest stored sample time in ms) of every vehicle in vehicle_state."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT vehicle, (extract(epoch FROM time) * 1000)::bigint FROM vehicle_state "
+                "WHERE time IS NOT NULL")
+            rows = await cur.fetchall()
+        if not rows:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        vehicles, t = zip(*rows)
+        return np.array(vehicles, np.int64), np.array(t, np.int64)
+
+    async def advanced_states(self, vehicles: Sequence[int], known_ms: Sequence[int]
+                              ) -> list[AdvancedState]:
+        """The vehicles whose newest stored sample is newer than known_ms (what the caller has
+        seen of each; -1 for nothing), with their stored core states and newest plausible fix.
+        battery_state is None unless it includes samples newer than known_ms. One query; no
+        rows at all while a single process writes every vehicle."""
+        async with self._connection() as conn:
+            cur = await conn.execute(_ADVANCED_STATES, (list(vehicles), list(known_ms)),
+                                     prepare=True)
+            rows = await cur.fetchall()
+        return [AdvancedState(*row) for row in rows]
+
+    async def count_online(self) -> tuple[int, int]:
+        """(vehicles online, vehicles with a state row), for the fleet gauges."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FILTER (WHERE online), count(*) FROM vehicle_state")
+            online, total = await cur.fetchone()
+        return int(online), int(total)
 
     async def load_vehicle_json(self, column: str) -> tuple[dict[int, Any], dict[int, int]]:
         """A core's stored per-vehicle state (vehicle -> value) and each vehicle's newest sample
