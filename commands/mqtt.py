@@ -10,8 +10,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from fleetgate.logs import fields
-from fleetgate.mqtt import ConnectionLost, Message, MqttClient, MqttError
+from fleetgate.mqtt import ConnectionLost, Message, MqttClient, PersistentSession
 
 log = logging.getLogger("fleetgate.commands.mqtt")
 
@@ -34,20 +33,20 @@ class CommandLink:
                  on_results: Callable[[list[InboundResult]], None],
                  on_up: Callable[[], None] | None = None,
                  on_connected: Callable[[bool], None] | None = None) -> None:
-        self._host, self._port = host, port
         self.client_id = client_id
         self._root = topic_root
         self._prefix = topic_root + "/"
-        self._protocol = protocol
-        self._keepalive_s = keepalive_s
-        self._session_expiry_s = session_expiry_s
-        self._username, self._password = username, password
         self._on_results = on_results
         self._on_up = on_up
         self._on_connected = on_connected
-        self._client: MqttClient | None = None
-        self._generation = 0
-        self.subscribed = asyncio.Event()
+        self._session = PersistentSession(
+            host=host, port=port, client_id=client_id,
+            subscriptions=lambda: [(f"{self._root}/+/cmd/result", 1)],
+            on_messages=self._messages, protocol=protocol, keepalive_s=keepalive_s,
+            session_expiry_s=session_expiry_s, username=username, password=password,
+            on_up=self._connection_up, on_down=self._connection_gone, log=log,
+            event_prefix="commands_")
+        self.subscribed = self._session.subscribed
 
     def topic_cmd(self, device_id: str) -> str:
         return f"{self._root}/{device_id}/cmd"
@@ -55,62 +54,27 @@ class CommandLink:
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected and subscribed until stop is set (then leave the connection open for
         disconnect(), so results being committed can still be acknowledged)."""
-        backoff = 0.2
-        while not stop.is_set():
-            self._generation += 1
-            generation = self._generation
-            client = MqttClient(
-                self._host, self._port, client_id=self.client_id, protocol=self._protocol,
-                clean_start=False, session_expiry_s=self._session_expiry_s,
-                keepalive_s=self._keepalive_s, username=self._username,
-                password=self._password, manual_ack=True,
-                on_messages=lambda msgs, g=generation: self._messages(msgs, g))
-            try:
-                session_present = await client.connect(timeout=10.0)
-                self._client = client
-                await client.subscribe([(f"{self._root}/+/cmd/result", 1)])
-                self.subscribed.set()
-                if self._on_connected is not None:
-                    self._on_connected(True)
-                log.info("commands_broker_subscribed", extra=fields(
-                    broker=f"{self._host}:{self._port}", client_id=self.client_id,
-                    session_present=session_present))
-                if self._on_up is not None:
-                    self._on_up()
-                backoff = 0.2
-                closed = asyncio.ensure_future(client.wait_closed())
-                stopping = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not closed.done():
-                    closed.cancel()
-                    return
-                stopping.cancel()
-                closed.result()
-            except (OSError, TimeoutError, ConnectionLost, MqttError) as exc:
-                log.warning("commands_broker_connection_lost", extra=fields(
-                    broker=f"{self._host}:{self._port}", error=repr(exc)[:300],
-                    retry_in_s=backoff))
-            client.abort()
-            if self._client is client:
-                self._client = None
-            self.subscribed.clear()
-            if self._on_connected is not None:
-                self._on_connected(False)
-            try:
-                await asyncio.wait_for(stop.wait(), backoff)
-            except TimeoutError:
-                pass
-            backoff = min(backoff * 2, 5.0)
+        await self._session.run(stop)
+
+    def _connection_up(self, client: MqttClient) -> None:
+        if self._on_connected is not None:
+            self._on_connected(True)
+        if self._on_up is not None:
+            self._on_up()
+
+    def _connection_gone(self, generation: int) -> None:
+        if self._on_connected is not None:
+            self._on_connected(False)
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and self._client.connected
+        return self._session.connected
 
     def publish(self, device_id: str, payload: bytes) -> asyncio.Future | None:
         """Publish a downlink (QoS 1); the future resolves on the broker's PUBACK. None when
         not connected (the caller's retry logic covers it)."""
-        client = self._client
-        if client is None or not client.connected:
+        client = self._session.client
+        if client is None:
             return None
         try:
             return client.publish(self.topic_cmd(device_id), payload, qos=1,
@@ -121,25 +85,14 @@ class CommandLink:
     def acknowledge(self, tokens: Iterable[Any]) -> None:
         """PUBACK committed results that arrived on the current connection (older ones come
         again on the next connection)."""
-        client = self._client
-        if client is None or not client.connected:
-            return
-        mids = [mid for gen, mid, qos in tokens if gen == self._generation and qos]
-        if mids:
-            client.ack(mids)
+        self._session.acknowledge(tokens)
 
     async def disconnect(self) -> None:
-        client, self._client = self._client, None
-        self.subscribed.clear()
-        if client is not None and client.connected:
-            await client.disconnect()
+        await self._session.disconnect()
 
     def abort(self) -> None:
         """Drop the connection without DISCONNECT (a crash, for tests)."""
-        client, self._client = self._client, None
-        self.subscribed.clear()
-        if client is not None:
-            client.abort()
+        self._session.abort()
 
     def _messages(self, messages: list[Message], generation: int) -> None:
         prefix, plen = self._prefix, len(self._prefix)

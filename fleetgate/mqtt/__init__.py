@@ -1,7 +1,10 @@
 """MQTT 3.1.1/5 for fleetgate: a sans-IO packet codec and a lean asyncio client with manual
-acknowledgement (the gateway acks a message only after its rows are committed)."""
+acknowledgement (the gateway acks a message only after its rows are committed), and the persistent
+session both the gateway and the command dispatcher keep on the broker."""
 
 from fleetgate.mqtt._client import ConnectionLost, MqttClient, MqttError
 from fleetgate.mqtt._packets import MalformedPacket, Message, Will
+from fleetgate.mqtt._session import PersistentSession
 
-__all__ = ["ConnectionLost", "MalformedPacket", "Message", "MqttClient", "MqttError", "Will"]
+__all__ = ["ConnectionLost", "MalformedPacket", "Message", "MqttClient", "MqttError",
+           "PersistentSession", "Will"]

@@ -1,0 +1,145 @@
+"""A persistent MQTT session kept alive: one client id, clean_start off, manual acknowledgement,
+reconnected forever with backoff until stopped.
+
+Both consumers of the broker (the gateway's ingress and the command dispatcher's link) need the
+same thing from it: whatever the broker delivered and they had not acknowledged comes again on the
+next connection, so a message is acknowledged only after what it caused is committed. Each
+connection has a generation; a message's token carries it, and only tokens of the current
+connection are acknowledged (a packet id of an older connection means nothing on this one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from fleetgate.logs import fields
+from fleetgate.mqtt._client import ConnectionLost, MqttClient, MqttError
+from fleetgate.mqtt._packets import Message
+
+_BACKOFF_FIRST_S = 0.2
+_BACKOFF_MAX_S = 5.0
+
+
+class PersistentSession:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        subscriptions: Callable[[], list[tuple[str, int]]],
+        on_messages: Callable[[list[Message], int], None],
+        protocol: int = 5,
+        keepalive_s: int = 30,
+        session_expiry_s: int = 7 * 86400,
+        receive_maximum: int = 65535,
+        username: str | None = None,
+        password: str | None = None,
+        on_up: Callable[[MqttClient], None] | None = None,
+        on_down: Callable[[int], None] | None = None,
+        log: logging.Logger,
+        event_prefix: str = "",
+    ) -> None:
+        """on_messages(messages, generation) runs in the event loop for every read; on_up(client)
+        once subscribed, before `subscribed` is set; on_down(generation) when a connection is
+        gone, after the client was dropped. Log events are `{event_prefix}broker_subscribed` and
+        `{event_prefix}broker_connection_lost`."""
+        self._host, self._port = host, port
+        self.client_id = client_id
+        self._subscriptions = subscriptions
+        self._on_messages = on_messages
+        self._options = dict(protocol=protocol, keepalive_s=keepalive_s,
+                             session_expiry_s=session_expiry_s,
+                             receive_maximum=receive_maximum, username=username,
+                             password=password)
+        self._on_up = on_up
+        self._on_down = on_down
+        self._log = log
+        self._events = (f"{event_prefix}broker_subscribed", f"{event_prefix}broker_connection_lost")
+        self._client: MqttClient | None = None
+        self.generation = 0
+        self.subscribed = asyncio.Event()
+
+    @property
+    def client(self) -> MqttClient | None:
+        """The connected client, or None between connections."""
+        client = self._client
+        return client if client is not None and client.connected else None
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected and subscribed until stop is set. On stop the connection is left open:
+        the owner commits and acknowledges what it holds, then calls disconnect(). Only a lost
+        connection drops what it delivered."""
+        backoff = _BACKOFF_FIRST_S
+        subscribed_event, lost_event = self._events
+        broker = f"{self._host}:{self._port}"
+        while not stop.is_set():
+            self.generation += 1
+            client = MqttClient(
+                self._host, self._port, client_id=self.client_id, clean_start=False,
+                manual_ack=True, **self._options,
+                on_messages=lambda msgs, g=self.generation: self._on_messages(msgs, g))
+            try:
+                session_present = await client.connect(timeout=10.0)
+                self._client = client
+                await client.subscribe(self._subscriptions())
+                if self._on_up is not None:
+                    self._on_up(client)
+                self.subscribed.set()
+                self._log.info(subscribed_event, extra=fields(
+                    broker=broker, client_id=self.client_id, session_present=session_present))
+                backoff = _BACKOFF_FIRST_S
+                closed = asyncio.ensure_future(client.wait_closed())
+                stopping = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not closed.done():
+                    closed.cancel()
+                    return  # stopping, still connected: see the docstring
+                stopping.cancel()
+                closed.result()  # raises ConnectionLost unless we closed it ourselves
+            except (OSError, TimeoutError, ConnectionLost, MqttError) as exc:
+                self._log.warning(lost_event, extra=fields(
+                    broker=broker, error=repr(exc)[:300], retry_in_s=backoff))
+            client.abort()
+            if self._client is client:
+                self._client = None
+            self.subscribed.clear()
+            if self._on_down is not None:
+                self._on_down(self.generation)
+            try:
+                await asyncio.wait_for(stop.wait(), backoff)
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, _BACKOFF_MAX_S)
+
+    def acknowledge(self, tokens: Iterable[Any]) -> None:
+        """PUBACK the messages of these (generation, mid, qos) tokens that arrived on the current
+        connection; the others come again on the next one (their receivers ignore duplicates)."""
+        client = self.client
+        if client is None:
+            return
+        generation = self.generation
+        mids = [mid for gen, mid, qos in tokens if gen == generation and qos]
+        if mids:
+            client.ack(mids)
+
+    async def disconnect(self) -> None:
+        """Leave the broker cleanly (the session stays, so nothing unacknowledged is lost)."""
+        client, self._client = self._client, None
+        self.subscribed.clear()
+        if client is not None and client.connected:
+            await client.disconnect()
+
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT (what a crash does; for tests)."""
+        client, self._client = self._client, None
+        self.subscribed.clear()
+        if client is not None:
+            client.abort()
