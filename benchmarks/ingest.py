@@ -10,6 +10,11 @@ message, QoS 1), and in this process either fleetgate's gateway or the naive bas
 - paced: a steady offered rate for a while; publish-to-commit latency p50/p99 per sample (the
          simulator's clock is the wall clock, so latency = commit time - publish time).
 
+With --processes N, the max workload also runs against 1, 2, ... N gateway processes (`fleetgate
+run` children sharing the MQTT subscription, the broker and the database), in the same run, and
+reports the throughput of each count with what the processes did (per-process share, batches,
+hand-over checks and the vehicles they took over from each other).
+
 Prints one JSON document. Usage:  .venv/bin/python benchmarks/ingest.py [--help]
 """
 
@@ -162,6 +167,119 @@ class Fleetgate:
             await task
 
 
+class GatewayProcesses:
+    """N `fleetgate run` child processes on one broker and database, measured through their
+    operator's ports (a commit callback cannot cross processes): throughput from the moment
+    their stored counters add up to the workload, polled every 50 ms."""
+
+    name = "processes"
+
+    def __init__(self, dsn: str, broker: Mosquitto, topic_root: str, count: int) -> None:
+        self.dsn, self.broker, self.topic_root, self.count = dsn, broker, topic_root, count
+        self.procs: list[tuple[subprocess.Popen, int]] = []
+
+    @contextlib.asynccontextmanager
+    async def running(self, recorder: Recorder):
+        from fleetgate.embedded import free_port
+
+        env = {**os.environ, "FLEETGATE_DATABASE_URL": self.dsn,
+               "FLEETGATE_MQTT_URL": self.broker.url, "FLEETGATE_MQTT_TOPIC_ROOT": self.topic_root,
+               "FLEETGATE_API_PORT": "0", "FLEETGATE_COAP_ENABLED": "false",
+               "FLEETGATE_LOG_LEVEL": "WARNING"}
+        for i in range(self.count):
+            port = free_port()
+            # Fixed ids, counts run upwards: a session left by a larger count would keep taking
+            # its share of the shared subscription and stall the next run.
+            log = open(Path(tempfile.gettempdir()) / f"fgbench-proc-{i + 1}.log", "ab")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fleetgate.cli", "run", "--no-migrate"], cwd=REPO,
+                env={**env, "FLEETGATE_MQTT_CLIENT_ID": f"bench-proc-{i + 1}",
+                     "FLEETGATE_METRICS_PORT": str(port)},
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            log.close()  # the child has its own descriptor
+            self.procs.append((proc, port))
+        try:
+            for _, port in self.procs:
+                await _until(lambda p=port: _ready(p), 60, "gateway process ready")
+            self.cpu0 = sum(_cpu_s(p.pid) for p, _ in self.procs)
+            poller = asyncio.create_task(self._poll(recorder))
+            try:
+                yield
+            finally:
+                poller.cancel()
+            self.cpu1 = sum(_cpu_s(p.pid) for p, _ in self.procs)
+            self.stats = [await asyncio.to_thread(_scrape, port) for _, port in self.procs]
+        finally:
+            for proc, _ in self.procs:
+                proc.terminate()
+            for proc, _ in self.procs:
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            self.procs = []
+
+    async def _poll(self, recorder: Recorder) -> None:
+        while True:
+            stored = sum([m.get("fleetgate_samples_stored_total", 0.0) for m in await asyncio.gather(
+                *(asyncio.to_thread(_scrape, port) for _, port in self.procs))])
+            if stored > recorder.count:
+                recorder.count = int(stored)
+                recorder.last_commit = time.time()
+            await asyncio.sleep(0.05)
+
+    def report(self) -> dict:
+        per = []
+        for m in self.stats:
+            batches = m.get("fleetgate_batch_commit_seconds_count", 0.0)
+            checks = m.get("fleetgate_handover_check_seconds_count", 0.0)
+            per.append({
+                "samples_stored": int(m.get("fleetgate_samples_stored_total", 0)),
+                "batches": int(batches),
+                "mean_batch_samples": round(m.get("fleetgate_batch_samples_sum", 0.0)
+                                            / max(batches, 1)),
+                "mean_commit_ms": round(1000 * m.get("fleetgate_batch_commit_seconds_sum", 0.0)
+                                        / max(batches, 1), 2),
+                "mean_handover_check_ms": round(1000 * m.get(
+                    "fleetgate_handover_check_seconds_sum", 0.0) / max(checks, 1), 3),
+                "vehicles_taken_over": int(m.get("fleetgate_handover_vehicles_total", 0)),
+                "dispatcher": bool(m.get("fleetgate_commands_dispatcher_active", 0))})
+        return {"per_process": per}
+
+
+def _ready(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """One process's metrics, each sample name summed over its labels."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                continue
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Naive:
     name = "naive"
 
@@ -198,6 +316,8 @@ async def measure(system, broker: Mosquitto, topic_root: str, *, vehicles: int, 
                      f"{system.name} to commit {expected} samples")
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    if isinstance(system, GatewayProcesses):  # the consumers are the children, not this process
+        cpu_s = system.cpu1 - system.cpu0
     elapsed = recorder.last_commit - sim.started_at
     async with await psycopg.AsyncConnection.connect(system.dsn) as conn:
         rows = (await (await conn.execute("SELECT count(*) FROM positions")).fetchone())[0]
@@ -208,6 +328,8 @@ async def measure(system, broker: Mosquitto, topic_root: str, *, vehicles: int, 
     if not fast:
         out["offered_per_s"] = round(vehicles * rate_hz)
         out["latency_ms"] = recorder.latency_ms(sim.done["wall_offset_ms"])
+    if isinstance(system, GatewayProcesses):
+        out.update(system.report())
     return out
 
 
@@ -238,13 +360,16 @@ async def bench(args: argparse.Namespace) -> dict:
         results: dict = {}
         fg = Fleetgate(dsn, broker, "bench-fg/v1")
         naive = Naive(dsn, broker, "bench-naive/v1", vehicle_of)
-        runs = [
-            ("fleetgate", "max", fg, dict(samples=args.max_samples // args.vehicles, fast=True,
-                                          rate_hz=args.rate_hz)),
+        max_run = dict(samples=args.max_samples // args.vehicles, fast=True, rate_hz=args.rate_hz)
+        runs = [] if args.scale_out_only else [
+            ("fleetgate", "max", fg, max_run),
             ("fleetgate", "paced", fg, dict(samples=int(args.duration * args.rate_hz),
                                             fast=False, rate_hz=args.rate_hz)),
         ]
-        if not args.skip_naive:
+        for count in range(1, args.processes + 1):  # upwards: see GatewayProcesses
+            runs.append(("processes", str(count),
+                         GatewayProcesses(dsn, broker, "bench-procs/v1", count), max_run))
+        if not args.skip_naive and not args.scale_out_only:
             runs += [
                 ("naive", "max", naive, dict(samples=max(1, args.naive_samples // args.vehicles),
                                              fast=True, rate_hz=args.rate_hz)),
@@ -265,13 +390,18 @@ async def bench(args: argparse.Namespace) -> dict:
         if "naive" in results:
             out["ratio_max_throughput"] = round(results["fleetgate"]["max"]["samples_per_s"]
                                                 / results["naive"]["max"]["samples_per_s"], 1)
-        paced = results["fleetgate"]["paced"]
-        out["targets"] = {
-            "sustained_30k_per_s": paced["samples_per_s"] >= 30_000 * 0.98
-            and paced["offered_per_s"] >= 30_000,
-            "p99_under_500ms": paced["latency_ms"].get("p99", 1e9) < 500,
-            "10x_naive": out.get("ratio_max_throughput", 0) >= 10,
-        }
+        if "processes" in results:
+            one = results["processes"]["1"]["samples_per_s"]
+            out["scale_out"] = {n: round(r["samples_per_s"] / one, 2)
+                                for n, r in results["processes"].items()}
+        if "fleetgate" in results:
+            paced = results["fleetgate"]["paced"]
+            out["targets"] = {
+                "sustained_30k_per_s": paced["samples_per_s"] >= 30_000 * 0.98
+                and paced["offered_per_s"] >= 30_000,
+                "p99_under_500ms": paced["latency_ms"].get("p99", 1e9) < 500,
+                "10x_naive": out.get("ratio_max_throughput", 0) >= 10,
+            }
         return out
     finally:
         broker.stop()
@@ -305,6 +435,11 @@ def main() -> None:
     p.add_argument("--naive-rate", type=float, default=1_000.0,
                    help="offered samples/s for the naive paced run (it cannot keep up with more)")
     p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--processes", type=int, default=0, metavar="N",
+                   help="also run the max workload against 1..N `fleetgate run` processes "
+                        "sharing the subscription")
+    p.add_argument("--scale-out-only", action="store_true",
+                   help="only the --processes runs (no in-process gateway, no naive baseline)")
     p.add_argument("--storage", default="auto", choices=["auto", "native", "timescaledb"])
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=300.0)
