@@ -13,26 +13,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import orjson
-import psycopg
-from psycopg.conninfo import make_conninfo
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.ingest import DEFAULT_PG, SimProcess, machine, registrations  # noqa: E402
-from fleetgate.embedded import Mosquitto, free_port  # noqa: E402
+from benchmarks._services import BenchServices, machine  # noqa: E402
+from benchmarks.ingest import SimProcess, registrations  # noqa: E402
+from fleetgate.embedded import free_port  # noqa: E402
 
 # --- the subscribers, in a child process ---------------------------------------------------------
 
@@ -91,13 +86,8 @@ async def bench(args: argparse.Namespace) -> dict:
     from gateway.service import Gateway, GatewayConfig
     from telemetry.store import TelemetryStore, VehicleRegistration, migrate
 
-    admin = os.environ.get("FLEETGATE_BENCH_PG_DSN", DEFAULT_PG)
-    dbname = f"fgbench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-        pg_version = conn.execute("SHOW server_version").fetchone()[0]
-    dsn = make_conninfo(admin, dbname=dbname)
-    broker = Mosquitto(datadir=Path(tempfile.mkdtemp(prefix="fgbench-")) / "mosquitto").start()
+    services = BenchServices("fgbench_api")
+    dsn, broker, pg_version = services.dsn, services.broker, services.pg_version
     try:
         await migrate(dsn, storage="native")
         store = await TelemetryStore.open(dsn)
@@ -157,9 +147,7 @@ async def bench(args: argparse.Namespace) -> dict:
                     "subscriber; positions are coalesced per vehicle for a slow reader",
         }
     finally:
-        broker.stop()
-        with contextlib.suppress(Exception), psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        services.close()
 
 
 def main() -> None:

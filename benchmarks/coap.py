@@ -24,32 +24,20 @@ import asyncio
 import contextlib
 import os
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import orjson
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.ingest import (  # noqa: E402
-    DEFAULT_PG,
-    Fleetgate,
-    Recorder,
-    machine,
-    measure,
-    registrations,
-    truncate,
-)
-from fleetgate.embedded import Mosquitto  # noqa: E402
+from benchmarks._services import BenchServices, machine  # noqa: E402
+from benchmarks.ingest import Fleetgate, Recorder, measure, registrations, truncate  # noqa: E402
 
 # --- the simulated locks, in a child process ------------------------------------------------------
 
@@ -165,14 +153,8 @@ async def bench(args: argparse.Namespace) -> dict:
     from firmware_sim.coap import CoapFleet, CoapFleetOptions
     from telemetry.store import DeviceCredentials, TelemetryStore, VehicleRegistration, migrate
 
-    admin = os.environ.get("FLEETGATE_BENCH_PG_DSN", DEFAULT_PG)
-    dbname = f"fgbench_coap_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-        pg_version = conn.execute("SHOW server_version").fetchone()[0]
-    dsn = make_conninfo(admin, dbname=dbname)
-    tmp = Path(tempfile.mkdtemp(prefix="fgbench-coap-"))
-    broker = Mosquitto(datadir=tmp / "mosquitto").start()
+    services = BenchServices("fgbench_coap")
+    dsn, broker, pg_version = services.dsn, services.broker, services.pg_version
     load_start = os.getloadavg()
     try:
         report = await migrate(dsn, storage=args.storage)
@@ -183,7 +165,7 @@ async def bench(args: argparse.Namespace) -> dict:
                                                            vehicle_type=t) for d, r, t in regs])
         issued = await DeviceCredentials(store).provision_many(locks.device_ids)
         await store.close()
-        tokens_path = tmp / "tokens.json"
+        tokens_path = services.tmp / "tokens.json"
         tokens_path.write_bytes(orjson.dumps({i.device_id: i.secret for i in issued}))
 
         samples = args.vehicles * args.rounds
@@ -208,10 +190,7 @@ async def bench(args: argparse.Namespace) -> dict:
                 "coap_encoding": args.encoding, "coap_message": "CON POST, one sample",
                 "mqtt_message": "QoS 1 PUBLISH, one sample", **results}
     finally:
-        broker.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        services.close()
 
 
 def main() -> None:

@@ -26,10 +26,8 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -37,14 +35,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fleetgate.embedded import Mosquitto  # noqa: E402
 
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROOT, FLOOR_ROOT = "bench-cmd/v1", "bench-floor/v1"
 NEVER_MS = np.iinfo(np.int64).max
 
@@ -257,19 +252,12 @@ async def concurrent(service, floor: Floor, targets: Targets, floor_ids: list[st
 async def bench(args: argparse.Namespace) -> dict:
     from prometheus_client import CollectorRegistry
 
-    from benchmarks.ingest import machine
-    from commands import CommandConfig, CommandService
+    from benchmarks._services import BenchServices, machine
     from gateway.service import Gateway, GatewayConfig
     from telemetry.store import TelemetryStore, VehicleRegistration, migrate
 
-    admin = os.environ.get("FLEETGATE_BENCH_PG_DSN", DEFAULT_PG)
-    dbname = f"fgbench_cmd_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-        pg_version = conn.execute("SHOW server_version").fetchone()[0]
-    dsn = make_conninfo(admin, dbname=dbname)
-    tmp = Path(tempfile.mkdtemp(prefix="fgbench-cmd-"))
-    broker = Mosquitto(datadir=tmp / "mosquitto").start()
+    services = BenchServices("fgbench_cmd")
+    dsn, broker, pg_version = services.dsn, services.broker, services.pg_version
     args.host, args.port = broker.host, broker.port
     sim = SimProcess([sys.executable, __file__, "--role", "sim", "--host", broker.host,
                       "--port", str(broker.port), "--vehicles", str(args.vehicles),
@@ -355,10 +343,7 @@ async def bench(args: argparse.Namespace) -> dict:
             gateway.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(gw_task, 30)
-        broker.stop()  # the gateway stopped its command service
-        shutil.rmtree(tmp, ignore_errors=True)
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        services.close()  # the gateway stopped its command service
 
 
 def main() -> None:

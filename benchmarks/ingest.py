@@ -24,29 +24,23 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import orjson
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks._services import BenchServices, machine  # noqa: E402
 from benchmarks.naive_ingest import run_naive_gateway  # noqa: E402
 from fleetgate.embedded import Mosquitto  # noqa: E402
-
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-
 
 # --- the simulator, in a child process ------------------------------------------------------------
 
@@ -341,14 +335,8 @@ async def truncate(dsn: str) -> None:
 async def bench(args: argparse.Namespace) -> dict:
     from telemetry.store import TelemetryStore, VehicleRegistration, migrate
 
-    admin = os.environ.get("FLEETGATE_BENCH_PG_DSN", DEFAULT_PG)
-    dbname = f"fgbench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-        pg_version = conn.execute("SHOW server_version").fetchone()[0]
-    dsn = make_conninfo(admin, dbname=dbname)
-    tmp = Path(tempfile.mkdtemp(prefix="fgbench-"))
-    broker = Mosquitto(datadir=tmp / "mosquitto").start()
+    services = BenchServices("fgbench")
+    dsn, broker, pg_version = services.dsn, services.broker, services.pg_version
     try:
         report = await migrate(dsn, storage=args.storage)
         store = await TelemetryStore.open(dsn)
@@ -404,23 +392,7 @@ async def bench(args: argparse.Namespace) -> dict:
             }
         return out
     finally:
-        broker.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-
-
-def machine(pg_version: str) -> dict:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.split("\n")[0]
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "postgresql": pg_version, "mosquitto": mosq.strip(),
-            "loadavg_at_start": os.getloadavg()[0]}
+        services.close()
 
 
 def main() -> None:
