@@ -178,11 +178,13 @@ def _timescaledb_installed() -> str | None:
 
 
 class PrivateCluster:
-    """A throw-away PostgreSQL cluster with timescaledb preloaded, on a free loopback port."""
+    """A throw-away PostgreSQL cluster on a free loopback port, with timescaledb preloaded or
+    not; halt() and resume() stop and start the server itself (the outage tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, timescaledb: bool = True) -> None:
         self.bindir = _pg_config("--bindir")
-        self.root = Path(tempfile.mkdtemp(prefix="fleetgate-tsdb-"))
+        self.timescaledb = timescaledb
+        self.root = Path(tempfile.mkdtemp(prefix="fleetgate-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
         # initdb refuses to run as root: the cluster belongs to the postgres user then.
@@ -212,9 +214,19 @@ class PrivateCluster:
             conf.write(
                 f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.root}'\n"
-                "shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off\n"
                 # A test server: durability buys nothing here, speed does.
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+            if self.timescaledb:
+                conf.write("shared_preload_libraries = 'timescaledb'\n"
+                           "timescaledb.telemetry_level = off\n")
+        return self.resume()
+
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: sessions are ended), keeping its data."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    def resume(self) -> PrivateCluster:
+        """Start the server (again)."""
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w",
                   "-t", "60", "start")
         return self

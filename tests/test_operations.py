@@ -1,5 +1,6 @@
 """What an operator sees of a running `fleetgate run`: metrics that exist and move with traffic,
-/healthz and /readyz on the operator's port and the API, readiness following the database."""
+/healthz and /readyz on the operator's port and the API, readiness following the database (a cut
+connection, and a PostgreSQL server shut down and started again)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import asyncio
 import time
 
 import orjson
+import psycopg
 import pytest
 
 from fleetgate.embedded import free_port
 from fleetgate.mqtt import MqttClient
+from telemetry.store import migrate
+from tests.fixtures_db import PrivateCluster, Server, dsn_for
 from tests.harness import GatewayProcess, eventually, register, sample_sum
 from tests.netproxy import TcpProxy
 
@@ -136,3 +140,66 @@ async def _status(gw: GatewayProcess, api: str, path: str, code: int) -> bool:
     async with httpx.AsyncClient(timeout=10.0) as client:
         answers = await asyncio.gather(client.get(gw.ops_url + path), client.get(api + path))
     return all(a.status_code == code for a in answers)
+
+
+async def test_a_stopped_database_makes_it_unready_and_nothing_is_lost(
+        mosquitto, topic_root, tmp_path):
+    """The real thing, not a cut connection: the PostgreSQL server is shut down under a running
+    gateway while devices keep publishing, and started again."""
+    cluster = PrivateCluster(timescaledb=False)
+    try:
+        cluster.start()  # thrown away whole afterwards, its database with it
+        dsn = dsn_for(cluster.dsn, Server(cluster.dsn).create_database("fgtest_outage"))
+        await migrate(dsn, storage="native")
+        await register(dsn, DEVICES)
+        gw = GatewayProcess(dsn, mosquitto, topic_root, "gw-outage", tmp_path / "gw.log",
+                            metrics_port=free_port()).start()
+        try:
+            await gw.wait_subscribed()
+            await eventually(lambda: _ready(gw, 200), what="ready")
+            t0 = int(time.time() * 1000) - 60_000
+            await _publish_round(mosquitto, topic_root, t0, 0)
+            await eventually(lambda: _stored(gw, 50), what="the first round stored")
+
+            cluster.halt()
+            await eventually(lambda: _ready(gw, 503), timeout=20,
+                             what="unready while PostgreSQL is down")
+            body = (await gw.get("/readyz")).json()
+            assert body["checks"]["broker"] == "ok" and body["checks"]["database"] != "ok"
+            await _publish_round(mosquitto, topic_root, t0, 1)  # held, not acknowledged
+            await eventually(lambda: _gauge(gw, "fleetgate_database_up", 0), timeout=30,
+                             what="the failed write reported")
+            scraped = await gw.scrape()
+            assert sample_sum(scraped, "fleetgate_pipeline_pending_messages") == 50
+            assert sample_sum(scraped, "fleetgate_samples_stored_total") == 50
+            assert (await gw.get("/healthz")).status_code == 200
+            assert gw.proc.poll() is None, "the gateway keeps running"
+
+            cluster.resume()
+            await eventually(lambda: _ready(gw, 200), timeout=30, what="ready again")
+            await eventually(lambda: _stored(gw, 100), timeout=30,
+                             what="the samples of the outage stored")
+            async with await psycopg.AsyncConnection.connect(dsn) as conn:
+                rows = await (await conn.execute(
+                    "SELECT count(*), count(DISTINCT (vehicle, time)) FROM positions")
+                ).fetchone()
+            assert rows == (100, 100)
+            assert sample_sum(await gw.scrape(), "fleetgate_pipeline_pending_messages") == 0
+            events = [e["event"] for e in gw.events()]
+            assert "database_unavailable" in events and "database_recovered" in events
+        finally:
+            gw.stop()
+    finally:
+        cluster.stop()
+
+
+async def _publish_round(broker, root: str, t0: int, round_: int) -> None:
+    """10 fixes from every device, the round-th ten seconds of the ride."""
+    await asyncio.gather(*(
+        publish(broker, root, device_id, [fix(t0 + (round_ * 10 + k) * 1000, i)
+                                          for k in range(10)])
+        for i, (device_id, _, _) in enumerate(DEVICES)))
+
+
+async def _ready(gw: GatewayProcess, code: int) -> bool:
+    return (await gw.get("/readyz")).status_code == code
