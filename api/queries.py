@@ -26,27 +26,12 @@ async def vehicles(store: TelemetryStore, *, vehicle_type: str | None = None,
                    status: str | None = None, online: bool | None = None,
                    bbox: tuple[float, float, float, float] | None = None, zone: str | None = None,
                    after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    where, params = [], []
-    if vehicle_type is not None:
-        where.append("vehicle_type = %s")
-        params.append(vehicle_type)
-    if status is not None:
-        where.append("status = %s")
-        params.append(status)
-    if online is not None:
-        where.append("online = %s")
-        params.append(online)
-    if bbox is not None:
-        where.append("lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s")
-        params += [bbox[0], bbox[2], bbox[1], bbox[3]]
-    if zone is not None:
-        where.append("%s = ANY(zones)")
-        params.append(zone)
-    if after is not None:
-        where.append("vehicle_ref > %s")
-        params.append(after)
-    query = _VEHICLE_SELECT + (" WHERE " + " AND ".join(where) if where else "") + \
-        " ORDER BY vehicle_ref LIMIT %s"
+    box = None if bbox is None else (bbox[0], bbox[2], bbox[1], bbox[3])
+    clause, params = _where(
+        ("vehicle_type = %s", vehicle_type), ("status = %s", status), ("online = %s", online),
+        ("lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s", box), ("%s = ANY(zones)", zone),
+        ("vehicle_ref > %s", after))
+    query = _VEHICLE_SELECT + clause + " ORDER BY vehicle_ref LIMIT %s"
     return await _fetch(store, query, [*params, limit])
 
 
@@ -89,23 +74,12 @@ async def events(store: TelemetryStore, *, vehicle: int | None = None, type: str
                  source: str | None = None, start: datetime | None = None,
                  end: datetime | None = None, after: int | None = None, limit: int = 100
                  ) -> list[dict[str, Any]]:
-    where, params = [], []
-    for column, value in (("e.vehicle", vehicle), ("e.type", type), ("e.source", source)):
-        if value is not None:
-            where.append(f"{column} = %s")
-            params.append(value)
-    if start is not None:
-        where.append("e.time >= %s")
-        params.append(start)
-    if end is not None:
-        where.append("e.time < %s")
-        params.append(end)
-    if after is not None:
-        where.append("e.id > %s")
-        params.append(after)
+    clause, params = _where(
+        ("e.vehicle = %s", vehicle), ("e.type = %s", type), ("e.source = %s", source),
+        ("e.time >= %s", start), ("e.time < %s", end), ("e.id > %s", after))
     query = ("SELECT e.id, e.time, v.vehicle_ref, e.source, e.type, e.detail, e.received_at "
-             "FROM events e JOIN vehicles v ON v.id = e.vehicle"
-             + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY e.id LIMIT %s")
+             "FROM events e JOIN vehicles v ON v.id = e.vehicle" + clause
+             + " ORDER BY e.id LIMIT %s")
     return await _fetch(store, query, [*params, limit])
 
 
@@ -117,6 +91,17 @@ async def latest_event_id(store: TelemetryStore) -> int:
 async def vehicle_id(store: TelemetryStore, vehicle_ref: str) -> int | None:
     rows = await _fetch(store, "SELECT id FROM vehicles WHERE vehicle_ref = %s", [vehicle_ref])
     return rows[0]["id"] if rows else None
+
+
+def _where(*conditions: tuple[str, Any]) -> tuple[str, list]:
+    """" WHERE c1 AND c2 ..." and its parameters, from the (condition, value) pairs whose value
+    is not None (a tuple value fills as many placeholders); "" when none is."""
+    where, params = [], []
+    for condition, value in conditions:
+        if value is not None:
+            where.append(condition)
+            params.extend(value if isinstance(value, tuple) else (value,))
+    return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
 async def _fetch(store: TelemetryStore, query: str | sql.Composable, params: list | dict
