@@ -73,7 +73,7 @@ class Settings(BaseSettings):
                 if err["type"] == "extra_forbidden":
                     lines.append(f"  {name} ({where}): unknown setting")
                     continue
-                value = "" if name in SECRETS else f" = {err.get('input')!r}"
+                value = "" if name in SECRETS else f" = {_shown(name, err.get('input'))!r}"
                 lines.append(f"  {name}{value} ({where}): {err['msg']}")
             raise SettingsError("invalid settings:\n" + "\n".join(lines)) from exc
 
@@ -175,6 +175,10 @@ class Settings(BaseSettings):
         parts = urlsplit(v)
         if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
             raise ValueError("must look like mqtt://host:port")
+        if parts.username is not None or parts.password is not None:
+            # Not used from here, and it would be shown and logged in clear.
+            raise ValueError("no credentials in the URL: set mqtt_username and mqtt_password "
+                             "(the password is kept secret)")
         return v
 
     @field_validator("mqtt_topic_root")
@@ -198,6 +202,11 @@ class Settings(BaseSettings):
 
 
 SECRETS = frozenset({"database_url", "mqtt_password"})
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A rejected value as an error message may show it: URLs without their passwords."""
+    return _mask_dsn(value) if name == "mqtt_url" and isinstance(value, str) else value
 
 
 def _mask_dsn(dsn: str) -> str:

@@ -127,3 +127,14 @@ def test_a_bad_config_file_names_the_key_and_the_file(tmp_path):
     assert broken.exit_code == 2 and f"{config} is not valid TOML" in broken.output
     missing = run("config", "show", env={"FLEETGATE_CONFIG": str(tmp_path / "nope.toml")})
     assert missing.exit_code == 2 and "no such file" in missing.output
+
+
+def test_credentials_in_the_mqtt_url_are_refused_not_shown():
+    result = run("config", "show", env={"FLEETGATE_MQTT_URL": "mqtt://gw:s3cret@broker:1883"})
+    assert result.exit_code == 2
+    assert "mqtt_url" in result.output and "mqtt_username and mqtt_password" in result.output
+    assert "s3cret" not in result.output and "mqtt://gw:***@broker:1883" in result.output
+    shown = run("config", "show", env={"FLEETGATE_MQTT_URL": "mqtt://broker:1883",
+                                       "FLEETGATE_MQTT_USERNAME": "gw",
+                                       "FLEETGATE_MQTT_PASSWORD": "s3cret"})
+    assert shown.exit_code == 0 and "s3cret" not in shown.output
