@@ -168,3 +168,46 @@ async def test_disconnect_right_after_a_burst_of_acks_leaves_nothing_to_redelive
     sub2.ack([m.mid for m in again])
     await sub2.disconnect()
     await pub.disconnect()
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+async def test_unsubscribe_stops_delivery(mosquitto, topic_root, protocol):
+    got = []
+    sub = await client(mosquitto, f"unsub-{protocol}-{topic_root}", protocol=protocol,
+                       on_messages=got.extend)
+    await sub.subscribe([(f"{topic_root}/a", 1), (f"{topic_root}/b", 1)])
+    # MQTT 5 answers a reason code per filter (0x11: there was no such subscription).
+    codes = await sub.unsubscribe([f"{topic_root}/a", f"{topic_root}/never"])
+    assert codes == ([0x00, 0x11] if protocol == 5 else [])
+    pub = await client(mosquitto, f"unsub-pub-{protocol}-{topic_root}", protocol=protocol)
+    await pub.publish(f"{topic_root}/a", b"gone", qos=1)
+    await pub.publish(f"{topic_root}/b", b"kept", qos=1)
+    await eventually(lambda: got, timeout=5)
+    await asyncio.sleep(0.2)
+    assert [m.payload for m in got] == [b"kept"]
+    await pub.disconnect()
+    await sub.disconnect()
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+async def test_ending_a_persistent_session_discards_it_on_the_broker(mosquitto, topic_root,
+                                                                     protocol):
+    import logging
+
+    from fleetgate.mqtt import PersistentSession
+
+    cid = f"end-{protocol}-{topic_root}"
+    session = PersistentSession(host=mosquitto.host, port=mosquitto.port, client_id=cid,
+                                subscriptions=lambda: [(f"{topic_root}/x", 1)],
+                                on_messages=lambda msgs, gen: None, protocol=protocol,
+                                session_expiry_s=3600, log=logging.getLogger("test"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(session.run(stop))
+    await asyncio.wait_for(session.subscribed.wait(), 10)
+    stop.set()
+    await task
+    await session.end()
+    probe = MqttClient(mosquitto.host, mosquitto.port, client_id=cid, clean_start=False,
+                       protocol=protocol, session_expiry_s=60)
+    assert await probe.connect() is False, "no session left to resume"
+    await probe.disconnect(session_expiry_s=0)

@@ -17,8 +17,10 @@ from fleetgate.mqtt._packets import (
     Will,
     decode_connack,
     encode_connect,
+    encode_disconnect,
     encode_pubacks,
     encode_publish,
+    encode_unsubscribe,
     read_varint,
 )
 
@@ -120,3 +122,14 @@ def test_connect_carries_session_will_and_credentials():
     assert flags == 0x80 | 0x40 | 0x20 | 0x08 | 0x04  # user, pass, will retain, will QoS 1, will
     assert struct.unpack(">H", body[8:10]) == (30,)
     assert b"tcu-1" in body and b'{"online": false}' in body
+
+
+def test_disconnect_can_end_the_session_in_mqtt5_only():
+    assert encode_disconnect(4, 0) == encode_disconnect(5) == b"\xe0\x00"
+    # reason 0, properties of 5 bytes: Session Expiry Interval (0x11) = 0
+    assert encode_disconnect(5, 0) == b"\xe0\x07\x00\x05\x11\x00\x00\x00\x00"
+
+
+def test_unsubscribe_names_every_filter():
+    assert encode_unsubscribe(9, ["a/b", "c"], 4) == b"\xa2\x0a\x00\x09\x00\x03a/b\x00\x01c"
+    assert encode_unsubscribe(9, ["c"], 5) == b"\xa2\x06\x00\x09\x00\x00\x01c"

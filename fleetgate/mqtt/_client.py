@@ -17,13 +17,13 @@ from fleetgate.mqtt._packets import (
     CONNACK,
     CONNACK_V3_REASONS,
     DISCONNECT,
-    DISCONNECT_PACKET,
     PINGREQ_PACKET,
     PROP_MAXIMUM_PACKET_SIZE,
     PROP_RECEIVE_MAXIMUM,
     PROP_SERVER_KEEP_ALIVE,
     PUBACK,
     SUBACK,
+    UNSUBACK,
     MalformedPacket,
     Message,
     PacketStream,
@@ -31,9 +31,11 @@ from fleetgate.mqtt._packets import (
     decode_connack,
     decode_suback,
     encode_connect,
+    encode_disconnect,
     encode_pubacks,
     encode_publish,
     encode_subscribe,
+    encode_unsubscribe,
     read_properties,
     reason_name,
 )
@@ -183,8 +185,11 @@ class MqttClient:
             self._keepalive_timer = loop.call_later(self.keepalive_s / 2, self._keepalive)
         return connack.session_present
 
-    async def disconnect(self, timeout: float = 10.0) -> None:
+    async def disconnect(self, timeout: float = 10.0, *,
+                         session_expiry_s: int | None = None) -> None:
         """Leave cleanly with DISCONNECT: the broker keeps the session but drops the will.
+        With session_expiry_s (MQTT 5 only) the session's expiry changes as it leaves; 0 ends
+        the session, and whatever the broker still held for it, at once.
 
         First a PINGREQ/PINGRESP round trip, with incoming messages no longer delivered: a broker
         handles one connection's packets in order, so the answer proves it has processed every
@@ -205,7 +210,7 @@ class MqttClient:
             except (TimeoutError, ConnectionLost):
                 pass  # leave anyway; unprocessed acks only cause redeliveries
             if self._connected:
-                self._write_now(DISCONNECT_PACKET)
+                self._write_now(encode_disconnect(self.protocol, session_expiry_s))
         self._closing = True
         self._transport.close()
         await self.wait_closed()
@@ -297,6 +302,21 @@ class MqttClient:
                 f"{t} ({reason_name(c)})" for t, c in refused), refused[0][1])
         return codes
 
+    async def unsubscribe(self, filters: list[str]) -> list[int]:
+        """Unsubscribe; returns the broker's reason code per filter (MQTT 5: 0x11 when there was
+        no such subscription; MQTT 3.1.1 gives none: an empty list). Refusals raise MqttError."""
+        if not self._connected:
+            raise ConnectionLost(f"not connected to {self.host}:{self.port}")
+        mid = self._take_mid()
+        fut = self._subacks[mid] = self._loop.create_future()
+        self._send(encode_unsubscribe(mid, filters, self.protocol))
+        codes = await fut
+        refused = [(f, c) for f, c in zip(filters, codes) if c >= 0x80]
+        if refused:
+            raise MqttError("unsubscribe refused: " + ", ".join(
+                f"{f} ({reason_name(c)})" for f, c in refused), refused[0][1])
+        return codes
+
     def ack(self, mids: Iterable[int]) -> None:
         """PUBACK received QoS 1 messages (manual_ack), in the order they arrived."""
         if self._connected:
@@ -380,7 +400,7 @@ class MqttClient:
                 else:
                     fut.set_result(None)
             self._release_waiting()
-        elif kind == SUBACK:
+        elif kind == SUBACK or kind == UNSUBACK:
             mid, codes = decode_suback(packet.body, self.protocol)
             fut = self._subacks.pop(mid, None)
             if fut is not None and not fut.done():
@@ -394,7 +414,7 @@ class MqttClient:
                 if 0x1F in props:
                     detail += f": {props[0x1F]}"
             self._fail(ConnectionLost(f"broker disconnected: {detail}", code))
-        # UNSUBACK, AUTH, QoS 2 flow: not used by this client.
+        # AUTH, QoS 2 flow: not used by this client.
 
     def _fail(self, exc: ConnectionLost) -> None:
         self._lost_reason = exc

@@ -157,6 +157,23 @@ def encode_subscribe(mid: int, topics: list[tuple[str, int]], protocol: int) -> 
     return _packet((SUBSCRIBE << 4) | 0x02, bytes(body))
 
 
+def encode_unsubscribe(mid: int, filters: list[str], protocol: int) -> bytes:
+    body = bytearray(struct.pack(">H", mid))
+    if protocol == 5:
+        body += b"\x00"
+    for f in filters:
+        body += _string(f)
+    return _packet((UNSUBSCRIBE << 4) | 0x02, bytes(body))
+
+
+def encode_disconnect(protocol: int, session_expiry_s: int | None = None) -> bytes:
+    """DISCONNECT; in MQTT 5 it may set a new session expiry (0: the broker ends the session)."""
+    if protocol != 5 or session_expiry_s is None:
+        return DISCONNECT_PACKET
+    props = _properties([(PROP_SESSION_EXPIRY, struct.pack(">I", session_expiry_s))])
+    return _packet(DISCONNECT << 4, b"\x00" + props)
+
+
 def encode_pubacks(mids) -> bytes:
     """PUBACK packets for many packet ids, in the given order, as one buffer."""
     ids = np.asarray(mids, dtype=np.uint16)
@@ -261,6 +278,7 @@ def decode_connack(body: bytes, protocol: int) -> ConnAck:
 
 
 def decode_suback(body: bytes, protocol: int) -> tuple[int, list[int]]:
+    """SUBACK, or UNSUBACK (whose MQTT 3.1.1 form has no reason codes: the list is empty)."""
     mid = (body[0] << 8) | body[1]
     pos = 2
     if protocol == 5:

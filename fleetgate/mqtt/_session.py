@@ -17,7 +17,7 @@ from typing import Any
 
 from fleetgate.logs import fields
 from fleetgate.mqtt._client import ConnectionLost, MqttClient, MqttError
-from fleetgate.mqtt._packets import Message
+from fleetgate.mqtt._packets import Message, Will
 
 _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 5.0
@@ -38,13 +38,16 @@ class PersistentSession:
         receive_maximum: int = 65535,
         username: str | None = None,
         password: str | None = None,
+        will: Will | None = None,
+        unsubscribe: Callable[[], list[str]] | None = None,
         on_up: Callable[[MqttClient], None] | None = None,
         on_down: Callable[[int], None] | None = None,
         log: logging.Logger,
         event_prefix: str = "",
     ) -> None:
-        """on_messages(messages, generation) runs in the event loop for every read; on_up(client)
-        once subscribed, before `subscribed` is set; on_down(generation) when a connection is
+        """on_messages(messages, generation) runs in the event loop for every read; unsubscribe()
+        names filters the session leaves right after subscribing; on_up(client) once subscribed,
+        before `subscribed` is set; on_down(generation) when a connection is
         gone, after the client was dropped. Log events are `{event_prefix}broker_subscribed` and
         `{event_prefix}broker_connection_lost`."""
         self._host, self._port = host, port
@@ -54,7 +57,8 @@ class PersistentSession:
         self._options = dict(protocol=protocol, keepalive_s=keepalive_s,
                              session_expiry_s=session_expiry_s,
                              receive_maximum=receive_maximum, username=username,
-                             password=password)
+                             password=password, will=will)
+        self._unsubscribe = unsubscribe
         self._on_up = on_up
         self._on_down = on_down
         self._log = log
@@ -62,6 +66,7 @@ class PersistentSession:
         self._client: MqttClient | None = None
         self.generation = 0
         self.subscribed = asyncio.Event()
+        self.last_error: Exception | None = None  # why the latest connection ended or failed
 
     @property
     def client(self) -> MqttClient | None:
@@ -90,6 +95,8 @@ class PersistentSession:
                 session_present = await client.connect(timeout=10.0)
                 self._client = client
                 await client.subscribe(self._subscriptions())
+                if self._unsubscribe is not None:
+                    await client.unsubscribe(self._unsubscribe())
                 if self._on_up is not None:
                     self._on_up(client)
                 self.subscribed.set()
@@ -105,6 +112,7 @@ class PersistentSession:
                 stopping.cancel()
                 closed.result()  # raises ConnectionLost unless we closed it ourselves
             except (OSError, TimeoutError, ConnectionLost, MqttError) as exc:
+                self.last_error = exc
                 self._log.warning(lost_event, extra=fields(
                     broker=broker, error=repr(exc)[:300], retry_in_s=backoff))
             client.abort()
@@ -136,6 +144,25 @@ class PersistentSession:
         self.subscribed.clear()
         if client is not None and client.connected:
             await client.disconnect()
+
+    async def end(self) -> None:
+        """Leave and end the session on the broker: what it still holds for this client id is
+        discarded, and a shared subscription no longer counts it as a member. Only for a session
+        that holds nothing unacknowledged any more (see gateway drain)."""
+        client, self._client = self._client, None
+        self.subscribed.clear()
+        if client is None or not client.connected:
+            raise ConnectionLost(f"not connected to {self._host}:{self._port}")
+        if client.protocol == 5:
+            await client.disconnect(session_expiry_s=0)
+            return
+        # MQTT 3.1.1 cannot shorten a session as it leaves; a clean session replaces it.
+        await client.disconnect()
+        opts = {k: v for k, v in self._options.items() if k not in ("session_expiry_s", "will")}
+        clean = MqttClient(self._host, self._port, client_id=self.client_id, clean_start=True,
+                           session_expiry_s=0, **opts)
+        await clean.connect(timeout=10.0)
+        await clean.disconnect()
 
     def abort(self) -> None:
         """Drop the connection without DISCONNECT (what a crash does; for tests)."""
