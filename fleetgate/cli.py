@@ -162,6 +162,72 @@ async def _run_gateway(s: Settings, services: Services, *, migrate: bool, fleet=
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@app.command()
+def drain(
+    client_id: Annotated[str, typer.Argument(
+        help="the MQTT client id of a gateway process that was stopped for good")],
+    timeout: Annotated[float, typer.Option(
+        help="give up after this many seconds; the session then stays, with what is left")] = 600.0,
+    force: Annotated[bool, typer.Option(
+        help="drain even though the id's retained presence says online (a stale message, e.g. "
+             "after the broker lost the process's last will)")] = False,
+) -> None:
+    """Store what the broker still holds for a retired gateway process's session, then end it.
+
+    Mosquitto keeps sending a share of the telemetry to a stopped process's persistent session
+    until it expires, and then discards it. Run this after the remaining processes are up: it
+    resumes the session, leaves the shared subscription, stores everything the session held
+    (exactly as `fleetgate run` would) and ends the session. Stop the process first: a client
+    id still in use (its retained presence says online) is refused. Exit status 0 when the session
+    was emptied and ended.
+    """
+    s = load_settings(mqtt_client_id=client_id)
+    setup_logging(s.log_level, s.log_format)
+    services = resolve_services(s)
+    try:
+        error = asyncio.run(_drain_session(s, services, timeout, force))
+    finally:
+        services.close()
+    if error:
+        typer.echo(f"fleetgate: {error}", err=True)
+        raise typer.Exit(1)
+
+
+async def _drain_session(s: Settings, services: Services, timeout: float,
+                         force: bool) -> str | None:
+    from gateway.mqtt_ingress import read_presence
+    from gateway.service import Gateway, GatewayConfig
+
+    config = GatewayConfig.from_settings(s, services.database_url, services.mqtt_host,
+                                         services.mqtt_port)
+    presence = await read_presence(
+        config.mqtt_host, config.mqtt_port, config.mqtt_topic_root, config.mqtt_client_id,
+        username=config.mqtt_username, password=config.mqtt_password,
+        protocol=config.mqtt_protocol)
+    if presence is not None and presence.get("state") == "online" and not force:
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(presence.get("t", 0) / 1000))
+        return (f"client id {config.mqtt_client_id} is online (pid {presence.get('pid')} on "
+                f"{presence.get('host')} since {since}): a gateway process still runs with it; "
+                "stop that process first (--force if the presence is stale)")
+    config.drain = True
+    gateway = Gateway(config)
+    _install_signal_handlers(gateway.stop)
+    run = asyncio.create_task(gateway.run())
+    try:
+        await asyncio.wait_for(asyncio.shield(run), timeout)
+    except TimeoutError:
+        gateway.stop()
+        await run
+        return (f"session {s.mqtt_client_id} not drained within {timeout:g} s; what was stored "
+                "is acknowledged, the rest stays in the session: run drain again")
+    if gateway.drain_error:
+        return gateway.drain_error
+    if gateway.drain_report is None or not gateway.ingress.drained:
+        return f"stopped before session {s.mqtt_client_id} was drained; run drain again"
+    typer.echo(orjson.dumps({**gateway.drain_report, "session_ended": True}).decode())
+    return None
+
+
 async def _serve_ops(s: Settings, gateway) -> None:
     """The operator's port (/metrics, /healthz, /readyz) until the gateway stops."""
     import uvicorn

@@ -2,24 +2,85 @@
 
 It reconnects forever with the same client id and clean_start off, so that whatever the broker
 delivered but the gateway had not acknowledged (committed) comes again after any failure.
+
+Each process keeps a retained presence message at `<root>/$gateway/<client id>/presence`:
+"online" while connected, "offline" when it leaves or (its last will) vanishes. It tells operators
+which client ids are in use, and `fleetgate drain` refuses an id that is online.
+
+Drain mode empties the session of a gateway process retired for good and then ends it. Mosquitto
+keeps a persistent session in a shared subscription's round-robin while its process is away, so
+the retired client id keeps collecting telemetry that no one reads until the session expires and
+the broker discards it. Draining resumes that session, leaves the shared subscription (nothing new
+is routed to it), and publishes a marker to a topic only this session subscribes to: the broker
+queues the marker behind everything it holds for the session, so once the marker has arrived and
+everything before it is committed and acknowledged, the session is empty and is ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
+
 from fleetgate.logs import fields
-from fleetgate.mqtt import Message, MqttClient, PersistentSession
+from fleetgate.mqtt import Message, MqttClient, PersistentSession, Will
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Inbound, IngestPipeline
 
 log = logging.getLogger("fleetgate.mqtt_ingress")
 
 _KINDS = frozenset(("telemetry", "event", "status"))
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code
+
+
+class DrainError(RuntimeError):
+    """A session cannot be drained (its client id is in use)."""
+
+
+def presence_topic(topic_root: str, client_id: str) -> str:
+    return f"{topic_root}/$gateway/{client_id}/presence"
+
+
+def _presence(state: str, client_id: str) -> bytes:
+    return orjson.dumps({"state": state, "client_id": client_id, "pid": os.getpid(),
+                         "host": socket.gethostname(), "t": int(time.time() * 1000)})
+
+
+async def read_presence(host: str, port: int, topic_root: str, client_id: str, *,
+                        username: str | None = None, password: str | None = None,
+                        protocol: int = 5, wait_s: float = 1.0) -> dict | None:
+    """The retained presence of the gateway process with this client id, None if there is none.
+    Reads it on a throw-away connection of its own (clean, no session left behind)."""
+    got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def on_messages(messages: list[Message]) -> None:
+        for m in messages:
+            if not got.done():
+                got.set_result(m.payload)
+
+    probe = MqttClient(host, port, client_id=f"fleetgate-probe-{secrets.token_hex(6)}",
+                       protocol=protocol, username=username, password=password,
+                       on_messages=on_messages)
+    await probe.connect()
+    try:
+        await probe.subscribe([(presence_topic(topic_root, client_id), 1)])
+        payload = await asyncio.wait_for(got, wait_s)  # retained: sent right after the SUBACK
+    except TimeoutError:
+        return None
+    finally:
+        await probe.disconnect()
+    try:
+        return orjson.loads(payload) if payload else None
+    except orjson.JSONDecodeError:
+        return {"state": "unknown", "payload": payload[:200].decode("utf-8", "replace")}
 
 
 class MqttIngress:
@@ -39,6 +100,7 @@ class MqttIngress:
         username: str | None = None,
         password: str | None = None,
         metrics: GatewayMetrics,
+        drain: bool = False,
     ) -> None:
         self._pipeline = pipeline
         self._root = topic_root
@@ -46,12 +108,28 @@ class MqttIngress:
         self._shared_group = shared_group
         self._metrics = metrics
         self._paused = False
+        self.draining = drain
+        # Drain mode: the marker's topic and this run's payload prefix; the marker seen on the
+        # current connection, as its acknowledgement token.
+        self._marker_topic = f"{topic_root}/$drain/{client_id}/marker"
+        self._marker_nonce = secrets.token_hex(8)
+        self._marker: tuple[int, int, int] | None = None
+        self.marker_arrived = asyncio.Event()
+        self.drained = False
+        self.drain_error: str | None = None
+        self.session_present: bool | None = None
+        self._client_id = client_id
+        self._presence_topic = presence_topic(topic_root, client_id)
         self._session = PersistentSession(
-            host=host, port=port, client_id=client_id, subscriptions=self.subscriptions,
+            host=host, port=port, client_id=client_id,
+            subscriptions=(lambda: [(self._marker_topic, 1)]) if drain else self.subscriptions,
+            unsubscribe=(lambda: [f for f, _ in self.subscriptions()]) if drain else None,
             on_messages=self._on_messages, protocol=protocol, keepalive_s=keepalive_s,
             session_expiry_s=session_expiry_s, receive_maximum=receive_maximum,
             username=username, password=password, on_up=self._connection_up,
-            on_down=self._connection_gone, log=log)
+            on_down=self._connection_gone, log=log,
+            will=None if drain else Will(self._presence_topic, _presence("offline", client_id),
+                                         qos=1, retain=True))
         self.subscribed = self._session.subscribed
 
     def subscriptions(self) -> list[tuple[str, int]]:
@@ -73,9 +151,53 @@ class MqttIngress:
         if self._paused:
             client.pause_reading()
         self._metrics.broker_connected.set(1)
+        if not self.draining:
+            self._publish_quietly(client, self._presence_topic,
+                                  _presence("online", self._client_id), retain=True)
+        else:
+            if self.session_present is None:  # what the first connection found
+                self.session_present = client.session_present
+            self._marker = None
+            self.marker_arrived.clear()
+            self._publish_quietly(client, self._marker_topic, self._marker_payload())
+
+    @staticmethod
+    def _publish_quietly(client: MqttClient, topic: str, payload: bytes,
+                         retain: bool = False) -> asyncio.Future:
+        """Publish QoS 1; a connection lost first publishes it again on the next one."""
+        sent = client.publish(topic, payload, qos=1, retain=retain)
+        sent.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return sent
+
+    def _marker_payload(self) -> bytes:
+        return f"{self._marker_nonce}:{self._session.generation}".encode()
+
+    @property
+    def last_error(self) -> Exception | None:
+        return self._session.last_error
+
+    async def finish_drain(self) -> bool:
+        """Drain mode: once the marker has arrived, wait until everything before it is committed
+        and acknowledged. Returns True when the session is empty (end it with disconnect()),
+        False when the connection was lost meanwhile (wait for the next marker)."""
+        await self.marker_arrived.wait()
+        if self.drain_error is not None:
+            raise DrainError(self.drain_error)
+        await self._pipeline.flush()
+        marker = self._marker
+        if marker is None or marker[0] != self._session.generation:
+            return False
+        self._session.acknowledge([marker])
+        self.drained = True
+        return True
 
     def _connection_gone(self, generation: int) -> None:
         self._metrics.broker_connected.set(0)
+        if self.draining and getattr(self.last_error, "reason_code", None) == SESSION_TAKEN_OVER:
+            self.drain_error = (f"another connection took client id {self._session.client_id} "
+                                "over: a gateway process still runs with it; stop that process "
+                                "first (its session keeps what it has not acknowledged)")
+            self.marker_arrived.set()  # wakes finish_drain
         # What this connection delivered and nobody committed yet comes again on the next one:
         # drop it rather than write it twice.
         dropped = self._pipeline.discard_pending("mqtt", lambda tok, g=generation: tok[0] != g)
@@ -83,9 +205,19 @@ class MqttIngress:
             log.info("pending_dropped_for_redelivery", extra=fields(messages=dropped))
 
     async def disconnect(self) -> None:
-        """Leave the broker cleanly (the session stays, so nothing unacknowledged is lost)."""
+        """Leave the broker cleanly (the session stays, so nothing unacknowledged is lost); a
+        drained session is ended."""
         self._metrics.broker_connected.set(0)
-        await self._session.disconnect()
+        client = self._session.client
+        if client is not None:  # offline now (a drained id: retired, its presence cleared)
+            payload = b"" if self.drained else _presence("offline", self._client_id)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._publish_quietly(
+                    client, self._presence_topic, payload, retain=True), 5.0)
+        if self.drained:
+            await self._session.end()
+        else:
+            await self._session.disconnect()
 
     def pause(self) -> None:
         """Stop reading from the broker (graceful shutdown, backpressure)."""
@@ -107,6 +239,11 @@ class MqttIngress:
         prefix, plen, submit = self._prefix, len(self._prefix), self._pipeline.submit
         for m in messages:
             topic = m.topic
+            if topic == self._marker_topic:  # drain mode's marker: stored nowhere
+                if self.draining and m.payload == self._marker_payload():
+                    self._marker = (generation, m.mid, m.qos)
+                    self.marker_arrived.set()
+                continue
             if topic.startswith(prefix):
                 device_id, _, kind = topic[plen:].partition("/")
             else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ from gateway.coap import CoapIngress
 from gateway.dispatcher_lease import DispatcherLease, LeaseLost
 from gateway.handover import StateHandover
 from gateway.metrics import GatewayMetrics
-from gateway.mqtt_ingress import MqttIngress
+from gateway.mqtt_ingress import DrainError, MqttIngress
 from gateway.pipeline import DeviceRegistry, IngestPipeline, PipelineLimits
 from gateway.stages import BatteryStage, GeofenceStage
 from geofence import Hysteresis, SpeedCapChange
@@ -74,6 +75,9 @@ class GatewayConfig:
     geofence_margin_m: float = 10.0
     geofence_fixes: int = 2
     fleet_gauges_s: float = 15.0  # how often fleetgate_devices_online is counted
+    # Drain mode (`fleetgate drain`): store what the broker holds for mqtt_client_id's session
+    # (a process retired for good), end that session and stop. No commands, no CoAP.
+    drain: bool = False
 
     @classmethod
     def from_settings(cls, s, database_url: str, mqtt_host: str, mqtt_port: int) -> GatewayConfig:
@@ -121,6 +125,9 @@ class Gateway:
         self.handover: StateHandover | None = None
         self.lease: DispatcherLease | None = None
         self.ready = asyncio.Event()
+        # Drain mode: what the drain did, or why the session could not be drained.
+        self.drain_report: dict | None = None
+        self.drain_error: str | None = None
         # Called with the vehicles whose stored state a commit changed (the API's live feed).
         self.change_listeners: list[Callable[[set[int]], None]] = []
         # Called with the CommandService when this process starts dispatching, None when it
@@ -152,7 +159,7 @@ class Gateway:
         vehicles, t, lat, lon = await self._retry(store.load_last_fixes)
         plausibility.restore(vehicles, t, lat, lon)
         await self._retry(self._maintain)
-        if cfg.commands_enabled:
+        if cfg.commands_enabled and not cfg.drain:
             self.lease = DispatcherLease(cfg.database_url, check_s=cfg.commands_lease_check_s)
             started = False
             if await self.lease.try_acquire():
@@ -195,9 +202,10 @@ class Gateway:
             topic_root=cfg.mqtt_topic_root, shared_group=cfg.mqtt_shared_group,
             protocol=cfg.mqtt_protocol, keepalive_s=cfg.mqtt_keepalive_s,
             session_expiry_s=cfg.mqtt_session_expiry_s, receive_maximum=cfg.mqtt_receive_maximum,
-            username=cfg.mqtt_username, password=cfg.mqtt_password, metrics=self.metrics)
+            username=cfg.mqtt_username, password=cfg.mqtt_password, metrics=self.metrics,
+            drain=cfg.drain)
         ingress_box.append(ingress)
-        if cfg.coap_enabled:
+        if cfg.coap_enabled and not cfg.drain:
             self.coap = CoapIngress(
                 pipeline, DeviceCredentials(store).verify, metrics=self.metrics,
                 host=cfg.coap_host, port=cfg.coap_port, path_root=cfg.mqtt_topic_root,
@@ -219,6 +227,8 @@ class Gateway:
             self._every(cfg.fleet_gauges_s, self._count_fleet, first_after_s=0.0))]
         if self.lease is not None:
             chores.append(asyncio.create_task(self._hold_dispatcher_lease(), name="lease"))
+        if cfg.drain:
+            chores.append(asyncio.create_task(self._drain(ingress), name="drain"))
         self.ready.set()
         try:
             await self._stop.wait()
@@ -313,6 +323,25 @@ class Gateway:
                 log.warning("commands_start_failed", extra=fields(error=repr(exc)[:300]))
                 with contextlib.suppress(Exception):
                     await lease.release()
+
+    async def _drain(self, ingress: MqttIngress) -> None:
+        """Drain mode: stop once the session is empty; the graceful stop then ends it."""
+        started = time.monotonic()
+        try:
+            while not await ingress.finish_drain():
+                pass
+        except DrainError as exc:
+            self.drain_error = str(exc)
+            log.error("drain_failed", extra=fields(client_id=self.config.mqtt_client_id,
+                                                   error=self.drain_error))
+        else:
+            self.drain_report = dict(
+                client_id=self.config.mqtt_client_id, session_present=ingress.session_present,
+                samples_stored=_total(self.metrics.samples_stored),
+                rejected=_total(self.metrics.samples_rejected),
+                seconds=round(time.monotonic() - started, 3))
+            log.info("session_drained", extra=fields(**self.drain_report))
+        self.stop()
 
     async def _maintain(self) -> None:
         report = await self.store.maintain()

@@ -6,6 +6,8 @@ command dispatcher among them."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import orjson
@@ -14,9 +16,11 @@ import pytest
 
 from fleetgate.embedded import free_port
 from fleetgate.mqtt import MqttClient
+from gateway.mqtt_ingress import read_presence
 from gateway.pipeline import Inbound
 from telemetry.store import TelemetryStore
 from tests.harness import (
+    REPO,
     GatewayProcess,
     count_positions,
     eventually,
@@ -274,3 +278,104 @@ async def _watch(a, b, seen: set) -> None:
     while True:
         seen.add((a.commands is not None, b.commands is not None))
         await asyncio.sleep(0.01)
+
+
+def drain_cli(gw: GatewayProcess, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    """`fleetgate drain <gw's client id>` as an operator runs it, with gw's settings."""
+    env = {**gw.env, "FLEETGATE_METRICS_PORT": "0"}
+    return subprocess.run([sys.executable, "-m", "fleetgate.cli", "drain",
+                           env["FLEETGATE_MQTT_CLIENT_ID"], "--timeout", str(timeout_s)],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s + 30)
+
+
+async def session_present(broker, client_id: str) -> bool:
+    """Whether the broker holds a session for client_id (the probe leaves none behind)."""
+    probe = MqttClient(broker.host, broker.port, client_id=client_id, clean_start=False,
+                       session_expiry_s=60)
+    present = await probe.connect()
+    await probe.disconnect(session_expiry_s=0)
+    return present
+
+
+async def test_draining_a_retired_process_stores_what_its_session_held_and_ends_it(
+        mosquitto, pg_dsn, topic_root, tmp_path):
+    await register(pg_dsn, DEVICES)
+    a, b = processes(pg_dsn, mosquitto, topic_root, tmp_path, "gw-keep", "gw-retired")
+    try:
+        for gw in (a, b):
+            gw.start()
+        await asyncio.gather(a.wait_subscribed(), b.wait_subscribed())
+        assert b.terminate() == 0  # retired for good: its session stays in the shared group
+        clients, stream, publishing = await start_stream(mosquitto, topic_root, 40, 50)
+        await publishing
+        total = len(stream.acked)
+        assert total == 20 * 40
+        await eventually(lambda: _at_least(pg_dsn, total // 3), what="A's share stored")
+        await asyncio.sleep(1.0)
+        held = total - await count_positions(pg_dsn)
+        assert held > total // 3, "Mosquitto queued a share for the retired process's session"
+
+        done = await asyncio.to_thread(drain_cli, b)
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = orjson.loads(done.stdout.strip().splitlines()[-1])
+        assert report["session_present"] is True and report["session_ended"] is True
+        assert report["samples_stored"] == held and report["rejected"] == 0
+        keys = await stored_keys(pg_dsn)
+        assert set(keys) == stream.acked and len(keys) == total, "every sample, once"
+
+        # The session is gone: nothing is routed to it any more, A gets every new sample.
+        assert not await session_present(mosquitto, "gw-retired")
+        assert await read_presence(mosquitto.host, mosquitto.port, topic_root, "gw-retired",
+                                   wait_s=0.5) is None, "a retired id's presence is cleared"
+        more = Stream(clients, topic_root, stream.t0 + 3_600_000)
+        await more.run(per_device=10, rate_hz=50)
+        await eventually(lambda: _at_least(pg_dsn, total + 200), what="A stored all new samples")
+        assert len(await stored_keys(pg_dsn)) == total + 200
+        # Draining an id without a session finds nothing and leaves nothing behind.
+        again = await asyncio.to_thread(drain_cli, b)
+        assert again.returncode == 0, again.stderr[-3000:]
+        report = orjson.loads(again.stdout.strip().splitlines()[-1])
+        assert report["session_present"] is False and report["samples_stored"] == 0
+        assert not await session_present(mosquitto, "gw-retired")
+        await close_devices(clients)
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_a_client_id_still_in_use_is_not_drained_and_its_process_loses_nothing(
+        mosquitto, pg_dsn, topic_root, tmp_path):
+    await register(pg_dsn, DEVICES)
+    (a,) = processes(pg_dsn, mosquitto, topic_root, tmp_path, "gw-live")
+    try:
+        a.start()
+        await a.wait_subscribed()
+
+        async def presence() -> dict:
+            return await read_presence(mosquitto.host, mosquitto.port, topic_root, "gw-live")
+
+        await eventually(lambda: _is(presence(), "online"), what="A's presence online")
+        assert (await presence())["pid"] == a.proc.pid
+        done = await asyncio.to_thread(drain_cli, a)
+        assert done.returncode == 1
+        assert "gw-live is online" in done.stderr and "still runs" in done.stderr, done.stderr
+        # A took its session back with its subscriptions: it still stores everything.
+        clients, stream, publishing = await start_stream(mosquitto, topic_root, 10, 50)
+        await publishing
+        await eventually(lambda: _at_least(pg_dsn, len(stream.acked)), what="A stored all")
+        assert len(await stored_keys(pg_dsn)) == len(stream.acked) == 200
+        assert a.proc.poll() is None
+        assert a.terminate() == 0
+        assert (await presence())["state"] == "offline", "a clean stop says so"
+        a.start()
+        await a.wait_subscribed()
+        await eventually(lambda: _is(presence(), "online"), what="A's presence online again")
+        a.kill()
+        await eventually(lambda: _is(presence(), "offline"), what="the last will: offline")
+        await close_devices(clients)
+    finally:
+        a.stop()
+
+
+async def _is(presence, state: str) -> bool:
+    return ((await presence) or {}).get("state") == state
