@@ -9,7 +9,9 @@ the stage has seen never drift apart, and a restarted gateway resumes from the d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -135,23 +137,58 @@ class BatteryStage:
     Persisting a vehicle's state (~2 KB) with every batch would cost more than the samples, so it
     is written with the history rows (at most every 15 min of sample time per vehicle, and at
     every pack swap and charging start or end) and for every vehicle on a graceful stop. After a
-    crash the core resumes from the stored state and treats the samples it had not stored as a
-    gap, which its estimators tolerate; it never counts them twice.
+    crash the stored state is behind the stored samples: at start the core replays the samples
+    committed after its state (up to replay_max_s of sample time and replay_max_samples in all),
+    writing again what they derive (events and history rows are unique, so nothing is doubled),
+    and continues as if it had not stopped. Samples beyond those limits are a gap, which the
+    estimators tolerate; nothing is ever counted twice.
     """
 
     name = "battery"
 
     def __init__(self, store: TelemetryStore, *,
                  types: Mapping[str, BatteryType] = DEFAULT_TYPES,
-                 policy: BatteryPolicy = BatteryPolicy()) -> None:
+                 policy: BatteryPolicy = BatteryPolicy(),
+                 replay_max_s: float = 3600.0, replay_max_samples: int = 2_000_000) -> None:
         self._store = store
         self.core = BatteryCore(types, policy=policy)
+        self.replay_max_ms = int(replay_max_s * 1000)
+        self.replay_max_samples = replay_max_samples
+        self.replayed = 0  # samples replayed at start
 
     async def start(self, devices: Mapping[str, Device]) -> None:
         self.set_devices(devices)
+        started = time.perf_counter()
         states, last_time = await self._store.load_vehicle_json("battery_state")
-        self.core.restore(states, last_time)
-        log.info("battery_state_loaded", extra=fields(vehicles_resumed=len(states)))
+        self.core.restore(states)  # each vehicle where its saved state left off
+        behind: dict[int, tuple[int, int]] = {}
+        for v, state in states.items():
+            saved_t, stored_t = int(state.get("t", -1)), last_time.get(v)
+            if stored_t is not None and stored_t > saved_t >= 0:
+                behind[v] = (max(saved_t, stored_t - self.replay_max_ms), stored_t)
+        # Older than the replay window: a gap before it.
+        self.core.restore({}, {v: since for v, (since, _) in behind.items()})
+        self.replayed = replayed = await self._replay(behind)
+        self.core.restore({}, last_time)  # whatever the replay did not reach: a gap
+        log.info("battery_state_loaded", extra=fields(
+            vehicles_resumed=len(states), vehicles_replayed=len(behind),
+            samples_replayed=replayed, seconds=round(time.perf_counter() - started, 3)))
+
+    async def _replay(self, behind: Mapping[int, tuple[int, int]]) -> int:
+        """Run the core over the stored samples of `behind` (vehicle -> (since, until] ms) and
+        store what it derives; returns how many samples it saw."""
+        seen = 0
+        async with contextlib.aclosing(self._store.samples_between(behind)) as batches:
+            async for batch in batches:
+                if seen + len(batch) > self.replay_max_samples:
+                    break
+                seen += len(batch)
+                out = self.process(batch)
+                if out.events or out.derived:
+                    await self._store.write(TelemetryBatch.empty(), out.events, out.derived)
+        if seen:  # a second crash need not replay this again
+            await self.save(list(behind))
+        return seen
 
     def set_devices(self, devices: Mapping[str, Device]) -> None:
         known = [d for d in devices.values() if d.vehicle_type in self.core.types]
@@ -177,9 +214,9 @@ class BatteryStage:
             derived.vehicle_json["battery_state"] = self.core.export_state(history.vehicle.tolist())
         return StageOutput(events=update.events, derived=derived)
 
-    async def save(self) -> None:
+    async def save(self, vehicles: Sequence[int] | None = None) -> None:
         """Store every vehicle's state (graceful stop): a restart then continues seamlessly."""
-        await self._store.save_vehicle_json("battery_state", self.core.export_state())
+        await self._store.save_vehicle_json("battery_state", self.core.export_state(vehicles))
 
 
 def merge_outputs(outputs: Iterable[StageOutput]) -> StageOutput:
