@@ -19,7 +19,6 @@ everything before it is committed and acknowledged, the session is empty and is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -210,10 +209,10 @@ class MqttIngress:
         self._metrics.broker_connected.set(0)
         client = self._session.client
         if client is not None:  # offline now (a drained id: retired, its presence cleared)
-            payload = b"" if self.drained else _presence("offline", self._client_id)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._publish_quietly(
-                    client, self._presence_topic, payload, retain=True), 5.0)
+            # Not awaited: reading may be paused (graceful stop), and the broker handles it before
+            # it answers the PINGREQ that disconnect sends first.
+            self._publish_quietly(client, self._presence_topic, b"" if self.drained
+                                  else _presence("offline", self._client_id), retain=True)
         if self.drained:
             await self._session.end()
         else:
