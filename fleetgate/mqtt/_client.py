@@ -290,31 +290,28 @@ class MqttClient:
 
     async def subscribe(self, topics: list[tuple[str, int]]) -> list[int]:
         """Subscribe; returns the granted QoS per topic, raises MqttError if any is refused."""
-        if not self._connected:
-            raise ConnectionLost(f"not connected to {self.host}:{self.port}")
-        mid = self._take_mid()
-        fut = self._subacks[mid] = self._loop.create_future()
-        self._send(encode_subscribe(mid, topics, self.protocol))
-        codes = await fut
-        refused = [(t, c) for (t, _), c in zip(topics, codes) if c >= 0x80]
-        if refused:
-            raise MqttError("subscription refused: " + ", ".join(
-                f"{t} ({reason_name(c)})" for t, c in refused), refused[0][1])
-        return codes
+        return await self._request(lambda mid: encode_subscribe(mid, topics, self.protocol),
+                                   [t for t, _ in topics], "subscription")
 
     async def unsubscribe(self, filters: list[str]) -> list[int]:
         """Unsubscribe; returns the broker's reason code per filter (MQTT 5: 0x11 when there was
         no such subscription; MQTT 3.1.1 gives none: an empty list). Refusals raise MqttError."""
+        return await self._request(lambda mid: encode_unsubscribe(mid, filters, self.protocol),
+                                   filters, "unsubscribe")
+
+    async def _request(self, encode: Callable[[int], bytes], names: list[str],
+                       what: str) -> list[int]:
+        """Send a (UN)SUBSCRIBE built by encode(packet id) and await its reason codes."""
         if not self._connected:
             raise ConnectionLost(f"not connected to {self.host}:{self.port}")
         mid = self._take_mid()
         fut = self._subacks[mid] = self._loop.create_future()
-        self._send(encode_unsubscribe(mid, filters, self.protocol))
+        self._send(encode(mid))
         codes = await fut
-        refused = [(f, c) for f, c in zip(filters, codes) if c >= 0x80]
+        refused = [(n, c) for n, c in zip(names, codes) if c >= 0x80]
         if refused:
-            raise MqttError("unsubscribe refused: " + ", ".join(
-                f"{f} ({reason_name(c)})" for f, c in refused), refused[0][1])
+            raise MqttError(f"{what} refused: " + ", ".join(
+                f"{n} ({reason_name(c)})" for n, c in refused), refused[0][1])
         return codes
 
     def ack(self, mids: Iterable[int]) -> None:
