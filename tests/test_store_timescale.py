@@ -144,3 +144,24 @@ async def test_maintain_reports_timescaledb_jobs_whose_last_run_failed(timescale
         mine = [j for j in report.failing_jobs if f"job {job} " in j]
         assert mine and "the disk is full" in mine[0]
         assert "failing:" in str(report)
+
+
+async def test_samples_between_reads_compressed_and_uncompressed_chunks(timescale_dsn):
+    from tests.test_store import assert_samples_between_reads_back_what_was_written
+
+    async def compress_every_chunk() -> None:
+        async with await psycopg.AsyncConnection.connect(timescale_dsn, autocommit=True) as conn:
+            await conn.execute("SELECT compress_chunk(c, if_not_compressed => true) "
+                               "FROM show_chunks('positions') c")
+        (row,) = await fetch(timescale_dsn, "SELECT count(*) AS n FROM "
+                                            "timescaledb_information.chunks WHERE "
+                                            "hypertable_name = 'positions' AND is_compressed")
+        assert row["n"] >= 1
+
+    async with await TelemetryStore.open(timescale_dsn) as store:
+        vehicles = await registered(store, 3)
+        # What a replay may meet: samples in a compressed chunk, and in a chunk being written.
+        await assert_samples_between_reads_back_what_was_written(
+            store, vehicles, now_ms() - 3 * DAY_MS, before_read=compress_every_chunk)
+        await assert_samples_between_reads_back_what_was_written(
+            store, vehicles, now_ms() - 2 * HOUR_MS)
