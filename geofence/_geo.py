@@ -26,7 +26,7 @@ def circle_d2(lon: np.ndarray, lat: np.ndarray, lon0, lat0, kx, ky) -> np.ndarra
     """Squared distance in m² from the centre, in the centre's equirectangular frame.
 
     This expression *is* the definition of a circle zone: a point is inside iff
-    circle_d2(...) < radius_m ** 2, evaluated in float64 exactly as written here. The index and the
+    circle_d2(...) < radius_m * radius_m, evaluated in float64 exactly as written here. The index and the
     test oracle both call this function, so they agree bit for bit.
     """
     dx = (lon - lon0) * kx

@@ -138,7 +138,10 @@ class ZoneIndex:
             if z.is_circle:
                 lon0, lat0 = z.geometry.coordinates
                 kx, ky = circle_frame(lon0, lat0)
-                params[i] = lon0, lat0, kx, ky, z.geometry.radius_m ** 2
+                r = z.geometry.radius_m
+                # r * r, not r ** 2: a product is correctly rounded everywhere, pow() is not
+                # (it is 1 ulp off for some radii, which moves points exactly on the circle).
+                params[i] = lon0, lat0, kx, ky, r * r
         return params
 
     def _build(self, cells: int | None) -> None:
