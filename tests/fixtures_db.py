@@ -79,6 +79,19 @@ class Server:
             conn.execute(query)
         return name
 
+    def seal_template(self, name: str) -> None:
+        """Let nobody connect to a template any more, and end whoever is connected.
+
+        CREATE DATABASE ... TEMPLATE fails while any session is on the template, and a server
+        that preloads timescaledb starts a scheduler in every database that accepts connections
+        (to see whether the extension is there), at moments of its own choosing.
+        """
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
+                sql.Identifier(name)))
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = %s AND pid <> pg_backend_pid()", [name])
+
     def drop_database(self, name: str) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
@@ -133,6 +146,7 @@ def native_template(pg_server: Server) -> Iterator[str]:
     name = pg_server.create_database("fgtmpl")
     try:
         run_async(migrate(dsn_for(pg_server.dsn, name), storage="native"))
+        pg_server.seal_template(name)
         yield name
     finally:
         pg_server.drop_database(name)
