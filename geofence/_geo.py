@@ -26,12 +26,19 @@ def circle_d2(lon: np.ndarray, lat: np.ndarray, lon0, lat0, kx, ky) -> np.ndarra
     """Squared distance in m² from the centre, in the centre's equirectangular frame.
 
     This expression *is* the definition of a circle zone: a point is inside iff
-    circle_d2(...) < radius_m * radius_m, evaluated in float64 exactly as written here. The index and the
-    test oracle both call this function, so they agree bit for bit.
+    circle_d2(...) < circle_r2(radius_m), evaluated in float64 exactly as written here. The index
+    and the test oracle both call these functions, so they agree bit for bit.
     """
     dx = (lon - lon0) * kx
     dy = (lat - lat0) * ky
     return dx * dx + dy * dy
+
+
+def circle_r2(radius_m: float) -> float:
+    """The radius squared, by multiplication: a product is correctly rounded everywhere, while
+    radius_m ** 2 goes through C pow(), which is one ulp off for some radii (43351.3837688072 m)
+    and so moves points that lie exactly on the circle."""
+    return radius_m * radius_m
 
 
 def circle_ring(lon0: float, lat0: float, radius_m: float, vertices: int = 64) -> np.ndarray:

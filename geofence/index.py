@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 
-from geofence._geo import M_PER_DEG, circle_d2, circle_frame, segment_distance_m
+from geofence._geo import M_PER_DEG, circle_d2, circle_frame, circle_r2, segment_distance_m
 from geofence.zones import Zone
 
 # Every cell is treated as if it were PAD cells larger on each side. A point's cell comes from one
@@ -138,10 +138,7 @@ class ZoneIndex:
             if z.is_circle:
                 lon0, lat0 = z.geometry.coordinates
                 kx, ky = circle_frame(lon0, lat0)
-                r = z.geometry.radius_m
-                # r * r, not r ** 2: a product is correctly rounded everywhere, pow() is not
-                # (it is 1 ulp off for some radii, which moves points exactly on the circle).
-                params[i] = lon0, lat0, kx, ky, r * r
+                params[i] = lon0, lat0, kx, ky, circle_r2(z.geometry.radius_m)
         return params
 
     def _build(self, cells: int | None) -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from benchmarks.geofence import city_points, city_zones, shapely_contains_xy
 from geofence import Membership, Zone, ZoneIndex, ZoneSet
-from geofence._geo import circle_d2, circle_frame
+from geofence._geo import circle_d2, circle_frame, circle_r2
 from telemetry.plausibility import haversine_m
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -105,7 +105,7 @@ def oracle(zones: list[Zone], lat, lon) -> np.ndarray:
     for z, zone in enumerate(zones):
         if zone.is_circle:
             (clon, clat), r = zone.geometry.coordinates, zone.geometry.radius_m
-            inside = circle_d2(lon, lat, clon, clat, *circle_frame(clon, clat)) < r * r
+            inside = circle_d2(lon, lat, clon, clat, *circle_frame(clon, clat)) < circle_r2(r)
         else:
             inside = shapely.contains_xy(zone.shape, lon, lat)
         idx = np.flatnonzero(inside)
