@@ -9,7 +9,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from battery import COLUMNS
+from battery import COLUMNS, BatteryPolicy
 from firmware_sim import CAR, EBIKE, FleetModel
 from firmware_sim.payloads import JSON, encode_batch, encode_samples
 from fleetgate.mqtt import MqttClient
@@ -23,10 +23,13 @@ DEVICES = [("car-1", "veh-car-1", "car"), ("bike-2", "veh-bike-2", "ebike"),
            ("car-3", "veh-car-3", "car")]
 
 
-def simulated_hours(hours: float, step_s: float = 10.0) -> list[list[bytes]]:
-    """Per step, one JSON sample payload per vehicle: a few hours of a seeded fleet, ending now."""
+def simulated_hours(hours: float, step_s: float = 10.0,
+                    end_ms: int | None = None) -> list[list[bytes]]:
+    """Per step, one JSON sample payload per vehicle: a few hours of a seeded fleet, ending at
+    end_ms (now by default)."""
     steps = int(hours * 3600 / step_s)
-    model = FleetModel(KINDS, seed=7, start_ms=int(time.time() * 1000) - steps * int(step_s * 1000))
+    end_ms = int(time.time() * 1000) if end_ms is None else end_ms
+    model = FleetModel(KINDS, seed=7, start_ms=end_ms - steps * int(step_s * 1000))
     encodings = np.full(len(KINDS), JSON)
     return [encode_samples(model.step(step_s), encodings) for _ in range(steps)]
 
@@ -140,7 +143,14 @@ async def test_after_a_crash_the_battery_core_replays_what_was_committed_after_i
     from telemetry.store import TelemetryStore
 
     await register(pg_dsn, DEVICES)
-    steps = simulated_hours(5)[:-37]  # ends between two 15-minute history rows
+    # History rows (and with them the saved states) fall due when a vehicle's samples cross a
+    # 15-minute boundary of epoch time, so the timeline is placed on that grid: the last sample
+    # is 370 s before a boundary and 530 s after the last history row. Ending at an arbitrary
+    # wall-clock time, the final batch would now and then cross a boundary itself and save
+    # states that include every sample, leaving nothing to replay.
+    interval = int(BatteryPolicy().history_interval_s * 1000)
+    end_ms = int(time.time() * 1000) // interval * interval
+    steps = simulated_hours(5, end_ms=end_ms)[:-37]
     cfg = gateway_config(pg_dsn, mosquitto, topic_root)
     async with running_gateway(cfg) as (gw, reg):
         await publish_steps(mosquitto, topic_root, steps, reg, chunk=40)
