@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import orjson
 import pytest
@@ -18,7 +19,15 @@ RULE = {"ride_start_allowed": False, "ride_end_allowed": False, "ride_through_al
 
 
 def run(*args: str, env: dict | None = None, input: str | None = None):
-    return RUNNER.invoke(app, list(args), env=env, input=input, catch_exceptions=False)
+    """The command in this process. Its setup_logging points the root logger at the runner's
+    stderr, which is closed afterwards; the root logger is put back so that later tests do not
+    log into a closed file."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        return RUNNER.invoke(app, list(args), env=env, input=input, catch_exceptions=False)
+    finally:
+        root.handlers[:], root.level = handlers, level
 
 
 def gbfs_doc(*features) -> dict:
