@@ -191,11 +191,13 @@ async def test_a_rolling_restart_loses_and_duplicates_nothing(
 
 
 async def publish_samples(broker, root: str, device_id: str, samples: list[dict],
-                          rate_hz: float = 50.0) -> None:
+                          rate_hz: float = 50.0, buffered: bool = False) -> None:
+    """One message per sample at rate_hz, or (buffered) all of them in one batch payload, as a
+    TCU uploads what it held while offline."""
     dev = MqttClient(broker.host, broker.port, client_id=device_id)
     await dev.connect()
-    for s in samples:
-        await dev.publish(f"{root}/{device_id}/telemetry", orjson.dumps(s), qos=1)
+    for payload in [samples] if buffered else samples:
+        await dev.publish(f"{root}/{device_id}/telemetry", orjson.dumps(payload), qos=1)
         await asyncio.sleep(1 / rate_hz)
     await dev.disconnect()
 
@@ -211,7 +213,10 @@ async def test_a_killed_process_hands_its_vehicle_over_without_false_events(
     try:
         a.start()
         await a.wait_subscribed()
-        await publish_samples(mosquitto, topic_root, "bike-1", track[:40])  # A alone: enters
+        # A alone: the ride into the zone, in one upload. The battery state A saves with it
+        # has then seen 40 samples; sent one by one, a first 50 ms batch that held a single
+        # sample (a publisher stalled for a moment) saved a state with nothing integrated yet.
+        await publish_samples(mosquitto, topic_root, "bike-1", track[:40], buffered=True)
         await eventually(lambda: _at_least(pg_dsn, 40), what="A stored the ride into the zone")
         _, battery_at_kill = await stored_json(pg_dsn, v)
         a.kill()
