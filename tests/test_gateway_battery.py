@@ -145,7 +145,8 @@ async def test_after_a_crash_the_battery_core_replays_what_was_committed_after_i
     await register(pg_dsn, DEVICES)
     # History rows (and with them the saved states) fall due when a vehicle's samples cross a
     # 15-minute boundary of epoch time, so the timeline is placed on that grid: the last sample
-    # is 370 s before a boundary and 530 s after the last history row. Ending at an arbitrary
+    # is 370 s before the next boundary and 530 s after the previous one, which the chunk ending
+    # 430 s before the last sample crosses; the chunks after it cross none. Ending at an arbitrary
     # wall-clock time, the final batch would now and then cross a boundary itself and save
     # states that include every sample, leaving nothing to replay.
     interval = int(BatteryPolicy().history_interval_s * 1000)
