@@ -594,14 +594,14 @@ def demo(
     misbehave: Annotated[bool, typer.Option(help="devices send duplicates, garbage, out-of-order "
                                             "uploads and drop their connections now and then")] = False,
     api_port: Annotated[int | None, typer.Option(
-        min=0, max=65535, help="HTTP API and live map [default: FLEETGATE_API_PORT, 8080; 0: off]",
+        min=0, max=65535, help="HTTP API and live map (default: FLEETGATE_API_PORT, else 8080; 0: off)",
         show_default=False)] = None,
     metrics_port: Annotated[int | None, typer.Option(
-        min=0, max=65535, help="the operator's port: /metrics, /healthz, /readyz [default: "
-        "FLEETGATE_METRICS_PORT, 9108; 0: off]", show_default=False)] = None,
+        min=0, max=65535, help="the operator's port: /metrics, /healthz, /readyz (default: "
+        "FLEETGATE_METRICS_PORT, else 9108; 0: off)", show_default=False)] = None,
     coap_port: Annotated[int | None, typer.Option(
-        min=1, max=65535, help="CoAP over UDP [default: FLEETGATE_COAP_PORT, 5683; "
-        "FLEETGATE_COAP_ENABLED=false: off]", show_default=False)] = None,
+        min=1, max=65535, help="CoAP over UDP (default: FLEETGATE_COAP_PORT, else 5683; "
+        "FLEETGATE_COAP_ENABLED=false: off)", show_default=False)] = None,
     report_every: Annotated[float, typer.Option(min=0.5, help="seconds between status lines")] = 5.0,
 ) -> None:
     """Gateway + a simulated fleet, on embedded PostgreSQL and Mosquitto unless configured.
