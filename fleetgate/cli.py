@@ -138,11 +138,16 @@ def run(
     migrate: Annotated[bool, typer.Option(help="apply migrations before starting")] = True,
 ) -> None:
     """Run the gateway (MQTT ingress into the telemetry store) until SIGTERM/SIGINT."""
+    from gateway.service import GatewayFailed
+
     s = load_settings()
     setup_logging(s.log_level, s.log_format)
     services = resolve_services(s)
     try:
         asyncio.run(_run_gateway(s, services, migrate=migrate))
+    except GatewayFailed as exc:  # logged with its traceback as gateway_failed
+        typer.echo(f"fleetgate: the gateway failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
     finally:
         services.close()
 
