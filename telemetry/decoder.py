@@ -1,7 +1,7 @@
 """Decode many raw telemetry payloads into one validated columnar batch.
 
-Parsing is one orjson call for all JSON payloads of a batch where it can be; type and range checks
-run on whole columns with numpy. Every rejected sample gets exactly one reason of REASONS.
+Each payload is parsed on its own; type and range checks run on whole columns with numpy. Every
+rejected sample gets exactly one reason of REASONS, the one it would get decoded alone.
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ _NUMBER_FIELDS = ("lat", "lon", *FLOAT_COLUMNS, "odometer_m")
 _RANGES = (("lat", LAT_RANGE, "lat_out_of_range"), ("lon", LON_RANGE, "lon_out_of_range"),
            ("soc_pct", SOC_RANGE, "soc_out_of_range"), ("speed_kmh", SPEED_RANGE, "speed_out_of_range"),
            ("heading_deg", HEADING_RANGE, "heading_out_of_range"))
+_INT64 = (-2**63, 2**63 - 1)
+# The smallest integer that float64 rounds to infinity: from here on a number is a wrong_type.
+_FLOAT64_OVERFLOW = 2**1024 - 2**970
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +151,14 @@ def decode_telemetry(
 
 def _parse_messages(device_ids, payloads, registry, content_types, rejections,
                     senml_received_ms: np.ndarray | None = None):
-    """Parse every message; returns the sample objects and the message index of each.
+    """Parse every message on its own; returns the sample objects and the message index of each.
 
-    SenML packs become samples; their relative times count from the message's receipt
-    (senml_received_ms[i], RFC 8428's "now"). Where that is None (device events) a SenML
-    message is a bad_structure."""
-    encodings: list[str | None] = [None] * len(payloads)
-    json_msgs: list[int] = []
+    Never one parse for several payloads: joined, the fragments of one device's messages could
+    combine with another device's message into values handed to the wrong messages. SenML packs
+    become samples; their relative times count from the message's receipt (senml_received_ms[i],
+    RFC 8428's "now"). Where that is None (device events) a SenML message is a bad_structure."""
+    items: list[dict] = []
+    owner: list[int] = []
     for i, payload in enumerate(payloads):
         device_id = device_ids[i]
         if device_id not in registry:
@@ -170,33 +174,11 @@ def _parse_messages(device_ids, payloads, registry, content_types, rejections,
         if enc is None:
             rejections.add("unknown_encoding", i, f"first byte {payload[:1]!r}")
             continue
-        encodings[i] = enc
-        if enc == "json":
-            json_msgs.append(i)
-
-    parsed: dict[int, object] = {}
-    if json_msgs:
-        # One parse for all JSON payloads. A payload that is not one JSON value on its own either
-        # breaks the joined document or changes the item count; both fall back to one by one.
         try:
-            values = orjson.loads(b"[" + b",".join([payloads[i] for i in json_msgs]) + b"]")
-        except orjson.JSONDecodeError:
-            values = None
-        if values is not None and len(values) == len(json_msgs):
-            parsed = dict(zip(json_msgs, values))
-
-    items: list[dict] = []
-    owner: list[int] = []
-    for i, enc in enumerate(encodings):
-        if enc is None:
+            value = parse_payload(payload, enc)
+        except Exception as exc:  # cbor2 raises several types for garbage input
+            rejections.add(f"malformed_{_SYNTAX[enc]}", i, str(exc)[:200])
             continue
-        value = parsed.get(i, _MISSING) if enc == "json" else _MISSING
-        if value is _MISSING:
-            try:
-                value = parse_payload(payloads[i], enc)
-            except Exception as exc:  # cbor2 raises several types for garbage input
-                rejections.add(f"malformed_{_SYNTAX[enc]}", i, str(exc)[:200])
-                continue
         if enc.startswith("senml"):
             try:
                 if senml_received_ms is None:
@@ -220,9 +202,6 @@ def _parse_messages(device_ids, payloads, registry, content_types, rejections,
     return items, owner
 
 
-_MISSING = object()
-
-
 def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections) -> TelemetryBatch:
     n = len(items)
     reason = np.zeros(n, dtype=np.int8)  # 0 = valid, else 1 + index into SAMPLE_REASONS
@@ -237,20 +216,19 @@ def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections)
 
     batch = TelemetryBatch.empty(n)
 
-    # t: required integer.
+    # t: a required integer. Any integer is one; beyond int64 it is clamped to it, so that the
+    # time checks below find it in the future or too old, as they do any far-off t.
     t_col = [o.get("t") for o in items]
-    t_types = set(map(type, t_col))
-    if t_types <= {int}:
-        try:
-            batch.time_ms[:] = t_col
-        except OverflowError:
-            t_types = {object}
-    if not t_types <= {int}:
+    if not set(map(type, t_col)) <= {int}:
         missing = np.fromiter((v is None for v in t_col), bool, n)
         reject(missing, "missing_field", "t")
-        wrong = np.fromiter((type(v) is not int or not -2**62 < v < 2**62 for v in t_col), bool, n)
-        reject(wrong & ~missing, "wrong_type", "t")
-        batch.time_ms[:] = [v if reason[k] == 0 else 0 for k, v in enumerate(t_col)]
+        reject(np.fromiter((type(v) is not int for v in t_col), bool, n) & ~missing,
+               "wrong_type", "t")
+        t_col = [v if type(v) is int else 0 for v in t_col]
+    try:
+        batch.time_ms[:] = t_col
+    except OverflowError:
+        batch.time_ms[:] = [min(max(v, _INT64[0]), _INT64[1]) for v in t_col]
 
     # Numbers are read and range-checked in float64 before they meet their (often float32)
     # column: a tiny negative speed must fail as negative, not pass as -0.0.
@@ -308,8 +286,10 @@ def _number_column(items, name, reject) -> np.ndarray:
         except OverflowError:
             types = {object}
     if not types <= _NUMBER_TYPES:
-        # Some value is not a number, or an integer too large even for float64 (CBOR bignums).
-        wrong = np.fromiter((type(v) not in _NUMBER_TYPES or (type(v) is int and abs(v) > 2**1000)
+        # Some value is not a number, or an integer too large even for float64 (CBOR bignums):
+        # the same test as the conversion above, so that a value fails alike on either path.
+        wrong = np.fromiter((type(v) not in _NUMBER_TYPES
+                             or (type(v) is int and abs(v) >= _FLOAT64_OVERFLOW)
                              for v in col), bool, len(col))
         reject(wrong, "wrong_type", name)
         out[:] = [v if not w else None for v, w in zip(col, wrong)]
