@@ -6,6 +6,7 @@ rejected sample gets exactly one reason of REASONS, the one it would get decoded
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,12 @@ _RANGES = (("lat", LAT_RANGE, "lat_out_of_range"), ("lon", LON_RANGE, "lon_out_o
 _INT64 = (-2**63, 2**63 - 1)
 # The smallest integer that float64 rounds to infinity: from here on a number is a wrong_type.
 _FLOAT64_OVERFLOW = 2**1024 - 2**970
+
+# What the store can write as an event's detail (jsonb, serialised by orjson) and read back: a
+# detail is nested at most this deep (orjson's limit), its numbers lie in 64-bit integer range
+# (orjson's; jsonb gives a whole float back as an integer), its texts hold no U+0000 (jsonb's).
+MAX_DETAIL_DEPTH = 254
+_DETAIL_NUMBERS = (-2**63, 2**64 - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,10 +320,13 @@ def decode_events(
     content_types: Sequence[str | None] | None = None,
     max_problems: int = 20,
 ) -> tuple[list[DeviceEvent], dict[str, int], list[Problem]]:
-    """Decode device-event messages (low volume: one pydantic validation per event)."""
+    """Decode device-event messages (low volume: one pydantic validation per event).
+
+    An event whose detail the store could not write as JSON is a bad_structure."""
     rejections = _Rejections(device_ids, max_problems)
     items, owner = _parse_messages(device_ids, payloads, registry, content_types, rejections)
     events: list[DeviceEvent] = []
+    budget: dict[int, int] = {}  # per message: what its details may still expand to
     for item, i in zip(items, owner):
         try:
             ev = DeviceEventPayload.model_validate(item)
@@ -325,6 +335,11 @@ def decode_events(
             reason = "missing_field" if err["type"] == "missing" else "wrong_type"
             rejections.add(reason, i, f"{'.'.join(map(str, err['loc']))}: {err['msg']}")
             continue
+        if ev.detail is not None:
+            why, budget[i] = _unstorable(ev.detail, budget.get(i, MAX_PAYLOAD_BYTES))
+            if why:
+                rejections.add("bad_structure", i, f"detail cannot be stored as JSON: {why}")
+                continue
         if ev.t > now_ms + limits.max_future_ms:
             rejections.add("time_in_future", i, f"t={ev.t}")
         elif ev.t < now_ms - limits.max_age_ms:
@@ -334,8 +349,48 @@ def decode_events(
     return events, rejections.counts, rejections.problems
 
 
+def _unstorable(detail: dict, budget: int) -> tuple[str | None, int]:
+    """Why the store could not write `detail` as JSON (None if it can), and the budget left.
+
+    Every value and every character of text costs one of the budget: without CBOR shared
+    references (tags 28/29) a message's details cost fewer than it has bytes, with them a
+    kilobyte could expand into terabytes, or loop."""
+    stack: list[tuple[object, int]] = [(detail, 1)]
+    while stack:
+        value, depth = stack.pop()
+        budget -= 1
+        kind = type(value)
+        if kind is str:
+            budget -= len(value)
+            if "\x00" in value:
+                return f"text with U+0000 ({value[:40]!r})", budget
+        elif kind is dict or kind is list:
+            if depth > MAX_DETAIL_DEPTH:
+                return f"nested more than {MAX_DETAIL_DEPTH} levels deep", budget
+            if kind is dict:
+                for key in value:
+                    if type(key) is not str:
+                        return f"a map key that is not text ({key!r:.40})", budget
+                    stack.append((key, depth))
+                stack.extend((item, depth + 1) for item in value.values())
+            else:
+                stack.extend((item, depth + 1) for item in value)
+        elif kind is int or kind is float:
+            if kind is float and not math.isfinite(value):
+                return f"a number that is not finite ({value!r})", budget
+            if not _DETAIL_NUMBERS[0] <= value <= _DETAIL_NUMBERS[1]:
+                return f"a number beyond 64-bit integers ({value!r:.40})", budget
+        elif value is not None and kind is not bool:
+            return f"{value!r:.40}, a CBOR item JSON has no form of", budget
+        if budget < 0:
+            return (f"larger than a message ({MAX_PAYLOAD_BYTES // 1024} KiB) once its "
+                    f"CBOR shared references are expanded"), budget
+    return None, budget
+
+
 def decode_status(payload: bytes, content_type: str | None = None) -> Status | None:
-    """A presence payload, or None when it is not one (counted by the caller)."""
+    """A presence payload, or None when it is not one (counted by the caller): among others, a
+    status whose t the store cannot hold as a timestamp."""
     enc = payload_encoding(payload, content_type)
     if enc is None:
         return None

@@ -151,6 +151,36 @@ async def test_one_device_cannot_forge_or_hide_another_devices_positions(mosquit
     assert forged_lat not in [lat for _, _, lat, _ in rows]
 
 
+async def test_events_and_statuses_the_store_cannot_hold_are_rejected_and_the_gateway_goes_on(
+        mosquitto, pg_dsn, topic_root):
+    """Each of these once reached the writer and stopped it (orjson or the timestamp conversion
+    failed in the middle of a write)."""
+    await register(pg_dsn, DEVICES[:1])
+    now = int(time.time() * 1000)
+    deep = b'{"a":' * 255 + b"{}" + b"}" * 255
+    poison = [("event", cbor2.dumps({"t": now, "type": "crash", "detail": {"raw": b"\x01"}})),
+              ("event", cbor2.dumps({"t": now, "type": "crash", "detail": {"n": 2**64}})),
+              ("event", b'{"t": %d, "type": "crash", "detail": %s}' % (now, deep)),
+              ("event", orjson.dumps({"t": now, "type": "crash", "detail": {"s": "\x00"}})),
+              ("status", orjson.dumps({"online": True, "t": 2**62}))]
+    async with running_gateway(gateway_config(pg_dsn, mosquitto, topic_root)) as (_, reg):
+        dev = await device(mosquitto, "tcu-000")
+        for kind, payload in poison:
+            await dev.publish(f"{topic_root}/tcu-000/{kind}", payload, qos=1)
+        await dev.publish(f"{topic_root}/tcu-000/event",
+                          orjson.dumps({"t": now, "type": "crash", "detail": {"g": 3.5}}), qos=1)
+        await dev.publish(f"{topic_root}/tcu-000/telemetry", orjson.dumps(sample(now)), qos=1)
+        await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 1,
+                         what="the sample after them stored")
+        await eventually(lambda: metric(reg, "fleetgate_messages_acked_total") == len(poison) + 2)
+        assert metric(reg, "fleetgate_samples_rejected_total", reason="bad_structure") == 5
+        assert metric(reg, "fleetgate_device_events_stored_total") == 1
+        await dev.disconnect()
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+        rows = await (await conn.execute("SELECT type, detail FROM events")).fetchall()
+    assert rows == [("crash", {"g": 3.5})]
+
+
 async def test_duplicates_and_out_of_order_uploads_are_stored_once(mosquitto, pg_dsn, topic_root):
     await register(pg_dsn, DEVICES[:1])
     t0 = int(time.time() * 1000) - 600_000

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import cbor2
 import numpy as np
@@ -15,9 +17,11 @@ from pydantic import ValidationError
 
 from telemetry.batch import UNKNOWN, TelemetryBatch
 from telemetry.decoder import (
+    MAX_DETAIL_DEPTH,
     REASONS,
     TimeLimits,
     decode_events,
+    decode_status,
     decode_telemetry,
     payload_encoding,
 )
@@ -364,3 +368,157 @@ def test_each_message_decodes_in_a_batch_as_it_decodes_alone(messages):
     devices, payloads = messages
     decoded_as_alone(devices, payloads)
     events_decoded_as_alone(devices, payloads)
+
+
+# --- device events: nothing the store cannot write ---------------------------------------------
+
+def event(**over) -> dict:
+    e = {"t": NOW - 1000, "type": "crash", "detail": {"g": 3.5, "axis": "z"}}
+    e.update(over)
+    return e
+
+
+def json_event(detail: bytes) -> bytes:
+    """A JSON event around a detail already in JSON (orjson writes no detail deeper than the
+    limit, whose event is one level deeper)."""
+    return b'{"t": %d, "type": "crash", "detail": %s}' % (NOW - 1000, detail)
+
+
+def json_of(detail) -> bytes:
+    return json_event(orjson.dumps(detail))
+
+
+def cbor_event(detail) -> bytes:
+    return cbor2.dumps(event(detail=detail))
+
+
+def nested(depth: int) -> dict:
+    """A detail nested `depth` levels deep (the detail object itself is level 1)."""
+    value: dict = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def shared(detail) -> bytes:
+    """A CBOR event whose detail is written with shared references (tags 28/29)."""
+    fields = b"".join(map(cbor2.dumps, ["t", NOW - 1000, "type", "crash", "detail"]))
+    return b"\xa3" + fields + cbor2.dumps(detail, value_sharing=True)
+
+
+def shared_bomb() -> bytes:
+    """A CBOR event of about a kilobyte whose detail, shared references expanded, holds 2**40
+    strings of a thousand characters."""
+    value: list = ["y" * 1000]
+    for _ in range(40):
+        value = [value, value]
+    return shared({"k": value})
+
+
+def cyclic() -> bytes:
+    loop: list = []
+    loop.append(loop)
+    return shared({"k": loop})
+
+
+DEEPER_THAN_THE_LIMIT = b'{"a":' * MAX_DETAIL_DEPTH + b"{}" + b"}" * MAX_DETAIL_DEPTH
+
+UNSTORABLE_EVENTS = {  # the event, and what the rejection's detail says
+    "a CBOR byte string": (cbor_event({"raw": b"\x01\x02"}), "b'\\x01"),
+    "an integer beyond 64 bits": (cbor_event({"n": 2**64}), "beyond 64-bit"),
+    "a negative integer beyond 64 bits": (cbor_event({"n": -2**63 - 1}), "beyond 64-bit"),
+    "a JSON integer beyond 64 bits": (json_event(b'{"n": 18446744073709551616}'), "beyond 64-bit"),
+    "a float beyond 64-bit integers": (json_of({"f": -1e19}), "beyond 64-bit"),
+    "a CBOR NaN": (cbor_event({"f": float("nan")}), "not finite"),
+    "a CBOR infinity": (cbor_event({"f": [float("-inf")]}), "not finite"),
+    "JSON nested too deep": (json_event(DEEPER_THAN_THE_LIMIT), "nested"),
+    "CBOR nested too deep": (cbor_event(nested(MAX_DETAIL_DEPTH + 1)), "nested"),
+    "a CBOR map key that is not text": (cbor_event({"a": {1: 2}}), "key"),
+    "U+0000 in a JSON string": (json_of({"s": "a\x00b"}), "with U+0000"),
+    "U+0000 in a JSON key": (json_of({"a\x00": 1}), "with U+0000"),
+    "U+0000 in a CBOR string": (cbor_event({"s": ["\x00"]}), "with U+0000"),
+    "U+0000 in a CBOR key": (cbor_event({"s": {"\x00": 1}}), "with U+0000"),
+    "a CBOR date": (cbor_event({"at": datetime.now(UTC)}), "datetime.datetime("),
+    "a CBOR decimal fraction": (cbor_event({"d": Decimal("1.1")}), "Decimal('1.1')"),
+    "CBOR undefined": (cbor_event({"u": cbor2.undefined}), "undefined"),
+    "an unknown CBOR tag": (cbor_event({"x": cbor2.CBORTag(4000, 1)}), "CBORTag(4000, 1)"),
+    "CBOR shared references expanding beyond a message": (shared_bomb(), "expanded"),
+    "a CBOR cycle": (cyclic(), "nested"),
+}
+
+
+@pytest.mark.parametrize("name", UNSTORABLE_EVENTS)
+def test_an_event_whose_detail_cannot_be_stored_is_rejected_with_its_reason(name):
+    payload, why = UNSTORABLE_EVENTS[name]
+    good = orjson.dumps(event(t=NOW - 5))
+    events, rejected, problems = decode_events(["bike-1"] * 3, [good, payload, good], REGISTRY,
+                                               now_ms=NOW)
+    assert rejected == {"bad_structure": 1}
+    assert len(events) == 2, "the good events around it are kept"
+    assert problems[0].detail.startswith("detail") and why in problems[0].detail, problems[0]
+
+
+@pytest.mark.parametrize("dumps", [orjson.dumps, cbor2.dumps], ids=["json", "cbor"])
+def test_text_with_u0000_in_an_event_type_is_a_wrong_type(dumps):
+    _, rejected, _ = decode_events(["bike-1"], [dumps(event(type="crash\x00"))], REGISTRY,
+                                   now_ms=NOW)
+    assert rejected == {"wrong_type": 1}
+
+
+@pytest.mark.parametrize("encode", [json_of, cbor_event], ids=["json", "cbor"])
+def test_details_at_the_limits_are_kept_and_serialise(encode):
+    details = [nested(MAX_DETAIL_DEPTH), {"n": [2**64 - 1, -2**63, 1.8e19, -9.2e18, 5e-324]},
+               {"s": "\u00e9\U0001f6b2\\u0000", "": None, "b": [True, False, []]}]
+    events, rejected, _ = decode_events(["bike-1"] * len(details), list(map(encode, details)),
+                                        REGISTRY, now_ms=NOW)
+    assert rejected == {}
+    assert [e.detail for e in events] == details
+    for e in events:
+        assert orjson.loads(orjson.dumps(e.detail)) == e.detail  # what the store writes
+
+
+_any_detail_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3)
+    | st.binary(max_size=2) | st.sampled_from([cbor2.undefined, Decimal("1.5")]),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=2) | st.integers(-2, 2), inner, max_size=3),
+    max_leaves=10)
+
+
+def _texts(value):
+    """Every text in a detail, map keys included."""
+    if type(value) is str:
+        yield value
+    elif type(value) is dict:
+        for key, item in value.items():
+            yield from _texts(key)
+            yield from _texts(item)
+    elif type(value) is list:
+        for item in value:
+            yield from _texts(item)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.dictionaries(st.text(max_size=2), _any_detail_values, max_size=3))
+def test_every_detail_decode_events_accepts_can_be_stored(detail):
+    events, _, _ = decode_events(["bike-1"], [cbor2.dumps(event(detail=detail))], REGISTRY,
+                                 now_ms=NOW)
+    for e in events:
+        stored = orjson.loads(orjson.dumps(e.detail))  # the store's serialisation, and back
+        assert stored == e.detail
+        assert not any("\x00" in text for text in _texts(e.detail)), "PostgreSQL refuses U+0000"
+
+
+# --- presence -----------------------------------------------------------------------------------
+
+LAST_STORABLE_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
+@pytest.mark.parametrize("t,ok", [(NOW, True), (None, True), (0, True), (LAST_STORABLE_MS, True),
+                                  (LAST_STORABLE_MS + 1, False), (2**62, False), (-1, False)])
+@pytest.mark.parametrize("dumps", [orjson.dumps, cbor2.dumps], ids=["json", "cbor"])
+def test_a_status_time_must_be_one_the_store_can_hold(t, ok, dumps):
+    status = decode_status(dumps({"online": True, "t": t, "fw": "1.4.2"}))
+    assert (status is not None) is ok
+    if ok and t is not None:
+        assert datetime.fromtimestamp(t / 1000, UTC).year <= 9999  # the store converts it
