@@ -1,16 +1,22 @@
 """Decoder benchmark: decode_telemetry on batches of typical JSON and CBOR messages, and its
 parsing step done the old way (all JSON payloads of a batch joined into one document) against
-the way it is done now (each payload on its own), in one run. Prints one JSON object.
-Run: .venv/bin/python benchmarks/decoder.py [--messages 5000] [--repeat 30]
+the way it is done now (each payload on its own), in one run; with --compare-with, also the
+decode_telemetry of telemetry/decoder.py at that git revision, timed in turn with today's.
+Prints one JSON object.
+Run: .venv/bin/python benchmarks/decoder.py [--messages 5000] [--repeat 30] [--compare-with REV]
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +33,22 @@ from firmware_sim.payloads import CBOR, JSON, encode_samples  # noqa: E402
 from telemetry.decoder import decode_telemetry  # noqa: E402
 
 START_MS = 1_764_412_800_000
+REPO = Path(__file__).resolve().parents[1]
+
+
+def decoder_at(rev: str) -> types.ModuleType:
+    """telemetry/decoder.py as it was at a git revision, imported beside today's (it imports
+    today's telemetry.batch, schema and senml)."""
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:telemetry/decoder.py"],
+                            check=True, capture_output=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "decoder.py"
+        path.write_bytes(source)
+        spec = importlib.util.spec_from_file_location(f"decoder_at_{rev}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return module
 
 
 def typical_payloads(messages: int, encoding: int, seed: int = 3) -> tuple[list[str], list[bytes]]:
@@ -67,12 +89,22 @@ def parse_each(payloads: list[bytes], loads: Callable[[bytes], object]) -> list[
 
 def _best_us(fn: Callable[[], object], repeat: int, per: int) -> tuple[float, object]:
     """Best of `repeat` runs, in µs per message."""
-    best, result = float("inf"), None
+    (best,), (result,) = _best_us_in_turn([fn], repeat, per)
+    return best, result
+
+
+def _best_us_in_turn(fns: list[Callable[[], object]], repeat: int, per: int
+                     ) -> tuple[list[float], list[object]]:
+    """Best of `repeat` runs of each, in µs per message; the functions run in turn, so that
+    a change in the machine's load falls on all of them alike."""
+    best = [float("inf")] * len(fns)
+    results: list[object] = [None] * len(fns)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return round(best * 1e6 / per, 3), result
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            results[k] = fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return [round(b * 1e6 / per, 3) for b in best], results
 
 
 def _machine() -> dict:
@@ -89,34 +121,46 @@ def _machine() -> dict:
             "orjson": orjson.__version__}
 
 
+def measure(encoding: int, messages: int, repeat: int, decoders: dict[str, Callable]) -> dict:
+    """Every decoder on one batch of typical messages, then the parse step alone."""
+    registry = {f"tcu-{i:04d}": i + 1 for i in range(500)}
+    now_ms = START_MS + 60_000
+    received = np.full(messages, now_ms, dtype=np.int64)
+    devices, payloads = typical_payloads(messages, encoding)
+    times, results = _best_us_in_turn(
+        [lambda decode=decode: decode(devices, payloads, received, registry, now_ms=now_ms)
+         for decode in decoders.values()], repeat, messages)
+    for result in results:
+        assert not result.rejected and len(result.batch) == messages, result.rejected
+    entry: dict[str, float] = {"payload_bytes_mean": round(sum(map(len, payloads)) / messages, 1)}
+    for name, us in zip(decoders, times):
+        entry[f"{name}_us_per_message"] = us
+        entry[f"{name}_ms_per_batch"] = round(us * messages / 1000, 2)
+    loads = orjson.loads if encoding == JSON else cbor2.loads
+    entry["parse_each_us_per_message"], _ = _best_us(lambda: parse_each(payloads, loads),
+                                                      repeat, messages)
+    if encoding == JSON:
+        entry["parse_joined_us_per_message"], values = _best_us(
+            lambda: parse_joined(payloads), repeat, messages)
+        assert values == parse_each(payloads, loads)
+        # One malformed message in the batch: the joined parse fails and starts again.
+        spoiled = [b'{"t": 1', *payloads[1:]]
+        entry["parse_joined_one_malformed_us_per_message"], _ = _best_us(
+            lambda: parse_joined(spoiled), repeat, messages)
+    return entry
+
+
 def main(messages: int = typer.Option(5_000, help="messages per batch"),
-         repeat: int = typer.Option(30, help="runs of each measurement (best is reported)")
+         repeat: int = typer.Option(30, help="runs of each measurement (best is reported)"),
+         compare_with: str = typer.Option("", help="a git revision whose decoder to time too")
          ) -> None:
     load_before = os.getloadavg()
-    registry = {f"tcu-{i:04d}": i + 1 for i in range(500)}
-    received = np.full(messages, START_MS + 60_000, dtype=np.int64)
-    now_ms = START_MS + 60_000
+    decoders = {"decode_telemetry": decode_telemetry}
+    if compare_with:
+        decoders[f"decode_telemetry_at_{compare_with}"] = decoder_at(compare_with).decode_telemetry
     report: dict[str, object] = {"messages": messages}
     for name, encoding in (("json", JSON), ("cbor", CBOR)):
-        devices, payloads = typical_payloads(messages, encoding)
-        decode_us, result = _best_us(lambda: decode_telemetry(
-            devices, payloads, received, registry, now_ms=now_ms), repeat, messages)
-        assert not result.rejected and len(result.batch) == messages, result.rejected
-        loads = orjson.loads if encoding == JSON else cbor2.loads
-        each_us, _ = _best_us(lambda: parse_each(payloads, loads), repeat, messages)
-        entry = {"decode_telemetry_us_per_message": decode_us,
-                 "decode_telemetry_ms_per_batch": round(decode_us * messages / 1000, 2),
-                 "payload_bytes_mean": round(sum(map(len, payloads)) / messages, 1),
-                 "parse_each_us_per_message": each_us}
-        if encoding == JSON:
-            joined_us, values = _best_us(lambda: parse_joined(payloads), repeat, messages)
-            assert values == parse_each(payloads, loads)
-            entry["parse_joined_us_per_message"] = joined_us
-            # One malformed message in the batch: the joined parse fails and starts again.
-            spoiled = [b'{"t": 1'] + payloads[1:]
-            spoiled_us, _ = _best_us(lambda: parse_joined(spoiled), repeat, messages)
-            entry["parse_joined_one_malformed_us_per_message"] = spoiled_us
-        report[name] = entry
+        report[name] = measure(encoding, messages, repeat, decoders)
     report["machine"] = {**_machine(), "loadavg_before": [round(x, 2) for x in load_before],
                          "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps(report, indent=2))
