@@ -28,6 +28,7 @@ import typer
 # Run as a script, this file's directory comes first on sys.path: put the repository root first.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._services import cpu_model  # noqa: E402
 from firmware_sim.model import CAR, EBIKE, FleetModel  # noqa: E402
 from firmware_sim.payloads import CBOR, JSON, encode_samples  # noqa: E402
 from telemetry.decoder import decode_telemetry  # noqa: E402
@@ -108,15 +109,7 @@ def _best_us_in_turn(fns: list[Callable[[], object]], repeat: int, per: int
 
 
 def _machine() -> dict:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu or platform.processor(), "cpus": os.cpu_count(),
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "numpy": np.__version__,
             "orjson": orjson.__version__}
 
