@@ -246,3 +246,15 @@ async def test_a_device_registered_a_moment_ago_loses_no_sample(mosquitto, pg_ds
         await eventually(lambda: _count_is(pg_dsn, 20), timeout=10, what="all 20 stored")
         assert metric(reg, "fleetgate_samples_rejected_total", reason="unknown_device") == 1
         await newcomer.disconnect()
+
+
+async def test_a_shared_subscription_on_mosquitto_is_warned_about(mosquitto, pg_dsn, topic_root,
+                                                                   caplog):
+    config = gateway_config(pg_dsn, mosquitto, topic_root, mqtt_shared_group="fleetgate")
+    with caplog.at_level("WARNING", logger="fleetgate.gateway"):
+        async with running_gateway(config):
+            pass
+    warned = [r for r in caplog.records
+              if r.getMessage() == "shared_subscription_not_kept_by_broker"]
+    assert warned and warned[0].fields["broker"].startswith("mosquitto version 2.")
+    assert "FLEETGATE_MQTT_SHARED_GROUP" in warned[0].fields["advice"]
