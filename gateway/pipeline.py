@@ -331,7 +331,7 @@ class IngestPipeline:
             events += decoded_events
             _merge(rejected.setdefault(transport, {}), ev_rejected)
             problems += ev_problems
-        presence = self._presence_updates(statuses, vehicle_of, rejected)
+        presence = self._presence_updates(statuses, vehicle_of, rejected, now_ms)
         derived = self._run_stages(batch)
         events.extend(derived.events)
 
@@ -341,7 +341,7 @@ class IngestPipeline:
         # Committed. Nothing below may undo that or keep the batch from being acknowledged.
         try:
             self._count(items, received, rejected, sizes, inserted, duplicates, events_inserted,
-                        flagged, batch, time.monotonic() - started)
+                        flagged, batch, presence, time.monotonic() - started)
             self._log_problems(rejected, problems)
         except Exception:
             self._metrics.pipeline_errors.labels("accounting").inc()
@@ -359,7 +359,7 @@ class IngestPipeline:
         self._acknowledge_all(items)
 
     def _count(self, items, received, rejected, sizes, inserted, duplicates, events_inserted,
-               flagged, batch, elapsed) -> None:
+               flagged, batch, presence, elapsed) -> None:
         metrics = self._metrics
         for (transport, kind), count in Counter((m.transport, m.kind) for m in items).items():
             metrics.messages_received.labels(transport, kind).inc(count)
@@ -375,6 +375,8 @@ class IngestPipeline:
         for transport, count in _split(duplicates, sizes).items():
             metrics.samples_duplicate.labels(transport).inc(count)
         metrics.events_stored.inc(events_inserted)
+        for _, online, _ in presence:
+            metrics.presence_changes.labels("online" if online else "offline", "status").inc()
         metrics.batch_messages.observe(len(items))
         metrics.batch_samples.observe(len(batch))
         metrics.commit_seconds.observe(elapsed)
@@ -414,19 +416,27 @@ class IngestPipeline:
             self._metrics.core_seconds.labels(stage.name).observe(time.perf_counter() - started)
         return merge_outputs(outputs)
 
-    def _presence_updates(self, statuses, vehicle_of, rejected) -> list[tuple[int, bool, int]]:
+    def _presence_updates(self, statuses, vehicle_of, rejected, now_ms: int
+                          ) -> list[tuple[int, bool, int]]:
         updates = []
+        limits = self._time_limits
         for m in statuses:
             vehicle = vehicle_of.get(m.device_id)
             status = decode_status(m.payload, m.content_type)
+            reason = None
             if vehicle is None:
-                _merge(rejected.setdefault(m.transport, {}), {"unknown_device": 1})
+                reason = "unknown_device"
             elif status is None:
-                _merge(rejected.setdefault(m.transport, {}), {"bad_structure": 1})
+                reason = "bad_structure"
+            elif status.t is not None and status.t > now_ms + limits.max_future_ms:
+                # A clock far ahead would pin the vehicle's presence: later statuses are older.
+                reason = "time_in_future"
+            elif status.t is not None and status.t < now_ms - limits.max_age_ms:
+                reason = "time_too_old"
+            if reason is not None:
+                _merge(rejected.setdefault(m.transport, {}), {reason: 1})
             else:
                 updates.append((vehicle, status.online, status.t or m.received_ms))
-                self._metrics.presence_changes.labels(
-                    "online" if status.online else "offline", "status").inc()
         return updates
 
     async def _sync_state(self, batch: TelemetryBatch) -> None:

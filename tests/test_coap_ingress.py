@@ -211,6 +211,55 @@ async def test_device_events_are_posted_like_telemetry(pg_dsn):
     assert events == [("tamper", {"sensor": "lock_cable"})]
 
 
+async def test_an_event_the_store_cannot_hold_gets_4_00_and_the_next_uplink_lands(pg_dsn):
+    """Such an event once reached the store and killed the pipeline's writer: the uplink never
+    got its answer, and every later one waited behind it."""
+    tokens = await provision(pg_dsn)
+    t = now_ms() - 5000
+    async with coap_gateway(pg_dsn) as gw, coap_client() as ctx:
+        events = gw.uri("lock-0001", tokens["lock-0001"], "event")
+        for poison in (cbor2.dumps({"t": t, "type": "tamper", "detail": {"raw": b"\x01"}}),
+                       cbor2.dumps({"t": t, "type": "tamper", "detail": {"n": 2**64}})):
+            bad = await post(ctx, events, poison, 60)
+            assert bad.code == aiocoap.BAD_REQUEST and bad.payload.startswith(b"bad_structure")
+        ok = await post(ctx, gw.uri("lock-0001", tokens["lock-0001"]),
+                        orjson.dumps(sample(t)), 50)
+        assert ok.code == aiocoap.CHANGED
+    assert await rows(pg_dsn) == 1
+
+
+async def test_a_message_the_gateway_fails_on_is_quarantined_and_answered_2_04(
+        pg_dsn, monkeypatch):
+    """A fault of the gateway's own (planted in the plausibility filter: no payload reaches such a
+    fault once validation is right): the uplink is kept verbatim and answered, the next stored."""
+    from telemetry.plausibility import PlausibilityFilter
+
+    tokens = await provision(pg_dsn)
+    t = now_ms() - 5000
+    apply = PlausibilityFilter.apply
+
+    def failing_apply(self, batch):
+        if (batch.time_ms == t).any():
+            raise RuntimeError("planted fault of the plausibility filter")
+        return apply(self, batch)
+
+    monkeypatch.setattr(PlausibilityFilter, "apply", failing_apply)
+    async with coap_gateway(pg_dsn) as gw, coap_client() as ctx:
+        uri = gw.uri("lock-0001", tokens["lock-0001"])
+        kept = await post(ctx, uri, orjson.dumps(sample(t)), 50)
+        assert kept.code == aiocoap.CHANGED, "kept in quarantine: the device may delete it"
+        ok = await post(ctx, uri, orjson.dumps(sample(t + 1000)), 50)
+        assert ok.code == aiocoap.CHANGED
+        assert metric(gw.registry, "fleetgate_samples_rejected_total",
+                      reason="processing_failed", transport="coap") == 1
+    assert await rows(pg_dsn) == 1
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+        quarantined = await (await conn.execute(
+            "SELECT device_id, transport, payload FROM quarantined_messages")).fetchall()
+    assert [(d, tr, orjson.loads(p)["t"]) for d, tr, p in quarantined] == [
+        ("lock-0001", "coap", t)]
+
+
 async def test_tokens_are_per_device_and_a_wrong_one_gets_4_01_and_stores_nothing(pg_dsn):
     tokens = await provision(pg_dsn)
     payload = orjson.dumps(sample(now_ms()))

@@ -276,3 +276,22 @@ async def test_a_shared_subscription_on_mosquitto_is_warned_about(mosquitto, pg_
               if r.getMessage() == "shared_subscription_not_kept_by_broker"]
     assert warned and warned[0].fields["broker"].startswith("mosquitto version 2.")
     assert "FLEETGATE_MQTT_SHARED_GROUP" in warned[0].fields["advice"]
+
+
+async def test_a_status_from_a_clock_far_ahead_is_rejected_and_does_not_pin_presence(
+        mosquitto, pg_dsn, topic_root):
+    """A status with t in the year 2100 was stored as the vehicle's presence time: every later,
+    true status was older and ignored, so the vehicle could never go offline."""
+    await register(pg_dsn, DEVICES[:1])
+    async with running_gateway(gateway_config(pg_dsn, mosquitto, topic_root)) as (gw, reg):
+        dev = await device(mosquitto, "tcu-000")
+        status = f"{topic_root}/tcu-000/status"
+        await dev.publish(status, orjson.dumps({"online": True, "t": 4_102_444_800_000}), qos=1)
+        await dev.publish(status, orjson.dumps({"online": False,
+                                                "t": int(time.time() * 1000)}), qos=1)
+        await eventually(lambda: metric(reg, "fleetgate_messages_acked_total") == 2)
+        assert metric(reg, "fleetgate_samples_rejected_total", reason="time_in_future") == 1
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            (online,) = await (await conn.execute("SELECT online FROM vehicle_state")).fetchone()
+        assert online is False
+        await dev.disconnect()
