@@ -211,3 +211,35 @@ async def test_ending_a_persistent_session_discards_it_on_the_broker(mosquitto, 
                        protocol=protocol, session_expiry_s=60)
     assert await probe.connect() is False, "no session left to resume"
     await probe.disconnect(session_expiry_s=0)
+
+
+async def test_an_mqtt5_client_is_sent_nothing_over_the_maximum_packet_size_it_announced(
+        mosquitto, topic_root):
+    """MQTT 5: the broker must not send a packet over the client's Maximum Packet Size; it drops
+    the message for that client and the connection goes on."""
+    got = []
+    sub = await client(mosquitto, f"small-{topic_root}", max_packet_size=2000,
+                       on_messages=got.extend)
+    await sub.subscribe([(f"{topic_root}/#", 1)])
+    pub = await client(mosquitto, f"small-pub-{topic_root}")
+    await pub.publish(f"{topic_root}/big", b"x" * 3000, qos=1)
+    await pub.publish(f"{topic_root}/small", b"y", qos=1)
+    await eventually(lambda: got, timeout=5, what="the small message")
+    await asyncio.sleep(0.2)
+    assert [(m.topic, m.payload) for m in got] == [(f"{topic_root}/small", b"y")]
+    assert sub.connected
+    await pub.disconnect()
+    await sub.disconnect()
+
+
+async def test_an_mqtt311_client_leaves_when_the_broker_sends_a_packet_over_its_limit(
+        mosquitto, topic_root):
+    """MQTT 3.1.1 cannot announce a limit: the packet arrives, and the client closes as soon as
+    its length header says it is too large."""
+    sub = await client(mosquitto, f"small311-{topic_root}", protocol=4, max_packet_size=2000)
+    await sub.subscribe([(f"{topic_root}/#", 1)])
+    pub = await client(mosquitto, f"small311-pub-{topic_root}", protocol=4)
+    await pub.publish(f"{topic_root}/big", b"x" * 3000, qos=1)
+    with pytest.raises(ConnectionLost, match="exceeds the maximum packet size 2000"):
+        await asyncio.wait_for(sub.wait_closed(), 5)
+    await pub.disconnect()

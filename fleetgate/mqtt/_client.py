@@ -2,21 +2,26 @@
 
 The gateway needs what common clients do not give it: PUBACK only after the database commit, and
 tens of thousands of messages a second without a Python object per message per layer. Devices of
-the simulator use the same client, so both ends of the tests speak the same, tested code.
+the simulator use the same client, so both ends of the tests speak the same, tested code. A broker
+that breaks the protocol is left at once, with the reason, rather than half understood.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import ssl as _ssl
 import time
 from collections.abc import Callable, Iterable
 
+from fleetgate.logs import fields
 from fleetgate.mqtt._packets import (
     CONNACK,
     CONNACK_V3_REASONS,
+    DEFAULT_MAX_PACKET_SIZE,
     DISCONNECT,
+    MAX_PACKET_SIZE_LIMIT,
     PINGREQ_PACKET,
     PROP_MAXIMUM_PACKET_SIZE,
     PROP_RECEIVE_MAXIMUM,
@@ -27,6 +32,7 @@ from fleetgate.mqtt._packets import (
     MalformedPacket,
     Message,
     PacketStream,
+    ProtocolViolation,
     Will,
     decode_connack,
     decode_suback,
@@ -39,6 +45,11 @@ from fleetgate.mqtt._packets import (
     read_properties,
     reason_name,
 )
+
+log = logging.getLogger("fleetgate.mqtt")
+
+# How long a DISCONNECT after a protocol violation may take to go out before the socket is cut.
+_VIOLATION_CLOSE_S = 1.0
 
 
 class MqttError(Exception):
@@ -84,6 +95,10 @@ class MqttClient:
     the socket. Without manual_ack the client acknowledges QoS 1 messages once the callback
     returns; with it, the owner calls ack(mids) when it is done with them (for the gateway: after
     the commit), in the order they arrived.
+
+    max_packet_size: the largest packet (fixed header included) taken from the broker; MQTT 5
+        announces it in CONNECT (the broker then drops bigger messages for this client), and a
+        bigger packet ends the connection as soon as its length header arrives.
     """
 
     def __init__(self, host: str, port: int, *, client_id: str, protocol: int = 5,
@@ -91,9 +106,12 @@ class MqttClient:
                  receive_maximum: int = 65535, username: str | None = None,
                  password: str | None = None, will: Will | None = None,
                  on_messages: Callable[[list[Message]], None] | None = None,
-                 manual_ack: bool = False, ssl: _ssl.SSLContext | None = None) -> None:
+                 manual_ack: bool = False, ssl: _ssl.SSLContext | None = None,
+                 max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
         if protocol not in (4, 5):
             raise ValueError("protocol must be 4 (MQTT 3.1.1) or 5")
+        if not 0 < max_packet_size <= MAX_PACKET_SIZE_LIMIT:
+            raise ValueError(f"max_packet_size must be 1..{MAX_PACKET_SIZE_LIMIT}")
         self.host, self.port = host, port
         self.client_id = client_id
         self.protocol = protocol
@@ -105,10 +123,11 @@ class MqttClient:
         self.will = will
         self.on_messages = on_messages
         self.manual_ack = manual_ack
+        self.max_packet_size = max_packet_size
         self._ssl = ssl
 
         self._transport: asyncio.Transport | None = None
-        self._stream = PacketStream(protocol)
+        self._stream = PacketStream(protocol, max_packet_size)
         self._connected = False
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -124,6 +143,8 @@ class MqttClient:
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
         self._lost_reason: ConnectionLost | None = None
+        self._input_ended = False  # failed or broken: what the broker still sends is ignored
+        self._cut_timer: asyncio.TimerHandle | None = None
         self._pong_waiters: list[asyncio.Future] = []
         self._leaving = False
 
@@ -132,7 +153,7 @@ class MqttClient:
         self._waiting: collections.deque = collections.deque()  # QoS 1 beyond the send quota
         self._subacks: dict[int, asyncio.Future] = {}
         self._send_quota = 65535  # the server's Receive Maximum
-        self._max_packet = 268_435_455
+        self._server_max_packet = MAX_PACKET_SIZE_LIMIT
         self._topics: dict[str, bytes] = {}
         self.session_present = False
 
@@ -163,7 +184,8 @@ class MqttClient:
                 self._write_now(encode_connect(
                     client_id=self.client_id, protocol=self.protocol, clean_start=self.clean_start,
                     keepalive_s=self.keepalive_s, session_expiry_s=self.session_expiry_s,
-                    receive_maximum=self.receive_maximum, username=self.username,
+                    receive_maximum=self.receive_maximum,
+                    maximum_packet_size=self.max_packet_size, username=self.username,
                     password=self.password, will=self.will))
                 connack = await self._connack
         except BaseException:
@@ -175,9 +197,14 @@ class MqttClient:
                       CONNACK_V3_REASONS.get(connack.reason_code, str(connack.reason_code)))
             raise MqttError(f"connection refused by {self.host}:{self.port}: {reason}",
                             connack.reason_code)
+        if self._transport.is_closing():  # what came with the CONNACK broke the protocol
+            self.abort()
+            raise self._lost_reason or ConnectionLost(
+                f"connection to {self.host}:{self.port} closed right after CONNACK")
         props = connack.properties
         self._send_quota = int(props.get(PROP_RECEIVE_MAXIMUM, 65535))
-        self._max_packet = int(props.get(PROP_MAXIMUM_PACKET_SIZE, self._max_packet))
+        self._server_max_packet = int(props.get(PROP_MAXIMUM_PACKET_SIZE,
+                                                self._server_max_packet))
         self.keepalive_s = int(props.get(PROP_SERVER_KEEP_ALIVE, self.keepalive_s))
         self.session_present = connack.session_present
         self._connected = True
@@ -272,9 +299,9 @@ class MqttClient:
         mid = self._take_mid()
         packet = encode_publish(topic, payload, qos=1, mid=mid, retain=retain, dup=False,
                                 protocol=self.protocol, content_type=content_type)
-        if len(packet) > self._max_packet:
+        if len(packet) > self._server_max_packet:
             fut.set_exception(MqttError(f"message of {len(packet)} bytes exceeds the broker's "
-                                        f"maximum packet size {self._max_packet}", 0x95))
+                                        f"maximum packet size {self._server_max_packet}", 0x95))
             return
         self._inflight[mid] = fut
         self._send(packet)
@@ -290,6 +317,8 @@ class MqttClient:
 
     async def subscribe(self, topics: list[tuple[str, int]]) -> list[int]:
         """Subscribe; returns the granted QoS per topic, raises MqttError if any is refused."""
+        if any(qos not in (0, 1) for _, qos in topics):
+            raise ValueError("this client subscribes with QoS 0 or 1")
         return await self._request(lambda mid: encode_subscribe(mid, topics, self.protocol),
                                    [t for t, _ in topics], "subscription")
 
@@ -341,23 +370,26 @@ class MqttClient:
         self._flush()
 
     def _on_data(self, data: bytes) -> None:
+        if self._input_ended:
+            return
         try:
             messages, acked, others, pongs = self._stream.feed(data)
-        except MalformedPacket as exc:
-            self._fail(ConnectionLost(f"malformed packet from the broker: {exc}"))
-            return
-        if pongs:
-            self._ping_sent = None
-            waiters, self._pong_waiters = self._pong_waiters, []
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
-        for packet in others:
-            try:
+            if pongs:
+                self._ping_sent = None
+                waiters, self._pong_waiters = self._pong_waiters, []
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(None)
+            for packet in others:
                 self._on_packet(packet)
-            except (MalformedPacket, IndexError) as exc:
-                self._fail(ConnectionLost(f"malformed packet from the broker: {exc!r}"))
-                return
+                if self._input_ended:  # a DISCONNECT
+                    return
+        except ProtocolViolation as exc:
+            self._violation(exc)
+            return
+        except IndexError as exc:  # a field of a control packet overruns it
+            self._violation(MalformedPacket(f"a field overruns its packet ({exc})"))
+            return
         if acked:
             inflight = self._inflight
             for mid in acked:
@@ -381,12 +413,12 @@ class MqttClient:
                 self._send_qos1(topic, payload, retain, content_type, fut)
 
     def _on_packet(self, packet) -> None:
+        """A control packet; raises ProtocolViolation (or IndexError) for a broken one."""
         kind = packet.type
-        if kind == CONNACK and self._connack is not None and not self._connack.done():
-            try:
-                self._connack.set_result(decode_connack(packet.body, self.protocol))
-            except MalformedPacket as exc:
-                self._connack.set_exception(MqttError(f"malformed CONNACK: {exc}"))
+        if kind == CONNACK:  # the stream lets only the first one through
+            connack = decode_connack(packet.body, self.protocol)
+            if self._connack is not None and not self._connack.done():
+                self._connack.set_result(connack)
         elif kind == PUBACK:  # an MQTT 5 PUBACK with a reason code
             body = packet.body
             mid, code = (body[0] << 8) | body[1], body[2]
@@ -411,12 +443,35 @@ class MqttClient:
                 if 0x1F in props:
                     detail += f": {props[0x1F]}"
             self._fail(ConnectionLost(f"broker disconnected: {detail}", code))
-        # AUTH, QoS 2 flow: not used by this client.
 
     def _fail(self, exc: ConnectionLost) -> None:
         self._lost_reason = exc
+        self._input_ended = True
         if self._transport is not None:
             self._transport.abort()
+
+    def _violation(self, exc: ProtocolViolation) -> None:
+        """The broker broke the protocol: say so (MQTT 5: DISCONNECT with the reason code), close,
+        and end with ConnectionLost naming the violation."""
+        if self._input_ended:
+            return
+        code, broker = exc.reason_code, f"{self.host}:{self.port}"
+        log.warning("mqtt_protocol_violation", extra=fields(
+            broker=broker, client_id=self.client_id, violation=str(exc)[:300],
+            reason_code=f"0x{code:02x}"))
+        how = (f"disconnected with reason 0x{code:02x} ({reason_name(code)})"
+               if self.protocol == 5 else "connection closed")
+        self._lost_reason = ConnectionLost(f"protocol violation by the broker {broker}: {exc}; "
+                                           f"{how}", code)
+        self._input_ended = True
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self.protocol == 5:
+            self._write_now(encode_disconnect(5, reason_code=code))
+        transport.close()
+        # A broker that does not read cannot hold the close open (it waits for the write).
+        self._cut_timer = self._loop.call_later(_VIOLATION_CLOSE_S, transport.abort)
 
     def _keepalive(self) -> None:
         if not self._connected:
@@ -433,8 +488,9 @@ class MqttClient:
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._connected = False
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
+        for timer in (self._keepalive_timer, self._cut_timer):
+            if timer is not None:
+                timer.cancel()
         lost = self._lost_reason or ConnectionLost(
             f"connection to {self.host}:{self.port} lost" + (f": {exc}" if exc else ""))
         for fut in [*self._inflight.values(), *(w[-1] for w in self._waiting),
