@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import ssl as _ssl
 import time
 from collections.abc import Callable, Iterable
@@ -48,6 +49,8 @@ from fleetgate.mqtt._packets import (
 
 log = logging.getLogger("fleetgate.mqtt")
 
+# What a paused client reads and holds back at most before it stops reading the socket.
+DEFAULT_MAX_HELD_BYTES = 8 * 1024 * 1024
 # How long a DISCONNECT after a protocol violation may take to go out before the socket is cut.
 _VIOLATION_CLOSE_S = 1.0
 
@@ -99,6 +102,9 @@ class MqttClient:
     max_packet_size: the largest packet (fixed header included) taken from the broker; MQTT 5
         announces it in CONNECT (the broker then drops bigger messages for this client), and a
         bigger packet ends the connection as soon as its length header arrives.
+    max_held_bytes: while reading is paused (pause_reading) the client still reads, so that
+        keepalive, acknowledgements and a broker going away keep working, and holds the messages
+        back; after this many bytes it stops reading the socket itself (see pause_reading).
     """
 
     def __init__(self, host: str, port: int, *, client_id: str, protocol: int = 5,
@@ -107,7 +113,8 @@ class MqttClient:
                  password: str | None = None, will: Will | None = None,
                  on_messages: Callable[[list[Message]], None] | None = None,
                  manual_ack: bool = False, ssl: _ssl.SSLContext | None = None,
-                 max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
+                 max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+                 max_held_bytes: int = DEFAULT_MAX_HELD_BYTES) -> None:
         if protocol not in (4, 5):
             raise ValueError("protocol must be 4 (MQTT 3.1.1) or 5")
         if not 0 < max_packet_size <= MAX_PACKET_SIZE_LIMIT:
@@ -124,6 +131,7 @@ class MqttClient:
         self.on_messages = on_messages
         self.manual_ack = manual_ack
         self.max_packet_size = max_packet_size
+        self.max_held_bytes = max_held_bytes
         self._ssl = ssl
 
         self._transport: asyncio.Transport | None = None
@@ -141,7 +149,10 @@ class MqttClient:
         self._last_send = 0.0
         self._ping_sent: float | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
-        self._reading_paused = False
+        self._reading_paused = False  # by the owner: messages are held back
+        self._socket_paused = False  # the transport too: nothing is read
+        self._held: list[Message] = []
+        self._held_bytes = 0  # read while paused since the held messages were last handed over
         self._lost_reason: ConnectionLost | None = None
         self._input_ended = False  # failed or broken: what the broker still sends is ignored
         self._cut_timer: asyncio.TimerHandle | None = None
@@ -209,8 +220,22 @@ class MqttClient:
         self.session_present = connack.session_present
         self._connected = True
         if self.keepalive_s:
+            self._limit_unacknowledged_sends()
             self._keepalive_timer = loop.call_later(self.keepalive_s / 2, self._keepalive)
         return connack.session_present
+
+    def _limit_unacknowledged_sends(self) -> None:
+        """Let the kernel drop the connection when what we send stays unacknowledged (by TCP)
+        for as long as the broker would wait for us: with reading paused, a write is the only way
+        to learn that a broker is gone, and without an answer TCP would retry for many minutes."""
+        sock = self._transport.get_extra_info("socket")
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, int(self.keepalive_s * 1500))
+        except OSError:
+            pass
 
     async def disconnect(self, timeout: float = 10.0, *,
                          session_expiry_s: int | None = None) -> None:
@@ -255,14 +280,32 @@ class MqttClient:
         await asyncio.shield(self._closed)
 
     def pause_reading(self) -> None:
+        """Deliver no more messages until resume_reading() (backpressure, a graceful stop).
+
+        The socket is still read: PINGRESP, PUBACK, SUBACK and DISCONNECT take effect at once,
+        so the broker does not drop us for keepalive and a broker gone away is noticed (the
+        connection ends with ConnectionLost). Messages are held back, in order, up to
+        max_held_bytes read; beyond that the socket is not read either, and a PINGREQ goes out
+        at every keepalive tick instead: the broker keeps the connection, and a broker gone
+        away fails the next write (a silent one within TCP_USER_TIMEOUT, where the system has
+        it: 1.5 keepalive intervals)."""
         if self._transport is not None and not self._reading_paused:
             self._reading_paused = True
-            self._transport.pause_reading()
+            if not self._held:
+                self._held_bytes = 0
 
     def resume_reading(self) -> None:
-        if self._transport is not None and self._reading_paused:
-            self._reading_paused = False
+        """Deliver again, the held messages first (soon, from the event loop, not from here)."""
+        if self._transport is None or not self._reading_paused:
+            return
+        self._reading_paused = False
+        if self._socket_paused:
+            self._socket_paused = False
             self._transport.resume_reading()
+            if self._ping_sent is not None:  # its PINGRESP waits behind what was not read
+                self._ping_sent = time.monotonic()
+        if self._held:
+            self._loop.call_soon(self._release_held)
 
     async def drain(self) -> None:
         """Wait until the socket takes writes again (after a burst of publishes)."""
@@ -372,6 +415,11 @@ class MqttClient:
     def _on_data(self, data: bytes) -> None:
         if self._input_ended:
             return
+        if self._reading_paused:
+            self._held_bytes += len(data)
+            if self._held_bytes >= self.max_held_bytes and not self._socket_paused:
+                self._socket_paused = True
+                self._transport.pause_reading()
         try:
             messages, acked, others, pongs = self._stream.feed(data)
             if pongs:
@@ -398,12 +446,25 @@ class MqttClient:
                     fut.set_result(None)
             self._release_waiting()
         if messages and not self._leaving:
-            if self.on_messages is not None:
-                self.on_messages(messages)
-            if not self.manual_ack:
-                mids = [m.mid for m in messages if m.qos]
-                if mids:
-                    self._send(encode_pubacks(mids))
+            if self._reading_paused or self._held:
+                self._held += messages
+            else:
+                self._deliver(messages)
+
+    def _deliver(self, messages: list[Message]) -> None:
+        if self.on_messages is not None:
+            self.on_messages(messages)
+        if not self.manual_ack:
+            mids = [m.mid for m in messages if m.qos]
+            if mids:
+                self._send(encode_pubacks(mids))
+
+    def _release_held(self) -> None:
+        if self._reading_paused or not self._held:
+            return  # paused again meanwhile, or already handed over
+        messages, self._held, self._held_bytes = self._held, [], 0
+        if not self._leaving and self._connected:
+            self._deliver(messages)
 
     def _release_waiting(self) -> None:
         waiting = self._waiting
@@ -464,6 +525,7 @@ class MqttClient:
         self._lost_reason = ConnectionLost(f"protocol violation by the broker {broker}: {exc}; "
                                            f"{how}", code)
         self._input_ended = True
+        self._held.clear()
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -477,17 +539,23 @@ class MqttClient:
         if not self._connected:
             return
         now = time.monotonic()
-        if self._ping_sent is not None and not self._reading_paused \
-                and now - self._ping_sent > self.keepalive_s:
+        if self._socket_paused:
+            # No PINGRESP can be read now. A ping every tick keeps the broker's keepalive happy,
+            # and a broker gone away makes the next one fail: the connection then ends.
+            if self._ping_sent is None:
+                self._ping_sent = now
+            self._write_now(PINGREQ_PACKET)
+        elif self._ping_sent is not None and now - self._ping_sent > self.keepalive_s:
             self._fail(ConnectionLost(f"no PINGRESP within {self.keepalive_s} s"))
             return
-        if self._ping_sent is None and now - self._last_send >= self.keepalive_s / 2:
+        elif self._ping_sent is None and now - self._last_send >= self.keepalive_s / 2:
             self._ping_sent = now
             self._write_now(PINGREQ_PACKET)
         self._keepalive_timer = self._loop.call_later(self.keepalive_s / 4, self._keepalive)
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._connected = False
+        self._held.clear()  # not acknowledged: they come again on the next connection
         for timer in (self._keepalive_timer, self._cut_timer):
             if timer is not None:
                 timer.cancel()
