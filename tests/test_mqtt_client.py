@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -211,3 +212,124 @@ async def test_ending_a_persistent_session_discards_it_on_the_broker(mosquitto, 
                        protocol=protocol, session_expiry_s=60)
     assert await probe.connect() is False, "no session left to resume"
     await probe.disconnect(session_expiry_s=0)
+
+
+async def test_an_mqtt5_client_is_sent_nothing_over_the_maximum_packet_size_it_announced(
+        mosquitto, topic_root):
+    """MQTT 5: the broker must not send a packet over the client's Maximum Packet Size; it drops
+    the message for that client and the connection goes on."""
+    got = []
+    sub = await client(mosquitto, f"small-{topic_root}", max_packet_size=2000,
+                       on_messages=got.extend)
+    await sub.subscribe([(f"{topic_root}/#", 1)])
+    pub = await client(mosquitto, f"small-pub-{topic_root}")
+    await pub.publish(f"{topic_root}/big", b"x" * 3000, qos=1)
+    await pub.publish(f"{topic_root}/small", b"y", qos=1)
+    await eventually(lambda: got, timeout=5, what="the small message")
+    await asyncio.sleep(0.2)
+    assert [(m.topic, m.payload) for m in got] == [(f"{topic_root}/small", b"y")]
+    assert sub.connected
+    await pub.disconnect()
+    await sub.disconnect()
+
+
+async def test_an_mqtt311_client_leaves_when_the_broker_sends_a_packet_over_its_limit(
+        mosquitto, topic_root):
+    """MQTT 3.1.1 cannot announce a limit: the packet arrives, and the client closes as soon as
+    its length header says it is too large."""
+    sub = await client(mosquitto, f"small311-{topic_root}", protocol=4, max_packet_size=2000)
+    await sub.subscribe([(f"{topic_root}/#", 1)])
+    pub = await client(mosquitto, f"small311-pub-{topic_root}", protocol=4)
+    await pub.publish(f"{topic_root}/big", b"x" * 3000, qos=1)
+    with pytest.raises(ConnectionLost, match="exceeds the maximum packet size 2000"):
+        await asyncio.wait_for(sub.wait_closed(), 5)
+    await pub.disconnect()
+
+
+async def test_a_paused_client_keeps_its_connection_and_its_later_acks_count(mosquitto,
+                                                                            topic_root):
+    """Paused for more than twice the keepalive while messages arrive: the broker keeps the
+    connection, PUBACKs for our own publishes are read, and what we acknowledge after resuming
+    is acknowledged on the broker (nothing comes again)."""
+    sub_id, keepalive = f"paused-{topic_root}", 2
+    opts = {"clean_start": False, "session_expiry_s": 300, "manual_ack": True,
+            "keepalive_s": keepalive}
+    got = []
+    sub = await client(mosquitto, sub_id, on_messages=got.extend, **opts)
+    await sub.subscribe([(f"{topic_root}/+/telemetry", 1)])
+    pub = await client(mosquitto, f"paused-pub-{topic_root}")
+    sub.pause_reading()
+    for i in range(10):  # 5 s, 2.5 keepalive intervals
+        await pub.publish(f"{topic_root}/d/telemetry", b"%d" % i, qos=1)
+        await asyncio.sleep(0.5)
+    await asyncio.wait_for(sub.publish(f"{topic_root}/own", b"x", qos=1), keepalive)
+    assert got == [] and sub.connected
+    sub.resume_reading()
+    await eventually(lambda: len(got) == 10, timeout=5, what="the held messages")
+    assert [m.payload for m in got] == [b"%d" % i for i in range(10)]
+    sub.ack([m.mid for m in got])
+    await sub.disconnect()  # raises ConnectionLost if the broker had dropped us
+
+    again = []
+    sub2 = await client(mosquitto, sub_id, on_messages=again.extend, **opts)
+    assert sub2.session_present
+    await asyncio.sleep(0.5)
+    assert again == [], "acknowledged messages came again"
+    await sub2.disconnect()
+    await pub.disconnect()
+
+
+async def test_a_paused_session_notices_a_killed_broker_within_a_keepalive(
+        restartable_mosquitto):
+    import logging
+
+    from fleetgate.mqtt import PersistentSession
+
+    broker, keepalive = restartable_mosquitto, 2
+    session = PersistentSession(host=broker.host, port=broker.port, client_id="paused-kill",
+                                subscriptions=lambda: [("t/#", 1)],
+                                on_messages=lambda msgs, gen: None, keepalive_s=keepalive,
+                                log=logging.getLogger("test"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(session.run(stop))
+    await asyncio.wait_for(session.subscribed.wait(), 10)
+    session.client.pause_reading()
+    broker.stop(kill=True)
+    await eventually(lambda: not session.subscribed.is_set(), timeout=2 * keepalive,
+                     interval=0.05, what="the session to notice the broker is gone")
+    assert isinstance(session.last_error, ConnectionLost)
+    stop.set()
+    await task
+
+
+async def test_past_its_held_bytes_a_paused_client_stops_reading_yet_keeps_the_connection(
+        restartable_mosquitto):
+    """Beyond max_held_bytes the socket is not read either: PINGREQs at every keepalive tick
+    keep the connection (for more than twice the keepalive), everything arrives in order after
+    resuming, and a broker killed meanwhile is noticed within a keepalive interval."""
+    broker, keepalive = restartable_mosquitto, 2
+    got = []
+    sub = await client(broker, "held", keepalive_s=keepalive, manual_ack=True,
+                       max_held_bytes=10_000, on_messages=got.extend)
+    await sub.subscribe([("t/#", 1)])
+    sock = sub._transport.get_extra_info("socket")
+    if hasattr(socket, "TCP_USER_TIMEOUT"):  # a silent broker drops us after 1.5 keepalives
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 3000
+    pub = await client(broker, "held-pub")
+    sub.pause_reading()
+    await asyncio.gather(*[pub.publish("t/a", b"%04d" % i + b"x" * 996, qos=1)
+                           for i in range(50)])
+    await eventually(lambda: sub._socket_paused, timeout=5, what="the socket to be paused")
+    await asyncio.sleep(2.5 * keepalive)
+    assert got == [] and sub.connected
+    sub.resume_reading()
+    await eventually(lambda: len(got) == 50, timeout=5, what="every message")
+    assert [m.payload[:4] for m in got] == [b"%04d" % i for i in range(50)]
+    sub.ack([m.mid for m in got])
+
+    sub.pause_reading()
+    await asyncio.gather(*[pub.publish("t/a", b"x" * 1000, qos=1) for i in range(50)])
+    await eventually(lambda: sub._socket_paused, timeout=5, what="the socket to be paused")
+    broker.stop(kill=True)
+    with pytest.raises(ConnectionLost):
+        await asyncio.wait_for(sub.wait_closed(), keepalive)

@@ -3,8 +3,14 @@ acknowledgement (the gateway acks a message only after its rows are committed), 
 session both the gateway and the command dispatcher keep on the broker."""
 
 from fleetgate.mqtt._client import ConnectionLost, MqttClient, MqttError
-from fleetgate.mqtt._packets import MalformedPacket, Message, Will
+from fleetgate.mqtt._packets import (
+    MalformedPacket,
+    Message,
+    PacketTooLarge,
+    ProtocolViolation,
+    Will,
+)
 from fleetgate.mqtt._session import PersistentSession
 
 __all__ = ["ConnectionLost", "MalformedPacket", "Message", "MqttClient", "MqttError",
-           "PersistentSession", "Will"]
+           "PacketTooLarge", "PersistentSession", "ProtocolViolation", "Will"]

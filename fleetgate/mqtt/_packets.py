@@ -2,7 +2,8 @@
 receives. Sans-IO: no sockets here, so every corner is testable with plain bytes.
 
 Only what a telemetry client needs is implemented: QoS 0 and 1 (subscriptions ask for at most 1),
-no topic aliases, no AUTH exchange. The parser is on the gateway's hot path and stays lean.
+no topic aliases, no AUTH exchange. The parser is on the gateway's hot path and stays lean, and it
+trusts the broker no further than the protocol does: whatever a server must not send it is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ PROP_SERVER_KEEP_ALIVE = 0x13
 PROP_REASON_STRING = 0x1F
 PROP_RECEIVE_MAXIMUM = 0x21
 PROP_TOPIC_ALIAS_MAXIMUM = 0x22
+PROP_TOPIC_ALIAS = 0x23
 PROP_MAXIMUM_QOS = 0x24
 PROP_MAXIMUM_PACKET_SIZE = 0x27
 
@@ -55,12 +57,39 @@ REASON_NAMES = {
     0x9F: "connection rate exceeded", 0xA2: "wildcard subscriptions not supported",
 }
 
+PACKET_NAMES = {0: "reserved packet type 0", 1: "CONNECT", 2: "CONNACK", 3: "PUBLISH",
+                4: "PUBACK", 5: "PUBREC", 6: "PUBREL", 7: "PUBCOMP", 8: "SUBSCRIBE", 9: "SUBACK",
+                10: "UNSUBSCRIBE", 11: "UNSUBACK", 12: "PINGREQ", 13: "PINGRESP",
+                14: "DISCONNECT", 15: "AUTH"}
+
 PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"  # v3.1.1, and v5 "normal disconnection" (reason 0 may be omitted)
 
+# The largest packet MQTT can express: 1 byte of type and flags, 4 of length, 268,435,455 more.
+MAX_PACKET_SIZE_LIMIT = 268_435_460
+# What a client takes by default (docs/protocol.md): a 256 KiB message with its topic and headers
+# fits, and so does anything the project's Mosquitto accepts (max_packet_size 300000) and then
+# forwards with a few bytes more, so a broker never has to drop a message it accepted.
+DEFAULT_MAX_PACKET_SIZE = 320 * 1024
 
-class MalformedPacket(ValueError):
+
+class ProtocolViolation(ValueError):
+    """The peer broke the MQTT protocol. reason_code is the MQTT 5 DISCONNECT reason saying how
+    (0x82 protocol error unless a subclass says otherwise)."""
+
+    reason_code = 0x82
+
+
+class MalformedPacket(ProtocolViolation):
     """The peer sent bytes that are not a valid MQTT packet."""
+
+    reason_code = 0x81
+
+
+class PacketTooLarge(ProtocolViolation):
+    """A packet is larger than the Maximum Packet Size this side announced or accepts."""
+
+    reason_code = 0x95
 
 
 def reason_name(code: int) -> str:
@@ -106,8 +135,8 @@ class Will:
 
 def encode_connect(*, client_id: str, protocol: int, clean_start: bool, keepalive_s: int,
                    session_expiry_s: int = 0, receive_maximum: int = 65535,
-                   username: str | None = None, password: str | None = None,
-                   will: Will | None = None) -> bytes:
+                   maximum_packet_size: int | None = None, username: str | None = None,
+                   password: str | None = None, will: Will | None = None) -> bytes:
     flags = 0x02 if clean_start else 0
     if will is not None:
         flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
@@ -121,6 +150,8 @@ def encode_connect(*, client_id: str, protocol: int, clean_start: bool, keepaliv
         # caps what it sends us unacknowledged at its own max_inflight_messages.
         props = [(PROP_SESSION_EXPIRY, struct.pack(">I", session_expiry_s)),
                  (PROP_RECEIVE_MAXIMUM, struct.pack(">H", receive_maximum))]
+        if maximum_packet_size is not None:  # the server must not send us anything larger
+            props.append((PROP_MAXIMUM_PACKET_SIZE, struct.pack(">I", maximum_packet_size)))
         body += _properties(props)
     body += _string(client_id)
     if will is not None:
@@ -166,12 +197,16 @@ def encode_unsubscribe(mid: int, filters: list[str], protocol: int) -> bytes:
     return _packet((UNSUBSCRIBE << 4) | 0x02, bytes(body))
 
 
-def encode_disconnect(protocol: int, session_expiry_s: int | None = None) -> bytes:
-    """DISCONNECT; in MQTT 5 it may set a new session expiry (0: the broker ends the session)."""
-    if protocol != 5 or session_expiry_s is None:
+def encode_disconnect(protocol: int, session_expiry_s: int | None = None,
+                      reason_code: int = 0) -> bytes:
+    """DISCONNECT; in MQTT 5 it may set a new session expiry (0: the broker ends the session) and
+    say why the client leaves (reason_code, e.g. 0x82 after the broker broke the protocol)."""
+    if protocol != 5 or (session_expiry_s is None and not reason_code):
         return DISCONNECT_PACKET
+    if session_expiry_s is None:
+        return bytes((DISCONNECT << 4, 1, reason_code))  # no properties: their length may go
     props = _properties([(PROP_SESSION_EXPIRY, struct.pack(">I", session_expiry_s))])
-    return _packet(DISCONNECT << 4, b"\x00" + props)
+    return _packet(DISCONNECT << 4, bytes((reason_code,)) + props)
 
 
 def encode_pubacks(mids) -> bytes:
@@ -255,17 +290,10 @@ def read_properties(buf: bytes, pos: int) -> tuple[dict[int, object], int]:
 
 
 def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    for _ in range(4):
-        if pos >= len(buf):
-            raise MalformedPacket("truncated variable byte integer")
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
-    raise MalformedPacket("variable byte integer longer than 4 bytes")
+    value, pos = _varint_or_incomplete(buf, pos)
+    if value < 0:
+        raise MalformedPacket("truncated variable byte integer")
+    return value, pos
 
 
 def decode_connack(body: bytes, protocol: int) -> ConnAck:
@@ -279,6 +307,8 @@ def decode_connack(body: bytes, protocol: int) -> ConnAck:
 
 def decode_suback(body: bytes, protocol: int) -> tuple[int, list[int]]:
     """SUBACK, or UNSUBACK (whose MQTT 3.1.1 form has no reason codes: the list is empty)."""
+    if len(body) < 2:
+        raise MalformedPacket(f"SUBACK or UNSUBACK of {len(body)} bytes has no packet identifier")
     mid = (body[0] << 8) | body[1]
     pos = 2
     if protocol == 5:
@@ -286,89 +316,205 @@ def decode_suback(body: bytes, protocol: int) -> tuple[int, list[int]]:
     return mid, list(body[pos:])
 
 
+# The first byte (type and flags) of every packet a server may send this client besides PUBLISH,
+# PUBACK and PINGRESP, which the parser handles inline. A client that never sends QoS 2, never
+# receives it (it subscribes with QoS 1 at most) and has no AUTH method gets no PUBREC, PUBREL,
+# PUBCOMP or AUTH; CONNECT, SUBSCRIBE, UNSUBSCRIBE and PINGREQ only ever go to a server, and an
+# MQTT 3.1.1 server does not send DISCONNECT either.
+_OTHERS_ALLOWED = {4: frozenset((0x20, 0x90, 0xB0)), 5: frozenset((0x20, 0x90, 0xB0, 0xE0))}
+_FLAGS_EXPECTED = {CONNACK: 0, PUBACK: 0, PUBREL: 2, SUBACK: 0, UNSUBACK: 0, PINGRESP: 0,
+                   DISCONNECT: 0, AUTH: 0}
+_TOPIC_CACHE_SIZE = 10_000
+
+
 class PacketStream:
-    """Cuts a byte stream into packets. feed() returns what became complete.
+    """Cuts the byte stream a client receives into packets. feed() returns what became complete.
 
     PUBLISH becomes a Message, a successful PUBACK its packet id, PINGRESP is counted; anything
-    else (including a PUBACK that refuses with an MQTT 5 reason code) is a Packet.
+    else (including a PUBACK that refuses with an MQTT 5 reason code) is a Packet. Whatever a
+    server must not send raises ProtocolViolation (MalformedPacket, PacketTooLarge) and leaves the
+    stream unusable: the connection must end. A packet larger than max_packet_size (the whole
+    packet, fixed header included) is refused as soon as its length header has arrived, and a
+    large packet's reads are joined once, when it is complete.
     """
 
-    __slots__ = ("protocol", "max_packet", "_buf")
+    __slots__ = ("_buf", "_connack_seen", "_have", "_need", "_parts", "_topics", "max_packet_size",
+                 "protocol")
 
-    def __init__(self, protocol: int, max_packet: int = 268_435_455) -> None:
+    def __init__(self, protocol: int, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
         self.protocol = protocol
-        self.max_packet = max_packet
-        self._buf = b""
+        self.max_packet_size = max_packet_size
+        self._buf = b""  # the start of an incomplete packet
+        self._parts: list[bytes] = []  # reads after _buf, while _need is not reached
+        self._have = 0  # bytes in _buf and _parts
+        self._need = 0  # the incomplete packet's size, once its length header is complete
+        self._connack_seen = False
+        self._topics: dict[bytes, str] = {}  # topic names already decoded and checked
 
     def feed(self, data: bytes) -> tuple[list[Message], list[int], list[Packet], int]:
-        buf = self._buf + data if self._buf else data
+        if self._need:
+            have = self._have + len(data)
+            if have < self._need:  # a large packet in the middle: keep the read, copy nothing
+                self._parts.append(data)
+                self._have = have
+                return [], [], [], 0
+            buf = b"".join((self._buf, *self._parts, data))
+            self._parts.clear()
+        else:
+            buf = self._buf + data if self._buf else data
+        if not self._connack_seen and buf and buf[0] >> 4 != CONNACK:
+            raise ProtocolViolation(f"{PACKET_NAMES[buf[0] >> 4]} before CONNACK")
         messages: list[Message] = []
         acked: list[int] = []
         others: list[Packet] = []
         try:
-            used, pongs = self._cut(buf, messages, acked, others)
+            used, pongs, need = self._cut(buf, messages, acked, others)
         except (IndexError, UnicodeDecodeError) as exc:
             raise MalformedPacket(f"a field overruns its packet or is not UTF-8 ({exc})") from exc
         self._buf = buf[used:] if used < len(buf) else b""
+        self._have = len(self._buf)
+        self._need = need
         return messages, acked, others, pongs
 
-    def _cut(self, buf: bytes, messages: list, acked: list, others: list) -> tuple[int, int]:
+    def _cut(self, buf: bytes, messages: list, acked: list,
+             others: list) -> tuple[int, int, int]:
+        """Packets from buf into the lists; returns the bytes used, the PINGRESPs seen and the
+        size of the incomplete packet left at the end (0 while its length is unknown)."""
         n = len(buf)
         i = pongs = 0
         v5 = self.protocol == 5
+        limit = self.max_packet_size
+        topics = self._topics
         while i + 2 <= n:
             b0 = buf[i]
             rl = buf[i + 1]
             p = i + 2
             if rl & 0x80:
-                rl &= 0x7F
-                shift, complete = 7, False
-                while p < n:
-                    b = buf[p]
+                if p < n and buf[p] < 0x80:  # a length of two bytes: most telemetry
+                    rl = (rl & 0x7F) | (buf[p] << 7)
                     p += 1
-                    rl |= (b & 0x7F) << shift
-                    if not b & 0x80:
-                        complete = True
-                        break
-                    shift += 7
-                    if shift > 21:
-                        raise MalformedPacket("remaining length longer than 4 bytes")
-                if not complete:
-                    break  # the length itself has not fully arrived
-            if rl > self.max_packet:
-                raise MalformedPacket(f"packet of {rl} bytes exceeds the limit {self.max_packet}")
+                else:
+                    rl, p = _varint_or_incomplete(buf, i + 1)
+                    if rl < 0:
+                        break  # the length itself has not fully arrived
             end = p + rl
+            if end - i > limit:
+                raise PacketTooLarge(f"{PACKET_NAMES[b0 >> 4]} of {end - i} bytes exceeds the "
+                                     f"maximum packet size {limit}")
             if end > n:
-                break
+                return i, pongs, end - i
             kind = b0 >> 4
             if kind == PUBLISH:
                 qos = (b0 >> 1) & 3
-                if qos == 3:
-                    raise MalformedPacket("PUBLISH with QoS 3")
+                if qos > 1:
+                    if qos == 3:
+                        raise MalformedPacket("PUBLISH with QoS 3")
+                    raise ProtocolViolation("PUBLISH with QoS 2 (this client subscribes with QoS "
+                                            "1 at most)")
                 tl = (buf[p] << 8) | buf[p + 1]
-                topic = buf[p + 2:p + 2 + tl].decode()
+                raw = buf[p + 2:p + 2 + tl]
+                try:  # a dict hit is cheaper than decoding, and the topic was checked once
+                    topic = topics[raw]
+                except KeyError:
+                    if p + 2 + tl > end:
+                        raise MalformedPacket("PUBLISH topic overruns the packet") from None
+                    topic = self._new_topic(raw)
                 p += 2 + tl
                 mid = 0
                 if qos:
                     mid = (buf[p] << 8) | buf[p + 1]
+                    if not mid:
+                        raise ProtocolViolation("QoS 1 PUBLISH with packet identifier 0")
                     p += 2
+                elif b0 & 8:
+                    raise MalformedPacket("QoS 0 PUBLISH with the DUP flag")
                 content_type = None
                 if v5:
                     if buf[p] == 0:
                         p += 1
                     else:
                         props, p = read_properties(buf, p)
+                        if PROP_TOPIC_ALIAS in props:
+                            raise ProtocolViolation("PUBLISH with a topic alias (this client "
+                                                    "allows none)")
                         content_type = props.get(PROP_CONTENT_TYPE)
                 if p > end:
                     raise MalformedPacket("PUBLISH header overruns the packet")
                 messages.append(Message(topic, buf[p:end], qos, bool(b0 & 1), mid, bool(b0 & 8),
                                         content_type))
-            elif kind == PUBACK and (rl == 2 or buf[p + 2] < 0x80):
-                # Success, or MQTT 5 "no matching subscribers" (0x10); refusals become a Packet.
+            elif b0 == 0x40 and rl == 2:
                 acked.append((buf[p] << 8) | buf[p + 1])
-            elif kind == PINGRESP:
+            elif b0 == 0xD0 and rl == 0:
                 pongs += 1
             else:
-                others.append(Packet(kind, b0 & 0x0F, bytes(buf[p:end])))
+                self._check_other(b0, rl)
+                if kind == PUBACK and buf[p + 2] < 0x80:
+                    # MQTT 5 "no matching subscribers" (0x10) is success; refusals are a Packet.
+                    acked.append((buf[p] << 8) | buf[p + 1])
+                else:
+                    others.append(Packet(kind, b0 & 0x0F, bytes(buf[p:end])))
             i = end
-        return i, pongs
+        return i, pongs, 0
+
+    def _new_topic(self, raw: bytes) -> str:
+        """A topic name not seen lately: checked, decoded and remembered."""
+        topics = self._topics
+        if len(topics) >= _TOPIC_CACHE_SIZE:
+            topics.clear()
+        topic = topics[raw] = _topic_name(raw)
+        return topic
+
+    def _check_other(self, b0: int, rl: int) -> None:
+        """Refuse a packet that a server must not send to this client, or one whose fixed
+        header is wrong; note the CONNACK."""
+        kind, name = b0 >> 4, PACKET_NAMES[b0 >> 4]
+        if kind in _FLAGS_EXPECTED and b0 & 0x0F != _FLAGS_EXPECTED[kind]:
+            raise MalformedPacket(f"{name} with flags 0x{b0 & 0x0F:x}")
+        if kind == PUBACK:
+            if rl < 2 or (rl > 2 and self.protocol != 5):
+                raise MalformedPacket(f"PUBACK of {rl} bytes")
+            return
+        if kind == PINGRESP:
+            raise MalformedPacket(f"PINGRESP of {rl} bytes")
+        if b0 not in _OTHERS_ALLOWED[self.protocol]:
+            if kind == 0 or (kind == AUTH and self.protocol != 5):
+                raise MalformedPacket(name if kind == 0 else "reserved packet type 15")
+            if kind in (PUBREC, PUBREL, PUBCOMP):
+                why = "this client never uses QoS 2"
+            elif kind == AUTH:
+                why = "this client has no authentication method"
+            elif kind == DISCONNECT:
+                why = "an MQTT 3.1.1 server does not send it"
+            else:
+                why = "only clients send it"
+            raise ProtocolViolation(f"{name} ({why})")
+        if kind == CONNACK:
+            if self._connack_seen:
+                raise ProtocolViolation("a second CONNACK")
+            self._connack_seen = True
+
+
+def _varint_or_incomplete(buf: bytes, pos: int) -> tuple[int, int]:
+    """The variable byte integer at pos and the position after it; -1 while buf ends in it."""
+    value = 0
+    for shift in (0, 7, 14, 21):
+        if pos >= len(buf):
+            return -1, pos
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+    raise MalformedPacket("variable byte integer longer than 4 bytes")
+
+
+def _topic_name(raw: bytes) -> str:
+    """The topic name of a PUBLISH from a server, if it may carry it."""
+    if not raw:
+        raise ProtocolViolation("PUBLISH with an empty topic name (and no topic alias)")
+    topic = raw.decode()
+    if "\x00" in topic:
+        raise MalformedPacket(f"PUBLISH topic name with U+0000: {topic!r}")
+    if "+" in topic or "#" in topic:
+        raise ProtocolViolation(f"PUBLISH topic name with a wildcard: {topic!r}")
+    return topic
