@@ -226,8 +226,9 @@ class IngestPipeline:
         self._first_transport = items[0].transport
         vehicle_of = self._registry.vehicle_of
         now_ms = int(time.time() * 1000)
-        # Rejections by transport, then reason (fleetgate_samples_rejected_total{reason,transport}).
-        rejected: dict[str, dict[str, int]] = {}
+        # Rejections by (transport, kind), then reason: telemetry's in
+        # fleetgate_samples_rejected_total{reason,transport}, events' and statuses' in their own.
+        rejected: dict[tuple[str, str], dict[str, int]] = {}
         problems = []
 
         for (transport, kind), count in Counter((m.transport, m.kind) for m in items).items():
@@ -242,7 +243,7 @@ class IngestPipeline:
                 content_types=[m.content_type for m in msgs])
             batches.append(decoded.batch)
             sizes[transport] = len(decoded.batch)
-            _merge(rejected.setdefault(transport, {}), decoded.rejected)
+            _merge(rejected.setdefault((transport, "telemetry"), {}), decoded.rejected)
             problems += decoded.problems
             metrics.samples_received.labels(transport).inc(
                 len(decoded.batch) + sum(decoded.rejected.values()))
@@ -260,7 +261,7 @@ class IngestPipeline:
                 now_ms=now_ms, limits=self._time_limits,
                 content_types=[m.content_type for m in msgs])
             events += decoded_events
-            _merge(rejected.setdefault(transport, {}), ev_rejected)
+            _merge(rejected.setdefault((transport, "event"), {}), ev_rejected)
             problems += ev_problems
         presence = self._presence_updates(statuses, vehicle_of, rejected)
         derived = self._run_stages(batch)
@@ -270,12 +271,12 @@ class IngestPipeline:
             batch, events, presence, rejected, derived.derived)
 
         elapsed = time.monotonic() - started
-        for transport, reasons in rejected.items():
-            for reason, count in reasons.items():
-                metrics.samples_rejected.labels(reason, transport).inc(count)
-        for transport, count in _split(inserted, sizes).items():
+        for (transport, kind), reasons in rejected.items():
+            metrics.count_rejected(kind, transport, reasons)
+        stored, duplicate = _stored_and_duplicates(inserted, duplicates, sizes)
+        for transport, count in stored.items():
             metrics.samples_stored.labels(transport).inc(count)
-        for transport, count in _split(duplicates, sizes).items():
+        for transport, count in duplicate.items():
             metrics.samples_duplicate.labels(transport).inc(count)
         metrics.events_stored.inc(events_inserted)
         metrics.batch_messages.observe(len(items))
@@ -325,9 +326,9 @@ class IngestPipeline:
             vehicle = vehicle_of.get(m.device_id)
             status = decode_status(m.payload, m.content_type)
             if vehicle is None:
-                _merge(rejected.setdefault(m.transport, {}), {"unknown_device": 1})
+                _merge(rejected.setdefault((m.transport, "status"), {}), {"unknown_device": 1})
             elif status is None:
-                _merge(rejected.setdefault(m.transport, {}), {"bad_structure": 1})
+                _merge(rejected.setdefault((m.transport, "status"), {}), {"bad_structure": 1})
             else:
                 updates.append((vehicle, status.online, status.t or m.received_ms))
                 self._metrics.presence_changes.labels(
@@ -393,7 +394,9 @@ class IngestPipeline:
             if n <= 1:
                 log.error("sample_refused_by_database", extra=fields(error=str(exc)[:300]))
                 # Attributed to the transport of the batch's first message: rare enough.
-                _merge(rejected.setdefault(self._first_transport, {}), {"store_refused": n})
+                kind = "telemetry" if len(batch) else "event"
+                _merge(rejected.setdefault((self._first_transport, kind), {}),
+                       {"store_refused": n})
                 return 0, 0, 0
             half_b, half_e = len(batch) // 2, len(events) // 2
             # What the stages derived goes with both halves (writing it twice is harmless).
@@ -449,6 +452,15 @@ def _split(count: int, sizes: dict[str, int]) -> dict[str, int]:
     out = {t: count * n // total for t, n in sizes.items()} if total else dict.fromkeys(sizes, 0)
     out[max(sizes, key=sizes.__getitem__)] += count - sum(out.values())
     return out
+
+
+def _stored_and_duplicates(inserted: int, duplicates: int, sizes: dict[str, int]
+                           ) -> tuple[dict[str, int], dict[str, int]]:
+    """A batch's stored and duplicate samples by transport: stored in proportion to each
+    transport's samples, duplicates to each one's samples not stored, so that per transport
+    stored + duplicate is its samples (exact unless the database refused some rows)."""
+    stored = _split(inserted, sizes)
+    return stored, _split(duplicates, {t: n - stored[t] for t, n in sizes.items()})
 
 
 def _merge(into: dict[str, int], counts: dict[str, int]) -> None:
