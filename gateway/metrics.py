@@ -53,6 +53,10 @@ class GatewayMetrics:
             ["flag"], registry=r)
         self.events_stored = Counter(
             "fleetgate_device_events_stored_total", "Device events newly stored", registry=r)
+        self.derived_events_stored = Counter(
+            "fleetgate_derived_events_stored_total",
+            "Events the cores derived (geofence, battery) newly stored, by source", ["source"],
+            registry=r)
         self.messages_acked = Counter(
             "fleetgate_messages_acked_total", "QoS 1 messages acknowledged after commit", registry=r)
         self.batch_messages = Histogram(
@@ -122,6 +126,8 @@ class GatewayMetrics:
         for transport in ("mqtt", "coap"):  # exported at 0 before the first sample
             for counter in (self.samples_received, self.samples_stored, self.samples_duplicate):
                 counter.labels(transport)
+        for source in ("geofence", "battery"):
+            self.derived_events_stored.labels(source)
         self.build = Info("fleetgate_build", "The running fleetgate", registry=r)
         self.build.info({"version": _version()})
         self.db_up.set(1)
@@ -140,6 +146,14 @@ class GatewayMetrics:
         if kind == "telemetry":
             self.samples_received.labels(transport).inc()
         self.count_rejected(kind, transport, {reason: 1})
+
+    def count_events_stored(self, by_source: Mapping[str, int]) -> None:
+        """Newly stored events: the devices' own, and what the cores derived, apart."""
+        for source, count in by_source.items():
+            if source == "device":
+                self.events_stored.inc(count)
+            else:
+                self.derived_events_stored.labels(source).inc(count)
 
 
 def _version() -> str:

@@ -278,7 +278,7 @@ class IngestPipeline:
             metrics.samples_stored.labels(transport).inc(count)
         for transport, count in duplicate.items():
             metrics.samples_duplicate.labels(transport).inc(count)
-        metrics.events_stored.inc(events_inserted)
+        metrics.count_events_stored(events_inserted)
         metrics.batch_messages.observe(len(items))
         metrics.batch_samples.observe(len(batch))
         metrics.commit_seconds.observe(elapsed)
@@ -352,7 +352,7 @@ class IngestPipeline:
                 await self._database_down("registry", exc)
 
     async def _write(self, batch, events, presence, rejected, derived
-                     ) -> tuple[int, int, int]:
+                     ) -> tuple[int, int, Counter[str]]:
         """Write until it commits; a batch the database refuses is split to isolate bad rows."""
         backoff = 0.2
         while True:
@@ -379,10 +379,11 @@ class IngestPipeline:
         await asyncio.sleep(backoff)
 
     async def _write_isolating(self, batch, events, rejected, derived
-                               ) -> tuple[int, int, int]:
+                               ) -> tuple[int, int, Counter[str]]:
+        """(samples inserted, duplicates, events inserted by source)."""
         try:
             r = await self._store.write(batch, events, derived)
-            return r.inserted, r.duplicates, r.events_inserted
+            return r.inserted, r.duplicates, Counter(r.events_by_source)
         except StoreUnavailable:
             raise
         except psycopg.Error as exc:
@@ -397,7 +398,7 @@ class IngestPipeline:
                 kind = "telemetry" if len(batch) else "event"
                 _merge(rejected.setdefault((self._first_transport, kind), {}),
                        {"store_refused": n})
-                return 0, 0, 0
+                return 0, 0, Counter()
             half_b, half_e = len(batch) // 2, len(events) // 2
             # What the stages derived goes with both halves (writing it twice is harmless).
             a = await self._write_isolating(batch.take(slice(0, half_b)), events[:half_e],

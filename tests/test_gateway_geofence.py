@@ -105,6 +105,26 @@ async def test_driving_through_a_zone_stores_one_enter_and_one_exit(mosquitto, p
     assert [(c.max_speed_kph, c.zone_id) for c in caps] == [(15, "old-town"), (None, None)]
 
 
+async def test_device_events_and_geofence_events_are_counted_apart(mosquitto, pg_dsn, topic_root):
+    await register(pg_dsn, [("bike-1", "veh-1", "ebike")])
+    await put_zones(pg_dsn, [square("old-town", 100, 300, kind="slow")])
+    t0 = int(time.time() * 1000) - 600_000
+    cfg = gateway_config(pg_dsn, mosquitto, topic_root)
+    async with running_gateway(cfg) as (_gw, reg):
+        dev = MqttClient(mosquitto.host, mosquitto.port, client_id="bike-1")
+        await dev.connect()
+        await dev.publish(f"{topic_root}/bike-1/event",
+                          orjson.dumps({"t": t0, "type": "tamper"}), qos=1)
+        await dev.disconnect()
+        await publish_all(mosquitto, topic_root, "bike-1", drive(t0, 0, 400))
+        await eventually(lambda: _len_at_least(geofence_events(pg_dsn), 2), what="two events")
+        await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 81)
+        assert metric(reg, "fleetgate_device_events_stored_total") == 1
+        assert metric(reg, "fleetgate_derived_events_stored_total", source="geofence") == len(
+            await geofence_events(pg_dsn))
+        assert metric(reg, "fleetgate_derived_events_stored_total", source="battery") == 0
+
+
 async def _len_at_least(coro, n: int) -> bool:
     return len(await coro) >= n
 
