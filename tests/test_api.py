@@ -48,6 +48,10 @@ def assert_problem(response, status: int, *words: str) -> dict:
     assert body["status"] == status and body["title"] and body["detail"]
     for word in words:
         assert word in body["detail"], body
+    if status == 422:  # docs/api.md: every 422 lists its reasons
+        assert body["errors"], body
+        for error in body["errors"]:
+            assert isinstance(error["loc"], list) and error["msg"], body
     return body
 
 
@@ -197,6 +201,23 @@ async def test_events_query_filters_and_pages(api_server):
         assert [(e["vehicle_ref"], e["source"]) for e in crashes] == [("veh-001", "device")]
         assert_problem(await c.get("/v1/events", params={"vehicle": "ghost"}), 404)
         assert_problem(await c.get("/v1/events", params={"source": "moon"}), 422, "source")
+
+
+# --- commands (the API alone: bad requests are refused before any command exists) ---------------
+
+async def test_bad_command_parameters_are_a_422_listing_every_reason_with_its_place(api_server):
+    await fleet(api_server, 1)
+    async with api_server.client("rental", headers={"Idempotency-Key": "k-params"}) as c:
+        body = assert_problem(await c.post("/v1/vehicles/veh-000/commands", json={
+            "type": "set_speed_limit", "params": {"kph": 1, "beep": True}}), 422, "kph")
+        assert [(e["loc"], e["type"]) for e in body["errors"]] == [
+            (["body", "params", "kph"], "greater_than_equal"),
+            (["body", "params", "beep"], "extra_forbidden")]
+        body = assert_problem(await c.post("/v1/vehicles/veh-000/commands", json={
+            "type": "set_config"}), 422, "at least one setting")
+        assert [e["loc"] for e in body["errors"]] == [["body", "params"]]
+    async with api_server.client("reader") as c:
+        assert (await c.get("/v1/commands")).json()["items"] == []
 
 
 # --- zones -------------------------------------------------------------------------------------
