@@ -50,11 +50,16 @@ async def changed_vehicles(store: TelemetryStore, since: datetime) -> list[dict[
 
 
 async def track(store: TelemetryStore, vehicle: int, start: datetime, end: datetime,
-                bucket: str, max_points: int) -> list[dict[str, Any]]:
+                bucket: str, max_points: int, *, include_implausible: bool = False
+                ) -> list[dict[str, Any]]:
+    """Raw samples or one point per bucket; `implausible` counts a point's samples flagged
+    implausible_jump (positions.flags & 1), which raw points leave out unless asked for."""
     if bucket == "raw":
-        query = ("SELECT time AS t, lat, lon, speed_kmh, soc_pct, 1 AS samples FROM positions "
-                 "WHERE vehicle = %s AND time >= %s AND time < %s AND (flags & 1) = 0 "
-                 "ORDER BY time LIMIT %s")
+        query = ("SELECT time AS t, lat, lon, speed_kmh, soc_pct, 1 AS samples, "
+                 "flags & 1 AS implausible FROM positions "
+                 "WHERE vehicle = %s AND time >= %s AND time < %s"
+                 + ("" if include_implausible else " AND (flags & 1) = 0")
+                 + " ORDER BY time LIMIT %s")
         return await _fetch(store, query, [vehicle, start, end, max_points])
     # date_bin works on both storage paths (TimescaleDB's time_bucket gives the same buckets).
     query = (
@@ -64,7 +69,7 @@ async def track(store: TelemetryStore, vehicle: int, start: datetime, end: datet
         "(array_agg(lon ORDER BY time DESC) FILTER (WHERE lat IS NOT NULL AND flags = 0))[1] "
         "AS lon, avg(speed_kmh) AS speed_kmh, "
         "(array_agg(soc_pct ORDER BY time DESC) FILTER (WHERE soc_pct IS NOT NULL))[1] "
-        "AS soc_pct, count(*) AS samples "
+        "AS soc_pct, count(*) AS samples, count(*) FILTER (WHERE (flags & 1) = 1) AS implausible "
         "FROM positions WHERE vehicle = %s AND time >= %s AND time < %s "
         "GROUP BY 1 ORDER BY 1 LIMIT %s")
     return await _fetch(store, query, [BUCKETS[bucket], vehicle, start, end, max_points])

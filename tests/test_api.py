@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from geofence import Zone
-from telemetry.batch import DeviceEvent
+from telemetry.batch import FLAG_IMPLAUSIBLE_JUMP, DeviceEvent
 from telemetry.store import VehicleRegistration
 from tests.test_store import make_batch, now_ms
 
@@ -169,6 +169,28 @@ async def test_track_raw_and_downsampled(api_server):
         capped = (await c.get("/v1/vehicles/veh-000/track",
                               params={**params, "bucket": "raw", "max_points": 7})).json()
         assert len(capped["points"]) == 7 and capped["truncated"] is True
+
+
+async def test_fixes_flagged_as_implausible_jumps_can_be_seen_in_the_track(api_server):
+    ids = await fleet(api_server, 1)
+    t0 = (now_ms() // 60_000) * 60_000 - 20 * 60_000
+    rows = [{"vehicle": ids["veh-000"], "t": t0 + k * 10_000, "lat": LAT0 + k * 1e-4, "lon": LON0,
+             "flags": FLAG_IMPLAUSIBLE_JUMP if k == 2 else 0} for k in range(6)]
+    rows[2]["lat"] = LAT0 + 1.0  # 111 km away, 10 s later: what the plausibility filter flags
+    await api_server.store.write(make_batch(rows), [])
+    start = datetime.fromtimestamp(t0 / 1000, timezone.utc)
+    params = {"from": start.isoformat(), "to": (start + timedelta(minutes=1)).isoformat()}
+    url = "/v1/vehicles/veh-000/track"
+    async with api_server.client("reader") as c:
+        raw = (await c.get(url, params={**params, "bucket": "raw"})).json()["points"]
+        assert len(raw) == 5 and not any(p["implausible"] for p in raw), "left out by default"
+        every = (await c.get(url, params={**params, "bucket": "raw",
+                                          "include_implausible": True})).json()["points"]
+        assert [p["implausible"] for p in every] == [0, 0, 1, 0, 0, 0]
+        assert every[2]["lat"] == pytest.approx(LAT0 + 1.0)
+        per_min = (await c.get(url, params={**params, "bucket": "1m"})).json()["points"]
+        assert [(p["samples"], p["implausible"]) for p in per_min] == [(6, 1)]
+        assert per_min[0]["lat"] == pytest.approx(LAT0 + 5e-4), "placed on a plausible fix"
 
 
 @pytest.mark.parametrize("params,status,words", [
