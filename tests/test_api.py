@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
 
+from commands import CommandState
 from geofence import Zone
 from telemetry.batch import FLAG_IMPLAUSIBLE_JUMP, DeviceEvent
 from telemetry.store import VehicleRegistration
@@ -223,6 +225,60 @@ async def test_events_query_filters_and_pages(api_server):
         assert [(e["vehicle_ref"], e["source"]) for e in crashes] == [("veh-001", "device")]
         assert_problem(await c.get("/v1/events", params={"vehicle": "ghost"}), 404)
         assert_problem(await c.get("/v1/events", params={"source": "moon"}), 422, "source")
+
+
+async def test_command_state_changes_are_events_paged_in_order_with_the_others(api_server):
+    """Commands written by the command store, as the dispatcher writes them."""
+    from commands import Command, CommandStore, CommandType, machine
+    from commands._time import utc_now
+
+    ids = await fleet(api_server, 2)
+    commands = CommandStore(api_server.store.pool)
+
+    async def unlock(vehicle: str, key: str) -> Command:
+        now = utc_now()
+        cmd = Command(id=uuid.uuid4(), vehicle_id=ids[vehicle], vehicle_ref=vehicle,
+                      device_id="tcu-" + vehicle[4:], type=CommandType.UNLOCK, params={},
+                      idempotency_key=key, requested_by="rental", request_hash="h",
+                      on_unsafe="wait", created_at=now, deadline=now + timedelta(seconds=60),
+                      updated_at=now)
+        await commands.apply([(cmd, [machine.created(cmd)])], [])
+        return cmd
+
+    t = now_ms() - 30_000
+    await api_server.store.write(make_batch([]), [DeviceEvent(ids["veh-000"], t, "tamper", None)])
+    cmd = await unlock("veh-000", "k1")
+    sent = machine.transition(cmd, CommandState.SENT, utc_now())
+    await commands.apply([], [sent])
+    await api_server.store.write(make_batch([]), [DeviceEvent(ids["veh-001"], t, "crash", None)])
+    await commands.apply([], [machine.transition(sent[0], CommandState.SUCCEEDED, utc_now(),
+                                                 reason="ok")])
+    await unlock("veh-001", "k2")
+
+    async with api_server.client("reader") as c:
+        seen, url = [], "/v1/events?limit=2"
+        while url:  # pages of two, in the order things happened
+            page = (await c.get(url)).json()
+            seen += page["items"]
+            url = page["next"]
+        assert [(e["vehicle_ref"], e["source"], e["type"]) for e in seen] == [
+            ("veh-000", "device", "tamper"), ("veh-000", "command", "command_queued"),
+            ("veh-000", "command", "command_sent"), ("veh-001", "device", "crash"),
+            ("veh-000", "command", "command_succeeded"), ("veh-001", "command", "command_queued")]
+        assert [e["id"] for e in seen] == sorted({e["id"] for e in seen})
+        assert seen[4]["detail"] == {
+            "command_id": str(cmd.id), "command_type": "unlock", "requested_by": "rental",
+            "from_state": "sent", "to_state": "succeeded", "reason": "ok"}
+        only = (await c.get("/v1/events", params={"source": "command",
+                                                  "vehicle": "veh-000"})).json()["items"]
+        assert [e["type"] for e in only] == ["command_queued", "command_sent",
+                                             "command_succeeded"]
+        done_ = (await c.get("/v1/events", params={"type": "command_succeeded"})).json()
+        assert [e["detail"]["command_id"] for e in done_["items"]] == [str(cmd.id)]
+        after = (await c.get("/v1/events", params={"after": seen[2]["id"]})).json()["items"]
+        assert after == seen[3:]
+        devices = (await c.get("/v1/events", params={"source": "device"})).json()["items"]
+        assert [e["type"] for e in devices] == ["tamper", "crash"]
 
 
 # --- commands (the API alone: bad requests are refused before any command exists) ---------------
