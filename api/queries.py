@@ -76,7 +76,7 @@ async def track(store: TelemetryStore, vehicle: int, start: datetime, end: datet
 
 
 # A command's state changes are events of source "command", type "command_<new state>", read
-# from command_history: its ids come from the events' sequence (migration 0012), so one id orders
+# from command_history: its ids come from the events' sequence (migration 0013), so one id orders
 # and pages both.
 _COMMAND_EVENTS = (
     "SELECT h.id, h.at AS time, v.vehicle_ref, 'command' AS source, "

@@ -133,7 +133,7 @@ async def test_bad_arguments_are_refused_before_touching_the_database(empty_pg_d
 
 async def test_command_history_already_stored_is_numbered_after_the_events(empty_pg_dsn,
                                                                            monkeypatch):
-    """A database at the version before command events (migration 0012), with events and command
+    """A database at the version before command events (migration 0013), with events and command
     history whose ids overlap, is upgraded: the history keeps its order, its ids follow every
     event's, and new rows of either table take ids from the one sequence."""
     import telemetry.store._migrate as migrations
