@@ -57,6 +57,11 @@ class GatewayMetrics:
             "fleetgate_derived_events_stored_total",
             "Events the cores derived (geofence, battery) newly stored, by source", ["source"],
             registry=r)
+        self.pipeline_errors = Counter(
+            "fleetgate_pipeline_errors_total",
+            "Faults of the gateway's own met while processing: a batch that raised (then committed "
+            "in parts, the failing message quarantined), a commit listener or an acknowledgement "
+            "that failed. Any is a bug to report; the data is safe.", ["where"], registry=r)
         self.messages_acked = Counter(
             "fleetgate_messages_acked_total", "QoS 1 messages acknowledged after commit", registry=r)
         self.batch_messages = Histogram(
@@ -140,8 +145,8 @@ class GatewayMetrics:
             counter.labels(reason, transport).inc(count)
 
     def count_refused(self, kind: str, transport: str, reason: str) -> None:
-        """A message refused whole before the pipeline saw it (the CoAP ingress's early answers),
-        counted as the pipeline counts a message it rejects whole."""
+        """A message rejected whole outside the batch's decoding (the CoAP ingress's early
+        answers, a quarantined message), counted as the decoder's whole-message rejections are."""
         self.messages_received.labels(transport, kind).inc()
         if kind == "telemetry":
             self.samples_received.labels(transport).inc()
