@@ -1,12 +1,14 @@
 """Errors as RFC 9457 problem details (application/problem+json), for every route.
 
 Domain failures raise Problem with a stable `type` (a relative URI under /problems/); FastAPI's
-validation errors and plain HTTP errors are turned into the same shape, with the reason.
+validation errors and plain HTTP errors are turned into the same shape, with the reason. Every 422
+lists its reasons in `errors`: [{"loc": [...], "msg": ..., "type": ...}] (docs/api.md).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -23,8 +25,16 @@ log = logging.getLogger("fleetgate.api")
 MEDIA_TYPE = "application/problem+json"
 
 
+class FieldError(BaseModel):
+    """One reason a request is invalid: where (`loc`, e.g. ["body", "params", "kph"]) and why."""
+
+    loc: list[str | int]
+    msg: str
+    type: str | None = None
+
+
 class ProblemDetails(BaseModel):
-    """RFC 9457 problem details; extension members (such as `errors`) may follow."""
+    """RFC 9457 problem details; extension members may follow."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -33,6 +43,7 @@ class ProblemDetails(BaseModel):
     status: int
     detail: str | None = None
     instance: str | None = None
+    errors: list[FieldError] | None = None  # every 422 has it
 
 
 class Problem(Exception):
@@ -43,6 +54,19 @@ class Problem(Exception):
         super().__init__(detail)
         self.status, self.slug, self.detail, self.extra = status, slug, detail, extra
         self.headers = headers
+
+
+def field_errors(errors: Iterable[Mapping[str, Any]], loc: Sequence[str | int] = ()
+                 ) -> list[dict[str, Any]]:
+    """pydantic's errors as a 422's `errors` list; `loc` is put before each error's location
+    (e.g. ("body",) for a model validated from the request body)."""
+    return [{"loc": [*loc, *e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type")}
+            for e in errors]
+
+
+def invalid(slug: str, detail: str, loc: Sequence[str | int] = ("body",)) -> Problem:
+    """A 422 for input the models let through but the domain refuses, with its one error."""
+    return Problem(422, slug, detail, errors=[{"loc": list(loc), "msg": detail, "type": slug}])
 
 
 def problem_response(request: Request, status: int, detail: str | None, *,
@@ -65,8 +89,11 @@ PROBLEM_RESPONSES: dict[int | str, dict] = {
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
+        extra = exc.extra
+        if exc.status == 422 and "errors" not in extra:  # the promise holds for every 422
+            extra = {**extra, "errors": [{"loc": [], "msg": exc.detail, "type": exc.slug}]}
         return problem_response(request, exc.status, exc.detail, slug=exc.slug,
-                                headers=exc.headers, **exc.extra)
+                                headers=exc.headers, **extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -75,8 +102,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type")}
-                  for e in exc.errors()]
+        errors = field_errors(exc.errors())
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
         return problem_response(request, 422, f"{where}: {first['msg']}" if where else first["msg"],

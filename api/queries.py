@@ -50,11 +50,16 @@ async def changed_vehicles(store: TelemetryStore, since: datetime) -> list[dict[
 
 
 async def track(store: TelemetryStore, vehicle: int, start: datetime, end: datetime,
-                bucket: str, max_points: int) -> list[dict[str, Any]]:
+                bucket: str, max_points: int, *, include_implausible: bool = False
+                ) -> list[dict[str, Any]]:
+    """Raw samples or one point per bucket; `implausible` counts a point's samples flagged
+    implausible_jump (positions.flags & 1), which raw points leave out unless asked for."""
     if bucket == "raw":
-        query = ("SELECT time AS t, lat, lon, speed_kmh, soc_pct, 1 AS samples FROM positions "
-                 "WHERE vehicle = %s AND time >= %s AND time < %s AND (flags & 1) = 0 "
-                 "ORDER BY time LIMIT %s")
+        query = ("SELECT time AS t, lat, lon, speed_kmh, soc_pct, 1 AS samples, "
+                 "flags & 1 AS implausible FROM positions "
+                 "WHERE vehicle = %s AND time >= %s AND time < %s"
+                 + ("" if include_implausible else " AND (flags & 1) = 0")
+                 + " ORDER BY time LIMIT %s")
         return await _fetch(store, query, [vehicle, start, end, max_points])
     # date_bin works on both storage paths (TimescaleDB's time_bucket gives the same buckets).
     query = (
@@ -64,27 +69,55 @@ async def track(store: TelemetryStore, vehicle: int, start: datetime, end: datet
         "(array_agg(lon ORDER BY time DESC) FILTER (WHERE lat IS NOT NULL AND flags = 0))[1] "
         "AS lon, avg(speed_kmh) AS speed_kmh, "
         "(array_agg(soc_pct ORDER BY time DESC) FILTER (WHERE soc_pct IS NOT NULL))[1] "
-        "AS soc_pct, count(*) AS samples "
+        "AS soc_pct, count(*) AS samples, count(*) FILTER (WHERE (flags & 1) = 1) AS implausible "
         "FROM positions WHERE vehicle = %s AND time >= %s AND time < %s "
         "GROUP BY 1 ORDER BY 1 LIMIT %s")
     return await _fetch(store, query, [BUCKETS[bucket], vehicle, start, end, max_points])
+
+
+# A command's state changes are events of source "command", type "command_<new state>", read
+# from command_history: its ids come from the events' sequence (migration 0013), so one id orders
+# and pages both.
+_COMMAND_EVENTS = (
+    "SELECT h.id, h.at AS time, v.vehicle_ref, 'command' AS source, "
+    "'command_' || h.to_state AS type, jsonb_strip_nulls(jsonb_build_object("
+    "'command_id', c.id, 'command_type', c.type, 'requested_by', c.requested_by, "
+    "'from_state', h.from_state, 'to_state', h.to_state, 'reason', h.reason, "
+    "'detail', h.detail)) AS detail, h.at AS received_at "
+    "FROM command_history h JOIN commands c ON c.id = h.command_id "
+    "JOIN vehicles v ON v.id = c.vehicle")
 
 
 async def events(store: TelemetryStore, *, vehicle: int | None = None, type: str | None = None,
                  source: str | None = None, start: datetime | None = None,
                  end: datetime | None = None, after: int | None = None, limit: int = 100
                  ) -> list[dict[str, Any]]:
-    clause, params = _where(
-        ("e.vehicle = %s", vehicle), ("e.type = %s", type), ("e.source = %s", source),
-        ("e.time >= %s", start), ("e.time < %s", end), ("e.id > %s", after))
-    query = ("SELECT e.id, e.time, v.vehicle_ref, e.source, e.type, e.detail, e.received_at "
-             "FROM events e JOIN vehicles v ON v.id = e.vehicle" + clause
-             + " ORDER BY e.id LIMIT %s")
+    """Stored events and command state changes, in id order (one query, each part ordered and
+    limited on its own index before they are merged)."""
+    parts, params = [], []
+    if source != "command":
+        clause, args = _where(
+            ("e.vehicle = %s", vehicle), ("e.type = %s", type), ("e.source = %s", source),
+            ("e.time >= %s", start), ("e.time < %s", end), ("e.id > %s", after))
+        parts.append("(SELECT e.id, e.time, v.vehicle_ref, e.source, e.type, e.detail, "
+                     "e.received_at FROM events e JOIN vehicles v ON v.id = e.vehicle" + clause
+                     + " ORDER BY e.id LIMIT %s)")
+        params += [*args, limit]
+    if source in (None, "command") and (type is None or type.startswith("command_")):
+        clause, args = _where(
+            ("c.vehicle = %s", vehicle), ("h.to_state = %s", type and type[len("command_"):]),
+            ("h.at >= %s", start), ("h.at < %s", end), ("h.id > %s", after))
+        parts.append("(" + _COMMAND_EVENTS + clause + " ORDER BY h.id LIMIT %s)")
+        params += [*args, limit]
+    if not parts:  # source "command" with a type no command event has
+        return []
+    query = "SELECT * FROM (" + " UNION ALL ".join(parts) + ") AS u ORDER BY id LIMIT %s"
     return await _fetch(store, query, [*params, limit])
 
 
 async def latest_event_id(store: TelemetryStore) -> int:
-    rows = await _fetch(store, "SELECT coalesce(max(id), 0) AS id FROM events", [])
+    rows = await _fetch(store, "SELECT greatest((SELECT max(id) FROM events), "
+                               "(SELECT max(id) FROM command_history), 0) AS id", [])
     return rows[0]["id"]
 
 

@@ -2,12 +2,13 @@
 
 Tests and benchmarks run several gateways in one process, so nothing registers globally unless
 asked. Label values are bounded: transports are mqtt and coap, reasons come from
-telemetry.decoder.REASONS, cores are geofence and battery. docs/deployment.md lists them all with
-what to alert on.
+telemetry.decoder.REASONS (and the CoAP ingress's few of its own), cores are geofence and battery.
+docs/deployment.md lists them all with what to alert on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -22,6 +23,8 @@ class GatewayMetrics:
         self.messages_received = Counter(
             "fleetgate_messages_received_total", "MQTT/CoAP messages received, by transport and kind",
             ["transport", "kind"], registry=r)
+        # Telemetry only: received = stored + duplicate + rejected, per transport. A message
+        # rejected whole counts as one sample received and one rejected.
         self.samples_received = Counter(
             "fleetgate_samples_received_total", "Samples decoded from device messages",
             ["transport"], registry=r)
@@ -36,13 +39,24 @@ class GatewayMetrics:
             ["transport"], registry=r)
         self.samples_rejected = Counter(
             "fleetgate_samples_rejected_total",
-            "Samples or messages rejected, by reason and transport", ["reason", "transport"],
-            registry=r)
+            "Telemetry samples or messages rejected, by reason and transport",
+            ["reason", "transport"], registry=r)
+        self.device_events_rejected = Counter(
+            "fleetgate_device_events_rejected_total",
+            "Device events or event messages rejected, by reason and transport",
+            ["reason", "transport"], registry=r)
+        self.status_rejected = Counter(
+            "fleetgate_status_rejected_total", "Presence status messages rejected, by reason",
+            ["reason", "transport"], registry=r)
         self.samples_flagged = Counter(
             "fleetgate_samples_flagged_total", "Samples stored with a quality flag",
             ["flag"], registry=r)
         self.events_stored = Counter(
             "fleetgate_device_events_stored_total", "Device events newly stored", registry=r)
+        self.derived_events_stored = Counter(
+            "fleetgate_derived_events_stored_total",
+            "Events the cores derived (geofence, battery) newly stored, by source", ["source"],
+            registry=r)
         self.pipeline_errors = Counter(
             "fleetgate_pipeline_errors_total",
             "Faults of the gateway's own met while processing: a batch that raised (then committed "
@@ -117,9 +131,34 @@ class GatewayMetrics:
         for transport in ("mqtt", "coap"):  # exported at 0 before the first sample
             for counter in (self.samples_received, self.samples_stored, self.samples_duplicate):
                 counter.labels(transport)
+        for source in ("geofence", "battery"):
+            self.derived_events_stored.labels(source)
         self.build = Info("fleetgate_build", "The running fleetgate", registry=r)
         self.build.info({"version": _version()})
         self.db_up.set(1)
+
+    def count_rejected(self, kind: str, transport: str, reasons: Mapping[str, int]) -> None:
+        """Rejections of one message kind (telemetry, event, status), each in its own counter."""
+        counter = {"telemetry": self.samples_rejected, "event": self.device_events_rejected,
+                   "status": self.status_rejected}[kind]
+        for reason, count in reasons.items():
+            counter.labels(reason, transport).inc(count)
+
+    def count_refused(self, kind: str, transport: str, reason: str) -> None:
+        """A message rejected whole outside the batch's decoding (the CoAP ingress's early
+        answers, a quarantined message), counted as the decoder's whole-message rejections are."""
+        self.messages_received.labels(transport, kind).inc()
+        if kind == "telemetry":
+            self.samples_received.labels(transport).inc()
+        self.count_rejected(kind, transport, {reason: 1})
+
+    def count_events_stored(self, by_source: Mapping[str, int]) -> None:
+        """Newly stored events: the devices' own, and what the cores derived, apart."""
+        for source, count in by_source.items():
+            if source == "device":
+                self.events_stored.inc(count)
+            else:
+                self.derived_events_stored.labels(source).inc(count)
 
 
 def _version() -> str:

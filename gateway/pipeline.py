@@ -281,11 +281,8 @@ class IngestPipeline:
                 break
             except StoreUnavailable as down:
                 await self._database_down("quarantine", down)
-        metrics = self._metrics
-        metrics.messages_received.labels(m.transport, m.kind).inc()
-        if m.kind == "telemetry":
-            metrics.samples_received.labels(m.transport).inc()
-        metrics.samples_rejected.labels(PROCESSING_FAILED, m.transport).inc()
+        # Counted as a message rejected whole (an event's or a status's in their own counters).
+        self._metrics.count_refused(m.kind, m.transport, PROCESSING_FAILED)
         self._acknowledge_all([m])
 
     async def _commit_batch(self, items: list[Inbound]) -> None:
@@ -300,8 +297,9 @@ class IngestPipeline:
         self._first_transport = items[0].transport
         vehicle_of = self._registry.vehicle_of
         now_ms = int(time.time() * 1000)
-        # Rejections by transport, then reason (fleetgate_samples_rejected_total{reason,transport}).
-        rejected: dict[str, dict[str, int]] = {}
+        # Rejections by (transport, kind), then reason: telemetry's in
+        # fleetgate_samples_rejected_total{reason,transport}, events' and statuses' in their own.
+        rejected: dict[tuple[str, str], dict[str, int]] = {}
         problems = []
 
         batches = []
@@ -315,7 +313,7 @@ class IngestPipeline:
                 content_types=[m.content_type for m in msgs])
             batches.append(decoded.batch)
             sizes[transport] = len(decoded.batch)
-            _merge(rejected.setdefault(transport, {}), decoded.rejected)
+            _merge(rejected.setdefault((transport, "telemetry"), {}), decoded.rejected)
             problems += decoded.problems
             received[transport] = len(decoded.batch) + sum(decoded.rejected.values())
         batch = batches[0] if len(batches) == 1 else TelemetryBatch.concat(batches)
@@ -329,7 +327,7 @@ class IngestPipeline:
                 now_ms=now_ms, limits=self._time_limits,
                 content_types=[m.content_type for m in msgs])
             events += decoded_events
-            _merge(rejected.setdefault(transport, {}), ev_rejected)
+            _merge(rejected.setdefault((transport, "event"), {}), ev_rejected)
             problems += ev_problems
         presence = self._presence_updates(statuses, vehicle_of, rejected, now_ms)
         derived = self._run_stages(batch)
@@ -367,14 +365,14 @@ class IngestPipeline:
             metrics.samples_received.labels(transport).inc(count)
         if flagged:
             metrics.samples_flagged.labels("implausible_jump").inc(flagged)
-        for transport, reasons in rejected.items():
-            for reason, count in reasons.items():
-                metrics.samples_rejected.labels(reason, transport).inc(count)
-        for transport, count in _split(inserted, sizes).items():
+        for (transport, kind), reasons in rejected.items():
+            metrics.count_rejected(kind, transport, reasons)
+        stored, duplicate = _stored_and_duplicates(inserted, duplicates, sizes)
+        for transport, count in stored.items():
             metrics.samples_stored.labels(transport).inc(count)
-        for transport, count in _split(duplicates, sizes).items():
+        for transport, count in duplicate.items():
             metrics.samples_duplicate.labels(transport).inc(count)
-        metrics.events_stored.inc(events_inserted)
+        metrics.count_events_stored(events_inserted)
         for _, online, _ in presence:
             metrics.presence_changes.labels("online" if online else "offline", "status").inc()
         metrics.batch_messages.observe(len(items))
@@ -434,7 +432,7 @@ class IngestPipeline:
             elif status.t is not None and status.t < now_ms - limits.max_age_ms:
                 reason = "time_too_old"
             if reason is not None:
-                _merge(rejected.setdefault(m.transport, {}), {reason: 1})
+                _merge(rejected.setdefault((m.transport, "status"), {}), {reason: 1})
             else:
                 updates.append((vehicle, status.online, status.t or m.received_ms))
         return updates
@@ -456,7 +454,7 @@ class IngestPipeline:
                 await self._database_down("registry", exc)
 
     async def _write(self, batch, events, presence, rejected, derived
-                     ) -> tuple[int, int, int]:
+                     ) -> tuple[int, int, Counter[str]]:
         """Write until it commits; a batch the database refuses is split to isolate bad rows."""
         backoff = 0.2
         while True:
@@ -483,10 +481,11 @@ class IngestPipeline:
         await asyncio.sleep(backoff)
 
     async def _write_isolating(self, batch, events, rejected, derived
-                               ) -> tuple[int, int, int]:
+                               ) -> tuple[int, int, Counter[str]]:
+        """(samples inserted, duplicates, events inserted by source)."""
         try:
             r = await self._store.write(batch, events, derived)
-            return r.inserted, r.duplicates, r.events_inserted
+            return r.inserted, r.duplicates, Counter(r.events_by_source)
         except StoreUnavailable:
             raise
         except psycopg.Error as exc:
@@ -498,8 +497,10 @@ class IngestPipeline:
             if n <= 1:
                 log.error("sample_refused_by_database", extra=fields(error=str(exc)[:300]))
                 # Attributed to the transport of the batch's first message: rare enough.
-                _merge(rejected.setdefault(self._first_transport, {}), {"store_refused": n})
-                return 0, 0, 0
+                kind = "telemetry" if len(batch) else "event"
+                _merge(rejected.setdefault((self._first_transport, kind), {}),
+                       {"store_refused": n})
+                return 0, 0, Counter()
             half_b, half_e = len(batch) // 2, len(events) // 2
             # What the stages derived goes with both halves (writing it twice is harmless).
             a = await self._write_isolating(batch.take(slice(0, half_b)), events[:half_e],
@@ -508,7 +509,7 @@ class IngestPipeline:
                                             rejected, derived)
             return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
-    def _log_problems(self, rejected: dict[str, dict[str, int]], problems) -> None:
+    def _log_problems(self, rejected: dict[tuple[str, str], dict[str, int]], problems) -> None:
         if not any(rejected.values()):
             return
         for reasons in rejected.values():
@@ -554,6 +555,15 @@ def _split(count: int, sizes: dict[str, int]) -> dict[str, int]:
     out = {t: count * n // total for t, n in sizes.items()} if total else dict.fromkeys(sizes, 0)
     out[max(sizes, key=sizes.__getitem__)] += count - sum(out.values())
     return out
+
+
+def _stored_and_duplicates(inserted: int, duplicates: int, sizes: dict[str, int]
+                           ) -> tuple[dict[str, int], dict[str, int]]:
+    """A batch's stored and duplicate samples by transport: stored in proportion to each
+    transport's samples, duplicates to each one's samples not stored, so that per transport
+    stored + duplicate is its samples (exact unless the database refused some rows)."""
+    stored = _split(inserted, sizes)
+    return stored, _split(duplicates, {t: n - stored[t] for t, n in sizes.items()})
 
 
 def _describe(exc: BaseException, limit: int = 300) -> str:

@@ -28,6 +28,7 @@ from geofence.zones import (
                               Rule,
                               Zone,
                               ZoneKind,
+                              assign_kinds,
 )
 from geofence.zoneset import EffectiveRules, ZoneSet
 
@@ -37,5 +38,5 @@ __all__ = [
     "CircleGeometry", "EffectiveRules", "GeofenceEvent", "Hysteresis", "InvalidZone", "Membership",
     "MultiPolygonGeometry", "PolygonGeometry", "Rule", "SpeedCapChange", "TrackResult",
     "ViolationPolicy", "Zone", "ZoneIndex", "ZoneKind", "ZoneSet", "ZoneTracker",
-    "zones_from_gbfs", "zoneset_to_gbfs",
+    "assign_kinds", "zones_from_gbfs", "zoneset_to_gbfs",
 ]

@@ -2,7 +2,8 @@
 
 GBFS knows MultiPolygons only and has no zone ids or kinds, so fleetgate writes them as extension
 fields (underscore-prefixed, as the spec asks): _zone_id, _kind and, for circles, _circle with the
-exact centre and radius next to the 64-gon every other consumer reads.
+exact centre and radius next to the 64-gon every other consumer reads. Another publisher's file
+has no _kind: its zones are "other" until the importer names their kinds (zones.assign_kinds).
 """
 
 from __future__ import annotations

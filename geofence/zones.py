@@ -173,6 +173,34 @@ class Zone(BaseModel):
         return None if self.end is None else round(self.end.timestamp() * 1000)
 
 
+def assign_kinds(zones: list[Zone], kinds: Mapping[str, str]) -> list[Zone]:
+    """The zones with the kinds `kinds` gives them: zone id or name -> kind. A key is an id if
+    some zone has that id, else a name (every zone of that name). A GBFS file has no kinds, so an
+    import says which of its zones is the operating area this way. Raises InvalidZone for a kind
+    that does not exist, a key that matches no zone, or a zone given two kinds; nothing else."""
+    allowed = {k.value for k in ZoneKind}
+    by_id = {z.id: i for i, z in enumerate(zones)}
+    chosen: dict[int, tuple[str, str]] = {}  # zone position -> (key, kind)
+    for key, kind in kinds.items():
+        if kind not in allowed:
+            raise InvalidZone(f"kind {kind!r} for {key!r} is not one of "
+                              f"{', '.join(k.value for k in ZoneKind)}")
+        matched = [by_id[key]] if key in by_id else [
+            i for i, z in enumerate(zones) if z.name == key]
+        if not matched:
+            names = sorted({z.name for z in zones if z.name})
+            raise InvalidZone(f"no zone has the id or name {key!r} (names: "
+                              f"{', '.join(map(repr, names[:10])) or 'none'}"
+                              f"{', ...' if len(names) > 10 else ''})")
+        for i in matched:
+            if i in chosen and chosen[i][1] != kind:
+                raise InvalidZone(f"zone {zones[i].id!r} is given two kinds: {chosen[i][1]!r} "
+                                  f"(by {chosen[i][0]!r}) and {kind!r} (by {key!r})")
+            chosen[i] = (key, kind)
+    return [z.model_copy(update={"kind": ZoneKind(chosen[i][1])}) if i in chosen else z
+            for i, z in enumerate(zones)]
+
+
 def _reason(zone_id: Any, exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
 
+from commands import CommandState
 from geofence import Zone
-from telemetry.batch import DeviceEvent
+from telemetry.batch import FLAG_IMPLAUSIBLE_JUMP, DeviceEvent
 from telemetry.store import VehicleRegistration
 from tests.test_store import make_batch, now_ms
 
@@ -48,6 +50,10 @@ def assert_problem(response, status: int, *words: str) -> dict:
     assert body["status"] == status and body["title"] and body["detail"]
     for word in words:
         assert word in body["detail"], body
+    if status == 422:  # docs/api.md: every 422 lists its reasons
+        assert body["errors"], body
+        for error in body["errors"]:
+            assert isinstance(error["loc"], list) and error["msg"], body
     return body
 
 
@@ -167,6 +173,28 @@ async def test_track_raw_and_downsampled(api_server):
         assert len(capped["points"]) == 7 and capped["truncated"] is True
 
 
+async def test_fixes_flagged_as_implausible_jumps_can_be_seen_in_the_track(api_server):
+    ids = await fleet(api_server, 1)
+    t0 = (now_ms() // 60_000) * 60_000 - 20 * 60_000
+    rows = [{"vehicle": ids["veh-000"], "t": t0 + k * 10_000, "lat": LAT0 + k * 1e-4, "lon": LON0,
+             "flags": FLAG_IMPLAUSIBLE_JUMP if k == 2 else 0} for k in range(6)]
+    rows[2]["lat"] = LAT0 + 1.0  # 111 km away, 10 s later: what the plausibility filter flags
+    await api_server.store.write(make_batch(rows), [])
+    start = datetime.fromtimestamp(t0 / 1000, timezone.utc)
+    params = {"from": start.isoformat(), "to": (start + timedelta(minutes=1)).isoformat()}
+    url = "/v1/vehicles/veh-000/track"
+    async with api_server.client("reader") as c:
+        raw = (await c.get(url, params={**params, "bucket": "raw"})).json()["points"]
+        assert len(raw) == 5 and not any(p["implausible"] for p in raw), "left out by default"
+        every = (await c.get(url, params={**params, "bucket": "raw",
+                                          "include_implausible": True})).json()["points"]
+        assert [p["implausible"] for p in every] == [0, 0, 1, 0, 0, 0]
+        assert every[2]["lat"] == pytest.approx(LAT0 + 1.0)
+        per_min = (await c.get(url, params={**params, "bucket": "1m"})).json()["points"]
+        assert [(p["samples"], p["implausible"]) for p in per_min] == [(6, 1)]
+        assert per_min[0]["lat"] == pytest.approx(LAT0 + 5e-4), "placed on a plausible fix"
+
+
 @pytest.mark.parametrize("params,status,words", [
     ({"from": "2026-11-23T10:00:00Z", "to": "2026-11-23T09:00:00Z"}, 400, ["must be before"]),
     ({"from": "2026-11-23T10:00:00"}, 400, ["time zone"]),
@@ -197,6 +225,77 @@ async def test_events_query_filters_and_pages(api_server):
         assert [(e["vehicle_ref"], e["source"]) for e in crashes] == [("veh-001", "device")]
         assert_problem(await c.get("/v1/events", params={"vehicle": "ghost"}), 404)
         assert_problem(await c.get("/v1/events", params={"source": "moon"}), 422, "source")
+
+
+async def test_command_state_changes_are_events_paged_in_order_with_the_others(api_server):
+    """Commands written by the command store, as the dispatcher writes them."""
+    from commands import Command, CommandStore, CommandType, machine
+    from commands._time import utc_now
+
+    ids = await fleet(api_server, 2)
+    commands = CommandStore(api_server.store.pool)
+
+    async def unlock(vehicle: str, key: str) -> Command:
+        now = utc_now()
+        cmd = Command(id=uuid.uuid4(), vehicle_id=ids[vehicle], vehicle_ref=vehicle,
+                      device_id="tcu-" + vehicle[4:], type=CommandType.UNLOCK, params={},
+                      idempotency_key=key, requested_by="rental", request_hash="h",
+                      on_unsafe="wait", created_at=now, deadline=now + timedelta(seconds=60),
+                      updated_at=now)
+        await commands.apply([(cmd, [machine.created(cmd)])], [])
+        return cmd
+
+    t = now_ms() - 30_000
+    await api_server.store.write(make_batch([]), [DeviceEvent(ids["veh-000"], t, "tamper", None)])
+    cmd = await unlock("veh-000", "k1")
+    sent = machine.transition(cmd, CommandState.SENT, utc_now())
+    await commands.apply([], [sent])
+    await api_server.store.write(make_batch([]), [DeviceEvent(ids["veh-001"], t, "crash", None)])
+    await commands.apply([], [machine.transition(sent[0], CommandState.SUCCEEDED, utc_now(),
+                                                 reason="ok")])
+    await unlock("veh-001", "k2")
+
+    async with api_server.client("reader") as c:
+        seen, url = [], "/v1/events?limit=2"
+        while url:  # pages of two, in the order things happened
+            page = (await c.get(url)).json()
+            seen += page["items"]
+            url = page["next"]
+        assert [(e["vehicle_ref"], e["source"], e["type"]) for e in seen] == [
+            ("veh-000", "device", "tamper"), ("veh-000", "command", "command_queued"),
+            ("veh-000", "command", "command_sent"), ("veh-001", "device", "crash"),
+            ("veh-000", "command", "command_succeeded"), ("veh-001", "command", "command_queued")]
+        assert [e["id"] for e in seen] == sorted({e["id"] for e in seen})
+        assert seen[4]["detail"] == {
+            "command_id": str(cmd.id), "command_type": "unlock", "requested_by": "rental",
+            "from_state": "sent", "to_state": "succeeded", "reason": "ok"}
+        only = (await c.get("/v1/events", params={"source": "command",
+                                                  "vehicle": "veh-000"})).json()["items"]
+        assert [e["type"] for e in only] == ["command_queued", "command_sent",
+                                             "command_succeeded"]
+        done_ = (await c.get("/v1/events", params={"type": "command_succeeded"})).json()
+        assert [e["detail"]["command_id"] for e in done_["items"]] == [str(cmd.id)]
+        after = (await c.get("/v1/events", params={"after": seen[2]["id"]})).json()["items"]
+        assert after == seen[3:]
+        devices = (await c.get("/v1/events", params={"source": "device"})).json()["items"]
+        assert [e["type"] for e in devices] == ["tamper", "crash"]
+
+
+# --- commands (the API alone: bad requests are refused before any command exists) ---------------
+
+async def test_bad_command_parameters_are_a_422_listing_every_reason_with_its_place(api_server):
+    await fleet(api_server, 1)
+    async with api_server.client("rental", headers={"Idempotency-Key": "k-params"}) as c:
+        body = assert_problem(await c.post("/v1/vehicles/veh-000/commands", json={
+            "type": "set_speed_limit", "params": {"kph": 1, "beep": True}}), 422, "kph")
+        assert [(e["loc"], e["type"]) for e in body["errors"]] == [
+            (["body", "params", "kph"], "greater_than_equal"),
+            (["body", "params", "beep"], "extra_forbidden")]
+        body = assert_problem(await c.post("/v1/vehicles/veh-000/commands", json={
+            "type": "set_config"}), 422, "at least one setting")
+        assert [e["loc"] for e in body["errors"]] == [["body", "params"]]
+    async with api_server.client("reader") as c:
+        assert (await c.get("/v1/commands")).json()["items"] == []
 
 
 # --- zones -------------------------------------------------------------------------------------

@@ -114,6 +114,12 @@ async def test_a_queued_command_can_be_cancelled_and_bad_requests_get_a_reason(
                            422, "kph")
             assert_problem(await c.post("/v1/vehicles/veh-0001/commands", json={"type": "fly"}),
                            422, "type")
+            past = assert_problem(await c.post("/v1/vehicles/veh-0001/commands", json={
+                "type": "lock", "deadline": "2020-01-01T00:00:00Z"}), 422, "in the past")
+            assert [e["loc"] for e in past["errors"]] == [["body", "deadline"]]
+            both = assert_problem(await c.post("/v1/vehicles/veh-0001/commands", json={
+                "type": "lock", "ttl_s": 60, "deadline": "2099-01-01T00:00:00Z"}), 422, "not both")
+            assert [e["loc"] for e in both["errors"]] == [["body"]]
             assert_problem(await c.get(f"/v1/commands/{uuid.uuid4()}"), 404)
         async with api_server.client("rental") as c:  # no Idempotency-Key
             assert_problem(await c.post("/v1/vehicles/veh-0001/commands", json={"type": "lock"}),

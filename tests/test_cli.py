@@ -81,6 +81,32 @@ def test_an_invalid_zone_file_is_refused_and_changes_nothing(pg_dsn, tmp_path):
     assert run("zones", "export", env=env).output == before
 
 
+def test_a_gbfs_import_sets_kinds_by_zone_name_or_id_and_refuses_unknown_ones(pg_dsn, tmp_path):
+    env = {"FLEETGATE_DATABASE_URL": pg_dsn}
+    path = tmp_path / "geofencing_zones.json"
+    path.write_bytes(orjson.dumps(gbfs_doc(feature(13.3, 52.4, 13.5, 52.6, "Service area"),
+                                           feature(13.40, 52.50, 13.41, 52.51, "Mitte"),
+                                           feature(13.42, 52.50, 13.43, 52.51, "Kreuzberg"))))
+    mapping = tmp_path / "kinds.json"
+    mapping.write_bytes(orjson.dumps({"gbfs-2": "slow"}))
+    for bad, words in ((["--kind", "Tiergarten=no_parking"], ["'Tiergarten'", "'Mitte'"]),
+                       (["--kind", "Mitte=parking_lot"], ["parking_lot", "operating_area"]),
+                       (["--kind", "Mitte"], ["NAME_OR_ID=KIND"]),
+                       (["--kind", "Mitte=slow", "--kind", "gbfs-1=station"], ["two kinds"])):
+        result = run("zones", "import", str(path), *bad, env=env)
+        assert result.exit_code == 2, (bad, result.output)
+        assert all(w in result.output for w in words), (bad, result.output)
+        assert "0 zones" in run("zones", "list", env=env).output, "nothing stored"
+
+    result = run("zones", "import", str(path), "--kind", "Service area=operating_area",
+                 "--kind", "Mitte=no_parking", "--kinds", str(mapping), env=env)
+    assert result.exit_code == 0, result.output
+    exported = json.loads(run("zones", "export", env=env).output)
+    assert [(z["id"], z["name"], z["kind"]) for z in exported["zones"]] == [
+        ("gbfs-0", "Service area", "operating_area"), ("gbfs-1", "Mitte", "no_parking"),
+        ("gbfs-2", "Kreuzberg", "slow")]
+
+
 def test_db_migrate_is_idempotent_and_reports_the_storage(empty_pg_dsn):
     env = {"FLEETGATE_DATABASE_URL": empty_pg_dsn, "FLEETGATE_STORAGE": "native"}
     first = run("db", "migrate", env=env)

@@ -196,6 +196,54 @@ async def test_malformed_and_invalid_uplinks_get_4_00_with_the_reason_and_store_
     assert [k for _, k in await stored_keys(pg_dsn)] == [t - 5]
 
 
+async def test_refusals_before_the_pipeline_are_counted_under_mqtts_reason_names(pg_dsn):
+    tokens = await provision(pg_dsn)
+    t = now_ms()
+    payload = orjson.dumps(sample(t))
+    async with coap_gateway(pg_dsn) as gw, coap_client() as ctx:
+        token = tokens["lock-0001"]
+        refusals = [  # (uri, content-format, expected code)
+            (gw.uri("lock-0001", token), 11542, aiocoap.UNSUPPORTED_CONTENT_FORMAT),
+            (gw.uri("lock-0001", token, "event"), 112, aiocoap.UNSUPPORTED_CONTENT_FORMAT),
+            (gw.uri("lock-0001", "x" * 32), 50, aiocoap.UNAUTHORIZED),
+            (gw.uri("lock-0001", None), 50, aiocoap.UNAUTHORIZED),
+            (gw.uri("bad+id", token), 50, aiocoap.UNAUTHORIZED),
+            (gw.uri("lock-0001", token, "positions"), 50, aiocoap.NOT_FOUND),
+        ]
+        for uri, cf, code in refusals:
+            assert (await post(ctx, uri, payload, cf)).code == code, uri
+        from firmware_sim.coap import CoapEndpoint
+
+        device = await CoapEndpoint.open("127.0.0.1", gw.port, block_size=1024)
+        try:
+            too_big = await device.post(("fg", "v1", "lock-0001", "telemetry"),
+                                        b"[" + b" " * (300 * 1024) + b"]",
+                                        query=(f"t={token}",), content_format=50)
+        finally:
+            device.close()
+        assert too_big.code == aiocoap.REQUEST_ENTITY_TOO_LARGE
+        # Not uplinks: a GET, and a command result (no sample), are answered and not counted.
+        get = aiocoap.Message(code=aiocoap.GET, uri=gw.uri("lock-0001", token))
+        assert (await ctx.request(get).response).code == aiocoap.METHOD_NOT_ALLOWED
+        result = await post(ctx, gw.uri("lock-0001", "x" * 32, "cmd/result"), b"{}", 50)
+        assert result.code == aiocoap.UNAUTHORIZED
+
+        def rejected(transport="coap", **labels) -> float:
+            return metric(gw.registry, "fleetgate_samples_rejected_total", transport=transport,
+                          **labels)
+
+        assert rejected(reason="unknown_encoding") == 1
+        assert metric(gw.registry, "fleetgate_device_events_rejected_total",
+                      reason="unknown_encoding", transport="coap") == 1
+        assert rejected(reason="unauthorized") == 2
+        assert rejected(reason="bad_topic") == 2
+        assert rejected(reason="payload_too_large") == 1
+        assert rejected() == 6
+        assert metric(gw.registry, "fleetgate_samples_received_total", transport="coap") == 6
+        assert metric(gw.registry, "fleetgate_messages_received_total", transport="coap") == 7
+    assert await rows(pg_dsn) == 0
+
+
 async def test_device_events_are_posted_like_telemetry(pg_dsn):
     tokens = await provision(pg_dsn)
     t = now_ms() - 5000

@@ -290,7 +290,7 @@ async def test_a_status_from_a_clock_far_ahead_is_rejected_and_does_not_pin_pres
         await dev.publish(status, orjson.dumps({"online": False,
                                                 "t": int(time.time() * 1000)}), qos=1)
         await eventually(lambda: metric(reg, "fleetgate_messages_acked_total") == 2)
-        assert metric(reg, "fleetgate_samples_rejected_total", reason="time_in_future") == 1
+        assert metric(reg, "fleetgate_status_rejected_total", reason="time_in_future") == 1
         async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
             (online,) = await (await conn.execute("SELECT online FROM vehicle_state")).fetchone()
         assert online is False

@@ -3,6 +3,7 @@ vehicle_state across restarts, zone edits taking effect without a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
@@ -103,6 +104,54 @@ async def test_driving_through_a_zone_stores_one_enter_and_one_exit(mosquitto, p
     assert [e[1] for e in events].count("speeding_in_zone") == 1
     assert await zones_in_state(pg_dsn, ids["bike-1"]) == []
     assert [(c.max_speed_kph, c.zone_id) for c in caps] == [(15, "old-town"), (None, None)]
+
+
+async def test_device_events_and_geofence_events_are_counted_apart(mosquitto, pg_dsn, topic_root):
+    await register(pg_dsn, [("bike-1", "veh-1", "ebike")])
+    await put_zones(pg_dsn, [square("old-town", 100, 300, kind="slow")])
+    t0 = int(time.time() * 1000) - 600_000
+    cfg = gateway_config(pg_dsn, mosquitto, topic_root)
+    async with running_gateway(cfg) as (_gw, reg):
+        dev = MqttClient(mosquitto.host, mosquitto.port, client_id="bike-1")
+        await dev.connect()
+        await dev.publish(f"{topic_root}/bike-1/event",
+                          orjson.dumps({"t": t0, "type": "tamper"}), qos=1)
+        await dev.disconnect()
+        await publish_all(mosquitto, topic_root, "bike-1", drive(t0, 0, 400))
+        await eventually(lambda: _len_at_least(geofence_events(pg_dsn), 2), what="two events")
+        await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 81)
+        assert metric(reg, "fleetgate_device_events_stored_total") == 1
+        assert metric(reg, "fleetgate_derived_events_stored_total", source="geofence") == len(
+            await geofence_events(pg_dsn))
+        assert metric(reg, "fleetgate_derived_events_stored_total", source="battery") == 0
+
+
+async def test_an_operating_area_imported_from_gbfs_raises_left_operating_area(
+        mosquitto, pg_dsn, topic_root, tmp_path):
+    """Another publisher's geofencing_zones.json (no _kind), imported with `fleetgate zones import
+    --kind`, then a ride out of the area through the running gateway."""
+    from tests.test_cli import gbfs_doc, run
+
+    await register(pg_dsn, [("bike-1", "veh-1", "ebike")])
+    area = square("ignored", -500, 200)["geometry"]
+    feature = {"type": "Feature", "properties": {"name": [{"text": "Service area",
+                                                           "language": "en"}]},
+               "geometry": {"type": "MultiPolygon", "coordinates": [area["coordinates"]]}}
+    path = tmp_path / "geofencing_zones.json"
+    path.write_bytes(orjson.dumps(gbfs_doc(feature)))
+    result = await asyncio.to_thread(  # the command runs its own event loop
+        run, "zones", "import", str(path), "--replace", "--kind", "Service area=operating_area",
+        env={"FLEETGATE_DATABASE_URL": pg_dsn})
+    assert result.exit_code == 0, result.output
+    t0 = int(time.time() * 1000) - 600_000
+    cfg = gateway_config(pg_dsn, mosquitto, topic_root)
+    async with running_gateway(cfg) as (_gw, reg):
+        await publish_all(mosquitto, topic_root, "bike-1", drive(t0, 0, 400))
+        await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 81)
+        await eventually(lambda: _len_at_least(geofence_events(pg_dsn), 2), what="two events")
+    events = await geofence_events(pg_dsn)
+    assert [(typ, zones) for _, typ, zones in events] == [
+        ("left_operating_area", ["gbfs-0"]), ("zone_exit", ["gbfs-0"])]
 
 
 async def _len_at_least(coro, n: int) -> bool:

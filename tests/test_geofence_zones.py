@@ -15,7 +15,7 @@ import pytest
 import shapely
 
 from benchmarks.geofence import city_zones
-from geofence import InvalidZone, Rule, Zone, ZoneKind, ZoneSet
+from geofence import InvalidZone, Rule, Zone, ZoneKind, ZoneSet, assign_kinds
 
 
 def gbfs_schema(name: str) -> dict:
@@ -314,3 +314,23 @@ def city_points_for(zs: ZoneSet, n: int, rng: np.random.Generator):
     centres = np.array([z.shape.centroid.coords[0] for z in zs.zones])
     pick = rng.integers(len(centres), size=n)
     return (centres[pick, 1] + rng.normal(0, 0.004, n), centres[pick, 0] + rng.normal(0, 0.006, n))
+
+
+def test_kinds_are_assigned_by_id_else_by_every_zone_of_that_name():
+    def box(zone_id: str, name: str, x: float) -> Zone:
+        return Zone.from_row({"id": zone_id, "name": name, "geometry": {
+            "type": "Polygon", "coordinates": [[[x, 0], [x + 1, 0], [x + 1, 1], [x, 1], [x, 0]]]}})
+
+    zones = [box("a", "Depot", 0), box("b", "Depot", 2), box("c", "a", 4)]
+    out = assign_kinds(zones, {"Depot": "station", "c": "no_parking"})
+    assert [(z.id, z.kind) for z in out] == [("a", ZoneKind.STATION), ("b", ZoneKind.STATION),
+                                             ("c", ZoneKind.NO_PARKING)]
+    assert out[1].shape.equals(zones[1].shape) and zones[1].kind is ZoneKind.OTHER
+    out = assign_kinds(zones, {"a": "slow"})  # zone a's id, not zone c's name
+    assert [z.kind for z in out] == [ZoneKind.SLOW, ZoneKind.OTHER, ZoneKind.OTHER]
+    with pytest.raises(InvalidZone, match="two kinds"):
+        assign_kinds(zones, {"Depot": "station", "b": "slow"})
+    with pytest.raises(InvalidZone, match="no zone has the id or name 'Hub'"):
+        assign_kinds(zones, {"Hub": "station"})
+    with pytest.raises(InvalidZone, match="'parking' for 'a' is not one of"):
+        assign_kinds(zones, {"a": "parking"})

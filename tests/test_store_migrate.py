@@ -129,3 +129,47 @@ async def test_bad_arguments_are_refused_before_touching_the_database(empty_pg_d
     async with await psycopg.AsyncConnection.connect(empty_pg_dsn) as conn:
         cur = await conn.execute("SELECT to_regclass('schema_migrations')")
         assert (await cur.fetchone()) == (None,)
+
+
+async def test_command_history_already_stored_is_numbered_after_the_events(empty_pg_dsn,
+                                                                           monkeypatch):
+    """A database at the version before command events (migration 0013), with events and command
+    history whose ids overlap, is upgraded: the history keeps its order, its ids follow every
+    event's, and new rows of either table take ids from the one sequence."""
+    import telemetry.store._migrate as migrations
+
+    before = [m for m in load_migrations() if m.name != "command_events"]
+    monkeypatch.setattr(migrations, "load_migrations", lambda: before)
+    await migrate(empty_pg_dsn, storage="native")
+    async with await psycopg.AsyncConnection.connect(empty_pg_dsn, autocommit=True) as conn:
+        await conn.execute("INSERT INTO vehicles (vehicle_ref, device_id, vehicle_type) "
+                           "VALUES ('veh-1', 'dev-1', 'ebike')")
+        await conn.execute(
+            "INSERT INTO events (time, vehicle, source, type) "
+            "SELECT now() - k * interval '1 s', 1, 'device', 'tamper' FROM generate_series(1, 3) k")
+        await conn.execute(
+            "INSERT INTO commands (id, vehicle, device_id, type, idempotency_key, requested_by, "
+            "request_hash, on_unsafe, state, created_at, deadline, updated_at) VALUES "
+            "('00000000-0000-0000-0000-000000000001', 1, 'dev-1', 'unlock', 'k', 'rental', 'h', "
+            "'wait', 'sent', now(), now() + interval '1 min', now())")
+        await conn.execute(
+            "INSERT INTO command_history (command_id, at, from_state, to_state) VALUES "
+            "('00000000-0000-0000-0000-000000000001', now(), NULL, 'queued'), "
+            "('00000000-0000-0000-0000-000000000001', now(), 'queued', 'sent')")
+    monkeypatch.undo()
+    assert (await migrate(empty_pg_dsn, storage="native")).applied == [
+        m.version for m in load_migrations() if m.name == "command_events"]
+
+    history = await fetch(empty_pg_dsn, "SELECT id, to_state FROM command_history ORDER BY id")
+    assert [h["to_state"] for h in history] == ["queued", "sent"]
+    events = await fetch(empty_pg_dsn, "SELECT max(id) AS id FROM events")
+    assert history[0]["id"] > events[0]["id"]
+    async with await psycopg.AsyncConnection.connect(empty_pg_dsn, autocommit=True) as conn:
+        event = await (await conn.execute(
+            "INSERT INTO events (time, vehicle, source, type) VALUES (now(), 1, 'device', 'crash') "
+            "RETURNING id")).fetchone()
+        note = await (await conn.execute(
+            "INSERT INTO command_history (command_id, at, from_state, to_state) VALUES "
+            "('00000000-0000-0000-0000-000000000001', now(), 'sent', 'sent') RETURNING id"
+        )).fetchone()
+    assert history[-1]["id"] < event[0] < note[0]

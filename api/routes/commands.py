@@ -10,11 +10,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
 from api.auth import require
 from api.context import context
-from api.problems import PROBLEM_RESPONSES, Problem
+from api.problems import PROBLEM_RESPONSES, Problem, field_errors, invalid
 from commands import (
     CommandNotFound,
     CommandRequest,
@@ -25,7 +25,7 @@ from commands import (
     NotCancellable,
     UnknownVehicle,
 )
-from commands.model import MAX_TTL_S
+from commands.model import MAX_TTL_S, PARAMS
 from telemetry.store import ApiKey
 
 router = APIRouter(tags=["commands"], responses=PROBLEM_RESPONSES)
@@ -34,7 +34,7 @@ MAX_WAIT_S = 30.0
 
 class CommandIn(BaseModel):
     type: CommandType
-    params: dict[str, Any] = Field(default_factory=dict, description=(
+    params: dict[str, Any] = Field(default_factory=dict, validate_default=True, description=(
         "set_speed_limit: {\"kph\": 5..250 | null}; locate: {\"beep\", \"flash\"}; "
         "set_config: {key: scalar}; others: {}"))
     ttl_s: float | None = Field(None, gt=0, le=MAX_TTL_S, description="deadline from now; "
@@ -42,6 +42,16 @@ class CommandIn(BaseModel):
     deadline: datetime | None = Field(None, description="absolute deadline (RFC 3339) instead")
     on_unsafe: Literal["wait", "refuse"] = Field("wait", description="immobilise of a moving "
                                                  "vehicle: wait for a safe state, or fail")
+
+    @field_validator("params")
+    @classmethod
+    def _params_of_the_type(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Checked here so that bad params are a request validation error, every reason listed
+        # with its place (body.params.kph); the command service normalises them.
+        command_type = info.data.get("type")
+        if command_type is not None:
+            PARAMS[command_type].model_validate(params)
+        return params
 
 
 class CommandOut(BaseModel):
@@ -128,11 +138,13 @@ async def create_command(
     except IdempotencyConflict as exc:
         raise Problem(409, "idempotency-conflict", str(exc)) from None
     except InvalidDeadline as exc:
-        raise Problem(422, "invalid-deadline", str(exc)) from None
+        field = "deadline" if body.deadline is not None else "ttl_s"
+        raise invalid("invalid-deadline", str(exc), ("body", field)) from None
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise Problem(422, "invalid-command", f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
-                      ) from None
+        errors = field_errors(exc.errors(), ("body",))
+        where = ".".join(map(str, errors[0]["loc"]))
+        raise Problem(422, "invalid-command", f"{where}: {errors[0]['msg']}",
+                      errors=errors) from None
     if wait > 0 and not command.state.terminal:
         command = await service.wait(command.id, wait)
     out = _out(command).model_dump(mode="json")

@@ -61,13 +61,17 @@ async def get_track(
                                  description="raw samples, or one point per bucket "
                                              "(the bucket's last plausible fix)")] = "1m",
     max_points: Annotated[int, Query(ge=1, le=10_000)] = 5000,
+    include_implausible: Annotated[bool, Query(
+        description="raw: also the fixes flagged as implausible jumps, marked implausible=1 "
+                    "(buckets always count them and never place a point on one)")] = False,
 ) -> Track:
     start, end = time_range(start, end)
     store = context(request).store
     vehicle = await queries.vehicle_id(store, vehicle_ref)
     if vehicle is None:
         raise Problem(404, "unknown-vehicle", f"no vehicle {vehicle_ref!r}")
-    rows = await queries.track(store, vehicle, start, end, bucket, max_points + 1)
+    rows = await queries.track(store, vehicle, start, end, bucket, max_points + 1,
+                               include_implausible=include_implausible)
     return Track(vehicle_ref=vehicle_ref, start=start, end=end, bucket=bucket,
                  points=[TrackPoint.model_validate(r) for r in rows[:max_points]],
                  truncated=len(rows) > max_points)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from api.auth import require
 from api.context import context
-from api.problems import PROBLEM_RESPONSES, Problem
+from api.problems import PROBLEM_RESPONSES, Problem, invalid
 from geofence import InvalidZone, Zone, ZoneSet
 
 router = APIRouter(tags=["zones"], responses=PROBLEM_RESPONSES)
@@ -65,7 +65,7 @@ async def put_zone(request: Request, zone_id: ZoneId, zone: ZoneIn) -> ZoneOut:
     try:
         checked = Zone.from_row({"id": zone_id, **zone.model_dump()})
     except InvalidZone as exc:
-        raise Problem(422, "invalid-zone", str(exc)) from None
+        raise invalid("invalid-zone", str(exc)) from None
     row = checked.to_row()
     await context(request).store.put_zones([row])
     return ZoneOut.model_validate(row)

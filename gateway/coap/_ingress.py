@@ -85,11 +85,14 @@ class CoapMetrics:
 
 
 class _Refusal(Exception):
-    """A request answered with an error code at once (nothing submitted)."""
+    """A request answered with an error code at once (nothing submitted). `reason`: the
+    rejection reason it is counted under, for an uplink refused for good (None: not counted,
+    e.g. a 5.03 the device answers by sending again)."""
 
     def __init__(self, code: aiocoap.Code, diagnostic: str = "", max_age: int | None = None,
-                 size1: int | None = None) -> None:
+                 size1: int | None = None, reason: str | None = None) -> None:
         self.code, self.diagnostic, self.max_age, self.size1 = code, diagnostic, max_age, size1
+        self.reason = reason
 
     def response(self) -> aiocoap.Message:
         # A diagnostic payload is UTF-8 text without a Content-Format (RFC 7252, 5.5.2).
@@ -206,6 +209,7 @@ class CoapIngress:
                 response.opt.block1 = request.opt.block1  # the last block's, as RFC 7959 asks
         except _Refusal as refusal:
             response = refusal.response()
+            self._count_refusal(request, path, refusal.reason)
         except ContinueException as more:
             response = more.to_message()  # 2.31: send the next block
         except IncompleteException:  # a block of a transfer whose start we do not have
@@ -219,11 +223,24 @@ class CoapIngress:
         self._coap_metrics.response_seconds.observe(time.monotonic() - started)
         return response
 
+    def _count_refusal(self, request: aiocoap.Message, path: tuple[str, ...],
+                       reason: str | None) -> None:
+        """An uplink refused for good counts as MQTT's rejected messages do: one message and
+        one sample received, one rejected. Only POSTs count (a GET is no uplink: scanners probe
+        /.well-known/core), and no command result (not a sample)."""
+        if reason is None or request.code != aiocoap.POST:
+            return
+        resource = "/".join(path[1:])
+        if resource == "cmd/result":
+            return
+        self._metrics.count_refused("event" if resource == "event" else "telemetry", "coap",
+                                    reason)
+
     async def _handle(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
         if request.code != aiocoap.POST:
             raise _Refusal(aiocoap.METHOD_NOT_ALLOWED)
         if len(path) < 2 or "/".join(path[1:]) not in RESOURCES:
-            raise _Refusal(aiocoap.NOT_FOUND)
+            raise _Refusal(aiocoap.NOT_FOUND, reason="bad_topic")
         device_id, resource = path[0], "/".join(path[1:])
         if self._paused:
             raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "shutting_down",
@@ -245,7 +262,8 @@ class CoapIngress:
         cf = None if cf is None else int(cf)
         if cf is not None and (cf not in MEDIA_TYPES or (resource == "event" and cf in _SENML)):
             raise _Refusal(aiocoap.UNSUPPORTED_CONTENT_FORMAT,
-                           f"unknown_encoding: content-format {cf} on /{resource}")
+                           f"unknown_encoding: content-format {cf} on /{resource}",
+                           reason="unknown_encoding")
         media = MEDIA_TYPES.get(cf) if cf is not None else None
         kind = "telemetry" if resource == "telemetry" else "event"
         received_ms = int(time.time() * 1000)
@@ -273,15 +291,17 @@ class CoapIngress:
     async def _authenticate(self, device_id: str, token: str | None) -> None:
         # Unknown device, bad id, missing or wrong token: all the same 4.01, so that nobody can
         # learn which device ids exist.
-        if not token or not _DEVICE_ID.match(device_id):
-            raise _Refusal(aiocoap.UNAUTHORIZED)
+        if not _DEVICE_ID.match(device_id):
+            raise _Refusal(aiocoap.UNAUTHORIZED, reason="bad_topic")  # MQTT's name for it
+        if not token:
+            raise _Refusal(aiocoap.UNAUTHORIZED, reason="unauthorized")
         try:
             ok = await self.verifier.verify(device_id, token)
         except StoreUnavailable:
             raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "store_unavailable",
                            max_age=self._retry_after_s) from None
         if not ok:
-            raise _Refusal(aiocoap.UNAUTHORIZED)
+            raise _Refusal(aiocoap.UNAUTHORIZED, reason="unauthorized")
 
     def _check(self, kind: str, device_id: str, payload: bytes, media: str | None,
                now_ms: int) -> None:
@@ -304,8 +324,9 @@ class CoapIngress:
             return
         m = self._metrics
         m.messages_received.labels("coap", kind).inc()
-        for reason, count in rejected.items():
-            m.samples_rejected.labels(reason, "coap").inc(count)
+        if kind == "telemetry":  # no valid sample: every one it carried is rejected
+            m.samples_received.labels("coap").inc(sum(rejected.values()))
+        m.count_rejected(kind, "coap", rejected)
         problem = problems[0] if problems else None
         diagnostic = f"{problem.reason}: {problem.detail}" if problem else "bad_structure"
         raise _Refusal(aiocoap.BAD_REQUEST, diagnostic)
@@ -403,7 +424,7 @@ class _BoundedBlock1Spool(Block1Spool):
                                    or block1.start + len(request.payload) > self.max_bytes):
             raise _Refusal(aiocoap.REQUEST_ENTITY_TOO_LARGE,
                            f"payload_too_large: more than {self.max_bytes} bytes",
-                           size1=self.max_bytes)
+                           size1=self.max_bytes, reason="payload_too_large")
         return super().feed_and_take(request)
 
 

@@ -87,6 +87,7 @@ class WriteResult:
     inserted: int  # new rows in positions
     duplicates: int  # samples already stored (or repeated within the batch)
     events_inserted: int
+    events_by_source: dict[str, int] = field(default_factory=dict)  # events_inserted by source
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,8 @@ INSERT INTO events (time, vehicle, source, type, detail)
 SELECT e.time, e.vehicle, e.source, e.type, e.detail::jsonb
 FROM unnest(%s::timestamptz[], %s::int4[], %s::text[], %s::text[], %s::text[])
      AS e(time, vehicle, source, type, detail)
-ON CONFLICT (vehicle, time, type, source) DO NOTHING"""
+ON CONFLICT (vehicle, time, type, source) DO NOTHING
+RETURNING source"""
 
 # A status only changes presence if it is not older than the one that set it; vehicles that
 # left the registry are skipped rather than failing the batch on the foreign key.
@@ -626,15 +628,17 @@ class TelemetryStore:
             async with cur.copy(_COPY_STATE) as copy:
                 await copy.write(w.state_copy)
             await cur.execute(_UPSERT_STATE)
-        events_inserted = 0
+        events_by_source: dict[str, int] = {}
         if w.event_params is not None:
             await cur.execute(_INSERT_EVENTS, w.event_params)
-            events_inserted = cur.rowcount
+            for (source,) in await cur.fetchall():  # a handful per batch
+                events_by_source[source] = events_by_source.get(source, 0) + 1
         for column, params in w.json_params:
             await cur.execute(_UPSERT_JSON.format(col=column), params)
         if w.battery_params is not None:
             await cur.execute(_INSERT_BATTERY_HEALTH, w.battery_params)
-        return WriteResult(inserted, w.rows - inserted, events_inserted)
+        return WriteResult(inserted, w.rows - inserted, sum(events_by_source.values()),
+                           events_by_source)
 
     async def save_vehicle_json(self, column: str, by_vehicle: Mapping[int, Any]) -> None:
         """Store a core's per-vehicle state outside a batch (a graceful stop saves it whole)."""
