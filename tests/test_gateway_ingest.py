@@ -173,7 +173,8 @@ async def test_events_and_statuses_the_store_cannot_hold_are_rejected_and_the_ga
         await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 1,
                          what="the sample after them stored")
         await eventually(lambda: metric(reg, "fleetgate_messages_acked_total") == len(poison) + 2)
-        assert metric(reg, "fleetgate_samples_rejected_total", reason="bad_structure") == 5
+        assert metric(reg, "fleetgate_device_events_rejected_total", reason="bad_structure") == 4
+        assert metric(reg, "fleetgate_status_rejected_total", reason="bad_structure") == 1
         assert metric(reg, "fleetgate_device_events_stored_total") == 1
         await dev.disconnect()
     async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
