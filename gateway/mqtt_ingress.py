@@ -240,6 +240,11 @@ class MqttIngress:
         else:
             await self._session.disconnect()
 
+    @property
+    def held_back(self) -> int:
+        """Messages received while reading is paused, not yet handed to the pipeline."""
+        return self._session.held
+
     def abort(self) -> None:
         """Drop the connection without DISCONNECT and without acknowledging anything more (the
         process is failing): the broker keeps the session and what it was not acknowledged."""

@@ -211,6 +211,7 @@ class Gateway:
             username=cfg.mqtt_username, password=cfg.mqtt_password, metrics=self.metrics,
             drain=cfg.drain)
         ingress_box.append(ingress)
+        pipeline.count_held_upstream(lambda: ingress.held_back)
         if cfg.mqtt_shared_group and not cfg.drain:
             await self._warn_if_broker_drops_shared_subscriptions()
         if cfg.coap_enabled and not cfg.drain:

@@ -302,6 +302,25 @@ async def test_a_paused_session_notices_a_killed_broker_within_a_keepalive(
     await task
 
 
+async def test_messages_held_while_paused_are_handed_over_when_a_killed_broker_takes_the_connection(
+        restartable_mosquitto):
+    """The broker may not have saved them before it died: the owner gets them (to store them,
+    not to acknowledge them), rather than losing them with the connection."""
+    broker = restartable_mosquitto
+    got = []
+    sub = await client(broker, "held-handover", manual_ack=True, on_messages=got.extend)
+    await sub.subscribe([("t/#", 1)])
+    pub = await client(broker, "held-handover-pub")
+    sub.pause_reading()
+    await asyncio.gather(*[pub.publish("t/a", b"%d" % i, qos=1) for i in range(20)])
+    await eventually(lambda: sub.held == 20, timeout=5, what="20 messages held")
+    assert got == []
+    broker.stop(kill=True)
+    with pytest.raises(ConnectionLost):
+        await asyncio.wait_for(sub.wait_closed(), 5)
+    assert [m.payload for m in got] == [b"%d" % i for i in range(20)] and sub.held == 0
+
+
 async def test_past_its_held_bytes_a_paused_client_stops_reading_yet_keeps_the_connection(
         restartable_mosquitto):
     """Beyond max_held_bytes the socket is not read either: PINGREQs at every keepalive tick

@@ -279,6 +279,11 @@ class MqttClient:
             return
         await asyncio.shield(self._closed)
 
+    @property
+    def held(self) -> int:
+        """Messages read while paused and not handed over yet."""
+        return len(self._held)
+
     def pause_reading(self) -> None:
         """Deliver no more messages until resume_reading() (backpressure, a graceful stop).
 
@@ -555,7 +560,7 @@ class MqttClient:
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._connected = False
-        self._held.clear()  # not acknowledged: they come again on the next connection
+        held, self._held = self._held, []
         for timer in (self._keepalive_timer, self._cut_timer):
             if timer is not None:
                 timer.cancel()
@@ -579,3 +584,8 @@ class MqttClient:
                 self._closed.set_exception(lost)
                 self._closed.exception()
         self._writable.set()
+        if held and self.manual_ack and not self._leaving and self.on_messages is not None:
+            # Held back while paused and never acknowledged. A broker that kept them sends them
+            # again; one that crashed before it saved them no longer has them. Hand them over:
+            # the owner can store them (a repeat is a harmless duplicate), not acknowledge them.
+            self.on_messages(held)

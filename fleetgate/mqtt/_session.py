@@ -75,6 +75,12 @@ class PersistentSession:
         return client if client is not None and client.connected else None
 
     @property
+    def held(self) -> int:
+        """Messages the current client read while paused and has not handed over yet."""
+        client = self._client
+        return client.held if client is not None else 0
+
+    @property
     def connected(self) -> bool:
         return self.client is not None
 
