@@ -257,7 +257,7 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
 
     from api import ApiContext, KeyCache, LiveHub, create_app
     from commands import CommandReads, CommandStore
-    from gateway.broker_auth import BrokerAccess
+    from gateway.broker_auth import BrokerAccess, gateway_accounts
     from gateway.coap import TokenVerifier
     from telemetry.store import DeviceCredentials
 
@@ -265,10 +265,13 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
     if store is None:
         return
     hub = LiveHub(store)
+    # EMQX's hooks let the gateway's own account in (FLEETGATE_MQTT_USERNAME / _PASSWORD).
+    gateways = gateway_accounts(s.mqtt_username, s.mqtt_password.get_secret_value()
+                                if s.mqtt_password else None)
     ctx = ApiContext(store=store, live=hub, key_cache=KeyCache(s.api_key_cache_s),
                      map_tiles_url=s.map_tiles_url, map_attribution=s.map_attribution,
                      broker_access=BrokerAccess(s.mqtt_topic_root, TokenVerifier(
-                         DeviceCredentials(store).verify).verify),
+                         DeviceCredentials(store).verify).verify, gateways),
                      command_reads=CommandReads(CommandStore(store.pool)))
     attach = None
     if gateway is not None:

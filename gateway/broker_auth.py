@@ -205,11 +205,17 @@ def build_plugin(directory: Path) -> Path:
 
 # --- the same rules as decisions (EMQX HTTP auth / authorization, served by the API) -----------
 
+def gateway_accounts(username: str | None, password: str | None) -> dict[str, str]:
+    """The gateway's own broker account (FLEETGATE_MQTT_USERNAME / _PASSWORD) as BrokerAccess
+    takes it, {username: `$7$` hash}; empty where either is not configured."""
+    return {username: mosquitto_hash(password)} if username and password else {}
+
+
 class BrokerAccess:
     """authenticate and authorize as the generated Mosquitto files decide them.
 
     verify(device_id, secret) checks a device's secret (DeviceCredentials.verify, or a cache of
-    it); gateway users are given with their `$7$` hashes. A gateway user may
+    it); gateway users are given with their `$7$` hashes (gateway_accounts()). A gateway user may
     connect with any client id: a process, its command connection and its probes use their own.
     """
 

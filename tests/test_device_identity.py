@@ -13,14 +13,19 @@ import time
 import uuid
 from dataclasses import replace
 
+import httpx
 import orjson
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry
 
 from commands import CommandRequest
+from commands.mqtt import command_client_id
 from firmware_sim import Fleet, FleetOptions
+from fleetgate.cli import _serve_api
 from fleetgate.embedded import Mosquitto, free_port
 from fleetgate.mqtt import MqttClient, MqttError
+from fleetgate.settings import Settings
 from gateway.broker_auth import (
     BrokerAccess,
     acl_file,
@@ -29,7 +34,8 @@ from gateway.broker_auth import (
     password_file,
     write_files,
 )
-from gateway.mqtt_ingress import read_presence
+from gateway.metrics import GatewayMetrics
+from gateway.mqtt_ingress import MqttIngress, presence_topic, read_presence
 from telemetry.store import AlreadyProvisioned, DeviceCredentials, TelemetryStore, UnknownDevice
 from telemetry.store._credentials import check_mosquitto_hash, mosquitto_hash
 from tests.harness import eventually, gateway_config, metric, register, running_gateway, stored_keys
@@ -467,3 +473,85 @@ async def test_a_gateway_user_added_later_may_join_the_shared_subscription_after
         assert await gateway.subscribe([(shared, 1)]) == [1]
         await gateway.disconnect()
 
+
+# --- EMQX's HTTP hooks as `fleetgate api` serves them ------------------------------------------
+
+@pytest.mark.integration
+async def test_emqx_hooks_let_the_gateway_account_in_and_devices_only_to_their_topics(pg_dsn):
+    """Issue 16, item 13: the hooks denied the gateway's own client ids and its shared
+    subscription, so a gateway behind EMQX could neither connect nor subscribe. EMQX cannot run
+    here: the requests are shaped like those of EMQX 5's HTTP authenticator and HTTP authorizer
+    with the bodies docs/device-identity.md configures, sent over real HTTP to the API as
+    `fleetgate api` wires it from its settings (FLEETGATE_MQTT_USERNAME / _PASSWORD). EMQX
+    passes a shared subscription's filter without $share/{group}/ (emqx_channel checks the
+    "real topic"); the whole filter is sent too, as other brokers may pass it."""
+    await register(pg_dsn, DEVICES[:2])
+    async with credentials(pg_dsn) as creds:
+        secret = (await creds.provision("lock-a")).secret
+    store = await TelemetryStore.open(pg_dsn)
+    try:
+        _, key = await store.create_api_key("emqx", ["broker:auth"])
+    finally:
+        await store.close()
+    settings = Settings(database_url=pg_dsn, api_host="127.0.0.1", api_port=free_port(),
+                        mqtt_topic_root=ROOT, mqtt_username="gw-emqx",
+                        mqtt_password="gw-password", mqtt_client_id="fleetgate-gw-7")
+    stop = asyncio.Event()
+    api = asyncio.create_task(_serve_api(settings, pg_dsn, stop))
+    url = f"http://127.0.0.1:{settings.api_port}"
+    gw_id = settings.mqtt_client_id
+    ingress = MqttIngress(None, host="-", port=0, client_id=gw_id, topic_root=ROOT,
+                          metrics=GatewayMetrics(CollectorRegistry()))
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10.0,
+                                     headers={"Authorization": f"Bearer {key}"}) as http:
+            await eventually(lambda: healthy(http), what="the API")
+
+            async def connect_as(username, password, clientid) -> str:
+                r = await http.post("/broker/authenticate", json={
+                    "username": username, "password": password, "clientid": clientid})
+                assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+                return r.json()["result"]
+
+            async def may(username, clientid, action, topic) -> bool:
+                r = await http.post("/broker/authorize", json={
+                    "username": username, "clientid": clientid, "topic": topic,
+                    "action": action})
+                assert r.status_code == 200
+                return {"allow": True, "deny": False}[r.json()["result"]]
+
+            for clientid in (gw_id, command_client_id(gw_id), "fleetgate-probe-1a2b3c"):
+                assert await connect_as("gw-emqx", "gw-password", clientid) == "allow"
+            assert await connect_as("gw-emqx", "wrong", gw_id) == "deny"
+            assert await connect_as("lock-a", secret, "lock-a") == "allow"
+            assert await connect_as("lock-a", secret, gw_id) == "deny"
+
+            shared = [f for f, _ in ingress.subscriptions() if f.startswith("$share/")]
+            assert shared, "the gateway subscribes to shared filters by default"
+            gateway_needs = [
+                *(("subscribe", f) for f, _ in ingress.subscriptions()),
+                *(("subscribe", f.split("/", 2)[2]) for f in shared),    # as EMQX passes them
+                ("subscribe", f"{ROOT}/+/cmd/result"),                    # the command link
+                ("publish", f"{ROOT}/lock-a/cmd"),
+                ("publish", presence_topic(ROOT, gw_id)),                 # presence and will
+                ("subscribe", presence_topic(ROOT, gw_id)),               # fleetgate drain's probe
+                ("subscribe", f"{ROOT}/$drain/{gw_id}/marker"),
+                ("publish", f"{ROOT}/$drain/{gw_id}/marker")]
+            for action, topic in gateway_needs:
+                assert await may("gw-emqx", gw_id, action, topic), (action, topic)
+            assert not await may("gw-emqx", gw_id, "subscribe", "$SYS/#")
+
+            assert await may("lock-a", "lock-a", "subscribe", f"{ROOT}/lock-a/cmd")
+            assert await may("lock-a", "lock-a", "publish", f"{ROOT}/lock-a/telemetry")
+            for action, topic in [*gateway_needs, ("publish", f"{ROOT}/lock-b/telemetry")]:
+                assert not await may("lock-a", "lock-a", action, topic), (action, topic)
+    finally:
+        stop.set()
+        await asyncio.wait_for(api, 30)
+
+
+async def healthy(http) -> bool:
+    try:
+        return (await http.get("/healthz")).status_code == 200
+    except httpx.TransportError:
+        return False
