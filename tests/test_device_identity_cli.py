@@ -3,7 +3,10 @@ and a real Mosquitto reloading the files it writes."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -11,10 +14,10 @@ import typer
 from typer.testing import CliRunner
 
 from fleetgate.cli_devices import parse_duration, register_device_commands
-from fleetgate.embedded import Mosquitto
+from fleetgate.embedded import Mosquitto, free_port
 from fleetgate.mqtt import MqttClient, MqttError
 from tests.fixtures_db import run_async
-from tests.harness import register
+from tests.harness import REPO, register
 from tests.test_device_identity import DEVICES, credentials
 
 pytestmark = pytest.mark.integration
@@ -120,3 +123,83 @@ def test_broker_config_needs_the_gateway_users_password(pg_dsn, tmp_path):
                                                ("24h", 86400), ("7d", 604800), ("1.5h", 5400)])
 def test_grace_periods_read_like_durations(text, seconds):
     assert parse_duration(text) == seconds
+
+
+def test_broker_config_says_which_settings_the_gateway_account_needs(pg_dsn, tmp_path):
+    """Issue 16, item 7: the README set no FLEETGATE_MQTT_USERNAME and the command only said
+    "no gateway user". It names both settings, and works with them alone."""
+    run_async(register(pg_dsn, DEVICES[:1]))
+    env = {"FLEETGATE_DATABASE_URL": pg_dsn}
+    bare = run("broker-config", "--out", str(tmp_path / "a"), env=env)
+    assert bare.exit_code == 2
+    assert "FLEETGATE_MQTT_USERNAME" in bare.stderr and "FLEETGATE_MQTT_PASSWORD" in bare.stderr
+    no_password = run("broker-config", "--out", str(tmp_path / "b"),
+                      env={**env, "FLEETGATE_MQTT_USERNAME": "fleetgate-gw"})
+    assert no_password.exit_code == 2 and "FLEETGATE_MQTT_PASSWORD" in no_password.stderr
+    made = run("broker-config", "--out", str(tmp_path / "c"),
+               env={**env, "FLEETGATE_MQTT_USERNAME": "fleetgate-gw",
+                    "FLEETGATE_MQTT_PASSWORD": "gw-secret"})
+    assert made.exit_code == 0 and "1 gateway users" in made.stdout, made.output
+    assert (tmp_path / "c" / "gateway-users").read_text() == "fleetgate-gw\n"
+
+
+DOCS = REPO / "docs" / "device-identity.md"
+
+
+def docs_broker_lines(generated: Path, devices_port: int) -> list[str]:
+    """The lines docs/device-identity.md adds at the end of deploy/mosquitto.conf, for this
+    test: the devices' listener on a free loopback port without TLS, the generated folder."""
+    blocks = re.findall(r"^```\w*\n(.*?)^```", DOCS.read_text(), flags=re.DOTALL | re.MULTILINE)
+    block = next(b for b in blocks if "include_dir /etc/mosquitto/fleetgate" in b)
+    assert block.startswith("# /etc/mosquitto/mosquitto.conf: deploy/mosquitto.conf, then")
+    lines = [line.split("#")[0].strip() for line in block.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("certfile", "keyfile"))]
+    assert lines[-1] == "include_dir /etc/mosquitto/fleetgate", "the include comes last"
+    return [line.replace("listener 8883", f"listener {devices_port} 127.0.0.1")
+            .replace("/etc/mosquitto/fleetgate", str(generated)) for line in lines]
+
+
+def publish(broker: Mosquitto, port: int, *login: str, topic: str = "fg/v1/x") -> tuple[int, str]:
+    """mosquitto_pub once; its exit status and what it said."""
+    args = ["-u", login[0], "-P", login[1], "-i", login[0]] if login else []
+    done = subprocess.run(["mosquitto_pub", "-h", broker.host, "-p", str(port), "-q", "1",
+                           "-t", topic, "-m", "{}", *args], capture_output=True, text=True,
+                          timeout=10, check=False)
+    return done.returncode, done.stderr
+
+
+def test_the_generated_files_included_as_the_docs_show_refuse_anonymous_clients(pg_dsn,
+                                                                              tmp_path):
+    """Issue 16, item 7: included where the docs showed them (before deploy/mosquitto.conf's
+    allow_anonymous true), the generated files let anonymous clients in: Mosquitto keeps an
+    option's last value. The broker here is deploy/mosquitto.conf with the lines the docs add
+    at its end (TLS left out); one with the include first shows why the order matters."""
+    run_async(register(pg_dsn, DEVICES[:1]))
+    env = {"FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_MQTT_USERNAME": "fleetgate-gw",
+           "FLEETGATE_MQTT_PASSWORD": "gw-secret"}
+    secret = secrets_of(run("devices", "provision", "lock-a", env=env).stdout)["lock-a"]
+    out = tmp_path / "broker"
+    assert run("broker-config", "--out", str(out), env=env).exit_code == 0
+    devices_port = free_port()
+    broker = Mosquitto(datadir=tmp_path / "mosquitto",
+                       extra_config="\n".join(docs_broker_lines(out, devices_port)) + "\n")
+    broker.start()
+    try:
+        for port in (broker.port, devices_port):
+            code, said = publish(broker, port)
+            assert code != 0 and "not authorised" in said, f"anonymous on port {port}"
+        assert publish(broker, broker.port, "fleetgate-gw", "gw-secret")[0] == 0
+        assert publish(broker, devices_port, "lock-a", secret,
+                       topic="fg/v1/lock-a/telemetry")[0] == 0
+    finally:
+        broker.stop(kill=True)
+
+    first = Mosquitto(datadir=tmp_path / "mosquitto-include-first")
+    first.config = lambda: Mosquitto.config(first).replace(
+        "per_listener_settings false\n", f"per_listener_settings false\ninclude_dir {out}\n")
+    first.start()
+    try:
+        assert publish(first, first.port)[0] == 0, "allow_anonymous true came later and won"
+    finally:
+        first.stop(kill=True)
+
