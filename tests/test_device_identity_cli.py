@@ -1,5 +1,5 @@
-"""`fleetgate devices provision|rotate|list` and `fleetgate broker-config` against a real database
-and a real Mosquitto reloading the files it writes."""
+"""`fleetgate devices provision|rotate|list`, `fleetgate broker-config` and `fleetgate sim`'s
+devices against a real database and a real Mosquitto reloading the files it writes."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from fleetgate.embedded import Mosquitto, free_port
 from fleetgate.mqtt import MqttClient, MqttError
 from tests.fixtures_db import run_async
 from tests.harness import REPO, register
+from tests.test_cli import run as run_fleetgate
 from tests.test_device_identity import DEVICES, credentials
 
 pytestmark = pytest.mark.integration
@@ -203,3 +204,55 @@ def test_the_generated_files_included_as_the_docs_show_refuse_anonymous_clients(
     finally:
         first.stop(kill=True)
 
+
+def test_the_simulator_logs_in_with_its_devices_own_secrets_or_says_what_to_do(pg_dsn,
+                                                                               tmp_path):
+    """Issue 16, item 7: `fleetgate sim --register` against a broker with the generated password
+    file waited 60 s and printed a traceback. Its devices now log in with their own secrets
+    (issued by --register / --register-only, kept in the data folder); until the broker knows
+    them, it stops at once with one line saying what to run."""
+    gateway = {"FLEETGATE_MQTT_USERNAME": "fleetgate-gw", "FLEETGATE_MQTT_PASSWORD": "gw-secret"}
+    env = {"FLEETGATE_DATABASE_URL": pg_dsn, **gateway}
+    out = tmp_path / "broker"
+    assert run("broker-config", "--out", str(out), env=env).exit_code == 0
+    devices_port = free_port()
+    broker = Mosquitto(datadir=tmp_path / "mosquitto",
+                       extra_config="\n".join(docs_broker_lines(out, devices_port)) + "\n")
+    broker.start()
+    sim_env = {"FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
+               "FLEETGATE_MQTT_URL": f"mqtt://127.0.0.1:{devices_port}"}
+    simulate = ("sim", "--vehicles", "2", "--samples", "3", "--fast")
+    try:
+        anonymous = run_fleetgate(*simulate, env=sim_env)
+        assert anonymous.exit_code == 2 and "--register" in anonymous.stderr
+        assert anonymous.stderr.count("\n") == 1, "one line, no traceback"
+
+        registered = run_fleetgate("sim", "--vehicles", "2", "--register-only", env=sim_env)
+        assert registered.exit_code == 0, registered.output
+        kept = tmp_path / "data" / "sim-secrets.json"
+        assert kept.stat().st_mode & 0o777 == 0o600
+        assert sorted(orjson.loads(kept.read_bytes())) == ["car-0002", "ebike-0001"]
+
+        unknown = run_fleetgate(*simulate, env=sim_env)
+        assert unknown.exit_code == 2 and "broker-config" in unknown.stderr
+        assert unknown.stderr.count("\n") == 1
+
+        reloaded = run("broker-config", "--out", str(out), "--reload-pidfile",
+                       str(tmp_path / "mosquitto" / "mosquitto.pid"), env=env)
+        assert reloaded.exit_code == 0 and "2 devices" in reloaded.stdout
+        time.sleep(0.5)
+        listener = subprocess.Popen(
+            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-u", "fleetgate-gw",
+             "-P", "gw-secret", "-q", "1", "-v", "-t", "fg/v1/+/telemetry"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(0.3)
+            ran = run_fleetgate(*simulate, env=sim_env)
+            assert ran.exit_code == 0, ran.output
+            time.sleep(0.3)
+        finally:
+            listener.terminate()
+        topics = {line.split(" ")[0] for line in listener.communicate(timeout=10)[0].splitlines()}
+        assert topics == {"fg/v1/ebike-0001/telemetry", "fg/v1/car-0002/telemetry"}
+    finally:
+        broker.stop(kill=True)
