@@ -3,8 +3,10 @@ devices against a real database and a real Mosquitto reloading the files it writ
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -160,6 +162,23 @@ def docs_broker_lines(generated: Path, devices_port: int) -> list[str]:
             .replace("/etc/mosquitto/fleetgate", str(generated)) for line in lines]
 
 
+@contextlib.contextmanager
+def broker_as_documented(tmp_path: Path, env: dict):
+    """`fleetgate broker-config` writes the files, and a Mosquitto runs deploy/mosquitto.conf with
+    the docs' lines at its end; yields the broker, the devices' port and the generated folder."""
+    out = tmp_path / "broker"
+    made = run("broker-config", "--out", str(out), env=env)
+    assert made.exit_code == 0, made.output
+    devices_port = free_port()
+    broker = Mosquitto(datadir=tmp_path / "mosquitto",
+                       extra_config="\n".join(docs_broker_lines(out, devices_port)) + "\n")
+    broker.start()
+    try:
+        yield broker, devices_port, out
+    finally:
+        broker.stop(kill=True)
+
+
 def publish(broker: Mosquitto, port: int, *login: str, topic: str = "fg/v1/x") -> tuple[int, str]:
     """mosquitto_pub once; its exit status and what it said."""
     args = ["-u", login[0], "-P", login[1], "-i", login[0]] if login else []
@@ -179,21 +198,13 @@ def test_the_generated_files_included_as_the_docs_show_refuse_anonymous_clients(
     env = {"FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_MQTT_USERNAME": "fleetgate-gw",
            "FLEETGATE_MQTT_PASSWORD": "gw-secret"}
     secret = secrets_of(run("devices", "provision", "lock-a", env=env).stdout)["lock-a"]
-    out = tmp_path / "broker"
-    assert run("broker-config", "--out", str(out), env=env).exit_code == 0
-    devices_port = free_port()
-    broker = Mosquitto(datadir=tmp_path / "mosquitto",
-                       extra_config="\n".join(docs_broker_lines(out, devices_port)) + "\n")
-    broker.start()
-    try:
+    with broker_as_documented(tmp_path, env) as (broker, devices_port, out):
         for port in (broker.port, devices_port):
             code, said = publish(broker, port)
             assert code != 0 and "not authorised" in said, f"anonymous on port {port}"
         assert publish(broker, broker.port, "fleetgate-gw", "gw-secret")[0] == 0
         assert publish(broker, devices_port, "lock-a", secret,
                        topic="fg/v1/lock-a/telemetry")[0] == 0
-    finally:
-        broker.stop(kill=True)
 
     first = Mosquitto(datadir=tmp_path / "mosquitto-include-first")
     first.config = lambda: Mosquitto.config(first).replace(
@@ -211,18 +222,12 @@ def test_the_simulator_logs_in_with_its_devices_own_secrets_or_says_what_to_do(p
     file waited 60 s and printed a traceback. Its devices now log in with their own secrets
     (issued by --register / --register-only, kept in the data folder); until the broker knows
     them, it stops at once with one line saying what to run."""
-    gateway = {"FLEETGATE_MQTT_USERNAME": "fleetgate-gw", "FLEETGATE_MQTT_PASSWORD": "gw-secret"}
-    env = {"FLEETGATE_DATABASE_URL": pg_dsn, **gateway}
-    out = tmp_path / "broker"
-    assert run("broker-config", "--out", str(out), env=env).exit_code == 0
-    devices_port = free_port()
-    broker = Mosquitto(datadir=tmp_path / "mosquitto",
-                       extra_config="\n".join(docs_broker_lines(out, devices_port)) + "\n")
-    broker.start()
-    sim_env = {"FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
-               "FLEETGATE_MQTT_URL": f"mqtt://127.0.0.1:{devices_port}"}
+    env = {"FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_MQTT_USERNAME": "fleetgate-gw",
+           "FLEETGATE_MQTT_PASSWORD": "gw-secret"}
     simulate = ("sim", "--vehicles", "2", "--samples", "3", "--fast")
-    try:
+    with broker_as_documented(tmp_path, env) as (broker, devices_port, out):
+        sim_env = {"FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_DATA_DIR": str(tmp_path / "data"),
+                   "FLEETGATE_MQTT_URL": f"mqtt://127.0.0.1:{devices_port}"}
         anonymous = run_fleetgate(*simulate, env=sim_env)
         assert anonymous.exit_code == 2 and "--register" in anonymous.stderr
         assert anonymous.stderr.count("\n") == 1, "one line, no traceback"
@@ -241,18 +246,42 @@ def test_the_simulator_logs_in_with_its_devices_own_secrets_or_says_what_to_do(p
                        str(tmp_path / "mosquitto" / "mosquitto.pid"), env=env)
         assert reloaded.exit_code == 0 and "2 devices" in reloaded.stdout
         time.sleep(0.5)
-        listener = subprocess.Popen(
-            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-u", "fleetgate-gw",
-             "-P", "gw-secret", "-q", "1", "-v", "-t", "fg/v1/+/telemetry"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            time.sleep(0.3)
+        expected = {"fg/v1/ebike-0001/telemetry", "fg/v1/car-0002/telemetry"}
+        with gateway_listener(broker, "fg/v1/+/telemetry") as lines:
             ran = run_fleetgate(*simulate, env=sim_env)
             assert ran.exit_code == 0, ran.output
-            time.sleep(0.3)
-        finally:
-            listener.terminate()
-        topics = {line.split(" ")[0] for line in listener.communicate(timeout=10)[0].splitlines()}
-        assert topics == {"fg/v1/ebike-0001/telemetry", "fg/v1/car-0002/telemetry"}
+            wait_until(lambda: expected <= {line.split(" ")[0] for line in lines})
+        assert {line.split(" ")[0] for line in lines if not line.startswith(
+            ("Client ", "Subscribed"))} == expected
+
+
+@contextlib.contextmanager
+def gateway_listener(broker: Mosquitto, topic: str):
+    """mosquitto_sub as the gateway's account, subscribed before the block runs; yields the
+    lines it prints (stdbuf: it would hold them back in a pipe)."""
+    proc = subprocess.Popen(
+        ["stdbuf", "-oL", "mosquitto_sub", "-h", broker.host, "-p", str(broker.port),
+         "-u", "fleetgate-gw", "-P", "gw-secret", "-q", "1", "-v", "-d", "-t", topic],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any(line.startswith("Subscribed") for line in lines))
+        yield lines
     finally:
-        broker.stop(kill=True)
+        proc.terminate()
+        proc.wait(10)
+        reader.join(10)
+
+
+def wait_until(check, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
