@@ -146,6 +146,20 @@ def test_broker_config_says_which_settings_the_gateway_account_needs(pg_dsn, tmp
     assert (tmp_path / "c" / "gateway-users").read_text() == "fleetgate-gw\n"
 
 
+
+def test_broker_config_without_a_compiler_says_what_to_install_or_takes_a_built_plugin(
+        pg_dsn, tmp_path):
+    env = {"FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_MQTT_USERNAME": "fleetgate-gw",
+           "FLEETGATE_MQTT_PASSWORD": "gw-secret", "CC": "no-such-cc"}
+    failed = run("broker-config", "--out", str(tmp_path / "a"), env=env)
+    assert failed.exit_code == 2 and "mosquitto-dev" in failed.stderr and "--plugin" in failed.stderr
+    built = tmp_path / "elsewhere" / "fleetgate_subscribe_acl.so"
+    made = run("broker-config", "--out", str(tmp_path / "b"), "--plugin", str(built), env=env)
+    assert made.exit_code == 0, made.output
+    assert f"plugin {built}\n" in (tmp_path / "b" / "fleetgate.conf").read_text()
+    assert not (tmp_path / "b" / "fleetgate_subscribe_acl.so").exists()
+
+
 DOCS = REPO / "docs" / "device-identity.md"
 
 
