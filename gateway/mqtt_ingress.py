@@ -91,7 +91,7 @@ class MqttIngress:
         port: int,
         client_id: str,
         topic_root: str = "fg/v1",
-        shared_group: str = "fleetgate",
+        shared_group: str = "",
         protocol: int = 5,
         keepalive_s: int = 30,
         session_expiry_s: int = 7 * 86400,
@@ -197,11 +197,11 @@ class MqttIngress:
                                 "over: a gateway process still runs with it; stop that process "
                                 "first (its session keeps what it has not acknowledged)")
             self.marker_arrived.set()  # wakes finish_drain
-        # What this connection delivered and nobody committed yet comes again on the next one:
-        # drop it rather than write it twice.
-        dropped = self._pipeline.discard_pending("mqtt", lambda tok, g=generation: tok[0] != g)
-        if dropped:
-            log.info("pending_dropped_for_redelivery", extra=fields(messages=dropped))
+        # What this connection delivered and is not committed yet stays in the pipeline and is
+        # committed (its acknowledgements are skipped: packet ids mean nothing on the next
+        # connection). A broker that kept it delivers it again, stored as a duplicate; a broker
+        # that lost it (killed before it saved its state) no longer has it, so dropping it here
+        # would lose it.
 
     async def disconnect(self) -> None:
         """Leave the broker cleanly (the session stays, so nothing unacknowledged is lost); a
@@ -217,6 +217,12 @@ class MqttIngress:
             await self._session.end()
         else:
             await self._session.disconnect()
+
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT and without acknowledging anything more (the
+        process is failing): the broker keeps the session and what it was not acknowledged."""
+        self._metrics.broker_connected.set(0)
+        self._session.abort()
 
     def pause(self) -> None:
         """Stop reading from the broker (graceful shutdown, backpressure)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,9 +25,15 @@ from gateway.stages import BatchStage, StageOutput, merge_outputs
 from telemetry.batch import DeviceEvent, TelemetryBatch
 from telemetry.decoder import TimeLimits, decode_events, decode_status, decode_telemetry
 from telemetry.plausibility import PlausibilityFilter
-from telemetry.store import Device, StoreUnavailable, TelemetryStore
+from telemetry.schema import DEVICE_ID_PATTERN
+from telemetry.store import Device, QuarantinedMessage, StoreUnavailable, TelemetryStore
 
 log = logging.getLogger("fleetgate.pipeline")
+
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
+# The rejection reason of a message whose processing raised (a fault of the gateway's, not of the
+# message's form): it is kept in quarantined_messages and acknowledged, never retried forever.
+PROCESSING_FAILED = "processing_failed"
 
 
 class Inbound(NamedTuple):
@@ -50,25 +57,39 @@ class PipelineLimits:
 
 
 class DeviceRegistry:
-    """device id -> vehicle, reloaded from the store; refreshed at once when an unknown id shows up."""
+    """device id -> vehicle, reloaded from the store now and then; an id it does not know is
+    looked up in the store at once, so a device registered a moment ago loses nothing."""
 
     def __init__(self, store: TelemetryStore, plausibility: PlausibilityFilter,
-                 max_speed_kmh: dict[str, float], min_refresh_s: float = 2.0) -> None:
+                 max_speed_kmh: dict[str, float]) -> None:
         self._store = store
         self._plausibility = plausibility
         self._max_speed_kmh = max_speed_kmh
-        self._min_refresh_s = min_refresh_s
-        self._refreshed_at = -1e9
         self.devices: dict[str, Device] = {}
         self.vehicle_of: dict[str, int] = {}
-        # Called with the devices after every reload (the stages match rules on vehicle types).
+        # Called with the devices after every change (the stages match rules on vehicle types).
         self.on_refresh: list[Callable[[dict[str, Device]], None]] = []
 
     async def refresh(self) -> None:
-        devices = await self._store.load_registry()
+        """Reload every device (periodic: picks up removals and TCU swaps)."""
+        self._apply(await self._store.load_registry())
+
+    async def ensure_known(self, device_ids: Sequence[str]) -> None:
+        """Look up the well-formed ids not known yet: one indexed query for the batch, made for
+        every batch that has some. Not rate-limited: a sample of a device the database knows must
+        never be rejected as unknown because this process has not caught up yet."""
+        known = self.vehicle_of
+        unknown = {d for d in device_ids if d not in known}
+        unknown = [d for d in unknown if _DEVICE_ID.fullmatch(d)]
+        if not unknown:
+            return
+        found = await self._store.load_devices(unknown)
+        if found:
+            self._apply({**self.devices, **found})
+
+    def _apply(self, devices: dict[str, Device]) -> None:
         self.devices = devices
         self.vehicle_of = {d: dev.vehicle for d, dev in devices.items()}
-        self._refreshed_at = time.monotonic()
         if devices:
             vehicles = np.fromiter((d.vehicle for d in devices.values()), np.int64, len(devices))
             limits = np.fromiter((self._max_speed_kmh.get(d.vehicle_type, 300.0)
@@ -76,14 +97,6 @@ class DeviceRegistry:
             self._plausibility.set_limits(vehicles, limits)
         for callback in self.on_refresh:
             callback(devices)
-
-    async def ensure_known(self, device_ids: Sequence[str]) -> None:
-        """Reload once (rate-limited) if some device id is not known yet: it may be brand new."""
-        if time.monotonic() - self._refreshed_at < self._min_refresh_s:
-            return
-        known = self.vehicle_of
-        if any(d not in known for d in device_ids):
-            await self.refresh()
 
 
 class IngestPipeline:
@@ -132,6 +145,11 @@ class IngestPipeline:
         self._db_down = False
         self._last_problem_log = 0.0
         self._suppressed: dict[str, int] = {}
+        self._held_upstream: list[Callable[[], int]] = []
+        # Read when scraped: a value set at batch boundaries showed 300 while 90,000 messages
+        # waited with reading paused and the database away.
+        metrics.pending_messages.set_function(self._held)
+        metrics.queued_messages.set_function(lambda: len(self._pending))
 
     # --- transport side -----------------------------------------------------------------------
 
@@ -147,14 +165,11 @@ class IngestPipeline:
         if not self._paused and len(pending) + self._in_write >= self.limits.max_pending:
             self._set_paused(True)
 
-    def discard_pending(self, transport: str, keep: Callable[[Any], bool]) -> int:
-        """Drop that transport's messages not yet in a batch whose token fails keep() (their
-        connection is gone and the broker will deliver them again); returns how many."""
-        before = len(self._pending)
-        self._pending = [m for m in self._pending if m.transport != transport or keep(m.token)]
-        self._pending_bytes = sum(len(m.payload) for m in self._pending)
-        self._update_gauges()
-        return before - len(self._pending)
+    def count_held_upstream(self, held: Callable[[], int]) -> None:
+        """Add what a transport received and holds back from the pipeline (an MQTT client while
+        reading is paused) to fleetgate_pipeline_pending_messages, so that it shows all a
+        process holds unacknowledged."""
+        self._held_upstream.append(held)
 
     @property
     def db_down(self) -> bool:
@@ -168,7 +183,12 @@ class IngestPipeline:
     # --- writer side --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Cut and commit batches until close() and everything pending is committed."""
+        """Cut and commit batches until close() and everything pending is committed.
+
+        Nothing a message contains can end this loop: a batch whose processing raises is split
+        until the message that raises is alone, and that one is quarantined (_isolate). What
+        still escapes is a fault of the process itself; the gateway then stops and says why.
+        """
         while True:
             if not self._pending:
                 if self._closing:
@@ -185,7 +205,9 @@ class IngestPipeline:
                     await asyncio.wait_for(self._full.wait(), wait)
                 except TimeoutError:
                     pass
-            await self._commit(self._take())
+            items = self._take()
+            if items:
+                await self._commit(items)
 
     async def flush(self) -> None:
         """Wait until every message submitted so far is committed and acknowledged."""
@@ -212,16 +234,68 @@ class IngestPipeline:
         if (len(self._pending) < limits.max_messages
                 and self._pending_bytes < limits.max_bytes):
             self._full.clear()
-        self._update_gauges()
         return taken
 
     async def _commit(self, items: list[Inbound]) -> None:
+        """Commit and acknowledge one batch, whatever its messages hold."""
+        try:
+            await self._commit_batch(items)
+        except Exception as exc:
+            self._metrics.pipeline_errors.labels("batch").inc()
+            log.error("batch_failed", extra=fields(
+                messages=len(items), error=_describe(exc),
+                action="committing it in parts to find the message that fails"), exc_info=exc)
+            await self._isolate(items, exc)
+        self._in_write = 0
+        if self._paused and self.unacknowledged < self.limits.max_pending // 2:
+            self._set_paused(False)
+        if not self._pending:
+            self._idle.set()
+
+    async def _isolate(self, items: list[Inbound], exc: Exception) -> None:
+        """Bisect a batch whose processing raised: the parts that go through are committed and
+        acknowledged as usual (in arrival order, as MQTT wants its PUBACKs), a message that fails
+        alone is quarantined. Costs about 2·log2(n) extra commits per bad message."""
+        if len(items) == 1:
+            await self._quarantine(items[0], exc)
+            return
+        half = len(items) // 2
+        for part in (items[:half], items[half:]):
+            try:
+                await self._commit_batch(part)
+            except Exception as part_exc:
+                await self._isolate(part, part_exc)
+
+    async def _quarantine(self, m: Inbound, exc: Exception) -> None:
+        """Keep a message the gateway cannot process in quarantined_messages, count it, log it
+        with its traceback, and acknowledge it: retrying would fail the same way forever."""
+        error = _describe(exc, 2000)
+        log.error("message_quarantined", extra=fields(
+            device_id=m.device_id, transport=m.transport, kind=m.kind, error=error[:300],
+            payload_bytes=len(m.payload), payload_head=m.payload[:64].hex()), exc_info=exc)
+        record = QuarantinedMessage(m.transport, m.kind, m.device_id, m.received_ms, m.payload,
+                                    m.content_type, error)
+        while True:
+            try:
+                await self._store.quarantine([record])
+                break
+            except StoreUnavailable as down:
+                await self._database_down("quarantine", down)
         metrics = self._metrics
-        started = time.monotonic()
+        metrics.messages_received.labels(m.transport, m.kind).inc()
+        if m.kind == "telemetry":
+            metrics.samples_received.labels(m.transport).inc()
+        metrics.samples_rejected.labels(PROCESSING_FAILED, m.transport).inc()
+        self._acknowledge_all([m])
+
+    async def _commit_batch(self, items: list[Inbound]) -> None:
+        """Decode, check, run the cores over, write and acknowledge one batch. Counters move only
+        once the batch has committed, so a batch retried in parts is counted once."""
         telemetry = [m for m in items if m.kind == "telemetry"]
         events_in = [m for m in items if m.kind == "event"]
         statuses = [m for m in items if m.kind == "status"]
 
+        started = time.monotonic()
         await self._refresh_registry([m.device_id for m in items])
         self._first_transport = items[0].transport
         vehicle_of = self._registry.vehicle_of
@@ -230,9 +304,8 @@ class IngestPipeline:
         rejected: dict[str, dict[str, int]] = {}
         problems = []
 
-        for (transport, kind), count in Counter((m.transport, m.kind) for m in items).items():
-            metrics.messages_received.labels(transport, kind).inc(count)
         batches = []
+        received: dict[str, int] = {}  # samples decoded or rejected, per transport
         sizes: dict[str, int] = {}  # samples per transport, in the order of the batch's rows
         for transport, msgs in _by_transport(telemetry):
             decoded = decode_telemetry(
@@ -244,15 +317,11 @@ class IngestPipeline:
             sizes[transport] = len(decoded.batch)
             _merge(rejected.setdefault(transport, {}), decoded.rejected)
             problems += decoded.problems
-            metrics.samples_received.labels(transport).inc(
-                len(decoded.batch) + sum(decoded.rejected.values()))
+            received[transport] = len(decoded.batch) + sum(decoded.rejected.values())
         batch = batches[0] if len(batches) == 1 else TelemetryBatch.concat(batches)
         if len(batch) and self._state_sync is not None:
             await self._sync_state(batch)
-        if len(batch):
-            flagged = self._plausibility.apply(batch)
-            if flagged:
-                metrics.samples_flagged.labels("implausible_jump").inc(flagged)
+        flagged = self._plausibility.apply(batch) if len(batch) else 0
         events: list[DeviceEvent] = []
         for transport, msgs in _by_transport(events_in):
             decoded_events, ev_rejected, ev_problems = decode_events(
@@ -269,7 +338,35 @@ class IngestPipeline:
         inserted, duplicates, events_inserted = await self._write(
             batch, events, presence, rejected, derived.derived)
 
-        elapsed = time.monotonic() - started
+        # Committed. Nothing below may undo that or keep the batch from being acknowledged.
+        try:
+            self._count(items, received, rejected, sizes, inserted, duplicates, events_inserted,
+                        flagged, batch, time.monotonic() - started)
+            self._log_problems(rejected, problems)
+        except Exception:
+            self._metrics.pipeline_errors.labels("accounting").inc()
+            log.exception("batch_accounting_failed")
+        commit_ms = time.time() * 1000.0
+        if len(batch) and self._on_committed is not None:
+            self._after_commit("on_committed", self._on_committed, batch, commit_ms)
+        if presence and self._on_presence is not None:
+            self._after_commit("on_presence", self._on_presence, presence)
+        if self._on_vehicles_changed is not None and (len(batch) or events or presence):
+            changed = set(np.unique(batch.vehicle).tolist())
+            changed.update(e.vehicle for e in events)
+            changed.update(v for v, _, _ in presence)
+            self._after_commit("on_vehicles_changed", self._on_vehicles_changed, changed)
+        self._acknowledge_all(items)
+
+    def _count(self, items, received, rejected, sizes, inserted, duplicates, events_inserted,
+               flagged, batch, elapsed) -> None:
+        metrics = self._metrics
+        for (transport, kind), count in Counter((m.transport, m.kind) for m in items).items():
+            metrics.messages_received.labels(transport, kind).inc(count)
+        for transport, count in received.items():
+            metrics.samples_received.labels(transport).inc(count)
+        if flagged:
+            metrics.samples_flagged.labels("implausible_jump").inc(flagged)
         for transport, reasons in rejected.items():
             for reason, count in reasons.items():
                 metrics.samples_rejected.labels(reason, transport).inc(count)
@@ -282,33 +379,31 @@ class IngestPipeline:
         metrics.batch_samples.observe(len(batch))
         metrics.commit_seconds.observe(elapsed)
         if len(batch):
-            commit_ms = time.time() * 1000.0
-            delays = (commit_ms - batch.received_ms) / 1000.0
+            delays = (time.time() - batch.received_ms / 1000.0)
             for q in np.percentile(delays, (10, 50, 90, 99)):  # a few observations, not one per row
                 metrics.sample_delay_seconds.observe(max(float(q), 0.0))
-            if self._on_committed is not None:
-                self._on_committed(batch, commit_ms)
-        if presence and self._on_presence is not None:
-            self._on_presence(presence)
-        if self._on_vehicles_changed is not None and (len(batch) or events or presence):
-            changed = set(np.unique(batch.vehicle).tolist())
-            changed.update(e.vehicle for e in events)
-            changed.update(v for v, _, _ in presence)
-            self._on_vehicles_changed(changed)
-        self._log_problems(rejected, problems)
 
+    def _after_commit(self, name: str, callback: Callable, *args: Any) -> None:
+        """A listener of committed batches (live feed, command interlocks, hand-over): its failure
+        is logged and counted, and must not keep the batch from being acknowledged."""
+        try:
+            callback(*args)
+        except Exception:
+            self._metrics.pipeline_errors.labels(name).inc()
+            log.exception("commit_listener_failed", extra=fields(listener=name))
+
+    def _acknowledge_all(self, items: list[Inbound]) -> None:
         by_transport: dict[str, list[Any]] = {}
         for m in items:  # in arrival order within each transport (MQTT wants PUBACKs in order)
             by_transport.setdefault(m.transport, []).append(m.token)
         for transport, tokens in by_transport.items():
-            self._acknowledge[transport](tokens)
-        metrics.messages_acked.inc(len(items))
-        self._in_write = 0
-        self._update_gauges()
-        if self._paused and self.unacknowledged < self.limits.max_pending // 2:
-            self._set_paused(False)
-        if not self._pending:
-            self._idle.set()
+            try:
+                self._acknowledge[transport](tokens)
+            except Exception:  # not acknowledged: the device or broker sends it again (a duplicate)
+                self._metrics.pipeline_errors.labels("acknowledge").inc()
+                log.exception("acknowledge_failed", extra=fields(transport=transport,
+                                                                 messages=len(tokens)))
+        self._metrics.messages_acked.inc(len(items))
 
     def _run_stages(self, batch: TelemetryBatch) -> StageOutput:
         """The cores over the batch, before the write: what they derive is committed with it."""
@@ -362,7 +457,7 @@ class IngestPipeline:
                 if self._db_down:
                     self._db_down = False
                     self._metrics.db_up.set(1)
-                    log.warning("database_recovered", extra=fields(unacknowledged=self.unacknowledged))
+                    log.warning("database_recovered", extra=fields(unacknowledged=self._held()))
                 return result
             except StoreUnavailable as exc:
                 await self._database_down("write", exc, backoff)
@@ -374,7 +469,7 @@ class IngestPipeline:
         self._metrics.db_errors.labels("unavailable").inc()
         log.warning("database_unavailable", extra=fields(
             operation=what, error=str(exc)[:300], retry_in_s=backoff,
-            unacknowledged=self.unacknowledged))
+            unacknowledged=self._held()))
         await asyncio.sleep(backoff)
 
     async def _write_isolating(self, batch, events, rejected, derived
@@ -424,9 +519,9 @@ class IngestPipeline:
         if self._on_backpressure is not None:
             self._on_backpressure(paused)
 
-    def _update_gauges(self) -> None:
-        self._metrics.pending_messages.set(self.unacknowledged)
-        self._metrics.queued_messages.set(len(self._pending))
+    def _held(self) -> int:
+        """Everything received and not yet acknowledged: in the pipeline and held upstream."""
+        return self.unacknowledged + sum(held() for held in self._held_upstream)
 
 
 def _by_transport(messages: list[Inbound]) -> list[tuple[str, list[Inbound]]]:
@@ -449,6 +544,10 @@ def _split(count: int, sizes: dict[str, int]) -> dict[str, int]:
     out = {t: count * n // total for t, n in sizes.items()} if total else dict.fromkeys(sizes, 0)
     out[max(sizes, key=sizes.__getitem__)] += count - sum(out.values())
     return out
+
+
+def _describe(exc: BaseException, limit: int = 300) -> str:
+    return f"{type(exc).__name__}: {exc}"[:limit]
 
 
 def _merge(into: dict[str, int], counts: dict[str, int]) -> None:

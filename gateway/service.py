@@ -36,6 +36,10 @@ from telemetry.store import DeviceCredentials, StoreUnavailable, TelemetryStore
 log = logging.getLogger("fleetgate.gateway")
 
 
+class GatewayFailed(RuntimeError):
+    """A task the gateway depends on ended: the process must exit and be restarted."""
+
+
 @dataclass
 class GatewayConfig:
     database_url: str
@@ -43,7 +47,7 @@ class GatewayConfig:
     mqtt_port: int = 1883
     mqtt_client_id: str = "fleetgate-gw-1"
     mqtt_topic_root: str = "fg/v1"
-    mqtt_shared_group: str = "fleetgate"
+    mqtt_shared_group: str = ""  # plain subscriptions: see Settings.mqtt_shared_group
     mqtt_protocol: int = 5
     mqtt_keepalive_s: int = 30
     mqtt_session_expiry_s: int = 7 * 86400
@@ -128,6 +132,8 @@ class Gateway:
         # Drain mode: what the drain did, or why the session could not be drained.
         self.drain_report: dict | None = None
         self.drain_error: str | None = None
+        # Why the gateway stopped serving on its own (a task it needs ended); None while well.
+        self.failure: str | None = None
         # Called with the vehicles whose stored state a commit changed (the API's live feed).
         self.change_listeners: list[Callable[[set[int]], None]] = []
         # Called with the CommandService when this process starts dispatching, None when it
@@ -219,19 +225,23 @@ class Gateway:
             broker=f"{cfg.mqtt_host}:{cfg.mqtt_port}"))
         writer = asyncio.create_task(pipeline.run(), name="pipeline")
         reader = asyncio.create_task(ingress.run(self._stop), name="mqtt-ingress")
-        chores = [asyncio.create_task(c, name=c.__name__) for c in (
-            self._every(cfg.presence_timeout_s / 4, self._expire_presence),
-            self._every(cfg.registry_refresh_s, registry.refresh),
-            self._every(cfg.zones_refresh_s, geofence.refresh),
-            self._every(cfg.maintenance_interval_s, self._maintain),
-            self._every(cfg.fleet_gauges_s, self._count_fleet, first_after_s=0.0))]
+        chores = [asyncio.create_task(self._every(interval, fn, first), name=name)
+                  for name, interval, fn, first in (
+                      ("presence-expiry", cfg.presence_timeout_s / 4, self._expire_presence, None),
+                      ("registry-refresh", cfg.registry_refresh_s, registry.refresh, None),
+                      ("zones-refresh", cfg.zones_refresh_s, geofence.refresh, None),
+                      ("maintenance", cfg.maintenance_interval_s, self._maintain, None),
+                      ("fleet-gauges", cfg.fleet_gauges_s, self._count_fleet, 0.0))]
         if self.lease is not None:
             chores.append(asyncio.create_task(self._hold_dispatcher_lease(), name="lease"))
+        # Each runs until the gateway stops; one that ends sooner is a failure of the process.
+        needed = {writer: "the pipeline writer", reader: "the MQTT ingress",
+                  **{c: f"the {c.get_name()} task" for c in chores}}
         if cfg.drain:
             chores.append(asyncio.create_task(self._drain(ingress), name="drain"))
         self.ready.set()
         try:
-            await self._stop.wait()
+            await self._serve_until_stopped(needed)
             # Graceful stop: no new messages, commit and acknowledge what we hold, leave cleanly.
             ingress.pause()
             if self.coap is not None:
@@ -269,6 +279,31 @@ class Gateway:
             if self.lease is not None:
                 await self.lease.release()
             await store.close()
+
+    async def _serve_until_stopped(self, needed: dict[asyncio.Task, str]) -> None:
+        """Wait for stop(); if a task the gateway needs ends first, fail loudly: readiness says
+        why at once, and GatewayFailed ends the process non-zero so that its supervisor
+        restarts it (the broker keeps what was not acknowledged)."""
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait({stopping, *needed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        ended = [t for t in needed if t in done]
+        if not ended or self._stop.is_set():
+            return
+        task = ended[0]
+        error = None if task.cancelled() else task.exception()
+        self.failure = f"{needed[task]} ended" + (f": {type(error).__name__}: {error}"[:300]
+                                                  if error else " unexpectedly")
+        self.metrics.broker_connected.set(0)
+        log.critical("gateway_failed", extra=fields(task=task.get_name(), reason=self.failure,
+                                                    action="exiting for the supervisor to "
+                                                           "restart the process"),
+                     exc_info=error)
+        if self.ingress is not None:
+            self.ingress.abort()  # unacknowledged messages stay with the broker
+        raise GatewayFailed(self.failure) from error
 
     # --- the command dispatcher, in at most one process -------------------------------------
 
@@ -425,6 +460,8 @@ class Gateway:
 
     async def check_subscribed(self) -> str | None:
         """Readiness: None when subscribed to the broker, else why not."""
+        if self.failure is not None:
+            return self.failure
         if self.ingress is None or not self.ingress.subscribed.is_set():
             return "not subscribed to the broker"
         return None
@@ -436,6 +473,8 @@ class Gateway:
 
     async def check_database(self) -> str | None:
         """Readiness: None when the database takes writes (and the last batch committed)."""
+        if self.failure is not None:
+            return self.failure
         if self.store is None:
             return "database not opened yet"
         if self.pipeline is not None and self.pipeline.db_down:

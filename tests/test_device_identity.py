@@ -501,7 +501,7 @@ async def test_emqx_hooks_let_the_gateway_account_in_and_devices_only_to_their_t
     url = f"http://127.0.0.1:{settings.api_port}"
     gw_id = settings.mqtt_client_id
     ingress = MqttIngress(None, host="-", port=0, client_id=gw_id, topic_root=ROOT,
-                          metrics=GatewayMetrics(CollectorRegistry()))
+                          shared_group="fleetgate", metrics=GatewayMetrics(CollectorRegistry()))
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10.0,
                                      headers={"Authorization": f"Bearer {key}"}) as http:
@@ -527,7 +527,7 @@ async def test_emqx_hooks_let_the_gateway_account_in_and_devices_only_to_their_t
             assert await connect_as("lock-a", secret, gw_id) == "deny"
 
             shared = [f for f, _ in ingress.subscriptions() if f.startswith("$share/")]
-            assert shared, "the gateway subscribes to shared filters by default"
+            assert shared, "a gateway with FLEETGATE_MQTT_SHARED_GROUP subscribes to shared filters"
             gateway_needs = [
                 *(("subscribe", f) for f, _ in ingress.subscriptions()),
                 *(("subscribe", f.split("/", 2)[2]) for f in shared),    # as EMQX passes them

@@ -74,8 +74,9 @@ async def test_a_vehicle_going_back_to_a_process_continues_from_the_stored_state
     track = ride(t0, 91)  # 0 .. 450 m: enters at 115 m (sample 23), leaves at 315 m (63)
     # B is stopped last: it then saves its older state of the bike over A's newer one, which the
     # store must refuse.
-    async with running_gateway(gateway_config(pg_dsn, mosquitto, topic_root)) as (b, reg_b), \
-            running_gateway(gateway_config(pg_dsn, mosquitto, topic_root)) as (a, reg_a):
+    shared = dict(mqtt_shared_group="fleetgate")
+    async with running_gateway(gateway_config(pg_dsn, mosquitto, topic_root, **shared)) as (b, reg_b), \
+            running_gateway(gateway_config(pg_dsn, mosquitto, topic_root, **shared)) as (a, reg_a):
         await feed(a, "bike-1", track[:30])  # A: in the zone
         after_a = a.battery.core.export_state([v])[v]
         await feed(b, "bike-1", track[30:70])  # B takes over (it never saw the bike): leaves it
@@ -113,6 +114,9 @@ async def test_a_core_state_never_replaces_a_newer_one(pg_dsn):
 
 
 def processes(pg_dsn, mosquitto, topic_root, tmp_path, *names: str, **env) -> list[GatewayProcess]:
+    """Gateway processes sharing the telemetry through a shared subscription (not the default:
+    see docs/deployment.md on Mosquitto and shared subscriptions)."""
+    env.setdefault("FLEETGATE_MQTT_SHARED_GROUP", "fleetgate")
     return [GatewayProcess(pg_dsn, mosquitto, topic_root, name, tmp_path / f"{name}.log",
                            metrics_port=free_port(), **env) for name in names]
 
@@ -250,8 +254,10 @@ async def _has_exit(dsn: str) -> bool:
 
 async def test_one_process_dispatches_commands_and_another_takes_over(
         mosquitto, pg_dsn, topic_root):
-    cfg_a = gateway_config(pg_dsn, mosquitto, topic_root, commands_lease_check_s=0.2)
-    cfg_b = gateway_config(pg_dsn, mosquitto, topic_root, commands_lease_check_s=0.2)
+    cfg_a = gateway_config(pg_dsn, mosquitto, topic_root, commands_lease_check_s=0.2,
+                           mqtt_shared_group="fleetgate")
+    cfg_b = gateway_config(pg_dsn, mosquitto, topic_root, commands_lease_check_s=0.2,
+                           mqtt_shared_group="fleetgate")
     async with running_gateway(cfg_a) as (a, ra), running_gateway(cfg_b) as (b, rb):
         assert a.commands is not None and b.commands is None
         assert metric(ra, "fleetgate_commands_dispatcher_active") == 1

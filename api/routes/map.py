@@ -14,10 +14,8 @@ from api.problems import Problem
 
 router = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).resolve().parent.parent / "static"
-# Leaflet from the npm registry: copied into static/vendor by scripts/setup, or straight from
-# api/web/node_modules in a development checkout.
-_LEAFLET_DIRS = (STATIC / "vendor" / "leaflet",
-                 STATIC.parent / "web" / "node_modules" / "leaflet" / "dist")
+# Leaflet at the version api/web/package.json pins, committed so that the wheel carries it.
+LEAFLET = STATIC / "vendor" / "leaflet"
 
 
 @router.get("/map")
@@ -42,9 +40,7 @@ async def map_asset(name: str) -> FileResponse:
 
 @router.get("/map/vendor/leaflet/{path:path}")
 async def leaflet(path: str) -> FileResponse:
-    for root in _LEAFLET_DIRS:
-        target = (root / path).resolve()
-        if target.is_file() and root.resolve() in target.parents:
-            return FileResponse(target)
-    raise Problem(404, "not-found", f"leaflet/{path} is not installed here (scripts/setup "
-                  "installs Leaflet from the npm registry)")
+    target = (LEAFLET / path).resolve()
+    if not (target.is_file() and LEAFLET.resolve() in target.parents):
+        raise Problem(404, "not-found", f"no file leaflet/{path}")
+    return FileResponse(target)

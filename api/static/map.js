@@ -7,13 +7,20 @@
   const COLOURS = { available: "#2e7d32", on_trip: "#1565c0", low_battery: "#f9a825",
                     offline: "#9e9e9e", immobilised: "#c62828" };
   const api = CONFIG.api_base || "";
-  const markers = new Map();           // vehicle_ref -> { marker, vehicle }
+  const vehicles = new Map();          // vehicle_ref -> latest known state, with or without a position
+  const markers = new Map();           // vehicle_ref -> marker, for the vehicles with a position
   const state = {
     key: null, updates: 0, ready: false,
     // Read-only views for tests and curious operators.
-    positions: () => Object.fromEntries([...markers].map(([ref, e]) => [ref, [e.marker.getLatLng().lat, e.marker.getLatLng().lng]])),
-    statuses: () => Object.fromEntries([...markers].map(([ref, e]) => [ref, e.vehicle.status])),
+    positions: () => Object.fromEntries([...markers].map(([ref, m]) => [ref, [m.getLatLng().lat, m.getLatLng().lng]])),
+    statuses: () => Object.fromEntries([...markers.keys()].map((ref) => [ref, vehicles.get(ref).status])),
     zones: () => zoneLayer.getLayers().length,
+    // Where a vehicle's marker is on the page (CSS pixels from the viewport's top left).
+    pointOf: (ref) => {
+      const p = map.latLngToContainerPoint(markers.get(ref).getLatLng());
+      const box = map.getContainer().getBoundingClientRect();
+      return [box.left + p.x, box.top + p.y];
+    },
   };
   window.fleetgateMap = state;
 
@@ -61,28 +68,29 @@
       `<button data-cmd="unlock">Unlock</button><button data-cmd="lock">Lock</button><div class="result"></div></div>`;
   }
 
-  function show(v) {
-    if (v.lat == null || v.lon == null) return;
+  function show(update) {
+    const ref = update.vehicle_ref;
+    const v = { ...vehicles.get(ref), ...update };
+    vehicles.set(ref, v);
+    if (v.lat == null || v.lon == null) return;  // registered, no fix yet: counted, not drawn
     const colour = COLOURS[v.status] || "#000";
-    let entry = markers.get(v.vehicle_ref);
-    if (!entry) {
-      const marker = L.circleMarker([v.lat, v.lon], { radius: 6, weight: 1, color: "#222", fillColor: colour, fillOpacity: 0.9 });
-      marker.bindPopup(() => popupHtml(markers.get(v.vehicle_ref).vehicle));
+    let marker = markers.get(ref);
+    if (!marker) {
+      // Added after the zones or not, a marker is drawn above them (zones go to the back).
+      marker = L.circleMarker([v.lat, v.lon], { radius: 6, weight: 1, color: "#222", fillColor: colour, fillOpacity: 0.9 });
+      marker.bindPopup(() => popupHtml(vehicles.get(ref)));
       marker.addTo(map);
-      entry = { marker, vehicle: v };
-      markers.set(v.vehicle_ref, entry);
+      markers.set(ref, marker);
     } else {
-      entry.vehicle = { ...entry.vehicle, ...v };
-      entry.marker.setLatLng([v.lat, v.lon]);
-      entry.marker.setStyle({ fillColor: colour });
+      marker.setLatLng([v.lat, v.lon]);
+      marker.setStyle({ fillColor: colour });
     }
-    entry.marker.getElement?.()?.setAttribute?.("data-status", v.status);
   }
 
   function counts() {
-    const by = {};
-    for (const { vehicle } of markers.values()) by[vehicle.status] = (by[vehicle.status] || 0) + 1;
-    document.getElementById("counts").textContent = `${markers.size} vehicles · ${state.updates} live updates`;
+    const unplaced = vehicles.size - markers.size;
+    document.getElementById("counts").textContent = `${vehicles.size} vehicles` +
+      (unplaced ? ` · ${unplaced} without a position yet` : "") + ` · ${state.updates} live updates`;
   }
 
   async function loadVehicles() {
@@ -103,6 +111,9 @@
         ? L.circle([z.geometry.coordinates[1], z.geometry.coordinates[0]], { ...style, radius: z.geometry.radius_m })
         : L.geoJSON(z.geometry, { style });
       layer.bindTooltip(`${z.name || z.id} (${z.kind})`).addTo(zoneLayer);
+      // The canvas hands a click to the topmost shape under it: a zone drawn over the markers
+      // (its response came last) would take every click on the vehicles inside it.
+      layer.bringToBack();
     }
   }
 
@@ -133,17 +144,36 @@
     }
   }
 
+  function idempotencyKey() {
+    // Not crypto.randomUUID: it exists only in secure contexts (HTTPS or localhost), and the
+    // map is also opened over plain HTTP by host name inside an operator's network.
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return "map-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  async function sendCommand(root, type) {
+    const out = root.querySelector(".result");
+    const buttons = root.querySelectorAll("button[data-cmd]");
+    buttons.forEach((b) => { b.disabled = true; });  // one command per click, not one per double click
+    out.textContent = type + "…";
+    try {
+      const res = await call(`/v1/vehicles/${encodeURIComponent(root.dataset.ref)}/commands?wait=10`, {
+        method: "POST", headers: { "Idempotency-Key": idempotencyKey() },
+        body: JSON.stringify({ type }) });
+      const body = await res.json().catch(() => ({}));
+      out.textContent = res.ok ? `${body.type}: ${body.state}`
+        : `${type} refused: ${body.detail || body.title || "HTTP " + res.status}`;
+    } catch (e) {
+      out.textContent = `${type} failed: ${e.message || e}`;
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  }
+
   map.on("popupopen", (e) => {
     const root = e.popup.getElement().querySelector(".vehicle-popup");
-    root.querySelectorAll("button[data-cmd]").forEach((b) => b.addEventListener("click", async () => {
-      const out = root.querySelector(".result");
-      out.textContent = b.dataset.cmd + "…";
-      const res = await call(`/v1/vehicles/${encodeURIComponent(root.dataset.ref)}/commands?wait=10`, {
-        method: "POST", headers: { "Idempotency-Key": crypto.randomUUID() },
-        body: JSON.stringify({ type: b.dataset.cmd }) });
-      const body = await res.json();
-      out.textContent = res.ok ? `${body.type}: ${body.state}` : (body.detail || body.title);
-    }));
+    root.querySelectorAll("button[data-cmd]").forEach((b) =>
+      b.addEventListener("click", () => sendCommand(root, b.dataset.cmd)));
   });
 
   async function start() {

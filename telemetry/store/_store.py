@@ -69,6 +69,19 @@ class AdvancedState:
     lon: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class QuarantinedMessage:
+    """A device message kept verbatim because processing it failed (see quarantine())."""
+
+    transport: str
+    kind: str
+    device_id: str
+    received_ms: int
+    payload: bytes
+    content_type: str | None
+    error: str
+
+
 @dataclass
 class WriteResult:
     inserted: int  # new rows in positions
@@ -528,6 +541,25 @@ class TelemetryStore:
                 "SELECT device_id, id, vehicle_ref, vehicle_type FROM vehicles")
             return {d: Device(d, v, ref, t) for d, v, ref, t in await cur.fetchall()}
 
+    async def load_devices(self, device_ids: Sequence[str]) -> dict[str, Device]:
+        """device_id -> Device for those of these ids that are registered (one indexed query:
+        the gateway asks for ids it met in a batch and does not know yet)."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT device_id, id, vehicle_ref, vehicle_type FROM vehicles "
+                "WHERE device_id = ANY(%s)", (list(device_ids),))
+            return {d: Device(d, v, ref, t) for d, v, ref, t in await cur.fetchall()}
+
+    async def quarantine(self, messages: Sequence[QuarantinedMessage]) -> None:
+        """Keep messages the gateway failed to process, verbatim (table quarantined_messages)."""
+        async with self._transaction() as cur:
+            await cur.executemany(
+                "INSERT INTO quarantined_messages (received_at, transport, kind, device_id, "
+                "content_type, payload, error) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [(_utc(m.received_ms), m.transport, m.kind, _printable(m.device_id),
+                  _printable(m.content_type) if m.content_type is not None else None,
+                  m.payload, _printable(m.error)) for m in messages])
+
     async def register_vehicles(self, regs: list[VehicleRegistration]) -> dict[str, int]:
         """Create or update vehicles by vehicle_ref (idempotent); device_id -> vehicles.id.
 
@@ -780,6 +812,13 @@ def _validate(r: VehicleRegistration) -> None:
 
 
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _printable(text: str) -> str:
+    """Text PostgreSQL takes: U+0000 (which text columns refuse) and lone surrogates (which do not
+    encode as UTF-8) shown as escapes."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
 
 
 def _utc(ms: float) -> datetime:

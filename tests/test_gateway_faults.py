@@ -1,0 +1,248 @@
+"""Faults the gateway must ride out without losing what devices sent: a broker restarted or killed
+under load, a message its own code fails on, a task it depends on dying, the database away with
+reading paused, and a device registered a moment before its first sample."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from firmware_sim import Fleet, FleetOptions
+from gateway.pipeline import PROCESSING_FAILED, IngestPipeline
+from gateway.service import Gateway, GatewayFailed
+from gateway.stages import GeofenceStage
+from telemetry.store import TelemetryStore, VehicleRegistration
+from tests.harness import (
+    count_positions,
+    eventually,
+    gateway_config,
+    metric,
+    register,
+    running_gateway,
+    stored_keys,
+)
+from tests.netproxy import TcpProxy
+from tests.test_cli import run as run_cli
+from tests.test_gateway_ingest import DEVICES, Stream, close_devices, device, open_devices, sample
+
+pytestmark = pytest.mark.integration
+
+
+def fleet_options(broker, topic_root: str, **kw) -> FleetOptions:
+    return FleetOptions(host=broker.host, port=broker.port, topic_root=topic_root,
+                        session_expiry_s=120, track_keys=True, **kw)
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+async def test_a_broker_restart_under_load_loses_and_duplicates_nothing(
+        restartable_mosquitto, pg_dsn, topic_root, kill):
+    """40 vehicles at 25 Hz (1,000 messages/s) while the broker is stopped (SIGTERM) or killed
+    (SIGKILL) and started again: every sample the broker acknowledged is stored exactly once.
+
+    With the default plain subscription Mosquitto restores the gateway's subscriptions with its
+    session, so what devices publish before the gateway is back is queued for it. A broker only
+    restores what it saved: the kill happens after one clean restart, as on any broker that ran
+    longer than its autosave_interval since the gateway first subscribed."""
+    broker = restartable_mosquitto
+    fleet = Fleet(fleet_options(broker, topic_root, vehicles=40, rate_hz=25.0,
+                                samples_per_vehicle=200, seed=41))
+    await register(pg_dsn, fleet.registrations())
+    config = gateway_config(pg_dsn, broker, topic_root)
+    async with running_gateway(config) as (gw, reg):
+        await fleet.start()
+        if kill:
+            broker.restart()  # the broker saves the sessions on a clean stop
+            await eventually(lambda: gw.ingress.subscribed.is_set(), timeout=20,
+                             what="gateway subscribed again")
+        running = asyncio.create_task(fleet.run())
+        await eventually(lambda: fleet.stats.samples_acked > 1500, timeout=20,
+                         what="samples flowing")
+        broker.stop(kill=kill)
+        await asyncio.sleep(1.0)  # devices buffer, the gateway retries
+        broker.start()
+        await eventually(lambda: gw.ingress.subscribed.is_set(), timeout=20,
+                         what="gateway subscribed after the restart")
+        await running
+        stats = await fleet.stop()  # every buffered sample uploaded and acknowledged
+        expected = stats.acked_keys()
+        assert len(expected) == 40 * 200 and stats.connection_losses >= 40
+
+        async def all_stored() -> bool:
+            return await count_positions(pg_dsn) >= len(expected)
+
+        try:
+            await eventually(all_stored, timeout=60, what="every acknowledged sample stored")
+        finally:
+            keys = await stored_keys(pg_dsn)
+            lost = expected - set(keys)
+            assert not lost, f"{len(lost)} of {len(expected)} acknowledged samples lost"
+        assert gw.failure is None and await gw.check_subscribed() is None
+    assert len(keys) == len(set(keys)) == len(expected), "each stored exactly once"
+
+
+async def test_a_connection_loss_while_a_batch_waits_for_its_age_keeps_the_writer_alive(
+        restartable_mosquitto, pg_dsn, topic_root):
+    """The batch being gathered when the broker goes away is committed, and the writer goes on
+    committing and acknowledging on the next connection (it once cut an empty batch and died,
+    with readiness still 200)."""
+    broker = restartable_mosquitto
+    await register(pg_dsn, DEVICES[:5])
+    config = gateway_config(pg_dsn, broker, topic_root)
+    config.limits = type(config.limits)(max_messages=2000, max_age_ms=1500)
+    async with running_gateway(config) as (gw, reg):
+        clients = await open_devices(broker, 5)
+        t0 = int(time.time() * 1000) - 600_000
+        first = Stream(clients, topic_root, t0)
+        await first.run(per_device=4, rate_hz=200)
+        broker.stop()  # within the batch's 1.5 s: its messages are pending, not committed
+        for client in clients.values():
+            client.abort()
+        broker.start()
+        await eventually(lambda: gw.ingress.subscribed.is_set(), timeout=20,
+                         what="subscribed again")
+        clients = await open_devices(broker, 5)
+        later = Stream(clients, topic_root, t0 + 100_000)
+        await later.run(per_device=4, rate_hz=200)
+        await eventually(lambda: _count_is(pg_dsn, 40), timeout=20, what="both rounds stored")
+        assert set(await stored_keys(pg_dsn)) == first.acked | later.acked
+        await eventually(lambda: gw.pipeline.unacknowledged == 0, what="all acknowledged")
+        assert gw.failure is None and await gw.check_subscribed() is None
+        await close_devices(clients)
+
+
+async def _count_is(dsn: str, n: int) -> bool:
+    return await count_positions(dsn) == n
+
+
+async def test_a_message_the_gateway_fails_on_is_quarantined_and_the_rest_flows(
+        mosquitto, pg_dsn, topic_root, monkeypatch):
+    """A fault of the gateway's own, met by one device's samples (here a geofence core that
+    raises for that vehicle: no payload reaches such a fault once validation is right, so the
+    test plants it). Every other sample is stored, each failing message is kept verbatim in
+    quarantined_messages and acknowledged, and the gateway stays ready."""
+    vehicles = await register(pg_dsn, DEVICES[:6])
+    poisoned = vehicles[DEVICES[2][0]]
+    process = GeofenceStage.process
+
+    def failing_process(self, batch):
+        if (batch.vehicle == poisoned).any():
+            raise RuntimeError("planted fault of the geofence core")
+        return process(self, batch)
+
+    monkeypatch.setattr(GeofenceStage, "process", failing_process)
+    async with running_gateway(gateway_config(pg_dsn, mosquitto, topic_root)) as (gw, reg):
+        clients = await open_devices(mosquitto, 6)
+        stream = Stream(clients, topic_root, int(time.time() * 1000) - 600_000)
+        await stream.run(per_device=30, rate_hz=100)
+        good = {k for k in stream.acked if k[0] != DEVICES[2][0]}
+        await eventually(lambda: _count_is(pg_dsn, len(good)), what="the good samples stored")
+        await eventually(lambda: metric(reg, "fleetgate_samples_rejected_total",
+                                        reason=PROCESSING_FAILED) == 30,
+                         what="the 30 failing messages quarantined")
+        assert set(await stored_keys(pg_dsn)) == good
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            rows = await (await conn.execute(
+                "SELECT device_id, transport, kind, payload, error FROM quarantined_messages "
+                "ORDER BY id")).fetchall()
+        assert len(rows) == 30 and {r[0] for r in rows} == {DEVICES[2][0]}
+        assert all(r[1:3] == ("mqtt", "telemetry") and "planted fault" in r[4] for r in rows)
+        assert sorted(orjson.loads(r[3])["t"] for r in rows) == sorted(
+            t for d, t in stream.acked if d == DEVICES[2][0])
+        assert metric(reg, "fleetgate_pipeline_errors_total", where="batch") > 0
+        await eventually(lambda: gw.pipeline.unacknowledged == 0, what="all acknowledged")
+        assert await gw.check_subscribed() is None and await gw.check_database() is None
+
+        monkeypatch.undo()  # the fault fixed: the vehicle's new samples are stored again
+        after = Stream({DEVICES[2][0]: clients[DEVICES[2][0]]}, topic_root,
+                       int(time.time() * 1000) - 60_000)
+        await after.run(per_device=5, rate_hz=100)
+        await eventually(lambda: _count_is(pg_dsn, len(good) + 5), what="stored after the fix")
+        await close_devices(clients)
+
+
+async def test_a_dead_pipeline_writer_makes_the_gateway_unready_and_fail(
+        mosquitto, pg_dsn, topic_root, monkeypatch):
+    async def writer_that_dies(self):
+        await asyncio.sleep(0.5)
+        raise RuntimeError("planted writer fault")
+
+    monkeypatch.setattr(IngestPipeline, "run", writer_that_dies)
+    gateway = Gateway(gateway_config(pg_dsn, mosquitto, topic_root), registry=CollectorRegistry())
+    running = asyncio.create_task(gateway.run())
+    await eventually(lambda: running.done(), timeout=20, what="the gateway gives up")
+    with pytest.raises(GatewayFailed, match="the pipeline writer ended: RuntimeError: planted"):
+        running.result()
+    reason = await gateway.check_subscribed()
+    assert reason is not None and "planted writer fault" in reason
+    assert reason == await gateway.check_database()
+
+
+def test_fleetgate_run_exits_non_zero_when_a_task_it_needs_dies(
+        mosquitto, pg_dsn, topic_root, monkeypatch):
+    async def writer_that_dies(self):
+        await asyncio.sleep(0.5)
+        raise RuntimeError("planted writer fault")
+
+    monkeypatch.setattr(IngestPipeline, "run", writer_that_dies)
+    result = run_cli("run", "--no-migrate", env={
+        "FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_MQTT_URL": mosquitto.url,
+        "FLEETGATE_MQTT_TOPIC_ROOT": topic_root, "FLEETGATE_MQTT_CLIENT_ID": "gw-dies",
+        "FLEETGATE_API_PORT": "0", "FLEETGATE_METRICS_PORT": "0",
+        "FLEETGATE_COAP_ENABLED": "false"})
+    assert result.exit_code == 1
+    assert "the gateway failed: the pipeline writer ended: RuntimeError: planted" in result.output
+
+
+async def test_pending_messages_shows_everything_held_while_the_database_is_away(
+        mosquitto, pg_dsn, topic_root):
+    await register(pg_dsn, DEVICES[:5])
+    proxy = await TcpProxy.start_for(pg_dsn)
+    config = gateway_config(proxy.dsn(pg_dsn), mosquitto, topic_root)
+    try:
+        async with running_gateway(config) as (gw, reg):
+            clients = await open_devices(mosquitto, 5)
+            await proxy.cut()
+            stream = Stream(clients, topic_root, int(time.time() * 1000) - 600_000)
+            sending = asyncio.create_task(stream.run(per_device=300, rate_hz=500))
+            await eventually(lambda: metric(reg, "fleetgate_pipeline_pending_messages") == 1500,
+                             timeout=20, what="all 1,500 unacknowledged messages counted")
+            assert metric(reg, "fleetgate_pipeline_queued_messages") + min(
+                1500, config.limits.max_messages) >= 1500
+            await proxy.restore()
+            await sending
+            await eventually(lambda: _count_is(pg_dsn, 1500), timeout=30, what="stored")
+            await eventually(lambda: metric(reg, "fleetgate_pipeline_pending_messages") == 0,
+                             what="nothing held any more")
+            await close_devices(clients)
+    finally:
+        await proxy.close()
+
+
+async def test_a_device_registered_a_moment_ago_loses_no_sample(mosquitto, pg_dsn, topic_root):
+    """The registry once reloaded at most every 2 s: the first samples of a device registered
+    just after a reload were rejected as unknown_device (and acknowledged, so lost)."""
+    await register(pg_dsn, DEVICES[:1])
+    async with running_gateway(gateway_config(pg_dsn, mosquitto, topic_root)) as (gw, reg):
+        newcomer = await device(mosquitto, "tcu-new-1")
+        t0 = int(time.time() * 1000) - 60_000
+        # A sample of the not yet registered device: rejected, and the registry just looked.
+        await newcomer.publish(f"{topic_root}/tcu-new-1/telemetry", orjson.dumps(sample(t0)),
+                               qos=1)
+        await eventually(lambda: metric(reg, "fleetgate_samples_rejected_total",
+                                        reason="unknown_device") == 1, what="rejected as unknown")
+        store = await TelemetryStore.open(pg_dsn)
+        try:
+            await store.register_vehicles([VehicleRegistration("veh-new-1", "tcu-new-1", "ebike")])
+        finally:
+            await store.close()
+        for k in range(1, 21):
+            await newcomer.publish(f"{topic_root}/tcu-new-1/telemetry",
+                                   orjson.dumps(sample(t0 + k * 1000)), qos=1)
+        await eventually(lambda: _count_is(pg_dsn, 20), timeout=10, what="all 20 stored")
+        assert metric(reg, "fleetgate_samples_rejected_total", reason="unknown_device") == 1
+        await newcomer.disconnect()
