@@ -50,13 +50,17 @@ class BenchServices:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
 
 
-def machine(pg_version: str) -> dict:
-    cpu = "unknown"
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what the platform module says."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine(pg_version: str) -> dict:
+    cpu = cpu_model()
     mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.split("\n")[0]
     return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
             "postgresql": pg_version, "mosquitto": mosq.strip(),

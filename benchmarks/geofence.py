@@ -23,6 +23,7 @@ import typer
 # geofence package: put the repository root in front.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._services import cpu_model
 from geofence import Membership, Rule, Zone, ZoneKind, ZoneSet
 from geofence._geo import M_PER_DEG, circle_d2, circle_frame
 
@@ -185,15 +186,7 @@ def _best(fn, repeat: int):
 
 
 def _machine() -> dict:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu or platform.processor(), "cpus": os.cpu_count(),
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "numpy": np.__version__,
             "shapely": shapely.__version__, "geos": shapely.geos_version_string}
 

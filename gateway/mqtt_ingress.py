@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from fleetgate.logs import fields
-from fleetgate.mqtt import Message, MqttClient, PersistentSession, Will
+from fleetgate.mqtt import Message, MqttClient, MqttError, PersistentSession, Will
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Inbound, IngestPipeline
 
@@ -56,8 +56,34 @@ def _presence(state: str, client_id: str) -> bytes:
 async def read_presence(host: str, port: int, topic_root: str, client_id: str, *,
                         username: str | None = None, password: str | None = None,
                         protocol: int = 5, wait_s: float = 1.0) -> dict | None:
-    """The retained presence of the gateway process with this client id, None if there is none.
-    Reads it on a throw-away connection of its own (clean, no session left behind)."""
+    """The retained presence of the gateway process with this client id, None if there is none."""
+    payload = await _read_retained(host, port, presence_topic(topic_root, client_id),
+                                   username=username, password=password, protocol=protocol,
+                                   wait_s=wait_s)
+    try:
+        return orjson.loads(payload) if payload else None
+    except orjson.JSONDecodeError:
+        return {"state": "unknown", "payload": payload[:200].decode("utf-8", "replace")}
+
+
+async def read_broker_version(host: str, port: int, *, username: str | None = None,
+                              password: str | None = None, protocol: int = 5,
+                              wait_s: float = 1.0) -> str | None:
+    """What the broker says it is ($SYS/broker/version, e.g. "mosquitto version 2.0.11"), None
+    where it publishes no such topic or the account may not read it."""
+    try:
+        payload = await asyncio.wait_for(_read_retained(
+            host, port, "$SYS/broker/version", username=username, password=password,
+            protocol=protocol, wait_s=wait_s), wait_s + 2.0)
+    except (OSError, TimeoutError, MqttError):
+        return None
+    return payload.decode("utf-8", "replace").strip() if payload else None
+
+
+async def _read_retained(host: str, port: int, topic: str, *, username: str | None,
+                         password: str | None, protocol: int, wait_s: float) -> bytes | None:
+    """A topic's retained message, on a throw-away connection of its own (clean, no session left
+    behind); None if none arrives within wait_s."""
     got: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def on_messages(messages: list[Message]) -> None:
@@ -70,16 +96,12 @@ async def read_presence(host: str, port: int, topic_root: str, client_id: str, *
                        on_messages=on_messages)
     await probe.connect()
     try:
-        await probe.subscribe([(presence_topic(topic_root, client_id), 1)])
-        payload = await asyncio.wait_for(got, wait_s)  # retained: sent right after the SUBACK
+        await probe.subscribe([(topic, 1)])
+        return await asyncio.wait_for(got, wait_s)  # retained: sent right after the SUBACK
     except TimeoutError:
         return None
     finally:
         await probe.disconnect()
-    try:
-        return orjson.loads(payload) if payload else None
-    except orjson.JSONDecodeError:
-        return {"state": "unknown", "payload": payload[:200].decode("utf-8", "replace")}
 
 
 class MqttIngress:

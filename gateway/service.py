@@ -24,7 +24,7 @@ from gateway.coap import CoapIngress
 from gateway.dispatcher_lease import DispatcherLease, LeaseLost
 from gateway.handover import StateHandover
 from gateway.metrics import GatewayMetrics
-from gateway.mqtt_ingress import DrainError, MqttIngress
+from gateway.mqtt_ingress import DrainError, MqttIngress, read_broker_version
 from gateway.pipeline import DeviceRegistry, IngestPipeline, PipelineLimits
 from gateway.stages import BatteryStage, GeofenceStage
 from geofence import Hysteresis, SpeedCapChange
@@ -211,6 +211,8 @@ class Gateway:
             username=cfg.mqtt_username, password=cfg.mqtt_password, metrics=self.metrics,
             drain=cfg.drain)
         ingress_box.append(ingress)
+        if cfg.mqtt_shared_group and not cfg.drain:
+            await self._warn_if_broker_drops_shared_subscriptions()
         if cfg.coap_enabled and not cfg.drain:
             self.coap = CoapIngress(
                 pipeline, DeviceCredentials(store).verify, metrics=self.metrics,
@@ -279,6 +281,23 @@ class Gateway:
             if self.lease is not None:
                 await self.lease.release()
             await store.close()
+
+    async def _warn_if_broker_drops_shared_subscriptions(self) -> None:
+        """Mosquitto 2.0 does not restore shared subscriptions after its own restart: until the
+        gateway subscribes again, telemetry to the shared filter is acknowledged to the devices
+        and dropped. Say so at start where the broker is one (docs/deployment.md)."""
+        cfg = self.config
+        version = await read_broker_version(cfg.mqtt_host, cfg.mqtt_port,
+                                            username=cfg.mqtt_username,
+                                            password=cfg.mqtt_password,
+                                            protocol=cfg.mqtt_protocol)
+        if version and version.lower().startswith("mosquitto"):
+            log.warning("shared_subscription_not_kept_by_broker", extra=fields(
+                broker=version, shared_group=cfg.mqtt_shared_group,
+                consequence="a broker restart loses the telemetry devices publish before this "
+                            "process subscribes again",
+                advice="one gateway process per Mosquitto with FLEETGATE_MQTT_SHARED_GROUP "
+                       "empty (docs/deployment.md)"))
 
     async def _serve_until_stopped(self, needed: dict[asyncio.Task, str]) -> None:
         """Wait for stop(); if a task the gateway needs ends first, fail loudly: readiness says

@@ -1,11 +1,12 @@
 """Decode many raw telemetry payloads into one validated columnar batch.
 
-Parsing is one orjson call for all JSON payloads of a batch where it can be; type and range checks
-run on whole columns with numpy. Every rejected sample gets exactly one reason of REASONS.
+Each payload is parsed on its own; type and range checks run on whole columns with numpy. Every
+rejected sample gets exactly one reason of REASONS, the one it would get decoded alone.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,15 @@ _NUMBER_FIELDS = ("lat", "lon", *FLOAT_COLUMNS, "odometer_m")
 _RANGES = (("lat", LAT_RANGE, "lat_out_of_range"), ("lon", LON_RANGE, "lon_out_of_range"),
            ("soc_pct", SOC_RANGE, "soc_out_of_range"), ("speed_kmh", SPEED_RANGE, "speed_out_of_range"),
            ("heading_deg", HEADING_RANGE, "heading_out_of_range"))
+_INT64 = (-2**63, 2**63 - 1)
+# The smallest integer that float64 rounds to infinity: from here on a number is a wrong_type.
+_FLOAT64_OVERFLOW = 2**1024 - 2**970
+
+# What the store can write as an event's detail (jsonb, serialised by orjson) and read back: a
+# detail is nested at most this deep (orjson's limit), its numbers lie in 64-bit integer range
+# (orjson's; jsonb gives a whole float back as an integer), its texts hold no U+0000 (jsonb's).
+MAX_DETAIL_DEPTH = 254
+_DETAIL_NUMBERS = (-2**63, 2**64 - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +158,14 @@ def decode_telemetry(
 
 def _parse_messages(device_ids, payloads, registry, content_types, rejections,
                     senml_received_ms: np.ndarray | None = None):
-    """Parse every message; returns the sample objects and the message index of each.
+    """Parse every message on its own; returns the sample objects and the message index of each.
 
-    SenML packs become samples; their relative times count from the message's receipt
-    (senml_received_ms[i], RFC 8428's "now"). Where that is None (device events) a SenML
-    message is a bad_structure."""
-    encodings: list[str | None] = [None] * len(payloads)
-    json_msgs: list[int] = []
+    Never one parse for several payloads: joined, the fragments of one device's messages could
+    combine with another device's message into values handed to the wrong messages. SenML packs
+    become samples; their relative times count from the message's receipt (senml_received_ms[i],
+    RFC 8428's "now"). Where that is None (device events) a SenML message is a bad_structure."""
+    items: list[dict] = []
+    owner: list[int] = []
     for i, payload in enumerate(payloads):
         device_id = device_ids[i]
         if device_id not in registry:
@@ -170,33 +181,11 @@ def _parse_messages(device_ids, payloads, registry, content_types, rejections,
         if enc is None:
             rejections.add("unknown_encoding", i, f"first byte {payload[:1]!r}")
             continue
-        encodings[i] = enc
-        if enc == "json":
-            json_msgs.append(i)
-
-    parsed: dict[int, object] = {}
-    if json_msgs:
-        # One parse for all JSON payloads. A payload that is not one JSON value on its own either
-        # breaks the joined document or changes the item count; both fall back to one by one.
         try:
-            values = orjson.loads(b"[" + b",".join([payloads[i] for i in json_msgs]) + b"]")
-        except orjson.JSONDecodeError:
-            values = None
-        if values is not None and len(values) == len(json_msgs):
-            parsed = dict(zip(json_msgs, values))
-
-    items: list[dict] = []
-    owner: list[int] = []
-    for i, enc in enumerate(encodings):
-        if enc is None:
+            value = parse_payload(payload, enc)
+        except Exception as exc:  # cbor2 raises several types for garbage input
+            rejections.add(f"malformed_{_SYNTAX[enc]}", i, str(exc)[:200])
             continue
-        value = parsed.get(i, _MISSING) if enc == "json" else _MISSING
-        if value is _MISSING:
-            try:
-                value = parse_payload(payloads[i], enc)
-            except Exception as exc:  # cbor2 raises several types for garbage input
-                rejections.add(f"malformed_{_SYNTAX[enc]}", i, str(exc)[:200])
-                continue
         if enc.startswith("senml"):
             try:
                 if senml_received_ms is None:
@@ -220,9 +209,6 @@ def _parse_messages(device_ids, payloads, registry, content_types, rejections,
     return items, owner
 
 
-_MISSING = object()
-
-
 def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections) -> TelemetryBatch:
     n = len(items)
     reason = np.zeros(n, dtype=np.int8)  # 0 = valid, else 1 + index into SAMPLE_REASONS
@@ -237,20 +223,19 @@ def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections)
 
     batch = TelemetryBatch.empty(n)
 
-    # t: required integer.
+    # t: a required integer. Any integer is one; beyond int64 it is clamped to it, so that the
+    # time checks below find it in the future or too old, as they do any far-off t.
     t_col = [o.get("t") for o in items]
-    t_types = set(map(type, t_col))
-    if t_types <= {int}:
-        try:
-            batch.time_ms[:] = t_col
-        except OverflowError:
-            t_types = {object}
-    if not t_types <= {int}:
+    if not set(map(type, t_col)) <= {int}:
         missing = np.fromiter((v is None for v in t_col), bool, n)
         reject(missing, "missing_field", "t")
-        wrong = np.fromiter((type(v) is not int or not -2**62 < v < 2**62 for v in t_col), bool, n)
-        reject(wrong & ~missing, "wrong_type", "t")
-        batch.time_ms[:] = [v if reason[k] == 0 else 0 for k, v in enumerate(t_col)]
+        reject(np.fromiter((type(v) is not int for v in t_col), bool, n) & ~missing,
+               "wrong_type", "t")
+        t_col = [v if type(v) is int else 0 for v in t_col]
+    try:
+        batch.time_ms[:] = t_col
+    except OverflowError:
+        batch.time_ms[:] = [min(max(v, _INT64[0]), _INT64[1]) for v in t_col]
 
     # Numbers are read and range-checked in float64 before they meet their (often float32)
     # column: a tiny negative speed must fail as negative, not pass as -0.0.
@@ -308,8 +293,10 @@ def _number_column(items, name, reject) -> np.ndarray:
         except OverflowError:
             types = {object}
     if not types <= _NUMBER_TYPES:
-        # Some value is not a number, or an integer too large even for float64 (CBOR bignums).
-        wrong = np.fromiter((type(v) not in _NUMBER_TYPES or (type(v) is int and abs(v) > 2**1000)
+        # Some value is not a number, or an integer too large even for float64 (CBOR bignums):
+        # the same test as the conversion above, so that a value fails alike on either path.
+        wrong = np.fromiter((type(v) not in _NUMBER_TYPES
+                             or (type(v) is int and abs(v) >= _FLOAT64_OVERFLOW)
                              for v in col), bool, len(col))
         reject(wrong, "wrong_type", name)
         out[:] = [v if not w else None for v, w in zip(col, wrong)]
@@ -333,10 +320,13 @@ def decode_events(
     content_types: Sequence[str | None] | None = None,
     max_problems: int = 20,
 ) -> tuple[list[DeviceEvent], dict[str, int], list[Problem]]:
-    """Decode device-event messages (low volume: one pydantic validation per event)."""
+    """Decode device-event messages (low volume: one pydantic validation per event).
+
+    An event whose detail the store could not write as JSON is a bad_structure."""
     rejections = _Rejections(device_ids, max_problems)
     items, owner = _parse_messages(device_ids, payloads, registry, content_types, rejections)
     events: list[DeviceEvent] = []
+    budget: dict[int, int] = {}  # per message: what its details may still expand to
     for item, i in zip(items, owner):
         try:
             ev = DeviceEventPayload.model_validate(item)
@@ -345,6 +335,11 @@ def decode_events(
             reason = "missing_field" if err["type"] == "missing" else "wrong_type"
             rejections.add(reason, i, f"{'.'.join(map(str, err['loc']))}: {err['msg']}")
             continue
+        if ev.detail is not None:
+            why, budget[i] = _unstorable(ev.detail, budget.get(i, MAX_PAYLOAD_BYTES))
+            if why:
+                rejections.add("bad_structure", i, f"detail cannot be stored as JSON: {why}")
+                continue
         if ev.t > now_ms + limits.max_future_ms:
             rejections.add("time_in_future", i, f"t={ev.t}")
         elif ev.t < now_ms - limits.max_age_ms:
@@ -354,8 +349,48 @@ def decode_events(
     return events, rejections.counts, rejections.problems
 
 
+def _unstorable(detail: dict, budget: int) -> tuple[str | None, int]:
+    """Why the store could not write `detail` as JSON (None if it can), and the budget left.
+
+    Every value and every character of text costs one of the budget: without CBOR shared
+    references (tags 28/29) a message's details cost fewer than it has bytes, with them a
+    kilobyte could expand into terabytes, or loop."""
+    stack: list[tuple[object, int]] = [(detail, 1)]
+    while stack:
+        value, depth = stack.pop()
+        budget -= 1
+        kind = type(value)
+        if kind is str:
+            budget -= len(value)
+            if "\x00" in value:
+                return f"text with U+0000 ({value[:40]!r})", budget
+        elif kind is dict or kind is list:
+            if depth > MAX_DETAIL_DEPTH:
+                return f"nested more than {MAX_DETAIL_DEPTH} levels deep", budget
+            if kind is dict:
+                for key in value:
+                    if type(key) is not str:
+                        return f"a map key that is not text ({key!r:.40})", budget
+                    stack.append((key, depth))
+                stack.extend((item, depth + 1) for item in value.values())
+            else:
+                stack.extend((item, depth + 1) for item in value)
+        elif kind is int or kind is float:
+            if kind is float and not math.isfinite(value):
+                return f"a number that is not finite ({value!r})", budget
+            if not _DETAIL_NUMBERS[0] <= value <= _DETAIL_NUMBERS[1]:
+                return f"a number beyond 64-bit integers ({value!r:.40})", budget
+        elif value is not None and kind is not bool:
+            return f"{value!r:.40}, a CBOR item JSON has no form of", budget
+        if budget < 0:
+            return (f"larger than a message ({MAX_PAYLOAD_BYTES // 1024} KiB) once its "
+                    f"CBOR shared references are expanded"), budget
+    return None, budget
+
+
 def decode_status(payload: bytes, content_type: str | None = None) -> Status | None:
-    """A presence payload, or None when it is not one (counted by the caller)."""
+    """A presence payload, or None when it is not one (counted by the caller): among others, a
+    status whose t the store cannot hold as a timestamp."""
     enc = payload_encoding(payload, content_type)
     if enc is None:
         return None

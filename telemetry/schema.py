@@ -27,6 +27,9 @@ LON_RANGE = (-180.0, 180.0)
 SOC_RANGE = (0.0, 100.0)
 SPEED_RANGE = (0.0, 400.0)
 HEADING_RANGE = (0.0, 360.0)
+# Times the store can write as a timestamp: 1970 to the end of the year 9999, where Python's
+# datetime ends.
+STORABLE_TIME_MS = (0, 253_402_300_799_999)
 EVENT_TYPE_PATTERN = r"^[a-z0-9_]{1,48}$"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
@@ -86,5 +89,5 @@ class Status(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
     online: StrictBool
-    t: StrictInt | None = None
+    t: Annotated[StrictInt, Field(ge=STORABLE_TIME_MS[0], le=STORABLE_TIME_MS[1])] | None = None
     fw: str | None = None

@@ -5,6 +5,9 @@ reading paused, and a device registered a moment before its first sample."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 
 import orjson
@@ -18,6 +21,7 @@ from gateway.service import Gateway, GatewayFailed
 from gateway.stages import GeofenceStage
 from telemetry.store import TelemetryStore, VehicleRegistration
 from tests.harness import (
+    REPO,
     count_positions,
     eventually,
     gateway_config,
@@ -27,7 +31,6 @@ from tests.harness import (
     stored_keys,
 )
 from tests.netproxy import TcpProxy
-from tests.test_cli import run as run_cli
 from tests.test_gateway_ingest import DEVICES, Stream, close_devices, device, open_devices, sample
 
 pytestmark = pytest.mark.integration
@@ -182,20 +185,35 @@ async def test_a_dead_pipeline_writer_makes_the_gateway_unready_and_fail(
     assert reason == await gateway.check_database()
 
 
-def test_fleetgate_run_exits_non_zero_when_a_task_it_needs_dies(
-        mosquitto, pg_dsn, topic_root, monkeypatch):
-    async def writer_that_dies(self):
-        await asyncio.sleep(0.5)
-        raise RuntimeError("planted writer fault")
+# `fleetgate run` in a child process whose pipeline writer dies half a second in: the fault is
+# planted before the CLI starts, since no input can make the writer die any more.
+_DYING_WRITER = """
+import asyncio, sys
+import gateway.pipeline
 
-    monkeypatch.setattr(IngestPipeline, "run", writer_that_dies)
-    result = run_cli("run", "--no-migrate", env={
-        "FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_MQTT_URL": mosquitto.url,
-        "FLEETGATE_MQTT_TOPIC_ROOT": topic_root, "FLEETGATE_MQTT_CLIENT_ID": "gw-dies",
-        "FLEETGATE_API_PORT": "0", "FLEETGATE_METRICS_PORT": "0",
-        "FLEETGATE_COAP_ENABLED": "false"})
-    assert result.exit_code == 1
-    assert "the gateway failed: the pipeline writer ended: RuntimeError: planted" in result.output
+async def writer_that_dies(self):
+    await asyncio.sleep(0.5)
+    raise RuntimeError("planted writer fault")
+
+gateway.pipeline.IngestPipeline.run = writer_that_dies
+from fleetgate.cli import app
+sys.argv = ["fleetgate", "run", "--no-migrate"]
+app()
+"""
+
+
+def test_fleetgate_run_exits_non_zero_when_a_task_it_needs_dies(mosquitto, pg_dsn, topic_root):
+    env = {**os.environ, "FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_MQTT_URL": mosquitto.url,
+           "FLEETGATE_MQTT_TOPIC_ROOT": topic_root, "FLEETGATE_MQTT_CLIENT_ID": "gw-dies",
+           "FLEETGATE_API_PORT": "0", "FLEETGATE_METRICS_PORT": "0",
+           "FLEETGATE_COAP_ENABLED": "false", "FLEETGATE_LOG_FORMAT": "json"}
+    done = subprocess.run([sys.executable, "-c", _DYING_WRITER], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "the gateway failed: the pipeline writer ended: RuntimeError: planted" in done.stderr
+    failed = [orjson.loads(line) for line in done.stderr.splitlines()
+              if line.startswith("{") and '"gateway_failed"' in line]
+    assert failed and "planted writer fault" in failed[0]["exc"]
 
 
 async def test_pending_messages_shows_everything_held_while_the_database_is_away(
@@ -246,3 +264,15 @@ async def test_a_device_registered_a_moment_ago_loses_no_sample(mosquitto, pg_ds
         await eventually(lambda: _count_is(pg_dsn, 20), timeout=10, what="all 20 stored")
         assert metric(reg, "fleetgate_samples_rejected_total", reason="unknown_device") == 1
         await newcomer.disconnect()
+
+
+async def test_a_shared_subscription_on_mosquitto_is_warned_about(mosquitto, pg_dsn, topic_root,
+                                                                   caplog):
+    config = gateway_config(pg_dsn, mosquitto, topic_root, mqtt_shared_group="fleetgate")
+    with caplog.at_level("WARNING", logger="fleetgate.gateway"):
+        async with running_gateway(config):
+            pass
+    warned = [r for r in caplog.records
+              if r.getMessage() == "shared_subscription_not_kept_by_broker"]
+    assert warned and warned[0].fields["broker"].startswith("mosquitto version 2.")
+    assert "FLEETGATE_MQTT_SHARED_GROUP" in warned[0].fields["advice"]

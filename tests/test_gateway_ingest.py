@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from fleetgate.mqtt import MqttClient, Will
+from gateway.pipeline import PipelineLimits
 from tests.harness import (
     GatewayProcess,
     count_positions,
@@ -108,6 +109,76 @@ async def test_bad_input_is_counted_by_reason_never_stored_and_never_stalls(mosq
         await dev.disconnect()
         await ghost.disconnect()
     assert sorted(t for _, t in await stored_keys(pg_dsn)) == [now - 10, now - 5]
+
+
+async def test_one_device_cannot_forge_or_hide_another_devices_positions(mosquitto, pg_dsn,
+                                                                         topic_root):
+    """Device A sends a crafted JSON fragment before and after each real message of device B.
+    Parsed as one JSON document, such a batch once stored a fix of A's choosing as B's and lost
+    B's sample, with nothing counted. Batches of three messages put each round in one batch."""
+    await register(pg_dsn, DEVICES[:2])
+    now = int(time.time() * 1000)
+    forged_lat = 1.5
+    cfg = gateway_config(pg_dsn, mosquitto, topic_root,
+                         limits=PipelineLimits(max_messages=3, max_age_ms=5000))
+    sent_by_b = []
+    async with running_gateway(cfg) as (_, reg):
+        a, b = await device(mosquitto, "tcu-000"), await device(mosquitto, "tcu-001")
+        for k in range(10):
+            t = now - 60_000 + k * 1000
+            forged = orjson.dumps({"t": t + 500, "lat": forged_lat, "lon": 2.5})
+            sent_by_b.append(sample(t, 1))
+            # In turn, each acknowledged by the broker before the next is sent: they reach the
+            # gateway in this order.
+            await a.publish(f"{topic_root}/tcu-000/telemetry",
+                            orjson.dumps(sample(t - 100)) + b"," + forged[:-1] + b',"x":[0', qos=1)
+            await b.publish(f"{topic_root}/tcu-001/telemetry", orjson.dumps(sent_by_b[-1]), qos=1)
+            await a.publish(f"{topic_root}/tcu-000/telemetry",
+                            b" 0]}," + orjson.dumps(sample(t + 100)), qos=1)
+        await eventually(lambda: metric(reg, "fleetgate_messages_acked_total") == 30,
+                         what="every message acknowledged")
+        assert metric(reg, "fleetgate_samples_rejected_total", reason="malformed_json") == 20
+        assert metric(reg, "fleetgate_samples_rejected_total") == 20, "nothing else rejected"
+        assert metric(reg, "fleetgate_samples_stored_total") == 10
+        await a.disconnect()
+        await b.disconnect()
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+        rows = await (await conn.execute(
+            "SELECT v.device_id, (extract(epoch FROM p.time) * 1000)::bigint, p.lat, p.lon "
+            "FROM positions p JOIN vehicles v ON v.id = p.vehicle ORDER BY 2")).fetchall()
+    assert rows == [("tcu-001", s["t"], s["lat"], s["lon"]) for s in sent_by_b], \
+        "B's rows are exactly B's samples; A, whose every message was crafted, has none"
+    assert forged_lat not in [lat for _, _, lat, _ in rows]
+
+
+async def test_events_and_statuses_the_store_cannot_hold_are_rejected_and_the_gateway_goes_on(
+        mosquitto, pg_dsn, topic_root):
+    """Each of these once reached the writer and stopped it (orjson or the timestamp conversion
+    failed in the middle of a write)."""
+    await register(pg_dsn, DEVICES[:1])
+    now = int(time.time() * 1000)
+    deep = b'{"a":' * 255 + b"{}" + b"}" * 255
+    poison = [("event", cbor2.dumps({"t": now, "type": "crash", "detail": {"raw": b"\x01"}})),
+              ("event", cbor2.dumps({"t": now, "type": "crash", "detail": {"n": 2**64}})),
+              ("event", b'{"t": %d, "type": "crash", "detail": %s}' % (now, deep)),
+              ("event", orjson.dumps({"t": now, "type": "crash", "detail": {"s": "\x00"}})),
+              ("status", orjson.dumps({"online": True, "t": 2**62}))]
+    async with running_gateway(gateway_config(pg_dsn, mosquitto, topic_root)) as (_, reg):
+        dev = await device(mosquitto, "tcu-000")
+        for kind, payload in poison:
+            await dev.publish(f"{topic_root}/tcu-000/{kind}", payload, qos=1)
+        await dev.publish(f"{topic_root}/tcu-000/event",
+                          orjson.dumps({"t": now, "type": "crash", "detail": {"g": 3.5}}), qos=1)
+        await dev.publish(f"{topic_root}/tcu-000/telemetry", orjson.dumps(sample(now)), qos=1)
+        await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 1,
+                         what="the sample after them stored")
+        await eventually(lambda: metric(reg, "fleetgate_messages_acked_total") == len(poison) + 2)
+        assert metric(reg, "fleetgate_samples_rejected_total", reason="bad_structure") == 5
+        assert metric(reg, "fleetgate_device_events_stored_total") == 1
+        await dev.disconnect()
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+        rows = await (await conn.execute("SELECT type, detail FROM events")).fetchall()
+    assert rows == [("crash", {"g": 3.5})]
 
 
 async def test_duplicates_and_out_of_order_uploads_are_stored_once(mosquitto, pg_dsn, topic_root):
