@@ -53,6 +53,9 @@ class FleetOptions:
     port: int = 1883
     username: str | None = None
     password: str | None = None
+    # Per-device MQTT secrets (device id -> secret, `fleetgate devices provision`): a device
+    # then logs in as itself, username = device id; None: username/password above for all.
+    credentials: dict[str, str] | None = None
     cbor_share: float = 0.0              # devices that encode CBOR; the rest JSON
     misbehaviour: Misbehaviour = field(default_factory=Misbehaviour)
     commands: CommandBehaviour = field(default_factory=CommandBehaviour)
@@ -401,7 +404,7 @@ class Fleet:
             client = MqttClient(
                 o.host, o.port, client_id=tcu.device_id, protocol=o.protocol, clean_start=False,
                 session_expiry_s=o.session_expiry_s, keepalive_s=o.keepalive_s,
-                receive_maximum=64, username=o.username, password=o.password,
+                receive_maximum=64, **self.mqtt_login(tcu.device_id),
                 will=Will(tcu.topic_status, tcu.will_payload, qos=1, retain=True),
                 on_messages=partial(self._on_messages, link))
             try:
@@ -436,6 +439,13 @@ class Fleet:
             fw.connection_down(tcu, on_purpose=on_purpose or self._closing)
             if not on_purpose and not self._closing:
                 await self._sleep(backoff * (0.5 + rng.random()), None)
+
+    def mqtt_login(self, device_id: str) -> dict[str, str | None]:
+        """The username and password device_id connects with."""
+        o = self.options
+        if o.credentials is None:
+            return {"username": o.username, "password": o.password}
+        return {"username": device_id, "password": o.credentials.get(device_id)}
 
     async def _disconnect(self, link: _Link) -> None:
         client = link.client

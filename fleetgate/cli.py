@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -272,7 +273,7 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
 
     from api import ApiContext, KeyCache, LiveHub, create_app
     from commands import CommandReads, CommandStore
-    from gateway.broker_auth import BrokerAccess
+    from gateway.broker_auth import BrokerAccess, gateway_accounts
     from gateway.coap import TokenVerifier
     from telemetry.store import DeviceCredentials
 
@@ -280,10 +281,13 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
     if store is None:
         return
     hub = LiveHub(store)
+    # EMQX's hooks let the gateway's own account in (FLEETGATE_MQTT_USERNAME / _PASSWORD).
+    gateways = gateway_accounts(s.mqtt_username, s.mqtt_password.get_secret_value()
+                                if s.mqtt_password else None)
     ctx = ApiContext(store=store, live=hub, key_cache=KeyCache(s.api_key_cache_s),
                      map_tiles_url=s.map_tiles_url, map_attribution=s.map_attribution,
                      broker_access=BrokerAccess(s.mqtt_topic_root, TokenVerifier(
-                         DeviceCredentials(store).verify).verify),
+                         DeviceCredentials(store).verify).verify, gateways),
                      command_reads=CommandReads(CommandStore(store.pool)))
     attach = None
     if gateway is not None:
@@ -544,16 +548,97 @@ def _misbehaviour(duplicates: float, malformed: float, out_of_order: float,
                         out_of_order_share=out_of_order, disconnects_per_h=disconnects_per_h)
 
 
-async def _register_fleet(dsn: str, fleet) -> dict[str, int]:
-    from telemetry.store import TelemetryStore, VehicleRegistration
+# The simulated devices' secrets, device id -> secret, in data_dir: a TCU keeps its secret too.
+SIM_SECRETS_FILE = "sim-secrets.json"
+
+
+async def _register_fleet(dsn: str, fleet, secrets: Path | None = None) -> int:
+    """Register the fleet's devices. With secrets (the simulator's secrets file), every device
+    the file holds no secret for gets a new one (provisioned, or rotated at once where the
+    registry holds one the file lost), kept in the file; returns how many were issued."""
+    from telemetry.store import DeviceCredentials, TelemetryStore, VehicleRegistration
 
     store = await TelemetryStore.open(dsn)
     try:
-        return await store.register_vehicles([
+        await store.register_vehicles([
             VehicleRegistration(vehicle_ref=ref, device_id=dev, vehicle_type=kind)
             for dev, ref, kind in fleet.registrations()])
+        if secrets is None:
+            return 0
+        kept = _read_sim_secrets(secrets)
+        creds = DeviceCredentials(store)
+        valid = {c.device_id: c.valid for c in await creds.list()}
+        lacking = [d for d in fleet.device_ids if d not in kept or not valid.get(d)]
+        fresh = [d for d in lacking if not valid.get(d)]
+        issued = await creds.provision_many(fresh) if fresh else []
+        for device_id in lacking:
+            if valid.get(device_id):
+                issued.append(await creds.rotate(device_id, grace_s=0))
+        if issued:
+            kept.update({i.device_id: i.secret for i in issued})
+            _write_sim_secrets(secrets, kept)
+        return len(issued)
     finally:
         await store.close()
+
+
+def _read_sim_secrets(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    try:
+        kept = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        typer.echo(f"fleetgate: cannot read the simulator's secrets from {path}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if not isinstance(kept, dict) or not all(isinstance(v, str) for v in kept.values()):
+        typer.echo(f"fleetgate: {path} is not the simulator's secrets file "
+                   "({\"device id\": \"secret\", ...})", err=True)
+        raise typer.Exit(2)
+    return kept
+
+
+def _write_sim_secrets(path: Path, secrets: dict[str, str]) -> None:
+    """Write the file atomically, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a leftover keeps its mode; a new file gets 0600
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(orjson.dumps(secrets, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    os.replace(tmp, path)
+
+
+async def _broker_refusal(fleet, issued: int, secrets: Path) -> str | None:
+    """Why the broker would not let the simulated devices in, in one line, or None: one
+    CONNECT as the first device, which resumes its session and leaves it as it was."""
+    from fleetgate.mqtt import MqttClient, MqttError
+
+    o, device_id = fleet.options, fleet.device_ids[0]
+    where = f"{o.host}:{o.port}"
+    probe = MqttClient(o.host, o.port, client_id=device_id, protocol=o.protocol,
+                       clean_start=False, session_expiry_s=o.session_expiry_s, manual_ack=True,
+                       on_messages=lambda messages: None, **fleet.mqtt_login(device_id))
+    try:
+        await probe.connect(timeout=o.connect_timeout_s)
+    except MqttError as exc:
+        probe.abort()
+        refused = f"the broker at {where} refused simulated device {device_id} ({exc})"
+        if o.credentials is None:
+            return (f"{refused}: it wants device credentials; run the simulator with --register "
+                    "(registers the simulated devices and gives them secrets), then "
+                    "`fleetgate broker-config` so that the broker knows them")
+        if issued:
+            return (f"{refused}: {issued} simulated devices got new secrets (kept in {secrets}) "
+                    "that the broker does not know yet; run `fleetgate broker-config` (with "
+                    "--reload-pidfile) and then the simulator again")
+        return (f"{refused} with its secret from {secrets}: regenerate the broker's password file "
+                "(`fleetgate broker-config`), or run with --register to issue missing secrets")
+    except (OSError, TimeoutError) as exc:
+        probe.abort()
+        return f"cannot reach the broker at {where}: {exc or type(exc).__name__}"
+    await probe.disconnect()
+    return None
 
 
 async def _drive_fleet(fleet, stop: asyncio.Event, report_every_s: float, report) -> None:
@@ -595,10 +680,18 @@ def sim(
     malformed: Annotated[float, typer.Option(min=0, max=1, help="share of samples followed by a malformed message")] = 0.0,
     out_of_order: Annotated[float, typer.Option(min=0, max=1, help="share of buffered uploads sent out of order")] = 0.0,
     disconnects_per_h: Annotated[float, typer.Option(min=0, help="connection drops per vehicle per simulated hour")] = 0.0,
-    register: Annotated[bool, typer.Option(help="register the fleet's devices in FLEETGATE_DATABASE_URL first")] = False,
+    register: Annotated[bool, typer.Option(
+        help="register the fleet's devices in FLEETGATE_DATABASE_URL first and give those "
+             "without one a secret (kept in FLEETGATE_DATA_DIR/sim-secrets.json)")] = False,
+    register_only: Annotated[bool, typer.Option(
+        help="as --register, then stop: run `fleetgate broker-config` next, so that a broker "
+             "with a password file knows the new secrets")] = False,
     report_every: Annotated[float, typer.Option(min=0.5, help="seconds between progress lines")] = 5.0,
 ) -> None:
-    """Run simulated e-bike and car TCUs against the broker (FLEETGATE_MQTT_URL)."""
+    """Run simulated e-bike and car TCUs against the broker (FLEETGATE_MQTT_URL).
+
+    The devices log in with their own secrets where FLEETGATE_DATA_DIR/sim-secrets.json holds
+    them (--register issues them), else without credentials."""
     from firmware_sim import Fleet
 
     s = load_settings()
@@ -608,14 +701,28 @@ def sim(
                           cbor=cbor, speedup=speedup, fast=fast, samples=samples,
                           duration=duration, misbehaviour=_misbehaviour(
                               duplicates, malformed, out_of_order, disconnects_per_h))
+    register = register or register_only
     if register and s.database_url is None:
         typer.echo("fleetgate: --register needs FLEETGATE_DATABASE_URL", err=True)
         raise typer.Exit(2)
+    secrets = s.data_dir / SIM_SECRETS_FILE
 
     async def main() -> None:
         fleet = Fleet(opts)
+        issued = 0
         if register:
-            await _register_fleet(s.database_url.get_secret_value(), fleet)
+            issued = await _register_fleet(s.database_url.get_secret_value(), fleet, secrets)
+        if register_only:
+            typer.echo(f"{len(fleet.device_ids)} simulated devices registered, {issued} new "
+                       f"secrets kept in {secrets}; run `fleetgate broker-config` so that the "
+                       "broker knows them")
+            return
+        if secrets.exists():
+            opts.credentials = _read_sim_secrets(secrets)
+        refusal = await _broker_refusal(fleet, issued, secrets)
+        if refusal is not None:
+            typer.echo(f"fleetgate: {refusal}", err=True)
+            raise typer.Exit(2)
         stop = asyncio.Event()
         _install_signal_handlers(stop.set)
 
@@ -624,7 +731,11 @@ def sim(
 
         await _drive_fleet(fleet, stop, report_every, report)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except TimeoutError as exc:  # not every device got in: the devices' side, not a crash
+        typer.echo(f"fleetgate: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @app.command()

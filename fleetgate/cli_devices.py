@@ -338,39 +338,47 @@ def list_devices(
 
 
 def broker_config(
-    out: Annotated[Path, typer.Option(help="folder for passwd, acl and fleetgate.conf")],
+    out: Annotated[Path, typer.Option(help="folder for passwd, acl, gateway-users, "
+                                      "fleetgate.conf and the subscription plugin")],
     gateway_user: Annotated[list[str] | None, typer.Option(
         "--gateway-user", help="a gateway process's broker user (repeat for several; default "
         "FLEETGATE_MQTT_USERNAME); its password is FLEETGATE_MQTT_PASSWORD")] = None,
+    plugin: Annotated[Path | None, typer.Option(
+        help="Mosquitto's subscription plugin built elsewhere (where the broker runs, if its "
+             "C library differs); default: built into --out with the C compiler here")] = None,
     reload_pidfile: Annotated[Path | None, typer.Option(
         help="send SIGHUP to the broker with this pid file, so it reloads the files")] = None,
 ) -> None:
-    """Generate Mosquitto's password file and ACL from the device registry."""
-    from gateway.broker_auth import generate, write_files
+    """Generate Mosquitto's password file, ACL and subscription plugin from the device
+    registry (docs/device-identity.md)."""
+    from gateway.broker_auth import PluginBuildError, generate, write_files
 
     s, dsn = _settings_and_dsn()
     users = list(gateway_user or ([s.mqtt_username] if s.mqtt_username else []))
-    if users and s.mqtt_password is None:
-        typer.echo("fleetgate: FLEETGATE_MQTT_PASSWORD is not set (the gateway users' password)",
-                   err=True)
-        raise typer.Exit(2)
     if not users:
-        typer.echo("fleetgate: no gateway user: set FLEETGATE_MQTT_USERNAME or --gateway-user",
-                   err=True)
+        typer.echo("fleetgate: no gateway account: set FLEETGATE_MQTT_USERNAME and "
+                   "FLEETGATE_MQTT_PASSWORD, the account `fleetgate run` logs in with (the "
+                   "generated files let no anonymous client in, the gateway neither), or name "
+                   "the users with --gateway-user", err=True)
+        raise typer.Exit(2)
+    if s.mqtt_password is None:
+        typer.echo("fleetgate: FLEETGATE_MQTT_PASSWORD is not set: the gateway users' password, "
+                   "the one `fleetgate run` logs in with", err=True)
         raise typer.Exit(2)
     password = s.mqtt_password.get_secret_value()
     directory = out.resolve()
 
     async def action(creds):
         return await generate(creds, topic_root=s.mqtt_topic_root, directory=directory,
-                              gateway_users={u: password for u in users})
+                              gateway_users={u: password for u in users},
+                              plugin=plugin.resolve() if plugin else None)
 
     try:
         files = _run(dsn, action)
-    except ValueError as exc:
+        written = write_files(files, directory)
+    except (ValueError, PluginBuildError) as exc:
         typer.echo(f"fleetgate: {exc}", err=True)
         raise typer.Exit(2) from exc
-    written = write_files(files, directory)
     typer.echo(f"wrote {', '.join(str(p) for p in written)}: {files.devices} devices, "
                f"{files.gateway_users} gateway users")
     if reload_pidfile is not None:

@@ -76,16 +76,7 @@ class Skip:
     reason: str
 
 
-@dataclass(frozen=True)
-class BrokerWork:
-    """Owned by the broker-authentication change (broker-config, `sim --register`, the broker
-    section of docs/device-identity.md), which rewrites these lines: the lead classifies them
-    as Run, Background or Skip after merging it."""
-
-    reason: str = "owned by the broker-auth change; classified and run by the lead after merge"
-
-
-Action = Run | Background | GivenByTest | Skip | BrokerWork
+Action = Run | Background | GivenByTest | Skip
 
 
 def ready_at(path: str) -> Callable[[Machine], bool]:
@@ -99,7 +90,19 @@ def ready_at(path: str) -> Callable[[Machine], bool]:
     return ready
 
 
+def logged(text: str) -> Callable[[Machine], bool]:
+    """Ready once the latest background command's output holds text."""
+    def ready(machine: Machine) -> bool:
+        return text in machine.background[-1][2].read_text()
+
+    return ready
+
+
 SECRET_LINE = r"(?m)^{}\t[A-Za-z0-9_-]{{32}}$"
+BROKER_CONFIG = Skip(
+    "writes into /etc/mosquitto and signals the machine's broker; "
+    "tests/test_device_identity_cli.py runs broker-config and a Mosquitto that includes its "
+    "files as docs/device-identity.md shows")
 COMMANDS: dict[str, dict[str, Action]] = {
     "README.md": {
         "scripts/demo": Skip(
@@ -111,6 +114,7 @@ COMMANDS: dict[str, dict[str, Action]] = {
         "export FLEETGATE_DATABASE_URL=postgresql://fleetgate:…@db:5432/fleetgate":
             GivenByTest("FLEETGATE_DATABASE_URL"),
         "export FLEETGATE_MQTT_URL=mqtt://broker:1883": GivenByTest("FLEETGATE_MQTT_URL"),
+        "export FLEETGATE_MQTT_USERNAME=fleetgate-gw FLEETGATE_MQTT_PASSWORD=…": Run(),
         "fleetgate db migrate": Run(expect=r"schema version \d+ .*applied 0001_vehicles"),
         "fleetgate zones import examples/geofencing_zones.json --replace": Run(
             expect="4 zones replace the zone set"),
@@ -119,11 +123,15 @@ COMMANDS: dict[str, dict[str, Action]] = {
         "fleetgate devices register --file examples/fleet.csv": Run(
             expect="registered 4 vehicles: 3 new, 1 unchanged"),
         "fleetgate devices provision --missing": Run(expect=SECRET_LINE.format("tcu-0101")),
-        "fleetgate broker-config --out /etc/mosquitto/fleetgate": BrokerWork(),
+        "fleetgate sim --vehicles 500 --register-only": Run(
+            expect="500 simulated devices registered, 500 new secrets"),
+        "fleetgate broker-config --out /etc/mosquitto/fleetgate --reload-pidfile "
+        "/run/mosquitto/mosquitto.pid": BROKER_CONFIG,
         "fleetgate api-keys create rental --scope commands:write --scope fleet:read": Run(
             expect=r"(?m)^fgk_\S+$"),
         "fleetgate run": Background(ready_at("/readyz"), "the operator's port answers /readyz"),
-        "fleetgate sim --vehicles 500 --rate 0.2 --register": BrokerWork(),
+        "fleetgate sim --vehicles 500 --rate 0.2": Background(
+            logged("sim_fleet_connected"), "the simulated fleet is connected"),
         "fleetgate config show --sources": Run(
             expect=r'"source": "environment FLEETGATE_DATABASE_URL"'),
     },
@@ -147,8 +155,9 @@ COMMANDS: dict[str, dict[str, Action]] = {
             "tests/test_coap_ingress.py posts SenML with aiocoap's client"),
     },
     "docs/deployment.md": {
-        "FLEETGATE_MQTT_PASSWORD=... fleetgate broker-config --out /etc/mosquitto/fleetgate "
-        "--gateway-user fleetgate-gw --reload-pidfile /run/mosquitto/mosquitto.pid": BrokerWork(),
+        "export FLEETGATE_MQTT_USERNAME=fleetgate-gw FLEETGATE_MQTT_PASSWORD=…": Run(),
+        "fleetgate broker-config --out /etc/mosquitto/fleetgate --reload-pidfile "
+        "/run/mosquitto/mosquitto.pid": BROKER_CONFIG,
         "systemctl stop fleetgate@gw-3": Skip(
             "needs a systemd unit fleetgate@gw-3; tests/test_operations_scaleout.py stops a "
             "gateway process and drains its session"),
@@ -168,9 +177,12 @@ COMMANDS: dict[str, dict[str, Action]] = {
             expect="the previous secret works until"),
         "fleetgate devices rotate lock-0001 --grace 0": Run(expect=SECRET_LINE.format("lock-0001")),
         "fleetgate devices list": Run(expect=r"lock-0001\s+bike-0001\s+1"),
-        "FLEETGATE_MQTT_PASSWORD=... fleetgate broker-config --out /etc/mosquitto/fleetgate "
-        "--gateway-user fleetgate-gw-1 --gateway-user fleetgate-gw-1-cmd --reload-pidfile "
-        "/run/mosquitto/mosquitto.pid": BrokerWork(),
+        "export FLEETGATE_MQTT_USERNAME=fleetgate-gw FLEETGATE_MQTT_PASSWORD=…": Run(),
+        "fleetgate broker-config --out /etc/mosquitto/fleetgate --reload-pidfile "
+        "/run/mosquitto/mosquitto.pid": BROKER_CONFIG,
+        "cc -shared -fPIC -O2 -o fleetgate_subscribe_acl.so fleetgate_subscribe_acl.c": Skip(
+            "runs where the broker runs, beside a copy of deploy/fleetgate_subscribe_acl.c; "
+            "broker-config builds the plugin the same way in tests/test_device_identity*.py"),
     },
 }
 # Documents whose commands start on an empty database (the others expect `fleetgate db migrate`

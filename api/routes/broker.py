@@ -1,6 +1,7 @@
 """EMQX's HTTP authentication and authorization hooks: the same decisions as the Mosquitto
-password file and ACL generated from the registry (docs/device-identity.md). EMQX reads a 4xx
-or 5xx as "ignore", so refusals are 200 with result "deny"."""
+password file, ACL and subscription plugin generated from the registry, for devices and for the
+gateway's own account (FLEETGATE_MQTT_USERNAME / _PASSWORD; docs/device-identity.md). EMQX reads
+a 4xx or 5xx as "ignore", so refusals are 200 with result "deny"."""
 
 from __future__ import annotations
 
