@@ -259,7 +259,8 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
         return
     hub = LiveHub(store)
     ctx = ApiContext(store=store, live=hub, key_cache=KeyCache(s.api_key_cache_s),
-                     stopping=stop, map_tiles_url=s.map_tiles_url, map_attribution=s.map_attribution,
+                     stopping=stop,
+                     map_tiles_url=s.map_tiles_url, map_attribution=s.map_attribution,
                      broker_access=BrokerAccess(s.mqtt_topic_root, TokenVerifier(
                          DeviceCredentials(store).verify).verify),
                      command_reads=CommandReads(CommandStore(store.pool)))
