@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.context import ApiContext
+from api.input_guard import RefuseUnstorableInput
 from api.routes import broker, commands, devices, events, health, map, usage, vehicles, zones
 from fleetgate import __version__
 
@@ -27,6 +28,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                                                         "devices", "usage", "health")])
     app.state.fleetgate = ctx
     problems.install(app)
+    app.add_middleware(RefuseUnstorableInput)
     for module in (health, vehicles, commands, usage, events, zones, devices, broker, map):
         app.include_router(module.router)
     return app

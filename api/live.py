@@ -8,7 +8,8 @@ updated_at is its start, which can lie before an earlier poll).
 
 Each position is serialised once and shared by every subscriber it matches; a subscriber keeps
 only the newest position per vehicle, so a slow reader gets fresh data, not a growing backlog.
-Events queue (bounded); overflow is counted and reported to the subscriber.
+Events queue (bounded); overflow is counted and reported to the subscriber. close() ends every
+subscription (the server is stopping): a stream must not keep the process alive.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Subscription:
     _positions: dict[str, bytes] = field(default_factory=dict)
     _events: collections.deque = field(default_factory=collections.deque)
     dropped_events: int = 0
+    closed: bool = False  # the hub closed: take() hands out what waits, then the stream ends
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wants(self, ref: str, lat: float | None, lon: float | None) -> bool:
@@ -72,9 +74,14 @@ class Subscription:
         self._events.append(payload)
         self._wake.set()
 
+    def _close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
     async def take(self, timeout: float) -> list[tuple[str, bytes]]:
-        """What waits, as (SSE event name, JSON data); [] after timeout with nothing new."""
-        if not self._positions and not self._events:
+        """What waits, as (SSE event name, JSON data); [] after timeout with nothing new, or at
+        once when closed."""
+        if not self._positions and not self._events and not self.closed:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -106,14 +113,19 @@ class LiveHub:
         self._seen_events: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.positions_sent = 0  # positions handed to subscribers (for metrics and benchmarks)
         self.events_sent = 0
+        self.closed = False
 
     @property
     def subscribers(self) -> int:
         return len(self._subs)
 
     def subscribe(self, **filters: Any) -> Subscription:
+        """A new subscription; one made after close() is closed already."""
         sub = Subscription(**filters)
-        self._subs.add(sub)
+        if self.closed:
+            sub._close()
+        else:
+            self._subs.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -124,7 +136,21 @@ class LiveHub:
         self._notified.update(vehicles)
         self._wake.set()
 
+    def close(self) -> None:
+        """End every subscription, and those made from now on (the server is stopping)."""
+        self.closed = True
+        for sub in self._subs:
+            sub._close()
+        self._subs.clear()
+
     async def run(self, stop: asyncio.Event) -> None:
+        """Poll and fan out until stop is set; then close()."""
+        try:
+            await self._run(stop)
+        finally:
+            self.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             started = time.monotonic()
             try:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -88,11 +87,11 @@ def resolve_services(s: Settings, *, fresh_demo: bool = False) -> Services:
     return Services(dsn, host, port, embedded)
 
 
-def _install_signal_handlers(stop) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop)
+def _install_signal_handlers(stop, grace_s: float | None = None, on_forced_exit=None) -> None:
+    """The first SIGTERM/SIGINT calls stop(); a second one, or grace_s later, exits at once."""
+    from fleetgate.shutdown import StopSignals
+
+    StopSignals(stop, grace_s, on_forced_exit).install()
 
 
 async def _migrate(dsn: str, s: Settings):
@@ -161,7 +160,7 @@ async def _run_gateway(s: Settings, services: Services, *, migrate: bool, fleet=
         await _migrate(services.database_url, s)
     gateway = Gateway(GatewayConfig.from_settings(s, services.database_url, services.mqtt_host,
                                                   services.mqtt_port))
-    _install_signal_handlers(gateway.stop)
+    _install_signal_handlers(gateway.stop, s.shutdown_grace_s, services.close)
     tasks = [asyncio.create_task(gateway.run(), name="gateway")]
     if s.metrics_port:
         tasks.append(asyncio.create_task(_serve_ops(s, gateway), name="ops"))
@@ -227,7 +226,7 @@ async def _drain_session(s: Settings, services: Services, timeout: float,
                 "stop that process first (--force if the presence is stale)")
     config.drain = True
     gateway = Gateway(config)
-    _install_signal_handlers(gateway.stop)
+    _install_signal_handlers(gateway.stop, s.shutdown_grace_s, services.close)
     run = asyncio.create_task(gateway.run())
     try:
         await asyncio.wait_for(asyncio.shield(run), timeout)
@@ -246,14 +245,10 @@ async def _drain_session(s: Settings, services: Services, timeout: float,
 
 async def _serve_ops(s: Settings, gateway) -> None:
     """The operator's port (/metrics, /healthz, /readyz) until the gateway stops."""
-    import uvicorn
-
     from gateway.ops_http import ops_app
 
-    server = uvicorn.Server(uvicorn.Config(
-        ops_app(gateway.readiness, gateway.metrics.registry), host=s.metrics_host,
-        port=s.metrics_port, log_config=None, lifespan="off", access_log=False))
-    server.install_signal_handlers = lambda: None  # the gateway's handlers stop everything
+    server = _http_server(ops_app(gateway.readiness, gateway.metrics.registry), s.metrics_host,
+                          s.metrics_port, s.shutdown_grace_s)
     serving = asyncio.create_task(server.serve(), name="ops-uvicorn")
     log.info("metrics_listening", extra=fields(url=f"http://{s.metrics_host}:{s.metrics_port}"
                                                    "/metrics"))
@@ -269,8 +264,6 @@ async def _serve_ops(s: Settings, gateway) -> None:
 
 async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None) -> None:
     """The HTTP API until stop is set; beside a gateway its live feed follows every commit."""
-    import uvicorn
-
     from api import ApiContext, KeyCache, LiveHub, create_app
     from commands import CommandReads, CommandStore
     from gateway.broker_auth import BrokerAccess, gateway_accounts
@@ -285,6 +278,7 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
     gateways = gateway_accounts(s.mqtt_username, s.mqtt_password.get_secret_value()
                                 if s.mqtt_password else None)
     ctx = ApiContext(store=store, live=hub, key_cache=KeyCache(s.api_key_cache_s),
+                     stopping=stop,
                      map_tiles_url=s.map_tiles_url, map_attribution=s.map_attribution,
                      broker_access=BrokerAccess(s.mqtt_topic_root, TokenVerifier(
                          DeviceCredentials(store).verify).verify, gateways),
@@ -303,9 +297,7 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
         ctx.readiness = gateway.readiness
     else:
         ctx.readiness = {"database": store.check_writable}
-    server = uvicorn.Server(uvicorn.Config(create_app(ctx), host=s.api_host, port=s.api_port,
-                                           log_config=None, lifespan="off", access_log=False))
-    server.install_signal_handlers = lambda: None  # the gateway's handlers stop everything
+    server = _http_server(create_app(ctx), s.api_host, s.api_port, s.shutdown_grace_s)
     feed = asyncio.create_task(hub.run(stop), name="live-feed")
     serving = asyncio.create_task(server.serve(), name="uvicorn")
     log.info("api_listening", extra=fields(url=f"http://{s.api_host}:{s.api_port}"))
@@ -314,6 +306,7 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
                            return_when=asyncio.FIRST_COMPLETED)
     finally:
         server.should_exit = True
+        hub.close()  # open streams end now; uvicorn would wait for them
         await asyncio.gather(serving, return_exceptions=True)
         for task in (feed, attach):
             if task is not None:
@@ -322,6 +315,23 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
         await store.close()
     if serving.done() and not serving.cancelled() and serving.exception():
         raise serving.exception()
+
+
+def _http_server(app, host: str, port: int, grace_s: float):
+    """uvicorn for one of our apps. Requests in flight when it stops get half the grace period
+    (live streams and command waits end at once, see _serve_api), then they are cancelled.
+
+    It leaves the signals alone: while serving, uvicorn's own handlers would stand beside the
+    process's (StopSignals), and it raises a caught signal again when it has stopped, which would
+    count as a second signal.
+    """
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
+                                           lifespan="off", access_log=False,
+                                           timeout_graceful_shutdown=grace_s / 2))
+    server.capture_signals = contextlib.nullcontext
+    return server
 
 
 async def _open_store_retrying(dsn: str, stop: asyncio.Event):
@@ -346,7 +356,7 @@ def api_alone() -> None:
 
     async def main() -> None:
         stop = asyncio.Event()
-        _install_signal_handlers(stop.set)
+        _install_signal_handlers(stop.set, s.shutdown_grace_s)
         await _serve_api(s, dsn, stop)
 
     asyncio.run(main())
@@ -724,7 +734,7 @@ def sim(
             typer.echo(f"fleetgate: {refusal}", err=True)
             raise typer.Exit(2)
         stop = asyncio.Event()
-        _install_signal_handlers(stop.set)
+        _install_signal_handlers(stop.set, s.shutdown_grace_s)
 
         async def report() -> None:
             log.info("sim_progress", extra=fields(**fleet.stats.summary()))

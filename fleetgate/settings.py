@@ -167,6 +167,10 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9108, ge=0, le=65535, description="the operator's port; 0: none")
     fleet_gauges_s: float = Field(15.0, gt=0, description="how often the online vehicles are "
                                   "counted (fleetgate_devices_online)")
+    shutdown_grace_s: float = Field(30.0, gt=0, le=3600, description="how long a stop "
+                                    "(SIGTERM/SIGINT) may take: open live streams end at once, "
+                                    "API requests in flight get half of it, and when it runs out "
+                                    "the process exits anyway (status 1), as does a second signal")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 

@@ -32,7 +32,12 @@ def time_range(start: datetime | None, end: datetime | None, *,
             raise Problem(400, "bad-time-range", f"'{name}' needs a time zone (RFC 3339), e.g. "
                           "2026-11-23T08:00:00Z")
     end = end or datetime.now(timezone.utc)
-    start = start or end - default
+    if start is None:
+        try:
+            start = end - default
+        except OverflowError:  # 'to' within `default` of year 1
+            raise Problem(400, "bad-time-range", f"'to' ({end.isoformat()}) is too early to "
+                          f"start {default} before it; give 'from'") from None
     if start >= end:
         raise Problem(400, "bad-time-range", f"'from' ({start.isoformat()}) must be before "
                       f"'to' ({end.isoformat()})")

@@ -4,6 +4,7 @@ seconds for the device's answer (200) and otherwise returns 202 with the command
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -146,12 +147,25 @@ async def create_command(
         raise Problem(422, "invalid-command", f"{where}: {errors[0]['msg']}",
                       errors=errors) from None
     if wait > 0 and not command.state.terminal:
-        command = await service.wait(command.id, wait)
+        command = await _wait_unless_stopping(request, service, command, wait)
     out = _out(command).model_dump(mode="json")
     location = f"/v1/commands/{command.id}"
     if command.state.terminal:
         return JSONResponse(out, status_code=200, headers={"Location": location})
     return JSONResponse(out, status_code=202, headers={"Location": location})
+
+
+async def _wait_unless_stopping(request: Request, service, command, wait: float):
+    """The command once final or after `wait` s; as it was accepted if the server stops first
+    (the caller gets 202 and follows Location, rather than a cut connection)."""
+    waiting = asyncio.ensure_future(service.wait(command.id, wait))
+    stopping = asyncio.ensure_future(context(request).stopping.wait())
+    try:
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        return waiting.result() if waiting.done() else command
+    finally:
+        for task in (waiting, stopping):
+            task.cancel()
 
 
 @router.get("/v1/commands/{command_id}", response_model=CommandOut, summary="A command",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Annotated
 
@@ -75,12 +74,13 @@ async def stream(
             yield b": fleetgate live stream\n\n"
             while True:
                 messages = await sub.take(KEEPALIVE_S)
-                if not messages:
-                    yield b": keep-alive\n\n"
                 for name, data in messages:
                     yield b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
-        except asyncio.CancelledError:
-            raise
+                if sub.closed:  # the server is stopping: end the response, the reader reconnects
+                    yield b": server stopping\n\n"
+                    return
+                if not messages:
+                    yield b": keep-alive\n\n"
         finally:
             hub.unsubscribe(sub)
 

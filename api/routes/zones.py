@@ -26,7 +26,8 @@ class ZoneIn(BaseModel):
                                            "other")
     geometry: dict[str, Any]
     rules: list[dict[str, Any]] = Field(default_factory=list, description="GBFS v3 rules")
-    priority: int = Field(0, description="lower wins where zones overlap")
+    priority: int = Field(0, ge=-(2**31), le=2**31 - 1,
+                          description="lower wins where zones overlap")
     start: datetime | None = None
     end: datetime | None = None
 
