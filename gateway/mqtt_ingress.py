@@ -29,7 +29,6 @@ from typing import Any
 
 import orjson
 
-from fleetgate.logs import fields
 from fleetgate.mqtt import Message, MqttClient, MqttError, PersistentSession, Will
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Inbound, IngestPipeline
