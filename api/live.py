@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -221,11 +222,21 @@ class LiveHub:
             for sub in subs:
                 # An event is where its vehicle was last seen.
                 if sub.wants(ref, *self._where.get(ref, (None, None))):
-                    payload = payload or orjson.dumps(row)
+                    payload = payload or _event_json(row)
                     sub._offer_event(payload)
                     self.events_sent += 1
         if rows:
             self._event_id = max(self._event_id, max(r["id"] for r in rows))
+
+
+def _event_json(row: dict) -> bytes:
+    """An event row as JSON. A detail read back from jsonb may hold what orjson cannot write
+    (jsonb returns 1e20 as the integer 10**20, beyond 64 bits): the standard library writes it,
+    rather than the row stopping the feed at every poll."""
+    try:
+        return orjson.dumps(row)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(row, default=str, separators=(",", ":")).encode()
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -387,6 +387,28 @@ async def test_the_stream_sends_new_positions_and_events_within_its_filter(api_s
     assert position["soc_pct"] == 50.0 and position["status"] == "available"
 
 
+async def test_an_event_detail_beyond_64_bit_integers_does_not_stop_the_stream(api_server):
+    """jsonb gives 1e20, stored before the decoder refused such details, back as 10**20, which
+    orjson cannot write: the stream once failed at that row at every poll."""
+    ids = await fleet(api_server, 1)
+    async with api_server.client("reader") as c:
+        async with c.stream("GET", "/v1/stream") as response:
+            await asyncio.sleep(0.3)
+            t = now_ms()
+            async with api_server.store.transaction() as cur:
+                await cur.execute(
+                    "INSERT INTO events (time, vehicle, source, type, detail) VALUES "
+                    "(to_timestamp(%s / 1000.0), %s, 'device', 'crash', '{\"g\": 1e20}')",
+                    (t, ids["veh-000"]))
+            await api_server.store.write(make_batch([]), [DeviceEvent(ids["veh-000"], t + 1,
+                                                                      "tamper", None)])
+            api_server.context.live.notify(set(ids.values()))
+            msgs = await read_sse(response, lambda m: sum(e == "event" for e, _ in m) == 2)
+    events = [data for e, data in msgs if e == "event"]
+    assert [ev["type"] for ev in events] == ["crash", "tamper"]
+    assert events[0]["detail"] == {"g": 10**20}
+
+
 async def test_the_openapi_spec_describes_problems_and_scopes(api_server):
     async with api_server.client(key=None) as c:
         spec = (await c.get("/openapi.json")).json()
