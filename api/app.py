@@ -23,9 +23,15 @@ Every route but `/healthz` and `/readyz` needs an API key (`Authorization: Beare
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
-    app = FastAPI(title="fleetgate", version=__version__, description=DESCRIPTION,
-                  openapi_tags=[{"name": n} for n in ("vehicles", "commands", "zones", "events",
-                                                        "devices", "usage", "health")])
+    app = FastAPI(
+        title="fleetgate",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": n}
+            for n in ("vehicles", "commands", "zones", "events", "devices", "usage", "health")
+        ],
+    )
     app.state.fleetgate = ctx
     problems.install(app)
     app.add_middleware(RefuseUnstorableInput)

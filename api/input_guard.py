@@ -52,8 +52,12 @@ class RefuseUnstorableInput:
         except _Refused as refused:
             where = ".".join(str(p) for p in refused.loc)
             response = problem_response(
-                Request(scope), 422, f"{where}: {refused.msg}", slug="invalid-request",
-                errors=[{"loc": refused.loc, "msg": refused.msg, "type": "unstorable_input"}])
+                Request(scope),
+                422,
+                f"{where}: {refused.msg}",
+                slug="invalid-request",
+                errors=[{"loc": refused.loc, "msg": refused.msg, "type": "unstorable_input"}],
+            )
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -81,7 +85,8 @@ def _json_content(scope: Scope) -> bool:
             message["content-type"] = value.decode("latin-1")
             subtype = message.get_content_subtype()
             return message.get_content_maintype() == "application" and (
-                subtype == "json" or subtype.endswith("+json"))
+                subtype == "json" or subtype.endswith("+json")
+            )
     return True
 
 
@@ -126,8 +131,9 @@ def _check_json(body: bytes) -> None:
         try:
             s.encode("utf-8")
         except UnicodeEncodeError:
-            raise _Refused(loc, "contains a lone UTF-16 surrogate (\\ud800-\\udfff escape "
-                           "without its pair)") from None
+            raise _Refused(
+                loc, "contains a lone UTF-16 surrogate (\\ud800-\\udfff escape without its pair)"
+            ) from None
 
 
 def _int(digits: str) -> int:

@@ -32,9 +32,23 @@ from telemetry.store import StoreUnavailable, TelemetryStore
 
 log = logging.getLogger("fleetgate.live")
 
-_POSITION_FIELDS = ("vehicle_ref", "vehicle_type", "status", "online", "time", "lat", "lon",
-                    "speed_kmh", "heading_deg", "soc_pct", "range_m", "locked", "immobilised",
-                    "charging", "zones")
+_POSITION_FIELDS = (
+    "vehicle_ref",
+    "vehicle_type",
+    "status",
+    "online",
+    "time",
+    "lat",
+    "lon",
+    "speed_kmh",
+    "heading_deg",
+    "soc_pct",
+    "range_m",
+    "locked",
+    "immobilised",
+    "charging",
+    "zones",
+)
 _EVENT_OVERLAP = 500  # ids re-read per poll: an insert that commits after a higher id
 _VEHICLE_OVERLAP = timedelta(seconds=2)
 
@@ -99,8 +113,9 @@ class Subscription:
 
 
 class LiveHub:
-    def __init__(self, store: TelemetryStore, *, poll_interval_s: float = 1.0,
-                 min_interval_s: float = 0.05) -> None:
+    def __init__(
+        self, store: TelemetryStore, *, poll_interval_s: float = 1.0, min_interval_s: float = 0.05
+    ) -> None:
         self._store = store
         self.poll_interval_s = poll_interval_s  # without notify(): alone, or as a safety net
         self.min_interval_s = min_interval_s
@@ -174,8 +189,7 @@ class LiveHub:
             self._since = datetime.now(timezone.utc)
             self._event_id = await queries.latest_event_id(self._store)
             # What changed just before is not news: the overlap of the next polls skips it.
-            for row in await queries.changed_vehicles(self._store,
-                                                      self._since - _VEHICLE_OVERLAP):
+            for row in await queries.changed_vehicles(self._store, self._since - _VEHICLE_OVERLAP):
                 self._last_sent[row["vehicle_ref"]] = row["updated_at"]
                 self._where[row["vehicle_ref"]] = (row["lat"], row["lon"])
             return
@@ -208,8 +222,9 @@ class LiveHub:
                     self.positions_sent += 1
 
     async def _poll_events(self) -> None:
-        rows = await queries.events(self._store, after=max(0, self._event_id - _EVENT_OVERLAP),
-                                    limit=5000)
+        rows = await queries.events(
+            self._store, after=max(0, self._event_id - _EVENT_OVERLAP), limit=5000
+        )
         subs = [s for s in self._subs if s.events]
         for row in rows:
             if row["id"] in self._seen_events or row["id"] <= self._event_id - _EVENT_OVERLAP:

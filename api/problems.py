@@ -49,19 +49,23 @@ class ProblemDetails(BaseModel):
 class Problem(Exception):
     """A request that cannot be served, with its reason. `slug` names the problem type."""
 
-    def __init__(self, status: int, slug: str, detail: str, *, headers: dict | None = None,
-                 **extra: Any) -> None:
+    def __init__(
+        self, status: int, slug: str, detail: str, *, headers: dict | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status, self.slug, self.detail, self.extra = status, slug, detail, extra
         self.headers = headers
 
 
-def field_errors(errors: Iterable[Mapping[str, Any]], loc: Sequence[str | int] = ()
-                 ) -> list[dict[str, Any]]:
+def field_errors(
+    errors: Iterable[Mapping[str, Any]], loc: Sequence[str | int] = ()
+) -> list[dict[str, Any]]:
     """pydantic's errors as a 422's `errors` list; `loc` is put before each error's location
     (e.g. ("body",) for a model validated from the request body)."""
-    return [{"loc": [*loc, *e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type")}
-            for e in errors]
+    return [
+        {"loc": [*loc, *e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type")}
+        for e in errors
+    ]
 
 
 def invalid(slug: str, detail: str, loc: Sequence[str | int] = ("body",)) -> Problem:
@@ -69,21 +73,39 @@ def invalid(slug: str, detail: str, loc: Sequence[str | int] = ("body",)) -> Pro
     return Problem(422, slug, detail, errors=[{"loc": list(loc), "msg": detail, "type": slug}])
 
 
-def problem_response(request: Request, status: int, detail: str | None, *,
-                     slug: str | None = None, headers: dict | None = None, **extra) -> JSONResponse:
-    body = {"type": f"/problems/{slug}" if slug else "about:blank",
-            "title": HTTPStatus(status).phrase if not slug else slug.replace("-", " ").capitalize(),
-            "status": status, "detail": detail, "instance": request.url.path, **extra}
+def problem_response(
+    request: Request,
+    status: int,
+    detail: str | None,
+    *,
+    slug: str | None = None,
+    headers: dict | None = None,
+    **extra,
+) -> JSONResponse:
+    body = {
+        "type": f"/problems/{slug}" if slug else "about:blank",
+        "title": HTTPStatus(status).phrase if not slug else slug.replace("-", " ").capitalize(),
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
 # Shared response documentation, so the OpenAPI spec says what errors look like.
 PROBLEM_RESPONSES: dict[int | str, dict] = {
     code: {"model": ProblemDetails, "content": {MEDIA_TYPE: {}}, "description": text}
-    for code, text in ((400, "Bad request"), (401, "No valid API key"),
-                       (403, "The key lacks the scope"), (404, "Not found"),
-                       (409, "Conflict"), (422, "Invalid input"),
-                       (503, "Database unavailable"))}
+    for code, text in (
+        (400, "Bad request"),
+        (401, "No valid API key"),
+        (403, "The key lacks the scope"),
+        (404, "Not found"),
+        (409, "Conflict"),
+        (422, "Invalid input"),
+        (503, "Database unavailable"),
+    )
+}
 
 
 def install(app: FastAPI) -> None:
@@ -92,26 +114,34 @@ def install(app: FastAPI) -> None:
         extra = exc.extra
         if exc.status == 422 and "errors" not in extra:  # the promise holds for every 422
             extra = {**extra, "errors": [{"loc": [], "msg": exc.detail, "type": exc.slug}]}
-        return problem_response(request, exc.status, exc.detail, slug=exc.slug,
-                                headers=exc.headers, **extra)
+        return problem_response(
+            request, exc.status, exc.detail, slug=exc.slug, headers=exc.headers, **extra
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return problem_response(request, exc.status_code, str(exc.detail),
-                                headers=getattr(exc, "headers", None))
+        return problem_response(
+            request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         errors = field_errors(exc.errors())
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
-        return problem_response(request, 422, f"{where}: {first['msg']}" if where else first["msg"],
-                                slug="invalid-request", errors=errors)
+        return problem_response(
+            request,
+            422,
+            f"{where}: {first['msg']}" if where else first["msg"],
+            slug="invalid-request",
+            errors=errors,
+        )
 
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(request: Request, exc: StoreUnavailable):
-        return problem_response(request, 503, str(exc), slug="database-unavailable",
-                                headers={"Retry-After": "5"})
+        return problem_response(
+            request, 503, str(exc), slug="database-unavailable", headers={"Retry-After": "5"}
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

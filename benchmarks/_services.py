@@ -45,8 +45,10 @@ class BenchServices:
 
     def _drop(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
-        with contextlib.suppress(psycopg.Error), \
-                psycopg.connect(self._admin, autocommit=True) as conn:
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(self._admin, autocommit=True) as conn,
+        ):
             conn.execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
 
 
@@ -62,6 +64,11 @@ def cpu_model() -> str:
 def machine(pg_version: str) -> dict:
     cpu = cpu_model()
     mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.split("\n")[0]
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "postgresql": pg_version, "mosquitto": mosq.strip(),
-            "loadavg_at_start": os.getloadavg()[0]}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "postgresql": pg_version,
+        "mosquitto": mosq.strip(),
+        "loadavg_at_start": os.getloadavg()[0],
+    }

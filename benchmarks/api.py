@@ -31,6 +31,7 @@ from fleetgate.embedded import free_port  # noqa: E402
 
 # --- the subscribers, in a child process ---------------------------------------------------------
 
+
 async def _subscribers(args: argparse.Namespace) -> None:
     import httpx
 
@@ -42,8 +43,9 @@ async def _subscribers(args: argparse.Namespace) -> None:
     async def one(i: int) -> None:
         headers = {"Authorization": f"Bearer {args.key}"}
         async with httpx.AsyncClient(timeout=None) as client:
-            async with client.stream("GET", f"{args.url}/v1/stream?events=false",
-                                     headers=headers) as response:
+            async with client.stream(
+                "GET", f"{args.url}/v1/stream?events=false", headers=headers
+            ) as response:
                 buffer, k = b"", 0
                 async for chunk in response.aiter_bytes():
                     now_ms = time.time() * 1000.0
@@ -68,15 +70,25 @@ async def _subscribers(args: argparse.Namespace) -> None:
     print(orjson.dumps({"event": "subscribed"}).decode(), flush=True)
     await asyncio.gather(*(one(i) for i in range(args.subscribers)))
     d = np.asarray(delays)
-    print(orjson.dumps({"event": "done", "delivered": sum(counts),
-                        "window_s": (window[1] - window[0]) if window[0] else None,
-                        "per_subscriber_min":
-                        min(counts), "raw_delay_ms": {str(q): float(np.percentile(d, q)) if len(d)
-                                                     else None for q in (50, 90, 99)},
-                        "delay_samples": len(d)}).decode(), flush=True)
+    print(
+        orjson.dumps(
+            {
+                "event": "done",
+                "delivered": sum(counts),
+                "window_s": (window[1] - window[0]) if window[0] else None,
+                "per_subscriber_min": min(counts),
+                "raw_delay_ms": {
+                    str(q): float(np.percentile(d, q)) if len(d) else None for q in (50, 90, 99)
+                },
+                "delay_samples": len(d),
+            }
+        ).decode(),
+        flush=True,
+    )
 
 
 # --- the run -------------------------------------------------------------------------------------
+
 
 async def bench(args: argparse.Namespace) -> dict:
     import uvicorn
@@ -91,35 +103,71 @@ async def bench(args: argparse.Namespace) -> dict:
     try:
         await migrate(dsn, storage="native")
         store = await TelemetryStore.open(dsn)
-        await store.register_vehicles([VehicleRegistration(r, d, t) for d, r, t in
-                                       registrations(args.vehicles, args.seed)])
+        await store.register_vehicles(
+            [VehicleRegistration(r, d, t) for d, r, t in registrations(args.vehicles, args.seed)]
+        )
         _, key = await store.create_api_key("bench", ["fleet:read"])
 
         root = "bench-api/v1"
-        gateway = Gateway(GatewayConfig(database_url=dsn, mqtt_host=broker.host,
-                                        mqtt_port=broker.port, mqtt_topic_root=root,
-                                        mqtt_client_id="bench-api-gateway"),
-                          registry=CollectorRegistry())
+        gateway = Gateway(
+            GatewayConfig(
+                database_url=dsn,
+                mqtt_host=broker.host,
+                mqtt_port=broker.port,
+                mqtt_topic_root=root,
+                mqtt_client_id="bench-api-gateway",
+            ),
+            registry=CollectorRegistry(),
+        )
         hub = LiveHub(store)
         gateway.change_listeners.append(hub.notify)
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(ApiContext(store=store, live=hub, key_cache=KeyCache(60))),
-            host="127.0.0.1", port=port, log_config=None, lifespan="off", access_log=False))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(ApiContext(store=store, live=hub, key_cache=KeyCache(60))),
+                host="127.0.0.1",
+                port=port,
+                log_config=None,
+                lifespan="off",
+                access_log=False,
+            )
+        )
         server.install_signal_handlers = lambda: None
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(gateway.run()), asyncio.create_task(server.serve()),
-                 asyncio.create_task(hub.run(stop))]
+        tasks = [
+            asyncio.create_task(gateway.run()),
+            asyncio.create_task(server.serve()),
+            asyncio.create_task(hub.run(stop)),
+        ]
         while gateway.ingress is None or not gateway.ingress.subscribed.is_set():
             await asyncio.sleep(0.05)
 
         subscribers = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--role", "subscribers", "--url", f"http://127.0.0.1:{port}",
-            "--key", key, "--subscribers", str(args.subscribers),
-            "--duration", str(args.duration + 5), stdout=subprocess.PIPE, cwd=REPO)
+            sys.executable,
+            __file__,
+            "--role",
+            "subscribers",
+            "--url",
+            f"http://127.0.0.1:{port}",
+            "--key",
+            key,
+            "--subscribers",
+            str(args.subscribers),
+            "--duration",
+            str(args.duration + 5),
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+        )
         assert orjson.loads(await subscribers.stdout.readline())["event"] == "subscribed"
-        sim = SimProcess(broker, root, args.vehicles, args.rate_hz,
-                         int(args.duration * args.rate_hz), False, args.seed)
+        sim = SimProcess(
+            broker,
+            root,
+            args.vehicles,
+            args.rate_hz,
+            int(args.duration * args.rate_hz),
+            False,
+            args.seed,
+        )
         sim_run = asyncio.create_task(sim.run())
         done = orjson.loads(await subscribers.stdout.readline())
         await subscribers.wait()
@@ -133,18 +181,23 @@ async def bench(args: argparse.Namespace) -> dict:
         offset = sim.done["wall_offset_ms"]
         measured = done["window_s"] or args.duration  # first to last position received
         return {
-            "benchmark": "api_stream_fanout", "date": time.strftime("%Y-%m-%d"),
-            "machine": machine(pg_version), "vehicles": args.vehicles,
-            "rate_hz_per_vehicle": args.rate_hz, "subscribers": args.subscribers,
+            "benchmark": "api_stream_fanout",
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": machine(pg_version),
+            "vehicles": args.vehicles,
+            "rate_hz_per_vehicle": args.rate_hz,
+            "subscribers": args.subscribers,
             "positions_published_per_s": round(args.vehicles * args.rate_hz),
             "delivered_updates": done["delivered"],
             "delivered_updates_per_s": round(done["delivered"] / measured),
             "delivered_per_subscriber_min": done["per_subscriber_min"],
-            "end_to_end_delay_ms": {f"p{q}": None if v is None else round(v - offset, 1)
-                                    for q, v in done["raw_delay_ms"].items()},
+            "end_to_end_delay_ms": {
+                f"p{q}": None if v is None else round(v - offset, 1)
+                for q, v in done["raw_delay_ms"].items()
+            },
             "delay_samples": done["delay_samples"],
             "note": "delay: sample time (the simulator's publish time) to arrival at a "
-                    "subscriber; positions are coalesced per vehicle for a slow reader",
+            "subscriber; positions are coalesced per vehicle for a slow reader",
         }
     finally:
         services.close()
@@ -152,8 +205,9 @@ async def bench(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--role", choices=["bench", "subscribers"], default="bench",
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--role", choices=["bench", "subscribers"], default="bench", help=argparse.SUPPRESS
+    )
     p.add_argument("--vehicles", type=int, default=5000)
     p.add_argument("--rate-hz", type=float, default=1.0)
     p.add_argument("--subscribers", type=int, default=50)

@@ -45,8 +45,18 @@ from telemetry.batch import TelemetryBatch  # noqa: E402
 NAN = float("nan")
 _Y0 = 12.3
 _SUMS = ("n", "sh", "shh", "se", "see", "she", "sy", "shy", "sey", "syy")
-COMPARED = ("soc_pct", "range_m", "soh_pct", "capacity_ah", "resistance_ohm", "efc",
-            "energy_wh_per_km", "aux_rest_v", "aux_drain_ma", "aux_hours_to_threshold")
+COMPARED = (
+    "soc_pct",
+    "range_m",
+    "soh_pct",
+    "capacity_ah",
+    "resistance_ohm",
+    "efc",
+    "energy_wh_per_km",
+    "aux_rest_v",
+    "aux_drain_ma",
+    "aux_hours_to_threshold",
+)
 
 
 def _fin(x: float) -> bool:
@@ -58,8 +68,13 @@ class ReferenceBattery:
     batch by vehicle, then plain Python walks each vehicle's samples one by one over a dict of
     state (the core's exported format)."""
 
-    def __init__(self, types: dict[str, BatteryType], policy: BatteryPolicy,
-                 vehicle_types: dict[int, str], states: dict[int, dict]) -> None:
+    def __init__(
+        self,
+        types: dict[str, BatteryType],
+        policy: BatteryPolicy,
+        vehicle_types: dict[int, str],
+        states: dict[int, dict],
+    ) -> None:
         self.types = types
         self.p = policy
         self.vehicle_types = vehicle_types
@@ -74,6 +89,7 @@ class ReferenceBattery:
 
     def _new_state(self) -> dict:
         from battery._state import FIELDS
+
         s = {name: default for name, (_, default) in FIELDS.items()}
         s["hist"] = {}
         return s
@@ -103,8 +119,9 @@ class ReferenceBattery:
             est = self._estimate(s, tp)
             self._vehicle_alerts(v, s, est, events)
             step = int(self.p.history_interval_s * 1000)
-            est["history_due"] = (s["h_t"] < 0 or s["t"] // step > s["h_t"] // step
-                                  or touched["marked"])
+            est["history_due"] = (
+                s["h_t"] < 0 or s["t"] // step > s["h_t"] // step or touched["marked"]
+            )
             if est["history_due"]:
                 s["h_t"] = s["t"]
             estimates[v] = est
@@ -115,8 +132,14 @@ class ReferenceBattery:
 
     def _sample(self, v, s, tp, r, events, touched) -> None:
         p = self.p
-        t, soc, i, pv, aux, odo = (int(r.time_ms), float(r.soc_pct), float(r.pack_a),
-                                   float(r.pack_v), float(r.aux_v), float(r.odometer_m))
+        t, soc, i, pv, aux, odo = (
+            int(r.time_ms),
+            float(r.soc_pct),
+            float(r.pack_a),
+            float(r.pack_v),
+            float(r.aux_v),
+            float(r.odometer_m),
+        )
         ign, lock, chg = int(r.ignition), int(r.locked), int(r.charging)
         nominal_ah = tp.nominal_ah if tp else NAN
         nominal_v = tp.nominal_v if tp else NAN
@@ -156,9 +179,18 @@ class ReferenceBattery:
             s["health_armed"] = True
             s["pack_seq"] += 1
             touched["marked"] = True
-            events.append(BatteryEvent(v, t, PACK_SWAPPED, {
-                "soc_before_pct": round(s["soc"], 2), "soc_pct": round(soc, 2),
-                "pack_seq": s["pack_seq"]}))
+            events.append(
+                BatteryEvent(
+                    v,
+                    t,
+                    PACK_SWAPPED,
+                    {
+                        "soc_before_pct": round(s["soc"], 2),
+                        "soc_pct": round(soc, 2),
+                        "pack_seq": s["pack_seq"],
+                    },
+                )
+            )
         s["q"] += dq
         driving = not charging and (ign == 1 or (ign == -1 and lock == 0))
         if driving and soc_known and _fin(s["soc"]) and not jump and tp:
@@ -186,19 +218,37 @@ class ReferenceBattery:
         # energy per km
         km = (odo - s["prev_odo"]) / 1000.0
         hours = dt / 3600.0 if e_ok else 0.0
-        if (driving and s["drv"] and e_ok and not dt > 1.5 * s["prev_dt"]
-                and km >= 0 and km <= 300.0 * hours):
+        if (
+            driving
+            and s["drv"]
+            and e_ok
+            and not dt > 1.5 * s["prev_dt"]
+            and km >= 0
+            and km <= 300.0 * hours
+        ):
             f = math.exp(-km / p.energy_memory_km)
-            for k, x in (("e_dd", km * km), ("e_dt", km * hours), ("e_tt", hours * hours),
-                         ("e_dy", km * dwh), ("e_ty", hours * dwh)):
+            for k, x in (
+                ("e_dd", km * km),
+                ("e_dt", km * hours),
+                ("e_tt", hours * hours),
+                ("e_dy", km * dwh),
+                ("e_ty", hours * dwh),
+            ):
                 s[k] = s[k] * f + x
             s["e_km"] += km
 
         # resistance
         ppv, ppi, pps = s["prev_v"], s["prev_i"], s["prev_soc"]
         di = i - ppi
-        if (dt <= p.pair_max_dt_s and abs(di) >= p.pair_min_step_c * nominal_ah
-                and _fin(pv) and _fin(ppv) and soc_known and _fin(pps) and not jump):
+        if (
+            dt <= p.pair_max_dt_s
+            and abs(di) >= p.pair_min_step_c * nominal_ah
+            and _fin(pv)
+            and _fin(ppv)
+            and soc_known
+            and _fin(pps)
+            and not jump
+        ):
             docv = nominal_v * (float(tp.ocv.relative(soc)) - float(tp.ocv.relative(pps)))
             rr = -((pv - ppv) - docv) / di
             if R_LO_OHM < rr < R_HI_OHM:
@@ -206,8 +256,11 @@ class ReferenceBattery:
                 for cell in s["hist"].values():
                     cell[0] *= f
                     cell[1] *= f
-                b = int((math.log(rr) - math.log(R_LO_OHM))
-                        / (math.log(R_HI_OHM) - math.log(R_LO_OHM)) * R_BINS)
+                b = int(
+                    (math.log(rr) - math.log(R_LO_OHM))
+                    / (math.log(R_HI_OHM) - math.log(R_LO_OHM))
+                    * R_BINS
+                )
                 b = min(max(b, 0), R_BINS - 1)
                 cell = s["hist"].setdefault(b, [0.0, 0.0])
                 cell[0] += 1.0
@@ -219,8 +272,16 @@ class ReferenceBattery:
         if charging:
             if not s["s_on"]:
                 soc0 = s["soc"] if _fin(s["soc"]) else soc_ff
-                s.update(s_on=True, s_t0=t, s_soc0=soc0, s_wh=0.0, s_ah=0.0,
-                         s_max=soc_ff, s_prog_t=t, s_fault=False)
+                s.update(
+                    s_on=True,
+                    s_t0=t,
+                    s_soc0=soc0,
+                    s_wh=0.0,
+                    s_ah=0.0,
+                    s_max=soc_ff,
+                    s_prog_t=t,
+                    s_fault=False,
+                )
                 touched["marked"] = True
                 events.append(BatteryEvent(v, t, CHARGING_START, {"soc_pct": _r(soc0)}))
             elif soc_known and (not _fin(s["s_max"]) or soc > s["s_max"]):
@@ -228,27 +289,65 @@ class ReferenceBattery:
                 s["s_prog_t"] = t
             s["s_wh"] += -dwh
             s["s_ah"] += dq
-            if (not s["s_fault"] and t - s["s_prog_t"] >= p.charge_fault_after_s * 1000.0
-                    and soc_ff < p.charge_full_pct):
+            if (
+                not s["s_fault"]
+                and t - s["s_prog_t"] >= p.charge_fault_after_s * 1000.0
+                and soc_ff < p.charge_full_pct
+            ):
                 s["s_fault"] = True
-                events.append(BatteryEvent(v, t, CHARGING_FAULT, {
-                    "soc_pct": _r(soc_ff), "stalled_s": round((t - s["s_prog_t"]) / 1000.0, 1)}))
+                events.append(
+                    BatteryEvent(
+                        v,
+                        t,
+                        CHARGING_FAULT,
+                        {
+                            "soc_pct": _r(soc_ff),
+                            "stalled_s": round((t - s["s_prog_t"]) / 1000.0, 1),
+                        },
+                    )
+                )
         elif s["s_on"]:
             touched["marked"] = True
-            events.append(BatteryEvent(v, t, CHARGING_END, {
-                "soc_start_pct": _r(s["s_soc0"]), "soc_pct": _r(soc_ff),
-                "duration_s": round((t - s["s_t0"]) / 1000.0, 1) if s["s_t0"] >= 0 else None,
-                "energy_wh": round(s["s_wh"], 2), "charge_ah": round(s["s_ah"], 3)}))
-            s.update(s_on=False, s_t0=-1, s_soc0=NAN, s_wh=0.0, s_ah=0.0, s_max=NAN,
-                     s_prog_t=-1, s_fault=False)
+            events.append(
+                BatteryEvent(
+                    v,
+                    t,
+                    CHARGING_END,
+                    {
+                        "soc_start_pct": _r(s["s_soc0"]),
+                        "soc_pct": _r(soc_ff),
+                        "duration_s": round((t - s["s_t0"]) / 1000.0, 1)
+                        if s["s_t0"] >= 0
+                        else None,
+                        "energy_wh": round(s["s_wh"], 2),
+                        "charge_ah": round(s["s_ah"], 3),
+                    },
+                )
+            )
+            s.update(
+                s_on=False,
+                s_t0=-1,
+                s_soc0=NAN,
+                s_wh=0.0,
+                s_ah=0.0,
+                s_max=NAN,
+                s_prog_t=-1,
+                s_fault=False,
+            )
 
         # low SoC
         low = tp.low_soc_pct if tp else 20.0
         if soc_known:
             if soc < low:
                 if s["low_armed"]:
-                    events.append(BatteryEvent(v, t, BATTERY_LOW, {
-                        "soc_pct": round(soc, 2), "threshold_pct": float(low)}))
+                    events.append(
+                        BatteryEvent(
+                            v,
+                            t,
+                            BATTERY_LOW,
+                            {"soc_pct": round(soc, 2), "threshold_pct": float(low)},
+                        )
+                    )
                 s["low_armed"] = False
             elif soc >= low + p.low_soc_rearm_pp:
                 s["low_armed"] = True
@@ -287,8 +386,9 @@ class ReferenceBattery:
         s["prev_dt"] = dt
 
     def _anchor(self, s, soc, odo) -> None:
-        s.update(a_soc=soc, a_q=s["q"], a_odo=odo, a_ed=s["ed"], a_bad=False, a_gap=False,
-                 a_chg=False)
+        s.update(
+            a_soc=soc, a_q=s["q"], a_odo=odo, a_ed=s["ed"], a_bad=False, a_gap=False, a_chg=False
+        )
 
     def _close_window(self, s, tp, soc, odo) -> None:
         p = self.p
@@ -341,8 +441,13 @@ class ReferenceBattery:
         cap = NAN
         if s["c_ev"] >= p.min_evidence_pct and s["c_den"] > 0:
             cap = s["c_num"] / s["c_den"]
-        elif (s["k_ev"] >= p.min_evidence_pct and s["k_den"] > 0
-              and s["kb_ev"] >= p.baseline_pct and s["kb_den"] > 0 and tp):
+        elif (
+            s["k_ev"] >= p.min_evidence_pct
+            and s["k_den"] > 0
+            and s["kb_ev"] >= p.baseline_pct
+            and s["kb_den"] > 0
+            and tp
+        ):
             cap = (s["k_num"] / s["k_den"]) / (s["kb_num"] / s["kb_den"]) * nominal_ah
         soh = 100.0 * cap / nominal_ah
         dd, dtt, tt = s["e_dd"], s["e_dt"], s["e_tt"]
@@ -357,18 +462,28 @@ class ReferenceBattery:
         if tp and _fin(soc):
             frac = float(tp.ocv.energy_fraction(soc))
             if _fin(cap) and _fin(per_km):
-                range_m = (cap * tp.nominal_v * tp.ocv.full_energy_per_ah_v() * frac
-                           / per_km * 1000.0)
+                range_m = (
+                    cap * tp.nominal_v * tp.ocv.full_energy_per_ah_v() * frac / per_km * 1000.0
+                )
             elif s["k_ev"] >= p.min_evidence_pct and s["k_den"] > 0:
                 range_m = frac * s["k_num"] / s["k_den"] * 1000.0
         aux = self._aux(s)
-        return {"soc_pct": soc, "range_m": range_m, "soh_pct": soh, "capacity_ah": cap,
-                "resistance_ohm": s["r_ohm"] if s["r_n"] >= p.min_pairs else NAN,
-                "efc": (s["thru"] + abs(s["idle_q"])) / (2.0 * nominal_ah),
-                "energy_wh_per_km": per_km,
-                "aux_rest_v": aux["rest_v"], "aux_drain_ma": aux["drain_ma"],
-                "aux_hours_to_threshold": aux["hours"], "charging": s["chg"],
-                "pack_seq": s["pack_seq"], "time_ms": s["t"], "_aux": aux}
+        return {
+            "soc_pct": soc,
+            "range_m": range_m,
+            "soh_pct": soh,
+            "capacity_ah": cap,
+            "resistance_ohm": s["r_ohm"] if s["r_n"] >= p.min_pairs else NAN,
+            "efc": (s["thru"] + abs(s["idle_q"])) / (2.0 * nominal_ah),
+            "energy_wh_per_km": per_km,
+            "aux_rest_v": aux["rest_v"],
+            "aux_drain_ma": aux["drain_ma"],
+            "aux_hours_to_threshold": aux["hours"],
+            "charging": s["chg"],
+            "pack_seq": s["pack_seq"],
+            "time_ms": s["t"],
+            "_aux": aux,
+        }
 
     def _aux(self, s) -> dict:
         p = self.p
@@ -393,9 +508,15 @@ class ReferenceBattery:
                 hours = 0.0
             elif known:
                 hours = (rest_now - p.aux_threshold_v) / sl
-        return {"parked": s["x_on"], "valid": fit is not None,
-                "rest_v": rest_now if fit is not None else s["rest_v"],
-                "drain_ma": sl * ma_per if known else NAN, "hours": hours, "s": sl, "se": se}
+        return {
+            "parked": s["x_on"],
+            "valid": fit is not None,
+            "rest_v": rest_now if fit is not None else s["rest_v"],
+            "drain_ma": sl * ma_per if known else NAN,
+            "hours": hours,
+            "s": sl,
+            "se": se,
+        }
 
     def _vehicle_alerts(self, v, s, est, events) -> None:
         p = self.p
@@ -407,42 +528,74 @@ class ReferenceBattery:
             s[key] = False if fire else (True if rearm else s[key])
             return raised
 
-        if episode("health_armed", soh < p.health_low_pct,
-                   soh >= p.health_low_pct + p.health_rearm_pp):
-            events.append(BatteryEvent(v, t, BATTERY_HEALTH_LOW, {
-                "soh_pct": round(soh, 2), "threshold_pct": p.health_low_pct}))
+        if episode(
+            "health_armed", soh < p.health_low_pct, soh >= p.health_low_pct + p.health_rearm_pp
+        ):
+            events.append(
+                BatteryEvent(
+                    v,
+                    t,
+                    BATTERY_HEALTH_LOW,
+                    {"soh_pct": round(soh, 2), "threshold_pct": p.health_low_pct},
+                )
+            )
         a = est["_aux"]
         hours = a["hours"]
         fire = a["valid"] and (a["rest_v"] <= p.aux_threshold_v or hours < p.aux_risk_hours)
-        rearm = (not a["parked"]) or (a["valid"] and a["rest_v"] > p.aux_threshold_v
-                                      and not hours < 1.5 * p.aux_risk_hours)
+        rearm = (not a["parked"]) or (
+            a["valid"] and a["rest_v"] > p.aux_threshold_v and not hours < 1.5 * p.aux_risk_hours
+        )
         if episode("risk_armed", fire, rearm):
-            events.append(BatteryEvent(v, t, AUX_BATTERY_AT_RISK, {
-                "aux_rest_v": round(a["rest_v"], 3),
-                "aux_hours_to_threshold": round(hours, 1) if _fin(hours) else None,
-                "threshold_v": p.aux_threshold_v}))
+            events.append(
+                BatteryEvent(
+                    v,
+                    t,
+                    AUX_BATTERY_AT_RISK,
+                    {
+                        "aux_rest_v": round(a["rest_v"], 3),
+                        "aux_hours_to_threshold": round(hours, 1) if _fin(hours) else None,
+                        "threshold_v": p.aux_threshold_v,
+                    },
+                )
+            )
         ma_per = p.aux_nominal_ah / (p.aux_full_v - p.aux_empty_v) * 1000.0
         z = p.abnormal_drain_z
-        fire = (a["se"] <= p.abnormal_drain_max_rel_error * a["s"]
-                and (a["s"] - z * a["se"]) * ma_per > p.abnormal_drain_ma)
+        fire = (
+            a["se"] <= p.abnormal_drain_max_rel_error * a["s"]
+            and (a["s"] - z * a["se"]) * ma_per > p.abnormal_drain_ma
+        )
         rearm = (a["s"] + z * a["se"]) * ma_per < 0.6 * p.abnormal_drain_ma
         if episode("drain_armed", fire, rearm):
-            events.append(BatteryEvent(v, t, ABNORMAL_PARKED_DRAIN, {
-                "aux_drain_ma": round(a["s"] * ma_per, 1), "threshold_ma": p.abnormal_drain_ma}))
+            events.append(
+                BatteryEvent(
+                    v,
+                    t,
+                    ABNORMAL_PARKED_DRAIN,
+                    {
+                        "aux_drain_ma": round(a["s"] * ma_per, 1),
+                        "threshold_ma": p.abnormal_drain_ma,
+                    },
+                )
+            )
 
 
 def _fit(c: dict, h0: float, h1: float, p: BatteryPolicy):
     if not (c["n"] >= p.aux_min_samples and h1 - h0 >= p.aux_min_span_s / 3600.0):
         return None
-    m = np.array([[c["n"], c["sh"], c["se"]], [c["sh"], c["shh"], c["she"]],
-                  [c["se"], c["she"], c["see"] + 1e-6 * c["n"]]])
+    m = np.array(
+        [
+            [c["n"], c["sh"], c["se"]],
+            [c["sh"], c["shh"], c["she"]],
+            [c["se"], c["she"], c["see"] + 1e-6 * c["n"]],
+        ]
+    )
     if not abs(np.linalg.det(m)) > 0:
         return None
     inv = np.linalg.inv(m)
     rhs = np.array([c["sy"], c["shy"], c["sey"]])
     beta = inv @ rhs
     rss = c["syy"] - float(beta @ rhs)
-    s2 = max(rss / max(c["n"] - 3, 1), p.aux_noise_floor_v ** 2)
+    s2 = max(rss / max(c["n"] - 3, 1), p.aux_noise_floor_v**2)
     var = s2 * inv[1, 1]
     if not var > 0:
         return None
@@ -472,8 +625,10 @@ def _r(x: float) -> float | None:
 
 # ---------------------------------------------------------------------------------- running ---
 
+
 def batch_frame(batch: TelemetryBatch):
     import pandas as pd
+
     return pd.DataFrame(batch.columns())
 
 
@@ -486,27 +641,36 @@ def compare(core_est, ref_est: dict[int, dict], rtol: float = 1e-6) -> dict:
     missing = set(pos) ^ set(ref_est)
     for name in COMPARED:
         a = cols[name]
-        b = np.array([ref_est[int(v)][name] if int(v) in ref_est else NAN
-                      for v in cols["vehicle"].tolist()], dtype=np.float64)
-        bad = ~((np.isnan(a) & np.isnan(b))
-                | np.isclose(a, b, rtol=rtol, atol=1e-9, equal_nan=False))
+        b = np.array(
+            [ref_est[int(v)][name] if int(v) in ref_est else NAN for v in cols["vehicle"].tolist()],
+            dtype=np.float64,
+        )
+        bad = ~(
+            (np.isnan(a) & np.isnan(b)) | np.isclose(a, b, rtol=rtol, atol=1e-9, equal_nan=False)
+        )
         if bad.any():
             mismatches[name] = int(bad.sum())
-    return {"vehicles": len(pos), "vehicles_only_in_one": len(missing),
-            "mismatches": mismatches}
+    return {"vehicles": len(pos), "vehicles_only_in_one": len(missing), "mismatches": mismatches}
 
 
 def simulated_fleet(n_vehicles: int, seed: int = 1):
     from firmware_sim.model import CAR, EBIKE, VEHICLE_TYPES, AuxSpec, FleetModel
+
     kinds = np.where(np.arange(n_vehicles) % 2 == 0, EBIKE, CAR)
     model = FleetModel(kinds, seed=seed, ageing_speedup=50.0, aux=AuxSpec(fault_share=0.1))
     names = [VEHICLE_TYPES[k] for k in kinds]
     return model, names
 
 
-def run(vehicles: int = 10_000, samples: int = 100_000, warmup_hours: float = 12.0,
-        seed: int = 1, repeats: int = 5) -> dict:
+def run(
+    vehicles: int = 10_000,
+    samples: int = 100_000,
+    warmup_hours: float = 12.0,
+    seed: int = 1,
+    repeats: int = 5,
+) -> dict:
     import pandas as pd
+
     model, names = simulated_fleet(vehicles, seed)
     core = BatteryCore(DEFAULT_TYPES)
     core.set_vehicle_types(np.arange(vehicles), names)
@@ -530,8 +694,7 @@ def run(vehicles: int = 10_000, samples: int = 100_000, warmup_hours: float = 12
         times.append(time.perf_counter() - t0)
     core_s = min(times)
 
-    ref = ReferenceBattery(DEFAULT_TYPES, core.policy, dict(enumerate(names)),
-                           copy.deepcopy(state))
+    ref = ReferenceBattery(DEFAULT_TYPES, core.policy, dict(enumerate(names)), copy.deepcopy(state))
     t0 = time.perf_counter()
     df = batch_frame(batch)
     ref_events, ref_est = ref.update(df)
@@ -542,26 +705,40 @@ def run(vehicles: int = 10_000, samples: int = 100_000, warmup_hours: float = 12
     ref_ev = sorted((e.vehicle, e.time_ms, e.type) for e in ref_events)
     load = os.getloadavg()
     return {
-        "samples": len(batch), "vehicles": vehicles, "used": update.used,
-        "warmup_hours": warmup_hours, "batch_span_s": steps * 30,
-        "core_s": round(core_s, 4), "core_s_median": round(float(np.median(times)), 4),
+        "samples": len(batch),
+        "vehicles": vehicles,
+        "used": update.used,
+        "warmup_hours": warmup_hours,
+        "batch_span_s": steps * 30,
+        "core_s": round(core_s, 4),
+        "core_s_median": round(float(np.median(times)), 4),
         "core_us_per_sample": round(core_s / len(batch) * 1e6, 3),
         "baseline_s": round(ref_s, 3),
         "baseline_us_per_sample": round(ref_s / len(batch) * 1e6, 2),
         "ratio": round(ref_s / core_s, 1),
         "same_estimates": not cmp["mismatches"] and not cmp["vehicles_only_in_one"],
         "compare": cmp,
-        "events": len(core_ev), "same_events": core_ev == ref_ev,
+        "events": len(core_ev),
+        "same_events": core_ev == ref_ev,
         "history_rows": len(update.history),
-        "machine": {"python": platform.python_version(), "numpy": np.__version__,
-                    "pandas": pd.__version__, "cpu": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "loadavg_1_5_15": [round(x, 2) for x in load]},
+        "machine": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "loadavg_1_5_15": [round(x, 2) for x in load],
+        },
     }
 
 
-def main(vehicles: int = typer.Option(10_000), samples: int = typer.Option(100_000),
-         warmup_hours: float = typer.Option(12.0), seed: int = typer.Option(1),
-         repeats: int = typer.Option(5)) -> None:
+def main(
+    vehicles: int = typer.Option(10_000),
+    samples: int = typer.Option(100_000),
+    warmup_hours: float = typer.Option(12.0),
+    seed: int = typer.Option(1),
+    repeats: int = typer.Option(5),
+) -> None:
     print(json.dumps(run(vehicles, samples, warmup_hours, seed, repeats), indent=2))
 
 

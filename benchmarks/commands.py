@@ -47,19 +47,29 @@ NEVER_MS = np.iinfo(np.int64).max
 def _fleet_options(args, root: str, vehicles: int, pattern: str):
     from firmware_sim import CommandBehaviour, FleetOptions
 
-    return FleetOptions(vehicles=vehicles, rate_hz=args.rate_hz, seed=args.seed,
-                        topic_root=root, host=args.host, port=args.port, session_expiry_s=60,
-                        track_keys=False, device_id_pattern=pattern,
-                        vehicle_ref_pattern=pattern.replace("{type}", "veh"),
-                        commands=CommandBehaviour(delay_ms=(0.0, 0.0)))
+    return FleetOptions(
+        vehicles=vehicles,
+        rate_hz=args.rate_hz,
+        seed=args.seed,
+        topic_root=root,
+        host=args.host,
+        port=args.port,
+        session_expiry_s=60,
+        track_keys=False,
+        device_id_pattern=pattern,
+        vehicle_ref_pattern=pattern.replace("{type}", "veh"),
+        commands=CommandBehaviour(delay_ms=(0.0, 0.0)),
+    )
 
 
 def fleets(args):
     from firmware_sim import Fleet
 
     out = []
-    for root, n, pattern in ((ROOT, args.vehicles, "{type}-{n:05d}"),
-                             (FLOOR_ROOT, args.floor_devices, "floor-{type}-{n:03d}")):
+    for root, n, pattern in (
+        (ROOT, args.vehicles, "{type}-{n:05d}"),
+        (FLOOR_ROOT, args.floor_devices, "floor-{type}-{n:03d}"),
+    ):
         fleet = Fleet(_fleet_options(args, root, n, pattern))
         fleet.model.phase_end_ms[:] = NEVER_MS  # parked: locked, still, ignition off
         out.append(fleet)
@@ -67,6 +77,7 @@ def fleets(args):
 
 
 # --- the simulator, in a child process ------------------------------------------------------------
+
 
 async def _sim_child(args: argparse.Namespace) -> None:
     main, floor = fleets(args)
@@ -79,10 +90,17 @@ async def _sim_child(args: argparse.Namespace) -> None:
     await asyncio.gather(*runs)
     await asyncio.gather(main.stop(flush=False), floor.stop(flush=False))
     s = main.stats
-    print(orjson.dumps({"event": "done", "commands_received": s.commands_received,
-                        "executions": sum(s.command_executions.values()),
-                        "max_executions_per_id": max(s.command_executions.values(), default=0),
-                        }).decode(), flush=True)
+    print(
+        orjson.dumps(
+            {
+                "event": "done",
+                "commands_received": s.commands_received,
+                "executions": sum(s.command_executions.values()),
+                "max_executions_per_id": max(s.command_executions.values(), default=0),
+            }
+        ).decode(),
+        flush=True,
+    )
 
 
 class SimProcess:
@@ -93,8 +111,12 @@ class SimProcess:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=REPO)
+            *self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
         line = await asyncio.wait_for(self.proc.stdout.readline(), 180)
         if not line:
             raise RuntimeError("simulator failed:\n" + (await self.proc.stderr.read()).decode())
@@ -114,13 +136,15 @@ class SimProcess:
 
 # --- the floor: a bare MQTT round trip through the same broker ----------------------------------
 
+
 class Floor:
     def __init__(self, host: str, port: int) -> None:
         from fleetgate.mqtt import MqttClient
 
         self.waiting: dict[str, asyncio.Future] = {}
-        self.client = MqttClient(host, port, client_id=f"bench-floor-{os.getpid()}",
-                                 on_messages=self._on_messages)
+        self.client = MqttClient(
+            host, port, client_id=f"bench-floor-{os.getpid()}", on_messages=self._on_messages
+        )
 
     async def start(self) -> None:
         await self.client.connect()
@@ -134,23 +158,30 @@ class Floor:
 
     async def round_trip(self, device_id: str, ctype: str) -> float:
         cid = str(uuid.uuid4())
-        body = orjson.dumps({"id": cid, "type": ctype, "params": {},
-                             "deadline": int(time.time() * 1000) + 60_000})
+        body = orjson.dumps(
+            {"id": cid, "type": ctype, "params": {}, "deadline": int(time.time() * 1000) + 60_000}
+        )
         fut = self.waiting[cid] = asyncio.get_running_loop().create_future()
         t0 = time.perf_counter()
-        self.client.publish(f"{FLOOR_ROOT}/{device_id}/cmd", body, qos=1,
-                            content_type="application/json")
+        self.client.publish(
+            f"{FLOOR_ROOT}/{device_id}/cmd", body, qos=1, content_type="application/json"
+        )
         await asyncio.wait_for(fut, 10)
         return time.perf_counter() - t0
 
 
 # --- measuring ------------------------------------------------------------------------------------
 
+
 def percentiles(seconds: list[float]) -> dict:
     ms = np.array(seconds) * 1000.0
-    return {"n": len(ms), "p50": round(float(np.percentile(ms, 50)), 2),
-            "p90": round(float(np.percentile(ms, 90)), 2),
-            "p99": round(float(np.percentile(ms, 99)), 2), "max": round(float(ms.max()), 2)}
+    return {
+        "n": len(ms),
+        "p50": round(float(np.percentile(ms, 50)), 2),
+        "p90": round(float(np.percentile(ms, 90)), 2),
+        "p99": round(float(np.percentile(ms, 99)), 2),
+        "max": round(float(ms.max()), 2),
+    }
 
 
 class Targets:
@@ -172,15 +203,21 @@ class Targets:
 async def command_round_trip(service, device_id: str, ctype: str) -> float:
     from commands import CommandRequest, CommandState
 
-    request = CommandRequest(device_id=device_id, type=ctype, idempotency_key=uuid.uuid4().hex,
-                             requested_by="benchmark", ttl_s=60)
+    request = CommandRequest(
+        device_id=device_id,
+        type=ctype,
+        idempotency_key=uuid.uuid4().hex,
+        requested_by="benchmark",
+        ttl_s=60,
+    )
     t0 = time.perf_counter()
     cmd = await service.submit(request)
     done = await service.wait(cmd.id, 30)
     elapsed = time.perf_counter() - t0
     if done.state is not CommandState.SUCCEEDED or done.attempts != 1:
-        raise RuntimeError(f"{ctype} to {device_id}: {done.state.value} ({done.reason}), "
-                           f"attempts {done.attempts}")
+        raise RuntimeError(
+            f"{ctype} to {device_id}: {done.state.value} ({done.reason}), attempts {done.attempts}"
+        )
     return elapsed
 
 
@@ -204,22 +241,30 @@ class CommitProbe:
         return time.perf_counter() - t0
 
 
-async def sequential(service, floor: Floor, targets: Targets, floor_ids: list[str],
-                     n: int, probe: CommitProbe) -> dict:
+async def sequential(
+    service, floor: Floor, targets: Targets, floor_ids: list[str], n: int, probe: CommitProbe
+) -> dict:
     cmd_s, floor_s, commit_s = [], [], []
     for k in range(n):
         d, t = targets.take()
         cmd_s.append(await command_round_trip(service, d, t))
-        floor_s.append(await floor.round_trip(floor_ids[k % len(floor_ids)],
-                                              "unlock" if (k // len(floor_ids)) % 2 == 0
-                                              else "lock"))
+        floor_s.append(
+            await floor.round_trip(
+                floor_ids[k % len(floor_ids)],
+                "unlock" if (k // len(floor_ids)) % 2 == 0 else "lock",
+            )
+        )
         commit_s.append(await probe.once())
-    return {"round_trip_ms": percentiles(cmd_s), "floor_ms": percentiles(floor_s),
-            "durable_commit_ms": percentiles(commit_s)}
+    return {
+        "round_trip_ms": percentiles(cmd_s),
+        "floor_ms": percentiles(floor_s),
+        "durable_commit_ms": percentiles(commit_s),
+    }
 
 
-async def concurrent(service, floor: Floor, targets: Targets, floor_ids: list[str], n: int,
-                     concurrency: int) -> dict:
+async def concurrent(
+    service, floor: Floor, targets: Targets, floor_ids: list[str], n: int, concurrency: int
+) -> dict:
     cmd_s, floor_s = [], []
     lock = asyncio.Lock()
     remaining = [n]
@@ -236,17 +281,26 @@ async def concurrent(service, floor: Floor, targets: Targets, floor_ids: list[st
     async def floor_caller(i: int) -> None:
         k = 0
         while remaining[0] > 0:
-            floor_s.append(await floor.round_trip(floor_ids[i % len(floor_ids)],
-                                                  "unlock" if k % 2 == 0 else "lock"))
+            floor_s.append(
+                await floor.round_trip(
+                    floor_ids[i % len(floor_ids)], "unlock" if k % 2 == 0 else "lock"
+                )
+            )
             k += 1
 
     t0 = time.perf_counter()
     # Floor devices answer in parallel too, a few at a time, while the commands run.
-    await asyncio.gather(*(caller(i) for i in range(concurrency)),
-                         *(floor_caller(i) for i in range(min(len(floor_ids), 4))))
+    await asyncio.gather(
+        *(caller(i) for i in range(concurrency)),
+        *(floor_caller(i) for i in range(min(len(floor_ids), 4))),
+    )
     elapsed = time.perf_counter() - t0
-    return {"concurrency": concurrency, "commands_per_s": round(n / elapsed, 1),
-            "round_trip_ms": percentiles(cmd_s), "floor_ms": percentiles(floor_s)}
+    return {
+        "concurrency": concurrency,
+        "commands_per_s": round(n / elapsed, 1),
+        "round_trip_ms": percentiles(cmd_s),
+        "floor_ms": percentiles(floor_s),
+    }
 
 
 async def bench(args: argparse.Namespace) -> dict:
@@ -259,24 +313,48 @@ async def bench(args: argparse.Namespace) -> dict:
     services = BenchServices("fgbench_cmd")
     dsn, broker, pg_version = services.dsn, services.broker, services.pg_version
     args.host, args.port = broker.host, broker.port
-    sim = SimProcess([sys.executable, __file__, "--role", "sim", "--host", broker.host,
-                      "--port", str(broker.port), "--vehicles", str(args.vehicles),
-                      "--floor-devices", str(args.floor_devices), "--rate-hz", str(args.rate_hz),
-                      "--seed", str(args.seed)])
+    sim = SimProcess(
+        [
+            sys.executable,
+            __file__,
+            "--role",
+            "sim",
+            "--host",
+            broker.host,
+            "--port",
+            str(broker.port),
+            "--vehicles",
+            str(args.vehicles),
+            "--floor-devices",
+            str(args.floor_devices),
+            "--rate-hz",
+            str(args.rate_hz),
+            "--seed",
+            str(args.seed),
+        ]
+    )
     gateway = service = gw_task = None
     try:
         report = await migrate(dsn, storage="native")
         main, floor_fleet = fleets(args)
         store = await TelemetryStore.open(dsn)
-        await store.register_vehicles([VehicleRegistration(vehicle_ref=r, device_id=d,
-                                                           vehicle_type=t)
-                                       for d, r, t in main.registrations()])
+        await store.register_vehicles(
+            [
+                VehicleRegistration(vehicle_ref=r, device_id=d, vehicle_type=t)
+                for d, r, t in main.registrations()
+            ]
+        )
         await store.close()
         machine_info = machine(pg_version)
 
-        gw_cfg = GatewayConfig(database_url=dsn, mqtt_host=broker.host, mqtt_port=broker.port,
-                               mqtt_topic_root=ROOT, mqtt_client_id="bench-cmd-gateway",
-                               mqtt_session_expiry_s=120)
+        gw_cfg = GatewayConfig(
+            database_url=dsn,
+            mqtt_host=broker.host,
+            mqtt_port=broker.port,
+            mqtt_topic_root=ROOT,
+            mqtt_client_id="bench-cmd-gateway",
+            mqtt_session_expiry_s=120,
+        )
         # The production wiring: the gateway runs the command service and feeds it every commit.
         gateway = Gateway(gw_cfg, registry=CollectorRegistry())
         gw_task = asyncio.create_task(gateway.run())
@@ -291,8 +369,10 @@ async def bench(args: argparse.Namespace) -> dict:
 
         async def online() -> int:
             async with await psycopg.AsyncConnection.connect(dsn) as conn:
-                cur = await conn.execute("SELECT count(*) FROM vehicle_state WHERE online "
-                                         "AND time > now() - interval '30 seconds'")
+                cur = await conn.execute(
+                    "SELECT count(*) FROM vehicle_state WHERE online "
+                    "AND time > now() - interval '30 seconds'"
+                )
                 return (await cur.fetchone())[0]
 
         deadline = time.monotonic() + 120
@@ -310,22 +390,28 @@ async def bench(args: argparse.Namespace) -> dict:
         seq = await sequential(service, floor, targets, floor_ids, args.commands, probe)
         # The least a durable command can cost: the bare round trip plus its two commits.
         seq["floor_plus_two_commits_p50_ms"] = round(
-            seq["floor_ms"]["p50"] + 2 * seq["durable_commit_ms"]["p50"], 2)
+            seq["floor_ms"]["p50"] + 2 * seq["durable_commit_ms"]["p50"], 2
+        )
         await probe.conn.close()
-        conc = await concurrent(service, floor, targets, floor_ids, args.commands,
-                                args.concurrency)
+        conc = await concurrent(service, floor, targets, floor_ids, args.commands, args.concurrency)
         for phase in (seq, conc):
             phase["ratio_p50"] = round(phase["round_trip_ms"]["p50"] / phase["floor_ms"]["p50"], 2)
             phase["ratio_p99"] = round(phase["round_trip_ms"]["p99"] / phase["floor_ms"]["p99"], 2)
         await floor.client.disconnect()
         await sim.stop()
         out = {
-            "benchmark": "commands", "date": time.strftime("%Y-%m-%d"), "machine": machine_info,
-            "loadavg_at_measurement": round(load0, 2), "storage": report.storage,
-            "vehicles_connected": args.vehicles, "floor_devices": args.floor_devices,
-            "telemetry_per_vehicle_hz": args.rate_hz, "device_answer_delay_ms": 0,
+            "benchmark": "commands",
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": machine_info,
+            "loadavg_at_measurement": round(load0, 2),
+            "storage": report.storage,
+            "vehicles_connected": args.vehicles,
+            "floor_devices": args.floor_devices,
+            "telemetry_per_vehicle_hz": args.rate_hz,
+            "device_answer_delay_ms": 0,
             "commands": "unlock/lock alternating per vehicle, submit -> succeeded",
-            "sequential": seq, "concurrent": conc,
+            "sequential": seq,
+            "concurrent": conc,
             "device_side": sim.done,
             "targets": {
                 "p99_under_50ms": seq["round_trip_ms"]["p99"] < 50.0,

@@ -40,8 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 def decoder_at(rev: str) -> types.ModuleType:
     """telemetry/decoder.py as it was at a git revision, imported beside today's (it imports
     today's telemetry.batch, schema and senml)."""
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:telemetry/decoder.py"],
-                            check=True, capture_output=True).stdout
+    source = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{rev}:telemetry/decoder.py"],
+        check=True,
+        capture_output=True,
+    ).stdout
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "decoder.py"
         path.write_bytes(source)
@@ -56,8 +59,9 @@ def typical_payloads(messages: int, encoding: int, seed: int = 3) -> tuple[list[
     """One sample per message, as the simulated fleet sends them (e-bikes and cars, some without
     a fix): 500 vehicles, ten steps of one second."""
     vehicles = min(500, messages)
-    model = FleetModel([EBIKE, CAR] * (vehicles // 2) + [EBIKE] * (vehicles % 2), seed=seed,
-                       start_ms=START_MS)
+    model = FleetModel(
+        [EBIKE, CAR] * (vehicles // 2) + [EBIKE] * (vehicles % 2), seed=seed, start_ms=START_MS
+    )
     encodings = np.full(vehicles, encoding)
     devices = [f"tcu-{i:04d}" for i in range(vehicles)]
     payloads: list[bytes] = []
@@ -94,8 +98,9 @@ def _best_us(fn: Callable[[], object], repeat: int, per: int) -> tuple[float, ob
     return best, result
 
 
-def _best_us_in_turn(fns: list[Callable[[], object]], repeat: int, per: int
-                     ) -> tuple[list[float], list[object]]:
+def _best_us_in_turn(
+    fns: list[Callable[[], object]], repeat: int, per: int
+) -> tuple[list[float], list[object]]:
     """Best of `repeat` runs of each, in µs per message; the functions run in turn, so that
     a change in the machine's load falls on all of them alike."""
     best = [float("inf")] * len(fns)
@@ -109,9 +114,13 @@ def _best_us_in_turn(fns: list[Callable[[], object]], repeat: int, per: int
 
 
 def _machine() -> dict:
-    return {"cpu": cpu_model(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "orjson": orjson.__version__}
+    return {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "orjson": orjson.__version__,
+    }
 
 
 def measure(encoding: int, messages: int, repeat: int, decoders: dict[str, Callable]) -> dict:
@@ -121,8 +130,13 @@ def measure(encoding: int, messages: int, repeat: int, decoders: dict[str, Calla
     received = np.full(messages, now_ms, dtype=np.int64)
     devices, payloads = typical_payloads(messages, encoding)
     times, results = _best_us_in_turn(
-        [lambda decode=decode: decode(devices, payloads, received, registry, now_ms=now_ms)
-         for decode in decoders.values()], repeat, messages)
+        [
+            lambda decode=decode: decode(devices, payloads, received, registry, now_ms=now_ms)
+            for decode in decoders.values()
+        ],
+        repeat,
+        messages,
+    )
     for result in results:
         assert not result.rejected and len(result.batch) == messages, result.rejected
     entry: dict[str, float] = {"payload_bytes_mean": round(sum(map(len, payloads)) / messages, 1)}
@@ -130,23 +144,27 @@ def measure(encoding: int, messages: int, repeat: int, decoders: dict[str, Calla
         entry[f"{name}_us_per_message"] = us
         entry[f"{name}_ms_per_batch"] = round(us * messages / 1000, 2)
     loads = orjson.loads if encoding == JSON else cbor2.loads
-    entry["parse_each_us_per_message"], _ = _best_us(lambda: parse_each(payloads, loads),
-                                                      repeat, messages)
+    entry["parse_each_us_per_message"], _ = _best_us(
+        lambda: parse_each(payloads, loads), repeat, messages
+    )
     if encoding == JSON:
         entry["parse_joined_us_per_message"], values = _best_us(
-            lambda: parse_joined(payloads), repeat, messages)
+            lambda: parse_joined(payloads), repeat, messages
+        )
         assert values == parse_each(payloads, loads)
         # One malformed message in the batch: the joined parse fails and starts again.
         spoiled = [b'{"t": 1', *payloads[1:]]
         entry["parse_joined_one_malformed_us_per_message"], _ = _best_us(
-            lambda: parse_joined(spoiled), repeat, messages)
+            lambda: parse_joined(spoiled), repeat, messages
+        )
     return entry
 
 
-def main(messages: int = typer.Option(5_000, help="messages per batch"),
-         repeat: int = typer.Option(30, help="runs of each measurement (best is reported)"),
-         compare_with: str = typer.Option("", help="a git revision whose decoder to time too")
-         ) -> None:
+def main(
+    messages: int = typer.Option(5_000, help="messages per batch"),
+    repeat: int = typer.Option(30, help="runs of each measurement (best is reported)"),
+    compare_with: str = typer.Option("", help="a git revision whose decoder to time too"),
+) -> None:
     load_before = os.getloadavg()
     decoders = {"decode_telemetry": decode_telemetry}
     if compare_with:
@@ -154,8 +172,11 @@ def main(messages: int = typer.Option(5_000, help="messages per batch"),
     report: dict[str, object] = {"messages": messages}
     for name, encoding in (("json", JSON), ("cbor", CBOR)):
         report[name] = measure(encoding, messages, repeat, decoders)
-    report["machine"] = {**_machine(), "loadavg_before": [round(x, 2) for x in load_before],
-                         "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
+    report["machine"] = {
+        **_machine(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+    }
     print(json.dumps(report, indent=2))
 
 

@@ -121,19 +121,32 @@ class LocalDeployment:
         # ran longer than autosave_interval has.
         self.broker.restart()
         await _until(lambda: _ready(self.readyz), 60, "the gateway subscribed again")
-        self.notes.append("the broker was restarted cleanly once after the gateway subscribed, "
-                          "so it has saved the gateway's session before any fault")
+        self.notes.append(
+            "the broker was restarted cleanly once after the gateway subscribed, "
+            "so it has saved the gateway's session before any fault"
+        )
 
     def gateway_start(self) -> None:
-        env = {**os.environ, "FLEETGATE_DATABASE_URL": self.proxy.dsn(self.dsn),
-               "FLEETGATE_MQTT_URL": self.broker.url, "FLEETGATE_MQTT_TOPIC_ROOT": self.topic_root,
-               "FLEETGATE_MQTT_CLIENT_ID": "fgfaults-gw", "FLEETGATE_API_PORT": "0",
-               "FLEETGATE_COAP_ENABLED": "false", "FLEETGATE_METRICS_PORT": str(self.metrics_port),
-               "FLEETGATE_LOG_FORMAT": "json"}
+        env = {
+            **os.environ,
+            "FLEETGATE_DATABASE_URL": self.proxy.dsn(self.dsn),
+            "FLEETGATE_MQTT_URL": self.broker.url,
+            "FLEETGATE_MQTT_TOPIC_ROOT": self.topic_root,
+            "FLEETGATE_MQTT_CLIENT_ID": "fgfaults-gw",
+            "FLEETGATE_API_PORT": "0",
+            "FLEETGATE_COAP_ENABLED": "false",
+            "FLEETGATE_METRICS_PORT": str(self.metrics_port),
+            "FLEETGATE_LOG_FORMAT": "json",
+        }
         with open(self.log_path, "ab") as log:
             self.gateway = subprocess.Popen(
-                [sys.executable, "-m", "fleetgate.cli", "run", "--no-migrate"], cwd=REPO, env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                [sys.executable, "-m", "fleetgate.cli", "run", "--no-migrate"],
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
 
     async def gateway_kill(self) -> None:
         self.gateway.send_signal(signal.SIGKILL)
@@ -181,11 +194,13 @@ class LocalDeployment:
 class CommandDeployment:
     """An operator's own deployment, faulted through the shell commands given."""
 
-    _NEEDS = {"gateway-kill": ("gateway_kill", "gateway_start"),
-              "gateway-term": ("gateway_term", "gateway_start"),
-              "broker-term": ("broker_term", "broker_start"),
-              "broker-kill": ("broker_kill", "broker_start"),
-              "db-outage": ("db_stop", "db_start")}
+    _NEEDS = {
+        "gateway-kill": ("gateway_kill", "gateway_start"),
+        "gateway-term": ("gateway_term", "gateway_start"),
+        "broker-term": ("broker_term", "broker_start"),
+        "broker-kill": ("broker_kill", "broker_start"),
+        "db-outage": ("db_stop", "db_start"),
+    }
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -239,13 +254,13 @@ class CommandDeployment:
 async def _fault(deployment, scenario: str, args: argparse.Namespace) -> None:
     """One fault and the recovery from it."""
     if scenario in ("gateway-kill", "gateway-term"):
-        await (deployment.gateway_kill() if scenario == "gateway-kill"
-               else deployment.gateway_term())
+        await (
+            deployment.gateway_kill() if scenario == "gateway-kill" else deployment.gateway_term()
+        )
         await asyncio.sleep(args.down_s)
         await deployment.gateway_up()
     elif scenario in ("broker-term", "broker-kill"):
-        await (deployment.broker_kill() if scenario == "broker-kill"
-               else deployment.broker_term())
+        await (deployment.broker_kill() if scenario == "broker-kill" else deployment.broker_term())
         await asyncio.sleep(args.down_s)
         await deployment.broker_up()
     else:
@@ -260,24 +275,36 @@ async def _stored_keys(dsn: str, device_ids: list[str]) -> tuple[list[tuple[str,
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         cur = await conn.execute(
             "SELECT v.device_id, (extract(epoch FROM p.time) * 1000)::bigint FROM positions p "
-            "JOIN vehicles v ON v.id = p.vehicle WHERE v.device_id = ANY(%s)", (device_ids,))
+            "JOIN vehicles v ON v.id = p.vehicle WHERE v.device_id = ANY(%s)",
+            (device_ids,),
+        )
         rows = [(d, int(t)) for d, t in await cur.fetchall()]
     return rows, len(set(rows))
 
 
-async def run_scenario(deployment, scenario: str, args: argparse.Namespace,
-                       run_id: str) -> dict:
+async def run_scenario(deployment, scenario: str, args: argparse.Namespace, run_id: str) -> dict:
     host, port = deployment.broker_host_port
-    fleet = Fleet(FleetOptions(
-        vehicles=args.vehicles, rate_hz=args.rate_hz, seed=args.seed, topic_root=deployment.topic_root,
-        host=host, port=port, username=args.device_username, password=args.device_password,
-        device_id_pattern=f"fault-{scenario}-{run_id}-{{type}}-{{n:04d}}",
-        vehicle_ref_pattern=f"fault-{scenario}-{run_id}-{{n:04d}}", track_keys=True,
-        session_expiry_s=3600))
+    fleet = Fleet(
+        FleetOptions(
+            vehicles=args.vehicles,
+            rate_hz=args.rate_hz,
+            seed=args.seed,
+            topic_root=deployment.topic_root,
+            host=host,
+            port=port,
+            username=args.device_username,
+            password=args.device_password,
+            device_id_pattern=f"fault-{scenario}-{run_id}-{{type}}-{{n:04d}}",
+            vehicle_ref_pattern=f"fault-{scenario}-{run_id}-{{n:04d}}",
+            track_keys=True,
+            session_expiry_s=3600,
+        )
+    )
     store = await TelemetryStore.open(deployment.dsn)
     try:
-        await store.register_vehicles([VehicleRegistration(r, d, t)
-                                       for d, r, t in fleet.registrations()])
+        await store.register_vehicles(
+            [VehicleRegistration(r, d, t) for d, r, t in fleet.registrations()]
+        )
     finally:
         await store.close()
     started = time.monotonic()
@@ -302,13 +329,18 @@ async def run_scenario(deployment, scenario: str, args: argparse.Namespace,
         await _until(settled, args.settle_s, "every acknowledged sample stored", interval=1.0)
     rows, distinct = await _stored_keys(deployment.dsn, device_ids)
     stored = set(rows)
-    return {"scenario": scenario, "faults": args.repeat,
-            "sent": stats.samples_generated, "acknowledged": len(acked),
-            "stored": len(stored & acked), "lost": len(acked - stored),
-            "duplicated": len(rows) - distinct,
-            "stored_not_acknowledged": len(stored - acked),
-            "device_reconnects": stats.connection_losses,
-            "seconds": round(time.monotonic() - started, 1)}
+    return {
+        "scenario": scenario,
+        "faults": args.repeat,
+        "sent": stats.samples_generated,
+        "acknowledged": len(acked),
+        "stored": len(stored & acked),
+        "lost": len(acked - stored),
+        "duplicated": len(rows) - distinct,
+        "stored_not_acknowledged": len(stored - acked),
+        "device_reconnects": stats.connection_losses,
+        "seconds": round(time.monotonic() - started, 1),
+    }
 
 
 async def main(args: argparse.Namespace) -> dict:
@@ -325,24 +357,37 @@ async def main(args: argparse.Namespace) -> dict:
             print(f"faults: {results[-1]}", file=sys.stderr, flush=True)
     finally:
         await deployment.close()
-    report = {"benchmark": "faults", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "load": {"vehicles": args.vehicles, "rate_hz": args.rate_hz,
-                       "messages_per_s": args.vehicles * args.rate_hz, "qos": 1,
-                       "samples_per_message": 1},
-              "notes": deployment.notes, "scenarios": results}
+    report = {
+        "benchmark": "faults",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load": {
+            "vehicles": args.vehicles,
+            "rate_hz": args.rate_hz,
+            "messages_per_s": args.vehicles * args.rate_hz,
+            "qos": 1,
+            "samples_per_message": 1,
+        },
+        "notes": deployment.notes,
+        "scenarios": results,
+    }
     if isinstance(deployment, LocalDeployment):
         report["machine"] = machine(deployment.services.pg_version)
-    report["zero_loss"] = all(r.get("lost", 0) == 0 and r.get("duplicated", 0) == 0
-                              for r in results)
+    report["zero_loss"] = all(
+        r.get("lost", 0) == 0 and r.get("duplicated", 0) == 0 for r in results
+    )
     return report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenarios", default=",".join(SCENARIOS),
-                   type=lambda s: [x for x in s.split(",") if x],
-                   help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        type=lambda s: [x for x in s.split(",") if x],
+        help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all)",
+    )
     p.add_argument("--vehicles", type=int, default=300)
     p.add_argument("--rate-hz", type=float, default=10.0, help="samples per vehicle per second")
     p.add_argument("--repeat", type=int, default=2, help="faults per scenario")
@@ -350,8 +395,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--between-s", type=float, default=5.0, help="load after each recovery")
     p.add_argument("--down-s", type=float, default=2.0, help="how long a process stays down")
     p.add_argument("--db-down-s", type=float, default=10.0, help="how long the database is away")
-    p.add_argument("--settle-s", type=float, default=120.0,
-                   help="wait at most this long for the acknowledged samples to be stored")
+    p.add_argument(
+        "--settle-s",
+        type=float,
+        default=120.0,
+        help="wait at most this long for the acknowledged samples to be stored",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--broker-url", help="your broker (then the fault commands below apply)")
     p.add_argument("--database-url", help="your database (to count what was stored)")
@@ -359,8 +408,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--topic-root", default="fg/v1")
     p.add_argument("--device-username")
     p.add_argument("--device-password")
-    for name in ("gateway-kill", "gateway-term", "gateway-start", "broker-term", "broker-kill",
-                 "broker-start", "db-stop", "db-start"):
+    for name in (
+        "gateway-kill",
+        "gateway-term",
+        "gateway-start",
+        "broker-term",
+        "broker-kill",
+        "broker-start",
+        "db-stop",
+        "db-start",
+    ):
         p.add_argument(f"--{name}", help="shell command (own deployment)")
     args = p.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)

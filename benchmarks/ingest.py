@@ -44,37 +44,79 @@ from fleetgate.embedded import Mosquitto  # noqa: E402
 
 # --- the simulator, in a child process ------------------------------------------------------------
 
+
 async def _sim_child(args: argparse.Namespace) -> None:
     from firmware_sim import Fleet, FleetOptions
 
-    opts = FleetOptions(vehicles=args.vehicles, rate_hz=args.rate_hz, seed=args.seed,
-                        topic_root=args.topic_root, host=args.host, port=args.port,
-                        samples_per_vehicle=args.samples, fast=args.fast, track_keys=False,
-                        session_expiry_s=60)
+    opts = FleetOptions(
+        vehicles=args.vehicles,
+        rate_hz=args.rate_hz,
+        seed=args.seed,
+        topic_root=args.topic_root,
+        host=args.host,
+        port=args.port,
+        samples_per_vehicle=args.samples,
+        fast=args.fast,
+        track_keys=False,
+        session_expiry_s=60,
+    )
     fleet = Fleet(opts)
     await fleet.start()
     print(orjson.dumps({"event": "publishing", "at": time.time()}).decode(), flush=True)
     await fleet.run()
     stats = await fleet.stop(flush=True)
-    print(orjson.dumps({"event": "done", "wall_offset_ms": fleet.wall_offset_ms,
-                        "samples_acked": stats.samples_acked,
-                        "messages_published": stats.messages_published,
-                        "elapsed_s": stats.elapsed_s}).decode(), flush=True)
+    print(
+        orjson.dumps(
+            {
+                "event": "done",
+                "wall_offset_ms": fleet.wall_offset_ms,
+                "samples_acked": stats.samples_acked,
+                "messages_published": stats.messages_published,
+                "elapsed_s": stats.elapsed_s,
+            }
+        ).decode(),
+        flush=True,
+    )
 
 
 class SimProcess:
-    def __init__(self, broker: Mosquitto, topic_root: str, vehicles: int, rate_hz: float,
-                 samples: int, fast: bool, seed: int) -> None:
-        self.argv = [sys.executable, __file__, "--role", "sim", "--host", broker.host,
-                     "--port", str(broker.port), "--topic-root", topic_root,
-                     "--vehicles", str(vehicles), "--rate-hz", str(rate_hz),
-                     "--samples", str(samples), "--seed", str(seed)] + (["--fast"] if fast else [])
+    def __init__(
+        self,
+        broker: Mosquitto,
+        topic_root: str,
+        vehicles: int,
+        rate_hz: float,
+        samples: int,
+        fast: bool,
+        seed: int,
+    ) -> None:
+        self.argv = [
+            sys.executable,
+            __file__,
+            "--role",
+            "sim",
+            "--host",
+            broker.host,
+            "--port",
+            str(broker.port),
+            "--topic-root",
+            topic_root,
+            "--vehicles",
+            str(vehicles),
+            "--rate-hz",
+            str(rate_hz),
+            "--samples",
+            str(samples),
+            "--seed",
+            str(seed),
+        ] + (["--fast"] if fast else [])
         self.started_at: float | None = None
         self.done: dict | None = None
 
     async def run(self) -> None:
-        proc = await asyncio.create_subprocess_exec(*self.argv, stdout=subprocess.PIPE,
-                                                    stderr=subprocess.PIPE, cwd=REPO)
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO
+        )
         async for line in proc.stdout:
             event = orjson.loads(line)
             if event["event"] == "publishing":
@@ -93,6 +135,7 @@ def registrations(vehicles: int, seed: int) -> list[tuple[str, str, str]]:
 
 
 # --- measuring a system under a workload ------------------------------------------------------
+
 
 class Recorder:
     """Counts committed samples and their publish-to-commit delays (offset applied at the end)."""
@@ -116,9 +159,11 @@ class Recorder:
         if not self._delays:
             return {}
         d = np.concatenate(self._delays) - wall_offset_ms
-        return {"p50": round(float(np.percentile(d, 50)), 1),
-                "p99": round(float(np.percentile(d, 99)), 1),
-                "max": round(float(d.max()), 1)}
+        return {
+            "p50": round(float(np.percentile(d, 50)), 1),
+            "p99": round(float(np.percentile(d, 99)), 1),
+            "max": round(float(d.max()), 1),
+        }
 
 
 async def _until(pred, timeout: float, what: str) -> None:
@@ -141,17 +186,27 @@ class Fleetgate:
 
         from gateway.service import Gateway, GatewayConfig
 
-        cfg = GatewayConfig(database_url=self.dsn, mqtt_host=self.broker.host,
-                            mqtt_port=self.broker.port, mqtt_topic_root=self.topic_root,
-                            # One id for every run: a shared subscription keeps sending to
-                            # the persistent session of a gateway that left (its queue grows)
-                            # until that session expires, so a new id would lose half the load.
-                            mqtt_client_id="bench-gateway")
-        gw = Gateway(cfg, registry=CollectorRegistry(),
-                     on_committed=lambda b, ms: recorder.batch(b.time_ms, ms))
+        cfg = GatewayConfig(
+            database_url=self.dsn,
+            mqtt_host=self.broker.host,
+            mqtt_port=self.broker.port,
+            mqtt_topic_root=self.topic_root,
+            # One id for every run: a shared subscription keeps sending to
+            # the persistent session of a gateway that left (its queue grows)
+            # until that session expires, so a new id would lose half the load.
+            mqtt_client_id="bench-gateway",
+        )
+        gw = Gateway(
+            cfg,
+            registry=CollectorRegistry(),
+            on_committed=lambda b, ms: recorder.batch(b.time_ms, ms),
+        )
         task = asyncio.create_task(gw.run())
-        await _until(lambda: task.done() or (gw.ingress is not None and gw.ingress.subscribed.is_set()),
-                     30, "gateway subscribed")
+        await _until(
+            lambda: task.done() or (gw.ingress is not None and gw.ingress.subscribed.is_set()),
+            30,
+            "gateway subscribed",
+        )
         if task.done():
             task.result()
         try:
@@ -176,20 +231,32 @@ class GatewayProcesses:
     async def running(self, recorder: Recorder):
         from fleetgate.embedded import free_port
 
-        env = {**os.environ, "FLEETGATE_DATABASE_URL": self.dsn,
-               "FLEETGATE_MQTT_URL": self.broker.url, "FLEETGATE_MQTT_TOPIC_ROOT": self.topic_root,
-               "FLEETGATE_API_PORT": "0", "FLEETGATE_COAP_ENABLED": "false",
-               "FLEETGATE_LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "FLEETGATE_DATABASE_URL": self.dsn,
+            "FLEETGATE_MQTT_URL": self.broker.url,
+            "FLEETGATE_MQTT_TOPIC_ROOT": self.topic_root,
+            "FLEETGATE_API_PORT": "0",
+            "FLEETGATE_COAP_ENABLED": "false",
+            "FLEETGATE_LOG_LEVEL": "WARNING",
+        }
         for i in range(self.count):
             port = free_port()
             # Fixed ids, counts run upwards: a session left by a larger count would keep taking
             # its share of the shared subscription and stall the next run.
             log = open(Path(tempfile.gettempdir()) / f"fgbench-proc-{i + 1}.log", "ab")
             proc = subprocess.Popen(
-                [sys.executable, "-m", "fleetgate.cli", "run", "--no-migrate"], cwd=REPO,
-                env={**env, "FLEETGATE_MQTT_CLIENT_ID": f"bench-proc-{i + 1}",
-                     "FLEETGATE_METRICS_PORT": str(port)},
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                [sys.executable, "-m", "fleetgate.cli", "run", "--no-migrate"],
+                cwd=REPO,
+                env={
+                    **env,
+                    "FLEETGATE_MQTT_CLIENT_ID": f"bench-proc-{i + 1}",
+                    "FLEETGATE_METRICS_PORT": str(port),
+                },
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
             log.close()  # the child has its own descriptor
             self.procs.append((proc, port))
         try:
@@ -215,8 +282,14 @@ class GatewayProcesses:
 
     async def _poll(self, recorder: Recorder) -> None:
         while True:
-            stored = sum([m.get("fleetgate_samples_stored_total", 0.0) for m in await asyncio.gather(
-                *(asyncio.to_thread(_scrape, port) for _, port in self.procs))])
+            stored = sum(
+                [
+                    m.get("fleetgate_samples_stored_total", 0.0)
+                    for m in await asyncio.gather(
+                        *(asyncio.to_thread(_scrape, port) for _, port in self.procs)
+                    )
+                ]
+            )
             if stored > recorder.count:
                 recorder.count = int(stored)
                 recorder.last_commit = time.time()
@@ -227,17 +300,24 @@ class GatewayProcesses:
         for m in self.stats:
             batches = m.get("fleetgate_batch_commit_seconds_count", 0.0)
             checks = m.get("fleetgate_handover_check_seconds_count", 0.0)
-            per.append({
-                "samples_stored": int(m.get("fleetgate_samples_stored_total", 0)),
-                "batches": int(batches),
-                "mean_batch_samples": round(m.get("fleetgate_batch_samples_sum", 0.0)
-                                            / max(batches, 1)),
-                "mean_commit_ms": round(1000 * m.get("fleetgate_batch_commit_seconds_sum", 0.0)
-                                        / max(batches, 1), 2),
-                "mean_handover_check_ms": round(1000 * m.get(
-                    "fleetgate_handover_check_seconds_sum", 0.0) / max(checks, 1), 3),
-                "vehicles_taken_over": int(m.get("fleetgate_handover_vehicles_total", 0)),
-                "dispatcher": bool(m.get("fleetgate_commands_dispatcher_active", 0))})
+            per.append(
+                {
+                    "samples_stored": int(m.get("fleetgate_samples_stored_total", 0)),
+                    "batches": int(batches),
+                    "mean_batch_samples": round(
+                        m.get("fleetgate_batch_samples_sum", 0.0) / max(batches, 1)
+                    ),
+                    "mean_commit_ms": round(
+                        1000 * m.get("fleetgate_batch_commit_seconds_sum", 0.0) / max(batches, 1), 2
+                    ),
+                    "mean_handover_check_ms": round(
+                        1000 * m.get("fleetgate_handover_check_seconds_sum", 0.0) / max(checks, 1),
+                        3,
+                    ),
+                    "vehicles_taken_over": int(m.get("fleetgate_handover_vehicles_total", 0)),
+                    "dispatcher": bool(m.get("fleetgate_commands_dispatcher_active", 0)),
+                }
+            )
         return {"per_process": per}
 
 
@@ -278,17 +358,34 @@ class Naive:
     name = "naive"
 
     def __init__(self, dsn: str, broker: Mosquitto, topic_root: str, vehicle_of: dict) -> None:
-        self.dsn, self.broker, self.topic_root, self.vehicle_of = dsn, broker, topic_root, vehicle_of
+        self.dsn, self.broker, self.topic_root, self.vehicle_of = (
+            dsn,
+            broker,
+            topic_root,
+            vehicle_of,
+        )
 
     @contextlib.asynccontextmanager
     async def running(self, recorder: Recorder):
         stop = asyncio.Event()
         subscribed = asyncio.Event()
-        task = asyncio.create_task(run_naive_gateway(
-            self.dsn, self.broker.host, self.broker.port, self.topic_root, self.vehicle_of, stop,
-            on_commit=recorder.one, on_subscribed=subscribed.set))
-        await asyncio.wait({task, asyncio.ensure_future(subscribed.wait())},
-                           return_when=asyncio.FIRST_COMPLETED, timeout=30)
+        task = asyncio.create_task(
+            run_naive_gateway(
+                self.dsn,
+                self.broker.host,
+                self.broker.port,
+                self.topic_root,
+                self.vehicle_of,
+                stop,
+                on_commit=recorder.one,
+                on_subscribed=subscribed.set,
+            )
+        )
+        await asyncio.wait(
+            {task, asyncio.ensure_future(subscribed.wait())},
+            return_when=asyncio.FIRST_COMPLETED,
+            timeout=30,
+        )
         if task.done():
             task.result()
         try:
@@ -298,16 +395,29 @@ class Naive:
             await task
 
 
-async def measure(system, broker: Mosquitto, topic_root: str, *, vehicles: int, rate_hz: float,
-                  samples: int, fast: bool, seed: int, timeout: float) -> dict:
+async def measure(
+    system,
+    broker: Mosquitto,
+    topic_root: str,
+    *,
+    vehicles: int,
+    rate_hz: float,
+    samples: int,
+    fast: bool,
+    seed: int,
+    timeout: float,
+) -> dict:
     recorder = Recorder()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     async with system.running(recorder):
         sim = SimProcess(broker, topic_root, vehicles, rate_hz, samples, fast, seed)
         await sim.run()
         expected = sim.done["samples_acked"]
-        await _until(lambda: recorder.count >= expected, timeout,
-                     f"{system.name} to commit {expected} samples")
+        await _until(
+            lambda: recorder.count >= expected,
+            timeout,
+            f"{system.name} to commit {expected} samples",
+        )
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     if isinstance(system, GatewayProcesses):  # the consumers are the children, not this process
@@ -315,10 +425,14 @@ async def measure(system, broker: Mosquitto, topic_root: str, *, vehicles: int, 
     elapsed = recorder.last_commit - sim.started_at
     async with await psycopg.AsyncConnection.connect(system.dsn) as conn:
         rows = (await (await conn.execute("SELECT count(*) FROM positions")).fetchone())[0]
-    out = {"samples": recorder.count, "rows_stored": rows, "every_acked_sample_stored_once":
-           rows == expected == recorder.count, "seconds": round(elapsed, 2),
-           "samples_per_s": round(recorder.count / elapsed),
-           "consumer_cpu_us_per_sample": round(cpu_s / max(recorder.count, 1) * 1e6, 1)}
+    out = {
+        "samples": recorder.count,
+        "rows_stored": rows,
+        "every_acked_sample_stored_once": rows == expected == recorder.count,
+        "seconds": round(elapsed, 2),
+        "samples_per_s": round(recorder.count / elapsed),
+        "consumer_cpu_us_per_sample": round(cpu_s / max(recorder.count, 1) * 1e6, 1),
+    }
     if not fast:
         out["offered_per_s"] = round(vehicles * rate_hz)
         out["latency_ms"] = recorder.latency_ms(sim.done["wall_offset_ms"])
@@ -342,46 +456,95 @@ async def bench(args: argparse.Namespace) -> dict:
         store = await TelemetryStore.open(dsn)
         regs = registrations(args.vehicles, args.seed)
         vehicle_of = await store.register_vehicles(
-            [VehicleRegistration(vehicle_ref=r, device_id=d, vehicle_type=t) for d, r, t in regs])
+            [VehicleRegistration(vehicle_ref=r, device_id=d, vehicle_type=t) for d, r, t in regs]
+        )
         await store.close()
 
         results: dict = {}
         fg = Fleetgate(dsn, broker, "bench-fg/v1")
         naive = Naive(dsn, broker, "bench-naive/v1", vehicle_of)
         max_run = dict(samples=args.max_samples // args.vehicles, fast=True, rate_hz=args.rate_hz)
-        runs = [] if args.scale_out_only else [
-            ("fleetgate", "max", fg, max_run),
-            ("fleetgate", "paced", fg, dict(samples=int(args.duration * args.rate_hz),
-                                            fast=False, rate_hz=args.rate_hz)),
-        ]
+        runs = (
+            []
+            if args.scale_out_only
+            else [
+                ("fleetgate", "max", fg, max_run),
+                (
+                    "fleetgate",
+                    "paced",
+                    fg,
+                    dict(
+                        samples=int(args.duration * args.rate_hz), fast=False, rate_hz=args.rate_hz
+                    ),
+                ),
+            ]
+        )
         for count in range(1, args.processes + 1):  # upwards: see GatewayProcesses
-            runs.append(("processes", str(count),
-                         GatewayProcesses(dsn, broker, "bench-procs/v1", count), max_run))
+            runs.append(
+                (
+                    "processes",
+                    str(count),
+                    GatewayProcesses(dsn, broker, "bench-procs/v1", count),
+                    max_run,
+                )
+            )
         if not args.skip_naive and not args.scale_out_only:
             runs += [
-                ("naive", "max", naive, dict(samples=max(1, args.naive_samples // args.vehicles),
-                                             fast=True, rate_hz=args.rate_hz)),
-                ("naive", "paced", naive, dict(samples=max(1, int(args.duration * args.naive_rate
-                                                                  / args.vehicles)),
-                                               fast=False, rate_hz=args.naive_rate / args.vehicles)),
+                (
+                    "naive",
+                    "max",
+                    naive,
+                    dict(
+                        samples=max(1, args.naive_samples // args.vehicles),
+                        fast=True,
+                        rate_hz=args.rate_hz,
+                    ),
+                ),
+                (
+                    "naive",
+                    "paced",
+                    naive,
+                    dict(
+                        samples=max(1, int(args.duration * args.naive_rate / args.vehicles)),
+                        fast=False,
+                        rate_hz=args.naive_rate / args.vehicles,
+                    ),
+                ),
             ]
         for name, mode, system, kw in runs:
             await truncate(dsn)
             results.setdefault(name, {})[mode] = await measure(
-                system, broker, system.topic_root, vehicles=args.vehicles, seed=args.seed,
-                timeout=args.timeout, **kw)
+                system,
+                broker,
+                system.topic_root,
+                vehicles=args.vehicles,
+                seed=args.seed,
+                timeout=args.timeout,
+                **kw,
+            )
             print(f"# {name} {mode}: {results[name][mode]}", file=sys.stderr, flush=True)
 
-        out = {"benchmark": "ingest", "date": time.strftime("%Y-%m-%d"), "machine": machine(pg_version),
-               "storage": report.storage, "vehicles": args.vehicles,
-               "one_sample_per_message": True, "qos": 1, **results}
+        out = {
+            "benchmark": "ingest",
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": machine(pg_version),
+            "storage": report.storage,
+            "vehicles": args.vehicles,
+            "one_sample_per_message": True,
+            "qos": 1,
+            **results,
+        }
         if "naive" in results:
-            out["ratio_max_throughput"] = round(results["fleetgate"]["max"]["samples_per_s"]
-                                                / results["naive"]["max"]["samples_per_s"], 1)
+            out["ratio_max_throughput"] = round(
+                results["fleetgate"]["max"]["samples_per_s"]
+                / results["naive"]["max"]["samples_per_s"],
+                1,
+            )
         if "processes" in results:
             one = results["processes"]["1"]["samples_per_s"]
-            out["scale_out"] = {n: round(r["samples_per_s"] / one, 2)
-                                for n, r in results["processes"].items()}
+            out["scale_out"] = {
+                n: round(r["samples_per_s"] / one, 2) for n, r in results["processes"].items()
+            }
         if "fleetgate" in results:
             paced = results["fleetgate"]["paced"]
             out["targets"] = {
@@ -399,19 +562,35 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--role", choices=["bench", "sim"], default="bench", help=argparse.SUPPRESS)
     p.add_argument("--vehicles", type=int, default=300)
-    p.add_argument("--rate-hz", type=float, default=100.0,
-                   help="paced run: samples per vehicle per second (offered = vehicles x rate)")
+    p.add_argument(
+        "--rate-hz",
+        type=float,
+        default=100.0,
+        help="paced run: samples per vehicle per second (offered = vehicles x rate)",
+    )
     p.add_argument("--duration", type=float, default=20.0, help="paced run length, s")
     p.add_argument("--max-samples", type=int, default=600_000, help="samples in the max run")
     p.add_argument("--naive-samples", type=int, default=30_000)
-    p.add_argument("--naive-rate", type=float, default=1_000.0,
-                   help="offered samples/s for the naive paced run (it cannot keep up with more)")
+    p.add_argument(
+        "--naive-rate",
+        type=float,
+        default=1_000.0,
+        help="offered samples/s for the naive paced run (it cannot keep up with more)",
+    )
     p.add_argument("--skip-naive", action="store_true")
-    p.add_argument("--processes", type=int, default=0, metavar="N",
-                   help="also run the max workload against 1..N `fleetgate run` processes "
-                        "sharing the subscription")
-    p.add_argument("--scale-out-only", action="store_true",
-                   help="only the --processes runs (no in-process gateway, no naive baseline)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the max workload against 1..N `fleetgate run` processes "
+        "sharing the subscription",
+    )
+    p.add_argument(
+        "--scale-out-only",
+        action="store_true",
+        help="only the --processes runs (no in-process gateway, no naive baseline)",
+    )
     p.add_argument("--storage", default="auto", choices=["auto", "native", "timescaledb"])
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=300.0)

@@ -31,15 +31,27 @@ CONNACK = b"\x20\x03\x00\x00\x00"  # MQTT 5, no properties: what a stream starts
 
 def small_publishes(n: int, devices: int = 300) -> bytes:
     """n QoS 1 PUBLISH packets of the size the simulator's telemetry has (~150-byte JSON)."""
-    payload = (b'{"t": 1764412800123, "lat": 52.52003, "lon": 13.40495, "speed_kmh": 17.4, '
-               b'"heading_deg": 84.0, "soc_pct": 71.5, "pack_v": 38.9, "locked": false}')
+    payload = (
+        b'{"t": 1764412800123, "lat": 52.52003, "lon": 13.40495, "speed_kmh": 17.4, '
+        b'"heading_deg": 84.0, "soc_pct": 71.5, "pack_v": 38.9, "locked": false}'
+    )
     topics = [f"fg/v1/tcu-{d:05d}/telemetry".encode() for d in range(devices)]
-    return b"".join(encode_publish(topics[i % devices], payload, qos=1, mid=i % 65535 + 1,
-                                   retain=False, dup=False, protocol=5) for i in range(n))
+    return b"".join(
+        encode_publish(
+            topics[i % devices],
+            payload,
+            qos=1,
+            mid=i % 65535 + 1,
+            retain=False,
+            dup=False,
+            protocol=5,
+        )
+        for i in range(n)
+    )
 
 
 def reads(wire: bytes, size: int = READ_SIZE) -> list[bytes]:
-    return [wire[i:i + size] for i in range(0, len(wire), size)]
+    return [wire[i : i + size] for i in range(0, len(wire), size)]
 
 
 def parse_all(chunks: list[bytes], max_packet: int = NO_LIMIT) -> tuple[float, int]:
@@ -55,8 +67,9 @@ def parse_all(chunks: list[bytes], max_packet: int = NO_LIMIT) -> tuple[float, i
 
 def huge_publish_header(size: int) -> tuple[bytes, int]:
     """The first bytes of a PUBLISH of `size` bytes in all, and how many payload bytes follow."""
-    body = encode_publish(b"fg/v1/tcu-00001/telemetry", b"", qos=1, mid=1, retain=False,
-                          dup=False, protocol=5)[2:]  # its variable header
+    body = encode_publish(
+        b"fg/v1/tcu-00001/telemetry", b"", qos=1, mid=1, retain=False, dup=False, protocol=5
+    )[2:]  # its variable header
     for n in (1, 2, 3, 4):  # the remaining length's own length decides what is left for it
         remaining = size - 1 - n
         if len(_varint(remaining)) == n:
@@ -84,14 +97,24 @@ def huge(size: int, max_packet: int) -> dict:
         outcome = f"parsed ({len(got[0].payload):,} payload bytes)"
     except ValueError as exc:  # MalformedPacket, PacketTooLarge
         outcome = f"rejected: {exc}"
-    return {"packet_bytes": size, "limit": max_packet, "bytes_fed": fed,
-            "seconds": round(time.perf_counter() - t0, 6),
-            "cpu_seconds": round(time.thread_time() - cpu0, 6), "outcome": outcome}
+    return {
+        "packet_bytes": size,
+        "limit": max_packet,
+        "bytes_fed": fed,
+        "seconds": round(time.perf_counter() - t0, 6),
+        "cpu_seconds": round(time.thread_time() - cpu0, 6),
+        "outcome": outcome,
+    }
 
 
-def main(messages: int = typer.Option(200_000), repeats: int = typer.Option(7),
-         huge_mib: int = typer.Option(128), skip_unlimited: bool = typer.Option(
-             False, help="skip parsing the huge packet with the limit raised")) -> None:
+def main(
+    messages: int = typer.Option(200_000),
+    repeats: int = typer.Option(7),
+    huge_mib: int = typer.Option(128),
+    skip_unlimited: bool = typer.Option(
+        False, help="skip parsing the huge packet with the limit raised"
+    ),
+) -> None:
     wire = small_publishes(messages)
     chunks = reads(wire)
     times = []
@@ -106,15 +129,20 @@ def main(messages: int = typer.Option(200_000), repeats: int = typer.Option(7),
         default_limit = PacketStream(5).max_packet
     result = {
         "small_publishes": {
-            "messages": messages, "bytes": len(wire), "reads": len(chunks),
+            "messages": messages,
+            "bytes": len(wire),
+            "reads": len(chunks),
             "cpu_us_per_message_best": round(min(times) / messages * 1e6, 3),
             "cpu_us_per_message_median": round(statistics.median(times) / messages * 1e6, 3),
         },
         "huge_publish_default_limit": huge(size, default_limit),
         "huge_publish_no_limit": None if skip_unlimited else huge(size, NO_LIMIT),
-        "machine": {"python": platform.python_version(),
-                    "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        },
     }
     print(json.dumps(result, indent=2))
 

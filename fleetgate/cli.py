@@ -26,8 +26,11 @@ from fleetgate.settings import Settings, SettingsError, sources
 if TYPE_CHECKING:
     from firmware_sim import FleetOptions
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="fleetgate: IoT fleet gateway and telemetry backend")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="fleetgate: IoT fleet gateway and telemetry backend",
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema")
 config_app = typer.Typer(no_args_is_help=True, help="Settings")
 zones_app = typer.Typer(no_args_is_help=True, help="Geofencing zones (GBFS v3 rules)")
@@ -71,8 +74,9 @@ def resolve_services(s: Settings, *, fresh_demo: bool = False) -> Services:
     if s.database_url is not None:
         dsn = s.database_url.get_secret_value()
     else:
-        dsn = embedded_postgres_dsn(s.data_dir / "postgres",
-                                    fresh_database=DEMO_DATABASE if fresh_demo else None)
+        dsn = embedded_postgres_dsn(
+            s.data_dir / "postgres", fresh_database=DEMO_DATABASE if fresh_demo else None
+        )
         log.info("embedded_postgres_started", extra=fields(dsn=dsn))
     if s.mqtt_url is not None:
         host, port = s.mqtt_host_port
@@ -122,9 +126,14 @@ def db_migrate(
 
 @config_app.command("show")
 def config_show(
-    with_sources: Annotated[bool, typer.Option(
-        "--sources", help="each value with where it came from: default, environment, env file "
-        "or config file")] = False,
+    with_sources: Annotated[
+        bool,
+        typer.Option(
+            "--sources",
+            help="each value with where it came from: default, environment, env file "
+            "or config file",
+        ),
+    ] = False,
 ) -> None:
     """Print the effective settings (JSON), secrets masked."""
     shown = load_settings().masked()
@@ -158,15 +167,21 @@ async def _run_gateway(s: Settings, services: Services, *, migrate: bool, fleet=
 
     if migrate:
         await _migrate(services.database_url, s)
-    gateway = Gateway(GatewayConfig.from_settings(s, services.database_url, services.mqtt_host,
-                                                  services.mqtt_port))
+    gateway = Gateway(
+        GatewayConfig.from_settings(
+            s, services.database_url, services.mqtt_host, services.mqtt_port
+        )
+    )
     _install_signal_handlers(gateway.stop, s.shutdown_grace_s, services.close)
     tasks = [asyncio.create_task(gateway.run(), name="gateway")]
     if s.metrics_port:
         tasks.append(asyncio.create_task(_serve_ops(s, gateway), name="ops"))
     if s.api_port:
-        tasks.append(asyncio.create_task(
-            _serve_api(s, services.database_url, gateway.stopping, gateway=gateway), name="api"))
+        tasks.append(
+            asyncio.create_task(
+                _serve_api(s, services.database_url, gateway.stopping, gateway=gateway), name="api"
+            )
+        )
     if fleet is not None:
         tasks.append(asyncio.create_task(fleet(gateway), name="fleet"))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -179,13 +194,23 @@ async def _run_gateway(s: Settings, services: Services, *, migrate: bool, fleet=
 
 @app.command()
 def drain(
-    client_id: Annotated[str, typer.Argument(
-        help="the MQTT client id of a gateway process that was stopped for good")],
-    timeout: Annotated[float, typer.Option(
-        help="give up after this many seconds; the session then stays, with what is left")] = 600.0,
-    force: Annotated[bool, typer.Option(
-        help="drain even though the id's retained presence says online (a stale message, e.g. "
-             "after the broker lost the process's last will)")] = False,
+    client_id: Annotated[
+        str,
+        typer.Argument(help="the MQTT client id of a gateway process that was stopped for good"),
+    ],
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="give up after this many seconds; the session then stays, with what is left"
+        ),
+    ] = 600.0,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="drain even though the id's retained presence says online (a stale message, e.g. "
+            "after the broker lost the process's last will)"
+        ),
+    ] = False,
 ) -> None:
     """Store what the broker still holds for a retired gateway process's session, then end it.
 
@@ -208,22 +233,31 @@ def drain(
         raise typer.Exit(1)
 
 
-async def _drain_session(s: Settings, services: Services, timeout: float,
-                         force: bool) -> str | None:
+async def _drain_session(
+    s: Settings, services: Services, timeout: float, force: bool
+) -> str | None:
     from gateway.mqtt_ingress import read_presence
     from gateway.service import Gateway, GatewayConfig
 
-    config = GatewayConfig.from_settings(s, services.database_url, services.mqtt_host,
-                                         services.mqtt_port)
+    config = GatewayConfig.from_settings(
+        s, services.database_url, services.mqtt_host, services.mqtt_port
+    )
     presence = await read_presence(
-        config.mqtt_host, config.mqtt_port, config.mqtt_topic_root, config.mqtt_client_id,
-        username=config.mqtt_username, password=config.mqtt_password,
-        protocol=config.mqtt_protocol)
+        config.mqtt_host,
+        config.mqtt_port,
+        config.mqtt_topic_root,
+        config.mqtt_client_id,
+        username=config.mqtt_username,
+        password=config.mqtt_password,
+        protocol=config.mqtt_protocol,
+    )
     if presence is not None and presence.get("state") == "online" and not force:
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(presence.get("t", 0) / 1000))
-        return (f"client id {config.mqtt_client_id} is online (pid {presence.get('pid')} on "
-                f"{presence.get('host')} since {since}): a gateway process still runs with it; "
-                "stop that process first (--force if the presence is stale)")
+        return (
+            f"client id {config.mqtt_client_id} is online (pid {presence.get('pid')} on "
+            f"{presence.get('host')} since {since}): a gateway process still runs with it; "
+            "stop that process first (--force if the presence is stale)"
+        )
     config.drain = True
     gateway = Gateway(config)
     _install_signal_handlers(gateway.stop, s.shutdown_grace_s, services.close)
@@ -233,8 +267,10 @@ async def _drain_session(s: Settings, services: Services, timeout: float,
     except TimeoutError:
         gateway.stop()
         await run
-        return (f"session {s.mqtt_client_id} not drained within {timeout:g} s; what was stored "
-                "is acknowledged, the rest stays in the session: run drain again")
+        return (
+            f"session {s.mqtt_client_id} not drained within {timeout:g} s; what was stored "
+            "is acknowledged, the rest stays in the session: run drain again"
+        )
     if gateway.drain_error:
         return gateway.drain_error
     if gateway.drain_report is None or not gateway.ingress.drained:
@@ -247,14 +283,21 @@ async def _serve_ops(s: Settings, gateway) -> None:
     """The operator's port (/metrics, /healthz, /readyz) until the gateway stops."""
     from gateway.ops_http import ops_app
 
-    server = _http_server(ops_app(gateway.readiness, gateway.metrics.registry), s.metrics_host,
-                          s.metrics_port, s.shutdown_grace_s)
+    server = _http_server(
+        ops_app(gateway.readiness, gateway.metrics.registry),
+        s.metrics_host,
+        s.metrics_port,
+        s.shutdown_grace_s,
+    )
     serving = asyncio.create_task(server.serve(), name="ops-uvicorn")
-    log.info("metrics_listening", extra=fields(url=f"http://{s.metrics_host}:{s.metrics_port}"
-                                                   "/metrics"))
+    log.info(
+        "metrics_listening", extra=fields(url=f"http://{s.metrics_host}:{s.metrics_port}/metrics")
+    )
     try:
-        await asyncio.wait({serving, asyncio.ensure_future(gateway.stopping.wait())},
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {serving, asyncio.ensure_future(gateway.stopping.wait())},
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         if serving.done():
             serving.result()  # it could not listen: say why
     finally:
@@ -275,14 +318,21 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
         return
     hub = LiveHub(store)
     # EMQX's hooks let the gateway's own account in (FLEETGATE_MQTT_USERNAME / _PASSWORD).
-    gateways = gateway_accounts(s.mqtt_username, s.mqtt_password.get_secret_value()
-                                if s.mqtt_password else None)
-    ctx = ApiContext(store=store, live=hub, key_cache=KeyCache(s.api_key_cache_s),
-                     stopping=stop,
-                     map_tiles_url=s.map_tiles_url, map_attribution=s.map_attribution,
-                     broker_access=BrokerAccess(s.mqtt_topic_root, TokenVerifier(
-                         DeviceCredentials(store).verify).verify, gateways),
-                     command_reads=CommandReads(CommandStore(store.pool)))
+    gateways = gateway_accounts(
+        s.mqtt_username, s.mqtt_password.get_secret_value() if s.mqtt_password else None
+    )
+    ctx = ApiContext(
+        store=store,
+        live=hub,
+        key_cache=KeyCache(s.api_key_cache_s),
+        stopping=stop,
+        map_tiles_url=s.map_tiles_url,
+        map_attribution=s.map_attribution,
+        broker_access=BrokerAccess(
+            s.mqtt_topic_root, TokenVerifier(DeviceCredentials(store).verify).verify, gateways
+        ),
+        command_reads=CommandReads(CommandStore(store.pool)),
+    )
     attach = None
     if gateway is not None:
         gateway.change_listeners.append(hub.notify)
@@ -302,8 +352,9 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
     serving = asyncio.create_task(server.serve(), name="uvicorn")
     log.info("api_listening", extra=fields(url=f"http://{s.api_host}:{s.api_port}"))
     try:
-        await asyncio.wait({serving, asyncio.ensure_future(stop.wait())},
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {serving, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         server.should_exit = True
         hub.close()  # open streams end now; uvicorn would wait for them
@@ -327,9 +378,17 @@ def _http_server(app, host: str, port: int, grace_s: float):
     """
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
-                                           lifespan="off", access_log=False,
-                                           timeout_graceful_shutdown=grace_s / 2))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=grace_s / 2,
+        )
+    )
     server.capture_signals = contextlib.nullcontext
     return server
 
@@ -369,8 +428,13 @@ app.add_typer(keys_app, name="api-keys")
 @keys_app.command("create")
 def api_keys_create(
     name: Annotated[str, typer.Argument(help="who uses it, e.g. rental-service")],
-    scope: Annotated[list[str], typer.Option(help="fleet:read, commands:write, zones:write, "
-                                             "devices:write or admin; repeat for several")],
+    scope: Annotated[
+        list[str],
+        typer.Option(
+            help="fleet:read, commands:write, zones:write, "
+            "devices:write or admin; repeat for several"
+        ),
+    ],
 ) -> None:
     """Create a key; it is printed once and stored only as a hash."""
     s = load_settings()
@@ -408,6 +472,7 @@ def api_keys_revoke(name: Annotated[str, typer.Argument(help="the key's name or 
 
 
 # --- zones -------------------------------------------------------------------------------
+
 
 def _database_url(s: Settings) -> str:
     if s.database_url is None:
@@ -447,10 +512,12 @@ def _read_zone_document(path: str, kinds: dict[str, str]):
         else:
             raise typer.BadParameter(
                 f"{path} is neither a GBFS geofencing_zones.json nor a fleetgate zones document "
-                '({"zones": [...], "global_rules": [...]})')
+                '({"zones": [...], "global_rules": [...]})'
+            )
         if kinds:
-            zoneset = ZoneSet(assign_kinds(list(zoneset.zones), kinds),
-                              global_rules=zoneset.global_rules)
+            zoneset = ZoneSet(
+                assign_kinds(list(zoneset.zones), kinds), global_rules=zoneset.global_rules
+            )
         return zoneset
     except InvalidZone as exc:
         typer.echo(f"fleetgate: rejected, nothing changed: {exc}", err=True)
@@ -467,9 +534,11 @@ def _zone_kinds(pairs: list[str], path: str | None) -> dict[str, str]:
         except (OSError, orjson.JSONDecodeError) as exc:
             raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="--kinds") from exc
         if not isinstance(loaded, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()):
-            raise typer.BadParameter(f"{path} is not a JSON object of zone id or name -> kind",
-                                     param_hint="--kinds")
+            isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()
+        ):
+            raise typer.BadParameter(
+                f"{path} is not a JSON object of zone id or name -> kind", param_hint="--kinds"
+            )
         kinds.update(loaded)
     for pair in pairs:
         key, sep, kind = pair.rpartition("=")
@@ -482,15 +551,29 @@ def _zone_kinds(pairs: list[str], path: str | None) -> dict[str, str]:
 @zones_app.command("import")
 def zones_import(
     path: Annotated[str, typer.Argument(help="file to read, - for standard input")],
-    replace: Annotated[bool, typer.Option(help="the file becomes the whole zone set (zones not "
-                                          "in it are deleted, global rules replaced)")] = False,
-    kind: Annotated[list[str] | None, typer.Option(
-        "--kind", metavar="NAME_OR_ID=KIND",
-        help="give the zone(s) with this id, or else this name, a kind (operating_area, "
-             "no_parking, slow, no_ride, station, other); repeatable. GBFS files have no kinds: "
-             "their zones are 'other' without it")] = None,
-    kinds_file: Annotated[str | None, typer.Option(
-        "--kinds", metavar="FILE", help="the same as a JSON object {name or id: kind}")] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            help="the file becomes the whole zone set (zones not "
+            "in it are deleted, global rules replaced)"
+        ),
+    ] = False,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kind",
+            metavar="NAME_OR_ID=KIND",
+            help="give the zone(s) with this id, or else this name, a kind (operating_area, "
+            "no_parking, slow, no_ride, station, other); repeatable. GBFS files have no kinds: "
+            "their zones are 'other' without it",
+        ),
+    ] = None,
+    kinds_file: Annotated[
+        str | None,
+        typer.Option(
+            "--kinds", metavar="FILE", help="the same as a JSON object {name or id: kind}"
+        ),
+    ] = None,
 ) -> None:
     """Validate zones with the geofence core and store them; running gateways pick them up."""
     s = load_settings()
@@ -504,8 +587,10 @@ def zones_import(
         return await store.put_zones(rows)
 
     version = asyncio.run(_with_store(_database_url(s), action))
-    typer.echo(f"{len(rows)} zones {'replace the zone set' if replace else 'stored'}; "
-               f"zone set version {version}")
+    typer.echo(
+        f"{len(rows)} zones {'replace the zone set' if replace else 'stored'}; "
+        f"zone set version {version}"
+    )
 
 
 @zones_app.command("export")
@@ -517,12 +602,18 @@ def zones_export(
 
     s = load_settings()
     zones = asyncio.run(_with_store(_database_url(s), lambda store: store.load_zones()))
-    zoneset = ZoneSet.from_rows(zones.rows, global_rules=zones.global_rules,
-                                version=zones.version)
-    doc = zoneset.to_gbfs() if gbfs else {
-        "version": zones.version, "zones": zoneset.to_rows(),
-        "global_rules": [r.model_dump(mode="json", exclude_none=True)
-                         for r in zoneset.global_rules]}
+    zoneset = ZoneSet.from_rows(zones.rows, global_rules=zones.global_rules, version=zones.version)
+    doc = (
+        zoneset.to_gbfs()
+        if gbfs
+        else {
+            "version": zones.version,
+            "zones": zoneset.to_rows(),
+            "global_rules": [
+                r.model_dump(mode="json", exclude_none=True) for r in zoneset.global_rules
+            ],
+        }
+    )
     typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
 
 
@@ -538,24 +629,53 @@ def zones_list() -> None:
 
 # --- the simulated fleet -------------------------------------------------------------------
 
-def _fleet_options(s: Settings, host: str, port: int, *, vehicles: int, rate: float, seed: int,
-                   cars: float, cbor: float, speedup: float, fast: bool, samples: int | None,
-                   duration: float | None, misbehaviour) -> FleetOptions:
+
+def _fleet_options(
+    s: Settings,
+    host: str,
+    port: int,
+    *,
+    vehicles: int,
+    rate: float,
+    seed: int,
+    cars: float,
+    cbor: float,
+    speedup: float,
+    fast: bool,
+    samples: int | None,
+    duration: float | None,
+    misbehaviour,
+) -> FleetOptions:
     from firmware_sim import FleetOptions
 
-    return FleetOptions(vehicles=vehicles, rate_hz=rate, seed=seed, car_share=cars,
-                        cbor_share=cbor, speedup=speedup, fast=fast,
-                        samples_per_vehicle=samples, duration_s=duration,
-                        topic_root=s.mqtt_topic_root, host=host, port=port,
-                        misbehaviour=misbehaviour)
+    return FleetOptions(
+        vehicles=vehicles,
+        rate_hz=rate,
+        seed=seed,
+        car_share=cars,
+        cbor_share=cbor,
+        speedup=speedup,
+        fast=fast,
+        samples_per_vehicle=samples,
+        duration_s=duration,
+        topic_root=s.mqtt_topic_root,
+        host=host,
+        port=port,
+        misbehaviour=misbehaviour,
+    )
 
 
-def _misbehaviour(duplicates: float, malformed: float, out_of_order: float,
-                  disconnects_per_h: float):
+def _misbehaviour(
+    duplicates: float, malformed: float, out_of_order: float, disconnects_per_h: float
+):
     from firmware_sim import Misbehaviour
 
-    return Misbehaviour(duplicate_share=duplicates, malformed_share=malformed,
-                        out_of_order_share=out_of_order, disconnects_per_h=disconnects_per_h)
+    return Misbehaviour(
+        duplicate_share=duplicates,
+        malformed_share=malformed,
+        out_of_order_share=out_of_order,
+        disconnects_per_h=disconnects_per_h,
+    )
 
 
 # The simulated devices' secrets, device id -> secret, in data_dir: a TCU keeps its secret too.
@@ -570,9 +690,12 @@ async def _register_fleet(dsn: str, fleet, secrets: Path | None = None) -> int:
 
     store = await TelemetryStore.open(dsn)
     try:
-        await store.register_vehicles([
-            VehicleRegistration(vehicle_ref=ref, device_id=dev, vehicle_type=kind)
-            for dev, ref, kind in fleet.registrations()])
+        await store.register_vehicles(
+            [
+                VehicleRegistration(vehicle_ref=ref, device_id=dev, vehicle_type=kind)
+                for dev, ref, kind in fleet.registrations()
+            ]
+        )
         if secrets is None:
             return 0
         kept = _read_sim_secrets(secrets)
@@ -601,8 +724,11 @@ def _read_sim_secrets(path: Path) -> dict[str, str]:
         typer.echo(f"fleetgate: cannot read the simulator's secrets from {path}: {exc}", err=True)
         raise typer.Exit(2) from exc
     if not isinstance(kept, dict) or not all(isinstance(v, str) for v in kept.values()):
-        typer.echo(f"fleetgate: {path} is not the simulator's secrets file "
-                   "({\"device id\": \"secret\", ...})", err=True)
+        typer.echo(
+            f"fleetgate: {path} is not the simulator's secrets file "
+            '({"device id": "secret", ...})',
+            err=True,
+        )
         raise typer.Exit(2)
     return kept
 
@@ -626,24 +752,38 @@ async def _broker_refusal(fleet, issued: int, secrets: Path) -> str | None:
 
     o, device_id = fleet.options, fleet.device_ids[0]
     where = f"{o.host}:{o.port}"
-    probe = MqttClient(o.host, o.port, client_id=device_id, protocol=o.protocol,
-                       clean_start=False, session_expiry_s=o.session_expiry_s, manual_ack=True,
-                       on_messages=lambda messages: None, **fleet.mqtt_login(device_id))
+    probe = MqttClient(
+        o.host,
+        o.port,
+        client_id=device_id,
+        protocol=o.protocol,
+        clean_start=False,
+        session_expiry_s=o.session_expiry_s,
+        manual_ack=True,
+        on_messages=lambda messages: None,
+        **fleet.mqtt_login(device_id),
+    )
     try:
         await probe.connect(timeout=o.connect_timeout_s)
     except MqttError as exc:
         probe.abort()
         refused = f"the broker at {where} refused simulated device {device_id} ({exc})"
         if o.credentials is None:
-            return (f"{refused}: it wants device credentials; run the simulator with --register "
-                    "(registers the simulated devices and gives them secrets), then "
-                    "`fleetgate broker-config` so that the broker knows them")
+            return (
+                f"{refused}: it wants device credentials; run the simulator with --register "
+                "(registers the simulated devices and gives them secrets), then "
+                "`fleetgate broker-config` so that the broker knows them"
+            )
         if issued:
-            return (f"{refused}: {issued} simulated devices got new secrets (kept in {secrets}) "
-                    "that the broker does not know yet; run `fleetgate broker-config` (with "
-                    "--reload-pidfile) and then the simulator again")
-        return (f"{refused} with its secret from {secrets}: regenerate the broker's password file "
-                "(`fleetgate broker-config`), or run with --register to issue missing secrets")
+            return (
+                f"{refused}: {issued} simulated devices got new secrets (kept in {secrets}) "
+                "that the broker does not know yet; run `fleetgate broker-config` (with "
+                "--reload-pidfile) and then the simulator again"
+            )
+        return (
+            f"{refused} with its secret from {secrets}: regenerate the broker's password file "
+            "(`fleetgate broker-config`), or run with --register to issue missing secrets"
+        )
     except (OSError, TimeoutError) as exc:
         probe.abort()
         return f"cannot reach the broker at {where}: {exc or type(exc).__name__}"
@@ -653,6 +793,7 @@ async def _broker_refusal(fleet, issued: int, secrets: Path) -> str | None:
 
 async def _drive_fleet(fleet, stop: asyncio.Event, report_every_s: float, report) -> None:
     """Connect, run until done or stopped, flush; call report() every report_every_s."""
+
     async def reporter() -> None:
         while True:
             await asyncio.sleep(report_every_s)
@@ -683,20 +824,44 @@ def sim(
     cars: Cars = 0.5,
     cbor: Cbor = 0.0,
     speedup: Annotated[float, typer.Option(min=0.001, help="simulated seconds per second")] = 1.0,
-    fast: Annotated[bool, typer.Option(help="no pacing: as fast as the broker acknowledges")] = False,
-    samples: Annotated[int | None, typer.Option(min=1, help="stop after this many samples per vehicle")] = None,
-    duration: Annotated[float | None, typer.Option(min=0, help="stop after this many simulated seconds")] = None,
-    duplicates: Annotated[float, typer.Option(min=0, max=1, help="share of samples sent twice")] = 0.0,
-    malformed: Annotated[float, typer.Option(min=0, max=1, help="share of samples followed by a malformed message")] = 0.0,
-    out_of_order: Annotated[float, typer.Option(min=0, max=1, help="share of buffered uploads sent out of order")] = 0.0,
-    disconnects_per_h: Annotated[float, typer.Option(min=0, help="connection drops per vehicle per simulated hour")] = 0.0,
-    register: Annotated[bool, typer.Option(
-        help="register the fleet's devices in FLEETGATE_DATABASE_URL first and give those "
-             "without one a secret (kept in FLEETGATE_DATA_DIR/sim-secrets.json)")] = False,
-    register_only: Annotated[bool, typer.Option(
-        help="as --register, then stop: run `fleetgate broker-config` next, so that a broker "
-             "with a password file knows the new secrets")] = False,
-    report_every: Annotated[float, typer.Option(min=0.5, help="seconds between progress lines")] = 5.0,
+    fast: Annotated[
+        bool, typer.Option(help="no pacing: as fast as the broker acknowledges")
+    ] = False,
+    samples: Annotated[
+        int | None, typer.Option(min=1, help="stop after this many samples per vehicle")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=0, help="stop after this many simulated seconds")
+    ] = None,
+    duplicates: Annotated[
+        float, typer.Option(min=0, max=1, help="share of samples sent twice")
+    ] = 0.0,
+    malformed: Annotated[
+        float, typer.Option(min=0, max=1, help="share of samples followed by a malformed message")
+    ] = 0.0,
+    out_of_order: Annotated[
+        float, typer.Option(min=0, max=1, help="share of buffered uploads sent out of order")
+    ] = 0.0,
+    disconnects_per_h: Annotated[
+        float, typer.Option(min=0, help="connection drops per vehicle per simulated hour")
+    ] = 0.0,
+    register: Annotated[
+        bool,
+        typer.Option(
+            help="register the fleet's devices in FLEETGATE_DATABASE_URL first and give those "
+            "without one a secret (kept in FLEETGATE_DATA_DIR/sim-secrets.json)"
+        ),
+    ] = False,
+    register_only: Annotated[
+        bool,
+        typer.Option(
+            help="as --register, then stop: run `fleetgate broker-config` next, so that a broker "
+            "with a password file knows the new secrets"
+        ),
+    ] = False,
+    report_every: Annotated[
+        float, typer.Option(min=0.5, help="seconds between progress lines")
+    ] = 5.0,
 ) -> None:
     """Run simulated e-bike and car TCUs against the broker (FLEETGATE_MQTT_URL).
 
@@ -707,10 +872,21 @@ def sim(
     s = load_settings()
     setup_logging(s.log_level, s.log_format)
     host, port = s.mqtt_host_port
-    opts = _fleet_options(s, host, port, vehicles=vehicles, rate=rate, seed=seed, cars=cars,
-                          cbor=cbor, speedup=speedup, fast=fast, samples=samples,
-                          duration=duration, misbehaviour=_misbehaviour(
-                              duplicates, malformed, out_of_order, disconnects_per_h))
+    opts = _fleet_options(
+        s,
+        host,
+        port,
+        vehicles=vehicles,
+        rate=rate,
+        seed=seed,
+        cars=cars,
+        cbor=cbor,
+        speedup=speedup,
+        fast=fast,
+        samples=samples,
+        duration=duration,
+        misbehaviour=_misbehaviour(duplicates, malformed, out_of_order, disconnects_per_h),
+    )
     register = register or register_only
     if register and s.database_url is None:
         typer.echo("fleetgate: --register needs FLEETGATE_DATABASE_URL", err=True)
@@ -723,9 +899,11 @@ def sim(
         if register:
             issued = await _register_fleet(s.database_url.get_secret_value(), fleet, secrets)
         if register_only:
-            typer.echo(f"{len(fleet.device_ids)} simulated devices registered, {issued} new "
-                       f"secrets kept in {secrets}; run `fleetgate broker-config` so that the "
-                       "broker knows them")
+            typer.echo(
+                f"{len(fleet.device_ids)} simulated devices registered, {issued} new "
+                f"secrets kept in {secrets}; run `fleetgate broker-config` so that the "
+                "broker knows them"
+            )
             return
         if secrets.exists():
             opts.credentials = _read_sim_secrets(secrets)
@@ -754,18 +932,45 @@ def demo(
     rate: Rate = 1.0,
     seed: Seed = 0,
     cars: Cars = 0.5,
-    misbehave: Annotated[bool, typer.Option(help="devices send duplicates, garbage, out-of-order "
-                                            "uploads and drop their connections now and then")] = False,
-    api_port: Annotated[int | None, typer.Option(
-        min=0, max=65535, help="HTTP API and live map (default: FLEETGATE_API_PORT, else 8080; 0: off)",
-        show_default=False)] = None,
-    metrics_port: Annotated[int | None, typer.Option(
-        min=0, max=65535, help="the operator's port: /metrics, /healthz, /readyz (default: "
-        "FLEETGATE_METRICS_PORT, else 9108; 0: off)", show_default=False)] = None,
-    coap_port: Annotated[int | None, typer.Option(
-        min=1, max=65535, help="CoAP over UDP (default: FLEETGATE_COAP_PORT, else 5683; "
-        "FLEETGATE_COAP_ENABLED=false: off)", show_default=False)] = None,
-    report_every: Annotated[float, typer.Option(min=0.5, help="seconds between status lines")] = 5.0,
+    misbehave: Annotated[
+        bool,
+        typer.Option(
+            help="devices send duplicates, garbage, out-of-order "
+            "uploads and drop their connections now and then"
+        ),
+    ] = False,
+    api_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="HTTP API and live map (default: FLEETGATE_API_PORT, else 8080; 0: off)",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="the operator's port: /metrics, /healthz, /readyz (default: "
+            "FLEETGATE_METRICS_PORT, else 9108; 0: off)",
+            show_default=False,
+        ),
+    ] = None,
+    coap_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="CoAP over UDP (default: FLEETGATE_COAP_PORT, else 5683; "
+            "FLEETGATE_COAP_ENABLED=false: off)",
+            show_default=False,
+        ),
+    ] = None,
+    report_every: Annotated[
+        float, typer.Option(min=0.5, help="seconds between status lines")
+    ] = 5.0,
 ) -> None:
     """Gateway + a simulated fleet, on embedded PostgreSQL and Mosquitto unless configured.
 
@@ -776,20 +981,36 @@ def demo(
 
     s = load_settings(api_port=api_port, metrics_port=metrics_port, coap_port=coap_port)
     explicit_format = "log_format" in s.model_fields_set
-    setup_logging("WARNING" if "log_level" not in s.model_fields_set else s.log_level,
-                  s.log_format if explicit_format else "text")
+    setup_logging(
+        "WARNING" if "log_level" not in s.model_fields_set else s.log_level,
+        s.log_format if explicit_format else "text",
+    )
     if busy := _busy_ports(s):
         for problem in busy:
             typer.echo(f"fleetgate: {problem}", err=True)
         raise typer.Exit(2)
     services = resolve_services(s, fresh_demo=True)
-    misbehaviour = (_misbehaviour(0.02, 0.01, 0.3, 2.0) if misbehave
-                    else _misbehaviour(0.0, 0.0, 0.0, 0.0))
-    opts = _fleet_options(s, services.mqtt_host, services.mqtt_port, vehicles=vehicles, rate=rate,
-                          seed=seed, cars=cars, cbor=0.2, speedup=1.0, fast=False, samples=None,
-                          duration=None, misbehaviour=misbehaviour)
-    typer.echo(f"fleetgate demo: {vehicles} simulated vehicles at {rate} samples/s each. "
-               "Ctrl-C stops.")
+    misbehaviour = (
+        _misbehaviour(0.02, 0.01, 0.3, 2.0) if misbehave else _misbehaviour(0.0, 0.0, 0.0, 0.0)
+    )
+    opts = _fleet_options(
+        s,
+        services.mqtt_host,
+        services.mqtt_port,
+        vehicles=vehicles,
+        rate=rate,
+        seed=seed,
+        cars=cars,
+        cbor=0.2,
+        speedup=1.0,
+        fast=False,
+        samples=None,
+        duration=None,
+        misbehaviour=misbehaviour,
+    )
+    typer.echo(
+        f"fleetgate demo: {vehicles} simulated vehicles at {rate} samples/s each. Ctrl-C stops."
+    )
     for line in _demo_endpoints(s, services):
         typer.echo(f"  {line}")
 
@@ -798,16 +1019,23 @@ def demo(
         fleet = Fleet(opts)
         await _register_fleet(services.database_url, fleet)
         if s.database_url is not None:
-            others = await _with_store(services.database_url, lambda store: _vehicles_besides(
-                store, fleet.device_ids))
+            others = await _with_store(
+                services.database_url, lambda store: _vehicles_besides(store, fleet.device_ids)
+            )
             if others:
-                typer.echo(f"  the configured database holds {others} more vehicles (earlier "
-                           "runs, or your own): the demo deletes nothing there, so they show "
-                           "beside its fleet")
+                typer.echo(
+                    f"  the configured database holds {others} more vehicles (earlier "
+                    "runs, or your own): the demo deletes nothing there, so they show "
+                    "beside its fleet"
+                )
         if s.api_port:
             # A key for this demo run, so the map opens at once (never do this in production).
-            _, key = await _with_store(services.database_url, lambda store: store.create_api_key(
-                f"demo-{time.strftime('%Y%m%d-%H%M%S')}", ["admin"]))
+            _, key = await _with_store(
+                services.database_url,
+                lambda store: store.create_api_key(
+                    f"demo-{time.strftime('%Y%m%d-%H%M%S')}", ["admin"]
+                ),
+            )
             typer.echo(f"live map: http://{s.api_host}:{s.api_port}/map/#key={key}")
 
         async def run_fleet(gateway) -> None:
@@ -831,31 +1059,58 @@ def demo(
 def _demo_endpoints(s: Settings, services: Services) -> list[str]:
     """What the demo binds and uses, and how to change each."""
     where = s.data_dir.resolve()
-    database = ("configured (FLEETGATE_DATABASE_URL)" if s.database_url is not None else
-                f"embedded, a fresh database {DEMO_DATABASE!r} per run in {where / 'postgres'}")
-    broker = (f"mqtt://{services.mqtt_host}:{services.mqtt_port} "
-              + ("(FLEETGATE_MQTT_URL)" if s.mqtt_url is not None else
-                 f"(embedded, empty at each run, in {where / 'mosquitto-demo'})"))
-    api = (f"http://{s.api_host}:{s.api_port}" if s.api_port else "off")
-    ops = (f"http://{s.metrics_host}:{s.metrics_port}" if s.metrics_port else "off")
-    coap = (f"udp {s.coap_host}:{s.coap_port}" if s.coap_enabled else "off")
-    return [f"database:        {database}",
-            f"broker:          {broker}",
-            f"HTTP API, map:   {api:<28} --api-port or FLEETGATE_API_PORT (0: off)",
-            f"operator's port: {ops:<28} --metrics-port or FLEETGATE_METRICS_PORT (0: off)",
-            f"CoAP:            {coap:<28} --coap-port or FLEETGATE_COAP_PORT"]
+    database = (
+        "configured (FLEETGATE_DATABASE_URL)"
+        if s.database_url is not None
+        else f"embedded, a fresh database {DEMO_DATABASE!r} per run in {where / 'postgres'}"
+    )
+    broker = f"mqtt://{services.mqtt_host}:{services.mqtt_port} " + (
+        "(FLEETGATE_MQTT_URL)"
+        if s.mqtt_url is not None
+        else f"(embedded, empty at each run, in {where / 'mosquitto-demo'})"
+    )
+    api = f"http://{s.api_host}:{s.api_port}" if s.api_port else "off"
+    ops = f"http://{s.metrics_host}:{s.metrics_port}" if s.metrics_port else "off"
+    coap = f"udp {s.coap_host}:{s.coap_port}" if s.coap_enabled else "off"
+    return [
+        f"database:        {database}",
+        f"broker:          {broker}",
+        f"HTTP API, map:   {api:<28} --api-port or FLEETGATE_API_PORT (0: off)",
+        f"operator's port: {ops:<28} --metrics-port or FLEETGATE_METRICS_PORT (0: off)",
+        f"CoAP:            {coap:<28} --coap-port or FLEETGATE_COAP_PORT",
+    ]
 
 
 def _busy_ports(s: Settings) -> list[str]:
     """The ports the gateway would listen on that something else holds, each with its knob."""
     import socket
 
-    wanted = [(s.api_host, s.api_port, socket.SOCK_STREAM, "HTTP API", "--api-port",
-               "FLEETGATE_API_PORT"),
-              (s.metrics_host, s.metrics_port, socket.SOCK_STREAM, "operator's port",
-               "--metrics-port", "FLEETGATE_METRICS_PORT"),
-              (s.coap_host, s.coap_port if s.coap_enabled else 0, socket.SOCK_DGRAM, "CoAP (UDP)",
-               "--coap-port", "FLEETGATE_COAP_PORT")]
+    wanted = [
+        (
+            s.api_host,
+            s.api_port,
+            socket.SOCK_STREAM,
+            "HTTP API",
+            "--api-port",
+            "FLEETGATE_API_PORT",
+        ),
+        (
+            s.metrics_host,
+            s.metrics_port,
+            socket.SOCK_STREAM,
+            "operator's port",
+            "--metrics-port",
+            "FLEETGATE_METRICS_PORT",
+        ),
+        (
+            s.coap_host,
+            s.coap_port if s.coap_enabled else 0,
+            socket.SOCK_DGRAM,
+            "CoAP (UDP)",
+            "--coap-port",
+            "FLEETGATE_COAP_PORT",
+        ),
+    ]
     busy = []
     for host, port, kind, what, option, variable in wanted:
         if not port:
@@ -867,8 +1122,10 @@ def _busy_ports(s: Settings) -> list[str]:
             try:
                 probe.bind((host, port))
             except OSError as exc:
-                busy.append(f"{what} port {port} on {host} is not free ({exc.strerror}): choose "
-                            f"another with {option} or {variable}")
+                busy.append(
+                    f"{what} port {port} on {host} is not free ({exc.strerror}): choose "
+                    f"another with {option} or {variable}"
+                )
     return busy
 
 
@@ -893,10 +1150,12 @@ def _demo_status(gateway, fleet, last: dict) -> str:
     rate = (stored - last["stored"]) / max(now - last["at"], 1e-9)
     last.update(stored=stored, at=now)
     online = fleet.connected
-    return (f"{time.strftime('%H:%M:%S')} stored {int(stored):,} samples ({rate:,.0f}/s), "
-            f"duplicates ignored {int(dupes):,}, rejected {rejected or 0}, "
-            f"vehicles connected {online}/{len(fleet.device_ids)}, "
-            f"unacknowledged {gateway.pipeline.unacknowledged if gateway.pipeline else 0}")
+    return (
+        f"{time.strftime('%H:%M:%S')} stored {int(stored):,} samples ({rate:,.0f}/s), "
+        f"duplicates ignored {int(dupes):,}, rejected {rejected or 0}, "
+        f"vehicles connected {online}/{len(fleet.device_ids)}, "
+        f"unacknowledged {gateway.pipeline.unacknowledged if gateway.pipeline else 0}"
+    )
 
 
 def _counter_total(registry, name: str) -> float:

@@ -24,8 +24,9 @@ import typer
 if TYPE_CHECKING:
     from api.routes.devices import DeviceIn
 
-devices_app = typer.Typer(no_args_is_help=True,
-                          help="Device identity: per-device secrets, stored hashed")
+devices_app = typer.Typer(
+    no_args_is_help=True, help="Device identity: per-device secrets, stored hashed"
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -76,15 +77,25 @@ def parse_duration(text: str) -> float:
 
 def _print_secrets(issued, as_json: bool) -> None:
     if as_json:
-        typer.echo(orjson.dumps([{"device_id": i.device_id, "secret": i.secret,
-                                  "previous_valid_until": i.previous_valid_until}
-                                 for i in issued]).decode())
+        typer.echo(
+            orjson.dumps(
+                [
+                    {
+                        "device_id": i.device_id,
+                        "secret": i.secret,
+                        "previous_valid_until": i.previous_valid_until,
+                    }
+                    for i in issued
+                ]
+            ).decode()
+        )
     else:
         for i in issued:
             typer.echo(f"{i.device_id}\t{i.secret}")
     if issued:
-        typer.echo("fleetgate: secrets are shown only now; the database keeps their hashes",
-                   err=True)
+        typer.echo(
+            "fleetgate: secrets are shown only now; the database keeps their hashes", err=True
+        )
 
 
 # --- registering ----------------------------------------------------------------------------
@@ -177,7 +188,8 @@ def _csv_entries(text: str, source: str) -> list[tuple[str, object]]:
                 raise RegistrationError(
                     f"{source} line {reader.line_num}: the header names {', '.join(header)}; it "
                     f"needs the columns {', '.join(REGISTRATION_FIELDS)} (missing: "
-                    f"{', '.join(missing)})")
+                    f"{', '.join(missing)})"
+                )
             continue
         where = f"{source} line {reader.line_num}"
         if len(cells) != len(header):
@@ -198,16 +210,27 @@ def _read_text(path: str) -> str:
 
 @devices_app.command("register")
 def register(
-    vehicle_ref: Annotated[str | None, typer.Argument(
-        metavar="VEHICLE_REF", help="the operator's reference for the vehicle")] = None,
-    device_id: Annotated[str | None, typer.Argument(
-        metavar="DEVICE_ID", help="the id of the TCU fitted to it: its MQTT client id and username, its CoAP path "
-             "segment ([A-Za-z0-9_.:-], at most 64)")] = None,
-    vehicle_type: Annotated[str | None, typer.Option(
-        "--type", help="ebike or car")] = None,
-    file: Annotated[str | None, typer.Option(
-        "--file", help="a fleet instead: CSV with the header vehicle_ref,device_id,vehicle_type, "
-        "or JSON (a list of POST /v1/devices bodies); - reads standard input")] = None,
+    vehicle_ref: Annotated[
+        str | None,
+        typer.Argument(metavar="VEHICLE_REF", help="the operator's reference for the vehicle"),
+    ] = None,
+    device_id: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="DEVICE_ID",
+            help="the id of the TCU fitted to it: its MQTT client id and username, its CoAP path "
+            "segment ([A-Za-z0-9_.:-], at most 64)",
+        ),
+    ] = None,
+    vehicle_type: Annotated[str | None, typer.Option("--type", help="ebike or car")] = None,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file",
+            help="a fleet instead: CSV with the header vehicle_ref,device_id,vehicle_type, "
+            "or JSON (a list of POST /v1/devices bodies); - reads standard input",
+        ),
+    ] = None,
 ) -> None:
     """Register vehicles and their devices (TCUs): one from the arguments, or a fleet from a file.
 
@@ -236,8 +259,11 @@ def register(
     for line in _registration_report(devices, before):
         typer.echo(line)
     if without_secret:
-        typer.echo(f"fleetgate: devices without a secret yet: {without_secret} (issue them with "
-                   "`fleetgate devices provision --missing`)", err=True)
+        typer.echo(
+            f"fleetgate: devices without a secret yet: {without_secret} (issue them with "
+            "`fleetgate devices provision --missing`)",
+            err=True,
+        )
 
 
 async def _register(store, devices: list[DeviceIn]):
@@ -245,8 +271,9 @@ async def _register(store, devices: list[DeviceIn]):
     from telemetry.store import DeviceCredentials, VehicleRegistration
 
     before = await store.load_registry()
-    await store.register_vehicles([VehicleRegistration(d.vehicle_ref, d.device_id,
-                                                       d.vehicle_type) for d in devices])
+    await store.register_vehicles(
+        [VehicleRegistration(d.vehicle_ref, d.device_id, d.vehicle_type) for d in devices]
+    )
     ids = {d.device_id for d in devices}
     credentials = await DeviceCredentials(store).list()
     return before, sum(1 for c in credentials if c.device_id in ids and c.valid == 0)
@@ -267,11 +294,14 @@ def _registration_report(devices: list[DeviceIn], before: dict) -> list[str]:
             continue
         counts["changed"] += 1
         if old.device_id != d.device_id:
-            changes.append(f"{d.vehicle_ref}: device {d.device_id} replaces {old.device_id} "
-                           f"(whose secret stops working)")
+            changes.append(
+                f"{d.vehicle_ref}: device {d.device_id} replaces {old.device_id} "
+                f"(whose secret stops working)"
+            )
         if old.vehicle_type != d.vehicle_type:
-            changes.append(f"{d.vehicle_ref}: vehicle type {d.vehicle_type} (was "
-                           f"{old.vehicle_type})")
+            changes.append(
+                f"{d.vehicle_ref}: vehicle type {d.vehicle_type} (was {old.vehicle_type})"
+            )
     parts = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
     noun = "vehicle" if len(devices) == 1 else "vehicles"
     return [f"registered {len(devices)} {noun}: {parts}", *changes]
@@ -280,8 +310,9 @@ def _registration_report(devices: list[DeviceIn], before: dict) -> list[str]:
 @devices_app.command("provision")
 def provision(
     device_ids: Annotated[list[str] | None, typer.Argument(help="registered device ids")] = None,
-    missing: Annotated[bool, typer.Option(
-        "--missing", help="every registered device that has no valid secret")] = False,
+    missing: Annotated[
+        bool, typer.Option("--missing", help="every registered device that has no valid secret")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of lines")] = False,
 ) -> None:
     """Issue each device its first secret (MQTT password and CoAP token), printed once as
@@ -304,9 +335,13 @@ def provision(
 @devices_app.command("rotate")
 def rotate(
     device_id: Annotated[str, typer.Argument(help="a registered device id")],
-    grace: Annotated[str, typer.Option(
-        help="how long the old secret keeps working for CoAP and HTTP auth (0: revoked now). "
-             "The broker's password file holds the new one from its next generation")] = "24h",
+    grace: Annotated[
+        str,
+        typer.Option(
+            help="how long the old secret keeps working for CoAP and HTTP auth (0: revoked now). "
+            "The broker's password file holds the new one from its next generation"
+        ),
+    ] = "24h",
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a line")] = False,
 ) -> None:
     """Issue a new secret for a device, printed once; the old one expires after the grace."""
@@ -315,8 +350,10 @@ def rotate(
     issued = _run(dsn, lambda creds: creds.rotate(device_id, grace_s=grace_s))
     _print_secrets([issued], as_json)
     if issued.previous_valid_until is not None:
-        typer.echo(f"fleetgate: the previous secret works until "
-                   f"{issued.previous_valid_until.isoformat()}", err=True)
+        typer.echo(
+            f"fleetgate: the previous secret works until {issued.previous_valid_until.isoformat()}",
+            err=True,
+        )
 
 
 @devices_app.command("list")
@@ -338,16 +375,31 @@ def list_devices(
 
 
 def broker_config(
-    out: Annotated[Path, typer.Option(help="folder for passwd, acl, gateway-users, "
-                                      "fleetgate.conf and the subscription plugin")],
-    gateway_user: Annotated[list[str] | None, typer.Option(
-        "--gateway-user", help="a gateway process's broker user (repeat for several; default "
-        "FLEETGATE_MQTT_USERNAME); its password is FLEETGATE_MQTT_PASSWORD")] = None,
-    plugin: Annotated[Path | None, typer.Option(
-        help="Mosquitto's subscription plugin built elsewhere (where the broker runs, if its "
-             "C library differs); default: built into --out with the C compiler here")] = None,
-    reload_pidfile: Annotated[Path | None, typer.Option(
-        help="send SIGHUP to the broker with this pid file, so it reloads the files")] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="folder for passwd, acl, gateway-users, fleetgate.conf and the subscription plugin"
+        ),
+    ],
+    gateway_user: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gateway-user",
+            help="a gateway process's broker user (repeat for several; default "
+            "FLEETGATE_MQTT_USERNAME); its password is FLEETGATE_MQTT_PASSWORD",
+        ),
+    ] = None,
+    plugin: Annotated[
+        Path | None,
+        typer.Option(
+            help="Mosquitto's subscription plugin built elsewhere (where the broker runs, if its "
+            "C library differs); default: built into --out with the C compiler here"
+        ),
+    ] = None,
+    reload_pidfile: Annotated[
+        Path | None,
+        typer.Option(help="send SIGHUP to the broker with this pid file, so it reloads the files"),
+    ] = None,
 ) -> None:
     """Generate Mosquitto's password file, ACL and subscription plugin from the device
     registry (docs/device-identity.md)."""
@@ -356,22 +408,32 @@ def broker_config(
     s, dsn = _settings_and_dsn()
     users = list(gateway_user or ([s.mqtt_username] if s.mqtt_username else []))
     if not users:
-        typer.echo("fleetgate: no gateway account: set FLEETGATE_MQTT_USERNAME and "
-                   "FLEETGATE_MQTT_PASSWORD, the account `fleetgate run` logs in with (the "
-                   "generated files let no anonymous client in, the gateway neither), or name "
-                   "the users with --gateway-user", err=True)
+        typer.echo(
+            "fleetgate: no gateway account: set FLEETGATE_MQTT_USERNAME and "
+            "FLEETGATE_MQTT_PASSWORD, the account `fleetgate run` logs in with (the "
+            "generated files let no anonymous client in, the gateway neither), or name "
+            "the users with --gateway-user",
+            err=True,
+        )
         raise typer.Exit(2)
     if s.mqtt_password is None:
-        typer.echo("fleetgate: FLEETGATE_MQTT_PASSWORD is not set: the gateway users' password, "
-                   "the one `fleetgate run` logs in with", err=True)
+        typer.echo(
+            "fleetgate: FLEETGATE_MQTT_PASSWORD is not set: the gateway users' password, "
+            "the one `fleetgate run` logs in with",
+            err=True,
+        )
         raise typer.Exit(2)
     password = s.mqtt_password.get_secret_value()
     directory = out.resolve()
 
     async def action(creds):
-        return await generate(creds, topic_root=s.mqtt_topic_root, directory=directory,
-                              gateway_users={u: password for u in users},
-                              plugin=plugin.resolve() if plugin else None)
+        return await generate(
+            creds,
+            topic_root=s.mqtt_topic_root,
+            directory=directory,
+            gateway_users={u: password for u in users},
+            plugin=plugin.resolve() if plugin else None,
+        )
 
     try:
         files = _run(dsn, action)
@@ -379,8 +441,10 @@ def broker_config(
     except (ValueError, PluginBuildError) as exc:
         typer.echo(f"fleetgate: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"wrote {', '.join(str(p) for p in written)}: {files.devices} devices, "
-               f"{files.gateway_users} gateway users")
+    typer.echo(
+        f"wrote {', '.join(str(p) for p in written)}: {files.devices} devices, "
+        f"{files.gateway_users} gateway users"
+    )
     if reload_pidfile is not None:
         pid = int(reload_pidfile.read_text().strip())
         os.kill(pid, signal.SIGHUP)

@@ -33,8 +33,12 @@ class StopSignals:
             must not block for long.
     """
 
-    def __init__(self, stop: Callable[[], None], grace_s: float | None = None,
-                 on_forced_exit: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        stop: Callable[[], None],
+        grace_s: float | None = None,
+        on_forced_exit: Callable[[], None] | None = None,
+    ) -> None:
         self._stop = stop
         self.grace_s = grace_s
         self._on_forced_exit = on_forced_exit
@@ -54,8 +58,11 @@ class StopSignals:
         log.info("shutdown_started", extra=fields(signal=sig.name, grace_s=self.grace_s))
         if self.grace_s is not None:
             asyncio.get_running_loop().call_later(
-                self.grace_s, self.force_exit, f"the graceful stop took longer than "
-                f"{self.grace_s:g} s (FLEETGATE_SHUTDOWN_GRACE_S)")
+                self.grace_s,
+                self.force_exit,
+                f"the graceful stop took longer than "
+                f"{self.grace_s:g} s (FLEETGATE_SHUTDOWN_GRACE_S)",
+            )
         self._stop()
 
     def force_exit(self, reason: str) -> None:
@@ -64,8 +71,7 @@ class StopSignals:
         os._exit, because an exception or a cancellation would run through every `finally` of
         the graceful stop, which is exactly what may hang (a commit to an unreachable database).
         """
-        log.warning("shutdown_forced", extra=fields(reason=reason,
-                                                    exit_status=FORCED_EXIT_STATUS))
+        log.warning("shutdown_forced", extra=fields(reason=reason, exit_status=FORCED_EXIT_STATUS))
         if self._on_forced_exit is not None:
             try:
                 self._on_forced_exit()

@@ -60,8 +60,12 @@ class DeviceRegistry:
     """device id -> vehicle, reloaded from the store now and then; an id it does not know is
     looked up in the store at once, so a device registered a moment ago loses nothing."""
 
-    def __init__(self, store: TelemetryStore, plausibility: PlausibilityFilter,
-                 max_speed_kmh: dict[str, float]) -> None:
+    def __init__(
+        self,
+        store: TelemetryStore,
+        plausibility: PlausibilityFilter,
+        max_speed_kmh: dict[str, float],
+    ) -> None:
         self._store = store
         self._plausibility = plausibility
         self._max_speed_kmh = max_speed_kmh
@@ -92,8 +96,11 @@ class DeviceRegistry:
         self.vehicle_of = {d: dev.vehicle for d, dev in devices.items()}
         if devices:
             vehicles = np.fromiter((d.vehicle for d in devices.values()), np.int64, len(devices))
-            limits = np.fromiter((self._max_speed_kmh.get(d.vehicle_type, 300.0)
-                                  for d in devices.values()), np.float64, len(devices))
+            limits = np.fromiter(
+                (self._max_speed_kmh.get(d.vehicle_type, 300.0) for d in devices.values()),
+                np.float64,
+                len(devices),
+            )
             self._plausibility.set_limits(vehicles, limits)
         for callback in self.on_refresh:
             callback(devices)
@@ -231,8 +238,7 @@ class IngestPipeline:
         taken, self._pending = pending[:n], pending[n:]
         self._pending_bytes -= size
         self._in_write = n
-        if (len(self._pending) < limits.max_messages
-                and self._pending_bytes < limits.max_bytes):
+        if len(self._pending) < limits.max_messages and self._pending_bytes < limits.max_bytes:
             self._full.clear()
         return taken
 
@@ -242,9 +248,15 @@ class IngestPipeline:
             await self._commit_batch(items)
         except Exception as exc:
             self._metrics.pipeline_errors.labels("batch").inc()
-            log.error("batch_failed", extra=fields(
-                messages=len(items), error=_describe(exc),
-                action="committing it in parts to find the message that fails"), exc_info=exc)
+            log.error(
+                "batch_failed",
+                extra=fields(
+                    messages=len(items),
+                    error=_describe(exc),
+                    action="committing it in parts to find the message that fails",
+                ),
+                exc_info=exc,
+            )
             await self._isolate(items, exc)
         self._in_write = 0
         if self._paused and self.unacknowledged < self.limits.max_pending // 2:
@@ -270,11 +282,21 @@ class IngestPipeline:
         """Keep a message the gateway cannot process in quarantined_messages, count it, log it
         with its traceback, and acknowledge it: retrying would fail the same way forever."""
         error = _describe(exc, 2000)
-        log.error("message_quarantined", extra=fields(
-            device_id=m.device_id, transport=m.transport, kind=m.kind, error=error[:300],
-            payload_bytes=len(m.payload), payload_head=m.payload[:64].hex()), exc_info=exc)
-        record = QuarantinedMessage(m.transport, m.kind, m.device_id, m.received_ms, m.payload,
-                                    m.content_type, error)
+        log.error(
+            "message_quarantined",
+            extra=fields(
+                device_id=m.device_id,
+                transport=m.transport,
+                kind=m.kind,
+                error=error[:300],
+                payload_bytes=len(m.payload),
+                payload_head=m.payload[:64].hex(),
+            ),
+            exc_info=exc,
+        )
+        record = QuarantinedMessage(
+            m.transport, m.kind, m.device_id, m.received_ms, m.payload, m.content_type, error
+        )
         while True:
             try:
                 await self._store.quarantine([record])
@@ -307,10 +329,14 @@ class IngestPipeline:
         sizes: dict[str, int] = {}  # samples per transport, in the order of the batch's rows
         for transport, msgs in _by_transport(telemetry):
             decoded = decode_telemetry(
-                [m.device_id for m in msgs], [m.payload for m in msgs],
+                [m.device_id for m in msgs],
+                [m.payload for m in msgs],
                 np.fromiter((m.received_ms for m in msgs), np.int64, len(msgs)),
-                vehicle_of, now_ms=now_ms, limits=self._time_limits,
-                content_types=[m.content_type for m in msgs])
+                vehicle_of,
+                now_ms=now_ms,
+                limits=self._time_limits,
+                content_types=[m.content_type for m in msgs],
+            )
             batches.append(decoded.batch)
             sizes[transport] = len(decoded.batch)
             _merge(rejected.setdefault((transport, "telemetry"), {}), decoded.rejected)
@@ -323,9 +349,13 @@ class IngestPipeline:
         events: list[DeviceEvent] = []
         for transport, msgs in _by_transport(events_in):
             decoded_events, ev_rejected, ev_problems = decode_events(
-                [m.device_id for m in msgs], [m.payload for m in msgs], vehicle_of,
-                now_ms=now_ms, limits=self._time_limits,
-                content_types=[m.content_type for m in msgs])
+                [m.device_id for m in msgs],
+                [m.payload for m in msgs],
+                vehicle_of,
+                now_ms=now_ms,
+                limits=self._time_limits,
+                content_types=[m.content_type for m in msgs],
+            )
             events += decoded_events
             _merge(rejected.setdefault((transport, "event"), {}), ev_rejected)
             problems += ev_problems
@@ -334,12 +364,24 @@ class IngestPipeline:
         events.extend(derived.events)
 
         inserted, duplicates, events_inserted = await self._write(
-            batch, events, presence, rejected, derived.derived)
+            batch, events, presence, rejected, derived.derived
+        )
 
         # Committed. Nothing below may undo that or keep the batch from being acknowledged.
         try:
-            self._count(items, received, rejected, sizes, inserted, duplicates, events_inserted,
-                        flagged, batch, presence, time.monotonic() - started)
+            self._count(
+                items,
+                received,
+                rejected,
+                sizes,
+                inserted,
+                duplicates,
+                events_inserted,
+                flagged,
+                batch,
+                presence,
+                time.monotonic() - started,
+            )
             self._log_problems(rejected, problems)
         except Exception:
             self._metrics.pipeline_errors.labels("accounting").inc()
@@ -356,8 +398,20 @@ class IngestPipeline:
             self._after_commit("on_vehicles_changed", self._on_vehicles_changed, changed)
         self._acknowledge_all(items)
 
-    def _count(self, items, received, rejected, sizes, inserted, duplicates, events_inserted,
-               flagged, batch, presence, elapsed) -> None:
+    def _count(
+        self,
+        items,
+        received,
+        rejected,
+        sizes,
+        inserted,
+        duplicates,
+        events_inserted,
+        flagged,
+        batch,
+        presence,
+        elapsed,
+    ) -> None:
         metrics = self._metrics
         for (transport, kind), count in Counter((m.transport, m.kind) for m in items).items():
             metrics.messages_received.labels(transport, kind).inc(count)
@@ -379,7 +433,7 @@ class IngestPipeline:
         metrics.batch_samples.observe(len(batch))
         metrics.commit_seconds.observe(elapsed)
         if len(batch):
-            delays = (time.time() - batch.received_ms / 1000.0)
+            delays = time.time() - batch.received_ms / 1000.0
             for q in np.percentile(delays, (10, 50, 90, 99)):  # a few observations, not one per row
                 metrics.sample_delay_seconds.observe(max(float(q), 0.0))
 
@@ -401,8 +455,9 @@ class IngestPipeline:
                 self._acknowledge[transport](tokens)
             except Exception:  # not acknowledged: the device or broker sends it again (a duplicate)
                 self._metrics.pipeline_errors.labels("acknowledge").inc()
-                log.exception("acknowledge_failed", extra=fields(transport=transport,
-                                                                 messages=len(tokens)))
+                log.exception(
+                    "acknowledge_failed", extra=fields(transport=transport, messages=len(tokens))
+                )
         self._metrics.messages_acked.inc(len(items))
 
     def _run_stages(self, batch: TelemetryBatch) -> StageOutput:
@@ -414,8 +469,9 @@ class IngestPipeline:
             self._metrics.core_seconds.labels(stage.name).observe(time.perf_counter() - started)
         return merge_outputs(outputs)
 
-    def _presence_updates(self, statuses, vehicle_of, rejected, now_ms: int
-                          ) -> list[tuple[int, bool, int]]:
+    def _presence_updates(
+        self, statuses, vehicle_of, rejected, now_ms: int
+    ) -> list[tuple[int, bool, int]]:
         updates = []
         limits = self._time_limits
         for m in statuses:
@@ -453,8 +509,9 @@ class IngestPipeline:
             except StoreUnavailable as exc:
                 await self._database_down("registry", exc)
 
-    async def _write(self, batch, events, presence, rejected, derived
-                     ) -> tuple[int, int, Counter[str]]:
+    async def _write(
+        self, batch, events, presence, rejected, derived
+    ) -> tuple[int, int, Counter[str]]:
         """Write until it commits; a batch the database refuses is split to isolate bad rows."""
         backoff = 0.2
         while True:
@@ -475,13 +532,20 @@ class IngestPipeline:
         self._db_down = True
         self._metrics.db_up.set(0)
         self._metrics.db_errors.labels("unavailable").inc()
-        log.warning("database_unavailable", extra=fields(
-            operation=what, error=str(exc)[:300], retry_in_s=backoff,
-            unacknowledged=self._held()))
+        log.warning(
+            "database_unavailable",
+            extra=fields(
+                operation=what,
+                error=str(exc)[:300],
+                retry_in_s=backoff,
+                unacknowledged=self._held(),
+            ),
+        )
         await asyncio.sleep(backoff)
 
-    async def _write_isolating(self, batch, events, rejected, derived
-                               ) -> tuple[int, int, Counter[str]]:
+    async def _write_isolating(
+        self, batch, events, rejected, derived
+    ) -> tuple[int, int, Counter[str]]:
         """(samples inserted, duplicates, events inserted by source)."""
         try:
             r = await self._store.write(batch, events, derived)
@@ -498,15 +562,16 @@ class IngestPipeline:
                 log.error("sample_refused_by_database", extra=fields(error=str(exc)[:300]))
                 # Attributed to the transport of the batch's first message: rare enough.
                 kind = "telemetry" if len(batch) else "event"
-                _merge(rejected.setdefault((self._first_transport, kind), {}),
-                       {"store_refused": n})
+                _merge(rejected.setdefault((self._first_transport, kind), {}), {"store_refused": n})
                 return 0, 0, Counter()
             half_b, half_e = len(batch) // 2, len(events) // 2
             # What the stages derived goes with both halves (writing it twice is harmless).
-            a = await self._write_isolating(batch.take(slice(0, half_b)), events[:half_e],
-                                            rejected, derived)
-            b = await self._write_isolating(batch.take(slice(half_b, None)), events[half_e:],
-                                            rejected, derived)
+            a = await self._write_isolating(
+                batch.take(slice(0, half_b)), events[:half_e], rejected, derived
+            )
+            b = await self._write_isolating(
+                batch.take(slice(half_b, None)), events[half_e:], rejected, derived
+            )
             return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
     def _log_problems(self, rejected: dict[tuple[str, str], dict[str, int]], problems) -> None:
@@ -518,10 +583,16 @@ class IngestPipeline:
         if now - self._last_problem_log < 1.0:
             return  # at most one line a second, with the counts since the last one
         self._last_problem_log = now
-        log.warning("samples_rejected", extra=fields(
-            counts=self._suppressed,
-            examples=[{"device_id": p.device_id, "reason": p.reason, "detail": p.detail}
-                      for p in problems[:5]]))
+        log.warning(
+            "samples_rejected",
+            extra=fields(
+                counts=self._suppressed,
+                examples=[
+                    {"device_id": p.device_id, "reason": p.reason, "detail": p.detail}
+                    for p in problems[:5]
+                ],
+            ),
+        )
         self._suppressed = {}
 
     def _set_paused(self, paused: bool) -> None:
@@ -557,8 +628,9 @@ def _split(count: int, sizes: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def _stored_and_duplicates(inserted: int, duplicates: int, sizes: dict[str, int]
-                           ) -> tuple[dict[str, int], dict[str, int]]:
+def _stored_and_duplicates(
+    inserted: int, duplicates: int, sizes: dict[str, int]
+) -> tuple[dict[str, int], dict[str, int]]:
     """A batch's stored and duplicate samples by transport: stored in proportion to each
     transport's samples, duplicates to each one's samples not stored, so that per transport
     stored + duplicate is its samples (exact unless the database refused some rows)."""

@@ -52,9 +52,14 @@ class GeofenceStage:
 
     name = "geofence"
 
-    def __init__(self, store: TelemetryStore, *, hysteresis: Hysteresis = Hysteresis(),
-                 violations: ViolationPolicy = ViolationPolicy(),
-                 on_speed_caps: Callable[[list[SpeedCapChange]], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: TelemetryStore,
+        *,
+        hysteresis: Hysteresis = Hysteresis(),
+        violations: ViolationPolicy = ViolationPolicy(),
+        on_speed_caps: Callable[[list[SpeedCapChange]], None] | None = None,
+    ) -> None:
         self._store = store
         self._hysteresis = hysteresis
         self._violations = violations
@@ -67,14 +72,17 @@ class GeofenceStage:
         """Build the zone set from the database and resume every vehicle's stored state."""
         rows = await self._store.load_zones()
         zoneset = await self._build(rows, strict=False)
-        self.tracker = ZoneTracker(zoneset, hysteresis=self._hysteresis,
-                                   violations=self._violations)
+        self.tracker = ZoneTracker(
+            zoneset, hysteresis=self._hysteresis, violations=self._violations
+        )
         self.version = rows.version
         self.set_devices(devices)
         states, last_time = await self._store.load_vehicle_json("geofence")
         self.tracker.restore(states, last_time)
-        log.info("zones_loaded", extra=fields(version=rows.version, zones=len(zoneset),
-                                              vehicles_resumed=len(states)))
+        log.info(
+            "zones_loaded",
+            extra=fields(version=rows.version, zones=len(zoneset), vehicles_resumed=len(states)),
+        )
 
     async def refresh(self) -> bool:
         """Swap in the zone set if the database has a newer version; True if it did."""
@@ -119,15 +127,18 @@ class GeofenceStage:
         exact (written with every change), so the hand-over causes no event of its own."""
         states = {r.vehicle: r.geofence for r in taken if r.geofence is not None}
         if states:
-            self.tracker.restore(states, {v: r.time_ms for r in taken
-                                          if (v := r.vehicle) in states})
+            self.tracker.restore(
+                states, {v: r.time_ms for r in taken if (v := r.vehicle) in states}
+            )
 
     def process(self, batch: TelemetryBatch) -> StageOutput:
         result = self.tracker.process(batch)
         if result.speed_caps and self.on_speed_caps is not None:
             self.on_speed_caps(result.speed_caps)
-        return StageOutput(events=result.events, derived=Derived(
-            vehicle_json={"geofence": result.states} if result.states else {}))
+        return StageOutput(
+            events=result.events,
+            derived=Derived(vehicle_json={"geofence": result.states} if result.states else {}),
+        )
 
 
 class BatteryStage:
@@ -146,10 +157,15 @@ class BatteryStage:
 
     name = "battery"
 
-    def __init__(self, store: TelemetryStore, *,
-                 types: Mapping[str, BatteryType] = DEFAULT_TYPES,
-                 policy: BatteryPolicy = BatteryPolicy(),
-                 replay_max_s: float = 3600.0, replay_max_samples: int = 2_000_000) -> None:
+    def __init__(
+        self,
+        store: TelemetryStore,
+        *,
+        types: Mapping[str, BatteryType] = DEFAULT_TYPES,
+        policy: BatteryPolicy = BatteryPolicy(),
+        replay_max_s: float = 3600.0,
+        replay_max_samples: int = 2_000_000,
+    ) -> None:
         self._store = store
         self.core = BatteryCore(types, policy=policy)
         self.replay_max_ms = int(replay_max_s * 1000)
@@ -170,9 +186,15 @@ class BatteryStage:
         self.core.restore({}, {v: since for v, (since, _) in behind.items()})
         self.replayed = replayed = await self._replay(behind)
         self.core.restore({}, last_time)  # whatever the replay did not reach: a gap
-        log.info("battery_state_loaded", extra=fields(
-            vehicles_resumed=len(states), vehicles_replayed=len(behind),
-            samples_replayed=replayed, seconds=round(time.perf_counter() - started, 3)))
+        log.info(
+            "battery_state_loaded",
+            extra=fields(
+                vehicles_resumed=len(states),
+                vehicles_replayed=len(behind),
+                samples_replayed=replayed,
+                seconds=round(time.perf_counter() - started, 3),
+            ),
+        )
 
     async def _replay(self, behind: Mapping[int, tuple[int, int]]) -> int:
         """Run the core over the stored samples of `behind` (vehicle -> (since, until] ms) and
@@ -193,17 +215,17 @@ class BatteryStage:
     def set_devices(self, devices: Mapping[str, Device]) -> None:
         known = [d for d in devices.values() if d.vehicle_type in self.core.types]
         if known:
-            self.core.set_vehicle_types([d.vehicle for d in known],
-                                        [d.vehicle_type for d in known])
+            self.core.set_vehicle_types([d.vehicle for d in known], [d.vehicle_type for d in known])
 
     def resume(self, taken: Sequence[AdvancedState]) -> None:
         """Continue vehicles another gateway process advanced. Its stored state is up to ~15 min
         of sample time behind what it processed; it is taken where it is newer than this
         process's own, and the samples neither state includes are a gap to the estimators (as
         after a crash), never counted twice."""
-        self.core.restore({r.vehicle: r.battery_state for r in taken
-                           if r.battery_state is not None},
-                          {r.vehicle: r.time_ms for r in taken})
+        self.core.restore(
+            {r.vehicle: r.battery_state for r in taken if r.battery_state is not None},
+            {r.vehicle: r.time_ms for r in taken},
+        )
 
     def process(self, batch: TelemetryBatch) -> StageOutput:
         update = self.core.update(batch)

@@ -28,8 +28,13 @@ from tests.fixtures_db import DEFAULT_DSN, Server
 from tests.harness import GatewayProcess, eventually
 from tests.test_api import fleet
 
-CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
-          "response_schema_conformance", "response_headers_conformance")
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+)
 # An endless response (Server-Sent Events) cannot be fuzzed by request and answer; its
 # parameters and its end are tested in tests/test_api.py and tests/test_shutdown.py.
 EXCLUDED_PATHS = ("/v1/stream",)
@@ -53,9 +58,15 @@ async def prepare(dsn: str, vehicles: int = 5) -> str:
 def start_server(dsn: str, broker, log_path: Path, **env) -> tuple[GatewayProcess, str]:
     """`fleetgate run` with its API on a free port; returns the process and the API's URL."""
     api_port = free_port()
-    gw = GatewayProcess(dsn, broker, f"fuzz{uuid.uuid4().hex[:6]}/v1",
-                        f"fuzz-{uuid.uuid4().hex[:6]}", log_path, FLEETGATE_API_PORT=api_port,
-                        **env)
+    gw = GatewayProcess(
+        dsn,
+        broker,
+        f"fuzz{uuid.uuid4().hex[:6]}/v1",
+        f"fuzz-{uuid.uuid4().hex[:6]}",
+        log_path,
+        FLEETGATE_API_PORT=api_port,
+        **env,
+    )
     return gw.start(), f"http://127.0.0.1:{api_port}"
 
 
@@ -74,17 +85,44 @@ async def wait_ready(gw: GatewayProcess, url: str, timeout: float = 60.0) -> Non
     await eventually(ready, timeout, what="the API ready")
 
 
-async def run_schemathesis(url: str, key: str, workdir: Path, *, seed: int, workers: int = 1,
-                           max_examples: int | None = None, max_time: float | None = None,
-                           timeout: float = 600.0) -> tuple[str, int]:
+async def run_schemathesis(
+    url: str,
+    key: str,
+    workdir: Path,
+    *,
+    seed: int,
+    workers: int = 1,
+    max_examples: int | None = None,
+    max_time: float | None = None,
+    timeout: float = 600.0,
+) -> tuple[str, int]:
     """schemathesis's CLI against the served spec; returns its output and exit status."""
     binary = schemathesis_binary()
     if binary is None:
         raise RuntimeError("schemathesis is not installed (pip install -e '.[test]')")
-    args = [binary, "run", f"{url}/openapi.json", "--checks", ",".join(CHECKS),
-            "--seed", str(seed), "--workers", str(workers), "--request-timeout", "30",
-            "-H", f"Authorization: Bearer {key}", "--suppress-health-check", "all",
-            "--warnings", "off", "--report", "ndjson", "--report-dir", str(workdir / "report")]
+    args = [
+        binary,
+        "run",
+        f"{url}/openapi.json",
+        "--checks",
+        ",".join(CHECKS),
+        "--seed",
+        str(seed),
+        "--workers",
+        str(workers),
+        "--request-timeout",
+        "30",
+        "-H",
+        f"Authorization: Bearer {key}",
+        "--suppress-health-check",
+        "all",
+        "--warnings",
+        "off",
+        "--report",
+        "ndjson",
+        "--report-dir",
+        str(workdir / "report"),
+    ]
     for path in EXCLUDED_PATHS:
         args += ["--exclude-path", path]
     if max_examples is not None:
@@ -92,8 +130,12 @@ async def run_schemathesis(url: str, key: str, workdir: Path, *, seed: int, work
     if max_time is not None:
         args += ["--max-time", str(int(max_time))]
     proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=workdir,
-        env={**os.environ, "NO_COLOR": "1"})
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=workdir,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
@@ -122,19 +164,32 @@ async def _long_run(args: argparse.Namespace) -> int:
             await wait_ready(gw, url)
             started = time.monotonic()
             out, status = await run_schemathesis(
-                url, key, workdir, seed=args.seed, workers=args.workers, max_time=args.duration,
-                timeout=args.duration + 600)
+                url,
+                key,
+                workdir,
+                seed=args.seed,
+                workers=args.workers,
+                max_time=args.duration,
+                timeout=args.duration + 600,
+            )
             print(out)
             errors = server_errors(gw)
             for e in errors[:20]:
                 cause = (e.get("exc") or "").strip().splitlines()[-1:] or ["?"]
-                print(f"server log: api_error {e.get('path')!r}: {cause[0][:300]}",
-                      file=sys.stderr)
-            print(orjson.dumps({
-                "duration_s": round(time.monotonic() - started, 1), "seed": args.seed,
-                "workers": args.workers, "schemathesis_exit_status": status,
-                "server_errors_logged": len(errors), "process_alive": gw.proc.poll() is None,
-                "report": str(workdir)}).decode())
+                print(f"server log: api_error {e.get('path')!r}: {cause[0][:300]}", file=sys.stderr)
+            print(
+                orjson.dumps(
+                    {
+                        "duration_s": round(time.monotonic() - started, 1),
+                        "seed": args.seed,
+                        "workers": args.workers,
+                        "schemathesis_exit_status": status,
+                        "server_errors_logged": len(errors),
+                        "process_alive": gw.proc.poll() is None,
+                        "report": str(workdir),
+                    }
+                ).decode()
+            )
             return 0 if status == 0 and not errors else 1
     finally:
         if gw is not None:
@@ -146,16 +201,24 @@ async def _long_run(args: argparse.Namespace) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="scripts/fuzz-api", description="schemathesis against a live `fleetgate run` "
+        prog="scripts/fuzz-api",
+        description="schemathesis against a live `fleetgate run` "
         "(its own Mosquitto and database); exit status 1 when a request got a 5xx or an answer "
-        "the spec does not allow, or the server logged an unexpected error")
-    parser.add_argument("--duration", type=float, default=300.0,
-                        help="seconds of fuzzing (schemathesis --max-time)")
+        "the spec does not allow, or the server logged an unexpected error",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=300.0, help="seconds of fuzzing (schemathesis --max-time)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="concurrent schemathesis workers")
-    parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000,
-                        help="the same seed generates the same requests (default: from the clock)")
-    parser.add_argument("--keep-report", metavar="DIR",
-                        help="keep schemathesis's report and the server log in DIR")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=int(time.time()) % 100_000,
+        help="the same seed generates the same requests (default: from the clock)",
+    )
+    parser.add_argument(
+        "--keep-report", metavar="DIR", help="keep schemathesis's report and the server log in DIR"
+    )
     sys.exit(asyncio.run(_long_run(parser.parse_args())))
 
 

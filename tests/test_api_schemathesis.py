@@ -21,7 +21,8 @@ pytestmark = pytest.mark.integration
 
 
 async def test_no_generated_request_gets_a_server_error_or_an_undocumented_answer(
-        mosquitto, pg_dsn, tmp_path):
+    mosquitto, pg_dsn, tmp_path
+):
     if schemathesis_binary() is None:
         pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
     key = await prepare(pg_dsn)
@@ -29,8 +30,9 @@ async def test_no_generated_request_gets_a_server_error_or_an_undocumented_answe
     gw, url = start_server(pg_dsn, mosquitto, tmp_path / "fleetgate.log")
     try:
         await wait_ready(gw, url)
-        report, status = await run_schemathesis(url, key, tmp_path, seed=1, max_examples=25,
-                                                timeout=300)
+        report, status = await run_schemathesis(
+            url, key, tmp_path, seed=1, max_examples=25, timeout=300
+        )
         assert status == 0, report[-6000:]
         assert server_errors(gw) == [], "the server logged unexpected errors"
         assert gw.proc.poll() is None, "fleetgate run is still serving"

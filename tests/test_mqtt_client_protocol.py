@@ -22,8 +22,9 @@ class FakeBroker:
     """Answers the client's CONNECT with a CONNACK, sends the given bytes before or after it,
     and records everything the client sends afterwards until the client closes."""
 
-    def __init__(self, protocol: int, *, after_connack: bytes = b"",
-                 before_connack: bytes = b"") -> None:
+    def __init__(
+        self, protocol: int, *, after_connack: bytes = b"", before_connack: bytes = b""
+    ) -> None:
         self.wire = before_connack + CONNACKS[protocol] + after_connack
         self.received = bytearray()
         self.closed = asyncio.Event()
@@ -77,8 +78,9 @@ def disconnect_with(protocol: int, code: int) -> bytes:
 
 
 @pytest.mark.parametrize("wire,protocol,error,code,words", violations())
-async def test_a_broker_breaking_the_protocol_is_left_with_the_reason(wire, protocol, error,
-                                                                       code, words):
+async def test_a_broker_breaking_the_protocol_is_left_with_the_reason(
+    wire, protocol, error, code, words
+):
     async with FakeBroker(protocol, after_connack=wire) as broker:
         lost = await connection_lost(client_of(broker, protocol))
         await asyncio.wait_for(broker.closed.wait(), 5)
@@ -89,10 +91,10 @@ async def test_a_broker_breaking_the_protocol_is_left_with_the_reason(wire, prot
 
 
 @pytest.mark.parametrize("protocol", [4, 5])
-async def test_a_packet_over_the_maximum_size_ends_the_connection_and_is_logged(protocol,
-                                                                                caplog):
-    big = encode_publish(b"fg/v1/d1/telemetry", b"x" * 2000, qos=1, mid=1, retain=False,
-                         dup=False, protocol=protocol)
+async def test_a_packet_over_the_maximum_size_ends_the_connection_and_is_logged(protocol, caplog):
+    big = encode_publish(
+        b"fg/v1/d1/telemetry", b"x" * 2000, qos=1, mid=1, retain=False, dup=False, protocol=protocol
+    )
     caplog.set_level(logging.WARNING, logger="fleetgate.mqtt")
     async with FakeBroker(protocol, after_connack=big) as broker:
         lost = await connection_lost(client_of(broker, protocol, max_packet_size=1000))
@@ -105,8 +107,9 @@ async def test_a_packet_over_the_maximum_size_ends_the_connection_and_is_logged(
 
 @pytest.mark.parametrize("protocol", [4, 5])
 async def test_a_packet_before_the_connack_fails_the_connect(protocol):
-    early = encode_publish(b"fg/v1/d1/telemetry", b"{}", qos=0, mid=0, retain=False, dup=False,
-                           protocol=protocol)
+    early = encode_publish(
+        b"fg/v1/d1/telemetry", b"{}", qos=0, mid=0, retain=False, dup=False, protocol=protocol
+    )
     async with FakeBroker(protocol, before_connack=early) as broker:
         client = client_of(broker, protocol)
         with pytest.raises(ConnectionLost, match="PUBLISH before CONNACK"):
@@ -119,8 +122,9 @@ async def test_a_packet_before_the_connack_fails_the_connect(protocol):
 @pytest.mark.parametrize("protocol", [4, 5])
 async def test_a_well_behaved_fake_broker_gets_its_message_acknowledged(protocol):
     """The fake itself is sound: a valid PUBLISH is delivered and acknowledged."""
-    ok = encode_publish(b"fg/v1/d1/telemetry", b"{}", qos=1, mid=9, retain=False, dup=False,
-                        protocol=protocol)
+    ok = encode_publish(
+        b"fg/v1/d1/telemetry", b"{}", qos=1, mid=9, retain=False, dup=False, protocol=protocol
+    )
     got = []
     async with FakeBroker(protocol, after_connack=ok) as broker:
         client = client_of(broker, protocol, on_messages=got.extend)

@@ -34,9 +34,16 @@ CONNACKS = {4: b"\x20\x02\x00\x00", 5: b"\x20\x03\x00\x00\x00"}
 
 
 def publish(topic="fg/v1/d1/telemetry", payload=b"{}", qos=1, mid=7, protocol=5, **kw) -> bytes:
-    return encode_publish(topic.encode(), payload, qos=qos, mid=mid, retain=kw.get("retain", False),
-                          dup=kw.get("dup", False), protocol=protocol,
-                          content_type=kw.get("content_type"))
+    return encode_publish(
+        topic.encode(),
+        payload,
+        qos=qos,
+        mid=mid,
+        retain=kw.get("retain", False),
+        dup=kw.get("dup", False),
+        protocol=protocol,
+        content_type=kw.get("content_type"),
+    )
 
 
 def stream(protocol: int = 5, *args) -> PacketStream:
@@ -51,11 +58,18 @@ def stream(protocol: int = 5, *args) -> PacketStream:
 def test_publish_round_trips_for_every_length_class(protocol, size):
     payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     messages, acked, others, pongs = stream(protocol).feed(
-        publish(payload=payload, protocol=protocol))
+        publish(payload=payload, protocol=protocol)
+    )
     assert (acked, others, pongs) == ([], [], 0)
     (m,) = messages
     assert (m.topic, m.payload, m.qos, m.mid, m.retain, m.dup) == (
-        "fg/v1/d1/telemetry", payload, 1, 7, False, False)
+        "fg/v1/d1/telemetry",
+        payload,
+        1,
+        7,
+        False,
+        False,
+    )
 
 
 def test_qos0_has_no_packet_id_and_flags_survive():
@@ -71,11 +85,16 @@ def test_content_type_property_is_read():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.binary(max_size=300), st.integers(0, 1)), min_size=1, max_size=12),
-       st.data())
+@given(
+    st.lists(st.tuples(st.binary(max_size=300), st.integers(0, 1)), min_size=1, max_size=12),
+    st.data(),
+)
 def test_a_stream_cut_at_arbitrary_points_yields_the_same_packets(items, data):
-    wire = b"".join(publish(payload=p, qos=q, mid=i + 1 if q else 0)
-                    for i, (p, q) in enumerate(items)) + encode_pubacks([3, 4]) + b"\xd0\x00"
+    wire = (
+        b"".join(publish(payload=p, qos=q, mid=i + 1 if q else 0) for i, (p, q) in enumerate(items))
+        + encode_pubacks([3, 4])
+        + b"\xd0\x00"
+    )
     cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
     s = stream(5)
     got, acked, pongs = [], [], 0
@@ -110,12 +129,15 @@ def test_connack_and_suback_are_other_packets():
     assert ack.properties == {0x21: 1000, 0x24: 1}
 
 
-@pytest.mark.parametrize("wire,why", [
-    (b"\x36\x05\x00\x01a\x00\x01", "QoS 3"),
-    (b"\x30\x03\x00\x09a", "overruns"),
-    (b"\x32\x04\x00\x01a\x00", "overruns"),
-    (b"\x30\xff\xff\xff\xff\x01", "longer than 4 bytes"),
-])
+@pytest.mark.parametrize(
+    "wire,why",
+    [
+        (b"\x36\x05\x00\x01a\x00\x01", "QoS 3"),
+        (b"\x30\x03\x00\x09a", "overruns"),
+        (b"\x32\x04\x00\x01a\x00", "overruns"),
+        (b"\x30\xff\xff\xff\xff\x01", "longer than 4 bytes"),
+    ],
+)
 def test_malformed_input_raises(wire, why):
     with pytest.raises(MalformedPacket, match=why):
         stream(5).feed(wire)
@@ -153,7 +175,7 @@ def test_a_large_packet_arriving_in_many_reads_is_not_copied_at_each_read():
     White-box: the kept head of the packet stays the first read, whatever follows."""
     wire = publish(payload=bytes(range(256)) * 4096, mid=9) + encode_pubacks([5])  # ~1 MiB
     s = stream(5, 2 * 1024 * 1024)
-    reads = [wire[i:i + 4096] for i in range(0, len(wire), 4096)]
+    reads = [wire[i : i + 4096] for i in range(0, len(wire), 4096)]
     for chunk in reads[:-1]:
         assert s.feed(chunk) == ([], [], [], 0)
         assert len(s._buf) == 4096
@@ -195,15 +217,19 @@ VIOLATIONS = [
     (Pub(0x32, b"a/+"), (4, 5), ProtocolViolation, 0x82, "wildcard"),
     (Pub(0x30, b"a/#", mid=None), (4, 5), ProtocolViolation, 0x82, "wildcard"),
     (Pub(0x32, b"\xff\xfe"), (4, 5), MalformedPacket, 0x81, "UTF-8"),
-    (Pub(0x32, b"a", properties=b"\x03\x23\x00\x01"), (5,), ProtocolViolation, 0x82,
-     "topic alias"),
+    (Pub(0x32, b"a", properties=b"\x03\x23\x00\x01"), (5,), ProtocolViolation, 0x82, "topic alias"),
     (_raw(0x40, b"\x00"), (4, 5), MalformedPacket, 0x81, "PUBACK of 1 bytes"),
     (_raw(0x40, b""), (4, 5), MalformedPacket, 0x81, "PUBACK of 0 bytes"),
     (_raw(0x40, b"\x00\x01\x00"), (4,), MalformedPacket, 0x81, "PUBACK of 3 bytes"),
     (_raw(0x41, b"\x00\x01"), (4, 5), MalformedPacket, 0x81, "flags"),
     (_raw(0xD0, b"\x00"), (4, 5), MalformedPacket, 0x81, "PINGRESP of 1 bytes"),
-    (_raw(0x10, b"\x00\x04MQTT\x05\x02\x00\x1e\x00\x00\x00"), (4, 5), ProtocolViolation,
-     0x82, "CONNECT"),
+    (
+        _raw(0x10, b"\x00\x04MQTT\x05\x02\x00\x1e\x00\x00\x00"),
+        (4, 5),
+        ProtocolViolation,
+        0x82,
+        "CONNECT",
+    ),
     (_raw(0x82, b"\x00\x01\x00\x01a\x01"), (4, 5), ProtocolViolation, 0x82, "SUBSCRIBE"),
     (_raw(0xA2, b"\x00\x01\x00\x01a"), (4, 5), ProtocolViolation, 0x82, "UNSUBSCRIBE"),
     (_raw(0xC0, b""), (4, 5), ProtocolViolation, 0x82, "PINGREQ"),
@@ -222,9 +248,19 @@ VIOLATIONS = [
 
 def violations(protocols=(4, 5)):
     """VIOLATIONS as pytest parameters (wire, protocol, error, code, words), per protocol."""
-    return [pytest.param(w.wire(p) if isinstance(w, Pub) else w, p, e, c, words,
-                         id=f"v{p}-{words}-{(w.first_byte if isinstance(w, Pub) else w[0]):02x}")
-            for w, ps, e, c, words in VIOLATIONS for p in ps if p in protocols]
+    return [
+        pytest.param(
+            w.wire(p) if isinstance(w, Pub) else w,
+            p,
+            e,
+            c,
+            words,
+            id=f"v{p}-{words}-{(w.first_byte if isinstance(w, Pub) else w[0]):02x}",
+        )
+        for w, ps, e, c, words in VIOLATIONS
+        for p in ps
+        if p in protocols
+    ]
 
 
 @pytest.mark.parametrize("wire,protocol,error,code,words", violations())
@@ -245,9 +281,17 @@ def test_anything_before_the_connack_is_refused(protocol):
 
 
 def test_connect_carries_session_will_and_credentials():
-    wire = encode_connect(client_id="tcu-1", protocol=5, clean_start=False, keepalive_s=30,
-                          session_expiry_s=3600, receive_maximum=500, username="u", password="p",
-                          will=Will("fg/v1/tcu-1/status", b'{"online": false}', 1, True))
+    wire = encode_connect(
+        client_id="tcu-1",
+        protocol=5,
+        clean_start=False,
+        keepalive_s=30,
+        session_expiry_s=3600,
+        receive_maximum=500,
+        username="u",
+        password="p",
+        will=Will("fg/v1/tcu-1/status", b'{"online": false}', 1, True),
+    )
     assert wire[0] == 0x10
     rl, pos = read_varint(wire, 1)
     assert len(wire) - pos == rl
@@ -269,8 +313,13 @@ def test_disconnect_can_end_the_session_and_say_why_in_mqtt5_only():
 
 @pytest.mark.parametrize("protocol", [4, 5])
 def test_connect_announces_the_maximum_packet_size_in_mqtt5(protocol):
-    wire = encode_connect(client_id="gw", protocol=protocol, clean_start=True, keepalive_s=30,
-                          maximum_packet_size=327_680)
+    wire = encode_connect(
+        client_id="gw",
+        protocol=protocol,
+        clean_start=True,
+        keepalive_s=30,
+        maximum_packet_size=327_680,
+    )
     assert (b"\x27" + struct.pack(">I", 327_680) in wire) == (protocol == 5)
 
 

@@ -32,9 +32,12 @@ async def _admin_key(dsn: str) -> str:
 
 async def _read_stream(url: str, key: str, opened: asyncio.Event) -> bytes:
     """Everything the stream sends until the server ends it (httpx raises if it is cut)."""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as client, \
-            client.stream("GET", f"{url}/v1/stream",
-                          headers={"Authorization": f"Bearer {key}"}) as response:
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as client,
+        client.stream(
+            "GET", f"{url}/v1/stream", headers={"Authorization": f"Bearer {key}"}
+        ) as response,
+    ):
         assert response.status_code == 200
         body = b""
         async for chunk in response.aiter_bytes():
@@ -44,31 +47,50 @@ async def _read_stream(url: str, key: str, opened: asyncio.Event) -> bytes:
 
 
 async def _exit_status(gw: GatewayProcess, timeout: float) -> int:
-    await eventually(lambda: gw.proc.poll() is not None, timeout=timeout, interval=0.05,
-                     what="the process to exit")
+    await eventually(
+        lambda: gw.proc.poll() is not None,
+        timeout=timeout,
+        interval=0.05,
+        what="the process to exit",
+    )
     return gw.proc.returncode
 
 
 async def test_sigterm_ends_open_streams_and_command_waits_and_exits_0_within_the_grace_period(
-        mosquitto, pg_dsn, topic_root, tmp_path):
+    mosquitto, pg_dsn, topic_root, tmp_path
+):
     await register(pg_dsn, DEVICES)
     key = await _admin_key(pg_dsn)
     grace_s = 10.0
     api_port = free_port()
     url = f"http://127.0.0.1:{api_port}"
-    gw = GatewayProcess(pg_dsn, mosquitto, topic_root, "gw-sigterm", tmp_path / "gw.log",
-                        FLEETGATE_API_PORT=api_port, FLEETGATE_SHUTDOWN_GRACE_S=grace_s).start()
+    gw = GatewayProcess(
+        pg_dsn,
+        mosquitto,
+        topic_root,
+        "gw-sigterm",
+        tmp_path / "gw.log",
+        FLEETGATE_API_PORT=api_port,
+        FLEETGATE_SHUTDOWN_GRACE_S=grace_s,
+    ).start()
     try:
         await gw.wait_subscribed()
-        async with httpx.AsyncClient(base_url=url, timeout=10.0,
-                                     headers={"Authorization": f"Bearer {key}"}) as api:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=10.0, headers={"Authorization": f"Bearer {key}"}
+        ) as api:
             await eventually(lambda: _ready(api), what="the API ready")
             opened = [asyncio.Event() for _ in range(3)]
             streams = [asyncio.create_task(_read_stream(url, key, o)) for o in opened]
             # A command to a vehicle that is not connected: the call waits up to `wait`.
-            waiting = asyncio.create_task(api.post(
-                "/v1/vehicles/veh-000/commands", params={"wait": 30},
-                json={"type": "lock"}, headers={"Idempotency-Key": "shutdown-1"}, timeout=60))
+            waiting = asyncio.create_task(
+                api.post(
+                    "/v1/vehicles/veh-000/commands",
+                    params={"wait": 30},
+                    json={"type": "lock"},
+                    headers={"Idempotency-Key": "shutdown-1"},
+                    timeout=60,
+                )
+            )
             for o in opened:
                 await asyncio.wait_for(o.wait(), 10)
             await eventually(lambda: _commands(api, 1), what="the command accepted")
@@ -93,24 +115,36 @@ async def test_sigterm_ends_open_streams_and_command_waits_and_exits_0_within_th
         gw.stop()
 
 
-@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT, None],
-                         ids=["second-sigterm", "sigint-after-sigterm", "grace-period-over"])
+@pytest.mark.parametrize(
+    "second",
+    [signal.SIGTERM, signal.SIGINT, None],
+    ids=["second-sigterm", "sigint-after-sigterm", "grace-period-over"],
+)
 async def test_a_stop_that_hangs_ends_at_a_second_signal_or_after_the_grace_period(
-        mosquitto, pg_dsn, topic_root, tmp_path, second):
+    mosquitto, pg_dsn, topic_root, tmp_path, second
+):
     """The stop hangs for a real reason: the database is cut while the gateway holds samples it
     has not committed, and a graceful stop waits for that commit."""
     await register(pg_dsn, DEVICES)
     proxy = await TcpProxy.start_for(pg_dsn)
     grace_s = 3.0 if second is None else 300.0
-    gw = GatewayProcess(proxy.dsn(pg_dsn), mosquitto, topic_root, "gw-hang", tmp_path / "gw.log",
-                        metrics_port=free_port(), FLEETGATE_SHUTDOWN_GRACE_S=grace_s)
+    gw = GatewayProcess(
+        proxy.dsn(pg_dsn),
+        mosquitto,
+        topic_root,
+        "gw-hang",
+        tmp_path / "gw.log",
+        metrics_port=free_port(),
+        FLEETGATE_SHUTDOWN_GRACE_S=grace_s,
+    )
     try:
         gw.start()
         await gw.wait_subscribed()
         await proxy.cut()
         t0 = int(time.time() * 1000) - 60_000
-        await publish(mosquitto, topic_root, DEVICES[0][0], [fix(t0 + k * 1000, 0)
-                                                             for k in range(10)])
+        await publish(
+            mosquitto, topic_root, DEVICES[0][0], [fix(t0 + k * 1000, 0) for k in range(10)]
+        )
         await eventually(lambda: _pending(gw, 10), timeout=20, what="the samples held")
 
         started = time.monotonic()

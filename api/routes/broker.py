@@ -14,8 +14,12 @@ from api.auth import require
 from api.context import context
 from api.problems import PROBLEM_RESPONSES
 
-router = APIRouter(prefix="/broker", tags=["devices"], responses=PROBLEM_RESPONSES,
-                   dependencies=[require("broker:auth")])
+router = APIRouter(
+    prefix="/broker",
+    tags=["devices"],
+    responses=PROBLEM_RESPONSES,
+    dependencies=[require("broker:auth")],
+)
 
 
 class AuthnRequest(BaseModel):
@@ -35,16 +39,25 @@ class Decision(BaseModel):
     is_superuser: bool | None = None
 
 
-@router.post("/authenticate", response_model=Decision, response_model_exclude_none=True,
-             summary="EMQX HTTP authenticator: may this client connect?")
+@router.post(
+    "/authenticate",
+    response_model=Decision,
+    response_model_exclude_none=True,
+    summary="EMQX HTTP authenticator: may this client connect?",
+)
 async def authenticate(request: Request, body: AuthnRequest) -> Decision:
-    ok = await context(request).broker_access.authenticate(body.username, body.password,
-                                                           body.clientid)
+    ok = await context(request).broker_access.authenticate(
+        body.username, body.password, body.clientid
+    )
     return Decision(result="allow" if ok else "deny", is_superuser=False)
 
 
-@router.post("/authorize", response_model=Decision, response_model_exclude_none=True,
-             summary="EMQX HTTP authorizer: may this client publish / subscribe to this topic?")
+@router.post(
+    "/authorize",
+    response_model=Decision,
+    response_model_exclude_none=True,
+    summary="EMQX HTTP authorizer: may this client publish / subscribe to this topic?",
+)
 async def authorize(request: Request, body: AuthzRequest) -> Decision:
     ok = context(request).broker_access.authorize(body.username, body.action, body.topic)
     return Decision(result="allow" if ok else "deny")

@@ -12,5 +12,14 @@ from fleetgate.mqtt._packets import (
 )
 from fleetgate.mqtt._session import PersistentSession
 
-__all__ = ["ConnectionLost", "MalformedPacket", "Message", "MqttClient", "MqttError",
-           "PacketTooLarge", "PersistentSession", "ProtocolViolation", "Will"]
+__all__ = [
+    "ConnectionLost",
+    "MalformedPacket",
+    "Message",
+    "MqttClient",
+    "MqttError",
+    "PacketTooLarge",
+    "PersistentSession",
+    "ProtocolViolation",
+    "Will",
+]

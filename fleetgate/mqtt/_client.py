@@ -107,14 +107,26 @@ class MqttClient:
         back; after this many bytes it stops reading the socket itself (see pause_reading).
     """
 
-    def __init__(self, host: str, port: int, *, client_id: str, protocol: int = 5,
-                 clean_start: bool = True, session_expiry_s: int = 0, keepalive_s: int = 30,
-                 receive_maximum: int = 65535, username: str | None = None,
-                 password: str | None = None, will: Will | None = None,
-                 on_messages: Callable[[list[Message]], None] | None = None,
-                 manual_ack: bool = False, ssl: _ssl.SSLContext | None = None,
-                 max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
-                 max_held_bytes: int = DEFAULT_MAX_HELD_BYTES) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        client_id: str,
+        protocol: int = 5,
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+        keepalive_s: int = 30,
+        receive_maximum: int = 65535,
+        username: str | None = None,
+        password: str | None = None,
+        will: Will | None = None,
+        on_messages: Callable[[list[Message]], None] | None = None,
+        manual_ack: bool = False,
+        ssl: _ssl.SSLContext | None = None,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+    ) -> None:
         if protocol not in (4, 5):
             raise ValueError("protocol must be 4 (MQTT 3.1.1) or 5")
         if not 0 < max_packet_size <= MAX_PACKET_SIZE_LIMIT:
@@ -190,32 +202,45 @@ class MqttClient:
         self._done.set_result(None)
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: _Wire(self), self.host, self.port,
-                                             ssl=self._ssl)
-                self._write_now(encode_connect(
-                    client_id=self.client_id, protocol=self.protocol, clean_start=self.clean_start,
-                    keepalive_s=self.keepalive_s, session_expiry_s=self.session_expiry_s,
-                    receive_maximum=self.receive_maximum,
-                    maximum_packet_size=self.max_packet_size, username=self.username,
-                    password=self.password, will=self.will))
+                await loop.create_connection(
+                    lambda: _Wire(self), self.host, self.port, ssl=self._ssl
+                )
+                self._write_now(
+                    encode_connect(
+                        client_id=self.client_id,
+                        protocol=self.protocol,
+                        clean_start=self.clean_start,
+                        keepalive_s=self.keepalive_s,
+                        session_expiry_s=self.session_expiry_s,
+                        receive_maximum=self.receive_maximum,
+                        maximum_packet_size=self.max_packet_size,
+                        username=self.username,
+                        password=self.password,
+                        will=self.will,
+                    )
+                )
                 connack = await self._connack
         except BaseException:
             self.abort()
             raise
         if connack.reason_code != 0:
             self.abort()
-            reason = (reason_name(connack.reason_code) if self.protocol == 5 else
-                      CONNACK_V3_REASONS.get(connack.reason_code, str(connack.reason_code)))
-            raise MqttError(f"connection refused by {self.host}:{self.port}: {reason}",
-                            connack.reason_code)
+            reason = (
+                reason_name(connack.reason_code)
+                if self.protocol == 5
+                else CONNACK_V3_REASONS.get(connack.reason_code, str(connack.reason_code))
+            )
+            raise MqttError(
+                f"connection refused by {self.host}:{self.port}: {reason}", connack.reason_code
+            )
         if self._transport.is_closing():  # what came with the CONNACK broke the protocol
             self.abort()
             raise self._lost_reason or ConnectionLost(
-                f"connection to {self.host}:{self.port} closed right after CONNACK")
+                f"connection to {self.host}:{self.port} closed right after CONNACK"
+            )
         props = connack.properties
         self._send_quota = int(props.get(PROP_RECEIVE_MAXIMUM, 65535))
-        self._server_max_packet = int(props.get(PROP_MAXIMUM_PACKET_SIZE,
-                                                self._server_max_packet))
+        self._server_max_packet = int(props.get(PROP_MAXIMUM_PACKET_SIZE, self._server_max_packet))
         self.keepalive_s = int(props.get(PROP_SERVER_KEEP_ALIVE, self.keepalive_s))
         self.session_present = connack.session_present
         self._connected = True
@@ -237,8 +262,9 @@ class MqttClient:
         except OSError:
             pass
 
-    async def disconnect(self, timeout: float = 10.0, *,
-                         session_expiry_s: int | None = None) -> None:
+    async def disconnect(
+        self, timeout: float = 10.0, *, session_expiry_s: int | None = None
+    ) -> None:
         """Leave cleanly with DISCONNECT: the broker keeps the session but drops the will.
         With session_expiry_s (MQTT 5 only) the session's expiry changes as it leaves; 0 ends
         the session, and whatever the broker still held for it, at once.
@@ -318,8 +344,14 @@ class MqttClient:
 
     # --- publish / subscribe ----------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                content_type: str | None = None) -> asyncio.Future:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        content_type: str | None = None,
+    ) -> asyncio.Future:
         """Send a message. The future resolves when the broker acknowledges it (QoS 1) or at once
         (QoS 0); it fails with ConnectionLost if the connection ends first."""
         if not self._connected:
@@ -332,8 +364,18 @@ class MqttClient:
             if len(self._topics) > 10_000:
                 self._topics.clear()
         if qos == 0:
-            self._send(encode_publish(t, payload, qos=0, mid=0, retain=retain, dup=False,
-                                      protocol=self.protocol, content_type=content_type))
+            self._send(
+                encode_publish(
+                    t,
+                    payload,
+                    qos=0,
+                    mid=0,
+                    retain=retain,
+                    dup=False,
+                    protocol=self.protocol,
+                    content_type=content_type,
+                )
+            )
             return self._done
         fut = self._loop.create_future()
         if len(self._inflight) >= self._send_quota:
@@ -342,14 +384,33 @@ class MqttClient:
             self._send_qos1(t, payload, retain, content_type, fut)
         return fut
 
-    def _send_qos1(self, topic: bytes, payload: bytes, retain: bool, content_type: str | None,
-                   fut: asyncio.Future) -> None:
+    def _send_qos1(
+        self,
+        topic: bytes,
+        payload: bytes,
+        retain: bool,
+        content_type: str | None,
+        fut: asyncio.Future,
+    ) -> None:
         mid = self._take_mid()
-        packet = encode_publish(topic, payload, qos=1, mid=mid, retain=retain, dup=False,
-                                protocol=self.protocol, content_type=content_type)
+        packet = encode_publish(
+            topic,
+            payload,
+            qos=1,
+            mid=mid,
+            retain=retain,
+            dup=False,
+            protocol=self.protocol,
+            content_type=content_type,
+        )
         if len(packet) > self._server_max_packet:
-            fut.set_exception(MqttError(f"message of {len(packet)} bytes exceeds the broker's "
-                                        f"maximum packet size {self._server_max_packet}", 0x95))
+            fut.set_exception(
+                MqttError(
+                    f"message of {len(packet)} bytes exceeds the broker's "
+                    f"maximum packet size {self._server_max_packet}",
+                    0x95,
+                )
+            )
             return
         self._inflight[mid] = fut
         self._send(packet)
@@ -367,17 +428,22 @@ class MqttClient:
         """Subscribe; returns the granted QoS per topic, raises MqttError if any is refused."""
         if any(qos not in (0, 1) for _, qos in topics):
             raise ValueError("this client subscribes with QoS 0 or 1")
-        return await self._request(lambda mid: encode_subscribe(mid, topics, self.protocol),
-                                   [t for t, _ in topics], "subscription")
+        return await self._request(
+            lambda mid: encode_subscribe(mid, topics, self.protocol),
+            [t for t, _ in topics],
+            "subscription",
+        )
 
     async def unsubscribe(self, filters: list[str]) -> list[int]:
         """Unsubscribe; returns the broker's reason code per filter (MQTT 5: 0x11 when there was
         no such subscription; MQTT 3.1.1 gives none: an empty list). Refusals raise MqttError."""
-        return await self._request(lambda mid: encode_unsubscribe(mid, filters, self.protocol),
-                                   filters, "unsubscribe")
+        return await self._request(
+            lambda mid: encode_unsubscribe(mid, filters, self.protocol), filters, "unsubscribe"
+        )
 
-    async def _request(self, encode: Callable[[int], bytes], names: list[str],
-                       what: str) -> list[int]:
+    async def _request(
+        self, encode: Callable[[int], bytes], names: list[str], what: str
+    ) -> list[int]:
         """Send a (UN)SUBSCRIBE built by encode(packet id) and await its reason codes."""
         if not self._connected:
             raise ConnectionLost(f"not connected to {self.host}:{self.port}")
@@ -387,8 +453,10 @@ class MqttClient:
         codes = await fut
         refused = [(n, c) for n, c in zip(names, codes) if c >= 0x80]
         if refused:
-            raise MqttError(f"{what} refused: " + ", ".join(
-                f"{n} ({reason_name(c)})" for n, c in refused), refused[0][1])
+            raise MqttError(
+                f"{what} refused: " + ", ".join(f"{n} ({reason_name(c)})" for n, c in refused),
+                refused[0][1],
+            )
         return codes
 
     def ack(self, mids: Iterable[int]) -> None:
@@ -522,13 +590,23 @@ class MqttClient:
         if self._input_ended:
             return
         code, broker = exc.reason_code, f"{self.host}:{self.port}"
-        log.warning("mqtt_protocol_violation", extra=fields(
-            broker=broker, client_id=self.client_id, violation=str(exc)[:300],
-            reason_code=f"0x{code:02x}"))
-        how = (f"disconnected with reason 0x{code:02x} ({reason_name(code)})"
-               if self.protocol == 5 else "connection closed")
-        self._lost_reason = ConnectionLost(f"protocol violation by the broker {broker}: {exc}; "
-                                           f"{how}", code)
+        log.warning(
+            "mqtt_protocol_violation",
+            extra=fields(
+                broker=broker,
+                client_id=self.client_id,
+                violation=str(exc)[:300],
+                reason_code=f"0x{code:02x}",
+            ),
+        )
+        how = (
+            f"disconnected with reason 0x{code:02x} ({reason_name(code)})"
+            if self.protocol == 5
+            else "connection closed"
+        )
+        self._lost_reason = ConnectionLost(
+            f"protocol violation by the broker {broker}: {exc}; {how}", code
+        )
         self._input_ended = True
         self._held.clear()
         transport = self._transport
@@ -565,9 +643,14 @@ class MqttClient:
             if timer is not None:
                 timer.cancel()
         lost = self._lost_reason or ConnectionLost(
-            f"connection to {self.host}:{self.port} lost" + (f": {exc}" if exc else ""))
-        for fut in [*self._inflight.values(), *(w[-1] for w in self._waiting),
-                    *self._subacks.values(), *self._pong_waiters]:
+            f"connection to {self.host}:{self.port} lost" + (f": {exc}" if exc else "")
+        )
+        for fut in [
+            *self._inflight.values(),
+            *(w[-1] for w in self._waiting),
+            *self._subacks.values(),
+            *self._pong_waiters,
+        ]:
             if not fut.done():
                 fut.set_exception(lost)
                 fut.exception()  # reported once, through wait_closed(); don't log each

@@ -33,34 +33,89 @@ PROP_MAXIMUM_PACKET_SIZE = 0x27
 # Wire types of every MQTT 5 property, so that unknown ones can be skipped correctly.
 _BYTE, _U16, _U32, _VARINT, _STRING, _BINARY, _PAIR = range(7)
 _PROPERTY_TYPES = {
-    0x01: _BYTE, 0x02: _U32, 0x03: _STRING, 0x08: _STRING, 0x09: _BINARY, 0x0B: _VARINT,
-    0x11: _U32, 0x12: _STRING, 0x13: _U16, 0x15: _STRING, 0x16: _BINARY, 0x17: _BYTE,
-    0x18: _U32, 0x19: _BYTE, 0x1A: _STRING, 0x1C: _STRING, 0x1F: _STRING, 0x21: _U16,
-    0x22: _U16, 0x23: _U16, 0x24: _BYTE, 0x25: _BYTE, 0x26: _PAIR, 0x27: _U32, 0x28: _BYTE,
-    0x29: _BYTE, 0x2A: _BYTE,
+    0x01: _BYTE,
+    0x02: _U32,
+    0x03: _STRING,
+    0x08: _STRING,
+    0x09: _BINARY,
+    0x0B: _VARINT,
+    0x11: _U32,
+    0x12: _STRING,
+    0x13: _U16,
+    0x15: _STRING,
+    0x16: _BINARY,
+    0x17: _BYTE,
+    0x18: _U32,
+    0x19: _BYTE,
+    0x1A: _STRING,
+    0x1C: _STRING,
+    0x1F: _STRING,
+    0x21: _U16,
+    0x22: _U16,
+    0x23: _U16,
+    0x24: _BYTE,
+    0x25: _BYTE,
+    0x26: _PAIR,
+    0x27: _U32,
+    0x28: _BYTE,
+    0x29: _BYTE,
+    0x2A: _BYTE,
 }
 
 CONNACK_V3_REASONS = {
-    1: "unacceptable protocol version", 2: "client identifier rejected", 3: "server unavailable",
-    4: "bad user name or password", 5: "not authorized",
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
 }
 REASON_NAMES = {
-    0x80: "unspecified error", 0x81: "malformed packet", 0x82: "protocol error",
-    0x83: "implementation specific error", 0x84: "unsupported protocol version",
-    0x85: "client identifier not valid", 0x86: "bad user name or password",
-    0x87: "not authorized", 0x88: "server unavailable", 0x89: "server busy", 0x8A: "banned",
-    0x8B: "server shutting down", 0x8C: "bad authentication method",
-    0x8D: "keep alive timeout", 0x8E: "session taken over", 0x8F: "topic filter invalid",
-    0x90: "topic name invalid", 0x93: "receive maximum exceeded", 0x95: "packet too large",
-    0x97: "quota exceeded", 0x99: "payload format invalid", 0x9A: "retain not supported",
-    0x9B: "QoS not supported", 0x9E: "shared subscriptions not supported",
-    0x9F: "connection rate exceeded", 0xA2: "wildcard subscriptions not supported",
+    0x80: "unspecified error",
+    0x81: "malformed packet",
+    0x82: "protocol error",
+    0x83: "implementation specific error",
+    0x84: "unsupported protocol version",
+    0x85: "client identifier not valid",
+    0x86: "bad user name or password",
+    0x87: "not authorized",
+    0x88: "server unavailable",
+    0x89: "server busy",
+    0x8A: "banned",
+    0x8B: "server shutting down",
+    0x8C: "bad authentication method",
+    0x8D: "keep alive timeout",
+    0x8E: "session taken over",
+    0x8F: "topic filter invalid",
+    0x90: "topic name invalid",
+    0x93: "receive maximum exceeded",
+    0x95: "packet too large",
+    0x97: "quota exceeded",
+    0x99: "payload format invalid",
+    0x9A: "retain not supported",
+    0x9B: "QoS not supported",
+    0x9E: "shared subscriptions not supported",
+    0x9F: "connection rate exceeded",
+    0xA2: "wildcard subscriptions not supported",
 }
 
-PACKET_NAMES = {0: "reserved packet type 0", 1: "CONNECT", 2: "CONNACK", 3: "PUBLISH",
-                4: "PUBACK", 5: "PUBREC", 6: "PUBREL", 7: "PUBCOMP", 8: "SUBSCRIBE", 9: "SUBACK",
-                10: "UNSUBSCRIBE", 11: "UNSUBACK", 12: "PINGREQ", 13: "PINGRESP",
-                14: "DISCONNECT", 15: "AUTH"}
+PACKET_NAMES = {
+    0: "reserved packet type 0",
+    1: "CONNECT",
+    2: "CONNACK",
+    3: "PUBLISH",
+    4: "PUBACK",
+    5: "PUBREC",
+    6: "PUBREL",
+    7: "PUBCOMP",
+    8: "SUBSCRIBE",
+    9: "SUBACK",
+    10: "UNSUBSCRIBE",
+    11: "UNSUBACK",
+    12: "PINGREQ",
+    13: "PINGRESP",
+    14: "DISCONNECT",
+    15: "AUTH",
+}
 
 PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"  # v3.1.1, and v5 "normal disconnection" (reason 0 may be omitted)
@@ -98,6 +153,7 @@ def reason_name(code: int) -> str:
 
 # --- encoding ------------------------------------------------------------------------------------
 
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -133,10 +189,19 @@ class Will:
     retain: bool = False
 
 
-def encode_connect(*, client_id: str, protocol: int, clean_start: bool, keepalive_s: int,
-                   session_expiry_s: int = 0, receive_maximum: int = 65535,
-                   maximum_packet_size: int | None = None, username: str | None = None,
-                   password: str | None = None, will: Will | None = None) -> bytes:
+def encode_connect(
+    *,
+    client_id: str,
+    protocol: int,
+    clean_start: bool,
+    keepalive_s: int,
+    session_expiry_s: int = 0,
+    receive_maximum: int = 65535,
+    maximum_packet_size: int | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    will: Will | None = None,
+) -> bytes:
     flags = 0x02 if clean_start else 0
     if will is not None:
         flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
@@ -148,8 +213,10 @@ def encode_connect(*, client_id: str, protocol: int, clean_start: bool, keepaliv
     if protocol == 5:
         # Receive Maximum is sent even at its protocol default of 65535: Mosquitto otherwise
         # caps what it sends us unacknowledged at its own max_inflight_messages.
-        props = [(PROP_SESSION_EXPIRY, struct.pack(">I", session_expiry_s)),
-                 (PROP_RECEIVE_MAXIMUM, struct.pack(">H", receive_maximum))]
+        props = [
+            (PROP_SESSION_EXPIRY, struct.pack(">I", session_expiry_s)),
+            (PROP_RECEIVE_MAXIMUM, struct.pack(">H", receive_maximum)),
+        ]
         if maximum_packet_size is not None:  # the server must not send us anything larger
             props.append((PROP_MAXIMUM_PACKET_SIZE, struct.pack(">I", maximum_packet_size)))
         body += _properties(props)
@@ -165,14 +232,25 @@ def encode_connect(*, client_id: str, protocol: int, clean_start: bool, keepaliv
     return _packet(CONNECT << 4, bytes(body))
 
 
-def encode_publish(topic: bytes, payload: bytes, *, qos: int, mid: int, retain: bool, dup: bool,
-                   protocol: int, content_type: str | None = None) -> bytes:
+def encode_publish(
+    topic: bytes,
+    payload: bytes,
+    *,
+    qos: int,
+    mid: int,
+    retain: bool,
+    dup: bool,
+    protocol: int,
+    content_type: str | None = None,
+) -> bytes:
     first = 0x30 | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
     head = struct.pack(">H", len(topic)) + topic
     if qos:
         head += struct.pack(">H", mid)
     if protocol == 5:
-        head += _properties([(PROP_CONTENT_TYPE, _string(content_type))]) if content_type else b"\x00"
+        head += (
+            _properties([(PROP_CONTENT_TYPE, _string(content_type))]) if content_type else b"\x00"
+        )
     n = len(head) + len(payload)
     if n < 128:
         return bytes((first, n)) + head + payload
@@ -197,8 +275,9 @@ def encode_unsubscribe(mid: int, filters: list[str], protocol: int) -> bytes:
     return _packet((UNSUBSCRIBE << 4) | 0x02, bytes(body))
 
 
-def encode_disconnect(protocol: int, session_expiry_s: int | None = None,
-                      reason_code: int = 0) -> bytes:
+def encode_disconnect(
+    protocol: int, session_expiry_s: int | None = None, reason_code: int = 0
+) -> bytes:
     """DISCONNECT; in MQTT 5 it may set a new session expiry (0: the broker ends the session) and
     say why the client leaves (reason_code, e.g. 0x82 after the broker broke the protocol)."""
     if protocol != 5 or (session_expiry_s is None and not reason_code):
@@ -221,6 +300,7 @@ def encode_pubacks(mids) -> bytes:
 
 
 # --- decoding ------------------------------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class Message:
@@ -267,19 +347,19 @@ def read_properties(buf: bytes, pos: int) -> tuple[dict[int, object], int]:
         elif kind == _U16:
             value, pos = (buf[pos] << 8) | buf[pos + 1], pos + 2
         elif kind == _U32:
-            value, pos = int.from_bytes(buf[pos:pos + 4], "big"), pos + 4
+            value, pos = int.from_bytes(buf[pos : pos + 4], "big"), pos + 4
         elif kind == _VARINT:
             value, pos = read_varint(buf, pos)
         elif kind in (_STRING, _BINARY):
             n = (buf[pos] << 8) | buf[pos + 1]
-            raw = bytes(buf[pos + 2:pos + 2 + n])
+            raw = bytes(buf[pos + 2 : pos + 2 + n])
             value, pos = (raw.decode("utf-8", "replace") if kind == _STRING else raw), pos + 2 + n
         else:  # user property: a string pair; several may occur
             k = (buf[pos] << 8) | buf[pos + 1]
-            key = bytes(buf[pos + 2:pos + 2 + k]).decode("utf-8", "replace")
+            key = bytes(buf[pos + 2 : pos + 2 + k]).decode("utf-8", "replace")
             pos += 2 + k
             v = (buf[pos] << 8) | buf[pos + 1]
-            val = bytes(buf[pos + 2:pos + 2 + v]).decode("utf-8", "replace")
+            val = bytes(buf[pos + 2 : pos + 2 + v]).decode("utf-8", "replace")
             pos += 2 + v
             props.setdefault(pid, []).append((key, val))  # type: ignore[union-attr]
             continue
@@ -322,8 +402,16 @@ def decode_suback(body: bytes, protocol: int) -> tuple[int, list[int]]:
 # PUBCOMP or AUTH; CONNECT, SUBSCRIBE, UNSUBSCRIBE and PINGREQ only ever go to a server, and an
 # MQTT 3.1.1 server does not send DISCONNECT either.
 _OTHERS_ALLOWED = {4: frozenset((0x20, 0x90, 0xB0)), 5: frozenset((0x20, 0x90, 0xB0, 0xE0))}
-_FLAGS_EXPECTED = {CONNACK: 0, PUBACK: 0, PUBREL: 2, SUBACK: 0, UNSUBACK: 0, PINGRESP: 0,
-                   DISCONNECT: 0, AUTH: 0}
+_FLAGS_EXPECTED = {
+    CONNACK: 0,
+    PUBACK: 0,
+    PUBREL: 2,
+    SUBACK: 0,
+    UNSUBACK: 0,
+    PINGRESP: 0,
+    DISCONNECT: 0,
+    AUTH: 0,
+}
 _TOPIC_CACHE_SIZE = 10_000
 
 
@@ -338,8 +426,16 @@ class PacketStream:
     large packet's reads are joined once, when it is complete.
     """
 
-    __slots__ = ("_buf", "_connack_seen", "_have", "_need", "_parts", "_topics", "max_packet_size",
-                 "protocol")
+    __slots__ = (
+        "_buf",
+        "_connack_seen",
+        "_have",
+        "_need",
+        "_parts",
+        "_topics",
+        "max_packet_size",
+        "protocol",
+    )
 
     def __init__(self, protocol: int, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
         self.protocol = protocol
@@ -376,8 +472,7 @@ class PacketStream:
         self._need = need
         return messages, acked, others, pongs
 
-    def _cut(self, buf: bytes, messages: list, acked: list,
-             others: list) -> tuple[int, int, int]:
+    def _cut(self, buf: bytes, messages: list, acked: list, others: list) -> tuple[int, int, int]:
         """Packets from buf into the lists; returns the bytes used, the PINGRESPs seen and the
         size of the incomplete packet left at the end (0 while its length is unknown)."""
         n = len(buf)
@@ -399,8 +494,10 @@ class PacketStream:
                         break  # the length itself has not fully arrived
             end = p + rl
             if end - i > limit:
-                raise PacketTooLarge(f"{PACKET_NAMES[b0 >> 4]} of {end - i} bytes exceeds the "
-                                     f"maximum packet size {limit}")
+                raise PacketTooLarge(
+                    f"{PACKET_NAMES[b0 >> 4]} of {end - i} bytes exceeds the "
+                    f"maximum packet size {limit}"
+                )
             if end > n:
                 return i, pongs, end - i
             kind = b0 >> 4
@@ -409,10 +506,11 @@ class PacketStream:
                 if qos > 1:
                     if qos == 3:
                         raise MalformedPacket("PUBLISH with QoS 3")
-                    raise ProtocolViolation("PUBLISH with QoS 2 (this client subscribes with QoS "
-                                            "1 at most)")
+                    raise ProtocolViolation(
+                        "PUBLISH with QoS 2 (this client subscribes with QoS 1 at most)"
+                    )
                 tl = (buf[p] << 8) | buf[p + 1]
-                raw = buf[p + 2:p + 2 + tl]
+                raw = buf[p + 2 : p + 2 + tl]
                 try:  # a dict hit is cheaper than decoding, and the topic was checked once
                     topic = topics[raw]
                 except KeyError:
@@ -435,13 +533,15 @@ class PacketStream:
                     else:
                         props, p = read_properties(buf, p)
                         if PROP_TOPIC_ALIAS in props:
-                            raise ProtocolViolation("PUBLISH with a topic alias (this client "
-                                                    "allows none)")
+                            raise ProtocolViolation(
+                                "PUBLISH with a topic alias (this client allows none)"
+                            )
                         content_type = props.get(PROP_CONTENT_TYPE)
                 if p > end:
                     raise MalformedPacket("PUBLISH header overruns the packet")
-                messages.append(Message(topic, buf[p:end], qos, bool(b0 & 1), mid, bool(b0 & 8),
-                                        content_type))
+                messages.append(
+                    Message(topic, buf[p:end], qos, bool(b0 & 1), mid, bool(b0 & 8), content_type)
+                )
             elif b0 == 0x40 and rl == 2:
                 acked.append((buf[p] << 8) | buf[p + 1])
             elif b0 == 0xD0 and rl == 0:

@@ -51,8 +51,12 @@ from telemetry.store import StoreUnavailable
 log = logging.getLogger("fleetgate.coap")
 
 # CoAP content-format -> the media type the decoder knows (None: sniffed from the first byte).
-MEDIA_TYPES: dict[int, str] = {50: "application/json", 60: "application/cbor",
-                               110: "application/senml+json", 112: "application/senml+cbor"}
+MEDIA_TYPES: dict[int, str] = {
+    50: "application/json",
+    60: "application/cbor",
+    110: "application/senml+json",
+    112: "application/senml+cbor",
+}
 _SENML = (110, 112)
 _JSON, _CBOR = 50, 60
 RESOURCES = ("telemetry", "event", "cmd/result")
@@ -73,15 +77,22 @@ class CommandMailbox(Protocol):
 class CoapMetrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.responses = Counter(
-            "fleetgate_coap_responses_total", "CoAP requests answered, by resource and code",
-            ["resource", "code"], registry=registry)
+            "fleetgate_coap_responses_total",
+            "CoAP requests answered, by resource and code",
+            ["resource", "code"],
+            registry=registry,
+        )
         self.response_seconds = Histogram(
             "fleetgate_coap_response_seconds",
             "From a CoAP request's arrival to its response (2.04: after the commit)",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=registry)
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
         self.commands_delivered = Counter(
             "fleetgate_coap_commands_delivered_total",
-            "Commands handed to devices in the response to their uplink", registry=registry)
+            "Commands handed to devices in the response to their uplink",
+            registry=registry,
+        )
 
 
 class _Refusal(Exception):
@@ -89,8 +100,14 @@ class _Refusal(Exception):
     rejection reason it is counted under, for an uplink refused for good (None: not counted,
     e.g. a 5.03 the device answers by sending again)."""
 
-    def __init__(self, code: aiocoap.Code, diagnostic: str = "", max_age: int | None = None,
-                 size1: int | None = None, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        code: aiocoap.Code,
+        diagnostic: str = "",
+        max_age: int | None = None,
+        size1: int | None = None,
+        reason: str | None = None,
+    ) -> None:
         self.code, self.diagnostic, self.max_age, self.size1 = code, diagnostic, max_age, size1
         self.reason = reason
 
@@ -108,12 +125,23 @@ class CoapIngress:
     """The gateway's CoAP endpoint. `await start()`, acknowledge() is the pipeline's "coap"
     callback, pause() then (after the pipeline's last commit) `await stop()` on shutdown."""
 
-    def __init__(self, pipeline: IngestPipeline, verify: Callable[[str, str], Awaitable[bool]], *,
-                 metrics: GatewayMetrics, host: str = "::", port: int = 5683,
-                 path_root: str = "fg/v1", time_limits: TimeLimits = TimeLimits(),
-                 commands: CommandMailbox | None = None, response_timeout_s: float = 5.0,
-                 retry_after_s: int = 30, busy_retry_after_s: int = 5,
-                 token_cache_s: float = 30.0, receive_buffer_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        pipeline: IngestPipeline,
+        verify: Callable[[str, str], Awaitable[bool]],
+        *,
+        metrics: GatewayMetrics,
+        host: str = "::",
+        port: int = 5683,
+        path_root: str = "fg/v1",
+        time_limits: TimeLimits = TimeLimits(),
+        commands: CommandMailbox | None = None,
+        response_timeout_s: float = 5.0,
+        retry_after_s: int = 30,
+        busy_retry_after_s: int = 5,
+        token_cache_s: float = 30.0,
+        receive_buffer_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self._pipeline = pipeline
         self.verifier = TokenVerifier(verify, ttl_s=token_cache_s)
         self._metrics = metrics
@@ -143,12 +171,21 @@ class CoapIngress:
         # The resource is the whole site: aiocoap's Site copies every request (a deep copy of
         # its options) to strip the path, a third of the time an uplink costs.
         self._context = await aiocoap.Context.create_server_context(
-            _DeviceResources(self), bind=(self.host, self.port), transports=["udp6"],
-            loggername="fleetgate.coap.aiocoap")
+            _DeviceResources(self),
+            bind=(self.host, self.port),
+            transports=["udp6"],
+            loggername="fleetgate.coap.aiocoap",
+        )
         rcvbuf = self._grow_receive_buffer()
-        log.info("coap_listening", extra=fields(host=self.host, port=self.port,
-                                                 path="/" + "/".join(self.path_root),
-                                                 receive_buffer_bytes=rcvbuf))
+        log.info(
+            "coap_listening",
+            extra=fields(
+                host=self.host,
+                port=self.port,
+                path="/" + "/".join(self.path_root),
+                receive_buffer_bytes=rcvbuf,
+            ),
+        )
 
     def _grow_receive_buffer(self) -> int | None:
         """A larger socket receive buffer than the kernel's default (~200 kB, a few hundred
@@ -223,8 +260,9 @@ class CoapIngress:
         self._coap_metrics.response_seconds.observe(time.monotonic() - started)
         return response
 
-    def _count_refusal(self, request: aiocoap.Message, path: tuple[str, ...],
-                       reason: str | None) -> None:
+    def _count_refusal(
+        self, request: aiocoap.Message, path: tuple[str, ...], reason: str | None
+    ) -> None:
         """An uplink refused for good counts as MQTT's rejected messages do: one message and
         one sample received, one rejected. Only POSTs count (a GET is no uplink: scanners probe
         /.well-known/core), and no command result (not a sample)."""
@@ -233,8 +271,7 @@ class CoapIngress:
         resource = "/".join(path[1:])
         if resource == "cmd/result":
             return
-        self._metrics.count_refused("event" if resource == "event" else "telemetry", "coap",
-                                    reason)
+        self._metrics.count_refused("event" if resource == "event" else "telemetry", "coap", reason)
 
     async def _handle(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
         if request.code != aiocoap.POST:
@@ -243,8 +280,9 @@ class CoapIngress:
             raise _Refusal(aiocoap.NOT_FOUND, reason="bad_topic")
         device_id, resource = path[0], "/".join(path[1:])
         if self._paused:
-            raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "shutting_down",
-                           max_age=self._busy_retry_after_s)
+            raise _Refusal(
+                aiocoap.SERVICE_UNAVAILABLE, "shutting_down", max_age=self._busy_retry_after_s
+            )
         # Every block of a Block1 transfer carries the token: nothing is spooled for anyone
         # who cannot authenticate.
         await self._authenticate(device_id, _query(request, "t"))
@@ -261,9 +299,11 @@ class CoapIngress:
         cf = request.opt.content_format
         cf = None if cf is None else int(cf)
         if cf is not None and (cf not in MEDIA_TYPES or (resource == "event" and cf in _SENML)):
-            raise _Refusal(aiocoap.UNSUPPORTED_CONTENT_FORMAT,
-                           f"unknown_encoding: content-format {cf} on /{resource}",
-                           reason="unknown_encoding")
+            raise _Refusal(
+                aiocoap.UNSUPPORTED_CONTENT_FORMAT,
+                f"unknown_encoding: content-format {cf} on /{resource}",
+                reason="unknown_encoding",
+            )
         media = MEDIA_TYPES.get(cf) if cf is not None else None
         kind = "telemetry" if resource == "telemetry" else "event"
         received_ms = int(time.time() * 1000)
@@ -273,8 +313,9 @@ class CoapIngress:
         if pipeline.db_down:
             # The pipeline is retrying a batch; that retry notices the database's return, so
             # nothing needs this request to probe for it. The device sleeps and sends again.
-            raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "store_unavailable",
-                           max_age=self._retry_after_s)
+            raise _Refusal(
+                aiocoap.SERVICE_UNAVAILABLE, "store_unavailable", max_age=self._retry_after_s
+            )
         if pipeline.unacknowledged >= pipeline.limits.max_pending:
             raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "busy", max_age=self._busy_retry_after_s)
         committed = asyncio.get_running_loop().create_future()
@@ -284,8 +325,9 @@ class CoapIngress:
         except TimeoutError:
             # Not committed yet (database slow or away): no 2.04. The message may still be
             # committed later; the device's retry is then a harmless duplicate.
-            raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "store_unavailable",
-                           max_age=self._retry_after_s) from None
+            raise _Refusal(
+                aiocoap.SERVICE_UNAVAILABLE, "store_unavailable", max_age=self._retry_after_s
+            ) from None
         return await self._changed(request, device_id)
 
     async def _authenticate(self, device_id: str, token: str | None) -> None:
@@ -298,27 +340,42 @@ class CoapIngress:
         try:
             ok = await self.verifier.verify(device_id, token)
         except StoreUnavailable:
-            raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "store_unavailable",
-                           max_age=self._retry_after_s) from None
+            raise _Refusal(
+                aiocoap.SERVICE_UNAVAILABLE, "store_unavailable", max_age=self._retry_after_s
+            ) from None
         if not ok:
             raise _Refusal(aiocoap.UNAUTHORIZED, reason="unauthorized")
 
-    def _check(self, kind: str, device_id: str, payload: bytes, media: str | None,
-               now_ms: int) -> None:
+    def _check(
+        self, kind: str, device_id: str, payload: bytes, media: str | None, now_ms: int
+    ) -> None:
         """Decode now what the pipeline will decode again: a message without one valid sample
         (event) is refused here with the reason, counted as the pipeline would count it."""
         if kind == "telemetry" and self._all_valid(payload, media, now_ms):
             return
         registry = {device_id: 0}
         if kind == "telemetry":
-            result = decode_telemetry([device_id], [payload], [now_ms], registry, now_ms=now_ms,
-                                      limits=self._time_limits, content_types=[media],
-                                      max_problems=1)
+            result = decode_telemetry(
+                [device_id],
+                [payload],
+                [now_ms],
+                registry,
+                now_ms=now_ms,
+                limits=self._time_limits,
+                content_types=[media],
+                max_problems=1,
+            )
             valid, rejected, problems = len(result.batch), result.rejected, result.problems
         else:
             events, rejected, problems = decode_events(
-                [device_id], [payload], registry, now_ms=now_ms, limits=self._time_limits,
-                content_types=[media], max_problems=1)
+                [device_id],
+                [payload],
+                registry,
+                now_ms=now_ms,
+                limits=self._time_limits,
+                content_types=[media],
+                max_problems=1,
+            )
             valid = len(events)
         if valid:
             return
@@ -351,8 +408,9 @@ class CoapIngress:
         lo = now_ms - self._time_limits.max_age_ms
         hi = now_ms + self._time_limits.max_future_ms
         try:
-            return all(type(item) is dict and lo <= Sample.model_validate(item).t <= hi
-                       for item in items)
+            return all(
+                type(item) is dict and lo <= Sample.model_validate(item).t <= hi for item in items
+            )
         except ValidationError:
             return False
 
@@ -362,8 +420,9 @@ class CoapIngress:
         from commands.model import DeviceResult  # the one parser of results
 
         if len(payload) > _MAX_RESULT_BYTES:
-            raise _Refusal(aiocoap.REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
-                           size1=_MAX_RESULT_BYTES)
+            raise _Refusal(
+                aiocoap.REQUEST_ENTITY_TOO_LARGE, "payload_too_large", size1=_MAX_RESULT_BYTES
+            )
         try:
             DeviceResult.parse(payload)
         except ValueError as exc:
@@ -371,8 +430,9 @@ class CoapIngress:
         try:
             await self.commands.record_result(device_id, payload)
         except StoreUnavailable:
-            raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "store_unavailable",
-                           max_age=self._retry_after_s) from None
+            raise _Refusal(
+                aiocoap.SERVICE_UNAVAILABLE, "store_unavailable", max_age=self._retry_after_s
+            ) from None
 
     async def _changed(self, request: aiocoap.Message, device_id: str) -> aiocoap.Message:
         """2.04, with the device's next command when one is due (handed over exactly here)."""
@@ -381,17 +441,22 @@ class CoapIngress:
             try:
                 command = await self.commands.take_pending_for(device_id)
             except Exception as exc:  # the uplink is committed: its 2.04 goes out regardless
-                log.warning("coap_command_lookup_failed", extra=fields(
-                    device_id=device_id, error=str(exc)[:200]))
+                log.warning(
+                    "coap_command_lookup_failed",
+                    extra=fields(device_id=device_id, error=str(exc)[:200]),
+                )
         if command is None:
             return aiocoap.Message(code=aiocoap.CHANGED)
         cf = _downlink_format(request)
         payload = orjson.dumps(command) if cf == _JSON else cbor2.dumps(command)
         self._coap_metrics.commands_delivered.inc()
-        log.info("coap_command_delivered", extra=fields(device_id=device_id,
-                                                        command_id=command.get("id")))
-        return aiocoap.Message(code=aiocoap.CHANGED, payload=payload,
-                               content_format=ContentFormat(cf))
+        log.info(
+            "coap_command_delivered",
+            extra=fields(device_id=device_id, command_id=command.get("id")),
+        )
+        return aiocoap.Message(
+            code=aiocoap.CHANGED, payload=payload, content_format=ContentFormat(cf)
+        )
 
 
 class _DeviceResources(aiocoap.resource.Resource):
@@ -420,11 +485,16 @@ class _BoundedBlock1Spool(Block1Spool):
 
     def feed_and_take(self, request: aiocoap.Message) -> aiocoap.Message:
         block1 = request.opt.block1
-        if block1 is not None and ((request.opt.size1 or 0) > self.max_bytes
-                                   or block1.start + len(request.payload) > self.max_bytes):
-            raise _Refusal(aiocoap.REQUEST_ENTITY_TOO_LARGE,
-                           f"payload_too_large: more than {self.max_bytes} bytes",
-                           size1=self.max_bytes, reason="payload_too_large")
+        if block1 is not None and (
+            (request.opt.size1 or 0) > self.max_bytes
+            or block1.start + len(request.payload) > self.max_bytes
+        ):
+            raise _Refusal(
+                aiocoap.REQUEST_ENTITY_TOO_LARGE,
+                f"payload_too_large: more than {self.max_bytes} bytes",
+                size1=self.max_bytes,
+                reason="payload_too_large",
+            )
         return super().feed_and_take(request)
 
 
@@ -432,7 +502,7 @@ def _query(request: aiocoap.Message, name: str) -> str | None:
     prefix = name + "="
     for item in request.opt.uri_query:
         if item.startswith(prefix):
-            return item[len(prefix):]
+            return item[len(prefix) :]
     return None
 
 

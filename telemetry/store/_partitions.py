@@ -58,7 +58,8 @@ def due(existing: set[date], today: date, retention_days: int) -> tuple[list[dat
 async def existing_days(cur: AsyncCursor) -> set[date]:
     await cur.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'positions'::regclass")
+        "WHERE i.inhparent = 'positions'::regclass"
+    )
     days = set()
     for (name,) in await cur.fetchall():
         m = _NAME.match(name)
@@ -86,7 +87,8 @@ async def apply(cur: AsyncCursor, create: list[date], drop: list[date]) -> Parti
         hi = lo + timedelta(days=1)
         await cur.execute(
             f"CREATE TABLE {name} PARTITION OF positions "
-            f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')")
+            f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+        )
         changes.created.append(name)
     for day in drop:
         if day not in existing:
@@ -97,8 +99,9 @@ async def apply(cur: AsyncCursor, create: list[date], drop: list[date]) -> Parti
     return changes
 
 
-async def maintain(cur: AsyncCursor, retention_days: int, today: date | None = None
-                   ) -> PartitionChanges:
+async def maintain(
+    cur: AsyncCursor, retention_days: int, today: date | None = None
+) -> PartitionChanges:
     """Bring the partitions in line with the window; only a catalog read when nothing is due."""
     today = today or datetime.now(timezone.utc).date()
     create, drop = due(await existing_days(cur), today, retention_days)
