@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -186,7 +186,7 @@ class LiveHub:
 
     async def _poll(self) -> None:
         if self._since is None:  # start from now: the stream shows what changes from here on
-            self._since = datetime.now(timezone.utc)
+            self._since = datetime.now(UTC)
             self._event_id = await queries.latest_event_id(self._store)
             # What changed just before is not news: the overlap of the next polls skips it.
             for row in await queries.changed_vehicles(self._store, self._since - _VEHICLE_OVERLAP):
@@ -254,4 +254,4 @@ def _event_json(row: dict) -> bytes:
         return json.dumps(row, default=str, separators=(",", ":")).encode()
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -146,7 +146,7 @@ class VehicleArrays:
                 cols[name] = values.tolist()
         names = list(cols)
         out = {}
-        for j, (v, row) in enumerate(zip(ids, zip(*cols.values()))):
+        for v, row in zip(ids, zip(*cols.values())):
             state = dict(zip(names, row))
             state["format"] = STATE_FORMAT
             bins = np.flatnonzero(self.r_w[v])
@@ -164,7 +164,7 @@ class VehicleArrays:
             v = int(v)
             if st.get("format") != STATE_FORMAT:
                 raise ValueError(f"vehicle {v}: unknown battery state format {st.get('format')!r}")
-            for name, (dtype, default) in FIELDS.items():
+            for name, (_dtype, default) in FIELDS.items():
                 value = st.get(name, default)
                 getattr(self, name)[v] = NAN if value is None else value  # None: NaN exported
             self.r_w[v] = 0.0

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -359,7 +359,7 @@ async def main(args: argparse.Namespace) -> dict:
         await deployment.close()
     report = {
         "benchmark": "faults",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "load": {
             "vehicles": args.vehicles,
             "rate_hz": args.rate_hz,

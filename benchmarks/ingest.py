@@ -1,4 +1,4 @@
-"""End-to-end ingest: simulated TCUs -> Mosquitto -> gateway -> PostgreSQL, against a naive baseline.
+"""End-to-end ingest: simulated TCUs -> Mosquitto -> gateway -> PostgreSQL, beside a naive baseline.
 
 Everything runs on this machine in one run: a private Mosquitto with the project's configuration,
 a fresh database on the local PostgreSQL, the simulator in a child process (one sample per MQTT

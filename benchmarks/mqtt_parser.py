@@ -78,7 +78,7 @@ def huge_publish_header(size: int) -> tuple[bytes, int]:
 
 
 def huge(size: int, max_packet: int) -> dict:
-    """Feed a PUBLISH of `size` bytes in asyncio-sized reads: time until it is rejected or parsed."""
+    """Feed a PUBLISH of `size` bytes in asyncio-sized reads: time until rejected or parsed."""
     head, payload = huge_publish_header(size)
     filler = b"x" * READ_SIZE
     stream = PacketStream(5, max_packet)

@@ -95,7 +95,8 @@ def gateway_config(dsn: str, broker, topic_root: str, **overrides) -> GatewayCon
 
 @contextlib.asynccontextmanager
 async def running_gateway(config: GatewayConfig):
-    """A Gateway in this event loop, subscribed before the block starts; stopped gracefully after."""
+    """A Gateway in this event loop, subscribed before the block starts; stopped gracefully
+    after."""
     registry = CollectorRegistry()
     gateway = Gateway(config, registry=registry)
     task = asyncio.create_task(gateway.run())

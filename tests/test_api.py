@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -189,7 +189,7 @@ async def test_track_raw_and_downsampled(api_server):
         for k in range(60)
     ]
     await api_server.store.write(make_batch(rows), [])
-    start = datetime.fromtimestamp(t0 / 1000, timezone.utc)
+    start = datetime.fromtimestamp(t0 / 1000, UTC)
     params = {"from": start.isoformat(), "to": (start + timedelta(minutes=10)).isoformat()}
     async with api_server.client("reader") as c:
         raw = (await c.get("/v1/vehicles/veh-000/track", params={**params, "bucket": "raw"})).json()
@@ -223,7 +223,7 @@ async def test_fixes_flagged_as_implausible_jumps_can_be_seen_in_the_track(api_s
     ]
     rows[2]["lat"] = LAT0 + 1.0  # 111 km away, 10 s later: what the plausibility filter flags
     await api_server.store.write(make_batch(rows), [])
-    start = datetime.fromtimestamp(t0 / 1000, timezone.utc)
+    start = datetime.fromtimestamp(t0 / 1000, UTC)
     params = {"from": start.isoformat(), "to": (start + timedelta(minutes=1)).isoformat()}
     url = "/v1/vehicles/veh-000/track"
     async with api_server.client("reader") as c:

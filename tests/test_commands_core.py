@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import cbor2
 import orjson
@@ -33,7 +33,7 @@ from commands import (
 )
 
 S = CommandState
-T0 = datetime(2026, 11, 22, 9, 14, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 22, 9, 14, tzinfo=UTC)
 POLICY = InterlockPolicy(fresh_s=60.0, moving_kmh=3.0)
 DELIVERY = DeliveryPolicy(
     result_timeout_s=5.0, backoff=2.0, max_interval_s=30.0, max_attempts=4, clock_grace_s=2.0

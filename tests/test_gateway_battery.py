@@ -61,7 +61,7 @@ async def publish_steps(
         if reg is not None:
             expected = stored_before + (k + len(part)) * len(DEVICES)
             await eventually(
-                lambda: metric(reg, "fleetgate_samples_stored_total") >= expected,
+                lambda n=expected: metric(reg, "fleetgate_samples_stored_total") >= n,
                 timeout=30,
                 what=f"{expected} samples stored",
             )
@@ -98,7 +98,7 @@ async def test_battery_history_events_and_headlines_are_committed_with_the_batch
         "FROM battery_health GROUP BY vehicle ORDER BY vehicle",
     )
     assert [v for v, *_ in history] == sorted(ids.values())
-    for _, rows, first, last in history:
+    for _, rows, _first, _last in history:
         # Downsampled: one row per 15 min of sample time (plus swaps and charging boundaries).
         assert 6 * 4 <= rows <= 6 * 4 + 20, rows
     state = await query(

@@ -203,7 +203,7 @@ async def test_a_rolling_restart_loses_and_duplicates_nothing(
         clients, stream, publishing = await start_stream(mosquitto, topic_root, 200, 40)
         for i, gw in enumerate(gws):  # one after the other, while the devices keep sending
             await eventually(
-                lambda: _at_least(pg_dsn, 600 * (i + 1)), what="more rows before each restart"
+                lambda n=600 * (i + 1): _at_least(pg_dsn, n), what="more rows before each restart"
             )
             assert gw.terminate() == 0
             await asyncio.sleep(0.3)

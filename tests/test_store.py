@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg
@@ -201,10 +201,7 @@ async def test_a_sample_for_a_day_without_a_partition_still_lands(store, vehicle
         make_batch([{"vehicle": v, "t": far_ahead}, {"vehicle": v, "t": long_ago}]), []
     )
     assert r.inserted == 2
-    days = {
-        datetime.fromtimestamp(t / 1000, timezone.utc).strftime("%Y%m%d")
-        for t in (far_ahead, long_ago)
-    }
+    days = {datetime.fromtimestamp(t / 1000, UTC).strftime("%Y%m%d") for t in (far_ahead, long_ago)}
     names = {
         r["relname"]
         for r in await fetch(
@@ -537,7 +534,7 @@ async def partitions(dsn: str) -> set[str]:
 
 
 async def test_maintain_creates_partitions_ahead_and_drops_those_past_retention(store, pg_dsn):
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     ahead = f"positions_p{today + timedelta(days=3):%Y%m%d}"
     oldest_kept = f"positions_p{today - timedelta(days=30):%Y%m%d}"
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
@@ -556,7 +553,7 @@ async def test_maintain_creates_partitions_ahead_and_drops_those_past_retention(
 
 
 async def test_two_processes_maintaining_at_once_do_it_once(pg_dsn):
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     missing = [f"positions_p{today + timedelta(days=d):%Y%m%d}" for d in (1, 2, 3)]
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
         for name in missing:

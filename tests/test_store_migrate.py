@@ -194,7 +194,8 @@ async def test_command_history_already_stored_is_numbered_after_the_events(
     async with await psycopg.AsyncConnection.connect(empty_pg_dsn, autocommit=True) as conn:
         event = await (
             await conn.execute(
-                "INSERT INTO events (time, vehicle, source, type) VALUES (now(), 1, 'device', 'crash') "
+                "INSERT INTO events (time, vehicle, source, type) "
+                "VALUES (now(), 1, 'device', 'crash') "
                 "RETURNING id"
             )
         ).fetchone()

@@ -1,4 +1,4 @@
-"""The columnar decoder: every reason, batches, encodings, and agreement with the pydantic contract."""
+"""The columnar decoder: every reason, batches, encodings, agreement with the pydantic contract."""
 
 from __future__ import annotations
 

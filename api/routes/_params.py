@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from api.problems import Problem
 
@@ -43,7 +43,7 @@ def time_range(
                 "bad-time-range",
                 f"'{name}' needs a time zone (RFC 3339), e.g. 2026-11-23T08:00:00Z",
             )
-    end = end or datetime.now(timezone.utc)
+    end = end or datetime.now(UTC)
     if start is None:
         try:
             start = end - default

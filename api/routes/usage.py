@@ -4,7 +4,7 @@ succeeded unlock and the following succeeded lock (by the device's execution tim
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import numpy as np
@@ -74,7 +74,7 @@ async def vehicle_usage(
     sessions = await queries.usage_sessions(store, vehicle, start, end, unlock_command)
     rides = []
     for s in sessions:
-        until = s["ended_at"] or datetime.now(timezone.utc)
+        until = s["ended_at"] or datetime.now(UTC)
         samples = await queries.samples_between(store, vehicle, s["started_at"], until)
         rides.append(_ride(s, until, samples, rows["vehicle_type"]))
     return Usage(vehicle_ref=vehicle_ref, rides=rides)

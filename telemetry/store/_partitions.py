@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
 from psycopg import AsyncCursor
@@ -83,7 +83,7 @@ async def apply(cur: AsyncCursor, create: list[date], drop: list[date]) -> Parti
         if day in existing:
             continue
         name = partition_name(day)
-        lo = datetime.combine(day, time(), timezone.utc)
+        lo = datetime.combine(day, time(), UTC)
         hi = lo + timedelta(days=1)
         await cur.execute(
             f"CREATE TABLE {name} PARTITION OF positions "
@@ -103,6 +103,6 @@ async def maintain(
     cur: AsyncCursor, retention_days: int, today: date | None = None
 ) -> PartitionChanges:
     """Bring the partitions in line with the window; only a catalog read when nothing is due."""
-    today = today or datetime.now(timezone.utc).date()
+    today = today or datetime.now(UTC).date()
     create, drop = due(await existing_days(cur), today, retention_days)
     return await apply(cur, create, drop)
