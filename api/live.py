@@ -27,10 +27,9 @@ from typing import Any
 import orjson
 
 from api import queries
-from fleetgate.logs import fields
 from telemetry.store import StoreUnavailable, TelemetryStore
 
-log = logging.getLogger("fleetgate.live")
+log = logging.getLogger(__name__)
 
 _POSITION_FIELDS = (
     "vehicle_ref",
@@ -172,7 +171,7 @@ class LiveHub:
             try:
                 await self._poll()
             except StoreUnavailable as exc:
-                log.warning("live_feed_paused", extra=fields(error=str(exc)[:200]))
+                log.warning("live_feed_paused", extra={"error": str(exc)[:200]})
                 await asyncio.sleep(1.0)
             except Exception:
                 log.exception("live_feed_failed")

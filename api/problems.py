@@ -18,10 +18,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fleetgate.logs import fields
 from telemetry.store import StoreUnavailable
 
-log = logging.getLogger("fleetgate.api")
+log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
 
 
@@ -145,5 +144,5 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("api_error", extra=fields(path=request.url.path))
+        log.exception("api_error", extra={"path": request.url.path})
         return problem_response(request, 500, "internal error; the server log has the details")

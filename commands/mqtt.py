@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from fleetgate.mqtt import ConnectionLost, Message, MqttClient, PersistentSession
 
-log = logging.getLogger("fleetgate.commands.mqtt")
+log = logging.getLogger(__name__)
 
 
 class InboundResult(NamedTuple):

@@ -48,10 +48,9 @@ from commands.mqtt import CommandLink, InboundResult, command_client_id
 from commands.reads import CommandReads
 from commands.scheduler import DeliveryPolicy, Plan, plan_vehicle
 from commands.store import CommandConflict, CommandStore, VehicleInfo
-from fleetgate.logs import fields
 from telemetry.store import StoreUnavailable
 
-log = logging.getLogger("fleetgate.commands")
+log = logging.getLogger(__name__)
 
 Change = tuple[Command, HistoryEntry]
 
@@ -217,7 +216,7 @@ class CommandService(CommandReads):
         self.ready.set()
         log.info(
             "commands_started",
-            extra=fields(open_commands=len(self._open), client_id=self.config.mqtt_client_id),
+            extra={"open_commands": len(self._open), "client_id": self.config.mqtt_client_id},
         )
 
     async def stop(self) -> None:
@@ -686,18 +685,18 @@ class CommandService(CommandReads):
                 self.metrics.db_errors.labels("unavailable").inc()
                 log.warning(
                     "commands_database_unavailable",
-                    extra=fields(operation="results", error=str(exc)[:300], retry_in_s=backoff),
+                    extra={"operation": "results", "error": str(exc)[:300], "retry_in_s": backoff},
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             except CommandConflict as exc:
-                log.warning("commands_conflict", extra=fields(error=str(exc)[:300]))
+                log.warning("commands_conflict", extra={"error": str(exc)[:300]})
                 await self._reload(None)
                 continue
             except Exception:
                 # A result the code cannot handle must not block the ones behind it forever.
-                log.exception("commands_results_failed", extra=fields(results=len(items)))
+                log.exception("commands_results_failed", extra={"results": len(items)})
             del self._results[: len(items)]
             self.link.acknowledge(i.token for i in items if i.token is not None)
             if not self._results:
@@ -712,7 +711,7 @@ class CommandService(CommandReads):
                 self.metrics.results.labels("invalid").inc()
                 log.warning(
                     "command_result_invalid",
-                    extra=fields(device_id=item.device_id, error=str(exc)[:200]),
+                    extra={"device_id": item.device_id, "error": str(exc)[:200]},
                 )
                 continue
             if not item.device_id:
@@ -752,12 +751,12 @@ class CommandService(CommandReads):
                         if kind == "late":
                             log.warning(
                                 "command_late_result",
-                                extra=fields(
-                                    command_id=str(cmd.id),
-                                    state=cmd.state.value,
-                                    device_status=result.status,
-                                    device_reason=result.reason,
-                                ),
+                                extra={
+                                    "command_id": str(cmd.id),
+                                    "state": cmd.state.value,
+                                    "device_status": result.status,
+                                    "device_reason": result.reason,
+                                },
                             )
                 self.metrics.results.labels(kind).inc()
             if decided:
@@ -768,15 +767,17 @@ class CommandService(CommandReads):
         if cmd is None:
             log.info(
                 "command_result_unknown",
-                extra=fields(device_id=device_id, command_id=str(result.id)),
+                extra={"device_id": device_id, "command_id": str(result.id)},
             )
             return "unknown"
         if cmd.device_id != device_id:
             log.warning(
                 "command_result_foreign",
-                extra=fields(
-                    device_id=device_id, command_id=str(cmd.id), addressed_to=cmd.device_id
-                ),
+                extra={
+                    "device_id": device_id,
+                    "command_id": str(cmd.id),
+                    "addressed_to": cmd.device_id,
+                },
             )
             return "foreign"
         if not cmd.state.terminal and cmd.id not in self._open:
@@ -811,14 +812,16 @@ class CommandService(CommandReads):
                     self.metrics.db_errors.labels("unavailable").inc()
                     log.warning(
                         "commands_database_unavailable",
-                        extra=fields(
-                            operation="dispatch", error=str(exc)[:300], retry_in_s=backoff
-                        ),
+                        extra={
+                            "operation": "dispatch",
+                            "error": str(exc)[:300],
+                            "retry_in_s": backoff,
+                        },
                     )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                 except CommandConflict as exc:
-                    log.warning("commands_conflict", extra=fields(error=str(exc)[:300]))
+                    log.warning("commands_conflict", extra={"error": str(exc)[:300]})
                     await self._reload(vehicles)
                     self._dirty |= vehicles
                 except Exception:
@@ -911,7 +914,7 @@ class CommandService(CommandReads):
             except StoreUnavailable as exc:
                 log.warning(
                     "commands_database_unavailable",
-                    extra=fields(operation=getattr(fn, "__name__", "?"), error=str(exc)[:300]),
+                    extra={"operation": getattr(fn, "__name__", "?"), "error": str(exc)[:300]},
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -923,7 +926,7 @@ class CommandService(CommandReads):
         def done(t: asyncio.Task) -> None:
             self._background.discard(t)
             if not t.cancelled() and t.exception() is not None:
-                log.error("commands_task_failed", exc_info=t.exception(), extra=fields(task=what))
+                log.error("commands_task_failed", exc_info=t.exception(), extra={"task": what})
 
         task.add_done_callback(done)
 

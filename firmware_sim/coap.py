@@ -30,7 +30,7 @@ from firmware_sim.tcu import RESULT, SAMPLE, FleetFirmware, wall_clock_ms
 from telemetry.schema import MAX_SAMPLES_PER_MESSAGE
 from telemetry.senml import encode_pack
 
-log = logging.getLogger("fleetgate.sim.coap")
+log = logging.getLogger(__name__)
 
 # Uplink encodings and their CoAP content-formats.
 ENCODINGS = {"senml+cbor": 112, "senml+json": 110, "cbor": 60, "json": 50}

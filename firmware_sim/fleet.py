@@ -34,10 +34,9 @@ from firmware_sim.tcu import (
     Tcu,
     wall_clock_ms,
 )
-from fleetgate.logs import fields
 from fleetgate.mqtt import ConnectionLost, Message, MqttClient, MqttError, Will
 
-log = logging.getLogger("fleetgate.sim")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -230,9 +229,10 @@ class Fleet:
         self.stats.started_monotonic = time.monotonic()
         log.info(
             "sim_fleet_connected",
-            extra=fields(
-                vehicles=len(self._links), broker=f"{self.options.host}:{self.options.port}"
-            ),
+            extra={
+                "vehicles": len(self._links),
+                "broker": f"{self.options.host}:{self.options.port}",
+            },
         )
 
     async def run(self, stop_event: asyncio.Event | None = None) -> FleetStats:
@@ -294,7 +294,7 @@ class Fleet:
                     break
                 await asyncio.sleep(0.02)
             else:
-                log.warning("sim_flush_timeout", extra=fields(outstanding=self.stats.outstanding))
+                log.warning("sim_flush_timeout", extra={"outstanding": self.stats.outstanding})
         self._closing = True
         for handle in self._answers:
             handle.cancel()
@@ -445,7 +445,7 @@ class Fleet:
                 client.abort()
                 log.debug(
                     "sim_connect_failed",
-                    extra=fields(device_id=tcu.device_id, error=repr(exc)[:200]),
+                    extra={"device_id": tcu.device_id, "error": repr(exc)[:200]},
                 )
                 await self._sleep(backoff * (0.5 + rng.random()), None)
                 backoff = min(backoff * 2, 5.0)
@@ -465,7 +465,7 @@ class Fleet:
                 on_purpose = False
                 log.debug(
                     "sim_connection_lost",
-                    extra=fields(device_id=tcu.device_id, error=str(exc)[:200]),
+                    extra={"device_id": tcu.device_id, "error": str(exc)[:200]},
                 )
             link.up.clear()
             link.client = None

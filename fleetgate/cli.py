@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated
 import orjson
 import typer
 
-from fleetgate.logs import fields, setup_logging
+from fleetgate.logs import setup_logging
 from fleetgate.settings import Settings, SettingsError, sources
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ zones_app = typer.Typer(no_args_is_help=True, help="Geofencing zones (GBFS v3 ru
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(zones_app, name="zones")
-log = logging.getLogger("fleetgate.cli")
+log = logging.getLogger(__name__)
 
 
 def load_settings(**overrides) -> Settings:
@@ -77,7 +77,7 @@ def resolve_services(s: Settings, *, fresh_demo: bool = False) -> Services:
         dsn = embedded_postgres_dsn(
             s.data_dir / "postgres", fresh_database=DEMO_DATABASE if fresh_demo else None
         )
-        log.info("embedded_postgres_started", extra=fields(dsn=dsn))
+        log.info("embedded_postgres_started", extra={"dsn": dsn})
     if s.mqtt_url is not None:
         host, port = s.mqtt_host_port
     else:
@@ -87,7 +87,7 @@ def resolve_services(s: Settings, *, fresh_demo: bool = False) -> Services:
         broker = Mosquitto(datadir=broker_dir).start()
         embedded.append(broker)
         host, port = broker.host, broker.port
-        log.info("embedded_broker_started", extra=fields(url=broker.url))
+        log.info("embedded_broker_started", extra={"url": broker.url})
     return Services(dsn, host, port, embedded)
 
 
@@ -102,7 +102,7 @@ async def _migrate(dsn: str, s: Settings):
     from telemetry.store import migrate
 
     report = await migrate(dsn, storage=s.storage, retention_days=s.retention_days)
-    log.info("database_migrated", extra=fields(report=str(report)))
+    log.info("database_migrated", extra={"report": str(report)})
     return report
 
 
@@ -291,7 +291,7 @@ async def _serve_ops(s: Settings, gateway) -> None:
     )
     serving = asyncio.create_task(server.serve(), name="ops-uvicorn")
     log.info(
-        "metrics_listening", extra=fields(url=f"http://{s.metrics_host}:{s.metrics_port}/metrics")
+        "metrics_listening", extra={"url": f"http://{s.metrics_host}:{s.metrics_port}/metrics"}
     )
     try:
         await asyncio.wait(
@@ -350,7 +350,7 @@ async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None
     server = _http_server(create_app(ctx), s.api_host, s.api_port, s.shutdown_grace_s)
     feed = asyncio.create_task(hub.run(stop), name="live-feed")
     serving = asyncio.create_task(server.serve(), name="uvicorn")
-    log.info("api_listening", extra=fields(url=f"http://{s.api_host}:{s.api_port}"))
+    log.info("api_listening", extra={"url": f"http://{s.api_host}:{s.api_port}"})
     try:
         await asyncio.wait(
             {serving, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
@@ -400,7 +400,7 @@ async def _open_store_retrying(dsn: str, stop: asyncio.Event):
         try:
             return await TelemetryStore.open(dsn)
         except StoreUnavailable as exc:
-            log.warning("database_unavailable", extra=fields(operation="api", error=str(exc)[:200]))
+            log.warning("database_unavailable", extra={"operation": "api", "error": str(exc)[:200]})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 2.0)
     return None
@@ -915,7 +915,7 @@ def sim(
         _install_signal_handlers(stop.set, s.shutdown_grace_s)
 
         async def report() -> None:
-            log.info("sim_progress", extra=fields(**fleet.stats.summary()))
+            log.info("sim_progress", extra={**fleet.stats.summary()})
 
         await _drive_fleet(fleet, stop, report_every, report)
 

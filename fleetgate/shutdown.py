@@ -15,9 +15,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from fleetgate.logs import fields
-
-log = logging.getLogger("fleetgate.shutdown")
+log = logging.getLogger(__name__)
 
 FORCED_EXIT_STATUS = 1
 
@@ -55,7 +53,7 @@ class StopSignals:
             self.force_exit(f"second {sig.name} during the graceful stop")
             return
         self.stopping = True
-        log.info("shutdown_started", extra=fields(signal=sig.name, grace_s=self.grace_s))
+        log.info("shutdown_started", extra={"signal": sig.name, "grace_s": self.grace_s})
         if self.grace_s is not None:
             asyncio.get_running_loop().call_later(
                 self.grace_s,
@@ -71,7 +69,7 @@ class StopSignals:
         os._exit, because an exception or a cancellation would run through every `finally` of
         the graceful stop, which is exactly what may hang (a commit to an unreachable database).
         """
-        log.warning("shutdown_forced", extra=fields(reason=reason, exit_status=FORCED_EXIT_STATUS))
+        log.warning("shutdown_forced", extra={"reason": reason, "exit_status": FORCED_EXIT_STATUS})
         if self._on_forced_exit is not None:
             try:
                 self._on_forced_exit()

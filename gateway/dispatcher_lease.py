@@ -18,9 +18,7 @@ import logging
 
 import psycopg
 
-from fleetgate.logs import fields
-
-log = logging.getLogger("fleetgate.dispatcher_lease")
+log = logging.getLogger(__name__)
 
 # Advisory locks are per database, so the key only has to differ from the project's other
 # advisory locks (migrations, partition maintenance).
@@ -61,7 +59,7 @@ class DispatcherLease:
             )
             self.held = bool((await cur.fetchone())[0])
         except (psycopg.Error, OSError, TimeoutError) as exc:
-            log.warning("dispatcher_lease_unavailable", extra=fields(error=str(exc)[:300]))
+            log.warning("dispatcher_lease_unavailable", extra={"error": str(exc)[:300]})
             await self._drop_connection()
             return False
         if self.held:
@@ -75,7 +73,7 @@ class DispatcherLease:
             try:
                 await asyncio.wait_for(self._conn.execute("SELECT 1"), self._timeout_s)
             except (psycopg.Error, OSError, TimeoutError, AttributeError) as exc:
-                log.warning("dispatcher_lease_lost", extra=fields(error=str(exc)[:300]))
+                log.warning("dispatcher_lease_lost", extra={"error": str(exc)[:300]})
                 self.held = False
                 await self._drop_connection()
 

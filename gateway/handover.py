@@ -18,13 +18,12 @@ from typing import Protocol
 
 import numpy as np
 
-from fleetgate.logs import fields
 from gateway.metrics import GatewayMetrics
 from telemetry.batch import TelemetryBatch
 from telemetry.plausibility import PlausibilityFilter
 from telemetry.store import AdvancedState, TelemetryStore
 
-log = logging.getLogger("fleetgate.handover")
+log = logging.getLogger(__name__)
 
 
 class ResumableStage(Protocol):
@@ -98,9 +97,10 @@ class StateHandover:
         if now - self._last_log >= self._log_every_s:
             log.info(
                 "vehicles_taken_over",
-                extra=fields(
-                    vehicles=self._unlogged, since_s=round(min(now - self._last_log, 1e6), 1)
-                ),
+                extra={
+                    "vehicles": self._unlogged,
+                    "since_s": round(min(now - self._last_log, 1e6), 1),
+                },
             )
             self._last_log, self._unlogged = now, 0
 

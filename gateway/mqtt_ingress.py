@@ -33,7 +33,7 @@ from fleetgate.mqtt import Message, MqttClient, MqttError, PersistentSession, Wi
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Inbound, IngestPipeline
 
-log = logging.getLogger("fleetgate.mqtt_ingress")
+log = logging.getLogger(__name__)
 
 _KINDS = frozenset(("telemetry", "event", "status"))
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code

@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import psycopg
 
-from fleetgate.logs import fields
 from gateway.metrics import GatewayMetrics
 from gateway.stages import BatchStage, StageOutput, merge_outputs
 from telemetry.batch import DeviceEvent, TelemetryBatch
@@ -28,7 +27,7 @@ from telemetry.plausibility import PlausibilityFilter
 from telemetry.schema import DEVICE_ID_PATTERN
 from telemetry.store import Device, QuarantinedMessage, StoreUnavailable, TelemetryStore
 
-log = logging.getLogger("fleetgate.pipeline")
+log = logging.getLogger(__name__)
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 # The rejection reason of a message whose processing raised (a fault of the gateway's, not of the
@@ -250,11 +249,11 @@ class IngestPipeline:
             self._metrics.pipeline_errors.labels("batch").inc()
             log.error(
                 "batch_failed",
-                extra=fields(
-                    messages=len(items),
-                    error=_describe(exc),
-                    action="committing it in parts to find the message that fails",
-                ),
+                extra={
+                    "messages": len(items),
+                    "error": _describe(exc),
+                    "action": "committing it in parts to find the message that fails",
+                },
                 exc_info=exc,
             )
             await self._isolate(items, exc)
@@ -284,14 +283,14 @@ class IngestPipeline:
         error = _describe(exc, 2000)
         log.error(
             "message_quarantined",
-            extra=fields(
-                device_id=m.device_id,
-                transport=m.transport,
-                kind=m.kind,
-                error=error[:300],
-                payload_bytes=len(m.payload),
-                payload_head=m.payload[:64].hex(),
-            ),
+            extra={
+                "device_id": m.device_id,
+                "transport": m.transport,
+                "kind": m.kind,
+                "error": error[:300],
+                "payload_bytes": len(m.payload),
+                "payload_head": m.payload[:64].hex(),
+            },
             exc_info=exc,
         )
         record = QuarantinedMessage(
@@ -444,7 +443,7 @@ class IngestPipeline:
             callback(*args)
         except Exception:
             self._metrics.pipeline_errors.labels(name).inc()
-            log.exception("commit_listener_failed", extra=fields(listener=name))
+            log.exception("commit_listener_failed", extra={"listener": name})
 
     def _acknowledge_all(self, items: list[Inbound]) -> None:
         by_transport: dict[str, list[Any]] = {}
@@ -456,7 +455,7 @@ class IngestPipeline:
             except Exception:  # not acknowledged: the device or broker sends it again (a duplicate)
                 self._metrics.pipeline_errors.labels("acknowledge").inc()
                 log.exception(
-                    "acknowledge_failed", extra=fields(transport=transport, messages=len(tokens))
+                    "acknowledge_failed", extra={"transport": transport, "messages": len(tokens)}
                 )
         self._metrics.messages_acked.inc(len(items))
 
@@ -522,7 +521,7 @@ class IngestPipeline:
                 if self._db_down:
                     self._db_down = False
                     self._metrics.db_up.set(1)
-                    log.warning("database_recovered", extra=fields(unacknowledged=self._held()))
+                    log.warning("database_recovered", extra={"unacknowledged": self._held()})
                 return result
             except StoreUnavailable as exc:
                 await self._database_down("write", exc, backoff)
@@ -534,12 +533,12 @@ class IngestPipeline:
         self._metrics.db_errors.labels("unavailable").inc()
         log.warning(
             "database_unavailable",
-            extra=fields(
-                operation=what,
-                error=str(exc)[:300],
-                retry_in_s=backoff,
-                unacknowledged=self._held(),
-            ),
+            extra={
+                "operation": what,
+                "error": str(exc)[:300],
+                "retry_in_s": backoff,
+                "unacknowledged": self._held(),
+            },
         )
         await asyncio.sleep(backoff)
 
@@ -559,7 +558,7 @@ class IngestPipeline:
             self._metrics.db_errors.labels("refused").inc()
             n = len(batch) + len(events)
             if n <= 1:
-                log.error("sample_refused_by_database", extra=fields(error=str(exc)[:300]))
+                log.error("sample_refused_by_database", extra={"error": str(exc)[:300]})
                 # Attributed to the transport of the batch's first message: rare enough.
                 kind = "telemetry" if len(batch) else "event"
                 _merge(rejected.setdefault((self._first_transport, kind), {}), {"store_refused": n})
@@ -585,13 +584,13 @@ class IngestPipeline:
         self._last_problem_log = now
         log.warning(
             "samples_rejected",
-            extra=fields(
-                counts=self._suppressed,
-                examples=[
+            extra={
+                "counts": self._suppressed,
+                "examples": [
                     {"device_id": p.device_id, "reason": p.reason, "detail": p.detail}
                     for p in problems[:5]
                 ],
-            ),
+            },
         )
         self._suppressed = {}
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from commands import CommandConfig, CommandService, DeliveryPolicy, InterlockPolicy
-from fleetgate.logs import fields
 from gateway.coap import CoapIngress
 from gateway.dispatcher_lease import DispatcherLease, LeaseLost
 from gateway.handover import StateHandover
@@ -33,7 +32,7 @@ from telemetry.decoder import TimeLimits
 from telemetry.plausibility import PlausibilityFilter
 from telemetry.store import DeviceCredentials, StoreUnavailable, TelemetryStore
 
-log = logging.getLogger("fleetgate.gateway")
+log = logging.getLogger(__name__)
 
 
 class GatewayFailed(RuntimeError):
@@ -177,7 +176,7 @@ class Gateway:
                 self.metrics.db_up.set(0)
                 log.warning(
                     "database_unavailable",
-                    extra=fields(operation="open", error=str(exc)[:300], retry_in_s=backoff),
+                    extra={"operation": "open", "error": str(exc)[:300], "retry_in_s": backoff},
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -206,7 +205,7 @@ class Gateway:
             if not started:
                 log.info(
                     "commands_standby",
-                    extra=fields(reason="another gateway process runs the command dispatcher"),
+                    extra={"reason": "another gateway process runs the command dispatcher"},
                 )
         self.geofence = geofence = GeofenceStage(
             store,
@@ -283,11 +282,11 @@ class Gateway:
 
         log.info(
             "gateway_started",
-            extra=fields(
-                client_id=cfg.mqtt_client_id,
-                devices=len(registry.devices),
-                broker=f"{cfg.mqtt_host}:{cfg.mqtt_port}",
-            ),
+            extra={
+                "client_id": cfg.mqtt_client_id,
+                "devices": len(registry.devices),
+                "broker": f"{cfg.mqtt_host}:{cfg.mqtt_port}",
+            },
         )
         writer = asyncio.create_task(pipeline.run(), name="pipeline")
         reader = asyncio.create_task(ingress.run(self._stop), name="mqtt-ingress")
@@ -333,11 +332,11 @@ class Gateway:
             await self._save_core_state()
             log.info(
                 "gateway_stopped",
-                extra=fields(
-                    unacknowledged=pipeline.unacknowledged,
-                    samples_stored=_total(self.metrics.samples_stored),
-                    samples_duplicate=_total(self.metrics.samples_duplicate),
-                ),
+                extra={
+                    "unacknowledged": pipeline.unacknowledged,
+                    "samples_stored": _total(self.metrics.samples_stored),
+                    "samples_duplicate": _total(self.metrics.samples_duplicate),
+                },
             )
         finally:
             for task in (reader, writer, *chores):
@@ -371,14 +370,14 @@ class Gateway:
         if version and version.lower().startswith("mosquitto"):
             log.warning(
                 "shared_subscription_not_kept_by_broker",
-                extra=fields(
-                    broker=version,
-                    shared_group=cfg.mqtt_shared_group,
-                    consequence="a broker restart loses the telemetry devices publish before this "
-                    "process subscribes again",
-                    advice="one gateway process per Mosquitto with FLEETGATE_MQTT_SHARED_GROUP "
+                extra={
+                    "broker": version,
+                    "shared_group": cfg.mqtt_shared_group,
+                    "consequence": "a broker restart loses the telemetry devices publish "
+                    "before this process subscribes again",
+                    "advice": "one gateway process per Mosquitto with FLEETGATE_MQTT_SHARED_GROUP "
                     "empty (docs/deployment.md)",
-                ),
+                },
             )
 
     async def _serve_until_stopped(self, needed: dict[asyncio.Task, str]) -> None:
@@ -401,11 +400,11 @@ class Gateway:
         self.metrics.broker_connected.set(0)
         log.critical(
             "gateway_failed",
-            extra=fields(
-                task=task.get_name(),
-                reason=self.failure,
-                action="exiting for the supervisor to restart the process",
-            ),
+            extra={
+                "task": task.get_name(),
+                "reason": self.failure,
+                "action": "exiting for the supervisor to restart the process",
+            },
             exc_info=error,
         )
         if self.ingress is not None:
@@ -457,7 +456,7 @@ class Gateway:
                     # Another process may take over any moment: stop dispatching at once.
                     log.warning(
                         "commands_dispatcher_stopped",
-                        extra=fields(reason="the dispatcher lease was lost"),
+                        extra={"reason": "the dispatcher lease was lost"},
                     )
                     service = self.commands
                     self._set_commands(None)
@@ -467,11 +466,11 @@ class Gateway:
                 elif self.commands is None and await lease.try_acquire():
                     log.info(
                         "commands_dispatcher_taken_over",
-                        extra=fields(client_id=self.config.mqtt_client_id),
+                        extra={"client_id": self.config.mqtt_client_id},
                     )
                     await self._start_commands(retry=False)
             except Exception as exc:  # this loop must outlive any failure: it guards the lease
-                log.warning("commands_start_failed", extra=fields(error=repr(exc)[:300]))
+                log.warning("commands_start_failed", extra={"error": repr(exc)[:300]})
                 with contextlib.suppress(Exception):
                     await lease.release()
 
@@ -485,7 +484,7 @@ class Gateway:
             self.drain_error = str(exc)
             log.error(
                 "drain_failed",
-                extra=fields(client_id=self.config.mqtt_client_id, error=self.drain_error),
+                extra={"client_id": self.config.mqtt_client_id, "error": self.drain_error},
             )
         else:
             self.drain_report = dict(
@@ -495,16 +494,16 @@ class Gateway:
                 rejected=_total(self.metrics.samples_rejected),
                 seconds=round(time.monotonic() - started, 3),
             )
-            log.info("session_drained", extra=fields(**self.drain_report))
+            log.info("session_drained", extra={**self.drain_report})
         self.stop()
 
     async def _maintain(self) -> None:
         report = await self.store.maintain()
         if report.created or report.dropped or report.policies_fixed:
-            log.info("database_maintained", extra=fields(report=str(report)))
+            log.info("database_maintained", extra={"report": str(report)})
         self.metrics.timescaledb_jobs_failing.set(len(report.failing_jobs))
         if report.failing_jobs:
-            log.warning("timescaledb_jobs_failing", extra=fields(jobs=report.failing_jobs))
+            log.warning("timescaledb_jobs_failing", extra={"jobs": report.failing_jobs})
 
     async def _save_core_state(self) -> None:
         """Everything is committed: store the battery core's full state so that the next start
@@ -512,7 +511,7 @@ class Gateway:
         try:
             await asyncio.wait_for(self.battery.save(), 30)
         except (StoreUnavailable, TimeoutError) as exc:
-            log.warning("battery_state_not_saved", extra=fields(error=str(exc)[:300]))
+            log.warning("battery_state_not_saved", extra={"error": str(exc)[:300]})
 
     def stop(self) -> None:
         self._stop.set()
@@ -530,7 +529,7 @@ class Gateway:
             except StoreUnavailable as exc:
                 log.warning(
                     "database_unavailable",
-                    extra=fields(operation=getattr(fn, "__name__", "?"), error=str(exc)[:300]),
+                    extra={"operation": getattr(fn, "__name__", "?"), "error": str(exc)[:300]},
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -545,15 +544,13 @@ class Gateway:
             except StoreUnavailable:
                 pass  # the pipeline reports the outage; housekeeping simply tries again later
             except Exception:
-                log.exception(
-                    "housekeeping_failed", extra=fields(task=getattr(fn, "__name__", "?"))
-                )
+                log.exception("housekeeping_failed", extra={"task": getattr(fn, "__name__", "?")})
 
     async def _expire_presence(self) -> None:
         expired = await self.store.expire_presence(self.config.presence_timeout_s)
         if expired:
             self.metrics.presence_changes.labels("offline", "timeout").inc(len(expired))
-            log.info("vehicles_offline_timeout", extra=fields(count=len(expired)))
+            log.info("vehicles_offline_timeout", extra={"count": len(expired)})
             self._presence([(v, False, 0) for v in expired])
             self._vehicles_changed(set(expired))
 

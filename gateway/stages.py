@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from battery import DEFAULT_TYPES, BatteryCore, BatteryPolicy, BatteryType
-from fleetgate.logs import fields
 from geofence import (
     Hysteresis,
     InvalidZone,
@@ -30,7 +29,7 @@ from geofence import (
 from telemetry.batch import TelemetryBatch
 from telemetry.store import AdvancedState, Derived, Device, TelemetryStore
 
-log = logging.getLogger("fleetgate.stages")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,7 +80,7 @@ class GeofenceStage:
         self.tracker.restore(states, last_time)
         log.info(
             "zones_loaded",
-            extra=fields(version=rows.version, zones=len(zoneset), vehicles_resumed=len(states)),
+            extra={"version": rows.version, "zones": len(zoneset), "vehicles_resumed": len(states)},
         )
 
     async def refresh(self) -> bool:
@@ -96,11 +95,11 @@ class GeofenceStage:
             # Zones are validated before they are written (API, CLI); one that is not (edited by
             # hand in SQL) must not turn every vehicle's zones upside down: keep the old set.
             self.rejected_versions.add(rows.version)
-            log.error("zones_rejected", extra=fields(version=rows.version, error=str(exc)))
+            log.error("zones_rejected", extra={"version": rows.version, "error": str(exc)})
             return False
         self.tracker.swap(zoneset)
         self.version = rows.version
-        log.info("zones_swapped", extra=fields(version=rows.version, zones=len(zoneset)))
+        log.info("zones_swapped", extra={"version": rows.version, "zones": len(zoneset)})
         return True
 
     async def _build(self, rows, *, strict: bool) -> ZoneSet:
@@ -112,7 +111,7 @@ class GeofenceStage:
                 if strict:
                     raise
                 # At start there is no previous set to keep: leave the bad zone out, loudly.
-                log.error("zone_skipped", extra=fields(zone=row.get("id"), error=str(exc)))
+                log.error("zone_skipped", extra={"zone": row.get("id"), "error": str(exc)})
         zoneset = ZoneSet(zones, global_rules=rows.global_rules, version=rows.version)
         await asyncio.to_thread(lambda: zoneset.index)  # the grid build takes ~0.5 s per 1,000
         return zoneset
@@ -188,12 +187,12 @@ class BatteryStage:
         self.core.restore({}, last_time)  # whatever the replay did not reach: a gap
         log.info(
             "battery_state_loaded",
-            extra=fields(
-                vehicles_resumed=len(states),
-                vehicles_replayed=len(behind),
-                samples_replayed=replayed,
-                seconds=round(time.perf_counter() - started, 3),
-            ),
+            extra={
+                "vehicles_resumed": len(states),
+                "vehicles_replayed": len(behind),
+                "samples_replayed": replayed,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
         )
 
     async def _replay(self, behind: Mapping[int, tuple[int, int]]) -> int:

@@ -322,14 +322,14 @@ async def test_a_shared_subscription_on_mosquitto_is_warned_about(
     mosquitto, pg_dsn, topic_root, caplog
 ):
     config = gateway_config(pg_dsn, mosquitto, topic_root, mqtt_shared_group="fleetgate")
-    with caplog.at_level("WARNING", logger="fleetgate.gateway"):
+    with caplog.at_level("WARNING", logger="gateway.service"):
         async with running_gateway(config):
             pass
     warned = [
         r for r in caplog.records if r.getMessage() == "shared_subscription_not_kept_by_broker"
     ]
-    assert warned and warned[0].fields["broker"].startswith("mosquitto version 2.")
-    assert "FLEETGATE_MQTT_SHARED_GROUP" in warned[0].fields["advice"]
+    assert warned and warned[0].broker.startswith("mosquitto version 2.")
+    assert "FLEETGATE_MQTT_SHARED_GROUP" in warned[0].advice
 
 
 async def test_a_status_from_a_clock_far_ahead_is_rejected_and_does_not_pin_presence(

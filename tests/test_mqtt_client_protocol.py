@@ -95,14 +95,14 @@ async def test_a_packet_over_the_maximum_size_ends_the_connection_and_is_logged(
     big = encode_publish(
         b"fg/v1/d1/telemetry", b"x" * 2000, qos=1, mid=1, retain=False, dup=False, protocol=protocol
     )
-    caplog.set_level(logging.WARNING, logger="fleetgate.mqtt")
+    caplog.set_level(logging.WARNING, logger="fleetgate.mqtt._client")
     async with FakeBroker(protocol, after_connack=big) as broker:
         lost = await connection_lost(client_of(broker, protocol, max_packet_size=1000))
         await asyncio.wait_for(broker.closed.wait(), 5)
     assert f"PUBLISH of {len(big)} bytes exceeds the maximum packet size 1000" in str(lost)
     assert bytes(broker.received) == disconnect_with(protocol, 0x95)
     (record,) = [r for r in caplog.records if r.getMessage() == "mqtt_protocol_violation"]
-    assert record.fields["reason_code"] == "0x95"
+    assert record.reason_code == "0x95"
 
 
 @pytest.mark.parametrize("protocol", [4, 5])

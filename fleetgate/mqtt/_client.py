@@ -16,7 +16,6 @@ import ssl as _ssl
 import time
 from collections.abc import Callable, Iterable
 
-from fleetgate.logs import fields
 from fleetgate.mqtt._packets import (
     CONNACK,
     CONNACK_V3_REASONS,
@@ -47,7 +46,7 @@ from fleetgate.mqtt._packets import (
     reason_name,
 )
 
-log = logging.getLogger("fleetgate.mqtt")
+log = logging.getLogger(__name__)
 
 # What a paused client reads and holds back at most before it stops reading the socket.
 DEFAULT_MAX_HELD_BYTES = 8 * 1024 * 1024
@@ -592,12 +591,12 @@ class MqttClient:
         code, broker = exc.reason_code, f"{self.host}:{self.port}"
         log.warning(
             "mqtt_protocol_violation",
-            extra=fields(
-                broker=broker,
-                client_id=self.client_id,
-                violation=str(exc)[:300],
-                reason_code=f"0x{code:02x}",
-            ),
+            extra={
+                "broker": broker,
+                "client_id": self.client_id,
+                "violation": str(exc)[:300],
+                "reason_code": f"0x{code:02x}",
+            },
         )
         how = (
             f"disconnected with reason 0x{code:02x} ({reason_name(code)})"

@@ -15,7 +15,6 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from fleetgate.logs import fields
 from fleetgate.mqtt._client import ConnectionLost, MqttClient, MqttError
 from fleetgate.mqtt._packets import Message, Will
 
@@ -118,9 +117,11 @@ class PersistentSession:
                 self.subscribed.set()
                 self._log.info(
                     subscribed_event,
-                    extra=fields(
-                        broker=broker, client_id=self.client_id, session_present=session_present
-                    ),
+                    extra={
+                        "broker": broker,
+                        "client_id": self.client_id,
+                        "session_present": session_present,
+                    },
                 )
                 backoff = _BACKOFF_FIRST_S
                 closed = asyncio.ensure_future(client.wait_closed())
@@ -135,7 +136,7 @@ class PersistentSession:
                 self.last_error = exc
                 self._log.warning(
                     lost_event,
-                    extra=fields(broker=broker, error=repr(exc)[:300], retry_in_s=backoff),
+                    extra={"broker": broker, "error": repr(exc)[:300], "retry_in_s": backoff},
                 )
             client.abort()
             if self._client is client:

@@ -28,7 +28,6 @@ from aiocoap.numbers.contentformat import ContentFormat
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
-from fleetgate.logs import fields
 from gateway.coap._auth import TokenVerifier
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Inbound, IngestPipeline
@@ -48,7 +47,7 @@ from telemetry.schema import (
 )
 from telemetry.store import StoreUnavailable
 
-log = logging.getLogger("fleetgate.coap")
+log = logging.getLogger(__name__)
 
 # CoAP content-format -> the media type the decoder knows (None: sniffed from the first byte).
 MEDIA_TYPES: dict[int, str] = {
@@ -179,12 +178,12 @@ class CoapIngress:
         rcvbuf = self._grow_receive_buffer()
         log.info(
             "coap_listening",
-            extra=fields(
-                host=self.host,
-                port=self.port,
-                path="/" + "/".join(self.path_root),
-                receive_buffer_bytes=rcvbuf,
-            ),
+            extra={
+                "host": self.host,
+                "port": self.port,
+                "path": "/" + "/".join(self.path_root),
+                "receive_buffer_bytes": rcvbuf,
+            },
         )
 
     def _grow_receive_buffer(self) -> int | None:
@@ -197,7 +196,7 @@ class CoapIngress:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer_bytes)
             return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         except (AttributeError, IndexError, OSError) as exc:
-            log.warning("coap_receive_buffer_unchanged", extra=fields(error=str(exc)[:200]))
+            log.warning("coap_receive_buffer_unchanged", extra={"error": str(exc)[:200]})
             return None
 
     def pause(self) -> None:
@@ -210,7 +209,7 @@ class CoapIngress:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
-            log.warning("coap_stop_timeout", extra=fields(in_flight=self._in_flight))
+            log.warning("coap_stop_timeout", extra={"in_flight": self._in_flight})
         if self._context is not None:
             await self._context.shutdown()
             self._context = None
@@ -443,7 +442,7 @@ class CoapIngress:
             except Exception as exc:  # the uplink is committed: its 2.04 goes out regardless
                 log.warning(
                     "coap_command_lookup_failed",
-                    extra=fields(device_id=device_id, error=str(exc)[:200]),
+                    extra={"device_id": device_id, "error": str(exc)[:200]},
                 )
         if command is None:
             return aiocoap.Message(code=aiocoap.CHANGED)
@@ -452,7 +451,7 @@ class CoapIngress:
         self._coap_metrics.commands_delivered.inc()
         log.info(
             "coap_command_delivered",
-            extra=fields(device_id=device_id, command_id=command.get("id")),
+            extra={"device_id": device_id, "command_id": command.get("id")},
         )
         return aiocoap.Message(
             code=aiocoap.CHANGED, payload=payload, content_format=ContentFormat(cf)
