@@ -139,7 +139,7 @@ class SimProcess:
 
 class Floor:
     def __init__(self, host: str, port: int) -> None:
-        from fleetgate.mqtt import MqttClient
+        from gateway.mqtt import MqttClient
 
         self.waiting: dict[str, asyncio.Future] = {}
         self.client = MqttClient(

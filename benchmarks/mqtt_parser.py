@@ -22,7 +22,7 @@ import typer
 # Run as a script, this file's directory comes first on sys.path: put the repository root first.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleetgate.mqtt._packets import PacketStream, _varint, encode_publish
+from gateway.mqtt._packets import PacketStream, _varint, encode_publish
 
 READ_SIZE = 256 * 1024  # what asyncio's selector transport reads at most per data_received
 NO_LIMIT = 268_435_460  # the largest packet MQTT can express

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from fleetgate.mqtt import ConnectionLost, Message, MqttClient, PersistentSession
+from gateway.mqtt import ConnectionLost, Message, MqttClient, PersistentSession
 
 log = logging.getLogger(__name__)
 

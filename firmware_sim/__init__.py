@@ -2,7 +2,7 @@
 benchmarks.
 
 model (vectorised vehicles and batteries with ground truth) and tcu (device firmware) are sans-IO;
-fleet connects them to a broker with fleetgate.mqtt. `run_fleet` is what `fleetgate sim` runs.
+fleet connects them to a broker with gateway.mqtt. `run_fleet` is what `fleetgate sim` runs.
 """
 
 from firmware_sim.accounting import FleetStats

@@ -1,6 +1,6 @@
 """The simulator's transport: one MQTT connection per simulated TCU, driven on the wall clock.
 
-Fleet wires FleetFirmware (sans-IO) to fleetgate.mqtt clients: it steps the model at rate_hz per
+Fleet wires FleetFirmware (sans-IO) to gateway.mqtt clients: it steps the model at rate_hz per
 vehicle (paced, sped up, or as fast as the broker acknowledges), publishes QoS 1, reconnects,
 reports PUBACKs and losses back to the firmware and executes commands after their delay.
 `run_fleet` is what `fleetgate sim` calls.
@@ -34,7 +34,7 @@ from firmware_sim.tcu import (
     Tcu,
     wall_clock_ms,
 )
-from fleetgate.mqtt import ConnectionLost, Message, MqttClient, MqttError, Will
+from gateway.mqtt import ConnectionLost, Message, MqttClient, MqttError, Will
 
 log = logging.getLogger(__name__)
 

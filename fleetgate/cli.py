@@ -748,7 +748,7 @@ def _write_sim_secrets(path: Path, secrets: dict[str, str]) -> None:
 async def _broker_refusal(fleet, issued: int, secrets: Path) -> str | None:
     """Why the broker would not let the simulated devices in, in one line, or None: one
     CONNECT as the first device, which resumes its session and leaves it as it was."""
-    from fleetgate.mqtt import MqttClient, MqttError
+    from gateway.mqtt import MqttClient, MqttError
 
     o, device_id = fleet.options, fleet.device_ids[0]
     where = f"{o.host}:{o.port}"

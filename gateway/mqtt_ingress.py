@@ -29,8 +29,8 @@ from typing import Any
 
 import orjson
 
-from fleetgate.mqtt import Message, MqttClient, MqttError, PersistentSession, Will
 from gateway.metrics import GatewayMetrics
+from gateway.mqtt import Message, MqttClient, MqttError, PersistentSession, Will
 from gateway.pipeline import Inbound, IngestPipeline
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,6 @@ from commands.mqtt import command_client_id
 from firmware_sim import Fleet, FleetOptions
 from fleetgate.cli import _serve_api
 from fleetgate.embedded import Mosquitto, free_port
-from fleetgate.mqtt import MqttClient, MqttError
 from fleetgate.settings import Settings
 from gateway.broker_auth import (
     BrokerAccess,
@@ -35,6 +34,7 @@ from gateway.broker_auth import (
     write_files,
 )
 from gateway.metrics import GatewayMetrics
+from gateway.mqtt import MqttClient, MqttError
 from gateway.mqtt_ingress import MqttIngress, presence_topic, read_presence
 from telemetry.store import AlreadyProvisioned, DeviceCredentials, TelemetryStore, UnknownDevice
 from telemetry.store._credentials import check_mosquitto_hash, mosquitto_hash

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from fleetgate.cli_devices import parse_duration, register_device_commands
 from fleetgate.embedded import Mosquitto, free_port
-from fleetgate.mqtt import MqttClient, MqttError
+from gateway.mqtt import MqttClient, MqttError
 from tests.fixtures_db import run_async
 from tests.harness import REPO, register
 from tests.test_cli import run as run_fleetgate

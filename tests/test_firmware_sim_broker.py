@@ -12,7 +12,7 @@ import pytest
 
 from firmware_sim.fleet import Fleet, FleetOptions, run_fleet
 from firmware_sim.tcu import CommandBehaviour, Misbehaviour
-from fleetgate.mqtt import MqttClient
+from gateway.mqtt import MqttClient
 from telemetry.decoder import decode_telemetry
 from tests.harness import eventually
 

@@ -12,7 +12,7 @@ import pytest
 from battery import COLUMNS, BatteryPolicy
 from firmware_sim import CAR, EBIKE, FleetModel
 from firmware_sim.payloads import JSON, encode_batch, encode_samples
-from fleetgate.mqtt import MqttClient
+from gateway.mqtt import MqttClient
 from telemetry.store import BATTERY_HEALTH_COLUMNS
 from tests.harness import eventually, gateway_config, metric, register, running_gateway
 

@@ -11,7 +11,7 @@ import orjson
 import psycopg
 import pytest
 
-from fleetgate.mqtt import MqttClient
+from gateway.mqtt import MqttClient
 from geofence import Zone, ZoneSet
 from telemetry.store import TelemetryStore
 from tests.harness import eventually, gateway_config, metric, register, running_gateway

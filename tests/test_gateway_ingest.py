@@ -10,7 +10,7 @@ import orjson
 import psycopg
 import pytest
 
-from fleetgate.mqtt import MqttClient, Will
+from gateway.mqtt import MqttClient, Will
 from gateway.pipeline import PipelineLimits
 from tests.harness import (
     GatewayProcess,

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from fleetgate.embedded import free_port
-from fleetgate.mqtt import MqttClient
+from gateway.mqtt import MqttClient
 from telemetry import senml
 from tests.harness import (
     GatewayProcess,

@@ -12,8 +12,9 @@ from fleetgate.logs import JsonFormatter, TextFormatter
 
 def record(**extra) -> logging.LogRecord:
     logger = logging.getLogger("gateway.pipeline")
-    return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "batch_failed", (), None,
-                             extra=extra)
+    return logger.makeRecord(
+        logger.name, logging.WARNING, __file__, 1, "batch_failed", (), None, extra=extra
+    )
 
 
 def test_the_json_line_has_the_event_name_and_every_extra_field():

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from fleetgate.mqtt import ConnectionLost, MqttClient, MqttError, Will
+from gateway.mqtt import ConnectionLost, MqttClient, MqttError, Will
 from tests.harness import eventually
 
 pytestmark = pytest.mark.integration
@@ -210,7 +210,7 @@ async def test_ending_a_persistent_session_discards_it_on_the_broker(
 ):
     import logging
 
-    from fleetgate.mqtt import PersistentSession
+    from gateway.mqtt import PersistentSession
 
     cid = f"end-{protocol}-{topic_root}"
     session = PersistentSession(
@@ -315,7 +315,7 @@ async def test_a_paused_client_keeps_its_connection_and_its_later_acks_count(mos
 async def test_a_paused_session_notices_a_killed_broker_within_a_keepalive(restartable_mosquitto):
     import logging
 
-    from fleetgate.mqtt import PersistentSession
+    from gateway.mqtt import PersistentSession
 
     broker, keepalive = restartable_mosquitto, 2
     session = PersistentSession(

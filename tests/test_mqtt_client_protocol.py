@@ -13,8 +13,8 @@ from typing import Self
 
 import pytest
 
-from fleetgate.mqtt import ConnectionLost, MqttClient
-from fleetgate.mqtt._packets import PACKET_NAMES, encode_pubacks, encode_publish
+from gateway.mqtt import ConnectionLost, MqttClient
+from gateway.mqtt._packets import PACKET_NAMES, encode_pubacks, encode_publish
 from tests.test_mqtt_packets import CONNACKS, violations
 
 
@@ -95,7 +95,7 @@ async def test_a_packet_over_the_maximum_size_ends_the_connection_and_is_logged(
     big = encode_publish(
         b"fg/v1/d1/telemetry", b"x" * 2000, qos=1, mid=1, retain=False, dup=False, protocol=protocol
     )
-    caplog.set_level(logging.WARNING, logger="fleetgate.mqtt._client")
+    caplog.set_level(logging.WARNING, logger="gateway.mqtt._client")
     async with FakeBroker(protocol, after_connack=big) as broker:
         lost = await connection_lost(client_of(broker, protocol, max_packet_size=1000))
         await asyncio.wait_for(broker.closed.wait(), 5)

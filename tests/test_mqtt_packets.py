@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetgate.mqtt._packets import (
+from gateway.mqtt._packets import (
     CONNACK,
     DEFAULT_MAX_PACKET_SIZE,
     PUBACK,

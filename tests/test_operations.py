@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from fleetgate.embedded import free_port
-from fleetgate.mqtt import MqttClient
+from gateway.mqtt import MqttClient
 from telemetry.store import migrate
 from tests.fixtures_db import PrivateCluster, Server, dsn_for
 from tests.harness import GatewayProcess, eventually, register, sample_sum

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from fleetgate.embedded import free_port
-from fleetgate.mqtt import MqttClient
+from gateway.mqtt import MqttClient
 from gateway.mqtt_ingress import read_presence
 from gateway.pipeline import Inbound
 from telemetry.store import TelemetryStore

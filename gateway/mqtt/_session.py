@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from fleetgate.mqtt._client import ConnectionLost, MqttClient, MqttError
-from fleetgate.mqtt._packets import Message, Will
+from gateway.mqtt._client import ConnectionLost, MqttClient, MqttError
+from gateway.mqtt._packets import Message, Will
 
 _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 5.0

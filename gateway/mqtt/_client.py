@@ -16,7 +16,7 @@ import ssl as _ssl
 import time
 from collections.abc import Callable, Iterable
 
-from fleetgate.mqtt._packets import (
+from gateway.mqtt._packets import (
     CONNACK,
     CONNACK_V3_REASONS,
     DEFAULT_MAX_PACKET_SIZE,

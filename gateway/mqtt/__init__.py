@@ -2,15 +2,15 @@
 acknowledgement (the gateway acks a message only after its rows are committed), and the persistent
 session both the gateway and the command dispatcher keep on the broker."""
 
-from fleetgate.mqtt._client import ConnectionLost, MqttClient, MqttError
-from fleetgate.mqtt._packets import (
+from gateway.mqtt._client import ConnectionLost, MqttClient, MqttError
+from gateway.mqtt._packets import (
     MalformedPacket,
     Message,
     PacketTooLarge,
     ProtocolViolation,
     Will,
 )
-from fleetgate.mqtt._session import PersistentSession
+from gateway.mqtt._session import PersistentSession
 
 __all__ = [
     "ConnectionLost",
