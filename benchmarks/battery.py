@@ -4,27 +4,19 @@ Python implementation of the same update, on the same batch and state, in one ru
 A simulated fleet (half e-bikes, half cars) is warmed up through the core; both then take the
 same timed batch (default 100,000 samples across 10,000 vehicles) from the same exported state,
 and their estimates and events are compared. Prints one JSON object.
-Run: .venv/bin/python benchmarks/battery.py [--vehicles 10000] [--samples 100000]
+Run: .venv/bin/python -m benchmarks.battery [--vehicles 10000] [--samples 100000]
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
-import json
 import math
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import typer
 
-# Run as a script, this file's directory comes first on sys.path: put the repository root first.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from battery import (  # noqa: E402
+from battery import (
     ABNORMAL_PARKED_DRAIN,
     AUX_BATTERY_AT_RISK,
     BATTERY_HEALTH_LOW,
@@ -39,8 +31,9 @@ from battery import (  # noqa: E402
     BatteryPolicy,
     BatteryType,
 )
-from battery._state import R_BINS, R_HI_OHM, R_LO_OHM  # noqa: E402
-from telemetry.batch import TelemetryBatch  # noqa: E402
+from battery._state import R_BINS, R_HI_OHM, R_LO_OHM
+from benchmarks._runner import bench_parser, loadavg, machine, run_benchmark
+from telemetry.batch import TelemetryBatch
 
 NAN = float("nan")
 _Y0 = 12.3
@@ -703,7 +696,6 @@ def run(
     cmp = compare(update.estimates, ref_est)
     core_ev = sorted((e.vehicle, e.time_ms, e.type) for e in update.events)
     ref_ev = sorted((e.vehicle, e.time_ms, e.type) for e in ref_events)
-    load = os.getloadavg()
     return {
         "samples": len(batch),
         "vehicles": vehicles,
@@ -721,26 +713,29 @@ def run(
         "events": len(core_ev),
         "same_events": core_ev == ref_ev,
         "history_rows": len(update.history),
-        "machine": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "pandas": pd.__version__,
-            "cpu": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "loadavg_1_5_15": [round(x, 2) for x in load],
-        },
+        "machine": machine(numpy=np.__version__, pandas=pd.__version__, loadavg_1_5_15=loadavg()),
     }
 
 
-def main(
-    vehicles: int = typer.Option(10_000),
-    samples: int = typer.Option(100_000),
-    warmup_hours: float = typer.Option(12.0),
-    seed: int = typer.Option(1),
-    repeats: int = typer.Option(5),
-) -> None:
-    print(json.dumps(run(vehicles, samples, warmup_hours, seed, repeats), indent=2))
+def bench(args: argparse.Namespace) -> dict:
+    return run(args.vehicles, args.samples, args.warmup_hours, args.seed, args.repeats)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = bench_parser(__spec__.name, __doc__)
+    p.add_argument("--vehicles", type=int, default=10_000, help="simulated vehicles")
+    p.add_argument("--samples", type=int, default=100_000, help="samples in the timed batch")
+    p.add_argument(
+        "--warmup-hours", type=float, default=12.0, help="hours of samples through the core first"
+    )
+    p.add_argument("--seed", type=int, default=1, help="the simulated fleet's seed")
+    p.add_argument("--repeats", type=int, default=5, help="core runs (best and median reported)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_benchmark(bench, build_parser(), argv)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    main()
