@@ -14,8 +14,14 @@ benchmarks.<name>`. The whole of one, with a broker and database if it needs the
             ...
             return {"benchmark": "things", "machine": services.machine(), ...}
 
+    def main(argv: list[str] | None = None) -> None:  # tests call it with their argv
+        run_benchmark(bench, build_parser(), argv)
+
     if __name__ == "__main__":
-        run_benchmark(bench, build_parser())
+        main()
+
+A benchmark that starts a copy of itself as a helper process (a simulator, readers) gives the
+helper's entry in run_benchmark(children={"sim": ...}) and starts it with start_child.
 """
 
 from __future__ import annotations
