@@ -3,19 +3,16 @@ parsing step done the old way (all JSON payloads of a batch joined into one docu
 the way it is done now (each payload on its own), in one run; with --compare-with, also the
 decode_telemetry of telemetry/decoder.py at that git revision, timed in turn with today's.
 Prints one JSON object.
-Run: .venv/bin/python benchmarks/decoder.py [--messages 5000] [--repeat 30] [--compare-with REV]
+Run: .venv/bin/python -m benchmarks.decoder [--messages 5000] [--repeat 30] [--compare-with REV]
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
-import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -23,18 +20,13 @@ from pathlib import Path
 import cbor2
 import numpy as np
 import orjson
-import typer
 
-# Run as a script, this file's directory comes first on sys.path: put the repository root first.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._services import cpu_model  # noqa: E402
-from firmware_sim.model import CAR, EBIKE, FleetModel  # noqa: E402
-from firmware_sim.payloads import CBOR, JSON, encode_samples  # noqa: E402
-from telemetry.decoder import decode_telemetry  # noqa: E402
+from benchmarks._runner import REPO, bench_parser, best_in_turn, loadavg, machine, run_benchmark
+from firmware_sim.model import CAR, EBIKE, FleetModel
+from firmware_sim.payloads import CBOR, JSON, encode_samples
+from telemetry.decoder import decode_telemetry
 
 START_MS = 1_764_412_800_000
-REPO = Path(__file__).resolve().parents[1]
 
 
 def decoder_at(rev: str) -> types.ModuleType:
@@ -101,26 +93,9 @@ def _best_us(fn: Callable[[], object], repeat: int, per: int) -> tuple[float, ob
 def _best_us_in_turn(
     fns: list[Callable[[], object]], repeat: int, per: int
 ) -> tuple[list[float], list[object]]:
-    """Best of `repeat` runs of each, in µs per message; the functions run in turn, so that
-    a change in the machine's load falls on all of them alike."""
-    best = [float("inf")] * len(fns)
-    results: list[object] = [None] * len(fns)
-    for _ in range(repeat):
-        for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            results[k] = fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
+    """Best of `repeat` runs of each, run in turn, in µs per message."""
+    best, results = best_in_turn(fns, repeat)
     return [round(b * 1e6 / per, 3) for b in best], results
-
-
-def _machine() -> dict:
-    return {
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "orjson": orjson.__version__,
-    }
 
 
 def measure(encoding: int, messages: int, repeat: int, decoders: dict[str, Callable]) -> dict:
@@ -160,25 +135,40 @@ def measure(encoding: int, messages: int, repeat: int, decoders: dict[str, Calla
     return entry
 
 
-def main(
-    messages: int = typer.Option(5_000, help="messages per batch"),
-    repeat: int = typer.Option(30, help="runs of each measurement (best is reported)"),
-    compare_with: str = typer.Option("", help="a git revision whose decoder to time too"),
-) -> None:
-    load_before = os.getloadavg()
+def bench(args: argparse.Namespace) -> dict:
+    load_before = loadavg()
     decoders = {"decode_telemetry": decode_telemetry}
-    if compare_with:
-        decoders[f"decode_telemetry_at_{compare_with}"] = decoder_at(compare_with).decode_telemetry
-    report: dict[str, object] = {"messages": messages}
+    if args.compare_with:
+        decoders[f"decode_telemetry_at_{args.compare_with}"] = decoder_at(
+            args.compare_with
+        ).decode_telemetry
+    report: dict[str, object] = {"messages": args.messages}
     for name, encoding in (("json", JSON), ("cbor", CBOR)):
-        report[name] = measure(encoding, messages, repeat, decoders)
-    report["machine"] = {
-        **_machine(),
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-    }
-    print(json.dumps(report, indent=2))
+        report[name] = measure(encoding, args.messages, args.repeat, decoders)
+    report["machine"] = machine(
+        numpy=np.__version__,
+        orjson=orjson.__version__,
+        loadavg_before=load_before,
+        loadavg_after=loadavg(),
+    )
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = bench_parser(__spec__.name, __doc__)
+    p.add_argument("--messages", type=int, default=5_000, help="messages per batch")
+    p.add_argument(
+        "--repeat", type=int, default=30, help="runs of each measurement (best is reported)"
+    )
+    p.add_argument(
+        "--compare-with", default="", metavar="REV", help="a git revision whose decoder to time too"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_benchmark(bench, build_parser(), argv)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    main()

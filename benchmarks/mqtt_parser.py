@@ -4,24 +4,16 @@ and how a huge PUBLISH is handled (rejected at its length header, or parsed in l
 No broker: the bytes are what Mosquitto sends a subscriber, cut into reads of asyncio's size
 (256 KiB), fed the way the client feeds them. Times are CPU time of this thread (the machine is
 shared; wall time beside it). Prints one JSON object.
-Run: .venv/bin/python benchmarks/mqtt_parser.py [--messages 200000] [--huge-mib 128]
+Run: .venv/bin/python -m benchmarks.mqtt_parser [--messages 200000] [--huge-mib 128]
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
+import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-import typer
-
-# Run as a script, this file's directory comes first on sys.path: put the repository root first.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks._runner import bench_parser, loadavg, machine, run_benchmark
 from gateway.mqtt._packets import PacketStream, _varint, encode_publish
 
 READ_SIZE = 256 * 1024  # what asyncio's selector transport reads at most per data_received
@@ -107,45 +99,50 @@ def huge(size: int, max_packet: int) -> dict:
     }
 
 
-def main(
-    messages: int = typer.Option(200_000),
-    repeats: int = typer.Option(7),
-    huge_mib: int = typer.Option(128),
-    skip_unlimited: bool = typer.Option(
-        False, help="skip parsing the huge packet with the limit raised"
-    ),
-) -> None:
-    wire = small_publishes(messages)
+def bench(args: argparse.Namespace) -> dict:
+    wire = small_publishes(args.messages)
     chunks = reads(wire)
     times = []
-    for _ in range(repeats):
+    for _ in range(args.repeats):
         seconds, count = parse_all(chunks)
-        assert count == messages
+        assert count == args.messages
         times.append(seconds)
-    size = huge_mib * 1024 * 1024
+    size = args.huge_mib * 1024 * 1024
     try:
         default_limit = PacketStream(5).max_packet_size
     except AttributeError:  # before the limit had its own name
         default_limit = PacketStream(5).max_packet
-    result = {
+    return {
         "small_publishes": {
-            "messages": messages,
+            "messages": args.messages,
             "bytes": len(wire),
             "reads": len(chunks),
-            "cpu_us_per_message_best": round(min(times) / messages * 1e6, 3),
-            "cpu_us_per_message_median": round(statistics.median(times) / messages * 1e6, 3),
+            "cpu_us_per_message_best": round(min(times) / args.messages * 1e6, 3),
+            "cpu_us_per_message_median": round(statistics.median(times) / args.messages * 1e6, 3),
         },
         "huge_publish_default_limit": huge(size, default_limit),
-        "huge_publish_no_limit": None if skip_unlimited else huge(size, NO_LIMIT),
-        "machine": {
-            "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
-        },
+        "huge_publish_no_limit": None if args.skip_unlimited else huge(size, NO_LIMIT),
+        "machine": machine(loadavg_1_5_15=loadavg()),
     }
-    print(json.dumps(result, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = bench_parser(__spec__.name, __doc__)
+    p.add_argument("--messages", type=int, default=200_000, help="small PUBLISH packets")
+    p.add_argument("--repeats", type=int, default=7, help="passes over them (best is reported)")
+    p.add_argument("--huge-mib", type=int, default=128, help="size of the huge PUBLISH, MiB")
+    p.add_argument(
+        "--skip-unlimited",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="skip parsing the huge packet with the limit raised",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_benchmark(bench, build_parser(), argv)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    main()

@@ -5,10 +5,9 @@ per-sample implementation. One simulated stream (four days, a mixed fleet) feeds
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,11 +192,7 @@ def test_a_restart_from_exported_state_continues_like_an_uninterrupted_core(stre
 
 def _reference_module():
     pytest.importorskip("pandas")
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "battery.py"
-    spec = importlib.util.spec_from_file_location("battery_benchmark", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("benchmarks.battery")
 
 
 def test_the_vectorised_core_equals_the_plain_per_sample_implementation(stream):

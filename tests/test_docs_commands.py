@@ -197,7 +197,7 @@ COMMANDS: dict[str, dict[str, Action]] = {
             "gateway process and drains its session"
         ),
         "fleetgate drain gw-3": Run(expect=r'"client_id":"gw-3".*"session_ended":true'),
-        ".venv/bin/python benchmarks/faults.py --vehicles 50 --repeat 1 "
+        ".venv/bin/python -m benchmarks.faults --vehicles 50 --repeat 1 "
         "--scenarios gateway-kill,broker-kill": Skip(
             "a benchmark that starts its own broker, database and gateway for ~20 s per "
             "scenario; tests/test_gateway_faults.py counts the same under the same faults"

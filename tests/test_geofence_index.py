@@ -13,7 +13,7 @@ import shapely
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.geofence import city_points, city_zones, shapely_contains_xy
+from benchmarks.zone_index import city_points, city_zones, shapely_contains_xy
 from geofence import Membership, Zone, ZoneIndex, ZoneSet
 from geofence._geo import circle_d2, circle_frame, circle_r2
 from telemetry.plausibility import haversine_m

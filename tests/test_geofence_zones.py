@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import shapely
 
-from benchmarks.geofence import city_zones
+from benchmarks.zone_index import city_zones
 from geofence import InvalidZone, Rule, Zone, ZoneKind, ZoneSet, assign_kinds
 
 

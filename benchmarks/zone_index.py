@@ -2,28 +2,19 @@
 
 A deterministic synthetic city (one operating area with holes, noisy blobs of 10-300 vertices,
 some with holes, MultiPolygons, station circles) and points; prints one JSON object.
-Run: .venv/bin/python benchmarks/geofence.py [--points 1000000] [--zones 1000]
+Run: .venv/bin/python -m benchmarks.zone_index [--points 1000000] [--zones 1000]
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import math
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import shapely
-import typer
 
-# Run as a script, this file's own directory comes first on sys.path and its name would shadow the
-# geofence package: put the repository root in front.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._services import cpu_model
+from benchmarks._runner import bench_parser, best_of, loadavg, machine, run_benchmark
 from geofence import Membership, Rule, Zone, ZoneKind, ZoneSet
 from geofence._geo import M_PER_DEG, circle_d2, circle_frame
 
@@ -224,45 +215,18 @@ def _canonical(pairs: np.ndarray) -> np.ndarray:
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
-def _best(fn, repeat: int):
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
-
-
-def _machine() -> dict:
-    return {
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "shapely": shapely.__version__,
-        "geos": shapely.geos_version_string,
-    }
-
-
-def main(
-    points: int = typer.Option(1_000_000, help="number of points"),
-    zones: int = typer.Option(1_000, help="number of zones"),
-    repeat: int = typer.Option(5, help="fleetgate locate runs (best is reported)"),
-    shapely_repeat: int = typer.Option(2, help="runs of each shapely baseline"),
-    seed: int = typer.Option(7, help="seed of the city"),
-    cells: int = typer.Option(0, help="grid cells (0: automatic)"),
-) -> None:
-    load_before = os.getloadavg()
-    zone_list = city_zones(zones, seed)
-    zs = ZoneSet(zone_list, version=1, cells=cells or None)
-    lat, lon = city_points(points, list(zs.zones), seed + 4)
+def bench(args: argparse.Namespace) -> dict:
+    load_before = loadavg()
+    zone_list = city_zones(args.zones, args.seed)
+    zs = ZoneSet(zone_list, version=1, cells=args.cells or None)
+    lat, lon = city_points(args.points, list(zs.zones), args.seed + 4)
 
     t0 = time.perf_counter()
     index = zs.index
     build_s = time.perf_counter() - t0
     index.locate(lat[:1000], lon[:1000])  # warm-up
 
-    ours_s, membership = _best(lambda: index.locate(lat, lon), repeat)
+    ours_s, membership = best_of(lambda: index.locate(lat, lon), args.repeat)
     assert isinstance(membership, Membership)
     t0 = time.perf_counter()
     rules = zs.resolve(membership, "ebike")
@@ -283,45 +247,56 @@ def main(
         ("strtree_query_within", lambda: shapely_strtree(zl, polys, tree, lat, lon)),
         ("bbox_then_contains_xy", lambda: shapely_contains_xy(zl, polys, lat, lon)),
     ):
-        secs, pairs = _best(fn, shapely_repeat)
+        secs, pairs = best_of(fn, args.shapely_repeat)
         baselines[name] = round(secs, 4)
         answers[name] = bool(np.array_equal(_canonical(pairs), ours))
     best = min(baselines, key=baselines.get)
-    load_after = os.getloadavg()
-    print(
-        json.dumps(
-            {
-                "points": points,
-                "zones": len(zs),
-                "zone_mix": {
-                    "polygons": sum(z.geometry.type == "Polygon" for z in zs.zones),
-                    "multipolygons": sum(z.geometry.type == "MultiPolygon" for z in zs.zones),
-                    "circles": sum(z.is_circle for z in zs.zones),
-                    "vertices_max": int(max(len(shapely.get_coordinates(p)) for p in tree_polys)),
-                },
-                "pairs": len(ours),
-                "index": index.stats,
-                "build_s": round(build_s, 4),
-                "fleetgate_locate_s": round(ours_s, 4),
-                "fleetgate_rechecked_pairs": membership.rechecked,
-                "fleetgate_resolve_s": round(resolve_s, 4),
-                "shapely_build_s": round(shapely_build_s, 4),
-                "shapely_s": baselines,
-                "shapely_best": best,
-                "ratio": round(baselines[best] / ours_s, 2),
-                "answers_equal": all(answers.values()),
-                "answers_equal_by_baseline": answers,
-                "ebike_points_with_speed_limit": int(np.isfinite(rules.maximum_speed_kph).sum()),
-                "machine": {
-                    **_machine(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in load_after],
-                },
-            },
-            indent=2,
-        )
-    )
+    return {
+        "points": args.points,
+        "zones": len(zs),
+        "zone_mix": {
+            "polygons": sum(z.geometry.type == "Polygon" for z in zs.zones),
+            "multipolygons": sum(z.geometry.type == "MultiPolygon" for z in zs.zones),
+            "circles": sum(z.is_circle for z in zs.zones),
+            "vertices_max": int(max(len(shapely.get_coordinates(p)) for p in tree_polys)),
+        },
+        "pairs": len(ours),
+        "index": index.stats,
+        "build_s": round(build_s, 4),
+        "fleetgate_locate_s": round(ours_s, 4),
+        "fleetgate_rechecked_pairs": membership.rechecked,
+        "fleetgate_resolve_s": round(resolve_s, 4),
+        "shapely_build_s": round(shapely_build_s, 4),
+        "shapely_s": baselines,
+        "shapely_best": best,
+        "ratio": round(baselines[best] / ours_s, 2),
+        "answers_equal": all(answers.values()),
+        "answers_equal_by_baseline": answers,
+        "ebike_points_with_speed_limit": int(np.isfinite(rules.maximum_speed_kph).sum()),
+        "machine": machine(
+            numpy=np.__version__,
+            shapely=shapely.__version__,
+            geos=shapely.geos_version_string,
+            loadavg_before=load_before,
+            loadavg_after=loadavg(),
+        ),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = bench_parser(__spec__.name, __doc__)
+    p.add_argument("--points", type=int, default=1_000_000, help="number of points")
+    p.add_argument("--zones", type=int, default=1_000, help="number of zones")
+    p.add_argument("--repeat", type=int, default=5, help="fleetgate locate runs (best is reported)")
+    p.add_argument("--shapely-repeat", type=int, default=2, help="runs of each shapely baseline")
+    p.add_argument("--seed", type=int, default=7, help="seed of the city")
+    p.add_argument("--cells", type=int, default=0, help="grid cells (0: automatic)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_benchmark(bench, build_parser(), argv)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    main()
