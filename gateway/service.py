@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from commands import CommandConfig, CommandService, DeliveryPolicy, InterlockPolicy
+from commands import CommandConfig, CommandService
 from gateway.coap import CoapIngress
 from gateway.dispatcher_lease import DispatcherLease, LeaseLost
 from gateway.handover import StateHandover
@@ -81,50 +81,6 @@ class GatewayConfig:
     # Drain mode (`fleetgate drain`): store what the broker holds for mqtt_client_id's session
     # (a process retired for good), end that session and stop. No commands, no CoAP.
     drain: bool = False
-
-    @classmethod
-    def from_settings(cls, s, database_url: str, mqtt_host: str, mqtt_port: int) -> GatewayConfig:
-        return cls(
-            database_url=database_url,
-            mqtt_host=mqtt_host,
-            mqtt_port=mqtt_port,
-            mqtt_client_id=s.mqtt_client_id,
-            mqtt_topic_root=s.mqtt_topic_root,
-            mqtt_shared_group=s.mqtt_shared_group,
-            mqtt_protocol=s.mqtt_protocol,
-            mqtt_keepalive_s=s.mqtt_keepalive_s,
-            mqtt_session_expiry_s=s.mqtt_session_expiry_s,
-            mqtt_receive_maximum=s.mqtt_receive_maximum,
-            mqtt_username=s.mqtt_username,
-            mqtt_password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
-            limits=PipelineLimits(
-                s.batch_max_messages, s.batch_max_bytes, s.batch_max_age_ms, s.pipeline_max_pending
-            ),
-            time_limits=TimeLimits(int(s.max_future_s * 1000), s.retention_days * 86_400_000),
-            max_speed_kmh={"ebike": s.ebike_max_speed_kmh, "car": s.car_max_speed_kmh},
-            presence_timeout_s=s.presence_timeout_s,
-            db_pool_max=s.db_pool_max,
-            zones_refresh_s=s.zones_refresh_s,
-            geofence_margin_m=s.geofence_margin_m,
-            geofence_fixes=s.geofence_fixes,
-            coap_enabled=s.coap_enabled,
-            coap_host=s.coap_host,
-            coap_port=s.coap_port,
-            coap_response_timeout_s=s.coap_response_timeout_s,
-            coap_retry_after_s=s.coap_retry_after_s,
-            commands_enabled=s.commands_enabled,
-            fleet_gauges_s=s.fleet_gauges_s,
-            speed_caps_enabled=s.speed_caps_enabled,
-            command_overrides={
-                "default_ttl_s": s.command_ttl_s,
-                "interlocks": InterlockPolicy(
-                    fresh_s=s.command_fresh_state_s, moving_kmh=s.command_moving_kmh
-                ),
-                "delivery": DeliveryPolicy(
-                    result_timeout_s=s.command_result_timeout_s, max_attempts=s.command_max_attempts
-                ),
-            },
-        )
 
 
 class Gateway:

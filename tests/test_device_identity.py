@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from commands import CommandRequest
 from commands.mqtt import command_client_id
 from firmware_sim import Fleet, FleetOptions
-from fleetgate.cli import _serve_api
+from fleetgate.cli.run import serve_api
 from fleetgate.embedded import Mosquitto, free_port
 from fleetgate.settings import Settings
 from gateway.broker_auth import (
@@ -634,7 +634,7 @@ async def test_emqx_hooks_let_the_gateway_account_in_and_devices_only_to_their_t
         mqtt_client_id="fleetgate-gw-7",
     )
     stop = asyncio.Event()
-    api = asyncio.create_task(_serve_api(settings, pg_dsn, stop))
+    api = asyncio.create_task(serve_api(settings, pg_dsn, stop))
     url = f"http://127.0.0.1:{settings.api_port}"
     gw_id = settings.mqtt_client_id
     ingress = MqttIngress(

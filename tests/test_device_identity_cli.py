@@ -12,10 +12,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from fleetgate.cli_devices import parse_duration, register_device_commands
+from fleetgate.cli import app
+from fleetgate.cli.devices import parse_duration
 from fleetgate.embedded import Mosquitto, free_port
 from gateway.mqtt import MqttClient, MqttError
 from tests.fixtures_db import run_async
@@ -26,20 +26,8 @@ from tests.test_device_identity import DEVICES, credentials
 pytestmark = pytest.mark.integration
 
 
-def fleetgate() -> typer.Typer:
-    """The devices commands mounted as fleetgate/cli.py mounts them."""
-    app = typer.Typer()
-    register_device_commands(app)
-
-    @app.command()
-    def version() -> None:  # a second command, so that typer keeps the sub-command names
-        typer.echo("0")
-
-    return app
-
-
 def run(*args: str, env: dict):
-    return CliRunner().invoke(fleetgate(), list(args), env=env, catch_exceptions=False)
+    return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
 
 
 def secrets_of(output: str) -> dict[str, str]:

@@ -1,8 +1,8 @@
-"""`fleetgate devices register|provision|rotate|list` and `fleetgate broker-config`: the device
-registry and device identity from the command line (docs/device-identity.md).
+"""`fleetgate devices register|provision|rotate|list`: the device registry and device identity
+from the command line (docs/device-identity.md).
 
 Registrations are validated like `POST /v1/devices` bodies; secrets are printed once, when they
-are issued, and stored only as hashes. Mount on the main app with `register_device_commands(app)`.
+are issued, and stored only as hashes.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ import asyncio
 import csv
 import dataclasses
 import io
-import os
 import re
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,28 +19,15 @@ from typing import TYPE_CHECKING, Annotated
 import orjson
 import typer
 
+from fleetgate.cli.shared import database_url, fail, load_settings, with_store
+
 if TYPE_CHECKING:
     from api.routes.devices import DeviceIn
 
-devices_app = typer.Typer(
-    no_args_is_help=True, help="Device identity: per-device secrets, stored hashed"
-)
+app = typer.Typer(no_args_is_help=True, help="Device identity: per-device secrets, stored hashed")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def register_device_commands(app: typer.Typer) -> None:
-    """Add `devices` and `broker-config` to the fleetgate command."""
-    app.add_typer(devices_app, name="devices")
-    app.command("broker-config")(broker_config)
-
-
-def _settings_and_dsn():
-    from fleetgate.cli import _database_url, load_settings
-
-    s = load_settings()
-    return s, _database_url(s)
 
 
 def _run(dsn: str, action):
@@ -54,17 +39,14 @@ def _run(dsn: str, action):
 
 def _run_on_store(dsn: str, action):
     """Run action(TelemetryStore) against the database; store errors become exit code 2."""
-    from fleetgate.cli import _with_store
     from telemetry.store import AlreadyProvisioned, RegistrationConflict, UnknownDevice
 
     try:
-        return asyncio.run(_with_store(dsn, action))
+        return asyncio.run(with_store(dsn, action))
     except RegistrationConflict as exc:
-        typer.echo(f"fleetgate: nothing registered: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(f"nothing registered: {exc}")
     except (UnknownDevice, AlreadyProvisioned) as exc:
-        typer.echo(f"fleetgate: {exc.args[0] if exc.args else exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(f"{exc.args[0] if exc.args else exc}")
 
 
 def parse_duration(text: str) -> float:
@@ -208,7 +190,7 @@ def _read_text(path: str) -> str:
         raise typer.BadParameter(f"cannot read {path}: {exc}") from exc
 
 
-@devices_app.command("register")
+@app.command("register")
 def register(
     vehicle_ref: Annotated[
         str | None,
@@ -252,9 +234,8 @@ def register(
             body = dict(zip(REGISTRATION_FIELDS, (vehicle_ref, device_id, vehicle_type)))
             devices = validate_registrations([("the arguments", body)])
     except RegistrationError as exc:
-        typer.echo(f"fleetgate: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    _, dsn = _settings_and_dsn()
+        fail(str(exc))
+    dsn = database_url(load_settings())
     before, without_secret = _run_on_store(dsn, lambda store: _register(store, devices))
     for line in _registration_report(devices, before):
         typer.echo(line)
@@ -307,7 +288,7 @@ def _registration_report(devices: list[DeviceIn], before: dict) -> list[str]:
     return [f"registered {len(devices)} {noun}: {parts}", *changes]
 
 
-@devices_app.command("provision")
+@app.command("provision")
 def provision(
     device_ids: Annotated[list[str] | None, typer.Argument(help="registered device ids")] = None,
     missing: Annotated[
@@ -319,7 +300,7 @@ def provision(
     `device_id<TAB>secret`."""
     if not device_ids and not missing:
         raise typer.BadParameter("name device ids, or use --missing")
-    _, dsn = _settings_and_dsn()
+    dsn = database_url(load_settings())
 
     async def action(creds):
         ids = list(device_ids or [])
@@ -332,7 +313,7 @@ def provision(
     _print_secrets(_run(dsn, action), as_json)
 
 
-@devices_app.command("rotate")
+@app.command("rotate")
 def rotate(
     device_id: Annotated[str, typer.Argument(help="a registered device id")],
     grace: Annotated[
@@ -346,7 +327,7 @@ def rotate(
 ) -> None:
     """Issue a new secret for a device, printed once; the old one expires after the grace."""
     grace_s = parse_duration(grace)
-    _, dsn = _settings_and_dsn()
+    dsn = database_url(load_settings())
     issued = _run(dsn, lambda creds: creds.rotate(device_id, grace_s=grace_s))
     _print_secrets([issued], as_json)
     if issued.previous_valid_until is not None:
@@ -356,12 +337,12 @@ def rotate(
         )
 
 
-@devices_app.command("list")
+@app.command("list")
 def list_devices(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
 ) -> None:
     """Registered devices and their credentials (never a secret or a hash)."""
-    _, dsn = _settings_and_dsn()
+    dsn = database_url(load_settings())
     infos = _run(dsn, lambda creds: creds.list())
     if as_json:
         typer.echo(orjson.dumps([dataclasses.asdict(i) for i in infos]).decode())
@@ -372,80 +353,3 @@ def list_devices(
         if i.valid > 1 and i.grace_until:
             when += f" / {i.grace_until.isoformat(timespec='seconds')}"
         typer.echo(f"{i.device_id:<24} {i.vehicle_ref:<24} {i.valid:>5}  {when}")
-
-
-def broker_config(
-    out: Annotated[
-        Path,
-        typer.Option(
-            help="folder for passwd, acl, gateway-users, fleetgate.conf and the subscription plugin"
-        ),
-    ],
-    gateway_user: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--gateway-user",
-            help="a gateway process's broker user (repeat for several; default "
-            "FLEETGATE_MQTT_USERNAME); its password is FLEETGATE_MQTT_PASSWORD",
-        ),
-    ] = None,
-    plugin: Annotated[
-        Path | None,
-        typer.Option(
-            help="Mosquitto's subscription plugin built elsewhere (where the broker runs, if its "
-            "C library differs); default: built into --out with the C compiler here"
-        ),
-    ] = None,
-    reload_pidfile: Annotated[
-        Path | None,
-        typer.Option(help="send SIGHUP to the broker with this pid file, so it reloads the files"),
-    ] = None,
-) -> None:
-    """Generate Mosquitto's password file, ACL and subscription plugin from the device
-    registry (docs/device-identity.md)."""
-    from gateway.broker_auth import PluginBuildError, generate, write_files
-
-    s, dsn = _settings_and_dsn()
-    users = list(gateway_user or ([s.mqtt_username] if s.mqtt_username else []))
-    if not users:
-        typer.echo(
-            "fleetgate: no gateway account: set FLEETGATE_MQTT_USERNAME and "
-            "FLEETGATE_MQTT_PASSWORD, the account `fleetgate run` logs in with (the "
-            "generated files let no anonymous client in, the gateway neither), or name "
-            "the users with --gateway-user",
-            err=True,
-        )
-        raise typer.Exit(2)
-    if s.mqtt_password is None:
-        typer.echo(
-            "fleetgate: FLEETGATE_MQTT_PASSWORD is not set: the gateway users' password, "
-            "the one `fleetgate run` logs in with",
-            err=True,
-        )
-        raise typer.Exit(2)
-    password = s.mqtt_password.get_secret_value()
-    directory = out.resolve()
-
-    async def action(creds):
-        return await generate(
-            creds,
-            topic_root=s.mqtt_topic_root,
-            directory=directory,
-            gateway_users={u: password for u in users},
-            plugin=plugin.resolve() if plugin else None,
-        )
-
-    try:
-        files = _run(dsn, action)
-        written = write_files(files, directory)
-    except (ValueError, PluginBuildError) as exc:
-        typer.echo(f"fleetgate: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    typer.echo(
-        f"wrote {', '.join(str(p) for p in written)}: {files.devices} devices, "
-        f"{files.gateway_users} gateway users"
-    )
-    if reload_pidfile is not None:
-        pid = int(reload_pidfile.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
-        typer.echo(f"sent SIGHUP to {pid}")
