@@ -7,7 +7,6 @@ rejected sample gets exactly one reason of REASONS, the one it would get decoded
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +18,6 @@ from pydantic import ValidationError
 from telemetry import senml
 from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, DeviceEvent, TelemetryBatch
 from telemetry.schema import (
-    DEVICE_ID_PATTERN,
     HEADING_RANGE,
     LAT_RANGE,
     LON_RANGE,
@@ -30,6 +28,7 @@ from telemetry.schema import (
     DeviceEventPayload,
     Status,
 )
+from telemetry.topics import is_device_id
 
 # Stable label values of fleetgate_samples_rejected_total{reason=...}; docs/protocol.md explains
 # each. The first group rejects a whole message before its samples are read and counts one per
@@ -56,7 +55,6 @@ SAMPLE_REASONS = (
 )
 REASONS = MESSAGE_REASONS + SAMPLE_REASONS
 
-_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 _NUMBER_TYPES = frozenset((int, float, type(None)))
 _BOOL_TYPES = frozenset((bool, type(None)))
 _TRISTATE = {None: -1, False: 0, True: 1}
@@ -240,7 +238,7 @@ _REJECTED = object()  # a message already counted under its reason
 
 def _reject_device(rejections: _Rejections, i: int, device_id: str | None) -> None:
     """An unregistered device, told apart from a topic that names no device at all."""
-    if _DEVICE_ID.match(device_id or ""):
+    if is_device_id(device_id or ""):
         rejections.add("unknown_device", i, f"device {device_id!r} is not registered")
     else:
         rejections.add("bad_topic", i, f"invalid device id {device_id!r} in topic")

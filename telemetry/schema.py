@@ -31,7 +31,6 @@ HEADING_RANGE = (0.0, 360.0)
 # datetime ends.
 STORABLE_TIME_MS = (0, 253_402_300_799_999)
 EVENT_TYPE_PATTERN = r"^[a-z0-9_]{1,48}$"
-DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 Number = float | int
 
