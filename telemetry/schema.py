@@ -19,6 +19,10 @@ from pydantic import (
     model_validator,
 )
 
+# The rule lives in telemetry.topics; decoders of earlier revisions import it from here, as
+# benchmarks/decoder.py --compare-with loads them beside today's schema.
+from telemetry.topics import DEVICE_ID_PATTERN as DEVICE_ID_PATTERN
+
 # Limits the protocol states; decoder.py uses the same numbers.
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_SAMPLES_PER_MESSAGE = 1000
