@@ -13,7 +13,7 @@ from fastapi import Request
 from telemetry.store import TelemetryStore
 
 if TYPE_CHECKING:
-    from api.auth import KeyCache
+    from api.key_cache import KeyCache
     from api.live import LiveHub
 
 

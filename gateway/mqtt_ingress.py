@@ -32,19 +32,25 @@ import orjson
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt import Message, MqttClient, MqttError, PersistentSession, Will
 from gateway.pipeline import Inbound, IngestPipeline
+from telemetry.topics import (
+    EVENT,
+    STATUS,
+    TELEMETRY,
+    drain_marker_topic,
+    every_device,
+    gateway_presence_topic,
+    parse_device_topic,
+)
 
 log = logging.getLogger(__name__)
 
-_KINDS = frozenset(("telemetry", "event", "status"))
+_KINDS = frozenset((TELEMETRY, EVENT, STATUS))
+_BAD_TOPIC = ("", TELEMETRY)  # rejected as bad_topic, still acknowledged
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code
 
 
 class DrainError(RuntimeError):
     """A session cannot be drained (its client id is in use)."""
-
-
-def presence_topic(topic_root: str, client_id: str) -> str:
-    return f"{topic_root}/$gateway/{client_id}/presence"
 
 
 def _presence(state: str, client_id: str) -> bytes:
@@ -74,7 +80,7 @@ async def read_presence(
     payload = await _read_retained(
         host,
         port,
-        presence_topic(topic_root, client_id),
+        gateway_presence_topic(topic_root, client_id),
         username=username,
         password=password,
         protocol=protocol,
@@ -174,14 +180,13 @@ class MqttIngress:
     ) -> None:
         self._pipeline = pipeline
         self._root = topic_root
-        self._prefix = topic_root + "/"
         self._shared_group = shared_group
         self._metrics = metrics
         self._paused = False
         self.draining = drain
         # Drain mode: the marker's topic and this run's payload prefix; the marker seen on the
         # current connection, as its acknowledgement token.
-        self._marker_topic = f"{topic_root}/$drain/{client_id}/marker"
+        self._marker_topic = drain_marker_topic(topic_root, client_id)
         self._marker_nonce = secrets.token_hex(8)
         self._marker: tuple[int, int, int] | None = None
         self.marker_arrived = asyncio.Event()
@@ -189,7 +194,7 @@ class MqttIngress:
         self.drain_error: str | None = None
         self.session_present: bool | None = None
         self._client_id = client_id
-        self._presence_topic = presence_topic(topic_root, client_id)
+        self._presence_topic = gateway_presence_topic(topic_root, client_id)
         self._session = PersistentSession(
             host=host,
             port=port,
@@ -215,10 +220,10 @@ class MqttIngress:
     def subscriptions(self) -> list[tuple[str, int]]:
         shared = f"$share/{self._shared_group}/" if self._shared_group else ""
         return [
-            (f"{shared}{self._root}/+/telemetry", 1),
-            (f"{shared}{self._root}/+/event", 1),
+            (shared + every_device(self._root, TELEMETRY), 1),
+            (shared + every_device(self._root, EVENT), 1),
             # Retained presence is not delivered on shared subscriptions (MQTT 5, 4.8.2).
-            (f"{self._root}/+/status", 1),
+            (every_device(self._root, STATUS), 1),
         ]
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -337,7 +342,7 @@ class MqttIngress:
 
     def _on_messages(self, messages: list[Message], generation: int) -> None:
         received_ms = int(time.time() * 1000)
-        prefix, plen, submit = self._prefix, len(self._prefix), self._pipeline.submit
+        root, submit = self._root, self._pipeline.submit
         for m in messages:
             topic = m.topic
             if topic == self._marker_topic:  # drain mode's marker: stored nowhere
@@ -345,12 +350,8 @@ class MqttIngress:
                     self._marker = (generation, m.mid, m.qos)
                     self.marker_arrived.set()
                 continue
-            if topic.startswith(prefix):
-                device_id, _, kind = topic[plen:].partition("/")
-            else:
-                device_id, kind = "", "telemetry"  # rejected as bad_topic, still acknowledged
-            if kind not in _KINDS:
-                device_id, kind = "", "telemetry"
+            parsed = parse_device_topic(root, topic)
+            device_id, kind = parsed if parsed is not None and parsed[1] in _KINDS else _BAD_TOPIC
             submit(
                 Inbound(
                     kind,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,12 +23,11 @@ from gateway.stages import BatchStage, StageOutput, merge_outputs
 from telemetry.batch import DeviceEvent, TelemetryBatch
 from telemetry.decoder import TimeLimits, decode_events, decode_status, decode_telemetry
 from telemetry.plausibility import PlausibilityFilter
-from telemetry.schema import DEVICE_ID_PATTERN
 from telemetry.store import Device, QuarantinedMessage, StoreUnavailable, TelemetryStore
+from telemetry.topics import is_device_id
 
 log = logging.getLogger(__name__)
 
-_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 # The rejection reason of a message whose processing raised (a fault of the gateway's, not of the
 # message's form): it is kept in quarantined_messages and acknowledged, never retried forever.
 PROCESSING_FAILED = "processing_failed"
@@ -83,7 +81,7 @@ class DeviceRegistry:
         never be rejected as unknown because this process has not caught up yet."""
         known = self.vehicle_of
         unknown = {d for d in device_ids if d not in known}
-        unknown = [d for d in unknown if _DEVICE_ID.fullmatch(d)]
+        unknown = [d for d in unknown if is_device_id(d)]
         if not unknown:
             return
         found = await self._store.load_devices(unknown)

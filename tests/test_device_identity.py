@@ -35,9 +35,10 @@ from gateway.broker_auth import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt import MqttClient, MqttError
-from gateway.mqtt_ingress import MqttIngress, presence_topic, read_presence
+from gateway.mqtt_ingress import MqttIngress, read_presence
 from telemetry.store import AlreadyProvisioned, DeviceCredentials, TelemetryStore, UnknownDevice
 from telemetry.store._credentials import check_mosquitto_hash, mosquitto_hash
+from telemetry.topics import gateway_presence_topic
 from tests.harness import eventually, gateway_config, metric, register, running_gateway, stored_keys
 
 ROOT = "fg/v1"
@@ -111,6 +112,7 @@ SUBSCRIPTIONS = [
         ("lock-a", "publish", "fg/v2/lock-a/telemetry", False),
         ("lock-a", "delete", "fg/v1/lock-a/telemetry", False),
         ("lock+a", "publish", "fg/v1/lock+a/telemetry", False),  # not a device id
+        ("lock-a\n", "publish", "fg/v1/lock-a\n/telemetry", False),  # nor is this one
         ("gw-1", "publish", "fg/v1/lock-a/cmd", True),
         ("gw-1", "publish", "fg/v1/$gateway/gw-1/presence", True),
         ("gw-1", "publish", "other/topic", False),
@@ -686,8 +688,8 @@ async def test_emqx_hooks_let_the_gateway_account_in_and_devices_only_to_their_t
                 *(("subscribe", f.split("/", 2)[2]) for f in shared),  # as EMQX passes them
                 ("subscribe", f"{ROOT}/+/cmd/result"),  # the command link
                 ("publish", f"{ROOT}/lock-a/cmd"),
-                ("publish", presence_topic(ROOT, gw_id)),  # presence and will
-                ("subscribe", presence_topic(ROOT, gw_id)),  # fleetgate drain's probe
+                ("publish", gateway_presence_topic(ROOT, gw_id)),  # presence and will
+                ("subscribe", gateway_presence_topic(ROOT, gw_id)),  # fleetgate drain's probe
                 ("subscribe", f"{ROOT}/$drain/{gw_id}/marker"),
                 ("publish", f"{ROOT}/$drain/{gw_id}/marker"),
             ]

@@ -26,8 +26,8 @@ from telemetry.store import _binary as wire
 from telemetry.store._api_keys import ApiKey
 from telemetry.store._errors import RegistrationConflict, StoreUnavailable
 from telemetry.store._zones import ZoneRows
+from telemetry.topics import DEVICE_ID_RULE, is_device_id
 
-_DEVICE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 VEHICLE_TYPES = ("ebike", "car")
 
 
@@ -944,8 +944,8 @@ class TelemetryStore:
 
 
 def _validate(r: VehicleRegistration) -> None:
-    if not (1 <= len(r.device_id) <= 64) or not set(r.device_id) <= _DEVICE_ID_CHARS:
-        raise ValueError(f"device id {r.device_id!r} does not match [A-Za-z0-9_.:-]{{1,64}}")
+    if not is_device_id(r.device_id):
+        raise ValueError(f"device id {r.device_id!r} does not match {DEVICE_ID_RULE}")
     if r.vehicle_type not in VEHICLE_TYPES:
         raise ValueError(f"vehicle type {r.vehicle_type!r} is not one of {VEHICLE_TYPES}")
     if not r.vehicle_ref:
