@@ -281,7 +281,7 @@ async def _drain_session(
 
 async def _serve_ops(s: Settings, gateway) -> None:
     """The operator's port (/metrics, /healthz, /readyz) until the gateway stops."""
-    from gateway.ops_http import ops_app
+    from api.ops_http import ops_app
 
     server = _http_server(
         ops_app(gateway.readiness, gateway.metrics.registry),
