@@ -48,6 +48,7 @@ from commands.mqtt import CommandLink, InboundResult, command_client_id
 from commands.reads import CommandReads
 from commands.scheduler import DeliveryPolicy, Plan, plan_vehicle
 from commands.store import CommandConflict, CommandStore, VehicleInfo
+from gateway.mqtt import ConnectOptions
 from telemetry.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -162,15 +163,17 @@ class CommandService(CommandReads):
         self._background: set[asyncio.Task] = set()
         self.ready = asyncio.Event()
         self.link = CommandLink(
-            host=config.mqtt_host,
-            port=config.mqtt_port,
-            client_id=config.mqtt_client_id,
+            ConnectOptions(
+                config.mqtt_host,
+                config.mqtt_port,
+                config.mqtt_client_id,
+                username=config.mqtt_username,
+                password=config.mqtt_password,
+                protocol=config.mqtt_protocol,
+                keepalive_s=config.mqtt_keepalive_s,
+                session_expiry_s=config.mqtt_session_expiry_s,
+            ),
             topic_root=config.mqtt_topic_root,
-            protocol=config.mqtt_protocol,
-            keepalive_s=config.mqtt_keepalive_s,
-            session_expiry_s=config.mqtt_session_expiry_s,
-            username=config.mqtt_username,
-            password=config.mqtt_password,
             on_results=self._on_results,
             on_up=self._on_link_up,
             on_connected=lambda up: self.metrics.broker_connected.set(1 if up else 0),

@@ -242,15 +242,7 @@ async def _drain_session(
     config = GatewayConfig.from_settings(
         s, services.database_url, services.mqtt_host, services.mqtt_port
     )
-    presence = await read_presence(
-        config.mqtt_host,
-        config.mqtt_port,
-        config.mqtt_topic_root,
-        config.mqtt_client_id,
-        username=config.mqtt_username,
-        password=config.mqtt_password,
-        protocol=config.mqtt_protocol,
-    )
+    presence = await read_presence(config.mqtt, config.mqtt_topic_root)
     if presence is not None and presence.get("state") == "online" and not force:
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(presence.get("t", 0) / 1000))
         return (
@@ -748,20 +740,22 @@ def _write_sim_secrets(path: Path, secrets: dict[str, str]) -> None:
 async def _broker_refusal(fleet, issued: int, secrets: Path) -> str | None:
     """Why the broker would not let the simulated devices in, in one line, or None: one
     CONNECT as the first device, which resumes its session and leaves it as it was."""
-    from gateway.mqtt import MqttClient, MqttError
+    from gateway.mqtt import ConnectOptions, MqttClient, MqttError
 
     o, device_id = fleet.options, fleet.device_ids[0]
     where = f"{o.host}:{o.port}"
     probe = MqttClient(
-        o.host,
-        o.port,
-        client_id=device_id,
-        protocol=o.protocol,
+        ConnectOptions(
+            o.host,
+            o.port,
+            device_id,
+            protocol=o.protocol,
+            session_expiry_s=o.session_expiry_s,
+            **fleet.mqtt_login(device_id),
+        ),
         clean_start=False,
-        session_expiry_s=o.session_expiry_s,
         manual_ack=True,
         on_messages=lambda messages: None,
-        **fleet.mqtt_login(device_id),
     )
     try:
         await probe.connect(timeout=o.connect_timeout_s)

@@ -23,6 +23,7 @@ from gateway.coap import CoapIngress
 from gateway.dispatcher_lease import DispatcherLease, LeaseLost
 from gateway.handover import StateHandover
 from gateway.metrics import GatewayMetrics
+from gateway.mqtt import ConnectOptions
 from gateway.mqtt_ingress import DrainError, MqttIngress, read_broker_version
 from gateway.pipeline import DeviceRegistry, IngestPipeline, PipelineLimits
 from gateway.stages import BatteryStage, GeofenceStage
@@ -86,6 +87,21 @@ class GatewayConfig:
     # Drain mode (`fleetgate drain`): store what the broker holds for mqtt_client_id's session
     # (a process retired for good), end that session and stop. No commands, no CoAP.
     drain: bool = False
+
+    @property
+    def mqtt(self) -> ConnectOptions:
+        """The broker and this process's CONNECT parameters (its ingress session's)."""
+        return ConnectOptions(
+            self.mqtt_host,
+            self.mqtt_port,
+            self.mqtt_client_id,
+            username=self.mqtt_username,
+            password=self.mqtt_password,
+            protocol=self.mqtt_protocol,
+            keepalive_s=self.mqtt_keepalive_s,
+            session_expiry_s=self.mqtt_session_expiry_s,
+            receive_maximum=self.mqtt_receive_maximum,
+        )
 
     @classmethod
     def from_settings(cls, s, database_url: str, mqtt_host: str, mqtt_port: int) -> GatewayConfig:
@@ -281,17 +297,9 @@ class Gateway:
         )
         self.ingress = ingress = MqttIngress(
             pipeline,
-            host=cfg.mqtt_host,
-            port=cfg.mqtt_port,
-            client_id=cfg.mqtt_client_id,
+            cfg.mqtt,
             topic_root=cfg.mqtt_topic_root,
             shared_group=cfg.mqtt_shared_group,
-            protocol=cfg.mqtt_protocol,
-            keepalive_s=cfg.mqtt_keepalive_s,
-            session_expiry_s=cfg.mqtt_session_expiry_s,
-            receive_maximum=cfg.mqtt_receive_maximum,
-            username=cfg.mqtt_username,
-            password=cfg.mqtt_password,
             metrics=self.metrics,
             drain=cfg.drain,
         )
@@ -407,13 +415,7 @@ class Gateway:
         gateway subscribes again, telemetry to the shared filter is acknowledged to the devices
         and dropped. Say so at start where the broker is one (docs/deployment.md)."""
         cfg = self.config
-        version = await read_broker_version(
-            cfg.mqtt_host,
-            cfg.mqtt_port,
-            username=cfg.mqtt_username,
-            password=cfg.mqtt_password,
-            protocol=cfg.mqtt_protocol,
-        )
+        version = await read_broker_version(cfg.mqtt)
         if version and version.lower().startswith("mosquitto"):
             log.warning(
                 "shared_subscription_not_kept_by_broker",
