@@ -386,16 +386,14 @@ def _http_server(app, host: str, port: int, grace_s: float):
 
 
 async def _open_store_retrying(dsn: str, stop: asyncio.Event):
-    from telemetry.store import StoreUnavailable, TelemetryStore
+    from telemetry.store import TelemetryStore, retry_while_unavailable
 
-    while not stop.is_set():
-        try:
-            return await TelemetryStore.open(dsn)
-        except StoreUnavailable as exc:
-            log.warning("database_unavailable", extra={"operation": "api", "error": str(exc)[:200]})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
-    return None
+    def unavailable(exc: Exception, retry_in_s: float) -> None:
+        log.warning("database_unavailable", extra={"operation": "api", "error": str(exc)[:200]})
+
+    return await retry_while_unavailable(
+        lambda: TelemetryStore.open(dsn), unavailable, first_s=2.0, max_s=2.0, stop=stop
+    )
 
 
 @app.command("api")
