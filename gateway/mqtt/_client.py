@@ -476,18 +476,11 @@ class MqttClient:
         if self._input_ended:
             return
         if self._reading_paused:
-            self._held_bytes += len(data)
-            if self._held_bytes >= self.max_held_bytes and not self._socket_paused:
-                self._socket_paused = True
-                self._transport.pause_reading()
+            self._count_held_back(len(data))
         try:
             messages, acked, others, pongs = self._stream.feed(data)
             if pongs:
-                self._ping_sent = None
-                waiters, self._pong_waiters = self._pong_waiters, []
-                for fut in waiters:
-                    if not fut.done():
-                        fut.set_result(None)
+                self._on_pongs()
             for packet in others:
                 self._on_packet(packet)
                 if self._input_ended:  # a DISCONNECT
@@ -499,17 +492,40 @@ class MqttClient:
             self._violation(MalformedPacket(f"a field overruns its packet ({exc})"))
             return
         if acked:
-            inflight = self._inflight
-            for mid in acked:
-                fut = inflight.pop(mid, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-            self._release_waiting()
-        if messages and not self._leaving:
-            if self._reading_paused or self._held:
-                self._held += messages
-            else:
-                self._deliver(messages)
+            self._on_acked(acked)
+        if messages:
+            self._on_messages_read(messages)
+
+    def _count_held_back(self, size: int) -> None:
+        """Paused: past max_held_bytes read, stop reading the socket itself."""
+        self._held_bytes += size
+        if self._held_bytes >= self.max_held_bytes and not self._socket_paused:
+            self._socket_paused = True
+            self._transport.pause_reading()
+
+    def _on_pongs(self) -> None:
+        self._ping_sent = None
+        waiters, self._pong_waiters = self._pong_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _on_acked(self, mids: list[int]) -> None:
+        """Our QoS 1 publishes the broker acknowledged: resolve them, send what waited."""
+        inflight = self._inflight
+        for mid in mids:
+            fut = inflight.pop(mid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        self._release_waiting()
+
+    def _on_messages_read(self, messages: list[Message]) -> None:
+        if self._leaving:
+            return  # neither delivered nor acknowledged: the broker sends them again
+        if self._reading_paused or self._held:
+            self._held += messages
+        else:
+            self._deliver(messages)
 
     def _deliver(self, messages: list[Message]) -> None:
         if self.on_messages is not None:
@@ -537,33 +553,43 @@ class MqttClient:
         """A control packet; raises ProtocolViolation (or IndexError) for a broken one."""
         kind = packet.type
         if kind == CONNACK:  # the stream lets only the first one through
-            connack = decode_connack(packet.body, self.protocol)
-            if self._connack is not None and not self._connack.done():
-                self._connack.set_result(connack)
+            self._on_connack(packet.body)
         elif kind == PUBACK:  # an MQTT 5 PUBACK with a reason code
-            body = packet.body
-            mid, code = (body[0] << 8) | body[1], body[2]
-            fut = self._inflight.pop(mid, None)
-            if fut is not None and not fut.done():
-                if code >= 0x80:
-                    fut.set_exception(MqttError(f"publish refused: {reason_name(code)}", code))
-                else:
-                    fut.set_result(None)
-            self._release_waiting()
+            self._on_puback_with_reason(packet.body)
         elif kind == SUBACK or kind == UNSUBACK:
-            mid, codes = decode_suback(packet.body, self.protocol)
-            fut = self._subacks.pop(mid, None)
-            if fut is not None and not fut.done():
-                fut.set_result(codes)
+            self._on_suback(packet.body)
         elif kind == DISCONNECT:
-            body = packet.body
-            code = body[0] if body else 0
-            detail = reason_name(code)
-            if len(body) > 1:
-                props, _ = read_properties(body, 1)
-                if 0x1F in props:
-                    detail += f": {props[0x1F]}"
-            self._fail(ConnectionLost(f"broker disconnected: {detail}", code))
+            self._on_disconnect(packet.body)
+
+    def _on_connack(self, body: bytes) -> None:
+        connack = decode_connack(body, self.protocol)
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(connack)
+
+    def _on_puback_with_reason(self, body: bytes) -> None:
+        mid, code = (body[0] << 8) | body[1], body[2]
+        fut = self._inflight.pop(mid, None)
+        if fut is not None and not fut.done():
+            if code >= 0x80:
+                fut.set_exception(MqttError(f"publish refused: {reason_name(code)}", code))
+            else:
+                fut.set_result(None)
+        self._release_waiting()
+
+    def _on_suback(self, body: bytes) -> None:
+        mid, codes = decode_suback(body, self.protocol)
+        fut = self._subacks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(codes)
+
+    def _on_disconnect(self, body: bytes) -> None:
+        code = body[0] if body else 0
+        detail = reason_name(code)
+        if len(body) > 1:
+            props, _ = read_properties(body, 1)
+            if 0x1F in props:  # reason string
+                detail += f": {props[0x1F]}"
+        self._fail(ConnectionLost(f"broker disconnected: {detail}", code))
 
     def _fail(self, exc: ConnectionLost) -> None:
         self._lost_reason = exc

@@ -577,21 +577,27 @@ class PacketStream:
         if kind == PINGRESP:
             raise MalformedPacket(f"PINGRESP of {rl} bytes")
         if b0 not in _OTHERS_ALLOWED[self.protocol]:
-            if kind == 0 or (kind == AUTH and self.protocol != 5):
-                raise MalformedPacket(name if kind == 0 else "reserved packet type 15")
-            if kind in (PUBREC, PUBREL, PUBCOMP):
-                why = "this client never uses QoS 2"
-            elif kind == AUTH:
-                why = "this client has no authentication method"
-            elif kind == DISCONNECT:
-                why = "an MQTT 3.1.1 server does not send it"
-            else:
-                why = "only clients send it"
-            raise ProtocolViolation(f"{name} ({why})")
+            raise _not_for_this_client(kind, self.protocol)
         if kind == CONNACK:
             if self._connack_seen:
                 raise ProtocolViolation("a second CONNACK")
             self._connack_seen = True
+
+
+def _not_for_this_client(kind: int, protocol: int) -> ProtocolViolation:
+    """Why a server must not send this packet type to this client (with these flags)."""
+    name = PACKET_NAMES[kind]
+    if kind == 0 or (kind == AUTH and protocol != 5):
+        return MalformedPacket(name if kind == 0 else "reserved packet type 15")
+    if kind in (PUBREC, PUBREL, PUBCOMP):
+        why = "this client never uses QoS 2"
+    elif kind == AUTH:
+        why = "this client has no authentication method"
+    elif kind == DISCONNECT:
+        why = "an MQTT 3.1.1 server does not send it"
+    else:
+        why = "only clients send it"
+    return ProtocolViolation(f"{name} ({why})")
 
 
 def _varint_or_incomplete(buf: bytes, pos: int) -> tuple[int, int]:
