@@ -204,7 +204,7 @@ class Gateway:
         finally:
             await self._clean_up(tasks)
 
-    # --- the steps of run(), in order -----------------------------------------------------------
+    # --- the steps of run(), in order -------------------------------------------------------
 
     async def _open_store(self) -> TelemetryStore:
         def unavailable(exc: StoreUnavailable, retry_in_s: float) -> None:
@@ -408,8 +408,6 @@ class Gateway:
             await self.lease.release()
         await self.store.close()
 
-    # --- serving ----------------------------------------------------------------------------------
-
     async def _warn_if_broker_drops_shared_subscriptions(self) -> None:
         """Mosquitto 2.0 does not restore shared subscriptions after its own restart: until the
         gateway subscribes again, telemetry to the shared filter is acknowledged to the devices
@@ -428,6 +426,8 @@ class Gateway:
                     "empty (docs/deployment.md)",
                 },
             )
+
+    # --- serving ----------------------------------------------------------------------------
 
     async def _serve_until_stopped(self, needed: dict[asyncio.Task, str]) -> None:
         """Wait for stop(); if a task the gateway needs ends first, fail loudly: readiness says
