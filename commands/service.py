@@ -48,7 +48,8 @@ from commands.mqtt import CommandLink, InboundResult, command_client_id
 from commands.reads import CommandReads
 from commands.scheduler import DeliveryPolicy, Plan, plan_vehicle
 from commands.store import CommandConflict, CommandStore, VehicleInfo
-from telemetry.store import StoreUnavailable
+from gateway.mqtt import ConnectOptions
+from telemetry.store import Backoff, StoreUnavailable, retry_while_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -162,15 +163,17 @@ class CommandService(CommandReads):
         self._background: set[asyncio.Task] = set()
         self.ready = asyncio.Event()
         self.link = CommandLink(
-            host=config.mqtt_host,
-            port=config.mqtt_port,
-            client_id=config.mqtt_client_id,
+            ConnectOptions(
+                config.mqtt_host,
+                config.mqtt_port,
+                config.mqtt_client_id,
+                username=config.mqtt_username,
+                password=config.mqtt_password,
+                protocol=config.mqtt_protocol,
+                keepalive_s=config.mqtt_keepalive_s,
+                session_expiry_s=config.mqtt_session_expiry_s,
+            ),
             topic_root=config.mqtt_topic_root,
-            protocol=config.mqtt_protocol,
-            keepalive_s=config.mqtt_keepalive_s,
-            session_expiry_s=config.mqtt_session_expiry_s,
-            username=config.mqtt_username,
-            password=config.mqtt_password,
             on_results=self._on_results,
             on_up=self._on_link_up,
             on_connected=lambda up: self.metrics.broker_connected.set(1 if up else 0),
@@ -674,21 +677,21 @@ class CommandService(CommandReads):
         self._results_ready.set()
 
     async def _results_loop(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(0.2, 5.0)
         while not self._stop.is_set():
             await self._results_ready.wait()
             items = self._results[:5000]
             try:
                 await self._process_results(items)
-                backoff = 0.2
+                backoff.reset()
             except StoreUnavailable as exc:
                 self.metrics.db_errors.labels("unavailable").inc()
+                delay = backoff.next()
                 log.warning(
                     "commands_database_unavailable",
-                    extra={"operation": "results", "error": str(exc)[:300], "retry_in_s": backoff},
+                    extra={"operation": "results", "error": str(exc)[:300], "retry_in_s": delay},
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(delay)
                 continue
             except CommandConflict as exc:
                 log.warning("commands_conflict", extra={"error": str(exc)[:300]})
@@ -787,7 +790,7 @@ class CommandService(CommandReads):
     # --- the dispatcher: timers, presence, state changes ---------------------------------------
 
     async def _dispatch_loop(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(0.2, 5.0)
         last_recheck = time.monotonic()
         while not self._stop.is_set():
             now_ts = self._clock().timestamp()
@@ -806,20 +809,20 @@ class CommandService(CommandReads):
             if vehicles:
                 try:
                     await self._replan(vehicles)
-                    backoff = 0.2
+                    backoff.reset()
                 except StoreUnavailable as exc:
                     self._dirty |= vehicles
                     self.metrics.db_errors.labels("unavailable").inc()
+                    delay = backoff.next()
                     log.warning(
                         "commands_database_unavailable",
                         extra={
                             "operation": "dispatch",
                             "error": str(exc)[:300],
-                            "retry_in_s": backoff,
+                            "retry_in_s": delay,
                         },
                     )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    await asyncio.sleep(delay)
                 except CommandConflict as exc:
                     log.warning("commands_conflict", extra={"error": str(exc)[:300]})
                     await self._reload(vehicles)
@@ -907,17 +910,13 @@ class CommandService(CommandReads):
         return info
 
     async def _retry(self, fn):
-        backoff = 0.5
-        while True:
-            try:
-                return await fn()
-            except StoreUnavailable as exc:
-                log.warning(
-                    "commands_database_unavailable",
-                    extra={"operation": getattr(fn, "__name__", "?"), "error": str(exc)[:300]},
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        def unavailable(exc: StoreUnavailable, retry_in_s: float) -> None:
+            log.warning(
+                "commands_database_unavailable",
+                extra={"operation": getattr(fn, "__name__", "?"), "error": str(exc)[:300]},
+            )
+
+        return await retry_while_unavailable(fn, unavailable)
 
     def _spawn(self, coro, what: str) -> None:
         task = asyncio.create_task(coro, name=f"commands-{what}")

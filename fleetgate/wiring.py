@@ -18,7 +18,7 @@ from commands import CommandReads, CommandStore, DeliveryPolicy, InterlockPolicy
 from fleetgate.settings import Settings
 from gateway.broker_auth import BrokerAccess, gateway_accounts
 from gateway.coap import TokenVerifier
-from gateway.ops_http import ops_app
+from api.ops_http import ops_app
 from gateway.pipeline import PipelineLimits
 from gateway.service import Gateway, GatewayConfig
 from telemetry.decoder import TimeLimits

@@ -25,12 +25,13 @@ import secrets
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from gateway.metrics import GatewayMetrics
-from gateway.mqtt import Message, MqttClient, MqttError, PersistentSession, Will
+from gateway.mqtt import ConnectOptions, Message, MqttClient, MqttError, PersistentSession, Will
 from gateway.pipeline import Inbound, IngestPipeline
 from telemetry.topics import (
     EVENT,
@@ -66,73 +67,33 @@ def _presence(state: str, client_id: str) -> bytes:
 
 
 async def read_presence(
-    host: str,
-    port: int,
-    topic_root: str,
-    client_id: str,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    protocol: int = 5,
-    wait_s: float = 1.0,
+    options: ConnectOptions, topic_root: str, *, wait_s: float = 1.0
 ) -> dict | None:
-    """The retained presence of the gateway process with this client id, None if there is none."""
-    payload = await _read_retained(
-        host,
-        port,
-        gateway_presence_topic(topic_root, client_id),
-        username=username,
-        password=password,
-        protocol=protocol,
-        wait_s=wait_s,
-    )
+    """The retained presence of the gateway process that connects with these options (its
+    client id), None if there is none."""
+    topic = gateway_presence_topic(topic_root, options.client_id)
+    payload = await _read_retained(options, topic, wait_s=wait_s)
     try:
         return orjson.loads(payload) if payload else None
     except orjson.JSONDecodeError:
         return {"state": "unknown", "payload": payload[:200].decode("utf-8", "replace")}
 
 
-async def read_broker_version(
-    host: str,
-    port: int,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    protocol: int = 5,
-    wait_s: float = 1.0,
-) -> str | None:
+async def read_broker_version(options: ConnectOptions, *, wait_s: float = 1.0) -> str | None:
     """What the broker says it is ($SYS/broker/version, e.g. "mosquitto version 2.0.11"), None
     where it publishes no such topic or the account may not read it."""
     try:
         payload = await asyncio.wait_for(
-            _read_retained(
-                host,
-                port,
-                "$SYS/broker/version",
-                username=username,
-                password=password,
-                protocol=protocol,
-                wait_s=wait_s,
-            ),
-            wait_s + 2.0,
+            _read_retained(options, "$SYS/broker/version", wait_s=wait_s), wait_s + 2.0
         )
     except (OSError, TimeoutError, MqttError):
         return None
     return payload.decode("utf-8", "replace").strip() if payload else None
 
 
-async def _read_retained(
-    host: str,
-    port: int,
-    topic: str,
-    *,
-    username: str | None,
-    password: str | None,
-    protocol: int,
-    wait_s: float,
-) -> bytes | None:
-    """A topic's retained message, on a throw-away connection of its own (clean, no session left
-    behind); None if none arrives within wait_s."""
+async def _read_retained(options: ConnectOptions, topic: str, *, wait_s: float) -> bytes | None:
+    """A topic's retained message, on a throw-away connection of its own (a client id of its
+    own, clean, no session left behind); None if none arrives within wait_s."""
     got: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def on_messages(messages: list[Message]) -> None:
@@ -140,14 +101,9 @@ async def _read_retained(
             if not got.done():
                 got.set_result(m.payload)
 
+    probe_id = f"fleetgate-probe-{secrets.token_hex(6)}"
     probe = MqttClient(
-        host,
-        port,
-        client_id=f"fleetgate-probe-{secrets.token_hex(6)}",
-        protocol=protocol,
-        username=username,
-        password=password,
-        on_messages=on_messages,
+        replace(options, client_id=probe_id, session_expiry_s=0), on_messages=on_messages
     )
     await probe.connect()
     try:
@@ -163,21 +119,14 @@ class MqttIngress:
     def __init__(
         self,
         pipeline: IngestPipeline,
+        options: ConnectOptions,
         *,
-        host: str,
-        port: int,
-        client_id: str,
         topic_root: str = "fg/v1",
         shared_group: str = "",
-        protocol: int = 5,
-        keepalive_s: int = 30,
-        session_expiry_s: int = 7 * 86400,
-        receive_maximum: int = 65535,
-        username: str | None = None,
-        password: str | None = None,
         metrics: GatewayMetrics,
         drain: bool = False,
     ) -> None:
+        client_id = options.client_id
         self._pipeline = pipeline
         self._root = topic_root
         self._shared_group = shared_group
@@ -196,18 +145,10 @@ class MqttIngress:
         self._client_id = client_id
         self._presence_topic = gateway_presence_topic(topic_root, client_id)
         self._session = PersistentSession(
-            host=host,
-            port=port,
-            client_id=client_id,
+            options,
             subscriptions=(lambda: [(self._marker_topic, 1)]) if drain else self.subscriptions,
             unsubscribe=(lambda: [f for f, _ in self.subscriptions()]) if drain else None,
             on_messages=self._on_messages,
-            protocol=protocol,
-            keepalive_s=keepalive_s,
-            session_expiry_s=session_expiry_s,
-            receive_maximum=receive_maximum,
-            username=username,
-            password=password,
             on_up=self._connection_up,
             on_down=self._connection_gone,
             log=log,

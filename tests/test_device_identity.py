@@ -34,7 +34,7 @@ from gateway.broker_auth import (
     write_files,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.mqtt import MqttClient, MqttError
+from gateway.mqtt import ConnectOptions, MqttClient, MqttError
 from gateway.mqtt_ingress import MqttIngress, read_presence
 from telemetry.store import AlreadyProvisioned, DeviceCredentials, TelemetryStore, UnknownDevice
 from telemetry.store._credentials import check_mosquitto_hash, mosquitto_hash
@@ -265,12 +265,14 @@ async def connect(
     **kw,
 ) -> MqttClient:
     client = MqttClient(
-        host,
-        port,
-        client_id=client_id or user or "anon",
-        username=user,
-        password=password,
-        protocol=protocol,
+        ConnectOptions(
+            host,
+            port,
+            client_id or user or "anon",
+            username=user,
+            password=password,
+            protocol=protocol,
+        ),
         **kw,
     )
     await client.connect()
@@ -546,12 +548,14 @@ async def test_a_device_subscribing_to_others_topics_gets_nothing_and_takes_noth
                     what="every acknowledged sample stored",
                 )
                 presence = await read_presence(
-                    broker.host,
-                    broker.port,
+                    ConnectOptions(
+                        broker.host,
+                        broker.port,
+                        cfg.mqtt_client_id,
+                        username=gw_user,
+                        password="gw-password",
+                    ),
                     topic_root,
-                    cfg.mqtt_client_id,
-                    username=gw_user,
-                    password="gw-password",
                 )
                 assert presence is not None and presence["state"] == "online"
                 # lock-a's own command topic works (commands wait for a device to be online:
@@ -641,9 +645,7 @@ async def test_emqx_hooks_let_the_gateway_account_in_and_devices_only_to_their_t
     gw_id = settings.mqtt_client_id
     ingress = MqttIngress(
         None,
-        host="-",
-        port=0,
-        client_id=gw_id,
+        ConnectOptions("-", 0, gw_id),
         topic_root=ROOT,
         shared_group="fleetgate",
         metrics=GatewayMetrics(CollectorRegistry()),

@@ -10,6 +10,7 @@ from telemetry.store._credentials import (
     UnknownDevice,
 )
 from telemetry.store._errors import (
+    DataRefused,
     MigrationError,
     RegistrationConflict,
     StorageMismatch,
@@ -17,6 +18,7 @@ from telemetry.store._errors import (
     StoreUnavailable,
 )
 from telemetry.store._migrate import MigrationReport, migrate
+from telemetry.store._retry import Backoff, retry_while_unavailable
 from telemetry.store._store import (
     BATTERY_HEALTH_COLUMNS,
     VEHICLE_JSON_COLUMNS,
@@ -45,6 +47,8 @@ __all__ = [
     "BATTERY_HEALTH_COLUMNS",
     "VEHICLE_JSON_COLUMNS",
     "AdvancedState",
+    "Backoff",
+    "DataRefused",
     "Derived",
     "Device",
     "Event",
@@ -62,4 +66,5 @@ __all__ = [
     "ZoneRows",
     "is_unavailable",
     "migrate",
+    "retry_while_unavailable",
 ]

@@ -24,7 +24,7 @@ from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, TelemetryBatch
 from telemetry.store import _api_keys, _partitions, _policies, _zones
 from telemetry.store import _binary as wire
 from telemetry.store._api_keys import ApiKey
-from telemetry.store._errors import RegistrationConflict, StoreUnavailable
+from telemetry.store._errors import DataRefused, RegistrationConflict, StoreUnavailable
 from telemetry.store._zones import ZoneRows
 from telemetry.topics import DEVICE_ID_RULE, is_device_id
 
@@ -705,12 +705,19 @@ class TelemetryStore:
 
         events: device, geofence or battery events (anything with vehicle, time_ms, type, detail,
         source). Samples already stored (same vehicle and time) are counted as duplicates; so
-        are repeats within the batch. A sample for a day without a partition gets one.
+        are repeats within the batch. A sample for a day without a partition gets one. Data the
+        database refuses raises DataRefused (and nothing is stored), an outage StoreUnavailable.
         """
         derived = derived or Derived()
         if not len(batch) and not events and not derived:
             return WriteResult(0, 0, 0)
         prepared = _PreparedWrite.build(batch, events, derived)
+        try:
+            return await self._write_prepared(prepared)
+        except psycopg.Error as exc:  # connection trouble is StoreUnavailable by now
+            raise DataRefused(str(exc) or type(exc).__name__) from exc
+
+    async def _write_prepared(self, prepared: _PreparedWrite) -> WriteResult:
         try:
             async with self._transaction() as cur:
                 return await self._write_in(cur, prepared)
