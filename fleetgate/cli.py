@@ -308,9 +308,9 @@ async def _serve_ops(s: Settings, gateway) -> None:
 async def _serve_api(s: Settings, dsn: str, stop: asyncio.Event, *, gateway=None) -> None:
     """The HTTP API until stop is set; beside a gateway its live feed follows every commit."""
     from api import ApiContext, KeyCache, LiveHub, create_app
-    from commands import CommandReads, CommandStore
     from gateway.broker_auth import BrokerAccess, gateway_accounts
     from gateway.coap import TokenVerifier
+    from gateway.commands import CommandReads, CommandStore
     from telemetry.store import DeviceCredentials
 
     store = await _open_store_retrying(dsn, stop)

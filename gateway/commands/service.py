@@ -34,7 +34,6 @@ from commands.errors import (
     UnknownVehicle,
 )
 from commands.interlocks import InterlockPolicy
-from commands.metrics import CommandMetrics
 from commands.model import (
     MAX_TTL_S,
     Command,
@@ -44,10 +43,11 @@ from commands.model import (
     DeviceResult,
     HistoryEntry,
 )
-from commands.mqtt import CommandLink, InboundResult, command_client_id
-from commands.reads import CommandReads
 from commands.scheduler import DeliveryPolicy, Plan, plan_vehicle
-from commands.store import CommandConflict, CommandStore, VehicleInfo
+from gateway.commands.metrics import CommandMetrics
+from gateway.commands.mqtt import CommandLink, InboundResult, command_client_id
+from gateway.commands.reads import CommandReads
+from gateway.commands.store import CommandConflict, CommandStore, VehicleInfo
 from telemetry.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
