@@ -17,6 +17,12 @@ from telemetry.store._errors import (
     StoreUnavailable,
 )
 from telemetry.store._migrate import MigrationReport, migrate
+from telemetry.store._pool import (
+    is_unavailable,
+    open_pool,
+    pooled_connection,
+    pooled_transaction,
+)
 from telemetry.store._store import (
     BATTERY_HEALTH_COLUMNS,
     VEHICLE_JSON_COLUMNS,
@@ -29,7 +35,6 @@ from telemetry.store._store import (
     TelemetryStore,
     VehicleRegistration,
     WriteResult,
-    is_unavailable,
 )
 from telemetry.store._zones import ZoneRows
 
@@ -62,4 +67,7 @@ __all__ = [
     "ZoneRows",
     "is_unavailable",
     "migrate",
+    "open_pool",
+    "pooled_connection",
+    "pooled_transaction",
 ]
