@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from commands import CommandConfig, CommandService
 from gateway.coap import CoapIngress
+from gateway.commands import CommandConfig, CommandService
 from gateway.dispatcher_lease import DispatcherLease, LeaseLost
 from gateway.handover import StateHandover
 from gateway.metrics import GatewayMetrics

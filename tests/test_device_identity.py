@@ -20,7 +20,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from commands import CommandRequest
-from commands.mqtt import command_client_id
 from firmware_sim import Fleet, FleetOptions
 from fleetgate.cli.run import serve_api
 from fleetgate.embedded import Mosquitto, free_port
@@ -33,6 +32,7 @@ from gateway.broker_auth import (
     password_file,
     write_files,
 )
+from gateway.commands import command_client_id
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt import ConnectOptions, MqttClient, MqttError
 from gateway.mqtt_ingress import MqttIngress, read_presence

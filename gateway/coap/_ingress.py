@@ -57,7 +57,7 @@ _MAX_RESULT_BYTES = 4096
 
 
 class CommandMailbox(Protocol):
-    """Pull delivery of remote commands (commands.service.CommandService implements it)."""
+    """Pull delivery of remote commands (gateway.commands.CommandService implements it)."""
 
     async def take_pending_for(self, device_id: str) -> dict | None:
         """The next command to hand the device now, marked sent; None if none is due."""

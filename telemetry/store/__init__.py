@@ -18,6 +18,12 @@ from telemetry.store._errors import (
     StoreUnavailable,
 )
 from telemetry.store._migrate import MigrationReport, migrate
+from telemetry.store._pool import (
+    is_unavailable,
+    open_pool,
+    pooled_connection,
+    pooled_transaction,
+)
 from telemetry.store._retry import Backoff, retry_while_unavailable
 from telemetry.store._store import (
     BATTERY_HEALTH_COLUMNS,
@@ -31,7 +37,6 @@ from telemetry.store._store import (
     TelemetryStore,
     VehicleRegistration,
     WriteResult,
-    is_unavailable,
 )
 from telemetry.store._zones import ZoneRows
 
@@ -66,5 +71,8 @@ __all__ = [
     "ZoneRows",
     "is_unavailable",
     "migrate",
+    "open_pool",
+    "pooled_connection",
+    "pooled_transaction",
     "retry_while_unavailable",
 ]
