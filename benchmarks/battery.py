@@ -41,6 +41,7 @@ from battery import (  # noqa: E402
 )
 from battery._state import R_BINS, R_HI_OHM, R_LO_OHM  # noqa: E402
 from telemetry.batch import TelemetryBatch  # noqa: E402
+from tests.sim_samples import as_batch  # noqa: E402
 
 NAN = float("nan")
 _Y0 = 12.3
@@ -676,9 +677,9 @@ def run(
     core.set_vehicle_types(np.arange(vehicles), names)
     # Warm-up through the core, an hour of 60 s samples per batch.
     for _ in range(int(warmup_hours)):
-        core.update(TelemetryBatch.concat([model.step(60.0).to_batch() for _ in range(60)]))
+        core.update(TelemetryBatch.concat([as_batch(model.step(60.0)) for _ in range(60)]))
     steps = max(1, samples // vehicles)
-    batch = TelemetryBatch.concat([model.step(30.0).to_batch() for _ in range(steps)])
+    batch = TelemetryBatch.concat([as_batch(model.step(30.0)) for _ in range(steps)])
     # Rows arrive interleaved from many messages, not sorted: shuffle them.
     batch = batch.take(np.random.default_rng(seed).permutation(len(batch)))
     state = core.export_state()

@@ -7,7 +7,10 @@ fleet connects them to a broker with gateway.mqtt. `run_fleet` is what `fleetgat
 
 from firmware_sim.accounting import FleetStats
 from firmware_sim.fleet import Fleet, FleetOptions, run_fleet, start_time_ms
-from firmware_sim.model import (
+from firmware_sim.model import CommandRefused, FleetModel
+from firmware_sim.payloads import CBOR, JSON, MALFORMED_KINDS
+from firmware_sim.sensors import Samples
+from firmware_sim.specs import (
     CAR,
     CAR_SPEC,
     EBIKE,
@@ -15,14 +18,10 @@ from firmware_sim.model import (
     VEHICLE_TYPES,
     Area,
     AuxSpec,
-    CommandRefused,
-    FleetModel,
-    PackSwap,
-    Samples,
     VehicleSpec,
 )
-from firmware_sim.payloads import CBOR, JSON, MALFORMED_KINDS
 from firmware_sim.tcu import CommandBehaviour, FleetFirmware, Misbehaviour, OfflineBuffer, Tcu
+from firmware_sim.traction import PackSwap
 
 __all__ = [
     "CAR",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from firmware_sim.accounting import FleetStats
-from firmware_sim.model import CAR, VEHICLE_TYPES, CommandRefused, FleetModel, Samples
+from firmware_sim.model import CommandRefused, FleetModel
 from firmware_sim.payloads import (
     JSON,
     MALFORMED_KINDS,
@@ -32,6 +32,8 @@ from firmware_sim.payloads import (
     sample_row,
     status_payload,
 )
+from firmware_sim.sensors import Samples
+from firmware_sim.specs import CAR, VEHICLE_TYPES
 from telemetry.schema import MAX_PAYLOAD_BYTES, MAX_SAMPLES_PER_MESSAGE
 
 # Kinds of outgoing message: what a PUBACK or a loss means for each.
