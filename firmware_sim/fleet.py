@@ -21,8 +21,11 @@ from functools import partial
 import numpy as np
 
 from firmware_sim.accounting import FleetStats
-from firmware_sim.model import CAR, EBIKE, VEHICLE_TYPES, Area, FleetModel
+from firmware_sim.model import FleetModel
 from firmware_sim.payloads import CBOR, JSON
+from firmware_sim.protocol import TOPIC_ROOT
+from firmware_sim.roster import Roster, spread
+from firmware_sim.specs import Area
 from firmware_sim.tcu import (
     RECEIVED,
     RESULT,
@@ -47,7 +50,7 @@ class FleetOptions:
     car_share: float = 0.5  # the rest are e-bikes; spread evenly over the ids
     rate_hz: float = 1.0  # samples per vehicle per second of simulated time
     seed: int = 0
-    topic_root: str = "fg/v1"
+    topic_root: str = TOPIC_ROOT
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = None
@@ -101,12 +104,6 @@ class FleetOptions:
         return None
 
 
-def _spread(n: int, share: float) -> np.ndarray:
-    """Which of n items belong to a share, spread evenly (share 0.5: every second one)."""
-    i = np.arange(n)
-    return np.floor((i + 1) * share) > np.floor(i * share)
-
-
 def start_time_ms(options: FleetOptions, now_ms: int | None = None) -> int:
     """The simulated clock's start: options.start_ms, else chosen so the gateway accepts the
     samples' times (at most 5 min ahead of its clock, at most 30 days old). A bounded fast or
@@ -146,20 +143,18 @@ class Fleet:
     def __init__(self, options: FleetOptions) -> None:
         self.options = o = options
         n = o.vehicles
-        kinds = np.where(_spread(n, o.car_share), CAR, EBIKE).astype(np.int8)
-        self.device_ids = [
-            o.device_id_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
-            for i, k in enumerate(kinds.tolist())
-        ]
-        self.vehicle_refs = [
-            o.vehicle_ref_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
-            for i, k in enumerate(kinds.tolist())
-        ]
+        self.roster = Roster.build(n, o.car_share, o.device_id_pattern, o.vehicle_ref_pattern)
+        self.device_ids = self.roster.device_ids
+        self.vehicle_refs = self.roster.vehicle_refs
         self.start_ms = start_time_ms(o)
         self.model = FleetModel(
-            kinds, seed=o.seed, start_ms=self.start_ms, area=o.area, ageing_speedup=o.ageing_speedup
+            self.roster.kinds,
+            seed=o.seed,
+            start_ms=self.start_ms,
+            area=o.area,
+            ageing_speedup=o.ageing_speedup,
         )
-        encodings = np.where(_spread(n, o.cbor_share), CBOR, JSON)
+        encodings = np.where(spread(n, o.cbor_share), CBOR, JSON)
         self.firmware = FleetFirmware(
             self.model,
             self.device_ids,
@@ -186,10 +181,7 @@ class Fleet:
 
     def registrations(self) -> list[tuple[str, str, str]]:
         """(device_id, vehicle_ref, vehicle_type) of every vehicle, for the device registry."""
-        return [
-            (d, r, t.vehicle_type)
-            for d, r, t in zip(self.device_ids, self.vehicle_refs, self.firmware.tcus)
-        ]
+        return self.roster.registrations()
 
     @property
     def connected(self) -> int:

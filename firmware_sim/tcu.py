@@ -32,14 +32,19 @@ from firmware_sim.payloads import (
     sample_row,
     status_payload,
 )
+from firmware_sim.protocol import (
+    MAX_MESSAGE_BYTES,
+    MAX_SAMPLES_PER_BATCH,
+    TOPIC_ROOT,
+    DeviceTopics,
+)
 from firmware_sim.sensors import Samples
 from firmware_sim.specs import CAR, VEHICLE_TYPES
-from telemetry.schema import MAX_PAYLOAD_BYTES, MAX_SAMPLES_PER_MESSAGE
 
 # Kinds of outgoing message: what a PUBACK or a loss means for each.
 SAMPLE, BATCH, DUPLICATE, MALFORMED, STATUS, RESULT, RECEIVED = range(7)
 UPLOAD_ORDERS = ("oldest_first", "reversed", "shuffled")
-_BATCH_BYTES = MAX_PAYLOAD_BYTES - 16  # room for the array's brackets or CBOR head
+_BATCH_BYTES = MAX_MESSAGE_BYTES - 16  # room for the array's brackets or CBOR head
 
 
 def wall_clock_ms() -> int:
@@ -141,7 +146,7 @@ class OfflineBuffer:
 
     def take(
         self,
-        max_per_batch: int = MAX_SAMPLES_PER_MESSAGE,
+        max_per_batch: int = MAX_SAMPLES_PER_BATCH,
         order: str = "oldest_first",
         rng: np.random.Generator | None = None,
         max_bytes: int = _BATCH_BYTES,
@@ -230,12 +235,12 @@ class Tcu:
         self.device_id = device_id
         self.vehicle_type = vehicle_type
         self.encoding = encoding
-        base = f"{topic_root}/{device_id}"
-        self.topic_telemetry = base + "/telemetry"
-        self.topic_event = base + "/event"
-        self.topic_status = base + "/status"
-        self.topic_cmd = base + "/cmd"
-        self.topic_result = base + "/cmd/result"
+        topics = DeviceTopics.of(topic_root, device_id)
+        self.topic_telemetry = topics.telemetry
+        self.topic_event = topics.event
+        self.topic_status = topics.status
+        self.topic_cmd = topics.cmd
+        self.topic_result = topics.result
         self.fw_version = fw_version
         self.online = False  # connected, as far as the firmware knows
         self.offline_until_ms: int | None = None  # staying away until this simulated time
@@ -278,7 +283,7 @@ class FleetFirmware:
         model: FleetModel,
         device_ids: Sequence[str],
         *,
-        topic_root: str = "fg/v1",
+        topic_root: str = TOPIC_ROOT,
         encodings: Sequence[int] | np.ndarray | None = None,
         misbehaviour: Misbehaviour = Misbehaviour(),
         commands: CommandBehaviour = CommandBehaviour(),
@@ -422,7 +427,7 @@ class FleetFirmware:
             order = "reversed" if rng.random() < 0.5 else "shuffled"
             self.stats.batches_out_of_order += 1
         out = []
-        for ts, frags in tcu.buffer.take(MAX_SAMPLES_PER_MESSAGE, order, rng):
+        for ts, frags in tcu.buffer.take(MAX_SAMPLES_PER_BATCH, order, rng):
             out.append(Outgoing(BATCH, tcu.topic_telemetry, encode_batch(frags, tcu.encoding), ts))
             self.stats.samples_published += len(ts)
         self.stats.batches_published += len(out)
