@@ -1,8 +1,9 @@
 """Firmware simulator: e-bike and car TCUs that speak docs/protocol.md, for tests, demos and
-benchmarks.
+benchmarks; a device of its own, which knows nothing of the backend.
 
-model (vectorised vehicles and batteries with ground truth) and tcu (device firmware) are sans-IO;
-fleet connects them to a broker with gateway.mqtt. `run_fleet` is what `fleetgate sim` runs.
+model (the vehicles' physics with ground truth) and tcu (device firmware) are sans-IO; fleet
+connects them to a broker, one paho-mqtt connection per device (mqtt_connection); coap runs
+sleeping NB-IoT locks. `run_fleet` is what `fleetgate sim` runs.
 """
 
 from firmware_sim.accounting import FleetStats
