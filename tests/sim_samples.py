@@ -10,19 +10,9 @@ import numpy as np
 
 from firmware_sim.sensors import Samples
 from firmware_sim.specs import CAR
-from telemetry.batch import TelemetryBatch
+from telemetry.batch import FLOAT_COLUMNS, TelemetryBatch
 
-_MEASUREMENTS = (
-    "lat",
-    "lon",
-    "speed_kmh",
-    "heading_deg",
-    "soc_pct",
-    "pack_v",
-    "pack_a",
-    "aux_v",
-    "odometer_m",
-)
+_MEASUREMENTS = ("lat", "lon", *FLOAT_COLUMNS, "odometer_m")
 
 
 def as_batch(samples: Samples, vehicle: np.ndarray | None = None) -> TelemetryBatch:
