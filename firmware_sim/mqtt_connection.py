@@ -260,6 +260,10 @@ class MqttConnection:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _socket_open(self, client, userdata, sock) -> None:
+        # Small messages that wait for an answer (a command result): no Nagle delay, as the
+        # gateway's own asyncio connections have none either.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._in_loop(self._opened, sock, sock.fileno())
 
     def _opened(self, sock, fd: int) -> None:
