@@ -130,18 +130,13 @@ class MqttConnection:
         return session_present
 
     def _open(self) -> None:
-        props = None
+        session = {}  # MQTT 3.1.1: clean session 0, set on the client
         if self.protocol == 5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.session_expiry_s
             props.ReceiveMaximum = self.receive_maximum
-        self._client.connect(
-            self.host,
-            self.port,
-            keepalive=self.keepalive_s,
-            clean_start=False if self.protocol == 5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-            properties=props,
-        )
+            session = {"clean_start": False, "properties": props}
+        self._client.connect(self.host, self.port, keepalive=self.keepalive_s, **session)
 
     def abort(self) -> None:
         """Drop the TCP connection without DISCONNECT, as when the modem loses its network: the
