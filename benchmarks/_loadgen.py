@@ -1,13 +1,14 @@
 """The MQTT load for the ingest benchmarks: the simulated fleet's samples, one per QoS 1 message,
 written by plain asyncio TCP connections from frames encoded before the clock starts.
 
-Why not the simulator itself: its devices speak through paho-mqtt, as a device would, and that
+Why not the simulator itself: its devices speak through paho-mqtt, as a device would, which
 costs about three times the CPU per message of the gateway's own client (benchmarks/README.md,
-*Load generator*); on two cores shared with the broker, the database and the gateway it could no
-longer offer the load the gateway takes. Here the payloads are still the simulator's (its fleet
-model and encoders, the same devices and samples as `fleetgate sim`), but the MQTT 5 framing
-(CONNECT, PUBLISH, PUBACK, DISCONNECT) is written out below from the MQTT 5 specification, so the
-gateway's parser is not measured against itself. No presence, will or commands: only telemetry.
+*Where the MQTT load comes from*); on two cores shared with the broker, the database and the
+gateway it could no longer offer the load the gateway takes. Here the payloads are still the
+simulator's (its fleet model and encoders, the same devices and samples as `fleetgate sim`), but
+the MQTT 5 framing (CONNECT, PUBLISH, PUBACK, DISCONNECT) is written out below from the MQTT 5
+specification, so the gateway's parser is not measured against itself. Only telemetry: no
+presence, will or commands.
 """
 
 from __future__ import annotations
