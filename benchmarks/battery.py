@@ -35,6 +35,7 @@ from battery import (
 from battery._state import R_BINS, R_HI_OHM, R_LO_OHM
 from benchmarks._runner import bench_parser, loadavg, machine, run_benchmark
 from telemetry.batch import TelemetryBatch
+from tests.sim_samples import as_batch
 
 NAN = float("nan")
 _Y0 = 12.3
@@ -741,9 +742,9 @@ def run(
     core.set_vehicle_types(np.arange(vehicles), names)
     # Warm-up through the core, an hour of 60 s samples per batch.
     for _ in range(int(warmup_hours)):
-        core.update(TelemetryBatch.concat([model.step(60.0).to_batch() for _ in range(60)]))
+        core.update(TelemetryBatch.concat([as_batch(model.step(60.0)) for _ in range(60)]))
     steps = max(1, samples // vehicles)
-    batch = TelemetryBatch.concat([model.step(30.0).to_batch() for _ in range(steps)])
+    batch = TelemetryBatch.concat([as_batch(model.step(30.0)) for _ in range(steps)])
     # Rows arrive interleaved from many messages, not sorted: shuffle them.
     batch = batch.take(np.random.default_rng(seed).permutation(len(batch)))
     state = core.export_state()

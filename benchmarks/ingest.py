@@ -1,8 +1,10 @@
 """End-to-end ingest: simulated TCUs -> Mosquitto -> gateway -> PostgreSQL, beside a naive baseline.
 
 Everything runs on this machine in one run: a private Mosquitto with the project's configuration,
-a fresh database on the local PostgreSQL, the simulator in a child process (one sample per MQTT
-message, QoS 1), and in this process either fleetgate's gateway or the naive baseline
+a fresh database on the local PostgreSQL, the load in a child process (the simulated fleet's
+samples, one per MQTT message, QoS 1, written by benchmarks/_loadgen.py from pre-encoded frames:
+the simulator's own MQTT client is too slow to load the gateway on two cores), and in this
+process either fleetgate's gateway or the naive baseline
 (benchmarks/naive_ingest.py: aiomqtt, one autocommitted INSERT per message). Each system gets:
 
 - max:   a fixed number of samples published as fast as the broker takes them; throughput is
@@ -46,11 +48,12 @@ from benchmarks._services import BenchServices, answers_ok, gateway_process, run
 from benchmarks.naive_ingest import run_naive_gateway
 from fleetgate.embedded import Mosquitto
 
-# --- the simulator, in a child process ------------------------------------------------------------
+# --- the load, in a child process -------------------------------------------------------------
 
 
 async def _sim_child(args: argparse.Namespace) -> None:
-    from firmware_sim import Fleet, FleetOptions
+    from benchmarks._loadgen import publish_load
+    from firmware_sim import FleetOptions
 
     opts = FleetOptions(
         vehicles=args.vehicles,
@@ -61,26 +64,14 @@ async def _sim_child(args: argparse.Namespace) -> None:
         port=args.port,
         samples_per_vehicle=args.samples,
         fast=args.fast,
-        track_keys=False,
         session_expiry_s=60,
     )
-    fleet = Fleet(opts)
-    await fleet.start()
-    print(orjson.dumps({"event": "publishing", "at": time.time()}).decode(), flush=True)
-    await fleet.run()
-    stats = await fleet.stop(flush=True)
-    print(
-        orjson.dumps(
-            {
-                "event": "done",
-                "wall_offset_ms": fleet.wall_offset_ms,
-                "samples_acked": stats.samples_acked,
-                "messages_published": stats.messages_published,
-                "elapsed_s": stats.elapsed_s,
-            }
-        ).decode(),
-        flush=True,
-    )
+
+    def publishing() -> None:
+        print(orjson.dumps({"event": "publishing", "at": time.time()}).decode(), flush=True)
+
+    done = await publish_load(opts, on_publishing=publishing)
+    print(orjson.dumps({"event": "done", **done}).decode(), flush=True)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,17 @@
 """Firmware simulator: e-bike and car TCUs that speak docs/protocol.md, for tests, demos and
-benchmarks.
+benchmarks; a device of its own, which knows nothing of the backend.
 
-model (vectorised vehicles and batteries with ground truth) and tcu (device firmware) are sans-IO;
-fleet connects them to a broker with gateway.mqtt. `run_fleet` is what `fleetgate sim` runs.
+model (the vehicles' physics with ground truth) and tcu (device firmware) are sans-IO; fleet
+connects them to a broker, one paho-mqtt connection per device (mqtt_connection); coap runs
+sleeping NB-IoT locks. `run_fleet` is what `fleetgate sim` runs.
 """
 
 from firmware_sim.accounting import FleetStats
 from firmware_sim.fleet import Fleet, FleetOptions, run_fleet, start_time_ms
-from firmware_sim.model import (
+from firmware_sim.model import CommandRefused, FleetModel
+from firmware_sim.payloads import CBOR, JSON, MALFORMED_KINDS
+from firmware_sim.sensors import Samples
+from firmware_sim.specs import (
     CAR,
     CAR_SPEC,
     EBIKE,
@@ -15,14 +19,10 @@ from firmware_sim.model import (
     VEHICLE_TYPES,
     Area,
     AuxSpec,
-    CommandRefused,
-    FleetModel,
-    PackSwap,
-    Samples,
     VehicleSpec,
 )
-from firmware_sim.payloads import CBOR, JSON, MALFORMED_KINDS
 from firmware_sim.tcu import CommandBehaviour, FleetFirmware, Misbehaviour, OfflineBuffer, Tcu
+from firmware_sim.traction import PackSwap
 
 __all__ = [
     "CAR",

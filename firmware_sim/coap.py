@@ -23,17 +23,16 @@ import numpy as np
 import orjson
 from aiocoap.optiontypes import BlockOption
 
-from firmware_sim.fleet import _spread
-from firmware_sim.model import CAR, EBIKE, VEHICLE_TYPES, FleetModel
+from firmware_sim.model import FleetModel
 from firmware_sim.payloads import CBOR, JSON, encode_row, sample_row
+from firmware_sim.protocol import COAP_FORMATS, MAX_SAMPLES_PER_BATCH, TOPIC_ROOT, coap_path
+from firmware_sim.roster import Roster
+from firmware_sim.senml import senml_pack
 from firmware_sim.tcu import RESULT, SAMPLE, FleetFirmware, wall_clock_ms
-from telemetry.schema import MAX_SAMPLES_PER_MESSAGE
-from telemetry.senml import encode_pack
 
 log = logging.getLogger(__name__)
 
-# Uplink encodings and their CoAP content-formats.
-ENCODINGS = {"senml+cbor": 112, "senml+json": 110, "cbor": 60, "json": 50}
+ENCODINGS = COAP_FORMATS  # uplink encodings and their CoAP Content-Formats
 
 
 class CoapTimeout(Exception):
@@ -226,7 +225,7 @@ class CoapFleetOptions:
     seed: int = 0
     host: str = "127.0.0.1"
     port: int = 5683
-    path_root: str = "fg/v1"
+    path_root: str = TOPIC_ROOT
     encoding: str = "senml+cbor"  # one of ENCODINGS
     wake_interval_s: float = 300.0  # simulated time between two wakes (one sample each)
     start_ms: int | None = None  # simulated clock at the start (default: rounds end now)
@@ -277,7 +276,7 @@ class SleepingLock:
         return (f"t={self.token}",) if self.token else ()
 
     def path(self, leaf: str) -> tuple[str, ...]:
-        return (*self.fleet.options.path_root.split("/"), self.device_id, *leaf.split("/"))
+        return coap_path(self.fleet.options.path_root, self.device_id, leaf)
 
     async def wake(self) -> Response | None:
         """Send what is buffered (up to 1000 samples), handle a piggybacked command; the
@@ -295,7 +294,7 @@ class SleepingLock:
             )
         if not self.buffer:
             return None
-        samples = self.buffer[:MAX_SAMPLES_PER_MESSAGE]
+        samples = self.buffer[:MAX_SAMPLES_PER_BATCH]
         payload = fleet.encode(samples)
         started = time.monotonic()
         stats.uplinks += 1
@@ -342,10 +341,10 @@ class SleepingLock:
             resp = Response(aiocoap.EMPTY, b"", None, None, 0)
             for out in outs:
                 if out.kind == RESULT:
-                    leaf, cf = "cmd/result", 50
+                    leaf, cf = "cmd/result", COAP_FORMATS["json"]
                     stats.results_posted += 1
                 elif out.kind == SAMPLE:
-                    leaf, cf = "telemetry", 60 if tcu.encoding == CBOR else 50
+                    leaf, cf = "telemetry", COAP_FORMATS["cbor" if tcu.encoding == CBOR else "json"]
                 else:
                     continue
                 try:
@@ -373,18 +372,12 @@ class CoapFleet:
     def __init__(self, options: CoapFleetOptions, tokens: dict[str, str] | None = None) -> None:
         self.options = o = options
         n = o.vehicles
-        kinds = np.where(_spread(n, o.car_share), CAR, EBIKE).astype(np.int8)
-        self.device_ids = [
-            o.device_id_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
-            for i, k in enumerate(kinds.tolist())
-        ]
-        self.vehicle_refs = [
-            o.vehicle_ref_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
-            for i, k in enumerate(kinds.tolist())
-        ]
+        self.roster = Roster.build(n, o.car_share, o.device_id_pattern, o.vehicle_ref_pattern)
+        self.device_ids = self.roster.device_ids
+        self.vehicle_refs = self.roster.vehicle_refs
         step_ms = int(o.wake_interval_s * 1000)
         start = o.start_ms if o.start_ms is not None else wall_clock_ms() - o.rounds * step_ms
-        self.model = FleetModel(kinds, seed=o.seed, start_ms=start)
+        self.model = FleetModel(self.roster.kinds, seed=o.seed, start_ms=start)
         # The firmware's command handling (ids remembered, results) is the MQTT devices' one.
         cbor = o.encoding in ("cbor", "senml+cbor")
         self.firmware = FleetFirmware(
@@ -402,15 +395,13 @@ class CoapFleet:
         self.rounds_done = 0
 
     def registrations(self) -> list[tuple[str, str, str]]:
-        return [
-            (d, r, t.vehicle_type)
-            for d, r, t in zip(self.device_ids, self.vehicle_refs, self.firmware.tcus)
-        ]
+        """(device_id, vehicle_ref, vehicle_type) of every vehicle, for the device registry."""
+        return self.roster.registrations()
 
     def encode(self, samples: list[dict]) -> bytes:
         enc = self.options.encoding
         if enc.startswith("senml"):
-            return encode_pack(samples, cbor=enc == "senml+cbor")
+            return senml_pack(samples, cbor=enc == "senml+cbor")
         if len(samples) == 1:
             return encode_row(samples[0], CBOR if enc == "cbor" else JSON)
         return cbor2.dumps(samples) if enc == "cbor" else orjson.dumps(samples)

@@ -1,9 +1,9 @@
 """The simulator's transport: one MQTT connection per simulated TCU, driven on the wall clock.
 
-Fleet wires FleetFirmware (sans-IO) to gateway.mqtt clients: it steps the model at rate_hz per
-vehicle (paced, sped up, or as fast as the broker acknowledges), publishes QoS 1, reconnects,
-reports PUBACKs and losses back to the firmware and executes commands after their delay.
-`run_fleet` is what `fleetgate sim` calls.
+Fleet wires FleetFirmware (sans-IO) to the devices' MQTT connections (mqtt_connection, on
+paho-mqtt): it steps the model at rate_hz per vehicle (paced, sped up, or as fast as the broker
+acknowledges), publishes QoS 1, reconnects, reports PUBACKs and losses back to the firmware and
+executes commands after their delay. `run_fleet` is what `fleetgate sim` calls.
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ from functools import partial
 import numpy as np
 
 from firmware_sim.accounting import FleetStats
-from firmware_sim.model import CAR, EBIKE, VEHICLE_TYPES, Area, FleetModel
+from firmware_sim.model import FleetModel
+from firmware_sim.mqtt_connection import ConnectionLost, MqttConnection, MqttError
 from firmware_sim.payloads import CBOR, JSON
+from firmware_sim.protocol import TOPIC_ROOT
+from firmware_sim.roster import Roster, spread
+from firmware_sim.specs import Area
 from firmware_sim.tcu import (
     RECEIVED,
     RESULT,
@@ -34,7 +38,6 @@ from firmware_sim.tcu import (
     Tcu,
     wall_clock_ms,
 )
-from gateway.mqtt import ConnectionLost, ConnectOptions, Message, MqttClient, MqttError, Will
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ class FleetOptions:
     car_share: float = 0.5  # the rest are e-bikes; spread evenly over the ids
     rate_hz: float = 1.0  # samples per vehicle per second of simulated time
     seed: int = 0
-    topic_root: str = "fg/v1"
+    topic_root: str = TOPIC_ROOT
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = None
@@ -101,12 +104,6 @@ class FleetOptions:
         return None
 
 
-def _spread(n: int, share: float) -> np.ndarray:
-    """Which of n items belong to a share, spread evenly (share 0.5: every second one)."""
-    i = np.arange(n)
-    return np.floor((i + 1) * share) > np.floor(i * share)
-
-
 def start_time_ms(options: FleetOptions, now_ms: int | None = None) -> int:
     """The simulated clock's start: options.start_ms, else chosen so the gateway accepts the
     samples' times (at most 5 min ahead of its clock, at most 30 days old). A bounded fast or
@@ -131,7 +128,7 @@ class _Link:
 
     def __init__(self, tcu: Tcu) -> None:
         self.tcu = tcu
-        self.client: MqttClient | None = None
+        self.client: MqttConnection | None = None
         self.pending: deque[tuple[asyncio.Future, Outgoing]] = deque()
         self.task: asyncio.Task | None = None
         self.wake = asyncio.Event()
@@ -146,20 +143,18 @@ class Fleet:
     def __init__(self, options: FleetOptions) -> None:
         self.options = o = options
         n = o.vehicles
-        kinds = np.where(_spread(n, o.car_share), CAR, EBIKE).astype(np.int8)
-        self.device_ids = [
-            o.device_id_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
-            for i, k in enumerate(kinds.tolist())
-        ]
-        self.vehicle_refs = [
-            o.vehicle_ref_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
-            for i, k in enumerate(kinds.tolist())
-        ]
+        self.roster = Roster.build(n, o.car_share, o.device_id_pattern, o.vehicle_ref_pattern)
+        self.device_ids = self.roster.device_ids
+        self.vehicle_refs = self.roster.vehicle_refs
         self.start_ms = start_time_ms(o)
         self.model = FleetModel(
-            kinds, seed=o.seed, start_ms=self.start_ms, area=o.area, ageing_speedup=o.ageing_speedup
+            self.roster.kinds,
+            seed=o.seed,
+            start_ms=self.start_ms,
+            area=o.area,
+            ageing_speedup=o.ageing_speedup,
         )
-        encodings = np.where(_spread(n, o.cbor_share), CBOR, JSON)
+        encodings = np.where(spread(n, o.cbor_share), CBOR, JSON)
         self.firmware = FleetFirmware(
             self.model,
             self.device_ids,
@@ -186,10 +181,7 @@ class Fleet:
 
     def registrations(self) -> list[tuple[str, str, str]]:
         """(device_id, vehicle_ref, vehicle_type) of every vehicle, for the device registry."""
-        return [
-            (d, r, t.vehicle_type)
-            for d, r, t in zip(self.device_ids, self.vehicle_refs, self.firmware.tcus)
-        ]
+        return self.roster.registrations()
 
     @property
     def connected(self) -> int:
@@ -278,50 +270,64 @@ class Fleet:
         and command result is acknowledged (up to flush_timeout_s); then publish offline
         presence and disconnect cleanly."""
         self._stopping = True
-        o = self.options
         if flush and self._links:
-            for tcu in self.firmware.end_offline_periods():
-                self._links[tcu.index].wake.set()
-            deadline = time.monotonic() + o.flush_timeout_s
-            while time.monotonic() < deadline:
-                self._sweep()
-                self._reupload(all_online=True)
-                if (
-                    self.stats.outstanding <= 0
-                    and not self._answers
-                    and not any(link.pending or link.tcu.unsent for link in self._links)
-                ):
-                    break
-                await asyncio.sleep(0.02)
-            else:
-                log.warning("sim_flush_timeout", extra={"outstanding": self.stats.outstanding})
+            await self._flush()
         self._closing = True
         for handle in self._answers:
             handle.cancel()
         self._answers.clear()
+        await self._say_goodbye()
+        self._sweep()
+        await asyncio.gather(*(self._disconnect(link) for link in self._links))
+        await self._end_connection_tasks()
+        self.stats.finished_monotonic = time.monotonic()
+        return self.stats
+
+    async def _flush(self) -> None:
+        """Every device online, until all it produced is acknowledged or flush_timeout_s."""
+        for tcu in self.firmware.end_offline_periods():
+            self._links[tcu.index].wake.set()
+        deadline = time.monotonic() + self.options.flush_timeout_s
+        while time.monotonic() < deadline:
+            self._sweep()
+            self._reupload(all_online=True)
+            if self._all_answered():
+                return
+            await asyncio.sleep(0.02)
+        log.warning("sim_flush_timeout", extra={"outstanding": self.stats.outstanding})
+
+    def _all_answered(self) -> bool:
+        return (
+            self.stats.outstanding <= 0
+            and not self._answers
+            and not any(link.pending or link.tcu.unsent for link in self._links)
+        )
+
+    async def _say_goodbye(self) -> None:
+        """Offline presence from every connected device (and, if asked, no retained presence
+        left behind), acknowledged before the DISCONNECT that suppresses the will."""
         goodbyes = []
         for link in self._links:
             client = link.client
-            if client is not None and client.connected:
-                payload_out = self.firmware.goodbye(link.tcu)
-                with contextlib.suppress(ConnectionLost):
-                    goodbyes.append(client.publish(payload_out.topic, payload_out.payload, 1, True))
-                    if o.clear_retained:
-                        goodbyes.append(client.publish(link.tcu.topic_status, b"", 1, True))
+            if client is None or not client.connected:
+                continue
+            out = self.firmware.goodbye(link.tcu)
+            with contextlib.suppress(ConnectionLost):
+                goodbyes.append(client.publish(out.topic, out.payload, retain=True))
+                if self.options.clear_retained:
+                    goodbyes.append(client.publish(link.tcu.topic_status, b"", retain=True))
         if goodbyes:
             await asyncio.wait(goodbyes, timeout=10.0)
-        self._sweep()
-        await asyncio.gather(*(self._disconnect(link) for link in self._links))
+
+    async def _end_connection_tasks(self) -> None:
         for link in self._links:
             link.wake.set()
         tasks = [link.task for link in self._links if link.task is not None]
         if tasks:
-            done, not_done = await asyncio.wait(tasks, timeout=10.0)
+            _, not_done = await asyncio.wait(tasks, timeout=10.0)
             for task in not_done:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        self.stats.finished_monotonic = time.monotonic()
-        return self.stats
 
     def go_offline(self, device_id: str, seconds: float) -> None:
         """Drop a device's connection without DISCONNECT (its will fires) for simulated seconds."""
@@ -356,7 +362,7 @@ class Fleet:
                 lost(tcu, out)
                 continue
             try:
-                fut = client.publish(out.topic, out.payload, 1, out.retain)
+                fut = client.publish(out.topic, out.payload, out.retain)
             except ConnectionLost:
                 lost(tcu, out)
                 continue
@@ -370,7 +376,7 @@ class Fleet:
             self.firmware.lost(link.tcu, out)
             return
         try:
-            fut = client.publish(out.topic, out.payload, 1, out.retain)
+            fut = client.publish(out.topic, out.payload, out.retain)
         except ConnectionLost:
             self.firmware.lost(link.tcu, out)
             return
@@ -424,25 +430,22 @@ class Fleet:
                 if not tcu.wants_online:
                     await link.wake.wait()
                 continue
-            client = MqttClient(
-                ConnectOptions(
-                    o.host,
-                    o.port,
-                    tcu.device_id,
-                    protocol=o.protocol,
-                    session_expiry_s=o.session_expiry_s,
-                    keepalive_s=o.keepalive_s,
-                    receive_maximum=64,
-                    **self.mqtt_login(tcu.device_id),
-                ),
-                clean_start=False,
-                will=Will(tcu.topic_status, tcu.will_payload, qos=1, retain=True),
-                on_messages=partial(self._on_messages, link),
+            client = MqttConnection(
+                o.host,
+                o.port,
+                client_id=tcu.device_id,
+                protocol=o.protocol,
+                session_expiry_s=o.session_expiry_s,
+                keepalive_s=o.keepalive_s,
+                receive_maximum=64,
+                **self.mqtt_login(tcu.device_id),
+                will=(tcu.topic_status, tcu.will_payload),
+                on_message=partial(self._on_message, link),
             )
             try:
                 async with self._connect_gate:
                     await client.connect(timeout=o.connect_timeout_s)
-                await client.subscribe([(tcu.topic_cmd, 1)])
+                await client.subscribe(tcu.topic_cmd)
             except (OSError, TimeoutError, MqttError) as exc:
                 client.abort()
                 log.debug(
@@ -487,7 +490,7 @@ class Fleet:
         client = link.client
         if client is not None and client.connected:
             with contextlib.suppress(MqttError, OSError):
-                await asyncio.wait_for(client.disconnect(), 5.0)
+                await client.disconnect(timeout=5.0)
 
     async def _sleep(self, seconds: float, stop_event: asyncio.Event | None) -> None:
         if stop_event is None:
@@ -498,20 +501,17 @@ class Fleet:
 
     # -- commands --------------------------------------------------------------------------
 
-    def _on_messages(self, link: _Link, messages: list[Message]) -> None:
-        for msg in messages:
-            if msg.topic != link.tcu.topic_cmd:
-                continue
-            decision = self.firmware.command_received(link.tcu, msg.payload)
-            if decision is not None and not self._closing:
-                if decision.ack is not None:
-                    self._publish(
-                        link,
-                        Outgoing(
-                            RECEIVED, link.tcu.topic_result, decision.ack, decision.command_id
-                        ),
-                    )
-                self._schedule_answer(link, decision)
+    def _on_message(self, link: _Link, topic: str, payload: bytes) -> None:
+        if topic != link.tcu.topic_cmd:
+            return
+        decision = self.firmware.command_received(link.tcu, payload)
+        if decision is not None and not self._closing:
+            if decision.ack is not None:
+                self._publish(
+                    link,
+                    Outgoing(RECEIVED, link.tcu.topic_result, decision.ack, decision.command_id),
+                )
+            self._schedule_answer(link, decision)
 
     def _schedule_answer(self, link: _Link, decision: CommandDecision) -> None:
         """Execute and answer after the device's delay, on the wall clock like a real TCU; a

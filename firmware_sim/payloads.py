@@ -13,7 +13,8 @@ import cbor2
 import numpy as np
 import orjson
 
-from firmware_sim.model import CAR, Samples
+from firmware_sim.sensors import Samples
+from firmware_sim.specs import CAR
 
 JSON, CBOR = 0, 1
 ENCODINGS = ("json", "cbor")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from firmware_sim.accounting import FleetStats
-from firmware_sim.model import CAR, VEHICLE_TYPES, CommandRefused, FleetModel, Samples
+from firmware_sim.model import CommandRefused, FleetModel
 from firmware_sim.payloads import (
     JSON,
     MALFORMED_KINDS,
@@ -32,12 +32,20 @@ from firmware_sim.payloads import (
     sample_row,
     status_payload,
 )
-from telemetry.schema import MAX_PAYLOAD_BYTES, MAX_SAMPLES_PER_MESSAGE
+from firmware_sim.protocol import (
+    MAX_MESSAGE_BYTES,
+    MAX_SAMPLES_PER_BATCH,
+    TOPIC_ROOT,
+    DeviceTopics,
+)
+from firmware_sim.sensors import Samples
+from firmware_sim.specs import CAR, VEHICLE_TYPES
 
 # Kinds of outgoing message: what a PUBACK or a loss means for each.
 SAMPLE, BATCH, DUPLICATE, MALFORMED, STATUS, RESULT, RECEIVED = range(7)
 UPLOAD_ORDERS = ("oldest_first", "reversed", "shuffled")
-_BATCH_BYTES = MAX_PAYLOAD_BYTES - 16  # room for the array's brackets or CBOR head
+_STATE_CHANGES = ("lock", "unlock", "immobilise", "mobilise")  # reported with a fresh sample
+_BATCH_BYTES = MAX_MESSAGE_BYTES - 16  # room for the array's brackets or CBOR head
 
 
 def wall_clock_ms() -> int:
@@ -139,7 +147,7 @@ class OfflineBuffer:
 
     def take(
         self,
-        max_per_batch: int = MAX_SAMPLES_PER_MESSAGE,
+        max_per_batch: int = MAX_SAMPLES_PER_BATCH,
         order: str = "oldest_first",
         rng: np.random.Generator | None = None,
         max_bytes: int = _BATCH_BYTES,
@@ -228,12 +236,12 @@ class Tcu:
         self.device_id = device_id
         self.vehicle_type = vehicle_type
         self.encoding = encoding
-        base = f"{topic_root}/{device_id}"
-        self.topic_telemetry = base + "/telemetry"
-        self.topic_event = base + "/event"
-        self.topic_status = base + "/status"
-        self.topic_cmd = base + "/cmd"
-        self.topic_result = base + "/cmd/result"
+        topics = DeviceTopics.of(topic_root, device_id)
+        self.topic_telemetry = topics.telemetry
+        self.topic_event = topics.event
+        self.topic_status = topics.status
+        self.topic_cmd = topics.cmd
+        self.topic_result = topics.result
         self.fw_version = fw_version
         self.online = False  # connected, as far as the firmware knows
         self.offline_until_ms: int | None = None  # staying away until this simulated time
@@ -276,7 +284,7 @@ class FleetFirmware:
         model: FleetModel,
         device_ids: Sequence[str],
         *,
-        topic_root: str = "fg/v1",
+        topic_root: str = TOPIC_ROOT,
         encodings: Sequence[int] | np.ndarray | None = None,
         misbehaviour: Misbehaviour = Misbehaviour(),
         commands: CommandBehaviour = CommandBehaviour(),
@@ -350,39 +358,16 @@ class FleetFirmware:
         return Step(samples, messages, disconnect, reconnect)
 
     def _misbehave(self, samples: Samples, frags: list[bytes], messages, disconnect, dt_ms):
-        mb, tcus, stats = self.misbehaviour, self.tcus, self.stats
-        n = len(frags)
+        """Duplicates and malformed messages next to the samples they copy, and connections
+        dropped; returns the step's messages with the extra ones in place."""
         # A fixed-size draw per step; what depends on which devices happen to be online (a
         # wall-clock matter for the transport) is seeded by the event, not drawn from here.
-        u = self._rng.random((5, n))
+        u = self._rng.random((5, len(frags)))
         extra: dict[int, list[Outgoing]] = {}
-        for i in np.flatnonzero(u[0] < mb.duplicate_share).tolist():
-            tcu = tcus[i]
-            if tcu.online:
-                extra.setdefault(i, []).append(Outgoing(DUPLICATE, tcu.topic_telemetry, frags[i]))
-                stats.duplicates_sent += 1
-        bad = np.flatnonzero(u[1] < mb.malformed_share).tolist()
-        kinds = mb.malformed_kinds
-        wall = self.wall_ms()
-        for i in bad:
-            tcu = tcus[i]
-            if tcu.online:
-                kind = kinds[int(u[3, i] * len(kinds)) % len(kinds)]
-                rng = np.random.default_rng([self.seed, i, samples.t_ms, 0xBAD])
-                payload = malformed_payload(kind, sample_row(samples, i), tcu.encoding, wall, rng)
-                extra.setdefault(i, []).append(
-                    Outgoing(MALFORMED, tcu.topic_telemetry, payload, kind)
-                )
-                stats.malformed_sent[kind] += 1
-        if mb.disconnects_per_h:
-            p = -math.expm1(-mb.disconnects_per_h * dt_ms / 3_600_000)
-            for i in np.flatnonzero(u[2] < p).tolist():
-                tcu = tcus[i]
-                if tcu.online and tcu.wants_online:
-                    lo, hi = mb.offline_s
-                    away_ms = int((lo + (hi - lo) * u[4, i]) * 1000)
-                    self._go_offline(tcu, samples.t_ms + max(away_ms, 1))
-                    disconnect.append(tcu)
+        self._duplicates(u, frags, extra)
+        self._malformed(u, samples, extra)
+        if self.misbehaviour.disconnects_per_h:
+            self._drop_connections(u, samples.t_ms, dt_ms, disconnect)
         if not extra:
             return messages
         out = []
@@ -392,6 +377,40 @@ class FleetFirmware:
             if more:
                 out.extend((item[0], m) for m in more)
         return out
+
+    def _duplicates(self, u: np.ndarray, frags: list[bytes], extra) -> None:
+        for i in np.flatnonzero(u[0] < self.misbehaviour.duplicate_share).tolist():
+            tcu = self.tcus[i]
+            if tcu.online:
+                extra.setdefault(i, []).append(Outgoing(DUPLICATE, tcu.topic_telemetry, frags[i]))
+                self.stats.duplicates_sent += 1
+
+    def _malformed(self, u: np.ndarray, samples: Samples, extra) -> None:
+        kinds = self.misbehaviour.malformed_kinds
+        wall = self.wall_ms()
+        for i in np.flatnonzero(u[1] < self.misbehaviour.malformed_share).tolist():
+            tcu = self.tcus[i]
+            if tcu.online:
+                kind = kinds[int(u[3, i] * len(kinds)) % len(kinds)]
+                rng = np.random.default_rng([self.seed, i, samples.t_ms, 0xBAD])
+                payload = malformed_payload(kind, sample_row(samples, i), tcu.encoding, wall, rng)
+                extra.setdefault(i, []).append(
+                    Outgoing(MALFORMED, tcu.topic_telemetry, payload, kind)
+                )
+                self.stats.malformed_sent[kind] += 1
+
+    def _drop_connections(self, u: np.ndarray, t_ms: int, dt_ms: int, disconnect) -> None:
+        """Devices whose connection drops in this step (a Poisson rate per hour online) go
+        offline for a while."""
+        mb = self.misbehaviour
+        p = -math.expm1(-mb.disconnects_per_h * dt_ms / 3_600_000)
+        for i in np.flatnonzero(u[2] < p).tolist():
+            tcu = self.tcus[i]
+            if tcu.online and tcu.wants_online:
+                lo, hi = mb.offline_s
+                away_ms = int((lo + (hi - lo) * u[4, i]) * 1000)
+                self._go_offline(tcu, t_ms + max(away_ms, 1))
+                disconnect.append(tcu)
 
     # -- connections -----------------------------------------------------------------------
 
@@ -420,7 +439,7 @@ class FleetFirmware:
             order = "reversed" if rng.random() < 0.5 else "shuffled"
             self.stats.batches_out_of_order += 1
         out = []
-        for ts, frags in tcu.buffer.take(MAX_SAMPLES_PER_MESSAGE, order, rng):
+        for ts, frags in tcu.buffer.take(MAX_SAMPLES_PER_BATCH, order, rng):
             out.append(Outgoing(BATCH, tcu.topic_telemetry, encode_batch(frags, tcu.encoding), ts))
             self.stats.samples_published += len(ts)
         self.stats.batches_published += len(out)
@@ -548,19 +567,17 @@ class FleetFirmware:
 
     def execute(self, tcu: Tcu, decision: CommandDecision) -> list[Outgoing]:
         """Carry out a decided command on the vehicle; returns the messages to publish (the
-        result, and for locate a fresh sample)."""
-        out: list[Outgoing] = []
+        result, and for locate or a state change a fresh sample)."""
+        cid = decision.command_id
         if decision.command is None:
             self.stats.messages_published += 1
-            return [Outgoing(RESULT, tcu.topic_result, decision.result, decision.command_id)]
-        cmd, cid, i = decision.command, decision.command_id, tcu.index
-        model, log = self.model, tcu.command_log
+            return [Outgoing(RESULT, tcu.topic_result, decision.result, cid)]
+        cmd, model, log = decision.command, self.model, tcu.command_log
         log.executing.discard(cid)
         if self._past_deadline(cmd):
             # Taken before its deadline but due after it (a long delay): a device never acts
             # on a command past its deadline.
-            result = result_payload(cid, False, model.t_ms, "expired")
-            log.results[cid] = result
+            result = log.results[cid] = result_payload(cid, False, model.t_ms, "expired")
             self.stats.messages_published += 1
             return [Outgoing(RESULT, tcu.topic_result, result, cid)]
         self.stats.command_executions[(tcu.device_id, cid)] += 1
@@ -568,37 +585,16 @@ class FleetFirmware:
         # so "a sample at or after the result's t shows the new state" holds.
         exec_t = max(model.t_ms + 1, log.last_exec_t + 1)
         log.last_exec_t = exec_t
-        ok, reason = True, None
-        ctype, params = cmd.get("type"), cmd.get("params") or {}
+        out: list[Outgoing] = []
+        ctype = cmd.get("type")
         try:
-            if ctype == "lock":
-                model.lock(i)
-            elif ctype == "unlock":
-                model.unlock(i)
-            elif ctype == "immobilise":
-                model.immobilise(i)
-            elif ctype == "mobilise":
-                model.mobilise(i)
-            elif ctype == "set_speed_limit":
-                kph = params.get("kph", params.get("maximum_speed_kph"))
-                if kph is not None and not isinstance(kph, int | float):
-                    raise CommandRefused("invalid_params", "kph must be a number")
-                model.set_speed_limit(i, kph)
-            elif ctype != "locate":
-                raise CommandRefused("unsupported_command", f"type {ctype!r}")
-            # Only t + 1 is sure to be free between two steps: a second report within one step
-            # is left to the next regular sample.
-            if exec_t == model.t_ms + 1 and (
-                ctype == "locate"
-                or (
-                    tcu.command_behaviour.report_state
-                    and ctype in ("lock", "unlock", "immobilise", "mobilise")
-                )
-            ):
-                out.append(self._locate_sample(tcu, exec_t))
+            self._actuate(tcu.index, ctype, cmd.get("params") or {})
         except CommandRefused as exc:
-            ok, reason = False, exc.reason
-        result = result_payload(cid, ok, exec_t if ok else model.t_ms, reason)
+            result = result_payload(cid, False, model.t_ms, exc.reason)
+        else:
+            result = result_payload(cid, True, exec_t, None)
+            if self._reports_at_once(tcu, ctype, exec_t):
+                out.append(self._locate_sample(tcu, exec_t))
         if decision.answer_after_s > 0:
             log.held[cid] = result  # answered by answer_held() later
         else:
@@ -606,6 +602,33 @@ class FleetFirmware:
         out.insert(0, Outgoing(RESULT, tcu.topic_result, result, cid))
         self.stats.messages_published += len(out)
         return out
+
+    def _actuate(self, i: int, ctype: str | None, params: dict) -> None:
+        """What the command does to vehicle i; CommandRefused when it cannot."""
+        model = self.model
+        changes = {
+            "lock": model.lock,
+            "unlock": model.unlock,
+            "immobilise": model.immobilise,
+            "mobilise": model.mobilise,
+        }
+        if ctype in changes:
+            changes[ctype](i)
+        elif ctype == "set_speed_limit":
+            kph = params.get("kph", params.get("maximum_speed_kph"))
+            if kph is not None and not isinstance(kph, int | float):
+                raise CommandRefused("invalid_params", "kph must be a number")
+            model.set_speed_limit(i, kph)
+        elif ctype != "locate":
+            raise CommandRefused("unsupported_command", f"type {ctype!r}")
+
+    def _reports_at_once(self, tcu: Tcu, ctype: str | None, exec_t: int) -> bool:
+        """Whether a sample at the execution time goes with the result: for locate, and for a
+        state change when the device reports those. Only t + 1 is sure to be free between two
+        steps: a second report within one step is left to the next regular sample."""
+        if exec_t != self.model.t_ms + 1:
+            return False
+        return ctype == "locate" or (tcu.command_behaviour.report_state and ctype in _STATE_CHANGES)
 
     def answer_held(self, tcu: Tcu, command_id: str) -> None:
         """A late answer went out: retries get it from now on."""

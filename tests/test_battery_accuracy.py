@@ -29,6 +29,7 @@ from firmware_sim.model import (
     FleetModel,
 )
 from telemetry.batch import TelemetryBatch
+from tests.sim_samples import as_batch
 
 START = 1_764_547_200_000
 SPEEDUP = 50.0  # three weeks age the packs like three years
@@ -56,7 +57,7 @@ class Run:
         for _ in range(n):
             if keep_cars_parked:
                 m.phase_end_ms[cars & (m.phase == PARKED)] = np.iinfo(np.int64).max
-            batch = TelemetryBatch.concat([m.step(60.0).to_batch() for _ in range(HOUR_STEPS)])
+            batch = TelemetryBatch.concat([as_batch(m.step(60.0)) for _ in range(HOUR_STEPS)])
             self.events.extend(self.core.update(batch).events)
             self.aux_ttt_h.append(m.aux_time_to_threshold_s() / 3600.0)
 
@@ -219,7 +220,7 @@ def test_soc_only_vehicles_get_soh_and_range_from_distance_per_energy():
     core = BatteryCore()
     core.set_vehicle_types(np.arange(m.n), ["ebike"] * m.n)
     for _ in range(14 * 24):
-        batch = TelemetryBatch.concat([m.step(60.0).to_batch() for _ in range(HOUR_STEPS)])
+        batch = TelemetryBatch.concat([as_batch(m.step(60.0)) for _ in range(HOUR_STEPS)])
         batch.pack_a[:] = np.nan
         batch.pack_v[:] = np.nan
         core.update(batch)

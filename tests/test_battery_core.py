@@ -25,6 +25,7 @@ from battery import (
 from battery._groups import Groups, decayed_sums, hysteresis
 from firmware_sim.model import CHARGING, EBIKE, TRIP, FleetModel
 from telemetry.batch import TelemetryBatch
+from tests.sim_samples import as_batch
 
 T0 = 1_780_000_000_000
 MIN = 60_000
@@ -181,7 +182,7 @@ def ride(m: FleetModel, c: BatteryCore, minutes: int) -> list:
     events = []
     for _ in range(minutes // 60):
         events += c.update(
-            TelemetryBatch.concat([m.step(60.0).to_batch() for _ in range(60)])
+            TelemetryBatch.concat([as_batch(m.step(60.0)) for _ in range(60)])
         ).events
     return events
 
@@ -205,7 +206,7 @@ def test_a_pack_swap_starts_a_new_history_that_converges_to_the_new_pack():
     reported = c.estimates([0]).soc_pct[0]
     swap = m.swap_pack(0)
     assert abs(swap.new_capacity_ah - swap.old_capacity_ah) / swap.old_capacity_ah > 0.03
-    u = c.update(m.step(60.0).to_batch())
+    u = c.update(as_batch(m.step(60.0)))
     # The swap happened between two samples: the next one shows it.
     assert [(e.type, e.time_ms) for e in u.events] == [(PACK_SWAPPED, swap.t_ms + MIN)]
     assert u.events[0].detail["soc_before_pct"] == round(float(reported), 2)

@@ -23,6 +23,7 @@ from battery import (
 )
 from firmware_sim.model import CAR, EBIKE, VEHICLE_TYPES, AuxSpec, FleetModel
 from telemetry.batch import TelemetryBatch
+from tests.sim_samples import as_batch
 
 START = 1_764_547_200_000
 HOURS = 4 * 24
@@ -38,7 +39,7 @@ def stream() -> dict:
         KINDS, seed=33, start_ms=START, ageing_speedup=50.0, aux=AuxSpec(fault_share=0.3)
     )
     hours = [
-        TelemetryBatch.concat([m.step(60.0).to_batch() for _ in range(60)]) for _ in range(HOURS)
+        TelemetryBatch.concat([as_batch(m.step(60.0)) for _ in range(60)]) for _ in range(HOURS)
     ]
     return {"hours": hours, "truth": m.truth(), "swaps": len(m.swaps)}
 

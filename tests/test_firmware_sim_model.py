@@ -24,6 +24,7 @@ from firmware_sim.model import (
 from firmware_sim.payloads import JSON, encode_samples
 from telemetry.batch import UNKNOWN
 from telemetry.plausibility import PlausibilityFilter, haversine_m
+from tests.sim_samples import as_batch
 
 START = 1_764_547_200_000
 
@@ -69,7 +70,7 @@ def test_speeds_stay_in_each_kinds_range_and_no_fix_is_an_implausible_jump():
     for _ in range(2400):
         s = m.step(1.0)
         top = np.maximum(top, s.speed_kmh)
-        flagged += pf.apply(s.to_batch())
+        flagged += pf.apply(as_batch(s))
     assert flagged == 0
     ebike, car = m.kind == EBIKE, m.kind == CAR
     assert (top[ebike] > 10).all() and (top[ebike] <= 25.0 * 1.05).all()
@@ -84,13 +85,13 @@ def test_odometer_grows_by_the_distance_travelled_and_heading_follows_motion():
     travelled = np.zeros(m.n)
     heading_errors = []
     for _ in range(1800):
-        leg_before = m._wp_next.copy()
+        leg_before = m.motion.wp_next.copy()
         m.step(1.0)
         lat, lon = m.latlon()
         d = haversine_m(lat0, lon0, lat, lon)
         travelled += d
         # Along one leg the bearing of the displacement is the reported heading.
-        same_leg = (leg_before == m._wp_next) & (m.phase == TRIP) & (d > 2.0)
+        same_leg = (leg_before == m.motion.wp_next) & (m.phase == TRIP) & (d > 2.0)
         err = (bearing_deg(lat0, lon0, lat, lon) - m.heading + 180.0) % 360.0 - 180.0
         heading_errors.extend(np.abs(err[same_leg]).tolist())
         lat0, lon0 = lat, lon
@@ -346,7 +347,7 @@ def test_locks_follow_trips_and_commands():
 def test_samples_become_a_pipeline_batch_with_fields_by_kind():
     m = fleet(2, 2, seed=19, garage_share=1.0)
     s = m.step(1.0)
-    b = s.to_batch(np.array([10, 11, 12, 13]))
+    b = as_batch(s, np.array([10, 11, 12, 13]))
     assert list(b.vehicle) == [10, 11, 12, 13] and (b.time_ms == m.t_ms).all()
     assert np.isnan(b.aux_v[:2]).all() and (b.ignition[:2] == UNKNOWN).all()
     assert np.isnan(b.lat[2:]).all()  # parked in a garage: no fix

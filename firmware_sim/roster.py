@@ -1,0 +1,46 @@
+"""Which vehicles a simulated fleet has and what they are called: the mix of kinds spread over
+the numbers, each device's id and each vehicle's reference, as the registry gets them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from firmware_sim.protocol import check_device_id
+from firmware_sim.specs import CAR, EBIKE, VEHICLE_TYPES
+
+
+def spread(n: int, share: float) -> np.ndarray:
+    """Which of n items belong to a share, spread evenly (share 0.5: every second one)."""
+    i = np.arange(n)
+    return np.floor((i + 1) * share) > np.floor(i * share)
+
+
+@dataclass(frozen=True)
+class Roster:
+    """kinds[i] (EBIKE or CAR), device_ids[i] and vehicle_refs[i] of vehicle i."""
+
+    kinds: np.ndarray
+    device_ids: list[str]
+    vehicle_refs: list[str]
+
+    @classmethod
+    def build(
+        cls, vehicles: int, car_share: float, device_id_pattern: str, vehicle_ref_pattern: str
+    ) -> Roster:
+        """Patterns are format strings of n (1-based), i (0-based) and type (ebike, car); a
+        pattern that gives an id the protocol does not allow is refused (ValueError)."""
+        kinds = np.where(spread(vehicles, car_share), CAR, EBIKE).astype(np.int8)
+        names = [(VEHICLE_TYPES[k], i) for i, k in enumerate(kinds.tolist())]
+        return cls(
+            kinds,
+            [check_device_id(device_id_pattern.format(type=t, n=i + 1, i=i)) for t, i in names],
+            [vehicle_ref_pattern.format(type=t, n=i + 1, i=i) for t, i in names],
+        )
+
+    def registrations(self) -> list[tuple[str, str, str]]:
+        """(device_id, vehicle_ref, vehicle_type) of every vehicle, for the device registry."""
+        types = (VEHICLE_TYPES[k] for k in self.kinds.tolist())
+        return list(zip(self.device_ids, self.vehicle_refs, types))
