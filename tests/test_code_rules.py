@@ -36,7 +36,7 @@ print(json.dumps(sorted(m for m in {io!r} if m in sys.modules)))
 """
 
 
-@pytest.mark.parametrize("core", ["commands"])
+@pytest.mark.parametrize("core", ["commands", "geofence", "battery"])
 def test_importing_a_core_loads_no_io_library(core):
     probe = _PROBE.format(core=core, io=IO_MODULES)
     run = subprocess.run(
@@ -73,3 +73,36 @@ def test_the_command_shell_implements_the_ports_the_api_holds(port, shell):
         offered = inspect.signature(getattr(implementation, name)).parameters
         missing = [p for p in wanted.parameters if p not in offered]
         assert not missing, f"{shell}.{name} lacks {missing}"
+
+
+# --- the style and the floors, checked on every run of the suite ---------------------------------
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_ruff_finds_nothing():
+    """The lint rules of pyproject.toml ([tool.ruff.lint]) hold for the whole tree."""
+    run = _run("ruff", "check", "--no-cache", ".")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def test_the_tree_is_formatted_as_ruff_format_writes_it():
+    run = _run("ruff", "format", "--no-cache", "--check", ".")
+    assert run.returncode == 0, "run `ruff format .`:\n" + run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def test_the_import_contracts_hold():
+    """The floors of docs/architecture.md ([tool.importlinter] in pyproject.toml): the roof
+    over the shells over the cores over the ground, the simulator apart, the cores without IO."""
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
