@@ -12,7 +12,7 @@ import pytest
 
 from firmware_sim.mqtt_connection import ConnectionLost, MqttConnection, MqttError
 from fleetgate.embedded import Mosquitto
-from gateway.mqtt import MqttClient
+from gateway.mqtt import ConnectOptions, MqttClient
 from tests.harness import eventually
 
 pytestmark = pytest.mark.integration
@@ -25,9 +25,7 @@ class Watcher:
         self.seen: list[tuple[str, bytes]] = []
         self.topics = topics
         self.client = MqttClient(
-            broker.host,
-            broker.port,
-            client_id=f"watcher-{time.monotonic_ns() % 10**9}",
+            ConnectOptions(broker.host, broker.port, f"watcher-{time.monotonic_ns() % 10**9}"),
             on_messages=lambda ms: self.seen.extend((m.topic, m.payload) for m in ms),
         )
 
@@ -91,7 +89,7 @@ async def test_the_session_keeps_commands_while_the_device_is_away(mosquitto, to
     await first.connect()
     await first.subscribe(cmd)
     await first.disconnect()
-    sender = MqttClient(mosquitto.host, mosquitto.port, client_id=f"{device_id}-sender")
+    sender = MqttClient(ConnectOptions(mosquitto.host, mosquitto.port, f"{device_id}-sender"))
     await sender.connect()
     await sender.publish(cmd, b'{"id": "c1"}', qos=1)
     await sender.disconnect()
