@@ -17,6 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from telemetry import senml
+from telemetry._shown import shown
 from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, DeviceEvent, TelemetryBatch
 from telemetry.schema import (
     DEVICE_ID_PATTERN,
@@ -276,10 +277,17 @@ def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections)
             msg = int(owner[bad_rows[row]])
             name = SAMPLE_REASONS[code - 1]
             sample = items[bad_rows[row]]
-            shown = ", ".join(f"{k}={sample.get(k)!r}" for k in detail_field[code].split("/"))
-            rejections.add(name, msg, shown, count)
+            values = ", ".join(f"{k}={_shown_field(sample.get(k))}"
+                               for k in detail_field[code].split("/"))
+            rejections.add(name, msg, values, count)
         return batch.take(~bad)
     return batch
+
+
+def _shown_field(value: object) -> str:
+    # A SenML value refused in telemetry.senml says why (bounded there); anything else is what
+    # the device sent, shown in short.
+    return repr(value) if type(value) is senml.WrongValue else shown(value)
 
 
 def _number_column(items, name, reject) -> np.ndarray:
@@ -341,9 +349,9 @@ def decode_events(
                 rejections.add("bad_structure", i, f"detail cannot be stored as JSON: {why}")
                 continue
         if ev.t > now_ms + limits.max_future_ms:
-            rejections.add("time_in_future", i, f"t={ev.t}")
+            rejections.add("time_in_future", i, f"t={shown(ev.t)}")
         elif ev.t < now_ms - limits.max_age_ms:
-            rejections.add("time_too_old", i, f"t={ev.t}")
+            rejections.add("time_too_old", i, f"t={shown(ev.t)}")
         else:
             events.append(DeviceEvent(registry[device_ids[i]], ev.t, ev.type, ev.detail))
     return events, rejections.counts, rejections.problems
@@ -363,14 +371,14 @@ def _unstorable(detail: dict, budget: int) -> tuple[str | None, int]:
         if kind is str:
             budget -= len(value)
             if "\x00" in value:
-                return f"text with U+0000 ({value[:40]!r})", budget
+                return f"text with U+0000 ({shown(value, 40)})", budget
         elif kind is dict or kind is list:
             if depth > MAX_DETAIL_DEPTH:
                 return f"nested more than {MAX_DETAIL_DEPTH} levels deep", budget
             if kind is dict:
                 for key in value:
                     if type(key) is not str:
-                        return f"a map key that is not text ({key!r:.40})", budget
+                        return f"a map key that is not text ({shown(key, 40)})", budget
                     stack.append((key, depth))
                 stack.extend((item, depth + 1) for item in value.values())
             else:
@@ -379,9 +387,9 @@ def _unstorable(detail: dict, budget: int) -> tuple[str | None, int]:
             if kind is float and not math.isfinite(value):
                 return f"a number that is not finite ({value!r})", budget
             if not _DETAIL_NUMBERS[0] <= value <= _DETAIL_NUMBERS[1]:
-                return f"a number beyond 64-bit integers ({value!r:.40})", budget
+                return f"a number beyond 64-bit integers ({shown(value, 40)})", budget
         elif value is not None and kind is not bool:
-            return f"{value!r:.40}, a CBOR item JSON has no form of", budget
+            return f"{shown(value, 40)}, a CBOR item JSON has no form of", budget
         if budget < 0:
             return (f"larger than a message ({MAX_PAYLOAD_BYTES // 1024} KiB) once its "
                     f"CBOR shared references are expanded"), budget
