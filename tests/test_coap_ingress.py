@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import subprocess
 import time
@@ -194,6 +195,64 @@ async def test_malformed_and_invalid_uplinks_get_4_00_with_the_reason_and_store_
         assert metric(gw.registry, "fleetgate_samples_rejected_total", reason="soc_out_of_range",
                       transport="coap") == 2
     assert [k for _, k in await stored_keys(pg_dsn)] == [t - 5]
+
+
+async def test_the_samples_of_a_refused_uplink_count_as_received_as_on_mqtt(pg_dsn):
+    """Found by benchmarks/fuzz.py: fleetgate_samples_received_total{transport="coap"} left out
+    the samples of uplinks refused with 4.00, so received was not stored + rejected."""
+    tokens = await provision(pg_dsn)
+    t = now_ms()
+    async with coap_gateway(pg_dsn) as gw, coap_client() as ctx:
+        uri = gw.uri("lock-0001", tokens["lock-0001"])
+        refused = await post(ctx, uri, orjson.dumps([sample(t, soc_pct=140),
+                                                     sample(t + 1, lat=95.0)]), 50)
+        kept = await post(ctx, uri, orjson.dumps([sample(t + 2), sample(t + 3, soc_pct=-1)]), 50)
+        assert (refused.code, kept.code) == (aiocoap.BAD_REQUEST, aiocoap.CHANGED)
+        counted = {name: metric(gw.registry, f"fleetgate_samples_{name}_total", transport="coap")
+                   for name in ("received", "stored", "duplicate", "rejected")}
+    assert counted == {"received": 4, "stored": 1, "duplicate": 0, "rejected": 3}
+
+
+async def test_a_datagram_with_an_option_that_is_not_utf8_is_dropped_with_a_warning(pg_dsn,
+                                                                                     caplog):
+    """Found by benchmarks/fuzz.py: aiocoap 0.4.17 lets a UnicodeDecodeError out of its receive
+    callback for a Uri-Query or Uri-Path that is not UTF-8, and asyncio logged an error with a
+    traceback for every such datagram. Now it is dropped with a warning, like garbage."""
+    tokens = await provision(pg_dsn)
+    t = now_ms()
+    async with coap_gateway(pg_dsn) as gw:
+        loop = asyncio.get_running_loop()
+        received: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Raw(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                received.put_nowait(data)
+
+        def uplink(mid: int, path: tuple[str, ...], query: str) -> bytes:
+            msg = aiocoap.Message(code=aiocoap.POST, payload=orjson.dumps(sample(t)),
+                                  _mtype=aiocoap.CON, _mid=mid, _token=mid.to_bytes(2, "big"))
+            msg.opt.uri_path = path
+            msg.opt.uri_query = (query,)
+            msg.opt.content_format = 50
+            return msg.encode()
+
+        path = ("fg", "v1", "lock-0001", "telemetry")
+        transport, _ = await loop.create_datagram_endpoint(Raw, remote_addr=("127.0.0.1",
+                                                                             gw.port))
+        try:
+            with caplog.at_level(logging.WARNING):
+                transport.sendto(uplink(1, path, "t=ZZ").replace(b"t=ZZ", b"t=\xff\xfe"))
+                transport.sendto(uplink(2, ("fg", "v1", "lockZ0001", "telemetry"),
+                                        f"t={tokens['lock-0001']}").replace(b"lockZ", b"lock\xff"))
+                transport.sendto(uplink(3, path, f"t={tokens['lock-0001']}"))
+                answer = aiocoap.Message.decode(await _final_response(received))
+        finally:
+            transport.close()
+    assert answer.code == aiocoap.CHANGED and answer.token == (3).to_bytes(2, "big")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [r.getMessage() for r in caplog.records
+            if r.getMessage() == "coap_datagram_undecodable"] == ["coap_datagram_undecodable"] * 2
+    assert await stored_keys(pg_dsn) == [("lock-0001", t)]
 
 
 async def test_device_events_are_posted_like_telemetry(pg_dsn):

@@ -143,22 +143,50 @@ class CoapIngress:
             _DeviceResources(self), bind=(self.host, self.port), transports=["udp6"],
             loggername="fleetgate.coap.aiocoap")
         rcvbuf = self._grow_receive_buffer()
+        self._drop_undecodable_datagrams()
         log.info("coap_listening", extra=fields(host=self.host, port=self.port,
                                                  path="/" + "/".join(self.path_root),
                                                  receive_buffer_bytes=rcvbuf))
+
+    def _message_interface(self):
+        # aiocoap exposes neither its socket nor its datagram handler; reach them where 0.4.x
+        # keeps them (the UDP message interface is the socket's asyncio protocol).
+        return self._context.request_interfaces[0].token_interface.message_interface
 
     def _grow_receive_buffer(self) -> int | None:
         """A larger socket receive buffer than the kernel's default (~200 kB, a few hundred
         datagrams): when many devices wake at once, the datagrams beyond it are dropped and
         each costs its device a retransmission 2 to 3 s later. Capped by net.core.rmem_max."""
-        try:  # aiocoap does not expose its socket; reach it where 0.4.x keeps it
-            iface = self._context.request_interfaces[0].token_interface.message_interface
-            sock = iface.transport.get_extra_info("socket")
+        try:
+            sock = self._message_interface().transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer_bytes)
             return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         except (AttributeError, IndexError, OSError) as exc:
             log.warning("coap_receive_buffer_unchanged", extra=fields(error=str(exc)[:200]))
             return None
+
+    def _drop_undecodable_datagrams(self) -> None:
+        """aiocoap drops a datagram that is not CoAP, but lets some malformed ones raise out of
+        its receive callback (0.4.17: a Uri-Query or Uri-Path that is not UTF-8 raises
+        UnicodeDecodeError): asyncio then logs an error with a traceback for every such
+        datagram. Found by benchmarks/fuzz.py. They are dropped here like any unparsable
+        datagram, with one warning line; the device gets no answer, as for garbage."""
+        try:
+            iface = self._message_interface()
+            receive = iface.datagram_msg_received
+        except (AttributeError, IndexError) as exc:
+            log.warning("coap_datagram_guard_missing", extra=fields(error=str(exc)[:200]))
+            return
+
+        def received(data: bytes, ancdata, flags: int, address) -> None:
+            try:
+                receive(data, ancdata, flags, address)
+            except Exception as exc:  # the datagram's fault: aiocoap handles its own errors
+                log.warning("coap_datagram_undecodable", extra=fields(
+                    peer=str(address[:2]), bytes=len(data), error=f"{type(exc).__name__}: "
+                                                                  f"{exc}"[:200]))
+
+        iface.datagram_msg_received = received
 
     def pause(self) -> None:
         """Take no new uplinks (5.03 with Max-Age); requests already submitted are answered."""
@@ -304,6 +332,8 @@ class CoapIngress:
             return
         m = self._metrics
         m.messages_received.labels("coap", kind).inc()
+        if kind == "telemetry":  # as the pipeline counts them: every sample decoded or rejected
+            m.samples_received.labels("coap").inc(sum(rejected.values()))
         for reason, count in rejected.items():
             m.samples_rejected.labels(reason, "coap").inc(count)
         problem = problems[0] if problems else None
