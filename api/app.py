@@ -6,12 +6,14 @@ routes only see an ApiContext, never settings or the gateway itself.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from fastapi import FastAPI
 
 from api import problems
 from api.context import ApiContext
+from api.input_guard import RefuseUnstorableInput
 from api.routes import broker, commands, devices, events, health, map, usage, vehicles, zones
-from fleetgate import __version__
 
 DESCRIPTION = """fleetgate's HTTP API for rental, billing, fleet operations and administrators.
 
@@ -21,12 +23,27 @@ Every route but `/healthz` and `/readyz` needs an API key (`Authorization: Beare
 """
 
 
+def _installed_version() -> str:
+    """The fleetgate distribution's version, as OpenAPI reports it."""
+    try:
+        return version("fleetgate")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
 def create_app(ctx: ApiContext) -> FastAPI:
-    app = FastAPI(title="fleetgate", version=__version__, description=DESCRIPTION,
-                  openapi_tags=[{"name": n} for n in ("vehicles", "commands", "zones", "events",
-                                                        "devices", "usage", "health")])
+    app = FastAPI(
+        title="fleetgate",
+        version=_installed_version(),
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": n}
+            for n in ("vehicles", "commands", "zones", "events", "devices", "usage", "health")
+        ],
+    )
     app.state.fleetgate = ctx
     problems.install(app)
+    app.add_middleware(RefuseUnstorableInput)
     for module in (health, vehicles, commands, usage, events, zones, devices, broker, map):
         app.include_router(module.router)
     return app

@@ -38,21 +38,28 @@ class KeyCache:
             self._keys[key] = (record, time.monotonic() + self.ttl_s)
 
 
-async def api_key(request: Request,
-                  bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-                  header: Annotated[str | None, Depends(_header)]) -> ApiKey:
+async def api_key(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    header: Annotated[str | None, Depends(_header)],
+) -> ApiKey:
     key = bearer.credentials if bearer is not None else header
     if not key:
-        raise Problem(401, "missing-api-key", "send an API key as 'Authorization: Bearer <key>' "
-                      "or 'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401,
+            "missing-api-key",
+            "send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     ctx: ApiContext = context(request)
     record = ctx.key_cache.get(key)
     if record is None:
         try:
             record = await ctx.store.verify_api_key(key)
         except InvalidApiKey as exc:
-            raise Problem(401, "invalid-api-key", str(exc),
-                          headers={"WWW-Authenticate": "Bearer"}) from None
+            raise Problem(
+                401, "invalid-api-key", str(exc), headers={"WWW-Authenticate": "Bearer"}
+            ) from None
         ctx.key_cache.put(key, record)
     request.state.api_key = record
     return record
@@ -63,8 +70,12 @@ def require(scope: str):
 
     async def check(key: Annotated[ApiKey, Depends(api_key)]) -> ApiKey:
         if scope not in key.scopes and "admin" not in key.scopes:
-            raise Problem(403, "missing-scope", f"this key ({key.name}) lacks the scope {scope!r}",
-                          scope=scope)
+            raise Problem(
+                403,
+                "missing-scope",
+                f"this key ({key.name}) lacks the scope {scope!r}",
+                scope=scope,
+            )
         return key
 
     return Depends(check)

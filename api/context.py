@@ -3,6 +3,7 @@ the gateway in the same process, or the API alone)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ class ApiContext:
     map_tiles_url: str | None = None
     map_attribution: str = ""
     low_soc_pct: dict[str, float] = field(default_factory=lambda: {"ebike": 20.0, "car": 15.0})
+    # Set when the server stops: responses that wait (a command's `wait`) answer at once.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def context(request: Request) -> ApiContext:

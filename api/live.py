@@ -8,7 +8,8 @@ updated_at is its start, which can lie before an earlier poll).
 
 Each position is serialised once and shared by every subscriber it matches; a subscriber keeps
 only the newest position per vehicle, so a slow reader gets fresh data, not a growing backlog.
-Events queue (bounded); overflow is counted and reported to the subscriber.
+Events queue (bounded); overflow is counted and reported to the subscriber. close() ends every
+subscription (the server is stopping): a stream must not keep the process alive.
 """
 
 from __future__ import annotations
@@ -16,23 +17,37 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from api import queries
-from fleetgate.logs import fields
 from telemetry.store import StoreUnavailable, TelemetryStore
 
-log = logging.getLogger("fleetgate.live")
+log = logging.getLogger(__name__)
 
-_POSITION_FIELDS = ("vehicle_ref", "vehicle_type", "status", "online", "time", "lat", "lon",
-                    "speed_kmh", "heading_deg", "soc_pct", "range_m", "locked", "immobilised",
-                    "charging", "zones")
+_POSITION_FIELDS = (
+    "vehicle_ref",
+    "vehicle_type",
+    "status",
+    "online",
+    "time",
+    "lat",
+    "lon",
+    "speed_kmh",
+    "heading_deg",
+    "soc_pct",
+    "range_m",
+    "locked",
+    "immobilised",
+    "charging",
+    "zones",
+)
 _EVENT_OVERLAP = 500  # ids re-read per poll: an insert that commits after a higher id
 _VEHICLE_OVERLAP = timedelta(seconds=2)
 
@@ -49,6 +64,7 @@ class Subscription:
     _positions: dict[str, bytes] = field(default_factory=dict)
     _events: collections.deque = field(default_factory=collections.deque)
     dropped_events: int = 0
+    closed: bool = False  # the hub closed: take() hands out what waits, then the stream ends
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wants(self, ref: str, lat: float | None, lon: float | None) -> bool:
@@ -72,9 +88,14 @@ class Subscription:
         self._events.append(payload)
         self._wake.set()
 
+    def _close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
     async def take(self, timeout: float) -> list[tuple[str, bytes]]:
-        """What waits, as (SSE event name, JSON data); [] after timeout with nothing new."""
-        if not self._positions and not self._events:
+        """What waits, as (SSE event name, JSON data); [] after timeout with nothing new, or at
+        once when closed."""
+        if not self._positions and not self._events and not self.closed:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -91,8 +112,9 @@ class Subscription:
 
 
 class LiveHub:
-    def __init__(self, store: TelemetryStore, *, poll_interval_s: float = 1.0,
-                 min_interval_s: float = 0.05) -> None:
+    def __init__(
+        self, store: TelemetryStore, *, poll_interval_s: float = 1.0, min_interval_s: float = 0.05
+    ) -> None:
         self._store = store
         self.poll_interval_s = poll_interval_s  # without notify(): alone, or as a safety net
         self.min_interval_s = min_interval_s
@@ -106,14 +128,19 @@ class LiveHub:
         self._seen_events: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.positions_sent = 0  # positions handed to subscribers (for metrics and benchmarks)
         self.events_sent = 0
+        self.closed = False
 
     @property
     def subscribers(self) -> int:
         return len(self._subs)
 
     def subscribe(self, **filters: Any) -> Subscription:
+        """A new subscription; one made after close() is closed already."""
         sub = Subscription(**filters)
-        self._subs.add(sub)
+        if self.closed:
+            sub._close()
+        else:
+            self._subs.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -124,13 +151,27 @@ class LiveHub:
         self._notified.update(vehicles)
         self._wake.set()
 
+    def close(self) -> None:
+        """End every subscription, and those made from now on (the server is stopping)."""
+        self.closed = True
+        for sub in self._subs:
+            sub._close()
+        self._subs.clear()
+
     async def run(self, stop: asyncio.Event) -> None:
+        """Poll and fan out until stop is set; then close()."""
+        try:
+            await self._run(stop)
+        finally:
+            self.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             started = time.monotonic()
             try:
                 await self._poll()
             except StoreUnavailable as exc:
-                log.warning("live_feed_paused", extra=fields(error=str(exc)[:200]))
+                log.warning("live_feed_paused", extra={"error": str(exc)[:200]})
                 await asyncio.sleep(1.0)
             except Exception:
                 log.exception("live_feed_failed")
@@ -144,11 +185,10 @@ class LiveHub:
 
     async def _poll(self) -> None:
         if self._since is None:  # start from now: the stream shows what changes from here on
-            self._since = datetime.now(timezone.utc)
+            self._since = datetime.now(UTC)
             self._event_id = await queries.latest_event_id(self._store)
             # What changed just before is not news: the overlap of the next polls skips it.
-            for row in await queries.changed_vehicles(self._store,
-                                                      self._since - _VEHICLE_OVERLAP):
+            for row in await queries.changed_vehicles(self._store, self._since - _VEHICLE_OVERLAP):
                 self._last_sent[row["vehicle_ref"]] = row["updated_at"]
                 self._where[row["vehicle_ref"]] = (row["lat"], row["lon"])
             return
@@ -181,8 +221,9 @@ class LiveHub:
                     self.positions_sent += 1
 
     async def _poll_events(self) -> None:
-        rows = await queries.events(self._store, after=max(0, self._event_id - _EVENT_OVERLAP),
-                                    limit=5000)
+        rows = await queries.events(
+            self._store, after=max(0, self._event_id - _EVENT_OVERLAP), limit=5000
+        )
         subs = [s for s in self._subs if s.events]
         for row in rows:
             if row["id"] in self._seen_events or row["id"] <= self._event_id - _EVENT_OVERLAP:
@@ -195,11 +236,21 @@ class LiveHub:
             for sub in subs:
                 # An event is where its vehicle was last seen.
                 if sub.wants(ref, *self._where.get(ref, (None, None))):
-                    payload = payload or orjson.dumps(row)
+                    payload = payload or _event_json(row)
                     sub._offer_event(payload)
                     self.events_sent += 1
         if rows:
             self._event_id = max(self._event_id, max(r["id"] for r in rows))
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+def _event_json(row: dict) -> bytes:
+    """An event row as JSON. A detail read back from jsonb may hold what orjson cannot write
+    (jsonb returns 1e20 as the integer 10**20, beyond 64 bits): the standard library writes it,
+    rather than the row stopping the feed at every poll."""
+    try:
+        return orjson.dumps(row)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(row, default=str, separators=(",", ":")).encode()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -11,26 +11,63 @@ from psycopg.rows import dict_row
 from telemetry.store import TelemetryStore
 
 VEHICLE_COLUMNS = (
-    "vehicle_ref", "device_id", "vehicle_type", "status", "online", "time", "lat", "lon",
-    "fix_time", "speed_kmh", "heading_deg", "soc_pct", "range_m", "soh_pct", "aux_v",
-    "aux_hours_to_threshold", "odometer_m", "locked", "ignition", "immobilised", "charging",
-    "last_seen", "zones")
-_VEHICLE_SELECT = "SELECT vehicle, updated_at, " + ", ".join(VEHICLE_COLUMNS) + \
-    " FROM vehicle_overview"
+    "vehicle_ref",
+    "device_id",
+    "vehicle_type",
+    "status",
+    "online",
+    "time",
+    "lat",
+    "lon",
+    "fix_time",
+    "speed_kmh",
+    "heading_deg",
+    "soc_pct",
+    "range_m",
+    "soh_pct",
+    "aux_v",
+    "aux_hours_to_threshold",
+    "odometer_m",
+    "locked",
+    "ignition",
+    "immobilised",
+    "charging",
+    "last_seen",
+    "zones",
+)
+_VEHICLE_SELECT = (
+    "SELECT vehicle, updated_at, " + ", ".join(VEHICLE_COLUMNS) + " FROM vehicle_overview"
+)
 
-BUCKETS = {"10s": timedelta(seconds=10), "1m": timedelta(minutes=1),
-           "5m": timedelta(minutes=5), "15m": timedelta(minutes=15), "1h": timedelta(hours=1)}
+BUCKETS = {
+    "10s": timedelta(seconds=10),
+    "1m": timedelta(minutes=1),
+    "5m": timedelta(minutes=5),
+    "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1),
+}
 
 
-async def vehicles(store: TelemetryStore, *, vehicle_type: str | None = None,
-                   status: str | None = None, online: bool | None = None,
-                   bbox: tuple[float, float, float, float] | None = None, zone: str | None = None,
-                   after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+async def vehicles(
+    store: TelemetryStore,
+    *,
+    vehicle_type: str | None = None,
+    status: str | None = None,
+    online: bool | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
+    zone: str | None = None,
+    after: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
     box = None if bbox is None else (bbox[0], bbox[2], bbox[1], bbox[3])
     clause, params = _where(
-        ("vehicle_type = %s", vehicle_type), ("status = %s", status), ("online = %s", online),
-        ("lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s", box), ("%s = ANY(zones)", zone),
-        ("vehicle_ref > %s", after))
+        ("vehicle_type = %s", vehicle_type),
+        ("status = %s", status),
+        ("online = %s", online),
+        ("lon BETWEEN %s AND %s AND lat BETWEEN %s AND %s", box),
+        ("%s = ANY(zones)", zone),
+        ("vehicle_ref > %s", after),
+    )
     query = _VEHICLE_SELECT + clause + " ORDER BY vehicle_ref LIMIT %s"
     return await _fetch(store, query, [*params, limit])
 
@@ -49,12 +86,26 @@ async def changed_vehicles(store: TelemetryStore, since: datetime) -> list[dict[
     return await _fetch(store, _VEHICLE_SELECT + " WHERE updated_at > %s", [since])
 
 
-async def track(store: TelemetryStore, vehicle: int, start: datetime, end: datetime,
-                bucket: str, max_points: int) -> list[dict[str, Any]]:
+async def track(
+    store: TelemetryStore,
+    vehicle: int,
+    start: datetime,
+    end: datetime,
+    bucket: str,
+    max_points: int,
+    *,
+    include_implausible: bool = False,
+) -> list[dict[str, Any]]:
+    """Raw samples or one point per bucket; `implausible` counts a point's samples flagged
+    implausible_jump (positions.flags & 1), which raw points leave out unless asked for."""
     if bucket == "raw":
-        query = ("SELECT time AS t, lat, lon, speed_kmh, soc_pct, 1 AS samples FROM positions "
-                 "WHERE vehicle = %s AND time >= %s AND time < %s AND (flags & 1) = 0 "
-                 "ORDER BY time LIMIT %s")
+        query = (
+            "SELECT time AS t, lat, lon, speed_kmh, soc_pct, 1 AS samples, "
+            "flags & 1 AS implausible FROM positions "
+            "WHERE vehicle = %s AND time >= %s AND time < %s"
+            + ("" if include_implausible else " AND (flags & 1) = 0")
+            + " ORDER BY time LIMIT %s"
+        )
         return await _fetch(store, query, [vehicle, start, end, max_points])
     # date_bin works on both storage paths (TimescaleDB's time_bucket gives the same buckets).
     query = (
@@ -64,27 +115,80 @@ async def track(store: TelemetryStore, vehicle: int, start: datetime, end: datet
         "(array_agg(lon ORDER BY time DESC) FILTER (WHERE lat IS NOT NULL AND flags = 0))[1] "
         "AS lon, avg(speed_kmh) AS speed_kmh, "
         "(array_agg(soc_pct ORDER BY time DESC) FILTER (WHERE soc_pct IS NOT NULL))[1] "
-        "AS soc_pct, count(*) AS samples "
+        "AS soc_pct, count(*) AS samples, count(*) FILTER (WHERE (flags & 1) = 1) AS implausible "
         "FROM positions WHERE vehicle = %s AND time >= %s AND time < %s "
-        "GROUP BY 1 ORDER BY 1 LIMIT %s")
+        "GROUP BY 1 ORDER BY 1 LIMIT %s"
+    )
     return await _fetch(store, query, [BUCKETS[bucket], vehicle, start, end, max_points])
 
 
-async def events(store: TelemetryStore, *, vehicle: int | None = None, type: str | None = None,
-                 source: str | None = None, start: datetime | None = None,
-                 end: datetime | None = None, after: int | None = None, limit: int = 100
-                 ) -> list[dict[str, Any]]:
-    clause, params = _where(
-        ("e.vehicle = %s", vehicle), ("e.type = %s", type), ("e.source = %s", source),
-        ("e.time >= %s", start), ("e.time < %s", end), ("e.id > %s", after))
-    query = ("SELECT e.id, e.time, v.vehicle_ref, e.source, e.type, e.detail, e.received_at "
-             "FROM events e JOIN vehicles v ON v.id = e.vehicle" + clause
-             + " ORDER BY e.id LIMIT %s")
+# A command's state changes are events of source "command", type "command_<new state>", read
+# from command_history: its ids come from the events' sequence (migration 0013), so one id orders
+# and pages both.
+_COMMAND_EVENTS = (
+    "SELECT h.id, h.at AS time, v.vehicle_ref, 'command' AS source, "
+    "'command_' || h.to_state AS type, jsonb_strip_nulls(jsonb_build_object("
+    "'command_id', c.id, 'command_type', c.type, 'requested_by', c.requested_by, "
+    "'from_state', h.from_state, 'to_state', h.to_state, 'reason', h.reason, "
+    "'detail', h.detail)) AS detail, h.at AS received_at "
+    "FROM command_history h JOIN commands c ON c.id = h.command_id "
+    "JOIN vehicles v ON v.id = c.vehicle"
+)
+
+
+async def events(
+    store: TelemetryStore,
+    *,
+    vehicle: int | None = None,
+    type: str | None = None,
+    source: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    after: int | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Stored events and command state changes, in id order (one query, each part ordered and
+    limited on its own index before they are merged)."""
+    parts, params = [], []
+    if source != "command":
+        clause, args = _where(
+            ("e.vehicle = %s", vehicle),
+            ("e.type = %s", type),
+            ("e.source = %s", source),
+            ("e.time >= %s", start),
+            ("e.time < %s", end),
+            ("e.id > %s", after),
+        )
+        parts.append(
+            "(SELECT e.id, e.time, v.vehicle_ref, e.source, e.type, e.detail, "
+            "e.received_at FROM events e JOIN vehicles v ON v.id = e.vehicle"
+            + clause
+            + " ORDER BY e.id LIMIT %s)"
+        )
+        params += [*args, limit]
+    if source in (None, "command") and (type is None or type.startswith("command_")):
+        clause, args = _where(
+            ("c.vehicle = %s", vehicle),
+            ("h.to_state = %s", type and type[len("command_") :]),
+            ("h.at >= %s", start),
+            ("h.at < %s", end),
+            ("h.id > %s", after),
+        )
+        parts.append("(" + _COMMAND_EVENTS + clause + " ORDER BY h.id LIMIT %s)")
+        params += [*args, limit]
+    if not parts:  # source "command" with a type no command event has
+        return []
+    query = "SELECT * FROM (" + " UNION ALL ".join(parts) + ") AS u ORDER BY id LIMIT %s"
     return await _fetch(store, query, [*params, limit])
 
 
 async def latest_event_id(store: TelemetryStore) -> int:
-    rows = await _fetch(store, "SELECT coalesce(max(id), 0) AS id FROM events", [])
+    rows = await _fetch(
+        store,
+        "SELECT greatest((SELECT max(id) FROM events), "
+        "(SELECT max(id) FROM command_history), 0) AS id",
+        [],
+    )
     return rows[0]["id"]
 
 
@@ -94,7 +198,7 @@ async def vehicle_id(store: TelemetryStore, vehicle_ref: str) -> int | None:
 
 
 def _where(*conditions: tuple[str, Any]) -> tuple[str, list]:
-    """" WHERE c1 AND c2 ..." and its parameters, from the (condition, value) pairs whose value
+    """ " WHERE c1 AND c2 ..." and its parameters, from the (condition, value) pairs whose value
     is not None (a tuple value fills as many placeholders); "" when none is."""
     where, params = [], []
     for condition, value in conditions:
@@ -104,8 +208,9 @@ def _where(*conditions: tuple[str, Any]) -> tuple[str, list]:
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
-async def _fetch(store: TelemetryStore, query: str | sql.Composable, params: list | dict
-                 ) -> list[dict[str, Any]]:
+async def _fetch(
+    store: TelemetryStore, query: str | sql.Composable, params: list | dict
+) -> list[dict[str, Any]]:
     async with store.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(query, params)
@@ -135,8 +240,9 @@ WHERE type = 'unlock' AND at >= %(start)s AND at < %(end)s
 ORDER BY at"""
 
 
-async def usage_sessions(store: TelemetryStore, vehicle: int, start: datetime, end: datetime,
-                         unlock_command: Any = None) -> list[dict[str, Any]]:
+async def usage_sessions(
+    store: TelemetryStore, vehicle: int, start: datetime, end: datetime, unlock_command: Any = None
+) -> list[dict[str, Any]]:
     """Rides between an unlock and the following lock that overlap [start, end)."""
     rows = await _fetch(store, _SESSIONS, {"vehicle": vehicle, "start": start, "end": end})
     if unlock_command is not None:
@@ -144,9 +250,14 @@ async def usage_sessions(store: TelemetryStore, vehicle: int, start: datetime, e
     return rows
 
 
-async def samples_between(store: TelemetryStore, vehicle: int, start: datetime,
-                          end: datetime) -> list[dict[str, Any]]:
-    return await _fetch(store, (
-        "SELECT time, lat, lon, odometer_m, soc_pct, pack_v, pack_a, flags FROM positions "
-        "WHERE vehicle = %s AND time >= %s AND time <= %s ORDER BY time LIMIT 200000"),
-        [vehicle, start, end])
+async def samples_between(
+    store: TelemetryStore, vehicle: int, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    return await _fetch(
+        store,
+        (
+            "SELECT time, lat, lon, odometer_m, soc_pct, pack_v, pack_a, flags FROM positions "
+            "WHERE vehicle = %s AND time >= %s AND time <= %s ORDER BY time LIMIT 200000"
+        ),
+        [vehicle, start, end],
+    )

@@ -54,6 +54,11 @@ class TrackPoint(BaseModel):
     speed_kmh: float | None = None
     soc_pct: float | None = None
     samples: int = 1
+    implausible: int = Field(
+        0,
+        description="samples of the point whose fix is flagged as an "
+        "implausible jump (raw: 1 when this fix is one)",
+    )
 
 
 class Track(BaseModel):

@@ -44,9 +44,13 @@ class VehicleParams:
     def assign(self, vehicles: np.ndarray, type_idx: np.ndarray) -> None:
         self.grow(int(vehicles.max()) + 1)
         self.type_idx[vehicles] = type_idx
-        for name, attr in (("nominal_ah", "nominal_ah"), ("nominal_v", "nominal_v"),
-                           ("low_soc", "low_soc_pct"), ("swappable", "swappable"),
-                           ("max_rate", "max_soc_rate_pct_per_h")):
+        for name, attr in (
+            ("nominal_ah", "nominal_ah"),
+            ("nominal_v", "nominal_v"),
+            ("low_soc", "low_soc_pct"),
+            ("swappable", "swappable"),
+            ("max_rate", "max_soc_rate_pct_per_h"),
+        ):
             table = np.array([getattr(t, attr) for t in self.types])
             getattr(self, name)[vehicles] = table[type_idx]
 
@@ -75,8 +79,14 @@ class SortedSamples:
     reports exactly that). An interval longer than max_gap_s, or the first sample ever, is a gap.
     """
 
-    def __init__(self, batch: TelemetryBatch, rows: np.ndarray, st: VehicleArrays,
-                 par: VehicleParams, policy: BatteryPolicy) -> None:
+    def __init__(
+        self,
+        batch: TelemetryBatch,
+        rows: np.ndarray,
+        st: VehicleArrays,
+        par: VehicleParams,
+        policy: BatteryPolicy,
+    ) -> None:
         v = batch.vehicle[rows].astype(np.int64)
         self.v = v
         self.t = t = batch.time_ms[rows].astype(np.int64)
@@ -127,8 +137,12 @@ class SortedSamples:
         dsoc = soc - soc_before
         hours = (t - t_before) / 3.6e6
         with np.errstate(invalid="ignore"):
-            self.jump = (sk & np.isfinite(soc_before) & (np.abs(dsoc) >= policy.jump_pct)
-                         & (np.abs(dsoc) > par.max_rate[v] * hours))
+            self.jump = (
+                sk
+                & np.isfinite(soc_before)
+                & (np.abs(dsoc) >= policy.jump_pct)
+                & (np.abs(dsoc) > par.max_rate[v] * hours)
+            )
             self.swap = self.jump & (dsoc >= policy.swap_jump_pct) & par.swappable[v]
         # History segment of each sample: swaps so far in the batch (the sample's own included);
         # only the last one's items survive into the state.

@@ -44,8 +44,9 @@ class Groups:
         idx[idx < self.starts[self.g]] = -1
         return idx
 
-    def ffill(self, x: np.ndarray, valid: np.ndarray, carry: np.ndarray, *,
-              inclusive: bool = True) -> np.ndarray:
+    def ffill(
+        self, x: np.ndarray, valid: np.ndarray, carry: np.ndarray, *, inclusive: bool = True
+    ) -> np.ndarray:
         """The newest valid x at (or before) each sample, else the vehicle's carried value."""
         idx = self.last_index(valid, inclusive=inclusive)
         return np.where(idx >= 0, x[np.maximum(idx, 0)], carry[self.g])
@@ -62,8 +63,9 @@ class Groups:
         return np.bincount(self.g[where], minlength=self.m)
 
 
-def hysteresis(groups: Groups, fire: np.ndarray, rearm: np.ndarray,
-               armed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def hysteresis(
+    groups: Groups, fire: np.ndarray, rearm: np.ndarray, armed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """One alert per episode: a sample where `fire` holds raises the alert if it is armed, and
     disarms it; a sample where `rearm` holds arms it again. armed[group] carries in; returns
     (samples that raise the alert, armed after each group's last sample)."""
@@ -74,8 +76,13 @@ def hysteresis(groups: Groups, fire: np.ndarray, rearm: np.ndarray,
     return fire & before, after[groups.ends]
 
 
-def decayed_sums(seg: np.ndarray, n_seg: int, delta: np.ndarray, values: list[np.ndarray],
-                 carry: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+def decayed_sums(
+    seg: np.ndarray,
+    n_seg: int,
+    delta: np.ndarray,
+    values: list[np.ndarray],
+    carry: list[np.ndarray],
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Fold items into per-segment sums with exponential forgetting, as the sequential
     `s = s * exp(-delta_j) + x_j` over each segment's items in order (seg sorted ascending).
 
@@ -98,6 +105,7 @@ def decayed_sums(seg: np.ndarray, n_seg: int, delta: np.ndarray, values: list[np
     total[seg[tail]] = rel[tail]
     w = np.exp(-(total[seg] - rel))
     fade = np.exp(-total)
-    out = [c * fade + np.bincount(seg, weights=w * x, minlength=n_seg)
-           for c, x in zip(carry, values)]
+    out = [
+        c * fade + np.bincount(seg, weights=w * x, minlength=n_seg) for c, x in zip(carry, values)
+    ]
     return out, total

@@ -13,8 +13,9 @@ from battery.config import BatteryPolicy
 from battery.events import PACK_SWAPPED, BatteryEvent
 
 
-def update_capacity(st: VehicleArrays, b: SortedSamples, par: VehicleParams,
-                    p: BatteryPolicy) -> list[BatteryEvent]:
+def update_capacity(
+    st: VehicleArrays, b: SortedSamples, par: VehicleParams, p: BatteryPolicy
+) -> list[BatteryEvent]:
     """Swaps, throughput and capacity windows of a batch; returns the pack_swapped events.
 
     Coulomb windows (Einhorn: C = ∫I dt / ΔSoC): a window opens at a sample with a SoC and
@@ -37,8 +38,9 @@ def update_capacity(st: VehicleArrays, b: SortedSamples, par: VehicleParams,
     # SoC-only: the pack energy (as a fraction of a full pack, through the OCV curve) used in
     # driving intervals, so that standby drain while parked does not count against distance.
     with np.errstate(invalid="ignore"):
-        de = (par.by_type(b.type_idx, b.soc_before, "energy_fraction")
-              - par.by_type(b.type_idx, b.soc, "energy_fraction"))
+        de = par.by_type(b.type_idx, b.soc_before, "energy_fraction") - par.by_type(
+            b.type_idx, b.soc, "energy_fraction"
+        )
     de = np.where(b.driving & ~b.jump & np.isfinite(de), de, 0.0)
     ed = st.ed[veh][g.g] + b.group_cumsum(de)
     swapped = b.n_swaps > 0
@@ -55,10 +57,18 @@ def update_capacity(st: VehicleArrays, b: SortedSamples, par: VehicleParams,
     if swapped.any():
         for k in np.flatnonzero(b.swap).tolist():
             v = int(b.v[k])
-            events.append(BatteryEvent(v, int(b.t[k]), PACK_SWAPPED, {
-                "soc_before_pct": round(float(b.soc_before[k]), 2),
-                "soc_pct": round(float(b.soc[k]), 2),
-                "pack_seq": int(st.pack_seq[v] - b.n_swaps[g.g[k]] + b.hseg[k])}))
+            events.append(
+                BatteryEvent(
+                    v,
+                    int(b.t[k]),
+                    PACK_SWAPPED,
+                    {
+                        "soc_before_pct": round(float(b.soc_before[k]), 2),
+                        "soc_pct": round(float(b.soc[k]), 2),
+                        "pack_seq": int(st.pack_seq[v] - b.n_swaps[g.g[k]] + b.hseg[k]),
+                    },
+                )
+            )
     return events
 
 
@@ -85,9 +95,11 @@ def _throughput(st: VehicleArrays, b: SortedSamples, swapped: np.ndarray) -> Non
     nxt = np.r_[heads[1:], 0]
     closed = np.r_[g.g[heads[1:]] == g.g[heads[:-1]], False] & active[nxt] & ~b.swap[nxt]
     closed &= current[heads]
-    add = (g.sum(np.abs(b.dq), where=active & current)
-           + np.bincount(g.g[heads[closed]], np.abs(net[closed]), g.m)
-           + np.where(closes_at_head, np.abs(carry), 0.0))
+    add = (
+        g.sum(np.abs(b.dq), where=active & current)
+        + np.bincount(g.g[heads[closed]], np.abs(net[closed]), g.m)
+        + np.where(closes_at_head, np.abs(carry), 0.0)
+    )
     st.thru[veh] = np.where(swapped, 0.0, st.thru[veh]) + add
     st.idle_q[veh] = net[seg[g.ends]]
 
@@ -97,8 +109,9 @@ class _Windows:
 
     def __init__(self) -> None:
         self.k: list[np.ndarray] = []
-        self.cols: dict[str, list[np.ndarray]] = {n: [] for n in (
-            "a_soc", "a_q", "a_odo", "a_ed", "bad", "gap", "chg")}
+        self.cols: dict[str, list[np.ndarray]] = {
+            n: [] for n in ("a_soc", "a_q", "a_odo", "a_ed", "bad", "gap", "chg")
+        }
 
     def add(self, k: np.ndarray, **cols: np.ndarray) -> None:
         self.k.append(k)
@@ -109,14 +122,16 @@ class _Windows:
         if not self.k:
             return np.empty(0, dtype=np.int64), {
                 n: np.empty(0, dtype=bool if n in ("bad", "gap", "chg") else np.float64)
-                for n in self.cols}
+                for n in self.cols
+            }
         k = np.concatenate(self.k)
         order = np.argsort(k, kind="stable")
         return k[order], {n: np.concatenate(x)[order] for n, x in self.cols.items()}
 
 
-def _close_windows(st: VehicleArrays, b: SortedSamples, q: np.ndarray, ed: np.ndarray,
-                   p: BatteryPolicy) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _close_windows(
+    st: VehicleArrays, b: SortedSamples, q: np.ndarray, ed: np.ndarray, p: BatteryPolicy
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Find every window closing in the batch and leave each vehicle's open window in st."""
     g, veh, soc, sk = b.g, b.veh, b.soc, b.soc_known
     # Counters of what spoils a window, per vehicle run (inclusive): a window (anchor, close]
@@ -151,9 +166,11 @@ def _close_windows(st: VehicleArrays, b: SortedSamples, q: np.ndarray, ed: np.nd
         "q": np.where(carried, st.a_q[veh][seg_group], np.nan),
         "odo": np.where(carried, st.a_odo[veh][seg_group], np.nan),
         "ed": np.where(carried, st.a_ed[veh][seg_group], np.nan),
-        "cb": np.zeros(n_seg, dtype=np.int64), "cg": np.zeros(n_seg, dtype=np.int64),
+        "cb": np.zeros(n_seg, dtype=np.int64),
+        "cg": np.zeros(n_seg, dtype=np.int64),
         "cc": np.zeros(n_seg, dtype=np.int64),
-        "bad": carried & st.a_bad[veh][seg_group], "gap": carried & st.a_gap[veh][seg_group],
+        "bad": carried & st.a_bad[veh][seg_group],
+        "gap": carried & st.a_gap[veh][seg_group],
         "chg": carried & st.a_chg[veh][seg_group],
     }
     values = {"soc": soc, "q": q, "odo": b.odo, "ed": ed, "cb": cb, "cg": cg, "cc": cc}
@@ -177,10 +194,16 @@ def _close_windows(st: VehicleArrays, b: SortedSamples, q: np.ndarray, ed: np.nd
         firsts = np.ones(len(ch), dtype=bool)
         firsts[1:] = hs[1:] != hs[:-1]
         k, s = ch[firsts], hs[firsts]
-        windows.add(k, a_soc=anchor["soc"][s], a_q=anchor["q"][s], a_odo=anchor["odo"][s],
-                    a_ed=anchor["ed"][s], bad=anchor["bad"][s] | (cb[k] > anchor["cb"][s]),
-                    gap=anchor["gap"][s] | (cg[k] > anchor["cg"][s]),
-                    chg=anchor["chg"][s] | (cc[k] > anchor["cc"][s]))
+        windows.add(
+            k,
+            a_soc=anchor["soc"][s],
+            a_q=anchor["q"][s],
+            a_odo=anchor["odo"][s],
+            a_ed=anchor["ed"][s],
+            bad=anchor["bad"][s] | (cb[k] > anchor["cb"][s]),
+            gap=anchor["gap"][s] | (cg[k] > anchor["cg"][s]),
+            chg=anchor["chg"][s] | (cc[k] > anchor["cc"][s]),
+        )
         _set_anchor(anchor, s, k, values)
         pos[s] = k
         active = np.zeros(n_seg, dtype=bool)
@@ -200,17 +223,24 @@ def _close_windows(st: VehicleArrays, b: SortedSamples, q: np.ndarray, ed: np.nd
     return windows.sorted()
 
 
-def _set_anchor(anchor: dict[str, np.ndarray], s: np.ndarray, k: np.ndarray,
-                values: dict[str, np.ndarray]) -> None:
+def _set_anchor(
+    anchor: dict[str, np.ndarray], s: np.ndarray, k: np.ndarray, values: dict[str, np.ndarray]
+) -> None:
     """Open the windows of segments s at samples k."""
     for name, x in values.items():
         anchor[name][s] = x[k]
     anchor["bad"][s] = anchor["gap"][s] = anchor["chg"][s] = False
 
 
-def _fold_windows(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy,
-                  windows: tuple[np.ndarray, dict[str, np.ndarray]], q: np.ndarray,
-                  ed: np.ndarray, swapped: np.ndarray) -> None:
+def _fold_windows(
+    st: VehicleArrays,
+    b: SortedSamples,
+    p: BatteryPolicy,
+    windows: tuple[np.ndarray, dict[str, np.ndarray]],
+    q: np.ndarray,
+    ed: np.ndarray,
+    swapped: np.ndarray,
+) -> None:
     g, veh = b.g, b.veh
     k, w = windows
     grp = g.g[k]
@@ -228,8 +258,12 @@ def _fold_windows(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy,
     cw = b.current_pack[k] & ~w["bad"] & ~((ratio < lo) | (ratio > hi))
     x = ds[cw] / 100.0
     (st.c_num[veh], st.c_den[veh]), _ = decayed_sums(
-        grp[cw], g.m, np.abs(ds[cw]) / mem, [dq[cw] * x, x * x],
-        [st.c_num[veh] * keep, st.c_den[veh] * keep])
+        grp[cw],
+        g.m,
+        np.abs(ds[cw]) / mem,
+        [dq[cw] * x, x * x],
+        [st.c_num[veh] * keep, st.c_den[veh] * keep],
+    )
     st.c_ev[veh] = st.c_ev[veh] * keep + np.bincount(grp[cw], np.abs(ds[cw]), g.m)
 
     # SoC-only: discharge windows without charging or gaps, km per unit of pack energy.
@@ -239,8 +273,12 @@ def _fold_windows(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy,
         usable = ~w["gap"] & ~w["chg"] & (ds < 0) & (km >= 0) & (de > 0)
     kw = usable & b.current_pack[k]
     (st.k_num[veh], st.k_den[veh]), _ = decayed_sums(
-        grp[kw], g.m, np.abs(ds[kw]) / mem, [km[kw] * de[kw], de[kw] ** 2],
-        [st.k_num[veh] * keep, st.k_den[veh] * keep])
+        grp[kw],
+        g.m,
+        np.abs(ds[kw]) / mem,
+        [km[kw] * de[kw], de[kw] ** 2],
+        [st.k_num[veh] * keep, st.k_den[veh] * keep],
+    )
     st.k_ev[veh] = st.k_ev[veh] * keep + np.bincount(grp[kw], np.abs(ds[kw]), g.m)
 
     # The baseline: the vehicle's first baseline_pct of such windows, whatever the pack.
@@ -259,17 +297,25 @@ def _fold_windows(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy,
         st.kb_ev[veh] += np.bincount(grp[tb], np.abs(ds[tb]), g.m)
 
 
-def capacity_estimate(st: VehicleArrays, vehicles: np.ndarray, nominal_ah: np.ndarray,
-                      p: BatteryPolicy) -> np.ndarray:
+def capacity_estimate(
+    st: VehicleArrays, vehicles: np.ndarray, nominal_ah: np.ndarray, p: BatteryPolicy
+) -> np.ndarray:
     """Usable capacity (Ah) from Coulomb windows, else from the SoC-only trend; NaN while the
     evidence is short of min_evidence_pct (or, SoC-only, the baseline is not complete)."""
     c_ok = (st.c_ev[vehicles] >= p.min_evidence_pct) & (st.c_den[vehicles] > 0)
-    k_ok = ((st.k_ev[vehicles] >= p.min_evidence_pct) & (st.k_den[vehicles] > 0)
-            & (st.kb_ev[vehicles] >= p.baseline_pct) & (st.kb_den[vehicles] > 0))
+    k_ok = (
+        (st.k_ev[vehicles] >= p.min_evidence_pct)
+        & (st.k_den[vehicles] > 0)
+        & (st.kb_ev[vehicles] >= p.baseline_pct)
+        & (st.kb_den[vehicles] > 0)
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         coulomb = st.c_num[vehicles] / st.c_den[vehicles]
-        trend = ((st.k_num[vehicles] / st.k_den[vehicles])
-                 / (st.kb_num[vehicles] / st.kb_den[vehicles]) * nominal_ah)
+        trend = (
+            (st.k_num[vehicles] / st.k_den[vehicles])
+            / (st.kb_num[vehicles] / st.kb_den[vehicles])
+            * nominal_ah
+        )
     return np.where(c_ok, coulomb, np.where(k_ok, trend, np.nan))
 
 

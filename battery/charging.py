@@ -38,10 +38,12 @@ def update_charging(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy) -> li
     # (whose interval is already counted), else that sample's own.
     at_start = np.where(np.isfinite(b.soc_before), b.soc_before, soc_ff)
     soc0 = np.where(carried, st.s_soc0[veh][seg_grp], np.where(new, at_start[sg.starts], np.nan))
-    wh = (np.where(carried, st.s_wh[veh][seg_grp], 0.0)
-          + np.bincount(seg, np.where(on, -b.dwh, 0.0), n_seg))
-    ah = (np.where(carried, st.s_ah[veh][seg_grp], 0.0)
-          + np.bincount(seg, np.where(on, b.dq, 0.0), n_seg))
+    wh = np.where(carried, st.s_wh[veh][seg_grp], 0.0) + np.bincount(
+        seg, np.where(on, -b.dwh, 0.0), n_seg
+    )
+    ah = np.where(carried, st.s_ah[veh][seg_grp], 0.0) + np.bincount(
+        seg, np.where(on, b.dq, 0.0), n_seg
+    )
 
     # Progress: a new SoC high within the session (the start itself counts as progress).
     # Running maxima per segment through one accumulate: segment offsets keep them apart,
@@ -57,25 +59,43 @@ def update_charging(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy) -> li
     carry_prog = np.where(carried, st.s_prog_t[veh][seg_grp], -1)
     prog_t = sg.ffill(t, progress, carry_prog)
     with np.errstate(invalid="ignore"):
-        stalled = (on & (t - prog_t >= p.charge_fault_after_s * 1000.0)
-                   & (soc_ff < p.charge_full_pct))
+        stalled = (
+            on & (t - prog_t >= p.charge_fault_after_s * 1000.0) & (soc_ff < p.charge_full_pct)
+        )
     stalled &= ~(carried & st.s_fault[veh][seg_grp])[seg]
     sk = np.flatnonzero(stalled)
     first_fault = sk[np.r_[True, seg[sk][1:] != seg[sk][:-1]]] if len(sk) else sk
 
     events = []
     for k in np.flatnonzero(start).tolist():
-        events.append(BatteryEvent(int(b.v[k]), int(t[k]), CHARGING_START,
-                                   {"soc_pct": _r(at_start[k])}))
+        events.append(
+            BatteryEvent(int(b.v[k]), int(t[k]), CHARGING_START, {"soc_pct": _r(at_start[k])})
+        )
     for k in first_fault.tolist():
-        events.append(BatteryEvent(int(b.v[k]), int(t[k]), CHARGING_FAULT, {
-            "soc_pct": _r(soc_ff[k]), "stalled_s": round(float(t[k] - prog_t[k]) / 1000.0, 1)}))
+        events.append(
+            BatteryEvent(
+                int(b.v[k]),
+                int(t[k]),
+                CHARGING_FAULT,
+                {"soc_pct": _r(soc_ff[k]), "stalled_s": round(float(t[k] - prog_t[k]) / 1000.0, 1)},
+            )
+        )
     for k in np.flatnonzero(end).tolist():
         s = seg[k]
-        events.append(BatteryEvent(int(b.v[k]), int(t[k]), CHARGING_END, {
-            "soc_start_pct": _r(soc0[s]), "soc_pct": _r(soc_ff[k]),
-            "duration_s": round(float(t[k] - t0[s]) / 1000.0, 1) if t0[s] >= 0 else None,
-            "energy_wh": round(float(wh[s]), 2), "charge_ah": round(float(ah[s]), 3)}))
+        events.append(
+            BatteryEvent(
+                int(b.v[k]),
+                int(t[k]),
+                CHARGING_END,
+                {
+                    "soc_start_pct": _r(soc0[s]),
+                    "soc_pct": _r(soc_ff[k]),
+                    "duration_s": round(float(t[k] - t0[s]) / 1000.0, 1) if t0[s] >= 0 else None,
+                    "energy_wh": round(float(wh[s]), 2),
+                    "charge_ah": round(float(ah[s]), 3),
+                },
+            )
+        )
 
     # The state: the last segment's session if it is still on.
     ls = seg[g.ends]

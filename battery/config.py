@@ -39,8 +39,7 @@ class BatteryType:
 # The fleet's two kinds as the registry names them (vehicles.vehicle_type): a 0.5 kWh / 36 V
 # e-bike pack that stations swap, a 50 kWh / 400 V car battery charged in place.
 DEFAULT_TYPES: dict[str, BatteryType] = {
-    "ebike": BatteryType(nominal_ah=500.0 / 36.0, nominal_v=36.0, low_soc_pct=20.0,
-                         swappable=True),
+    "ebike": BatteryType(nominal_ah=500.0 / 36.0, nominal_v=36.0, low_soc_pct=20.0, swappable=True),
     "car": BatteryType(nominal_ah=125.0, nominal_v=400.0, low_soc_pct=15.0),
 }
 
@@ -53,47 +52,47 @@ class BatteryPolicy:
     """
 
     # -- sampling -----------------------------------------------------------------------------
-    max_gap_s: float = 900.0             # a longer silence: nothing is integrated across it
+    max_gap_s: float = 900.0  # a longer silence: nothing is integrated across it
     # -- capacity, SoH, pack swaps -----------------------------------------------------------
-    window_pct: float = 10.0             # SoC span of one Coulomb window
-    capacity_memory_pct: float = 100.0   # windows over one full discharge's worth of SoC
-    min_evidence_pct: float = 10.0       # SoC moved in good windows before SoH is reported
-    baseline_pct: float = 30.0           # SoC-only: the early-life distance-per-energy baseline
-    jump_pct: float = 3.0                # a faster SoC change than this is a discontinuity
-    swap_jump_pct: float = 10.0          # ... and one up by this much on a swappable pack a swap
+    window_pct: float = 10.0  # SoC span of one Coulomb window
+    capacity_memory_pct: float = 100.0  # windows over one full discharge's worth of SoC
+    min_evidence_pct: float = 10.0  # SoC moved in good windows before SoH is reported
+    baseline_pct: float = 30.0  # SoC-only: the early-life distance-per-energy baseline
+    jump_pct: float = 3.0  # a faster SoC change than this is a discontinuity
+    swap_jump_pct: float = 10.0  # ... and one up by this much on a swappable pack a swap
     capacity_ratio: tuple[float, float] = (0.5, 1.5)  # a window implying C/C_nom outside: dropped
-    health_low_pct: float = 80.0         # battery_health_low below this SoH
+    health_low_pct: float = 80.0  # battery_health_low below this SoH
     health_rearm_pp: float = 2.0
     # -- charging -----------------------------------------------------------------------------
-    charging_current_c: float = 0.02     # |I| above this C-rate, negative: charging (no flag)
+    charging_current_c: float = 0.02  # |I| above this C-rate, negative: charging (no flag)
     charge_fault_after_s: float = 1800.0  # charging reported, SoC not rising for this long
-    charge_full_pct: float = 98.0        # ... unless the pack is (nearly) full
+    charge_full_pct: float = 98.0  # ... unless the pack is (nearly) full
     # -- low SoC ------------------------------------------------------------------------------
     low_soc_rearm_pp: float = 5.0
     # -- energy per km, range -----------------------------------------------------------------
-    energy_memory_km: float = 200.0      # forgetting of the per-km fit
-    min_energy_km: float = 2.0           # driving seen before energy per km is reported
+    energy_memory_km: float = 200.0  # forgetting of the per-km fit
+    min_energy_km: float = 2.0  # driving seen before energy per km is reported
     # -- resistance ---------------------------------------------------------------------------
-    pair_max_dt_s: float = 120.0         # two samples this close make a current step
-    pair_min_step_c: float = 0.05        # |ΔI| at least this C-rate
+    pair_max_dt_s: float = 120.0  # two samples this close make a current step
+    pair_min_step_c: float = 0.05  # |ΔI| at least this C-rate
     resistance_memory_pairs: float = 100.0  # pair estimates: ~ days of driving
     min_pairs: float = 10.0
     # -- 12 V auxiliary battery ---------------------------------------------------------------
-    aux_threshold_v: float = 12.0        # resting voltage a car cannot be relied on to crank
-    aux_empty_v: float = 11.8            # resting voltage at 0 % (12.0 V ≈ 25 %, DOMAIN.md 6)
-    aux_full_v: float = 12.6             # ... and at 100 %: linear in between
-    aux_nominal_ah: float = 60.0         # to turn a voltage slope into a drain current
-    aux_surface_tau_s: float = 3600.0    # decay of the surface charge after driving
-    aux_settle_s: float = 600.0          # samples this soon after ignition off are not used
+    aux_threshold_v: float = 12.0  # resting voltage a car cannot be relied on to crank
+    aux_empty_v: float = 11.8  # resting voltage at 0 % (12.0 V ≈ 25 %, DOMAIN.md 6)
+    aux_full_v: float = 12.6  # ... and at 100 %: linear in between
+    aux_nominal_ah: float = 60.0  # to turn a voltage slope into a drain current
+    aux_surface_tau_s: float = 3600.0  # decay of the surface charge after driving
+    aux_settle_s: float = 600.0  # samples this soon after ignition off are not used
     aux_min_samples: int = 20
-    aux_min_span_s: float = 5400.0       # a parked episode's fit needs this much settled time
+    aux_min_span_s: float = 5400.0  # a parked episode's fit needs this much settled time
     aux_episode_gap_s: float = 6 * 3600.0  # a longer silence ends a parked episode
-    aux_noise_floor_v: float = 0.003     # residual noise never taken below this
-    aux_memory_s: float = 7 * 86400.0    # forgetting of past episodes' drain estimates
-    aux_max_rel_error: float = 0.06      # drain known when its standard error is below this
-    aux_risk_hours: float = 48.0         # aux_battery_at_risk below this time to threshold
-    abnormal_drain_ma: float = 50.0      # abnormal_parked_drain above this (sleep: 5-12 mA)
-    abnormal_drain_z: float = 3.0        # ... by this many standard errors, ...
+    aux_noise_floor_v: float = 0.003  # residual noise never taken below this
+    aux_memory_s: float = 7 * 86400.0  # forgetting of past episodes' drain estimates
+    aux_max_rel_error: float = 0.06  # drain known when its standard error is below this
+    aux_risk_hours: float = 48.0  # aux_battery_at_risk below this time to threshold
+    abnormal_drain_ma: float = 50.0  # abnormal_parked_drain above this (sleep: 5-12 mA)
+    abnormal_drain_z: float = 3.0  # ... by this many standard errors, ...
     abnormal_drain_max_rel_error: float = 0.25  # ... with the drain known this well
     # -- history ------------------------------------------------------------------------------
-    history_interval_s: float = 900.0    # battery_health: one row per vehicle per interval
+    history_interval_s: float = 900.0  # battery_health: one row per vehicle per interval

@@ -64,8 +64,9 @@ class BatteryEstimates:
 
     @classmethod
     def empty(cls) -> BatteryEstimates:
-        return cls(**{f.name: np.empty(0, dtype=_DTYPES.get(f.name, np.float64))
-                      for f in fields(cls)})
+        return cls(
+            **{f.name: np.empty(0, dtype=_DTYPES.get(f.name, np.float64)) for f in fields(cls)}
+        )
 
     def take(self, index: np.ndarray) -> BatteryEstimates:
         return BatteryEstimates(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
@@ -124,8 +125,12 @@ class BatteryCore:
     matter.
     """
 
-    def __init__(self, types: Mapping[str, BatteryType] = DEFAULT_TYPES, *,
-                 policy: BatteryPolicy = BatteryPolicy()) -> None:
+    def __init__(
+        self,
+        types: Mapping[str, BatteryType] = DEFAULT_TYPES,
+        *,
+        policy: BatteryPolicy = BatteryPolicy(),
+    ) -> None:
         self.types = dict(types)
         self.policy = policy
         self._type_names = list(self.types)
@@ -134,8 +139,7 @@ class BatteryCore:
 
     # ------------------------------------------------------------------------ configuration --
 
-    def set_vehicle_types(self, vehicles: Sequence[int] | np.ndarray,
-                          types: Sequence[str]) -> None:
+    def set_vehicle_types(self, vehicles: Sequence[int] | np.ndarray, types: Sequence[str]) -> None:
         """Vehicle type by vehicles.id ('ebike', 'car', ...). A vehicle of a type not configured
         (or never assigned) gets SoC, charging, low-SoC and 12 V estimates, but no capacity,
         SoH, EFC, range or resistance (they need the nominal pack)."""
@@ -159,8 +163,9 @@ class BatteryCore:
         st = self._state
         return st.export(st.known().tolist() if vehicles is None else vehicles)
 
-    def restore(self, states: Mapping[int, Mapping[str, Any]],
-                last_time_ms: Mapping[int, int] | None = None) -> None:
+    def restore(
+        self, states: Mapping[int, Mapping[str, Any]], last_time_ms: Mapping[int, int] | None = None
+    ) -> None:
         """Resume from exported states. If a vehicle's state is older than the newest sample
         already stored for it (last_time_ms, e.g. vehicle_state.time: the state was not saved
         with every batch), the samples in between are never seen again: they are treated as a
@@ -210,16 +215,18 @@ class BatteryCore:
 
         # History: one row per vehicle and interval bucket, plus one at swaps and sessions.
         marked = np.zeros(st.size, dtype=bool)
-        marked[[e.vehicle for e in events
-                if e.type in (PACK_SWAPPED, CHARGING_START, CHARGING_END)]] = True
+        marked[
+            [e.vehicle for e in events if e.type in (PACK_SWAPPED, CHARGING_START, CHARGING_END)]
+        ] = True
         h_t = st.h_t[veh]
         step = int(p.history_interval_s * 1000)
         due = (h_t < 0) | (t_now // step > h_t // step) | marked[veh]
         st.h_t[veh[due]] = t_now[due]
 
         events.sort(key=lambda e: (e.time_ms, e.vehicle, e.type))
-        return BatteryUpdate(events=events, estimates=est, history=est.take(due),
-                             used=len(rows), stale=n - len(rows))
+        return BatteryUpdate(
+            events=events, estimates=est, history=est.take(due), used=len(rows), stale=n - len(rows)
+        )
 
     def estimates(self, vehicles: Sequence[int] | np.ndarray | None = None) -> BatteryEstimates:
         """Current estimates of the given vehicles (all known ones by default), at each one's
@@ -250,8 +257,9 @@ class BatteryCore:
         st.drv[veh] = b.driving[e]
         st.prev_dt[veh] = b.dt[e]
 
-    def _estimate(self, veh: np.ndarray, t_now: np.ndarray
-                  ) -> tuple[BatteryEstimates, np.ndarray, AuxEstimate]:
+    def _estimate(
+        self, veh: np.ndarray, t_now: np.ndarray
+    ) -> tuple[BatteryEstimates, np.ndarray, AuxEstimate]:
         st, par, p = self._state, self._params, self.policy
         tidx = par.type_idx[veh]
         nominal_ah, nominal_v = par.nominal_ah[veh], par.nominal_v[veh]
@@ -267,12 +275,19 @@ class BatteryCore:
         range_m = np.where(np.isfinite(by_energy), by_energy, by_soc)
         aux = aux_estimate(st, veh, t_now, p)
         est = BatteryEstimates(
-            vehicle=veh.astype(np.int32), time_ms=t_now.astype(np.int64), soc_pct=soc,
-            range_m=range_m, soh_pct=soh, capacity_ah=cap,
+            vehicle=veh.astype(np.int32),
+            time_ms=t_now.astype(np.int64),
+            soc_pct=soc,
+            range_m=range_m,
+            soh_pct=soh,
+            capacity_ah=cap,
             resistance_ohm=resistance_estimate(st, veh, p),
             efc=(st.thru[veh] + np.abs(st.idle_q[veh])) / (2.0 * nominal_ah),
             energy_wh_per_km=per_km,
-            aux_rest_v=aux.rest_v, aux_drain_ma=aux.drain_ma,
-            aux_hours_to_threshold=aux.hours_to_threshold, charging=st.chg[veh].copy(),
-            pack_seq=st.pack_seq[veh].astype(np.int32))
+            aux_rest_v=aux.rest_v,
+            aux_drain_ma=aux.drain_ma,
+            aux_hours_to_threshold=aux.hours_to_threshold,
+            charging=st.chg[veh].copy(),
+            pack_seq=st.pack_seq[veh].astype(np.int32),
+        )
         return est, soh, aux

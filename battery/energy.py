@@ -31,16 +31,25 @@ def update_energy(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy) -> None
     was_driving = g.prev(b.driving, st.drv[veh])
     prev_dt = g.prev(b.dt, st.prev_dt[veh])
     with np.errstate(invalid="ignore"):
-        ok = (b.driving & was_driving & b.e_ok & ~(b.dt > 1.5 * prev_dt)
-              & (km >= 0) & (km <= _MAX_KMH * hours))
+        ok = (
+            b.driving
+            & was_driving
+            & b.e_ok
+            & ~(b.dt > 1.5 * prev_dt)
+            & (km >= 0)
+            & (km <= _MAX_KMH * hours)
+        )
     idx = np.flatnonzero(ok)
     if not len(idx):
         return
     d, h, y, grp = km[idx], hours[idx], b.dwh[idx], g.g[idx]
-    sums, _ = decayed_sums(grp, g.m, d / p.energy_memory_km,
-                           [d * d, d * h, h * h, d * y, h * y],
-                           [st.e_dd[veh], st.e_dt[veh], st.e_tt[veh], st.e_dy[veh],
-                            st.e_ty[veh]])
+    sums, _ = decayed_sums(
+        grp,
+        g.m,
+        d / p.energy_memory_km,
+        [d * d, d * h, h * h, d * y, h * y],
+        [st.e_dd[veh], st.e_dt[veh], st.e_tt[veh], st.e_dy[veh], st.e_ty[veh]],
+    )
     st.e_dd[veh], st.e_dt[veh], st.e_tt[veh], st.e_dy[veh], st.e_ty[veh] = sums
     st.e_km[veh] += np.bincount(grp, d, g.m)
 

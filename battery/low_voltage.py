@@ -57,8 +57,12 @@ def update_low_voltage(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy) ->
     e = np.exp(-h / (p.aux_surface_tau_s / 3600.0))
     y = b.aux[k] - _Y0
     epk = ep[k]
-    sums = {name: np.bincount(epk, x, n_ep).astype(np.float64) for name, x in zip(
-        _SUMS, (np.ones(len(k)), h, h * h, e, e * e, h * e, y, h * y, e * y, y * y))}
+    sums = {
+        name: np.bincount(epk, x, n_ep).astype(np.float64)
+        for name, x in zip(
+            _SUMS, (np.ones(len(k)), h, h * h, e, e * e, h * e, y, h * y, e * y, y * y)
+        )
+    }
     h0 = np.full(n_ep, np.nan)
     h1 = np.full(n_ep, np.nan)
     if len(k):
@@ -88,7 +92,8 @@ def update_low_voltage(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy) ->
             delta = np.where(prev_t >= 0, (t[kc] - prev_t) / 1000.0 / p.aux_memory_s, 0.0)
             var = fit.var_slope[ok]
             (st.d_w[veh], st.d_ws[veh]), _ = decayed_sums(
-                cg, g.m, delta, [1.0 / var, fit.slope[ok] / var], [st.d_w[veh], st.d_ws[veh]])
+                cg, g.m, delta, [1.0 / var, fit.slope[ok] / var], [st.d_w[veh], st.d_ws[veh]]
+            )
             last = np.r_[cg[1:] != cg[:-1], True]
             lv = veh[cg[last]]
             st.d_t[lv] = t[kc][last]
@@ -109,15 +114,16 @@ def update_low_voltage(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy) ->
 @dataclass(slots=True)
 class EpisodeFit:
     valid: np.ndarray
-    slope: np.ndarray       # drain, V per hour (positive: the voltage falls)
+    slope: np.ndarray  # drain, V per hour (positive: the voltage falls)
     var_slope: np.ndarray
-    v0: np.ndarray          # resting voltage at the episode's start (h = 0), V
-    h1: np.ndarray          # hours from the start to the last sample used
-    rest_v: np.ndarray      # resting voltage at h1, V
+    v0: np.ndarray  # resting voltage at the episode's start (h = 0), V
+    h1: np.ndarray  # hours from the start to the last sample used
+    rest_v: np.ndarray  # resting voltage at h1, V
 
 
-def fit_episodes(s: dict[str, np.ndarray], h0: np.ndarray, h1: np.ndarray,
-                 p: BatteryPolicy) -> EpisodeFit:
+def fit_episodes(
+    s: dict[str, np.ndarray], h0: np.ndarray, h1: np.ndarray, p: BatteryPolicy
+) -> EpisodeFit:
     n = s["n"]
     with np.errstate(invalid="ignore"):
         valid = (n >= p.aux_min_samples) & (h1 - h0 >= p.aux_min_span_s / 3600.0)
@@ -127,16 +133,21 @@ def fit_episodes(s: dict[str, np.ndarray], h0: np.ndarray, h1: np.ndarray,
     if len(idx):
         c = {k: x[idx] for k, x in s.items()}
         ridge = 1e-6 * c["n"]  # no surface term where the data cannot tell one (long parked)
-        mat = np.stack([np.stack([c["n"], c["sh"], c["se"]], -1),
-                        np.stack([c["sh"], c["shh"], c["she"]], -1),
-                        np.stack([c["se"], c["she"], c["see"] + ridge], -1)], -2)
+        mat = np.stack(
+            [
+                np.stack([c["n"], c["sh"], c["se"]], -1),
+                np.stack([c["sh"], c["shh"], c["she"]], -1),
+                np.stack([c["se"], c["she"], c["see"] + ridge], -1),
+            ],
+            -2,
+        )
         rhs = np.stack([c["sy"], c["shy"], c["sey"]], -1)
         good = np.abs(np.linalg.det(mat)) > 0
         mat[~good] = np.eye(3)
         inv = np.linalg.inv(mat)
         beta = np.einsum("kij,kj->ki", inv, rhs)
         rss = c["syy"] - np.einsum("ki,ki->k", beta, rhs)
-        s2 = np.maximum(rss / np.maximum(c["n"] - 3, 1), p.aux_noise_floor_v ** 2)
+        s2 = np.maximum(rss / np.maximum(c["n"] - 3, 1), p.aux_noise_floor_v**2)
         slope[idx] = -beta[:, 1]
         var[idx] = s2 * inv[:, 1, 1]
         v0[idx] = beta[:, 0] + _Y0
@@ -158,12 +169,14 @@ class AuxEstimate:
     fit_valid: np.ndarray
 
 
-def aux_estimate(st: VehicleArrays, vehicles: np.ndarray, t_now: np.ndarray,
-                 p: BatteryPolicy) -> AuxEstimate:
+def aux_estimate(
+    st: VehicleArrays, vehicles: np.ndarray, t_now: np.ndarray, p: BatteryPolicy
+) -> AuxEstimate:
     """Resting voltage now, drain and time to threshold for the given vehicles at t_now."""
     parked = st.x_on[vehicles]
-    fit = fit_episodes({n: getattr(st, "x_" + n)[vehicles] for n in _SUMS},
-                       st.x_h0[vehicles], st.x_h1[vehicles], p)
+    fit = fit_episodes(
+        {n: getattr(st, "x_" + n)[vehicles] for n in _SUMS}, st.x_h0[vehicles], st.x_h1[vehicles], p
+    )
     fit.valid &= parked
     h_now = (t_now - st.x_t0[vehicles]) / 3.6e6
     rest_now = fit.v0 - fit.slope * h_now
@@ -181,8 +194,12 @@ def aux_estimate(st: VehicleArrays, vehicles: np.ndarray, t_now: np.ndarray,
     ma_per_v_h = p.aux_nominal_ah / (p.aux_full_v - p.aux_empty_v) * 1000.0
     rest_v = np.where(fit.valid, rest_now, st.rest_v[vehicles])
     with np.errstate(invalid="ignore", divide="ignore"):
-        hours = np.where(rest_now <= p.aux_threshold_v, 0.0,
-                         np.where(known, (rest_now - p.aux_threshold_v) / s, np.nan))
+        hours = np.where(
+            rest_now <= p.aux_threshold_v,
+            0.0,
+            np.where(known, (rest_now - p.aux_threshold_v) / s, np.nan),
+        )
     hours = np.where(fit.valid, hours, np.nan)
-    return AuxEstimate(parked, rest_v, s, se, np.where(known, s * ma_per_v_h, np.nan), known,
-                       hours, fit.valid)
+    return AuxEstimate(
+        parked, rest_v, s, se, np.where(known, s * ma_per_v_h, np.nan), known, hours, fit.valid
+    )

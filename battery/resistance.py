@@ -13,8 +13,9 @@ from battery.config import BatteryPolicy
 _LOG_LO, _LOG_HI = np.log(R_LO_OHM), np.log(R_HI_OHM)
 
 
-def update_resistance(st: VehicleArrays, b: SortedSamples, par: VehicleParams,
-                      p: BatteryPolicy) -> None:
+def update_resistance(
+    st: VehicleArrays, b: SortedSamples, par: VehicleParams, p: BatteryPolicy
+) -> None:
     """Pairs are consecutive samples at most pair_max_dt_s apart whose current differs by
     pair_min_step_c. The OCV shift between them (the SoC moved) is taken out with the type's OCV
     curve: left in, it biases the ratio (arXiv 2505.06410). Relaxation voltages are not modelled,
@@ -26,15 +27,21 @@ def update_resistance(st: VehicleArrays, b: SortedSamples, par: VehicleParams,
     ps = g.prev(b.soc, st.prev_soc[veh])
     di = b.i - pi
     with np.errstate(invalid="ignore"):
-        ok = ((b.dt <= p.pair_max_dt_s) & (np.abs(di) >= p.pair_min_step_c * b.nominal_ah)
-              & np.isfinite(b.pv + pv + b.soc + ps) & ~b.jump & b.current_pack)
+        ok = (
+            (b.dt <= p.pair_max_dt_s)
+            & (np.abs(di) >= p.pair_min_step_c * b.nominal_ah)
+            & np.isfinite(b.pv + pv + b.soc + ps)
+            & ~b.jump
+            & b.current_pack
+        )
     swapped = b.n_swaps > 0
     idx = np.flatnonzero(ok)
     r = np.empty(0)
     if len(idx):
         t_idx = b.type_idx[idx]
-        docv = b.nominal_v[idx] * (par.by_type(t_idx, b.soc[idx], "relative")
-                                   - par.by_type(t_idx, ps[idx], "relative"))
+        docv = b.nominal_v[idx] * (
+            par.by_type(t_idx, b.soc[idx], "relative") - par.by_type(t_idx, ps[idx], "relative")
+        )
         r = -((b.pv[idx] - pv[idx]) - docv) / di[idx]
         good = (r > R_LO_OHM) & (r < R_HI_OHM)
         idx, r = idx[good], r[good]
@@ -54,8 +61,9 @@ def update_resistance(st: VehicleArrays, b: SortedSamples, par: VehicleParams,
     v_rows = veh[rows]
     st.r_w[v_rows] *= fade[rows, None]
     st.r_wl[v_rows] *= fade[rows, None]
-    bins = np.clip(((np.log(r) - _LOG_LO) / (_LOG_HI - _LOG_LO) * R_BINS).astype(np.int64), 0,
-                   R_BINS - 1)
+    bins = np.clip(
+        ((np.log(r) - _LOG_LO) / (_LOG_HI - _LOG_LO) * R_BINS).astype(np.int64), 0, R_BINS - 1
+    )
     np.add.at(st.r_w, (veh[grp], bins), w)
     np.add.at(st.r_wl, (veh[grp], bins), w * np.log(r))
     st.r_n[v_rows] = st.r_w[v_rows].sum(axis=1)

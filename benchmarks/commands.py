@@ -17,28 +17,33 @@ and the CommandService.
 
 A sequential phase (one command at a time) gives the latency; a concurrent phase (--concurrency
 callers at once) shows it under load. Prints one JSON document.
-Usage:  .venv/bin/python benchmarks/commands.py [--help]
+Usage:  .venv/bin/python -m benchmarks.commands [--help]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import orjson
 import psycopg
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
+from benchmarks._runner import (
+    bench_parser,
+    emit,
+    loadavg,
+    percentiles,
+    run_benchmark,
+    start_child,
+    until,
+)
+from benchmarks._services import BenchServices, running_gateway
 
 ROOT, FLOOR_ROOT = "bench-cmd/v1", "bench-floor/v1"
 NEVER_MS = np.iinfo(np.int64).max
@@ -47,19 +52,29 @@ NEVER_MS = np.iinfo(np.int64).max
 def _fleet_options(args, root: str, vehicles: int, pattern: str):
     from firmware_sim import CommandBehaviour, FleetOptions
 
-    return FleetOptions(vehicles=vehicles, rate_hz=args.rate_hz, seed=args.seed,
-                        topic_root=root, host=args.host, port=args.port, session_expiry_s=60,
-                        track_keys=False, device_id_pattern=pattern,
-                        vehicle_ref_pattern=pattern.replace("{type}", "veh"),
-                        commands=CommandBehaviour(delay_ms=(0.0, 0.0)))
+    return FleetOptions(
+        vehicles=vehicles,
+        rate_hz=args.rate_hz,
+        seed=args.seed,
+        topic_root=root,
+        host=args.host,
+        port=args.port,
+        session_expiry_s=60,
+        track_keys=False,
+        device_id_pattern=pattern,
+        vehicle_ref_pattern=pattern.replace("{type}", "veh"),
+        commands=CommandBehaviour(delay_ms=(0.0, 0.0)),
+    )
 
 
 def fleets(args):
     from firmware_sim import Fleet
 
     out = []
-    for root, n, pattern in ((ROOT, args.vehicles, "{type}-{n:05d}"),
-                             (FLOOR_ROOT, args.floor_devices, "floor-{type}-{n:03d}")):
+    for root, n, pattern in (
+        (ROOT, args.vehicles, "{type}-{n:05d}"),
+        (FLOOR_ROOT, args.floor_devices, "floor-{type}-{n:03d}"),
+    ):
         fleet = Fleet(_fleet_options(args, root, n, pattern))
         fleet.model.phase_end_ms[:] = NEVER_MS  # parked: locked, still, ignition off
         out.append(fleet)
@@ -68,40 +83,60 @@ def fleets(args):
 
 # --- the simulator, in a child process ------------------------------------------------------------
 
+
 async def _sim_child(args: argparse.Namespace) -> None:
     main, floor = fleets(args)
     await asyncio.gather(main.start(timeout=120), floor.start(timeout=120))
     stop = asyncio.Event()
     runs = [asyncio.create_task(f.run(stop)) for f in (main, floor)]
-    print(orjson.dumps({"event": "running"}).decode(), flush=True)
+    emit({"event": "running"})
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # until told
     stop.set()
     await asyncio.gather(*runs)
     await asyncio.gather(main.stop(flush=False), floor.stop(flush=False))
     s = main.stats
-    print(orjson.dumps({"event": "done", "commands_received": s.commands_received,
-                        "executions": sum(s.command_executions.values()),
-                        "max_executions_per_id": max(s.command_executions.values(), default=0),
-                        }).decode(), flush=True)
+    emit(
+        {
+            "event": "done",
+            "commands_received": s.commands_received,
+            "executions": sum(s.command_executions.values()),
+            "max_executions_per_id": max(s.command_executions.values(), default=0),
+        }
+    )
 
 
 class SimProcess:
-    def __init__(self, argv: list[str]) -> None:
-        self.argv = argv
+    """Both fleets in a child process (_sim_child), from connected until the block ends; then
+    `done` holds what the devices counted."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.options = {
+            name: getattr(args, name)
+            for name in ("host", "port", "vehicles", "floor_devices", "rate_hz", "seed")
+        }
         self.proc: asyncio.subprocess.Process | None = None
         self.done: dict | None = None
 
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=REPO)
+    async def __aenter__(self) -> SimProcess:
+        self.proc = await start_child(__spec__.name, "sim", stdin=subprocess.PIPE, **self.options)
         line = await asyncio.wait_for(self.proc.stdout.readline(), 180)
         if not line:
             raise RuntimeError("simulator failed:\n" + (await self.proc.stderr.read()).decode())
         assert orjson.loads(line)["event"] == "running"
+        return self
 
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
+    async def __aexit__(self, failed: type[BaseException] | None, *_: object) -> None:
+        try:
+            await self._stop()
+        except Exception:
+            if failed is None:
+                raise  # else the benchmark's own failure is the one to report
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+
+    async def _stop(self) -> None:
+        if self.proc.returncode is not None:
             return
         self.proc.stdin.write(b"stop\n")
         await self.proc.stdin.drain()
@@ -114,13 +149,15 @@ class SimProcess:
 
 # --- the floor: a bare MQTT round trip through the same broker ----------------------------------
 
+
 class Floor:
     def __init__(self, host: str, port: int) -> None:
-        from fleetgate.mqtt import MqttClient
+        from gateway.mqtt import MqttClient
 
         self.waiting: dict[str, asyncio.Future] = {}
-        self.client = MqttClient(host, port, client_id=f"bench-floor-{os.getpid()}",
-                                 on_messages=self._on_messages)
+        self.client = MqttClient(
+            host, port, client_id=f"bench-floor-{os.getpid()}", on_messages=self._on_messages
+        )
 
     async def start(self) -> None:
         await self.client.connect()
@@ -134,23 +171,24 @@ class Floor:
 
     async def round_trip(self, device_id: str, ctype: str) -> float:
         cid = str(uuid.uuid4())
-        body = orjson.dumps({"id": cid, "type": ctype, "params": {},
-                             "deadline": int(time.time() * 1000) + 60_000})
+        body = orjson.dumps(
+            {"id": cid, "type": ctype, "params": {}, "deadline": int(time.time() * 1000) + 60_000}
+        )
         fut = self.waiting[cid] = asyncio.get_running_loop().create_future()
         t0 = time.perf_counter()
-        self.client.publish(f"{FLOOR_ROOT}/{device_id}/cmd", body, qos=1,
-                            content_type="application/json")
+        self.client.publish(
+            f"{FLOOR_ROOT}/{device_id}/cmd", body, qos=1, content_type="application/json"
+        )
         await asyncio.wait_for(fut, 10)
         return time.perf_counter() - t0
 
 
 # --- measuring ------------------------------------------------------------------------------------
 
-def percentiles(seconds: list[float]) -> dict:
+
+def delays_ms(seconds: list[float]) -> dict:
     ms = np.array(seconds) * 1000.0
-    return {"n": len(ms), "p50": round(float(np.percentile(ms, 50)), 2),
-            "p90": round(float(np.percentile(ms, 90)), 2),
-            "p99": round(float(np.percentile(ms, 99)), 2), "max": round(float(ms.max()), 2)}
+    return {"n": len(ms), **percentiles(ms, (50, 90, 99), digits=2)}
 
 
 class Targets:
@@ -172,15 +210,21 @@ class Targets:
 async def command_round_trip(service, device_id: str, ctype: str) -> float:
     from commands import CommandRequest, CommandState
 
-    request = CommandRequest(device_id=device_id, type=ctype, idempotency_key=uuid.uuid4().hex,
-                             requested_by="benchmark", ttl_s=60)
+    request = CommandRequest(
+        device_id=device_id,
+        type=ctype,
+        idempotency_key=uuid.uuid4().hex,
+        requested_by="benchmark",
+        ttl_s=60,
+    )
     t0 = time.perf_counter()
     cmd = await service.submit(request)
     done = await service.wait(cmd.id, 30)
     elapsed = time.perf_counter() - t0
     if done.state is not CommandState.SUCCEEDED or done.attempts != 1:
-        raise RuntimeError(f"{ctype} to {device_id}: {done.state.value} ({done.reason}), "
-                           f"attempts {done.attempts}")
+        raise RuntimeError(
+            f"{ctype} to {device_id}: {done.state.value} ({done.reason}), attempts {done.attempts}"
+        )
     return elapsed
 
 
@@ -204,22 +248,30 @@ class CommitProbe:
         return time.perf_counter() - t0
 
 
-async def sequential(service, floor: Floor, targets: Targets, floor_ids: list[str],
-                     n: int, probe: CommitProbe) -> dict:
+async def sequential(
+    service, floor: Floor, targets: Targets, floor_ids: list[str], n: int, probe: CommitProbe
+) -> dict:
     cmd_s, floor_s, commit_s = [], [], []
     for k in range(n):
         d, t = targets.take()
         cmd_s.append(await command_round_trip(service, d, t))
-        floor_s.append(await floor.round_trip(floor_ids[k % len(floor_ids)],
-                                              "unlock" if (k // len(floor_ids)) % 2 == 0
-                                              else "lock"))
+        floor_s.append(
+            await floor.round_trip(
+                floor_ids[k % len(floor_ids)],
+                "unlock" if (k // len(floor_ids)) % 2 == 0 else "lock",
+            )
+        )
         commit_s.append(await probe.once())
-    return {"round_trip_ms": percentiles(cmd_s), "floor_ms": percentiles(floor_s),
-            "durable_commit_ms": percentiles(commit_s)}
+    return {
+        "round_trip_ms": delays_ms(cmd_s),
+        "floor_ms": delays_ms(floor_s),
+        "durable_commit_ms": delays_ms(commit_s),
+    }
 
 
-async def concurrent(service, floor: Floor, targets: Targets, floor_ids: list[str], n: int,
-                     concurrency: int) -> dict:
+async def concurrent(
+    service, floor: Floor, targets: Targets, floor_ids: list[str], n: int, concurrency: int
+) -> dict:
     cmd_s, floor_s = [], []
     lock = asyncio.Lock()
     remaining = [n]
@@ -236,136 +288,143 @@ async def concurrent(service, floor: Floor, targets: Targets, floor_ids: list[st
     async def floor_caller(i: int) -> None:
         k = 0
         while remaining[0] > 0:
-            floor_s.append(await floor.round_trip(floor_ids[i % len(floor_ids)],
-                                                  "unlock" if k % 2 == 0 else "lock"))
+            floor_s.append(
+                await floor.round_trip(
+                    floor_ids[i % len(floor_ids)], "unlock" if k % 2 == 0 else "lock"
+                )
+            )
             k += 1
 
     t0 = time.perf_counter()
     # Floor devices answer in parallel too, a few at a time, while the commands run.
-    await asyncio.gather(*(caller(i) for i in range(concurrency)),
-                         *(floor_caller(i) for i in range(min(len(floor_ids), 4))))
+    await asyncio.gather(
+        *(caller(i) for i in range(concurrency)),
+        *(floor_caller(i) for i in range(min(len(floor_ids), 4))),
+    )
     elapsed = time.perf_counter() - t0
-    return {"concurrency": concurrency, "commands_per_s": round(n / elapsed, 1),
-            "round_trip_ms": percentiles(cmd_s), "floor_ms": percentiles(floor_s)}
+    return {
+        "concurrency": concurrency,
+        "commands_per_s": round(n / elapsed, 1),
+        "round_trip_ms": delays_ms(cmd_s),
+        "floor_ms": delays_ms(floor_s),
+    }
 
 
 async def bench(args: argparse.Namespace) -> dict:
-    from prometheus_client import CollectorRegistry
+    from telemetry.store import migrate
 
-    from benchmarks._services import BenchServices, machine
-    from gateway.service import Gateway, GatewayConfig
-    from telemetry.store import TelemetryStore, VehicleRegistration, migrate
-
-    services = BenchServices("fgbench_cmd")
-    dsn, broker, pg_version = services.dsn, services.broker, services.pg_version
-    args.host, args.port = broker.host, broker.port
-    sim = SimProcess([sys.executable, __file__, "--role", "sim", "--host", broker.host,
-                      "--port", str(broker.port), "--vehicles", str(args.vehicles),
-                      "--floor-devices", str(args.floor_devices), "--rate-hz", str(args.rate_hz),
-                      "--seed", str(args.seed)])
-    gateway = service = gw_task = None
-    try:
-        report = await migrate(dsn, storage="native")
+    with BenchServices("fgbench_cmd") as services:
+        args.host, args.port = services.broker.host, services.broker.port
+        report = await migrate(services.dsn, storage="native")
         main, floor_fleet = fleets(args)
-        store = await TelemetryStore.open(dsn)
-        await store.register_vehicles([VehicleRegistration(vehicle_ref=r, device_id=d,
-                                                           vehicle_type=t)
-                                       for d, r, t in main.registrations()])
-        await store.close()
-        machine_info = machine(pg_version)
-
-        gw_cfg = GatewayConfig(database_url=dsn, mqtt_host=broker.host, mqtt_port=broker.port,
-                               mqtt_topic_root=ROOT, mqtt_client_id="bench-cmd-gateway",
-                               mqtt_session_expiry_s=120)
+        await register(services.dsn, main)
+        machine = services.machine()
         # The production wiring: the gateway runs the command service and feeds it every commit.
-        gateway = Gateway(gw_cfg, registry=CollectorRegistry())
-        gw_task = asyncio.create_task(gateway.run())
-        while not gateway.ready.is_set():
-            if gw_task.done():
-                gw_task.result()
-            await asyncio.sleep(0.05)
-        service = gateway.commands
-        await sim.start()
-        floor = Floor(broker.host, broker.port)
-        await floor.start()
-
-        async def online() -> int:
-            async with await psycopg.AsyncConnection.connect(dsn) as conn:
-                cur = await conn.execute("SELECT count(*) FROM vehicle_state WHERE online "
-                                         "AND time > now() - interval '30 seconds'")
-                return (await cur.fetchone())[0]
-
-        deadline = time.monotonic() + 120
-        while await online() < args.vehicles:
-            if time.monotonic() > deadline or gw_task.done():
-                raise RuntimeError(f"only {await online()} of {args.vehicles} vehicles online")
-            await asyncio.sleep(0.5)
-
-        targets = Targets(main.device_ids)
-        floor_ids = floor_fleet.device_ids
-        probe = CommitProbe(dsn)
-        await probe.start()
-        await sequential(service, floor, targets, floor_ids, args.warmup, probe)
-        load0 = os.getloadavg()[0]
-        seq = await sequential(service, floor, targets, floor_ids, args.commands, probe)
-        # The least a durable command can cost: the bare round trip plus its two commits.
-        seq["floor_plus_two_commits_p50_ms"] = round(
-            seq["floor_ms"]["p50"] + 2 * seq["durable_commit_ms"]["p50"], 2)
-        await probe.conn.close()
-        conc = await concurrent(service, floor, targets, floor_ids, args.commands,
-                                args.concurrency)
-        for phase in (seq, conc):
-            phase["ratio_p50"] = round(phase["round_trip_ms"]["p50"] / phase["floor_ms"]["p50"], 2)
-            phase["ratio_p99"] = round(phase["round_trip_ms"]["p99"] / phase["floor_ms"]["p99"], 2)
-        await floor.client.disconnect()
-        await sim.stop()
-        out = {
-            "benchmark": "commands", "date": time.strftime("%Y-%m-%d"), "machine": machine_info,
-            "loadavg_at_measurement": round(load0, 2), "storage": report.storage,
-            "vehicles_connected": args.vehicles, "floor_devices": args.floor_devices,
-            "telemetry_per_vehicle_hz": args.rate_hz, "device_answer_delay_ms": 0,
-            "commands": "unlock/lock alternating per vehicle, submit -> succeeded",
-            "sequential": seq, "concurrent": conc,
-            "device_side": sim.done,
-            "targets": {
-                "p99_under_50ms": seq["round_trip_ms"]["p99"] < 50.0,
-                "p99_within_3x_floor": seq["ratio_p99"] <= 3.0,
-                "p50_within_3x_floor": seq["ratio_p50"] <= 3.0,
-            },
-        }
-        return out
-    finally:
-        with contextlib.suppress(Exception):
-            await sim.stop()
-        if sim.proc is not None and sim.proc.returncode is None:
-            sim.proc.kill()
-        if gateway is not None:
-            gateway.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(gw_task, 30)
-        services.close()  # the gateway stopped its command service
+        async with (
+            running_gateway(
+                services.dsn,
+                services.broker,
+                ROOT,
+                "bench-cmd-gateway",
+                mqtt_session_expiry_s=120,
+            ) as gateway,
+            SimProcess(args) as sim,
+        ):
+            floor = Floor(services.broker.host, services.broker.port)
+            await floor.start()
+            await until(
+                lambda: vehicles_online(services.dsn, args.vehicles),
+                120,
+                f"{args.vehicles} vehicles online",
+                interval=0.5,
+            )
+            load0, seq, conc = await phases(
+                gateway.commands, floor, main, floor_fleet, services.dsn, args
+            )
+            await floor.client.disconnect()
+    return {
+        "benchmark": "commands",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine,
+        "loadavg_at_measurement": load0,
+        "storage": report.storage,
+        "vehicles_connected": args.vehicles,
+        "floor_devices": args.floor_devices,
+        "telemetry_per_vehicle_hz": args.rate_hz,
+        "device_answer_delay_ms": 0,
+        "commands": "unlock/lock alternating per vehicle, submit -> succeeded",
+        "sequential": seq,
+        "concurrent": conc,
+        "device_side": sim.done,
+        "targets": {
+            "p99_under_50ms": seq["round_trip_ms"]["p99"] < 50.0,
+            "p99_within_3x_floor": seq["ratio_p99"] <= 3.0,
+            "p50_within_3x_floor": seq["ratio_p50"] <= 3.0,
+        },
+    }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--role", choices=["bench", "sim"], default="bench", help=argparse.SUPPRESS)
-    p.add_argument("--vehicles", type=int, default=1000)
-    p.add_argument("--floor-devices", type=int, default=20)
+async def register(dsn: str, fleet) -> None:
+    from telemetry.store import TelemetryStore, VehicleRegistration
+
+    store = await TelemetryStore.open(dsn)
+    await store.register_vehicles(
+        [
+            VehicleRegistration(vehicle_ref=r, device_id=d, vehicle_type=t)
+            for d, r, t in fleet.registrations()
+        ]
+    )
+    await store.close()
+
+
+async def vehicles_online(dsn: str, vehicles: int) -> bool:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM vehicle_state WHERE online "
+            "AND time > now() - interval '30 seconds'"
+        )
+        return (await cur.fetchone())[0] >= vehicles
+
+
+async def phases(service, floor: Floor, main, floor_fleet, dsn: str, args) -> tuple:
+    """Warm-up, the sequential phase (with the commit probe), the concurrent phase: the load
+    average before measuring and each phase's figures beside the floor's."""
+    targets = Targets(main.device_ids)
+    floor_ids = floor_fleet.device_ids
+    probe = CommitProbe(dsn)
+    await probe.start()
+    await sequential(service, floor, targets, floor_ids, args.warmup, probe)
+    load0 = loadavg()[0]
+    seq = await sequential(service, floor, targets, floor_ids, args.commands, probe)
+    # The least a durable command can cost: the bare round trip plus its two commits.
+    seq["floor_plus_two_commits_p50_ms"] = round(
+        seq["floor_ms"]["p50"] + 2 * seq["durable_commit_ms"]["p50"], 2
+    )
+    await probe.conn.close()
+    conc = await concurrent(service, floor, targets, floor_ids, args.commands, args.concurrency)
+    for phase in (seq, conc):
+        phase["ratio_p50"] = round(phase["round_trip_ms"]["p50"] / phase["floor_ms"]["p50"], 2)
+        phase["ratio_p99"] = round(phase["round_trip_ms"]["p99"] / phase["floor_ms"]["p99"], 2)
+    return load0, seq, conc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = bench_parser(__spec__.name, __doc__)
+    p.add_argument("--vehicles", type=int, default=1000, help="connected simulated vehicles")
+    p.add_argument("--floor-devices", type=int, default=20, help="devices of the floor")
     p.add_argument("--rate-hz", type=float, default=1.0, help="telemetry per vehicle")
     p.add_argument("--commands", type=int, default=2000, help="per phase")
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--concurrency", type=int, default=20)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=200, help="commands before measuring")
+    p.add_argument("--concurrency", type=int, default=20, help="callers in the concurrent phase")
+    p.add_argument("--seed", type=int, default=1, help="the simulated fleet's seed")
+    # the simulator child's (SimProcess)
     p.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=1883, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.role == "sim":
-        asyncio.run(_sim_child(args))
-        return
-    import logging
+    return p
 
-    logging.basicConfig(level=logging.WARNING)
-    print(orjson.dumps(asyncio.run(bench(args)), option=orjson.OPT_INDENT_2).decode())
+
+def main(argv: list[str] | None = None) -> None:
+    run_benchmark(bench, build_parser(), argv, children={"sim": _sim_child})
 
 
 if __name__ == "__main__":

@@ -3,19 +3,16 @@ parsing step done the old way (all JSON payloads of a batch joined into one docu
 the way it is done now (each payload on its own), in one run; with --compare-with, also the
 decode_telemetry of telemetry/decoder.py at that git revision, timed in turn with today's.
 Prints one JSON object.
-Run: .venv/bin/python benchmarks/decoder.py [--messages 5000] [--repeat 30] [--compare-with REV]
+Run: .venv/bin/python -m benchmarks.decoder [--messages 5000] [--repeat 30] [--compare-with REV]
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
-import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -23,25 +20,23 @@ from pathlib import Path
 import cbor2
 import numpy as np
 import orjson
-import typer
 
-# Run as a script, this file's directory comes first on sys.path: put the repository root first.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._services import cpu_model  # noqa: E402
-from firmware_sim.model import CAR, EBIKE, FleetModel  # noqa: E402
-from firmware_sim.payloads import CBOR, JSON, encode_samples  # noqa: E402
-from telemetry.decoder import decode_telemetry  # noqa: E402
+from benchmarks._runner import REPO, bench_parser, best_in_turn, loadavg, machine, run_benchmark
+from firmware_sim.model import CAR, EBIKE, FleetModel
+from firmware_sim.payloads import CBOR, JSON, encode_samples
+from telemetry.decoder import decode_telemetry
 
 START_MS = 1_764_412_800_000
-REPO = Path(__file__).resolve().parents[1]
 
 
 def decoder_at(rev: str) -> types.ModuleType:
     """telemetry/decoder.py as it was at a git revision, imported beside today's (it imports
     today's telemetry.batch, schema and senml)."""
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:telemetry/decoder.py"],
-                            check=True, capture_output=True).stdout
+    source = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{rev}:telemetry/decoder.py"],
+        check=True,
+        capture_output=True,
+    ).stdout
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "decoder.py"
         path.write_bytes(source)
@@ -56,8 +51,9 @@ def typical_payloads(messages: int, encoding: int, seed: int = 3) -> tuple[list[
     """One sample per message, as the simulated fleet sends them (e-bikes and cars, some without
     a fix): 500 vehicles, ten steps of one second."""
     vehicles = min(500, messages)
-    model = FleetModel([EBIKE, CAR] * (vehicles // 2) + [EBIKE] * (vehicles % 2), seed=seed,
-                       start_ms=START_MS)
+    model = FleetModel(
+        [EBIKE, CAR] * (vehicles // 2) + [EBIKE] * (vehicles % 2), seed=seed, start_ms=START_MS
+    )
     encodings = np.full(vehicles, encoding)
     devices = [f"tcu-{i:04d}" for i in range(vehicles)]
     payloads: list[bytes] = []
@@ -94,24 +90,12 @@ def _best_us(fn: Callable[[], object], repeat: int, per: int) -> tuple[float, ob
     return best, result
 
 
-def _best_us_in_turn(fns: list[Callable[[], object]], repeat: int, per: int
-                     ) -> tuple[list[float], list[object]]:
-    """Best of `repeat` runs of each, in µs per message; the functions run in turn, so that
-    a change in the machine's load falls on all of them alike."""
-    best = [float("inf")] * len(fns)
-    results: list[object] = [None] * len(fns)
-    for _ in range(repeat):
-        for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            results[k] = fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
+def _best_us_in_turn(
+    fns: list[Callable[[], object]], repeat: int, per: int
+) -> tuple[list[float], list[object]]:
+    """Best of `repeat` runs of each, run in turn, in µs per message."""
+    best, results = best_in_turn(fns, repeat)
     return [round(b * 1e6 / per, 3) for b in best], results
-
-
-def _machine() -> dict:
-    return {"cpu": cpu_model(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "orjson": orjson.__version__}
 
 
 def measure(encoding: int, messages: int, repeat: int, decoders: dict[str, Callable]) -> dict:
@@ -121,8 +105,13 @@ def measure(encoding: int, messages: int, repeat: int, decoders: dict[str, Calla
     received = np.full(messages, now_ms, dtype=np.int64)
     devices, payloads = typical_payloads(messages, encoding)
     times, results = _best_us_in_turn(
-        [lambda decode=decode: decode(devices, payloads, received, registry, now_ms=now_ms)
-         for decode in decoders.values()], repeat, messages)
+        [
+            lambda decode=decode: decode(devices, payloads, received, registry, now_ms=now_ms)
+            for decode in decoders.values()
+        ],
+        repeat,
+        messages,
+    )
     for result in results:
         assert not result.rejected and len(result.batch) == messages, result.rejected
     entry: dict[str, float] = {"payload_bytes_mean": round(sum(map(len, payloads)) / messages, 1)}
@@ -130,34 +119,56 @@ def measure(encoding: int, messages: int, repeat: int, decoders: dict[str, Calla
         entry[f"{name}_us_per_message"] = us
         entry[f"{name}_ms_per_batch"] = round(us * messages / 1000, 2)
     loads = orjson.loads if encoding == JSON else cbor2.loads
-    entry["parse_each_us_per_message"], _ = _best_us(lambda: parse_each(payloads, loads),
-                                                      repeat, messages)
+    entry["parse_each_us_per_message"], _ = _best_us(
+        lambda: parse_each(payloads, loads), repeat, messages
+    )
     if encoding == JSON:
         entry["parse_joined_us_per_message"], values = _best_us(
-            lambda: parse_joined(payloads), repeat, messages)
+            lambda: parse_joined(payloads), repeat, messages
+        )
         assert values == parse_each(payloads, loads)
         # One malformed message in the batch: the joined parse fails and starts again.
         spoiled = [b'{"t": 1', *payloads[1:]]
         entry["parse_joined_one_malformed_us_per_message"], _ = _best_us(
-            lambda: parse_joined(spoiled), repeat, messages)
+            lambda: parse_joined(spoiled), repeat, messages
+        )
     return entry
 
 
-def main(messages: int = typer.Option(5_000, help="messages per batch"),
-         repeat: int = typer.Option(30, help="runs of each measurement (best is reported)"),
-         compare_with: str = typer.Option("", help="a git revision whose decoder to time too")
-         ) -> None:
-    load_before = os.getloadavg()
+def bench(args: argparse.Namespace) -> dict:
+    load_before = loadavg()
     decoders = {"decode_telemetry": decode_telemetry}
-    if compare_with:
-        decoders[f"decode_telemetry_at_{compare_with}"] = decoder_at(compare_with).decode_telemetry
-    report: dict[str, object] = {"messages": messages}
+    if args.compare_with:
+        decoders[f"decode_telemetry_at_{args.compare_with}"] = decoder_at(
+            args.compare_with
+        ).decode_telemetry
+    report: dict[str, object] = {"messages": args.messages}
     for name, encoding in (("json", JSON), ("cbor", CBOR)):
-        report[name] = measure(encoding, messages, repeat, decoders)
-    report["machine"] = {**_machine(), "loadavg_before": [round(x, 2) for x in load_before],
-                         "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
-    print(json.dumps(report, indent=2))
+        report[name] = measure(encoding, args.messages, args.repeat, decoders)
+    report["machine"] = machine(
+        numpy=np.__version__,
+        orjson=orjson.__version__,
+        loadavg_before=load_before,
+        loadavg_after=loadavg(),
+    )
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = bench_parser(__spec__.name, __doc__)
+    p.add_argument("--messages", type=int, default=5_000, help="messages per batch")
+    p.add_argument(
+        "--repeat", type=int, default=30, help="runs of each measurement (best is reported)"
+    )
+    p.add_argument(
+        "--compare-with", default="", metavar="REV", help="a git revision whose decoder to time too"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_benchmark(bench, build_parser(), argv)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    main()

@@ -24,7 +24,8 @@ Scenarios whose commands are missing are skipped. The simulated devices register
 prefix fault-<scenario>-<run id> and connect with --device-username/--device-password (or
 anonymously): run it against a staging deployment, or a listener that lets them in.
 
-Prints one JSON document. Usage:  .venv/bin/python benchmarks/faults.py [--help]
+Prints one JSON document and exits 1 on any loss.
+Usage:  .venv/bin/python -m benchmarks.faults [--help]
 """
 
 from __future__ import annotations
@@ -36,53 +37,41 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks._runner import bench_parser, progress, run_benchmark, until
+from benchmarks._services import BenchServices, answers_ok, gateway_process
+from firmware_sim import Fleet, FleetOptions
+from fleetgate.embedded import free_port
+from telemetry.store import TelemetryStore, VehicleRegistration, migrate
+from tests.netproxy import TcpProxy
 
-from benchmarks._services import BenchServices, machine  # noqa: E402
-from firmware_sim import Fleet, FleetOptions  # noqa: E402
-from fleetgate.embedded import free_port  # noqa: E402
-from telemetry.store import TelemetryStore, VehicleRegistration, migrate  # noqa: E402
-from tests.netproxy import TcpProxy  # noqa: E402
-
-SCENARIOS = ("gateway-kill", "gateway-term", "broker-term", "broker-kill", "db-outage")
-
-
-async def _until(check, timeout: float, what: str, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-def _ready_now(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
+# scenario: (the fault, the recovery), each an action of a deployment (see act)
+FAULTS = {
+    "gateway-kill": ("gateway_kill", "gateway_start"),
+    "gateway-term": ("gateway_term", "gateway_start"),
+    "broker-term": ("broker_term", "broker_start"),
+    "broker-kill": ("broker_kill", "broker_start"),
+    "db-outage": ("db_stop", "db_start"),
+}
+SCENARIOS = tuple(FAULTS)
+ACTIONS = tuple(dict.fromkeys(action for pair in FAULTS.values() for action in pair))
 
 
 async def _ready(url: str) -> bool:
     # In a thread: the database proxy runs in this event loop, and the gateway's readiness
     # check goes through it.
-    return await asyncio.to_thread(_ready_now, url)
+    return await asyncio.to_thread(answers_ok, url)
+
+
+async def _until_ready(url: str, timeout: float, what: str) -> None:
+    await until(lambda: _ready(url), timeout, what, interval=0.2)
 
 
 class LocalDeployment:
@@ -114,26 +103,34 @@ class LocalDeployment:
     async def setup(self) -> None:
         await migrate(self.dsn)
         self.proxy = await TcpProxy.start_for(self.dsn)
-        self.gateway_start()
-        await _until(lambda: _ready(self.readyz), 60, "the gateway ready")
+        await self.gateway_start()
+        await _until_ready(self.readyz, 60, "the gateway ready")
         # A broker saves its state every autosave_interval and on a clean stop; only what it
         # saved survives a kill -9. Let it save the gateway's session once, as any broker that
         # ran longer than autosave_interval has.
         self.broker.restart()
-        await _until(lambda: _ready(self.readyz), 60, "the gateway subscribed again")
-        self.notes.append("the broker was restarted cleanly once after the gateway subscribed, "
-                          "so it has saved the gateway's session before any fault")
+        await _until_ready(self.readyz, 60, "the gateway subscribed again")
+        self.notes.append(
+            "the broker was restarted cleanly once after the gateway subscribed, "
+            "so it has saved the gateway's session before any fault"
+        )
 
-    def gateway_start(self) -> None:
-        env = {**os.environ, "FLEETGATE_DATABASE_URL": self.proxy.dsn(self.dsn),
-               "FLEETGATE_MQTT_URL": self.broker.url, "FLEETGATE_MQTT_TOPIC_ROOT": self.topic_root,
-               "FLEETGATE_MQTT_CLIENT_ID": "fgfaults-gw", "FLEETGATE_API_PORT": "0",
-               "FLEETGATE_COAP_ENABLED": "false", "FLEETGATE_METRICS_PORT": str(self.metrics_port),
-               "FLEETGATE_LOG_FORMAT": "json"}
-        with open(self.log_path, "ab") as log:
-            self.gateway = subprocess.Popen(
-                [sys.executable, "-m", "fleetgate.cli", "run", "--no-migrate"], cwd=REPO, env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    async def act(self, action: str) -> None:
+        """One of ACTIONS, done to the services this deployment started."""
+        await getattr(self, action)()
+
+    async def gateway_start(self) -> None:
+        env = {
+            "FLEETGATE_DATABASE_URL": self.proxy.dsn(self.dsn),
+            "FLEETGATE_MQTT_URL": self.broker.url,
+            "FLEETGATE_MQTT_TOPIC_ROOT": self.topic_root,
+            "FLEETGATE_MQTT_CLIENT_ID": "fgfaults-gw",
+            "FLEETGATE_API_PORT": "0",
+            "FLEETGATE_COAP_ENABLED": "false",
+            "FLEETGATE_METRICS_PORT": str(self.metrics_port),
+            "FLEETGATE_LOG_FORMAT": "json",
+        }
+        self.gateway = gateway_process(env, self.log_path)
 
     async def gateway_kill(self) -> None:
         self.gateway.send_signal(signal.SIGKILL)
@@ -145,16 +142,13 @@ class LocalDeployment:
         if code != 0:
             raise RuntimeError(f"the gateway exited with {code} on SIGTERM (see {self.log_path})")
 
-    async def gateway_up(self) -> None:
-        self.gateway_start()
-
     async def broker_term(self) -> None:
         self.broker.stop()
 
     async def broker_kill(self) -> None:
         self.broker.stop(kill=True)
 
-    async def broker_up(self) -> None:
+    async def broker_start(self) -> None:
         self.broker.start()
 
     async def db_stop(self) -> None:
@@ -181,12 +175,6 @@ class LocalDeployment:
 class CommandDeployment:
     """An operator's own deployment, faulted through the shell commands given."""
 
-    _NEEDS = {"gateway-kill": ("gateway_kill", "gateway_start"),
-              "gateway-term": ("gateway_term", "gateway_start"),
-              "broker-term": ("broker_term", "broker_start"),
-              "broker-kill": ("broker_kill", "broker_start"),
-              "db-outage": ("db_stop", "db_start")}
-
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         url = urlsplit(args.broker_url)
@@ -197,40 +185,17 @@ class CommandDeployment:
         self.notes: list[str] = []
 
     async def setup(self) -> None:
-        await _until(lambda: _ready(self.readyz), 60, "the gateway ready")
+        await _until_ready(self.readyz, 60, "the gateway ready")
 
-    async def _sh(self, name: str) -> None:
-        command = getattr(self.args, name)
+    async def act(self, action: str) -> None:
+        """One of ACTIONS: the shell command given for it (--gateway-kill for gateway_kill)."""
+        command = getattr(self.args, action)
         done = await asyncio.to_thread(subprocess.run, command, shell=True)
         if done.returncode != 0:
             raise RuntimeError(f"{command!r} exited with {done.returncode}")
 
     def available(self, scenario: str) -> bool:
-        return all(getattr(self.args, n) for n in self._NEEDS[scenario])
-
-    async def gateway_kill(self) -> None:
-        await self._sh("gateway_kill")
-
-    async def gateway_term(self) -> None:
-        await self._sh("gateway_term")
-
-    async def gateway_up(self) -> None:
-        await self._sh("gateway_start")
-
-    async def broker_term(self) -> None:
-        await self._sh("broker_term")
-
-    async def broker_kill(self) -> None:
-        await self._sh("broker_kill")
-
-    async def broker_up(self) -> None:
-        await self._sh("broker_start")
-
-    async def db_stop(self) -> None:
-        await self._sh("db_stop")
-
-    async def db_start(self) -> None:
-        await self._sh("db_start")
+        return all(getattr(self.args, action) for action in FAULTS[scenario])
 
     async def close(self) -> None:
         pass
@@ -238,21 +203,11 @@ class CommandDeployment:
 
 async def _fault(deployment, scenario: str, args: argparse.Namespace) -> None:
     """One fault and the recovery from it."""
-    if scenario in ("gateway-kill", "gateway-term"):
-        await (deployment.gateway_kill() if scenario == "gateway-kill"
-               else deployment.gateway_term())
-        await asyncio.sleep(args.down_s)
-        await deployment.gateway_up()
-    elif scenario in ("broker-term", "broker-kill"):
-        await (deployment.broker_kill() if scenario == "broker-kill"
-               else deployment.broker_term())
-        await asyncio.sleep(args.down_s)
-        await deployment.broker_up()
-    else:
-        await deployment.db_stop()
-        await asyncio.sleep(args.db_down_s)
-        await deployment.db_start()
-    await _until(lambda: _ready(deployment.readyz), 120, f"the gateway ready after {scenario}")
+    fault, recovery = FAULTS[scenario]
+    await deployment.act(fault)
+    await asyncio.sleep(args.db_down_s if scenario == "db-outage" else args.down_s)
+    await deployment.act(recovery)
+    await _until_ready(deployment.readyz, 120, f"the gateway ready after {scenario}")
 
 
 async def _stored_keys(dsn: str, device_ids: list[str]) -> tuple[list[tuple[str, int]], int]:
@@ -260,24 +215,36 @@ async def _stored_keys(dsn: str, device_ids: list[str]) -> tuple[list[tuple[str,
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         cur = await conn.execute(
             "SELECT v.device_id, (extract(epoch FROM p.time) * 1000)::bigint FROM positions p "
-            "JOIN vehicles v ON v.id = p.vehicle WHERE v.device_id = ANY(%s)", (device_ids,))
+            "JOIN vehicles v ON v.id = p.vehicle WHERE v.device_id = ANY(%s)",
+            (device_ids,),
+        )
         rows = [(d, int(t)) for d, t in await cur.fetchall()]
     return rows, len(set(rows))
 
 
-async def run_scenario(deployment, scenario: str, args: argparse.Namespace,
-                       run_id: str) -> dict:
+async def run_scenario(deployment, scenario: str, args: argparse.Namespace, run_id: str) -> dict:
     host, port = deployment.broker_host_port
-    fleet = Fleet(FleetOptions(
-        vehicles=args.vehicles, rate_hz=args.rate_hz, seed=args.seed, topic_root=deployment.topic_root,
-        host=host, port=port, username=args.device_username, password=args.device_password,
-        device_id_pattern=f"fault-{scenario}-{run_id}-{{type}}-{{n:04d}}",
-        vehicle_ref_pattern=f"fault-{scenario}-{run_id}-{{n:04d}}", track_keys=True,
-        session_expiry_s=3600))
+    fleet = Fleet(
+        FleetOptions(
+            vehicles=args.vehicles,
+            rate_hz=args.rate_hz,
+            seed=args.seed,
+            topic_root=deployment.topic_root,
+            host=host,
+            port=port,
+            username=args.device_username,
+            password=args.device_password,
+            device_id_pattern=f"fault-{scenario}-{run_id}-{{type}}-{{n:04d}}",
+            vehicle_ref_pattern=f"fault-{scenario}-{run_id}-{{n:04d}}",
+            track_keys=True,
+            session_expiry_s=3600,
+        )
+    )
     store = await TelemetryStore.open(deployment.dsn)
     try:
-        await store.register_vehicles([VehicleRegistration(r, d, t)
-                                       for d, r, t in fleet.registrations()])
+        await store.register_vehicles(
+            [VehicleRegistration(r, d, t) for d, r, t in fleet.registrations()]
+        )
     finally:
         await store.close()
     started = time.monotonic()
@@ -299,19 +266,24 @@ async def run_scenario(deployment, scenario: str, args: argparse.Namespace,
         return acked <= set(rows)
 
     with contextlib.suppress(TimeoutError):
-        await _until(settled, args.settle_s, "every acknowledged sample stored", interval=1.0)
+        await until(settled, args.settle_s, "every acknowledged sample stored", interval=1.0)
     rows, distinct = await _stored_keys(deployment.dsn, device_ids)
     stored = set(rows)
-    return {"scenario": scenario, "faults": args.repeat,
-            "sent": stats.samples_generated, "acknowledged": len(acked),
-            "stored": len(stored & acked), "lost": len(acked - stored),
-            "duplicated": len(rows) - distinct,
-            "stored_not_acknowledged": len(stored - acked),
-            "device_reconnects": stats.connection_losses,
-            "seconds": round(time.monotonic() - started, 1)}
+    return {
+        "scenario": scenario,
+        "faults": args.repeat,
+        "sent": stats.samples_generated,
+        "acknowledged": len(acked),
+        "stored": len(stored & acked),
+        "lost": len(acked - stored),
+        "duplicated": len(rows) - distinct,
+        "stored_not_acknowledged": len(stored - acked),
+        "device_reconnects": stats.connection_losses,
+        "seconds": round(time.monotonic() - started, 1),
+    }
 
 
-async def main(args: argparse.Namespace) -> dict:
+async def bench(args: argparse.Namespace) -> dict:
     deployment = CommandDeployment(args) if args.broker_url else LocalDeployment(args)
     run_id = secrets.token_hex(3)
     results = []
@@ -322,58 +294,89 @@ async def main(args: argparse.Namespace) -> dict:
                 results.append({"scenario": scenario, "skipped": "no commands for this fault"})
                 continue
             results.append(await run_scenario(deployment, scenario, args, run_id))
-            print(f"faults: {results[-1]}", file=sys.stderr, flush=True)
+            progress(f"faults: {results[-1]}")
     finally:
         await deployment.close()
-    report = {"benchmark": "faults", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "load": {"vehicles": args.vehicles, "rate_hz": args.rate_hz,
-                       "messages_per_s": args.vehicles * args.rate_hz, "qos": 1,
-                       "samples_per_message": 1},
-              "notes": deployment.notes, "scenarios": results}
+    report = {
+        "benchmark": "faults",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load": {
+            "vehicles": args.vehicles,
+            "rate_hz": args.rate_hz,
+            "messages_per_s": args.vehicles * args.rate_hz,
+            "qos": 1,
+            "samples_per_message": 1,
+        },
+        "notes": deployment.notes,
+        "scenarios": results,
+    }
     if isinstance(deployment, LocalDeployment):
-        report["machine"] = machine(deployment.services.pg_version)
-    report["zero_loss"] = all(r.get("lost", 0) == 0 and r.get("duplicated", 0) == 0
-                              for r in results)
+        report["machine"] = deployment.services.machine()
+    report["zero_loss"] = all(
+        r.get("lost", 0) == 0 and r.get("duplicated", 0) == 0 for r in results
+    )
     return report
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenarios", default=",".join(SCENARIOS),
-                   type=lambda s: [x for x in s.split(",") if x],
-                   help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all)")
-    p.add_argument("--vehicles", type=int, default=300)
+def scenario_list(text: str) -> list[str]:
+    """--scenarios: comma-separated names of SCENARIOS."""
+    names = [x for x in text.split(",") if x]
+    unknown = set(names) - set(SCENARIOS)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}"
+        )
+    return names
+
+
+def own_deployment_complete(args: argparse.Namespace) -> str | None:
+    if args.broker_url and not (args.database_url and args.readyz):
+        return "--broker-url needs --database-url and --readyz"
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = bench_parser(__spec__.name, __doc__)
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        type=scenario_list,
+        help="comma-separated names of the scenarios below",
+    )
+    p.add_argument("--vehicles", type=int, default=300, help="simulated vehicles per scenario")
     p.add_argument("--rate-hz", type=float, default=10.0, help="samples per vehicle per second")
     p.add_argument("--repeat", type=int, default=2, help="faults per scenario")
     p.add_argument("--warmup-s", type=float, default=5.0, help="load before the first fault")
     p.add_argument("--between-s", type=float, default=5.0, help="load after each recovery")
     p.add_argument("--down-s", type=float, default=2.0, help="how long a process stays down")
     p.add_argument("--db-down-s", type=float, default=10.0, help="how long the database is away")
-    p.add_argument("--settle-s", type=float, default=120.0,
-                   help="wait at most this long for the acknowledged samples to be stored")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--settle-s",
+        type=float,
+        default=120.0,
+        help="wait at most this long for the acknowledged samples to be stored",
+    )
+    p.add_argument("--seed", type=int, default=7, help="the simulated fleet's seed")
     p.add_argument("--broker-url", help="your broker (then the fault commands below apply)")
     p.add_argument("--database-url", help="your database (to count what was stored)")
     p.add_argument("--readyz", help="your gateway's /readyz on its operator's port")
-    p.add_argument("--topic-root", default="fg/v1")
-    p.add_argument("--device-username")
+    p.add_argument("--topic-root", default="fg/v1", help="your gateway's MQTT topic root")
+    p.add_argument("--device-username", help="the simulated devices' broker account")
     p.add_argument("--device-password")
-    for name in ("gateway-kill", "gateway-term", "gateway-start", "broker-term", "broker-kill",
-                 "broker-start", "db-stop", "db-start"):
-        p.add_argument(f"--{name}", help="shell command (own deployment)")
-    args = p.parse_args(argv)
-    unknown = set(args.scenarios) - set(SCENARIOS)
-    if unknown:
-        p.error(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
-    if args.broker_url and not (args.database_url and args.readyz):
-        p.error("--broker-url needs --database-url and --readyz")
-    return args
+    for action in ACTIONS:
+        p.add_argument(f"--{action.replace('_', '-')}", help="shell command (own deployment)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_benchmark(
+        bench,
+        build_parser(),
+        argv,
+        check=own_deployment_complete,
+        passed=lambda report: report["zero_loss"],
+    )
 
 
 if __name__ == "__main__":
-    import orjson
-
-    result = asyncio.run(main(parse_args()))
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-    sys.exit(0 if result["zero_loss"] else 1)
+    main()

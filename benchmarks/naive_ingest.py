@@ -22,13 +22,33 @@ VALUES (to_timestamp(%(t)s / 1000.0), %(vehicle)s, %(lat)s, %(lon)s, %(speed_kmh
         %(locked)s, %(ignition)s, %(immobilised)s, %(charging)s, now())
 ON CONFLICT (vehicle, time) DO NOTHING
 """
-_FIELDS = ("lat", "lon", "speed_kmh", "heading_deg", "soc_pct", "pack_v", "pack_a", "aux_v",
-           "odometer_m", "locked", "ignition", "immobilised", "charging")
+_FIELDS = (
+    "lat",
+    "lon",
+    "speed_kmh",
+    "heading_deg",
+    "soc_pct",
+    "pack_v",
+    "pack_a",
+    "aux_v",
+    "odometer_m",
+    "locked",
+    "ignition",
+    "immobilised",
+    "charging",
+)
 
 
-async def run_naive_gateway(dsn: str, host: str, port: int, topic_root: str,
-                            vehicle_of: dict[str, int], stop: asyncio.Event,
-                            on_commit=None, on_subscribed=None) -> int:
+async def run_naive_gateway(
+    dsn: str,
+    host: str,
+    port: int,
+    topic_root: str,
+    vehicle_of: dict[str, int],
+    stop: asyncio.Event,
+    on_commit=None,
+    on_subscribed=None,
+) -> int:
     """Consume until stop is set; returns the number of rows inserted.
 
     on_commit(sample_time_ms, commit_time_ms) is called after each INSERT, for latency figures;

@@ -14,8 +14,8 @@ from commands.model import STATE_CHANGES, Command, CommandType, VehicleSnapshot
 
 @dataclass(frozen=True, slots=True)
 class InterlockPolicy:
-    fresh_s: float = 60.0     # a sample older than this (device time vs now) is not evidence
-    moving_kmh: float = 3.0   # above this a vehicle moves (GPS speed jitters around zero)
+    fresh_s: float = 60.0  # a sample older than this (device time vs now) is not evidence
+    moving_kmh: float = 3.0  # above this a vehicle moves (GPS speed jitters around zero)
 
 
 class Motion(str, Enum):
@@ -25,11 +25,11 @@ class Motion(str, Enum):
 
 
 class Action(str, Enum):
-    SEND = "send"          # deliver it now
-    NOOP = "noop"          # already in the asked state: succeeded without a round trip
-    WAIT = "wait"          # not safe (or not known to be safe): hold it, judge again later
-    REFUSE = "refuse"      # not safe, and the caller asked not to wait: failed
-    OFFLINE = "offline"    # fine to send, but the vehicle is not connected: hold it
+    SEND = "send"  # deliver it now
+    NOOP = "noop"  # already in the asked state: succeeded without a round trip
+    WAIT = "wait"  # not safe (or not known to be safe): hold it, judge again later
+    REFUSE = "refuse"  # not safe, and the caller asked not to wait: failed
+    OFFLINE = "offline"  # fine to send, but the vehicle is not connected: hold it
 
 
 class Verdict(NamedTuple):
@@ -39,15 +39,19 @@ class Verdict(NamedTuple):
 
 def is_recent(snap: VehicleSnapshot | None, now: datetime, policy: InterlockPolicy) -> bool:
     """The newest sample is younger than fresh_s."""
-    return (snap is not None and snap.state_time is not None
-            and now - snap.state_time <= timedelta(seconds=policy.fresh_s))
+    return (
+        snap is not None
+        and snap.state_time is not None
+        and now - snap.state_time <= timedelta(seconds=policy.fresh_s)
+    )
 
 
 def knows_current(snap: VehicleSnapshot | None, now: datetime, policy: InterlockPolicy) -> bool:
     """Recent, and taken at or after the last command that changed the vehicle's state: a
     sample from before an unlock cannot say whether the vehicle is unlocked now."""
     return is_recent(snap, now, policy) and (
-        snap.last_actuation is None or snap.state_time >= snap.last_actuation)
+        snap.last_actuation is None or snap.state_time >= snap.last_actuation
+    )
 
 
 def motion(snap: VehicleSnapshot | None, now: datetime, policy: InterlockPolicy) -> Motion:
@@ -61,16 +65,24 @@ def motion(snap: VehicleSnapshot | None, now: datetime, policy: InterlockPolicy)
     return Motion.MOVING if snap.speed_kmh > policy.moving_kmh else Motion.STILL
 
 
-def judge(cmd: Command, snap: VehicleSnapshot | None, now: datetime,
-          policy: InterlockPolicy) -> Verdict:
+def judge(
+    cmd: Command, snap: VehicleSnapshot | None, now: datetime, policy: InterlockPolicy
+) -> Verdict:
     """What to do with a command that is next in its vehicle's queue."""
     change = STATE_CHANGES.get(cmd.type)
     if change is not None and knows_current(snap, now, policy):
         field, value = change
         if getattr(snap, field) is value:
-            return Verdict(Action.NOOP, "already_" + {
-                ("locked", True): "locked", ("locked", False): "unlocked",
-                ("immobilised", True): "immobilised", ("immobilised", False): "mobile"}[change])
+            return Verdict(
+                Action.NOOP,
+                "already_"
+                + {
+                    ("locked", True): "locked",
+                    ("locked", False): "unlocked",
+                    ("immobilised", True): "immobilised",
+                    ("immobilised", False): "mobile",
+                }[change],
+            )
     unsafe = _unsafe(cmd, snap, now, policy)
     if unsafe is not None:
         return Verdict(Action.WAIT if cmd.on_unsafe == "wait" else Action.REFUSE, unsafe)
@@ -79,8 +91,9 @@ def judge(cmd: Command, snap: VehicleSnapshot | None, now: datetime,
     return Verdict(Action.SEND)
 
 
-def _unsafe(cmd: Command, snap: VehicleSnapshot | None, now: datetime,
-            policy: InterlockPolicy) -> str | None:
+def _unsafe(
+    cmd: Command, snap: VehicleSnapshot | None, now: datetime, policy: InterlockPolicy
+) -> str | None:
     """Why sending it now would not be safe, or None."""
     if cmd.type is CommandType.IMMOBILISE:
         # Never while moving; a state too old to tell counts as not safe.

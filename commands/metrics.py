@@ -15,28 +15,56 @@ class CommandMetrics:
         self.registry = registry
         self.submitted = Counter(
             "fleetgate_commands_submitted_total",
-            "Commands accepted (a repeated idempotency key is not counted)", ["type"], registry=r)
+            "Commands accepted (a repeated idempotency key is not counted)",
+            ["type"],
+            registry=r,
+        )
         self.finished = Counter(
-            "fleetgate_commands_finished_total", "Commands that reached a final state",
-            ["type", "state"], registry=r)
+            "fleetgate_commands_finished_total",
+            "Commands that reached a final state",
+            ["type", "state"],
+            registry=r,
+        )
         self.round_trip = Histogram(
             "fleetgate_command_round_trip_seconds",
             "From submission to the device's answer (commands the device answered)",
-            ["type"], buckets=_ROUND_TRIP_BUCKETS, registry=r)
+            ["type"],
+            buckets=_ROUND_TRIP_BUCKETS,
+            registry=r,
+        )
         self.deliveries = Counter(
             "fleetgate_command_deliveries_total",
-            "Command messages published, by first delivery or retry", ["kind"], registry=r)
+            "Command messages published, by first delivery or retry",
+            ["kind"],
+            registry=r,
+        )
         self.interlock_waits = Counter(
             "fleetgate_command_interlock_waits_total",
-            "Commands held back by an interlock, by reason", ["type", "reason"], registry=r)
+            "Commands held back by an interlock, by reason",
+            ["type", "reason"],
+            registry=r,
+        )
         self.results = Counter(
             "fleetgate_command_results_total",
             "Device result messages by what they did: applied, ack, duplicate, late, unknown, "
-            "foreign (from another device), invalid", ["kind"], registry=r)
-        self.open = Gauge("fleetgate_commands_open",
-                          "Commands not in a final state, by state", ["state"], registry=r)
-        self.broker_connected = Gauge("fleetgate_commands_broker_connected",
-                                      "1 while the commands' MQTT connection is up", registry=r)
-        self.db_errors = Counter("fleetgate_commands_database_errors_total",
-                                 "Failed database operations of the commands, by kind",
-                                 ["kind"], registry=r)
+            "foreign (from another device), invalid",
+            ["kind"],
+            registry=r,
+        )
+        self.open = Gauge(
+            "fleetgate_commands_open",
+            "Commands not in a final state, by state",
+            ["state"],
+            registry=r,
+        )
+        self.broker_connected = Gauge(
+            "fleetgate_commands_broker_connected",
+            "1 while the commands' MQTT connection is up",
+            registry=r,
+        )
+        self.db_errors = Counter(
+            "fleetgate_commands_database_errors_total",
+            "Failed database operations of the commands, by kind",
+            ["kind"],
+            registry=r,
+        )

@@ -31,21 +31,21 @@ class CommandType(str, Enum):
     UNLOCK = "unlock"
     IMMOBILISE = "immobilise"
     MOBILISE = "mobilise"
-    LOCATE = "locate"                   # beep and/or flash, and report the position now
+    LOCATE = "locate"  # beep and/or flash, and report the position now
     SET_SPEED_LIMIT = "set_speed_limit"  # e-bike assist cap, car limiter (slow zones)
-    SET_CONFIG = "set_config"           # a few firmware settings
+    SET_CONFIG = "set_config"  # a few firmware settings
 
 
 class CommandState(str, Enum):
-    QUEUED = "queued"                                   # accepted, not delivered yet
-    WAITING_FOR_SAFE_STATE = "waiting_for_safe_state"   # an interlock holds it back
-    SENT = "sent"                                       # published to the device (maybe again)
-    ACKNOWLEDGED = "acknowledged"                       # the device said it has it
+    QUEUED = "queued"  # accepted, not delivered yet
+    WAITING_FOR_SAFE_STATE = "waiting_for_safe_state"  # an interlock holds it back
+    SENT = "sent"  # published to the device (maybe again)
+    ACKNOWLEDGED = "acknowledged"  # the device said it has it
     SUCCEEDED = "succeeded"
-    FAILED = "failed"                                   # refused (by the device or an interlock)
-    TIMED_OUT = "timed_out"                             # sent, no answer by the deadline
-    EXPIRED = "expired"                                 # never delivered before the deadline
-    CANCELLED = "cancelled"                             # by the caller, before delivery
+    FAILED = "failed"  # refused (by the device or an interlock)
+    TIMED_OUT = "timed_out"  # sent, no answer by the deadline
+    EXPIRED = "expired"  # never delivered before the deadline
+    CANCELLED = "cancelled"  # by the caller, before delivery
 
     @property
     def terminal(self) -> bool:
@@ -56,8 +56,15 @@ class CommandState(str, Enum):
         return self in (CommandState.SENT, CommandState.ACKNOWLEDGED)
 
 
-_TERMINAL = frozenset({CommandState.SUCCEEDED, CommandState.FAILED, CommandState.TIMED_OUT,
-                       CommandState.EXPIRED, CommandState.CANCELLED})
+_TERMINAL = frozenset(
+    {
+        CommandState.SUCCEEDED,
+        CommandState.FAILED,
+        CommandState.TIMED_OUT,
+        CommandState.EXPIRED,
+        CommandState.CANCELLED,
+    }
+)
 
 # Commands that change what the vehicle reports (lock, immobiliser) and the field they change.
 STATE_CHANGES: dict[CommandType, tuple[str, bool]] = {
@@ -69,6 +76,7 @@ STATE_CHANGES: dict[CommandType, tuple[str, bool]] = {
 
 
 # --- params, validated per type -------------------------------------------------------------
+
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -107,9 +115,13 @@ class ConfigParams(RootModel[dict[ConfigKey, ConfigValue]]):
 
 
 PARAMS: dict[CommandType, type[BaseModel]] = {
-    CommandType.LOCK: NoParams, CommandType.UNLOCK: NoParams, CommandType.IMMOBILISE: NoParams,
-    CommandType.MOBILISE: NoParams, CommandType.LOCATE: LocateParams,
-    CommandType.SET_SPEED_LIMIT: SpeedLimitParams, CommandType.SET_CONFIG: ConfigParams,
+    CommandType.LOCK: NoParams,
+    CommandType.UNLOCK: NoParams,
+    CommandType.IMMOBILISE: NoParams,
+    CommandType.MOBILISE: NoParams,
+    CommandType.LOCATE: LocateParams,
+    CommandType.SET_SPEED_LIMIT: SpeedLimitParams,
+    CommandType.SET_CONFIG: ConfigParams,
 }
 
 MAX_TTL_S = 7 * 86_400.0  # the gateway's MQTT session expiry: longer would outlive the session
@@ -131,7 +143,7 @@ class CommandRequest(BaseModel):
     idempotency_key: Name
     requested_by: Name
     ttl_s: Annotated[float, Field(gt=0, le=MAX_TTL_S)] | None = None  # default: the service's
-    deadline: datetime | None = None                                  # or an absolute one
+    deadline: datetime | None = None  # or an absolute one
     on_unsafe: Literal["wait", "refuse"] = "wait"
 
     @model_validator(mode="after")
@@ -150,9 +162,15 @@ class CommandRequest(BaseModel):
 
     def fingerprint(self, vehicle_id: int) -> str:
         """What must match for a repeated idempotency key to be the same request."""
-        body = orjson.dumps({"vehicle": vehicle_id, "type": self.type.value,
-                             "params": self.params, "on_unsafe": self.on_unsafe},
-                            option=orjson.OPT_SORT_KEYS)
+        body = orjson.dumps(
+            {
+                "vehicle": vehicle_id,
+                "type": self.type.value,
+                "params": self.params,
+                "on_unsafe": self.on_unsafe,
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
         return hashlib.sha256(body).hexdigest()[:32]
 
 
@@ -188,8 +206,12 @@ class Command(BaseModel):
 
     def downlink(self) -> dict:
         """The payload published on {root}/{device_id}/cmd (docs/protocol.md, Commands)."""
-        return {"id": str(self.id), "type": self.type.value, "params": self.params,
-                "deadline": to_ms(self.deadline)}
+        return {
+            "id": str(self.id),
+            "type": self.type.value,
+            "params": self.params,
+            "deadline": to_ms(self.deadline),
+        }
 
 
 class HistoryEntry(BaseModel):
@@ -238,8 +260,11 @@ class DeviceResult(BaseModel):
     def parse(cls, payload: bytes) -> DeviceResult:
         """A result from JSON or CBOR bytes; ValueError (pydantic's included) when it is not one."""
         try:
-            body = (orjson.loads(payload) if payload.lstrip()[:1] in (b"{", b"[")
-                    else cbor2.loads(payload))
+            body = (
+                orjson.loads(payload)
+                if payload.lstrip()[:1] in (b"{", b"[")
+                else cbor2.loads(payload)
+            )
         except (cbor2.CBORError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"result payload is neither JSON nor CBOR: {exc}") from exc
         if not isinstance(body, dict):
@@ -248,6 +273,7 @@ class DeviceResult(BaseModel):
 
 
 # --- what the interlocks judge by ---------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class VehicleSnapshot:
@@ -259,7 +285,7 @@ class VehicleSnapshot:
     """
 
     vehicle_id: int
-    vehicle_type: str | None = None   # "ebike" | "car"
+    vehicle_type: str | None = None  # "ebike" | "car"
     online: bool = False
     state_time: datetime | None = None
     speed_kmh: float | None = None

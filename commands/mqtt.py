@@ -10,9 +10,9 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from fleetgate.mqtt import ConnectionLost, Message, MqttClient, PersistentSession
+from gateway.mqtt import ConnectionLost, Message, MqttClient, PersistentSession
 
-log = logging.getLogger("fleetgate.commands.mqtt")
+log = logging.getLogger(__name__)
 
 
 class InboundResult(NamedTuple):
@@ -27,12 +27,22 @@ def command_client_id(gateway_client_id: str) -> str:
 
 
 class CommandLink:
-    def __init__(self, *, host: str, port: int, client_id: str, topic_root: str = "fg/v1",
-                 protocol: int = 5, keepalive_s: int = 30, session_expiry_s: int = 7 * 86400,
-                 username: str | None = None, password: str | None = None,
-                 on_results: Callable[[list[InboundResult]], None],
-                 on_up: Callable[[], None] | None = None,
-                 on_connected: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        topic_root: str = "fg/v1",
+        protocol: int = 5,
+        keepalive_s: int = 30,
+        session_expiry_s: int = 7 * 86400,
+        username: str | None = None,
+        password: str | None = None,
+        on_results: Callable[[list[InboundResult]], None],
+        on_up: Callable[[], None] | None = None,
+        on_connected: Callable[[bool], None] | None = None,
+    ) -> None:
         self.client_id = client_id
         self._root = topic_root
         self._prefix = topic_root + "/"
@@ -40,12 +50,21 @@ class CommandLink:
         self._on_up = on_up
         self._on_connected = on_connected
         self._session = PersistentSession(
-            host=host, port=port, client_id=client_id,
+            host=host,
+            port=port,
+            client_id=client_id,
             subscriptions=lambda: [(f"{self._root}/+/cmd/result", 1)],
-            on_messages=self._messages, protocol=protocol, keepalive_s=keepalive_s,
-            session_expiry_s=session_expiry_s, username=username, password=password,
-            on_up=self._connection_up, on_down=self._connection_gone, log=log,
-            event_prefix="commands_")
+            on_messages=self._messages,
+            protocol=protocol,
+            keepalive_s=keepalive_s,
+            session_expiry_s=session_expiry_s,
+            username=username,
+            password=password,
+            on_up=self._connection_up,
+            on_down=self._connection_gone,
+            log=log,
+            event_prefix="commands_",
+        )
         self.subscribed = self._session.subscribed
 
     def topic_cmd(self, device_id: str) -> str:
@@ -77,8 +96,9 @@ class CommandLink:
         if client is None:
             return None
         try:
-            return client.publish(self.topic_cmd(device_id), payload, qos=1,
-                                  content_type="application/json")
+            return client.publish(
+                self.topic_cmd(device_id), payload, qos=1, content_type="application/json"
+            )
         except ConnectionLost:
             return None
 
@@ -100,7 +120,7 @@ class CommandLink:
         for m in messages:
             device_id = ""
             if m.topic.startswith(prefix) and m.topic.endswith("/cmd/result"):
-                device_id = m.topic[plen:-len("/cmd/result")]
+                device_id = m.topic[plen : -len("/cmd/result")]
                 if "/" in device_id:
                     device_id = ""
             out.append(InboundResult(device_id, m.payload, (generation, m.mid, m.qos)))

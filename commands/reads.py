@@ -29,17 +29,32 @@ class CommandReads:
             raise CommandNotFound(f"no command {command_id}")
         return entries
 
-    async def list(self, *, vehicle: str | None = None, device_id: str | None = None,
-                   states: Sequence[CommandState] | None = None,
-                   type: CommandType | None = None, requested_by: str | None = None,
-                   created_from: datetime | None = None, created_to: datetime | None = None,
-                   before: int | None = None, limit: int = 50) -> CommandPage:
+    async def list(
+        self,
+        *,
+        vehicle: str | None = None,
+        device_id: str | None = None,
+        states: Sequence[CommandState] | None = None,
+        type: CommandType | None = None,
+        requested_by: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> CommandPage:
         """Commands newest first, filtered; `before` = the previous page's next_cursor."""
         vehicle_id = None if vehicle is None else await self._vehicle_id(vehicle)
-        return await self._store.list(vehicle_id=vehicle_id, device_id=device_id, states=states,
-                                      type=type, requested_by=requested_by,
-                                      created_from=created_from, created_to=created_to,
-                                      before=before, limit=limit)
+        return await self._store.list(
+            vehicle_id=vehicle_id,
+            device_id=device_id,
+            states=states,
+            type=type,
+            requested_by=requested_by,
+            created_from=created_from,
+            created_to=created_to,
+            before=before,
+            limit=limit,
+        )
 
     async def _vehicle_id(self, vehicle_ref: str) -> int:
         info = await self._store.vehicle(vehicle_ref=vehicle_ref)

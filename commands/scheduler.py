@@ -19,10 +19,10 @@ Q, W = CommandState.QUEUED, CommandState.WAITING_FOR_SAFE_STATE
 
 @dataclass(frozen=True, slots=True)
 class DeliveryPolicy:
-    result_timeout_s: float = 5.0    # no answer this long after a delivery: retry (same id)
-    backoff: float = 2.0             # each further retry waits this much longer ...
-    max_interval_s: float = 30.0     # ... up to this
-    max_attempts: int = 5            # deliveries at most; then only the deadline is awaited
+    result_timeout_s: float = 5.0  # no answer this long after a delivery: retry (same id)
+    backoff: float = 2.0  # each further retry waits this much longer ...
+    max_interval_s: float = 30.0  # ... up to this
+    max_attempts: int = 5  # deliveries at most; then only the deadline is awaited
     # A command in flight blocks its vehicle until deadline + this: a device whose clock lags
     # might still execute it up to its own idea of the deadline, and the next command must not
     # overtake it.
@@ -32,8 +32,9 @@ class DeliveryPolicy:
         """When an in-flight command is due for its next delivery, None if it has had them all."""
         if cmd.attempts >= self.max_attempts or cmd.last_sent_at is None:
             return None
-        wait = min(self.result_timeout_s * self.backoff ** max(cmd.attempts - 1, 0),
-                   self.max_interval_s)
+        wait = min(
+            self.result_timeout_s * self.backoff ** max(cmd.attempts - 1, 0), self.max_interval_s
+        )
         return cmd.last_sent_at + timedelta(seconds=wait)
 
     def gives_up_at(self, cmd: Command) -> datetime:
@@ -59,10 +60,15 @@ class Plan:
             self.wake_at = at
 
 
-def plan_vehicle(queue: Sequence[Command], snap: VehicleSnapshot | None, now: datetime, *,
-                 delivery: DeliveryPolicy = DeliveryPolicy(),
-                 interlocks: InterlockPolicy = InterlockPolicy(),
-                 push: bool = True) -> Plan:
+def plan_vehicle(
+    queue: Sequence[Command],
+    snap: VehicleSnapshot | None,
+    now: datetime,
+    *,
+    delivery: DeliveryPolicy = DeliveryPolicy(),
+    interlocks: InterlockPolicy = InterlockPolicy(),
+    push: bool = True,
+) -> Plan:
     """The plan for one vehicle's open commands (queue: oldest first, none terminal).
 
     push=False is pull delivery (a sleeping CoAP device): the caller hands over the head only
@@ -75,8 +81,11 @@ def plan_vehicle(queue: Sequence[Command], snap: VehicleSnapshot | None, now: da
             plan.change(machine.transition(cmd, CommandState.TIMED_OUT, now, reason="no_result"))
         elif cmd.state in (Q, W) and now >= cmd.deadline:
             # Never delivered: the reason it waited is the reason it expired.
-            plan.change(machine.transition(cmd, CommandState.EXPIRED, now,
-                                           reason=cmd.reason or "not_delivered"))
+            plan.change(
+                machine.transition(
+                    cmd, CommandState.EXPIRED, now, reason=cmd.reason or "not_delivered"
+                )
+            )
         else:
             open_.append(cmd)
     while open_:
@@ -86,13 +95,13 @@ def plan_vehicle(queue: Sequence[Command], snap: VehicleSnapshot | None, now: da
             break
         verdict = judge(head, snap, now, interlocks)
         if verdict.action is Action.NOOP:
-            plan.change(machine.transition(head, CommandState.SUCCEEDED, now,
-                                           reason=verdict.reason))
+            plan.change(
+                machine.transition(head, CommandState.SUCCEEDED, now, reason=verdict.reason)
+            )
             open_.pop(0)
             continue
         if verdict.action is Action.REFUSE:
-            plan.change(machine.transition(head, CommandState.FAILED, now,
-                                           reason=verdict.reason))
+            plan.change(machine.transition(head, CommandState.FAILED, now, reason=verdict.reason))
             open_.pop(0)
             continue
         if verdict.action is Action.OFFLINE and not push:
@@ -115,8 +124,14 @@ def plan_vehicle(queue: Sequence[Command], snap: VehicleSnapshot | None, now: da
     return plan
 
 
-def _in_flight(plan: Plan, cmd: Command, snap: VehicleSnapshot | None, now: datetime,
-               delivery: DeliveryPolicy, push: bool) -> None:
+def _in_flight(
+    plan: Plan,
+    cmd: Command,
+    snap: VehicleSnapshot | None,
+    now: datetime,
+    delivery: DeliveryPolicy,
+    push: bool,
+) -> None:
     """An in-flight head: retry it when due (online, before its deadline), else wait."""
     plan.wake(delivery.gives_up_at(cmd))
     if not push:

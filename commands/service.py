@@ -48,10 +48,9 @@ from commands.mqtt import CommandLink, InboundResult, command_client_id
 from commands.reads import CommandReads
 from commands.scheduler import DeliveryPolicy, Plan, plan_vehicle
 from commands.store import CommandConflict, CommandStore, VehicleInfo
-from fleetgate.logs import fields
 from telemetry.store import StoreUnavailable
 
-log = logging.getLogger("fleetgate.commands")
+log = logging.getLogger(__name__)
 
 Change = tuple[Command, HistoryEntry]
 
@@ -71,7 +70,7 @@ class CommandConfig:
     default_ttl_s: float = 60.0
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     interlocks: InterlockPolicy = field(default_factory=InterlockPolicy)
-    recheck_s: float = 1.0         # held-back commands are judged again at least this often
+    recheck_s: float = 1.0  # held-back commands are judged again at least this often
     speed_cap_ttl_s: float = 300.0
     db_pool_max: int = 4
 
@@ -79,14 +78,21 @@ class CommandConfig:
     def from_gateway(cls, gw: Any, **overrides: Any) -> CommandConfig:
         """The commands' config next to a gateway.service.GatewayConfig (same broker, topic
         root, credentials and database; client id derived from the gateway's)."""
-        return cls(**{
-            "database_url": gw.database_url, "mqtt_host": gw.mqtt_host,
-            "mqtt_port": gw.mqtt_port, "mqtt_client_id": command_client_id(gw.mqtt_client_id),
-            "mqtt_topic_root": gw.mqtt_topic_root, "mqtt_protocol": gw.mqtt_protocol,
-            "mqtt_keepalive_s": gw.mqtt_keepalive_s,
-            "mqtt_session_expiry_s": gw.mqtt_session_expiry_s,
-            "mqtt_username": gw.mqtt_username, "mqtt_password": gw.mqtt_password,
-            **overrides})
+        return cls(
+            **{
+                "database_url": gw.database_url,
+                "mqtt_host": gw.mqtt_host,
+                "mqtt_port": gw.mqtt_port,
+                "mqtt_client_id": command_client_id(gw.mqtt_client_id),
+                "mqtt_topic_root": gw.mqtt_topic_root,
+                "mqtt_protocol": gw.mqtt_protocol,
+                "mqtt_keepalive_s": gw.mqtt_keepalive_s,
+                "mqtt_session_expiry_s": gw.mqtt_session_expiry_s,
+                "mqtt_username": gw.mqtt_username,
+                "mqtt_password": gw.mqtt_password,
+                **overrides,
+            }
+        )
 
 
 class _VehicleLocks:
@@ -121,10 +127,15 @@ class CommandService(CommandReads):
     """Remote commands for the gateway and the HTTP API. `await start()`, then use it; `await
     stop()` leaves the broker cleanly (the session keeps results arriving meanwhile)."""
 
-    def __init__(self, config: CommandConfig, *, store: CommandStore | None = None,
-                 registry: CollectorRegistry | None = REGISTRY,
-                 pull: Callable[[str], bool] = lambda device_id: False,
-                 clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        config: CommandConfig,
+        *,
+        store: CommandStore | None = None,
+        registry: CollectorRegistry | None = REGISTRY,
+        pull: Callable[[str], bool] = lambda device_id: False,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self.config = config
         self.metrics = CommandMetrics(registry)
         self._store = store
@@ -132,10 +143,10 @@ class CommandService(CommandReads):
         self._pull = pull  # device ids served by pull delivery (sleeping CoAP devices)
         self._clock = clock
         self._locks = _VehicleLocks()
-        self._queues: dict[int, list[Command]] = {}   # vehicle -> open commands, oldest first
-        self._open: dict[uuid.UUID, Command] = {}     # id -> open command (newest version)
+        self._queues: dict[int, list[Command]] = {}  # vehicle -> open commands, oldest first
+        self._open: dict[uuid.UUID, Command] = {}  # id -> open command (newest version)
         self._waiters: dict[uuid.UUID, list[asyncio.Future]] = {}
-        self._timers: list[tuple[float, int]] = []    # (when, vehicle) heap
+        self._timers: list[tuple[float, int]] = []  # (when, vehicle) heap
         self._next_at: dict[int, float] = {}
         self._dirty: set[int] = set()
         self._blocked: set[int] = set()  # head held back (offline, unsafe): judged again on news
@@ -151,12 +162,19 @@ class CommandService(CommandReads):
         self._background: set[asyncio.Task] = set()
         self.ready = asyncio.Event()
         self.link = CommandLink(
-            host=config.mqtt_host, port=config.mqtt_port, client_id=config.mqtt_client_id,
-            topic_root=config.mqtt_topic_root, protocol=config.mqtt_protocol,
-            keepalive_s=config.mqtt_keepalive_s, session_expiry_s=config.mqtt_session_expiry_s,
-            username=config.mqtt_username, password=config.mqtt_password,
-            on_results=self._on_results, on_up=self._on_link_up,
-            on_connected=lambda up: self.metrics.broker_connected.set(1 if up else 0))
+            host=config.mqtt_host,
+            port=config.mqtt_port,
+            client_id=config.mqtt_client_id,
+            topic_root=config.mqtt_topic_root,
+            protocol=config.mqtt_protocol,
+            keepalive_s=config.mqtt_keepalive_s,
+            session_expiry_s=config.mqtt_session_expiry_s,
+            username=config.mqtt_username,
+            password=config.mqtt_password,
+            on_results=self._on_results,
+            on_up=self._on_link_up,
+            on_connected=lambda up: self.metrics.broker_connected.set(1 if up else 0),
+        )
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -164,8 +182,11 @@ class CommandService(CommandReads):
         """Open the store, reload the open commands, connect and subscribe; returns when the
         results subscription is in place (the dispatcher then starts)."""
         if self._store is None:
-            self._store = await self._retry(lambda: CommandStore.open(
-                self.config.database_url, pool_max=self.config.db_pool_max))
+            self._store = await self._retry(
+                lambda: CommandStore.open(
+                    self.config.database_url, pool_max=self.config.db_pool_max
+                )
+            )
         for cmd in await self._retry(self._store.open_commands):
             self._queues.setdefault(cmd.vehicle_id, []).append(cmd)
             self._open[cmd.id] = cmd
@@ -177,18 +198,26 @@ class CommandService(CommandReads):
                 while not self.link.subscribed.is_set():
                     if link.done():
                         link.result()
-                    await asyncio.wait({link, asyncio.ensure_future(self.link.subscribed.wait())},
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {link, asyncio.ensure_future(self.link.subscribed.wait())},
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
         except TimeoutError:
             await self.abort()
-            raise TimeoutError(f"commands: no MQTT subscription to {self.config.mqtt_host}:"
-                               f"{self.config.mqtt_port} within {timeout} s") from None
-        self._tasks += [asyncio.create_task(self._dispatch_loop(), name="commands-dispatch"),
-                        asyncio.create_task(self._results_loop(), name="commands-results"),
-                        asyncio.create_task(self._submit_loop(), name="commands-submit")]
+            raise TimeoutError(
+                f"commands: no MQTT subscription to {self.config.mqtt_host}:"
+                f"{self.config.mqtt_port} within {timeout} s"
+            ) from None
+        self._tasks += [
+            asyncio.create_task(self._dispatch_loop(), name="commands-dispatch"),
+            asyncio.create_task(self._results_loop(), name="commands-results"),
+            asyncio.create_task(self._submit_loop(), name="commands-submit"),
+        ]
         self.ready.set()
-        log.info("commands_started", extra=fields(open_commands=len(self._open),
-                                                  client_id=self.config.mqtt_client_id))
+        log.info(
+            "commands_started",
+            extra={"open_commands": len(self._open), "client_id": self.config.mqtt_client_id},
+        )
 
     async def stop(self) -> None:
         """Stop dispatching, leave the broker cleanly, close the store if it is ours. A change
@@ -234,8 +263,9 @@ class CommandService(CommandReads):
     async def submit(self, request: CommandRequest) -> Command:
         """Accept a command, or return the one this caller's idempotency key already made
         (IdempotencyConflict if that one was a different request)."""
-        info = await self._resolve(vehicle_ref=request.vehicle, device_id=request.device_id,
-                                   vehicle_id=request.vehicle_id)
+        info = await self._resolve(
+            vehicle_ref=request.vehicle, device_id=request.device_id, vehicle_id=request.vehicle_id
+        )
         now = self._clock()
         if request.deadline is not None:
             deadline = request.deadline
@@ -247,11 +277,21 @@ class CommandService(CommandReads):
             deadline = now + timedelta(seconds=request.ttl_s or self.config.default_ttl_s)
         deadline = from_ms(to_ms(deadline))  # the payload carries ms: keep both the same
         fingerprint = request.fingerprint(info.vehicle_id)
-        cmd = Command(id=uuid.uuid4(), vehicle_id=info.vehicle_id, vehicle_ref=info.vehicle_ref,
-                      device_id=info.device_id, type=request.type, params=request.params,
-                      idempotency_key=request.idempotency_key, requested_by=request.requested_by,
-                      request_hash=fingerprint, on_unsafe=request.on_unsafe, created_at=now,
-                      deadline=deadline, updated_at=now)
+        cmd = Command(
+            id=uuid.uuid4(),
+            vehicle_id=info.vehicle_id,
+            vehicle_ref=info.vehicle_ref,
+            device_id=info.device_id,
+            type=request.type,
+            params=request.params,
+            idempotency_key=request.idempotency_key,
+            requested_by=request.requested_by,
+            request_hash=fingerprint,
+            on_unsafe=request.on_unsafe,
+            created_at=now,
+            deadline=deadline,
+            updated_at=now,
+        )
         if not self.ready.is_set():
             raise StoreUnavailable("the command service is not running")
         fut = asyncio.get_running_loop().create_future()
@@ -267,7 +307,8 @@ class CommandService(CommandReads):
         if existing.request_hash != fingerprint:
             raise IdempotencyConflict(
                 f"idempotency key {request.idempotency_key!r} of {request.requested_by!r} was "
-                f"used for another request (command {existing.id}); use a new key")
+                f"used for another request (command {existing.id}); use a new key"
+            )
         return self._open.get(existing.id, existing)
 
     async def get(self, command_id: uuid.UUID) -> Command:
@@ -278,21 +319,30 @@ class CommandService(CommandReads):
     async def _vehicle_id(self, vehicle_ref: str) -> int:
         return (await self._resolve(vehicle_ref=vehicle_ref)).vehicle_id
 
-    async def cancel(self, command_id: uuid.UUID, *, by: str | None = None,
-                     reason: str = "cancelled") -> Command:
+    async def cancel(
+        self, command_id: uuid.UUID, *, by: str | None = None, reason: str = "cancelled"
+    ) -> Command:
         """Cancel a command not delivered yet (NotCancellable once it was sent or finished)."""
         cmd = await self.get(command_id)
         async with self._locks.hold([cmd.vehicle_id]):
             cmd = self._open.get(command_id)
             if cmd is None:
                 cmd = await self.get(command_id)
-                raise NotCancellable(f"command {command_id} cannot be cancelled: it is "
-                                     f"{cmd.state.value} already")
+                raise NotCancellable(
+                    f"command {command_id} cannot be cancelled: it is {cmd.state.value} already"
+                )
             if cmd.state.in_flight:
-                raise NotCancellable(f"command {command_id} was delivered to the vehicle "
-                                     f"({cmd.state.value}); it cannot be called back")
-            change = machine.transition(cmd, CommandState.CANCELLED, self._clock(),
-                                        reason=reason, detail={"by": by} if by else None)
+                raise NotCancellable(
+                    f"command {command_id} was delivered to the vehicle "
+                    f"({cmd.state.value}); it cannot be called back"
+                )
+            change = machine.transition(
+                cmd,
+                CommandState.CANCELLED,
+                self._clock(),
+                reason=reason,
+                detail={"by": by} if by else None,
+            )
             v = cmd.vehicle_id
             await self._commit({v: _apply(self._queues.get(v, ()), [change])}, [change])
         return change[0]
@@ -312,8 +362,10 @@ class CommandService(CommandReads):
                 try:
                     async with self._locks.hold(vehicles):
                         results = await self._commit(
-                            {v: list(self._queues.get(v, ())) for v in vehicles}, [],
-                            inserts=[cmd for cmd, _ in batch])
+                            {v: list(self._queues.get(v, ())) for v in vehicles},
+                            [],
+                            inserts=[cmd for cmd, _ in batch],
+                        )
                 except CommandConflict:
                     if attempt == 0:
                         await self._reload(vehicles)
@@ -386,14 +438,21 @@ class CommandService(CommandReads):
             if kph is not None:
                 kph = min(max(float(kph), 5.0), 250.0)
             for old in list(self._queues.get(ch.vehicle, ())):
-                if (old.type is CommandType.SET_SPEED_LIMIT and old.requested_by == "geofence"
-                        and not old.state.in_flight):
+                if (
+                    old.type is CommandType.SET_SPEED_LIMIT
+                    and old.requested_by == "geofence"
+                    and not old.state.in_flight
+                ):
                     with contextlib.suppress(NotCancellable, CommandNotFound):
                         await self.cancel(old.id, by="geofence", reason="superseded")
             request = CommandRequest(
-                vehicle_id=ch.vehicle, type=CommandType.SET_SPEED_LIMIT, params={"kph": kph},
+                vehicle_id=ch.vehicle,
+                type=CommandType.SET_SPEED_LIMIT,
+                params={"kph": kph},
                 idempotency_key=f"speed_cap:{ch.vehicle}:{ch.zone_id or '-'}:{ch.time_ms}",
-                requested_by="geofence", ttl_s=self.config.speed_cap_ttl_s)
+                requested_by="geofence",
+                ttl_s=self.config.speed_cap_ttl_s,
+            )
             out.append(await self.submit(request))
         return out
 
@@ -420,8 +479,14 @@ class CommandService(CommandReads):
 
     # --- the transaction every decision goes through ----------------------------------------
 
-    async def _commit(self, queues: dict[int, list[Command]], decided: list[Change], *,
-                      inserts: Sequence[Command] = (), present: bool = False) -> Any:
+    async def _commit(
+        self,
+        queues: dict[int, list[Command]],
+        decided: list[Change],
+        *,
+        inserts: Sequence[Command] = (),
+        present: bool = False,
+    ) -> Any:
         """Persist and carry out decisions about some vehicles, whose locks the caller holds.
         `queues` are their open commands with `decided` (changes made already: results, a
         cancel) applied; each vehicle with open commands is planned (commands.scheduler).
@@ -449,9 +514,14 @@ class CommandService(CommandReads):
                 pull = self._pull(queue[0].device_id)
                 if present and snap is not None:
                     snap = replace(snap, online=True)
-                plans[v] = plan_vehicle(queue, snap, now, delivery=self.config.delivery,
-                                        interlocks=self.config.interlocks,
-                                        push=present or not pull)
+                plans[v] = plan_vehicle(
+                    queue,
+                    snap,
+                    now,
+                    delivery=self.config.delivery,
+                    interlocks=self.config.interlocks,
+                    push=present or not pull,
+                )
                 if present:
                     _hand_over_again(plans[v], queue, now)
             return plans
@@ -473,8 +543,10 @@ class CommandService(CommandReads):
                 for cmd, entry in p.changes:
                     if cmd.id in planned:
                         planned[cmd.id] = (cmd, [*planned[cmd.id][1], entry])
-            changes = [*decided, *(c for p in plans.values() for c in p.changes
-                                   if c[0].id not in new_ids)]
+            changes = [
+                *decided,
+                *(c for p in plans.values() for c in p.changes if c[0].id not in new_ids),
+            ]
             stored_inserts = await self._store.apply(list(planned.values()), changes)
         for new, stored in zip(inserts, stored_inserts):
             v, plan = new.vehicle_id, plans[new.vehicle_id]
@@ -486,8 +558,9 @@ class CommandService(CommandReads):
                 self._wake.set()
                 results.append(None)
                 continue
-            queues[v] = [c.model_copy(update={"seq": stored.seq}) if c.id == new.id else c
-                         for c in queues[v]]
+            queues[v] = [
+                c.model_copy(update={"seq": stored.seq}) if c.id == new.id else c for c in queues[v]
+            ]
             _set_seq(plan, new.id, stored.seq)
             results.append(planned[new.id][0].model_copy(update={"seq": stored.seq}))
         self._adopt(queues, decided, plans, publish=not present)
@@ -495,8 +568,13 @@ class CommandService(CommandReads):
             return [c for p in plans.values() for c in p.send]
         return results
 
-    def _adopt(self, queues: dict[int, list[Command]], decided: list[Change],
-               plans: dict[int, Plan], publish: bool = True) -> None:
+    def _adopt(
+        self,
+        queues: dict[int, list[Command]],
+        decided: list[Change],
+        plans: dict[int, Plan],
+        publish: bool = True,
+    ) -> None:
         """Committed: make memory say what the database says, then act on it."""
         for v, queue in queues.items():
             plan = plans[v]
@@ -531,17 +609,23 @@ class CommandService(CommandReads):
         m, t = self.metrics, cmd.type.value
         if entry.from_state is not None and entry.from_state.terminal:
             return  # a note on a finished command (late answer)
-        if entry.to_state is CommandState.WAITING_FOR_SAFE_STATE and entry.from_state is not \
-                CommandState.WAITING_FOR_SAFE_STATE:
+        if (
+            entry.to_state is CommandState.WAITING_FOR_SAFE_STATE
+            and entry.from_state is not CommandState.WAITING_FOR_SAFE_STATE
+        ):
             m.interlock_waits.labels(t, entry.reason or "").inc()
         if entry.to_state is CommandState.SENT or entry.reason == "retry":
             m.deliveries.labels("first" if cmd.attempts == 1 else "retry").inc()
         if cmd.state.terminal:
             m.finished.labels(t, cmd.state.value).inc()
-            if entry.from_state is not None and entry.from_state.in_flight \
-                    and cmd.device_status is not None:
+            if (
+                entry.from_state is not None
+                and entry.from_state.in_flight
+                and cmd.device_status is not None
+            ):
                 m.round_trip.labels(t).observe(
-                    max((cmd.finished_at - cmd.created_at).total_seconds(), 0.0))
+                    max((cmd.finished_at - cmd.created_at).total_seconds(), 0.0)
+                )
 
     def _publish(self, cmd: Command) -> None:
         fut = self.link.publish(cmd.device_id, orjson.dumps(cmd.downlink()))
@@ -572,8 +656,12 @@ class CommandService(CommandReads):
             return
         async with self._locks.hold(by_vehicle):
             now = self._clock()
-            again = [machine.resend(self._open[cid], now) for cids in by_vehicle.values()
-                     for cid in cids if cid in self._open and self._open[cid].state.in_flight]
+            again = [
+                machine.resend(self._open[cid], now)
+                for cids in by_vehicle.values()
+                for cid in cids
+                if cid in self._open and self._open[cid].state.in_flight
+            ]
             queues = {v: _apply(self._queues.get(v, ()), again) for v in by_vehicle}
             await self._commit(queues, again)
         for cmd, _ in again:
@@ -595,19 +683,21 @@ class CommandService(CommandReads):
                 backoff = 0.2
             except StoreUnavailable as exc:
                 self.metrics.db_errors.labels("unavailable").inc()
-                log.warning("commands_database_unavailable", extra=fields(
-                    operation="results", error=str(exc)[:300], retry_in_s=backoff))
+                log.warning(
+                    "commands_database_unavailable",
+                    extra={"operation": "results", "error": str(exc)[:300], "retry_in_s": backoff},
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             except CommandConflict as exc:
-                log.warning("commands_conflict", extra=fields(error=str(exc)[:300]))
+                log.warning("commands_conflict", extra={"error": str(exc)[:300]})
                 await self._reload(None)
                 continue
             except Exception:
                 # A result the code cannot handle must not block the ones behind it forever.
-                log.exception("commands_results_failed", extra=fields(results=len(items)))
-            del self._results[:len(items)]
+                log.exception("commands_results_failed", extra={"results": len(items)})
+            del self._results[: len(items)]
             self.link.acknowledge(i.token for i in items if i.token is not None)
             if not self._results:
                 self._results_ready.clear()
@@ -619,8 +709,10 @@ class CommandService(CommandReads):
                 result = DeviceResult.parse(item.payload)
             except ValueError as exc:
                 self.metrics.results.labels("invalid").inc()
-                log.warning("command_result_invalid", extra=fields(
-                    device_id=item.device_id, error=str(exc)[:200]))
+                log.warning(
+                    "command_result_invalid",
+                    extra={"device_id": item.device_id, "error": str(exc)[:200]},
+                )
                 continue
             if not item.device_id:
                 self.metrics.results.labels("invalid").inc()
@@ -645,31 +737,48 @@ class CommandService(CommandReads):
                         kind = "duplicate"
                     else:
                         decided.append(change)
-                        kind = ("late" if cmd.state.terminal else
-                                "ack" if change[0].state is CommandState.ACKNOWLEDGED else
-                                "applied")
+                        kind = (
+                            "late"
+                            if cmd.state.terminal
+                            else "ack"
+                            if change[0].state is CommandState.ACKNOWLEDGED
+                            else "applied"
+                        )
                         if cmd.id in current:
                             current[cmd.id] = change[0]
                         else:
                             stored[cmd.id] = change[0]
                         if kind == "late":
-                            log.warning("command_late_result", extra=fields(
-                                command_id=str(cmd.id), state=cmd.state.value,
-                                device_status=result.status, device_reason=result.reason))
+                            log.warning(
+                                "command_late_result",
+                                extra={
+                                    "command_id": str(cmd.id),
+                                    "state": cmd.state.value,
+                                    "device_status": result.status,
+                                    "device_reason": result.reason,
+                                },
+                            )
                 self.metrics.results.labels(kind).inc()
             if decided:
                 await self._commit({v: _apply(q, decided) for v, q in queues.items()}, decided)
 
-    def _result_kind(self, cmd: Command | None, device_id: str,
-                     result: DeviceResult) -> str | None:
+    def _result_kind(self, cmd: Command | None, device_id: str, result: DeviceResult) -> str | None:
         """Why a result is not applied, or None to apply it."""
         if cmd is None:
-            log.info("command_result_unknown", extra=fields(device_id=device_id,
-                                                            command_id=str(result.id)))
+            log.info(
+                "command_result_unknown",
+                extra={"device_id": device_id, "command_id": str(result.id)},
+            )
             return "unknown"
         if cmd.device_id != device_id:
-            log.warning("command_result_foreign", extra=fields(
-                device_id=device_id, command_id=str(cmd.id), addressed_to=cmd.device_id))
+            log.warning(
+                "command_result_foreign",
+                extra={
+                    "device_id": device_id,
+                    "command_id": str(cmd.id),
+                    "addressed_to": cmd.device_id,
+                },
+            )
             return "foreign"
         if not cmd.state.terminal and cmd.id not in self._open:
             return "foreign"  # open, but another dispatcher's (several processes, later)
@@ -701,12 +810,18 @@ class CommandService(CommandReads):
                 except StoreUnavailable as exc:
                     self._dirty |= vehicles
                     self.metrics.db_errors.labels("unavailable").inc()
-                    log.warning("commands_database_unavailable", extra=fields(
-                        operation="dispatch", error=str(exc)[:300], retry_in_s=backoff))
+                    log.warning(
+                        "commands_database_unavailable",
+                        extra={
+                            "operation": "dispatch",
+                            "error": str(exc)[:300],
+                            "retry_in_s": backoff,
+                        },
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                 except CommandConflict as exc:
-                    log.warning("commands_conflict", extra=fields(error=str(exc)[:300]))
+                    log.warning("commands_conflict", extra={"error": str(exc)[:300]})
                     await self._reload(vehicles)
                     self._dirty |= vehicles
                 except Exception:
@@ -728,8 +843,9 @@ class CommandService(CommandReads):
     async def _replan(self, vehicles: set[int]) -> None:
         for chunk in _chunks(sorted(vehicles), 500):
             async with self._locks.hold(chunk):
-                await self._commit({v: list(self._queues[v]) for v in chunk
-                                    if v in self._queues}, [])
+                await self._commit(
+                    {v: list(self._queues[v]) for v in chunk if v in self._queues}, []
+                )
 
     def _schedule(self, vehicle: int, at: datetime) -> None:
         ts = at.timestamp()
@@ -764,16 +880,27 @@ class CommandService(CommandReads):
 
     # --- helpers --------------------------------------------------------------------------------
 
-    async def _resolve(self, *, vehicle_ref: str | None = None, device_id: str | None = None,
-                       vehicle_id: int | None = None) -> VehicleInfo:
-        key = (("ref", vehicle_ref) if vehicle_ref is not None else
-               ("device", device_id) if device_id is not None else ("id", vehicle_id))
+    async def _resolve(
+        self,
+        *,
+        vehicle_ref: str | None = None,
+        device_id: str | None = None,
+        vehicle_id: int | None = None,
+    ) -> VehicleInfo:
+        key = (
+            ("ref", vehicle_ref)
+            if vehicle_ref is not None
+            else ("device", device_id)
+            if device_id is not None
+            else ("id", vehicle_id)
+        )
         hit = self._vehicle_cache.get(key)
         # Cached briefly: a TCU swap (new device_id) is seen within half a minute.
         if hit is not None and time.monotonic() - hit[0] < 30.0:
             return hit[1]
-        info = await self._store.vehicle(vehicle_ref=vehicle_ref, device_id=device_id,
-                                         vehicle_id=vehicle_id)
+        info = await self._store.vehicle(
+            vehicle_ref=vehicle_ref, device_id=device_id, vehicle_id=vehicle_id
+        )
         if info is None:
             raise UnknownVehicle(f"no vehicle with {key[0]} {key[1]!r} in the registry")
         self._vehicle_cache[key] = (time.monotonic(), info)
@@ -785,8 +912,10 @@ class CommandService(CommandReads):
             try:
                 return await fn()
             except StoreUnavailable as exc:
-                log.warning("commands_database_unavailable", extra=fields(
-                    operation=getattr(fn, "__name__", "?"), error=str(exc)[:300]))
+                log.warning(
+                    "commands_database_unavailable",
+                    extra={"operation": getattr(fn, "__name__", "?"), "error": str(exc)[:300]},
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -797,14 +926,14 @@ class CommandService(CommandReads):
         def done(t: asyncio.Task) -> None:
             self._background.discard(t)
             if not t.cancelled() and t.exception() is not None:
-                log.error("commands_task_failed", exc_info=t.exception(),
-                          extra=fields(task=what))
+                log.error("commands_task_failed", exc_info=t.exception(), extra={"task": what})
 
         task.add_done_callback(done)
 
 
 def _set_seq(plan: Plan, command_id: uuid.UUID, seq: int) -> None:
     """The seq the database gave a new command, on the plan's copies of it."""
+
     def fix(c: Command) -> Command:
         return c.model_copy(update={"seq": seq}) if c.id == command_id else c
 
@@ -826,4 +955,4 @@ def _hand_over_again(plan: Plan, queue: list[Command], now: datetime) -> None:
 
 def _chunks(items: list[int], n: int) -> Iterable[list[int]]:
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]

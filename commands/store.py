@@ -46,15 +46,39 @@ class VehicleInfo:
     vehicle_type: str
 
 
-_COLUMNS = ("id", "seq", "vehicle", "device_id", "type", "params", "idempotency_key",
-            "requested_by", "request_hash", "on_unsafe", "state", "reason", "created_at",
-            "deadline", "sent_at", "last_sent_at", "acknowledged_at", "finished_at", "attempts",
-            "device_status", "device_reason", "device_t", "updated_at")
-_SELECT = ("SELECT " + ", ".join(f"c.{c}" for c in _COLUMNS) + ", v.vehicle_ref "
-           "FROM commands c JOIN vehicles v ON v.id = c.vehicle")
+_COLUMNS = (
+    "id",
+    "seq",
+    "vehicle",
+    "device_id",
+    "type",
+    "params",
+    "idempotency_key",
+    "requested_by",
+    "request_hash",
+    "on_unsafe",
+    "state",
+    "reason",
+    "created_at",
+    "deadline",
+    "sent_at",
+    "last_sent_at",
+    "acknowledged_at",
+    "finished_at",
+    "attempts",
+    "device_status",
+    "device_reason",
+    "device_t",
+    "updated_at",
+)
+_SELECT = (
+    "SELECT " + ", ".join(f"c.{c}" for c in _COLUMNS) + ", v.vehicle_ref "
+    "FROM commands c JOIN vehicles v ON v.id = c.vehicle"
+)
 
 # Statements take one scalar parameter per value (VALUES lists, built per number of rows and
 # cached): psycopg dumps scalars much faster than arrays, and most writes are one or two rows.
+
 
 def _rows(n: int, types: Sequence[str]) -> str:
     row = "(" + ", ".join(f"%s::{t}" for t in types) + ")"
@@ -86,8 +110,21 @@ WITH ins AS (
 SELECT seq FROM ins"""
 
 
-_UPDATE_TYPES = ("uuid", "text", "text", "text", "timestamptz", "timestamptz", "timestamptz",
-                 "timestamptz", "int4", "text", "text", "timestamptz", "timestamptz")
+_UPDATE_TYPES = (
+    "uuid",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
+    "int4",
+    "text",
+    "text",
+    "timestamptz",
+    "timestamptz",
+)
 
 
 @lru_cache(maxsize=256)
@@ -145,8 +182,14 @@ def _command(row) -> Command:
 
 def _history(row) -> HistoryEntry:
     command_id, at, from_state, to_state, reason, detail = row
-    return HistoryEntry(command_id=command_id, at=at, from_state=from_state, to_state=to_state,
-                        reason=reason, detail=detail)
+    return HistoryEntry(
+        command_id=command_id,
+        at=at,
+        from_state=from_state,
+        to_state=to_state,
+        reason=reason,
+        detail=detail,
+    )
 
 
 class CommandTx:
@@ -162,12 +205,31 @@ class CommandTx:
         inserted() after the commit."""
         c = cmd
         cur = self._conn.cursor()
-        await cur.execute(_insert_sql(len(history)), (
-            c.id, c.vehicle_id, c.device_id, c.type.value, orjson.dumps(c.params).decode(),
-            c.idempotency_key, c.requested_by, c.request_hash, c.on_unsafe, c.state.value,
-            c.reason, c.created_at, c.deadline, c.sent_at, c.last_sent_at, c.acknowledged_at,
-            c.finished_at, c.attempts, c.updated_at,
-            *(v for n, e in enumerate(history) for v in _history_row(e, n))))
+        await cur.execute(
+            _insert_sql(len(history)),
+            (
+                c.id,
+                c.vehicle_id,
+                c.device_id,
+                c.type.value,
+                orjson.dumps(c.params).decode(),
+                c.idempotency_key,
+                c.requested_by,
+                c.request_hash,
+                c.on_unsafe,
+                c.state.value,
+                c.reason,
+                c.created_at,
+                c.deadline,
+                c.sent_at,
+                c.last_sent_at,
+                c.acknowledged_at,
+                c.finished_at,
+                c.attempts,
+                c.updated_at,
+                *(v for n, e in enumerate(history) for v in _history_row(e, n)),
+            ),
+        )
         self._inserts.append((cur, c))
 
     async def inserted(self) -> list[Command | None]:
@@ -179,8 +241,9 @@ class CommandTx:
             out.append(None if row is None else cmd.model_copy(update={"seq": row[0]}))
         return out
 
-    async def write(self, changes: Sequence[tuple[Command, HistoryEntry]], *,
-                    then_snapshots: Iterable[int] = ()) -> dict[int, VehicleSnapshot]:
+    async def write(
+        self, changes: Sequence[tuple[Command, HistoryEntry]], *, then_snapshots: Iterable[int] = ()
+    ) -> dict[int, VehicleSnapshot]:
         """Persist state changes in order: each command's final row (guarded by the state its
         first change left from) and every history row; then read the vehicles' snapshots (they
         see these changes). A row that moved fails the transaction with CommandConflict."""
@@ -191,9 +254,21 @@ class CommandTx:
                 final[cmd.id] = (cmd, expect)
             params: list = []
             for cmd, expect in final.values():
-                params += (cmd.id, expect.value, cmd.state.value, cmd.reason, cmd.sent_at,
-                           cmd.last_sent_at, cmd.acknowledged_at, cmd.finished_at, cmd.attempts,
-                           cmd.device_status, cmd.device_reason, cmd.device_t, cmd.updated_at)
+                params += (
+                    cmd.id,
+                    expect.value,
+                    cmd.state.value,
+                    cmd.reason,
+                    cmd.sent_at,
+                    cmd.last_sent_at,
+                    cmd.acknowledged_at,
+                    cmd.finished_at,
+                    cmd.attempts,
+                    cmd.device_status,
+                    cmd.device_reason,
+                    cmd.device_t,
+                    cmd.updated_at,
+                )
             for n, (_, entry) in enumerate(changes):
                 params += (entry.command_id, *_history_row(entry, n))
             params.append(len(final))
@@ -202,8 +277,14 @@ class CommandTx:
 
 
 def _history_row(e: HistoryEntry, n: int) -> tuple:
-    return (e.at, e.from_state.value if e.from_state else None, e.to_state.value, e.reason,
-            None if e.detail is None else orjson.dumps(e.detail).decode(), n)
+    return (
+        e.at,
+        e.from_state.value if e.from_state else None,
+        e.to_state.value,
+        e.reason,
+        None if e.detail is None else orjson.dumps(e.detail).decode(),
+        n,
+    )
 
 
 async def _snapshots(cur: AsyncCursor, vehicle_ids: Iterable[int]) -> dict[int, VehicleSnapshot]:
@@ -211,10 +292,20 @@ async def _snapshots(cur: AsyncCursor, vehicle_ids: Iterable[int]) -> dict[int, 
     if not ids:
         return {}
     await cur.execute(_SNAPSHOTS, (ids,))
-    return {r[0]: VehicleSnapshot(vehicle_id=r[0], vehicle_type=r[1], online=r[2], state_time=r[3],
-                                  speed_kmh=r[4], ignition=r[5], locked=r[6], immobilised=r[7],
-                                  last_actuation=r[8])
-            for r in await cur.fetchall()}
+    return {
+        r[0]: VehicleSnapshot(
+            vehicle_id=r[0],
+            vehicle_type=r[1],
+            online=r[2],
+            state_time=r[3],
+            speed_kmh=r[4],
+            ignition=r[5],
+            locked=r[6],
+            immobilised=r[7],
+            last_actuation=r[8],
+        )
+        for r in await cur.fetchall()
+    }
 
 
 class CommandStore:
@@ -227,15 +318,28 @@ class CommandStore:
         self._owns_pool = owns_pool
 
     @classmethod
-    async def open(cls, dsn: str, *, pool_min: int = 1, pool_max: int = 2,
-                   timeout_s: float = 5.0) -> CommandStore:
+    async def open(
+        cls, dsn: str, *, pool_min: int = 1, pool_max: int = 2, timeout_s: float = 5.0
+    ) -> CommandStore:
         pool = AsyncConnectionPool(
-            dsn, min_size=pool_min, max_size=max(pool_min, pool_max), open=False,
-            timeout=timeout_s, name="fleetgate-commands", reconnect_timeout=timeout_s,
-            kwargs={"autocommit": True, "application_name": "fleetgate-commands",
-                    "connect_timeout": max(2, int(timeout_s)), "keepalives": 1,
-                    "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 2,
-                    "tcp_user_timeout": 20_000})
+            dsn,
+            min_size=pool_min,
+            max_size=max(pool_min, pool_max),
+            open=False,
+            timeout=timeout_s,
+            name="fleetgate-commands",
+            reconnect_timeout=timeout_s,
+            kwargs={
+                "autocommit": True,
+                "application_name": "fleetgate-commands",
+                "connect_timeout": max(2, int(timeout_s)),
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 2,
+                "tcp_user_timeout": 20_000,
+            },
+        )
         try:
             await pool.open(wait=True, timeout=timeout_s)
         except PoolTimeout as exc:
@@ -256,8 +360,9 @@ class CommandStore:
             if getattr(exc, "sqlstate", None) == _CONFLICT:  # raised by commands_guard
                 raise CommandConflict(exc.diag.message_primary or str(exc)) from exc
             if is_unavailable(exc):
-                raise StoreUnavailable(f"database unavailable: {str(exc).strip() or exc!r}") \
-                    from exc
+                raise StoreUnavailable(
+                    f"database unavailable: {str(exc).strip() or exc!r}"
+                ) from exc
             raise
 
     @asynccontextmanager
@@ -269,8 +374,11 @@ class CommandStore:
             async with conn.transaction():
                 yield CommandTx(conn)
 
-    async def apply(self, inserts: Sequence[tuple[Command, Sequence[HistoryEntry]]],
-                    changes: Sequence[tuple[Command, HistoryEntry]]) -> list[Command | None]:
+    async def apply(
+        self,
+        inserts: Sequence[tuple[Command, Sequence[HistoryEntry]]],
+        changes: Sequence[tuple[Command, HistoryEntry]],
+    ) -> list[Command | None]:
         """Write new commands and changes atomically; per insert the stored command, or None
         where its key was taken. A single statement runs on its own (a statement is a
         transaction: one round trip instead of BEGIN, statement, COMMIT)."""
@@ -291,15 +399,26 @@ class CommandStore:
 
     # --- reads ------------------------------------------------------------------------------
 
-    async def vehicle(self, *, vehicle_ref: str | None = None, device_id: str | None = None,
-                      vehicle_id: int | None = None) -> VehicleInfo | None:
-        column, value = (("vehicle_ref", vehicle_ref) if vehicle_ref is not None else
-                         ("device_id", device_id) if device_id is not None else
-                         ("id", vehicle_id))
+    async def vehicle(
+        self,
+        *,
+        vehicle_ref: str | None = None,
+        device_id: str | None = None,
+        vehicle_id: int | None = None,
+    ) -> VehicleInfo | None:
+        column, value = (
+            ("vehicle_ref", vehicle_ref)
+            if vehicle_ref is not None
+            else ("device_id", device_id)
+            if device_id is not None
+            else ("id", vehicle_id)
+        )
         async with self._connection() as conn:
             cur = await conn.execute(
                 f"SELECT id, vehicle_ref, device_id, vehicle_type FROM vehicles "
-                f"WHERE {column} = %s", (value,))
+                f"WHERE {column} = %s",
+                (value,),
+            )
             row = await cur.fetchone()
         return VehicleInfo(*row) if row else None
 
@@ -318,7 +437,8 @@ class CommandStore:
         async with self._connection() as conn:
             cur = await conn.execute(
                 _SELECT + " WHERE c.requested_by = %s AND c.idempotency_key = %s",
-                (requested_by, idempotency_key))
+                (requested_by, idempotency_key),
+            )
             row = await cur.fetchone()
         return _command(row) if row else None
 
@@ -340,33 +460,49 @@ class CommandStore:
         async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT command_id, at, from_state, to_state, reason, detail "
-                "FROM command_history WHERE command_id = %s ORDER BY id", (command_id,))
+                "FROM command_history WHERE command_id = %s ORDER BY id",
+                (command_id,),
+            )
             return [_history(r) for r in await cur.fetchall()]
 
-    async def list(self, *, vehicle_id: int | None = None, device_id: str | None = None,
-                   states: Sequence[CommandState] | None = None,
-                   type: CommandType | None = None, requested_by: str | None = None,
-                   created_from: datetime | None = None, created_to: datetime | None = None,
-                   before: int | None = None, limit: int = 50) -> CommandPage:
+    async def list(
+        self,
+        *,
+        vehicle_id: int | None = None,
+        device_id: str | None = None,
+        states: Sequence[CommandState] | None = None,
+        type: CommandType | None = None,
+        requested_by: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> CommandPage:
         """Commands newest first; `before` is the cursor of the previous page."""
         limit = max(1, min(limit, 500))
         where, args = [], []
-        for cond, value in (("c.vehicle = %s", vehicle_id), ("c.device_id = %s", device_id),
-                            ("c.type = %s", type.value if type else None),
-                            ("c.requested_by = %s", requested_by),
-                            ("c.created_at >= %s", created_from),
-                            ("c.created_at < %s", created_to), ("c.seq < %s", before)):
+        for cond, value in (
+            ("c.vehicle = %s", vehicle_id),
+            ("c.device_id = %s", device_id),
+            ("c.type = %s", type.value if type else None),
+            ("c.requested_by = %s", requested_by),
+            ("c.created_at >= %s", created_from),
+            ("c.created_at < %s", created_to),
+            ("c.seq < %s", before),
+        ):
             if value is not None:
                 where.append(cond)
                 args.append(value)
         if states:
             where.append("c.state = ANY(%s)")
             args.append([s.value for s in states])
-        query = (_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-                 + " ORDER BY c.seq DESC LIMIT %s")
+        query = (
+            _SELECT
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY c.seq DESC LIMIT %s"
+        )
         async with self._connection() as conn:
             cur = await conn.execute(query, [*args, limit + 1])
             rows = await cur.fetchall()
         items = [_command(r) for r in rows[:limit]]
-        return CommandPage(items=items,
-                           next_cursor=items[-1].seq if len(rows) > limit else None)
+        return CommandPage(items=items, next_cursor=items[-1].seq if len(rows) > limit else None)

@@ -2,7 +2,7 @@
 benchmarks.
 
 model (vectorised vehicles and batteries with ground truth) and tcu (device firmware) are sans-IO;
-fleet connects them to a broker with fleetgate.mqtt. `run_fleet` is what `fleetgate sim` runs.
+fleet connects them to a broker with gateway.mqtt. `run_fleet` is what `fleetgate sim` runs.
 """
 
 from firmware_sim.accounting import FleetStats
@@ -25,8 +25,29 @@ from firmware_sim.payloads import CBOR, JSON, MALFORMED_KINDS
 from firmware_sim.tcu import CommandBehaviour, FleetFirmware, Misbehaviour, OfflineBuffer, Tcu
 
 __all__ = [
-    "CAR", "CAR_SPEC", "CBOR", "EBIKE", "EBIKE_SPEC", "JSON", "MALFORMED_KINDS", "VEHICLE_TYPES",
-    "Area", "AuxSpec", "CommandBehaviour", "CommandRefused", "Fleet", "FleetFirmware",
-    "FleetModel", "FleetOptions", "FleetStats", "Misbehaviour", "OfflineBuffer", "PackSwap",
-    "Samples", "Tcu", "VehicleSpec", "run_fleet", "start_time_ms",
+    "CAR",
+    "CAR_SPEC",
+    "CBOR",
+    "EBIKE",
+    "EBIKE_SPEC",
+    "JSON",
+    "MALFORMED_KINDS",
+    "VEHICLE_TYPES",
+    "Area",
+    "AuxSpec",
+    "CommandBehaviour",
+    "CommandRefused",
+    "Fleet",
+    "FleetFirmware",
+    "FleetModel",
+    "FleetOptions",
+    "FleetStats",
+    "Misbehaviour",
+    "OfflineBuffer",
+    "PackSwap",
+    "Samples",
+    "Tcu",
+    "VehicleSpec",
+    "run_fleet",
+    "start_time_ms",
 ]

@@ -22,27 +22,27 @@ class FleetStats:
 
     vehicles: int = 0
     steps: int = 0
-    samples_generated: int = 0   # valid samples produced (one per vehicle per step, plus locates)
-    samples_published: int = 0   # valid samples put on the wire, counting re-sends
-    samples_acked: int = 0       # valid samples covered by a PUBACK (each counted once)
-    samples_resent: int = 0      # uploaded again because the first message's PUBACK never came
-    samples_buffered: int = 0    # produced while offline (went through the offline buffer)
-    samples_dropped: int = 0     # pushed out of a full offline buffer: lost for good
+    samples_generated: int = 0  # valid samples produced (one per vehicle per step, plus locates)
+    samples_published: int = 0  # valid samples put on the wire, counting re-sends
+    samples_acked: int = 0  # valid samples covered by a PUBACK (each counted once)
+    samples_resent: int = 0  # uploaded again because the first message's PUBACK never came
+    samples_buffered: int = 0  # produced while offline (went through the offline buffer)
+    samples_dropped: int = 0  # pushed out of a full offline buffer: lost for good
     messages_published: int = 0
     messages_acked: int = 0
     batches_published: int = 0
     batches_out_of_order: int = 0  # buffered uploads sent reversed or shuffled
-    duplicates_sent: int = 0     # messages sent a second time on purpose
+    duplicates_sent: int = 0  # messages sent a second time on purpose
     duplicates_acked: int = 0
-    malformed_sent: Counter = field(default_factory=Counter)    # by kind (MALFORMED_KINDS)
+    malformed_sent: Counter = field(default_factory=Counter)  # by kind (MALFORMED_KINDS)
     malformed_acked: Counter = field(default_factory=Counter)
     connects: int = 0
-    disconnects: int = 0         # connections dropped on purpose, without DISCONNECT (will fires)
-    connection_losses: int = 0   # connections that ended otherwise (broker gone, network)
-    commands_received: int = 0   # command messages, retries included
-    commands_dropped: int = 0    # ignored on purpose (Misbehaviour / CommandBehaviour)
+    disconnects: int = 0  # connections dropped on purpose, without DISCONNECT (will fires)
+    connection_losses: int = 0  # connections that ended otherwise (broker gone, network)
+    commands_received: int = 0  # command messages, retries included
+    commands_dropped: int = 0  # ignored on purpose (Misbehaviour / CommandBehaviour)
     command_results_sent: int = 0
-    command_acks_sent: int = 0    # "received" acknowledgements (CommandBehaviour.acknowledge)
+    command_acks_sent: int = 0  # "received" acknowledgements (CommandBehaviour.acknowledge)
     command_executions: Counter = field(default_factory=Counter)  # (device_id, command id) -> n
     started_monotonic: float = field(default_factory=time.monotonic)
     finished_monotonic: float | None = None
@@ -86,14 +86,21 @@ class FleetStats:
     def summary(self) -> dict:
         """The counters as plain values (for logs and the CLI)."""
         return {
-            "vehicles": self.vehicles, "steps": self.steps,
-            "samples_generated": self.samples_generated, "samples_acked": self.samples_acked,
-            "samples_resent": self.samples_resent, "samples_buffered": self.samples_buffered,
-            "samples_dropped": self.samples_dropped, "messages_published": self.messages_published,
-            "messages_acked": self.messages_acked, "batches_published": self.batches_published,
+            "vehicles": self.vehicles,
+            "steps": self.steps,
+            "samples_generated": self.samples_generated,
+            "samples_acked": self.samples_acked,
+            "samples_resent": self.samples_resent,
+            "samples_buffered": self.samples_buffered,
+            "samples_dropped": self.samples_dropped,
+            "messages_published": self.messages_published,
+            "messages_acked": self.messages_acked,
+            "batches_published": self.batches_published,
             "batches_out_of_order": self.batches_out_of_order,
-            "duplicates_sent": self.duplicates_sent, "malformed_sent": dict(self.malformed_sent),
-            "connects": self.connects, "disconnects": self.disconnects,
+            "duplicates_sent": self.duplicates_sent,
+            "malformed_sent": dict(self.malformed_sent),
+            "connects": self.connects,
+            "disconnects": self.disconnects,
             "connection_losses": self.connection_losses,
             "commands_received": self.commands_received,
             "command_results_sent": self.command_results_sent,

@@ -30,7 +30,7 @@ from firmware_sim.tcu import RESULT, SAMPLE, FleetFirmware, wall_clock_ms
 from telemetry.schema import MAX_SAMPLES_PER_MESSAGE
 from telemetry.senml import encode_pack
 
-log = logging.getLogger("fleetgate.sim.coap")
+log = logging.getLogger(__name__)
 
 # Uplink encodings and their CoAP content-formats.
 ENCODINGS = {"senml+cbor": 112, "senml+json": 110, "cbor": 60, "json": 50}
@@ -62,9 +62,16 @@ def _resolve(fut: asyncio.Future | None, value) -> None:
 class CoapEndpoint(asyncio.DatagramProtocol):
     """One device's UDP socket and its one exchange at a time (a CoAP client, RFC 7252/7959)."""
 
-    def __init__(self, *, ack_timeout_s: float = 2.0, ack_random_factor: float = 1.5,
-                 max_retransmit: int = 4, response_timeout_s: float = 30.0,
-                 block_size: int = 512, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ack_timeout_s: float = 2.0,
+        ack_random_factor: float = 1.5,
+        max_retransmit: int = 4,
+        response_timeout_s: float = 30.0,
+        block_size: int = 512,
+        rng: random.Random | None = None,
+    ) -> None:
         self.ack_timeout_s = ack_timeout_s
         self.ack_random_factor = ack_random_factor
         self.max_retransmit = max_retransmit
@@ -83,8 +90,9 @@ class CoapEndpoint(asyncio.DatagramProtocol):
     @classmethod
     async def open(cls, host: str, port: int, **kw) -> CoapEndpoint:
         loop = asyncio.get_running_loop()
-        _, endpoint = await loop.create_datagram_endpoint(lambda: cls(**kw),
-                                                          remote_addr=(host, port))
+        _, endpoint = await loop.create_datagram_endpoint(
+            lambda: cls(**kw), remote_addr=(host, port)
+        )
         return endpoint
 
     def connection_made(self, transport) -> None:
@@ -118,8 +126,15 @@ class CoapEndpoint(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.sendto(msg.encode())
 
-    async def post(self, path: Sequence[str], payload: bytes, *, query: Sequence[str] = (),
-                   content_format: int | None = None, accept: int | None = None) -> Response:
+    async def post(
+        self,
+        path: Sequence[str],
+        payload: bytes,
+        *,
+        query: Sequence[str] = (),
+        content_format: int | None = None,
+        accept: int | None = None,
+    ) -> Response:
         """A confirmable POST (in Block1 blocks if it does not fit one); the final response."""
         size = 16 << self.block_szx
         if len(payload) <= size:
@@ -127,24 +142,39 @@ class CoapEndpoint(asyncio.DatagramProtocol):
         retransmissions = 0
         num = 0
         while True:
-            chunk = payload[num * size:(num + 1) * size]
+            chunk = payload[num * size : (num + 1) * size]
             more = (num + 1) * size < len(payload)
             block = BlockOption.BlockwiseTuple(num, more, self.block_szx)
-            resp = await self._exchange(path, query, chunk, content_format, accept, block,
-                                        len(payload) if num == 0 else None)
+            resp = await self._exchange(
+                path,
+                query,
+                chunk,
+                content_format,
+                accept,
+                block,
+                len(payload) if num == 0 else None,
+            )
             retransmissions += resp.retransmissions
             if not more or resp.code != aiocoap.CONTINUE:
-                return Response(resp.code, resp.payload, resp.content_format, resp.max_age,
-                                retransmissions, resp.separate)
+                return Response(
+                    resp.code,
+                    resp.payload,
+                    resp.content_format,
+                    resp.max_age,
+                    retransmissions,
+                    resp.separate,
+                )
             num += 1
 
-    async def _exchange(self, path, query, payload, content_format, accept, block1, size1
-                        ) -> Response:
+    async def _exchange(
+        self, path, query, payload, content_format, accept, block1, size1
+    ) -> Response:
         loop = asyncio.get_running_loop()
         self._mid = (self._mid + 1) & 0xFFFF
         token = self._rng.randbytes(4)
-        msg = aiocoap.Message(code=aiocoap.POST, payload=payload, _mtype=aiocoap.CON,
-                              _mid=self._mid, _token=token)
+        msg = aiocoap.Message(
+            code=aiocoap.POST, payload=payload, _mtype=aiocoap.CON, _mid=self._mid, _token=token
+        )
         msg.opt.uri_path = tuple(path)
         msg.opt.uri_query = tuple(query)
         if content_format is not None:
@@ -177,8 +207,14 @@ class CoapEndpoint(asyncio.DatagramProtocol):
         finally:
             self._mid_sent = self._token = self._acked = self._response = None
         cf = reply.opt.content_format
-        return Response(reply.code, reply.payload, None if cf is None else int(cf),
-                        reply.opt.max_age, sent, reply.mtype != aiocoap.ACK)
+        return Response(
+            reply.code,
+            reply.payload,
+            None if cf is None else int(cf),
+            reply.opt.max_age,
+            sent,
+            reply.mtype != aiocoap.ACK,
+        )
 
 
 @dataclass
@@ -186,21 +222,21 @@ class CoapFleetOptions:
     """A fleet of sleeping CoAP locks; the defaults are a small demo fleet."""
 
     vehicles: int = 10
-    car_share: float = 0.0           # NB-IoT locks: e-bikes
+    car_share: float = 0.0  # NB-IoT locks: e-bikes
     seed: int = 0
     host: str = "127.0.0.1"
     port: int = 5683
     path_root: str = "fg/v1"
-    encoding: str = "senml+cbor"     # one of ENCODINGS
-    wake_interval_s: float = 300.0   # simulated time between two wakes (one sample each)
-    start_ms: int | None = None      # simulated clock at the start (default: rounds end now)
-    rounds: int = 1                  # for start_ms's default
+    encoding: str = "senml+cbor"  # one of ENCODINGS
+    wake_interval_s: float = 300.0  # simulated time between two wakes (one sample each)
+    start_ms: int | None = None  # simulated clock at the start (default: rounds end now)
+    rounds: int = 1  # for start_ms's default
     device_id_pattern: str = "lock-{n:04d}"
     vehicle_ref_pattern: str = "bike-{n:04d}"
     ack_timeout_s: float = 2.0
     max_retransmit: int = 4
     block_size: int = 512
-    max_commands_per_wake: int = 4   # commands answered before going back to sleep
+    max_commands_per_wake: int = 4  # commands answered before going back to sleep
     track_keys: bool = True
 
     def __post_init__(self) -> None:
@@ -250,8 +286,13 @@ class SleepingLock:
         stats.wakes += 1
         if self.endpoint is None:
             self.endpoint = await CoapEndpoint.open(
-                o.host, o.port, ack_timeout_s=o.ack_timeout_s, max_retransmit=o.max_retransmit,
-                block_size=o.block_size, rng=random.Random(hash((o.seed, self.index))))
+                o.host,
+                o.port,
+                ack_timeout_s=o.ack_timeout_s,
+                max_retransmit=o.max_retransmit,
+                block_size=o.block_size,
+                rng=random.Random(hash((o.seed, self.index))),
+            )
         if not self.buffer:
             return None
         samples = self.buffer[:MAX_SAMPLES_PER_MESSAGE]
@@ -259,8 +300,12 @@ class SleepingLock:
         started = time.monotonic()
         stats.uplinks += 1
         try:
-            resp = await self.endpoint.post(self.path("telemetry"), payload, query=self.query,
-                                            content_format=ENCODINGS[o.encoding])
+            resp = await self.endpoint.post(
+                self.path("telemetry"),
+                payload,
+                query=self.query,
+                content_format=ENCODINGS[o.encoding],
+            )
         except CoapTimeout as exc:
             stats.count("timeout")
             log.info("coap_uplink_timeout", extra={"device_id": self.device_id, "error": str(exc)})
@@ -270,12 +315,12 @@ class SleepingLock:
         stats.count(str(resp.code.dotted))
         if resp.code == aiocoap.CHANGED:
             stats.latencies_s.append(time.monotonic() - started)
-            del self.buffer[:len(samples)]
+            del self.buffer[: len(samples)]
             stats.samples_acked += len(samples)
             if o.track_keys:
                 stats.acked_keys.update((self.device_id, s["t"]) for s in samples)
         elif resp.code.is_successful() or resp.code.class_ == 4:
-            del self.buffer[:len(samples)]  # refused for good: sending it again changes nothing
+            del self.buffer[: len(samples)]  # refused for good: sending it again changes nothing
         await self._commands(resp)
         return resp
 
@@ -304,8 +349,9 @@ class SleepingLock:
                 else:
                     continue
                 try:
-                    answer = await self.endpoint.post(self.path(leaf), out.payload,
-                                                      query=self.query, content_format=cf)
+                    answer = await self.endpoint.post(
+                        self.path(leaf), out.payload, query=self.query, content_format=cf
+                    )
                 except CoapTimeout:
                     stats.count("timeout")
                     return
@@ -328,28 +374,38 @@ class CoapFleet:
         self.options = o = options
         n = o.vehicles
         kinds = np.where(_spread(n, o.car_share), CAR, EBIKE).astype(np.int8)
-        self.device_ids = [o.device_id_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
-                           for i, k in enumerate(kinds.tolist())]
-        self.vehicle_refs = [o.vehicle_ref_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
-                             for i, k in enumerate(kinds.tolist())]
+        self.device_ids = [
+            o.device_id_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
+            for i, k in enumerate(kinds.tolist())
+        ]
+        self.vehicle_refs = [
+            o.vehicle_ref_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
+            for i, k in enumerate(kinds.tolist())
+        ]
         step_ms = int(o.wake_interval_s * 1000)
         start = o.start_ms if o.start_ms is not None else wall_clock_ms() - o.rounds * step_ms
         self.model = FleetModel(kinds, seed=o.seed, start_ms=start)
         # The firmware's command handling (ids remembered, results) is the MQTT devices' one.
         cbor = o.encoding in ("cbor", "senml+cbor")
-        self.firmware = FleetFirmware(self.model, self.device_ids,
-                                      encodings=np.full(n, CBOR if cbor else JSON, np.int8),
-                                      seed=o.seed)
+        self.firmware = FleetFirmware(
+            self.model,
+            self.device_ids,
+            encodings=np.full(n, CBOR if cbor else JSON, np.int8),
+            seed=o.seed,
+        )
         tokens = tokens or {}
-        self.locks = [SleepingLock(self, i, d, tokens.get(d))
-                      for i, d in enumerate(self.device_ids)]
+        self.locks = [
+            SleepingLock(self, i, d, tokens.get(d)) for i, d in enumerate(self.device_ids)
+        ]
         self.by_id = {lock.device_id: lock for lock in self.locks}
         self.stats = CoapFleetStats()
         self.rounds_done = 0
 
     def registrations(self) -> list[tuple[str, str, str]]:
-        return [(d, r, t.vehicle_type)
-                for d, r, t in zip(self.device_ids, self.vehicle_refs, self.firmware.tcus)]
+        return [
+            (d, r, t.vehicle_type)
+            for d, r, t in zip(self.device_ids, self.vehicle_refs, self.firmware.tcus)
+        ]
 
     def encode(self, samples: list[dict]) -> bytes:
         enc = self.options.encoding
@@ -371,8 +427,7 @@ class CoapFleet:
         self.step()
         await self.wake_all(concurrency)
 
-    async def wake_all(self, concurrency: int | None = None,
-                       spread_s: float = 0.0) -> None:
+    async def wake_all(self, concurrency: int | None = None, spread_s: float = 0.0) -> None:
         """Wake every device once, at most concurrency at a time, or spread evenly over
         spread_s seconds of wall-clock time (paced)."""
         gate = asyncio.Semaphore(concurrency or len(self.locks))

@@ -1,6 +1,6 @@
 """The simulator's transport: one MQTT connection per simulated TCU, driven on the wall clock.
 
-Fleet wires FleetFirmware (sans-IO) to fleetgate.mqtt clients: it steps the model at rate_hz per
+Fleet wires FleetFirmware (sans-IO) to gateway.mqtt clients: it steps the model at rate_hz per
 vehicle (paced, sped up, or as fast as the broker acknowledges), publishes QoS 1, reconnects,
 reports PUBACKs and losses back to the firmware and executes commands after their delay.
 `run_fleet` is what `fleetgate sim` calls.
@@ -34,10 +34,9 @@ from firmware_sim.tcu import (
     Tcu,
     wall_clock_ms,
 )
-from fleetgate.logs import fields
-from fleetgate.mqtt import ConnectionLost, Message, MqttClient, MqttError, Will
+from gateway.mqtt import ConnectionLost, Message, MqttClient, MqttError, Will
 
-log = logging.getLogger("fleetgate.sim")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,25 +44,28 @@ class FleetOptions:
     """Everything a simulated fleet run needs; the defaults are a small live demo fleet."""
 
     vehicles: int = 10
-    car_share: float = 0.5               # the rest are e-bikes; spread evenly over the ids
-    rate_hz: float = 1.0                 # samples per vehicle per second of simulated time
+    car_share: float = 0.5  # the rest are e-bikes; spread evenly over the ids
+    rate_hz: float = 1.0  # samples per vehicle per second of simulated time
     seed: int = 0
     topic_root: str = "fg/v1"
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = None
     password: str | None = None
-    cbor_share: float = 0.0              # devices that encode CBOR; the rest JSON
+    # Per-device MQTT secrets (device id -> secret, `fleetgate devices provision`): a device
+    # then logs in as itself, username = device id; None: username/password above for all.
+    credentials: dict[str, str] | None = None
+    cbor_share: float = 0.0  # devices that encode CBOR; the rest JSON
     misbehaviour: Misbehaviour = field(default_factory=Misbehaviour)
     commands: CommandBehaviour = field(default_factory=CommandBehaviour)
     samples_per_vehicle: int | None = None  # stop after this many steps ...
-    duration_s: float | None = None      # ... or this much simulated time; else until stopped
-    start_ms: int | None = None          # simulated clock at the start (see start_time_ms)
-    speedup: float = 1.0                 # simulated seconds per wall-clock second
-    fast: bool = False                   # no pacing: as fast as the broker acknowledges
-    max_in_flight: int = 20_000          # fast mode: unacknowledged messages fleet-wide
-    publish_burst: int = 4_000           # messages per event-loop turn when catching up or fast
-    device_id_pattern: str = "{type}-{n:04d}"    # n = 1-based vehicle number, type ebike/car
+    duration_s: float | None = None  # ... or this much simulated time; else until stopped
+    start_ms: int | None = None  # simulated clock at the start (see start_time_ms)
+    speedup: float = 1.0  # simulated seconds per wall-clock second
+    fast: bool = False  # no pacing: as fast as the broker acknowledges
+    max_in_flight: int = 20_000  # fast mode: unacknowledged messages fleet-wide
+    publish_burst: int = 4_000  # messages per event-loop turn when catching up or fast
+    device_id_pattern: str = "{type}-{n:04d}"  # n = 1-based vehicle number, type ebike/car
     vehicle_ref_pattern: str = "veh-{n:04d}"
     fw_version: str = "fleetgate-sim/1.0"
     protocol: int = 5
@@ -74,7 +76,7 @@ class FleetOptions:
     connect_concurrency: int = 64
     connect_timeout_s: float = 10.0
     flush_timeout_s: float = 60.0
-    clear_retained: bool = False         # at stop, delete the retained presence messages
+    clear_retained: bool = False  # at stop, delete the retained presence messages
     # Keep every acknowledged (device, t) for tests; None: only in bounded runs, so an endless
     # demo does not grow without limit. Benchmarks turn it off.
     track_keys: bool | None = None
@@ -134,7 +136,7 @@ class _Link:
         self.task: asyncio.Task | None = None
         self.wake = asyncio.Event()
         self.up = asyncio.Event()
-        self.relost = False   # a message failed while the connection stayed up
+        self.relost = False  # a message failed while the connection stayed up
 
 
 class Fleet:
@@ -145,20 +147,31 @@ class Fleet:
         self.options = o = options
         n = o.vehicles
         kinds = np.where(_spread(n, o.car_share), CAR, EBIKE).astype(np.int8)
-        self.device_ids = [o.device_id_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
-                           for i, k in enumerate(kinds.tolist())]
-        self.vehicle_refs = [o.vehicle_ref_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
-                             for i, k in enumerate(kinds.tolist())]
+        self.device_ids = [
+            o.device_id_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
+            for i, k in enumerate(kinds.tolist())
+        ]
+        self.vehicle_refs = [
+            o.vehicle_ref_pattern.format(type=VEHICLE_TYPES[k], n=i + 1, i=i)
+            for i, k in enumerate(kinds.tolist())
+        ]
         self.start_ms = start_time_ms(o)
-        self.model = FleetModel(kinds, seed=o.seed, start_ms=self.start_ms, area=o.area,
-                                ageing_speedup=o.ageing_speedup)
+        self.model = FleetModel(
+            kinds, seed=o.seed, start_ms=self.start_ms, area=o.area, ageing_speedup=o.ageing_speedup
+        )
         encodings = np.where(_spread(n, o.cbor_share), CBOR, JSON)
         self.firmware = FleetFirmware(
-            self.model, self.device_ids, topic_root=o.topic_root, encodings=encodings,
-            misbehaviour=o.misbehaviour, commands=o.commands, seed=o.seed,
+            self.model,
+            self.device_ids,
+            topic_root=o.topic_root,
+            encodings=encodings,
+            misbehaviour=o.misbehaviour,
+            commands=o.commands,
+            seed=o.seed,
             fw_version=o.fw_version,
             track_keys=o.track_keys if o.track_keys is not None else o.total_steps is not None,
-            buffer_max_samples=o.buffer_max_samples)
+            buffer_max_samples=o.buffer_max_samples,
+        )
         self.stats: FleetStats = self.firmware.stats
         self._links: list[_Link] = []
         self._outstanding = 0
@@ -173,8 +186,10 @@ class Fleet:
 
     def registrations(self) -> list[tuple[str, str, str]]:
         """(device_id, vehicle_ref, vehicle_type) of every vehicle, for the device registry."""
-        return [(d, r, t.vehicle_type)
-                for d, r, t in zip(self.device_ids, self.vehicle_refs, self.firmware.tcus)]
+        return [
+            (d, r, t.vehicle_type)
+            for d, r, t in zip(self.device_ids, self.vehicle_refs, self.firmware.tcus)
+        ]
 
     @property
     def connected(self) -> int:
@@ -197,8 +212,9 @@ class Fleet:
         self._connect_gate = asyncio.Semaphore(self.options.connect_concurrency)
         self._links = [_Link(t) for t in self.firmware.tcus]
         for link in self._links:
-            link.task = asyncio.create_task(self._connection(link),
-                                            name=f"sim-{link.tcu.device_id}")
+            link.task = asyncio.create_task(
+                self._connection(link), name=f"sim-{link.tcu.device_id}"
+            )
         try:
             async with asyncio.timeout(timeout):
                 for link in self._links:
@@ -206,11 +222,18 @@ class Fleet:
         except TimeoutError:
             up = sum(link.up.is_set() for link in self._links)
             where = f"{self.options.host}:{self.options.port}"
-            raise TimeoutError(f"only {up} of {len(self._links)} simulated devices connected to "
-                               f"{where} within {timeout} s") from None
+            raise TimeoutError(
+                f"only {up} of {len(self._links)} simulated devices connected to "
+                f"{where} within {timeout} s"
+            ) from None
         self.stats.started_monotonic = time.monotonic()
-        log.info("sim_fleet_connected", extra=fields(vehicles=len(self._links),
-                                                    broker=f"{self.options.host}:{self.options.port}"))
+        log.info(
+            "sim_fleet_connected",
+            extra={
+                "vehicles": len(self._links),
+                "broker": f"{self.options.host}:{self.options.port}",
+            },
+        )
 
     async def run(self, stop_event: asyncio.Event | None = None) -> FleetStats:
         """Step and publish until the configured number of steps, or until stop_event is set."""
@@ -263,12 +286,15 @@ class Fleet:
             while time.monotonic() < deadline:
                 self._sweep()
                 self._reupload(all_online=True)
-                if (self.stats.outstanding <= 0 and not self._answers
-                        and not any(link.pending or link.tcu.unsent for link in self._links)):
+                if (
+                    self.stats.outstanding <= 0
+                    and not self._answers
+                    and not any(link.pending or link.tcu.unsent for link in self._links)
+                ):
                     break
                 await asyncio.sleep(0.02)
             else:
-                log.warning("sim_flush_timeout", extra=fields(outstanding=self.stats.outstanding))
+                log.warning("sim_flush_timeout", extra={"outstanding": self.stats.outstanding})
         self._closing = True
         for handle in self._answers:
             handle.cancel()
@@ -399,19 +425,28 @@ class Fleet:
                     await link.wake.wait()
                 continue
             client = MqttClient(
-                o.host, o.port, client_id=tcu.device_id, protocol=o.protocol, clean_start=False,
-                session_expiry_s=o.session_expiry_s, keepalive_s=o.keepalive_s,
-                receive_maximum=64, username=o.username, password=o.password,
+                o.host,
+                o.port,
+                client_id=tcu.device_id,
+                protocol=o.protocol,
+                clean_start=False,
+                session_expiry_s=o.session_expiry_s,
+                keepalive_s=o.keepalive_s,
+                receive_maximum=64,
+                **self.mqtt_login(tcu.device_id),
                 will=Will(tcu.topic_status, tcu.will_payload, qos=1, retain=True),
-                on_messages=partial(self._on_messages, link))
+                on_messages=partial(self._on_messages, link),
+            )
             try:
                 async with self._connect_gate:
                     await client.connect(timeout=o.connect_timeout_s)
                 await client.subscribe([(tcu.topic_cmd, 1)])
             except (OSError, TimeoutError, MqttError) as exc:
                 client.abort()
-                log.debug("sim_connect_failed",
-                          extra=fields(device_id=tcu.device_id, error=repr(exc)[:200]))
+                log.debug(
+                    "sim_connect_failed",
+                    extra={"device_id": tcu.device_id, "error": repr(exc)[:200]},
+                )
                 await self._sleep(backoff * (0.5 + rng.random()), None)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -428,14 +463,23 @@ class Fleet:
                 await client.wait_closed()
             except ConnectionLost as exc:
                 on_purpose = False
-                log.debug("sim_connection_lost",
-                          extra=fields(device_id=tcu.device_id, error=str(exc)[:200]))
+                log.debug(
+                    "sim_connection_lost",
+                    extra={"device_id": tcu.device_id, "error": str(exc)[:200]},
+                )
             link.up.clear()
             link.client = None
-            self._sweep()   # the client failed every unacknowledged publish when it closed
+            self._sweep()  # the client failed every unacknowledged publish when it closed
             fw.connection_down(tcu, on_purpose=on_purpose or self._closing)
             if not on_purpose and not self._closing:
                 await self._sleep(backoff * (0.5 + rng.random()), None)
+
+    def mqtt_login(self, device_id: str) -> dict[str, str | None]:
+        """The username and password device_id connects with."""
+        o = self.options
+        if o.credentials is None:
+            return {"username": o.username, "password": o.password}
+        return {"username": device_id, "password": o.credentials.get(device_id)}
 
     async def _disconnect(self, link: _Link) -> None:
         client = link.client
@@ -459,8 +503,12 @@ class Fleet:
             decision = self.firmware.command_received(link.tcu, msg.payload)
             if decision is not None and not self._closing:
                 if decision.ack is not None:
-                    self._publish(link, Outgoing(RECEIVED, link.tcu.topic_result, decision.ack,
-                                                 decision.command_id))
+                    self._publish(
+                        link,
+                        Outgoing(
+                            RECEIVED, link.tcu.topic_result, decision.ack, decision.command_id
+                        ),
+                    )
                 self._schedule_answer(link, decision)
 
     def _schedule_answer(self, link: _Link, decision: CommandDecision) -> None:
@@ -485,6 +533,7 @@ class Fleet:
                 if o not in held:
                     self._publish(link, o)
             if held:
+
                 def late() -> None:
                     self.firmware.answer_held(link.tcu, decision.command_id)
                     for o in held:
@@ -495,9 +544,12 @@ class Fleet:
         later(decision.delay_s, answer)
 
 
-async def run_fleet(options: FleetOptions, stop_event: asyncio.Event | None = None, *,
-                    on_started: Callable[[Fleet], Awaitable[None] | None] | None = None
-                    ) -> FleetStats:
+async def run_fleet(
+    options: FleetOptions,
+    stop_event: asyncio.Event | None = None,
+    *,
+    on_started: Callable[[Fleet], Awaitable[None] | None] | None = None,
+) -> FleetStats:
     """Run a simulated fleet until its steps are done or stop_event is set; flush and disconnect.
 
     on_started(fleet), plain or async, runs once every device is connected and before the first

@@ -30,7 +30,8 @@ _OCV_CELL = np.array([3.00, 3.30, 3.45, 3.52, 3.57, 3.63, 3.68, 3.73, 3.79, 3.86
 _SOC_FINE = np.linspace(0.0, 100.0, 1001)
 _OCV_FINE = np.interp(_SOC_FINE, _OCV_SOC, _OCV_CELL)
 _OCV_CUM = np.concatenate(
-    [[0.0], np.cumsum((_OCV_FINE[1:] + _OCV_FINE[:-1]) / 2 * np.diff(_SOC_FINE))])
+    [[0.0], np.cumsum((_OCV_FINE[1:] + _OCV_FINE[:-1]) / 2 * np.diff(_SOC_FINE))]
+)
 
 # 12 V lead-acid resting voltage is linear in state of charge between these points (DOMAIN.md 6:
 # 12.6 V ≈ 100 %, 12.4 ≈ 75 %, 12.2 ≈ 50 %, 12.0 "discharged" ≈ 25 %).
@@ -71,8 +72,10 @@ class Area:
 
     def half_size_m(self) -> tuple[float, float]:
         lat0, _ = self.centre
-        return ((self.east - self.west) / 2 * M_PER_DEG_LAT * np.cos(np.radians(lat0)),
-                (self.north - self.south) / 2 * M_PER_DEG_LAT)
+        return (
+            (self.east - self.west) / 2 * M_PER_DEG_LAT * np.cos(np.radians(lat0)),
+            (self.north - self.south) / 2 * M_PER_DEG_LAT,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,36 +85,36 @@ class VehicleSpec:
     Ranges (lo, hi) are drawn uniformly per vehicle or per trip.
     """
 
-    cruise_kmh: tuple[float, float]      # cruising speed of a trip
+    cruise_kmh: tuple[float, float]  # cruising speed of a trip
     accel_mps2: float
     decel_mps2: float
-    turn_kmh: float                      # speed through a corner without a stop
-    stop_share: float                    # share of corners with a stop (lights, give way)
+    turn_kmh: float  # speed through a corner without a stop
+    stop_share: float  # share of corners with a stop (lights, give way)
     stop_s: tuple[float, float]
-    trip_km: tuple[float, float]         # straight-line distance; the street path is longer
-    parked_mean_s: float                 # exponential, between trips
-    wh_per_km: tuple[float, float]       # per vehicle, at the pack terminals
-    wh_per_km_noise: float               # relative, per step (wind, hills, riders)
-    idle_w: float                        # electronics on the traction pack while parked
-    driving_aux_w: float                 # extra load while a trip runs (HVAC, lights, DC/DC)
+    trip_km: tuple[float, float]  # straight-line distance; the street path is longer
+    parked_mean_s: float  # exponential, between trips
+    wh_per_km: tuple[float, float]  # per vehicle, at the pack terminals
+    wh_per_km_noise: float  # relative, per step (wind, hills, riders)
+    idle_w: float  # electronics on the traction pack while parked
+    driving_aux_w: float  # extra load while a trip runs (HVAC, lights, DC/DC)
     nominal_kwh: float
     nominal_v: float
     cells_series: int
     capacity_spread: tuple[float, float]  # true new capacity / nominal
-    r0_ohm: tuple[float, float]          # pack DC resistance when new
-    initial_efc: tuple[float, float]     # the fleet is not new: equivalent full cycles so far
+    r0_ohm: tuple[float, float]  # pack DC resistance when new
+    initial_efc: tuple[float, float]  # the fleet is not new: equivalent full cycles so far
     initial_age_days: tuple[float, float]
-    fade_per_efc: tuple[float, float]    # capacity fraction lost per equivalent full cycle
+    fade_per_efc: tuple[float, float]  # capacity fraction lost per equivalent full cycle
     fade_per_sqrt_day: tuple[float, float]  # calendar fade, fraction per sqrt(day)
-    r_growth_per_efc: float              # resistance growth, fraction per cycle
+    r_growth_per_efc: float  # resistance growth, fraction per cycle
     r_growth_per_sqrt_day: float
-    charge_a: float                      # constant-current charging current
-    service_below_pct: float             # at the end of parking, below this: charge (or swap)
+    charge_a: float  # constant-current charging current
+    service_below_pct: float  # at the end of parking, below this: charge (or swap)
     charge_to_pct: tuple[float, float]
-    swap_share: float                    # of services done by swapping the pack (e-bikes)
+    swap_share: float  # of services done by swapping the pack (e-bikes)
     min_trip_soc_pct: float
-    pack_v_noise: float                  # measurement noise, V (one sigma)
-    pack_a_noise: float                  # measurement noise, A
+    pack_v_noise: float  # measurement noise, V (one sigma)
+    pack_a_noise: float  # measurement noise, A
 
     @property
     def nominal_ah(self) -> float:
@@ -119,26 +122,70 @@ class VehicleSpec:
 
 
 EBIKE_SPEC = VehicleSpec(
-    cruise_kmh=(13.0, 25.0), accel_mps2=0.8, decel_mps2=1.5, turn_kmh=10.0, stop_share=0.25,
-    stop_s=(4.0, 30.0), trip_km=(0.8, 4.0), parked_mean_s=75 * 60.0, wh_per_km=(8.0, 12.0),
-    wh_per_km_noise=0.15, idle_w=0.7, driving_aux_w=2.0,
-    nominal_kwh=0.5, nominal_v=36.0, cells_series=10, capacity_spread=(0.98, 1.04),
-    r0_ohm=(0.12, 0.18), initial_efc=(0.0, 600.0), initial_age_days=(0.0, 900.0),
-    fade_per_efc=(2.0e-4, 3.5e-4), fade_per_sqrt_day=(6e-4, 1.2e-3),
-    r_growth_per_efc=6e-4, r_growth_per_sqrt_day=3e-3,
-    charge_a=4.0, service_below_pct=20.0, charge_to_pct=(95.0, 100.0), swap_share=0.7,
-    min_trip_soc_pct=5.0, pack_v_noise=0.02, pack_a_noise=0.02)
+    cruise_kmh=(13.0, 25.0),
+    accel_mps2=0.8,
+    decel_mps2=1.5,
+    turn_kmh=10.0,
+    stop_share=0.25,
+    stop_s=(4.0, 30.0),
+    trip_km=(0.8, 4.0),
+    parked_mean_s=75 * 60.0,
+    wh_per_km=(8.0, 12.0),
+    wh_per_km_noise=0.15,
+    idle_w=0.7,
+    driving_aux_w=2.0,
+    nominal_kwh=0.5,
+    nominal_v=36.0,
+    cells_series=10,
+    capacity_spread=(0.98, 1.04),
+    r0_ohm=(0.12, 0.18),
+    initial_efc=(0.0, 600.0),
+    initial_age_days=(0.0, 900.0),
+    fade_per_efc=(2.0e-4, 3.5e-4),
+    fade_per_sqrt_day=(6e-4, 1.2e-3),
+    r_growth_per_efc=6e-4,
+    r_growth_per_sqrt_day=3e-3,
+    charge_a=4.0,
+    service_below_pct=20.0,
+    charge_to_pct=(95.0, 100.0),
+    swap_share=0.7,
+    min_trip_soc_pct=5.0,
+    pack_v_noise=0.02,
+    pack_a_noise=0.02,
+)
 
 CAR_SPEC = VehicleSpec(
-    cruise_kmh=(25.0, 50.0), accel_mps2=1.8, decel_mps2=2.5, turn_kmh=15.0, stop_share=0.4,
-    stop_s=(5.0, 45.0), trip_km=(1.5, 8.0), parked_mean_s=150 * 60.0, wh_per_km=(150.0, 200.0),
-    wh_per_km_noise=0.10, idle_w=0.0, driving_aux_w=400.0,
-    nominal_kwh=50.0, nominal_v=400.0, cells_series=110, capacity_spread=(0.99, 1.03),
-    r0_ohm=(0.08, 0.12), initial_efc=(0.0, 300.0), initial_age_days=(0.0, 1500.0),
-    fade_per_efc=(1.0e-4, 1.8e-4), fade_per_sqrt_day=(4e-4, 8e-4),
-    r_growth_per_efc=3e-4, r_growth_per_sqrt_day=2e-3,
-    charge_a=27.5, service_below_pct=25.0, charge_to_pct=(80.0, 100.0), swap_share=0.0,
-    min_trip_soc_pct=10.0, pack_v_noise=0.2, pack_a_noise=0.1)
+    cruise_kmh=(25.0, 50.0),
+    accel_mps2=1.8,
+    decel_mps2=2.5,
+    turn_kmh=15.0,
+    stop_share=0.4,
+    stop_s=(5.0, 45.0),
+    trip_km=(1.5, 8.0),
+    parked_mean_s=150 * 60.0,
+    wh_per_km=(150.0, 200.0),
+    wh_per_km_noise=0.10,
+    idle_w=0.0,
+    driving_aux_w=400.0,
+    nominal_kwh=50.0,
+    nominal_v=400.0,
+    cells_series=110,
+    capacity_spread=(0.99, 1.03),
+    r0_ohm=(0.08, 0.12),
+    initial_efc=(0.0, 300.0),
+    initial_age_days=(0.0, 1500.0),
+    fade_per_efc=(1.0e-4, 1.8e-4),
+    fade_per_sqrt_day=(4e-4, 8e-4),
+    r_growth_per_efc=3e-4,
+    r_growth_per_sqrt_day=2e-3,
+    charge_a=27.5,
+    service_below_pct=25.0,
+    charge_to_pct=(80.0, 100.0),
+    swap_share=0.0,
+    min_trip_soc_pct=10.0,
+    pack_v_noise=0.2,
+    pack_a_noise=0.1,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +194,11 @@ class AuxSpec:
 
     capacity_ah: tuple[float, float] = (50.0, 70.0)
     sleep_draw_a: tuple[float, float] = (0.005, 0.012)
-    fault_share: float = 0.05                   # cars with an accessory or TCU left on
+    fault_share: float = 0.05  # cars with an accessory or TCU left on
     fault_draw_a: tuple[float, float] = (0.25, 0.35)
-    charge_a: float = 10.0                      # while the ignition is on, tapering when full
-    surface_charge_v: float = 0.3               # above resting right after driving ...
-    surface_tau_s: float = 3600.0               # ... decaying with this time constant
+    charge_a: float = 10.0  # while the ignition is on, tapering when full
+    surface_charge_v: float = 0.3  # above resting right after driving ...
+    surface_tau_s: float = 3600.0  # ... decaying with this time constant
     # Below this resting voltage the car cannot be relied on to start (≈ 25 % state of charge,
     # "discharged" in DOMAIN.md 6): such a car stays parked, and this is the threshold of the
     # time-to-threshold ground truth.
@@ -228,8 +275,17 @@ class Samples:
         b = TelemetryBatch.empty(n)
         b.vehicle[:] = np.arange(n) if vehicle is None else vehicle
         b.time_ms[:] = self.t_ms
-        for name in ("lat", "lon", "speed_kmh", "heading_deg", "soc_pct", "pack_v", "pack_a",
-                     "aux_v", "odometer_m"):
+        for name in (
+            "lat",
+            "lon",
+            "speed_kmh",
+            "heading_deg",
+            "soc_pct",
+            "pack_v",
+            "pack_a",
+            "aux_v",
+            "odometer_m",
+        ):
             getattr(b, name)[:] = getattr(self, name)
         car = self.kind == CAR
         b.locked[:] = self.locked
@@ -239,8 +295,9 @@ class Samples:
         return b
 
 
-def _uniform(rng: np.random.Generator, lo_hi_by_kind: list[tuple[float, float]],
-             kind: np.ndarray) -> np.ndarray:
+def _uniform(
+    rng: np.random.Generator, lo_hi_by_kind: list[tuple[float, float]], kind: np.ndarray
+) -> np.ndarray:
     lo = np.array([r[0] for r in lo_hi_by_kind])[kind]
     hi = np.array([r[1] for r in lo_hi_by_kind])[kind]
     return lo + (hi - lo) * rng.random(len(kind))
@@ -263,11 +320,22 @@ class FleetModel:
     change state between steps and raise CommandRefused when the vehicle cannot comply.
     """
 
-    def __init__(self, kinds, *, seed: int = 0, start_ms: int = 1_764_547_200_000,
-                 area: Area = Area(), ebike: VehicleSpec = EBIKE_SPEC, car: VehicleSpec = CAR_SPEC,
-                 aux: AuxSpec = AuxSpec(), gps_noise_m: float = 3.0, no_fix_share: float = 0.002,
-                 garage_share: float = 0.15, ageing_speedup: float = 1.0,
-                 max_legs: int = 5) -> None:
+    def __init__(
+        self,
+        kinds,
+        *,
+        seed: int = 0,
+        start_ms: int = 1_764_547_200_000,
+        area: Area = Area(),
+        ebike: VehicleSpec = EBIKE_SPEC,
+        car: VehicleSpec = CAR_SPEC,
+        aux: AuxSpec = AuxSpec(),
+        gps_noise_m: float = 3.0,
+        no_fix_share: float = 0.002,
+        garage_share: float = 0.15,
+        ageing_speedup: float = 1.0,
+        max_legs: int = 5,
+    ) -> None:
         self.kind = np.asarray(kinds, dtype=np.int8)
         n = self.n = len(self.kind)
         self.t_ms = int(start_ms)
@@ -339,7 +407,7 @@ class FleetModel:
         self._fitted_ms = np.full(n, self.t_ms, dtype=np.int64)
         self._new_packs(np.arange(n))
         self.soc = rng.uniform(35.0, 95.0, n)
-        self.pack_a = np.zeros(n)   # the current of the last step, A, positive = discharging
+        self.pack_a = np.zeros(n)  # the current of the last step, A, positive = discharging
         self.pack_v = self.ocv()
         self.swaps: list[PackSwap] = []
 
@@ -347,7 +415,8 @@ class FleetModel:
         self.aux_capacity_ah = _uniform(rng, [aux.capacity_ah] * 2, kind)
         self.aux_faulty = self._is_car & (rng.random(n) < aux.fault_share)
         self.aux_drain_a = np.where(
-            self.aux_faulty, rng.uniform(*aux.fault_draw_a, n), rng.uniform(*aux.sleep_draw_a, n))
+            self.aux_faulty, rng.uniform(*aux.fault_draw_a, n), rng.uniform(*aux.sleep_draw_a, n)
+        )
         self.aux_drain_a[~self._is_car] = 0.0
         self.aux_soc = rng.uniform(0.75, 1.0, n)
         self._aux_surface = np.zeros(n)
@@ -416,15 +485,27 @@ class FleetModel:
     def truth(self) -> dict[str, np.ndarray]:
         """A snapshot of every ground-truth quantity, per vehicle."""
         lat, lon = self.latlon()
-        return {"t_ms": np.full(self.n, self.t_ms, dtype=np.int64), "kind": self.kind.copy(),
-                "lat": lat, "lon": lon, "pack_id": self.pack_id.copy(),
-                "capacity_ah": self.capacity_ah(), "nominal_ah": self.nominal_ah.copy(),
-                "soh": self.soh(), "resistance_ohm": self.resistance_ohm(), "efc": self.efc(),
-                "soc_pct": self.soc.copy(), "range_m": self.range_m(),
-                "wh_per_km": self.wh_per_km.copy(), "aux_rest_v": self.aux_rest_v(),
-                "aux_drain_a": self.aux_drain_a.copy(), "aux_faulty": self.aux_faulty.copy(),
-                "aux_time_to_threshold_s": self.aux_time_to_threshold_s(),
-                "odometer_m": self.odometer.copy(), "phase": self.phase.copy()}
+        return {
+            "t_ms": np.full(self.n, self.t_ms, dtype=np.int64),
+            "kind": self.kind.copy(),
+            "lat": lat,
+            "lon": lon,
+            "pack_id": self.pack_id.copy(),
+            "capacity_ah": self.capacity_ah(),
+            "nominal_ah": self.nominal_ah.copy(),
+            "soh": self.soh(),
+            "resistance_ohm": self.resistance_ohm(),
+            "efc": self.efc(),
+            "soc_pct": self.soc.copy(),
+            "range_m": self.range_m(),
+            "wh_per_km": self.wh_per_km.copy(),
+            "aux_rest_v": self.aux_rest_v(),
+            "aux_drain_a": self.aux_drain_a.copy(),
+            "aux_faulty": self.aux_faulty.copy(),
+            "aux_time_to_threshold_s": self.aux_time_to_threshold_s(),
+            "odometer_m": self.odometer.copy(),
+            "phase": self.phase.copy(),
+        }
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -522,10 +603,12 @@ class FleetModel:
         self._new_packs(idx)
         self.soc[idx] = self._rng.uniform(95.0, 100.0, len(idx))
         new_cap = self.capacity_ah()[idx]
-        swaps = [PackSwap(int(i), self.t_ms, int(o), int(p), float(c0), float(c1), float(s0),
-                          float(s1))
-                 for i, o, p, c0, c1, s0, s1 in zip(idx, old_ids, self.pack_id[idx], old_cap,
-                                                    new_cap, old_soc, self.soc[idx])]
+        swaps = [
+            PackSwap(int(i), self.t_ms, int(o), int(p), float(c0), float(c1), float(s0), float(s1))
+            for i, o, p, c0, c1, s0, s1 in zip(
+                idx, old_ids, self.pack_id[idx], old_cap, new_cap, old_soc, self.soc[idx]
+            )
+        ]
         self.swaps.extend(swaps)
         return swaps
 
@@ -567,8 +650,10 @@ class FleetModel:
             if len(charge):
                 self.phase[charge] = CHARGING
                 self.charge_target[charge] = _uniform(
-                    self._rng, [s.charge_to_pct for s in self.specs],
-                    self.kind[charge].astype(np.intp))
+                    self._rng,
+                    [s.charge_to_pct for s in self.specs],
+                    self.kind[charge].astype(np.intp),
+                )
                 self.phase_end_ms[charge] = np.iinfo(np.int64).max
             due = due[~low]
         ok = (~self.immobilised[due]) & (self.soc[due] >= self._min_trip_soc[due])
@@ -645,9 +730,11 @@ class FleetModel:
         v_end = np.where(end_of_leg_stop, 0.0, self._turn[m])
         v = self.speed[m]
         # Brake early enough to reach the corner at its speed; wobble a little around cruise.
-        v_cap = np.minimum(np.minimum(self._cruise[m] * (1.0 + 0.04 * noise[m]), self._v_max[m]),
-                           self.speed_limit[m])
-        v_target = np.minimum(v_cap, np.sqrt(v_end ** 2 + 2.0 * self._decel[m] * d))
+        v_cap = np.minimum(
+            np.minimum(self._cruise[m] * (1.0 + 0.04 * noise[m]), self._v_max[m]),
+            self.speed_limit[m],
+        )
+        v_target = np.minimum(v_cap, np.sqrt(v_end**2 + 2.0 * self._decel[m] * d))
         v_new = np.clip(v_target, v - self._decel[m] * dt, v + self._accel[m] * dt)
         v_new = np.maximum(v_new, 0.5)  # creep on to a stop line rather than halt short of it
         self.speed[m] = v_new
@@ -724,7 +811,8 @@ class FleetModel:
         charge_a = np.where(ign, aux.charge_a * full_taper, 0.0)
         drain_a = np.where(car & ~ign, self.aux_drain_a, 0.0)
         self.aux_soc = np.clip(
-            self.aux_soc + (charge_a - drain_a) * dt / 3600.0 / self.aux_capacity_ah, 0.0, 1.0)
+            self.aux_soc + (charge_a - drain_a) * dt / 3600.0 / self.aux_capacity_ah, 0.0, 1.0
+        )
 
     def aux_voltage(self) -> np.ndarray:
         """The 12 V battery's terminal voltage now (charging, or resting plus surface charge)."""
@@ -745,12 +833,22 @@ class FleetModel:
         heading = np.where(moving, (self.heading + 1.0 * noise[5]) % 360.0, self.heading)
         aux_v = np.where(self._is_car, self.aux_voltage() + self.aux.noise_v * noise[6], np.nan)
         return Samples(
-            t_ms=self.t_ms, kind=self.kind, lat=lat, lon=lon, speed_kmh=speed, heading_deg=heading,
-            soc_pct=self.soc.copy(), pack_v=self.pack_v + self._v_noise * noise[7],
+            t_ms=self.t_ms,
+            kind=self.kind,
+            lat=lat,
+            lon=lon,
+            speed_kmh=speed,
+            heading_deg=heading,
+            soc_pct=self.soc.copy(),
+            pack_v=self.pack_v + self._v_noise * noise[7],
             pack_a=self.pack_a + self._a_noise * noise[8],
-            aux_v=aux_v, odometer_m=self.odometer.copy(), locked=self.locked.copy(),
-            ignition=self.ignition.copy(), immobilised=self.immobilised.copy(),
-            charging=self.phase == CHARGING)
+            aux_v=aux_v,
+            odometer_m=self.odometer.copy(),
+            locked=self.locked.copy(),
+            ignition=self.ignition.copy(),
+            immobilised=self.immobilised.copy(),
+            charging=self.phase == CHARGING,
+        )
 
 
 def _reflect(v: np.ndarray, half: float) -> np.ndarray:

@@ -31,8 +31,17 @@ MALFORMED_KINDS: dict[str, str] = {
 }
 
 # Decimal places per field: what a TCU's firmware would print, and short payloads.
-_DECIMALS = {"lat": 6, "lon": 6, "speed_kmh": 1, "heading_deg": 1, "soc_pct": 2, "pack_v": 2,
-             "pack_a": 2, "aux_v": 2, "odometer_m": 1}
+_DECIMALS = {
+    "lat": 6,
+    "lon": 6,
+    "speed_kmh": 1,
+    "heading_deg": 1,
+    "soc_pct": 2,
+    "pack_v": 2,
+    "pack_a": 2,
+    "aux_v": 2,
+    "odometer_m": 1,
+}
 _DUMPS = (orjson.dumps, cbor2.dumps)
 
 STATUS_OFFLINE_WILL = orjson.dumps({"online": False})
@@ -59,22 +68,49 @@ def encode_samples(samples: Samples, encoding: np.ndarray) -> list[bytes]:
     fix = samples.has_fix()
     # The common case in one tight loop per kind; the rare rows without a fix after.
     for i in np.flatnonzero(~car & fix).tolist():
-        out[i] = dumps[enc[i]]({
-            "t": t, "lat": lat[i], "lon": lon[i], "speed_kmh": col["speed_kmh"][i],
-            "heading_deg": col["heading_deg"][i], "soc_pct": col["soc_pct"][i],
-            "pack_v": col["pack_v"][i], "pack_a": col["pack_a"][i],
-            "odometer_m": col["odometer_m"][i], "locked": locked[i], "charging": charging[i]})
+        out[i] = dumps[enc[i]](
+            {
+                "t": t,
+                "lat": lat[i],
+                "lon": lon[i],
+                "speed_kmh": col["speed_kmh"][i],
+                "heading_deg": col["heading_deg"][i],
+                "soc_pct": col["soc_pct"][i],
+                "pack_v": col["pack_v"][i],
+                "pack_a": col["pack_a"][i],
+                "odometer_m": col["odometer_m"][i],
+                "locked": locked[i],
+                "charging": charging[i],
+            }
+        )
     for i in np.flatnonzero(car & fix).tolist():
-        out[i] = dumps[enc[i]]({
-            "t": t, "lat": lat[i], "lon": lon[i], "speed_kmh": col["speed_kmh"][i],
-            "heading_deg": col["heading_deg"][i], "soc_pct": col["soc_pct"][i],
-            "pack_v": col["pack_v"][i], "pack_a": col["pack_a"][i], "aux_v": col["aux_v"][i],
-            "odometer_m": col["odometer_m"][i], "locked": locked[i], "ignition": ignition[i],
-            "immobilised": immobilised[i], "charging": charging[i]})
+        out[i] = dumps[enc[i]](
+            {
+                "t": t,
+                "lat": lat[i],
+                "lon": lon[i],
+                "speed_kmh": col["speed_kmh"][i],
+                "heading_deg": col["heading_deg"][i],
+                "soc_pct": col["soc_pct"][i],
+                "pack_v": col["pack_v"][i],
+                "pack_a": col["pack_a"][i],
+                "aux_v": col["aux_v"][i],
+                "odometer_m": col["odometer_m"][i],
+                "locked": locked[i],
+                "ignition": ignition[i],
+                "immobilised": immobilised[i],
+                "charging": charging[i],
+            }
+        )
     for i in np.flatnonzero(~fix).tolist():
-        row = {"t": t, "speed_kmh": col["speed_kmh"][i], "heading_deg": col["heading_deg"][i],
-               "soc_pct": col["soc_pct"][i], "pack_v": col["pack_v"][i],
-               "pack_a": col["pack_a"][i]}
+        row = {
+            "t": t,
+            "speed_kmh": col["speed_kmh"][i],
+            "heading_deg": col["heading_deg"][i],
+            "soc_pct": col["soc_pct"][i],
+            "pack_v": col["pack_v"][i],
+            "pack_a": col["pack_a"][i],
+        }
         if car[i]:
             row["aux_v"] = col["aux_v"][i]
         row["odometer_m"] = col["odometer_m"][i]
@@ -127,8 +163,14 @@ def status_payload(online: bool, t_ms: int, fw: str | None = None) -> bytes:
 
 
 def result_payload(command_id: str, succeeded: bool, t_ms: int, reason: str | None) -> bytes:
-    return orjson.dumps({"id": command_id, "status": "succeeded" if succeeded else "failed",
-                         "t": t_ms, "reason": reason})
+    return orjson.dumps(
+        {
+            "id": command_id,
+            "status": "succeeded" if succeeded else "failed",
+            "t": t_ms,
+            "reason": reason,
+        }
+    )
 
 
 def received_payload(command_id: str, t_ms: int) -> bytes:
@@ -148,8 +190,9 @@ def parse_command(payload: bytes) -> dict:
     return body
 
 
-def malformed_payload(kind: str, row: dict, encoding: int, wall_ms: int,
-                      rng: np.random.Generator) -> bytes:
+def malformed_payload(
+    kind: str, row: dict, encoding: int, wall_ms: int, rng: np.random.Generator
+) -> bytes:
     """A message of the given malformed kind, derived from a genuine sample row.
 
     Every kind fails the gateway's checks with MALFORMED_KINDS[kind] as the reason; the sample

@@ -50,11 +50,11 @@ class Misbehaviour:
     malformed) or per upload (out of order); disconnects are a rate per simulated hour online.
     """
 
-    duplicate_share: float = 0.0      # a sample's message is sent twice
-    malformed_share: float = 0.0      # an extra malformed message next to a sample
+    duplicate_share: float = 0.0  # a sample's message is sent twice
+    malformed_share: float = 0.0  # an extra malformed message next to a sample
     malformed_kinds: tuple[str, ...] = tuple(MALFORMED_KINDS)
-    out_of_order_share: float = 0.0   # a buffered upload goes newest first or shuffled
-    disconnects_per_h: float = 0.0    # connection dropped without DISCONNECT (the will fires)
+    out_of_order_share: float = 0.0  # a buffered upload goes newest first or shuffled
+    disconnects_per_h: float = 0.0  # connection dropped without DISCONNECT (the will fires)
     offline_s: tuple[float, float] = (30.0, 300.0)  # simulated time spent offline, buffering
 
     def __post_init__(self) -> None:
@@ -72,9 +72,9 @@ class CommandBehaviour:
     """How a device handles commands: answer delay, and shares it drops, refuses or answers late."""
 
     delay_ms: tuple[float, float] = (50.0, 300.0)
-    drop_share: float = 0.0     # never seen: no execution, no answer (a retry may get through)
-    refuse_share: float = 0.0   # answered "failed" with reason "refused", not executed
-    late_share: float = 0.0     # executed after delay_ms, but answered late_delay_ms after that
+    drop_share: float = 0.0  # never seen: no execution, no answer (a retry may get through)
+    refuse_share: float = 0.0  # answered "failed" with reason "refused", not executed
+    late_share: float = 0.0  # executed after delay_ms, but answered late_delay_ms after that
     late_delay_ms: tuple[float, float] = (5_000.0, 20_000.0)
     # Send {"id", "status": "received", "t"} as soon as a command is taken for execution (the
     # optional acknowledgement of docs/protocol.md).
@@ -96,8 +96,10 @@ class Outgoing:
         self.ref, self.retain = ref, retain
 
     def __repr__(self) -> str:
-        return (f"Outgoing(kind={self.kind}, topic={self.topic!r}, ref={self.ref!r}, "
-                f"{len(self.payload)} B)")
+        return (
+            f"Outgoing(kind={self.kind}, topic={self.topic!r}, ref={self.ref!r}, "
+            f"{len(self.payload)} B)"
+        )
 
 
 class OfflineBuffer:
@@ -135,9 +137,13 @@ class OfflineBuffer:
         self.dropped += dropped
         return dropped
 
-    def take(self, max_per_batch: int = MAX_SAMPLES_PER_MESSAGE, order: str = "oldest_first",
-             rng: np.random.Generator | None = None,
-             max_bytes: int = _BATCH_BYTES) -> list[tuple[list[int], list[bytes]]]:
+    def take(
+        self,
+        max_per_batch: int = MAX_SAMPLES_PER_MESSAGE,
+        order: str = "oldest_first",
+        rng: np.random.Generator | None = None,
+        max_bytes: int = _BATCH_BYTES,
+    ) -> list[tuple[list[int], list[bytes]]]:
         """Every sample not in flight, as batches of at most max_per_batch samples and
         max_bytes of payload (the protocol's two limits), now in flight.
 
@@ -187,10 +193,10 @@ class CommandDecision:
 
     command_id: str
     delay_s: float
-    command: dict | None = None     # to execute then
-    result: bytes | None = None     # or this answer (an earlier result, a refusal)
-    ack: bytes | None = None        # to publish at once ("received")
-    answer_after_s: float = 0.0     # the result goes out this long after the execution
+    command: dict | None = None  # to execute then
+    result: bytes | None = None  # or this answer (an earlier result, a refusal)
+    ack: bytes | None = None  # to publish at once ("received")
+    answer_after_s: float = 0.0  # the result goes out this long after the execution
 
 
 @dataclass
@@ -207,9 +213,17 @@ class CommandLog:
 class Tcu:
     """One device: its topics, connection state as the firmware sees it, buffer and commands."""
 
-    def __init__(self, index: int, device_id: str, vehicle_type: str, encoding: int,
-                 topic_root: str, fw_version: str, buffer_max_samples: int,
-                 commands: CommandBehaviour) -> None:
+    def __init__(
+        self,
+        index: int,
+        device_id: str,
+        vehicle_type: str,
+        encoding: int,
+        topic_root: str,
+        fw_version: str,
+        buffer_max_samples: int,
+        commands: CommandBehaviour,
+    ) -> None:
         self.index = index
         self.device_id = device_id
         self.vehicle_type = vehicle_type
@@ -221,12 +235,12 @@ class Tcu:
         self.topic_cmd = base + "/cmd"
         self.topic_result = base + "/cmd/result"
         self.fw_version = fw_version
-        self.online = False                      # connected, as far as the firmware knows
+        self.online = False  # connected, as far as the firmware knows
         self.offline_until_ms: int | None = None  # staying away until this simulated time
         self.buffer = OfflineBuffer(buffer_max_samples)
         self.command_behaviour = commands
         self.command_log = CommandLog()
-        self.unsent: list[Outgoing] = []         # command results waiting for a connection
+        self.unsent: list[Outgoing] = []  # command results waiting for a connection
 
     @property
     def wants_online(self) -> bool:
@@ -246,8 +260,8 @@ class Step:
 
     samples: Samples
     messages: list[tuple[Tcu, Outgoing]]  # to publish now, QoS 1, in this order
-    disconnect: list[Tcu]                 # drop these connections now, without DISCONNECT
-    reconnect: list[Tcu]                  # these devices' offline periods are over
+    disconnect: list[Tcu]  # drop these connections now, without DISCONNECT
+    reconnect: list[Tcu]  # these devices' offline periods are over
 
 
 class FleetFirmware:
@@ -257,26 +271,39 @@ class FleetFirmware:
     acked()/lost() per message and connection_up()/connection_down() per connection.
     """
 
-    def __init__(self, model: FleetModel, device_ids: Sequence[str], *, topic_root: str = "fg/v1",
-                 encodings: Sequence[int] | np.ndarray | None = None,
-                 misbehaviour: Misbehaviour = Misbehaviour(),
-                 commands: CommandBehaviour = CommandBehaviour(), seed: int = 0,
-                 fw_version: str = "fleetgate-sim/1.0", track_keys: bool = True,
-                 buffer_max_samples: int = 500_000,
-                 wall_ms: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(
+        self,
+        model: FleetModel,
+        device_ids: Sequence[str],
+        *,
+        topic_root: str = "fg/v1",
+        encodings: Sequence[int] | np.ndarray | None = None,
+        misbehaviour: Misbehaviour = Misbehaviour(),
+        commands: CommandBehaviour = CommandBehaviour(),
+        seed: int = 0,
+        fw_version: str = "fleetgate-sim/1.0",
+        track_keys: bool = True,
+        buffer_max_samples: int = 500_000,
+        wall_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
         if len(device_ids) != model.n:
             raise ValueError("one device id per vehicle of the model")
         self.model = model
         self.seed = seed
         self.misbehaviour = misbehaviour
         self.wall_ms = wall_ms
-        enc = (np.full(model.n, JSON, dtype=np.int8) if encodings is None
-               else np.asarray(encodings, np.int8))
+        enc = (
+            np.full(model.n, JSON, dtype=np.int8)
+            if encodings is None
+            else np.asarray(encodings, np.int8)
+        )
         self.encodings = enc
-        self.tcus = [Tcu(i, d, VEHICLE_TYPES[k], int(e), topic_root, fw_version, buffer_max_samples,
-                         commands)
-                     for i, (d, k, e) in enumerate(zip(device_ids, model.kind.tolist(),
-                                                       enc.tolist()))]
+        self.tcus = [
+            Tcu(
+                i, d, VEHICLE_TYPES[k], int(e), topic_root, fw_version, buffer_max_samples, commands
+            )
+            for i, (d, k, e) in enumerate(zip(device_ids, model.kind.tolist(), enc.tolist()))
+        ]
         self.by_id = {t.device_id: t for t in self.tcus}
         if len(self.by_id) != len(self.tcus):
             raise ValueError("device ids must be unique")
@@ -344,7 +371,8 @@ class FleetFirmware:
                 rng = np.random.default_rng([self.seed, i, samples.t_ms, 0xBAD])
                 payload = malformed_payload(kind, sample_row(samples, i), tcu.encoding, wall, rng)
                 extra.setdefault(i, []).append(
-                    Outgoing(MALFORMED, tcu.topic_telemetry, payload, kind))
+                    Outgoing(MALFORMED, tcu.topic_telemetry, payload, kind)
+                )
                 stats.malformed_sent[kind] += 1
         if mb.disconnects_per_h:
             p = -math.expm1(-mb.disconnects_per_h * dt_ms / 3_600_000)
@@ -372,8 +400,9 @@ class FleetFirmware:
         tcu.online = True
         self.stats.connects += 1
         t = self.model.t_ms
-        out = [Outgoing(STATUS, tcu.topic_status, status_payload(True, t, tcu.fw_version),
-                        retain=True)]
+        out = [
+            Outgoing(STATUS, tcu.topic_status, status_payload(True, t, tcu.fw_version), retain=True)
+        ]
         out.extend(tcu.unsent)
         tcu.unsent.clear()
         out.extend(self.upload(tcu))
@@ -432,8 +461,9 @@ class FleetFirmware:
 
     def goodbye(self, tcu: Tcu) -> Outgoing:
         """Presence before a clean disconnect (which suppresses the will)."""
-        return Outgoing(STATUS, tcu.topic_status, status_payload(False, self.model.t_ms),
-                        retain=True)
+        return Outgoing(
+            STATUS, tcu.topic_status, status_payload(False, self.model.t_ms), retain=True
+        )
 
     # -- the broker's answers --------------------------------------------------------------
 
@@ -558,9 +588,13 @@ class FleetFirmware:
                 raise CommandRefused("unsupported_command", f"type {ctype!r}")
             # Only t + 1 is sure to be free between two steps: a second report within one step
             # is left to the next regular sample.
-            if exec_t == model.t_ms + 1 and (ctype == "locate" or (
+            if exec_t == model.t_ms + 1 and (
+                ctype == "locate"
+                or (
                     tcu.command_behaviour.report_state
-                    and ctype in ("lock", "unlock", "immobilise", "mobilise"))):
+                    and ctype in ("lock", "unlock", "immobilise", "mobilise")
+                )
+            ):
                 out.append(self._locate_sample(tcu, exec_t))
         except CommandRefused as exc:
             ok, reason = False, exc.reason
@@ -585,13 +619,16 @@ class FleetFirmware:
         transports); a state report is skipped when that key is taken."""
         model, i = self.model, tcu.index
         lat, lon = model.latlon()
-        row: dict = {"t": t_ms, "lat": round(float(lat[i]), 6),
-                     "lon": round(float(lon[i]), 6),
-                     "speed_kmh": round(float(model.speed[i] * 3.6), 1),
-                     "heading_deg": round(float(model.heading[i]), 1),
-                     "soc_pct": round(float(model.soc[i]), 2),
-                     "odometer_m": round(float(model.odometer[i]), 1),
-                     "locked": bool(model.locked[i])}
+        row: dict = {
+            "t": t_ms,
+            "lat": round(float(lat[i]), 6),
+            "lon": round(float(lon[i]), 6),
+            "speed_kmh": round(float(model.speed[i] * 3.6), 1),
+            "heading_deg": round(float(model.heading[i]), 1),
+            "soc_pct": round(float(model.soc[i]), 2),
+            "odometer_m": round(float(model.odometer[i]), 1),
+            "locked": bool(model.locked[i]),
+        }
         if model.kind[i] == CAR:
             row["ignition"] = bool(model.ignition[i])
             row["immobilised"] = bool(model.immobilised[i])

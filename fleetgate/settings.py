@@ -38,8 +38,11 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The files are named at call time (not import time), so a test or a wrapper can set them.
@@ -86,14 +89,20 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".fleetgate")
 
     # MQTT ingress.
-    mqtt_client_id: str = Field("fleetgate-gw-1", pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
-                                description="unique per gateway process; keeps its session")
+    mqtt_client_id: str = Field(
+        "fleetgate-gw-1",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="unique per gateway process; keeps its session",
+    )
     mqtt_topic_root: str = "fg/v1"
-    mqtt_shared_group: str = Field("", description="empty (default): plain subscriptions, for one "
-                                   "gateway process per broker; a group name: several processes "
-                                   "share the telemetry, on a broker that keeps shared "
-                                   "subscriptions across its restarts (not Mosquitto 2.0; "
-                                   "docs/deployment.md)")
+    mqtt_shared_group: str = Field(
+        "",
+        description="empty (default): plain subscriptions, for one "
+        "gateway process per broker; a group name: several processes "
+        "share the telemetry, on a broker that keeps shared "
+        "subscriptions across its restarts (not Mosquitto 2.0; "
+        "docs/deployment.md)",
+    )
     mqtt_protocol: Literal[4, 5] = 5
     mqtt_keepalive_s: int = Field(30, ge=5, le=600)
     mqtt_session_expiry_s: int = Field(7 * 86400, ge=60)
@@ -102,10 +111,17 @@ class Settings(BaseSettings):
     # Batch pipeline.
     batch_max_messages: int = Field(5000, ge=1)
     batch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    batch_max_age_ms: int = Field(50, ge=1, le=60_000, description="a batch is cut at the latest "
-                                  "this long after its first message arrived")
-    pipeline_max_pending: int = Field(65535, ge=100, description="unacknowledged messages held "
-                                      "before the gateway stops reading from the broker")
+    batch_max_age_ms: int = Field(
+        50,
+        ge=1,
+        le=60_000,
+        description="a batch is cut at the latest this long after its first message arrived",
+    )
+    pipeline_max_pending: int = Field(
+        65535,
+        ge=100,
+        description="unacknowledged messages held before the gateway stops reading from the broker",
+    )
 
     # Storage.
     storage: Literal["auto", "timescaledb", "native"] = "auto"
@@ -119,54 +135,101 @@ class Settings(BaseSettings):
     presence_timeout_s: float = Field(300, gt=0)
 
     # Geofence.
-    zones_refresh_s: float = Field(2.0, gt=0, description="how often the gateway checks for "
-                                   "edited zones (a change takes effect without a restart)")
-    geofence_margin_m: float = Field(10.0, ge=0, description="a fix must be this far inside "
-                                     "(outside) a zone to count towards entering (leaving) it")
+    zones_refresh_s: float = Field(
+        2.0,
+        gt=0,
+        description="how often the gateway checks for "
+        "edited zones (a change takes effect without a restart)",
+    )
+    geofence_margin_m: float = Field(
+        10.0,
+        ge=0,
+        description="a fix must be this far inside "
+        "(outside) a zone to count towards entering (leaving) it",
+    )
     geofence_fixes: int = Field(2, ge=1, description="consecutive such fixes that confirm it")
 
     # CoAP ingress for sleeping NB-IoT devices (docs/coap.md).
     coap_enabled: bool = True
     coap_host: str = Field("127.0.0.1", description="UDP address; :: for every interface")
     coap_port: int = Field(5683, ge=0, le=65535)
-    coap_response_timeout_s: float = Field(5.0, gt=0, le=60, description="an uplink not "
-                                           "committed within this gets 5.03 (the device retries)")
-    coap_retry_after_s: int = Field(30, ge=1, le=3600, description="Max-Age of a 5.03 while the "
-                                    "database is unavailable")
+    coap_response_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="an uplink not committed within this gets 5.03 (the device retries)",
+    )
+    coap_retry_after_s: int = Field(
+        30, ge=1, le=3600, description="Max-Age of a 5.03 while the database is unavailable"
+    )
 
     # Remote commands (docs/commands.md).
-    commands_enabled: bool = Field(True, description="run the command dispatcher when this "
-                                   "process holds the dispatcher lease (one process of all that "
-                                   "share a database does; the others stand by)")
-    command_ttl_s: float = Field(60.0, gt=0, description="deadline of a command whose caller "
-                                 "gives none")
-    command_result_timeout_s: float = Field(5.0, gt=0, description="wait for a device's result "
-                                            "before retrying with the same id")
+    commands_enabled: bool = Field(
+        True,
+        description="run the command dispatcher when this "
+        "process holds the dispatcher lease (one process of all that "
+        "share a database does; the others stand by)",
+    )
+    command_ttl_s: float = Field(
+        60.0, gt=0, description="deadline of a command whose caller gives none"
+    )
+    command_result_timeout_s: float = Field(
+        5.0, gt=0, description="wait for a device's result before retrying with the same id"
+    )
     command_max_attempts: int = Field(5, ge=1)
-    command_fresh_state_s: float = Field(60.0, gt=0, description="vehicle state older than this "
-                                         "counts as unknown for the interlocks")
-    command_moving_kmh: float = Field(3.0, ge=0, description="faster than this, a vehicle is "
-                                      "moving: immobilise waits or is refused")
-    speed_caps_enabled: bool = Field(False, description="send set_speed_limit when a vehicle "
-                                     "enters or leaves a zone with maximum_speed_kph")
+    command_fresh_state_s: float = Field(
+        60.0, gt=0, description="vehicle state older than this counts as unknown for the interlocks"
+    )
+    command_moving_kmh: float = Field(
+        3.0,
+        ge=0,
+        description="faster than this, a vehicle is moving: immobilise waits or is refused",
+    )
+    speed_caps_enabled: bool = Field(
+        False,
+        description="send set_speed_limit when a vehicle "
+        "enters or leaves a zone with maximum_speed_kph",
+    )
 
     # HTTP API and live map (served by `fleetgate run` beside the gateway, or `fleetgate api`).
     api_host: str = Field("127.0.0.1", description="address the HTTP API listens on")
     api_port: int = Field(8080, ge=0, le=65535, description="0: no HTTP API in `fleetgate run`")
-    api_key_cache_s: float = Field(30.0, ge=0, description="how long a verified API key is "
-                                   "trusted before it is checked again (a revoked key stops "
-                                   "working within this time)")
-    map_tiles_url: str | None = Field(None, description="tile URL template for the live map, "
-                                      "e.g. https://tiles.example/{z}/{x}/{y}.png; unset: no "
-                                      "background tiles (the map works offline)")
+    api_key_cache_s: float = Field(
+        30.0,
+        ge=0,
+        description="how long a verified API key is "
+        "trusted before it is checked again (a revoked key stops "
+        "working within this time)",
+    )
+    map_tiles_url: str | None = Field(
+        None,
+        description="tile URL template for the live map, "
+        "e.g. https://tiles.example/{z}/{x}/{y}.png; unset: no "
+        "background tiles (the map works offline)",
+    )
     map_attribution: str = ""
 
     # Operations.
-    metrics_host: str = Field("127.0.0.1", description="address of the operator's port: "
-                              "/metrics, /healthz, /readyz (no API keys: keep it internal)")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="address of the operator's port: "
+        "/metrics, /healthz, /readyz (no API keys: keep it internal)",
+    )
     metrics_port: int = Field(9108, ge=0, le=65535, description="the operator's port; 0: none")
-    fleet_gauges_s: float = Field(15.0, gt=0, description="how often the online vehicles are "
-                                  "counted (fleetgate_devices_online)")
+    fleet_gauges_s: float = Field(
+        15.0,
+        gt=0,
+        description="how often the online vehicles are counted (fleetgate_devices_online)",
+    )
+    shutdown_grace_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="how long a stop "
+        "(SIGTERM/SIGINT) may take: open live streams end at once, "
+        "API requests in flight get half of it, and when it runs out "
+        "the process exits anyway (status 1), as does a second signal",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 
@@ -180,8 +243,10 @@ class Settings(BaseSettings):
             raise ValueError("must look like mqtt://host:port")
         if parts.username is not None or parts.password is not None:
             # Not used from here, and it would be shown and logged in clear.
-            raise ValueError("no credentials in the URL: set mqtt_username and mqtt_password "
-                             "(the password is kept secret)")
+            raise ValueError(
+                "no credentials in the URL: set mqtt_username and mqtt_password "
+                "(the password is kept secret)"
+            )
         return v
 
     @field_validator("mqtt_topic_root")
@@ -221,8 +286,13 @@ def _mask_dsn(dsn: str) -> str:
     netloc = parts.netloc
     if parts.password:
         netloc = netloc.replace(f":{parts.password}@", ":***@")
-    query = urlencode([(k, "***" if k == "password" else v)
-                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    query = urlencode(
+        [
+            (k, "***" if k == "password" else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="*",
+    )
     return parts._replace(netloc=netloc, query=query).geturl()
 
 
@@ -235,11 +305,11 @@ def sources(overrides: dict[str, Any] | None = None) -> dict[str, str]:
         out.setdefault(key, "command line")
     for var in os.environ:
         if var.upper().startswith(PREFIX) and var.upper() not in (ENV_FILE_VAR, CONFIG_FILE_VAR):
-            out.setdefault(var[len(PREFIX):].lower(), f"environment {var}")
+            out.setdefault(var[len(PREFIX) :].lower(), f"environment {var}")
     if env_file := os.environ.get(ENV_FILE_VAR):
         for var in dotenv_values(env_file):
             if var.upper().startswith(PREFIX):
-                out.setdefault(var[len(PREFIX):].lower(), f"env file {env_file}")
+                out.setdefault(var[len(PREFIX) :].lower(), f"env file {env_file}")
     if config := os.environ.get(CONFIG_FILE_VAR):
         try:
             with open(config, "rb") as f:

@@ -1,1 +1,1 @@
-"""Gateway: the IO shell that takes device traffic in (MQTT, later CoAP) and feeds the batch pipeline."""
+"""Gateway: the IO shell that takes device traffic in (MQTT, CoAP) and feeds the batch pipeline."""

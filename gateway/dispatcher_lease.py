@@ -18,9 +18,7 @@ import logging
 
 import psycopg
 
-from fleetgate.logs import fields
-
-log = logging.getLogger("fleetgate.dispatcher_lease")
+log = logging.getLogger(__name__)
 
 # Advisory locks are per database, so the key only has to differ from the project's other
 # advisory locks (migrations, partition maintenance).
@@ -32,8 +30,14 @@ class LeaseLost(RuntimeError):
 
 
 class DispatcherLease:
-    def __init__(self, dsn: str, *, check_s: float = 2.0, idle_timeout_s: float = 10.0,
-                 timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        check_s: float = 2.0,
+        idle_timeout_s: float = 10.0,
+        timeout_s: float = 5.0,
+    ) -> None:
         if idle_timeout_s <= 2 * check_s:
             raise ValueError("idle_timeout_s must be well above check_s")
         self._dsn = dsn
@@ -51,10 +55,11 @@ class DispatcherLease:
         try:
             conn = await self._connection()
             cur = await asyncio.wait_for(
-                conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)), self._timeout_s)
+                conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)), self._timeout_s
+            )
             self.held = bool((await cur.fetchone())[0])
         except (psycopg.Error, OSError, TimeoutError) as exc:
-            log.warning("dispatcher_lease_unavailable", extra=fields(error=str(exc)[:300]))
+            log.warning("dispatcher_lease_unavailable", extra={"error": str(exc)[:300]})
             await self._drop_connection()
             return False
         if self.held:
@@ -68,7 +73,7 @@ class DispatcherLease:
             try:
                 await asyncio.wait_for(self._conn.execute("SELECT 1"), self._timeout_s)
             except (psycopg.Error, OSError, TimeoutError, AttributeError) as exc:
-                log.warning("dispatcher_lease_lost", extra=fields(error=str(exc)[:300]))
+                log.warning("dispatcher_lease_lost", extra={"error": str(exc)[:300]})
                 self.held = False
                 await self._drop_connection()
 
@@ -85,12 +90,19 @@ class DispatcherLease:
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(
-                self._dsn, autocommit=True, application_name="fleetgate-dispatcher-lease",
-                connect_timeout=max(2, int(self._timeout_s)), keepalives=1, keepalives_idle=5,
-                keepalives_interval=2, keepalives_count=2,
-                tcp_user_timeout=int(self._timeout_s * 1000))
+                self._dsn,
+                autocommit=True,
+                application_name="fleetgate-dispatcher-lease",
+                connect_timeout=max(2, int(self._timeout_s)),
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=2,
+                keepalives_count=2,
+                tcp_user_timeout=int(self._timeout_s * 1000),
+            )
             await self._conn.execute(
-                f"SET idle_session_timeout = '{int(self._idle_timeout_s * 1000)}ms'")
+                f"SET idle_session_timeout = '{int(self._idle_timeout_s * 1000)}ms'"
+            )
         return self._conn
 
     async def _drop_connection(self) -> None:

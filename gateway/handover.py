@@ -18,13 +18,12 @@ from typing import Protocol
 
 import numpy as np
 
-from fleetgate.logs import fields
 from gateway.metrics import GatewayMetrics
 from telemetry.batch import TelemetryBatch
 from telemetry.plausibility import PlausibilityFilter
 from telemetry.store import AdvancedState, TelemetryStore
 
-log = logging.getLogger("fleetgate.handover")
+log = logging.getLogger(__name__)
 
 
 class ResumableStage(Protocol):
@@ -32,9 +31,14 @@ class ResumableStage(Protocol):
 
 
 class StateHandover:
-    def __init__(self, store: TelemetryStore, plausibility: PlausibilityFilter,
-                 stages: Sequence[ResumableStage], metrics: GatewayMetrics,
-                 log_every_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        store: TelemetryStore,
+        plausibility: PlausibilityFilter,
+        stages: Sequence[ResumableStage],
+        metrics: GatewayMetrics,
+        log_every_s: float = 10.0,
+    ) -> None:
         self._store = store
         self._plausibility = plausibility
         self._stages = list(stages)
@@ -57,8 +61,7 @@ class StateHandover:
         started = time.perf_counter()
         vehicles = np.unique(batch.vehicle).astype(np.int64)
         self._grow(int(vehicles[-1]) + 1)
-        taken = await self._store.advanced_states(vehicles.tolist(),
-                                                  self._known[vehicles].tolist())
+        taken = await self._store.advanced_states(vehicles.tolist(), self._known[vehicles].tolist())
         if taken:
             for stage in self._stages:
                 stage.resume(taken)
@@ -68,7 +71,8 @@ class StateHandover:
                     np.array([r.vehicle for r in fixes], np.int64),
                     np.array([r.fix_time_ms for r in fixes], np.int64),
                     np.array([r.lat for r in fixes], np.float64),
-                    np.array([r.lon for r in fixes], np.float64))
+                    np.array([r.lon for r in fixes], np.float64),
+                )
             for r in taken:
                 self._known[r.vehicle] = max(self._known[r.vehicle], r.time_ms)
             self._metrics.handover_vehicles.inc(len(taken))
@@ -91,12 +95,18 @@ class StateHandover:
         self._unlogged += count
         now = time.monotonic()
         if now - self._last_log >= self._log_every_s:
-            log.info("vehicles_taken_over", extra=fields(
-                vehicles=self._unlogged, since_s=round(min(now - self._last_log, 1e6), 1)))
+            log.info(
+                "vehicles_taken_over",
+                extra={
+                    "vehicles": self._unlogged,
+                    "since_s": round(min(now - self._last_log, 1e6), 1),
+                },
+            )
             self._last_log, self._unlogged = now, 0
 
     def _grow(self, size: int) -> None:
         if size > len(self._known):
             size = max(size, 2 * len(self._known), 1024)
             self._known = np.concatenate(
-                [self._known, np.full(size - len(self._known), -1, dtype=np.int64)])
+                [self._known, np.full(size - len(self._known), -1, dtype=np.int64)]
+            )

@@ -29,12 +29,11 @@ from typing import Any
 
 import orjson
 
-from fleetgate.logs import fields
-from fleetgate.mqtt import Message, MqttClient, MqttError, PersistentSession, Will
 from gateway.metrics import GatewayMetrics
+from gateway.mqtt import Message, MqttClient, MqttError, PersistentSession, Will
 from gateway.pipeline import Inbound, IngestPipeline
 
-log = logging.getLogger("fleetgate.mqtt_ingress")
+log = logging.getLogger(__name__)
 
 _KINDS = frozenset(("telemetry", "event", "status"))
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code
@@ -49,39 +48,83 @@ def presence_topic(topic_root: str, client_id: str) -> str:
 
 
 def _presence(state: str, client_id: str) -> bytes:
-    return orjson.dumps({"state": state, "client_id": client_id, "pid": os.getpid(),
-                         "host": socket.gethostname(), "t": int(time.time() * 1000)})
+    return orjson.dumps(
+        {
+            "state": state,
+            "client_id": client_id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "t": int(time.time() * 1000),
+        }
+    )
 
 
-async def read_presence(host: str, port: int, topic_root: str, client_id: str, *,
-                        username: str | None = None, password: str | None = None,
-                        protocol: int = 5, wait_s: float = 1.0) -> dict | None:
+async def read_presence(
+    host: str,
+    port: int,
+    topic_root: str,
+    client_id: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    protocol: int = 5,
+    wait_s: float = 1.0,
+) -> dict | None:
     """The retained presence of the gateway process with this client id, None if there is none."""
-    payload = await _read_retained(host, port, presence_topic(topic_root, client_id),
-                                   username=username, password=password, protocol=protocol,
-                                   wait_s=wait_s)
+    payload = await _read_retained(
+        host,
+        port,
+        presence_topic(topic_root, client_id),
+        username=username,
+        password=password,
+        protocol=protocol,
+        wait_s=wait_s,
+    )
     try:
         return orjson.loads(payload) if payload else None
     except orjson.JSONDecodeError:
         return {"state": "unknown", "payload": payload[:200].decode("utf-8", "replace")}
 
 
-async def read_broker_version(host: str, port: int, *, username: str | None = None,
-                              password: str | None = None, protocol: int = 5,
-                              wait_s: float = 1.0) -> str | None:
+async def read_broker_version(
+    host: str,
+    port: int,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    protocol: int = 5,
+    wait_s: float = 1.0,
+) -> str | None:
     """What the broker says it is ($SYS/broker/version, e.g. "mosquitto version 2.0.11"), None
     where it publishes no such topic or the account may not read it."""
     try:
-        payload = await asyncio.wait_for(_read_retained(
-            host, port, "$SYS/broker/version", username=username, password=password,
-            protocol=protocol, wait_s=wait_s), wait_s + 2.0)
+        payload = await asyncio.wait_for(
+            _read_retained(
+                host,
+                port,
+                "$SYS/broker/version",
+                username=username,
+                password=password,
+                protocol=protocol,
+                wait_s=wait_s,
+            ),
+            wait_s + 2.0,
+        )
     except (OSError, TimeoutError, MqttError):
         return None
     return payload.decode("utf-8", "replace").strip() if payload else None
 
 
-async def _read_retained(host: str, port: int, topic: str, *, username: str | None,
-                         password: str | None, protocol: int, wait_s: float) -> bytes | None:
+async def _read_retained(
+    host: str,
+    port: int,
+    topic: str,
+    *,
+    username: str | None,
+    password: str | None,
+    protocol: int,
+    wait_s: float,
+) -> bytes | None:
     """A topic's retained message, on a throw-away connection of its own (clean, no session left
     behind); None if none arrives within wait_s."""
     got: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -91,9 +134,15 @@ async def _read_retained(host: str, port: int, topic: str, *, username: str | No
             if not got.done():
                 got.set_result(m.payload)
 
-    probe = MqttClient(host, port, client_id=f"fleetgate-probe-{secrets.token_hex(6)}",
-                       protocol=protocol, username=username, password=password,
-                       on_messages=on_messages)
+    probe = MqttClient(
+        host,
+        port,
+        client_id=f"fleetgate-probe-{secrets.token_hex(6)}",
+        protocol=protocol,
+        username=username,
+        password=password,
+        on_messages=on_messages,
+    )
     await probe.connect()
     try:
         await probe.subscribe([(topic, 1)])
@@ -142,23 +191,35 @@ class MqttIngress:
         self._client_id = client_id
         self._presence_topic = presence_topic(topic_root, client_id)
         self._session = PersistentSession(
-            host=host, port=port, client_id=client_id,
+            host=host,
+            port=port,
+            client_id=client_id,
             subscriptions=(lambda: [(self._marker_topic, 1)]) if drain else self.subscriptions,
             unsubscribe=(lambda: [f for f, _ in self.subscriptions()]) if drain else None,
-            on_messages=self._on_messages, protocol=protocol, keepalive_s=keepalive_s,
-            session_expiry_s=session_expiry_s, receive_maximum=receive_maximum,
-            username=username, password=password, on_up=self._connection_up,
-            on_down=self._connection_gone, log=log,
-            will=None if drain else Will(self._presence_topic, _presence("offline", client_id),
-                                         qos=1, retain=True))
+            on_messages=self._on_messages,
+            protocol=protocol,
+            keepalive_s=keepalive_s,
+            session_expiry_s=session_expiry_s,
+            receive_maximum=receive_maximum,
+            username=username,
+            password=password,
+            on_up=self._connection_up,
+            on_down=self._connection_gone,
+            log=log,
+            will=None
+            if drain
+            else Will(self._presence_topic, _presence("offline", client_id), qos=1, retain=True),
+        )
         self.subscribed = self._session.subscribed
 
     def subscriptions(self) -> list[tuple[str, int]]:
         shared = f"$share/{self._shared_group}/" if self._shared_group else ""
-        return [(f"{shared}{self._root}/+/telemetry", 1),
-                (f"{shared}{self._root}/+/event", 1),
-                # Retained presence is not delivered on shared subscriptions (MQTT 5, 4.8.2).
-                (f"{self._root}/+/status", 1)]
+        return [
+            (f"{shared}{self._root}/+/telemetry", 1),
+            (f"{shared}{self._root}/+/event", 1),
+            # Retained presence is not delivered on shared subscriptions (MQTT 5, 4.8.2).
+            (f"{self._root}/+/status", 1),
+        ]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected and subscribed until stop is set.
@@ -173,8 +234,9 @@ class MqttIngress:
             client.pause_reading()
         self._metrics.broker_connected.set(1)
         if not self.draining:
-            self._publish_quietly(client, self._presence_topic,
-                                  _presence("online", self._client_id), retain=True)
+            self._publish_quietly(
+                client, self._presence_topic, _presence("online", self._client_id), retain=True
+            )
         else:
             if self.session_present is None:  # what the first connection found
                 self.session_present = client.session_present
@@ -183,8 +245,9 @@ class MqttIngress:
             self._publish_quietly(client, self._marker_topic, self._marker_payload())
 
     @staticmethod
-    def _publish_quietly(client: MqttClient, topic: str, payload: bytes,
-                         retain: bool = False) -> asyncio.Future:
+    def _publish_quietly(
+        client: MqttClient, topic: str, payload: bytes, retain: bool = False
+    ) -> asyncio.Future:
         """Publish QoS 1; a connection lost first publishes it again on the next one."""
         sent = client.publish(topic, payload, qos=1, retain=retain)
         sent.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -215,9 +278,11 @@ class MqttIngress:
     def _connection_gone(self, generation: int) -> None:
         self._metrics.broker_connected.set(0)
         if self.draining and getattr(self.last_error, "reason_code", None) == SESSION_TAKEN_OVER:
-            self.drain_error = (f"another connection took client id {self._session.client_id} "
-                                "over: a gateway process still runs with it; stop that process "
-                                "first (its session keeps what it has not acknowledged)")
+            self.drain_error = (
+                f"another connection took client id {self._session.client_id} "
+                "over: a gateway process still runs with it; stop that process "
+                "first (its session keeps what it has not acknowledged)"
+            )
             self.marker_arrived.set()  # wakes finish_drain
         # What this connection delivered and is not committed yet stays in the pipeline and is
         # committed (its acknowledgements are skipped: packet ids mean nothing on the next
@@ -233,12 +298,21 @@ class MqttIngress:
         if client is not None:  # offline now (a drained id: retired, its presence cleared)
             # Not awaited: reading may be paused (graceful stop), and the broker handles it before
             # it answers the PINGREQ that disconnect sends first.
-            self._publish_quietly(client, self._presence_topic, b"" if self.drained
-                                  else _presence("offline", self._client_id), retain=True)
+            self._publish_quietly(
+                client,
+                self._presence_topic,
+                b"" if self.drained else _presence("offline", self._client_id),
+                retain=True,
+            )
         if self.drained:
             await self._session.end()
         else:
             await self._session.disconnect()
+
+    @property
+    def held_back(self) -> int:
+        """Messages received while reading is paused, not yet handed to the pipeline."""
+        return self._session.held
 
     def abort(self) -> None:
         """Drop the connection without DISCONNECT and without acknowledging anything more (the
@@ -277,5 +351,13 @@ class MqttIngress:
                 device_id, kind = "", "telemetry"  # rejected as bad_topic, still acknowledged
             if kind not in _KINDS:
                 device_id, kind = "", "telemetry"
-            submit(Inbound(kind, device_id, m.payload, received_ms, (generation, m.mid, m.qos),
-                           m.content_type))
+            submit(
+                Inbound(
+                    kind,
+                    device_id,
+                    m.payload,
+                    received_ms,
+                    (generation, m.mid, m.qos),
+                    m.content_type,
+                )
+            )

@@ -22,8 +22,9 @@ from starlette.routing import Route
 Check = Callable[[], Awaitable[str | None]]
 
 
-async def readiness(checks: Mapping[str, Check], timeout_s: float = 3.0
-                    ) -> tuple[bool, dict[str, str]]:
+async def readiness(
+    checks: Mapping[str, Check], timeout_s: float = 3.0
+) -> tuple[bool, dict[str, str]]:
     """Run the checks at once; (all passed, name -> "ok" or the reason)."""
     names = list(checks)
     results = await asyncio.gather(*(_check(checks[n], timeout_s) for n in names))
@@ -39,8 +40,9 @@ async def _check(check: Check, timeout_s: float) -> str | None:
         return str(exc)[:200] or type(exc).__name__
 
 
-def ops_app(checks: Mapping[str, Check],
-            registry: CollectorRegistry | None = REGISTRY) -> Starlette:
+def ops_app(
+    checks: Mapping[str, Check], registry: CollectorRegistry | None = REGISTRY
+) -> Starlette:
     """/metrics, /healthz (the process and its event loop are alive), /readyz (every check
     passes: 200, else 503 with the reasons). Bodies are those of the API's health routes."""
 
@@ -55,13 +57,19 @@ def ops_app(checks: Mapping[str, Check],
 
     async def readyz(request: Request) -> Response:
         ready, results = await readiness(checks)
-        return _json({"status": "ok" if ready else "unready", "checks": results},
-                     200 if ready else 503)
+        return _json(
+            {"status": "ok" if ready else "unready", "checks": results}, 200 if ready else 503
+        )
 
-    return Starlette(routes=[
-        Route("/metrics", metrics), Route("/healthz", healthz), Route("/readyz", readyz)])
+    return Starlette(
+        routes=[Route("/metrics", metrics), Route("/healthz", healthz), Route("/readyz", readyz)]
+    )
 
 
 def _json(body: dict, status: int) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
-                    headers={"Cache-Control": "no-store"})
+    return Response(
+        orjson.dumps(body),
+        status_code=status,
+        media_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )

@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import psycopg
 
-from fleetgate.logs import fields
 from gateway.metrics import GatewayMetrics
 from gateway.stages import BatchStage, StageOutput, merge_outputs
 from telemetry.batch import DeviceEvent, TelemetryBatch
@@ -28,7 +27,7 @@ from telemetry.plausibility import PlausibilityFilter
 from telemetry.schema import DEVICE_ID_PATTERN
 from telemetry.store import Device, QuarantinedMessage, StoreUnavailable, TelemetryStore
 
-log = logging.getLogger("fleetgate.pipeline")
+log = logging.getLogger(__name__)
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 # The rejection reason of a message whose processing raised (a fault of the gateway's, not of the
@@ -60,8 +59,12 @@ class DeviceRegistry:
     """device id -> vehicle, reloaded from the store now and then; an id it does not know is
     looked up in the store at once, so a device registered a moment ago loses nothing."""
 
-    def __init__(self, store: TelemetryStore, plausibility: PlausibilityFilter,
-                 max_speed_kmh: dict[str, float]) -> None:
+    def __init__(
+        self,
+        store: TelemetryStore,
+        plausibility: PlausibilityFilter,
+        max_speed_kmh: dict[str, float],
+    ) -> None:
         self._store = store
         self._plausibility = plausibility
         self._max_speed_kmh = max_speed_kmh
@@ -92,8 +95,11 @@ class DeviceRegistry:
         self.vehicle_of = {d: dev.vehicle for d, dev in devices.items()}
         if devices:
             vehicles = np.fromiter((d.vehicle for d in devices.values()), np.int64, len(devices))
-            limits = np.fromiter((self._max_speed_kmh.get(d.vehicle_type, 300.0)
-                                  for d in devices.values()), np.float64, len(devices))
+            limits = np.fromiter(
+                (self._max_speed_kmh.get(d.vehicle_type, 300.0) for d in devices.values()),
+                np.float64,
+                len(devices),
+            )
             self._plausibility.set_limits(vehicles, limits)
         for callback in self.on_refresh:
             callback(devices)
@@ -231,8 +237,7 @@ class IngestPipeline:
         taken, self._pending = pending[:n], pending[n:]
         self._pending_bytes -= size
         self._in_write = n
-        if (len(self._pending) < limits.max_messages
-                and self._pending_bytes < limits.max_bytes):
+        if len(self._pending) < limits.max_messages and self._pending_bytes < limits.max_bytes:
             self._full.clear()
         return taken
 
@@ -242,9 +247,15 @@ class IngestPipeline:
             await self._commit_batch(items)
         except Exception as exc:
             self._metrics.pipeline_errors.labels("batch").inc()
-            log.error("batch_failed", extra=fields(
-                messages=len(items), error=_describe(exc),
-                action="committing it in parts to find the message that fails"), exc_info=exc)
+            log.error(
+                "batch_failed",
+                extra={
+                    "messages": len(items),
+                    "error": _describe(exc),
+                    "action": "committing it in parts to find the message that fails",
+                },
+                exc_info=exc,
+            )
             await self._isolate(items, exc)
         self._in_write = 0
         if self._paused and self.unacknowledged < self.limits.max_pending // 2:
@@ -270,22 +281,29 @@ class IngestPipeline:
         """Keep a message the gateway cannot process in quarantined_messages, count it, log it
         with its traceback, and acknowledge it: retrying would fail the same way forever."""
         error = _describe(exc, 2000)
-        log.error("message_quarantined", extra=fields(
-            device_id=m.device_id, transport=m.transport, kind=m.kind, error=error[:300],
-            payload_bytes=len(m.payload), payload_head=m.payload[:64].hex()), exc_info=exc)
-        record = QuarantinedMessage(m.transport, m.kind, m.device_id, m.received_ms, m.payload,
-                                    m.content_type, error)
+        log.error(
+            "message_quarantined",
+            extra={
+                "device_id": m.device_id,
+                "transport": m.transport,
+                "kind": m.kind,
+                "error": error[:300],
+                "payload_bytes": len(m.payload),
+                "payload_head": m.payload[:64].hex(),
+            },
+            exc_info=exc,
+        )
+        record = QuarantinedMessage(
+            m.transport, m.kind, m.device_id, m.received_ms, m.payload, m.content_type, error
+        )
         while True:
             try:
                 await self._store.quarantine([record])
                 break
             except StoreUnavailable as down:
                 await self._database_down("quarantine", down)
-        metrics = self._metrics
-        metrics.messages_received.labels(m.transport, m.kind).inc()
-        if m.kind == "telemetry":
-            metrics.samples_received.labels(m.transport).inc()
-        metrics.samples_rejected.labels(PROCESSING_FAILED, m.transport).inc()
+        # Counted as a message rejected whole (an event's or a status's in their own counters).
+        self._metrics.count_refused(m.kind, m.transport, PROCESSING_FAILED)
         self._acknowledge_all([m])
 
     async def _commit_batch(self, items: list[Inbound]) -> None:
@@ -300,8 +318,9 @@ class IngestPipeline:
         self._first_transport = items[0].transport
         vehicle_of = self._registry.vehicle_of
         now_ms = int(time.time() * 1000)
-        # Rejections by transport, then reason (fleetgate_samples_rejected_total{reason,transport}).
-        rejected: dict[str, dict[str, int]] = {}
+        # Rejections by (transport, kind), then reason: telemetry's in
+        # fleetgate_samples_rejected_total{reason,transport}, events' and statuses' in their own.
+        rejected: dict[tuple[str, str], dict[str, int]] = {}
         problems = []
 
         batches = []
@@ -309,13 +328,17 @@ class IngestPipeline:
         sizes: dict[str, int] = {}  # samples per transport, in the order of the batch's rows
         for transport, msgs in _by_transport(telemetry):
             decoded = decode_telemetry(
-                [m.device_id for m in msgs], [m.payload for m in msgs],
+                [m.device_id for m in msgs],
+                [m.payload for m in msgs],
                 np.fromiter((m.received_ms for m in msgs), np.int64, len(msgs)),
-                vehicle_of, now_ms=now_ms, limits=self._time_limits,
-                content_types=[m.content_type for m in msgs])
+                vehicle_of,
+                now_ms=now_ms,
+                limits=self._time_limits,
+                content_types=[m.content_type for m in msgs],
+            )
             batches.append(decoded.batch)
             sizes[transport] = len(decoded.batch)
-            _merge(rejected.setdefault(transport, {}), decoded.rejected)
+            _merge(rejected.setdefault((transport, "telemetry"), {}), decoded.rejected)
             problems += decoded.problems
             received[transport] = len(decoded.batch) + sum(decoded.rejected.values())
         batch = batches[0] if len(batches) == 1 else TelemetryBatch.concat(batches)
@@ -325,23 +348,39 @@ class IngestPipeline:
         events: list[DeviceEvent] = []
         for transport, msgs in _by_transport(events_in):
             decoded_events, ev_rejected, ev_problems = decode_events(
-                [m.device_id for m in msgs], [m.payload for m in msgs], vehicle_of,
-                now_ms=now_ms, limits=self._time_limits,
-                content_types=[m.content_type for m in msgs])
+                [m.device_id for m in msgs],
+                [m.payload for m in msgs],
+                vehicle_of,
+                now_ms=now_ms,
+                limits=self._time_limits,
+                content_types=[m.content_type for m in msgs],
+            )
             events += decoded_events
-            _merge(rejected.setdefault(transport, {}), ev_rejected)
+            _merge(rejected.setdefault((transport, "event"), {}), ev_rejected)
             problems += ev_problems
-        presence = self._presence_updates(statuses, vehicle_of, rejected)
+        presence = self._presence_updates(statuses, vehicle_of, rejected, now_ms)
         derived = self._run_stages(batch)
         events.extend(derived.events)
 
         inserted, duplicates, events_inserted = await self._write(
-            batch, events, presence, rejected, derived.derived)
+            batch, events, presence, rejected, derived.derived
+        )
 
         # Committed. Nothing below may undo that or keep the batch from being acknowledged.
         try:
-            self._count(items, received, rejected, sizes, inserted, duplicates, events_inserted,
-                        flagged, batch, time.monotonic() - started)
+            self._count(
+                items,
+                received,
+                rejected,
+                sizes,
+                inserted,
+                duplicates,
+                events_inserted,
+                flagged,
+                batch,
+                presence,
+                time.monotonic() - started,
+            )
             self._log_problems(rejected, problems)
         except Exception:
             self._metrics.pipeline_errors.labels("accounting").inc()
@@ -358,8 +397,20 @@ class IngestPipeline:
             self._after_commit("on_vehicles_changed", self._on_vehicles_changed, changed)
         self._acknowledge_all(items)
 
-    def _count(self, items, received, rejected, sizes, inserted, duplicates, events_inserted,
-               flagged, batch, elapsed) -> None:
+    def _count(
+        self,
+        items,
+        received,
+        rejected,
+        sizes,
+        inserted,
+        duplicates,
+        events_inserted,
+        flagged,
+        batch,
+        presence,
+        elapsed,
+    ) -> None:
         metrics = self._metrics
         for (transport, kind), count in Counter((m.transport, m.kind) for m in items).items():
             metrics.messages_received.labels(transport, kind).inc(count)
@@ -367,19 +418,21 @@ class IngestPipeline:
             metrics.samples_received.labels(transport).inc(count)
         if flagged:
             metrics.samples_flagged.labels("implausible_jump").inc(flagged)
-        for transport, reasons in rejected.items():
-            for reason, count in reasons.items():
-                metrics.samples_rejected.labels(reason, transport).inc(count)
-        for transport, count in _split(inserted, sizes).items():
+        for (transport, kind), reasons in rejected.items():
+            metrics.count_rejected(kind, transport, reasons)
+        stored, duplicate = _stored_and_duplicates(inserted, duplicates, sizes)
+        for transport, count in stored.items():
             metrics.samples_stored.labels(transport).inc(count)
-        for transport, count in _split(duplicates, sizes).items():
+        for transport, count in duplicate.items():
             metrics.samples_duplicate.labels(transport).inc(count)
-        metrics.events_stored.inc(events_inserted)
+        metrics.count_events_stored(events_inserted)
+        for _, online, _ in presence:
+            metrics.presence_changes.labels("online" if online else "offline", "status").inc()
         metrics.batch_messages.observe(len(items))
         metrics.batch_samples.observe(len(batch))
         metrics.commit_seconds.observe(elapsed)
         if len(batch):
-            delays = (time.time() - batch.received_ms / 1000.0)
+            delays = time.time() - batch.received_ms / 1000.0
             for q in np.percentile(delays, (10, 50, 90, 99)):  # a few observations, not one per row
                 metrics.sample_delay_seconds.observe(max(float(q), 0.0))
 
@@ -390,7 +443,7 @@ class IngestPipeline:
             callback(*args)
         except Exception:
             self._metrics.pipeline_errors.labels(name).inc()
-            log.exception("commit_listener_failed", extra=fields(listener=name))
+            log.exception("commit_listener_failed", extra={"listener": name})
 
     def _acknowledge_all(self, items: list[Inbound]) -> None:
         by_transport: dict[str, list[Any]] = {}
@@ -401,8 +454,9 @@ class IngestPipeline:
                 self._acknowledge[transport](tokens)
             except Exception:  # not acknowledged: the device or broker sends it again (a duplicate)
                 self._metrics.pipeline_errors.labels("acknowledge").inc()
-                log.exception("acknowledge_failed", extra=fields(transport=transport,
-                                                                 messages=len(tokens)))
+                log.exception(
+                    "acknowledge_failed", extra={"transport": transport, "messages": len(tokens)}
+                )
         self._metrics.messages_acked.inc(len(items))
 
     def _run_stages(self, batch: TelemetryBatch) -> StageOutput:
@@ -414,19 +468,28 @@ class IngestPipeline:
             self._metrics.core_seconds.labels(stage.name).observe(time.perf_counter() - started)
         return merge_outputs(outputs)
 
-    def _presence_updates(self, statuses, vehicle_of, rejected) -> list[tuple[int, bool, int]]:
+    def _presence_updates(
+        self, statuses, vehicle_of, rejected, now_ms: int
+    ) -> list[tuple[int, bool, int]]:
         updates = []
+        limits = self._time_limits
         for m in statuses:
             vehicle = vehicle_of.get(m.device_id)
             status = decode_status(m.payload, m.content_type)
+            reason = None
             if vehicle is None:
-                _merge(rejected.setdefault(m.transport, {}), {"unknown_device": 1})
+                reason = "unknown_device"
             elif status is None:
-                _merge(rejected.setdefault(m.transport, {}), {"bad_structure": 1})
+                reason = "bad_structure"
+            elif status.t is not None and status.t > now_ms + limits.max_future_ms:
+                # A clock far ahead would pin the vehicle's presence: later statuses are older.
+                reason = "time_in_future"
+            elif status.t is not None and status.t < now_ms - limits.max_age_ms:
+                reason = "time_too_old"
+            if reason is not None:
+                _merge(rejected.setdefault((m.transport, "status"), {}), {reason: 1})
             else:
                 updates.append((vehicle, status.online, status.t or m.received_ms))
-                self._metrics.presence_changes.labels(
-                    "online" if status.online else "offline", "status").inc()
         return updates
 
     async def _sync_state(self, batch: TelemetryBatch) -> None:
@@ -445,8 +508,9 @@ class IngestPipeline:
             except StoreUnavailable as exc:
                 await self._database_down("registry", exc)
 
-    async def _write(self, batch, events, presence, rejected, derived
-                     ) -> tuple[int, int, int]:
+    async def _write(
+        self, batch, events, presence, rejected, derived
+    ) -> tuple[int, int, Counter[str]]:
         """Write until it commits; a batch the database refuses is split to isolate bad rows."""
         backoff = 0.2
         while True:
@@ -457,7 +521,7 @@ class IngestPipeline:
                 if self._db_down:
                     self._db_down = False
                     self._metrics.db_up.set(1)
-                    log.warning("database_recovered", extra=fields(unacknowledged=self._held()))
+                    log.warning("database_recovered", extra={"unacknowledged": self._held()})
                 return result
             except StoreUnavailable as exc:
                 await self._database_down("write", exc, backoff)
@@ -467,16 +531,24 @@ class IngestPipeline:
         self._db_down = True
         self._metrics.db_up.set(0)
         self._metrics.db_errors.labels("unavailable").inc()
-        log.warning("database_unavailable", extra=fields(
-            operation=what, error=str(exc)[:300], retry_in_s=backoff,
-            unacknowledged=self._held()))
+        log.warning(
+            "database_unavailable",
+            extra={
+                "operation": what,
+                "error": str(exc)[:300],
+                "retry_in_s": backoff,
+                "unacknowledged": self._held(),
+            },
+        )
         await asyncio.sleep(backoff)
 
-    async def _write_isolating(self, batch, events, rejected, derived
-                               ) -> tuple[int, int, int]:
+    async def _write_isolating(
+        self, batch, events, rejected, derived
+    ) -> tuple[int, int, Counter[str]]:
+        """(samples inserted, duplicates, events inserted by source)."""
         try:
             r = await self._store.write(batch, events, derived)
-            return r.inserted, r.duplicates, r.events_inserted
+            return r.inserted, r.duplicates, Counter(r.events_by_source)
         except StoreUnavailable:
             raise
         except psycopg.Error as exc:
@@ -486,19 +558,22 @@ class IngestPipeline:
             self._metrics.db_errors.labels("refused").inc()
             n = len(batch) + len(events)
             if n <= 1:
-                log.error("sample_refused_by_database", extra=fields(error=str(exc)[:300]))
+                log.error("sample_refused_by_database", extra={"error": str(exc)[:300]})
                 # Attributed to the transport of the batch's first message: rare enough.
-                _merge(rejected.setdefault(self._first_transport, {}), {"store_refused": n})
-                return 0, 0, 0
+                kind = "telemetry" if len(batch) else "event"
+                _merge(rejected.setdefault((self._first_transport, kind), {}), {"store_refused": n})
+                return 0, 0, Counter()
             half_b, half_e = len(batch) // 2, len(events) // 2
             # What the stages derived goes with both halves (writing it twice is harmless).
-            a = await self._write_isolating(batch.take(slice(0, half_b)), events[:half_e],
-                                            rejected, derived)
-            b = await self._write_isolating(batch.take(slice(half_b, None)), events[half_e:],
-                                            rejected, derived)
+            a = await self._write_isolating(
+                batch.take(slice(0, half_b)), events[:half_e], rejected, derived
+            )
+            b = await self._write_isolating(
+                batch.take(slice(half_b, None)), events[half_e:], rejected, derived
+            )
             return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
-    def _log_problems(self, rejected: dict[str, dict[str, int]], problems) -> None:
+    def _log_problems(self, rejected: dict[tuple[str, str], dict[str, int]], problems) -> None:
         if not any(rejected.values()):
             return
         for reasons in rejected.values():
@@ -507,10 +582,16 @@ class IngestPipeline:
         if now - self._last_problem_log < 1.0:
             return  # at most one line a second, with the counts since the last one
         self._last_problem_log = now
-        log.warning("samples_rejected", extra=fields(
-            counts=self._suppressed,
-            examples=[{"device_id": p.device_id, "reason": p.reason, "detail": p.detail}
-                      for p in problems[:5]]))
+        log.warning(
+            "samples_rejected",
+            extra={
+                "counts": self._suppressed,
+                "examples": [
+                    {"device_id": p.device_id, "reason": p.reason, "detail": p.detail}
+                    for p in problems[:5]
+                ],
+            },
+        )
         self._suppressed = {}
 
     def _set_paused(self, paused: bool) -> None:
@@ -544,6 +625,16 @@ def _split(count: int, sizes: dict[str, int]) -> dict[str, int]:
     out = {t: count * n // total for t, n in sizes.items()} if total else dict.fromkeys(sizes, 0)
     out[max(sizes, key=sizes.__getitem__)] += count - sum(out.values())
     return out
+
+
+def _stored_and_duplicates(
+    inserted: int, duplicates: int, sizes: dict[str, int]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """A batch's stored and duplicate samples by transport: stored in proportion to each
+    transport's samples, duplicates to each one's samples not stored, so that per transport
+    stored + duplicate is its samples (exact unless the database refused some rows)."""
+    stored = _split(inserted, sizes)
+    return stored, _split(duplicates, {t: n - stored[t] for t, n in sizes.items()})
 
 
 def _describe(exc: BaseException, limit: int = 300) -> str:

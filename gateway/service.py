@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from commands import CommandConfig, CommandService, DeliveryPolicy, InterlockPolicy
-from fleetgate.logs import fields
+from commands import CommandConfig, CommandService
 from gateway.coap import CoapIngress
 from gateway.dispatcher_lease import DispatcherLease, LeaseLost
 from gateway.handover import StateHandover
@@ -33,7 +32,7 @@ from telemetry.decoder import TimeLimits
 from telemetry.plausibility import PlausibilityFilter
 from telemetry.store import DeviceCredentials, StoreUnavailable, TelemetryStore
 
-log = logging.getLogger("fleetgate.gateway")
+log = logging.getLogger(__name__)
 
 
 class GatewayFailed(RuntimeError):
@@ -83,36 +82,15 @@ class GatewayConfig:
     # (a process retired for good), end that session and stop. No commands, no CoAP.
     drain: bool = False
 
-    @classmethod
-    def from_settings(cls, s, database_url: str, mqtt_host: str, mqtt_port: int) -> GatewayConfig:
-        return cls(
-            database_url=database_url, mqtt_host=mqtt_host, mqtt_port=mqtt_port,
-            mqtt_client_id=s.mqtt_client_id, mqtt_topic_root=s.mqtt_topic_root,
-            mqtt_shared_group=s.mqtt_shared_group, mqtt_protocol=s.mqtt_protocol,
-            mqtt_keepalive_s=s.mqtt_keepalive_s, mqtt_session_expiry_s=s.mqtt_session_expiry_s,
-            mqtt_receive_maximum=s.mqtt_receive_maximum, mqtt_username=s.mqtt_username,
-            mqtt_password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
-            limits=PipelineLimits(s.batch_max_messages, s.batch_max_bytes, s.batch_max_age_ms,
-                                  s.pipeline_max_pending),
-            time_limits=TimeLimits(int(s.max_future_s * 1000), s.retention_days * 86_400_000),
-            max_speed_kmh={"ebike": s.ebike_max_speed_kmh, "car": s.car_max_speed_kmh},
-            presence_timeout_s=s.presence_timeout_s, db_pool_max=s.db_pool_max,
-            zones_refresh_s=s.zones_refresh_s, geofence_margin_m=s.geofence_margin_m,
-            geofence_fixes=s.geofence_fixes, coap_enabled=s.coap_enabled, coap_host=s.coap_host,
-            coap_port=s.coap_port, coap_response_timeout_s=s.coap_response_timeout_s,
-            coap_retry_after_s=s.coap_retry_after_s, commands_enabled=s.commands_enabled,
-            fleet_gauges_s=s.fleet_gauges_s,
-            speed_caps_enabled=s.speed_caps_enabled, command_overrides={
-                "default_ttl_s": s.command_ttl_s,
-                "interlocks": InterlockPolicy(fresh_s=s.command_fresh_state_s,
-                                              moving_kmh=s.command_moving_kmh),
-                "delivery": DeliveryPolicy(result_timeout_s=s.command_result_timeout_s,
-                                           max_attempts=s.command_max_attempts)})
-
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, *, registry: CollectorRegistry | None = REGISTRY,
-                 on_committed: Callable[[TelemetryBatch, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        registry: CollectorRegistry | None = REGISTRY,
+        on_committed: Callable[[TelemetryBatch, float], None] | None = None,
+    ) -> None:
         self.config = config
         self.metrics = GatewayMetrics(registry)
         self._on_committed = on_committed
@@ -147,12 +125,15 @@ class Gateway:
         backoff = 0.5
         while True:
             try:
-                return await TelemetryStore.open(self.config.database_url,
-                                                 pool_max=self.config.db_pool_max)
+                return await TelemetryStore.open(
+                    self.config.database_url, pool_max=self.config.db_pool_max
+                )
             except StoreUnavailable as exc:
                 self.metrics.db_up.set(0)
-                log.warning("database_unavailable", extra=fields(
-                    operation="open", error=str(exc)[:300], retry_in_s=backoff))
+                log.warning(
+                    "database_unavailable",
+                    extra={"operation": "open", "error": str(exc)[:300], "retry_in_s": backoff},
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -178,67 +159,111 @@ class Gateway:
                     await self.lease.release()
                     raise
             if not started:
-                log.info("commands_standby", extra=fields(
-                    reason="another gateway process runs the command dispatcher"))
+                log.info(
+                    "commands_standby",
+                    extra={"reason": "another gateway process runs the command dispatcher"},
+                )
         self.geofence = geofence = GeofenceStage(
-            store, hysteresis=Hysteresis(cfg.geofence_margin_m, cfg.geofence_fixes),
-            on_speed_caps=self._speed_caps)
+            store,
+            hysteresis=Hysteresis(cfg.geofence_margin_m, cfg.geofence_fixes),
+            on_speed_caps=self._speed_caps,
+        )
         self.battery = battery = BatteryStage(store)
-        self.handover = handover = StateHandover(store, plausibility, [geofence, battery],
-                                                 self.metrics)
+        self.handover = handover = StateHandover(
+            store, plausibility, [geofence, battery], self.metrics
+        )
         await self._retry(handover.start)  # before the stages load: see StateHandover.start
         await self._retry(lambda: geofence.start(registry.devices))
         await self._retry(lambda: battery.start(registry.devices))
-        registry.on_refresh += [geofence.set_devices, battery.set_devices,
-                                lambda devices: self.metrics.devices_registered.set(len(devices))]
+        registry.on_refresh += [
+            geofence.set_devices,
+            battery.set_devices,
+            lambda devices: self.metrics.devices_registered.set(len(devices)),
+        ]
         self.metrics.devices_registered.set(len(registry.devices))
 
         ingress_box: list[MqttIngress] = []
         self.pipeline = pipeline = IngestPipeline(
-            store, registry, plausibility,
-            {"mqtt": lambda tokens: ingress_box[0].acknowledge(tokens),
-             "coap": lambda tokens: self.coap.acknowledge(tokens)},
-            limits=cfg.limits, time_limits=cfg.time_limits, metrics=self.metrics,
+            store,
+            registry,
+            plausibility,
+            {
+                "mqtt": lambda tokens: ingress_box[0].acknowledge(tokens),
+                "coap": lambda tokens: self.coap.acknowledge(tokens),
+            },
+            limits=cfg.limits,
+            time_limits=cfg.time_limits,
+            metrics=self.metrics,
             on_backpressure=lambda paused: ingress_box[0].set_backpressure(paused),
-            on_committed=self._committed, on_vehicles_changed=self._vehicles_changed,
+            on_committed=self._committed,
+            on_vehicles_changed=self._vehicles_changed,
             on_presence=self._presence,
-            stages=[geofence, battery], state_sync=handover.sync)
+            stages=[geofence, battery],
+            state_sync=handover.sync,
+        )
         self.ingress = ingress = MqttIngress(
-            pipeline, host=cfg.mqtt_host, port=cfg.mqtt_port, client_id=cfg.mqtt_client_id,
-            topic_root=cfg.mqtt_topic_root, shared_group=cfg.mqtt_shared_group,
-            protocol=cfg.mqtt_protocol, keepalive_s=cfg.mqtt_keepalive_s,
-            session_expiry_s=cfg.mqtt_session_expiry_s, receive_maximum=cfg.mqtt_receive_maximum,
-            username=cfg.mqtt_username, password=cfg.mqtt_password, metrics=self.metrics,
-            drain=cfg.drain)
+            pipeline,
+            host=cfg.mqtt_host,
+            port=cfg.mqtt_port,
+            client_id=cfg.mqtt_client_id,
+            topic_root=cfg.mqtt_topic_root,
+            shared_group=cfg.mqtt_shared_group,
+            protocol=cfg.mqtt_protocol,
+            keepalive_s=cfg.mqtt_keepalive_s,
+            session_expiry_s=cfg.mqtt_session_expiry_s,
+            receive_maximum=cfg.mqtt_receive_maximum,
+            username=cfg.mqtt_username,
+            password=cfg.mqtt_password,
+            metrics=self.metrics,
+            drain=cfg.drain,
+        )
         ingress_box.append(ingress)
+        pipeline.count_held_upstream(lambda: ingress.held_back)
         if cfg.mqtt_shared_group and not cfg.drain:
             await self._warn_if_broker_drops_shared_subscriptions()
         if cfg.coap_enabled and not cfg.drain:
             self.coap = CoapIngress(
-                pipeline, DeviceCredentials(store).verify, metrics=self.metrics,
-                host=cfg.coap_host, port=cfg.coap_port, path_root=cfg.mqtt_topic_root,
-                time_limits=cfg.time_limits, commands=self.commands,
+                pipeline,
+                DeviceCredentials(store).verify,
+                metrics=self.metrics,
+                host=cfg.coap_host,
+                port=cfg.coap_port,
+                path_root=cfg.mqtt_topic_root,
+                time_limits=cfg.time_limits,
+                commands=self.commands,
                 response_timeout_s=cfg.coap_response_timeout_s,
-                retry_after_s=cfg.coap_retry_after_s)
+                retry_after_s=cfg.coap_retry_after_s,
+            )
             await self.coap.start()
 
-        log.info("gateway_started", extra=fields(
-            client_id=cfg.mqtt_client_id, devices=len(registry.devices),
-            broker=f"{cfg.mqtt_host}:{cfg.mqtt_port}"))
+        log.info(
+            "gateway_started",
+            extra={
+                "client_id": cfg.mqtt_client_id,
+                "devices": len(registry.devices),
+                "broker": f"{cfg.mqtt_host}:{cfg.mqtt_port}",
+            },
+        )
         writer = asyncio.create_task(pipeline.run(), name="pipeline")
         reader = asyncio.create_task(ingress.run(self._stop), name="mqtt-ingress")
-        chores = [asyncio.create_task(self._every(interval, fn, first), name=name)
-                  for name, interval, fn, first in (
-                      ("presence-expiry", cfg.presence_timeout_s / 4, self._expire_presence, None),
-                      ("registry-refresh", cfg.registry_refresh_s, registry.refresh, None),
-                      ("zones-refresh", cfg.zones_refresh_s, geofence.refresh, None),
-                      ("maintenance", cfg.maintenance_interval_s, self._maintain, None),
-                      ("fleet-gauges", cfg.fleet_gauges_s, self._count_fleet, 0.0))]
+        chores = [
+            asyncio.create_task(self._every(interval, fn, first), name=name)
+            for name, interval, fn, first in (
+                ("presence-expiry", cfg.presence_timeout_s / 4, self._expire_presence, None),
+                ("registry-refresh", cfg.registry_refresh_s, registry.refresh, None),
+                ("zones-refresh", cfg.zones_refresh_s, geofence.refresh, None),
+                ("maintenance", cfg.maintenance_interval_s, self._maintain, None),
+                ("fleet-gauges", cfg.fleet_gauges_s, self._count_fleet, 0.0),
+            )
+        ]
         if self.lease is not None:
             chores.append(asyncio.create_task(self._hold_dispatcher_lease(), name="lease"))
         # Each runs until the gateway stops; one that ends sooner is a failure of the process.
-        needed = {writer: "the pipeline writer", reader: "the MQTT ingress",
-                  **{c: f"the {c.get_name()} task" for c in chores}}
+        needed = {
+            writer: "the pipeline writer",
+            reader: "the MQTT ingress",
+            **{c: f"the {c.get_name()} task" for c in chores},
+        }
         if cfg.drain:
             chores.append(asyncio.create_task(self._drain(ingress), name="drain"))
         self.ready.set()
@@ -261,10 +286,14 @@ class Gateway:
             if self.lease is not None:
                 await self.lease.release()  # a standby process takes over within check_s
             await self._save_core_state()
-            log.info("gateway_stopped", extra=fields(
-                unacknowledged=pipeline.unacknowledged,
-                samples_stored=_total(self.metrics.samples_stored),
-                samples_duplicate=_total(self.metrics.samples_duplicate)))
+            log.info(
+                "gateway_stopped",
+                extra={
+                    "unacknowledged": pipeline.unacknowledged,
+                    "samples_stored": _total(self.metrics.samples_stored),
+                    "samples_duplicate": _total(self.metrics.samples_duplicate),
+                },
+            )
         finally:
             for task in (reader, writer, *chores):
                 task.cancel()
@@ -287,17 +316,25 @@ class Gateway:
         gateway subscribes again, telemetry to the shared filter is acknowledged to the devices
         and dropped. Say so at start where the broker is one (docs/deployment.md)."""
         cfg = self.config
-        version = await read_broker_version(cfg.mqtt_host, cfg.mqtt_port,
-                                            username=cfg.mqtt_username,
-                                            password=cfg.mqtt_password,
-                                            protocol=cfg.mqtt_protocol)
+        version = await read_broker_version(
+            cfg.mqtt_host,
+            cfg.mqtt_port,
+            username=cfg.mqtt_username,
+            password=cfg.mqtt_password,
+            protocol=cfg.mqtt_protocol,
+        )
         if version and version.lower().startswith("mosquitto"):
-            log.warning("shared_subscription_not_kept_by_broker", extra=fields(
-                broker=version, shared_group=cfg.mqtt_shared_group,
-                consequence="a broker restart loses the telemetry devices publish before this "
-                            "process subscribes again",
-                advice="one gateway process per Mosquitto with FLEETGATE_MQTT_SHARED_GROUP "
-                       "empty (docs/deployment.md)"))
+            log.warning(
+                "shared_subscription_not_kept_by_broker",
+                extra={
+                    "broker": version,
+                    "shared_group": cfg.mqtt_shared_group,
+                    "consequence": "a broker restart loses the telemetry devices publish "
+                    "before this process subscribes again",
+                    "advice": "one gateway process per Mosquitto with FLEETGATE_MQTT_SHARED_GROUP "
+                    "empty (docs/deployment.md)",
+                },
+            )
 
     async def _serve_until_stopped(self, needed: dict[asyncio.Task, str]) -> None:
         """Wait for stop(); if a task the gateway needs ends first, fail loudly: readiness says
@@ -313,13 +350,19 @@ class Gateway:
             return
         task = ended[0]
         error = None if task.cancelled() else task.exception()
-        self.failure = f"{needed[task]} ended" + (f": {type(error).__name__}: {error}"[:300]
-                                                  if error else " unexpectedly")
+        self.failure = f"{needed[task]} ended" + (
+            f": {type(error).__name__}: {error}"[:300] if error else " unexpectedly"
+        )
         self.metrics.broker_connected.set(0)
-        log.critical("gateway_failed", extra=fields(task=task.get_name(), reason=self.failure,
-                                                    action="exiting for the supervisor to "
-                                                           "restart the process"),
-                     exc_info=error)
+        log.critical(
+            "gateway_failed",
+            extra={
+                "task": task.get_name(),
+                "reason": self.failure,
+                "action": "exiting for the supervisor to restart the process",
+            },
+            exc_info=error,
+        )
         if self.ingress is not None:
             self.ingress.abort()  # unacknowledged messages stay with the broker
         raise GatewayFailed(self.failure) from error
@@ -330,8 +373,10 @@ class Gateway:
         cfg = self.config
         registry = CollectorRegistry()  # exported through _CommandMetrics
         service = CommandService(
-            CommandConfig.from_gateway(cfg, **cfg.command_overrides), registry=registry,
-            pull=lambda device_id: self.coap is not None and self.coap.serves(device_id))
+            CommandConfig.from_gateway(cfg, **cfg.command_overrides),
+            registry=registry,
+            pull=lambda device_id: self.coap is not None and self.coap.serves(device_id),
+        )
         try:
             await (self._retry(service.start) if retry else service.start())
         except BaseException:
@@ -347,8 +392,11 @@ class Gateway:
     def _set_commands(self, service: CommandService | None) -> None:
         self.commands = service
         self.metrics.commands_dispatcher_active.set(0 if service is None else 1)
-        self.on_speed_caps = (service.on_speed_caps if service is not None
-                              and self.config.speed_caps_enabled else None)
+        self.on_speed_caps = (
+            service.on_speed_caps
+            if service is not None and self.config.speed_caps_enabled
+            else None
+        )
         if self.coap is not None:
             self.coap.commands = service
         for listener in self.commands_listeners:
@@ -362,19 +410,23 @@ class Gateway:
             try:
                 if self.commands is not None and not lease.held:
                     # Another process may take over any moment: stop dispatching at once.
-                    log.warning("commands_dispatcher_stopped", extra=fields(
-                        reason="the dispatcher lease was lost"))
+                    log.warning(
+                        "commands_dispatcher_stopped",
+                        extra={"reason": "the dispatcher lease was lost"},
+                    )
                     service = self.commands
                     self._set_commands(None)
                     with contextlib.suppress(Exception):
                         await service.abort()
                     await lease.release()
                 elif self.commands is None and await lease.try_acquire():
-                    log.info("commands_dispatcher_taken_over", extra=fields(
-                        client_id=self.config.mqtt_client_id))
+                    log.info(
+                        "commands_dispatcher_taken_over",
+                        extra={"client_id": self.config.mqtt_client_id},
+                    )
                     await self._start_commands(retry=False)
             except Exception as exc:  # this loop must outlive any failure: it guards the lease
-                log.warning("commands_start_failed", extra=fields(error=repr(exc)[:300]))
+                log.warning("commands_start_failed", extra={"error": repr(exc)[:300]})
                 with contextlib.suppress(Exception):
                     await lease.release()
 
@@ -386,24 +438,28 @@ class Gateway:
                 pass
         except DrainError as exc:
             self.drain_error = str(exc)
-            log.error("drain_failed", extra=fields(client_id=self.config.mqtt_client_id,
-                                                   error=self.drain_error))
+            log.error(
+                "drain_failed",
+                extra={"client_id": self.config.mqtt_client_id, "error": self.drain_error},
+            )
         else:
             self.drain_report = dict(
-                client_id=self.config.mqtt_client_id, session_present=ingress.session_present,
+                client_id=self.config.mqtt_client_id,
+                session_present=ingress.session_present,
                 samples_stored=_total(self.metrics.samples_stored),
                 rejected=_total(self.metrics.samples_rejected),
-                seconds=round(time.monotonic() - started, 3))
-            log.info("session_drained", extra=fields(**self.drain_report))
+                seconds=round(time.monotonic() - started, 3),
+            )
+            log.info("session_drained", extra={**self.drain_report})
         self.stop()
 
     async def _maintain(self) -> None:
         report = await self.store.maintain()
         if report.created or report.dropped or report.policies_fixed:
-            log.info("database_maintained", extra=fields(report=str(report)))
+            log.info("database_maintained", extra={"report": str(report)})
         self.metrics.timescaledb_jobs_failing.set(len(report.failing_jobs))
         if report.failing_jobs:
-            log.warning("timescaledb_jobs_failing", extra=fields(jobs=report.failing_jobs))
+            log.warning("timescaledb_jobs_failing", extra={"jobs": report.failing_jobs})
 
     async def _save_core_state(self) -> None:
         """Everything is committed: store the battery core's full state so that the next start
@@ -411,7 +467,7 @@ class Gateway:
         try:
             await asyncio.wait_for(self.battery.save(), 30)
         except (StoreUnavailable, TimeoutError) as exc:
-            log.warning("battery_state_not_saved", extra=fields(error=str(exc)[:300]))
+            log.warning("battery_state_not_saved", extra={"error": str(exc)[:300]})
 
     def stop(self) -> None:
         self._stop.set()
@@ -427,8 +483,10 @@ class Gateway:
             try:
                 return await fn()  # fn: a coroutine function, called anew on every attempt
             except StoreUnavailable as exc:
-                log.warning("database_unavailable", extra=fields(
-                    operation=getattr(fn, "__name__", "?"), error=str(exc)[:300]))
+                log.warning(
+                    "database_unavailable",
+                    extra={"operation": getattr(fn, "__name__", "?"), "error": str(exc)[:300]},
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -442,13 +500,13 @@ class Gateway:
             except StoreUnavailable:
                 pass  # the pipeline reports the outage; housekeeping simply tries again later
             except Exception:
-                log.exception("housekeeping_failed", extra=fields(task=getattr(fn, "__name__", "?")))
+                log.exception("housekeeping_failed", extra={"task": getattr(fn, "__name__", "?")})
 
     async def _expire_presence(self) -> None:
         expired = await self.store.expire_presence(self.config.presence_timeout_s)
         if expired:
             self.metrics.presence_changes.labels("offline", "timeout").inc(len(expired))
-            log.info("vehicles_offline_timeout", extra=fields(count=len(expired)))
+            log.info("vehicles_offline_timeout", extra={"count": len(expired)})
             self._presence([(v, False, 0) for v in expired])
             self._vehicles_changed(set(expired))
 
@@ -515,5 +573,6 @@ class _CommandMetrics:
 
 def _total(counter) -> int:
     """A counter's value summed over its labels (for the log)."""
-    return int(sum(s.value for m in counter.collect() for s in m.samples
-                   if s.name.endswith("_total")))
+    return int(
+        sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+    )

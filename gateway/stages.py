@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from battery import DEFAULT_TYPES, BatteryCore, BatteryPolicy, BatteryType
-from fleetgate.logs import fields
 from geofence import (
     Hysteresis,
     InvalidZone,
@@ -30,7 +29,7 @@ from geofence import (
 from telemetry.batch import TelemetryBatch
 from telemetry.store import AdvancedState, Derived, Device, TelemetryStore
 
-log = logging.getLogger("fleetgate.stages")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,9 +51,14 @@ class GeofenceStage:
 
     name = "geofence"
 
-    def __init__(self, store: TelemetryStore, *, hysteresis: Hysteresis = Hysteresis(),
-                 violations: ViolationPolicy = ViolationPolicy(),
-                 on_speed_caps: Callable[[list[SpeedCapChange]], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: TelemetryStore,
+        *,
+        hysteresis: Hysteresis = Hysteresis(),
+        violations: ViolationPolicy = ViolationPolicy(),
+        on_speed_caps: Callable[[list[SpeedCapChange]], None] | None = None,
+    ) -> None:
         self._store = store
         self._hysteresis = hysteresis
         self._violations = violations
@@ -67,14 +71,17 @@ class GeofenceStage:
         """Build the zone set from the database and resume every vehicle's stored state."""
         rows = await self._store.load_zones()
         zoneset = await self._build(rows, strict=False)
-        self.tracker = ZoneTracker(zoneset, hysteresis=self._hysteresis,
-                                   violations=self._violations)
+        self.tracker = ZoneTracker(
+            zoneset, hysteresis=self._hysteresis, violations=self._violations
+        )
         self.version = rows.version
         self.set_devices(devices)
         states, last_time = await self._store.load_vehicle_json("geofence")
         self.tracker.restore(states, last_time)
-        log.info("zones_loaded", extra=fields(version=rows.version, zones=len(zoneset),
-                                              vehicles_resumed=len(states)))
+        log.info(
+            "zones_loaded",
+            extra={"version": rows.version, "zones": len(zoneset), "vehicles_resumed": len(states)},
+        )
 
     async def refresh(self) -> bool:
         """Swap in the zone set if the database has a newer version; True if it did."""
@@ -88,11 +95,11 @@ class GeofenceStage:
             # Zones are validated before they are written (API, CLI); one that is not (edited by
             # hand in SQL) must not turn every vehicle's zones upside down: keep the old set.
             self.rejected_versions.add(rows.version)
-            log.error("zones_rejected", extra=fields(version=rows.version, error=str(exc)))
+            log.error("zones_rejected", extra={"version": rows.version, "error": str(exc)})
             return False
         self.tracker.swap(zoneset)
         self.version = rows.version
-        log.info("zones_swapped", extra=fields(version=rows.version, zones=len(zoneset)))
+        log.info("zones_swapped", extra={"version": rows.version, "zones": len(zoneset)})
         return True
 
     async def _build(self, rows, *, strict: bool) -> ZoneSet:
@@ -104,7 +111,7 @@ class GeofenceStage:
                 if strict:
                     raise
                 # At start there is no previous set to keep: leave the bad zone out, loudly.
-                log.error("zone_skipped", extra=fields(zone=row.get("id"), error=str(exc)))
+                log.error("zone_skipped", extra={"zone": row.get("id"), "error": str(exc)})
         zoneset = ZoneSet(zones, global_rules=rows.global_rules, version=rows.version)
         await asyncio.to_thread(lambda: zoneset.index)  # the grid build takes ~0.5 s per 1,000
         return zoneset
@@ -119,15 +126,18 @@ class GeofenceStage:
         exact (written with every change), so the hand-over causes no event of its own."""
         states = {r.vehicle: r.geofence for r in taken if r.geofence is not None}
         if states:
-            self.tracker.restore(states, {v: r.time_ms for r in taken
-                                          if (v := r.vehicle) in states})
+            self.tracker.restore(
+                states, {v: r.time_ms for r in taken if (v := r.vehicle) in states}
+            )
 
     def process(self, batch: TelemetryBatch) -> StageOutput:
         result = self.tracker.process(batch)
         if result.speed_caps and self.on_speed_caps is not None:
             self.on_speed_caps(result.speed_caps)
-        return StageOutput(events=result.events, derived=Derived(
-            vehicle_json={"geofence": result.states} if result.states else {}))
+        return StageOutput(
+            events=result.events,
+            derived=Derived(vehicle_json={"geofence": result.states} if result.states else {}),
+        )
 
 
 class BatteryStage:
@@ -146,10 +156,15 @@ class BatteryStage:
 
     name = "battery"
 
-    def __init__(self, store: TelemetryStore, *,
-                 types: Mapping[str, BatteryType] = DEFAULT_TYPES,
-                 policy: BatteryPolicy = BatteryPolicy(),
-                 replay_max_s: float = 3600.0, replay_max_samples: int = 2_000_000) -> None:
+    def __init__(
+        self,
+        store: TelemetryStore,
+        *,
+        types: Mapping[str, BatteryType] = DEFAULT_TYPES,
+        policy: BatteryPolicy = BatteryPolicy(),
+        replay_max_s: float = 3600.0,
+        replay_max_samples: int = 2_000_000,
+    ) -> None:
         self._store = store
         self.core = BatteryCore(types, policy=policy)
         self.replay_max_ms = int(replay_max_s * 1000)
@@ -170,9 +185,15 @@ class BatteryStage:
         self.core.restore({}, {v: since for v, (since, _) in behind.items()})
         self.replayed = replayed = await self._replay(behind)
         self.core.restore({}, last_time)  # whatever the replay did not reach: a gap
-        log.info("battery_state_loaded", extra=fields(
-            vehicles_resumed=len(states), vehicles_replayed=len(behind),
-            samples_replayed=replayed, seconds=round(time.perf_counter() - started, 3)))
+        log.info(
+            "battery_state_loaded",
+            extra={
+                "vehicles_resumed": len(states),
+                "vehicles_replayed": len(behind),
+                "samples_replayed": replayed,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
 
     async def _replay(self, behind: Mapping[int, tuple[int, int]]) -> int:
         """Run the core over the stored samples of `behind` (vehicle -> (since, until] ms) and
@@ -193,17 +214,17 @@ class BatteryStage:
     def set_devices(self, devices: Mapping[str, Device]) -> None:
         known = [d for d in devices.values() if d.vehicle_type in self.core.types]
         if known:
-            self.core.set_vehicle_types([d.vehicle for d in known],
-                                        [d.vehicle_type for d in known])
+            self.core.set_vehicle_types([d.vehicle for d in known], [d.vehicle_type for d in known])
 
     def resume(self, taken: Sequence[AdvancedState]) -> None:
         """Continue vehicles another gateway process advanced. Its stored state is up to ~15 min
         of sample time behind what it processed; it is taken where it is newer than this
         process's own, and the samples neither state includes are a gap to the estimators (as
         after a crash), never counted twice."""
-        self.core.restore({r.vehicle: r.battery_state for r in taken
-                           if r.battery_state is not None},
-                          {r.vehicle: r.time_ms for r in taken})
+        self.core.restore(
+            {r.vehicle: r.battery_state for r in taken if r.battery_state is not None},
+            {r.vehicle: r.time_ms for r in taken},
+        )
 
     def process(self, batch: TelemetryBatch) -> StageOutput:
         update = self.core.update(batch)

@@ -49,8 +49,9 @@ def circle_ring(lon0: float, lat0: float, radius_m: float, vertices: int = 64) -
     return np.vstack([ring, ring[:1]])
 
 
-def segment_distance_m(lon: np.ndarray, lat: np.ndarray, ax: np.ndarray, ay: np.ndarray,
-                       bx: np.ndarray, by: np.ndarray) -> np.ndarray:
+def segment_distance_m(
+    lon: np.ndarray, lat: np.ndarray, ax: np.ndarray, ay: np.ndarray, bx: np.ndarray, by: np.ndarray
+) -> np.ndarray:
     """Distance in metres from point i to segment i (a -> b), elementwise.
 
     Each point is measured in its own equirectangular frame, which is accurate to well under a

@@ -2,7 +2,8 @@
 
 GBFS knows MultiPolygons only and has no zone ids or kinds, so fleetgate writes them as extension
 fields (underscore-prefixed, as the spec asks): _zone_id, _kind and, for circles, _circle with the
-exact centre and radius next to the 64-gon every other consumer reads.
+exact centre and radius next to the 64-gon every other consumer reads. Another publisher's file
+has no _kind: its zones are "other" until the importer names their kinds (zones.assign_kinds).
 """
 
 from __future__ import annotations
@@ -22,8 +23,13 @@ GBFS_VERSION = "3.0"
 _ALLOW_ALL = Rule(ride_start_allowed=True, ride_end_allowed=True, ride_through_allowed=True)
 
 
-def zoneset_to_gbfs(zoneset: ZoneSet, *, last_updated: datetime | str | None = None, ttl: int = 60,
-                    language: str = "en") -> dict[str, Any]:
+def zoneset_to_gbfs(
+    zoneset: ZoneSet,
+    *,
+    last_updated: datetime | str | None = None,
+    ttl: int = 60,
+    language: str = "en",
+) -> dict[str, Any]:
     """The zone set as a geofencing_zones.json document, features in precedence order.
 
     last_updated defaults to now (UTC). Shells are written counter-clockwise (the right-hand rule
@@ -50,8 +56,9 @@ def zoneset_to_gbfs(zoneset: ZoneSet, *, last_updated: datetime | str | None = N
     }
 
 
-def zones_from_gbfs(document: Mapping[str, Any], *,
-                    language: str | None = None) -> tuple[list[Zone], list[Rule]]:
+def zones_from_gbfs(
+    document: Mapping[str, Any], *, language: str | None = None
+) -> tuple[list[Zone], list[Rule]]:
     """Zones (priority = position in the file) and global rules from a geofencing_zones.json
     document. Features without _zone_id get "gbfs-<position>". Raises InvalidZone."""
     version = str(document.get("version", ""))
@@ -87,8 +94,10 @@ def _feature(zone: Zone, language: str) -> dict[str, Any]:
     shape = shapely.orient_polygons(zone.shape, exterior_cw=False)
     if isinstance(shape, shapely.Polygon):
         shape = shapely.MultiPolygon([shape])
-    coordinates = [[[list(map(float, p)) for p in ring.coords]
-                    for ring in (poly.exterior, *poly.interiors)] for poly in shape.geoms]
+    coordinates = [
+        [[list(map(float, p)) for p in ring.coords] for ring in (poly.exterior, *poly.interiors)]
+        for poly in shape.geoms
+    ]
     props: dict[str, Any] = {}
     if zone.name:
         props["name"] = [{"text": zone.name, "language": language}]
@@ -101,10 +110,15 @@ def _feature(zone: Zone, language: str) -> dict[str, Any]:
     props["_zone_id"] = zone.id
     props["_kind"] = zone.kind.value
     if zone.is_circle:
-        props["_circle"] = {"coordinates": list(zone.geometry.coordinates),
-                            "radius_m": zone.geometry.radius_m}
-    return {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": coordinates},
-            "properties": props}
+        props["_circle"] = {
+            "coordinates": list(zone.geometry.coordinates),
+            "radius_m": zone.geometry.radius_m,
+        }
+    return {
+        "type": "Feature",
+        "geometry": {"type": "MultiPolygon", "coordinates": coordinates},
+        "properties": props,
+    }
 
 
 def _pick_name(names: Any, language: str | None) -> str:

@@ -55,7 +55,7 @@ class Membership:
         return np.repeat(np.arange(len(self), dtype=np.int64), self.counts)
 
     def zones_of(self, i: int) -> np.ndarray:
-        return self.zone[self.ptr[i]:self.ptr[i + 1]]
+        return self.zone[self.ptr[i] : self.ptr[i + 1]]
 
     def first(self) -> np.ndarray:
         """Per point, the zone of highest precedence (lowest number), or -1 where there is none."""
@@ -150,8 +150,9 @@ class ZoneIndex:
         c = self._circle[circles]
         half_w = np.sqrt(c[:, 4]) / c[:, 2] * (1 + _CIRCLE_SLACK)
         half_h = np.sqrt(c[:, 4]) / c[:, 3] * (1 + _CIRCLE_SLACK)
-        bounds[circles] = np.column_stack([c[:, 0] - half_w, c[:, 1] - half_h,
-                                           c[:, 0] + half_w, c[:, 1] + half_h])
+        bounds[circles] = np.column_stack(
+            [c[:, 0] - half_w, c[:, 1] - half_h, c[:, 0] + half_w, c[:, 1] + half_h]
+        )
 
         ax, ay, bx, by, ezone = self._edges(polygons)
         self._edge_zone_ptr = np.searchsorted(ezone, np.arange(self.n_zones + 1))
@@ -167,8 +168,9 @@ class ZoneIndex:
             bounds_of = np.searchsorted(ezone[pe], np.arange(self.n_zones + 1))
             for z in polygons:
                 sl = slice(bounds_of[z], bounds_of[z + 1])
-                self._classify_polygon(int(z), pe[sl], pc[sl], pr[sl], full_cells, full_zones,
-                                       entries)
+                self._classify_polygon(
+                    int(z), pe[sl], pc[sl], pr[sl], full_cells, full_zones, entries
+                )
         for z in circles:
             self._classify_circle(int(z), bounds[z], full_cells, full_zones, entries)
         self._assemble(full_cells, full_zones, entries, ax, ay, bx, by)
@@ -300,9 +302,16 @@ class ZoneIndex:
         full_zones.append(np.full(len(rr), z, dtype=np.int32))
         rr, cc = np.nonzero(partial)
         n = len(rr)
-        entries.append(((rows[rr] * self._nx + cols[cc]).astype(np.int64), z,
-                        np.zeros(n, dtype=bool), True, np.zeros(n, dtype=np.int64),
-                        np.empty(0, dtype=np.int64)))
+        entries.append(
+            (
+                (rows[rr] * self._nx + cols[cc]).astype(np.int64),
+                z,
+                np.zeros(n, dtype=bool),
+                True,
+                np.zeros(n, dtype=np.int64),
+                np.empty(0, dtype=np.int64),
+            )
+        )
 
     def _assemble(self, full_cells, full_zones, entries, ax, ay, bx, by) -> None:
         n_cells = self._nx * self._ny
@@ -348,10 +357,15 @@ class ZoneIndex:
     @property
     def stats(self) -> dict[str, float | int]:
         """Size of the index, for logs and the benchmark."""
-        return {"zones": self.n_zones, "grid": f"{self._nx}x{self._ny}",
-                "full_entries": len(self._full_zone), "partial_entries": len(self._part_zone),
-                "partial_edges": len(self._ex), "edges": len(self._edges_xy[0]),
-                "build_seconds": round(self.build_seconds, 4)}
+        return {
+            "zones": self.n_zones,
+            "grid": f"{self._nx}x{self._ny}",
+            "full_entries": len(self._full_zone),
+            "partial_entries": len(self._part_zone),
+            "partial_edges": len(self._ex),
+            "edges": len(self._edges_xy[0]),
+            "build_seconds": round(self.build_seconds, 4),
+        }
 
     def locate(self, lat: np.ndarray, lon: np.ndarray) -> Membership:
         """The zones each point is in (geometry only: no time windows, no vehicle types).
@@ -405,8 +419,9 @@ class ZoneIndex:
             out[ptr[in_point] + counts[in_point] + rank] = in_zone
         return Membership(ptr, out, rechecked)
 
-    def _decide(self, entry: np.ndarray, lat: np.ndarray,
-                lon: np.ndarray) -> tuple[np.ndarray, int]:
+    def _decide(
+        self, entry: np.ndarray, lat: np.ndarray, lon: np.ndarray
+    ) -> tuple[np.ndarray, int]:
         """Inside/outside for candidate (point, zone-entry) pairs of boundary cells."""
         inside = np.zeros(len(entry), dtype=bool)
         circle = self._part_circle[entry]
@@ -455,8 +470,9 @@ class ZoneIndex:
 
     # ------------------------------------------------------------------ geometry for tracking --
 
-    def distance_to_boundary_m(self, zone: np.ndarray, lat: np.ndarray,
-                               lon: np.ndarray) -> np.ndarray:
+    def distance_to_boundary_m(
+        self, zone: np.ndarray, lat: np.ndarray, lon: np.ndarray
+    ) -> np.ndarray:
         """Metres from point i to the boundary of zone[i] (holes included), unsigned; all three
         arrays aligned. Used by hysteresis for the few fixes that change zones."""
         zone = np.asarray(zone, dtype=np.int64)

@@ -24,8 +24,13 @@ ZONE_EXIT = "zone_exit"
 LEFT_OPERATING_AREA = "left_operating_area"
 SPEEDING_IN_ZONE = "speeding_in_zone"
 RIDE_THROUGH_FORBIDDEN = "ride_through_forbidden"
-_EVENT_ORDER = {ZONE_EXIT: 0, ZONE_ENTER: 1, LEFT_OPERATING_AREA: 2, SPEEDING_IN_ZONE: 3,
-                RIDE_THROUGH_FORBIDDEN: 4}
+_EVENT_ORDER = {
+    ZONE_EXIT: 0,
+    ZONE_ENTER: 1,
+    LEFT_OPERATING_AREA: 2,
+    SPEEDING_IN_ZONE: 3,
+    RIDE_THROUGH_FORBIDDEN: 4,
+}
 
 STATE_FORMAT = 1
 _NO_EPISODE = -2  # episode codes: -2 none, -1 under the global rules, >= 0 zone number
@@ -116,8 +121,13 @@ class ZoneTracker:
     that have a change pending), which are few in any batch.
     """
 
-    def __init__(self, zoneset: ZoneSet, *, hysteresis: Hysteresis = Hysteresis(),
-                 violations: ViolationPolicy = ViolationPolicy()) -> None:
+    def __init__(
+        self,
+        zoneset: ZoneSet,
+        *,
+        hysteresis: Hysteresis = Hysteresis(),
+        violations: ViolationPolicy = ViolationPolicy(),
+    ) -> None:
         self.zoneset = zoneset
         self.hysteresis = hysteresis
         self.violations = violations
@@ -152,8 +162,10 @@ class ZoneTracker:
         old = self.zoneset
         # Old zone number -> new one (_NO_EPISODE if deleted); the two extra slots map the episode
         # codes -2 (none) and -1 (global rules) to themselves through negative indexing.
-        remap = np.array([zoneset.position.get(zid, _NO_EPISODE) for zid in old.ids]
-                         + [_NO_EPISODE, _GLOBAL], dtype=np.int32)
+        remap = np.array(
+            [zoneset.position.get(zid, _NO_EPISODE) for zid in old.ids] + [_NO_EPISODE, _GLOBAL],
+            dtype=np.int32,
+        )
         for v, zones in list(self._zones.items()):
             kept = tuple(sorted(int(remap[z]) for z in zones if remap[z] >= 0))
             removed = [old.ids[z] for z in zones if remap[z] < 0]
@@ -174,7 +186,8 @@ class ZoneTracker:
             vehicles = np.fromiter(self._type_name, dtype=np.int64, count=len(self._type_name))
             self._type_code[:] = zoneset.vehicle_type_codes("")
             self._type_code[vehicles] = zoneset.vehicle_type_codes(
-                np.array(list(self._type_name.values())))
+                np.array(list(self._type_name.values()))
+            )
         else:
             self._type_code[:] = zoneset.vehicle_type_codes("")
 
@@ -188,11 +201,15 @@ class ZoneTracker:
         """JSON-able state per vehicle (all known vehicles by default), for vehicle_state."""
         if vehicles is None:
             vehicles = np.flatnonzero(self._t >= 0).tolist()
-        return {int(v): self._export_one(int(v)) for v in vehicles
-                if int(v) < len(self._t) and self._t[int(v)] >= 0}
+        return {
+            int(v): self._export_one(int(v))
+            for v in vehicles
+            if int(v) < len(self._t) and self._t[int(v)] >= 0
+        }
 
-    def restore(self, states: Mapping[int, Mapping[str, Any]],
-                last_time_ms: Mapping[int, int] | None = None) -> None:
+    def restore(
+        self, states: Mapping[int, Mapping[str, Any]], last_time_ms: Mapping[int, int] | None = None
+    ) -> None:
         """Resume from exported states (after a restart). Zone ids unknown to the current zone set
         are treated like zones removed by swap().
 
@@ -229,22 +246,33 @@ class ZoneTracker:
 
     # ----------------------------------------------------------------------------- process --
 
-    def process(self, batch: Any, *, vehicle_type: Sequence[str] | np.ndarray | None = None
-                ) -> TrackResult:
+    def process(
+        self, batch: Any, *, vehicle_type: Sequence[str] | np.ndarray | None = None
+    ) -> TrackResult:
         """Evaluate a TelemetryBatch (or anything with vehicle, time_ms, lat, lon, speed_kmh and
         flags arrays). vehicle_type per sample overrides set_vehicle_types()."""
-        return self.process_arrays(batch.vehicle, batch.time_ms, batch.lat, batch.lon,
-                                   batch.speed_kmh, getattr(batch, "flags", None),
-                                   vehicle_type=vehicle_type)
+        return self.process_arrays(
+            batch.vehicle,
+            batch.time_ms,
+            batch.lat,
+            batch.lon,
+            batch.speed_kmh,
+            getattr(batch, "flags", None),
+            vehicle_type=vehicle_type,
+        )
 
-    def process_arrays(self, vehicle, time_ms, lat, lon, speed_kmh=None, flags=None, *,
-                       vehicle_type=None) -> TrackResult:
+    def process_arrays(
+        self, vehicle, time_ms, lat, lon, speed_kmh=None, flags=None, *, vehicle_type=None
+    ) -> TrackResult:
         vehicle = np.asarray(vehicle, dtype=np.int64)
         time_ms = np.asarray(time_ms, dtype=np.int64)
         lat = np.asarray(lat, dtype=np.float64)
         lon = np.asarray(lon, dtype=np.float64)
-        speed = (np.full(len(vehicle), np.nan) if speed_kmh is None
-                 else np.asarray(speed_kmh, dtype=np.float64))
+        speed = (
+            np.full(len(vehicle), np.nan)
+            if speed_kmh is None
+            else np.asarray(speed_kmh, dtype=np.float64)
+        )
         usable = np.isfinite(lat) & np.isfinite(lon)
         if flags is not None:
             usable &= (np.asarray(flags) & FLAG_IMPLAUSIBLE_JUMP) == 0
@@ -255,8 +283,9 @@ class ZoneTracker:
         rows = rows[np.lexsort((time_ms[rows], vehicle[rows]))]
         # Duplicates (vehicle, time): the first row stands (the store keeps one of them too).
         dup = np.zeros(len(rows), dtype=bool)
-        dup[1:] = ((vehicle[rows[1:]] == vehicle[rows[:-1]])
-                   & (time_ms[rows[1:]] == time_ms[rows[:-1]]))
+        dup[1:] = (vehicle[rows[1:]] == vehicle[rows[:-1]]) & (
+            time_ms[rows[1:]] == time_ms[rows[:-1]]
+        )
         rows = rows[~dup]
         self._grow(int(vehicle[rows].max()) + 1)
         fresh = time_ms[rows] > self._t[vehicle[rows]]
@@ -264,8 +293,11 @@ class ZoneTracker:
         rows = rows[fresh]
         if not len(rows):
             return result
-        codes = (self._type_code[vehicle[rows]] if vehicle_type is None
-                 else self.zoneset.vehicle_type_codes(np.asarray(vehicle_type)[rows]))
+        codes = (
+            self._type_code[vehicle[rows]]
+            if vehicle_type is None
+            else self.zoneset.vehicle_type_codes(np.asarray(vehicle_type)[rows])
+        )
         s = _Samples(vehicle[rows], time_ms[rows], lat[rows], lon[rows], speed[rows], codes)
         result.used = len(rows)
         self._run(s, result)
@@ -298,12 +330,14 @@ class ZoneTracker:
             st_lists[u] = tuple(sorted(raw.zones_of(int(starts[u])).tolist()))
             self._set_zones(int(vehicles[u]), st_lists[u])
         st_count = np.fromiter((len(x) for x in st_lists), dtype=np.int64, count=len(st_lists))
-        st_zone = np.fromiter((z for x in st_lists for z in x), dtype=np.int64,
-                              count=int(st_count.sum()))
+        st_zone = np.fromiter(
+            (z for x in st_lists for z in x), dtype=np.int64, count=int(st_count.sum())
+        )
         st_unit = np.repeat(np.arange(len(vehicles)), st_count)
         st_keys = st_unit * n_zones + st_zone  # sorted: units ascending, zones sorted within
-        was_op_first = np.bincount(st_unit[zs.is_operating_area[st_zone]],
-                                   minlength=len(vehicles)) > 0
+        was_op_first = (
+            np.bincount(st_unit[zs.is_operating_area[st_zone]], minlength=len(vehicles)) > 0
+        )
 
         raw_point = raw.point
         raw_keys = unit[raw_point] * n_zones + raw.zone
@@ -311,7 +345,8 @@ class ZoneTracker:
         found = pos < len(st_keys)
         found[found] = st_keys[pos[found]] == raw_keys[found]
         agree = (np.bincount(raw_point[found], minlength=n) == raw.counts) & (
-            raw.counts == st_count[unit])
+            raw.counts == st_count[unit]
+        )
         busy = np.zeros(len(vehicles), dtype=bool)
         busy[unit[~agree]] = True
         if self._pending or self._gone:
@@ -319,8 +354,9 @@ class ZoneTracker:
 
         # The hysteresis state machine, only for busy vehicles.
         busy_sample = busy[unit]
-        distances = self._margin_distances(s, raw, busy, busy_sample, found, unit, starts,
-                                           st_unit, st_zone, n_zones)
+        distances = self._margin_distances(
+            s, raw, busy, busy_sample, found, unit, starts, st_unit, st_zone, n_zones
+        )
         conf_point = [raw_point[~busy_sample[raw_point]]]
         conf_zone = [raw.zone[~busy_sample[raw_point]]]
         for u in np.flatnonzero(busy).tolist():
@@ -342,14 +378,19 @@ class ZoneTracker:
         self._t[vehicles] = s.time_ms[last_rows]
         result.events.sort(key=lambda e: (e.vehicle, e.time_ms, _EVENT_ORDER[e.type]))
         result.speed_caps.sort(key=lambda c: (c.vehicle, c.time_ms))
-        changed = busy | new | (speeding_before != self._speeding[vehicles]) | (
-            riding_before != self._riding[vehicles])
+        changed = (
+            busy
+            | new
+            | (speeding_before != self._speeding[vehicles])
+            | (riding_before != self._riding[vehicles])
+        )
         if result.speed_caps:
             changed |= np.isin(vehicles, [c.vehicle for c in result.speed_caps])
         result.states = {v: self._export_one(v) for v in vehicles[changed].tolist()}
 
-    def _margin_distances(self, s, raw, busy, busy_sample, found, unit, starts, st_unit, st_zone,
-                          n_zones) -> dict[tuple[int, int], float]:
+    def _margin_distances(
+        self, s, raw, busy, busy_sample, found, unit, starts, st_unit, st_zone, n_zones
+    ) -> dict[tuple[int, int], float]:
         """Distance to the boundary for the (fix, zone) pairs the hysteresis will most likely ask
         about: busy fixes vs. their vehicle's zones at the start of the batch, in one vectorised
         call. Pairs that arise only after a change within the batch are computed on demand."""
@@ -374,9 +415,16 @@ class ZoneTracker:
         d = self.zoneset.index.distance_to_boundary_m(z, s.lat[i], s.lon[i])
         return dict(zip(zip(i.tolist(), z.tolist()), d.tolist()))
 
-    def _hysteresis(self, v: int, s: _Samples, raw: Membership, a: int, b: int,
-                    distances: dict[tuple[int, int], float],
-                    result: TrackResult) -> tuple[np.ndarray, np.ndarray]:
+    def _hysteresis(
+        self,
+        v: int,
+        s: _Samples,
+        raw: Membership,
+        a: int,
+        b: int,
+        distances: dict[tuple[int, int], float],
+        result: TrackResult,
+    ) -> tuple[np.ndarray, np.ndarray]:
         hy = self.hysteresis
         cur = set(self._zones.get(v, ()))
         pend = self._pending.pop(v, {})
@@ -409,8 +457,9 @@ class ZoneTracker:
                 gone = []
             if entered:
                 zones = [self._zone_ref(z) for z in entered]
-                result.events.append(GeofenceEvent(v, t, ZONE_ENTER,
-                                                   self._where(s, i, zones=zones)))
+                result.events.append(
+                    GeofenceEvent(v, t, ZONE_ENTER, self._where(s, i, zones=zones))
+                )
             pts.extend([i] * len(cur))
             zns.extend(sorted(cur))
         self._set_zones(v, tuple(sorted(cur)))
@@ -418,18 +467,21 @@ class ZoneTracker:
             self._pending[v] = pend
         return np.array(pts, dtype=np.int64), np.array(zns, dtype=np.int32)
 
-    def _beyond_margin(self, z: int, s: _Samples, i: int,
-                       distances: dict[tuple[int, int], float]) -> bool:
+    def _beyond_margin(
+        self, z: int, s: _Samples, i: int, distances: dict[tuple[int, int], float]
+    ) -> bool:
         """Is fix i at least the (capped) margin away from zone z's boundary, on its side?"""
         zs = self.zoneset
-        if zs.has_time_windows and not zs.active(np.array([z]), s.time_ms[i:i + 1])[0]:
+        if zs.has_time_windows and not zs.active(np.array([z]), s.time_ms[i : i + 1])[0]:
             return True  # a zone outside its time window is far away from everyone
         margin = min(self.hysteresis.margin_m, self._cap_for(z))
         if margin <= 0:
             return True
         d = distances.get((i, z))
         if d is None:
-            d = zs.index.distance_to_boundary_m(np.array([z]), s.lat[i:i + 1], s.lon[i:i + 1])[0]
+            d = zs.index.distance_to_boundary_m(np.array([z]), s.lat[i : i + 1], s.lon[i : i + 1])[
+                0
+            ]
         return bool(d >= margin)
 
     def _cap_for(self, z: int) -> float:
@@ -443,8 +495,7 @@ class ZoneTracker:
                 shape = zone.shape
                 c = shape.centroid
                 kx = M_PER_DEG * math.cos(math.radians(c.y))
-                metric = shapely.transform(
-                    shape, lambda xy: (xy - (c.x, c.y)) * (kx, M_PER_DEG))
+                metric = shapely.transform(shape, lambda xy: (xy - (c.x, c.y)) * (kx, M_PER_DEG))
                 cap = shapely.length(shapely.maximum_inscribed_circle(metric, 0.1)) / 2
             self._margin_cap[z] = cap = float(cap)
         return cap
@@ -463,8 +514,11 @@ class ZoneTracker:
             v = int(s.vehicle[i])
             prev = confirmed.zones_of(i - 1).tolist() if not first[i] else []
             left = [self._zone_ref(z) for z in prev if zs.is_operating_area[z]]
-            result.events.append(GeofenceEvent(v, int(s.time_ms[i]), LEFT_OPERATING_AREA,
-                                               self._where(s, i, zones=left)))
+            result.events.append(
+                GeofenceEvent(
+                    v, int(s.time_ms[i]), LEFT_OPERATING_AREA, self._where(s, i, zones=left)
+                )
+            )
 
     def _episodes(self, s, rules, first, last, unit, vehicles, result) -> None:
         pol = self.violations
@@ -478,10 +532,16 @@ class ZoneTracker:
         starts = self._schmitt(on, off, speeding_zone, first, last, unit, vehicles, self._speeding)
         for i in starts.tolist():
             z = int(speeding_zone[i])
-            detail = self._where(s, i, zone=self._zone_id(z), maximum_speed_kph=float(limit[i]),
-                                 speed_kmh=float(speed[i]))
-            result.events.append(GeofenceEvent(int(s.vehicle[i]), int(s.time_ms[i]),
-                                               SPEEDING_IN_ZONE, detail))
+            detail = self._where(
+                s,
+                i,
+                zone=self._zone_id(z),
+                maximum_speed_kph=float(limit[i]),
+                speed_kmh=float(speed[i]),
+            )
+            result.events.append(
+                GeofenceEvent(int(s.vehicle[i]), int(s.time_ms[i]), SPEEDING_IN_ZONE, detail)
+            )
 
         forbidden = ~rules.ride_through_allowed
         riding_zone = np.where(forbidden, rules.zone, _NO_EPISODE).astype(np.int32)
@@ -492,8 +552,9 @@ class ZoneTracker:
         for i in starts.tolist():
             z = int(riding_zone[i])
             detail = self._where(s, i, zone=self._zone_id(z), speed_kmh=float(speed[i]))
-            result.events.append(GeofenceEvent(int(s.vehicle[i]), int(s.time_ms[i]),
-                                               RIDE_THROUGH_FORBIDDEN, detail))
+            result.events.append(
+                GeofenceEvent(int(s.vehicle[i]), int(s.time_ms[i]), RIDE_THROUGH_FORBIDDEN, detail)
+            )
 
     @staticmethod
     def _schmitt(on, off, zone, first, last, unit, vehicles, stored) -> np.ndarray:
@@ -526,9 +587,14 @@ class ZoneTracker:
         changed = np.where(known, ~same, ~np.isnan(cap))
         for i in np.flatnonzero(changed).tolist():
             c = float(cap[i])
-            result.speed_caps.append(SpeedCapChange(
-                int(s.vehicle[i]), int(s.time_ms[i]), None if math.isnan(c) else c,
-                self._zone_id(int(rules.speed_zone[i])) if not math.isnan(c) else None))
+            result.speed_caps.append(
+                SpeedCapChange(
+                    int(s.vehicle[i]),
+                    int(s.time_ms[i]),
+                    None if math.isnan(c) else c,
+                    self._zone_id(int(rules.speed_zone[i])) if not math.isnan(c) else None,
+                )
+            )
         last_rows = np.flatnonzero(last)
         self._cap[vehicles] = cap[last_rows]
         self._cap_known[vehicles] = True

@@ -94,8 +94,9 @@ class CircleGeometry(BaseModel):
     radius_m: float
 
 
-Geometry = Annotated[PolygonGeometry | MultiPolygonGeometry | CircleGeometry,
-                     Field(discriminator="type")]
+Geometry = Annotated[
+    PolygonGeometry | MultiPolygonGeometry | CircleGeometry, Field(discriminator="type")
+]
 
 
 class Zone(BaseModel):
@@ -125,8 +126,9 @@ class Zone(BaseModel):
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            raise ValueError("start/end must carry a time zone (RFC 3339),"
-                             " e.g. 2026-05-01T00:00:00Z")
+            raise ValueError(
+                "start/end must carry a time zone (RFC 3339), e.g. 2026-05-01T00:00:00Z"
+            )
         return value
 
     @model_validator(mode="after")
@@ -173,6 +175,42 @@ class Zone(BaseModel):
         return None if self.end is None else round(self.end.timestamp() * 1000)
 
 
+def assign_kinds(zones: list[Zone], kinds: Mapping[str, str]) -> list[Zone]:
+    """The zones with the kinds `kinds` gives them: zone id or name -> kind. A key is an id if
+    some zone has that id, else a name (every zone of that name). A GBFS file has no kinds, so an
+    import says which of its zones is the operating area this way. Raises InvalidZone for a kind
+    that does not exist, a key that matches no zone, or a zone given two kinds; nothing else."""
+    allowed = {k.value for k in ZoneKind}
+    by_id = {z.id: i for i, z in enumerate(zones)}
+    chosen: dict[int, tuple[str, str]] = {}  # zone position -> (key, kind)
+    for key, kind in kinds.items():
+        if kind not in allowed:
+            raise InvalidZone(
+                f"kind {kind!r} for {key!r} is not one of {', '.join(k.value for k in ZoneKind)}"
+            )
+        matched = (
+            [by_id[key]] if key in by_id else [i for i, z in enumerate(zones) if z.name == key]
+        )
+        if not matched:
+            names = sorted({z.name for z in zones if z.name})
+            raise InvalidZone(
+                f"no zone has the id or name {key!r} (names: "
+                f"{', '.join(map(repr, names[:10])) or 'none'}"
+                f"{', ...' if len(names) > 10 else ''})"
+            )
+        for i in matched:
+            if i in chosen and chosen[i][1] != kind:
+                raise InvalidZone(
+                    f"zone {zones[i].id!r} is given two kinds: {chosen[i][1]!r} "
+                    f"(by {chosen[i][0]!r}) and {kind!r} (by {key!r})"
+                )
+            chosen[i] = (key, kind)
+    return [
+        z.model_copy(update={"kind": ZoneKind(chosen[i][1])}) if i in chosen else z
+        for i, z in enumerate(zones)
+    ]
+
+
 def _reason(zone_id: Any, exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -187,11 +225,14 @@ def _shape_of(geometry: PolygonGeometry | MultiPolygonGeometry | CircleGeometry)
         lon0, lat0 = geometry.coordinates
         _check_position((lon0, lat0), "circle centre")
         if not (math.isfinite(geometry.radius_m) and geometry.radius_m > 0):
-            raise ValueError(f"circle radius_m must be a finite number > 0,"
-                             f" got {geometry.radius_m}")
+            raise ValueError(
+                f"circle radius_m must be a finite number > 0, got {geometry.radius_m}"
+            )
         if geometry.radius_m > MAX_CIRCLE_RADIUS_M:
-            raise ValueError(f"circle radius_m {geometry.radius_m} exceeds"
-                             f" {MAX_CIRCLE_RADIUS_M:.0f} m; make so large an area a polygon")
+            raise ValueError(
+                f"circle radius_m {geometry.radius_m} exceeds"
+                f" {MAX_CIRCLE_RADIUS_M:.0f} m; make so large an area a polygon"
+            )
         if abs(lat0) > MAX_CIRCLE_LAT:
             raise ValueError(f"circle centre latitude {lat0} is beyond ±{MAX_CIRCLE_LAT}°")
         kx, _ = circle_frame(lon0, lat0)
@@ -203,8 +244,9 @@ def _shape_of(geometry: PolygonGeometry | MultiPolygonGeometry | CircleGeometry)
     else:
         if not geometry.coordinates:
             raise ValueError("MultiPolygon has no polygons")
-        shape = shapely.MultiPolygon([_polygon(p, f"polygon {i}: ")
-                                      for i, p in enumerate(geometry.coordinates)])
+        shape = shapely.MultiPolygon(
+            [_polygon(p, f"polygon {i}: ") for i, p in enumerate(geometry.coordinates)]
+        )
     reason = shapely.is_valid_reason(shape)
     if reason != "Valid Geometry":
         # GEOS says e.g. "Self-intersection[13.4 52.5]"; name the coordinates the GeoJSON way.
@@ -230,8 +272,10 @@ def _polygon(rings: tuple, where: str) -> shapely.Polygon:
                 raise ValueError(f"{label} position {k} has fewer than 2 numbers")
             _check_position(pos, f"{label} position {k}")
         if tuple(ring[0][:2]) != tuple(ring[-1][:2]):
-            raise ValueError(f"{label} is not closed: first position {list(ring[0][:2])} differs"
-                             f" from last {list(ring[-1][:2])}")
+            raise ValueError(
+                f"{label} is not closed: first position {list(ring[0][:2])} differs"
+                f" from last {list(ring[-1][:2])}"
+            )
         arrays.append(np.asarray([p[:2] for p in ring], dtype=np.float64))
     return shapely.Polygon(arrays[0], arrays[1:])
 
@@ -241,5 +285,7 @@ def _check_position(pos, label: str) -> None:
     if not (math.isfinite(lon) and math.isfinite(lat)):
         raise ValueError(f"{label} is not finite: [{lon}, {lat}]")
     if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
-        raise ValueError(f"{label} [{lon}, {lat}] is outside lon -180..180 / lat -90..90"
-                         " (GeoJSON order is [lon, lat])")
+        raise ValueError(
+            f"{label} [{lon}, {lat}] is outside lon -180..180 / lat -90..90"
+            " (GeoJSON order is [lon, lat])"
+        )

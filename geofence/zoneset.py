@@ -47,11 +47,18 @@ class ZoneSet:
     built on first use (`index`) and then shared by every batch.
     """
 
-    def __init__(self, zones: Iterable[Zone], *, global_rules: Iterable[Rule | Mapping] = (),
-                 version: int | str = 0, cells: int | None = None) -> None:
+    def __init__(
+        self,
+        zones: Iterable[Zone],
+        *,
+        global_rules: Iterable[Rule | Mapping] = (),
+        version: int | str = 0,
+        cells: int | None = None,
+    ) -> None:
         self.zones: tuple[Zone, ...] = tuple(sorted(zones, key=lambda z: (z.priority, z.id)))
         self.global_rules: tuple[Rule, ...] = tuple(
-            r if isinstance(r, Rule) else Rule.model_validate(r) for r in global_rules)
+            r if isinstance(r, Rule) else Rule.model_validate(r) for r in global_rules
+        )
         self.version = version
         self._cells = cells
         self.ids: tuple[str, ...] = tuple(z.id for z in self.zones)
@@ -62,12 +69,15 @@ class ZoneSet:
             raise InvalidZone(f"zone id {dup!r} appears more than once in zone set {version!r}")
         n = len(self.zones)
         self.kinds = np.array([list(ZoneKind).index(z.kind) for z in self.zones], dtype=np.int8)
-        self.is_operating_area = np.array([z.kind == ZoneKind.OPERATING_AREA for z in self.zones],
-                                          dtype=bool)
-        self._start_ms = np.array([z.start_ms if z.start is not None else -_NEVER
-                                   for z in self.zones], dtype=np.int64).reshape(n)
-        self._end_ms = np.array([z.end_ms if z.end is not None else _NEVER
-                                 for z in self.zones], dtype=np.int64).reshape(n)
+        self.is_operating_area = np.array(
+            [z.kind == ZoneKind.OPERATING_AREA for z in self.zones], dtype=bool
+        )
+        self._start_ms = np.array(
+            [z.start_ms if z.start is not None else -_NEVER for z in self.zones], dtype=np.int64
+        ).reshape(n)
+        self._end_ms = np.array(
+            [z.end_ms if z.end is not None else _NEVER for z in self.zones], dtype=np.int64
+        ).reshape(n)
         windowed = (self._start_ms > -_NEVER) | (self._end_ms < _NEVER)
         self.has_time_windows = bool(windowed.any())
         self._rule_tables()
@@ -75,28 +85,39 @@ class ZoneSet:
     # ----------------------------------------------------------------------- construction ----
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]], *,
-                  global_rules: Iterable[Rule | Mapping] = (), version: int | str = 0,
-                  cells: int | None = None) -> ZoneSet:
+    def from_rows(
+        cls,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        global_rules: Iterable[Rule | Mapping] = (),
+        version: int | str = 0,
+        cells: int | None = None,
+    ) -> ZoneSet:
         """From zones-table rows (id, name, kind, geometry, rules, priority, start, end; geometry
         and rules as JSON text or parsed). Raises InvalidZone naming the zone and the reason."""
-        return cls([Zone.from_row(r) for r in rows], global_rules=global_rules, version=version,
-                   cells=cells)
+        return cls(
+            [Zone.from_row(r) for r in rows],
+            global_rules=global_rules,
+            version=version,
+            cells=cells,
+        )
 
     def to_rows(self) -> list[dict[str, Any]]:
         return [z.to_row() for z in self.zones]
 
     @classmethod
-    def from_gbfs(cls, document: Mapping[str, Any], *, version: int | str = 0,
-                  language: str | None = None) -> ZoneSet:
+    def from_gbfs(
+        cls, document: Mapping[str, Any], *, version: int | str = 0, language: str | None = None
+    ) -> ZoneSet:
         """From a GBFS v3 geofencing_zones.json document (see geofence.gbfs)."""
         from geofence.gbfs import zones_from_gbfs
 
         zones, global_rules = zones_from_gbfs(document, language=language)
         return cls(zones, global_rules=global_rules, version=version)
 
-    def to_gbfs(self, *, last_updated: datetime | str | None = None, ttl: int = 60,
-                language: str = "en") -> dict[str, Any]:
+    def to_gbfs(
+        self, *, last_updated: datetime | str | None = None, ttl: int = 60, language: str = "en"
+    ) -> dict[str, Any]:
         """A GBFS v3 geofencing_zones.json document (see geofence.gbfs)."""
         from geofence.gbfs import zoneset_to_gbfs
 
@@ -131,12 +152,17 @@ class ZoneSet:
         if types.ndim == 0:
             return np.int64(self._type_code.get(str(types), self._other_type))
         uniq, inverse = np.unique(types.astype(str), return_inverse=True)
-        codes = np.array([self._type_code.get(str(t), self._other_type) for t in uniq],
-                         dtype=np.int64)
+        codes = np.array(
+            [self._type_code.get(str(t), self._other_type) for t in uniq], dtype=np.int64
+        )
         return codes[inverse]
 
-    def resolve(self, membership: Membership, vehicle_type: str | Sequence[str] | np.ndarray,
-                time_ms: np.ndarray | int | None = None) -> EffectiveRules:
+    def resolve(
+        self,
+        membership: Membership,
+        vehicle_type: str | Sequence[str] | np.ndarray,
+        time_ms: np.ndarray | int | None = None,
+    ) -> EffectiveRules:
         """The governing rule per point, per GBFS v3 "Geofencing Rule Precedence".
 
         For each field, the first rule that applies to the vehicle type and sets the field wins,
@@ -190,8 +216,10 @@ class ZoneSet:
     def _rule_tables(self) -> None:
         """Per (zone or global, vehicle-type code): the index of the first applicable rule, of the
         first that sets a speed limit, and of the first that sets station_parking (-1: none)."""
-        names = sorted({t for z in self.zones for r in z.rules for t in (r.vehicle_type_ids or ())}
-                       | {t for r in self.global_rules for t in (r.vehicle_type_ids or ())})
+        names = sorted(
+            {t for z in self.zones for r in z.rules for t in (r.vehicle_type_ids or ())}
+            | {t for r in self.global_rules for t in (r.vehicle_type_ids or ())}
+        )
         self.vehicle_types: tuple[str, ...] = tuple(names)
         self._type_code = {t: i for i, t in enumerate(names)}
         self._other_type = len(names)
@@ -208,7 +236,8 @@ class ZoneSet:
                 for code in range(self._n_codes):
                     name = names[code] if code < len(names) else None
                     applies = rule.vehicle_type_ids is None or (
-                        name is not None and name in rule.vehicle_type_ids)
+                        name is not None and name in rule.vehicle_type_ids
+                    )
                     if not applies:
                         continue
                     if first[row, code] < 0:
@@ -225,8 +254,11 @@ class ZoneSet:
         self._r_start = np.array([r.ride_start_allowed for r in flat] + [True], dtype=bool)
         self._r_end = np.array([r.ride_end_allowed for r in flat] + [True], dtype=bool)
         self._r_through = np.array([r.ride_through_allowed for r in flat] + [True], dtype=bool)
-        self._r_speed = np.array([np.nan if r.maximum_speed_kph is None else r.maximum_speed_kph
-                                  for r in flat] + [np.nan], dtype=np.float64)
+        self._r_speed = np.array(
+            [np.nan if r.maximum_speed_kph is None else r.maximum_speed_kph for r in flat]
+            + [np.nan],
+            dtype=np.float64,
+        )
         self._r_parking = np.array([bool(r.station_parking) for r in flat] + [False], dtype=bool)
 
 

@@ -90,8 +90,9 @@ class TelemetryBatch:
     def concat(cls, batches: list[TelemetryBatch]) -> TelemetryBatch:
         if not batches:
             return cls.empty()
-        return cls(**{f.name: np.concatenate([getattr(b, f.name) for b in batches])
-                      for f in fields(cls)})
+        return cls(
+            **{f.name: np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(cls)}
+        )
 
     def take(self, index: np.ndarray) -> TelemetryBatch:
         """Rows selected by an integer index or a boolean mask, as a new batch."""

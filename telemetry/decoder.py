@@ -35,11 +35,26 @@ from telemetry.schema import (
 # Stable label values of fleetgate_samples_rejected_total{reason=...}; docs/protocol.md explains
 # each. The first group rejects a whole message before its samples are read and counts one per
 # message; the second counts one per sample.
-MESSAGE_REASONS = ("payload_too_large", "unknown_encoding", "malformed_json", "malformed_cbor",
-                   "bad_structure", "bad_topic", "unknown_device")
-SAMPLE_REASONS = ("missing_field", "wrong_type", "lat_out_of_range", "lon_out_of_range",
-                  "soc_out_of_range", "speed_out_of_range", "heading_out_of_range",
-                  "time_in_future", "time_too_old")
+MESSAGE_REASONS = (
+    "payload_too_large",
+    "unknown_encoding",
+    "malformed_json",
+    "malformed_cbor",
+    "bad_structure",
+    "bad_topic",
+    "unknown_device",
+)
+SAMPLE_REASONS = (
+    "missing_field",
+    "wrong_type",
+    "lat_out_of_range",
+    "lon_out_of_range",
+    "soc_out_of_range",
+    "speed_out_of_range",
+    "heading_out_of_range",
+    "time_in_future",
+    "time_too_old",
+)
 REASONS = MESSAGE_REASONS + SAMPLE_REASONS
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
@@ -50,15 +65,23 @@ _JSON_START = frozenset(b"{[ \t\r\n")
 # Media types that decide the encoding (MQTT 5 content type; CoAP content-formats 50, 60, 110
 # and 112 arrive here as these names). SenML packs are parsed as JSON or CBOR, then resolved into
 # the protocol's samples by telemetry.senml.
-_MEDIA_TYPES = {"application/json": "json", "application/cbor": "cbor",
-                "application/senml+json": "senml+json", "application/senml+cbor": "senml+cbor"}
+_MEDIA_TYPES = {
+    "application/json": "json",
+    "application/cbor": "cbor",
+    "application/senml+json": "senml+json",
+    "application/senml+cbor": "senml+cbor",
+}
 _SYNTAX = {"json": "json", "cbor": "cbor", "senml+json": "json", "senml+cbor": "cbor"}
 _NUMBER_FIELDS = ("lat", "lon", *FLOAT_COLUMNS, "odometer_m")
 # Checked in this order: a sample rejected for the first failing check only.
-_RANGES = (("lat", LAT_RANGE, "lat_out_of_range"), ("lon", LON_RANGE, "lon_out_of_range"),
-           ("soc_pct", SOC_RANGE, "soc_out_of_range"), ("speed_kmh", SPEED_RANGE, "speed_out_of_range"),
-           ("heading_deg", HEADING_RANGE, "heading_out_of_range"))
-_INT64 = (-2**63, 2**63 - 1)
+_RANGES = (
+    ("lat", LAT_RANGE, "lat_out_of_range"),
+    ("lon", LON_RANGE, "lon_out_of_range"),
+    ("soc_pct", SOC_RANGE, "soc_out_of_range"),
+    ("speed_kmh", SPEED_RANGE, "speed_out_of_range"),
+    ("heading_deg", HEADING_RANGE, "heading_out_of_range"),
+)
+_INT64 = (-(2**63), 2**63 - 1)
 # The smallest integer that float64 rounds to infinity: from here on a number is a wrong_type.
 _FLOAT64_OVERFLOW = 2**1024 - 2**970
 
@@ -66,7 +89,7 @@ _FLOAT64_OVERFLOW = 2**1024 - 2**970
 # detail is nested at most this deep (orjson's limit), its numbers lie in 64-bit integer range
 # (orjson's; jsonb gives a whole float back as an integer), its texts hold no U+0000 (jsonb's).
 MAX_DETAIL_DEPTH = 254
-_DETAIL_NUMBERS = (-2**63, 2**64 - 1)
+_DETAIL_NUMBERS = (-(2**63), 2**64 - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,16 +172,32 @@ def decode_telemetry(
     """
     rejections = _Rejections(device_ids, max_problems)
     received = np.asarray(received_ms, dtype=np.int64)
-    items, owner = _parse_messages(device_ids, payloads, registry, content_types, rejections,
-                                   senml_received_ms=received)
-    vehicle_of_msg = np.fromiter((registry.get(d, -1) for d in device_ids), np.int32, len(device_ids))
-    batch = _columns(items, np.asarray(owner, dtype=np.intp), vehicle_of_msg, received, now_ms,
-                     limits, rejections)
+    items, owner = _parse_messages(
+        device_ids, payloads, registry, content_types, rejections, senml_received_ms=received
+    )
+    vehicle_of_msg = np.fromiter(
+        (registry.get(d, -1) for d in device_ids), np.int32, len(device_ids)
+    )
+    batch = _columns(
+        items,
+        np.asarray(owner, dtype=np.intp),
+        vehicle_of_msg,
+        received,
+        now_ms,
+        limits,
+        rejections,
+    )
     return DecodeResult(batch, rejections.counts, rejections.problems)
 
 
-def _parse_messages(device_ids, payloads, registry, content_types, rejections,
-                    senml_received_ms: np.ndarray | None = None):
+def _parse_messages(
+    device_ids,
+    payloads,
+    registry,
+    content_types,
+    rejections,
+    senml_received_ms: np.ndarray | None = None,
+):
     """Parse every message on its own; returns the sample objects and the message index of each.
 
     Never one parse for several payloads: joined, the fragments of one device's messages could
@@ -198,15 +237,25 @@ def _parse_messages(device_ids, payloads, registry, content_types, rejections,
         if type(value) is dict:
             items.append(value)
             owner.append(i)
-        elif type(value) is list and 0 < len(value) <= MAX_SAMPLES_PER_MESSAGE and all(
-                type(v) is dict for v in value):
+        elif (
+            type(value) is list
+            and 0 < len(value) <= MAX_SAMPLES_PER_MESSAGE
+            and all(type(v) is dict for v in value)
+        ):
             items.extend(value)
             owner.extend([i] * len(value))
         else:
-            what = (f"a batch of {len(value)} samples" if type(value) is list
-                    else f"a {type(value).__name__}")
-            rejections.add("bad_structure", i, f"expected a sample object or a batch of 1 to "
-                                               f"{MAX_SAMPLES_PER_MESSAGE} samples, got {what}")
+            what = (
+                f"a batch of {len(value)} samples"
+                if type(value) is list
+                else f"a {type(value).__name__}"
+            )
+            rejections.add(
+                "bad_structure",
+                i,
+                f"expected a sample object or a batch of 1 to "
+                f"{MAX_SAMPLES_PER_MESSAGE} samples, got {what}",
+            )
     return items, owner
 
 
@@ -230,8 +279,9 @@ def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections)
     if not set(map(type, t_col)) <= {int}:
         missing = np.fromiter((v is None for v in t_col), bool, n)
         reject(missing, "missing_field", "t")
-        reject(np.fromiter((type(v) is not int for v in t_col), bool, n) & ~missing,
-               "wrong_type", "t")
+        reject(
+            np.fromiter((type(v) is not int for v in t_col), bool, n) & ~missing, "wrong_type", "t"
+        )
         t_col = [v if type(v) is int else 0 for v in t_col]
     try:
         batch.time_ms[:] = t_col
@@ -277,8 +327,9 @@ def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections)
             msg = int(owner[bad_rows[row]])
             name = SAMPLE_REASONS[code - 1]
             sample = items[bad_rows[row]]
-            values = ", ".join(f"{k}={_shown_field(sample.get(k))}"
-                               for k in detail_field[code].split("/"))
+            values = ", ".join(
+                f"{k}={_shown_field(sample.get(k))}" for k in detail_field[code].split("/")
+            )
             rejections.add(name, msg, values, count)
         return batch.take(~bad)
     return batch
@@ -303,9 +354,14 @@ def _number_column(items, name, reject) -> np.ndarray:
     if not types <= _NUMBER_TYPES:
         # Some value is not a number, or an integer too large even for float64 (CBOR bignums):
         # the same test as the conversion above, so that a value fails alike on either path.
-        wrong = np.fromiter((type(v) not in _NUMBER_TYPES
-                             or (type(v) is int and abs(v) >= _FLOAT64_OVERFLOW)
-                             for v in col), bool, len(col))
+        wrong = np.fromiter(
+            (
+                type(v) not in _NUMBER_TYPES or (type(v) is int and abs(v) >= _FLOAT64_OVERFLOW)
+                for v in col
+            ),
+            bool,
+            len(col),
+        )
         reject(wrong, "wrong_type", name)
         out[:] = [v if not w else None for v, w in zip(col, wrong)]
     with np.errstate(invalid="ignore", over="ignore"):
@@ -391,8 +447,10 @@ def _unstorable(detail: dict, budget: int) -> tuple[str | None, int]:
         elif value is not None and kind is not bool:
             return f"{shown(value, 40)}, a CBOR item JSON has no form of", budget
         if budget < 0:
-            return (f"larger than a message ({MAX_PAYLOAD_BYTES // 1024} KiB) once its "
-                    f"CBOR shared references are expanded"), budget
+            return (
+                f"larger than a message ({MAX_PAYLOAD_BYTES // 1024} KiB) once its "
+                f"CBOR shared references are expanded"
+            ), budget
     return None, budget
 
 

@@ -29,8 +29,13 @@ class PlausibilityFilter:
     absurd speeds. max_speed_kmh gives each vehicle's limit by vehicles.id (set_limits).
     """
 
-    def __init__(self, *, tolerance_m: float = 50.0, min_dt_s: float = 1.0,
-                 default_max_speed_kmh: float = 300.0) -> None:
+    def __init__(
+        self,
+        *,
+        tolerance_m: float = 50.0,
+        min_dt_s: float = 1.0,
+        default_max_speed_kmh: float = 300.0,
+    ) -> None:
         self.tolerance_m = tolerance_m
         self.min_dt_ms = min_dt_s * 1000.0
         self.default_max_mps = default_max_speed_kmh / 3.6
@@ -55,8 +60,9 @@ class PlausibilityFilter:
             self._grow(int(vehicles.max()) + 1)
             self._max_mps[vehicles] = np.asarray(max_speed_kmh, dtype=np.float64) / 3.6
 
-    def restore(self, vehicles: np.ndarray, time_ms: np.ndarray, lat: np.ndarray,
-                lon: np.ndarray) -> None:
+    def restore(
+        self, vehicles: np.ndarray, time_ms: np.ndarray, lat: np.ndarray, lon: np.ndarray
+    ) -> None:
         """Resume from persisted last fixes (vehicle_state) after a restart."""
         vehicles = np.asarray(vehicles, dtype=np.int64)
         if len(vehicles):
@@ -83,7 +89,11 @@ class PlausibilityFilter:
 
         # Reference of each fix: the previous fix of its vehicle in the batch, or the stored one.
         ref_t, ref_lat, ref_lon = np.roll(t, 1), np.roll(lat, 1), np.roll(lon, 1)
-        ref_t[first], ref_lat[first], ref_lon[first] = self._t[veh[first]], self._lat[veh[first]], self._lon[veh[first]]
+        ref_t[first], ref_lat[first], ref_lon[first] = (
+            self._t[veh[first]],
+            self._lat[veh[first]],
+            self._lon[veh[first]],
+        )
         implausible = self._implausible(veh, t, lat, lon, ref_t, ref_lat, ref_lon)
 
         if implausible.any():
@@ -93,8 +103,15 @@ class PlausibilityFilter:
                 idx = np.flatnonzero(veh == v)
                 rt, rlat, rlon = self._t[v], self._lat[v], self._lon[v]
                 for k in idx.tolist():
-                    bad = self._implausible(veh[k:k + 1], t[k:k + 1], lat[k:k + 1], lon[k:k + 1],
-                                            np.array([rt]), np.array([rlat]), np.array([rlon]))[0]
+                    bad = self._implausible(
+                        veh[k : k + 1],
+                        t[k : k + 1],
+                        lat[k : k + 1],
+                        lon[k : k + 1],
+                        np.array([rt]),
+                        np.array([rlat]),
+                        np.array([rlon]),
+                    )[0]
                     implausible[k] = bad
                     if not bad:
                         rt, rlat, rlon = t[k], lat[k], lon[k]

@@ -63,8 +63,17 @@ class Sample(BaseModel):
     charging: StrictBool | None = None
 
     _check_finite = field_validator(
-        "lat", "lon", "speed_kmh", "heading_deg", "soc_pct", "pack_v", "pack_a", "aux_v",
-        "odometer_m", mode="before")(_finite)
+        "lat",
+        "lon",
+        "speed_kmh",
+        "heading_deg",
+        "soc_pct",
+        "pack_v",
+        "pack_a",
+        "aux_v",
+        "odometer_m",
+        mode="before",
+    )(_finite)
 
     @model_validator(mode="after")
     def _fix_is_whole(self) -> Sample:

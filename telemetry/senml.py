@@ -21,8 +21,23 @@ from telemetry._shown import shown
 from telemetry.schema import MAX_SAMPLES_PER_MESSAGE
 
 # RFC 8428 section 6: the CBOR representation's integer labels.
-CBOR_LABELS = {-1: "bver", -2: "bn", -3: "bt", -4: "bu", -5: "bv", -6: "bs",
-               0: "n", 1: "u", 2: "v", 3: "vs", 4: "vb", 5: "s", 6: "t", 7: "ut", 8: "vd"}
+CBOR_LABELS = {
+    -1: "bver",
+    -2: "bn",
+    -3: "bt",
+    -4: "bu",
+    -5: "bv",
+    -6: "bs",
+    0: "n",
+    1: "u",
+    2: "v",
+    3: "vs",
+    4: "vb",
+    5: "s",
+    6: "t",
+    7: "ut",
+    8: "vd",
+}
 SENML_VERSION = 10  # the version RFC 8428 defines, and the highest this codec understands
 RELATIVE_TIME_LIMIT = 2**28  # times below this are relative to "now" (RFC 8428 section 4.5.3)
 _JSON_LABEL_NAMES = frozenset(CBOR_LABELS.values())
@@ -60,30 +75,63 @@ class FieldMapping:
 
 _SAME = 1.0
 FIELDS: tuple[FieldMapping, ...] = (
-    FieldMapping("lat", ("lat", "Vehicle.CurrentLocation.Latitude"),
-                 {None: _SAME, "lat": _SAME, "deg": _SAME}),
-    FieldMapping("lon", ("lon", "Vehicle.CurrentLocation.Longitude"),
-                 {None: _SAME, "lon": _SAME, "deg": _SAME}),
-    FieldMapping("speed_kmh", ("speed_kmh", "Vehicle.Speed"),
-                 {None: _SAME, "km/h": _SAME, "m/s": 3.6}),
-    FieldMapping("heading_deg", ("heading_deg", "Vehicle.CurrentLocation.Heading"),
-                 {None: _SAME, "deg": _SAME, "rad": 180.0 / math.pi}),
-    FieldMapping("soc_pct", ("soc_pct", "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"),
-                 {None: _SAME, "%EL": _SAME, "%": _SAME, "/": 100.0}),
-    FieldMapping("pack_v", ("pack_v", "Vehicle.Powertrain.TractionBattery.CurrentVoltage"),
-                 {None: _SAME, "V": _SAME, "mV": 0.001}),
-    FieldMapping("pack_a", ("pack_a", "Vehicle.Powertrain.TractionBattery.CurrentCurrent"),
-                 {None: _SAME, "A": _SAME, "mA": 0.001}),
-    FieldMapping("aux_v", ("aux_v", "Vehicle.LowVoltageBattery.CurrentVoltage"),
-                 {None: _SAME, "V": _SAME, "mV": 0.001}),
-    FieldMapping("odometer_m", ("odometer_m", "Vehicle.TraveledDistance"),
-                 {None: _SAME, "m": _SAME, "km": 1000.0}),
-    FieldMapping("locked", ("locked", "Vehicle.Cabin.Door.Row1.DriverSide.IsLocked"),
-                 {None: _SAME}, boolean=True),
+    FieldMapping(
+        "lat",
+        ("lat", "Vehicle.CurrentLocation.Latitude"),
+        {None: _SAME, "lat": _SAME, "deg": _SAME},
+    ),
+    FieldMapping(
+        "lon",
+        ("lon", "Vehicle.CurrentLocation.Longitude"),
+        {None: _SAME, "lon": _SAME, "deg": _SAME},
+    ),
+    FieldMapping(
+        "speed_kmh", ("speed_kmh", "Vehicle.Speed"), {None: _SAME, "km/h": _SAME, "m/s": 3.6}
+    ),
+    FieldMapping(
+        "heading_deg",
+        ("heading_deg", "Vehicle.CurrentLocation.Heading"),
+        {None: _SAME, "deg": _SAME, "rad": 180.0 / math.pi},
+    ),
+    FieldMapping(
+        "soc_pct",
+        ("soc_pct", "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"),
+        {None: _SAME, "%EL": _SAME, "%": _SAME, "/": 100.0},
+    ),
+    FieldMapping(
+        "pack_v",
+        ("pack_v", "Vehicle.Powertrain.TractionBattery.CurrentVoltage"),
+        {None: _SAME, "V": _SAME, "mV": 0.001},
+    ),
+    FieldMapping(
+        "pack_a",
+        ("pack_a", "Vehicle.Powertrain.TractionBattery.CurrentCurrent"),
+        {None: _SAME, "A": _SAME, "mA": 0.001},
+    ),
+    FieldMapping(
+        "aux_v",
+        ("aux_v", "Vehicle.LowVoltageBattery.CurrentVoltage"),
+        {None: _SAME, "V": _SAME, "mV": 0.001},
+    ),
+    FieldMapping(
+        "odometer_m",
+        ("odometer_m", "Vehicle.TraveledDistance"),
+        {None: _SAME, "m": _SAME, "km": 1000.0},
+    ),
+    FieldMapping(
+        "locked",
+        ("locked", "Vehicle.Cabin.Door.Row1.DriverSide.IsLocked"),
+        {None: _SAME},
+        boolean=True,
+    ),
     FieldMapping("ignition", ("ignition",), {None: _SAME}, boolean=True),
     FieldMapping("immobilised", ("immobilised",), {None: _SAME}, boolean=True),
-    FieldMapping("charging", ("charging", "Vehicle.Powertrain.TractionBattery.Charging.IsCharging"),
-                 {None: _SAME}, boolean=True),
+    FieldMapping(
+        "charging",
+        ("charging", "Vehicle.Powertrain.TractionBattery.Charging.IsCharging"),
+        {None: _SAME},
+        boolean=True,
+    ),
 )
 _BY_NAME = {name: m for m in FIELDS for name in m.names}
 _RESOLVED: dict[str, FieldMapping | None] = {}  # resolved names seen, a few per device
@@ -100,7 +148,7 @@ def field_for(name: str) -> FieldMapping | None:
     except KeyError:
         pass
     cut = max(name.rfind("/"), name.rfind(":"))
-    mapping = _BY_NAME.get(name[cut + 1:])
+    mapping = _BY_NAME.get(name[cut + 1 :])
     if len(_RESOLVED) >= 100_000:
         _RESOLVED.clear()
     _RESOLVED[name] = mapping
@@ -126,8 +174,9 @@ def to_samples(pack: Any, now_ms: int) -> list[dict[str, Any]]:
         if "bver" in record:
             bver = record["bver"]
             if type(bver) is not int or not 1 <= bver <= SENML_VERSION:
-                raise SenmlError(f"record {index}: bver {shown(bver)} is not a version up to "
-                                 f"{SENML_VERSION}")
+                raise SenmlError(
+                    f"record {index}: bver {shown(bver)} is not a version up to {SENML_VERSION}"
+                )
         if "bn" in record:
             base_name = _text(record, "bn", index)
         if "bt" in record:
@@ -179,11 +228,9 @@ def _labelled(raw: dict, index: int) -> dict[str, Any]:
             if name.endswith("_"):
                 # RFC 8428 section 4.4: a label ending in "_" must be understood, else the
                 # whole pack is rejected.
-                raise SenmlError(f"record {index}: must-understand label {shown(label)} is "
-                                 "unknown")
+                raise SenmlError(f"record {index}: must-understand label {shown(label)} is unknown")
         else:
-            raise SenmlError(f"record {index}: label {shown(label)} is neither text nor an "
-                             "integer")
+            raise SenmlError(f"record {index}: label {shown(label)} is neither text nor an integer")
         out[name] = value
     return out
 
@@ -211,8 +258,9 @@ def _as_float(value: Any) -> float | None:
 def _number(record: dict, label: str, index: int) -> float:
     value = _as_float(record[label])
     if value is None or not math.isfinite(value):
-        raise SenmlError(f"record {index}: {label} must be a finite number, "
-                         f"not {shown(record[label])}")
+        raise SenmlError(
+            f"record {index}: {label} must be a finite number, not {shown(record[label])}"
+        )
     return value
 
 
@@ -262,13 +310,27 @@ def _time(record: dict, base_time: float, now_s: float) -> tuple[Any, int | Wron
 
 
 # The unit each protocol field is written with by encode_pack (RFC 8428 / RFC 8798 names).
-UNITS = {"lat": "lat", "lon": "lon", "speed_kmh": "km/h", "heading_deg": "deg", "soc_pct": "%EL",
-         "pack_v": "V", "pack_a": "A", "aux_v": "V", "odometer_m": "m"}
+UNITS = {
+    "lat": "lat",
+    "lon": "lon",
+    "speed_kmh": "km/h",
+    "heading_deg": "deg",
+    "soc_pct": "%EL",
+    "pack_v": "V",
+    "pack_a": "A",
+    "aux_v": "V",
+    "odometer_m": "m",
+}
 _JSON_LABELS = {v: k for k, v in CBOR_LABELS.items()}
 
 
-def encode_pack(samples: list[dict[str, Any]], *, cbor: bool = True, base_name: str = "",
-                relative_to_ms: int | None = None) -> bytes:
+def encode_pack(
+    samples: list[dict[str, Any]],
+    *,
+    cbor: bool = True,
+    base_name: str = "",
+    relative_to_ms: int | None = None,
+) -> bytes:
     """Protocol samples as one SenML pack: the first record carries bn and bt, every record
     its time offset t (seconds) unless it is the first sample's time.
 
@@ -296,8 +358,11 @@ def encode_pack(samples: list[dict[str, Any]], *, cbor: bool = True, base_name: 
             records.append(rec)
     if not records:
         raise ValueError("samples without any field to send")
-    records[0] = {"bn": base_name, "bt": base_time, **records[0]} if base_name else \
-        {"bt": base_time, **records[0]}
+    records[0] = (
+        {"bn": base_name, "bt": base_time, **records[0]}
+        if base_name
+        else {"bt": base_time, **records[0]}
+    )
     if not cbor:
         return orjson.dumps(records)
     return cbor2.dumps([{_JSON_LABELS[k]: v for k, v in r.items()} for r in records])

@@ -33,24 +33,38 @@ class ApiServer:
     context: ApiContext
     keys: dict[str, str] = field(default_factory=dict)
 
-    def client(self, key: str | None = "admin", headers: dict | None = None,
-               **kw) -> httpx.AsyncClient:
+    def client(
+        self, key: str | None = "admin", headers: dict | None = None, **kw
+    ) -> httpx.AsyncClient:
         auth = {} if key is None else {"Authorization": f"Bearer {self.keys[key]}"}
-        return httpx.AsyncClient(base_url=self.url, headers={**auth, **(headers or {})},
-                                 timeout=10.0, **kw)
+        return httpx.AsyncClient(
+            base_url=self.url, headers={**auth, **(headers or {})}, timeout=10.0, **kw
+        )
 
 
 @pytest.fixture
 async def api_server(pg_dsn):
     store = await TelemetryStore.open(pg_dsn)
     hub = LiveHub(store, poll_interval_s=0.1, min_interval_s=0.01)
-    ctx = ApiContext(store=store, live=hub, key_cache=KeyCache(0),
-                     readiness={"database": store.check_writable},
-                     broker_access=BrokerAccess("fg/v1", DeviceCredentials(store).verify),
-                     command_reads=CommandReads(CommandStore(store.pool)))
+    ctx = ApiContext(
+        store=store,
+        live=hub,
+        key_cache=KeyCache(0),
+        readiness={"database": store.check_writable},
+        broker_access=BrokerAccess("fg/v1", DeviceCredentials(store).verify),
+        command_reads=CommandReads(CommandStore(store.pool)),
+    )
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port,
-                                           log_config=None, lifespan="off", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(ctx),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+        )
+    )
     server.install_signal_handlers = lambda: None
     stop = asyncio.Event()
     serving = asyncio.create_task(server.serve())

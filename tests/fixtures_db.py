@@ -87,15 +87,20 @@ class Server:
         (to see whether the extension is there), at moments of its own choosing.
         """
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
-                sql.Identifier(name)))
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE datname = %s AND pid <> pg_backend_pid()", [name])
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+            )
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                [name],
+            )
 
     def drop_database(self, name: str) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
     @contextlib.contextmanager
     def database(self, prefix: str, template: str | None = None) -> Iterator[str]:
@@ -118,9 +123,13 @@ def _start_local_cluster() -> str:
     for version in versions:
         proc = subprocess.run(
             ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
-            capture_output=True, text=True, timeout=60)
-        said.append(f"pg_ctlcluster {version} main start: exit {proc.returncode} "
-                    f"{proc.stderr.strip()}")
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        said.append(
+            f"pg_ctlcluster {version} main start: exit {proc.returncode} {proc.stderr.strip()}"
+        )
     return "; ".join(said) or "no cluster in /etc/postgresql"
 
 
@@ -135,8 +144,11 @@ def pg_server() -> Server:
     while (problem := _problem(dsn)) is not None and time.monotonic() < deadline:
         time.sleep(0.3)
     if problem is not None:
-        pytest.fail(f"PostgreSQL at {dsn} does not answer ({problem}); tried to start it: "
-                    f"{started}. Start a server or set FLEETGATE_TEST_PG_DSN.", pytrace=False)
+        pytest.fail(
+            f"PostgreSQL at {dsn} does not answer ({problem}); tried to start it: "
+            f"{started}. Start a server or set FLEETGATE_TEST_PG_DSN.",
+            pytrace=False,
+        )
     return Server(dsn)
 
 
@@ -170,6 +182,7 @@ def empty_pg_dsn(pg_server: Server) -> Iterator[str]:
 
 
 # --- TimescaleDB ---------------------------------------------------------------------------------
+
 
 def _pg_config(flag: str) -> Path | None:
     binary = shutil.which("pg_config")
@@ -209,30 +222,52 @@ class PrivateCluster:
     def _run(self, *args: str, timeout: float = 120) -> None:
         kw = {}
         if self.user:
-            kw = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": [],
-                  "env": {**os.environ, "HOME": self.user.pw_dir}}
-        proc = subprocess.run([str(self.bindir / args[0]), *args[1:]], capture_output=True,
-                              text=True, timeout=timeout, cwd=self.root, **kw)
+            kw = {
+                "user": self.user.pw_uid,
+                "group": self.user.pw_gid,
+                "extra_groups": [],
+                "env": {**os.environ, "HOME": self.user.pw_dir},
+            }
+        proc = subprocess.run(
+            [str(self.bindir / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+            **kw,
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {proc.stderr.strip()}\n"
-                               + self._log_tail())
+            raise RuntimeError(
+                f"{args[0]} failed ({proc.returncode}): {proc.stderr.strip()}\n" + self._log_tail()
+            )
 
     def _log_tail(self) -> str:
         log = self.root / "server.log"
         return log.read_text()[-2000:] if log.exists() else ""
 
     def start(self) -> PrivateCluster:
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync",
-                  "-E", "UTF8")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(
                 f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.root}'\n"
                 # A test server: durability buys nothing here, speed does.
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            )
             if self.timescaledb:
-                conf.write("shared_preload_libraries = 'timescaledb'\n"
-                           "timescaledb.telemetry_level = off\n")
+                conf.write(
+                    "shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off\n"
+                )
         return self.resume()
 
     def halt(self) -> None:
@@ -241,8 +276,17 @@ class PrivateCluster:
 
     def resume(self) -> PrivateCluster:
         """Start the server (again)."""
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w",
-                  "-t", "60", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         return self
 
     @property
@@ -251,8 +295,7 @@ class PrivateCluster:
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop",
-                      timeout=60)
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=60)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -260,7 +303,8 @@ def _can_load_timescaledb(dsn: str) -> bool:
     with psycopg.connect(dsn, autocommit=True) as conn:
         available, preload = conn.execute(
             "SELECT (SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'), "
-            "current_setting('shared_preload_libraries')").fetchone()
+            "current_setting('shared_preload_libraries')"
+        ).fetchone()
     return bool(available) and "timescaledb" in preload
 
 
@@ -276,8 +320,10 @@ def timescale_server(pg_server: Server) -> Iterator[Server]:
         return
     missing = _timescaledb_installed()
     if missing is not None:
-        pytest.skip(f"TimescaleDB unavailable: set FLEETGATE_TEST_TIMESCALE_DSN, preload it on "
-                    f"the test server, or install it ({missing})")
+        pytest.skip(
+            f"TimescaleDB unavailable: set FLEETGATE_TEST_TIMESCALE_DSN, preload it on "
+            f"the test server, or install it ({missing})"
+        )
     cluster = PrivateCluster()
     try:
         cluster.start()

@@ -27,8 +27,12 @@ from telemetry.store import TelemetryStore, VehicleRegistration
 REPO = Path(__file__).resolve().parent.parent
 
 
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 30.0,
-                     interval: float = 0.1, what: str = "condition") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool],
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -46,7 +50,8 @@ async def register(dsn: str, devices: list[tuple[str, str, str]]) -> dict[str, i
     store = await TelemetryStore.open(dsn)
     try:
         return await store.register_vehicles(
-            [VehicleRegistration(vehicle_ref=r, device_id=d, vehicle_type=t) for d, r, t in devices])
+            [VehicleRegistration(vehicle_ref=r, device_id=d, vehicle_type=t) for d, r, t in devices]
+        )
     finally:
         await store.close()
 
@@ -56,7 +61,8 @@ async def stored_keys(dsn: str) -> list[tuple[str, int]]:
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         cur = await conn.execute(
             "SELECT v.device_id, (extract(epoch FROM p.time) * 1000)::bigint "
-            "FROM positions p JOIN vehicles v ON v.id = p.vehicle")
+            "FROM positions p JOIN vehicles v ON v.id = p.vehicle"
+        )
         return [(d, int(t)) for d, t in await cur.fetchall()]
 
 
@@ -67,28 +73,41 @@ async def count_positions(dsn: str) -> int:
 
 def metric(registry: CollectorRegistry, name: str, **labels) -> float:
     """A sample's value; summed over the labels not given (0 when there is none)."""
-    return sum(s.value for m in registry.collect() for s in m.samples
-               if s.name == name and labels.items() <= s.labels.items())
+    return sum(
+        s.value
+        for m in registry.collect()
+        for s in m.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
 
 
 def gateway_config(dsn: str, broker, topic_root: str, **overrides) -> GatewayConfig:
-    cfg = GatewayConfig(database_url=dsn, mqtt_host=broker.host, mqtt_port=broker.port,
-                        mqtt_client_id=f"gw-{os.getpid()}-{time.monotonic_ns() % 10**9}",
-                        mqtt_topic_root=topic_root,
-                        limits=PipelineLimits(max_messages=2000, max_age_ms=50))
+    cfg = GatewayConfig(
+        database_url=dsn,
+        mqtt_host=broker.host,
+        mqtt_port=broker.port,
+        mqtt_client_id=f"gw-{os.getpid()}-{time.monotonic_ns() % 10**9}",
+        mqtt_topic_root=topic_root,
+        limits=PipelineLimits(max_messages=2000, max_age_ms=50),
+    )
     return replace(cfg, **overrides)
 
 
 @contextlib.asynccontextmanager
 async def running_gateway(config: GatewayConfig):
-    """A Gateway in this event loop, subscribed before the block starts; stopped gracefully after."""
+    """A Gateway in this event loop, subscribed before the block starts; stopped gracefully
+    after."""
     registry = CollectorRegistry()
     gateway = Gateway(config, registry=registry)
     task = asyncio.create_task(gateway.run())
     try:
-        await eventually(lambda: task.done() or (gateway.ingress is not None
-                                                 and gateway.ingress.subscribed.is_set()),
-                         timeout=20, what="gateway subscribed")
+        await eventually(
+            lambda: (
+                task.done() or (gateway.ingress is not None and gateway.ingress.subscribed.is_set())
+            ),
+            timeout=20,
+            what="gateway subscribed",
+        )
         if task.done():
             task.result()
         yield gateway, registry
@@ -101,19 +120,29 @@ class GatewayProcess:
     """`fleetgate run` as a child process (for SIGKILL and SIGTERM tests). With metrics_port, its
     operator's port (/metrics, /healthz, /readyz) answers there."""
 
-    def __init__(self, dsn: str, broker, topic_root: str, client_id: str, log_path: Path,
-                 metrics_port: int = 0, **env) -> None:
-        self.env = {**os.environ,
-                    "FLEETGATE_DATABASE_URL": dsn,
-                    "FLEETGATE_MQTT_URL": f"mqtt://{broker.host}:{broker.port}",
-                    "FLEETGATE_MQTT_TOPIC_ROOT": topic_root,
-                    "FLEETGATE_MQTT_CLIENT_ID": client_id,
-                    "FLEETGATE_METRICS_PORT": str(metrics_port),
-                    "FLEETGATE_API_PORT": "0",
-                    "FLEETGATE_COAP_ENABLED": "false",
-                    "FLEETGATE_BATCH_MAX_AGE_MS": "50",
-                    "FLEETGATE_LOG_FORMAT": "json",
-                    **{k: str(v) for k, v in env.items()}}
+    def __init__(
+        self,
+        dsn: str,
+        broker,
+        topic_root: str,
+        client_id: str,
+        log_path: Path,
+        metrics_port: int = 0,
+        **env,
+    ) -> None:
+        self.env = {
+            **os.environ,
+            "FLEETGATE_DATABASE_URL": dsn,
+            "FLEETGATE_MQTT_URL": f"mqtt://{broker.host}:{broker.port}",
+            "FLEETGATE_MQTT_TOPIC_ROOT": topic_root,
+            "FLEETGATE_MQTT_CLIENT_ID": client_id,
+            "FLEETGATE_METRICS_PORT": str(metrics_port),
+            "FLEETGATE_API_PORT": "0",
+            "FLEETGATE_COAP_ENABLED": "false",
+            "FLEETGATE_BATCH_MAX_AGE_MS": "50",
+            "FLEETGATE_LOG_FORMAT": "json",
+            **{k: str(v) for k, v in env.items()},
+        }
         self.log_path = log_path
         self.metrics_port = metrics_port
         self.proc: subprocess.Popen | None = None
@@ -122,15 +151,22 @@ class GatewayProcess:
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetgate.cli", "run", "--no-migrate"], env=self.env,
-            cwd=REPO, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            [sys.executable, "-m", "fleetgate.cli", "run", "--no-migrate"],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
         return self
 
     async def wait_subscribed(self, timeout: float = 30.0) -> None:
         def subscribed() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n"
-                                     + self.log_path.read_text()[-3000:])
+                raise AssertionError(
+                    f"gateway exited with {self.proc.returncode}:\n"
+                    + self.log_path.read_text()[-3000:]
+                )
             with open(self.log_path, "rb") as f:
                 f.seek(self._offset)
                 return b'"broker_subscribed"' in f.read()
@@ -152,14 +188,21 @@ class GatewayProcess:
     async def scrape(self) -> dict[str, dict]:
         """/metrics as family name -> {"type", "samples": {(sample name, labels...): value}}."""
         text = (await self.get("/metrics")).text
-        return {f.name: {"type": f.type, "samples": {
-            (s.name, *sorted(s.labels.items())): s.value for s in f.samples}}
-            for f in text_string_to_metric_families(text)}
+        return {
+            f.name: {
+                "type": f.type,
+                "samples": {(s.name, *sorted(s.labels.items())): s.value for s in f.samples},
+            }
+            for f in text_string_to_metric_families(text)
+        }
 
     def events(self) -> list[dict]:
         """The structured log lines of every run of this process so far."""
-        return [orjson.loads(line) for line in self.log_path.read_text().splitlines()
-                if line.startswith("{")]
+        return [
+            orjson.loads(line)
+            for line in self.log_path.read_text().splitlines()
+            if line.startswith("{")
+        ]
 
     def terminate(self, timeout: float = 30.0) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -50,8 +50,9 @@ class TcpProxy:
     async def restore(self) -> None:
         """Accept connections (again) on the same port."""
         if self._server is None:
-            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port,
-                                                      reuse_address=True)
+            self._server = await asyncio.start_server(
+                self._serve, "127.0.0.1", self.port, reuse_address=True
+            )
 
     async def cut(self) -> None:
         """Stop listening (new connections are refused) and reset every open connection."""
@@ -80,8 +81,10 @@ class TcpProxy:
             self._transports.discard(writer.transport)
             return
         self._transports.add(up_writer.transport)
-        pumps = [asyncio.create_task(_pump(reader, up_writer)),
-                 asyncio.create_task(_pump(up_reader, writer))]
+        pumps = [
+            asyncio.create_task(_pump(reader, up_writer)),
+            asyncio.create_task(_pump(up_reader, writer)),
+        ]
         self._tasks.update(pumps)
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)

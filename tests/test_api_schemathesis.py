@@ -1,58 +1,40 @@
-"""schemathesis (property-based, from the OpenAPI spec) against the served API and the real
-database: no input, however odd, gets a server error, and every response matches the spec."""
+"""schemathesis (property-based, from the OpenAPI spec) against a live `fleetgate run`: the API
+beside the gateway and its command dispatcher, a real broker and database, a key with every
+scope. No input, however odd, gets a server error, and every answer is as the spec says.
+
+A bounded run (fixed seed, few examples per operation); scripts/fuzz-api runs for longer."""
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import sys
-import uuid
-from pathlib import Path
-
 import pytest
-from prometheus_client import CollectorRegistry
 
-from commands import CommandConfig, CommandService
-from tests.test_api import fleet
+from tests.api_fuzz import (
+    prepare,
+    run_schemathesis,
+    schemathesis_binary,
+    server_errors,
+    start_server,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.integration
 
-CHECKS = ",".join(["not_a_server_error", "status_code_conformance", "content_type_conformance",
-                   "response_schema_conformance", "response_headers_conformance"])
-
-
-def _schemathesis() -> str:
-    found = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
-    if found is None:
-        pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
-    return found
-
 
 async def test_no_generated_request_gets_a_server_error_or_an_undocumented_answer(
-        api_server, mosquitto, pg_dsn, topic_root, tmp_path):
-    await fleet(api_server, 5)
-    # A real dispatcher, so that creating and cancelling commands is exercised too (the
-    # vehicles are offline: commands wait in the queue).
-    service = CommandService(CommandConfig(
-        database_url=pg_dsn, mqtt_host=mosquitto.host, mqtt_port=mosquitto.port,
-        mqtt_client_id=f"st-{uuid.uuid4().hex[:8]}-cmd", mqtt_topic_root=topic_root,
-        mqtt_session_expiry_s=60), registry=CollectorRegistry())
-    await service.start()
-    api_server.context.commands = service
+    mosquitto, pg_dsn, tmp_path
+):
+    if schemathesis_binary() is None:
+        pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
+    key = await prepare(pg_dsn)
+    # The vehicles are not connected: commands wait in the dispatcher's queue.
+    gw, url = start_server(pg_dsn, mosquitto, tmp_path / "fleetgate.log")
     try:
-        report, returncode = await _run_schemathesis(api_server, tmp_path)
+        await wait_ready(gw, url)
+        report, status = await run_schemathesis(
+            url, key, tmp_path, seed=1, max_examples=25, timeout=300
+        )
+        assert status == 0, report[-6000:]
+        assert server_errors(gw) == [], "the server logged unexpected errors"
+        assert gw.proc.poll() is None, "fleetgate run is still serving"
     finally:
-        await service.stop()
-    assert returncode == 0, report[-6000:]
-
-
-async def _run_schemathesis(api_server, tmp_path) -> tuple[str, int]:
-    proc = await asyncio.create_subprocess_exec(
-        _schemathesis(), "run", f"{api_server.url}/openapi.json",
-        "--checks", CHECKS, "--max-examples", "25", "--seed", "1", "--workers", "1",
-        "--exclude-path", "/v1/stream",  # an endless response: covered by tests/test_api.py
-        "-H", f"Authorization: Bearer {api_server.keys['admin']}",
-        "--suppress-health-check", "all", "--warnings", "off",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path)
-    out, _ = await asyncio.wait_for(proc.communicate(), 600)
-    return out.decode(errors="replace"), proc.returncode
+        gw.stop()

@@ -40,8 +40,9 @@ class Run:
 
     def __init__(self, seed: int = 21, n_ebikes: int = 25, n_cars: int = 25) -> None:
         kinds = [EBIKE] * n_ebikes + [CAR] * n_cars
-        self.model = FleetModel(kinds, seed=seed, start_ms=START, ageing_speedup=SPEEDUP,
-                                aux=AuxSpec(fault_share=0.3))
+        self.model = FleetModel(
+            kinds, seed=seed, start_ms=START, ageing_speedup=SPEEDUP, aux=AuxSpec(fault_share=0.3)
+        )
         self.core = BatteryCore()
         self.core.set_vehicle_types(np.arange(len(kinds)), [VEHICLE_TYPES[k] for k in kinds])
         self.events = []
@@ -64,8 +65,12 @@ class Run:
 def run() -> dict:
     r = Run()
     r.hours(21 * 24)
-    weeks = {"truth": r.model.truth(), "est": r.core.estimates(np.arange(r.model.n)),
-             "swaps": list(r.model.swaps), "t_ms": r.model.t_ms}
+    weeks = {
+        "truth": r.model.truth(),
+        "est": r.core.estimates(np.arange(r.model.n)),
+        "swaps": list(r.model.swaps),
+        "t_ms": r.model.t_ms,
+    }
     r.hours(4 * 24, keep_cars_parked=True)
     parked = {"truth": r.model.truth(), "est": r.core.estimates(np.arange(r.model.n))}
     return {"run": r, "weeks": weeks, "parked": parked}
@@ -110,8 +115,10 @@ def test_every_pack_swap_is_detected_at_its_time_and_nothing_else_is_one(run):
     detected = sorted((e.vehicle, e.time_ms) for e in r.events if e.type == PACK_SWAPPED)
     truth = sorted((s.vehicle, s.t_ms) for s in r.model.swaps)
     assert detected == truth
-    assert (run["parked"]["est"].pack_seq == np.bincount(
-        [s.vehicle for s in r.model.swaps], minlength=r.model.n)).all()
+    assert (
+        run["parked"]["est"].pack_seq
+        == np.bincount([s.vehicle for s in r.model.swaps], minlength=r.model.n)
+    ).all()
 
 
 def test_resistance_and_cycles_follow_the_truth(run):
@@ -164,8 +171,9 @@ def test_health_alerts_come_at_most_once_per_pack_and_only_for_worn_packs(run):
         swaps_of.setdefault(sw.vehicle, []).append(sw.t_ms)
     alerts = [e for e in r.events if e.type == BATTERY_HEALTH_LOW]
     assert alerts, "sped-up ageing wears some packs below 80 %"
-    per_pack = Counter((e.vehicle, sum(t <= e.time_ms for t in swaps_of.get(e.vehicle, [])))
-                       for e in alerts)
+    per_pack = Counter(
+        (e.vehicle, sum(t <= e.time_ms for t in swaps_of.get(e.vehicle, []))) for e in alerts
+    )
     assert set(per_pack.values()) == {1}
     assert all(e.detail["soh_pct"] <= 80.0 for e in alerts)  # (rounded to 0.01)
 
@@ -200,8 +208,13 @@ def test_soc_only_vehicles_get_soh_and_range_from_distance_per_energy():
     pack energy against the vehicle's early-life baseline (new packs here, so the baseline's
     assumed nominal capacity holds). Per-step consumption noise (wind, riders) and 50x fade make
     this path looser than Coulomb counting."""
-    spec = replace(EBIKE_SPEC, swap_share=0.0, initial_efc=(0.0, 0.0),
-                   initial_age_days=(0.0, 0.0), capacity_spread=(1.0, 1.0))
+    spec = replace(
+        EBIKE_SPEC,
+        swap_share=0.0,
+        initial_efc=(0.0, 0.0),
+        initial_age_days=(0.0, 0.0),
+        capacity_spread=(1.0, 1.0),
+    )
     m = FleetModel([EBIKE] * 12, seed=2, start_ms=START, ageing_speedup=SPEEDUP, ebike=spec)
     core = BatteryCore()
     core.set_vehicle_types(np.arange(m.n), ["ebike"] * m.n)

@@ -61,7 +61,7 @@ def test_low_soc_alerts_once_per_episode_and_rearms_only_well_above(per_batch):
     rows = [{"vehicle": EBIKE_V, "t": T0 + k * MIN, "soc_pct": s} for k, s in enumerate(SOC_WALK)]
     events = []
     for a in range(0, len(rows), per_batch):
-        events += c.update(make_batch(rows[a:a + per_batch])).events
+        events += c.update(make_batch(rows[a : a + per_batch])).events
     low = of_type(events, BATTERY_LOW)
     # 19.9 opens an episode; hovering around 20 % does nothing; 26 % (>= 20 + 5) re-arms.
     assert [e.time_ms for e in low] == [T0 + 2 * MIN, T0 + 9 * MIN]
@@ -71,23 +71,63 @@ def test_low_soc_alerts_once_per_episode_and_rearms_only_well_above(per_batch):
 
 def test_each_vehicle_type_has_its_own_low_soc_level():
     c = core()
-    u = c.update(make_batch([{"vehicle": CAR_V, "t": T0, "soc_pct": 18.0},
-                             {"vehicle": EBIKE_V, "t": T0, "soc_pct": 18.0}]))
+    u = c.update(
+        make_batch(
+            [
+                {"vehicle": CAR_V, "t": T0, "soc_pct": 18.0},
+                {"vehicle": EBIKE_V, "t": T0, "soc_pct": 18.0},
+            ]
+        )
+    )
     assert [e.vehicle for e in of_type(u.events, BATTERY_LOW)] == [EBIKE_V]  # car: 15 %
 
 
 # ------------------------------------------------------------------------------ charging ----
 
-def charging_rows(vehicle: int, minutes: int, soc0: float, soc_per_min: float, *, flag=True,
-                  current: float = -27.5, volts: float = 400.0, start: int = 1) -> list[dict]:
-    rows = [{"vehicle": vehicle, "t": T0, "soc_pct": soc0, "pack_a": 0.0, "pack_v": volts,
-             "charging": 0 if flag else -1}]
+
+def charging_rows(
+    vehicle: int,
+    minutes: int,
+    soc0: float,
+    soc_per_min: float,
+    *,
+    flag=True,
+    current: float = -27.5,
+    volts: float = 400.0,
+    start: int = 1,
+) -> list[dict]:
+    rows = [
+        {
+            "vehicle": vehicle,
+            "t": T0,
+            "soc_pct": soc0,
+            "pack_a": 0.0,
+            "pack_v": volts,
+            "charging": 0 if flag else -1,
+        }
+    ]
     for k in range(start, minutes + 1):
-        rows.append({"vehicle": vehicle, "t": T0 + k * MIN, "soc_pct": soc0 + soc_per_min * k,
-                     "pack_a": current, "pack_v": volts, "charging": 1 if flag else -1})
+        rows.append(
+            {
+                "vehicle": vehicle,
+                "t": T0 + k * MIN,
+                "soc_pct": soc0 + soc_per_min * k,
+                "pack_a": current,
+                "pack_v": volts,
+                "charging": 1 if flag else -1,
+            }
+        )
     last = rows[-1]
-    rows.append({"vehicle": vehicle, "t": last["t"] + MIN, "soc_pct": last["soc_pct"],
-                 "pack_a": 0.0, "pack_v": volts, "charging": 0 if flag else -1})
+    rows.append(
+        {
+            "vehicle": vehicle,
+            "t": last["t"] + MIN,
+            "soc_pct": last["soc_pct"],
+            "pack_a": 0.0,
+            "pack_v": volts,
+            "charging": 0 if flag else -1,
+        }
+    )
     return rows
 
 
@@ -111,7 +151,9 @@ def test_a_session_spanning_many_batches_adds_up_the_same():
     rows = charging_rows(CAR_V, 60, 30.0, 22.0 / 60)
     whole, split = core(), core()
     e1 = whole.update(make_batch(rows)).events
-    e2 = [e for k in range(0, len(rows), 7) for e in split.update(make_batch(rows[k:k + 7])).events]
+    e2 = [
+        e for k in range(0, len(rows), 7) for e in split.update(make_batch(rows[k : k + 7])).events
+    ]
     assert e1 == e2
 
 
@@ -126,18 +168,21 @@ def test_a_charging_fault_is_raised_once_when_the_soc_stalls():
     c = core()
     u = c.update(make_batch(charging_rows(CAR_V, 50, 99.0, 0.0, current=-0.5)))
     assert not of_type(u.events, CHARGING_FAULT)
-    u = c.update(make_batch([{**r, "t": r["t"] + 3_600_000} for r in
-                             charging_rows(CAR_V, 90, 50.0, 0.02)]))
+    u = c.update(
+        make_batch([{**r, "t": r["t"] + 3_600_000} for r in charging_rows(CAR_V, 90, 50.0, 0.02)])
+    )
     assert not of_type(u.events, CHARGING_FAULT)
 
 
 # ------------------------------------------------------------------------- swaps, jumps -----
 
+
 def ride(m: FleetModel, c: BatteryCore, minutes: int) -> list:
     events = []
     for _ in range(minutes // 60):
-        events += c.update(TelemetryBatch.concat([m.step(60.0).to_batch() for _ in range(60)])
-                           ).events
+        events += c.update(
+            TelemetryBatch.concat([m.step(60.0).to_batch() for _ in range(60)])
+        ).events
     return events
 
 
@@ -184,8 +229,17 @@ def test_soc_jumps_that_are_not_swaps_raise_nothing_and_corrupt_nothing():
     for k in range(120):  # a car driving down 0.2 %/min at 15 A
         if k == 60:
             soc += 20.0  # BMS recalibration: up 20 % in a minute, a car has no swappable pack
-        rows.append({"vehicle": CAR_V, "t": T0 + k * MIN, "soc_pct": soc, "pack_a": 15.0,
-                     "pack_v": 380.0, "ignition": 1, "odometer_m": 1000.0 * k})
+        rows.append(
+            {
+                "vehicle": CAR_V,
+                "t": T0 + k * MIN,
+                "soc_pct": soc,
+                "pack_a": 15.0,
+                "pack_v": 380.0,
+                "ignition": 1,
+                "odometer_m": 1000.0 * k,
+            }
+        )
         soc -= 0.2
     u = c.update(make_batch(rows))
     assert not of_type(u.events, PACK_SWAPPED)
@@ -194,14 +248,24 @@ def test_soc_jumps_that_are_not_swaps_raise_nothing_and_corrupt_nothing():
     assert u.estimates.capacity_ah[0] == pytest.approx(125.0, rel=1e-6)
     # An e-bike whose SoC rose while it was offline for 3 hours was charged, not swapped.
     c = core()
-    u = c.update(make_batch([{"vehicle": EBIKE_V, "t": T0, "soc_pct": 19.0},
-                             {"vehicle": EBIKE_V, "t": T0 + 3 * 3_600_000, "soc_pct": 95.0}]))
+    u = c.update(
+        make_batch(
+            [
+                {"vehicle": EBIKE_V, "t": T0, "soc_pct": 19.0},
+                {"vehicle": EBIKE_V, "t": T0 + 3 * 3_600_000, "soc_pct": 95.0},
+            ]
+        )
+    )
     assert [e.type for e in u.events] == [BATTERY_LOW]
     # ... but back to 19 % and up to 97 % within minutes: a swap (the drop is a discontinuity).
-    u = c.update(make_batch([{"vehicle": EBIKE_V, "t": T0 + 3 * 3_600_000 + MIN,
-                              "soc_pct": 19.0},
-                             {"vehicle": EBIKE_V, "t": T0 + 3 * 3_600_000 + 2 * MIN,
-                              "soc_pct": 97.0}]))
+    u = c.update(
+        make_batch(
+            [
+                {"vehicle": EBIKE_V, "t": T0 + 3 * 3_600_000 + MIN, "soc_pct": 19.0},
+                {"vehicle": EBIKE_V, "t": T0 + 3 * 3_600_000 + 2 * MIN, "soc_pct": 97.0},
+            ]
+        )
+    )
     assert [e.type for e in u.events] == [BATTERY_LOW, PACK_SWAPPED]
 
 
@@ -218,9 +282,19 @@ def test_stale_duplicate_and_redelivered_samples_are_counted_and_ignored():
 
 def test_a_vehicle_of_no_configured_type_gets_what_needs_no_nominal_pack():
     c = core()
-    rows = [{"vehicle": 77, "t": T0 + k * MIN, "soc_pct": 30.0 - 0.2 * k, "pack_a": 15.0,
-             "pack_v": 380.0, "aux_v": 12.6, "ignition": 1, "odometer_m": 500.0 * k}
-            for k in range(120)]
+    rows = [
+        {
+            "vehicle": 77,
+            "t": T0 + k * MIN,
+            "soc_pct": 30.0 - 0.2 * k,
+            "pack_a": 15.0,
+            "pack_v": 380.0,
+            "aux_v": 12.6,
+            "ignition": 1,
+            "odometer_m": 500.0 * k,
+        }
+        for k in range(120)
+    ]
     u = c.update(make_batch(rows))
     e = u.estimates
     assert e.vehicle.tolist() == [77] and e.soc_pct[0] == pytest.approx(6.2, abs=1e-4)
@@ -231,11 +305,17 @@ def test_a_vehicle_of_no_configured_type_gets_what_needs_no_nominal_pack():
 
 # ---------------------------------------------------------------- rows, state, migration ----
 
+
 def test_battery_health_rows_come_per_interval_and_at_session_boundaries():
     c = core()
-    u = c.update(make_batch([{"vehicle": EBIKE_V, "t": T0, "soc_pct": 50.0},
-                             {"vehicle": CAR_V, "t": T0, "soc_pct": 60.0, "aux_v": 12.5,
-                              "ignition": 0}]))
+    u = c.update(
+        make_batch(
+            [
+                {"vehicle": EBIKE_V, "t": T0, "soc_pct": 50.0},
+                {"vehicle": CAR_V, "t": T0, "soc_pct": 60.0, "aux_v": 12.5, "ignition": 0},
+            ]
+        )
+    )
     assert sorted(u.history.vehicle.tolist()) == [EBIKE_V, CAR_V]
     rows = dict((r[0], r) for r in u.history.rows())
     assert rows[EBIKE_V][:3] == (EBIKE_V, T0, 50.0)
@@ -264,8 +344,17 @@ def test_state_round_trips_through_json_and_unknown_formats_are_refused():
 
 
 def test_a_restored_state_older_than_the_stored_samples_treats_them_as_a_gap():
-    rows = [{"vehicle": CAR_V, "t": T0 + k * MIN, "soc_pct": 80.0 - 0.2 * k, "pack_a": 15.0,
-             "pack_v": 380.0, "ignition": 1} for k in range(200)]
+    rows = [
+        {
+            "vehicle": CAR_V,
+            "t": T0 + k * MIN,
+            "soc_pct": 80.0 - 0.2 * k,
+            "pack_a": 15.0,
+            "pack_v": 380.0,
+            "ignition": 1,
+        }
+        for k in range(200)
+    ]
     c = core()
     c.update(make_batch(rows[:45]))
     saved = c.export_state([CAR_V])
@@ -285,17 +374,25 @@ def test_the_migration_has_a_column_for_every_estimate():
     for path in sorted(migrations.glob("0006_battery_health*.sql")):
         sql = path.read_text()
         table = re.search(r"CREATE TABLE battery_health \((.*?)\n\);", sql, re.S).group(1)
-        names = [line.split()[0] for line in table.strip().splitlines()
-                 if line.strip() and not line.strip().startswith(("PRIMARY", "--"))]
+        names = [
+            line.split()[0]
+            for line in table.strip().splitlines()
+            if line.strip() and not line.strip().startswith(("PRIMARY", "--"))
+        ]
         expected = ["time" if c == "time_ms" else c for c in COLUMNS]
         assert sorted(names) == sorted(expected), path.name
 
 
 # ------------------------------------------------------------------ the grouped helpers ----
 
+
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.floats(0, 2), st.floats(-5, 5),
-                          st.sampled_from([0, 1, 2])), max_size=40))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.floats(0, 2), st.floats(-5, 5), st.sampled_from([0, 1, 2])),
+        max_size=40,
+    )
+)
 def test_grouped_helpers_equal_the_sequential_loops(items):
     items.sort(key=lambda x: x[0])
     seg = np.array([x[0] for x in items], dtype=np.int64)

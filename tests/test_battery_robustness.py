@@ -5,10 +5,9 @@ per-sample implementation. One simulated stream (four days, a mixed fleet) feeds
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,10 +34,12 @@ KINDS = [EBIKE] * 10 + [CAR] * 10
 
 @pytest.fixture(scope="module")
 def stream() -> dict:
-    m = FleetModel(KINDS, seed=33, start_ms=START, ageing_speedup=50.0,
-                   aux=AuxSpec(fault_share=0.3))
-    hours = [TelemetryBatch.concat([m.step(60.0).to_batch() for _ in range(60)])
-             for _ in range(HOURS)]
+    m = FleetModel(
+        KINDS, seed=33, start_ms=START, ageing_speedup=50.0, aux=AuxSpec(fault_share=0.3)
+    )
+    hours = [
+        TelemetryBatch.concat([m.step(60.0).to_batch() for _ in range(60)]) for _ in range(HOURS)
+    ]
     return {"hours": hours, "truth": m.truth(), "swaps": len(m.swaps)}
 
 
@@ -66,14 +67,18 @@ def clean(stream):
 
 def assert_same_estimates(a, b, rtol: float = 1e-9) -> None:
     for name in ESTIMATES:
-        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=rtol, atol=1e-9,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            getattr(a, name), getattr(b, name), rtol=rtol, atol=1e-9, err_msg=name
+        )
     assert (a.pack_seq == b.pack_seq).all() and (a.charging == b.charging).all()
 
 
 def sample_events(events) -> list:
-    return sorted((e.vehicle, e.time_ms, e.type, json.dumps(e.detail, sort_keys=True))
-                  for e in events if e.type in SAMPLE_EVENTS)
+    return sorted(
+        (e.vehicle, e.time_ms, e.type, json.dumps(e.detail, sort_keys=True))
+        for e in events
+        if e.type in SAMPLE_EVENTS
+    )
 
 
 def episodes(events) -> Counter:
@@ -131,8 +136,7 @@ def test_nan_voltages_leave_capacity_alone_and_the_rest_close(stream, clean):
     np.testing.assert_allclose(est.resistance_ohm, ref.resistance_ohm, rtol=0.05)
     np.testing.assert_allclose(est.aux_rest_v, ref.aux_rest_v, atol=0.01)
     # The same events at the same samples (a session's energy differs by the missing volts).
-    assert ([x[:3] for x in sample_events(events)]
-            == [x[:3] for x in sample_events(clean["events"])])
+    assert [x[:3] for x in sample_events(events)] == [x[:3] for x in sample_events(clean["events"])]
     within_truth(est, stream["truth"])
 
 
@@ -188,24 +192,26 @@ def test_a_restart_from_exported_state_continues_like_an_uninterrupted_core(stre
 
 def _reference_module():
     pytest.importorskip("pandas")
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "battery.py"
-    spec = importlib.util.spec_from_file_location("battery_benchmark", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("benchmarks.battery")
 
 
 def test_the_vectorised_core_equals_the_plain_per_sample_implementation(stream):
     ref_mod = _reference_module()
     rng = np.random.default_rng(4)
     c = new_core()
-    ref = ref_mod.ReferenceBattery(dict(c.types), c.policy,
-                                   {v: VEHICLE_TYPES[k] for v, k in enumerate(KINDS)}, {})
+    ref = ref_mod.ReferenceBattery(
+        dict(c.types), c.policy, {v: VEHICLE_TYPES[k] for v, k in enumerate(KINDS)}, {}
+    )
     held = None
     for h, b in enumerate(stream["hours"][:36]):
         b = b.take(rng.random(len(b)) > 0.02)
-        for col, share in (("pack_v", 0.05), ("pack_a", 0.01), ("soc_pct", 0.02),
-                           ("aux_v", 0.05), ("odometer_m", 0.01)):
+        for col, share in (
+            ("pack_v", 0.05),
+            ("pack_a", 0.01),
+            ("soc_pct", 0.02),
+            ("aux_v", 0.05),
+            ("odometer_m", 0.01),
+        ):
             x = getattr(b, col)
             x[rng.random(len(x)) < share] = np.nan
         b.pack_a[b.vehicle < 3] = np.nan  # SoC-only vehicles
@@ -218,7 +224,9 @@ def test_the_vectorised_core_equals_the_plain_per_sample_implementation(stream):
         ref_events, ref_est = ref.update(ref_mod.batch_frame(b))
         cmp = ref_mod.compare(u.estimates, ref_est, rtol=1e-6)
         assert not cmp["mismatches"] and not cmp["vehicles_only_in_one"], (h, cmp)
-        assert ([(e.vehicle, e.time_ms, e.type, e.detail) for e in u.events]
-                == [(e.vehicle, e.time_ms, e.type, e.detail) for e in ref_events]), h
-        assert (sorted(u.history.vehicle.tolist())
-                == sorted(v for v, e in ref_est.items() if e["history_due"])), h
+        assert [(e.vehicle, e.time_ms, e.type, e.detail) for e in u.events] == [
+            (e.vehicle, e.time_ms, e.type, e.detail) for e in ref_events
+        ], h
+        assert sorted(u.history.vehicle.tolist()) == sorted(
+            v for v, e in ref_est.items() if e["history_due"]
+        ), h

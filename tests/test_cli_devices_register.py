@@ -17,18 +17,23 @@ pytestmark = pytest.mark.integration
 
 
 def run(*args: str, dsn: str, input: str | None = None):
-    env = {**{k: None for k in os.environ if k.startswith("FLEETGATE_")},
-           "FLEETGATE_DATABASE_URL": dsn}
+    env = {
+        **{k: None for k in os.environ if k.startswith("FLEETGATE_")},
+        "FLEETGATE_DATABASE_URL": dsn,
+    }
     return run_fleetgate("devices", "register", *args, env=env, input=input)
 
 
 def registry(dsn: str) -> dict[str, tuple[str, str]]:
     """vehicle_ref -> (device_id, vehicle_type) of every registered vehicle."""
+
     async def load():
         store = await TelemetryStore.open(dsn)
         try:
-            return {d.vehicle_ref: (d.device_id, d.vehicle_type)
-                    for d in (await store.load_registry()).values()}
+            return {
+                d.vehicle_ref: (d.device_id, d.vehicle_type)
+                for d in (await store.load_registry()).values()
+            }
         finally:
             await store.close()
 
@@ -42,44 +47,57 @@ def test_one_device_then_a_fleet_from_csv_then_from_json_on_standard_input(pg_ds
     assert "devices without a secret yet: 1" in one.stderr
 
     fleet = tmp_path / "fleet.csv"  # as a spreadsheet saves it: a BOM, spaces, a blank line
-    fleet.write_text("\ufeffvehicle_ref, device_id, vehicle_type, notes\n"
-                     "bike-0001, tcu-0001, ebike, unchanged\n\n"
-                     "bike-0002, tcu-0002, ebike,\n"
-                     "car-0001, tcu-0101, car, new\n", encoding="utf-8")
+    fleet.write_text(
+        "\ufeffvehicle_ref, device_id, vehicle_type, notes\n"
+        "bike-0001, tcu-0001, ebike, unchanged\n\n"
+        "bike-0002, tcu-0002, ebike,\n"
+        "car-0001, tcu-0101, car, new\n",
+        encoding="utf-8",
+    )
     from_csv = run("--file", str(fleet), dsn=pg_dsn)
     assert from_csv.exit_code == 0, from_csv.output
     assert "registered 3 vehicles: 2 new, 1 unchanged" in from_csv.stdout
 
-    swap = [{"vehicle_ref": "bike-0002", "device_id": "tcu-0009", "vehicle_type": "ebike"},
-            {"vehicle_ref": "car-0001", "device_id": "tcu-0101", "vehicle_type": "ebike"}]
+    swap = [
+        {"vehicle_ref": "bike-0002", "device_id": "tcu-0009", "vehicle_type": "ebike"},
+        {"vehicle_ref": "car-0001", "device_id": "tcu-0101", "vehicle_type": "ebike"},
+    ]
     from_json = run("--file", "-", dsn=pg_dsn, input=orjson.dumps(swap).decode())
     assert from_json.exit_code == 0, from_json.output
     assert from_json.stdout.splitlines() == [
         "registered 2 vehicles: 2 changed",
         "bike-0002: device tcu-0009 replaces tcu-0002 (whose secret stops working)",
-        "car-0001: vehicle type ebike (was car)"]
-    assert registry(pg_dsn) == {"bike-0001": ("tcu-0001", "ebike"),
-                                "bike-0002": ("tcu-0009", "ebike"),
-                                "car-0001": ("tcu-0101", "ebike")}
+        "car-0001: vehicle type ebike (was car)",
+    ]
+    assert registry(pg_dsn) == {
+        "bike-0001": ("tcu-0001", "ebike"),
+        "bike-0002": ("tcu-0009", "ebike"),
+        "car-0001": ("tcu-0101", "ebike"),
+    }
 
 
 def test_a_fleet_file_with_bad_entries_registers_nothing_and_names_every_one(pg_dsn, tmp_path):
     fleet = tmp_path / "fleet.csv"
-    fleet.write_text("vehicle_ref,device_id,vehicle_type\n"
-                     "bike-0001,tcu-0001,ebike\n"
-                     "bike-0002,tcu 0002,ebike\n"
-                     "bike-0003,tcu-0003,bike\n"
-                     "bike-0004,tcu-0001,ebike\n"
-                     "bike-0005,tcu-0005\n")
+    fleet.write_text(
+        "vehicle_ref,device_id,vehicle_type\n"
+        "bike-0001,tcu-0001,ebike\n"
+        "bike-0002,tcu 0002,ebike\n"
+        "bike-0003,tcu-0003,bike\n"
+        "bike-0004,tcu-0001,ebike\n"
+        "bike-0005,tcu-0005\n"
+    )
     result = run("--file", str(fleet), dsn=pg_dsn)
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         "fleetgate: nothing registered:",
-        (f"  {fleet} line 3: device_id 'tcu 0002': String should match pattern "
-         "'^[A-Za-z0-9_.:-]{1,64}$'"),
+        (
+            f"  {fleet} line 3: device_id 'tcu 0002': String should match pattern "
+            "'^[A-Za-z0-9_.:-]{1,64}$'"
+        ),
         f"  {fleet} line 4: vehicle_type 'bike': Input should be 'ebike' or 'car'",
         f"  {fleet} line 5: device_id 'tcu-0001' is already on {fleet} line 2",
-        f"  {fleet} line 6: 2 values where the header has 3"]
+        f"  {fleet} line 6: 2 values where the header has 3",
+    ]
     assert registry(pg_dsn) == {}
 
     no_header = tmp_path / "no-header.csv"
@@ -97,9 +115,17 @@ def test_a_fleet_file_with_bad_entries_registers_nothing_and_names_every_one(pg_
 
 def test_a_device_fitted_to_another_vehicle_is_refused_and_changes_nothing(pg_dsn):
     assert run("bike-0001", "tcu-0001", "--type", "ebike", dsn=pg_dsn).exit_code == 0
-    taken = run("--file", "-", dsn=pg_dsn, input=orjson.dumps([
-        {"vehicle_ref": "bike-0002", "device_id": "tcu-0002", "vehicle_type": "ebike"},
-        {"vehicle_ref": "bike-0003", "device_id": "tcu-0001", "vehicle_type": "ebike"}]).decode())
+    taken = run(
+        "--file",
+        "-",
+        dsn=pg_dsn,
+        input=orjson.dumps(
+            [
+                {"vehicle_ref": "bike-0002", "device_id": "tcu-0002", "vehicle_type": "ebike"},
+                {"vehicle_ref": "bike-0003", "device_id": "tcu-0001", "vehicle_type": "ebike"},
+            ]
+        ).decode(),
+    )
     assert taken.exit_code == 2
     assert "nothing registered" in taken.stderr and "tcu-0001" in taken.stderr
     assert registry(pg_dsn) == {"bike-0001": ("tcu-0001", "ebike")}
@@ -132,8 +158,12 @@ async def test_the_command_line_accepts_and_refuses_what_post_v1_devices_does(ap
     async with api_server.client("provisioning") as client:
         for body in BODIES:
             # The command runs its own event loop: in a thread, beside the API's.
-            cli = await asyncio.to_thread(run, "--file", "-", dsn=pg_dsn,
-                                          input=orjson.dumps(body).decode())
+            cli = await asyncio.to_thread(
+                run, "--file", "-", dsn=pg_dsn, input=orjson.dumps(body).decode()
+            )
             api = await client.post("/v1/devices", json=body)
-            assert (cli.exit_code, api.status_code) in ((0, 201), (2, 422)), (body, cli.output,
-                                                                              api.text)
+            assert (cli.exit_code, api.status_code) in ((0, 201), (2, 422)), (
+                body,
+                cli.output,
+                api.text,
+            )

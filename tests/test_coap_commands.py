@@ -30,13 +30,21 @@ async def gateway_with_commands(pg_dsn, broker, topic_root):
     """The CoAP gateway and the command service beside it, wired as the Gateway wires them:
     committed batches feed the interlocks, CoAP devices get their commands by pull."""
     box: list[CommandService] = []
-    async with coap_gateway(pg_dsn, on_committed=lambda b, ms: box and box[0].on_batch_committed(
-            b, ms)) as gw:
+    async with coap_gateway(
+        pg_dsn, on_committed=lambda b, ms: box and box[0].on_batch_committed(b, ms)
+    ) as gw:
         service = CommandService(
-            CommandConfig(database_url=pg_dsn, mqtt_host=broker.host, mqtt_port=broker.port,
-                          mqtt_topic_root=topic_root, mqtt_client_id=f"cmd-{uuid.uuid4().hex[:8]}",
-                          mqtt_session_expiry_s=60),
-            registry=CollectorRegistry(), pull=gw.coap.serves)
+            CommandConfig(
+                database_url=pg_dsn,
+                mqtt_host=broker.host,
+                mqtt_port=broker.port,
+                mqtt_topic_root=topic_root,
+                mqtt_client_id=f"cmd-{uuid.uuid4().hex[:8]}",
+                mqtt_session_expiry_s=60,
+            ),
+            registry=CollectorRegistry(),
+            pull=gw.coap.serves,
+        )
         await service.start()
         box.append(service)
         gw.coap.commands = service
@@ -47,8 +55,9 @@ async def gateway_with_commands(pg_dsn, broker, topic_root):
 
 
 def sleeping_locks(port: int, tokens: dict[str, str], n: int = 1) -> CoapFleet:
-    fleet = CoapFleet(CoapFleetOptions(vehicles=n, port=port, wake_interval_s=30, rounds=20,
-                                       seed=3), tokens)
+    fleet = CoapFleet(
+        CoapFleetOptions(vehicles=n, port=port, wake_interval_s=30, rounds=20, seed=3), tokens
+    )
     fleet.model.phase_end_ms[:] = NEVER_MS  # parked: no trip starts on its own
     return fleet
 
@@ -63,7 +72,8 @@ async def finished(service: CommandService, command_id, timeout: float = 10.0):
 
 
 async def test_a_command_queued_for_a_sleeping_lock_arrives_with_its_next_uplink_once(
-        pg_dsn, mosquitto, topic_root):
+    pg_dsn, mosquitto, topic_root
+):
     devices = [("lock-0001", "bike-0001", "ebike")]
     tokens = await provision(pg_dsn, devices)
     async with gateway_with_commands(pg_dsn, mosquitto, topic_root) as (gw, service):
@@ -73,12 +83,18 @@ async def test_a_command_queued_for_a_sleeping_lock_arrives_with_its_next_uplink
             assert fleet.stats.responses == {"2.04": 1}
             assert fleet.model.locked[0]
 
-            unlock = await service.submit(CommandRequest(
-                device_id="lock-0001", type="unlock", idempotency_key="ride-1",
-                requested_by="test"))
+            unlock = await service.submit(
+                CommandRequest(
+                    device_id="lock-0001",
+                    type="unlock",
+                    idempotency_key="ride-1",
+                    requested_by="test",
+                )
+            )
             await asyncio.sleep(0.5)
-            assert (await service.get(unlock.id)).state is CommandState.QUEUED, \
+            assert (await service.get(unlock.id)).state is CommandState.QUEUED, (
                 "a sleeping device is not pushed to: the command waits for its uplink"
+            )
 
             await fleet.run_round()  # wakes: 2.04 carries the unlock; it posts the result
             done = await finished(service, unlock.id)
@@ -97,19 +113,24 @@ async def test_a_command_queued_for_a_sleeping_lock_arrives_with_its_next_uplink
 
 
 async def test_a_lost_response_is_replayed_with_the_same_command_and_not_handed_over_again(
-        pg_dsn, mosquitto, topic_root):
+    pg_dsn, mosquitto, topic_root
+):
     """The device's 2.04 (with the command) is lost; it retransmits the same CON and gets the
     same response from the message layer, not a second hand-over."""
     devices = [("lock-0001", "bike-0001", "ebike")]
     tokens = await provision(pg_dsn, devices)
-    async with gateway_with_commands(pg_dsn, mosquitto, topic_root) as (gw, service), \
-            coap_client() as ctx:
+    async with (
+        gateway_with_commands(pg_dsn, mosquitto, topic_root) as (gw, service),
+        coap_client() as ctx,
+    ):
         uri = gw.uri("lock-0001", tokens["lock-0001"])
         t = now_ms() - 10_000
         assert (await post(ctx, uri, orjson.dumps(sample(t)), 50)).code == aiocoap.CHANGED
-        locate = await service.submit(CommandRequest(
-            device_id="lock-0001", type="locate", idempotency_key="find-me",
-            requested_by="test"))
+        locate = await service.submit(
+            CommandRequest(
+                device_id="lock-0001", type="locate", idempotency_key="find-me", requested_by="test"
+            )
+        )
 
         loop = asyncio.get_running_loop()
         received: asyncio.Queue[bytes] = asyncio.Queue()
@@ -118,11 +139,15 @@ async def test_a_lost_response_is_replayed_with_the_same_command_and_not_handed_
             def datagram_received(self, data, addr):
                 received.put_nowait(data)
 
-        transport, _ = await loop.create_datagram_endpoint(Raw, remote_addr=("127.0.0.1",
-                                                                             gw.port))
+        transport, _ = await loop.create_datagram_endpoint(Raw, remote_addr=("127.0.0.1", gw.port))
         try:
-            msg = aiocoap.Message(code=aiocoap.POST, payload=orjson.dumps(sample(t + 1000)),
-                                  _mtype=aiocoap.CON, _mid=0x4242, _token=b"\x0a\x0b")
+            msg = aiocoap.Message(
+                code=aiocoap.POST,
+                payload=orjson.dumps(sample(t + 1000)),
+                _mtype=aiocoap.CON,
+                _mid=0x4242,
+                _token=b"\x0a\x0b",
+            )
             msg.opt.uri_path = ("fg", "v1", "lock-0001", "telemetry")
             msg.opt.uri_query = (f"t={tokens['lock-0001']}",)
             msg.opt.content_format = 50
@@ -142,28 +167,30 @@ async def test_a_lost_response_is_replayed_with_the_same_command_and_not_handed_
 
         # The device answers; its next uplink (a new message) gets no command.
         result = orjson.dumps({"id": str(locate.id), "status": "succeeded", "t": t + 2000})
-        resp = await post(ctx, gw.uri("lock-0001", tokens["lock-0001"], "cmd/result"), result,
-                          50)
+        resp = await post(ctx, gw.uri("lock-0001", tokens["lock-0001"], "cmd/result"), result, 50)
         assert resp.code == aiocoap.CHANGED and resp.payload == b""
         assert (await finished(service, locate.id)).state is CommandState.SUCCEEDED
         resp = await post(ctx, uri, orjson.dumps(sample(t + 3000)), 50)
         assert resp.code == aiocoap.CHANGED and resp.payload == b""
 
-        bad = await post(ctx, gw.uri("lock-0001", tokens["lock-0001"], "cmd/result"),
-                         b'{"status": "maybe"}', 50)
+        bad = await post(
+            ctx, gw.uri("lock-0001", tokens["lock-0001"], "cmd/result"), b'{"status": "maybe"}', 50
+        )
         assert bad.code == aiocoap.BAD_REQUEST and bad.payload.startswith(b"bad_structure")
 
 
 async def test_a_result_of_a_command_nobody_knows_gets_2_04_and_changes_nothing(
-        pg_dsn, mosquitto, topic_root):
+    pg_dsn, mosquitto, topic_root
+):
     """Found by benchmarks/fuzz.py: the service ignored the result (as on MQTT) but the ingress
     answered 5.00, because reading the unknown command back raised CommandNotFound."""
     tokens = await provision(pg_dsn, [("lock-0001", "bike-0001", "ebike")])
-    async with gateway_with_commands(pg_dsn, mosquitto, topic_root) as (gw, service), \
-            coap_client() as ctx:
+    async with (
+        gateway_with_commands(pg_dsn, mosquitto, topic_root) as (gw, service),
+        coap_client() as ctx,
+    ):
         result = orjson.dumps({"id": str(uuid.uuid4()), "status": "succeeded", "t": now_ms()})
-        resp = await post(ctx, gw.uri("lock-0001", tokens["lock-0001"], "cmd/result"), result,
-                          50)
+        resp = await post(ctx, gw.uri("lock-0001", tokens["lock-0001"], "cmd/result"), result, 50)
         assert resp.code == aiocoap.CHANGED and resp.payload == b""
         assert (await service.list(device_id="lock-0001")).items == []
 
@@ -182,8 +209,10 @@ async def test_cbor_devices_get_their_command_in_cbor_and_accept_wins(pg_dsn):
 
     class Mailbox:
         def __init__(self) -> None:
-            self.queue = [{"id": "c1", "type": "lock", "params": {}, "deadline": 1},
-                          {"id": "c2", "type": "unlock", "params": {}, "deadline": 2}]
+            self.queue = [
+                {"id": "c1", "type": "lock", "params": {}, "deadline": 1},
+                {"id": "c2", "type": "unlock", "params": {}, "deadline": 2},
+            ]
 
         async def take_pending_for(self, device_id: str):
             if not self.queue:

@@ -33,13 +33,13 @@ class Scripted(asyncio.DatagramProtocol):
             return
         self.requests.append(msg)
         for delay, out in self.reply(msg, len(self.requests)) or ():
-            asyncio.get_running_loop().call_later(
-                delay, self.transport.sendto, out.encode(), addr)
+            asyncio.get_running_loop().call_later(delay, self.transport.sendto, out.encode(), addr)
 
 
 def piggybacked(req: aiocoap.Message, code=aiocoap.CHANGED, payload=b"", **opts):
-    m = aiocoap.Message(code=code, payload=payload, _mtype=aiocoap.ACK, _mid=req.mid,
-                        _token=req.token)
+    m = aiocoap.Message(
+        code=code, payload=payload, _mtype=aiocoap.ACK, _mid=req.mid, _token=req.token
+    )
     for k, v in opts.items():
         setattr(m.opt, k, v)
     return m
@@ -48,8 +48,9 @@ def piggybacked(req: aiocoap.Message, code=aiocoap.CHANGED, payload=b"", **opts)
 @contextlib.asynccontextmanager
 async def server(reply):
     loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_datagram_endpoint(lambda: Scripted(reply),
-                                                           local_addr=("127.0.0.1", 0))
+    transport, proto = await loop.create_datagram_endpoint(
+        lambda: Scripted(reply), local_addr=("127.0.0.1", 0)
+    )
     try:
         yield proto, transport.get_extra_info("sockname")[1]
     finally:
@@ -84,8 +85,9 @@ async def test_it_gives_up_after_max_retransmit():
 async def test_a_separate_response_is_acknowledged_even_when_it_overtakes_the_empty_ack():
     def reply(req, n):
         empty = aiocoap.Message(code=aiocoap.EMPTY, _mtype=aiocoap.ACK, _mid=req.mid)
-        separate = aiocoap.Message(code=aiocoap.CHANGED, payload=b"cmd", _mtype=aiocoap.CON,
-                                   _mid=0x7777, _token=req.token)
+        separate = aiocoap.Message(
+            code=aiocoap.CHANGED, payload=b"cmd", _mtype=aiocoap.CON, _mid=0x7777, _token=req.token
+        )
         return [(0.0, separate), (0.0, empty)] if n == 1 else [(0.02, empty), (0.05, separate)]
 
     async with server(reply) as (srv, port):
@@ -118,12 +120,20 @@ async def test_a_large_payload_goes_in_block1_blocks_with_size1_first():
     assert all(int(r.opt.content_format) == 60 for r in srv.requests)
 
 
-@pytest.mark.parametrize(("code", "kept"), [(aiocoap.CHANGED, 0), (aiocoap.SERVICE_UNAVAILABLE, 1),
-                                            (aiocoap.BAD_REQUEST, 0), (aiocoap.UNAUTHORIZED, 0)])
+@pytest.mark.parametrize(
+    ("code", "kept"),
+    [
+        (aiocoap.CHANGED, 0),
+        (aiocoap.SERVICE_UNAVAILABLE, 1),
+        (aiocoap.BAD_REQUEST, 0),
+        (aiocoap.UNAUTHORIZED, 0),
+    ],
+)
 async def test_a_lock_keeps_its_sample_only_when_the_gateway_may_take_it_later(code, kept):
     async with server(lambda req, n: [(0, piggybacked(req, code, max_age=30))]) as (srv, port):
-        fleet = CoapFleet(CoapFleetOptions(vehicles=1, port=port, ack_timeout_s=0.05),
-                          {"lock-0001": "tok"})
+        fleet = CoapFleet(
+            CoapFleetOptions(vehicles=1, port=port, ack_timeout_s=0.05), {"lock-0001": "tok"}
+        )
         await fleet.run_round()
         fleet.close()
     [req] = srv.requests

@@ -70,13 +70,20 @@ class Stack:
 
     async def start_gateway(self) -> None:
         # The commands hook: telemetry committed -> interlocks judged again at once.
-        self.gateway = Gateway(self.gateway_config, registry=CollectorRegistry(),
-                               on_committed=lambda b, ms: self.service
-                               and self.service.on_batch_committed(b, ms))
+        self.gateway = Gateway(
+            self.gateway_config,
+            registry=CollectorRegistry(),
+            on_committed=lambda b, ms: self.service and self.service.on_batch_committed(b, ms),
+        )
         self._gateway_task = asyncio.create_task(self.gateway.run())
-        await eventually(lambda: self._gateway_task.done() or (
-            self.gateway.ingress is not None and self.gateway.ingress.subscribed.is_set()),
-            timeout=20, what="gateway subscribed")
+        await eventually(
+            lambda: (
+                self._gateway_task.done()
+                or (self.gateway.ingress is not None and self.gateway.ingress.subscribed.is_set())
+            ),
+            timeout=20,
+            what="gateway subscribed",
+        )
         if self._gateway_task.done():
             self._gateway_task.result()
 
@@ -94,15 +101,26 @@ class Stack:
             cur = await conn.execute(
                 "SELECT s.online, (extract(epoch FROM s.time) * 1000)::bigint, s.speed_kmh, "
                 "s.ignition, s.locked, s.immobilised FROM vehicle_state s "
-                "JOIN vehicles v ON v.id = s.vehicle WHERE v.device_id = %s", (device_id,))
+                "JOIN vehicles v ON v.id = s.vehicle WHERE v.device_id = %s",
+                (device_id,),
+            )
             row = await cur.fetchone()
-        return None if row is None else dict(zip(
-            ("online", "t", "speed_kmh", "ignition", "locked", "immobilised"), row))
+        return (
+            None
+            if row is None
+            else dict(zip(("online", "t", "speed_kmh", "ignition", "locked", "immobilised"), row))
+        )
 
     async def submit(self, device_id: str, type_: str, key: str | None = None, **kw):
-        return await self.service.submit(CommandRequest(
-            device_id=device_id, type=type_, idempotency_key=key or uuid.uuid4().hex,
-            requested_by=kw.pop("requested_by", "rental"), **kw))
+        return await self.service.submit(
+            CommandRequest(
+                device_id=device_id,
+                type=type_,
+                idempotency_key=key or uuid.uuid4().hex,
+                requested_by=kw.pop("requested_by", "rental"),
+                **kw,
+            )
+        )
 
     async def finished(self, command, timeout: float = 15.0):
         done = await self.service.wait(command.id, timeout)
@@ -117,19 +135,41 @@ def parked_fleet(fleet: Fleet) -> Fleet:
 
 
 @contextlib.asynccontextmanager
-async def stack(pg_dsn, broker, topic_root, *, fleet: Fleet | None = None, vehicles: int = 4,
-                behaviour: CommandBehaviour = FAST, delivery: DeliveryPolicy | None = None,
-                pull=None, **config):
+async def stack(
+    pg_dsn,
+    broker,
+    topic_root,
+    *,
+    fleet: Fleet | None = None,
+    vehicles: int = 4,
+    behaviour: CommandBehaviour = FAST,
+    delivery: DeliveryPolicy | None = None,
+    pull=None,
+    **config,
+):
     if fleet is None:
-        fleet = parked_fleet(Fleet(FleetOptions(
-            vehicles=vehicles, rate_hz=2.0, seed=7, topic_root=topic_root, host=broker.host,
-            port=broker.port, session_expiry_s=60, commands=behaviour, track_keys=False)))
+        fleet = parked_fleet(
+            Fleet(
+                FleetOptions(
+                    vehicles=vehicles,
+                    rate_hz=2.0,
+                    seed=7,
+                    topic_root=topic_root,
+                    host=broker.host,
+                    port=broker.port,
+                    session_expiry_s=60,
+                    commands=behaviour,
+                    track_keys=False,
+                )
+            )
+        )
     await register(pg_dsn, fleet.registrations())
-    gw = gateway_config(pg_dsn, broker, topic_root, mqtt_session_expiry_s=60,
-                        commands_enabled=False)  # these tests run their own CommandService
+    gw = gateway_config(
+        pg_dsn, broker, topic_root, mqtt_session_expiry_s=60, commands_enabled=False
+    )  # these tests run their own CommandService
     cc = CommandConfig.from_gateway(
-        gw, delivery=delivery or DeliveryPolicy(result_timeout_s=2.0, clock_grace_s=0.5),
-        **config)
+        gw, delivery=delivery or DeliveryPolicy(result_timeout_s=2.0, clock_grace_s=0.5), **config
+    )
     s = Stack(fleet, gw, cc, pg_dsn, pull=pull)
     try:
         await s.start_service()
@@ -158,14 +198,18 @@ async def stack(pg_dsn, broker, topic_root, *, fleet: Fleet | None = None, vehic
 
 
 async def history(s: Stack, command) -> list[tuple[str | None, str, str | None]]:
-    return [(e.from_state.value if e.from_state else None, e.to_state.value, e.reason)
-            for e in await s.service.history(command.id)]
+    return [
+        (e.from_state.value if e.from_state else None, e.to_state.value, e.reason)
+        for e in await s.service.history(command.id)
+    ]
 
 
 # --- round trips ------------------------------------------------------------------------------
 
+
 async def test_unlock_and_lock_round_trip_with_every_step_in_the_history(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
     async with stack(pg_dsn, mosquitto, topic_root) as s:
         car, i = "car-0002", 1
         assert s.fleet.model.locked[i]
@@ -175,21 +219,30 @@ async def test_unlock_and_lock_round_trip_with_every_step_in_the_history(
         assert done.state is S.SUCCEEDED and done.device_status == "succeeded"
         assert not s.fleet.model.locked[i] and s.executions(car, unlock.id) == 1
         assert await history(s, unlock) == [
-            (None, "queued", None), ("queued", "sent", None), ("sent", "acknowledged", None),
-            ("acknowledged", "succeeded", None)]
+            (None, "queued", None),
+            ("queued", "sent", None),
+            ("sent", "acknowledged", None),
+            ("acknowledged", "succeeded", None),
+        ]
         assert done.created_at <= done.sent_at <= done.acknowledged_at <= done.finished_at
 
         lock = await s.finished(await s.submit(car, "lock", key="booking-77-end"))
         assert lock.state is S.SUCCEEDED and s.fleet.model.locked[i]
         # The device reports its new state in telemetry; vehicle_state follows.
-        await eventually(lambda: _state_is(s, car, locked=True, after=lock.device_t),
-                         timeout=10, what="vehicle_state shows the lock")
+        await eventually(
+            lambda: _state_is(s, car, locked=True, after=lock.device_t),
+            timeout=10,
+            what="vehicle_state shows the lock",
+        )
         page = await s.service.list(vehicle="veh-0002")
         assert [c.id for c in page.items] == [lock.id, unlock.id]
-        assert metric(s.registry, "fleetgate_commands_finished_total", type="unlock",
-                      state="succeeded") == 1
-        assert metric(s.registry, "fleetgate_command_round_trip_seconds_count",
-                      type="lock") == 1
+        assert (
+            metric(
+                s.registry, "fleetgate_commands_finished_total", type="unlock", state="succeeded"
+            )
+            == 1
+        )
+        assert metric(s.registry, "fleetgate_command_round_trip_seconds_count", type="lock") == 1
 
 
 async def _state_is(s: Stack, device_id: str, after=None, **want) -> bool:
@@ -200,7 +253,8 @@ async def _state_is(s: Stack, device_id: str, after=None, **want) -> bool:
 
 
 async def test_unlock_then_lock_issued_back_to_back_arrive_in_that_order(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
     async with stack(pg_dsn, mosquitto, topic_root) as s:
         car, i = "car-0004", 3
         issued = [await s.submit(car, t) for t in ("unlock", "lock", "unlock", "lock")]
@@ -215,11 +269,14 @@ async def test_unlock_then_lock_issued_back_to_back_arrive_in_that_order(
 
 
 async def test_the_same_idempotency_key_twice_yields_one_command_and_one_execution(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
     async with stack(pg_dsn, mosquitto, topic_root) as s:
         car = "car-0002"
-        a, b = await asyncio.gather(s.submit(car, "unlock", key="booking-9-start"),
-                                    s.submit(car, "unlock", key="booking-9-start"))
+        a, b = await asyncio.gather(
+            s.submit(car, "unlock", key="booking-9-start"),
+            s.submit(car, "unlock", key="booking-9-start"),
+        )
         assert a.id == b.id
         done = await s.finished(a)
         again = await s.submit(car, "unlock", key="booking-9-start")  # the caller retries later
@@ -239,8 +296,10 @@ async def test_the_same_idempotency_key_twice_yields_one_command_and_one_executi
 
 # --- offline vehicles, deadlines ---------------------------------------------------------------
 
+
 async def test_an_offline_vehicle_gets_its_command_after_reconnecting_never_after_the_deadline(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
     async with stack(pg_dsn, mosquitto, topic_root) as s:
         waits, misses = "car-0002", "car-0004"
         for d in (waits, misses):
@@ -251,8 +310,11 @@ async def test_an_offline_vehicle_gets_its_command_after_reconnecting_never_afte
         late = await s.submit(misses, "unlock", ttl_s=1.5)
         assert (unlock.state, unlock.reason) == (S.QUEUED, "vehicle_offline")
         expired = await s.finished(late, timeout=5)
-        assert (expired.state, expired.reason, expired.attempts) == (S.EXPIRED,
-                                                                     "vehicle_offline", 0)
+        assert (expired.state, expired.reason, expired.attempts) == (
+            S.EXPIRED,
+            "vehicle_offline",
+            0,
+        )
         s.fleet.go_online(misses)
         s.fleet.go_online(waits)
         done = await s.finished(unlock, timeout=15)
@@ -264,18 +326,26 @@ async def test_an_offline_vehicle_gets_its_command_after_reconnecting_never_afte
         assert s.executions(misses, late.id) == 0
         assert str(late.id) not in s.executed_ids(misses)
         assert s.fleet.model.locked[3]
-        assert await history(s, late) == [(None, "queued", None),
-                                          ("queued", "queued", "vehicle_offline"),
-                                          ("queued", "expired", "vehicle_offline")]
+        assert await history(s, late) == [
+            (None, "queued", None),
+            ("queued", "queued", "vehicle_offline"),
+            ("queued", "expired", "vehicle_offline"),
+        ]
 
 
 async def test_a_late_answer_after_the_time_out_is_kept_and_the_state_stays_timed_out(
-        mosquitto, pg_dsn, topic_root):
-    async with stack(pg_dsn, mosquitto, topic_root,
-                     delivery=DeliveryPolicy(result_timeout_s=10.0, clock_grace_s=0.5)) as s:
+    mosquitto, pg_dsn, topic_root
+):
+    async with stack(
+        pg_dsn,
+        mosquitto,
+        topic_root,
+        delivery=DeliveryPolicy(result_timeout_s=10.0, clock_grace_s=0.5),
+    ) as s:
         car = "car-0002"
         s.fleet.tcu(car).command_behaviour = CommandBehaviour(
-            delay_ms=(50.0, 50.0), late_share=1.0, late_delay_ms=(2500.0, 2500.0))
+            delay_ms=(50.0, 50.0), late_share=1.0, late_delay_ms=(2500.0, 2500.0)
+        )
         unlock = await s.submit(car, "unlock", ttl_s=1.5)
         timed_out = await s.finished(unlock, timeout=5)
         assert (timed_out.state, timed_out.reason) == (S.TIMED_OUT, "no_result")
@@ -293,10 +363,14 @@ async def test_a_late_answer_after_the_time_out_is_kept_and_the_state_stays_time
 
 
 async def test_dropped_and_slow_commands_are_retried_with_the_same_id_and_executed_once(
-        mosquitto, pg_dsn, topic_root):
-    async with stack(pg_dsn, mosquitto, topic_root,
-                     delivery=DeliveryPolicy(result_timeout_s=0.4, backoff=1.0,
-                                             clock_grace_s=0.5)) as s:
+    mosquitto, pg_dsn, topic_root
+):
+    async with stack(
+        pg_dsn,
+        mosquitto,
+        topic_root,
+        delivery=DeliveryPolicy(result_timeout_s=0.4, backoff=1.0, clock_grace_s=0.5),
+    ) as s:
         dropping, slow = "car-0002", "car-0004"
         s.fleet.tcu(dropping).command_behaviour = CommandBehaviour(drop_share=1.0)
         s.fleet.tcu(slow).command_behaviour = CommandBehaviour(delay_ms=(1500.0, 1500.0))
@@ -311,13 +385,15 @@ async def test_dropped_and_slow_commands_are_retried_with_the_same_id_and_execut
         assert metric(s.registry, "fleetgate_command_deliveries_total", kind="retry") >= 3
 
 
-async def test_device_refusals_end_as_failed_with_the_device_reason(
-        mosquitto, pg_dsn, topic_root):
+async def test_device_refusals_end_as_failed_with_the_device_reason(mosquitto, pg_dsn, topic_root):
     async with stack(pg_dsn, mosquitto, topic_root) as s:
         s.fleet.tcu("car-0002").command_behaviour = CommandBehaviour(refuse_share=1.0)
         refused = await s.finished(await s.submit("car-0002", "unlock"))
-        assert (refused.state, refused.reason, refused.device_reason) == (S.FAILED, "refused",
-                                                                          "refused")
+        assert (refused.state, refused.reason, refused.device_reason) == (
+            S.FAILED,
+            "refused",
+            "refused",
+        )
         bike = await s.finished(await s.submit("ebike-0001", "immobilise"))
         assert (bike.state, bike.reason) == (S.FAILED, "not_supported")
         queued = await s.submit("car-0004", "locate", ttl_s=30)
@@ -328,15 +404,18 @@ async def test_device_refusals_end_as_failed_with_the_device_reason(
 
 # --- restarts --------------------------------------------------------------------------------
 
+
 async def test_a_restart_while_commands_are_in_flight_loses_none_and_duplicates_none(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
     slow = CommandBehaviour(delay_ms=(300.0, 700.0), acknowledge=True)
     async with stack(pg_dsn, mosquitto, topic_root, vehicles=6, behaviour=slow) as s:
         order = ("unlock", "lock", "unlock", "lock")
         issued = {d: [await s.submit(d, t, ttl_s=60) for t in order] for d in s.fleet.device_ids}
         await asyncio.sleep(0.5)
-        in_flight = [c for cs in issued.values() for c in cs
-                     if (await s.service.get(c.id)).state.in_flight]
+        in_flight = [
+            c for cs in issued.values() for c in cs if (await s.service.get(c.id)).state.in_flight
+        ]
         assert in_flight, "the restart must catch commands in flight"
         # Crash the command service (no DISCONNECT), stop the gateway; the devices go on
         # answering into the broker meanwhile.
@@ -354,11 +433,16 @@ async def test_a_restart_while_commands_are_in_flight_loses_none_and_duplicates_
 
 
 async def test_a_command_persisted_as_sent_but_never_published_goes_out_after_a_restart(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
     """A service that dies between persisting "sent" and publishing: the command goes out again
     with the same id after the restart, and the device executes it once."""
-    async with stack(pg_dsn, mosquitto, topic_root,
-                     delivery=DeliveryPolicy(result_timeout_s=1.0, clock_grace_s=0.5)) as s:
+    async with stack(
+        pg_dsn,
+        mosquitto,
+        topic_root,
+        delivery=DeliveryPolicy(result_timeout_s=1.0, clock_grace_s=0.5),
+    ) as s:
         s.service.link.abort()  # publishes fail from now on, as if the process died here
         unlock = await s.submit("car-0002", "unlock", ttl_s=30)
         assert unlock.state is S.SENT
@@ -371,17 +455,29 @@ async def test_a_command_persisted_as_sent_but_never_published_goes_out_after_a_
 
 # --- interlocks ------------------------------------------------------------------------------
 
-def fleet_with_a_car_about_to_stop(broker, topic_root: str, stop_in_s=(8, 16),
-                                   cars: int = 12) -> tuple[Fleet, int, int]:
+
+def fleet_with_a_car_about_to_stop(
+    broker, topic_root: str, stop_in_s=(8, 16), cars: int = 12
+) -> tuple[Fleet, int, int]:
     """A fleet of cars, one of which is driving and ends its trip stop_in_s seconds after the
     fleet starts. Found by running a copy of the model ahead (1 s steps, as the fleet will):
     the model is deterministic for a seed and the steps, and its clock is only an offset.
     Returns (fleet, car index, the model time its trip ends)."""
+
     def options(start_ms: int) -> FleetOptions:
-        return FleetOptions(vehicles=cars, car_share=1.0, rate_hz=1.0, seed=21,
-                            topic_root=topic_root, host=broker.host, port=broker.port,
-                            session_expiry_s=60, commands=FAST, track_keys=False,
-                            start_ms=start_ms)
+        return FleetOptions(
+            vehicles=cars,
+            car_share=1.0,
+            rate_hz=1.0,
+            seed=21,
+            topic_root=topic_root,
+            host=broker.host,
+            port=broker.port,
+            session_expiry_s=60,
+            commands=FAST,
+            track_keys=False,
+            start_ms=start_ms,
+        )
 
     def prepared(fleet: Fleet) -> Fleet:
         m = fleet.model
@@ -441,20 +537,33 @@ async def test_immobilise_of_a_moving_car_waits_until_it_stops(mosquitto, pg_dsn
         assert done.device_t.timestamp() * 1000 > stops_at_ms - 1000
         assert done.sent_at.timestamp() * 1000 >= stops_at_ms - 500  # sent once it stood
         assert await history(s, imm) == [
-            (None, "queued", None), ("queued", "waiting_for_safe_state", "vehicle_moving"),
-            ("waiting_for_safe_state", "sent", None), ("sent", "acknowledged", None),
-            ("acknowledged", "succeeded", None)]
-        assert metric(s.registry, "fleetgate_command_interlock_waits_total",
-                      type="immobilise", reason="vehicle_moving") == 1
+            (None, "queued", None),
+            ("queued", "waiting_for_safe_state", "vehicle_moving"),
+            ("waiting_for_safe_state", "sent", None),
+            ("sent", "acknowledged", None),
+            ("acknowledged", "succeeded", None),
+        ]
+        assert (
+            metric(
+                s.registry,
+                "fleetgate_command_interlock_waits_total",
+                type="immobilise",
+                reason="vehicle_moving",
+            )
+            == 1
+        )
 
 
 async def test_unlock_of_an_unlocked_vehicle_with_fresh_state_needs_no_round_trip(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
     async with stack(pg_dsn, mosquitto, topic_root) as s:
         car = "car-0002"
         first = await s.finished(await s.submit(car, "unlock"))
-        await eventually(lambda: _state_is(s, car, locked=False, after=first.device_t),
-                         what="vehicle_state after the unlock")
+        await eventually(
+            lambda: _state_is(s, car, locked=False, after=first.device_t),
+            what="vehicle_state after the unlock",
+        )
         received = s.fleet.stats.commands_received
         again = await s.submit(car, "unlock")
         assert (again.state, again.reason, again.attempts) == (S.SUCCEEDED, "already_unlocked", 0)
@@ -463,12 +572,15 @@ async def test_unlock_of_an_unlocked_vehicle_with_fresh_state_needs_no_round_tri
 
 # --- hooks for the geofence and pull transports ----------------------------------------------
 
+
 async def test_slow_zone_speed_caps_become_set_speed_limit_commands_once(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
     async with stack(pg_dsn, mosquitto, topic_root) as s:
         bike = (await s.service.store.vehicle(device_id="ebike-0001")).vehicle_id
-        enter = SpeedCapChange(vehicle=bike, time_ms=1_764_412_800_000, max_speed_kph=15.0,
-                               zone_id="slow-1")
+        enter = SpeedCapChange(
+            vehicle=bike, time_ms=1_764_412_800_000, max_speed_kph=15.0, zone_id="slow-1"
+        )
         [cap] = await s.service.submit_speed_caps([enter])
         [same] = await s.service.submit_speed_caps([enter])  # the batch replayed after a crash
         assert same.id == cap.id and cap.params == {"kph": 15.0}
@@ -486,7 +598,8 @@ async def test_slow_zone_speed_caps_become_set_speed_limit_commands_once(
 
 
 async def test_pull_delivery_hands_the_command_over_on_the_devices_uplink(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
     sleepy = "ebike-0003"
     async with stack(pg_dsn, mosquitto, topic_root, pull=lambda d: d == sleepy) as s:
         unlock = await s.submit(sleepy, "unlock", ttl_s=30)
@@ -498,8 +611,10 @@ async def test_pull_delivery_hands_the_command_over_on_the_devices_uplink(
         assert (await s.service.get(unlock.id)).state is S.SENT
         again = await s.service.take_pending_for(sleepy)  # no answer yet: the same id again
         assert again["id"] == payload["id"]
-        result = (b'{"id": "%s", "status": "succeeded", "t": %d}'
-                  % (payload["id"].encode(), int(time.time() * 1000)))
+        result = b'{"id": "%s", "status": "succeeded", "t": %d}' % (
+            payload["id"].encode(),
+            int(time.time() * 1000),
+        )
         done = await s.service.record_result(sleepy, result)
         assert done.state is S.SUCCEEDED and done.attempts == 2
         assert await s.service.take_pending_for(sleepy) is None

@@ -23,11 +23,21 @@ S = CommandState
 
 def new(vehicle: int, type_: str = "unlock", key: str | None = None, **kw) -> Command:
     now = utc_now()
-    fields = dict(id=uuid.uuid4(), vehicle_id=vehicle, vehicle_ref=f"veh-{vehicle}",
-                  device_id=f"dev-{vehicle}", type=CommandType(type_), params={},
-                  idempotency_key=key or uuid.uuid4().hex, requested_by="rental",
-                  request_hash="h", on_unsafe="wait", created_at=now,
-                  deadline=now + timedelta(seconds=60), updated_at=now)
+    fields = dict(
+        id=uuid.uuid4(),
+        vehicle_id=vehicle,
+        vehicle_ref=f"veh-{vehicle}",
+        device_id=f"dev-{vehicle}",
+        type=CommandType(type_),
+        params={},
+        idempotency_key=key or uuid.uuid4().hex,
+        requested_by="rental",
+        request_hash="h",
+        on_unsafe="wait",
+        created_at=now,
+        deadline=now + timedelta(seconds=60),
+        updated_at=now,
+    )
     fields.update(kw)
     return Command(**fields)
 
@@ -63,17 +73,22 @@ async def test_changes_are_guarded_by_the_state_they_leave_and_recorded_in_order
     now = utc_now()
     sent = machine.transition(cmd, S.SENT, now)
     acked = machine.transition(sent[0], S.ACKNOWLEDGED, now + timedelta(milliseconds=5))
-    done = machine.apply_result(acked[0], DeviceResult(id=cmd.id, status="succeeded",
-                                                       t=1_764_412_801_456),
-                                now + timedelta(milliseconds=9))
+    done = machine.apply_result(
+        acked[0],
+        DeviceResult(id=cmd.id, status="succeeded", t=1_764_412_801_456),
+        now + timedelta(milliseconds=9),
+    )
     async with store.transaction() as tx:
         await tx.write([sent, acked, done])
     stored = await store.get(cmd.id)
     assert (stored.state, stored.attempts, stored.device_status) == (S.SUCCEEDED, 1, "succeeded")
     assert stored.device_t == from_ms(1_764_412_801_456)
     assert [(e.from_state, e.to_state) for e in await store.history(cmd.id)] == [
-        (None, S.QUEUED), (S.QUEUED, S.SENT), (S.SENT, S.ACKNOWLEDGED),
-        (S.ACKNOWLEDGED, S.SUCCEEDED)]
+        (None, S.QUEUED),
+        (S.QUEUED, S.SENT),
+        (S.SENT, S.ACKNOWLEDGED),
+        (S.ACKNOWLEDGED, S.SUCCEEDED),
+    ]
     # A change computed from a stale copy (someone else moved the row) changes nothing.
     stale = machine.transition(cmd, S.CANCELLED, utc_now())
     with pytest.raises(CommandConflict):
@@ -93,10 +108,13 @@ async def test_apply_inserts_planned_commands_and_skips_taken_keys(store):
     [stored] = await store.apply([(sent, [machine.created(first), entry])], [])
     assert stored.state is S.SENT and stored.seq is not None
     assert [(e.from_state, e.to_state) for e in await store.history(first.id)] == [
-        (None, S.QUEUED), (S.QUEUED, S.SENT)]
+        (None, S.QUEUED),
+        (S.QUEUED, S.SENT),
+    ]
     again, other = new(a, key="k2"), new(a, key="k3")
-    assert await store.apply([(again, [machine.created(again)]),
-                              (other, [machine.created(other)])], []) == [None, ANY]
+    assert await store.apply(
+        [(again, [machine.created(again)]), (other, [machine.created(other)])], []
+    ) == [None, ANY]
     assert await store.get(again.id) is None and await store.get(other.id) is not None
 
 
@@ -117,19 +135,30 @@ async def test_open_commands_come_back_in_submission_order_and_lists_page_newest
 async def test_snapshots_carry_the_last_actuation_of_the_vehicle(store, pg_dsn):
     a = store.ids["dev-a"]
     snap = (await store.snapshots([a]))[a]
-    assert (snap.online, snap.state_time, snap.last_actuation, snap.vehicle_type) == \
-        (False, None, None, "car")
+    assert (snap.online, snap.state_time, snap.last_actuation, snap.vehicle_type) == (
+        False,
+        None,
+        None,
+        "car",
+    )
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-        await conn.execute("INSERT INTO vehicle_state (vehicle, time, speed_kmh, ignition, "
-                           "locked, online) VALUES (%s, now(), 0, false, true, true)", (a,))
+        await conn.execute(
+            "INSERT INTO vehicle_state (vehicle, time, speed_kmh, ignition, "
+            "locked, online) VALUES (%s, now(), 0, false, true, true)",
+            (a,),
+        )
     unlock = await _insert(store, new(a))
     locate = await _insert(store, new(a, "locate"))
     now = utc_now()
     changes = []
     for cmd, t in ((unlock, 1_000), (locate, 2_000)):
         sent = machine.transition(cmd, S.SENT, now)
-        changes += [sent, machine.apply_result(sent[0], DeviceResult(
-            id=cmd.id, status="succeeded", t=1_764_412_800_000 + t), now)]
+        changes += [
+            sent,
+            machine.apply_result(
+                sent[0], DeviceResult(id=cmd.id, status="succeeded", t=1_764_412_800_000 + t), now
+            ),
+        ]
     async with store.transaction() as tx:
         await tx.write(changes)
     snap = (await store.snapshots([a]))[a]

@@ -33,18 +33,34 @@ class Demo:
     def __init__(self, tmp_path: Path, *args: str, **env: str) -> None:
         self.ports = {"api": free_port(), "metrics": free_port(), "coap": free_port()}
         self.out = tmp_path / f"demo-{time.monotonic_ns()}.txt"
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")},
-                    "FLEETGATE_DATA_DIR": str(tmp_path / ".fleetgate"), **env}
-        self.args = ["--api-port", str(self.ports["api"]), "--metrics-port",
-                     str(self.ports["metrics"]), "--coap-port", str(self.ports["coap"]),
-                     "--report-every", "1", *args]
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")},
+            "FLEETGATE_DATA_DIR": str(tmp_path / ".fleetgate"),
+            **env,
+        }
+        self.args = [
+            "--api-port",
+            str(self.ports["api"]),
+            "--metrics-port",
+            str(self.ports["metrics"]),
+            "--coap-port",
+            str(self.ports["coap"]),
+            "--report-every",
+            "1",
+            *args,
+        ]
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Self:
         with open(self.out, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "fleetgate.cli", "demo",
-                                          *self.args], env=self.env, cwd=REPO, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fleetgate.cli", "demo", *self.args],
+                env=self.env,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -61,16 +77,21 @@ class Demo:
         deadline = time.monotonic() + timeout
         while not (found := re.search(pattern, self.output)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"demo never printed {pattern!r} (exit code "
-                                     f"{self.proc.poll()}):\n{self.output[-3000:]}")
+                raise AssertionError(
+                    f"demo never printed {pattern!r} (exit code "
+                    f"{self.proc.poll()}):\n{self.output[-3000:]}"
+                )
             time.sleep(0.2)
         return found
 
     def vehicles_on_the_map(self) -> list[str]:
         """The vehicles the live map shows: GET /v1/vehicles with the demo's own key."""
         key = self.wait_for(r"/map/#key=(\S+)").group(1)
-        response = httpx.get(f"http://127.0.0.1:{self.ports['api']}/v1/vehicles",
-                             headers={"X-API-Key": key}, timeout=10.0)
+        response = httpx.get(
+            f"http://127.0.0.1:{self.ports['api']}/v1/vehicles",
+            headers={"X-API-Key": key},
+            timeout=10.0,
+        )
         return sorted(v["vehicle_ref"] for v in response.json()["items"])
 
     def interrupt(self) -> int:
@@ -92,11 +113,14 @@ class Demo:
 def test_each_run_on_the_embedded_services_has_exactly_its_fleet_and_says_what_it_binds(tmp_path):
     with Demo(tmp_path, "--vehicles", "3") as first:
         first.wait_for(r"vehicles connected 3/3")
-        for name, variable in (("api", "FLEETGATE_API_PORT"),
-                               ("metrics", "FLEETGATE_METRICS_PORT"),
-                               ("coap", "FLEETGATE_COAP_PORT")):
+        for name, variable in (
+            ("api", "FLEETGATE_API_PORT"),
+            ("metrics", "FLEETGATE_METRICS_PORT"),
+            ("coap", "FLEETGATE_COAP_PORT"),
+        ):
             assert re.search(rf"127\.0\.0\.1:{first.ports[name]} .*{variable}", first.output), (
-                first.output)
+                first.output
+            )
         assert first.vehicles_on_the_map() == ["veh-0001", "veh-0002", "veh-0003"]
         assert first.interrupt() == 0, first.output
 
@@ -115,14 +139,18 @@ async def _register_and_list(dsn: str, registrations: list[VehicleRegistration])
         await store.close()
 
 
-def test_a_configured_database_keeps_every_vehicle_it_had(tmp_path, pg_dsn, mosquitto,
-                                                          topic_root):
+def test_a_configured_database_keeps_every_vehicle_it_had(tmp_path, pg_dsn, mosquitto, topic_root):
     own = VehicleRegistration("my-own-bike", "my-own-tcu", "ebike")
     run_async(_register_and_list(pg_dsn, [own]))
-    with Demo(tmp_path, "--vehicles", "2", FLEETGATE_DATABASE_URL=pg_dsn,
-              FLEETGATE_MQTT_URL=f"mqtt://{mosquitto.host}:{mosquitto.port}",
-              FLEETGATE_MQTT_TOPIC_ROOT=topic_root, FLEETGATE_MQTT_CLIENT_ID="demo-configured"
-              ) as demo:
+    with Demo(
+        tmp_path,
+        "--vehicles",
+        "2",
+        FLEETGATE_DATABASE_URL=pg_dsn,
+        FLEETGATE_MQTT_URL=f"mqtt://{mosquitto.host}:{mosquitto.port}",
+        FLEETGATE_MQTT_TOPIC_ROOT=topic_root,
+        FLEETGATE_MQTT_CLIENT_ID="demo-configured",
+    ) as demo:
         demo.wait_for(r"vehicles connected 2/2")
         assert "holds 1 more vehicles" in demo.output and "deletes nothing" in demo.output
         assert demo.vehicles_on_the_map() == ["my-own-bike", "veh-0001", "veh-0002"]
@@ -137,10 +165,19 @@ def test_a_taken_port_stops_the_demo_before_it_starts_anything(tmp_path):
         api.listen()
         coap.bind(("127.0.0.1", 0))
         api_port, coap_port = api.getsockname()[1], coap.getsockname()[1]
-        result = run_fleetgate("demo", "--api-port", str(api_port), "--metrics-port", "0",
-                               "--coap-port", str(coap_port),
-                               env={**{k: None for k in os.environ if k.startswith("FLEETGATE_")},
-                                    "FLEETGATE_DATA_DIR": str(data_dir)})
+        result = run_fleetgate(
+            "demo",
+            "--api-port",
+            str(api_port),
+            "--metrics-port",
+            "0",
+            "--coap-port",
+            str(coap_port),
+            env={
+                **{k: None for k in os.environ if k.startswith("FLEETGATE_")},
+                "FLEETGATE_DATA_DIR": str(data_dir),
+            },
+        )
     assert result.exit_code == 2, result.output
     assert f"HTTP API port {api_port} on 127.0.0.1 is not free" in result.output
     assert "--api-port or FLEETGATE_API_PORT" in result.output

@@ -38,12 +38,30 @@ REPO = Path(__file__).resolve().parent.parent
 DOCUMENTS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 SHELL_LANGUAGES = {"sh", "bash", "shell", "console"}
 # A block without a language whose lines start like this is a command block in disguise.
-COMMAND_WORDS = {"fleetgate", "scripts/demo", "scripts/test", "scripts/setup", "pip", "export",
-                 "curl", "systemctl", "sudo", "apt-get", "psql", "mosquitto_pub", "mosquitto_sub",
-                 "coap-client", "coap-client-notls", "aiocoap-client", "python", "docker"}
+COMMAND_WORDS = {
+    "fleetgate",
+    "scripts/demo",
+    "scripts/test",
+    "scripts/setup",
+    "pip",
+    "export",
+    "curl",
+    "systemctl",
+    "sudo",
+    "apt-get",
+    "psql",
+    "mosquitto_pub",
+    "mosquitto_sub",
+    "coap-client",
+    "coap-client-notls",
+    "aiocoap-client",
+    "python",
+    "docker",
+}
 
 
 # --- how each documented command is proven -----------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Run:
@@ -76,16 +94,7 @@ class Skip:
     reason: str
 
 
-@dataclass(frozen=True)
-class BrokerWork:
-    """Owned by the broker-authentication change (broker-config, `sim --register`, the broker
-    section of docs/device-identity.md), which rewrites these lines: the lead classifies them
-    as Run, Background or Skip after merging it."""
-
-    reason: str = "owned by the broker-auth change; classified and run by the lead after merge"
-
-
-Action = Run | Background | GivenByTest | Skip | BrokerWork
+Action = Run | Background | GivenByTest | Skip
 
 
 def ready_at(path: str) -> Callable[[Machine], bool]:
@@ -99,78 +108,120 @@ def ready_at(path: str) -> Callable[[Machine], bool]:
     return ready
 
 
+def logged(text: str) -> Callable[[Machine], bool]:
+    """Ready once the latest background command's output holds text."""
+
+    def ready(machine: Machine) -> bool:
+        return text in machine.background[-1][2].read_text()
+
+    return ready
+
+
 SECRET_LINE = r"(?m)^{}\t[A-Za-z0-9_-]{{32}}$"
+BROKER_CONFIG = Skip(
+    "writes into /etc/mosquitto and signals the machine's broker; "
+    "tests/test_device_identity_cli.py runs broker-config and a Mosquitto that includes its "
+    "files as docs/device-identity.md shows"
+)
 COMMANDS: dict[str, dict[str, Action]] = {
     "README.md": {
         "scripts/demo": Skip(
             "runs scripts/setup (apt-get, pip, npm) and then a demo until Ctrl-C; "
-            "`fleetgate demo`, which it runs, is started and stopped in tests/test_demo.py"),
+            "`fleetgate demo`, which it runs, is started and stopped in tests/test_demo.py"
+        ),
         "scripts/test": Skip("the whole test suite, this test among them"),
-        "pip install .": Skip("installs into the Python environment; this test runs the "
-                              "checkout's own install (scripts/setup)"),
-        "export FLEETGATE_DATABASE_URL=postgresql://fleetgate:…@db:5432/fleetgate":
-            GivenByTest("FLEETGATE_DATABASE_URL"),
+        "pip install .": Skip(
+            "installs into the Python environment; this test runs the "
+            "checkout's own install (scripts/setup)"
+        ),
+        "export FLEETGATE_DATABASE_URL=postgresql://fleetgate:…@db:5432/fleetgate": GivenByTest(
+            "FLEETGATE_DATABASE_URL"
+        ),
         "export FLEETGATE_MQTT_URL=mqtt://broker:1883": GivenByTest("FLEETGATE_MQTT_URL"),
+        "export FLEETGATE_MQTT_USERNAME=fleetgate-gw FLEETGATE_MQTT_PASSWORD=…": Run(),
         "fleetgate db migrate": Run(expect=r"schema version \d+ .*applied 0001_vehicles"),
         "fleetgate zones import examples/geofencing_zones.json --replace": Run(
-            expect="4 zones replace the zone set"),
+            expect="4 zones replace the zone set"
+        ),
         "fleetgate devices register bike-0001 tcu-0001 --type ebike": Run(
-            expect="registered 1 vehicle: 1 new"),
+            expect="registered 1 vehicle: 1 new"
+        ),
         "fleetgate devices register --file examples/fleet.csv": Run(
-            expect="registered 4 vehicles: 3 new, 1 unchanged"),
+            expect="registered 4 vehicles: 3 new, 1 unchanged"
+        ),
         "fleetgate devices provision --missing": Run(expect=SECRET_LINE.format("tcu-0101")),
-        "fleetgate broker-config --out /etc/mosquitto/fleetgate": BrokerWork(),
+        "fleetgate sim --vehicles 500 --register-only": Run(
+            expect="500 simulated devices registered, 500 new secrets"
+        ),
+        "fleetgate broker-config --out /etc/mosquitto/fleetgate --reload-pidfile "
+        "/run/mosquitto/mosquitto.pid": BROKER_CONFIG,
         "fleetgate api-keys create rental --scope commands:write --scope fleet:read": Run(
-            expect=r"(?m)^fgk_\S+$"),
+            expect=r"(?m)^fgk_\S+$"
+        ),
         "fleetgate run": Background(ready_at("/readyz"), "the operator's port answers /readyz"),
-        "fleetgate sim --vehicles 500 --rate 0.2 --register": BrokerWork(),
+        "fleetgate sim --vehicles 500 --rate 0.2": Background(
+            logged("sim_fleet_connected"), "the simulated fleet is connected"
+        ),
         "fleetgate config show --sources": Run(
-            expect=r'"source": "environment FLEETGATE_DATABASE_URL"'),
+            expect=r'"source": "environment FLEETGATE_DATABASE_URL"'
+        ),
     },
     "docs/api.md": {
-        "fleetgate api-keys create rental-service --scope commands:write --scope fleet:read":
-            Run(expect="API key 'rental-service' with scopes"),
+        "fleetgate api-keys create rental-service --scope commands:write --scope fleet:read": Run(
+            expect="API key 'rental-service' with scopes"
+        ),
         "fleetgate api-keys list": Run(expect="rental-service"),
         "fleetgate api-keys revoke rental-service": Run(expect="revoked rental-service"),
     },
     "docs/coap.md": {
         "fleetgate devices register bike-0001 lock-0001 --type ebike": Run(),
         "fleetgate devices provision lock-0001": Run(expect=SECRET_LINE.format("lock-0001")),
-        "coap-client-notls -m post -t 50 -e '{\"t\": 1764412800123, \"soc_pct\": 71.5}' "
-        "\"coap://gw.example:5683/fg/v1/lock-0001/telemetry?t=<secret>\"": Skip(
+        'coap-client-notls -m post -t 50 -e \'{"t": 1764412800123, "soc_pct": 71.5}\' '
+        '"coap://gw.example:5683/fg/v1/lock-0001/telemetry?t=<secret>"': Skip(
             "gw.example and <secret> stand for your gateway and the secret provision printed; "
-            "tests/test_coap_ingress.py sends such uplinks with coap-client"),
+            "tests/test_coap_ingress.py sends such uplinks with coap-client"
+        ),
         "aiocoap-client -m POST --content-format application/senml+json --payload "
-        "'[{\"n\": \"soc_pct\", \"u\": \"%EL\", \"v\": 71.5}]' "
-        "\"coap://gw.example/fg/v1/lock-0001/telemetry?t=<secret>\"": Skip(
+        '\'[{"n": "soc_pct", "u": "%EL", "v": 71.5}]\' '
+        '"coap://gw.example/fg/v1/lock-0001/telemetry?t=<secret>"': Skip(
             "gw.example and <secret> stand for your gateway and the secret provision printed; "
-            "tests/test_coap_ingress.py posts SenML with aiocoap's client"),
+            "tests/test_coap_ingress.py posts SenML with aiocoap's client"
+        ),
     },
     "docs/deployment.md": {
-        "FLEETGATE_MQTT_PASSWORD=... fleetgate broker-config --out /etc/mosquitto/fleetgate "
-        "--gateway-user fleetgate-gw --reload-pidfile /run/mosquitto/mosquitto.pid": BrokerWork(),
+        "export FLEETGATE_MQTT_USERNAME=fleetgate-gw FLEETGATE_MQTT_PASSWORD=…": Run(),
+        "fleetgate broker-config --out /etc/mosquitto/fleetgate --reload-pidfile "
+        "/run/mosquitto/mosquitto.pid": BROKER_CONFIG,
         "systemctl stop fleetgate@gw-3": Skip(
             "needs a systemd unit fleetgate@gw-3; tests/test_operations_scaleout.py stops a "
-            "gateway process and drains its session"),
+            "gateway process and drains its session"
+        ),
         "fleetgate drain gw-3": Run(expect=r'"client_id":"gw-3".*"session_ended":true'),
-        ".venv/bin/python benchmarks/faults.py --vehicles 50 --repeat 1 "
+        ".venv/bin/python -m benchmarks.faults --vehicles 50 --repeat 1 "
         "--scenarios gateway-kill,broker-kill": Skip(
             "a benchmark that starts its own broker, database and gateway for ~20 s per "
-            "scenario; tests/test_gateway_faults.py counts the same under the same faults"),
+            "scenario; tests/test_gateway_faults.py counts the same under the same faults"
+        ),
     },
     "docs/device-identity.md": {
         "fleetgate devices register bike-0001 lock-0001 --type ebike": Run(),
         "fleetgate devices register bike-0002 lock-0002 --type ebike": Run(),
         "fleetgate devices provision lock-0001 lock-0002": Run(
-            expect=SECRET_LINE.format("lock-0002")),
+            expect=SECRET_LINE.format("lock-0002")
+        ),
         "fleetgate devices provision --missing --json": Run(expect=r"^\[\]$"),
         "fleetgate devices rotate lock-0001 --grace 24h": Run(
-            expect="the previous secret works until"),
+            expect="the previous secret works until"
+        ),
         "fleetgate devices rotate lock-0001 --grace 0": Run(expect=SECRET_LINE.format("lock-0001")),
         "fleetgate devices list": Run(expect=r"lock-0001\s+bike-0001\s+1"),
-        "FLEETGATE_MQTT_PASSWORD=... fleetgate broker-config --out /etc/mosquitto/fleetgate "
-        "--gateway-user fleetgate-gw-1 --gateway-user fleetgate-gw-1-cmd --reload-pidfile "
-        "/run/mosquitto/mosquitto.pid": BrokerWork(),
+        "export FLEETGATE_MQTT_USERNAME=fleetgate-gw FLEETGATE_MQTT_PASSWORD=…": Run(),
+        "fleetgate broker-config --out /etc/mosquitto/fleetgate --reload-pidfile "
+        "/run/mosquitto/mosquitto.pid": BROKER_CONFIG,
+        "cc -shared -fPIC -O2 -o fleetgate_subscribe_acl.so fleetgate_subscribe_acl.c": Skip(
+            "runs where the broker runs, beside a copy of deploy/fleetgate_subscribe_acl.c; "
+            "broker-config builds the plugin the same way in tests/test_device_identity*.py"
+        ),
     },
 }
 # Documents whose commands start on an empty database (the others expect `fleetgate db migrate`
@@ -179,6 +230,7 @@ STARTS_EMPTY = {"README.md"}
 
 
 # --- reading the documents ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Command:
@@ -211,8 +263,12 @@ def fenced_blocks(document: str, text: str) -> list[Block]:
         if opened is None:
             if fence:
                 opened, body = (fence.group(1), number, fence.group(2).lower()), []
-        elif fence and fence.group(1)[0] == opened[0][0] and len(fence.group(1)) >= len(
-                opened[0]) and not fence.group(2):
+        elif (
+            fence
+            and fence.group(1)[0] == opened[0][0]
+            and len(fence.group(1)) >= len(opened[0])
+            and not fence.group(2)
+        ):
             blocks.append(Block(document, opened[1], opened[2], body))
             opened = None
         else:
@@ -264,28 +320,44 @@ def commands_of(block: Block) -> list[Command]:
 
 def documented_commands(document: str, text: str | None = None) -> list[Command]:
     text = (REPO / document).read_text() if text is None else text
-    return [c for b in fenced_blocks(document, text) if b.language in SHELL_LANGUAGES
-            for c in commands_of(b)]
+    return [
+        c
+        for b in fenced_blocks(document, text)
+        if b.language in SHELL_LANGUAGES
+        for c in commands_of(b)
+    ]
 
 
 def disguised_command_blocks(document: str, text: str) -> list[Block]:
     """Blocks without a language that hold shell commands (they would escape the runner)."""
-    return [b for b in fenced_blocks(document, text) if not b.language and any(
-        strip_comment(line).split()[:1] and strip_comment(line).split()[0] in COMMAND_WORDS
-        for line in b.lines)]
+    return [
+        b
+        for b in fenced_blocks(document, text)
+        if not b.language
+        and any(
+            strip_comment(line).split()[:1] and strip_comment(line).split()[0] in COMMAND_WORDS
+            for line in b.lines
+        )
+    ]
 
 
 def unclassified(document: str, text: str) -> list[str]:
     known = COMMANDS.get(document, {})
-    problems = [f"{c.document}:{c.line}: `{c.key}` is not classified in COMMANDS"
-                for c in documented_commands(document, text) if c.key not in known]
-    problems += [f"{b.document}:{b.line}: a block without a language holds shell commands: "
-                 "label it sh (and classify its commands) or text"
-                 for b in disguised_command_blocks(document, text)]
+    problems = [
+        f"{c.document}:{c.line}: `{c.key}` is not classified in COMMANDS"
+        for c in documented_commands(document, text)
+        if c.key not in known
+    ]
+    problems += [
+        f"{b.document}:{b.line}: a block without a language holds shell commands: "
+        "label it sh (and classify its commands) or text"
+        for b in disguised_command_blocks(document, text)
+    ]
     return problems
 
 
 # --- the fresh machine -------------------------------------------------------------------------
+
 
 @dataclass
 class Machine:
@@ -303,8 +375,16 @@ class Machine:
     @classmethod
     def fresh(cls, root: Path, dsn: str, broker, topic_root: str) -> Machine:
         checkout = root / "checkout"
-        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                               capture_output=True, check=True).stdout.decode().split("\0")
+        files = (
+            subprocess.run(
+                ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+                cwd=REPO,
+                capture_output=True,
+                check=True,
+            )
+            .stdout.decode()
+            .split("\0")
+        )
         for name in filter(None, files):
             source = REPO / name
             if source.is_file():
@@ -341,28 +421,49 @@ class Machine:
             return 0, ""
         if plain and tokens[:1] == ["fleetgate"]:
             monkeypatch.chdir(self.checkout)
-            env = {**{k: None for k in os.environ if k.startswith("FLEETGATE_")},
-                   **self.env, **assignments}
+            env = {
+                **{k: None for k in os.environ if k.startswith("FLEETGATE_")},
+                **self.env,
+                **assignments,
+            }
             result = run_fleetgate(*tokens[1:], env=env)
             return result.exit_code, result.output
-        proc = subprocess.run(["bash", "-c", command.text], cwd=self.checkout, env=self.env,
-                              capture_output=True, text=True, timeout=120, check=False)
+        proc = subprocess.run(
+            ["bash", "-c", command.text],
+            cwd=self.checkout,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         return proc.returncode, proc.stdout + proc.stderr
 
     def start(self, command: Command, action: Background) -> None:
         log = self.root / f"background-{len(self.background)}.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen(["bash", "-c", f"exec {command.text}"], cwd=self.checkout,
-                                    env=self.env, stdout=out, stderr=out,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                ["bash", "-c", f"exec {command.text}"],
+                cwd=self.checkout,
+                env=self.env,
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.background.append((command.text, proc, log))
         deadline = time.monotonic() + 60
         while not action.ready(self):
             if proc.poll() is not None or time.monotonic() > deadline:
-                state = (f"exited with {proc.returncode}" if proc.poll() is not None
-                         else "still not ready after 60 s")
-                pytest.fail(f"{command.document}:{command.line}: `{command.text}` {state} "
-                            f"(waited for: {action.what}):\n{log.read_text()[-3000:]}")
+                state = (
+                    f"exited with {proc.returncode}"
+                    if proc.poll() is not None
+                    else "still not ready after 60 s"
+                )
+                pytest.fail(
+                    f"{command.document}:{command.line}: `{command.text}` {state} "
+                    f"(waited for: {action.what}):\n{log.read_text()[-3000:]}"
+                )
             time.sleep(0.2)
 
     def stop_background(self) -> list[str]:
@@ -377,40 +478,55 @@ class Machine:
                 proc.kill()
                 code = proc.wait(10)
             if code != 0:
-                problems.append(f"`{text}` exited with {code} on SIGTERM:\n"
-                                f"{log.read_text()[-3000:]}")
+                problems.append(
+                    f"`{text}` exited with {code} on SIGTERM:\n{log.read_text()[-3000:]}"
+                )
         self.background.clear()
         return problems
 
 
 # --- the tests -----------------------------------------------------------------------------------
 
+
 def test_every_documented_command_is_classified():
     problems = [p for doc in DOCUMENTS for p in unclassified(doc, (REPO / doc).read_text())]
     found = {(c.document, c.key) for doc in DOCUMENTS for c in documented_commands(doc)}
-    problems += [f"{doc}: `{key}` is classified in COMMANDS but no longer documented"
-                 for doc, known in COMMANDS.items() for key in known if (doc, key) not in found]
+    problems += [
+        f"{doc}: `{key}` is classified in COMMANDS but no longer documented"
+        for doc, known in COMMANDS.items()
+        for key in known
+        if (doc, key) not in found
+    ]
     assert not problems, "\n".join(problems)
 
 
 def test_a_new_command_block_without_a_classification_is_reported():
-    page = ("Intro.\n\n```sh\nfleetgate db migrate   # known\n"
-            "fleetgate zones import new.json \\\n    --replace\n```\n\n"
-            "```\nfleetgate devices list\n```\n\n```console\n$ fleetgate nothing-new\nout\n```\n")
+    page = (
+        "Intro.\n\n```sh\nfleetgate db migrate   # known\n"
+        "fleetgate zones import new.json \\\n    --replace\n```\n\n"
+        "```\nfleetgate devices list\n```\n\n```console\n$ fleetgate nothing-new\nout\n```\n"
+    )
     assert unclassified("README.md", page) == [
         "README.md:5: `fleetgate zones import new.json --replace` is not classified in COMMANDS",
         "README.md:14: `fleetgate nothing-new` is not classified in COMMANDS",
-        ("README.md:9: a block without a language holds shell commands: label it sh (and "
-         "classify its commands) or text")]
+        (
+            "README.md:9: a block without a language holds shell commands: label it sh (and "
+            "classify its commands) or text"
+        ),
+    ]
 
 
-RUNNABLE = [doc for doc, known in COMMANDS.items()
-            if any(isinstance(a, (Run, Background)) for a in known.values())]
+RUNNABLE = [
+    doc
+    for doc, known in COMMANDS.items()
+    if any(isinstance(a, (Run, Background)) for a in known.values())
+]
 
 
 @pytest.mark.parametrize("document", RUNNABLE)
-def test_the_documented_commands_run_as_written_in_order(document, request, mosquitto, topic_root,
-                                                         tmp_path, monkeypatch):
+def test_the_documented_commands_run_as_written_in_order(
+    document, request, mosquitto, topic_root, tmp_path, monkeypatch
+):
     dsn = request.getfixturevalue("empty_pg_dsn" if document in STARTS_EMPTY else "pg_dsn")
     machine = Machine.fresh(tmp_path, dsn, mosquitto, topic_root)
     known = COMMANDS[document]
@@ -431,7 +547,8 @@ def test_the_documented_commands_run_as_written_in_order(document, request, mosq
                 assert code == 0, f"{where} exited with {code}:\n{output}"
                 if action.expect:
                     assert re.search(action.expect, output), (
-                        f"{where} printed nothing matching {action.expect!r}:\n{output}")
+                        f"{where} printed nothing matching {action.expect!r}:\n{output}"
+                    )
                 ran.append(command.key)
     finally:
         stopped = machine.stop_background()
@@ -487,10 +604,15 @@ def broken_links(document: str, text: str) -> list[str]:
             resolved = (base / path).resolve() if path else REPO / document
             if not resolved.exists():
                 problems.append(f"{document}:{number}: {target}: no file {path}")
-            elif anchor and resolved.suffix == ".md" and anchor not in anchors(
-                    resolved.read_text() if path else text):
-                problems.append(f"{document}:{number}: {target}: no heading #{anchor} in "
-                                f"{resolved.relative_to(REPO)}")
+            elif (
+                anchor
+                and resolved.suffix == ".md"
+                and anchor not in anchors(resolved.read_text() if path else text)
+            ):
+                problems.append(
+                    f"{document}:{number}: {target}: no heading #{anchor} in "
+                    f"{resolved.relative_to(REPO)}"
+                )
     return problems
 
 
@@ -500,8 +622,11 @@ def test_every_relative_link_and_anchor_in_the_docs_resolves():
 
 
 def test_a_link_to_a_missing_heading_is_reported():
-    page = ("# Page\n\n## Commands, reserved\n\n[ok](#commands-reserved) [gone](#commands) "
-            "[file](docs/api.md#keys-and-scopes) [no file](docs/nope.md) `[code](#x)`\n")
+    page = (
+        "# Page\n\n## Commands, reserved\n\n[ok](#commands-reserved) [gone](#commands) "
+        "[file](docs/api.md#keys-and-scopes) [no file](docs/nope.md) `[code](#x)`\n"
+    )
     assert broken_links("README.md", page) == [
         "README.md:5: #commands: no heading #commands in README.md",
-        "README.md:5: docs/nope.md: no file docs/nope.md"]
+        "README.md:5: docs/nope.md: no file docs/nope.md",
+    ]

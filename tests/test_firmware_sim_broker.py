@@ -12,7 +12,7 @@ import pytest
 
 from firmware_sim.fleet import Fleet, FleetOptions, run_fleet
 from firmware_sim.tcu import CommandBehaviour, Misbehaviour
-from fleetgate.mqtt import MqttClient
+from gateway.mqtt import MqttClient
 from telemetry.decoder import decode_telemetry
 from tests.harness import eventually
 
@@ -24,15 +24,23 @@ class Listener:
 
     def __init__(self, broker, topic_root: str) -> None:
         self.messages: list = []
-        self.client = MqttClient(broker.host, broker.port,
-                                 client_id=f"listener-{time.monotonic_ns() % 10**9}",
-                                 on_messages=self.messages.extend)
+        self.client = MqttClient(
+            broker.host,
+            broker.port,
+            client_id=f"listener-{time.monotonic_ns() % 10**9}",
+            on_messages=self.messages.extend,
+        )
         self.root = topic_root
 
     async def __aenter__(self) -> Listener:
         await self.client.connect()
-        await self.client.subscribe([(f"{self.root}/+/telemetry", 1), (f"{self.root}/+/status", 1),
-                                     (f"{self.root}/+/cmd/result", 1)])
+        await self.client.subscribe(
+            [
+                (f"{self.root}/+/telemetry", 1),
+                (f"{self.root}/+/status", 1),
+                (f"{self.root}/+/cmd/result", 1),
+            ]
+        )
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -45,23 +53,48 @@ class Listener:
         msgs = self.of("telemetry")
         registry = {d: i for i, d in enumerate(device_ids)}
         now = int(time.time() * 1000)
-        r = decode_telemetry([m.topic.split("/")[-2] for m in msgs], [m.payload for m in msgs],
-                             [now] * len(msgs), registry, now_ms=now)
+        r = decode_telemetry(
+            [m.topic.split("/")[-2] for m in msgs],
+            [m.payload for m in msgs],
+            [now] * len(msgs),
+            registry,
+            now_ms=now,
+        )
         owners = (device_ids[v] for v in r.batch.vehicle.tolist())
         keys = Counter(zip(owners, r.batch.time_ms.tolist()))
         return keys, r
 
 
 def options(broker, topic_root: str, **kw) -> FleetOptions:
-    return FleetOptions(host=broker.host, port=broker.port, topic_root=topic_root,
-                        session_expiry_s=30, track_keys=True, **kw)
+    return FleetOptions(
+        host=broker.host,
+        port=broker.port,
+        topic_root=topic_root,
+        session_expiry_s=30,
+        track_keys=True,
+        **kw,
+    )
 
 
 async def test_exactly_the_accounted_samples_arrive_with_misbehaving_devices(mosquitto, topic_root):
-    mb = Misbehaviour(duplicate_share=0.02, malformed_share=0.02, out_of_order_share=0.5,
-                      disconnects_per_h=150.0, offline_s=(2.0, 6.0))
-    opts = options(mosquitto, topic_root, vehicles=20, rate_hz=5.0, fast=True,
-                   samples_per_vehicle=60, cbor_share=0.5, misbehaviour=mb, seed=11)
+    mb = Misbehaviour(
+        duplicate_share=0.02,
+        malformed_share=0.02,
+        out_of_order_share=0.5,
+        disconnects_per_h=150.0,
+        offline_s=(2.0, 6.0),
+    )
+    opts = options(
+        mosquitto,
+        topic_root,
+        vehicles=20,
+        rate_hz=5.0,
+        fast=True,
+        samples_per_vehicle=60,
+        cbor_share=0.5,
+        misbehaviour=mb,
+        seed=11,
+    )
     async with Listener(mosquitto, topic_root) as listener:
         fleet = Fleet(opts)
         await fleet.start()
@@ -86,23 +119,34 @@ async def test_exactly_the_accounted_samples_arrive_with_misbehaving_devices(mos
 
         # Presence: the will said offline on every dropped connection; the last word is a
         # clean goodbye, retained.
-        statuses = [(m.topic.split("/")[-2], orjson.loads(m.payload))
-                    for m in listener.of("status")]
+        statuses = [
+            (m.topic.split("/")[-2], orjson.loads(m.payload)) for m in listener.of("status")
+        ]
         assert sum(1 for _, s in statuses if s == {"online": False}) >= 1
         last = {d: s for d, s in statuses}
         assert set(last) == set(fleet.device_ids)
         assert all(s["online"] is False and "t" in s for s in last.values())
-        assert fleet.registrations()[:2] == [("ebike-0001", "veh-0001", "ebike"),
-                                             ("car-0002", "veh-0002", "car")]
+        assert fleet.registrations()[:2] == [
+            ("ebike-0001", "veh-0001", "ebike"),
+            ("car-0002", "veh-0002", "car"),
+        ]
 
 
 async def test_commands_are_executed_once_and_answered_per_retry_even_when_offline(
-        mosquitto, topic_root):
-    opts = options(mosquitto, topic_root, vehicles=4, rate_hz=10.0, seed=12,
-                   commands=CommandBehaviour(delay_ms=(20.0, 60.0)))
+    mosquitto, topic_root
+):
+    opts = options(
+        mosquitto,
+        topic_root,
+        vehicles=4,
+        rate_hz=10.0,
+        seed=12,
+        commands=CommandBehaviour(delay_ms=(20.0, 60.0)),
+    )
     async with Listener(mosquitto, topic_root) as listener:
-        commander = MqttClient(mosquitto.host, mosquitto.port,
-                               client_id=f"cmd-{time.monotonic_ns() % 10**9}")
+        commander = MqttClient(
+            mosquitto.host, mosquitto.port, client_id=f"cmd-{time.monotonic_ns() % 10**9}"
+        )
         await commander.connect()
         stop = asyncio.Event()
         fleet = Fleet(opts)
@@ -110,13 +154,18 @@ async def test_commands_are_executed_once_and_answered_per_retry_even_when_offli
         runner = asyncio.create_task(fleet.run(stop))
 
         def send(device: str, cid: str, ctype: str) -> asyncio.Future:
-            body = {"id": cid, "type": ctype, "params": {},
-                    "deadline": int(time.time() * 1000) + 60_000}
+            body = {
+                "id": cid,
+                "type": ctype,
+                "params": {},
+                "deadline": int(time.time() * 1000) + 60_000,
+            }
             return commander.publish(f"{topic_root}/{device}/cmd", orjson.dumps(body), qos=1)
 
         def results(cid: str) -> list[bytes]:
-            return [m.payload for m in listener.of("result")
-                    if orjson.loads(m.payload)["id"] == cid]
+            return [
+                m.payload for m in listener.of("result") if orjson.loads(m.payload)["id"] == cid
+            ]
 
         try:
             await send("car-0002", "u-1", "unlock")
@@ -133,8 +182,11 @@ async def test_commands_are_executed_once_and_answered_per_retry_even_when_offli
             await eventually(lambda: len(results("l-1")) == 1, timeout=15, what="late result")
             assert fleet.stats.command_executions[("car-0004", "l-1")] == 1
             assert fleet.model.locked[3]
-            wills = [m for m in listener.of("status")
-                     if m.topic.endswith("car-0004/status") and m.payload == b'{"online":false}']
+            wills = [
+                m
+                for m in listener.of("status")
+                if m.topic.endswith("car-0004/status") and m.payload == b'{"online":false}'
+            ]
             assert wills, "the dropped connection's will was published"
         finally:
             stop.set()
@@ -149,8 +201,9 @@ async def test_run_fleet_is_what_the_cli_calls(mosquitto, topic_root):
     started = []
     opts = options(mosquitto, topic_root, vehicles=3, rate_hz=20.0, speedup=10.0, seed=13)
     task = asyncio.create_task(run_fleet(opts, stop, on_started=started.append))
-    await eventually(lambda: started and started[0].stats.samples_acked >= 30, timeout=15,
-                     what="samples flowing")
+    await eventually(
+        lambda: started and started[0].stats.samples_acked >= 30, timeout=15, what="samples flowing"
+    )
     stop.set()
     stats = await asyncio.wait_for(task, 20)
     assert stats.samples_acked == stats.samples_generated and stats.finished_monotonic is not None
@@ -164,11 +217,17 @@ async def test_a_broker_crash_loses_no_sample(restartable_mosquitto, topic_root)
     runner = asyncio.create_task(fleet.run(stop))
     await eventually(lambda: fleet.stats.samples_acked > 60, timeout=10, what="samples flowing")
     broker.stop(kill=True)
-    await eventually(lambda: sum(len(t.buffer) for t in fleet.firmware.tcus) > 60, timeout=10,
-                     what="devices buffering while the broker is down")
+    await eventually(
+        lambda: sum(len(t.buffer) for t in fleet.firmware.tcus) > 60,
+        timeout=10,
+        what="devices buffering while the broker is down",
+    )
     broker.start()
-    await eventually(lambda: all(link.up.is_set() for link in fleet._links), timeout=15,
-                     what="devices reconnected")
+    await eventually(
+        lambda: all(link.up.is_set() for link in fleet._links),
+        timeout=15,
+        what="devices reconnected",
+    )
     stop.set()
     await runner
     stats = await fleet.stop()

@@ -165,9 +165,11 @@ def test_terminal_voltage_sags_by_current_times_the_true_resistance():
         s = m.step(1.0)
         s_all.append((s.soc_pct.copy(), s.pack_v.copy(), s.pack_a.copy()))
     soc, v, a = (np.array(x) for x in zip(*s_all))
-    ocv = m.cells * np.interp(soc, [0, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100],
-                              [3.00, 3.30, 3.45, 3.52, 3.57, 3.63, 3.68, 3.73, 3.79, 3.86, 3.94,
-                               4.04, 4.18])
+    ocv = m.cells * np.interp(
+        soc,
+        [0, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100],
+        [3.00, 3.30, 3.45, 3.52, 3.57, 3.63, 3.68, 3.73, 3.79, 3.86, 3.94, 4.04, 4.18],
+    )
     r = m.resistance_ohm()
     np.testing.assert_allclose(v, ocv - a * r, atol=1.2)  # cars: 0.2 V noise on ~400 V
     # The sag regressed on the current gives the true resistance.
@@ -250,8 +252,9 @@ def test_12v_rests_and_drains_at_the_true_rate_while_parked():
     np.testing.assert_allclose(m.aux_soc, expected_soc, atol=1e-9)
     np.testing.assert_allclose(s.aux_v, aux_rest_voltage(expected_soc), atol=0.05)
     left = ttt0 > hours * 3600
-    np.testing.assert_allclose(m.aux_time_to_threshold_s()[left], ttt0[left] - hours * 3600,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        m.aux_time_to_threshold_s()[left], ttt0[left] - hours * 3600, rtol=1e-6
+    )
     # A faulty car past its time to threshold no longer starts.
     dead = np.flatnonzero(faulty & (m.aux_time_to_threshold_s() == 0))
     if len(dead) == 0:

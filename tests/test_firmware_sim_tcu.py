@@ -42,8 +42,15 @@ NOW = START + 3 * 86_400_000  # the gateway's clock: a few days after the sample
 def firmware(n_ebikes=3, n_cars=3, seed=1, encodings=None, **kw) -> FleetFirmware:
     model = FleetModel([EBIKE] * n_ebikes + [CAR] * n_cars, seed=seed, start_ms=START)
     ids = [f"{'ebike' if k == EBIKE else 'car'}-{i + 1:04d}" for i, k in enumerate(model.kind)]
-    return FleetFirmware(model, ids, topic_root="fgtest/v1", encodings=encodings, seed=seed,
-                         wall_ms=lambda: NOW, **kw)
+    return FleetFirmware(
+        model,
+        ids,
+        topic_root="fgtest/v1",
+        encodings=encodings,
+        seed=seed,
+        wall_ms=lambda: NOW,
+        **kw,
+    )
 
 
 class FakeBroker:
@@ -75,15 +82,19 @@ class FakeBroker:
                 self.connect(tcu)
 
     def telemetry(self):
-        return [(topic.split("/")[-2], p) for topic, p, _ in self.received
-                if topic.endswith("/telemetry")]
+        return [
+            (topic.split("/")[-2], p)
+            for topic, p, _ in self.received
+            if topic.endswith("/telemetry")
+        ]
 
     def decoded(self):
         msgs = self.telemetry()
         registry = {d: i for i, d in enumerate(self.fw.by_id)}
         ids = list(self.fw.by_id)
-        r = decode_telemetry([d for d, _ in msgs], [p for _, p in msgs], [NOW] * len(msgs),
-                             registry, now_ms=NOW)
+        r = decode_telemetry(
+            [d for d, _ in msgs], [p for _, p in msgs], [NOW] * len(msgs), registry, now_ms=NOW
+        )
         keys = Counter(zip((ids[v] for v in r.batch.vehicle.tolist()), r.batch.time_ms.tolist()))
         return keys, r
 
@@ -97,26 +108,41 @@ def online(fw: FleetFirmware) -> FakeBroker:
 
 # -- payloads ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("encoding", [JSON, CBOR])
 def test_every_sample_passes_the_gateways_decoder_with_the_fields_of_its_kind(encoding):
-    model = FleetModel([EBIKE, CAR] * 5, seed=2, start_ms=START, garage_share=1.0,
-                       no_fix_share=0.05)
+    model = FleetModel(
+        [EBIKE, CAR] * 5, seed=2, start_ms=START, garage_share=1.0, no_fix_share=0.05
+    )
     enc = np.full(model.n, encoding)
     payloads, devices = [], []
     for _ in range(300):
         s = model.step(1.0)
         payloads += encode_samples(s, enc)
         devices += [f"v{i}" for i in range(model.n)]
-    r = decode_telemetry(devices, payloads, [NOW] * len(payloads),
-                         {f"v{i}": i for i in range(model.n)}, now_ms=NOW)
+    r = decode_telemetry(
+        devices, payloads, [NOW] * len(payloads), {f"v{i}": i for i in range(model.n)}, now_ms=NOW
+    )
     assert r.rejected == {} and len(r.batch) == len(payloads)
     ebike = r.batch.vehicle % 2 == 0
     assert np.isnan(r.batch.aux_v[ebike]).all() and not np.isnan(r.batch.aux_v[~ebike]).any()
     assert (r.batch.ignition[ebike] == -1).all() and (r.batch.ignition[~ebike] >= 0).all()
     assert np.isnan(r.batch.lat).any()  # garages and drop-outs: samples without a fix
     one = (orjson.loads if encoding == JSON else cbor2.loads)(payloads[1])
-    assert set(one) >= {"t", "speed_kmh", "heading_deg", "soc_pct", "pack_v", "pack_a", "aux_v",
-                        "odometer_m", "locked", "ignition", "immobilised", "charging"}
+    assert set(one) >= {
+        "t",
+        "speed_kmh",
+        "heading_deg",
+        "soc_pct",
+        "pack_v",
+        "pack_a",
+        "aux_v",
+        "odometer_m",
+        "locked",
+        "ignition",
+        "immobilised",
+        "charging",
+    }
 
 
 @pytest.mark.parametrize("kind", sorted(MALFORMED_KINDS))
@@ -132,6 +158,7 @@ def test_each_malformed_kind_is_rejected_for_its_documented_reason(kind):
 
 
 # -- offline buffer ----------------------------------------------------------------------------
+
 
 def test_the_buffer_uploads_batches_of_at_most_1000_oldest_first_and_forgets_only_acked():
     buf = OfflineBuffer()
@@ -174,13 +201,15 @@ def test_a_full_buffer_drops_its_oldest_samples_not_in_flight():
 
 # -- devices: presence, buffering, re-sending --------------------------------------------------
 
+
 def test_on_connect_a_device_publishes_retained_presence_with_its_firmware():
     fw = firmware(1, 1)
     broker = online(fw)
     status = [(t, orjson.loads(p), r) for t, p, r in broker.received if t.endswith("/status")]
     assert [(t, body["online"], body["fw"], r) for t, body, r in status] == [
         ("fgtest/v1/ebike-0001/status", True, "fleetgate-sim/1.0", True),
-        ("fgtest/v1/car-0002/status", True, "fleetgate-sim/1.0", True)]
+        ("fgtest/v1/car-0002/status", True, "fleetgate-sim/1.0", True),
+    ]
     assert orjson.loads(fw.tcus[0].will_payload) == {"online": False}
     bye = fw.goodbye(fw.tcus[0])
     assert bye.retain and orjson.loads(bye.payload)["online"] is False
@@ -233,11 +262,18 @@ def test_samples_whose_puback_never_came_go_out_again():
 
 # -- misbehaviour ------------------------------------------------------------------------------
 
+
 def test_misbehaviour_is_accounted_so_a_test_knows_exactly_what_must_land():
-    mb = Misbehaviour(duplicate_share=0.03, malformed_share=0.03, out_of_order_share=1.0,
-                      disconnects_per_h=40.0, offline_s=(30.0, 200.0))
+    mb = Misbehaviour(
+        duplicate_share=0.03,
+        malformed_share=0.03,
+        out_of_order_share=1.0,
+        disconnects_per_h=40.0,
+        offline_s=(30.0, 200.0),
+    )
     fw = firmware(5, 5, encodings=[JSON, CBOR] * 5, misbehaviour=mb)
     broker = online(fw)
+
     # The fake broker loses what a device publishes in the step it drops its connection.
     def lose_on_disconnect(tcu, out):
         return not tcu.online and tcu.offline_until_ms is not None
@@ -256,8 +292,11 @@ def test_misbehaviour_is_accounted_so_a_test_knows_exactly_what_must_land():
     assert sum(keys.values()) - len(keys) == st.duplicates_acked
     assert r.rejected == dict(st.expected_rejections())
     # Some uploads really were out of order.
-    batches = [orjson.loads(p) if p[:1] == b"[" else cbor2.loads(p) for _, p in broker.telemetry()
-               if p[:1] == b"[" or 0x80 <= p[0] <= 0x9F]
+    batches = [
+        orjson.loads(p) if p[:1] == b"[" else cbor2.loads(p)
+        for _, p in broker.telemetry()
+        if p[:1] == b"[" or 0x80 <= p[0] <= 0x9F
+    ]
     orders = [[s["t"] for s in b] for b in batches if len(b) > 2]
     assert any(o != sorted(o) for o in orders)
 
@@ -277,6 +316,7 @@ def test_misbehaviour_leaves_the_models_samples_alone_and_is_itself_deterministi
 
 
 # -- commands ----------------------------------------------------------------------------------
+
 
 def command(cid, ctype, **kw):
     return orjson.dumps({"id": cid, "type": ctype, "params": kw.pop("params", {}), **kw})
@@ -331,8 +371,12 @@ def test_the_device_refuses_to_immobilise_a_moving_car_and_does_it_standing():
     moving = int(np.argmax(m.speed))
     parked = int(np.flatnonzero(m.phase != TRIP)[0]) if (m.phase != TRIP).any() else None
     _, out = answer(fw, fw.tcus[moving], command("c-3", "immobilise"))
-    assert result_of(out) == {"id": "c-3", "status": "failed", "t": m.t_ms,
-                              "reason": "vehicle_moving"}
+    assert result_of(out) == {
+        "id": "c-3",
+        "status": "failed",
+        "t": m.t_ms,
+        "reason": "vehicle_moving",
+    }
     assert not m.immobilised[moving]
     if parked is not None:
         _, out = answer(fw, fw.tcus[parked], command("c-4", "immobilise"))
@@ -443,16 +487,27 @@ def test_message_kinds_cover_what_a_device_sends():
 
 # -- fleet options (no broker needed until start) ----------------------------------------------
 
+
 def test_a_fleet_spreads_its_mix_names_devices_and_dates_its_clock_for_the_gateway():
     from firmware_sim.fleet import Fleet, FleetOptions, start_time_ms
 
-    opts = FleetOptions(vehicles=6, car_share=0.5, cbor_share=1 / 3, rate_hz=400.0, fast=True,
-                        samples_per_vehicle=1000)
+    opts = FleetOptions(
+        vehicles=6,
+        car_share=0.5,
+        cbor_share=1 / 3,
+        rate_hz=400.0,
+        fast=True,
+        samples_per_vehicle=1000,
+    )
     fleet = Fleet(opts)
     assert fleet.registrations() == [
-        ("ebike-0001", "veh-0001", "ebike"), ("car-0002", "veh-0002", "car"),
-        ("ebike-0003", "veh-0003", "ebike"), ("car-0004", "veh-0004", "car"),
-        ("ebike-0005", "veh-0005", "ebike"), ("car-0006", "veh-0006", "car")]
+        ("ebike-0001", "veh-0001", "ebike"),
+        ("car-0002", "veh-0002", "car"),
+        ("ebike-0003", "veh-0003", "ebike"),
+        ("car-0004", "veh-0004", "car"),
+        ("ebike-0005", "veh-0005", "ebike"),
+        ("car-0006", "veh-0006", "car"),
+    ]
     assert [t.encoding for t in fleet.firmware.tcus] == [JSON, JSON, CBOR, JSON, JSON, CBOR]
     # 400 Hz: 2.5 ms on average in whole milliseconds, never closer than 2 ms.
     times = [opts.step_time_ms(0, k) for k in range(1000)]

@@ -12,19 +12,23 @@ import pytest
 from battery import COLUMNS, BatteryPolicy
 from firmware_sim import CAR, EBIKE, FleetModel
 from firmware_sim.payloads import JSON, encode_batch, encode_samples
-from fleetgate.mqtt import MqttClient
+from gateway.mqtt import MqttClient
 from telemetry.store import BATTERY_HEALTH_COLUMNS
 from tests.harness import eventually, gateway_config, metric, register, running_gateway
 
 pytestmark = pytest.mark.integration
 
 KINDS = np.array([CAR, EBIKE, CAR], dtype=np.int8)
-DEVICES = [("car-1", "veh-car-1", "car"), ("bike-2", "veh-bike-2", "ebike"),
-           ("car-3", "veh-car-3", "car")]
+DEVICES = [
+    ("car-1", "veh-car-1", "car"),
+    ("bike-2", "veh-bike-2", "ebike"),
+    ("car-3", "veh-car-3", "car"),
+]
 
 
-def simulated_hours(hours: float, step_s: float = 10.0,
-                    end_ms: int | None = None) -> list[list[bytes]]:
+def simulated_hours(
+    hours: float, step_s: float = 10.0, end_ms: int | None = None
+) -> list[list[bytes]]:
     """Per step, one JSON sample payload per vehicle: a few hours of a seeded fleet, ending at
     end_ms (now by default)."""
     steps = int(hours * 3600 / step_s)
@@ -34,8 +38,9 @@ def simulated_hours(hours: float, step_s: float = 10.0,
     return [encode_samples(model.step(step_s), encodings) for _ in range(steps)]
 
 
-async def publish_steps(broker, root: str, steps: list[list[bytes]], reg=None,
-                        chunk: int = 500) -> None:
+async def publish_steps(
+    broker, root: str, steps: list[list[bytes]], reg=None, chunk: int = 500
+) -> None:
     """Every vehicle uploads `chunk` steps at a time as one batch payload. With reg (the
     gateway's metrics), each chunk is committed before the next goes out, so that the gateway
     sees the fleet's time pass in slices as it would live, not hours in one batch."""
@@ -46,14 +51,20 @@ async def publish_steps(broker, root: str, steps: list[list[bytes]], reg=None,
         devices.append((device_id, dev))
     stored_before = 0 if reg is None else metric(reg, "fleetgate_samples_stored_total")
     for k in range(0, len(steps), chunk):
-        part = steps[k:k + chunk]
+        part = steps[k : k + chunk]
         for i, (device_id, dev) in enumerate(devices):
-            await dev.publish(f"{root}/{device_id}/telemetry",
-                              encode_batch([step[i] for step in part], JSON), qos=1)
+            await dev.publish(
+                f"{root}/{device_id}/telemetry",
+                encode_batch([step[i] for step in part], JSON),
+                qos=1,
+            )
         if reg is not None:
             expected = stored_before + (k + len(part)) * len(DEVICES)
-            await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") >= expected,
-                             timeout=30, what=f"{expected} samples stored")
+            await eventually(
+                lambda n=expected: metric(reg, "fleetgate_samples_stored_total") >= n,
+                timeout=30,
+                what=f"{expected} samples stored",
+            )
     for _, dev in devices:
         await dev.disconnect()
 
@@ -68,57 +79,77 @@ def test_the_store_writes_the_cores_columns_in_its_order():
 
 
 async def test_battery_history_events_and_headlines_are_committed_with_the_batch(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
     ids = await register(pg_dsn, DEVICES)
     steps = simulated_hours(6)
     async with running_gateway(gateway_config(pg_dsn, mosquitto, topic_root)) as (gw, reg):
         await publish_steps(mosquitto, topic_root, steps, reg, chunk=60)  # 10-minute slices
         total = len(steps) * len(DEVICES)
-        await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == total,
-                         timeout=60, what="every sample stored")
+        await eventually(
+            lambda: metric(reg, "fleetgate_samples_stored_total") == total,
+            timeout=60,
+            what="every sample stored",
+        )
         assert metric(reg, "fleetgate_core_seconds_count", core="battery") >= 1
-    history = await query(pg_dsn, "SELECT vehicle, count(*), min(time), max(time) "
-                                  "FROM battery_health GROUP BY vehicle ORDER BY vehicle")
+    history = await query(
+        pg_dsn,
+        "SELECT vehicle, count(*), min(time), max(time) "
+        "FROM battery_health GROUP BY vehicle ORDER BY vehicle",
+    )
     assert [v for v, *_ in history] == sorted(ids.values())
-    for _, rows, first, last in history:
+    for _, rows, _first, _last in history:
         # Downsampled: one row per 15 min of sample time (plus swaps and charging boundaries).
         assert 6 * 4 <= rows <= 6 * 4 + 20, rows
-    state = await query(pg_dsn, "SELECT vehicle, battery_state IS NOT NULL, soc_pct "
-                                "FROM vehicle_state ORDER BY vehicle")
+    state = await query(
+        pg_dsn,
+        "SELECT vehicle, battery_state IS NOT NULL, soc_pct FROM vehicle_state ORDER BY vehicle",
+    )
     assert all(has_state and soc is not None for _, has_state, soc in state)
     # The newest history row's headline estimates are on vehicle_state.
     headline = await query(
-        pg_dsn, "SELECT s.vehicle, s.range_m IS NOT DISTINCT FROM h.range_m "
-                "FROM vehicle_state s JOIN LATERAL (SELECT range_m FROM battery_health b "
-                "WHERE b.vehicle = s.vehicle ORDER BY time DESC LIMIT 1) h ON true")
+        pg_dsn,
+        "SELECT s.vehicle, s.range_m IS NOT DISTINCT FROM h.range_m "
+        "FROM vehicle_state s JOIN LATERAL (SELECT range_m FROM battery_health b "
+        "WHERE b.vehicle = s.vehicle ORDER BY time DESC LIMIT 1) h ON true",
+    )
     assert headline and all(same for _, same in headline)
 
 
 async def test_a_restarted_gateway_continues_with_the_saved_battery_state(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
     await register(pg_dsn, DEVICES)
     steps = simulated_hours(4)
     half = len(steps) // 2
     cfg = gateway_config(pg_dsn, mosquitto, topic_root)
     async with running_gateway(cfg) as (gw, reg):
         await publish_steps(mosquitto, topic_root, steps[:half])
-        await eventually(lambda: metric(reg, "fleetgate_samples_stored_total")
-                         == half * len(DEVICES), timeout=60)
+        await eventually(
+            lambda: metric(reg, "fleetgate_samples_stored_total") == half * len(DEVICES), timeout=60
+        )
         before = gw.battery.core.export_state()
     # A graceful stop saved every vehicle's state, not only those with a history row due.
-    saved = {v: s for v, s in await query(
-        pg_dsn, "SELECT vehicle, battery_state FROM vehicle_state")}
+    saved = {
+        v: s for v, s in await query(pg_dsn, "SELECT vehicle, battery_state FROM vehicle_state")
+    }
     assert saved == before
     async with running_gateway(cfg) as (gw, reg):
         assert gw.battery.core.export_state() == before
         await publish_steps(mosquitto, topic_root, steps[half:])
-        await eventually(lambda: metric(reg, "fleetgate_samples_stored_total")
-                         == (len(steps) - half) * len(DEVICES), timeout=60)
+        await eventually(
+            lambda: (
+                metric(reg, "fleetgate_samples_stored_total") == (len(steps) - half) * len(DEVICES)
+            ),
+            timeout=60,
+        )
         # Redelivered or re-uploaded old samples change nothing.
         after = gw.battery.core.export_state()
         await publish_steps(mosquitto, topic_root, steps[:10])
-        await eventually(lambda: metric(reg, "fleetgate_samples_duplicate_total")
-                         == 10 * len(DEVICES), timeout=30)
+        await eventually(
+            lambda: metric(reg, "fleetgate_samples_duplicate_total") == 10 * len(DEVICES),
+            timeout=30,
+        )
         assert gw.battery.core.export_state() == after
 
 
@@ -131,14 +162,16 @@ def assert_states_match(got: dict, want: dict) -> None:
         for name, expected in want[v].items():
             a, b = np.asarray(got[v][name]), np.asarray(expected)
             if a.dtype.kind in "fc" or b.dtype.kind in "fc":
-                assert np.allclose(a.astype(float), b.astype(float), rtol=1e-6, atol=1e-9,
-                                   equal_nan=True), (v, name, got[v][name], expected)
+                assert np.allclose(
+                    a.astype(float), b.astype(float), rtol=1e-6, atol=1e-9, equal_nan=True
+                ), (v, name, got[v][name], expected)
             else:
                 assert got[v][name] == expected, (v, name, got[v][name], expected)
 
 
 async def test_after_a_crash_the_battery_core_replays_what_was_committed_after_its_state(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
     from gateway.stages import BatteryStage
     from telemetry.store import TelemetryStore
 
@@ -161,12 +194,18 @@ async def test_after_a_crash_the_battery_core_replays_what_was_committed_after_i
             pass
 
         gw._save_core_state = crash_leaves_no_final_save  # what SIGKILL after a commit leaves
-    behind = await query(pg_dsn, "SELECT count(*) FROM vehicle_state "
-                         "WHERE (battery_state->>'t')::bigint < extract(epoch FROM time) * 1000")
+    behind = await query(
+        pg_dsn,
+        "SELECT count(*) FROM vehicle_state "
+        "WHERE (battery_state->>'t')::bigint < extract(epoch FROM time) * 1000",
+    )
     assert behind[0][0] > 0, "the stored states lag the stored samples, as after a crash"
-    (missed,), = await query(pg_dsn, "SELECT count(*) FROM positions p JOIN vehicle_state s "
-                             "USING (vehicle) WHERE extract(epoch FROM p.time) * 1000 > "
-                             "(s.battery_state->>'t')::bigint")
+    ((missed,),) = await query(
+        pg_dsn,
+        "SELECT count(*) FROM positions p JOIN vehicle_state s "
+        "USING (vehicle) WHERE extract(epoch FROM p.time) * 1000 > "
+        "(s.battery_state->>'t')::bigint",
+    )
 
     # Without the replay the core would resume with a gap (the control: it cannot match).
     store = await TelemetryStore.open(pg_dsn)
@@ -184,6 +223,7 @@ async def test_after_a_crash_the_battery_core_replays_what_was_committed_after_i
         assert gw.battery.replayed == missed > 0
         assert_states_match(gw.battery.core.export_state(), at_crash)
     # What the replay derived again was already stored: nothing doubled.
-    assert await query(pg_dsn, "SELECT count(*) FROM events WHERE source = 'battery'") \
-        == events_before
+    assert (
+        await query(pg_dsn, "SELECT count(*) FROM events WHERE source = 'battery'") == events_before
+    )
     assert await query(pg_dsn, "SELECT count(*) FROM battery_health") == history_before

@@ -37,13 +37,20 @@ pytestmark = pytest.mark.integration
 
 
 def fleet_options(broker, topic_root: str, **kw) -> FleetOptions:
-    return FleetOptions(host=broker.host, port=broker.port, topic_root=topic_root,
-                        session_expiry_s=120, track_keys=True, **kw)
+    return FleetOptions(
+        host=broker.host,
+        port=broker.port,
+        topic_root=topic_root,
+        session_expiry_s=120,
+        track_keys=True,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
 async def test_a_broker_restart_under_load_loses_and_duplicates_nothing(
-        restartable_mosquitto, pg_dsn, topic_root, kill):
+    restartable_mosquitto, pg_dsn, topic_root, kill
+):
     """40 vehicles at 25 Hz (1,000 messages/s) while the broker is stopped (SIGTERM) or killed
     (SIGKILL) and started again: every sample the broker acknowledged is stored exactly once.
 
@@ -52,24 +59,32 @@ async def test_a_broker_restart_under_load_loses_and_duplicates_nothing(
     restores what it saved: the kill happens after one clean restart, as on any broker that ran
     longer than its autosave_interval since the gateway first subscribed."""
     broker = restartable_mosquitto
-    fleet = Fleet(fleet_options(broker, topic_root, vehicles=40, rate_hz=25.0,
-                                samples_per_vehicle=200, seed=41))
+    fleet = Fleet(
+        fleet_options(
+            broker, topic_root, vehicles=40, rate_hz=25.0, samples_per_vehicle=200, seed=41
+        )
+    )
     await register(pg_dsn, fleet.registrations())
     config = gateway_config(pg_dsn, broker, topic_root)
     async with running_gateway(config) as (gw, reg):
         await fleet.start()
         if kill:
             broker.restart()  # the broker saves the sessions on a clean stop
-            await eventually(lambda: gw.ingress.subscribed.is_set(), timeout=20,
-                             what="gateway subscribed again")
+            await eventually(
+                lambda: gw.ingress.subscribed.is_set(), timeout=20, what="gateway subscribed again"
+            )
         running = asyncio.create_task(fleet.run())
-        await eventually(lambda: fleet.stats.samples_acked > 1500, timeout=20,
-                         what="samples flowing")
+        await eventually(
+            lambda: fleet.stats.samples_acked > 1500, timeout=20, what="samples flowing"
+        )
         broker.stop(kill=kill)
         await asyncio.sleep(1.0)  # devices buffer, the gateway retries
         broker.start()
-        await eventually(lambda: gw.ingress.subscribed.is_set(), timeout=20,
-                         what="gateway subscribed after the restart")
+        await eventually(
+            lambda: gw.ingress.subscribed.is_set(),
+            timeout=20,
+            what="gateway subscribed after the restart",
+        )
         await running
         stats = await fleet.stop()  # every buffered sample uploaded and acknowledged
         expected = stats.acked_keys()
@@ -89,7 +104,8 @@ async def test_a_broker_restart_under_load_loses_and_duplicates_nothing(
 
 
 async def test_a_connection_loss_while_a_batch_waits_for_its_age_keeps_the_writer_alive(
-        restartable_mosquitto, pg_dsn, topic_root):
+    restartable_mosquitto, pg_dsn, topic_root
+):
     """The batch being gathered when the broker goes away is committed, and the writer goes on
     committing and acknowledging on the next connection (it once cut an empty batch and died,
     with readiness still 200)."""
@@ -106,8 +122,9 @@ async def test_a_connection_loss_while_a_batch_waits_for_its_age_keeps_the_write
         for client in clients.values():
             client.abort()
         broker.start()
-        await eventually(lambda: gw.ingress.subscribed.is_set(), timeout=20,
-                         what="subscribed again")
+        await eventually(
+            lambda: gw.ingress.subscribed.is_set(), timeout=20, what="subscribed again"
+        )
         clients = await open_devices(broker, 5)
         later = Stream(clients, topic_root, t0 + 100_000)
         await later.run(per_device=4, rate_hz=200)
@@ -123,7 +140,8 @@ async def _count_is(dsn: str, n: int) -> bool:
 
 
 async def test_a_message_the_gateway_fails_on_is_quarantined_and_the_rest_flows(
-        mosquitto, pg_dsn, topic_root, monkeypatch):
+    mosquitto, pg_dsn, topic_root, monkeypatch
+):
     """A fault of the gateway's own, met by one device's samples (here a geofence core that
     raises for that vehicle: no payload reaches such a fault once validation is right, so the
     test plants it). Every other sample is stored, each failing message is kept verbatim in
@@ -144,32 +162,39 @@ async def test_a_message_the_gateway_fails_on_is_quarantined_and_the_rest_flows(
         await stream.run(per_device=30, rate_hz=100)
         good = {k for k in stream.acked if k[0] != DEVICES[2][0]}
         await eventually(lambda: _count_is(pg_dsn, len(good)), what="the good samples stored")
-        await eventually(lambda: metric(reg, "fleetgate_samples_rejected_total",
-                                        reason=PROCESSING_FAILED) == 30,
-                         what="the 30 failing messages quarantined")
+        await eventually(
+            lambda: metric(reg, "fleetgate_samples_rejected_total", reason=PROCESSING_FAILED) == 30,
+            what="the 30 failing messages quarantined",
+        )
         assert set(await stored_keys(pg_dsn)) == good
         async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
-            rows = await (await conn.execute(
-                "SELECT device_id, transport, kind, payload, error FROM quarantined_messages "
-                "ORDER BY id")).fetchall()
+            rows = await (
+                await conn.execute(
+                    "SELECT device_id, transport, kind, payload, error FROM quarantined_messages "
+                    "ORDER BY id"
+                )
+            ).fetchall()
         assert len(rows) == 30 and {r[0] for r in rows} == {DEVICES[2][0]}
         assert all(r[1:3] == ("mqtt", "telemetry") and "planted fault" in r[4] for r in rows)
         assert sorted(orjson.loads(r[3])["t"] for r in rows) == sorted(
-            t for d, t in stream.acked if d == DEVICES[2][0])
+            t for d, t in stream.acked if d == DEVICES[2][0]
+        )
         assert metric(reg, "fleetgate_pipeline_errors_total", where="batch") > 0
         await eventually(lambda: gw.pipeline.unacknowledged == 0, what="all acknowledged")
         assert await gw.check_subscribed() is None and await gw.check_database() is None
 
         monkeypatch.undo()  # the fault fixed: the vehicle's new samples are stored again
-        after = Stream({DEVICES[2][0]: clients[DEVICES[2][0]]}, topic_root,
-                       int(time.time() * 1000) - 60_000)
+        after = Stream(
+            {DEVICES[2][0]: clients[DEVICES[2][0]]}, topic_root, int(time.time() * 1000) - 60_000
+        )
         await after.run(per_device=5, rate_hz=100)
         await eventually(lambda: _count_is(pg_dsn, len(good) + 5), what="stored after the fix")
         await close_devices(clients)
 
 
 async def test_a_dead_pipeline_writer_makes_the_gateway_unready_and_fail(
-        mosquitto, pg_dsn, topic_root, monkeypatch):
+    mosquitto, pg_dsn, topic_root, monkeypatch
+):
     async def writer_that_dies(self):
         await asyncio.sleep(0.5)
         raise RuntimeError("planted writer fault")
@@ -203,39 +228,64 @@ app()
 
 
 def test_fleetgate_run_exits_non_zero_when_a_task_it_needs_dies(mosquitto, pg_dsn, topic_root):
-    env = {**os.environ, "FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_MQTT_URL": mosquitto.url,
-           "FLEETGATE_MQTT_TOPIC_ROOT": topic_root, "FLEETGATE_MQTT_CLIENT_ID": "gw-dies",
-           "FLEETGATE_API_PORT": "0", "FLEETGATE_METRICS_PORT": "0",
-           "FLEETGATE_COAP_ENABLED": "false", "FLEETGATE_LOG_FORMAT": "json"}
-    done = subprocess.run([sys.executable, "-c", _DYING_WRITER], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "FLEETGATE_DATABASE_URL": pg_dsn,
+        "FLEETGATE_MQTT_URL": mosquitto.url,
+        "FLEETGATE_MQTT_TOPIC_ROOT": topic_root,
+        "FLEETGATE_MQTT_CLIENT_ID": "gw-dies",
+        "FLEETGATE_API_PORT": "0",
+        "FLEETGATE_METRICS_PORT": "0",
+        "FLEETGATE_COAP_ENABLED": "false",
+        "FLEETGATE_LOG_FORMAT": "json",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _DYING_WRITER],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1, done.stderr[-2000:]
     assert "the gateway failed: the pipeline writer ended: RuntimeError: planted" in done.stderr
-    failed = [orjson.loads(line) for line in done.stderr.splitlines()
-              if line.startswith("{") and '"gateway_failed"' in line]
+    failed = [
+        orjson.loads(line)
+        for line in done.stderr.splitlines()
+        if line.startswith("{") and '"gateway_failed"' in line
+    ]
     assert failed and "planted writer fault" in failed[0]["exc"]
 
 
 async def test_pending_messages_shows_everything_held_while_the_database_is_away(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
+    """With the database away the pipeline fills up and pauses reading; what the MQTT client
+    then holds back counts too. The gauge once showed the size of the batch being written."""
     await register(pg_dsn, DEVICES[:5])
     proxy = await TcpProxy.start_for(pg_dsn)
     config = gateway_config(proxy.dsn(pg_dsn), mosquitto, topic_root)
+    config.limits = type(config.limits)(max_messages=200, max_age_ms=50, max_pending=400)
     try:
         async with running_gateway(config) as (gw, reg):
             clients = await open_devices(mosquitto, 5)
             await proxy.cut()
             stream = Stream(clients, topic_root, int(time.time() * 1000) - 600_000)
             sending = asyncio.create_task(stream.run(per_device=300, rate_hz=500))
-            await eventually(lambda: metric(reg, "fleetgate_pipeline_pending_messages") == 1500,
-                             timeout=20, what="all 1,500 unacknowledged messages counted")
-            assert metric(reg, "fleetgate_pipeline_queued_messages") + min(
-                1500, config.limits.max_messages) >= 1500
+            await eventually(
+                lambda: metric(reg, "fleetgate_pipeline_pending_messages") == 1500,
+                timeout=20,
+                what="all 1,500 unacknowledged messages counted",
+            )
+            assert metric(reg, "fleetgate_pipeline_reading_paused") == 1
+            assert gw.ingress.held_back > 0, "the client holds back part of them"
             await proxy.restore()
             await sending
             await eventually(lambda: _count_is(pg_dsn, 1500), timeout=30, what="stored")
-            await eventually(lambda: metric(reg, "fleetgate_pipeline_pending_messages") == 0,
-                             what="nothing held any more")
+            await eventually(
+                lambda: metric(reg, "fleetgate_pipeline_pending_messages") == 0,
+                what="nothing held any more",
+            )
             await close_devices(clients)
     finally:
         await proxy.close()
@@ -249,30 +299,55 @@ async def test_a_device_registered_a_moment_ago_loses_no_sample(mosquitto, pg_ds
         newcomer = await device(mosquitto, "tcu-new-1")
         t0 = int(time.time() * 1000) - 60_000
         # A sample of the not yet registered device: rejected, and the registry just looked.
-        await newcomer.publish(f"{topic_root}/tcu-new-1/telemetry", orjson.dumps(sample(t0)),
-                               qos=1)
-        await eventually(lambda: metric(reg, "fleetgate_samples_rejected_total",
-                                        reason="unknown_device") == 1, what="rejected as unknown")
+        await newcomer.publish(f"{topic_root}/tcu-new-1/telemetry", orjson.dumps(sample(t0)), qos=1)
+        await eventually(
+            lambda: metric(reg, "fleetgate_samples_rejected_total", reason="unknown_device") == 1,
+            what="rejected as unknown",
+        )
         store = await TelemetryStore.open(pg_dsn)
         try:
             await store.register_vehicles([VehicleRegistration("veh-new-1", "tcu-new-1", "ebike")])
         finally:
             await store.close()
         for k in range(1, 21):
-            await newcomer.publish(f"{topic_root}/tcu-new-1/telemetry",
-                                   orjson.dumps(sample(t0 + k * 1000)), qos=1)
+            await newcomer.publish(
+                f"{topic_root}/tcu-new-1/telemetry", orjson.dumps(sample(t0 + k * 1000)), qos=1
+            )
         await eventually(lambda: _count_is(pg_dsn, 20), timeout=10, what="all 20 stored")
         assert metric(reg, "fleetgate_samples_rejected_total", reason="unknown_device") == 1
         await newcomer.disconnect()
 
 
-async def test_a_shared_subscription_on_mosquitto_is_warned_about(mosquitto, pg_dsn, topic_root,
-                                                                   caplog):
+async def test_a_shared_subscription_on_mosquitto_is_warned_about(
+    mosquitto, pg_dsn, topic_root, caplog
+):
     config = gateway_config(pg_dsn, mosquitto, topic_root, mqtt_shared_group="fleetgate")
-    with caplog.at_level("WARNING", logger="fleetgate.gateway"):
+    with caplog.at_level("WARNING", logger="gateway.service"):
         async with running_gateway(config):
             pass
-    warned = [r for r in caplog.records
-              if r.getMessage() == "shared_subscription_not_kept_by_broker"]
-    assert warned and warned[0].fields["broker"].startswith("mosquitto version 2.")
-    assert "FLEETGATE_MQTT_SHARED_GROUP" in warned[0].fields["advice"]
+    warned = [
+        r for r in caplog.records if r.getMessage() == "shared_subscription_not_kept_by_broker"
+    ]
+    assert warned and warned[0].broker.startswith("mosquitto version 2.")
+    assert "FLEETGATE_MQTT_SHARED_GROUP" in warned[0].advice
+
+
+async def test_a_status_from_a_clock_far_ahead_is_rejected_and_does_not_pin_presence(
+    mosquitto, pg_dsn, topic_root
+):
+    """A status with t in the year 2100 was stored as the vehicle's presence time: every later,
+    true status was older and ignored, so the vehicle could never go offline."""
+    await register(pg_dsn, DEVICES[:1])
+    async with running_gateway(gateway_config(pg_dsn, mosquitto, topic_root)) as (gw, reg):
+        dev = await device(mosquitto, "tcu-000")
+        status = f"{topic_root}/tcu-000/status"
+        await dev.publish(status, orjson.dumps({"online": True, "t": 4_102_444_800_000}), qos=1)
+        await dev.publish(
+            status, orjson.dumps({"online": False, "t": int(time.time() * 1000)}), qos=1
+        )
+        await eventually(lambda: metric(reg, "fleetgate_messages_acked_total") == 2)
+        assert metric(reg, "fleetgate_status_rejected_total", reason="time_in_future") == 1
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            (online,) = await (await conn.execute("SELECT online FROM vehicle_state")).fetchone()
+        assert online is False
+        await dev.disconnect()

@@ -19,13 +19,31 @@ pytestmark = pytest.mark.integration
 
 
 async def test_n_vehicles_m_samples_exactly_m_rows_despite_duplicates_reorders_and_garbage(
-        mosquitto, pg_dsn, topic_root):
-    mb = Misbehaviour(duplicate_share=0.03, malformed_share=0.02, out_of_order_share=0.5,
-                      disconnects_per_h=150.0, offline_s=(2.0, 6.0))
-    fleet = Fleet(FleetOptions(vehicles=20, rate_hz=5.0, fast=True, samples_per_vehicle=80,
-                               cbor_share=0.5, misbehaviour=mb, seed=23, track_keys=True,
-                               host=mosquitto.host, port=mosquitto.port, topic_root=topic_root,
-                               session_expiry_s=30))
+    mosquitto, pg_dsn, topic_root
+):
+    mb = Misbehaviour(
+        duplicate_share=0.03,
+        malformed_share=0.02,
+        out_of_order_share=0.5,
+        disconnects_per_h=150.0,
+        offline_s=(2.0, 6.0),
+    )
+    fleet = Fleet(
+        FleetOptions(
+            vehicles=20,
+            rate_hz=5.0,
+            fast=True,
+            samples_per_vehicle=80,
+            cbor_share=0.5,
+            misbehaviour=mb,
+            seed=23,
+            track_keys=True,
+            host=mosquitto.host,
+            port=mosquitto.port,
+            topic_root=topic_root,
+            session_expiry_s=30,
+        )
+    )
     await register(pg_dsn, fleet.registrations())
     async with running_gateway(gateway_config(pg_dsn, mosquitto, topic_root)) as (gw, reg):
         await fleet.start()
@@ -44,8 +62,10 @@ async def test_n_vehicles_m_samples_exactly_m_rows_despite_duplicates_reorders_a
         assert stats.batches_out_of_order > 0
         # Duplicates lost with a dropped connection are not sent again: some, not all, arrive.
         assert metric(reg, "fleetgate_samples_duplicate_total") > 0
-        rejected = sum(metric(reg, "fleetgate_samples_rejected_total", reason=r,
-                              transport="mqtt") for r in stats.expected_rejections())
+        rejected = sum(
+            metric(reg, "fleetgate_samples_rejected_total", reason=r, transport="mqtt")
+            for r in stats.expected_rejections()
+        )
         assert sum(stats.expected_rejections().values()) <= rejected
     keys = await stored_keys(pg_dsn)
     assert len(keys) == len(set(keys)), "nothing stored twice"

@@ -13,7 +13,7 @@ import shapely
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.geofence import city_points, city_zones, shapely_contains_xy
+from benchmarks.zone_index import city_points, city_zones, shapely_contains_xy
 from geofence import Membership, Zone, ZoneIndex, ZoneSet
 from geofence._geo import circle_d2, circle_frame, circle_r2
 from telemetry.plausibility import haversine_m
@@ -22,6 +22,7 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 
 
 # --------------------------------------------------------------------------- generators ----
+
 
 @st.composite
 def star_rings(draw, cx: float, cy: float, radius: float, step: float | None, n_max: int = 40):
@@ -33,8 +34,10 @@ def star_rings(draw, cx: float, cy: float, radius: float, step: float | None, n_
     jitter = draw(st.lists(st.floats(-0.45, 0.45), min_size=n, max_size=n))
     angles = [(i + j) * 2 * math.pi / n for i, j in enumerate(jitter)]
     radii = draw(st.lists(st.floats(0.4, 1.0), min_size=n, max_size=n))
-    pts = [(cx + radius * r * math.cos(a), cy + radius * r * math.sin(a))
-           for a, r in zip(angles, radii)]
+    pts = [
+        (cx + radius * r * math.cos(a), cy + radius * r * math.sin(a))
+        for a, r in zip(angles, radii)
+    ]
     if step is not None:
         pts = [(round(x / step) * step, round(y / step) * step) for x, y in pts]
     pts = [p for i, p in enumerate(pts) if p != pts[i - 1]]
@@ -82,16 +85,27 @@ def nasty_points(zones: list[Zone], rng: np.random.Generator, n_random: int = 30
     """Vertices, edge midpoints, points one ulp off them, points on the horizontal lines through
     vertices, points on and near random spots of edges, and random points in the bounding box."""
     coords = np.vstack([shapely.get_coordinates(z.shape) for z in zones])
-    a = np.vstack([shapely.get_coordinates(r)[:-1] for z in zones
-                   for r in shapely.get_rings(shapely.get_parts(z.shape))])
-    b = np.vstack([shapely.get_coordinates(r)[1:] for z in zones
-                   for r in shapely.get_rings(shapely.get_parts(z.shape))])
+    a = np.vstack(
+        [
+            shapely.get_coordinates(r)[:-1]
+            for z in zones
+            for r in shapely.get_rings(shapely.get_parts(z.shape))
+        ]
+    )
+    b = np.vstack(
+        [
+            shapely.get_coordinates(r)[1:]
+            for z in zones
+            for r in shapely.get_rings(shapely.get_parts(z.shape))
+        ]
+    )
     mid = (a + b) / 2
     t = rng.uniform(0, 1, (len(a), 1))
     along = a + t * (b - a)
     base = np.vstack([coords, mid, along])
-    ulp = np.vstack([np.nextafter(base, base + d) for d in ([1, 0], [-1, 0], [0, 1], [0, -1],
-                                                            [1, 1], [-1, -1])])
+    ulp = np.vstack(
+        [np.nextafter(base, base + d) for d in ([1, 0], [-1, 0], [0, 1], [0, -1], [1, 1], [-1, -1])]
+    )
     minx, miny, maxx, maxy = shapely.total_bounds([z.shape for z in zones])
     same_y = np.column_stack([rng.uniform(minx, maxx, len(coords)), coords[:, 1]])
     same_x = np.column_stack([coords[:, 0], rng.uniform(miny, maxy, len(coords))])
@@ -116,9 +130,13 @@ def oracle(zones: list[Zone], lat, lon) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ property ----
 
+
 @SETTINGS
-@given(zones=polygon_zones(), cells=st.sampled_from([None, 1, 16, 3000]),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    zones=polygon_zones(),
+    cells=st.sampled_from([None, 1, 16, 3000]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_membership_equals_shapely_contains_xy_on_and_near_edges(zones, cells, seed):
     lat, lon = nasty_points(zones, np.random.default_rng(seed))
     got = ZoneIndex(zones, cells=cells).locate(lat, lon)
@@ -126,8 +144,16 @@ def test_membership_equals_shapely_contains_xy_on_and_near_edges(zones, cells, s
 
 
 def test_points_exactly_on_vertices_and_axis_parallel_edges_are_outside():
-    square = Zone(id="sq", geometry={"type": "Polygon", "coordinates": [
-        [[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]], [[1, 1], [1, 3], [3, 3], [3, 1], [1, 1]]]})
+    square = Zone(
+        id="sq",
+        geometry={
+            "type": "Polygon",
+            "coordinates": [
+                [[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]],
+                [[1, 1], [1, 3], [3, 3], [3, 1], [1, 1]],
+            ],
+        },
+    )
     lat = np.array([0, 0, 4, 2, 2, 1, 3, 2, 0.5, 3.5, 2])
     lon = np.array([0, 2, 2, 4, 0, 2, 1, 1, 0.5, 3.5, 2])
     # corners, horizontal and vertical edges of the shell and of the hole: all on the boundary;
@@ -138,12 +164,17 @@ def test_points_exactly_on_vertices_and_axis_parallel_edges_are_outside():
 
 
 def test_touching_parts_and_a_hole_touching_its_shell():
-    corner = {"type": "MultiPolygon", "coordinates": [
-        [[[0, 0], [2, 0], [2, 2], [0, 2], [0, 0]]],
-        [[[2, 2], [4, 2], [4, 4], [2, 4], [2, 2]]]]}  # parts meet at (2, 2)
-    notch = {"type": "Polygon", "coordinates": [
-        [[5, 0], [9, 0], [9, 4], [5, 4], [5, 0]],
-        [[7, 0], [8, 2], [6, 2], [7, 0]]]}  # the hole touches the shell at (7, 0)
+    corner = {
+        "type": "MultiPolygon",
+        "coordinates": [
+            [[[0, 0], [2, 0], [2, 2], [0, 2], [0, 0]]],
+            [[[2, 2], [4, 2], [4, 4], [2, 4], [2, 2]]],
+        ],
+    }  # parts meet at (2, 2)
+    notch = {
+        "type": "Polygon",
+        "coordinates": [[[5, 0], [9, 0], [9, 4], [5, 4], [5, 0]], [[7, 0], [8, 2], [6, 2], [7, 0]]],
+    }  # the hole touches the shell at (7, 0)
     zones = [Zone(id="corner", geometry=corner), Zone(id="notch", geometry=notch)]
     lon, lat = np.meshgrid(np.arange(-0.5, 9.75, 0.125), np.arange(-0.5, 4.75, 0.125))
     lat, lon = lat.ravel(), lon.ravel()
@@ -174,10 +205,13 @@ def test_huge_polygon_spanning_a_continent_is_exact():
 
 
 def test_nan_and_far_away_points_are_in_no_zone():
-    zone = Zone(id="a", geometry={"type": "Polygon",
-                                  "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]})
-    got = ZoneIndex([zone]).locate(np.array([np.nan, 0.5, 50.0, 0.5]),
-                                   np.array([0.5, np.nan, 50.0, 0.5]))
+    zone = Zone(
+        id="a",
+        geometry={"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]},
+    )
+    got = ZoneIndex([zone]).locate(
+        np.array([np.nan, 0.5, 50.0, 0.5]), np.array([0.5, np.nan, 50.0, 0.5])
+    )
     assert got.counts.tolist() == [0, 0, 0, 1]
 
 
@@ -190,19 +224,26 @@ def test_empty_zone_set_and_empty_batch():
 
 # -------------------------------------------------------------------------------- circles ----
 
+
 @SETTINGS
-@given(lon0=st.floats(-179, 179), lat0=st.floats(-84, 84), radius=st.floats(0.5, 100_000),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    lon0=st.floats(-179, 179),
+    lat0=st.floats(-84, 84),
+    radius=st.floats(0.5, 100_000),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_circle_membership_is_the_distance_formula_exactly(lon0, lat0, radius, seed):
     assume(abs(lon0) + radius / circle_frame(lon0, lat0)[0] < 179.9)  # antimeridian-free
-    zone = Zone(id="c", geometry={"type": "Circle", "coordinates": [lon0, lat0],
-                                  "radius_m": radius})
+    zone = Zone(
+        id="c", geometry={"type": "Circle", "coordinates": [lon0, lat0], "radius_m": radius}
+    )
     kx, ky = circle_frame(lon0, lat0)
     rng = np.random.default_rng(seed)
     ang = rng.uniform(0, 2 * math.pi, 2000)
     # On the circle to within float rounding, just inside/outside, and anywhere around it.
-    rel = np.concatenate([np.ones(1000), 1 + rng.choice([-1e-12, 1e-12, -1e-9, 1e-9], 500),
-                          rng.uniform(0, 2, 500)])
+    rel = np.concatenate(
+        [np.ones(1000), 1 + rng.choice([-1e-12, 1e-12, -1e-9, 1e-9], 500), rng.uniform(0, 2, 500)]
+    )
     lon = lon0 + radius * rel * np.cos(ang) / kx
     lat = lat0 + radius * rel * np.sin(ang) / ky
     got = ZoneIndex([zone], cells=int(rng.choice([4, 64, 4096]))).locate(lat, lon)
@@ -213,14 +254,15 @@ def test_circle_radius_is_squared_by_multiplication_not_pow():
     # Found by the property test above: for this radius r ** 2 (C pow) is one ulp above r * r, and
     # 278 of 1000 points placed exactly on the circle have d² between the two.
     lon0, lat0, radius = 0.0, 0.0, 43351.3837688072
-    assert radius ** 2 != radius * radius
-    zone = Zone(id="c", geometry={"type": "Circle", "coordinates": [lon0, lat0],
-                                  "radius_m": radius})
+    assert radius**2 != radius * radius
+    zone = Zone(
+        id="c", geometry={"type": "Circle", "coordinates": [lon0, lat0], "radius_m": radius}
+    )
     kx, ky = circle_frame(lon0, lat0)
     ang = np.random.default_rng(0).uniform(0, 2 * math.pi, 1000)
     lon, lat = lon0 + radius * np.cos(ang) / kx, lat0 + radius * np.sin(ang) / ky
     d2 = circle_d2(lon, lat, lon0, lat0, kx, ky)
-    assert np.any((d2 >= radius * radius) & (d2 < radius ** 2))  # the case is really exercised
+    assert np.any((d2 >= radius * radius) & (d2 < radius**2))  # the case is really exercised
     for cells in (4, 64, None):
         got = ZoneIndex([zone], cells=cells).locate(lat, lon)
         np.testing.assert_array_equal(got.counts == 1, d2 < radius * radius)
@@ -238,6 +280,7 @@ def test_circle_formula_agrees_with_great_circle_distance_within_a_tenth_of_a_pe
 
 
 # ------------------------------------------------------------------------- realistic city ----
+
 
 def test_a_synthetic_city_matches_the_shapely_baseline():
     zones = list(ZoneSet(city_zones(80, seed=3)).zones)
@@ -264,5 +307,6 @@ def test_answers_do_not_depend_on_the_grid(cells):
     # One cell makes every point walk every edge: the slowest, simplest case.
     zones = list(ZoneSet(city_zones(25, seed=9)).zones)
     lat, lon = city_points(3_000 if cells == 1 else 20_000, zones, seed=2)
-    np.testing.assert_array_equal(ZoneIndex(zones, cells=cells).locate(lat, lon).pairs(),
-                                  oracle(zones, lat, lon))
+    np.testing.assert_array_equal(
+        ZoneIndex(zones, cells=cells).locate(lat, lon).pairs(), oracle(zones, lat, lon)
+    )

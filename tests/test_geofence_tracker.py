@@ -45,18 +45,42 @@ def city(version=1, slow_x1=300, with_noride=True, slow_types=None, extra=()):
     """Along y = 0 heading east: slow zone [100, 300] m, no-ride zone [400, 500] m, a station
     circle at 700 m (r = 50 m), all inside an operating area that ends at 900 m."""
     zones = [
-        Zone(id="op", kind=ZoneKind.OPERATING_AREA, geometry=rect(-1000, 900, -500, 500),
-             rules=[Rule(**ALLOW)], priority=10),
-        Zone(id="slow", kind=ZoneKind.SLOW, geometry=rect(100, slow_x1), priority=1,
-             rules=[Rule(vehicle_type_ids=slow_types, maximum_speed_kph=15, **ALLOW)]),
-        Zone(id="station", kind=ZoneKind.STATION, priority=3,
-             geometry={"type": "Circle", "coordinates": lonlat(700, 0), "radius_m": 50}),
+        Zone(
+            id="op",
+            kind=ZoneKind.OPERATING_AREA,
+            geometry=rect(-1000, 900, -500, 500),
+            rules=[Rule(**ALLOW)],
+            priority=10,
+        ),
+        Zone(
+            id="slow",
+            kind=ZoneKind.SLOW,
+            geometry=rect(100, slow_x1),
+            priority=1,
+            rules=[Rule(vehicle_type_ids=slow_types, maximum_speed_kph=15, **ALLOW)],
+        ),
+        Zone(
+            id="station",
+            kind=ZoneKind.STATION,
+            priority=3,
+            geometry={"type": "Circle", "coordinates": lonlat(700, 0), "radius_m": 50},
+        ),
         *extra,
     ]
     if with_noride:
-        zones.append(Zone(id="noride", kind=ZoneKind.NO_RIDE, geometry=rect(400, 500), priority=2,
-                          rules=[Rule(ride_start_allowed=False, ride_end_allowed=False,
-                                      ride_through_allowed=False)]))
+        zones.append(
+            Zone(
+                id="noride",
+                kind=ZoneKind.NO_RIDE,
+                geometry=rect(400, 500),
+                priority=2,
+                rules=[
+                    Rule(
+                        ride_start_allowed=False, ride_end_allowed=False, ride_through_allowed=False
+                    )
+                ],
+            )
+        )
     return ZoneSet(zones, version=version)
 
 
@@ -78,18 +102,27 @@ def drive(vehicle=1, start=0, stop=200):
 
 
 def summary(events):
-    return [((e.time_ms - T0) // 1000, e.type,
-             [z["id"] for z in e.detail["zones"]] if "zones" in e.detail else e.detail["zone"])
-            for e in events]
+    return [
+        (
+            (e.time_ms - T0) // 1000,
+            e.type,
+            [z["id"] for z in e.detail["zones"]] if "zones" in e.detail else e.detail["zone"],
+        )
+        for e in events
+    ]
 
 
 EXPECTED_DRIVE = [
-    (23, ZONE_ENTER, ["slow"]), (23, SPEEDING_IN_ZONE, "slow"),
+    (23, ZONE_ENTER, ["slow"]),
+    (23, SPEEDING_IN_ZONE, "slow"),
     (63, ZONE_EXIT, ["slow"]),
-    (83, ZONE_ENTER, ["noride"]), (83, RIDE_THROUGH_FORBIDDEN, "noride"),
+    (83, ZONE_ENTER, ["noride"]),
+    (83, RIDE_THROUGH_FORBIDDEN, "noride"),
     (103, ZONE_EXIT, ["noride"]),
-    (133, ZONE_ENTER, ["station"]), (153, ZONE_EXIT, ["station"]),
-    (183, ZONE_EXIT, ["op"]), (183, LEFT_OPERATING_AREA, ["op"]),
+    (133, ZONE_ENTER, ["station"]),
+    (153, ZONE_EXIT, ["station"]),
+    (183, ZONE_EXIT, ["op"]),
+    (183, LEFT_OPERATING_AREA, ["op"]),
 ]
 
 
@@ -137,8 +170,10 @@ def test_jitter_around_a_boundary_yields_no_events():
     assert ZoneTracker(city()).process(parked).events == []
     # Alternating sides defeats a pure fix count too ...
     alternating = batch(1, i, 100 + np.where(i % 2 == 0, 4.0, -4.0), speed=0.0)
-    assert ZoneTracker(city(), hysteresis=Hysteresis(margin_m=0, fixes=2)).process(
-        alternating).events == []
+    assert (
+        ZoneTracker(city(), hysteresis=Hysteresis(margin_m=0, fixes=2)).process(alternating).events
+        == []
+    )
     # ... and without hysteresis the same jitter is the storm the margin prevents.
     storm = ZoneTracker(city(), hysteresis=Hysteresis(margin_m=0, fixes=1)).process(parked).events
     assert len(storm) > 100
@@ -147,8 +182,11 @@ def test_jitter_around_a_boundary_yields_no_events():
 def test_a_small_station_is_entered_despite_a_large_margin():
     # margin 40 m would need 40 m inside a 50 m circle; the cap (radius / 2) makes it 25 m.
     tracker = ZoneTracker(city(), hysteresis=Hysteresis(margin_m=40, fixes=1))
-    entered = [e for e in tracker.process(drive()).events
-               if e.type == ZONE_ENTER and e.detail["zones"][0]["id"] == "station"]
+    entered = [
+        e
+        for e in tracker.process(drive()).events
+        if e.type == ZONE_ENTER and e.detail["zones"][0]["id"] == "station"
+    ]
     assert [(e.time_ms - T0) // 1000 for e in entered] == [135]  # x = 677.5: 22.5 m from centre
 
 
@@ -230,6 +268,7 @@ def test_restart_from_the_states_stored_batch_by_batch():
         if k in (3, 6):  # the gateway restarts
             tracker = ZoneTracker(city())
             tracker.restore({int(v): st for v, st in stored.items()}, last_time_ms=last_time)
+
     def key(e):
         return e.vehicle, e.time_ms, e.type
 
@@ -259,27 +298,43 @@ def test_a_zone_deleted_under_a_vehicle_is_exited_at_its_next_fix():
     for t in (tracker, restarted):
         events = t.process(drive(start=91, stop=95)).events
         assert [(e.type, e.detail["zones"]) for e in events] == [
-            (ZONE_EXIT, [{"id": "noride", "reason": "zone_removed"}])]
+            (ZONE_EXIT, [{"id": "noride", "reason": "zone_removed"}])
+        ]
 
 
 def test_zones_entered_at_the_same_fix_are_one_event():
     twins = [Zone(id=f"twin-{k}", geometry=rect(100, 300)) for k in "ab"]
     zs = ZoneSet(twins)
     result = ZoneTracker(zs).process(drive(stop=70))
-    assert summary(result.events) == [(23, ZONE_ENTER, ["twin-a", "twin-b"]),
-                                      (63, ZONE_EXIT, ["twin-a", "twin-b"])]
+    assert summary(result.events) == [
+        (23, ZONE_ENTER, ["twin-a", "twin-b"]),
+        (63, ZONE_EXIT, ["twin-a", "twin-b"]),
+    ]
     keys = {(e.vehicle, e.time_ms, e.type, e.source) for e in result.events}
     assert len(keys) == len(result.events)  # the events table's unique key holds
 
 
 def test_a_zone_that_becomes_active_is_entered_then():
     start = datetime.fromtimestamp((T0 + 10_000) / 1000, tz=UTC)
-    zs = ZoneSet([Zone(id="event", geometry=rect(100, 300), start=start,
-                       rules=[Rule(ride_start_allowed=True, ride_end_allowed=False,
-                                   ride_through_allowed=False)])])
+    zs = ZoneSet(
+        [
+            Zone(
+                id="event",
+                geometry=rect(100, 300),
+                start=start,
+                rules=[
+                    Rule(
+                        ride_start_allowed=True, ride_end_allowed=False, ride_through_allowed=False
+                    )
+                ],
+            )
+        ]
+    )
     result = ZoneTracker(zs).process(batch(1, np.arange(20), np.full(20, 200.0), speed=12.0))
-    assert summary(result.events) == [(11, ZONE_ENTER, ["event"]),
-                                      (11, RIDE_THROUGH_FORBIDDEN, "event")]
+    assert summary(result.events) == [
+        (11, ZONE_ENTER, ["event"]),
+        (11, RIDE_THROUGH_FORBIDDEN, "event"),
+    ]
 
 
 def test_state_of_an_unknown_format_is_refused():

@@ -35,17 +35,27 @@ SILENT = [("ebike-silent-1", "veh-silent-1", "ebike"), ("car-silent-2", "veh-sil
 
 def browser(*flags: str):
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/setup "
-                    "installs them for the tests)")
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed (scripts/setup "
+            "installs them for the tests)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1280,800",
-                 *flags):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,800",
+        *flags,
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
@@ -63,20 +73,27 @@ class MapPage:
         # By way of a blank page, so that a URL differing only in its #key loads anew.
         await asyncio.to_thread(self.driver.get, "about:blank")
         await asyncio.to_thread(self.driver.get, url)
-        await eventually(lambda: self.js("window.fleetgateMap && window.fleetgateMap.ready"),
-                         timeout=20, what="the page loaded vehicles and zones")
+        await eventually(
+            lambda: self.js("window.fleetgateMap && window.fleetgateMap.ready"),
+            timeout=20,
+            what="the page loaded vehicles and zones",
+        )
 
     async def lone_vehicle(self) -> str:
         """The vehicle whose marker is farthest from any other, well inside the page."""
-        points = await self.js("Object.fromEntries(Object.keys(window.fleetgateMap.positions())"
-                               ".map((r) => [r, window.fleetgateMap.pointOf(r)]))")
+        points = await self.js(
+            "Object.fromEntries(Object.keys(window.fleetgateMap.positions())"
+            ".map((r) => [r, window.fleetgateMap.pointOf(r)]))"
+        )
         width, height = await self.js("[innerWidth, innerHeight]")
-        inside = {r: p for r, p in points.items()
-                  if 80 < p[0] < width - 80 and 80 < p[1] < height - 40}
+        inside = {
+            r: p for r, p in points.items() if 80 < p[0] < width - 80 and 80 < p[1] < height - 40
+        }
 
         def room(ref: str) -> float:
-            return min((math.dist(inside[ref], p) for r, p in points.items() if r != ref),
-                       default=math.inf)
+            return min(
+                (math.dist(inside[ref], p) for r, p in points.items() if r != ref), default=math.inf
+            )
 
         return max(inside, key=room)
 
@@ -123,14 +140,31 @@ async def chromium(*flags: str):
 
 
 @contextlib.asynccontextmanager
-async def live_fleet(mosquitto, pg_dsn, topic_root, api_server, *, vehicles: int,
-                     speedup: float = 1.0, zones: Sequence[dict] = (),
-                     silent: Sequence[tuple[str, str, str]] = ()):
+async def live_fleet(
+    mosquitto,
+    pg_dsn,
+    topic_root,
+    api_server,
+    *,
+    vehicles: int,
+    speedup: float = 1.0,
+    zones: Sequence[dict] = (),
+    silent: Sequence[tuple[str, str, str]] = (),
+):
     """A simulated fleet reporting through the gateway to the API (commands included), with
     `silent` vehicles registered that never report; yields once most of the fleet has a fix."""
-    fleet = Fleet(FleetOptions(vehicles=vehicles, rate_hz=2.0, seed=3, topic_root=topic_root,
-                               host=mosquitto.host, port=mosquitto.port, speedup=speedup,
-                               commands=CommandBehaviour(delay_ms=(20.0, 60.0))))
+    fleet = Fleet(
+        FleetOptions(
+            vehicles=vehicles,
+            rate_hz=2.0,
+            seed=3,
+            topic_root=topic_root,
+            host=mosquitto.host,
+            port=mosquitto.port,
+            speedup=speedup,
+            commands=CommandBehaviour(delay_ms=(20.0, 60.0)),
+        )
+    )
     await register(pg_dsn, fleet.registrations() + list(silent))
     if zones:
         await put_zones(pg_dsn, list(zones))
@@ -141,6 +175,7 @@ async def live_fleet(mosquitto, pg_dsn, topic_root, api_server, *, vehicles: int
         stop = asyncio.Event()
         driving = asyncio.create_task(fleet.run(stop))
         try:
+
             async def most_located() -> bool:
                 return len(await located(api_server)) >= vehicles - 2
 
@@ -193,17 +228,34 @@ async def zones_answered_late(upstream_port: int, delay_s: float):
 
 def zone_over(area: Area, zone_id: str) -> dict:
     """A slow zone covering the whole area the simulated vehicles roam in."""
-    ring = [[area.west, area.south], [area.east, area.south], [area.east, area.north],
-            [area.west, area.north], [area.west, area.south]]
-    return Zone.from_row({"id": zone_id, "kind": "slow",
-                          "geometry": {"type": "Polygon", "coordinates": [ring]}}).to_row()
+    ring = [
+        [area.west, area.south],
+        [area.east, area.south],
+        [area.east, area.north],
+        [area.west, area.north],
+        [area.west, area.south],
+    ]
+    return Zone.from_row(
+        {"id": zone_id, "kind": "slow", "geometry": {"type": "Polygon", "coordinates": [ring]}}
+    ).to_row()
 
 
-async def test_the_map_shows_the_fleet_and_markers_move_live(mosquitto, pg_dsn, topic_root,
-                                                            api_server):
-    async with (live_fleet(mosquitto, pg_dsn, topic_root, api_server, vehicles=12, speedup=20.0,
-                           zones=[square("old-town", -2000, 2000, kind="slow")], silent=SILENT),
-                chromium() as page):
+async def test_the_map_shows_the_fleet_and_markers_move_live(
+    mosquitto, pg_dsn, topic_root, api_server
+):
+    async with (
+        live_fleet(
+            mosquitto,
+            pg_dsn,
+            topic_root,
+            api_server,
+            vehicles=12,
+            speedup=20.0,
+            zones=[square("old-town", -2000, 2000, kind="slow")],
+            silent=SILENT,
+        ),
+        chromium() as page,
+    ):
         await page.open(f"{api_server.url}/map/#key={api_server.keys['reader']}")
         first = await page.js("window.fleetgateMap.positions()")
         # A marker for every vehicle with a position (a car in a garage has none yet).
@@ -217,17 +269,22 @@ async def test_the_map_shows_the_fleet_and_markers_move_live(mosquitto, pg_dsn, 
             listed = await vehicles_listed(api_server)
             unplaced = sum(v["lat"] is None for v in listed)
             header = await page.js("document.getElementById('counts').textContent")
-            return header.startswith(f"{len(listed)} vehicles · {unplaced} without a position "
-                                     "yet · ")
+            return header.startswith(
+                f"{len(listed)} vehicles · {unplaced} without a position yet · "
+            )
 
         # The silent vehicles are part of the fleet: counted, and said to have no position.
-        await eventually(header_counts_the_whole_fleet, timeout=10,
-                         what="the header counting every vehicle, with or without a position")
+        await eventually(
+            header_counts_the_whole_fleet,
+            timeout=10,
+            what="the header counting every vehicle, with or without a position",
+        )
 
         async def moved() -> bool:
             now = await page.js("window.fleetgateMap.positions()")
             return await page.js("window.fleetgateMap.updates") > 0 and any(
-                now[ref] != first[ref] for ref in first)
+                now[ref] != first[ref] for ref in first
+            )
 
         await eventually(moved, timeout=30, what="markers moving with live telemetry")
         ARTIFACTS.mkdir(exist_ok=True)
@@ -236,34 +293,52 @@ async def test_the_map_shows_the_fleet_and_markers_move_live(mosquitto, pg_dsn, 
 
 
 async def test_a_vehicle_inside_a_zone_that_answered_last_opens_its_popup(
-        mosquitto, pg_dsn, topic_root, api_server):
+    mosquitto, pg_dsn, topic_root, api_server
+):
     area = Area()
-    async with (live_fleet(mosquitto, pg_dsn, topic_root, api_server, vehicles=6,
-                           zones=[zone_over(area, "whole-area")]),
-                zones_answered_late(urlsplit(api_server.url).port, delay_s=1.5) as port,
-                chromium() as page):
+    async with (
+        live_fleet(
+            mosquitto,
+            pg_dsn,
+            topic_root,
+            api_server,
+            vehicles=6,
+            zones=[zone_over(area, "whole-area")],
+        ),
+        zones_answered_late(urlsplit(api_server.url).port, delay_s=1.5) as port,
+        chromium() as page,
+    ):
         await page.open(f"http://127.0.0.1:{port}/map/#key={api_server.keys['reader']}")
         assert await page.js("window.fleetgateMap.zones()") == 1
         ref = await page.lone_vehicle()
         lat, lon = (await page.js("window.fleetgateMap.positions()"))[ref]
         assert area.south < lat < area.north and area.west < lon < area.east
         await page.click_vehicle(ref)
-        await eventually(lambda: page.js("getComputedStyle(document.querySelector("
-                                         "'.leaflet-popup')).opacity === '1'"),
-                         timeout=5, what="the popup faded in")
+        await eventually(
+            lambda: page.js(
+                "getComputedStyle(document.querySelector('.leaflet-popup')).opacity === '1'"
+            ),
+            timeout=5,
+            what="the popup faded in",
+        )
         ARTIFACTS.mkdir(exist_ok=True)
         await asyncio.to_thread(page.driver.save_screenshot, str(ARTIFACTS / "map-popup.png"))
 
 
 async def test_unlock_from_a_plain_http_host_name_reaches_the_vehicle(
-        mosquitto, pg_dsn, topic_root, api_server):
+    mosquitto, pg_dsn, topic_root, api_server
+):
     origin = f"http://{MAP_HOST}:{urlsplit(api_server.url).port}"
-    async with (live_fleet(mosquitto, pg_dsn, topic_root, api_server, vehicles=6),
-                chromium(f"--host-resolver-rules=MAP {MAP_HOST} 127.0.0.1") as page):
+    async with (
+        live_fleet(mosquitto, pg_dsn, topic_root, api_server, vehicles=6),
+        chromium(f"--host-resolver-rules=MAP {MAP_HOST} 127.0.0.1") as page,
+    ):
         # A key without commands:write first: the refusal shows instead of a stuck "unlock…".
         await page.open(f"{origin}/map/#key={api_server.keys['reader']}")
         assert await page.js("[location.host, window.isSecureContext]") == [
-            urlsplit(origin).netloc, False]
+            urlsplit(origin).netloc,
+            False,
+        ]
         ref = await page.lone_vehicle()
         await page.click_vehicle(ref)
         refused = await page.command("unlock")
@@ -276,4 +351,5 @@ async def test_unlock_from_a_plain_http_host_name_reaches_the_vehicle(
         async with api_server.client("reader") as c:
             sent = (await c.get("/v1/commands", params={"vehicle": ref})).json()["items"]
         assert [(c["type"], c["state"], c["requested_by"]) for c in sent] == [
-            ("unlock", "succeeded", "rental")]
+            ("unlock", "succeeded", "rental")
+        ]

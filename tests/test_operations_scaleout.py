@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from fleetgate.embedded import free_port
-from fleetgate.mqtt import MqttClient
+from gateway.mqtt import MqttClient
 from gateway.mqtt_ingress import read_presence
 from gateway.pipeline import Inbound
 from telemetry.store import TelemetryStore
@@ -42,9 +42,20 @@ def ride(t0: int, n: int, first: int = 0) -> list[dict]:
     out = []
     for k in range(first, first + n):
         lat, lon = at(5.0 * k)
-        out.append({"t": t0 + k * 1000, "lat": lat, "lon": lon, "speed_kmh": 18.0,
-                    "soc_pct": 80.0 - 0.01 * k, "pack_v": 38.0 - 0.002 * k, "pack_a": 6.0,
-                    "odometer_m": 1_000_000.0 + 5.0 * k, "locked": False, "charging": False})
+        out.append(
+            {
+                "t": t0 + k * 1000,
+                "lat": lat,
+                "lon": lon,
+                "speed_kmh": 18.0,
+                "soc_pct": 80.0 - 0.01 * k,
+                "pack_v": 38.0 - 0.002 * k,
+                "pack_a": 6.0,
+                "odometer_m": 1_000_000.0 + 5.0 * k,
+                "locked": False,
+                "charging": False,
+            }
+        )
     return out
 
 
@@ -59,14 +70,17 @@ async def feed(gw, device_id: str, samples: list[dict]) -> None:
 
 async def stored_json(dsn: str, vehicle: int) -> tuple[dict | None, dict | None]:
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        row = await (await conn.execute(
-            "SELECT geofence, battery_state FROM vehicle_state WHERE vehicle = %s",
-            (vehicle,))).fetchone()
+        row = await (
+            await conn.execute(
+                "SELECT geofence, battery_state FROM vehicle_state WHERE vehicle = %s", (vehicle,)
+            )
+        ).fetchone()
     return row or (None, None)
 
 
 async def test_a_vehicle_going_back_to_a_process_continues_from_the_stored_state(
-        mosquitto, pg_dsn, topic_root):
+    mosquitto, pg_dsn, topic_root
+):
     ids = await register(pg_dsn, [("bike-1", "veh-1", "ebike")])
     v = ids["bike-1"]
     await put_zones(pg_dsn, [square("station", 100, 300, kind="station")])
@@ -75,8 +89,10 @@ async def test_a_vehicle_going_back_to_a_process_continues_from_the_stored_state
     # B is stopped last: it then saves its older state of the bike over A's newer one, which the
     # store must refuse.
     shared = dict(mqtt_shared_group="fleetgate")
-    async with running_gateway(gateway_config(pg_dsn, mosquitto, topic_root, **shared)) as (b, reg_b), \
-            running_gateway(gateway_config(pg_dsn, mosquitto, topic_root, **shared)) as (a, reg_a):
+    async with (
+        running_gateway(gateway_config(pg_dsn, mosquitto, topic_root, **shared)) as (b, reg_b),
+        running_gateway(gateway_config(pg_dsn, mosquitto, topic_root, **shared)) as (a, reg_a),
+    ):
         await feed(a, "bike-1", track[:30])  # A: in the zone
         after_a = a.battery.core.export_state([v])[v]
         await feed(b, "bike-1", track[30:70])  # B takes over (it never saw the bike): leaves it
@@ -117,16 +133,25 @@ def processes(pg_dsn, mosquitto, topic_root, tmp_path, *names: str, **env) -> li
     """Gateway processes sharing the telemetry through a shared subscription (not the default:
     see docs/deployment.md on Mosquitto and shared subscriptions)."""
     env.setdefault("FLEETGATE_MQTT_SHARED_GROUP", "fleetgate")
-    return [GatewayProcess(pg_dsn, mosquitto, topic_root, name, tmp_path / f"{name}.log",
-                           metrics_port=free_port(), **env) for name in names]
+    return [
+        GatewayProcess(
+            pg_dsn,
+            mosquitto,
+            topic_root,
+            name,
+            tmp_path / f"{name}.log",
+            metrics_port=free_port(),
+            **env,
+        )
+        for name in names
+    ]
 
 
 async def start_stream(broker, topic_root: str, per_device: int, rate_hz: float):
     """The 20 test devices publishing an hour-old stream, in the background."""
     clients = await open_devices(broker)
     stream = Stream(clients, topic_root, int(time.time() * 1000) - 3_600_000)
-    return clients, stream, asyncio.create_task(stream.run(per_device=per_device,
-                                                           rate_hz=rate_hz))
+    return clients, stream, asyncio.create_task(stream.run(per_device=per_device, rate_hz=rate_hz))
 
 
 async def _at_least(dsn: str, n: int) -> bool:
@@ -134,7 +159,8 @@ async def _at_least(dsn: str, n: int) -> bool:
 
 
 async def test_two_processes_store_every_sample_once_and_a_killed_one_loses_nothing(
-        mosquitto, pg_dsn, topic_root, tmp_path):
+    mosquitto, pg_dsn, topic_root, tmp_path
+):
     await register(pg_dsn, DEVICES)
     a, b = processes(pg_dsn, mosquitto, topic_root, tmp_path, "gw-a", "gw-b")
     try:
@@ -149,8 +175,11 @@ async def test_two_processes_store_every_sample_once_and_a_killed_one_loses_noth
         b.start()  # as a supervisor would: the same client id
         await b.wait_subscribed()
         await publishing
-        await eventually(lambda: _at_least(pg_dsn, len(stream.acked)), timeout=60,
-                         what="every acked sample stored")
+        await eventually(
+            lambda: _at_least(pg_dsn, len(stream.acked)),
+            timeout=60,
+            what="every acked sample stored",
+        )
         keys = await stored_keys(pg_dsn)
         assert set(keys) == stream.acked and len(keys) == len(stream.acked) == 20 * 150
         assert 0 < stored_by_a < 800, "the stream was shared between the two processes"
@@ -161,25 +190,31 @@ async def test_two_processes_store_every_sample_once_and_a_killed_one_loses_noth
 
 
 async def test_a_rolling_restart_loses_and_duplicates_nothing(
-        mosquitto, pg_dsn, topic_root, tmp_path):
+    mosquitto, pg_dsn, topic_root, tmp_path
+):
     await register(pg_dsn, DEVICES)
-    gws = processes(pg_dsn, mosquitto, topic_root, tmp_path, "gw-r1", "gw-r2",
-                    FLEETGATE_BATCH_MAX_AGE_MS=500)
+    gws = processes(
+        pg_dsn, mosquitto, topic_root, tmp_path, "gw-r1", "gw-r2", FLEETGATE_BATCH_MAX_AGE_MS=500
+    )
     try:
         for gw in gws:
             gw.start()
         await asyncio.gather(*(gw.wait_subscribed() for gw in gws))
         clients, stream, publishing = await start_stream(mosquitto, topic_root, 200, 40)
         for i, gw in enumerate(gws):  # one after the other, while the devices keep sending
-            await eventually(lambda: _at_least(pg_dsn, 600 * (i + 1)),
-                             what="more rows before each restart")
+            await eventually(
+                lambda n=600 * (i + 1): _at_least(pg_dsn, n), what="more rows before each restart"
+            )
             assert gw.terminate() == 0
             await asyncio.sleep(0.3)
             gw.start()
             await gw.wait_subscribed()
         await publishing
-        await eventually(lambda: _at_least(pg_dsn, len(stream.acked)), timeout=60,
-                         what="every acked sample stored")
+        await eventually(
+            lambda: _at_least(pg_dsn, len(stream.acked)),
+            timeout=60,
+            what="every acked sample stored",
+        )
         keys = await stored_keys(pg_dsn)
         assert set(keys) == stream.acked and len(keys) == len(stream.acked) == 20 * 200
         # A clean stop commits and acknowledges what it holds: nothing comes again.
@@ -194,8 +229,14 @@ async def test_a_rolling_restart_loses_and_duplicates_nothing(
             gw.stop()
 
 
-async def publish_samples(broker, root: str, device_id: str, samples: list[dict],
-                          rate_hz: float = 50.0, buffered: bool = False) -> None:
+async def publish_samples(
+    broker,
+    root: str,
+    device_id: str,
+    samples: list[dict],
+    rate_hz: float = 50.0,
+    buffered: bool = False,
+) -> None:
     """One message per sample at rate_hz, or (buffered) all of them in one batch payload, as a
     TCU uploads what it held while offline."""
     dev = MqttClient(broker.host, broker.port, client_id=device_id)
@@ -207,7 +248,8 @@ async def publish_samples(broker, root: str, device_id: str, samples: list[dict]
 
 
 async def test_a_killed_process_hands_its_vehicle_over_without_false_events(
-        mosquitto, pg_dsn, topic_root, tmp_path):
+    mosquitto, pg_dsn, topic_root, tmp_path
+):
     ids = await register(pg_dsn, [("bike-1", "veh-1", "ebike")])
     v = ids["bike-1"]
     await put_zones(pg_dsn, [square("station", 100, 300, kind="station")])
@@ -228,8 +270,9 @@ async def test_a_killed_process_hands_its_vehicle_over_without_false_events(
         await b.wait_subscribed()
         # Mosquitto still sends every other message to A's session; B gets the others.
         await publish_samples(mosquitto, topic_root, "bike-1", track[40:])
-        await eventually(lambda: _at_least(pg_dsn, 40 + (len(track) - 40) // 2),
-                         what="B stored its share")
+        await eventually(
+            lambda: _at_least(pg_dsn, 40 + (len(track) - 40) // 2), what="B stored its share"
+        )
         await eventually(lambda: _has_exit(pg_dsn), what="B saw the bike leave")
         a.start()  # back with the same id: it stores what waited in its session
         await a.wait_subscribed()
@@ -253,11 +296,14 @@ async def _has_exit(dsn: str) -> bool:
 
 
 async def test_one_process_dispatches_commands_and_another_takes_over(
-        mosquitto, pg_dsn, topic_root):
-    cfg_a = gateway_config(pg_dsn, mosquitto, topic_root, commands_lease_check_s=0.2,
-                           mqtt_shared_group="fleetgate")
-    cfg_b = gateway_config(pg_dsn, mosquitto, topic_root, commands_lease_check_s=0.2,
-                           mqtt_shared_group="fleetgate")
+    mosquitto, pg_dsn, topic_root
+):
+    cfg_a = gateway_config(
+        pg_dsn, mosquitto, topic_root, commands_lease_check_s=0.2, mqtt_shared_group="fleetgate"
+    )
+    cfg_b = gateway_config(
+        pg_dsn, mosquitto, topic_root, commands_lease_check_s=0.2, mqtt_shared_group="fleetgate"
+    )
     async with running_gateway(cfg_a) as (a, ra), running_gateway(cfg_b) as (b, rb):
         assert a.commands is not None and b.commands is None
         assert metric(ra, "fleetgate_commands_dispatcher_active") == 1
@@ -267,20 +313,29 @@ async def test_one_process_dispatches_commands_and_another_takes_over(
         # The leader's database session ends (failover, a network cut): it stops at once
         # and one of them takes the lease again.
         async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                               "WHERE application_name = 'fleetgate-dispatcher-lease' "
-                               "AND pid IN (SELECT pid FROM pg_locks "
-                               "WHERE locktype = 'advisory' AND granted)")
-        await eventually(lambda: (True, False) in seen and len(seen) > 1, timeout=5,
-                         what="the lease loss noticed")
-        await eventually(lambda: (a.commands is None) != (b.commands is None), timeout=10,
-                         what="a dispatcher again")
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'fleetgate-dispatcher-lease' "
+                "AND pid IN (SELECT pid FROM pg_locks "
+                "WHERE locktype = 'advisory' AND granted)"
+            )
+        await eventually(
+            lambda: (True, False) in seen and len(seen) > 1,
+            timeout=5,
+            what="the lease loss noticed",
+        )
+        await eventually(
+            lambda: (a.commands is None) != (b.commands is None),
+            timeout=10,
+            what="a dispatcher again",
+        )
         first = a if a.commands is not None else b
         other = b if first is a else a
         # A graceful stop of the leader hands over too.
         first.stop()
-        await eventually(lambda: other.commands is not None, timeout=10,
-                         what="the other process took over")
+        await eventually(
+            lambda: other.commands is not None, timeout=10, what="the other process took over"
+        )
         watching.cancel()
         assert (True, True) not in seen, "never two dispatchers at once"
 
@@ -294,22 +349,37 @@ async def _watch(a, b, seen: set) -> None:
 def drain_cli(gw: GatewayProcess, timeout_s: float = 60) -> subprocess.CompletedProcess:
     """`fleetgate drain <gw's client id>` as an operator runs it, with gw's settings."""
     env = {**gw.env, "FLEETGATE_METRICS_PORT": "0"}
-    return subprocess.run([sys.executable, "-m", "fleetgate.cli", "drain",
-                           env["FLEETGATE_MQTT_CLIENT_ID"], "--timeout", str(timeout_s)],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s + 30)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleetgate.cli",
+            "drain",
+            env["FLEETGATE_MQTT_CLIENT_ID"],
+            "--timeout",
+            str(timeout_s),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s + 30,
+    )
 
 
 async def session_present(broker, client_id: str) -> bool:
     """Whether the broker holds a session for client_id (the probe leaves none behind)."""
-    probe = MqttClient(broker.host, broker.port, client_id=client_id, clean_start=False,
-                       session_expiry_s=60)
+    probe = MqttClient(
+        broker.host, broker.port, client_id=client_id, clean_start=False, session_expiry_s=60
+    )
     present = await probe.connect()
     await probe.disconnect(session_expiry_s=0)
     return present
 
 
 async def test_draining_a_retired_process_stores_what_its_session_held_and_ends_it(
-        mosquitto, pg_dsn, topic_root, tmp_path):
+    mosquitto, pg_dsn, topic_root, tmp_path
+):
     await register(pg_dsn, DEVICES)
     a, b = processes(pg_dsn, mosquitto, topic_root, tmp_path, "gw-keep", "gw-retired")
     try:
@@ -336,8 +406,12 @@ async def test_draining_a_retired_process_stores_what_its_session_held_and_ends_
 
         # The session is gone: nothing is routed to it any more, A gets every new sample.
         assert not await session_present(mosquitto, "gw-retired")
-        assert await read_presence(mosquitto.host, mosquitto.port, topic_root, "gw-retired",
-                                   wait_s=0.5) is None, "a retired id's presence is cleared"
+        assert (
+            await read_presence(
+                mosquitto.host, mosquitto.port, topic_root, "gw-retired", wait_s=0.5
+            )
+            is None
+        ), "a retired id's presence is cleared"
         more = Stream(clients, topic_root, stream.t0 + 3_600_000)
         await more.run(per_device=10, rate_hz=50)
         await eventually(lambda: _at_least(pg_dsn, total + 200), what="A stored all new samples")
@@ -355,7 +429,8 @@ async def test_draining_a_retired_process_stores_what_its_session_held_and_ends_
 
 
 async def test_a_client_id_still_in_use_is_not_drained_and_its_process_loses_nothing(
-        mosquitto, pg_dsn, topic_root, tmp_path):
+    mosquitto, pg_dsn, topic_root, tmp_path
+):
     await register(pg_dsn, DEVICES)
     (a,) = processes(pg_dsn, mosquitto, topic_root, tmp_path, "gw-live")
     try:

@@ -64,7 +64,9 @@ def test_the_reference_carries_across_batches_and_restarts():
 
     restarted = PlausibilityFilter()
     restarted.set_limits(np.array([1]), np.array([80.0]))
-    restarted.restore(np.array([1]), np.array([1000]), np.array([LAT0 + 5 * DEG_PER_M]), np.array([LON0]))
+    restarted.restore(
+        np.array([1]), np.array([1000]), np.array([LAT0 + 5 * DEG_PER_M]), np.array([LON0])
+    )
     jump = track(1, [2], [10_000])
     assert restarted.apply(jump) == 1
 

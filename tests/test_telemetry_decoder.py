@@ -1,4 +1,4 @@
-"""The columnar decoder: every reason, batches, encodings, and agreement with the pydantic contract."""
+"""The columnar decoder: every reason, batches, encodings, agreement with the pydantic contract."""
 
 from __future__ import annotations
 
@@ -37,9 +37,22 @@ def decode(payloads, devices=None, **kw):
 
 
 def sample(**over):
-    s = {"t": NOW - 1000, "lat": 52.52, "lon": 13.405, "speed_kmh": 17.5, "heading_deg": 84.0,
-         "soc_pct": 71.5, "pack_v": 38.9, "pack_a": 6.2, "aux_v": 12.6, "odometer_m": 1289034,
-         "locked": False, "ignition": True, "immobilised": False, "charging": False}
+    s = {
+        "t": NOW - 1000,
+        "lat": 52.52,
+        "lon": 13.405,
+        "speed_kmh": 17.5,
+        "heading_deg": 84.0,
+        "soc_pct": 71.5,
+        "pack_v": 38.9,
+        "pack_a": 6.2,
+        "aux_v": 12.6,
+        "odometer_m": 1289034,
+        "locked": False,
+        "ignition": True,
+        "immobilised": False,
+        "charging": False,
+    }
     s.update(over)
     return {k: v for k, v in s.items() if v is not _DROP}
 
@@ -67,12 +80,17 @@ def test_fields_not_reported_are_nan_or_unknown():
 
 def test_json_and_cbor_single_and_batch_payloads_decode_alike():
     samples = [sample(t=NOW - 3000 + i) for i in range(3)]
-    payloads = [orjson.dumps(samples[0]), cbor2.dumps(samples[1]), cbor2.dumps([samples[2]]),
-                orjson.dumps(samples[:2])]
+    payloads = [
+        orjson.dumps(samples[0]),
+        cbor2.dumps(samples[1]),
+        cbor2.dumps([samples[2]]),
+        orjson.dumps(samples[:2]),
+    ]
     r = decode(payloads)
     assert r.rejected == {}
-    assert sorted(r.batch.time_ms.tolist()) == sorted([NOW - 3000, NOW - 2999, NOW - 2998,
-                                                        NOW - 3000, NOW - 2999])
+    assert sorted(r.batch.time_ms.tolist()) == sorted(
+        [NOW - 3000, NOW - 2999, NOW - 2998, NOW - 3000, NOW - 2999]
+    )
 
 
 def test_encoding_is_detected_by_content_type_then_first_byte():
@@ -84,36 +102,39 @@ def test_encoding_is_detected_by_content_type_then_first_byte():
     assert payload_encoding(b"\xa1", "application/json") == "json"
 
 
-@pytest.mark.parametrize("payload,reason", [
-    (b'{"t": 17644', "malformed_json"),
-    (b"\xa2\x61t", "malformed_cbor"),
-    (b"plain text", "unknown_encoding"),
-    (b"x" * (256 * 1024 + 1), "payload_too_large"),
-    (b"[]", "bad_structure"),
-    (b"[1, 2]", "bad_structure"),
-    (orjson.dumps([sample()] * 1001), "bad_structure"),
-    (orjson.dumps(sample(t=_DROP)), "missing_field"),
-    (orjson.dumps(sample(lon=_DROP)), "missing_field"),
-    (orjson.dumps(sample(lat="52.5")), "wrong_type"),
-    (orjson.dumps(sample(locked=1)), "wrong_type"),
-    (orjson.dumps(sample(t=float(NOW))), "wrong_type"),
-    (orjson.dumps(sample(t=True)), "wrong_type"),
-    (cbor2.dumps(sample(aux_v=float("nan"))), "wrong_type"),
-    (cbor2.dumps(sample(pack_v=float("inf"))), "wrong_type"),
-    (cbor2.dumps(sample(t=2**70)), "time_in_future"),
-    (cbor2.dumps(sample(t=-2**70)), "time_too_old"),
-    (cbor2.dumps(sample(pack_v=2**2000)), "wrong_type"),
-    (orjson.dumps(sample(aux_v=1e39)), "wrong_type"),  # finite, but not in a float32 column
-    (orjson.dumps(sample(speed_kmh=-5e-282)), "speed_out_of_range"),  # not -0.0 after rounding
-    (orjson.dumps(sample(t=2**63 - 1)), "time_in_future"),
-    (orjson.dumps(sample(lat=123.0)), "lat_out_of_range"),
-    (orjson.dumps(sample(lon=-180.5)), "lon_out_of_range"),
-    (orjson.dumps(sample(soc_pct=140)), "soc_out_of_range"),
-    (orjson.dumps(sample(speed_kmh=-3)), "speed_out_of_range"),
-    (orjson.dumps(sample(heading_deg=361)), "heading_out_of_range"),
-    (orjson.dumps(sample(t=NOW + 6 * 60_000)), "time_in_future"),
-    (orjson.dumps(sample(t=NOW - 31 * 86_400_000)), "time_too_old"),
-])
+@pytest.mark.parametrize(
+    "payload,reason",
+    [
+        (b'{"t": 17644', "malformed_json"),
+        (b"\xa2\x61t", "malformed_cbor"),
+        (b"plain text", "unknown_encoding"),
+        (b"x" * (256 * 1024 + 1), "payload_too_large"),
+        (b"[]", "bad_structure"),
+        (b"[1, 2]", "bad_structure"),
+        (orjson.dumps([sample()] * 1001), "bad_structure"),
+        (orjson.dumps(sample(t=_DROP)), "missing_field"),
+        (orjson.dumps(sample(lon=_DROP)), "missing_field"),
+        (orjson.dumps(sample(lat="52.5")), "wrong_type"),
+        (orjson.dumps(sample(locked=1)), "wrong_type"),
+        (orjson.dumps(sample(t=float(NOW))), "wrong_type"),
+        (orjson.dumps(sample(t=True)), "wrong_type"),
+        (cbor2.dumps(sample(aux_v=float("nan"))), "wrong_type"),
+        (cbor2.dumps(sample(pack_v=float("inf"))), "wrong_type"),
+        (cbor2.dumps(sample(t=2**70)), "time_in_future"),
+        (cbor2.dumps(sample(t=-(2**70))), "time_too_old"),
+        (cbor2.dumps(sample(pack_v=2**2000)), "wrong_type"),
+        (orjson.dumps(sample(aux_v=1e39)), "wrong_type"),  # finite, but not in a float32 column
+        (orjson.dumps(sample(speed_kmh=-5e-282)), "speed_out_of_range"),  # not -0.0 after rounding
+        (orjson.dumps(sample(t=2**63 - 1)), "time_in_future"),
+        (orjson.dumps(sample(lat=123.0)), "lat_out_of_range"),
+        (orjson.dumps(sample(lon=-180.5)), "lon_out_of_range"),
+        (orjson.dumps(sample(soc_pct=140)), "soc_out_of_range"),
+        (orjson.dumps(sample(speed_kmh=-3)), "speed_out_of_range"),
+        (orjson.dumps(sample(heading_deg=361)), "heading_out_of_range"),
+        (orjson.dumps(sample(t=NOW + 6 * 60_000)), "time_in_future"),
+        (orjson.dumps(sample(t=NOW - 31 * 86_400_000)), "time_too_old"),
+    ],
+)
 def test_each_kind_of_bad_input_is_rejected_with_its_reason(payload, reason):
     good = orjson.dumps(sample(t=NOW - 5))
     r = decode([good, payload, good])
@@ -156,14 +177,33 @@ def test_problems_are_bounded():
 
 # --- agreement with the pydantic contract ---------------------------------------------------
 
-_numbers = st.one_of(st.none(), st.integers(-500, 500), st.floats(-500, 500, allow_nan=False),
-                     st.sampled_from(["1", True, False, [1]]))
+_numbers = st.one_of(
+    st.none(),
+    st.integers(-500, 500),
+    st.floats(-500, 500, allow_nan=False),
+    st.sampled_from(["1", True, False, [1]]),
+)
 _bools = st.one_of(st.none(), st.booleans(), st.sampled_from([0, 1, "yes"]))
 _sample_dicts = st.fixed_dictionaries(
-    {"t": st.one_of(st.integers(NOW - 10_000, NOW + 10_000), st.sampled_from([None, "x", 1.5, True]))},
-    optional={"lat": _numbers, "lon": _numbers, "speed_kmh": _numbers, "heading_deg": _numbers,
-              "soc_pct": _numbers, "pack_v": _numbers, "aux_v": _numbers, "odometer_m": _numbers,
-              "locked": _bools, "charging": _bools, "extra_field": st.text(max_size=3)})
+    {
+        "t": st.one_of(
+            st.integers(NOW - 10_000, NOW + 10_000), st.sampled_from([None, "x", 1.5, True])
+        )
+    },
+    optional={
+        "lat": _numbers,
+        "lon": _numbers,
+        "speed_kmh": _numbers,
+        "heading_deg": _numbers,
+        "soc_pct": _numbers,
+        "pack_v": _numbers,
+        "aux_v": _numbers,
+        "odometer_m": _numbers,
+        "locked": _bools,
+        "charging": _bools,
+        "extra_field": st.text(max_size=3),
+    },
+)
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -193,8 +233,10 @@ def decoded_as_alone(devices, payloads):
     exactly what it gets alone: the same rows (in message order) and the same rejections."""
     received = [NOW - 10 * i for i in range(len(payloads))]
     whole = decode_telemetry(devices, payloads, received, REGISTRY, now_ms=NOW)
-    alone = [decode_telemetry([d], [p], [r], REGISTRY, now_ms=NOW)
-             for d, p, r in zip(devices, payloads, received)]
+    alone = [
+        decode_telemetry([d], [p], [r], REGISTRY, now_ms=NOW)
+        for d, p, r in zip(devices, payloads, received)
+    ]
     expected = TelemetryBatch.concat([a.batch for a in alone])
     for name, column in expected.columns().items():
         np.testing.assert_array_equal(getattr(whole.batch, name), column, err_msg=name)
@@ -230,21 +272,44 @@ def opened(value: dict) -> bytes:
 FORGERIES = {
     "B's sample swallowed, A's fix in its place": (
         [A, B, A],
-        [orjson.dumps(FIX_A) + b"," + opened(FORGED), orjson.dumps(REAL_B),
-         b" 0]}," + orjson.dumps(LATER_A)], 2),
+        [
+            orjson.dumps(FIX_A) + b"," + opened(FORGED),
+            orjson.dumps(REAL_B),
+            b" 0]}," + orjson.dumps(LATER_A),
+        ],
+        2,
+    ),
     "B's batch swallowed": (
         [A, B, A],
-        [orjson.dumps(FIX_A) + b"," + opened(FORGED), orjson.dumps([REAL_B, REAL_B2]),
-         b" 0]}," + orjson.dumps(LATER_A)], 2),
+        [
+            orjson.dumps(FIX_A) + b"," + opened(FORGED),
+            orjson.dumps([REAL_B, REAL_B2]),
+            b" 0]}," + orjson.dumps(LATER_A),
+        ],
+        2,
+    ),
     "B's sample handed to A, A's fix to B": (
         [A, A, B, A, A],
-        [orjson.dumps(FIX_A), orjson.dumps(FIX_A) + b"," + orjson.dumps(FORGED),
-         orjson.dumps(REAL_B), b" " + opened(LATER_A), b" 0]}"], 3),
+        [
+            orjson.dumps(FIX_A),
+            orjson.dumps(FIX_A) + b"," + orjson.dumps(FORGED),
+            orjson.dumps(REAL_B),
+            b" " + opened(LATER_A),
+            b" 0]}",
+        ],
+        3,
+    ),
     "fragments in whitespace, B between honest messages of A": (
         [A, A, B, A, A],
-        [orjson.dumps(FIX_A), b"\n" + orjson.dumps(FIX_A) + b",\t" + opened(FORGED),
-         orjson.dumps(REAL_B), b"\r\n 0 ] } , " + orjson.dumps(LATER_A), orjson.dumps(LATER_A)],
-        2),
+        [
+            orjson.dumps(FIX_A),
+            b"\n" + orjson.dumps(FIX_A) + b",\t" + opened(FORGED),
+            orjson.dumps(REAL_B),
+            b"\r\n 0 ] } , " + orjson.dumps(LATER_A),
+            orjson.dumps(LATER_A),
+        ],
+        2,
+    ),
 }
 
 
@@ -262,10 +327,13 @@ def test_one_device_cannot_forge_or_hide_another_devices_samples(name):
 
 
 def test_one_device_cannot_forge_another_devices_event():
-    crafted = [orjson.dumps({"t": NOW - 3000, "type": "tamper"}) + b","
-               + opened({"t": NOW - 2000, "type": "crash", "detail": {"by": "A"}}),
-               orjson.dumps({"t": NOW - 2500, "type": "door_open"}),
-               b" 0]}," + orjson.dumps({"t": NOW - 1000, "type": "tamper"})]
+    crafted = [
+        orjson.dumps({"t": NOW - 3000, "type": "tamper"})
+        + b","
+        + opened({"t": NOW - 2000, "type": "crash", "detail": {"by": "A"}}),
+        orjson.dumps({"t": NOW - 2500, "type": "door_open"}),
+        b" 0]}," + orjson.dumps({"t": NOW - 1000, "type": "tamper"}),
+    ]
     events, rejected = events_decoded_as_alone([A, B, A], crafted)
     assert [(e.vehicle, e.type) for e in events] == [(REGISTRY[B], "door_open")]
     assert rejected == {"malformed_json": 2}
@@ -276,27 +344,35 @@ def test_one_device_cannot_forge_another_devices_event():
 # any integer t is an integer (one far off is in the future or too old); a number float64 cannot
 # hold, or one finite in float64 but not in its float32 column, is a wrong_type, unless a range
 # check of its field fails first.
-@pytest.mark.parametrize("payload,reason", [
-    (orjson.dumps(sample(t=2**62)), "time_in_future"),
-    (orjson.dumps(sample(t=2**63 - 1)), "time_in_future"),
-    (orjson.dumps(sample(t=-2**62)), "time_too_old"),
-    (orjson.dumps(sample(t=-2**63)), "time_too_old"),
-    (cbor2.dumps(sample(t=2**64)), "time_in_future"),
-    (cbor2.dumps(sample(t=-2**70)), "time_too_old"),
-    (orjson.dumps(sample(t=2**62, lat=123.0)), "lat_out_of_range"),
-    (cbor2.dumps(sample(lat=2**1010)), "lat_out_of_range"),
-    (cbor2.dumps(sample(lat=2**1024 - 2**970 - 1)), "lat_out_of_range"),  # float64's largest
-    (cbor2.dumps(sample(lat=2**1024 - 2**970)), "wrong_type"),  # rounds to infinity
-    (cbor2.dumps(sample(odometer_m=2**1010)), None),  # float64 holds it
-    (cbor2.dumps(sample(pack_v=2**1010)), "wrong_type"),  # float32 does not
-    (cbor2.dumps(sample(pack_v=10**400)), "wrong_type"),
-])
-@pytest.mark.parametrize("neighbour", [
-    orjson.dumps(sample(t=NOW - 7)),
-    orjson.dumps(sample(t=_DROP)),
-    cbor2.dumps(sample(t=2**70, lat="1", lon=10**400, pack_v="1", odometer_m=10**400,
-                       locked=1)),
-], ids=["good", "no_t", "every_column_on_its_slow_path"])
+@pytest.mark.parametrize(
+    "payload,reason",
+    [
+        (orjson.dumps(sample(t=2**62)), "time_in_future"),
+        (orjson.dumps(sample(t=2**63 - 1)), "time_in_future"),
+        (orjson.dumps(sample(t=-(2**62))), "time_too_old"),
+        (orjson.dumps(sample(t=-(2**63))), "time_too_old"),
+        (cbor2.dumps(sample(t=2**64)), "time_in_future"),
+        (cbor2.dumps(sample(t=-(2**70))), "time_too_old"),
+        (orjson.dumps(sample(t=2**62, lat=123.0)), "lat_out_of_range"),
+        (cbor2.dumps(sample(lat=2**1010)), "lat_out_of_range"),
+        (cbor2.dumps(sample(lat=2**1024 - 2**970 - 1)), "lat_out_of_range"),  # float64's largest
+        (cbor2.dumps(sample(lat=2**1024 - 2**970)), "wrong_type"),  # rounds to infinity
+        (cbor2.dumps(sample(odometer_m=2**1010)), None),  # float64 holds it
+        (cbor2.dumps(sample(pack_v=2**1010)), "wrong_type"),  # float32 does not
+        (cbor2.dumps(sample(pack_v=10**400)), "wrong_type"),
+    ],
+)
+@pytest.mark.parametrize(
+    "neighbour",
+    [
+        orjson.dumps(sample(t=NOW - 7)),
+        orjson.dumps(sample(t=_DROP)),
+        cbor2.dumps(
+            sample(t=2**70, lat="1", lon=10**400, pack_v="1", odometer_m=10**400, locked=1)
+        ),
+    ],
+    ids=["good", "no_t", "every_column_on_its_slow_path"],
+)
 def test_a_samples_reason_depends_on_the_sample_alone(payload, reason, neighbour):
     alone = decode([payload])
     assert alone.rejected == ({reason: 1} if reason else {})
@@ -304,25 +380,74 @@ def test_a_samples_reason_depends_on_the_sample_alone(payload, reason, neighbour
     decoded_as_alone(["car-2", "bike-1"], [neighbour, payload])
 
 
-_JSON_EDGE_T = [NOW - 1000, NOW, 2**62 - 1, 2**62, -2**62, 2**63 - 1, -2**63, None, "1", 1.5, True]
-_EDGE_T = st.sampled_from([*_JSON_EDGE_T, 2**63, 2**64, -2**70])
-_EDGE_NUMBERS = st.sampled_from([
-    None, 7, 52.5, -0.0, 123.0, 1e39, -5e-282, 2**53 + 1, 2**64, 2**1010, 2**1024 - 2**970 - 1,
-    2**1024 - 2**970, 10**400, float("nan"), float("inf"), "1", True, [1]])
+_JSON_EDGE_T = [
+    NOW - 1000,
+    NOW,
+    2**62 - 1,
+    2**62,
+    -(2**62),
+    2**63 - 1,
+    -(2**63),
+    None,
+    "1",
+    1.5,
+    True,
+]
+_EDGE_T = st.sampled_from([*_JSON_EDGE_T, 2**63, 2**64, -(2**70)])
+_EDGE_NUMBERS = st.sampled_from(
+    [
+        None,
+        7,
+        52.5,
+        -0.0,
+        123.0,
+        1e39,
+        -5e-282,
+        2**53 + 1,
+        2**64,
+        2**1010,
+        2**1024 - 2**970 - 1,
+        2**1024 - 2**970,
+        10**400,
+        float("nan"),
+        float("inf"),
+        "1",
+        True,
+        [1],
+    ]
+)
 _EDGE_BOOLS = st.sampled_from([None, True, False, 0, 1, "yes"])
-_nested = st.recursive(st.none() | st.booleans() | st.integers(-9, 9) | st.sampled_from(["a,b"]),
-                       lambda inner: st.lists(inner, max_size=3)
-                       | st.dictionaries(st.sampled_from(["x", "y"]), inner, max_size=2),
-                       max_leaves=6)
-_edge_dicts = st.fixed_dictionaries({"t": _EDGE_T}, optional={
-    "lat": _EDGE_NUMBERS, "lon": _EDGE_NUMBERS, "soc_pct": _EDGE_NUMBERS,
-    "pack_v": _EDGE_NUMBERS, "odometer_m": _EDGE_NUMBERS, "locked": _EDGE_BOOLS,
-    "charging": _EDGE_BOOLS, "x": _nested,
-    "type": st.sampled_from(["crash", "door_open", "Crash", "a\x00"]),
-    "detail": st.one_of(st.dictionaries(st.sampled_from(["a", "b"]), _nested, max_size=2),
-                        st.sampled_from([{"n": 2**64}, {"s": "\x00"}, {"b": b"x"}, [1]]))})
-_values = st.one_of(_edge_dicts, st.lists(_edge_dicts, min_size=1, max_size=3),
-                    st.sampled_from([1, [], [1, 2], "s", None]))
+_nested = st.recursive(
+    st.none() | st.booleans() | st.integers(-9, 9) | st.sampled_from(["a,b"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["x", "y"]), inner, max_size=2)
+    ),
+    max_leaves=6,
+)
+_edge_dicts = st.fixed_dictionaries(
+    {"t": _EDGE_T},
+    optional={
+        "lat": _EDGE_NUMBERS,
+        "lon": _EDGE_NUMBERS,
+        "soc_pct": _EDGE_NUMBERS,
+        "pack_v": _EDGE_NUMBERS,
+        "odometer_m": _EDGE_NUMBERS,
+        "locked": _EDGE_BOOLS,
+        "charging": _EDGE_BOOLS,
+        "x": _nested,
+        "type": st.sampled_from(["crash", "door_open", "Crash", "a\x00"]),
+        "detail": st.one_of(
+            st.dictionaries(st.sampled_from(["a", "b"]), _nested, max_size=2),
+            st.sampled_from([{"n": 2**64}, {"s": "\x00"}, {"b": b"x"}, [1]]),
+        ),
+    },
+)
+_values = st.one_of(
+    _edge_dicts,
+    st.lists(_edge_dicts, min_size=1, max_size=3),
+    st.sampled_from([1, [], [1, 2], "s", None]),
+)
 
 
 def _json(value) -> bytes | None:
@@ -339,9 +464,21 @@ def _fragments(draw) -> list[bytes]:
     texts = [t for t in map(_json, draw(st.lists(_values, min_size=2, max_size=4))) if t]
     text = b",".join(texts)
     commas = [k for k, c in enumerate(text) if c == ord(",")]
-    cuts = sorted(draw(st.lists(st.sampled_from(commas), min_size=len(texts) - 1,
-                                max_size=len(texts) - 1, unique=True))) if commas else []
-    pieces = [text[a + 1:b] for a, b in zip([-1, *cuts], [*cuts, len(text)])]
+    cuts = (
+        sorted(
+            draw(
+                st.lists(
+                    st.sampled_from(commas),
+                    min_size=len(texts) - 1,
+                    max_size=len(texts) - 1,
+                    unique=True,
+                )
+            )
+        )
+        if commas
+        else []
+    )
+    pieces = [text[a + 1 : b] for a, b in zip([-1, *cuts], [*cuts, len(text)])]
     return [p if p[:1] in (b"{", b"[") else b" " + p for p in pieces if p]
 
 
@@ -357,8 +494,9 @@ def _message_lists(draw) -> tuple[list[str], list[bytes]]:
         else:
             value = draw(_values)
             payloads.append(kind == "json" and _json(value) or cbor2.dumps(value))
-    devices = draw(st.lists(st.sampled_from([A, B, "ghost-9"]), min_size=len(payloads),
-                            max_size=len(payloads)))
+    devices = draw(
+        st.lists(st.sampled_from([A, B, "ghost-9"]), min_size=len(payloads), max_size=len(payloads))
+    )
     return devices, payloads
 
 
@@ -371,6 +509,7 @@ def test_each_message_decodes_in_a_batch_as_it_decodes_alone(messages):
 
 
 # --- device events: nothing the store cannot write ---------------------------------------------
+
 
 def event(**over) -> dict:
     e = {"t": NOW - 1000, "type": "crash", "detail": {"g": 3.5, "axis": "z"}}
@@ -426,7 +565,7 @@ DEEPER_THAN_THE_LIMIT = b'{"a":' * MAX_DETAIL_DEPTH + b"{}" + b"}" * MAX_DETAIL_
 UNSTORABLE_EVENTS = {  # the event, and what the rejection's detail says
     "a CBOR byte string": (cbor_event({"raw": b"\x01\x02"}), "b'\\x01"),
     "an integer beyond 64 bits": (cbor_event({"n": 2**64}), "beyond 64-bit"),
-    "a negative integer beyond 64 bits": (cbor_event({"n": -2**63 - 1}), "beyond 64-bit"),
+    "a negative integer beyond 64 bits": (cbor_event({"n": -(2**63) - 1}), "beyond 64-bit"),
     "a JSON integer beyond 64 bits": (json_event(b'{"n": 18446744073709551616}'), "beyond 64-bit"),
     "a float beyond 64-bit integers": (json_of({"f": -1e19}), "beyond 64-bit"),
     "a CBOR NaN": (cbor_event({"f": float("nan")}), "not finite"),
@@ -451,8 +590,9 @@ UNSTORABLE_EVENTS = {  # the event, and what the rejection's detail says
 def test_an_event_whose_detail_cannot_be_stored_is_rejected_with_its_reason(name):
     payload, why = UNSTORABLE_EVENTS[name]
     good = orjson.dumps(event(t=NOW - 5))
-    events, rejected, problems = decode_events(["bike-1"] * 3, [good, payload, good], REGISTRY,
-                                               now_ms=NOW)
+    events, rejected, problems = decode_events(
+        ["bike-1"] * 3, [good, payload, good], REGISTRY, now_ms=NOW
+    )
     assert rejected == {"bad_structure": 1}
     assert len(events) == 2, "the good events around it are kept"
     assert problems[0].detail.startswith("detail") and why in problems[0].detail, problems[0]
@@ -460,17 +600,22 @@ def test_an_event_whose_detail_cannot_be_stored_is_rejected_with_its_reason(name
 
 @pytest.mark.parametrize("dumps", [orjson.dumps, cbor2.dumps], ids=["json", "cbor"])
 def test_text_with_u0000_in_an_event_type_is_a_wrong_type(dumps):
-    _, rejected, _ = decode_events(["bike-1"], [dumps(event(type="crash\x00"))], REGISTRY,
-                                   now_ms=NOW)
+    _, rejected, _ = decode_events(
+        ["bike-1"], [dumps(event(type="crash\x00"))], REGISTRY, now_ms=NOW
+    )
     assert rejected == {"wrong_type": 1}
 
 
 @pytest.mark.parametrize("encode", [json_of, cbor_event], ids=["json", "cbor"])
 def test_details_at_the_limits_are_kept_and_serialise(encode):
-    details = [nested(MAX_DETAIL_DEPTH), {"n": [2**64 - 1, -2**63, 1.8e19, -9.2e18, 5e-324]},
-               {"s": "\u00e9\U0001f6b2\\u0000", "": None, "b": [True, False, []]}]
-    events, rejected, _ = decode_events(["bike-1"] * len(details), list(map(encode, details)),
-                                        REGISTRY, now_ms=NOW)
+    details = [
+        nested(MAX_DETAIL_DEPTH),
+        {"n": [2**64 - 1, -(2**63), 1.8e19, -9.2e18, 5e-324]},
+        {"s": "\u00e9\U0001f6b2\\u0000", "": None, "b": [True, False, []]},
+    ]
+    events, rejected, _ = decode_events(
+        ["bike-1"] * len(details), list(map(encode, details)), REGISTRY, now_ms=NOW
+    )
     assert rejected == {}
     assert [e.detail for e in events] == details
     for e in events:
@@ -478,11 +623,19 @@ def test_details_at_the_limits_are_kept_and_serialise(encode):
 
 
 _any_detail_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3)
-    | st.binary(max_size=2) | st.sampled_from([cbor2.undefined, Decimal("1.5")]),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(max_size=2) | st.integers(-2, 2), inner, max_size=3),
-    max_leaves=10)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=3)
+    | st.binary(max_size=2)
+    | st.sampled_from([cbor2.undefined, Decimal("1.5")]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=2) | st.integers(-2, 2), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
 
 
 def _texts(value):
@@ -501,8 +654,9 @@ def _texts(value):
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.dictionaries(st.text(max_size=2), _any_detail_values, max_size=3))
 def test_every_detail_decode_events_accepts_can_be_stored(detail):
-    events, _, _ = decode_events(["bike-1"], [cbor2.dumps(event(detail=detail))], REGISTRY,
-                                 now_ms=NOW)
+    events, _, _ = decode_events(
+        ["bike-1"], [cbor2.dumps(event(detail=detail))], REGISTRY, now_ms=NOW
+    )
     for e in events:
         stored = orjson.loads(orjson.dumps(e.detail))  # the store's serialisation, and back
         assert stored == e.detail
@@ -514,8 +668,18 @@ def test_every_detail_decode_events_accepts_can_be_stored(detail):
 LAST_STORABLE_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
-@pytest.mark.parametrize("t,ok", [(NOW, True), (None, True), (0, True), (LAST_STORABLE_MS, True),
-                                  (LAST_STORABLE_MS + 1, False), (2**62, False), (-1, False)])
+@pytest.mark.parametrize(
+    "t,ok",
+    [
+        (NOW, True),
+        (None, True),
+        (0, True),
+        (LAST_STORABLE_MS, True),
+        (LAST_STORABLE_MS + 1, False),
+        (2**62, False),
+        (-1, False),
+    ],
+)
 @pytest.mark.parametrize("dumps", [orjson.dumps, cbor2.dumps], ids=["json", "cbor"])
 def test_a_status_time_must_be_one_the_store_can_hold(t, ok, dumps):
     status = decode_status(dumps({"online": True, "t": t, "fw": "1.4.2"}))
@@ -529,6 +693,7 @@ def test_a_status_time_must_be_one_the_store_can_hold(t, ok, dumps):
 # raises for an integer of more than 4,300 digits and for a list nested a thousand deep, and
 # expands CBOR shared references (a few hundred bytes standing for millions of values) in full:
 # the message failed its whole batch and was quarantined, or held the gateway for seconds.
+
 
 def deep_list_json(depth: int) -> bytes:
     return b"[" * depth + b"1" + b"]" * depth
@@ -545,16 +710,27 @@ def expanding(levels: int) -> list:
 HUGE = 10**6000  # a CBOR bignum of 2.5 kB
 
 SHOWN_IN_REJECTIONS = {  # the message, its reason, what its detail shows
-    "a coordinate of 6,000 digits": (cbor2.dumps(sample(lat=HUGE)), "wrong_type",
-                                     "<an integer of 19932 bits>"),
+    "a coordinate of 6,000 digits": (
+        cbor2.dumps(sample(lat=HUGE)),
+        "wrong_type",
+        "<an integer of 19932 bits>",
+    ),
     "a time of 6,000 digits": (cbor2.dumps(sample(t=HUGE)), "time_in_future", "<an integer of"),
-    "a time of minus 6,000 digits": (cbor2.dumps(sample(t=-HUGE)), "time_too_old",
-                                     "<an integer of"),
-    "a list nested 1,020 deep": (b'{"t": %d, "soc_pct": %s}' % (NOW - 1000, deep_list_json(1020)),
-                                 "wrong_type", "soc_pct=<a list of 1 items>"),
+    "a time of minus 6,000 digits": (
+        cbor2.dumps(sample(t=-HUGE)),
+        "time_too_old",
+        "<an integer of",
+    ),
+    "a list nested 1,020 deep": (
+        b'{"t": %d, "soc_pct": %s}' % (NOW - 1000, deep_list_json(1020)),
+        "wrong_type",
+        "soc_pct=<a list of 1 items>",
+    ),
     "shared references to a million values": (
-        cbor2.dumps(sample(pack_v=expanding(20)), value_sharing=True), "wrong_type",
-        "pack_v=<a list of 2 items>"),
+        cbor2.dumps(sample(pack_v=expanding(20)), value_sharing=True),
+        "wrong_type",
+        "pack_v=<a list of 2 items>",
+    ),
 }
 
 
@@ -562,8 +738,10 @@ SHOWN_IN_REJECTIONS = {  # the message, its reason, what its detail shows
 def test_a_rejected_sample_shows_what_the_device_sent_in_short(name):
     payload, reason, detail = SHOWN_IN_REJECTIONS[name]
     # A content type: a CBOR value with shared references starts with a tag, not a map.
-    r = decode([orjson.dumps(sample(t=NOW - 5)), payload],
-               content_types=[None, None if payload[:1] in b"{[" else "application/cbor"])
+    r = decode(
+        [orjson.dumps(sample(t=NOW - 5)), payload],
+        content_types=[None, None if payload[:1] in b"{[" else "application/cbor"],
+    )
     assert r.rejected == {reason: 1}
     assert len(r.batch) == 1, "the good message beside it is kept"
     [problem] = r.problems
@@ -571,12 +749,21 @@ def test_a_rejected_sample_shows_what_the_device_sent_in_short(name):
 
 
 EVENTS_SHOWN_IN_REJECTIONS = {
-    "an event time of 6,000 digits": (cbor2.dumps(event(t=HUGE)), "time_in_future",
-                                      "t=<an integer of"),
-    "a detail number of 6,000 digits": (cbor_event({"n": HUGE}), "bad_structure",
-                                        "beyond 64-bit integers (<an integer of"),
-    "a detail key of 6,000 digits": (cbor_event({"a": {HUGE: 1}}), "bad_structure",
-                                     "not text (<an integer of"),
+    "an event time of 6,000 digits": (
+        cbor2.dumps(event(t=HUGE)),
+        "time_in_future",
+        "t=<an integer of",
+    ),
+    "a detail number of 6,000 digits": (
+        cbor_event({"n": HUGE}),
+        "bad_structure",
+        "beyond 64-bit integers (<an integer of",
+    ),
+    "a detail key of 6,000 digits": (
+        cbor_event({"a": {HUGE: 1}}),
+        "bad_structure",
+        "not text (<an integer of",
+    ),
 }
 
 
@@ -584,6 +771,7 @@ EVENTS_SHOWN_IN_REJECTIONS = {
 def test_a_rejected_event_shows_what_the_device_sent_in_short(name):
     payload, reason, detail = EVENTS_SHOWN_IN_REJECTIONS[name]
     events, rejected, problems = decode_events(
-        ["bike-1"] * 2, [orjson.dumps(event(t=NOW - 5)), payload], REGISTRY, now_ms=NOW)
+        ["bike-1"] * 2, [orjson.dumps(event(t=NOW - 5)), payload], REGISTRY, now_ms=NOW
+    )
     assert rejected == {reason: 1} and len(events) == 1
     assert detail in problems[0].detail and len(problems[0].detail) < 200, problems[0].detail

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from api.problems import Problem
 
@@ -15,28 +15,52 @@ def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
     try:
         x0, y0, x1, y1 = (float(p) for p in value.split(","))
     except ValueError:
-        raise Problem(400, "bad-bbox", "bbox is min_lon,min_lat,max_lon,max_lat in degrees, "
-                      f"got {value!r}") from None
+        raise Problem(
+            400, "bad-bbox", f"bbox is min_lon,min_lat,max_lon,max_lat in degrees, got {value!r}"
+        ) from None
     if not (-180 <= x0 <= x1 <= 180 and -90 <= y0 <= y1 <= 90):
-        raise Problem(400, "bad-bbox", "bbox needs -180 <= min_lon <= max_lon <= 180 and "
-                      f"-90 <= min_lat <= max_lat <= 90, got {value!r}")
+        raise Problem(
+            400,
+            "bad-bbox",
+            "bbox needs -180 <= min_lon <= max_lon <= 180 and "
+            f"-90 <= min_lat <= max_lat <= 90, got {value!r}",
+        )
     return x0, y0, x1, y1
 
 
-def time_range(start: datetime | None, end: datetime | None, *,
-               default: timedelta = timedelta(hours=1),
-               max_range: timedelta = MAX_RANGE) -> tuple[datetime, datetime]:
+def time_range(
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    default: timedelta = timedelta(hours=1),
+    max_range: timedelta = MAX_RANGE,
+) -> tuple[datetime, datetime]:
     """A [from, to) range: timezone-aware, from before to, at most max_range long."""
     for name, value in (("from", start), ("to", end)):
         if value is not None and value.tzinfo is None:
-            raise Problem(400, "bad-time-range", f"'{name}' needs a time zone (RFC 3339), e.g. "
-                          "2026-11-23T08:00:00Z")
-    end = end or datetime.now(timezone.utc)
-    start = start or end - default
+            raise Problem(
+                400,
+                "bad-time-range",
+                f"'{name}' needs a time zone (RFC 3339), e.g. 2026-11-23T08:00:00Z",
+            )
+    end = end or datetime.now(UTC)
+    if start is None:
+        try:
+            start = end - default
+        except OverflowError:  # 'to' within `default` of year 1
+            raise Problem(
+                400,
+                "bad-time-range",
+                f"'to' ({end.isoformat()}) is too early to start {default} before it; give 'from'",
+            ) from None
     if start >= end:
-        raise Problem(400, "bad-time-range", f"'from' ({start.isoformat()}) must be before "
-                      f"'to' ({end.isoformat()})")
+        raise Problem(
+            400,
+            "bad-time-range",
+            f"'from' ({start.isoformat()}) must be before 'to' ({end.isoformat()})",
+        )
     if end - start > max_range:
-        raise Problem(400, "bad-time-range", f"the range is {end - start}; at most {max_range} "
-                      "per request")
+        raise Problem(
+            400, "bad-time-range", f"the range is {end - start}; at most {max_range} per request"
+        )
     return start, end

@@ -19,15 +19,21 @@ from telemetry.store import (
     VehicleRegistration,
 )
 
-router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=PROBLEM_RESPONSES,
-                   dependencies=[require("devices:write")])
+router = APIRouter(
+    prefix="/v1/devices",
+    tags=["devices"],
+    responses=PROBLEM_RESPONSES,
+    dependencies=[require("devices:write")],
+)
 DeviceId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 
 
 class DeviceIn(BaseModel):
     vehicle_ref: str = Field(min_length=1, max_length=128)
-    device_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="the TCU's MQTT "
-                           "client id and CoAP path segment")
+    device_id: str = Field(
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="the TCU's MQTT client id and CoAP path segment",
+    )
     vehicle_type: Literal["ebike", "car"]
 
 
@@ -35,16 +41,19 @@ class Secret(BaseModel):
     device_id: str
     secret: str = Field(description="MQTT password and CoAP token; shown once, stored hashed")
     created_at: datetime
-    previous_valid_until: datetime | None = Field(None, description="rotation: when the "
-                                                  "replaced secret stops working")
+    previous_valid_until: datetime | None = Field(
+        None, description="rotation: when the replaced secret stops working"
+    )
 
 
 class Registered(BaseModel):
     vehicle_ref: str
     device_id: str
     vehicle_type: str
-    credentials: Secret | None = Field(None, description="null when the device had a valid "
-                                       "secret already (rotate to get a new one)")
+    credentials: Secret | None = Field(
+        None,
+        description="null when the device had a valid secret already (rotate to get a new one)",
+    )
 
 
 class DeviceInfo(BaseModel):
@@ -55,13 +64,18 @@ class DeviceInfo(BaseModel):
     grace_until: datetime | None
 
 
-@router.post("", response_model=Registered, status_code=201,
-             summary="Register a vehicle's device and issue its first secret")
+@router.post(
+    "",
+    response_model=Registered,
+    status_code=201,
+    summary="Register a vehicle's device and issue its first secret",
+)
 async def register_device(request: Request, device: DeviceIn) -> Registered:
     store = context(request).store
     try:
-        await store.register_vehicles([VehicleRegistration(device.vehicle_ref, device.device_id,
-                                                           device.vehicle_type)])
+        await store.register_vehicles(
+            [VehicleRegistration(device.vehicle_ref, device.device_id, device.vehicle_type)]
+        )
     except RegistrationConflict as exc:
         raise Problem(409, "device-conflict", str(exc)) from None
     try:
@@ -75,18 +89,30 @@ async def register_device(request: Request, device: DeviceIn) -> Registered:
 @router.get("", response_model=list[DeviceInfo], summary="Devices and their credentials' state")
 async def list_devices(request: Request) -> list[DeviceInfo]:
     infos = await DeviceCredentials(context(request).store).list()
-    return [DeviceInfo(device_id=i.device_id, vehicle_ref=i.vehicle_ref,
-                       valid_credentials=i.valid, issued_at=i.issued_at,
-                       grace_until=i.grace_until) for i in infos]
+    return [
+        DeviceInfo(
+            device_id=i.device_id,
+            vehicle_ref=i.vehicle_ref,
+            valid_credentials=i.valid,
+            issued_at=i.issued_at,
+            grace_until=i.grace_until,
+        )
+        for i in infos
+    ]
 
 
-@router.post("/{device_id}/credentials", response_model=Secret,
-             summary="Rotate a device's secret (the old one stays valid for grace_s)")
-async def rotate(request: Request, device_id: DeviceId,
-                 grace_s: Annotated[float, Query(ge=0, le=30 * 86_400)] = 86_400.0) -> Secret:
+@router.post(
+    "/{device_id}/credentials",
+    response_model=Secret,
+    summary="Rotate a device's secret (the old one stays valid for grace_s)",
+)
+async def rotate(
+    request: Request,
+    device_id: DeviceId,
+    grace_s: Annotated[float, Query(ge=0, le=30 * 86_400)] = 86_400.0,
+) -> Secret:
     try:
-        issued = await DeviceCredentials(context(request).store).rotate(device_id,
-                                                                         grace_s=grace_s)
+        issued = await DeviceCredentials(context(request).store).rotate(device_id, grace_s=grace_s)
     except UnknownDevice:
         raise Problem(404, "unknown-device", f"no device {device_id!r}") from None
     return Secret(**issued.__dict__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Annotated
 
@@ -22,14 +21,19 @@ router = APIRouter(tags=["events"], responses=PROBLEM_RESPONSES)
 KEEPALIVE_S = 15.0
 
 
-@router.get("/v1/events", response_model=EventPage, summary="Query events",
-            dependencies=[require("fleet:read")])
+@router.get(
+    "/v1/events",
+    response_model=EventPage,
+    summary="Query events",
+    dependencies=[require("fleet:read")],
+)
 async def list_events(
     request: Request,
     vehicle: Annotated[str | None, Query(description="vehicle_ref")] = None,
     type: Annotated[str | None, Query(pattern="^[a-z0-9_]{1,48}$")] = None,
-    source: Annotated[str | None, Query(pattern="^(device|geofence|battery|gateway|command)$")]
-    = None,
+    source: Annotated[
+        str | None, Query(pattern="^(device|geofence|battery|gateway|command)$")
+    ] = None,
     start: Annotated[datetime | None, Query(alias="from")] = None,
     end: Annotated[datetime | None, Query(alias="to")] = None,
     after: Annotated[int | None, Query(ge=0, description="cursor: the last event id seen")] = None,
@@ -43,8 +47,16 @@ async def list_events(
             raise Problem(404, "unknown-vehicle", f"no vehicle {vehicle!r}")
     if start is not None or end is not None:
         start, end = time_range(start, end)
-    rows = await queries.events(store, vehicle=vehicle_id, type=type, source=source, start=start,
-                                end=end, after=after, limit=limit + 1)
+    rows = await queries.events(
+        store,
+        vehicle=vehicle_id,
+        type=type,
+        source=source,
+        start=start,
+        end=end,
+        after=after,
+        limit=limit + 1,
+    )
     items = [Event.model_validate(r) for r in rows[:limit]]
     next_url = None
     if len(rows) > limit:
@@ -52,13 +64,20 @@ async def list_events(
     return EventPage(items=items, next=next_url)
 
 
-@router.get("/v1/stream", summary="Live positions and events (Server-Sent Events)",
-            dependencies=[require("fleet:read")],
-            response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}},
-                             "description": "SSE: `positions` (a JSON array of vehicles' new "
-                                            "state), `event` (one event), `dropped` (events "
-                                            "lost to a slow reader), and keep-alive comments"}})
+@router.get(
+    "/v1/stream",
+    summary="Live positions and events (Server-Sent Events)",
+    dependencies=[require("fleet:read")],
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "SSE: `positions` (a JSON array of vehicles' new "
+            "state), `event` (one event), `dropped` (events "
+            "lost to a slow reader), and keep-alive comments",
+        }
+    },
+)
 async def stream(
     request: Request,
     vehicle: Annotated[list[str] | None, Query(description="only these vehicle_refs")] = None,
@@ -67,25 +86,33 @@ async def stream(
     events: bool = True,
 ) -> StreamingResponse:
     hub = context(request).live
-    sub = hub.subscribe(vehicles=frozenset(vehicle) if vehicle else None, bbox=parse_bbox(bbox),
-                        positions=positions, events=events)
+    sub = hub.subscribe(
+        vehicles=frozenset(vehicle) if vehicle else None,
+        bbox=parse_bbox(bbox),
+        positions=positions,
+        events=events,
+    )
 
     async def body():
         try:
             yield b": fleetgate live stream\n\n"
             while True:
                 messages = await sub.take(KEEPALIVE_S)
-                if not messages:
-                    yield b": keep-alive\n\n"
                 for name, data in messages:
                     yield b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
-        except asyncio.CancelledError:
-            raise
+                if sub.closed:  # the server is stopping: end the response, the reader reconnects
+                    yield b": server stopping\n\n"
+                    return
+                if not messages:
+                    yield b": keep-alive\n\n"
         finally:
             hub.unsubscribe(sub)
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def sse_data(payload: bytes) -> object:  # for clients and tests reading the stream

@@ -18,8 +18,12 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, summary="Ready to serve: broker subscribed, "
-            "database writable", responses={503: {"model": Health}})
+@router.get(
+    "/readyz",
+    response_model=Health,
+    summary="Ready to serve: broker subscribed, database writable",
+    responses={503: {"model": Health}},
+)
 async def readyz(request: Request):
     ready, checks = await readiness(context(request).readiness)
     body = Health(status="ok" if ready else "unready", checks=checks)

@@ -4,7 +4,7 @@ succeeded unlock and the following succeeded lock (by the device's execution tim
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import numpy as np
@@ -19,8 +19,9 @@ from api.routes._params import time_range
 from battery import DEFAULT_TYPES
 from telemetry.plausibility import haversine_m
 
-router = APIRouter(tags=["usage"], responses=PROBLEM_RESPONSES,
-                   dependencies=[require("fleet:read")])
+router = APIRouter(
+    tags=["usage"], responses=PROBLEM_RESPONSES, dependencies=[require("fleet:read")]
+)
 
 
 class Ride(BaseModel):
@@ -29,13 +30,17 @@ class Ride(BaseModel):
     started_at: datetime
     ended_at: datetime | None
     duration_s: float
-    distance_m: float | None = Field(None, description="odometer difference, else the sum of "
-                                     "distances between plausible fixes")
+    distance_m: float | None = Field(
+        None, description="odometer difference, else the sum of distances between plausible fixes"
+    )
     distance_source: str | None = None
     soc_start_pct: float | None = None
     soc_end_pct: float | None = None
-    energy_wh: float | None = Field(None, description="pack voltage x current integrated over "
-                                    "the ride where reported, else SoC used x nominal pack energy")
+    energy_wh: float | None = Field(
+        None,
+        description="pack voltage x current integrated over "
+        "the ride where reported, else SoC used x nominal pack energy",
+    )
     energy_source: str | None = None
     samples: int
     unlocked_again: bool = Field(False, description="another unlock came before any lock")
@@ -46,16 +51,19 @@ class Usage(BaseModel):
     rides: list[Ride]
 
 
-@router.get("/v1/vehicles/{vehicle_ref}/usage", response_model=Usage,
-            summary="Rides (unlock to lock) overlapping a time range, with distance, duration "
-                    "and energy")
+@router.get(
+    "/v1/vehicles/{vehicle_ref}/usage",
+    response_model=Usage,
+    summary="Rides (unlock to lock) overlapping a time range, with distance, duration and energy",
+)
 async def vehicle_usage(
     request: Request,
     vehicle_ref: str,
     start: Annotated[datetime | None, Query(alias="from")] = None,
     end: Annotated[datetime | None, Query(alias="to")] = None,
-    unlock_command: Annotated[uuid.UUID | None, Query(description="only the ride this unlock "
-                                                      "started (a booking's start)")] = None,
+    unlock_command: Annotated[
+        uuid.UUID | None, Query(description="only the ride this unlock started (a booking's start)")
+    ] = None,
 ) -> Usage:
     start, end = time_range(start, end, default=timedelta(days=1))
     store = context(request).store
@@ -66,21 +74,28 @@ async def vehicle_usage(
     sessions = await queries.usage_sessions(store, vehicle, start, end, unlock_command)
     rides = []
     for s in sessions:
-        until = s["ended_at"] or datetime.now(timezone.utc)
+        until = s["ended_at"] or datetime.now(UTC)
         samples = await queries.samples_between(store, vehicle, s["started_at"], until)
         rides.append(_ride(s, until, samples, rows["vehicle_type"]))
     return Usage(vehicle_ref=vehicle_ref, rides=rides)
 
 
 def _ride(session: dict, until: datetime, samples: list[dict], vehicle_type: str) -> Ride:
-    ride = Ride(unlock_command=session["unlock_command"], lock_command=session["lock_command"],
-                started_at=session["started_at"], ended_at=session["ended_at"],
-                duration_s=(until - session["started_at"]).total_seconds(),
-                samples=len(samples), unlocked_again=bool(session["unlocked_again"]))
+    ride = Ride(
+        unlock_command=session["unlock_command"],
+        lock_command=session["lock_command"],
+        started_at=session["started_at"],
+        ended_at=session["ended_at"],
+        duration_s=(until - session["started_at"]).total_seconds(),
+        samples=len(samples),
+        unlocked_again=bool(session["unlocked_again"]),
+    )
     if not samples:
         return ride
-    col = {k: np.array([r[k] for r in samples], dtype=float)
-           for k in ("lat", "lon", "odometer_m", "soc_pct", "pack_v", "pack_a")}
+    col = {
+        k: np.array([r[k] for r in samples], dtype=float)
+        for k in ("lat", "lon", "odometer_m", "soc_pct", "pack_v", "pack_a")
+    }
     t = np.array([r["time"].timestamp() for r in samples])
     plausible = np.array([(r["flags"] or 0) & 1 == 0 for r in samples])
     odo = col["odometer_m"][~np.isnan(col["odometer_m"])]

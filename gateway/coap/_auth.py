@@ -16,8 +16,14 @@ from collections.abc import Awaitable, Callable
 class TokenVerifier:
     """verify(device_id, token) -> bool, cached; the store's StoreUnavailable passes through."""
 
-    def __init__(self, verify: Callable[[str, str], Awaitable[bool]], *, ttl_s: float = 30.0,
-                 negative_ttl_s: float = 5.0, max_entries: int = 200_000) -> None:
+    def __init__(
+        self,
+        verify: Callable[[str, str], Awaitable[bool]],
+        *,
+        ttl_s: float = 30.0,
+        negative_ttl_s: float = 5.0,
+        max_entries: int = 200_000,
+    ) -> None:
         self._verify = verify
         self._ttl_s = ttl_s
         self._negative_ttl_s = negative_ttl_s

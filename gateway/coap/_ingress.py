@@ -28,7 +28,6 @@ from aiocoap.numbers.contentformat import ContentFormat
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
-from fleetgate.logs import fields
 from gateway.coap._auth import TokenVerifier
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Inbound, IngestPipeline
@@ -48,11 +47,15 @@ from telemetry.schema import (
 )
 from telemetry.store import StoreUnavailable
 
-log = logging.getLogger("fleetgate.coap")
+log = logging.getLogger(__name__)
 
 # CoAP content-format -> the media type the decoder knows (None: sniffed from the first byte).
-MEDIA_TYPES: dict[int, str] = {50: "application/json", 60: "application/cbor",
-                               110: "application/senml+json", 112: "application/senml+cbor"}
+MEDIA_TYPES: dict[int, str] = {
+    50: "application/json",
+    60: "application/cbor",
+    110: "application/senml+json",
+    112: "application/senml+cbor",
+}
 _SENML = (110, 112)
 _JSON, _CBOR = 50, 60
 RESOURCES = ("telemetry", "event", "cmd/result")
@@ -73,23 +76,39 @@ class CommandMailbox(Protocol):
 class CoapMetrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.responses = Counter(
-            "fleetgate_coap_responses_total", "CoAP requests answered, by resource and code",
-            ["resource", "code"], registry=registry)
+            "fleetgate_coap_responses_total",
+            "CoAP requests answered, by resource and code",
+            ["resource", "code"],
+            registry=registry,
+        )
         self.response_seconds = Histogram(
             "fleetgate_coap_response_seconds",
             "From a CoAP request's arrival to its response (2.04: after the commit)",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=registry)
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
         self.commands_delivered = Counter(
             "fleetgate_coap_commands_delivered_total",
-            "Commands handed to devices in the response to their uplink", registry=registry)
+            "Commands handed to devices in the response to their uplink",
+            registry=registry,
+        )
 
 
 class _Refusal(Exception):
-    """A request answered with an error code at once (nothing submitted)."""
+    """A request answered with an error code at once (nothing submitted). `reason`: the
+    rejection reason it is counted under, for an uplink refused for good (None: not counted,
+    e.g. a 5.03 the device answers by sending again)."""
 
-    def __init__(self, code: aiocoap.Code, diagnostic: str = "", max_age: int | None = None,
-                 size1: int | None = None) -> None:
+    def __init__(
+        self,
+        code: aiocoap.Code,
+        diagnostic: str = "",
+        max_age: int | None = None,
+        size1: int | None = None,
+        reason: str | None = None,
+    ) -> None:
         self.code, self.diagnostic, self.max_age, self.size1 = code, diagnostic, max_age, size1
+        self.reason = reason
 
     def response(self) -> aiocoap.Message:
         # A diagnostic payload is UTF-8 text without a Content-Format (RFC 7252, 5.5.2).
@@ -105,12 +124,23 @@ class CoapIngress:
     """The gateway's CoAP endpoint. `await start()`, acknowledge() is the pipeline's "coap"
     callback, pause() then (after the pipeline's last commit) `await stop()` on shutdown."""
 
-    def __init__(self, pipeline: IngestPipeline, verify: Callable[[str, str], Awaitable[bool]], *,
-                 metrics: GatewayMetrics, host: str = "::", port: int = 5683,
-                 path_root: str = "fg/v1", time_limits: TimeLimits = TimeLimits(),
-                 commands: CommandMailbox | None = None, response_timeout_s: float = 5.0,
-                 retry_after_s: int = 30, busy_retry_after_s: int = 5,
-                 token_cache_s: float = 30.0, receive_buffer_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        pipeline: IngestPipeline,
+        verify: Callable[[str, str], Awaitable[bool]],
+        *,
+        metrics: GatewayMetrics,
+        host: str = "::",
+        port: int = 5683,
+        path_root: str = "fg/v1",
+        time_limits: TimeLimits = TimeLimits(),
+        commands: CommandMailbox | None = None,
+        response_timeout_s: float = 5.0,
+        retry_after_s: int = 30,
+        busy_retry_after_s: int = 5,
+        token_cache_s: float = 30.0,
+        receive_buffer_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self._pipeline = pipeline
         self.verifier = TokenVerifier(verify, ttl_s=token_cache_s)
         self._metrics = metrics
@@ -140,13 +170,22 @@ class CoapIngress:
         # The resource is the whole site: aiocoap's Site copies every request (a deep copy of
         # its options) to strip the path, a third of the time an uplink costs.
         self._context = await aiocoap.Context.create_server_context(
-            _DeviceResources(self), bind=(self.host, self.port), transports=["udp6"],
-            loggername="fleetgate.coap.aiocoap")
+            _DeviceResources(self),
+            bind=(self.host, self.port),
+            transports=["udp6"],
+            loggername="fleetgate.coap.aiocoap",
+        )
         rcvbuf = self._grow_receive_buffer()
         self._drop_undecodable_datagrams()
-        log.info("coap_listening", extra=fields(host=self.host, port=self.port,
-                                                 path="/" + "/".join(self.path_root),
-                                                 receive_buffer_bytes=rcvbuf))
+        log.info(
+            "coap_listening",
+            extra={
+                "host": self.host,
+                "port": self.port,
+                "path": "/" + "/".join(self.path_root),
+                "receive_buffer_bytes": rcvbuf,
+            },
+        )
 
     def _message_interface(self):
         # aiocoap exposes neither its socket nor its datagram handler; reach them where 0.4.x
@@ -162,7 +201,7 @@ class CoapIngress:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer_bytes)
             return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         except (AttributeError, IndexError, OSError) as exc:
-            log.warning("coap_receive_buffer_unchanged", extra=fields(error=str(exc)[:200]))
+            log.warning("coap_receive_buffer_unchanged", extra={"error": str(exc)[:200]})
             return None
 
     def _drop_undecodable_datagrams(self) -> None:
@@ -175,16 +214,21 @@ class CoapIngress:
             iface = self._message_interface()
             receive = iface.datagram_msg_received
         except (AttributeError, IndexError) as exc:
-            log.warning("coap_datagram_guard_missing", extra=fields(error=str(exc)[:200]))
+            log.warning("coap_datagram_guard_missing", extra={"error": str(exc)[:200]})
             return
 
         def received(data: bytes, ancdata, flags: int, address) -> None:
             try:
                 receive(data, ancdata, flags, address)
             except Exception as exc:  # the datagram's fault: aiocoap handles its own errors
-                log.warning("coap_datagram_undecodable", extra=fields(
-                    peer=str(address[:2]), bytes=len(data), error=f"{type(exc).__name__}: "
-                                                                  f"{exc}"[:200]))
+                log.warning(
+                    "coap_datagram_undecodable",
+                    extra={
+                        "peer": str(address[:2]),
+                        "bytes": len(data),
+                        "error": f"{type(exc).__name__}: {exc}"[:200],
+                    },
+                )
 
         iface.datagram_msg_received = received
 
@@ -198,7 +242,7 @@ class CoapIngress:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
-            log.warning("coap_stop_timeout", extra=fields(in_flight=self._in_flight))
+            log.warning("coap_stop_timeout", extra={"in_flight": self._in_flight})
         if self._context is not None:
             await self._context.shutdown()
             self._context = None
@@ -234,6 +278,7 @@ class CoapIngress:
                 response.opt.block1 = request.opt.block1  # the last block's, as RFC 7959 asks
         except _Refusal as refusal:
             response = refusal.response()
+            self._count_refusal(request, path, refusal.reason)
         except ContinueException as more:
             response = more.to_message()  # 2.31: send the next block
         except IncompleteException:  # a block of a transfer whose start we do not have
@@ -247,15 +292,29 @@ class CoapIngress:
         self._coap_metrics.response_seconds.observe(time.monotonic() - started)
         return response
 
+    def _count_refusal(
+        self, request: aiocoap.Message, path: tuple[str, ...], reason: str | None
+    ) -> None:
+        """An uplink refused for good counts as MQTT's rejected messages do: one message and
+        one sample received, one rejected. Only POSTs count (a GET is no uplink: scanners probe
+        /.well-known/core), and no command result (not a sample)."""
+        if reason is None or request.code != aiocoap.POST:
+            return
+        resource = "/".join(path[1:])
+        if resource == "cmd/result":
+            return
+        self._metrics.count_refused("event" if resource == "event" else "telemetry", "coap", reason)
+
     async def _handle(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
         if request.code != aiocoap.POST:
             raise _Refusal(aiocoap.METHOD_NOT_ALLOWED)
         if len(path) < 2 or "/".join(path[1:]) not in RESOURCES:
-            raise _Refusal(aiocoap.NOT_FOUND)
+            raise _Refusal(aiocoap.NOT_FOUND, reason="bad_topic")
         device_id, resource = path[0], "/".join(path[1:])
         if self._paused:
-            raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "shutting_down",
-                           max_age=self._busy_retry_after_s)
+            raise _Refusal(
+                aiocoap.SERVICE_UNAVAILABLE, "shutting_down", max_age=self._busy_retry_after_s
+            )
         # Every block of a Block1 transfer carries the token: nothing is spooled for anyone
         # who cannot authenticate.
         await self._authenticate(device_id, _query(request, "t"))
@@ -272,8 +331,11 @@ class CoapIngress:
         cf = request.opt.content_format
         cf = None if cf is None else int(cf)
         if cf is not None and (cf not in MEDIA_TYPES or (resource == "event" and cf in _SENML)):
-            raise _Refusal(aiocoap.UNSUPPORTED_CONTENT_FORMAT,
-                           f"unknown_encoding: content-format {cf} on /{resource}")
+            raise _Refusal(
+                aiocoap.UNSUPPORTED_CONTENT_FORMAT,
+                f"unknown_encoding: content-format {cf} on /{resource}",
+                reason="unknown_encoding",
+            )
         media = MEDIA_TYPES.get(cf) if cf is not None else None
         kind = "telemetry" if resource == "telemetry" else "event"
         received_ms = int(time.time() * 1000)
@@ -283,8 +345,9 @@ class CoapIngress:
         if pipeline.db_down:
             # The pipeline is retrying a batch; that retry notices the database's return, so
             # nothing needs this request to probe for it. The device sleeps and sends again.
-            raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "store_unavailable",
-                           max_age=self._retry_after_s)
+            raise _Refusal(
+                aiocoap.SERVICE_UNAVAILABLE, "store_unavailable", max_age=self._retry_after_s
+            )
         if pipeline.unacknowledged >= pipeline.limits.max_pending:
             raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "busy", max_age=self._busy_retry_after_s)
         committed = asyncio.get_running_loop().create_future()
@@ -294,48 +357,65 @@ class CoapIngress:
         except TimeoutError:
             # Not committed yet (database slow or away): no 2.04. The message may still be
             # committed later; the device's retry is then a harmless duplicate.
-            raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "store_unavailable",
-                           max_age=self._retry_after_s) from None
+            raise _Refusal(
+                aiocoap.SERVICE_UNAVAILABLE, "store_unavailable", max_age=self._retry_after_s
+            ) from None
         return await self._changed(request, device_id)
 
     async def _authenticate(self, device_id: str, token: str | None) -> None:
         # Unknown device, bad id, missing or wrong token: all the same 4.01, so that nobody can
         # learn which device ids exist.
-        if not token or not _DEVICE_ID.match(device_id):
-            raise _Refusal(aiocoap.UNAUTHORIZED)
+        if not _DEVICE_ID.match(device_id):
+            raise _Refusal(aiocoap.UNAUTHORIZED, reason="bad_topic")  # MQTT's name for it
+        if not token:
+            raise _Refusal(aiocoap.UNAUTHORIZED, reason="unauthorized")
         try:
             ok = await self.verifier.verify(device_id, token)
         except StoreUnavailable:
-            raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "store_unavailable",
-                           max_age=self._retry_after_s) from None
+            raise _Refusal(
+                aiocoap.SERVICE_UNAVAILABLE, "store_unavailable", max_age=self._retry_after_s
+            ) from None
         if not ok:
-            raise _Refusal(aiocoap.UNAUTHORIZED)
+            raise _Refusal(aiocoap.UNAUTHORIZED, reason="unauthorized")
 
-    def _check(self, kind: str, device_id: str, payload: bytes, media: str | None,
-               now_ms: int) -> None:
+    def _check(
+        self, kind: str, device_id: str, payload: bytes, media: str | None, now_ms: int
+    ) -> None:
         """Decode now what the pipeline will decode again: a message without one valid sample
         (event) is refused here with the reason, counted as the pipeline would count it."""
         if kind == "telemetry" and self._all_valid(payload, media, now_ms):
             return
         registry = {device_id: 0}
         if kind == "telemetry":
-            result = decode_telemetry([device_id], [payload], [now_ms], registry, now_ms=now_ms,
-                                      limits=self._time_limits, content_types=[media],
-                                      max_problems=1)
+            result = decode_telemetry(
+                [device_id],
+                [payload],
+                [now_ms],
+                registry,
+                now_ms=now_ms,
+                limits=self._time_limits,
+                content_types=[media],
+                max_problems=1,
+            )
             valid, rejected, problems = len(result.batch), result.rejected, result.problems
         else:
             events, rejected, problems = decode_events(
-                [device_id], [payload], registry, now_ms=now_ms, limits=self._time_limits,
-                content_types=[media], max_problems=1)
+                [device_id],
+                [payload],
+                registry,
+                now_ms=now_ms,
+                limits=self._time_limits,
+                content_types=[media],
+                max_problems=1,
+            )
             valid = len(events)
         if valid:
             return
         m = self._metrics
         m.messages_received.labels("coap", kind).inc()
-        if kind == "telemetry":  # as the pipeline counts them: every sample decoded or rejected
+        if kind == "telemetry":  # no valid sample: every one it carried is rejected
             m.samples_received.labels("coap").inc(sum(rejected.values()))
-        for reason, count in rejected.items():
-            m.samples_rejected.labels(reason, "coap").inc(count)
+        m.count_rejected(kind, "coap", rejected)
         problem = problems[0] if problems else None
         diagnostic = f"{problem.reason}: {problem.detail}" if problem else "bad_structure"
         raise _Refusal(aiocoap.BAD_REQUEST, diagnostic)
@@ -360,8 +440,9 @@ class CoapIngress:
         lo = now_ms - self._time_limits.max_age_ms
         hi = now_ms + self._time_limits.max_future_ms
         try:
-            return all(type(item) is dict and lo <= Sample.model_validate(item).t <= hi
-                       for item in items)
+            return all(
+                type(item) is dict and lo <= Sample.model_validate(item).t <= hi for item in items
+            )
         except ValidationError:
             return False
 
@@ -372,8 +453,9 @@ class CoapIngress:
         from commands.model import DeviceResult  # the one parser of results
 
         if len(payload) > _MAX_RESULT_BYTES:
-            raise _Refusal(aiocoap.REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
-                           size1=_MAX_RESULT_BYTES)
+            raise _Refusal(
+                aiocoap.REQUEST_ENTITY_TOO_LARGE, "payload_too_large", size1=_MAX_RESULT_BYTES
+            )
         try:
             DeviceResult.parse(payload)
         except ValueError as exc:
@@ -381,8 +463,9 @@ class CoapIngress:
         try:
             await self.commands.record_result(device_id, payload)
         except StoreUnavailable:
-            raise _Refusal(aiocoap.SERVICE_UNAVAILABLE, "store_unavailable",
-                           max_age=self._retry_after_s) from None
+            raise _Refusal(
+                aiocoap.SERVICE_UNAVAILABLE, "store_unavailable", max_age=self._retry_after_s
+            ) from None
         except CommandNotFound:
             # A result of a command nobody knows (expired and purged, or never sent): the
             # service has ignored it, as it does on MQTT; record_result then fails to read the
@@ -397,17 +480,22 @@ class CoapIngress:
             try:
                 command = await self.commands.take_pending_for(device_id)
             except Exception as exc:  # the uplink is committed: its 2.04 goes out regardless
-                log.warning("coap_command_lookup_failed", extra=fields(
-                    device_id=device_id, error=str(exc)[:200]))
+                log.warning(
+                    "coap_command_lookup_failed",
+                    extra={"device_id": device_id, "error": str(exc)[:200]},
+                )
         if command is None:
             return aiocoap.Message(code=aiocoap.CHANGED)
         cf = _downlink_format(request)
         payload = orjson.dumps(command) if cf == _JSON else cbor2.dumps(command)
         self._coap_metrics.commands_delivered.inc()
-        log.info("coap_command_delivered", extra=fields(device_id=device_id,
-                                                        command_id=command.get("id")))
-        return aiocoap.Message(code=aiocoap.CHANGED, payload=payload,
-                               content_format=ContentFormat(cf))
+        log.info(
+            "coap_command_delivered",
+            extra={"device_id": device_id, "command_id": command.get("id")},
+        )
+        return aiocoap.Message(
+            code=aiocoap.CHANGED, payload=payload, content_format=ContentFormat(cf)
+        )
 
 
 class _DeviceResources(aiocoap.resource.Resource):
@@ -436,11 +524,16 @@ class _BoundedBlock1Spool(Block1Spool):
 
     def feed_and_take(self, request: aiocoap.Message) -> aiocoap.Message:
         block1 = request.opt.block1
-        if block1 is not None and ((request.opt.size1 or 0) > self.max_bytes
-                                   or block1.start + len(request.payload) > self.max_bytes):
-            raise _Refusal(aiocoap.REQUEST_ENTITY_TOO_LARGE,
-                           f"payload_too_large: more than {self.max_bytes} bytes",
-                           size1=self.max_bytes)
+        if block1 is not None and (
+            (request.opt.size1 or 0) > self.max_bytes
+            or block1.start + len(request.payload) > self.max_bytes
+        ):
+            raise _Refusal(
+                aiocoap.REQUEST_ENTITY_TOO_LARGE,
+                f"payload_too_large: more than {self.max_bytes} bytes",
+                size1=self.max_bytes,
+                reason="payload_too_large",
+            )
         return super().feed_and_take(request)
 
 
@@ -448,7 +541,7 @@ def _query(request: aiocoap.Message, name: str) -> str | None:
     prefix = name + "="
     for item in request.opt.uri_query:
         if item.startswith(prefix):
-            return item[len(prefix):]
+            return item[len(prefix) :]
     return None
 
 

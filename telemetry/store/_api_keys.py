@@ -51,7 +51,8 @@ async def create(cur: AsyncCursor, name: str, scopes: list[str]) -> tuple[ApiKey
     await cur.execute(
         "INSERT INTO api_keys (id, name, scopes, secret_sha256) VALUES (%s, %s, %s, %s) "
         "RETURNING id, name, scopes, created_at, revoked_at, last_used_at",
-        (key_id, name, sorted(set(scopes)), _hash(secret)))
+        (key_id, name, sorted(set(scopes)), _hash(secret)),
+    )
     return _row(await cur.fetchone()), f"fgk_{key_id}_{secret}"
 
 
@@ -60,8 +61,11 @@ async def verify(cur: AsyncCursor, key: str) -> ApiKey:
     m = _KEY.match(key or "")
     if not m:
         raise InvalidApiKey("malformed API key")
-    await cur.execute("SELECT id, name, scopes, created_at, revoked_at, last_used_at, "
-                      "secret_sha256 FROM api_keys WHERE id = %s", (m.group(1),))
+    await cur.execute(
+        "SELECT id, name, scopes, created_at, revoked_at, last_used_at, "
+        "secret_sha256 FROM api_keys WHERE id = %s",
+        (m.group(1),),
+    )
     row = await cur.fetchone()
     # Compare against a dummy when the id is unknown, so timing does not reveal which ids exist.
     stored = row[6] if row else b"\0" * 32
@@ -71,20 +75,27 @@ async def verify(cur: AsyncCursor, key: str) -> ApiKey:
 
 
 async def touch(cur: AsyncCursor, key_id: str) -> None:
-    await cur.execute("UPDATE api_keys SET last_used_at = now() WHERE id = %s "
-                      "AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-                      (key_id,))
+    await cur.execute(
+        "UPDATE api_keys SET last_used_at = now() WHERE id = %s "
+        "AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+        (key_id,),
+    )
 
 
 async def list_all(cur: AsyncCursor) -> list[ApiKey]:
-    await cur.execute("SELECT id, name, scopes, created_at, revoked_at, last_used_at "
-                      "FROM api_keys ORDER BY created_at")
+    await cur.execute(
+        "SELECT id, name, scopes, created_at, revoked_at, last_used_at "
+        "FROM api_keys ORDER BY created_at"
+    )
     return [_row(r) for r in await cur.fetchall()]
 
 
 async def revoke(cur: AsyncCursor, name_or_id: str) -> bool:
-    await cur.execute("UPDATE api_keys SET revoked_at = now() WHERE (name = %s OR id = %s) "
-                      "AND revoked_at IS NULL", (name_or_id, name_or_id))
+    await cur.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE (name = %s OR id = %s) "
+        "AND revoked_at IS NULL",
+        (name_or_id, name_or_id),
+    )
     return cur.rowcount > 0
 
 

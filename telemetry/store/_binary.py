@@ -90,7 +90,7 @@ def copy_stream(fields: list[Field]) -> bytes:
         if keep is None:
             keep = np.ones((n, dtype.itemsize), dtype=bool)
         off = dtype.fields[f"v{i}"][1]
-        keep[:, off:off + size] = ~f.null[:, None]
+        keep[:, off : off + size] = ~f.null[:, None]
     raw = rec.view(np.uint8).reshape(n, dtype.itemsize)
     body = raw.reshape(-1) if keep is None else raw[keep]
     return COPY_SIGNATURE + body.tobytes() + COPY_TRAILER

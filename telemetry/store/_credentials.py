@@ -45,13 +45,13 @@ def secret_digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def mosquitto_hash(secret: str, *, salt: bytes | None = None,
-                   iterations: int = MOSQUITTO_ITERATIONS) -> str:
+def mosquitto_hash(
+    secret: str, *, salt: bytes | None = None, iterations: int = MOSQUITTO_ITERATIONS
+) -> str:
     """A secret as one password-file hash, exactly as `mosquitto_passwd` (2.0) writes it."""
     salt = secrets.token_bytes(_SALT_BYTES) if salt is None else salt
     derived = hashlib.pbkdf2_hmac("sha512", secret.encode(), salt, iterations)
-    return (f"$7${iterations}${base64.b64encode(salt).decode()}$"
-            f"{base64.b64encode(derived).decode()}")
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(derived).decode()}"
 
 
 def check_mosquitto_hash(secret: str, hashed: str) -> bool:
@@ -61,8 +61,9 @@ def check_mosquitto_hash(secret: str, hashed: str) -> bool:
         if kind != "7":
             return False
         expected = base64.b64decode(derived, validate=True)
-        got = hashlib.pbkdf2_hmac("sha512", secret.encode(), base64.b64decode(salt, validate=True),
-                                  int(iterations))
+        got = hashlib.pbkdf2_hmac(
+            "sha512", secret.encode(), base64.b64decode(salt, validate=True), int(iterations)
+        )
     except ValueError:
         return False
     return hmac.compare_digest(got, expected)
@@ -99,8 +100,9 @@ class DeviceCredentials:
         """A first secret for a registered device; AlreadyProvisioned if it has a valid one."""
         return (await self.provision_many([device_id]))[0]
 
-    async def provision_many(self, device_ids: list[str], *,
-                             skip_provisioned: bool = False) -> list[IssuedSecret]:
+    async def provision_many(
+        self, device_ids: list[str], *, skip_provisioned: bool = False
+    ) -> list[IssuedSecret]:
         """First secrets for many devices in one transaction. A device that already has a valid
         credential is an AlreadyProvisioned error, or left out with skip_provisioned."""
         issued: list[IssuedSecret] = []
@@ -108,11 +110,14 @@ class DeviceCredentials:
             await _lock_devices(cur, device_ids)
             await cur.execute(
                 f"SELECT DISTINCT c.device_id FROM device_credentials c "
-                f"WHERE c.device_id = ANY(%s) AND {_VALID}", (device_ids,))
+                f"WHERE c.device_id = ANY(%s) AND {_VALID}",
+                (device_ids,),
+            )
             have = {d for (d,) in await cur.fetchall()}
             if have and not skip_provisioned:
                 raise AlreadyProvisioned(
-                    f"already provisioned: {', '.join(sorted(have))} (use rotate)")
+                    f"already provisioned: {', '.join(sorted(have))} (use rotate)"
+                )
             for device_id in dict.fromkeys(device_ids):
                 if device_id not in have:
                     issued.append(await _insert(cur, device_id))
@@ -129,14 +134,19 @@ class DeviceCredentials:
                 f"UPDATE device_credentials c SET expires_at = "
                 f"  least(coalesce(c.expires_at, 'infinity'), now() + make_interval(secs => %s)) "
                 f"WHERE c.device_id = %s AND {_VALID} "
-                f"RETURNING c.expires_at", (grace_s, device_id))
+                f"RETURNING c.expires_at",
+                (grace_s, device_id),
+            )
             ends = [e for (e,) in await cur.fetchall()]
             await cur.execute(
                 "DELETE FROM device_credentials WHERE device_id = %s "
-                f"AND expires_at < now() - interval '{_KEEP_EXPIRED}'", (device_id,))
+                f"AND expires_at < now() - interval '{_KEEP_EXPIRED}'",
+                (device_id,),
+            )
             issued = await _insert(cur, device_id)
-        return IssuedSecret(device_id, issued.secret, issued.created_at,
-                            max(ends) if ends else None)
+        return IssuedSecret(
+            device_id, issued.secret, issued.created_at, max(ends) if ends else None
+        )
 
     async def verify(self, device_id: str, secret: str) -> bool:
         """Whether secret is a valid credential of device_id, a registered device."""
@@ -145,7 +155,8 @@ class DeviceCredentials:
                 f"SELECT EXISTS (SELECT 1 FROM device_credentials c "
                 f"JOIN vehicles v ON v.device_id = c.device_id "
                 f"WHERE c.secret_sha256 = %s AND c.device_id = %s AND {_VALID})",
-                (secret_digest(secret), device_id))
+                (secret_digest(secret), device_id),
+            )
             return bool((await cur.fetchone())[0])
 
     async def list(self) -> list[CredentialInfo]:
@@ -156,7 +167,8 @@ class DeviceCredentials:
                 f"  max(c.expires_at) "
                 f"FROM vehicles v LEFT JOIN device_credentials c "
                 f"  ON c.device_id = v.device_id AND {_VALID} "
-                f"GROUP BY v.device_id, v.vehicle_ref ORDER BY v.device_id")
+                f"GROUP BY v.device_id, v.vehicle_ref ORDER BY v.device_id"
+            )
             return [CredentialInfo(*row) for row in await cur.fetchall()]
 
     async def broker_users(self) -> list[tuple[str, str]]:
@@ -166,20 +178,25 @@ class DeviceCredentials:
             cur = await conn.execute(
                 f"SELECT DISTINCT ON (c.device_id) c.device_id, c.mosquitto_hash "
                 f"FROM device_credentials c JOIN vehicles v ON v.device_id = c.device_id "
-                f"WHERE {_VALID} ORDER BY c.device_id, c.created_at DESC, c.id DESC")
+                f"WHERE {_VALID} ORDER BY c.device_id, c.created_at DESC, c.id DESC"
+            )
             return [(d, h) for d, h in await cur.fetchall()]
 
 
 async def _lock_devices(cur, device_ids: list[str]) -> None:
     """Lock the devices' registry rows (two rotations of one device take turns); UnknownDevice
     for an id not in the registry."""
-    await cur.execute("SELECT device_id FROM vehicles WHERE device_id = ANY(%s) "
-                      "ORDER BY device_id FOR UPDATE", (device_ids,))
+    await cur.execute(
+        "SELECT device_id FROM vehicles WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE",
+        (device_ids,),
+    )
     found = {d for (d,) in await cur.fetchall()}
     missing = sorted(set(device_ids) - found)
     if missing:
-        raise UnknownDevice(f"not in the registry: {', '.join(missing[:10])}"
-                            + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+        raise UnknownDevice(
+            f"not in the registry: {', '.join(missing[:10])}"
+            + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        )
 
 
 async def _insert(cur, device_id: str) -> IssuedSecret:
@@ -187,6 +204,7 @@ async def _insert(cur, device_id: str) -> IssuedSecret:
     await cur.execute(
         "INSERT INTO device_credentials (device_id, secret_sha256, mosquitto_hash) "
         "VALUES (%s, %s, %s) RETURNING created_at",
-        (device_id, secret_digest(secret), mosquitto_hash(secret)))
+        (device_id, secret_digest(secret), mosquitto_hash(secret)),
+    )
     (created_at,) = await cur.fetchone()
     return IssuedSecret(device_id, secret, created_at)

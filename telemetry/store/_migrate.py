@@ -61,10 +61,11 @@ class MigrationReport:
     changes: list[str] = field(default_factory=list)  # settings, policies, partitions touched
 
     def __str__(self) -> str:
-        done = ("applied " + ", ".join(self.applied_names) if self.applied
-                else "already up to date")
-        text = (f"schema version {self.version} ({self.storage} storage, "
-                f"retention {self.retention_days} days): {done}")
+        done = "applied " + ", ".join(self.applied_names) if self.applied else "already up to date"
+        text = (
+            f"schema version {self.version} ({self.storage} storage, "
+            f"retention {self.retention_days} days): {done}"
+        )
         return text + "".join(f"; {c}" for c in self.changes)
 
 
@@ -79,7 +80,7 @@ def load_migrations() -> list[Migration]:
         seen_name, texts = by_version.setdefault(version, (name, {}))
         if seen_name != name:
             raise MigrationError(f"migration {version:04d} has two names: {seen_name}, {name}")
-        for k in ([kind] if kind else STORAGES):
+        for k in [kind] if kind else STORAGES:
             if k in texts:
                 raise MigrationError(f"migration {version:04d}_{name} is defined twice for {k}")
             texts[k] = entry.read_text()
@@ -95,10 +96,12 @@ def load_migrations() -> list[Migration]:
 
 def render(sql: str, params: dict[str, int]) -> str:
     """Substitute {{name}} placeholders (numbers only, so nothing can inject SQL)."""
+
     def value(m: re.Match) -> str:
         if m.group(1) not in params:
             raise MigrationError(f"unknown migration parameter {m.group(0)}")
         return str(int(params[m.group(1)]))
+
     return _PARAM.sub(value, sql)
 
 
@@ -128,14 +131,17 @@ async def migrate(dsn: str, *, storage: str = "auto", retention_days: int = 30) 
             return await _migrate_locked(cur, migrations, storage, retention_days)
 
 
-async def _migrate_locked(cur: AsyncCursor, migrations: list[Migration], storage: str,
-                          retention_days: int) -> MigrationReport:
+async def _migrate_locked(
+    cur: AsyncCursor, migrations: list[Migration], storage: str, retention_days: int
+) -> MigrationReport:
     await cur.execute("SELECT storage, retention_days FROM storage_settings")
     row = await cur.fetchone()
     recorded, recorded_retention = row if row else (None, None)
     chosen = await _choose_storage(cur, storage, recorded)
-    params = {"retention_days": retention_days,
-              "recent_days": _policies.recent_days(retention_days)}
+    params = {
+        "retention_days": retention_days,
+        "recent_days": _policies.recent_days(retention_days),
+    }
 
     await cur.execute("SELECT version FROM schema_migrations")
     done = {v for (v,) in await cur.fetchall()}
@@ -148,11 +154,13 @@ async def _migrate_locked(cur: AsyncCursor, migrations: list[Migration], storage
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError):
                 raise StoreUnavailable(f"connection lost while migrating: {exc}") from exc
-            raise MigrationError(f"migration {m.version:04d}_{m.name} ({chosen}) failed, "
-                                 f"nothing was applied: {exc}") from exc
+            raise MigrationError(
+                f"migration {m.version:04d}_{m.name} ({chosen}) failed, nothing was applied: {exc}"
+            ) from exc
         await cur.execute(
             "INSERT INTO schema_migrations (version, name, storage) VALUES (%s, %s, %s)",
-            (m.version, m.name, chosen))
+            (m.version, m.name, chosen),
+        )
         applied.append(m)
 
     changes = []
@@ -160,7 +168,8 @@ async def _migrate_locked(cur: AsyncCursor, migrations: list[Migration], storage
         "INSERT INTO storage_settings (storage, retention_days) VALUES (%s, %s) "
         "ON CONFLICT (singleton) DO UPDATE SET retention_days = EXCLUDED.retention_days, "
         "updated_at = now() WHERE storage_settings.retention_days <> EXCLUDED.retention_days",
-        (chosen, retention_days))
+        (chosen, retention_days),
+    )
     if recorded_retention is not None and recorded_retention != retention_days:
         changes.append(f"retention changed from {recorded_retention} to {retention_days} days")
     if chosen == "timescaledb":
@@ -173,15 +182,20 @@ async def _migrate_locked(cur: AsyncCursor, migrations: list[Migration], storage
         if partitions.created:
             changes.append(f"created daily partitions {_span(partitions.created)}")
         if partitions.dropped:
-            changes.append(f"dropped partitions before the retention window "
-                           f"{_span(partitions.dropped)}")
+            changes.append(
+                f"dropped partitions before the retention window {_span(partitions.dropped)}"
+            )
 
     await cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
     (version,) = await cur.fetchone()
-    return MigrationReport(storage=chosen, version=version, applied=[m.version for m in applied],
-                           retention_days=retention_days,
-                           applied_names=[f"{m.version:04d}_{m.name}" for m in applied],
-                           changes=changes)
+    return MigrationReport(
+        storage=chosen,
+        version=version,
+        applied=[m.version for m in applied],
+        retention_days=retention_days,
+        applied_names=[f"{m.version:04d}_{m.name}" for m in applied],
+        changes=changes,
+    )
 
 
 def _span(names: list[str]) -> str:
@@ -194,7 +208,8 @@ async def _choose_storage(cur: AsyncCursor, asked: str, recorded: str | None) ->
             raise StorageMismatch(
                 f"this database was migrated with {recorded} storage and {asked} was asked for; "
                 f"the storage kind is never switched in place. Use storage={recorded} (or auto), "
-                f"or migrate a new database with {asked} and copy the data over.")
+                f"or migrate a new database with {asked} and copy the data over."
+            )
         return recorded
     if asked == "native":
         return "native"
@@ -210,15 +225,20 @@ async def _timescaledb_problem(cur: AsyncCursor) -> str | None:
     """None when the timescaledb extension is (now) created in this database, else why not."""
     await cur.execute(
         "SELECT (SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'), "
-        "current_setting('shared_preload_libraries')")
+        "current_setting('shared_preload_libraries')"
+    )
     available, preload = await cur.fetchone()
     if not available:
-        return ("the timescaledb extension is not installed on this server. Install it "
-                "(https://docs.timescale.com) or use storage=native.")
+        return (
+            "the timescaledb extension is not installed on this server. Install it "
+            "(https://docs.timescale.com) or use storage=native."
+        )
     if "timescaledb" not in preload:
-        return ("the timescaledb extension is installed but not loaded: add it to "
-                "shared_preload_libraries in postgresql.conf and restart the server, "
-                "or use storage=native.")
+        return (
+            "the timescaledb extension is installed but not loaded: add it to "
+            "shared_preload_libraries in postgresql.conf and restart the server, "
+            "or use storage=native."
+        )
     try:
         async with cur.connection.transaction():  # a savepoint: a failure leaves the rest intact
             await cur.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
 from psycopg import AsyncCursor
@@ -58,7 +58,8 @@ def due(existing: set[date], today: date, retention_days: int) -> tuple[list[dat
 async def existing_days(cur: AsyncCursor) -> set[date]:
     await cur.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'positions'::regclass")
+        "WHERE i.inhparent = 'positions'::regclass"
+    )
     days = set()
     for (name,) in await cur.fetchall():
         m = _NAME.match(name)
@@ -82,11 +83,12 @@ async def apply(cur: AsyncCursor, create: list[date], drop: list[date]) -> Parti
         if day in existing:
             continue
         name = partition_name(day)
-        lo = datetime.combine(day, time(), timezone.utc)
+        lo = datetime.combine(day, time(), UTC)
         hi = lo + timedelta(days=1)
         await cur.execute(
             f"CREATE TABLE {name} PARTITION OF positions "
-            f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')")
+            f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+        )
         changes.created.append(name)
     for day in drop:
         if day not in existing:
@@ -97,9 +99,10 @@ async def apply(cur: AsyncCursor, create: list[date], drop: list[date]) -> Parti
     return changes
 
 
-async def maintain(cur: AsyncCursor, retention_days: int, today: date | None = None
-                   ) -> PartitionChanges:
+async def maintain(
+    cur: AsyncCursor, retention_days: int, today: date | None = None
+) -> PartitionChanges:
     """Bring the partitions in line with the window; only a catalog read when nothing is due."""
-    today = today or datetime.now(timezone.utc).date()
+    today = today or datetime.now(UTC).date()
     create, drop = due(await existing_days(cur), today, retention_days)
     return await apply(cur, create, drop)

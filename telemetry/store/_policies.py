@@ -90,5 +90,7 @@ ORDER BY j.job_id"""
 async def failing_jobs(cur: AsyncCursor) -> list[str]:
     """'job <id> <proc> on <table>: <error>' for each job whose last run failed."""
     await cur.execute(_FAILING)
-    return [f"job {job} {proc}" + (f" on {table}" if table else "") + f": {error or 'failed'}"
-            for job, proc, table, error in await cur.fetchall()]
+    return [
+        f"job {job} {proc}" + (f" on {table}" if table else "") + f": {error or 'failed'}"
+        for job, proc, table, error in await cur.fetchall()
+    ]

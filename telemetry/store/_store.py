@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -87,6 +87,7 @@ class WriteResult:
     inserted: int  # new rows in positions
     duplicates: int  # samples already stored (or repeated within the batch)
     events_inserted: int
+    events_by_source: dict[str, int] = field(default_factory=dict)  # events_inserted by source
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,12 @@ class MaintenanceReport:
     failing_jobs: list[str] = field(default_factory=list)  # TimescaleDB jobs whose last run failed
 
     def __str__(self) -> str:
-        parts = [f"created {', '.join(self.created)}" if self.created else "",
-                 f"dropped {', '.join(self.dropped)}" if self.dropped else "",
-                 f"re-created {', '.join(self.policies_fixed)}" if self.policies_fixed else "",
-                 f"failing: {'; '.join(self.failing_jobs)}" if self.failing_jobs else ""]
+        parts = [
+            f"created {', '.join(self.created)}" if self.created else "",
+            f"dropped {', '.join(self.dropped)}" if self.dropped else "",
+            f"re-created {', '.join(self.policies_fixed)}" if self.policies_fixed else "",
+            f"failing: {'; '.join(self.failing_jobs)}" if self.failing_jobs else "",
+        ]
         done = "; ".join(p for p in parts if p) or "nothing to do"
         return f"maintenance ({self.storage} storage): {done}"
 
@@ -130,29 +133,44 @@ _STATE_FIELDS += [(c, "boolean") for c in STATE_COLUMNS]
 # field the newest reported value with that value's time (<field>_t, NULL when it is the newest
 # sample's time, which is the common case and cheaper to send).
 _STATE_STAGING_COLUMNS = [
-    ("vehicle", "integer"), ("time", "timestamptz"), ("received_at", "timestamptz"),
-    ("flags", "smallint"), ("last_seen", "timestamptz"), ("fix_time", "timestamptz"),
-    ("lat", "double precision"), ("lon", "double precision"),
-    *[x for c, t in _STATE_FIELDS for x in ((c, t), (f"{c}_t", "timestamptz"))]]
+    ("vehicle", "integer"),
+    ("time", "timestamptz"),
+    ("received_at", "timestamptz"),
+    ("flags", "smallint"),
+    ("last_seen", "timestamptz"),
+    ("fix_time", "timestamptz"),
+    ("lat", "double precision"),
+    ("lon", "double precision"),
+    *[x for c, t in _STATE_FIELDS for x in ((c, t), (f"{c}_t", "timestamptz"))],
+]
 
 
 def _staging_ddl(table: str, columns: list[tuple[str, str]]) -> str:
     # Temporary, one per session, emptied by every commit: created when the pool opens a
     # connection, so that a write never pays for catalog changes.
-    return (f"CREATE TEMP TABLE IF NOT EXISTS {table} ("
-            + ", ".join(f"{c} {t}" for c, t in columns) + ") ON COMMIT DELETE ROWS")
+    return (
+        f"CREATE TEMP TABLE IF NOT EXISTS {table} ("
+        + ", ".join(f"{c} {t}" for c, t in columns)
+        + ") ON COMMIT DELETE ROWS"
+    )
 
 
-_CREATE_STAGING = [_staging_ddl("positions_staging", [(c, t) for c, t, _ in _POSITION_COLUMNS]),
-                   _staging_ddl("vehicle_state_staging", _STATE_STAGING_COLUMNS)]
+_CREATE_STAGING = [
+    _staging_ddl("positions_staging", [(c, t) for c, t, _ in _POSITION_COLUMNS]),
+    _staging_ddl("vehicle_state_staging", _STATE_STAGING_COLUMNS),
+]
 _POSITION_LIST = ", ".join(c for c, _, _ in _POSITION_COLUMNS)
 _COPY_POSITIONS = f"COPY positions_staging ({_POSITION_LIST}) FROM STDIN (FORMAT BINARY)"
-_COPY_STATE = ("COPY vehicle_state_staging (" + ", ".join(c for c, _ in _STATE_STAGING_COLUMNS)
-               + ") FROM STDIN (FORMAT BINARY)")
+_COPY_STATE = (
+    "COPY vehicle_state_staging ("
+    + ", ".join(c for c, _ in _STATE_STAGING_COLUMNS)
+    + ") FROM STDIN (FORMAT BINARY)"
+)
 
 _INSERT_POSITIONS = (
     f"INSERT INTO positions ({_POSITION_LIST}) SELECT {_POSITION_LIST} FROM positions_staging "
-    "ON CONFLICT (vehicle, time) DO NOTHING")
+    "ON CONFLICT (vehicle, time) DO NOTHING"
+)
 
 # A field's value from the batch counts only if it was reported after the newest sample already
 # stored, or nothing is stored for it: a re-uploaded older sample never overwrites newer state,
@@ -164,23 +182,36 @@ _INSERT_POSITIONS = (
 # never overwrites what the newer one wrote. With one writer this changes nothing.)
 _UPSERT_STATE = (
     "INSERT INTO vehicle_state AS s (vehicle, time, received_at, flags, fix_time, lat, lon, "
-    + ", ".join(c for c, _ in _STATE_FIELDS) + ", online, last_seen, updated_at)\n"
+    + ", ".join(c for c, _ in _STATE_FIELDS)
+    + ", online, last_seen, updated_at)\n"
     "SELECT b.vehicle, b.time, b.received_at, b.flags, b.fix_time, b.lat, b.lon, "
-    + ", ".join(f"CASE WHEN cur.{c} IS NULL OR coalesce(b.{c}_t, b.time) > cur.time "
-                f"THEN b.{c} END" for c, _ in _STATE_FIELDS)
+    + ", ".join(
+        f"CASE WHEN cur.{c} IS NULL OR coalesce(b.{c}_t, b.time) > cur.time THEN b.{c} END"
+        for c, _ in _STATE_FIELDS
+    )
     + ", true, b.last_seen, now()\n"
     "FROM vehicle_state_staging b LEFT JOIN vehicle_state cur ON cur.vehicle = b.vehicle\n"
     "ON CONFLICT (vehicle) DO UPDATE SET\n"
     "  time = greatest(s.time, EXCLUDED.time),\n"
-    + "".join(f"  {c} = CASE WHEN s.time IS NULL OR EXCLUDED.time > s.time "
-              f"THEN EXCLUDED.{c} ELSE s.{c} END,\n" for c in ("received_at", "flags"))
-    + "".join(f"  {c} = CASE WHEN s.fix_time IS NULL OR EXCLUDED.fix_time > s.fix_time "
-              f"THEN EXCLUDED.{c} ELSE s.{c} END,\n" for c in ("lat", "lon", "fix_time"))
-    + "".join(f"  {c} = CASE WHEN EXCLUDED.time < s.time AND s.{c} IS NOT NULL THEN s.{c} "
-              f"ELSE coalesce(EXCLUDED.{c}, s.{c}) END,\n" for c, _ in _STATE_FIELDS)
+    + "".join(
+        f"  {c} = CASE WHEN s.time IS NULL OR EXCLUDED.time > s.time "
+        f"THEN EXCLUDED.{c} ELSE s.{c} END,\n"
+        for c in ("received_at", "flags")
+    )
+    + "".join(
+        f"  {c} = CASE WHEN s.fix_time IS NULL OR EXCLUDED.fix_time > s.fix_time "
+        f"THEN EXCLUDED.{c} ELSE s.{c} END,\n"
+        for c in ("lat", "lon", "fix_time")
+    )
+    + "".join(
+        f"  {c} = CASE WHEN EXCLUDED.time < s.time AND s.{c} IS NOT NULL THEN s.{c} "
+        f"ELSE coalesce(EXCLUDED.{c}, s.{c}) END,\n"
+        for c, _ in _STATE_FIELDS
+    )
     + "  online = true,\n"
     "  last_seen = greatest(s.last_seen, EXCLUDED.last_seen),\n"
-    "  updated_at = now()")
+    "  updated_at = now()"
+)
 
 # Per-vehicle state of the cores (geofence tracker, battery estimator), written with the batch
 # that changed it so that a restarted gateway resumes exactly where the database says.
@@ -188,25 +219,42 @@ VEHICLE_JSON_COLUMNS = frozenset({"geofence", "battery_state"})
 
 # battery_health rows (the battery core's downsampled history), in this column order; time in ms.
 BATTERY_HEALTH_COLUMNS = (
-    "vehicle", "time_ms", "soc_pct", "range_m", "soh_pct", "capacity_ah", "resistance_ohm", "efc",
-    "energy_wh_per_km", "aux_rest_v", "aux_drain_ma", "aux_hours_to_threshold", "charging",
-    "pack_seq")
+    "vehicle",
+    "time_ms",
+    "soc_pct",
+    "range_m",
+    "soh_pct",
+    "capacity_ah",
+    "resistance_ohm",
+    "efc",
+    "energy_wh_per_km",
+    "aux_rest_v",
+    "aux_drain_ma",
+    "aux_hours_to_threshold",
+    "charging",
+    "pack_seq",
+)
 _BH_TYPES = ["int4", "int8"] + ["float8"] * 10 + ["bool", "int4"]
 _BH_NAMES = ["time" if c == "time_ms" else c for c in BATTERY_HEALTH_COLUMNS]
 # The rows go into the history, and each vehicle's newest row refreshes its headline estimates
 # on vehicle_state (the live map and operations read those).
 _INSERT_BATTERY_HEALTH = (
     "WITH r AS (SELECT * FROM unnest("
-    + ", ".join(f"%s::{t}[]" for t in _BH_TYPES) + ") AS r(" + ", ".join(BATTERY_HEALTH_COLUMNS)
+    + ", ".join(f"%s::{t}[]" for t in _BH_TYPES)
+    + ") AS r("
+    + ", ".join(BATTERY_HEALTH_COLUMNS)
     + ")), ins AS (\n"
     "  INSERT INTO battery_health (" + ", ".join(_BH_NAMES) + ")\n"
-    "  SELECT " + ", ".join("to_timestamp(time_ms / 1000.0)" if c == "time_ms" else c
-                            for c in BATTERY_HEALTH_COLUMNS)
+    "  SELECT "
+    + ", ".join(
+        "to_timestamp(time_ms / 1000.0)" if c == "time_ms" else c for c in BATTERY_HEALTH_COLUMNS
+    )
     + " FROM r ON CONFLICT (vehicle, time) DO NOTHING)\n"
     "UPDATE vehicle_state s SET range_m = n.range_m, soh_pct = n.soh_pct,\n"
     "  aux_hours_to_threshold = n.aux_hours_to_threshold\n"
     "FROM (SELECT DISTINCT ON (vehicle) * FROM r ORDER BY vehicle, time_ms DESC) n\n"
-    "WHERE s.vehicle = n.vehicle")
+    "WHERE s.vehicle = n.vehicle"
+)
 
 
 @dataclass
@@ -227,6 +275,8 @@ class Derived:
         for column, values in other.vehicle_json.items():
             self.vehicle_json.setdefault(column, {}).update(values)
         self.battery_health.extend(other.battery_health)
+
+
 # A core's state carries the time of the newest sample it includes ("t"). A state never replaces
 # a newer one: two gateway processes may hold a vehicle at once during a hand-over, and a process
 # saving every state it knows on a graceful stop must not put back what it held an hour ago over
@@ -237,7 +287,8 @@ _UPSERT_JSON = (
     "AS x(vehicle, value) JOIN vehicles v ON v.id = x.vehicle\n"
     "ON CONFLICT (vehicle) DO UPDATE SET {col} = EXCLUDED.{col}, updated_at = now()\n"
     "WHERE s.{col} IS NULL OR (s.{col}->>'t')::bigint IS NULL\n"
-    "   OR (EXCLUDED.{col}->>'t')::bigint >= (s.{col}->>'t')::bigint")
+    "   OR (EXCLUDED.{col}->>'t')::bigint >= (s.{col}->>'t')::bigint"
+)
 
 # For the hand-over between gateway processes (gateway/handover.py): the vehicles of a batch whose
 # newest stored sample is newer than what this process knows, with the state it needs to continue
@@ -268,7 +319,8 @@ INSERT INTO events (time, vehicle, source, type, detail)
 SELECT e.time, e.vehicle, e.source, e.type, e.detail::jsonb
 FROM unnest(%s::timestamptz[], %s::int4[], %s::text[], %s::text[], %s::text[])
      AS e(time, vehicle, source, type, detail)
-ON CONFLICT (vehicle, time, type, source) DO NOTHING"""
+ON CONFLICT (vehicle, time, type, source) DO NOTHING
+RETURNING source"""
 
 # A status only changes presence if it is not older than the one that set it; vehicles that
 # left the registry are skipped rather than failing the batch on the foreign key.
@@ -311,35 +363,52 @@ class _PreparedWrite:
     battery_params: tuple | None
 
     @classmethod
-    def build(cls, batch: TelemetryBatch, events: Sequence[Event], derived: Derived
-              ) -> _PreparedWrite:
+    def build(
+        cls, batch: TelemetryBatch, events: Sequence[Event], derived: Derived
+    ) -> _PreparedWrite:
         positions_copy = state_copy = b""
         days: list[date] = []
         if len(batch):
-            positions_copy = wire.copy_stream([to_wire(batch)
-                                               for _, _, to_wire in _POSITION_COLUMNS])
+            positions_copy = wire.copy_stream(
+                [to_wire(batch) for _, _, to_wire in _POSITION_COLUMNS]
+            )
             state_copy = wire.copy_stream(_state_fields(batch))
             days = _partitions.days_of(batch.time_ms)
         event_params = None
         if events:  # a handful per batch: plain Python values are fine here
             event_params = (
-                [_utc(e.time_ms) for e in events], [e.vehicle for e in events],
-                [e.source for e in events], [e.type for e in events],
-                [None if e.detail is None else orjson.dumps(e.detail).decode() for e in events])
+                [_utc(e.time_ms) for e in events],
+                [e.vehicle for e in events],
+                [e.source for e in events],
+                [e.type for e in events],
+                [None if e.detail is None else orjson.dumps(e.detail).decode() for e in events],
+            )
         json_params = []
         for column, by_vehicle in derived.vehicle_json.items():
             if column not in VEHICLE_JSON_COLUMNS:
                 raise ValueError(f"vehicle_state has no JSON column {column!r}")
             if by_vehicle:
                 vehicles = sorted(by_vehicle)  # one lock order for every writer: no deadlocks
-                json_params.append((column, (
-                    vehicles, [orjson.dumps(by_vehicle[v], option=orjson.OPT_SERIALIZE_NUMPY
-                                            ).decode() for v in vehicles])))
+                json_params.append(
+                    (
+                        column,
+                        (
+                            vehicles,
+                            [
+                                orjson.dumps(
+                                    by_vehicle[v], option=orjson.OPT_SERIALIZE_NUMPY
+                                ).decode()
+                                for v in vehicles
+                            ],
+                        ),
+                    )
+                )
         battery_params = None
         if derived.battery_health:
             battery_params = tuple(list(col) for col in zip(*derived.battery_health))
-        return cls(len(batch), positions_copy, state_copy, days, event_params, json_params,
-                   battery_params)
+        return cls(
+            len(batch), positions_copy, state_copy, days, event_params, json_params, battery_params
+        )
 
 
 def _state_fields(batch: TelemetryBatch) -> list[wire.Field]:
@@ -367,11 +436,16 @@ def _state_fields(batch: TelemetryBatch) -> list[wire.Field]:
         return values
 
     fix = newest_where(~np.isnan(batch.lat) & ~np.isnan(batch.lon) & (batch.flags == 0))
-    fields = [wire.int4(vehicles), wire.timestamptz(newest_t),
-              wire.timestamptz(batch.received_ms[newest]), wire.int2(batch.flags[newest]),
-              wire.timestamptz(last_seen),
-              wire.timestamptz(pick(batch.time_ms, fix, 0), fix < 0),
-              wire.float8(pick(batch.lat, fix, np.nan)), wire.float8(pick(batch.lon, fix, np.nan))]
+    fields = [
+        wire.int4(vehicles),
+        wire.timestamptz(newest_t),
+        wire.timestamptz(batch.received_ms[newest]),
+        wire.int2(batch.flags[newest]),
+        wire.timestamptz(last_seen),
+        wire.timestamptz(pick(batch.time_ms, fix, 0), fix < 0),
+        wire.float8(pick(batch.lat, fix, np.nan)),
+        wire.float8(pick(batch.lon, fix, np.nan)),
+    ]
     for name, sql_type in _STATE_FIELDS:
         column = getattr(batch, name)
         if sql_type == "boolean":
@@ -403,8 +477,9 @@ def is_unavailable(exc: BaseException) -> bool:
 
 
 def _is_missing_partition(exc: psycopg.Error) -> bool:
-    return (isinstance(exc, psycopg.errors.CheckViolation)
-            and (exc.diag.message_primary or "").startswith("no partition of relation"))
+    return isinstance(exc, psycopg.errors.CheckViolation) and (
+        exc.diag.message_primary or ""
+    ).startswith("no partition of relation")
 
 
 async def _configure(conn: AsyncConnection) -> None:
@@ -424,28 +499,41 @@ class TelemetryStore:
         self._pool = pool
 
     @classmethod
-    async def open(cls, dsn: str, *, pool_min: int = 1, pool_max: int = 4,
-                   timeout_s: float = 5.0) -> TelemetryStore:
+    async def open(
+        cls, dsn: str, *, pool_min: int = 1, pool_max: int = 4, timeout_s: float = 5.0
+    ) -> TelemetryStore:
         """Open the pool and check the server answers within timeout_s (else StoreUnavailable).
 
         timeout_s is also how long an operation waits for a pooled connection during an
         outage before it gives up with StoreUnavailable.
         """
         pool = AsyncConnectionPool(
-            dsn, min_size=pool_min, max_size=max(pool_min, pool_max), open=False,
-            timeout=timeout_s, name="fleetgate-store", configure=_configure,
+            dsn,
+            min_size=pool_min,
+            max_size=max(pool_min, pool_max),
+            open=False,
+            timeout=timeout_s,
+            name="fleetgate-store",
+            configure=_configure,
             check=AsyncConnectionPool.check_connection,
             # The pool retries a failed connection with exponential backoff until it gives up
             # after reconnect_timeout; the next waiting caller starts afresh. Keeping that short
             # bounds the gap between attempts, so a returning server is used within seconds
             # rather than after a backoff that grew during a long outage.
             reconnect_timeout=timeout_s,
-            kwargs={"autocommit": True, "application_name": "fleetgate",
-                    "connect_timeout": max(2, int(timeout_s)),
-                    # A server that vanished without closing the socket is noticed in about
-                    # 20 s instead of the kernel's two hours.
-                    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-                    "keepalives_count": 2, "tcp_user_timeout": 20_000})
+            kwargs={
+                "autocommit": True,
+                "application_name": "fleetgate",
+                "connect_timeout": max(2, int(timeout_s)),
+                # A server that vanished without closing the socket is noticed in about
+                # 20 s instead of the kernel's two hours.
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 2,
+                "tcp_user_timeout": 20_000,
+            },
+        )
         try:
             await pool.open(wait=True, timeout=timeout_s)
         except PoolTimeout as exc:
@@ -496,8 +584,9 @@ class TelemetryStore:
         """None when the server answers and takes writes; else the reason (readiness)."""
         try:
             async with self._connection() as conn:
-                cur = await conn.execute("SELECT pg_is_in_recovery(), "
-                                         "current_setting('default_transaction_read_only')")
+                cur = await conn.execute(
+                    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')"
+                )
                 recovery, read_only = await cur.fetchone()
         except StoreUnavailable as exc:
             return str(exc)[:200]
@@ -538,7 +627,8 @@ class TelemetryStore:
         """device_id -> Device for every registered vehicle."""
         async with self._connection() as conn:
             cur = await conn.execute(
-                "SELECT device_id, id, vehicle_ref, vehicle_type FROM vehicles")
+                "SELECT device_id, id, vehicle_ref, vehicle_type FROM vehicles"
+            )
             return {d: Device(d, v, ref, t) for d, v, ref, t in await cur.fetchall()}
 
     async def load_devices(self, device_ids: Sequence[str]) -> dict[str, Device]:
@@ -547,7 +637,9 @@ class TelemetryStore:
         async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT device_id, id, vehicle_ref, vehicle_type FROM vehicles "
-                "WHERE device_id = ANY(%s)", (list(device_ids),))
+                "WHERE device_id = ANY(%s)",
+                (list(device_ids),),
+            )
             return {d: Device(d, v, ref, t) for d, v, ref, t in await cur.fetchall()}
 
     async def quarantine(self, messages: Sequence[QuarantinedMessage]) -> None:
@@ -556,9 +648,19 @@ class TelemetryStore:
             await cur.executemany(
                 "INSERT INTO quarantined_messages (received_at, transport, kind, device_id, "
                 "content_type, payload, error) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                [(_utc(m.received_ms), m.transport, m.kind, _printable(m.device_id),
-                  _printable(m.content_type) if m.content_type is not None else None,
-                  m.payload, _printable(m.error)) for m in messages])
+                [
+                    (
+                        _utc(m.received_ms),
+                        m.transport,
+                        m.kind,
+                        _printable(m.device_id),
+                        _printable(m.content_type) if m.content_type is not None else None,
+                        m.payload,
+                        _printable(m.error),
+                    )
+                    for m in messages
+                ],
+            )
 
     async def register_vehicles(self, regs: list[VehicleRegistration]) -> dict[str, int]:
         """Create or update vehicles by vehicle_ref (idempotent); device_id -> vehicles.id.
@@ -573,15 +675,21 @@ class TelemetryStore:
             if seen.setdefault(r.device_id, r.vehicle_ref) != r.vehicle_ref:
                 raise RegistrationConflict(
                     f"device {r.device_id!r} is given to two vehicles: "
-                    f"{seen[r.device_id]!r} and {r.vehicle_ref!r}")
+                    f"{seen[r.device_id]!r} and {r.vehicle_ref!r}"
+                )
         if not by_ref:
             return {}
         rows = list(by_ref.values())
         try:
             async with self._transaction() as cur:
-                await cur.execute(_REGISTER, ([r.vehicle_ref for r in rows],
-                                              [r.device_id for r in rows],
-                                              [r.vehicle_type for r in rows]))
+                await cur.execute(
+                    _REGISTER,
+                    (
+                        [r.vehicle_ref for r in rows],
+                        [r.device_id for r in rows],
+                        [r.vehicle_type for r in rows],
+                    ),
+                )
                 return dict(await cur.fetchall())
         except psycopg.errors.UniqueViolation as exc:
             raise RegistrationConflict(
@@ -590,8 +698,9 @@ class TelemetryStore:
 
     # --- the ingest path ------------------------------------------------------------------------
 
-    async def write(self, batch: TelemetryBatch, events: Sequence[Event] = (),
-                    derived: Derived | None = None) -> WriteResult:
+    async def write(
+        self, batch: TelemetryBatch, events: Sequence[Event] = (), derived: Derived | None = None
+    ) -> WriteResult:
         """Store a batch of samples, events and what the cores derived, in one transaction.
 
         events: device, geofence or battery events (anything with vehicle, time_ms, type, detail,
@@ -626,20 +735,24 @@ class TelemetryStore:
             async with cur.copy(_COPY_STATE) as copy:
                 await copy.write(w.state_copy)
             await cur.execute(_UPSERT_STATE)
-        events_inserted = 0
+        events_by_source: dict[str, int] = {}
         if w.event_params is not None:
             await cur.execute(_INSERT_EVENTS, w.event_params)
-            events_inserted = cur.rowcount
+            for (source,) in await cur.fetchall():  # a handful per batch
+                events_by_source[source] = events_by_source.get(source, 0) + 1
         for column, params in w.json_params:
             await cur.execute(_UPSERT_JSON.format(col=column), params)
         if w.battery_params is not None:
             await cur.execute(_INSERT_BATTERY_HEALTH, w.battery_params)
-        return WriteResult(inserted, w.rows - inserted, events_inserted)
+        return WriteResult(
+            inserted, w.rows - inserted, sum(events_by_source.values()), events_by_source
+        )
 
     async def save_vehicle_json(self, column: str, by_vehicle: Mapping[int, Any]) -> None:
         """Store a core's per-vehicle state outside a batch (a graceful stop saves it whole)."""
-        prepared = _PreparedWrite.build(TelemetryBatch.empty(), (),
-                                        Derived(vehicle_json={column: dict(by_vehicle)}))
+        prepared = _PreparedWrite.build(
+            TelemetryBatch.empty(), (), Derived(vehicle_json={column: dict(by_vehicle)})
+        )
         async with self._transaction() as cur:
             for col, params in prepared.json_params:
                 await cur.execute(_UPSERT_JSON.format(col=col), params)
@@ -660,15 +773,22 @@ class TelemetryStore:
             return
         vehicles = list(latest)
         async with self._transaction() as cur:
-            await cur.execute(_SET_PRESENCE, (vehicles, [latest[v][0] for v in vehicles],
-                                              [_utc(latest[v][1]) for v in vehicles]))
+            await cur.execute(
+                _SET_PRESENCE,
+                (
+                    vehicles,
+                    [latest[v][0] for v in vehicles],
+                    [_utc(latest[v][1]) for v in vehicles],
+                ),
+            )
 
     async def expire_presence(self, timeout_s: float) -> list[int]:
         """Set offline the vehicles online but not seen for timeout_s; returns their ids."""
         now_ms = _now_ms()
         async with self._transaction() as cur:
-            await cur.execute(_EXPIRE_PRESENCE, {"now": _utc(now_ms),
-                                                 "cutoff": _utc(now_ms - timeout_s * 1000)})
+            await cur.execute(
+                _EXPIRE_PRESENCE, {"now": _utc(now_ms), "cutoff": _utc(now_ms - timeout_s * 1000)}
+            )
             return sorted(v for (v,) in await cur.fetchall())
 
     async def load_last_fixes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -676,36 +796,50 @@ class TelemetryStore:
         async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT vehicle, (extract(epoch FROM fix_time) * 1000)::bigint, lat, lon "
-                "FROM vehicle_state WHERE fix_time IS NOT NULL ORDER BY vehicle")
+                "FROM vehicle_state WHERE fix_time IS NOT NULL ORDER BY vehicle"
+            )
             rows = await cur.fetchall()
         if not rows:
-            return (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64),
-                    np.empty(0, np.float64))
+            return (
+                np.empty(0, np.int64),
+                np.empty(0, np.int64),
+                np.empty(0, np.float64),
+                np.empty(0, np.float64),
+            )
         vehicles, t, lat, lon = zip(*rows)
-        return (np.array(vehicles, np.int64), np.array(t, np.int64), np.array(lat, np.float64),
-                np.array(lon, np.float64))
+        return (
+            np.array(vehicles, np.int64),
+            np.array(t, np.int64),
+            np.array(lat, np.float64),
+            np.array(lon, np.float64),
+        )
 
     async def load_sample_times(self) -> tuple[np.ndarray, np.ndarray]:
         """(vehicles, newest stored sample time in ms) of every vehicle in vehicle_state."""
         async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT vehicle, (extract(epoch FROM time) * 1000)::bigint FROM vehicle_state "
-                "WHERE time IS NOT NULL")
+                "WHERE time IS NOT NULL"
+            )
             rows = await cur.fetchall()
         if not rows:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         vehicles, t = zip(*rows)
         return np.array(vehicles, np.int64), np.array(t, np.int64)
 
-    async def samples_between(self, ranges: Mapping[int, tuple[int, int]], *,
-                              page: int = 50_000) -> AsyncIterator[TelemetryBatch]:
+    async def samples_between(
+        self, ranges: Mapping[int, tuple[int, int]], *, page: int = 50_000
+    ) -> AsyncIterator[TelemetryBatch]:
         """The stored samples of each vehicle with since < time <= until (ranges: vehicle ->
         (since_ms, until_ms)), as batches of up to `page` rows in time order."""
         if not ranges:
             return
         vehicles = sorted(ranges)
-        params = {"vehicles": vehicles, "since": [_utc(ranges[v][0]) for v in vehicles],
-                  "until": [_utc(ranges[v][1]) for v in vehicles]}
+        params = {
+            "vehicles": vehicles,
+            "since": [_utc(ranges[v][0]) for v in vehicles],
+            "until": [_utc(ranges[v][1]) for v in vehicles],
+        }
         names = list(TelemetryBatch.DTYPES)
         async with self._connection() as conn, conn.transaction():
             cur = conn.cursor(name="fleetgate_samples_between", binary=True)
@@ -716,19 +850,22 @@ class TelemetryStore:
                     dtype = TelemetryBatch.DTYPES[name]
                     if name in STATE_COLUMNS:
                         col = [-1 if x is None else int(x) for x in col]
-                    batch[name] = np.array(col, dtype=np.float64 if np.issubdtype(
-                        dtype, np.floating) else None).astype(dtype)
+                    batch[name] = np.array(
+                        col, dtype=np.float64 if np.issubdtype(dtype, np.floating) else None
+                    ).astype(dtype)
                 yield TelemetryBatch(**batch)
 
-    async def advanced_states(self, vehicles: Sequence[int], known_ms: Sequence[int]
-                              ) -> list[AdvancedState]:
+    async def advanced_states(
+        self, vehicles: Sequence[int], known_ms: Sequence[int]
+    ) -> list[AdvancedState]:
         """The vehicles whose newest stored sample is newer than known_ms (what the caller has
         seen of each; -1 for nothing), with their stored core states and newest plausible fix.
         battery_state is None unless it includes samples newer than known_ms. One query; no
         rows at all while a single process writes every vehicle."""
         async with self._connection() as conn:
-            cur = await conn.execute(_ADVANCED_STATES, (list(vehicles), list(known_ms)),
-                                     prepare=True)
+            cur = await conn.execute(
+                _ADVANCED_STATES, (list(vehicles), list(known_ms)), prepare=True
+            )
             rows = await cur.fetchall()
         return [AdvancedState(*row) for row in rows]
 
@@ -736,7 +873,8 @@ class TelemetryStore:
         """(vehicles online, vehicles with a state row), for the fleet gauges."""
         async with self._connection() as conn:
             cur = await conn.execute(
-                "SELECT count(*) FILTER (WHERE online), count(*) FROM vehicle_state")
+                "SELECT count(*) FILTER (WHERE online), count(*) FROM vehicle_state"
+            )
             online, total = await cur.fetchone()
         return int(online), int(total)
 
@@ -748,10 +886,10 @@ class TelemetryStore:
         async with self._connection() as conn:
             cur = await conn.execute(
                 f"SELECT vehicle, {column}, (extract(epoch FROM time) * 1000)::bigint "
-                f"FROM vehicle_state WHERE {column} IS NOT NULL")
+                f"FROM vehicle_state WHERE {column} IS NOT NULL"
+            )
             rows = await cur.fetchall()
-        return ({v: value for v, value, _ in rows},
-                {v: t for v, _, t in rows if t is not None})
+        return ({v: value for v, value, _ in rows}, {v: t for v, _, t in rows if t is not None})
 
     # --- zones ----------------------------------------------------------------------------------
 
@@ -770,8 +908,9 @@ class TelemetryStore:
             await _zones.put(cur, rows)
             return await _zones.version(cur)
 
-    async def replace_zones(self, rows: list[dict[str, Any]],
-                            global_rules: list[dict[str, Any]]) -> int:
+    async def replace_zones(
+        self, rows: list[dict[str, Any]], global_rules: list[dict[str, Any]]
+    ) -> int:
         """Make the zone set exactly these zones and global rules; the new version."""
         async with self._transaction() as cur:
             await _zones.replace(cur, rows, global_rules)
@@ -794,12 +933,14 @@ class TelemetryStore:
                 return MaintenanceReport(storage, changes.created, changes.dropped)
             wrong = await _policies.out_of_line(cur, retention_days)
             if wrong:
-                await cur.execute("SELECT pg_advisory_xact_lock(%s)",
-                                  (_partitions.MAINTENANCE_LOCK,))
+                await cur.execute(
+                    "SELECT pg_advisory_xact_lock(%s)", (_partitions.MAINTENANCE_LOCK,)
+                )
                 wrong = await _policies.out_of_line(cur, retention_days)
                 await _policies.put_in_line(cur, retention_days, wrong)
-            return MaintenanceReport(storage, policies_fixed=wrong,
-                                     failing_jobs=await _policies.failing_jobs(cur))
+            return MaintenanceReport(
+                storage, policies_fixed=wrong, failing_jobs=await _policies.failing_jobs(cur)
+            )
 
 
 def _validate(r: VehicleRegistration) -> None:
@@ -811,7 +952,7 @@ def _validate(r: VehicleRegistration) -> None:
         raise ValueError("vehicle_ref must not be empty")
 
 
-_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _printable(text: str) -> str:

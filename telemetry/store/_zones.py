@@ -14,8 +14,10 @@ from psycopg import AsyncCursor
 from psycopg.rows import dict_row
 
 ZONE_COLUMNS = ("id", "name", "kind", "geometry", "rules", "priority", "start", "end")
-_SELECT = ('SELECT id, name, kind, geometry, rules, priority, start, "end", updated_at '
-           "FROM zones ORDER BY priority, id")
+_SELECT = (
+    'SELECT id, name, kind, geometry, rules, priority, start, "end", updated_at '
+    "FROM zones ORDER BY priority, id"
+)
 _UPSERT = """
 INSERT INTO zones (id, name, kind, geometry, rules, priority, start, "end")
 VALUES (%(id)s, %(name)s, %(kind)s, %(geometry)s::jsonb, %(rules)s::jsonb, %(priority)s,
@@ -67,14 +69,16 @@ async def put(cur: AsyncCursor, rows: list[dict[str, Any]]) -> None:
         await cur.executemany(_UPSERT, [_params(r) for r in rows])
 
 
-async def replace(cur: AsyncCursor, rows: list[dict[str, Any]],
-                  global_rules: list[dict[str, Any]]) -> None:
+async def replace(
+    cur: AsyncCursor, rows: list[dict[str, Any]], global_rules: list[dict[str, Any]]
+) -> None:
     """Make the zone set exactly these zones and global rules (one version step)."""
     ids = [r["id"] for r in rows]
     await cur.execute("DELETE FROM zones WHERE NOT (id = ANY(%s))", (ids,))
     await put(cur, rows)
-    await cur.execute("UPDATE zone_set SET global_rules = %s::jsonb",
-                      (orjson.dumps(global_rules).decode(),))
+    await cur.execute(
+        "UPDATE zone_set SET global_rules = %s::jsonb", (orjson.dumps(global_rules).decode(),)
+    )
 
 
 async def delete(cur: AsyncCursor, zone_id: str) -> bool:

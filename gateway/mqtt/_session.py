@@ -15,9 +15,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from fleetgate.logs import fields
-from fleetgate.mqtt._client import ConnectionLost, MqttClient, MqttError
-from fleetgate.mqtt._packets import Message, Will
+from gateway.mqtt._client import ConnectionLost, MqttClient, MqttError
+from gateway.mqtt._packets import Message, Will
 
 _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 5.0
@@ -54,10 +53,15 @@ class PersistentSession:
         self.client_id = client_id
         self._subscriptions = subscriptions
         self._on_messages = on_messages
-        self._options = dict(protocol=protocol, keepalive_s=keepalive_s,
-                             session_expiry_s=session_expiry_s,
-                             receive_maximum=receive_maximum, username=username,
-                             password=password, will=will)
+        self._options = dict(
+            protocol=protocol,
+            keepalive_s=keepalive_s,
+            session_expiry_s=session_expiry_s,
+            receive_maximum=receive_maximum,
+            username=username,
+            password=password,
+            will=will,
+        )
         self._unsubscribe = unsubscribe
         self._on_up = on_up
         self._on_down = on_down
@@ -75,6 +79,12 @@ class PersistentSession:
         return client if client is not None and client.connected else None
 
     @property
+    def held(self) -> int:
+        """Messages the current client read while paused and has not handed over yet."""
+        client = self._client
+        return client.held if client is not None else 0
+
+    @property
     def connected(self) -> bool:
         return self.client is not None
 
@@ -88,9 +98,14 @@ class PersistentSession:
         while not stop.is_set():
             self.generation += 1
             client = MqttClient(
-                self._host, self._port, client_id=self.client_id, clean_start=False,
-                manual_ack=True, **self._options,
-                on_messages=lambda msgs, g=self.generation: self._on_messages(msgs, g))
+                self._host,
+                self._port,
+                client_id=self.client_id,
+                clean_start=False,
+                manual_ack=True,
+                **self._options,
+                on_messages=lambda msgs, g=self.generation: self._on_messages(msgs, g),
+            )
             try:
                 session_present = await client.connect(timeout=10.0)
                 self._client = client
@@ -100,8 +115,14 @@ class PersistentSession:
                 if self._on_up is not None:
                     self._on_up(client)
                 self.subscribed.set()
-                self._log.info(subscribed_event, extra=fields(
-                    broker=broker, client_id=self.client_id, session_present=session_present))
+                self._log.info(
+                    subscribed_event,
+                    extra={
+                        "broker": broker,
+                        "client_id": self.client_id,
+                        "session_present": session_present,
+                    },
+                )
                 backoff = _BACKOFF_FIRST_S
                 closed = asyncio.ensure_future(client.wait_closed())
                 stopping = asyncio.ensure_future(stop.wait())
@@ -113,8 +134,10 @@ class PersistentSession:
                 closed.result()  # raises ConnectionLost unless we closed it ourselves
             except (OSError, TimeoutError, ConnectionLost, MqttError) as exc:
                 self.last_error = exc
-                self._log.warning(lost_event, extra=fields(
-                    broker=broker, error=repr(exc)[:300], retry_in_s=backoff))
+                self._log.warning(
+                    lost_event,
+                    extra={"broker": broker, "error": repr(exc)[:300], "retry_in_s": backoff},
+                )
             client.abort()
             if self._client is client:
                 self._client = None
@@ -159,8 +182,14 @@ class PersistentSession:
         # MQTT 3.1.1 cannot shorten a session as it leaves; a clean session replaces it.
         await client.disconnect()
         opts = {k: v for k, v in self._options.items() if k not in ("session_expiry_s", "will")}
-        clean = MqttClient(self._host, self._port, client_id=self.client_id, clean_start=True,
-                           session_expiry_s=0, **opts)
+        clean = MqttClient(
+            self._host,
+            self._port,
+            client_id=self.client_id,
+            clean_start=True,
+            session_expiry_s=0,
+            **opts,
+        )
         await clean.connect(timeout=10.0)
         await clean.disconnect()
 

@@ -1,8 +1,8 @@
-"""`fleetgate devices register|provision|rotate|list` and `fleetgate broker-config`: the device
-registry and device identity from the command line (docs/device-identity.md).
+"""`fleetgate devices register|provision|rotate|list`: the device registry and device identity
+from the command line (docs/device-identity.md).
 
 Registrations are validated like `POST /v1/devices` bodies; secrets are printed once, when they
-are issued, and stored only as hashes. Mount on the main app with `register_device_commands(app)`.
+are issued, and stored only as hashes.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ import asyncio
 import csv
 import dataclasses
 import io
-import os
 import re
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,27 +19,15 @@ from typing import TYPE_CHECKING, Annotated
 import orjson
 import typer
 
+from fleetgate.cli.shared import database_url, fail, load_settings, with_store
+
 if TYPE_CHECKING:
     from api.routes.devices import DeviceIn
 
-devices_app = typer.Typer(no_args_is_help=True,
-                          help="Device identity: per-device secrets, stored hashed")
+app = typer.Typer(no_args_is_help=True, help="Device identity: per-device secrets, stored hashed")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def register_device_commands(app: typer.Typer) -> None:
-    """Add `devices` and `broker-config` to the fleetgate command."""
-    app.add_typer(devices_app, name="devices")
-    app.command("broker-config")(broker_config)
-
-
-def _settings_and_dsn():
-    from fleetgate.cli import _database_url, load_settings
-
-    s = load_settings()
-    return s, _database_url(s)
 
 
 def _run(dsn: str, action):
@@ -53,17 +39,14 @@ def _run(dsn: str, action):
 
 def _run_on_store(dsn: str, action):
     """Run action(TelemetryStore) against the database; store errors become exit code 2."""
-    from fleetgate.cli import _with_store
     from telemetry.store import AlreadyProvisioned, RegistrationConflict, UnknownDevice
 
     try:
-        return asyncio.run(_with_store(dsn, action))
+        return asyncio.run(with_store(dsn, action))
     except RegistrationConflict as exc:
-        typer.echo(f"fleetgate: nothing registered: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(f"nothing registered: {exc}")
     except (UnknownDevice, AlreadyProvisioned) as exc:
-        typer.echo(f"fleetgate: {exc.args[0] if exc.args else exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(f"{exc.args[0] if exc.args else exc}")
 
 
 def parse_duration(text: str) -> float:
@@ -76,15 +59,25 @@ def parse_duration(text: str) -> float:
 
 def _print_secrets(issued, as_json: bool) -> None:
     if as_json:
-        typer.echo(orjson.dumps([{"device_id": i.device_id, "secret": i.secret,
-                                  "previous_valid_until": i.previous_valid_until}
-                                 for i in issued]).decode())
+        typer.echo(
+            orjson.dumps(
+                [
+                    {
+                        "device_id": i.device_id,
+                        "secret": i.secret,
+                        "previous_valid_until": i.previous_valid_until,
+                    }
+                    for i in issued
+                ]
+            ).decode()
+        )
     else:
         for i in issued:
             typer.echo(f"{i.device_id}\t{i.secret}")
     if issued:
-        typer.echo("fleetgate: secrets are shown only now; the database keeps their hashes",
-                   err=True)
+        typer.echo(
+            "fleetgate: secrets are shown only now; the database keeps their hashes", err=True
+        )
 
 
 # --- registering ----------------------------------------------------------------------------
@@ -177,7 +170,8 @@ def _csv_entries(text: str, source: str) -> list[tuple[str, object]]:
                 raise RegistrationError(
                     f"{source} line {reader.line_num}: the header names {', '.join(header)}; it "
                     f"needs the columns {', '.join(REGISTRATION_FIELDS)} (missing: "
-                    f"{', '.join(missing)})")
+                    f"{', '.join(missing)})"
+                )
             continue
         where = f"{source} line {reader.line_num}"
         if len(cells) != len(header):
@@ -196,18 +190,29 @@ def _read_text(path: str) -> str:
         raise typer.BadParameter(f"cannot read {path}: {exc}") from exc
 
 
-@devices_app.command("register")
+@app.command("register")
 def register(
-    vehicle_ref: Annotated[str | None, typer.Argument(
-        metavar="VEHICLE_REF", help="the operator's reference for the vehicle")] = None,
-    device_id: Annotated[str | None, typer.Argument(
-        metavar="DEVICE_ID", help="the id of the TCU fitted to it: its MQTT client id and username, its CoAP path "
-             "segment ([A-Za-z0-9_.:-], at most 64)")] = None,
-    vehicle_type: Annotated[str | None, typer.Option(
-        "--type", help="ebike or car")] = None,
-    file: Annotated[str | None, typer.Option(
-        "--file", help="a fleet instead: CSV with the header vehicle_ref,device_id,vehicle_type, "
-        "or JSON (a list of POST /v1/devices bodies); - reads standard input")] = None,
+    vehicle_ref: Annotated[
+        str | None,
+        typer.Argument(metavar="VEHICLE_REF", help="the operator's reference for the vehicle"),
+    ] = None,
+    device_id: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="DEVICE_ID",
+            help="the id of the TCU fitted to it: its MQTT client id and username, its CoAP path "
+            "segment ([A-Za-z0-9_.:-], at most 64)",
+        ),
+    ] = None,
+    vehicle_type: Annotated[str | None, typer.Option("--type", help="ebike or car")] = None,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file",
+            help="a fleet instead: CSV with the header vehicle_ref,device_id,vehicle_type, "
+            "or JSON (a list of POST /v1/devices bodies); - reads standard input",
+        ),
+    ] = None,
 ) -> None:
     """Register vehicles and their devices (TCUs): one from the arguments, or a fleet from a file.
 
@@ -229,15 +234,17 @@ def register(
             body = dict(zip(REGISTRATION_FIELDS, (vehicle_ref, device_id, vehicle_type)))
             devices = validate_registrations([("the arguments", body)])
     except RegistrationError as exc:
-        typer.echo(f"fleetgate: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    _, dsn = _settings_and_dsn()
+        fail(str(exc))
+    dsn = database_url(load_settings())
     before, without_secret = _run_on_store(dsn, lambda store: _register(store, devices))
     for line in _registration_report(devices, before):
         typer.echo(line)
     if without_secret:
-        typer.echo(f"fleetgate: devices without a secret yet: {without_secret} (issue them with "
-                   "`fleetgate devices provision --missing`)", err=True)
+        typer.echo(
+            f"fleetgate: devices without a secret yet: {without_secret} (issue them with "
+            "`fleetgate devices provision --missing`)",
+            err=True,
+        )
 
 
 async def _register(store, devices: list[DeviceIn]):
@@ -245,8 +252,9 @@ async def _register(store, devices: list[DeviceIn]):
     from telemetry.store import DeviceCredentials, VehicleRegistration
 
     before = await store.load_registry()
-    await store.register_vehicles([VehicleRegistration(d.vehicle_ref, d.device_id,
-                                                       d.vehicle_type) for d in devices])
+    await store.register_vehicles(
+        [VehicleRegistration(d.vehicle_ref, d.device_id, d.vehicle_type) for d in devices]
+    )
     ids = {d.device_id for d in devices}
     credentials = await DeviceCredentials(store).list()
     return before, sum(1 for c in credentials if c.device_id in ids and c.valid == 0)
@@ -267,28 +275,32 @@ def _registration_report(devices: list[DeviceIn], before: dict) -> list[str]:
             continue
         counts["changed"] += 1
         if old.device_id != d.device_id:
-            changes.append(f"{d.vehicle_ref}: device {d.device_id} replaces {old.device_id} "
-                           f"(whose secret stops working)")
+            changes.append(
+                f"{d.vehicle_ref}: device {d.device_id} replaces {old.device_id} "
+                f"(whose secret stops working)"
+            )
         if old.vehicle_type != d.vehicle_type:
-            changes.append(f"{d.vehicle_ref}: vehicle type {d.vehicle_type} (was "
-                           f"{old.vehicle_type})")
+            changes.append(
+                f"{d.vehicle_ref}: vehicle type {d.vehicle_type} (was {old.vehicle_type})"
+            )
     parts = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
     noun = "vehicle" if len(devices) == 1 else "vehicles"
     return [f"registered {len(devices)} {noun}: {parts}", *changes]
 
 
-@devices_app.command("provision")
+@app.command("provision")
 def provision(
     device_ids: Annotated[list[str] | None, typer.Argument(help="registered device ids")] = None,
-    missing: Annotated[bool, typer.Option(
-        "--missing", help="every registered device that has no valid secret")] = False,
+    missing: Annotated[
+        bool, typer.Option("--missing", help="every registered device that has no valid secret")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of lines")] = False,
 ) -> None:
     """Issue each device its first secret (MQTT password and CoAP token), printed once as
     `device_id<TAB>secret`."""
     if not device_ids and not missing:
         raise typer.BadParameter("name device ids, or use --missing")
-    _, dsn = _settings_and_dsn()
+    dsn = database_url(load_settings())
 
     async def action(creds):
         ids = list(device_ids or [])
@@ -301,30 +313,36 @@ def provision(
     _print_secrets(_run(dsn, action), as_json)
 
 
-@devices_app.command("rotate")
+@app.command("rotate")
 def rotate(
     device_id: Annotated[str, typer.Argument(help="a registered device id")],
-    grace: Annotated[str, typer.Option(
-        help="how long the old secret keeps working for CoAP and HTTP auth (0: revoked now). "
-             "The broker's password file holds the new one from its next generation")] = "24h",
+    grace: Annotated[
+        str,
+        typer.Option(
+            help="how long the old secret keeps working for CoAP and HTTP auth (0: revoked now). "
+            "The broker's password file holds the new one from its next generation"
+        ),
+    ] = "24h",
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a line")] = False,
 ) -> None:
     """Issue a new secret for a device, printed once; the old one expires after the grace."""
     grace_s = parse_duration(grace)
-    _, dsn = _settings_and_dsn()
+    dsn = database_url(load_settings())
     issued = _run(dsn, lambda creds: creds.rotate(device_id, grace_s=grace_s))
     _print_secrets([issued], as_json)
     if issued.previous_valid_until is not None:
-        typer.echo(f"fleetgate: the previous secret works until "
-                   f"{issued.previous_valid_until.isoformat()}", err=True)
+        typer.echo(
+            f"fleetgate: the previous secret works until {issued.previous_valid_until.isoformat()}",
+            err=True,
+        )
 
 
-@devices_app.command("list")
+@app.command("list")
 def list_devices(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
 ) -> None:
     """Registered devices and their credentials (never a secret or a hash)."""
-    _, dsn = _settings_and_dsn()
+    dsn = database_url(load_settings())
     infos = _run(dsn, lambda creds: creds.list())
     if as_json:
         typer.echo(orjson.dumps([dataclasses.asdict(i) for i in infos]).decode())
@@ -335,45 +353,3 @@ def list_devices(
         if i.valid > 1 and i.grace_until:
             when += f" / {i.grace_until.isoformat(timespec='seconds')}"
         typer.echo(f"{i.device_id:<24} {i.vehicle_ref:<24} {i.valid:>5}  {when}")
-
-
-def broker_config(
-    out: Annotated[Path, typer.Option(help="folder for passwd, acl and fleetgate.conf")],
-    gateway_user: Annotated[list[str] | None, typer.Option(
-        "--gateway-user", help="a gateway process's broker user (repeat for several; default "
-        "FLEETGATE_MQTT_USERNAME); its password is FLEETGATE_MQTT_PASSWORD")] = None,
-    reload_pidfile: Annotated[Path | None, typer.Option(
-        help="send SIGHUP to the broker with this pid file, so it reloads the files")] = None,
-) -> None:
-    """Generate Mosquitto's password file and ACL from the device registry."""
-    from gateway.broker_auth import generate, write_files
-
-    s, dsn = _settings_and_dsn()
-    users = list(gateway_user or ([s.mqtt_username] if s.mqtt_username else []))
-    if users and s.mqtt_password is None:
-        typer.echo("fleetgate: FLEETGATE_MQTT_PASSWORD is not set (the gateway users' password)",
-                   err=True)
-        raise typer.Exit(2)
-    if not users:
-        typer.echo("fleetgate: no gateway user: set FLEETGATE_MQTT_USERNAME or --gateway-user",
-                   err=True)
-        raise typer.Exit(2)
-    password = s.mqtt_password.get_secret_value()
-    directory = out.resolve()
-
-    async def action(creds):
-        return await generate(creds, topic_root=s.mqtt_topic_root, directory=directory,
-                              gateway_users={u: password for u in users})
-
-    try:
-        files = _run(dsn, action)
-    except ValueError as exc:
-        typer.echo(f"fleetgate: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    written = write_files(files, directory)
-    typer.echo(f"wrote {', '.join(str(p) for p in written)}: {files.devices} devices, "
-               f"{files.gateway_users} gateway users")
-    if reload_pidfile is not None:
-        pid = int(reload_pidfile.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
-        typer.echo(f"sent SIGHUP to {pid}")

@@ -2,21 +2,26 @@
 
 The gateway needs what common clients do not give it: PUBACK only after the database commit, and
 tens of thousands of messages a second without a Python object per message per layer. Devices of
-the simulator use the same client, so both ends of the tests speak the same, tested code.
+the simulator use the same client, so both ends of the tests speak the same, tested code. A broker
+that breaks the protocol is left at once, with the reason, rather than half understood.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import socket
 import ssl as _ssl
 import time
 from collections.abc import Callable, Iterable
 
-from fleetgate.mqtt._packets import (
+from gateway.mqtt._packets import (
     CONNACK,
     CONNACK_V3_REASONS,
+    DEFAULT_MAX_PACKET_SIZE,
     DISCONNECT,
+    MAX_PACKET_SIZE_LIMIT,
     PINGREQ_PACKET,
     PROP_MAXIMUM_PACKET_SIZE,
     PROP_RECEIVE_MAXIMUM,
@@ -27,6 +32,7 @@ from fleetgate.mqtt._packets import (
     MalformedPacket,
     Message,
     PacketStream,
+    ProtocolViolation,
     Will,
     decode_connack,
     decode_suback,
@@ -39,6 +45,13 @@ from fleetgate.mqtt._packets import (
     read_properties,
     reason_name,
 )
+
+log = logging.getLogger(__name__)
+
+# What a paused client reads and holds back at most before it stops reading the socket.
+DEFAULT_MAX_HELD_BYTES = 8 * 1024 * 1024
+# How long a DISCONNECT after a protocol violation may take to go out before the socket is cut.
+_VIOLATION_CLOSE_S = 1.0
 
 
 class MqttError(Exception):
@@ -84,16 +97,39 @@ class MqttClient:
     the socket. Without manual_ack the client acknowledges QoS 1 messages once the callback
     returns; with it, the owner calls ack(mids) when it is done with them (for the gateway: after
     the commit), in the order they arrived.
+
+    max_packet_size: the largest packet (fixed header included) taken from the broker; MQTT 5
+        announces it in CONNECT (the broker then drops bigger messages for this client), and a
+        bigger packet ends the connection as soon as its length header arrives.
+    max_held_bytes: while reading is paused (pause_reading) the client still reads, so that
+        keepalive, acknowledgements and a broker going away keep working, and holds the messages
+        back; after this many bytes it stops reading the socket itself (see pause_reading).
     """
 
-    def __init__(self, host: str, port: int, *, client_id: str, protocol: int = 5,
-                 clean_start: bool = True, session_expiry_s: int = 0, keepalive_s: int = 30,
-                 receive_maximum: int = 65535, username: str | None = None,
-                 password: str | None = None, will: Will | None = None,
-                 on_messages: Callable[[list[Message]], None] | None = None,
-                 manual_ack: bool = False, ssl: _ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        client_id: str,
+        protocol: int = 5,
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+        keepalive_s: int = 30,
+        receive_maximum: int = 65535,
+        username: str | None = None,
+        password: str | None = None,
+        will: Will | None = None,
+        on_messages: Callable[[list[Message]], None] | None = None,
+        manual_ack: bool = False,
+        ssl: _ssl.SSLContext | None = None,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+    ) -> None:
         if protocol not in (4, 5):
             raise ValueError("protocol must be 4 (MQTT 3.1.1) or 5")
+        if not 0 < max_packet_size <= MAX_PACKET_SIZE_LIMIT:
+            raise ValueError(f"max_packet_size must be 1..{MAX_PACKET_SIZE_LIMIT}")
         self.host, self.port = host, port
         self.client_id = client_id
         self.protocol = protocol
@@ -105,10 +141,12 @@ class MqttClient:
         self.will = will
         self.on_messages = on_messages
         self.manual_ack = manual_ack
+        self.max_packet_size = max_packet_size
+        self.max_held_bytes = max_held_bytes
         self._ssl = ssl
 
         self._transport: asyncio.Transport | None = None
-        self._stream = PacketStream(protocol)
+        self._stream = PacketStream(protocol, max_packet_size)
         self._connected = False
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -122,8 +160,13 @@ class MqttClient:
         self._last_send = 0.0
         self._ping_sent: float | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
-        self._reading_paused = False
+        self._reading_paused = False  # by the owner: messages are held back
+        self._socket_paused = False  # the transport too: nothing is read
+        self._held: list[Message] = []
+        self._held_bytes = 0  # read while paused since the held messages were last handed over
         self._lost_reason: ConnectionLost | None = None
+        self._input_ended = False  # failed or broken: what the broker still sends is ignored
+        self._cut_timer: asyncio.TimerHandle | None = None
         self._pong_waiters: list[asyncio.Future] = []
         self._leaving = False
 
@@ -132,7 +175,7 @@ class MqttClient:
         self._waiting: collections.deque = collections.deque()  # QoS 1 beyond the send quota
         self._subacks: dict[int, asyncio.Future] = {}
         self._send_quota = 65535  # the server's Receive Maximum
-        self._max_packet = 268_435_455
+        self._server_max_packet = MAX_PACKET_SIZE_LIMIT
         self._topics: dict[str, bytes] = {}
         self.session_present = False
 
@@ -158,35 +201,69 @@ class MqttClient:
         self._done.set_result(None)
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: _Wire(self), self.host, self.port,
-                                             ssl=self._ssl)
-                self._write_now(encode_connect(
-                    client_id=self.client_id, protocol=self.protocol, clean_start=self.clean_start,
-                    keepalive_s=self.keepalive_s, session_expiry_s=self.session_expiry_s,
-                    receive_maximum=self.receive_maximum, username=self.username,
-                    password=self.password, will=self.will))
+                await loop.create_connection(
+                    lambda: _Wire(self), self.host, self.port, ssl=self._ssl
+                )
+                self._write_now(
+                    encode_connect(
+                        client_id=self.client_id,
+                        protocol=self.protocol,
+                        clean_start=self.clean_start,
+                        keepalive_s=self.keepalive_s,
+                        session_expiry_s=self.session_expiry_s,
+                        receive_maximum=self.receive_maximum,
+                        maximum_packet_size=self.max_packet_size,
+                        username=self.username,
+                        password=self.password,
+                        will=self.will,
+                    )
+                )
                 connack = await self._connack
         except BaseException:
             self.abort()
             raise
         if connack.reason_code != 0:
             self.abort()
-            reason = (reason_name(connack.reason_code) if self.protocol == 5 else
-                      CONNACK_V3_REASONS.get(connack.reason_code, str(connack.reason_code)))
-            raise MqttError(f"connection refused by {self.host}:{self.port}: {reason}",
-                            connack.reason_code)
+            reason = (
+                reason_name(connack.reason_code)
+                if self.protocol == 5
+                else CONNACK_V3_REASONS.get(connack.reason_code, str(connack.reason_code))
+            )
+            raise MqttError(
+                f"connection refused by {self.host}:{self.port}: {reason}", connack.reason_code
+            )
+        if self._transport.is_closing():  # what came with the CONNACK broke the protocol
+            self.abort()
+            raise self._lost_reason or ConnectionLost(
+                f"connection to {self.host}:{self.port} closed right after CONNACK"
+            )
         props = connack.properties
         self._send_quota = int(props.get(PROP_RECEIVE_MAXIMUM, 65535))
-        self._max_packet = int(props.get(PROP_MAXIMUM_PACKET_SIZE, self._max_packet))
+        self._server_max_packet = int(props.get(PROP_MAXIMUM_PACKET_SIZE, self._server_max_packet))
         self.keepalive_s = int(props.get(PROP_SERVER_KEEP_ALIVE, self.keepalive_s))
         self.session_present = connack.session_present
         self._connected = True
         if self.keepalive_s:
+            self._limit_unacknowledged_sends()
             self._keepalive_timer = loop.call_later(self.keepalive_s / 2, self._keepalive)
         return connack.session_present
 
-    async def disconnect(self, timeout: float = 10.0, *,
-                         session_expiry_s: int | None = None) -> None:
+    def _limit_unacknowledged_sends(self) -> None:
+        """Let the kernel drop the connection when what we send stays unacknowledged (by TCP)
+        for as long as the broker would wait for us: with reading paused, a write is the only way
+        to learn that a broker is gone, and without an answer TCP would retry for many minutes."""
+        sock = self._transport.get_extra_info("socket")
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, int(self.keepalive_s * 1500))
+        except OSError:
+            pass
+
+    async def disconnect(
+        self, timeout: float = 10.0, *, session_expiry_s: int | None = None
+    ) -> None:
         """Leave cleanly with DISCONNECT: the broker keeps the session but drops the will.
         With session_expiry_s (MQTT 5 only) the session's expiry changes as it leaves; 0 ends
         the session, and whatever the broker still held for it, at once.
@@ -227,15 +304,38 @@ class MqttClient:
             return
         await asyncio.shield(self._closed)
 
+    @property
+    def held(self) -> int:
+        """Messages read while paused and not handed over yet."""
+        return len(self._held)
+
     def pause_reading(self) -> None:
+        """Deliver no more messages until resume_reading() (backpressure, a graceful stop).
+
+        The socket is still read: PINGRESP, PUBACK, SUBACK and DISCONNECT take effect at once,
+        so the broker does not drop us for keepalive and a broker gone away is noticed (the
+        connection ends with ConnectionLost). Messages are held back, in order, up to
+        max_held_bytes read; beyond that the socket is not read either, and a PINGREQ goes out
+        at every keepalive tick instead: the broker keeps the connection, and a broker gone
+        away fails the next write (a silent one within TCP_USER_TIMEOUT, where the system has
+        it: 1.5 keepalive intervals)."""
         if self._transport is not None and not self._reading_paused:
             self._reading_paused = True
-            self._transport.pause_reading()
+            if not self._held:
+                self._held_bytes = 0
 
     def resume_reading(self) -> None:
-        if self._transport is not None and self._reading_paused:
-            self._reading_paused = False
+        """Deliver again, the held messages first (soon, from the event loop, not from here)."""
+        if self._transport is None or not self._reading_paused:
+            return
+        self._reading_paused = False
+        if self._socket_paused:
+            self._socket_paused = False
             self._transport.resume_reading()
+            if self._ping_sent is not None:  # its PINGRESP waits behind what was not read
+                self._ping_sent = time.monotonic()
+        if self._held:
+            self._loop.call_soon(self._release_held)
 
     async def drain(self) -> None:
         """Wait until the socket takes writes again (after a burst of publishes)."""
@@ -243,8 +343,14 @@ class MqttClient:
 
     # --- publish / subscribe ----------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                content_type: str | None = None) -> asyncio.Future:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        content_type: str | None = None,
+    ) -> asyncio.Future:
         """Send a message. The future resolves when the broker acknowledges it (QoS 1) or at once
         (QoS 0); it fails with ConnectionLost if the connection ends first."""
         if not self._connected:
@@ -257,8 +363,18 @@ class MqttClient:
             if len(self._topics) > 10_000:
                 self._topics.clear()
         if qos == 0:
-            self._send(encode_publish(t, payload, qos=0, mid=0, retain=retain, dup=False,
-                                      protocol=self.protocol, content_type=content_type))
+            self._send(
+                encode_publish(
+                    t,
+                    payload,
+                    qos=0,
+                    mid=0,
+                    retain=retain,
+                    dup=False,
+                    protocol=self.protocol,
+                    content_type=content_type,
+                )
+            )
             return self._done
         fut = self._loop.create_future()
         if len(self._inflight) >= self._send_quota:
@@ -267,14 +383,33 @@ class MqttClient:
             self._send_qos1(t, payload, retain, content_type, fut)
         return fut
 
-    def _send_qos1(self, topic: bytes, payload: bytes, retain: bool, content_type: str | None,
-                   fut: asyncio.Future) -> None:
+    def _send_qos1(
+        self,
+        topic: bytes,
+        payload: bytes,
+        retain: bool,
+        content_type: str | None,
+        fut: asyncio.Future,
+    ) -> None:
         mid = self._take_mid()
-        packet = encode_publish(topic, payload, qos=1, mid=mid, retain=retain, dup=False,
-                                protocol=self.protocol, content_type=content_type)
-        if len(packet) > self._max_packet:
-            fut.set_exception(MqttError(f"message of {len(packet)} bytes exceeds the broker's "
-                                        f"maximum packet size {self._max_packet}", 0x95))
+        packet = encode_publish(
+            topic,
+            payload,
+            qos=1,
+            mid=mid,
+            retain=retain,
+            dup=False,
+            protocol=self.protocol,
+            content_type=content_type,
+        )
+        if len(packet) > self._server_max_packet:
+            fut.set_exception(
+                MqttError(
+                    f"message of {len(packet)} bytes exceeds the broker's "
+                    f"maximum packet size {self._server_max_packet}",
+                    0x95,
+                )
+            )
             return
         self._inflight[mid] = fut
         self._send(packet)
@@ -290,17 +425,24 @@ class MqttClient:
 
     async def subscribe(self, topics: list[tuple[str, int]]) -> list[int]:
         """Subscribe; returns the granted QoS per topic, raises MqttError if any is refused."""
-        return await self._request(lambda mid: encode_subscribe(mid, topics, self.protocol),
-                                   [t for t, _ in topics], "subscription")
+        if any(qos not in (0, 1) for _, qos in topics):
+            raise ValueError("this client subscribes with QoS 0 or 1")
+        return await self._request(
+            lambda mid: encode_subscribe(mid, topics, self.protocol),
+            [t for t, _ in topics],
+            "subscription",
+        )
 
     async def unsubscribe(self, filters: list[str]) -> list[int]:
         """Unsubscribe; returns the broker's reason code per filter (MQTT 5: 0x11 when there was
         no such subscription; MQTT 3.1.1 gives none: an empty list). Refusals raise MqttError."""
-        return await self._request(lambda mid: encode_unsubscribe(mid, filters, self.protocol),
-                                   filters, "unsubscribe")
+        return await self._request(
+            lambda mid: encode_unsubscribe(mid, filters, self.protocol), filters, "unsubscribe"
+        )
 
-    async def _request(self, encode: Callable[[int], bytes], names: list[str],
-                       what: str) -> list[int]:
+    async def _request(
+        self, encode: Callable[[int], bytes], names: list[str], what: str
+    ) -> list[int]:
         """Send a (UN)SUBSCRIBE built by encode(packet id) and await its reason codes."""
         if not self._connected:
             raise ConnectionLost(f"not connected to {self.host}:{self.port}")
@@ -310,8 +452,10 @@ class MqttClient:
         codes = await fut
         refused = [(n, c) for n, c in zip(names, codes) if c >= 0x80]
         if refused:
-            raise MqttError(f"{what} refused: " + ", ".join(
-                f"{n} ({reason_name(c)})" for n, c in refused), refused[0][1])
+            raise MqttError(
+                f"{what} refused: " + ", ".join(f"{n} ({reason_name(c)})" for n, c in refused),
+                refused[0][1],
+            )
         return codes
 
     def ack(self, mids: Iterable[int]) -> None:
@@ -341,23 +485,31 @@ class MqttClient:
         self._flush()
 
     def _on_data(self, data: bytes) -> None:
+        if self._input_ended:
+            return
+        if self._reading_paused:
+            self._held_bytes += len(data)
+            if self._held_bytes >= self.max_held_bytes and not self._socket_paused:
+                self._socket_paused = True
+                self._transport.pause_reading()
         try:
             messages, acked, others, pongs = self._stream.feed(data)
-        except MalformedPacket as exc:
-            self._fail(ConnectionLost(f"malformed packet from the broker: {exc}"))
-            return
-        if pongs:
-            self._ping_sent = None
-            waiters, self._pong_waiters = self._pong_waiters, []
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
-        for packet in others:
-            try:
+            if pongs:
+                self._ping_sent = None
+                waiters, self._pong_waiters = self._pong_waiters, []
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(None)
+            for packet in others:
                 self._on_packet(packet)
-            except (MalformedPacket, IndexError) as exc:
-                self._fail(ConnectionLost(f"malformed packet from the broker: {exc!r}"))
-                return
+                if self._input_ended:  # a DISCONNECT
+                    return
+        except ProtocolViolation as exc:
+            self._violation(exc)
+            return
+        except IndexError as exc:  # a field of a control packet overruns it
+            self._violation(MalformedPacket(f"a field overruns its packet ({exc})"))
+            return
         if acked:
             inflight = self._inflight
             for mid in acked:
@@ -366,12 +518,25 @@ class MqttClient:
                     fut.set_result(None)
             self._release_waiting()
         if messages and not self._leaving:
-            if self.on_messages is not None:
-                self.on_messages(messages)
-            if not self.manual_ack:
-                mids = [m.mid for m in messages if m.qos]
-                if mids:
-                    self._send(encode_pubacks(mids))
+            if self._reading_paused or self._held:
+                self._held += messages
+            else:
+                self._deliver(messages)
+
+    def _deliver(self, messages: list[Message]) -> None:
+        if self.on_messages is not None:
+            self.on_messages(messages)
+        if not self.manual_ack:
+            mids = [m.mid for m in messages if m.qos]
+            if mids:
+                self._send(encode_pubacks(mids))
+
+    def _release_held(self) -> None:
+        if self._reading_paused or not self._held:
+            return  # paused again meanwhile, or already handed over
+        messages, self._held, self._held_bytes = self._held, [], 0
+        if not self._leaving and self._connected:
+            self._deliver(messages)
 
     def _release_waiting(self) -> None:
         waiting = self._waiting
@@ -381,12 +546,12 @@ class MqttClient:
                 self._send_qos1(topic, payload, retain, content_type, fut)
 
     def _on_packet(self, packet) -> None:
+        """A control packet; raises ProtocolViolation (or IndexError) for a broken one."""
         kind = packet.type
-        if kind == CONNACK and self._connack is not None and not self._connack.done():
-            try:
-                self._connack.set_result(decode_connack(packet.body, self.protocol))
-            except MalformedPacket as exc:
-                self._connack.set_exception(MqttError(f"malformed CONNACK: {exc}"))
+        if kind == CONNACK:  # the stream lets only the first one through
+            connack = decode_connack(packet.body, self.protocol)
+            if self._connack is not None and not self._connack.done():
+                self._connack.set_result(connack)
         elif kind == PUBACK:  # an MQTT 5 PUBACK with a reason code
             body = packet.body
             mid, code = (body[0] << 8) | body[1], body[2]
@@ -411,34 +576,80 @@ class MqttClient:
                 if 0x1F in props:
                     detail += f": {props[0x1F]}"
             self._fail(ConnectionLost(f"broker disconnected: {detail}", code))
-        # AUTH, QoS 2 flow: not used by this client.
 
     def _fail(self, exc: ConnectionLost) -> None:
         self._lost_reason = exc
+        self._input_ended = True
         if self._transport is not None:
             self._transport.abort()
+
+    def _violation(self, exc: ProtocolViolation) -> None:
+        """The broker broke the protocol: say so (MQTT 5: DISCONNECT with the reason code), close,
+        and end with ConnectionLost naming the violation."""
+        if self._input_ended:
+            return
+        code, broker = exc.reason_code, f"{self.host}:{self.port}"
+        log.warning(
+            "mqtt_protocol_violation",
+            extra={
+                "broker": broker,
+                "client_id": self.client_id,
+                "violation": str(exc)[:300],
+                "reason_code": f"0x{code:02x}",
+            },
+        )
+        how = (
+            f"disconnected with reason 0x{code:02x} ({reason_name(code)})"
+            if self.protocol == 5
+            else "connection closed"
+        )
+        self._lost_reason = ConnectionLost(
+            f"protocol violation by the broker {broker}: {exc}; {how}", code
+        )
+        self._input_ended = True
+        self._held.clear()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self.protocol == 5:
+            self._write_now(encode_disconnect(5, reason_code=code))
+        transport.close()
+        # A broker that does not read cannot hold the close open (it waits for the write).
+        self._cut_timer = self._loop.call_later(_VIOLATION_CLOSE_S, transport.abort)
 
     def _keepalive(self) -> None:
         if not self._connected:
             return
         now = time.monotonic()
-        if self._ping_sent is not None and not self._reading_paused \
-                and now - self._ping_sent > self.keepalive_s:
+        if self._socket_paused:
+            # No PINGRESP can be read now. A ping every tick keeps the broker's keepalive happy,
+            # and a broker gone away makes the next one fail: the connection then ends.
+            if self._ping_sent is None:
+                self._ping_sent = now
+            self._write_now(PINGREQ_PACKET)
+        elif self._ping_sent is not None and now - self._ping_sent > self.keepalive_s:
             self._fail(ConnectionLost(f"no PINGRESP within {self.keepalive_s} s"))
             return
-        if self._ping_sent is None and now - self._last_send >= self.keepalive_s / 2:
+        elif self._ping_sent is None and now - self._last_send >= self.keepalive_s / 2:
             self._ping_sent = now
             self._write_now(PINGREQ_PACKET)
         self._keepalive_timer = self._loop.call_later(self.keepalive_s / 4, self._keepalive)
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._connected = False
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
+        held, self._held = self._held, []
+        for timer in (self._keepalive_timer, self._cut_timer):
+            if timer is not None:
+                timer.cancel()
         lost = self._lost_reason or ConnectionLost(
-            f"connection to {self.host}:{self.port} lost" + (f": {exc}" if exc else ""))
-        for fut in [*self._inflight.values(), *(w[-1] for w in self._waiting),
-                    *self._subacks.values(), *self._pong_waiters]:
+            f"connection to {self.host}:{self.port} lost" + (f": {exc}" if exc else "")
+        )
+        for fut in [
+            *self._inflight.values(),
+            *(w[-1] for w in self._waiting),
+            *self._subacks.values(),
+            *self._pong_waiters,
+        ]:
             if not fut.done():
                 fut.set_exception(lost)
                 fut.exception()  # reported once, through wait_closed(); don't log each
@@ -455,3 +666,8 @@ class MqttClient:
                 self._closed.set_exception(lost)
                 self._closed.exception()
         self._writable.set()
+        if held and self.manual_ack and not self._leaving and self.on_messages is not None:
+            # Held back while paused and never acknowledged. A broker that kept them sends them
+            # again; one that crashed before it saved them no longer has them. Hand them over:
+            # the owner can store them (a repeat is a harmless duplicate), not acknowledge them.
+            self.on_messages(held)

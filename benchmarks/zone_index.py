@@ -2,28 +2,19 @@
 
 A deterministic synthetic city (one operating area with holes, noisy blobs of 10-300 vertices,
 some with holes, MultiPolygons, station circles) and points; prints one JSON object.
-Run: .venv/bin/python benchmarks/geofence.py [--points 1000000] [--zones 1000]
+Run: .venv/bin/python -m benchmarks.zone_index [--points 1000000] [--zones 1000]
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import math
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import shapely
-import typer
 
-# Run as a script, this file's own directory comes first on sys.path and its name would shadow the
-# geofence package: put the repository root in front.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._services import cpu_model
+from benchmarks._runner import bench_parser, best_of, loadavg, machine, run_benchmark
 from geofence import Membership, Rule, Zone, ZoneKind, ZoneSet
 from geofence._geo import M_PER_DEG, circle_d2, circle_frame
 
@@ -32,8 +23,15 @@ CENTRE = (13.40, 52.52)  # lon, lat (Berlin-sized city)
 
 # ------------------------------------------------------------------------------ the city ----
 
-def _blob(rng: np.random.Generator, cx: float, cy: float, radius_m: float, vertices: int,
-          roughness: float = 0.25) -> np.ndarray:
+
+def _blob(
+    rng: np.random.Generator,
+    cx: float,
+    cy: float,
+    radius_m: float,
+    vertices: int,
+    roughness: float = 0.25,
+) -> np.ndarray:
     """A closed, star-shaped (hence simple) noisy ring around (cx, cy), counter-clockwise."""
     kx = M_PER_DEG * math.cos(math.radians(cy))
     angles = np.sort(rng.uniform(0, 2 * math.pi, vertices))
@@ -49,16 +47,34 @@ def _blob(rng: np.random.Generator, cx: float, cy: float, radius_m: float, verti
 
 def _rules_for(kind: ZoneKind, rng: np.random.Generator) -> list[Rule]:
     if kind == ZoneKind.SLOW:
-        return [Rule(ride_start_allowed=True, ride_end_allowed=True, ride_through_allowed=True,
-                     maximum_speed_kph=int(rng.choice([6, 10, 15, 20])))]
+        return [
+            Rule(
+                ride_start_allowed=True,
+                ride_end_allowed=True,
+                ride_through_allowed=True,
+                maximum_speed_kph=int(rng.choice([6, 10, 15, 20])),
+            )
+        ]
     if kind == ZoneKind.NO_RIDE:
         return [Rule(ride_start_allowed=False, ride_end_allowed=False, ride_through_allowed=False)]
     if kind == ZoneKind.NO_PARKING:
-        return [Rule(vehicle_type_ids=("ebike",), ride_start_allowed=True, ride_end_allowed=False,
-                     ride_through_allowed=True)]
+        return [
+            Rule(
+                vehicle_type_ids=("ebike",),
+                ride_start_allowed=True,
+                ride_end_allowed=False,
+                ride_through_allowed=True,
+            )
+        ]
     if kind == ZoneKind.STATION:
-        return [Rule(ride_start_allowed=True, ride_end_allowed=True, ride_through_allowed=True,
-                     station_parking=True)]
+        return [
+            Rule(
+                ride_start_allowed=True,
+                ride_end_allowed=True,
+                ride_through_allowed=True,
+                station_parking=True,
+            )
+        ]
     return [Rule(ride_start_allowed=True, ride_end_allowed=True, ride_through_allowed=True)]
 
 
@@ -69,13 +85,23 @@ def city_zones(n_zones: int, seed: int = 7) -> list[Zone]:
     kx = M_PER_DEG * math.cos(math.radians(lat0))
     zones = []
     shell = _blob(rng, lon0, lat0, 13_000, 300, roughness=0.12)
-    holes = [_blob(rng, lon0 + dx / kx, lat0 + dy / M_PER_DEG, 1_200, 40)
-             for dx, dy in ((-5_000, 3_000), (4_000, -4_500))]  # an airport, a lake
-    zones.append(Zone(id="operating-area", name="City", kind=ZoneKind.OPERATING_AREA,
-                      geometry={"type": "Polygon",
-                                "coordinates": [shell.tolist(), *[h.tolist() for h in holes]]},
-                      rules=[Rule(ride_start_allowed=True, ride_end_allowed=True,
-                                  ride_through_allowed=True)], priority=1000))
+    holes = [
+        _blob(rng, lon0 + dx / kx, lat0 + dy / M_PER_DEG, 1_200, 40)
+        for dx, dy in ((-5_000, 3_000), (4_000, -4_500))
+    ]  # an airport, a lake
+    zones.append(
+        Zone(
+            id="operating-area",
+            name="City",
+            kind=ZoneKind.OPERATING_AREA,
+            geometry={
+                "type": "Polygon",
+                "coordinates": [shell.tolist(), *[h.tolist() for h in holes]],
+            },
+            rules=[Rule(ride_start_allowed=True, ride_end_allowed=True, ride_through_allowed=True)],
+            priority=1000,
+        )
+    )
     kinds = [ZoneKind.SLOW, ZoneKind.NO_PARKING, ZoneKind.NO_RIDE, ZoneKind.OTHER]
     for i in range(n_zones - 1):
         dist = min(abs(rng.normal(0, 6_000)), 13_000)
@@ -84,8 +110,11 @@ def city_zones(n_zones: int, seed: int = 7) -> list[Zone]:
         shape = rng.choice(["polygon", "multi", "circle"], p=[0.72, 0.10, 0.18])
         zid = f"z{i:04d}"
         if shape == "circle":
-            geometry = {"type": "Circle", "coordinates": [cx, cy],
-                        "radius_m": float(rng.uniform(20, 300))}
+            geometry = {
+                "type": "Circle",
+                "coordinates": [cx, cy],
+                "radius_m": float(rng.uniform(20, 300)),
+            }
             kind = ZoneKind.STATION
         else:
             kind = kinds[int(rng.integers(len(kinds)))]
@@ -102,8 +131,16 @@ def city_zones(n_zones: int, seed: int = 7) -> list[Zone]:
                     ox = (k * 2.6 * radius) / kx
                     parts.append([_blob(rng, cx + ox, cy, radius, max(10, n_v // 2)).tolist()])
                 geometry = {"type": "MultiPolygon", "coordinates": parts}
-        zones.append(Zone(id=zid, name=f"zone {i}", kind=kind, geometry=geometry,
-                          rules=_rules_for(kind, rng), priority=i))
+        zones.append(
+            Zone(
+                id=zid,
+                name=f"zone {i}",
+                kind=kind,
+                geometry=geometry,
+                rules=_rules_for(kind, rng),
+                priority=i,
+            )
+        )
     return zones
 
 
@@ -127,6 +164,7 @@ def city_points(n: int, zones: list[Zone], seed: int = 11) -> tuple[np.ndarray, 
 
 # ------------------------------------------------------------------------- the baselines ----
 
+
 def _circle_pairs(zones: list[Zone], lat, lon, order, lon_sorted) -> tuple[list, list]:
     """Circle zones by their defining distance formula (shapely has no circle), bbox-prefiltered."""
     pts, zs = [], []
@@ -149,8 +187,9 @@ def shapely_strtree(zones: list[Zone], polys: list, tree: shapely.STRtree, lat, 
     hit = tree.query(shapely.points(lon, lat), predicate="within")
     order = np.argsort(lon, kind="stable")
     pts, zs = _circle_pairs(zones, lat, lon, order, lon[order])
-    return np.column_stack([np.concatenate([hit[0], *pts]),
-                            np.concatenate([poly_ids[hit[1]], *zs])])
+    return np.column_stack(
+        [np.concatenate([hit[0], *pts]), np.concatenate([poly_ids[hit[1]], *zs])]
+    )
 
 
 def shapely_contains_xy(zones: list[Zone], polys: list, lat, lon) -> np.ndarray:
@@ -176,38 +215,18 @@ def _canonical(pairs: np.ndarray) -> np.ndarray:
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
-def _best(fn, repeat: int):
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
-
-
-def _machine() -> dict:
-    return {"cpu": cpu_model(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "shapely": shapely.__version__, "geos": shapely.geos_version_string}
-
-
-def main(points: int = typer.Option(1_000_000, help="number of points"),
-         zones: int = typer.Option(1_000, help="number of zones"),
-         repeat: int = typer.Option(5, help="fleetgate locate runs (best is reported)"),
-         shapely_repeat: int = typer.Option(2, help="runs of each shapely baseline"),
-         seed: int = typer.Option(7, help="seed of the city"),
-         cells: int = typer.Option(0, help="grid cells (0: automatic)")) -> None:
-    load_before = os.getloadavg()
-    zone_list = city_zones(zones, seed)
-    zs = ZoneSet(zone_list, version=1, cells=cells or None)
-    lat, lon = city_points(points, list(zs.zones), seed + 4)
+def bench(args: argparse.Namespace) -> dict:
+    load_before = loadavg()
+    zone_list = city_zones(args.zones, args.seed)
+    zs = ZoneSet(zone_list, version=1, cells=args.cells or None)
+    lat, lon = city_points(args.points, list(zs.zones), args.seed + 4)
 
     t0 = time.perf_counter()
     index = zs.index
     build_s = time.perf_counter() - t0
     index.locate(lat[:1000], lon[:1000])  # warm-up
 
-    ours_s, membership = _best(lambda: index.locate(lat, lon), repeat)
+    ours_s, membership = best_of(lambda: index.locate(lat, lon), args.repeat)
     assert isinstance(membership, Membership)
     t0 = time.perf_counter()
     rules = zs.resolve(membership, "ebike")
@@ -224,20 +243,23 @@ def main(points: int = typer.Option(1_000_000, help="number of points"),
     baselines = {}
     answers = {}
     zl = list(zs.zones)
-    for name, fn in (("strtree_query_within", lambda: shapely_strtree(zl, polys, tree, lat, lon)),
-                     ("bbox_then_contains_xy", lambda: shapely_contains_xy(zl, polys, lat, lon))):
-        secs, pairs = _best(fn, shapely_repeat)
+    for name, fn in (
+        ("strtree_query_within", lambda: shapely_strtree(zl, polys, tree, lat, lon)),
+        ("bbox_then_contains_xy", lambda: shapely_contains_xy(zl, polys, lat, lon)),
+    ):
+        secs, pairs = best_of(fn, args.shapely_repeat)
         baselines[name] = round(secs, 4)
         answers[name] = bool(np.array_equal(_canonical(pairs), ours))
     best = min(baselines, key=baselines.get)
-    load_after = os.getloadavg()
-    print(json.dumps({
-        "points": points,
+    return {
+        "points": args.points,
         "zones": len(zs),
-        "zone_mix": {"polygons": sum(z.geometry.type == "Polygon" for z in zs.zones),
-                     "multipolygons": sum(z.geometry.type == "MultiPolygon" for z in zs.zones),
-                     "circles": sum(z.is_circle for z in zs.zones),
-                     "vertices_max": int(max(len(shapely.get_coordinates(p)) for p in tree_polys))},
+        "zone_mix": {
+            "polygons": sum(z.geometry.type == "Polygon" for z in zs.zones),
+            "multipolygons": sum(z.geometry.type == "MultiPolygon" for z in zs.zones),
+            "circles": sum(z.is_circle for z in zs.zones),
+            "vertices_max": int(max(len(shapely.get_coordinates(p)) for p in tree_polys)),
+        },
         "pairs": len(ours),
         "index": index.stats,
         "build_s": round(build_s, 4),
@@ -251,10 +273,30 @@ def main(points: int = typer.Option(1_000_000, help="number of points"),
         "answers_equal": all(answers.values()),
         "answers_equal_by_baseline": answers,
         "ebike_points_with_speed_limit": int(np.isfinite(rules.maximum_speed_kph).sum()),
-        "machine": {**_machine(), "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in load_after]},
-    }, indent=2))
+        "machine": machine(
+            numpy=np.__version__,
+            shapely=shapely.__version__,
+            geos=shapely.geos_version_string,
+            loadavg_before=load_before,
+            loadavg_after=loadavg(),
+        ),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = bench_parser(__spec__.name, __doc__)
+    p.add_argument("--points", type=int, default=1_000_000, help="number of points")
+    p.add_argument("--zones", type=int, default=1_000, help="number of zones")
+    p.add_argument("--repeat", type=int, default=5, help="fleetgate locate runs (best is reported)")
+    p.add_argument("--shapely-repeat", type=int, default=2, help="runs of each shapely baseline")
+    p.add_argument("--seed", type=int, default=7, help="seed of the city")
+    p.add_argument("--cells", type=int, default=0, help="grid cells (0: automatic)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_benchmark(bench, build_parser(), argv)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    main()

@@ -1,0 +1,1 @@
+../fleetgate/data/fleetgate_subscribe_acl.c

@@ -1,0 +1,34 @@
+"""The `fleetgate` command: run the gateway, drive the simulator, migrate the database, demo.
+
+Every subcommand reads the one Settings object (FLEETGATE_* environment, optional env file and
+TOML config file); where no database or broker is configured, `run` and `demo` start embedded
+ones in data_dir. Each command group is a module of this package; this one mounts them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from fleetgate.cli import api_keys, broker_config, config, db, demo, devices, run, sim, zones
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="fleetgate: IoT fleet gateway and telemetry backend",
+)
+# In this order in `fleetgate --help`: the commands, then the groups.
+app.command("run")(run.run)
+app.command("drain")(run.drain)
+app.command("api")(run.api_alone)
+app.command("sim")(sim.sim)
+app.command("demo")(demo.demo)
+app.command("broker-config")(broker_config.broker_config)
+app.add_typer(db.app, name="db")
+app.add_typer(config.app, name="config")
+app.add_typer(zones.app, name="zones")
+app.add_typer(api_keys.app, name="api-keys")
+app.add_typer(devices.app, name="devices")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app(prog_name="fleetgate")
