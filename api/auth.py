@@ -1,12 +1,11 @@
 """API keys with scopes: `Authorization: Bearer fgk_…` (or `X-API-Key`) on every route but health.
 
-A verified key is cached for a short while (api_key_cache_s), so a revoked key stops working
-within that time; `admin` includes every other scope.
+A verified key is cached for a short while (api.key_cache, api_key_cache_s), so a revoked key
+stops working within that time; `admin` includes every other scope.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -18,24 +17,6 @@ from telemetry.store import ApiKey, InvalidApiKey
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: fgk_<id>_<secret>")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-
-class KeyCache:
-    def __init__(self, ttl_s: float) -> None:
-        self.ttl_s = ttl_s
-        self._keys: dict[str, tuple[ApiKey, float]] = {}
-
-    def get(self, key: str) -> ApiKey | None:
-        hit = self._keys.get(key)
-        if hit is None or hit[1] < time.monotonic():
-            return None
-        return hit[0]
-
-    def put(self, key: str, record: ApiKey) -> None:
-        if self.ttl_s > 0:
-            if len(self._keys) > 10_000:
-                self._keys.clear()
-            self._keys[key] = (record, time.monotonic() + self.ttl_s)
 
 
 async def api_key(

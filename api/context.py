@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
+from commands.ports import CommandDispatcher, CommandReader
 from telemetry.store import TelemetryStore
 
 if TYPE_CHECKING:
-    from api.auth import KeyCache
+    from api.key_cache import KeyCache
     from api.live import LiveHub
 
 
@@ -22,8 +23,8 @@ class ApiContext:
     store: TelemetryStore
     live: LiveHub
     key_cache: KeyCache
-    commands: Any = None  # commands.CommandService where the dispatcher runs in this process
-    command_reads: Any = None  # commands.CommandReads: reading commands needs only the database
+    commands: CommandDispatcher | None = None  # where the dispatcher runs in this process
+    command_reads: CommandReader | None = None  # reading commands needs only the database
     broker_access: Any = None  # gateway.broker_auth.BrokerAccess, for EMQX's HTTP hooks
     # Readiness checks: name -> coroutine returning None when fine, else the reason.
     readiness: dict[str, Callable[[], Awaitable[str | None]]] = field(default_factory=dict)

@@ -152,11 +152,11 @@ class SimProcess:
 
 class Floor:
     def __init__(self, host: str, port: int) -> None:
-        from gateway.mqtt import MqttClient
+        from gateway.mqtt import ConnectOptions, MqttClient
 
         self.waiting: dict[str, asyncio.Future] = {}
         self.client = MqttClient(
-            host, port, client_id=f"bench-floor-{os.getpid()}", on_messages=self._on_messages
+            ConnectOptions(host, port, f"bench-floor-{os.getpid()}"), on_messages=self._on_messages
         )
 
     async def start(self) -> None:

@@ -54,7 +54,7 @@ from benchmarks._fuzz_payloads import Devices, FuzzMessage, PayloadFuzzer
 from benchmarks._runner import bench_parser, cpu_seconds, progress, run_benchmark, until
 from benchmarks._services import BenchServices, answers_ok, gateway_process
 from fleetgate.embedded import free_port
-from gateway.mqtt import MqttClient
+from gateway.mqtt import ConnectOptions, MqttClient
 from telemetry.store import DeviceCredentials, TelemetryStore, VehicleRegistration, migrate
 
 ROOT = "fg/v1"
@@ -244,10 +244,10 @@ class Campaign:
         args = self.args
         run = secrets.token_hex(3)
         v5 = [
-            MqttClient(broker.host, broker.port, client_id=f"fgfuzz-{run}-{i}", protocol=5)
+            MqttClient(ConnectOptions(broker.host, broker.port, f"fgfuzz-{run}-{i}", protocol=5))
             for i in range(args.connections)
         ]
-        v3 = MqttClient(broker.host, broker.port, client_id=f"fgfuzz-{run}-v3", protocol=4)
+        v3 = MqttClient(ConnectOptions(broker.host, broker.port, f"fgfuzz-{run}-v3", protocol=4))
         for client in (*v5, v3):
             await client.connect()
         started = time.monotonic()

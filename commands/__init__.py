@@ -1,10 +1,11 @@
 """Remote commands (lock, unlock, immobilise, mobilise, locate, set_speed_limit, set_config):
 exactly once, in order per vehicle, safe, auditable.
 
-The core is sans-IO: `model` (the contract), `machine` (states and transitions), `interlocks`
-(what is safe to send, from the vehicle's latest state) and `scheduler` (what happens next for a
-vehicle). `store` (PostgreSQL), `mqtt` (the downlink connection) and `service` (CommandService,
-the shell the gateway and the HTTP API use) do the IO. docs/commands.md explains the guarantees.
+This package is the sans-IO core: `model` (the contract), `machine` (states and transitions),
+`interlocks` (what is safe to send, from the vehicle's latest state), `scheduler` (what happens
+next for a vehicle) and `ports` (what the HTTP API needs from whoever runs the commands). The IO
+shell that implements the ports (service loops, store, MQTT link) is gateway/commands; nothing
+here imports it. docs/commands.md explains the guarantees.
 """
 
 from commands.errors import (
@@ -27,26 +28,21 @@ from commands.model import (
     HistoryEntry,
     VehicleSnapshot,
 )
-from commands.reads import CommandReads
+from commands.ports import CommandDispatcher, CommandReader
 from commands.scheduler import DeliveryPolicy, Plan, plan_vehicle
-from commands.service import CommandConfig, CommandService
-from commands.store import CommandConflict, CommandStore
 
 __all__ = [
     "TERMINAL",
     "TRANSITIONS",
     "Action",
     "Command",
-    "CommandConfig",
-    "CommandConflict",
+    "CommandDispatcher",
     "CommandError",
     "CommandNotFound",
     "CommandPage",
+    "CommandReader",
     "CommandRequest",
-    "CommandService",
-    "CommandReads",
     "CommandState",
-    "CommandStore",
     "CommandType",
     "DeliveryPolicy",
     "DeviceResult",

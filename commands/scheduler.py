@@ -75,6 +75,20 @@ def plan_vehicle(
     when the device shows up, so nothing is retried on a timer and offline does not hold it.
     """
     plan = Plan()
+    open_ = _finish_overdue(plan, queue, now, delivery)
+    while open_ and _decide_head(plan, open_, snap, now, delivery, interlocks, push):
+        open_.pop(0)
+    for cmd in open_:
+        if not cmd.state.in_flight:
+            plan.wake(cmd.deadline)
+    return plan
+
+
+def _finish_overdue(
+    plan: Plan, queue: Sequence[Command], now: datetime, delivery: DeliveryPolicy
+) -> list[Command]:
+    """Time out the in-flight commands past their grace, expire the undelivered ones past their
+    deadline; returns the others, in order."""
     open_: list[Command] = []
     for cmd in queue:
         if cmd.state.in_flight and now >= delivery.gives_up_at(cmd):
@@ -88,40 +102,45 @@ def plan_vehicle(
             )
         else:
             open_.append(cmd)
-    while open_:
-        head = open_[0]
-        if head.state.in_flight:
-            _in_flight(plan, head, snap, now, delivery, push)
-            break
-        verdict = judge(head, snap, now, interlocks)
-        if verdict.action is Action.NOOP:
-            plan.change(
-                machine.transition(head, CommandState.SUCCEEDED, now, reason=verdict.reason)
-            )
-            open_.pop(0)
-            continue
-        if verdict.action is Action.REFUSE:
-            plan.change(machine.transition(head, CommandState.FAILED, now, reason=verdict.reason))
-            open_.pop(0)
-            continue
-        if verdict.action is Action.OFFLINE and not push:
-            verdict = verdict._replace(action=Action.SEND)
-        if verdict.action is Action.SEND:
-            if push:  # (pull: handed over on the device's next uplink, not from here)
-                sent = plan.change(machine.transition(head, CommandState.SENT, now))
-                plan.send.append(sent)
-                _in_flight(plan, sent, snap, now, delivery, push)
-            break
-        # WAIT or OFFLINE: hold it (and everything behind it) and say why, once.
-        to = W if verdict.action is Action.WAIT else Q
-        if head.state is not to or head.reason != verdict.reason:
-            open_[0] = plan.change(machine.transition(head, to, now, reason=verdict.reason))
-        plan.blocked = push
-        break
-    for cmd in open_:
-        if not cmd.state.in_flight:
-            plan.wake(cmd.deadline)
-    return plan
+    return open_
+
+
+def _decide_head(
+    plan: Plan,
+    open_: list[Command],
+    snap: VehicleSnapshot | None,
+    now: datetime,
+    delivery: DeliveryPolicy,
+    interlocks: InterlockPolicy,
+    push: bool,
+) -> bool:
+    """What happens to the head of open_ now; True when it is finished (no-op or refused), so
+    the next command becomes the head, False when the vehicle's queue stops here."""
+    head = open_[0]
+    if head.state.in_flight:
+        _in_flight(plan, head, snap, now, delivery, push)
+        return False
+    verdict = judge(head, snap, now, interlocks)
+    if verdict.action is Action.NOOP:
+        plan.change(machine.transition(head, CommandState.SUCCEEDED, now, reason=verdict.reason))
+        return True
+    if verdict.action is Action.REFUSE:
+        plan.change(machine.transition(head, CommandState.FAILED, now, reason=verdict.reason))
+        return True
+    if verdict.action is Action.OFFLINE and not push:
+        verdict = verdict._replace(action=Action.SEND)
+    if verdict.action is Action.SEND:
+        if push:  # (pull: handed over on the device's next uplink, not from here)
+            sent = plan.change(machine.transition(head, CommandState.SENT, now))
+            plan.send.append(sent)
+            _in_flight(plan, sent, snap, now, delivery, push)
+        return False
+    # WAIT or OFFLINE: hold it (and everything behind it) and say why, once.
+    to = W if verdict.action is Action.WAIT else Q
+    if head.state is not to or head.reason != verdict.reason:
+        open_[0] = plan.change(machine.transition(head, to, now, reason=verdict.reason))
+    plan.blocked = push
+    return False
 
 
 def _in_flight(

@@ -34,7 +34,7 @@ from firmware_sim.tcu import (
     Tcu,
     wall_clock_ms,
 )
-from gateway.mqtt import ConnectionLost, Message, MqttClient, MqttError, Will
+from gateway.mqtt import ConnectionLost, ConnectOptions, Message, MqttClient, MqttError, Will
 
 log = logging.getLogger(__name__)
 
@@ -425,15 +425,17 @@ class Fleet:
                     await link.wake.wait()
                 continue
             client = MqttClient(
-                o.host,
-                o.port,
-                client_id=tcu.device_id,
-                protocol=o.protocol,
+                ConnectOptions(
+                    o.host,
+                    o.port,
+                    tcu.device_id,
+                    protocol=o.protocol,
+                    session_expiry_s=o.session_expiry_s,
+                    keepalive_s=o.keepalive_s,
+                    receive_maximum=64,
+                    **self.mqtt_login(tcu.device_id),
+                ),
                 clean_start=False,
-                session_expiry_s=o.session_expiry_s,
-                keepalive_s=o.keepalive_s,
-                receive_maximum=64,
-                **self.mqtt_login(tcu.device_id),
                 will=Will(tcu.topic_status, tcu.will_payload, qos=1, retain=True),
                 on_messages=partial(self._on_messages, link),
             )

@@ -14,11 +14,12 @@ import uvicorn
 from starlette.applications import Starlette
 
 from api import ApiContext, KeyCache, LiveHub
-from commands import CommandReads, CommandStore, DeliveryPolicy, InterlockPolicy
+from api.ops_http import ops_app
+from commands import DeliveryPolicy, InterlockPolicy
 from fleetgate.settings import Settings
 from gateway.broker_auth import BrokerAccess, gateway_accounts
 from gateway.coap import TokenVerifier
-from gateway.ops_http import ops_app
+from gateway.commands import CommandReads, CommandStore
 from gateway.pipeline import PipelineLimits
 from gateway.service import Gateway, GatewayConfig
 from telemetry.decoder import TimeLimits

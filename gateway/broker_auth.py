@@ -20,14 +20,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from telemetry.schema import DEVICE_ID_PATTERN
 from telemetry.store import DeviceCredentials
 from telemetry.store._credentials import check_mosquitto_hash, mosquitto_hash
+from telemetry.topics import DEVICE_PUBLISHES, DEVICE_SUBSCRIBES, device_topic, is_device_id
 
-# What a device publishes and subscribes to, below {root}/{device_id}/ (docs/protocol.md).
-DEVICE_PUBLISHES = ("telemetry", "event", "status", "cmd/result")
-DEVICE_SUBSCRIBES = ("cmd",)
-_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 # A shared subscription's filter: MQTT 5's $share/{group}/{filter}, and EMQX's $queue/{filter}.
 _SHARED = re.compile(r"^(?:\$share/[^/#+]+|\$queue)/(.+)$")
 
@@ -91,8 +87,8 @@ def acl_file(topic_root: str, gateway_users: Sequence[str]) -> str:
         "# Which filters a device may subscribe to, the plugin in fleetgate.conf decides.",
         "",
     ]
-    out += [f"pattern write {topic_root}/%u/{leaf}" for leaf in DEVICE_PUBLISHES]
-    out += [f"pattern read {topic_root}/%u/{leaf}" for leaf in DEVICE_SUBSCRIBES]
+    out += [f"pattern write {device_topic(topic_root, '%u', kind)}" for kind in DEVICE_PUBLISHES]
+    out += [f"pattern read {device_topic(topic_root, '%u', kind)}" for kind in DEVICE_SUBSCRIBES]
     return "\n".join(out) + "\n"
 
 
@@ -268,7 +264,7 @@ class BrokerAccess:
         hashed = self._gateways.get(username)
         if hashed is not None:
             return check_mosquitto_hash(password, hashed)
-        if not _DEVICE_ID.match(username) or (client_id is not None and client_id != username):
+        if not is_device_id(username) or (client_id is not None and client_id != username):
             return False
         return await self._verify(username, password)
 
@@ -297,8 +293,8 @@ def authorize(
             shared = _SHARED.match(topic)
             topic = shared.group(1) if shared else topic
         return topic == topic_root or topic.startswith(topic_root + "/")
-    if not _DEVICE_ID.match(username):
+    if not is_device_id(username):
         return False
     allowed = DEVICE_PUBLISHES if action == "publish" else DEVICE_SUBSCRIBES
     # Exact topics only: a wildcard or a $share filter is not one of a device's own topics.
-    return topic in {f"{topic_root}/{username}/{leaf}" for leaf in allowed}
+    return topic in {device_topic(topic_root, username, kind) for kind in allowed}

@@ -25,26 +25,33 @@ import secrets
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from gateway.metrics import GatewayMetrics
-from gateway.mqtt import Message, MqttClient, MqttError, PersistentSession, Will
+from gateway.mqtt import ConnectOptions, Message, MqttClient, MqttError, PersistentSession, Will
 from gateway.pipeline import Inbound, IngestPipeline
+from telemetry.topics import (
+    EVENT,
+    STATUS,
+    TELEMETRY,
+    drain_marker_topic,
+    every_device,
+    gateway_presence_topic,
+    parse_device_topic,
+)
 
 log = logging.getLogger(__name__)
 
-_KINDS = frozenset(("telemetry", "event", "status"))
+_KINDS = frozenset((TELEMETRY, EVENT, STATUS))
+_BAD_TOPIC = ("", TELEMETRY)  # rejected as bad_topic, still acknowledged
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code
 
 
 class DrainError(RuntimeError):
     """A session cannot be drained (its client id is in use)."""
-
-
-def presence_topic(topic_root: str, client_id: str) -> str:
-    return f"{topic_root}/$gateway/{client_id}/presence"
 
 
 def _presence(state: str, client_id: str) -> bytes:
@@ -60,73 +67,33 @@ def _presence(state: str, client_id: str) -> bytes:
 
 
 async def read_presence(
-    host: str,
-    port: int,
-    topic_root: str,
-    client_id: str,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    protocol: int = 5,
-    wait_s: float = 1.0,
+    options: ConnectOptions, topic_root: str, *, wait_s: float = 1.0
 ) -> dict | None:
-    """The retained presence of the gateway process with this client id, None if there is none."""
-    payload = await _read_retained(
-        host,
-        port,
-        presence_topic(topic_root, client_id),
-        username=username,
-        password=password,
-        protocol=protocol,
-        wait_s=wait_s,
-    )
+    """The retained presence of the gateway process that connects with these options (its
+    client id), None if there is none."""
+    topic = gateway_presence_topic(topic_root, options.client_id)
+    payload = await _read_retained(options, topic, wait_s=wait_s)
     try:
         return orjson.loads(payload) if payload else None
     except orjson.JSONDecodeError:
         return {"state": "unknown", "payload": payload[:200].decode("utf-8", "replace")}
 
 
-async def read_broker_version(
-    host: str,
-    port: int,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    protocol: int = 5,
-    wait_s: float = 1.0,
-) -> str | None:
+async def read_broker_version(options: ConnectOptions, *, wait_s: float = 1.0) -> str | None:
     """What the broker says it is ($SYS/broker/version, e.g. "mosquitto version 2.0.11"), None
     where it publishes no such topic or the account may not read it."""
     try:
         payload = await asyncio.wait_for(
-            _read_retained(
-                host,
-                port,
-                "$SYS/broker/version",
-                username=username,
-                password=password,
-                protocol=protocol,
-                wait_s=wait_s,
-            ),
-            wait_s + 2.0,
+            _read_retained(options, "$SYS/broker/version", wait_s=wait_s), wait_s + 2.0
         )
     except (OSError, TimeoutError, MqttError):
         return None
     return payload.decode("utf-8", "replace").strip() if payload else None
 
 
-async def _read_retained(
-    host: str,
-    port: int,
-    topic: str,
-    *,
-    username: str | None,
-    password: str | None,
-    protocol: int,
-    wait_s: float,
-) -> bytes | None:
-    """A topic's retained message, on a throw-away connection of its own (clean, no session left
-    behind); None if none arrives within wait_s."""
+async def _read_retained(options: ConnectOptions, topic: str, *, wait_s: float) -> bytes | None:
+    """A topic's retained message, on a throw-away connection of its own (a client id of its
+    own, clean, no session left behind); None if none arrives within wait_s."""
     got: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def on_messages(messages: list[Message]) -> None:
@@ -134,14 +101,9 @@ async def _read_retained(
             if not got.done():
                 got.set_result(m.payload)
 
+    probe_id = f"fleetgate-probe-{secrets.token_hex(6)}"
     probe = MqttClient(
-        host,
-        port,
-        client_id=f"fleetgate-probe-{secrets.token_hex(6)}",
-        protocol=protocol,
-        username=username,
-        password=password,
-        on_messages=on_messages,
+        replace(options, client_id=probe_id, session_expiry_s=0), on_messages=on_messages
     )
     await probe.connect()
     try:
@@ -157,31 +119,23 @@ class MqttIngress:
     def __init__(
         self,
         pipeline: IngestPipeline,
+        options: ConnectOptions,
         *,
-        host: str,
-        port: int,
-        client_id: str,
         topic_root: str = "fg/v1",
         shared_group: str = "",
-        protocol: int = 5,
-        keepalive_s: int = 30,
-        session_expiry_s: int = 7 * 86400,
-        receive_maximum: int = 65535,
-        username: str | None = None,
-        password: str | None = None,
         metrics: GatewayMetrics,
         drain: bool = False,
     ) -> None:
+        client_id = options.client_id
         self._pipeline = pipeline
         self._root = topic_root
-        self._prefix = topic_root + "/"
         self._shared_group = shared_group
         self._metrics = metrics
         self._paused = False
         self.draining = drain
         # Drain mode: the marker's topic and this run's payload prefix; the marker seen on the
         # current connection, as its acknowledgement token.
-        self._marker_topic = f"{topic_root}/$drain/{client_id}/marker"
+        self._marker_topic = drain_marker_topic(topic_root, client_id)
         self._marker_nonce = secrets.token_hex(8)
         self._marker: tuple[int, int, int] | None = None
         self.marker_arrived = asyncio.Event()
@@ -189,20 +143,12 @@ class MqttIngress:
         self.drain_error: str | None = None
         self.session_present: bool | None = None
         self._client_id = client_id
-        self._presence_topic = presence_topic(topic_root, client_id)
+        self._presence_topic = gateway_presence_topic(topic_root, client_id)
         self._session = PersistentSession(
-            host=host,
-            port=port,
-            client_id=client_id,
+            options,
             subscriptions=(lambda: [(self._marker_topic, 1)]) if drain else self.subscriptions,
             unsubscribe=(lambda: [f for f, _ in self.subscriptions()]) if drain else None,
             on_messages=self._on_messages,
-            protocol=protocol,
-            keepalive_s=keepalive_s,
-            session_expiry_s=session_expiry_s,
-            receive_maximum=receive_maximum,
-            username=username,
-            password=password,
             on_up=self._connection_up,
             on_down=self._connection_gone,
             log=log,
@@ -215,10 +161,10 @@ class MqttIngress:
     def subscriptions(self) -> list[tuple[str, int]]:
         shared = f"$share/{self._shared_group}/" if self._shared_group else ""
         return [
-            (f"{shared}{self._root}/+/telemetry", 1),
-            (f"{shared}{self._root}/+/event", 1),
+            (shared + every_device(self._root, TELEMETRY), 1),
+            (shared + every_device(self._root, EVENT), 1),
             # Retained presence is not delivered on shared subscriptions (MQTT 5, 4.8.2).
-            (f"{self._root}/+/status", 1),
+            (every_device(self._root, STATUS), 1),
         ]
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -337,7 +283,7 @@ class MqttIngress:
 
     def _on_messages(self, messages: list[Message], generation: int) -> None:
         received_ms = int(time.time() * 1000)
-        prefix, plen, submit = self._prefix, len(self._prefix), self._pipeline.submit
+        root, submit = self._root, self._pipeline.submit
         for m in messages:
             topic = m.topic
             if topic == self._marker_topic:  # drain mode's marker: stored nowhere
@@ -345,12 +291,8 @@ class MqttIngress:
                     self._marker = (generation, m.mid, m.qos)
                     self.marker_arrived.set()
                 continue
-            if topic.startswith(prefix):
-                device_id, _, kind = topic[plen:].partition("/")
-            else:
-                device_id, kind = "", "telemetry"  # rejected as bad_topic, still acknowledged
-            if kind not in _KINDS:
-                device_id, kind = "", "telemetry"
+            parsed = parse_device_topic(root, topic)
+            device_id, kind = parsed if parsed is not None and parsed[1] in _KINDS else _BAD_TOPIC
             submit(
                 Inbound(
                     kind,

@@ -9,30 +9,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
-import psycopg
 
 from gateway.metrics import GatewayMetrics
-from gateway.stages import BatchStage, StageOutput, merge_outputs
+from gateway.stages import BatchStage, merge_outputs
 from telemetry.batch import DeviceEvent, TelemetryBatch
 from telemetry.decoder import TimeLimits, decode_events, decode_status, decode_telemetry
 from telemetry.plausibility import PlausibilityFilter
-from telemetry.schema import DEVICE_ID_PATTERN
-from telemetry.store import Device, QuarantinedMessage, StoreUnavailable, TelemetryStore
+from telemetry.store import (
+    DataRefused,
+    Derived,
+    Device,
+    QuarantinedMessage,
+    TelemetryStore,
+    retry_while_unavailable,
+)
+from telemetry.topics import is_device_id
 
 log = logging.getLogger(__name__)
 
-_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 # The rejection reason of a message whose processing raised (a fault of the gateway's, not of the
 # message's form): it is kept in quarantined_messages and acknowledged, never retried forever.
 PROCESSING_FAILED = "processing_failed"
+T = TypeVar("T")
 
 
 class Inbound(NamedTuple):
@@ -53,6 +58,36 @@ class PipelineLimits:
     max_bytes: int = 8 * 1024 * 1024
     max_age_ms: int = 50
     max_pending: int = 65535
+
+
+@dataclass(slots=True)
+class _BatchInProgress:
+    """One batch on its way through the stages: what each stage adds for the ones after it."""
+
+    items: list[Inbound]
+    started: float  # time.monotonic() when the batch was taken
+    now_ms: int  # the time its checks compare device clocks with
+    vehicle_of: dict[str, int]
+    # Rejections by (transport, kind), then reason: telemetry's in
+    # fleetgate_samples_rejected_total{reason,transport}, events' and statuses' in their own.
+    rejected: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    problems: list = field(default_factory=list)  # examples for the log
+    received: dict[str, int] = field(default_factory=dict)  # samples decoded or rejected
+    sizes: dict[str, int] = field(default_factory=dict)  # samples per transport, in row order
+    samples: TelemetryBatch = field(default_factory=TelemetryBatch.empty)
+    flagged: int = 0  # samples the plausibility filter flagged
+    events: list[DeviceEvent] = field(default_factory=list)  # decoded and derived
+    presence: list[tuple[int, bool, int]] = field(default_factory=list)  # (vehicle, online, t)
+    derived: Derived = field(default_factory=Derived)
+    inserted: int = 0
+    duplicates: int = 0
+    events_inserted: Counter[str] = field(default_factory=Counter)  # by source
+
+    def of_kind(self, kind: str) -> list[Inbound]:
+        return [m for m in self.items if m.kind == kind]
+
+    def reject(self, transport: str, kind: str, reasons: dict[str, int]) -> None:
+        _merge(self.rejected.setdefault((transport, kind), {}), reasons)
 
 
 class DeviceRegistry:
@@ -83,7 +118,7 @@ class DeviceRegistry:
         never be rejected as unknown because this process has not caught up yet."""
         known = self.vehicle_of
         unknown = {d for d in device_ids if d not in known}
-        unknown = [d for d in unknown if _DEVICE_ID.fullmatch(d)]
+        unknown = [d for d in unknown if is_device_id(d)]
         if not unknown:
             return
         found = await self._store.load_devices(unknown)
@@ -296,95 +331,133 @@ class IngestPipeline:
         record = QuarantinedMessage(
             m.transport, m.kind, m.device_id, m.received_ms, m.payload, m.content_type, error
         )
-        while True:
-            try:
-                await self._store.quarantine([record])
-                break
-            except StoreUnavailable as down:
-                await self._database_down("quarantine", down)
+        await self._until_stored("quarantine", lambda: self._store.quarantine([record]))
         # Counted as a message rejected whole (an event's or a status's in their own counters).
         self._metrics.count_refused(m.kind, m.transport, PROCESSING_FAILED)
         self._acknowledge_all([m])
 
     async def _commit_batch(self, items: list[Inbound]) -> None:
-        """Decode, check, run the cores over, write and acknowledge one batch. Counters move only
-        once the batch has committed, so a batch retried in parts is counted once."""
-        telemetry = [m for m in items if m.kind == "telemetry"]
-        events_in = [m for m in items if m.kind == "event"]
-        statuses = [m for m in items if m.kind == "status"]
-
+        """One batch through the pipeline's stages, in this order. Counters move only once the
+        batch has committed, so a batch retried in parts is counted once."""
         started = time.monotonic()
-        await self._refresh_registry([m.device_id for m in items])
-        self._first_transport = items[0].transport
-        vehicle_of = self._registry.vehicle_of
-        now_ms = int(time.time() * 1000)
-        # Rejections by (transport, kind), then reason: telemetry's in
-        # fleetgate_samples_rejected_total{reason,transport}, events' and statuses' in their own.
-        rejected: dict[tuple[str, str], dict[str, int]] = {}
-        problems = []
+        await self._look_up_new_devices(items)
+        work = _BatchInProgress(items, started, int(time.time() * 1000), self._registry.vehicle_of)
+        self._decode_telemetry(work)  # and check: device known, time within limits, values
+        await self._continue_handed_over(work)
+        self._flag_implausible(work)
+        self._decode_events(work)
+        self._decode_statuses(work)
+        self._run_stages(work)  # the cores: geofence, battery
+        await self._write(work)
+        # Committed. Nothing below may undo that or keep the batch from being acknowledged.
+        self._account(work)
+        self._tell_listeners(work)
+        self._acknowledge_all(items)
 
+    # --- the stages of a batch, in order ------------------------------------------------------
+
+    async def _look_up_new_devices(self, items: list[Inbound]) -> None:
+        self._first_transport = items[0].transport
+        device_ids = [m.device_id for m in items]
+        await self._until_stored("registry", lambda: self._registry.ensure_known(device_ids))
+
+    def _decode_telemetry(self, work: _BatchInProgress) -> None:
         batches = []
-        received: dict[str, int] = {}  # samples decoded or rejected, per transport
-        sizes: dict[str, int] = {}  # samples per transport, in the order of the batch's rows
-        for transport, msgs in _by_transport(telemetry):
+        for transport, msgs in _by_transport(work.of_kind("telemetry")):
             decoded = decode_telemetry(
                 [m.device_id for m in msgs],
                 [m.payload for m in msgs],
                 np.fromiter((m.received_ms for m in msgs), np.int64, len(msgs)),
-                vehicle_of,
-                now_ms=now_ms,
+                work.vehicle_of,
+                now_ms=work.now_ms,
                 limits=self._time_limits,
                 content_types=[m.content_type for m in msgs],
             )
             batches.append(decoded.batch)
-            sizes[transport] = len(decoded.batch)
-            _merge(rejected.setdefault((transport, "telemetry"), {}), decoded.rejected)
-            problems += decoded.problems
-            received[transport] = len(decoded.batch) + sum(decoded.rejected.values())
-        batch = batches[0] if len(batches) == 1 else TelemetryBatch.concat(batches)
-        if len(batch) and self._state_sync is not None:
-            await self._sync_state(batch)
-        flagged = self._plausibility.apply(batch) if len(batch) else 0
-        events: list[DeviceEvent] = []
-        for transport, msgs in _by_transport(events_in):
-            decoded_events, ev_rejected, ev_problems = decode_events(
+            work.sizes[transport] = len(decoded.batch)
+            work.reject(transport, "telemetry", decoded.rejected)
+            work.problems += decoded.problems
+            work.received[transport] = len(decoded.batch) + sum(decoded.rejected.values())
+        work.samples = batches[0] if len(batches) == 1 else TelemetryBatch.concat(batches)
+
+    async def _continue_handed_over(self, work: _BatchInProgress) -> None:
+        """Before plausibility and the cores see the samples: continue the vehicles another
+        gateway process advanced from what it stored (gateway/handover.py)."""
+        if len(work.samples) and self._state_sync is not None:
+            await self._until_stored("state_sync", lambda: self._state_sync(work.samples))
+
+    def _flag_implausible(self, work: _BatchInProgress) -> None:
+        work.flagged = self._plausibility.apply(work.samples) if len(work.samples) else 0
+
+    def _decode_events(self, work: _BatchInProgress) -> None:
+        for transport, msgs in _by_transport(work.of_kind("event")):
+            events, rejected, problems = decode_events(
                 [m.device_id for m in msgs],
                 [m.payload for m in msgs],
-                vehicle_of,
-                now_ms=now_ms,
+                work.vehicle_of,
+                now_ms=work.now_ms,
                 limits=self._time_limits,
                 content_types=[m.content_type for m in msgs],
             )
-            events += decoded_events
-            _merge(rejected.setdefault((transport, "event"), {}), ev_rejected)
-            problems += ev_problems
-        presence = self._presence_updates(statuses, vehicle_of, rejected, now_ms)
-        derived = self._run_stages(batch)
-        events.extend(derived.events)
+            work.events += events
+            work.reject(transport, "event", rejected)
+            work.problems += problems
 
-        inserted, duplicates, events_inserted = await self._write(
-            batch, events, presence, rejected, derived.derived
+    def _decode_statuses(self, work: _BatchInProgress) -> None:
+        for m in work.of_kind("status"):
+            vehicle = work.vehicle_of.get(m.device_id)
+            status = decode_status(m.payload, m.content_type)
+            reason = self._status_refusal(vehicle, status, work.now_ms)
+            if reason is not None:
+                work.reject(m.transport, "status", {reason: 1})
+            else:
+                work.presence.append((vehicle, status.online, status.t or m.received_ms))
+
+    def _status_refusal(self, vehicle: int | None, status, now_ms: int) -> str | None:
+        limits = self._time_limits
+        if vehicle is None:
+            return "unknown_device"
+        if status is None:
+            return "bad_structure"
+        if status.t is not None and status.t > now_ms + limits.max_future_ms:
+            # A clock far ahead would pin the vehicle's presence: later statuses are older.
+            return "time_in_future"
+        if status.t is not None and status.t < now_ms - limits.max_age_ms:
+            return "time_too_old"
+        return None
+
+    def _run_stages(self, work: _BatchInProgress) -> None:
+        """The cores over the samples, before the write: what they derive is committed with
+        them."""
+        outputs = []
+        for stage in self._stages:
+            started = time.perf_counter()
+            outputs.append(stage.process(work.samples))
+            self._metrics.core_seconds.labels(stage.name).observe(time.perf_counter() - started)
+        derived = merge_outputs(outputs)
+        work.events.extend(derived.events)
+        work.derived = derived.derived
+
+    async def _write(self, work: _BatchInProgress) -> None:
+        """Write until it commits; a batch the database refuses is split to isolate bad rows."""
+        work.inserted, work.duplicates, work.events_inserted = await self._until_stored(
+            "write", lambda: self._write_once(work), first_s=0.2, max_s=5.0
         )
+        if self._db_down:
+            self._db_down = False
+            self._metrics.db_up.set(1)
+            log.warning("database_recovered", extra={"unacknowledged": self._held()})
 
-        # Committed. Nothing below may undo that or keep the batch from being acknowledged.
+    def _account(self, work: _BatchInProgress) -> None:
         try:
-            self._count(
-                items,
-                received,
-                rejected,
-                sizes,
-                inserted,
-                duplicates,
-                events_inserted,
-                flagged,
-                batch,
-                presence,
-                time.monotonic() - started,
-            )
-            self._log_problems(rejected, problems)
+            self._count(work)
+            self._log_problems(work.rejected, work.problems)
         except Exception:
             self._metrics.pipeline_errors.labels("accounting").inc()
             log.exception("batch_accounting_failed")
+
+    def _tell_listeners(self, work: _BatchInProgress) -> None:
+        batch, events, presence = work.samples, work.events, work.presence
         commit_ms = time.time() * 1000.0
         if len(batch) and self._on_committed is not None:
             self._after_commit("on_committed", self._on_committed, batch, commit_ms)
@@ -395,44 +468,32 @@ class IngestPipeline:
             changed.update(e.vehicle for e in events)
             changed.update(v for v, _, _ in presence)
             self._after_commit("on_vehicles_changed", self._on_vehicles_changed, changed)
-        self._acknowledge_all(items)
 
-    def _count(
-        self,
-        items,
-        received,
-        rejected,
-        sizes,
-        inserted,
-        duplicates,
-        events_inserted,
-        flagged,
-        batch,
-        presence,
-        elapsed,
-    ) -> None:
+    # --- helpers of the stages ----------------------------------------------------------------
+
+    def _count(self, work: _BatchInProgress) -> None:
         metrics = self._metrics
-        for (transport, kind), count in Counter((m.transport, m.kind) for m in items).items():
+        for (transport, kind), count in Counter((m.transport, m.kind) for m in work.items).items():
             metrics.messages_received.labels(transport, kind).inc(count)
-        for transport, count in received.items():
+        for transport, count in work.received.items():
             metrics.samples_received.labels(transport).inc(count)
-        if flagged:
-            metrics.samples_flagged.labels("implausible_jump").inc(flagged)
-        for (transport, kind), reasons in rejected.items():
+        if work.flagged:
+            metrics.samples_flagged.labels("implausible_jump").inc(work.flagged)
+        for (transport, kind), reasons in work.rejected.items():
             metrics.count_rejected(kind, transport, reasons)
-        stored, duplicate = _stored_and_duplicates(inserted, duplicates, sizes)
+        stored, duplicate = _stored_and_duplicates(work.inserted, work.duplicates, work.sizes)
         for transport, count in stored.items():
             metrics.samples_stored.labels(transport).inc(count)
         for transport, count in duplicate.items():
             metrics.samples_duplicate.labels(transport).inc(count)
-        metrics.count_events_stored(events_inserted)
-        for _, online, _ in presence:
+        metrics.count_events_stored(work.events_inserted)
+        for _, online, _ in work.presence:
             metrics.presence_changes.labels("online" if online else "offline", "status").inc()
-        metrics.batch_messages.observe(len(items))
-        metrics.batch_samples.observe(len(batch))
-        metrics.commit_seconds.observe(elapsed)
-        if len(batch):
-            delays = time.time() - batch.received_ms / 1000.0
+        metrics.batch_messages.observe(len(work.items))
+        metrics.batch_samples.observe(len(work.samples))
+        metrics.commit_seconds.observe(time.monotonic() - work.started)
+        if len(work.samples):
+            delays = time.time() - work.samples.received_ms / 1000.0
             for q in np.percentile(delays, (10, 50, 90, 99)):  # a few observations, not one per row
                 metrics.sample_delay_seconds.observe(max(float(q), 0.0))
 
@@ -459,75 +520,19 @@ class IngestPipeline:
                 )
         self._metrics.messages_acked.inc(len(items))
 
-    def _run_stages(self, batch: TelemetryBatch) -> StageOutput:
-        """The cores over the batch, before the write: what they derive is committed with it."""
-        outputs = []
-        for stage in self._stages:
-            started = time.perf_counter()
-            outputs.append(stage.process(batch))
-            self._metrics.core_seconds.labels(stage.name).observe(time.perf_counter() - started)
-        return merge_outputs(outputs)
+    async def _until_stored(
+        self, what: str, attempt: Callable[[], Awaitable[T]], *, first_s=1.0, max_s=1.0
+    ) -> T:
+        """attempt() again and again while the database is away; meanwhile the database counts
+        as down (readiness, fleetgate_db_up)."""
+        return await retry_while_unavailable(
+            attempt,
+            lambda exc, delay: self._database_down(what, exc, delay),
+            first_s=first_s,
+            max_s=max_s,
+        )
 
-    def _presence_updates(
-        self, statuses, vehicle_of, rejected, now_ms: int
-    ) -> list[tuple[int, bool, int]]:
-        updates = []
-        limits = self._time_limits
-        for m in statuses:
-            vehicle = vehicle_of.get(m.device_id)
-            status = decode_status(m.payload, m.content_type)
-            reason = None
-            if vehicle is None:
-                reason = "unknown_device"
-            elif status is None:
-                reason = "bad_structure"
-            elif status.t is not None and status.t > now_ms + limits.max_future_ms:
-                # A clock far ahead would pin the vehicle's presence: later statuses are older.
-                reason = "time_in_future"
-            elif status.t is not None and status.t < now_ms - limits.max_age_ms:
-                reason = "time_too_old"
-            if reason is not None:
-                _merge(rejected.setdefault((m.transport, "status"), {}), {reason: 1})
-            else:
-                updates.append((vehicle, status.online, status.t or m.received_ms))
-        return updates
-
-    async def _sync_state(self, batch: TelemetryBatch) -> None:
-        while True:
-            try:
-                await self._state_sync(batch)
-                return
-            except StoreUnavailable as exc:
-                await self._database_down("state_sync", exc)
-
-    async def _refresh_registry(self, device_ids: list[str]) -> None:
-        while True:
-            try:
-                await self._registry.ensure_known(device_ids)
-                return
-            except StoreUnavailable as exc:
-                await self._database_down("registry", exc)
-
-    async def _write(
-        self, batch, events, presence, rejected, derived
-    ) -> tuple[int, int, Counter[str]]:
-        """Write until it commits; a batch the database refuses is split to isolate bad rows."""
-        backoff = 0.2
-        while True:
-            try:
-                result = await self._write_isolating(batch, events, rejected, derived)
-                if presence:
-                    await self._store.set_presence(presence)
-                if self._db_down:
-                    self._db_down = False
-                    self._metrics.db_up.set(1)
-                    log.warning("database_recovered", extra={"unacknowledged": self._held()})
-                return result
-            except StoreUnavailable as exc:
-                await self._database_down("write", exc, backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    async def _database_down(self, what: str, exc: Exception, backoff: float = 1.0) -> None:
+    def _database_down(self, what: str, exc: Exception, retry_in_s: float) -> None:
         self._db_down = True
         self._metrics.db_up.set(0)
         self._metrics.db_errors.labels("unavailable").inc()
@@ -536,11 +541,16 @@ class IngestPipeline:
             extra={
                 "operation": what,
                 "error": str(exc)[:300],
-                "retry_in_s": backoff,
+                "retry_in_s": retry_in_s,
                 "unacknowledged": self._held(),
             },
         )
-        await asyncio.sleep(backoff)
+
+    async def _write_once(self, work: _BatchInProgress) -> tuple[int, int, Counter[str]]:
+        result = await self._write_isolating(work.samples, work.events, work.rejected, work.derived)
+        if work.presence:
+            await self._store.set_presence(work.presence)
+        return result
 
     async def _write_isolating(
         self, batch, events, rejected, derived
@@ -549,9 +559,7 @@ class IngestPipeline:
         try:
             r = await self._store.write(batch, events, derived)
             return r.inserted, r.duplicates, Counter(r.events_by_source)
-        except StoreUnavailable:
-            raise
-        except psycopg.Error as exc:
+        except DataRefused as exc:
             # Not the connection: the database refused the data itself (a value the decoder let
             # through but a column cannot hold). Retrying would stall the gateway; losing the batch
             # would lose good rows. Split until the refused rows are alone, and reject only them.

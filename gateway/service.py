@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from commands import CommandConfig, CommandService
 from gateway.coap import CoapIngress
+from gateway.commands import CommandConfig, CommandService
 from gateway.dispatcher_lease import DispatcherLease, LeaseLost
 from gateway.handover import StateHandover
 from gateway.metrics import GatewayMetrics
+from gateway.mqtt import ConnectOptions
 from gateway.mqtt_ingress import DrainError, MqttIngress, read_broker_version
 from gateway.pipeline import DeviceRegistry, IngestPipeline, PipelineLimits
 from gateway.stages import BatteryStage, GeofenceStage
@@ -30,7 +31,12 @@ from geofence import Hysteresis, SpeedCapChange
 from telemetry.batch import TelemetryBatch
 from telemetry.decoder import TimeLimits
 from telemetry.plausibility import PlausibilityFilter
-from telemetry.store import DeviceCredentials, StoreUnavailable, TelemetryStore
+from telemetry.store import (
+    DeviceCredentials,
+    StoreUnavailable,
+    TelemetryStore,
+    retry_while_unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,21 @@ class GatewayConfig:
     # (a process retired for good), end that session and stop. No commands, no CoAP.
     drain: bool = False
 
+    @property
+    def mqtt(self) -> ConnectOptions:
+        """The broker and this process's CONNECT parameters (its ingress session's)."""
+        return ConnectOptions(
+            self.mqtt_host,
+            self.mqtt_port,
+            self.mqtt_client_id,
+            username=self.mqtt_username,
+            password=self.mqtt_password,
+            protocol=self.mqtt_protocol,
+            keepalive_s=self.mqtt_keepalive_s,
+            session_expiry_s=self.mqtt_session_expiry_s,
+            receive_maximum=self.mqtt_receive_maximum,
+        )
+
 
 class Gateway:
     def __init__(
@@ -121,48 +142,75 @@ class Gateway:
         if registry is not None:
             registry.register(self._commands_collector)
 
-    async def _open_store(self) -> TelemetryStore:
-        backoff = 0.5
-        while True:
-            try:
-                return await TelemetryStore.open(
-                    self.config.database_url, pool_max=self.config.db_pool_max
-                )
-            except StoreUnavailable as exc:
-                self.metrics.db_up.set(0)
-                log.warning(
-                    "database_unavailable",
-                    extra={"operation": "open", "error": str(exc)[:300], "retry_in_s": backoff},
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-
     async def run(self) -> None:
+        """Serve until stop(); raises GatewayFailed when a task it needs ends sooner."""
+        self.store = await self._open_store()
+        tasks: _Tasks | None = None
+        try:
+            registry, plausibility = await self._load_registry()
+            await self._retry(self._maintain)  # partitions ahead, retention, TimescaleDB jobs
+            await self._start_commands_unless_dispatched_elsewhere()
+            await self._load_cores(registry, plausibility)
+            self._connect_pipeline(registry, plausibility)
+            await self._start_transports()
+            tasks = self._start_tasks(registry)
+            self.ready.set()
+            await self._serve_until_stopped(tasks.needed)
+            await self._stop_gracefully(tasks)
+        finally:
+            await self._clean_up(tasks)
+
+    # --- the steps of run(), in order -------------------------------------------------------
+
+    async def _open_store(self) -> TelemetryStore:
+        def unavailable(exc: StoreUnavailable, retry_in_s: float) -> None:
+            self.metrics.db_up.set(0)
+            log.warning(
+                "database_unavailable",
+                extra={"operation": "open", "error": str(exc)[:300], "retry_in_s": retry_in_s},
+            )
+
         cfg = self.config
-        self.store = store = await self._open_store()
+        return await retry_while_unavailable(
+            lambda: TelemetryStore.open(cfg.database_url, pool_max=cfg.db_pool_max), unavailable
+        )
+
+    async def _load_registry(self) -> tuple[DeviceRegistry, PlausibilityFilter]:
+        """The devices, and each vehicle's last fix (the plausibility filter continues from it)."""
+        cfg, store = self.config, self.store
         plausibility = PlausibilityFilter(default_max_speed_kmh=max(cfg.max_speed_kmh.values()))
         registry = DeviceRegistry(store, plausibility, cfg.max_speed_kmh)
         await self._retry(registry.refresh)
         vehicles, t, lat, lon = await self._retry(store.load_last_fixes)
         plausibility.restore(vehicles, t, lat, lon)
-        await self._retry(self._maintain)
-        if cfg.commands_enabled and not cfg.drain:
-            self.lease = DispatcherLease(cfg.database_url, check_s=cfg.commands_lease_check_s)
-            started = False
-            if await self.lease.try_acquire():
-                try:
-                    await self._start_commands(retry=True)
-                    started = True
-                except LeaseLost:
-                    await self.lease.release()
-                except BaseException:
-                    await self.lease.release()
-                    raise
-            if not started:
-                log.info(
-                    "commands_standby",
-                    extra={"reason": "another gateway process runs the command dispatcher"},
-                )
+        return registry, plausibility
+
+    async def _start_commands_unless_dispatched_elsewhere(self) -> None:
+        """Among processes on one database only the holder of the dispatcher lease runs the
+        commands; the others stand by (and take over: _hold_dispatcher_lease)."""
+        cfg = self.config
+        if not cfg.commands_enabled or cfg.drain:
+            return
+        self.lease = DispatcherLease(cfg.database_url, check_s=cfg.commands_lease_check_s)
+        started = False
+        if await self.lease.try_acquire():
+            try:
+                await self._start_commands(retry=True)
+                started = True
+            except LeaseLost:
+                await self.lease.release()
+            except BaseException:
+                await self.lease.release()
+                raise
+        if not started:
+            log.info(
+                "commands_standby",
+                extra={"reason": "another gateway process runs the command dispatcher"},
+            )
+
+    async def _load_cores(self, registry: DeviceRegistry, plausibility: PlausibilityFilter) -> None:
+        """The geofence and battery cores with their stored state, following the registry."""
+        cfg, store = self.config, self.store
         self.geofence = geofence = GeofenceStage(
             store,
             hysteresis=Hysteresis(cfg.geofence_margin_m, cfg.geofence_fixes),
@@ -182,49 +230,46 @@ class Gateway:
         ]
         self.metrics.devices_registered.set(len(registry.devices))
 
-        ingress_box: list[MqttIngress] = []
+    def _connect_pipeline(self, registry: DeviceRegistry, plausibility: PlausibilityFilter) -> None:
+        """The batch pipeline and the MQTT ingress that feeds it (which does not read yet)."""
+        cfg = self.config
         self.pipeline = pipeline = IngestPipeline(
-            store,
+            self.store,
             registry,
             plausibility,
             {
-                "mqtt": lambda tokens: ingress_box[0].acknowledge(tokens),
+                "mqtt": lambda tokens: self.ingress.acknowledge(tokens),
                 "coap": lambda tokens: self.coap.acknowledge(tokens),
             },
             limits=cfg.limits,
             time_limits=cfg.time_limits,
             metrics=self.metrics,
-            on_backpressure=lambda paused: ingress_box[0].set_backpressure(paused),
+            on_backpressure=lambda paused: self.ingress.set_backpressure(paused),
             on_committed=self._committed,
             on_vehicles_changed=self._vehicles_changed,
             on_presence=self._presence,
-            stages=[geofence, battery],
-            state_sync=handover.sync,
+            stages=[self.geofence, self.battery],
+            state_sync=self.handover.sync,
         )
         self.ingress = ingress = MqttIngress(
             pipeline,
-            host=cfg.mqtt_host,
-            port=cfg.mqtt_port,
-            client_id=cfg.mqtt_client_id,
+            cfg.mqtt,
             topic_root=cfg.mqtt_topic_root,
             shared_group=cfg.mqtt_shared_group,
-            protocol=cfg.mqtt_protocol,
-            keepalive_s=cfg.mqtt_keepalive_s,
-            session_expiry_s=cfg.mqtt_session_expiry_s,
-            receive_maximum=cfg.mqtt_receive_maximum,
-            username=cfg.mqtt_username,
-            password=cfg.mqtt_password,
             metrics=self.metrics,
             drain=cfg.drain,
         )
-        ingress_box.append(ingress)
         pipeline.count_held_upstream(lambda: ingress.held_back)
+
+    async def _start_transports(self) -> None:
+        """CoAP listens from here on; MQTT reads once its task starts (_start_tasks)."""
+        cfg = self.config
         if cfg.mqtt_shared_group and not cfg.drain:
             await self._warn_if_broker_drops_shared_subscriptions()
         if cfg.coap_enabled and not cfg.drain:
             self.coap = CoapIngress(
-                pipeline,
-                DeviceCredentials(store).verify,
+                self.pipeline,
+                DeviceCredentials(self.store).verify,
                 metrics=self.metrics,
                 host=cfg.coap_host,
                 port=cfg.coap_port,
@@ -236,6 +281,9 @@ class Gateway:
             )
             await self.coap.start()
 
+    def _start_tasks(self, registry: DeviceRegistry) -> _Tasks:
+        """The pipeline's writer, the MQTT reader and the housekeeping chores."""
+        cfg = self.config
         log.info(
             "gateway_started",
             extra={
@@ -244,14 +292,14 @@ class Gateway:
                 "broker": f"{cfg.mqtt_host}:{cfg.mqtt_port}",
             },
         )
-        writer = asyncio.create_task(pipeline.run(), name="pipeline")
-        reader = asyncio.create_task(ingress.run(self._stop), name="mqtt-ingress")
+        writer = asyncio.create_task(self.pipeline.run(), name="pipeline")
+        reader = asyncio.create_task(self.ingress.run(self._stop), name="mqtt-ingress")
         chores = [
             asyncio.create_task(self._every(interval, fn, first), name=name)
             for name, interval, fn, first in (
                 ("presence-expiry", cfg.presence_timeout_s / 4, self._expire_presence, None),
                 ("registry-refresh", cfg.registry_refresh_s, registry.refresh, None),
-                ("zones-refresh", cfg.zones_refresh_s, geofence.refresh, None),
+                ("zones-refresh", cfg.zones_refresh_s, self.geofence.refresh, None),
                 ("maintenance", cfg.maintenance_interval_s, self._maintain, None),
                 ("fleet-gauges", cfg.fleet_gauges_s, self._count_fleet, 0.0),
             )
@@ -265,64 +313,63 @@ class Gateway:
             **{c: f"the {c.get_name()} task" for c in chores},
         }
         if cfg.drain:
-            chores.append(asyncio.create_task(self._drain(ingress), name="drain"))
-        self.ready.set()
-        try:
-            await self._serve_until_stopped(needed)
-            # Graceful stop: no new messages, commit and acknowledge what we hold, leave cleanly.
-            ingress.pause()
-            if self.coap is not None:
-                self.coap.pause()
-            pipeline.close()
-            await writer
-            if self.coap is not None:
-                await self.coap.stop()  # answers 2.04 for what the last commit held
-            await ingress.disconnect()
-            for task in chores:  # the lease task must not start a dispatcher while we leave
-                task.cancel()
-            if self.commands is not None:
-                await self.commands.stop()
-                self._set_commands(None)
-            if self.lease is not None:
-                await self.lease.release()  # a standby process takes over within check_s
-            await self._save_core_state()
-            log.info(
-                "gateway_stopped",
-                extra={
-                    "unacknowledged": pipeline.unacknowledged,
-                    "samples_stored": _total(self.metrics.samples_stored),
-                    "samples_duplicate": _total(self.metrics.samples_duplicate),
-                },
-            )
-        finally:
-            for task in (reader, writer, *chores):
-                task.cancel()
-            for task in (reader, writer, *chores):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            if self.coap is not None:
-                with contextlib.suppress(Exception):
-                    await self.coap.stop(timeout=1.0)
-            if self.commands is not None:
-                with contextlib.suppress(Exception):
-                    await self.commands.abort()
-                self._set_commands(None)
-            if self.lease is not None:
-                await self.lease.release()
-            await store.close()
+            chores.append(asyncio.create_task(self._drain(self.ingress), name="drain"))
+        return _Tasks(writer, reader, chores, needed)
+
+    async def _stop_gracefully(self, tasks: _Tasks) -> None:
+        """No new messages, commit and acknowledge what we hold, leave the broker cleanly."""
+        ingress, pipeline = self.ingress, self.pipeline
+        ingress.pause()
+        if self.coap is not None:
+            self.coap.pause()
+        pipeline.close()
+        await tasks.writer
+        if self.coap is not None:
+            await self.coap.stop()  # answers 2.04 for what the last commit held
+        await ingress.disconnect()
+        for task in tasks.chores:  # the lease task must not start a dispatcher while we leave
+            task.cancel()
+        if self.commands is not None:
+            await self.commands.stop()
+            self._set_commands(None)
+        if self.lease is not None:
+            await self.lease.release()  # a standby process takes over within check_s
+        await self._save_core_state()
+        log.info(
+            "gateway_stopped",
+            extra={
+                "unacknowledged": pipeline.unacknowledged,
+                "samples_stored": _total(self.metrics.samples_stored),
+                "samples_duplicate": _total(self.metrics.samples_duplicate),
+            },
+        )
+
+    async def _clean_up(self, tasks: _Tasks | None) -> None:
+        """Whatever the way out (a graceful stop, a failure, a failed start): nothing keeps
+        running, and the store is closed."""
+        running = tasks.all() if tasks is not None else []
+        for task in running:
+            task.cancel()
+        for task in running:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.coap is not None:
+            with contextlib.suppress(Exception):
+                await self.coap.stop(timeout=1.0)
+        if self.commands is not None:
+            with contextlib.suppress(Exception):
+                await self.commands.abort()
+            self._set_commands(None)
+        if self.lease is not None:
+            await self.lease.release()
+        await self.store.close()
 
     async def _warn_if_broker_drops_shared_subscriptions(self) -> None:
         """Mosquitto 2.0 does not restore shared subscriptions after its own restart: until the
         gateway subscribes again, telemetry to the shared filter is acknowledged to the devices
         and dropped. Say so at start where the broker is one (docs/deployment.md)."""
         cfg = self.config
-        version = await read_broker_version(
-            cfg.mqtt_host,
-            cfg.mqtt_port,
-            username=cfg.mqtt_username,
-            password=cfg.mqtt_password,
-            protocol=cfg.mqtt_protocol,
-        )
+        version = await read_broker_version(cfg.mqtt)
         if version and version.lower().startswith("mosquitto"):
             log.warning(
                 "shared_subscription_not_kept_by_broker",
@@ -335,6 +382,8 @@ class Gateway:
                     "empty (docs/deployment.md)",
                 },
             )
+
+    # --- serving ----------------------------------------------------------------------------
 
     async def _serve_until_stopped(self, needed: dict[asyncio.Task, str]) -> None:
         """Wait for stop(); if a task the gateway needs ends first, fail loudly: readiness says
@@ -478,17 +527,16 @@ class Gateway:
         return self._stop
 
     async def _retry(self, fn):
-        backoff = 0.5
-        while True:
-            try:
-                return await fn()  # fn: a coroutine function, called anew on every attempt
-            except StoreUnavailable as exc:
-                log.warning(
-                    "database_unavailable",
-                    extra={"operation": getattr(fn, "__name__", "?"), "error": str(exc)[:300]},
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        """fn() (a coroutine function) again and again while the database is away: the steps of
+        the start cannot go on without it."""
+
+        def unavailable(exc: StoreUnavailable, retry_in_s: float) -> None:
+            log.warning(
+                "database_unavailable",
+                extra={"operation": getattr(fn, "__name__", "?"), "error": str(exc)[:300]},
+            )
+
+        return await retry_while_unavailable(fn, unavailable)
 
     async def _every(self, interval_s: float, fn, first_after_s: float | None = None) -> None:
         delay = interval_s if first_after_s is None else first_after_s
@@ -557,6 +605,19 @@ class Gateway:
         if self.pipeline is not None and self.pipeline.db_down:
             return "the last write to the database failed; retrying"
         return await self.store.check_writable()
+
+
+@dataclass
+class _Tasks:
+    """What runs while the gateway serves."""
+
+    writer: asyncio.Task
+    reader: asyncio.Task
+    chores: list[asyncio.Task]  # housekeeping, the lease, the drain
+    needed: dict[asyncio.Task, str]  # the tasks that must not end before stop(), and what each is
+
+    def all(self) -> list[asyncio.Task]:
+        return [self.reader, self.writer, *self.chores]
 
 
 class _CommandMetrics:

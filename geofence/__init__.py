@@ -4,7 +4,7 @@ Zone / ZoneSet (models, precedence, rule resolution), ZoneIndex.locate (exact me
 contains_xy semantics), ZoneTracker (enter/exit with hysteresis, violations, speed caps, state).
 """
 
-from geofence.gbfs import GBFS_VERSION, zones_from_gbfs, zoneset_to_gbfs
+from geofence.gbfs import GBFS_VERSION, zones_from_gbfs, zones_to_gbfs
 from geofence.index import Membership, ZoneIndex
 from geofence.tracker import (
     EVENT_SOURCE,
@@ -59,5 +59,5 @@ __all__ = [
     "ZoneTracker",
     "assign_kinds",
     "zones_from_gbfs",
-    "zoneset_to_gbfs",
+    "zones_to_gbfs",
 ]

@@ -10,9 +10,8 @@ import math
 
 import numpy as np
 
-from telemetry.plausibility import EARTH_RADIUS_M
+from telemetry.earth import M_PER_DEG
 
-M_PER_DEG = EARTH_RADIUS_M * math.pi / 180.0  # metres per degree of latitude (of longitude at 0°)
 MAX_CIRCLE_RADIUS_M = 100_000.0  # beyond, the flat frame drifts from the sphere by over ~0.1 %
 MAX_CIRCLE_LAT = 85.0
 

@@ -8,29 +8,28 @@ has no _kind: its zones are "other" until the importer names their kinds (zones.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import shapely
 
 from geofence.zones import InvalidZone, Rule, Zone
 
-if TYPE_CHECKING:
-    from geofence.zoneset import ZoneSet
-
 GBFS_VERSION = "3.0"
 _ALLOW_ALL = Rule(ride_start_allowed=True, ride_end_allowed=True, ride_through_allowed=True)
 
 
-def zoneset_to_gbfs(
-    zoneset: ZoneSet,
+def zones_to_gbfs(
+    zones: Iterable[Zone],
+    global_rules: Iterable[Rule],
     *,
     last_updated: datetime | str | None = None,
     ttl: int = 60,
     language: str = "en",
 ) -> dict[str, Any]:
-    """The zone set as a geofencing_zones.json document, features in precedence order.
+    """Zones and global rules as a geofencing_zones.json document, the features in the order
+    given (GBFS reads it as precedence: ZoneSet.to_gbfs passes its zones in precedence order).
 
     last_updated defaults to now (UTC). Shells are written counter-clockwise (the right-hand rule
     the schema asks for). If no global rule applies to every vehicle type, an allow-all rule is
@@ -41,8 +40,8 @@ def zoneset_to_gbfs(
         last_updated = datetime.now(UTC)
     if isinstance(last_updated, datetime):
         last_updated = last_updated.isoformat(timespec="seconds")
-    features = [_feature(z, language) for z in zoneset.zones]
-    global_rules = list(zoneset.global_rules)
+    features = [_feature(z, language) for z in zones]
+    global_rules = list(global_rules)
     if not any(r.vehicle_type_ids is None for r in global_rules):
         global_rules.append(_ALLOW_ALL)
     return {

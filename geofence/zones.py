@@ -222,23 +222,7 @@ def _reason(zone_id: Any, exc: ValidationError) -> str:
 
 def _shape_of(geometry: PolygonGeometry | MultiPolygonGeometry | CircleGeometry):
     if isinstance(geometry, CircleGeometry):
-        lon0, lat0 = geometry.coordinates
-        _check_position((lon0, lat0), "circle centre")
-        if not (math.isfinite(geometry.radius_m) and geometry.radius_m > 0):
-            raise ValueError(
-                f"circle radius_m must be a finite number > 0, got {geometry.radius_m}"
-            )
-        if geometry.radius_m > MAX_CIRCLE_RADIUS_M:
-            raise ValueError(
-                f"circle radius_m {geometry.radius_m} exceeds"
-                f" {MAX_CIRCLE_RADIUS_M:.0f} m; make so large an area a polygon"
-            )
-        if abs(lat0) > MAX_CIRCLE_LAT:
-            raise ValueError(f"circle centre latitude {lat0} is beyond ±{MAX_CIRCLE_LAT}°")
-        kx, _ = circle_frame(lon0, lat0)
-        if abs(lon0) + geometry.radius_m / kx > 180.0:
-            raise ValueError("circle crosses the antimeridian, which fleetgate does not support")
-        return shapely.Polygon(circle_ring(lon0, lat0, geometry.radius_m))
+        return _circle_shape(geometry)
     if isinstance(geometry, PolygonGeometry):
         shape = _polygon(geometry.coordinates, "")
     else:
@@ -247,6 +231,30 @@ def _shape_of(geometry: PolygonGeometry | MultiPolygonGeometry | CircleGeometry)
         shape = shapely.MultiPolygon(
             [_polygon(p, f"polygon {i}: ") for i, p in enumerate(geometry.coordinates)]
         )
+    _check_valid_area(shape)
+    return shape
+
+
+def _circle_shape(geometry: CircleGeometry) -> shapely.Polygon:
+    """The circle's 64-gon, once its centre and radius are ones the flat frame measures well."""
+    lon0, lat0 = geometry.coordinates
+    _check_position((lon0, lat0), "circle centre")
+    if not (math.isfinite(geometry.radius_m) and geometry.radius_m > 0):
+        raise ValueError(f"circle radius_m must be a finite number > 0, got {geometry.radius_m}")
+    if geometry.radius_m > MAX_CIRCLE_RADIUS_M:
+        raise ValueError(
+            f"circle radius_m {geometry.radius_m} exceeds"
+            f" {MAX_CIRCLE_RADIUS_M:.0f} m; make so large an area a polygon"
+        )
+    if abs(lat0) > MAX_CIRCLE_LAT:
+        raise ValueError(f"circle centre latitude {lat0} is beyond ±{MAX_CIRCLE_LAT}°")
+    kx, _ = circle_frame(lon0, lat0)
+    if abs(lon0) + geometry.radius_m / kx > 180.0:
+        raise ValueError("circle crosses the antimeridian, which fleetgate does not support")
+    return shapely.Polygon(circle_ring(lon0, lat0, geometry.radius_m))
+
+
+def _check_valid_area(shape: shapely.Polygon | shapely.MultiPolygon) -> None:
     reason = shapely.is_valid_reason(shape)
     if reason != "Valid Geometry":
         # GEOS says e.g. "Self-intersection[13.4 52.5]"; name the coordinates the GeoJSON way.
@@ -256,7 +264,6 @@ def _shape_of(geometry: PolygonGeometry | MultiPolygonGeometry | CircleGeometry)
         raise ValueError(f"invalid geometry: {reason}; zones are rejected, not repaired")
     if not shape.area > 0:
         raise ValueError("geometry has no area")
-    return shape
 
 
 def _polygon(rings: tuple, where: str) -> shapely.Polygon:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from geofence.gbfs import zones_from_gbfs, zones_to_gbfs
 from geofence.index import Membership, ZoneIndex
 from geofence.zones import InvalidZone, Rule, Zone, ZoneKind
 
@@ -110,8 +111,6 @@ class ZoneSet:
         cls, document: Mapping[str, Any], *, version: int | str = 0, language: str | None = None
     ) -> ZoneSet:
         """From a GBFS v3 geofencing_zones.json document (see geofence.gbfs)."""
-        from geofence.gbfs import zones_from_gbfs
-
         zones, global_rules = zones_from_gbfs(document, language=language)
         return cls(zones, global_rules=global_rules, version=version)
 
@@ -119,9 +118,9 @@ class ZoneSet:
         self, *, last_updated: datetime | str | None = None, ttl: int = 60, language: str = "en"
     ) -> dict[str, Any]:
         """A GBFS v3 geofencing_zones.json document (see geofence.gbfs)."""
-        from geofence.gbfs import zoneset_to_gbfs
-
-        return zoneset_to_gbfs(self, last_updated=last_updated, ttl=ttl, language=language)
+        return zones_to_gbfs(
+            self.zones, self.global_rules, last_updated=last_updated, ttl=ttl, language=language
+        )
 
     @cached_property
     def index(self) -> ZoneIndex:

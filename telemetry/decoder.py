@@ -7,7 +7,6 @@ rejected sample gets exactly one reason of REASONS, the one it would get decoded
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +19,6 @@ from telemetry import senml
 from telemetry._shown import shown
 from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, DeviceEvent, TelemetryBatch
 from telemetry.schema import (
-    DEVICE_ID_PATTERN,
     HEADING_RANGE,
     LAT_RANGE,
     LON_RANGE,
@@ -31,6 +29,7 @@ from telemetry.schema import (
     DeviceEventPayload,
     Status,
 )
+from telemetry.topics import is_device_id
 
 # Stable label values of fleetgate_samples_rejected_total{reason=...}; docs/protocol.md explains
 # each. The first group rejects a whole message before its samples are read and counts one per
@@ -57,7 +56,6 @@ SAMPLE_REASONS = (
 )
 REASONS = MESSAGE_REASONS + SAMPLE_REASONS
 
-_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 _NUMBER_TYPES = frozenset((int, float, type(None)))
 _BOOL_TYPES = frozenset((bool, type(None)))
 _TRISTATE = {None: -1, False: 0, True: 1}
@@ -204,20 +202,20 @@ def _parse_messages(
     combine with another device's message into values handed to the wrong messages. SenML packs
     become samples; their relative times count from the message's receipt (senml_received_ms[i],
     RFC 8428's "now"). Where that is None (device events) a SenML message is a bad_structure."""
+    # One loop with the common path inline: a call per message would show in the ingest rate.
     items: list[dict] = []
     owner: list[int] = []
+    if not content_types:
+        content_types = [None] * len(payloads)
     for i, payload in enumerate(payloads):
         device_id = device_ids[i]
         if device_id not in registry:
-            if _DEVICE_ID.match(device_id or ""):
-                rejections.add("unknown_device", i, f"device {device_id!r} is not registered")
-            else:
-                rejections.add("bad_topic", i, f"invalid device id {device_id!r} in topic")
+            _reject_device(rejections, i, device_id)
             continue
         if len(payload) > MAX_PAYLOAD_BYTES:
             rejections.add("payload_too_large", i, f"{len(payload)} bytes")
             continue
-        enc = payload_encoding(payload, content_types[i] if content_types else None)
+        enc = payload_encoding(payload, content_types[i])
         if enc is None:
             rejections.add("unknown_encoding", i, f"first byte {payload[:1]!r}")
             continue
@@ -227,54 +225,105 @@ def _parse_messages(
             rejections.add(f"malformed_{_SYNTAX[enc]}", i, str(exc)[:200])
             continue
         if enc.startswith("senml"):
-            try:
-                if senml_received_ms is None:
-                    raise senml.SenmlError("SenML carries telemetry samples only")
-                value = senml.to_samples(value, int(senml_received_ms[i]))
-            except senml.SenmlError as exc:
-                rejections.add("bad_structure", i, str(exc)[:200])
-                continue
+            value = _senml_samples(value, i, senml_received_ms, rejections)
         if type(value) is dict:
             items.append(value)
             owner.append(i)
-        elif (
-            type(value) is list
-            and 0 < len(value) <= MAX_SAMPLES_PER_MESSAGE
-            and all(type(v) is dict for v in value)
-        ):
-            items.extend(value)
-            owner.extend([i] * len(value))
-        else:
-            what = (
-                f"a batch of {len(value)} samples"
-                if type(value) is list
-                else f"a {type(value).__name__}"
-            )
-            rejections.add(
-                "bad_structure",
-                i,
-                f"expected a sample object or a batch of 1 to "
-                f"{MAX_SAMPLES_PER_MESSAGE} samples, got {what}",
-            )
+        elif value is not _REJECTED:
+            _add_batch(value, i, items, owner, rejections)
     return items, owner
 
 
-def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections) -> TelemetryBatch:
-    n = len(items)
-    reason = np.zeros(n, dtype=np.int8)  # 0 = valid, else 1 + index into SAMPLE_REASONS
-    detail_field: dict[int, str] = {}  # first failing field(s) per reason code, for the log
+_REJECTED = object()  # a message already counted under its reason
 
-    def reject(mask: np.ndarray, name: str, field_name: str) -> None:
+
+def _reject_device(rejections: _Rejections, i: int, device_id: str | None) -> None:
+    """An unregistered device, told apart from a topic that names no device at all."""
+    if is_device_id(device_id or ""):
+        rejections.add("unknown_device", i, f"device {device_id!r} is not registered")
+    else:
+        rejections.add("bad_topic", i, f"invalid device id {device_id!r} in topic")
+
+
+def _senml_samples(pack, i: int, received_ms: np.ndarray | None, rejections: _Rejections):
+    """The sample objects of message i's SenML pack, or _REJECTED (counted) if it has none."""
+    try:
+        if received_ms is None:
+            raise senml.SenmlError("SenML carries telemetry samples only")
+        return senml.to_samples(pack, int(received_ms[i]))
+    except senml.SenmlError as exc:
+        rejections.add("bad_structure", i, str(exc)[:200])
+        return _REJECTED
+
+
+def _add_batch(value, i: int, items: list[dict], owner: list[int], rejections) -> None:
+    """Message i's value where it is not a single sample: a batch's samples, or a rejection."""
+    if (
+        type(value) is list
+        and 0 < len(value) <= MAX_SAMPLES_PER_MESSAGE
+        and all(type(v) is dict for v in value)
+    ):
+        items.extend(value)
+        owner.extend([i] * len(value))
+        return
+    what = (
+        f"a batch of {len(value)} samples" if type(value) is list else f"a {type(value).__name__}"
+    )
+    rejections.add(
+        "bad_structure",
+        i,
+        f"expected a sample object or a batch of 1 to {MAX_SAMPLES_PER_MESSAGE} samples, "
+        f"got {what}",
+    )
+
+
+class _Verdicts:
+    """Each sample's first reason for rejection (0 = valid, else 1 + index into SAMPLE_REASONS)
+    and, per reason, the field(s) that first failed it, for the log."""
+
+    def __init__(self, n: int) -> None:
+        self.reason = np.zeros(n, dtype=np.int8)
+        self.detail_field: dict[int, str] = {}
+
+    def reject(self, mask: np.ndarray, name: str, field_name: str) -> None:
+        """Reject the samples of mask not rejected yet, for reason `name`."""
         code = SAMPLE_REASONS.index(name) + 1
-        new = mask & (reason == 0)
+        new = mask & (self.reason == 0)
         if new.any():
-            reason[new] = code
-            detail_field.setdefault(code, field_name)
+            self.reason[new] = code
+            self.detail_field.setdefault(code, field_name)
 
+
+def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections) -> TelemetryBatch:
+    """The samples as columns, checked column by column; the rejected ones counted and left out."""
+    n = len(items)
+    verdicts = _Verdicts(n)
+    reject = verdicts.reject
     batch = TelemetryBatch.empty(n)
+    _time_column(items, batch, reject)
+    # Numbers are read and range-checked in float64 before they meet their (often float32)
+    # column: a tiny negative speed must fail as negative, not pass as -0.0.
+    numbers = {name: _number_column(items, name, reject) for name in _NUMBER_FIELDS}
+    _state_columns(items, batch, reject)
+    reject(np.isnan(numbers["lat"]) != np.isnan(numbers["lon"]), "missing_field", "lat/lon")
+    _check_ranges(numbers, reject)
+    _store_numbers(numbers, batch, reject)
+    reject(batch.time_ms > now_ms + limits.max_future_ms, "time_in_future", "t")
+    reject(batch.time_ms < now_ms - limits.max_age_ms, "time_too_old", "t")
+    if n:
+        batch.vehicle[:] = vehicle_of_msg[owner]
+        batch.received_ms[:] = received[owner]
+    bad = verdicts.reason != 0
+    if bad.any():
+        _count_rejected(verdicts, bad, items, owner, rejections)
+        return batch.take(~bad)
+    return batch
 
-    # t: a required integer. Any integer is one; beyond int64 it is clamped to it, so that the
-    # time checks below find it in the future or too old, as they do any far-off t.
+
+def _time_column(items, batch: TelemetryBatch, reject) -> None:
+    """t: a required integer. Any integer is one; beyond int64 it is clamped to it, so that the
+    time checks find it in the future or too old, as they do any far-off t."""
+    n = len(items)
     t_col = [o.get("t") for o in items]
     if not set(map(type, t_col)) <= {int}:
         missing = np.fromiter((v is None for v in t_col), bool, n)
@@ -288,51 +337,49 @@ def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections)
     except OverflowError:
         batch.time_ms[:] = [min(max(v, _INT64[0]), _INT64[1]) for v in t_col]
 
-    # Numbers are read and range-checked in float64 before they meet their (often float32)
-    # column: a tiny negative speed must fail as negative, not pass as -0.0.
-    numbers = {name: _number_column(items, name, reject) for name in _NUMBER_FIELDS}
+
+def _state_columns(items, batch: TelemetryBatch, reject) -> None:
+    """The boolean states as tristate columns (-1: not reported)."""
     for name in STATE_COLUMNS:
         col = [o.get(name) for o in items]
         if set(map(type, col)) <= _BOOL_TYPES:
             getattr(batch, name)[:] = [_TRISTATE[v] for v in col]
         else:
-            wrong = np.fromiter((type(v) not in _BOOL_TYPES for v in col), bool, n)
+            wrong = np.fromiter((type(v) not in _BOOL_TYPES for v in col), bool, len(col))
             reject(wrong, "wrong_type", name)
             getattr(batch, name)[:] = [_TRISTATE[v] if type(v) in _BOOL_TYPES else -1 for v in col]
 
-    reject(np.isnan(numbers["lat"]) != np.isnan(numbers["lon"]), "missing_field", "lat/lon")
+
+def _check_ranges(numbers: dict[str, np.ndarray], reject) -> None:
     with np.errstate(invalid="ignore"):
         for name, (lo, hi), why in _RANGES:
             col = numbers[name]
             reject((col < lo) | (col > hi), why, name)
+
+
+def _store_numbers(numbers: dict[str, np.ndarray], batch: TelemetryBatch, reject) -> None:
+    """The float64 numbers into their columns; one finite in float64 but not in its (float32)
+    column is a wrong_type."""
     with np.errstate(over="ignore"):
         for name, col in numbers.items():
             out = getattr(batch, name)
             out[:] = col
-            too_large = np.isinf(out) & ~np.isnan(col)  # finite in float64, not in the column
+            too_large = np.isinf(out) & ~np.isnan(col)
             if too_large.any():
                 reject(too_large, "wrong_type", name)
                 out[too_large] = np.nan
-    reject(batch.time_ms > now_ms + limits.max_future_ms, "time_in_future", "t")
-    reject(batch.time_ms < now_ms - limits.max_age_ms, "time_too_old", "t")
 
-    if n:
-        batch.vehicle[:] = vehicle_of_msg[owner]
-        batch.received_ms[:] = received[owner]
-    bad = reason != 0
-    if bad.any():
-        codes, first, counts = np.unique(reason[bad], return_index=True, return_counts=True)
-        bad_rows = np.flatnonzero(bad)
-        for code, row, count in zip(codes.tolist(), first.tolist(), counts.tolist()):
-            msg = int(owner[bad_rows[row]])
-            name = SAMPLE_REASONS[code - 1]
-            sample = items[bad_rows[row]]
-            values = ", ".join(
-                f"{k}={_shown_field(sample.get(k))}" for k in detail_field[code].split("/")
-            )
-            rejections.add(name, msg, values, count)
-        return batch.take(~bad)
-    return batch
+
+def _count_rejected(verdicts: _Verdicts, bad, items, owner, rejections: _Rejections) -> None:
+    """Count the rejected samples by reason, logging the first of each with its field(s)."""
+    codes, first, counts = np.unique(verdicts.reason[bad], return_index=True, return_counts=True)
+    bad_rows = np.flatnonzero(bad)
+    for code, row, count in zip(codes.tolist(), first.tolist(), counts.tolist()):
+        msg = int(owner[bad_rows[row]])
+        sample = items[bad_rows[row]]
+        fields = verdicts.detail_field[code].split("/")
+        values = ", ".join(f"{k}={_shown_field(sample.get(k))}" for k in fields)
+        rejections.add(SAMPLE_REASONS[code - 1], msg, values, count)
 
 
 def _shown_field(value: object) -> str:
@@ -426,32 +473,48 @@ def _unstorable(detail: dict, budget: int) -> tuple[str | None, int]:
         kind = type(value)
         if kind is str:
             budget -= len(value)
-            if "\x00" in value:
-                return f"text with U+0000 ({shown(value, 40)})", budget
+            why = f"text with U+0000 ({shown(value, 40)})" if "\x00" in value else None
         elif kind is dict or kind is list:
-            if depth > MAX_DETAIL_DEPTH:
-                return f"nested more than {MAX_DETAIL_DEPTH} levels deep", budget
-            if kind is dict:
-                for key in value:
-                    if type(key) is not str:
-                        return f"a map key that is not text ({shown(key, 40)})", budget
-                    stack.append((key, depth))
-                stack.extend((item, depth + 1) for item in value.values())
-            else:
-                stack.extend((item, depth + 1) for item in value)
-        elif kind is int or kind is float:
-            if kind is float and not math.isfinite(value):
-                return f"a number that is not finite ({value!r})", budget
-            if not _DETAIL_NUMBERS[0] <= value <= _DETAIL_NUMBERS[1]:
-                return f"a number beyond 64-bit integers ({shown(value, 40)})", budget
-        elif value is not None and kind is not bool:
-            return f"{shown(value, 40)}, a CBOR item JSON has no form of", budget
+            why = _push_children(value, depth, stack)
+        else:
+            why = _unstorable_scalar(value, kind)
+        if why is not None:
+            return why, budget
         if budget < 0:
             return (
                 f"larger than a message ({MAX_PAYLOAD_BYTES // 1024} KiB) once its "
                 f"CBOR shared references are expanded"
             ), budget
     return None, budget
+
+
+def _push_children(value: dict | list, depth: int, stack: list[tuple[object, int]]) -> str | None:
+    """Put a map's keys and values or an array's items on the stack; why not, if it cannot be
+    stored (too deep, a key that is not text)."""
+    if depth > MAX_DETAIL_DEPTH:
+        return f"nested more than {MAX_DETAIL_DEPTH} levels deep"
+    if type(value) is list:
+        stack.extend((item, depth + 1) for item in value)
+        return None
+    for key in value:
+        if type(key) is not str:
+            return f"a map key that is not text ({shown(key, 40)})"
+        stack.append((key, depth))
+    stack.extend((item, depth + 1) for item in value.values())
+    return None
+
+
+def _unstorable_scalar(value: object, kind: type) -> str | None:
+    """Why a value other than text, map or array cannot be stored (None if it can)."""
+    if kind is int or kind is float:
+        if kind is float and not math.isfinite(value):
+            return f"a number that is not finite ({value!r})"
+        if not _DETAIL_NUMBERS[0] <= value <= _DETAIL_NUMBERS[1]:
+            return f"a number beyond 64-bit integers ({shown(value, 40)})"
+        return None
+    if value is None or kind is bool:
+        return None
+    return f"{shown(value, 40)}, a CBOR item JSON has no form of"
 
 
 def decode_status(payload: bytes, content_type: str | None = None) -> Status | None:

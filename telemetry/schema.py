@@ -19,6 +19,10 @@ from pydantic import (
     model_validator,
 )
 
+# The rule lives in telemetry.topics; decoders of earlier revisions import it from here, as
+# benchmarks/decoder.py --compare-with loads them beside today's schema.
+from telemetry.topics import DEVICE_ID_PATTERN as DEVICE_ID_PATTERN
+
 # Limits the protocol states; decoder.py uses the same numbers.
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_SAMPLES_PER_MESSAGE = 1000
@@ -31,7 +35,6 @@ HEADING_RANGE = (0.0, 360.0)
 # datetime ends.
 STORABLE_TIME_MS = (0, 253_402_300_799_999)
 EVENT_TYPE_PATTERN = r"^[a-z0-9_]{1,48}$"
-DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 Number = float | int
 

@@ -171,21 +171,10 @@ def to_samples(pack: Any, now_ms: int) -> list[dict[str, Any]]:
         if type(raw) is not dict:
             raise SenmlError(f"record {index} is a {type(raw).__name__}, not a map")
         record = _labelled(raw, index)
-        if "bver" in record:
-            bver = record["bver"]
-            if type(bver) is not int or not 1 <= bver <= SENML_VERSION:
-                raise SenmlError(
-                    f"record {index}: bver {shown(bver)} is not a version up to {SENML_VERSION}"
-                )
-        if "bn" in record:
-            base_name = _text(record, "bn", index)
-        if "bt" in record:
-            base_time = _number(record, "bt", index)
-        if "bu" in record:
-            base_unit = _text(record, "bu", index)
-        if "bv" in record:
-            base_value = _number(record, "bv", index)
-
+        if not _BASE_LABELS.isdisjoint(record):
+            base_name, base_time, base_unit, base_value = _bases(
+                record, index, base_name, base_time, base_unit, base_value
+            )
         name = base_name + (_text(record, "n", index) if "n" in record else "")
         mapping = field_for(name)
         if mapping is None:
@@ -199,11 +188,45 @@ def to_samples(pack: Any, now_ms: int) -> list[dict[str, Any]]:
         if sample is None:
             sample = samples[key] = {"t": t_ms}
         sample[mapping.field] = value  # a field repeated at one time: the later record wins
+    return _checked_count(list(samples.values()))
+
+
+_BASE_LABELS = frozenset(("bver", "bn", "bt", "bu", "bv"))
+
+
+def _bases(
+    record: dict[str, Any],
+    index: int,
+    name: str,
+    time: float,
+    unit: str | None,
+    value: float | None,
+) -> tuple[str, float, str | None, float | None]:
+    """The base name, time, unit and value in force from this record on (RFC 8428 section 4.1):
+    the record's own base fields, the earlier ones where it has none."""
+    if "bver" in record:
+        bver = record["bver"]
+        if type(bver) is not int or not 1 <= bver <= SENML_VERSION:
+            raise SenmlError(
+                f"record {index}: bver {shown(bver)} is not a version up to {SENML_VERSION}"
+            )
+    if "bn" in record:
+        name = _text(record, "bn", index)
+    if "bt" in record:
+        time = _number(record, "bt", index)
+    if "bu" in record:
+        unit = _text(record, "bu", index)
+    if "bv" in record:
+        value = _number(record, "bv", index)
+    return name, time, unit, value
+
+
+def _checked_count(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not samples:
         raise SenmlError("no record with a name the protocol knows (docs/coap.md)")
     if len(samples) > MAX_SAMPLES_PER_MESSAGE:
         raise SenmlError(f"{len(samples)} sample times, more than {MAX_SAMPLES_PER_MESSAGE}")
-    return list(samples.values())
+    return samples
 
 
 _NO_VALUE = object()
@@ -265,27 +288,23 @@ def _number(record: dict, label: str, index: int) -> float:
 
 
 def _value(mapping: FieldMapping, record: dict, unit: str | None, base_value: float | None):
+    """A record's value in the field's unit, a WrongValue saying why not, or _NO_VALUE for a
+    sum-only record. The right kind of value goes straight through; the wrong ones are named by
+    _wrong_boolean and _wrong_number, off the common path."""
     has = [k for k in ("v", "vs", "vb", "vd") if k in record]
-    if not has:
-        return _NO_VALUE if "s" in record else WrongValue("record without a value")
-    if len(has) > 1:
+    if len(has) != 1:
+        if not has:
+            return _NO_VALUE if "s" in record else WrongValue("record without a value")
         return WrongValue(f"more than one value ({', '.join(has)})")
     kind = has[0]
     raw = record[kind]
     if mapping.boolean:
-        if kind != "vb" or type(raw) is not bool:
-            return WrongValue(f"{kind}={shown(raw)}, expected a boolean vb")
-        if unit is not None:
-            return WrongValue(f"unit {shown(unit)} on a boolean")
-        return raw
-    if kind != "v":
-        return WrongValue(f"{kind}={shown(raw)}, expected a number v")
-    value = _as_float(raw)
-    if value is None:
-        return WrongValue(f"v={shown(raw)}, expected a number")
-    if unit not in mapping.units:
-        accepted = ", ".join(repr(u) for u in mapping.units if u is not None)
-        return WrongValue(f"unit {shown(unit)}, expected one of {accepted}")
+        if kind == "vb" and type(raw) is bool and unit is None:
+            return raw
+        return _wrong_boolean(kind, raw, unit)
+    value = _as_float(raw) if kind == "v" else None
+    if value is None or unit not in mapping.units:
+        return _wrong_number(mapping, kind, raw, unit)
     if base_value is not None:
         value += base_value
     factor = mapping.units[unit]
@@ -293,6 +312,21 @@ def _value(mapping: FieldMapping, record: dict, unit: str | None, base_value: fl
     if factor == _SAME and type(raw) is int and base_value is None:
         return raw
     return value * factor
+
+
+def _wrong_boolean(kind: str, raw: Any, unit: str | None) -> WrongValue:
+    if kind != "vb" or type(raw) is not bool:
+        return WrongValue(f"{kind}={shown(raw)}, expected a boolean vb")
+    return WrongValue(f"unit {shown(unit)} on a boolean")
+
+
+def _wrong_number(mapping: FieldMapping, kind: str, raw: Any, unit: str | None) -> WrongValue:
+    if kind != "v":
+        return WrongValue(f"{kind}={shown(raw)}, expected a number v")
+    if _as_float(raw) is None:
+        return WrongValue(f"v={shown(raw)}, expected a number")
+    accepted = ", ".join(repr(u) for u in mapping.units if u is not None)
+    return WrongValue(f"unit {shown(unit)}, expected one of {accepted}")
 
 
 def _time(record: dict, base_time: float, now_s: float) -> tuple[Any, int | WrongValue]:

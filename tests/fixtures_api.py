@@ -11,9 +11,9 @@ import pytest
 import uvicorn
 
 from api import ApiContext, KeyCache, LiveHub, create_app
-from commands import CommandReads, CommandStore
 from fleetgate.embedded import free_port
 from gateway.broker_auth import BrokerAccess
+from gateway.commands import CommandReads, CommandStore
 from telemetry.store import DeviceCredentials, TelemetryStore
 
 KEY_SCOPES = {

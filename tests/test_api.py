@@ -277,8 +277,9 @@ async def test_events_query_filters_and_pages(api_server):
 
 async def test_command_state_changes_are_events_paged_in_order_with_the_others(api_server):
     """Commands written by the command store, as the dispatcher writes them."""
-    from commands import Command, CommandStore, CommandType, machine
+    from commands import Command, CommandType, machine
     from commands._time import utc_now
+    from gateway.commands import CommandStore
 
     ids = await fleet(api_server, 2)
     commands = CommandStore(api_server.store.pool)

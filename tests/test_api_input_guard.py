@@ -10,7 +10,7 @@ import uuid
 import pytest
 from prometheus_client import CollectorRegistry
 
-from commands import CommandConfig, CommandService
+from gateway.commands import CommandConfig, CommandService
 from tests.test_api import assert_problem, fleet
 
 pytestmark = pytest.mark.integration

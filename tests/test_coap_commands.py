@@ -15,8 +15,9 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from commands import CommandConfig, CommandRequest, CommandService, CommandState
+from commands import CommandRequest, CommandState
 from firmware_sim.coap import CoapFleet, CoapFleetOptions
+from gateway.commands import CommandConfig, CommandService
 from tests.harness import metric
 from tests.test_coap_ingress import coap_client, coap_gateway, now_ms, post, provision, sample
 

@@ -16,18 +16,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from commands import (
-    CommandConfig,
     CommandRequest,
-    CommandService,
     CommandState,
     DeliveryPolicy,
     IdempotencyConflict,
     NotCancellable,
 )
-from commands.mqtt import command_client_id
 from firmware_sim.fleet import Fleet, FleetOptions
 from firmware_sim.model import CAR, TRIP
 from firmware_sim.tcu import CommandBehaviour
+from gateway.commands import CommandConfig, CommandService, command_client_id
 from gateway.service import Gateway, GatewayConfig
 from geofence import SpeedCapChange
 from tests.harness import eventually, gateway_config, metric, register

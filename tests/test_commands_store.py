@@ -10,9 +10,10 @@ from unittest.mock import ANY
 import psycopg
 import pytest
 
-from commands import Command, CommandConflict, CommandState, CommandStore, CommandType, machine
+from commands import Command, CommandState, CommandType, machine
 from commands._time import from_ms, utc_now
 from commands.model import DeviceResult
+from gateway.commands import CommandConflict, CommandStore
 from telemetry.store import StoreUnavailable
 from tests.harness import register
 

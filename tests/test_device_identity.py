@@ -20,7 +20,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from commands import CommandRequest
-from commands.mqtt import command_client_id
 from firmware_sim import Fleet, FleetOptions
 from fleetgate.cli.run import serve_api
 from fleetgate.embedded import Mosquitto, free_port
@@ -33,11 +32,13 @@ from gateway.broker_auth import (
     password_file,
     write_files,
 )
+from gateway.commands import command_client_id
 from gateway.metrics import GatewayMetrics
-from gateway.mqtt import MqttClient, MqttError
-from gateway.mqtt_ingress import MqttIngress, presence_topic, read_presence
+from gateway.mqtt import ConnectOptions, MqttClient, MqttError
+from gateway.mqtt_ingress import MqttIngress, read_presence
 from telemetry.store import AlreadyProvisioned, DeviceCredentials, TelemetryStore, UnknownDevice
 from telemetry.store._credentials import check_mosquitto_hash, mosquitto_hash
+from telemetry.topics import gateway_presence_topic
 from tests.harness import eventually, gateway_config, metric, register, running_gateway, stored_keys
 
 ROOT = "fg/v1"
@@ -111,6 +112,7 @@ SUBSCRIPTIONS = [
         ("lock-a", "publish", "fg/v2/lock-a/telemetry", False),
         ("lock-a", "delete", "fg/v1/lock-a/telemetry", False),
         ("lock+a", "publish", "fg/v1/lock+a/telemetry", False),  # not a device id
+        ("lock-a\n", "publish", "fg/v1/lock-a\n/telemetry", False),  # nor is this one
         ("gw-1", "publish", "fg/v1/lock-a/cmd", True),
         ("gw-1", "publish", "fg/v1/$gateway/gw-1/presence", True),
         ("gw-1", "publish", "other/topic", False),
@@ -263,12 +265,14 @@ async def connect(
     **kw,
 ) -> MqttClient:
     client = MqttClient(
-        host,
-        port,
-        client_id=client_id or user or "anon",
-        username=user,
-        password=password,
-        protocol=protocol,
+        ConnectOptions(
+            host,
+            port,
+            client_id or user or "anon",
+            username=user,
+            password=password,
+            protocol=protocol,
+        ),
         **kw,
     )
     await client.connect()
@@ -544,12 +548,14 @@ async def test_a_device_subscribing_to_others_topics_gets_nothing_and_takes_noth
                     what="every acknowledged sample stored",
                 )
                 presence = await read_presence(
-                    broker.host,
-                    broker.port,
+                    ConnectOptions(
+                        broker.host,
+                        broker.port,
+                        cfg.mqtt_client_id,
+                        username=gw_user,
+                        password="gw-password",
+                    ),
                     topic_root,
-                    cfg.mqtt_client_id,
-                    username=gw_user,
-                    password="gw-password",
                 )
                 assert presence is not None and presence["state"] == "online"
                 # lock-a's own command topic works (commands wait for a device to be online:
@@ -639,9 +645,7 @@ async def test_emqx_hooks_let_the_gateway_account_in_and_devices_only_to_their_t
     gw_id = settings.mqtt_client_id
     ingress = MqttIngress(
         None,
-        host="-",
-        port=0,
-        client_id=gw_id,
+        ConnectOptions("-", 0, gw_id),
         topic_root=ROOT,
         shared_group="fleetgate",
         metrics=GatewayMetrics(CollectorRegistry()),
@@ -686,8 +690,8 @@ async def test_emqx_hooks_let_the_gateway_account_in_and_devices_only_to_their_t
                 *(("subscribe", f.split("/", 2)[2]) for f in shared),  # as EMQX passes them
                 ("subscribe", f"{ROOT}/+/cmd/result"),  # the command link
                 ("publish", f"{ROOT}/lock-a/cmd"),
-                ("publish", presence_topic(ROOT, gw_id)),  # presence and will
-                ("subscribe", presence_topic(ROOT, gw_id)),  # fleetgate drain's probe
+                ("publish", gateway_presence_topic(ROOT, gw_id)),  # presence and will
+                ("subscribe", gateway_presence_topic(ROOT, gw_id)),  # fleetgate drain's probe
                 ("subscribe", f"{ROOT}/$drain/{gw_id}/marker"),
                 ("publish", f"{ROOT}/$drain/{gw_id}/marker"),
             ]

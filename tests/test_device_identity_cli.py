@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from fleetgate.cli import app
 from fleetgate.cli.devices import parse_duration
 from fleetgate.embedded import Mosquitto, free_port
-from gateway.mqtt import MqttClient, MqttError
+from gateway.mqtt import ConnectOptions, MqttClient, MqttError
 from tests.fixtures_db import run_async
 from tests.harness import REPO, register
 from tests.test_cli import run as run_fleetgate
@@ -35,7 +35,9 @@ def secrets_of(output: str) -> dict[str, str]:
 
 
 async def can_connect(broker: Mosquitto, user: str, password: str) -> bool:
-    client = MqttClient(broker.host, broker.port, client_id=user, username=user, password=password)
+    client = MqttClient(
+        ConnectOptions(broker.host, broker.port, user, username=user, password=password)
+    )
     try:
         await client.connect()
     except MqttError:

@@ -12,7 +12,7 @@ import pytest
 
 from firmware_sim.fleet import Fleet, FleetOptions, run_fleet
 from firmware_sim.tcu import CommandBehaviour, Misbehaviour
-from gateway.mqtt import MqttClient
+from gateway.mqtt import ConnectOptions, MqttClient
 from telemetry.decoder import decode_telemetry
 from tests.harness import eventually
 
@@ -25,9 +25,7 @@ class Listener:
     def __init__(self, broker, topic_root: str) -> None:
         self.messages: list = []
         self.client = MqttClient(
-            broker.host,
-            broker.port,
-            client_id=f"listener-{time.monotonic_ns() % 10**9}",
+            ConnectOptions(broker.host, broker.port, f"listener-{time.monotonic_ns() % 10**9}"),
             on_messages=self.messages.extend,
         )
         self.root = topic_root
@@ -145,7 +143,7 @@ async def test_commands_are_executed_once_and_answered_per_retry_even_when_offli
     )
     async with Listener(mosquitto, topic_root) as listener:
         commander = MqttClient(
-            mosquitto.host, mosquitto.port, client_id=f"cmd-{time.monotonic_ns() % 10**9}"
+            ConnectOptions(mosquitto.host, mosquitto.port, f"cmd-{time.monotonic_ns() % 10**9}")
         )
         await commander.connect()
         stop = asyncio.Event()

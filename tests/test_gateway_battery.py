@@ -12,7 +12,7 @@ import pytest
 from battery import COLUMNS, BatteryPolicy
 from firmware_sim import CAR, EBIKE, FleetModel
 from firmware_sim.payloads import JSON, encode_batch, encode_samples
-from gateway.mqtt import MqttClient
+from gateway.mqtt import ConnectOptions, MqttClient
 from telemetry.store import BATTERY_HEALTH_COLUMNS
 from tests.harness import eventually, gateway_config, metric, register, running_gateway
 
@@ -46,7 +46,7 @@ async def publish_steps(
     sees the fleet's time pass in slices as it would live, not hours in one batch."""
     devices = []
     for device_id, _, _ in DEVICES:
-        dev = MqttClient(broker.host, broker.port, client_id=device_id)
+        dev = MqttClient(ConnectOptions(broker.host, broker.port, device_id))
         await dev.connect()
         devices.append((device_id, dev))
     stored_before = 0 if reg is None else metric(reg, "fleetgate_samples_stored_total")

@@ -192,6 +192,34 @@ async def test_a_message_the_gateway_fails_on_is_quarantined_and_the_rest_flows(
         await close_devices(clients)
 
 
+async def test_rows_the_database_refuses_are_rejected_alone_and_the_rest_is_stored(
+    mosquitto, pg_dsn, topic_root
+):
+    """The database itself refuses one vehicle's rows (its vehicles row is deleted behind the
+    gateway's registry: vehicle_state's foreign key fails). The batch is written in parts: the
+    other vehicle's samples are stored, the refused ones rejected as store_refused, all are
+    acknowledged, and the gateway stays ready."""
+    vehicles = await register(pg_dsn, DEVICES[:2])
+    config = gateway_config(pg_dsn, mosquitto, topic_root)
+    config.limits = type(config.limits)(max_messages=2000, max_age_ms=500)
+    async with running_gateway(config) as (gw, reg):
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            await conn.execute("DELETE FROM vehicles WHERE id = %s", (vehicles[DEVICES[1][0]],))
+        clients = await open_devices(mosquitto, 2)
+        stream = Stream(clients, topic_root, int(time.time() * 1000) - 600_000)
+        await stream.run(per_device=10, rate_hz=200)
+        await eventually(lambda: gw.pipeline.unacknowledged == 0, what="all acknowledged")
+        await eventually(
+            lambda: metric(reg, "fleetgate_messages_acked_total") == 20, what="20 acked"
+        )
+        assert set(await stored_keys(pg_dsn)) == {k for k in stream.acked if k[0] == DEVICES[0][0]}
+        assert metric(reg, "fleetgate_samples_rejected_total", reason="store_refused") == 10
+        assert metric(reg, "fleetgate_samples_stored_total") == 10
+        assert metric(reg, "fleetgate_database_errors_total", kind="refused") >= 10
+        assert await gw.check_database() is None
+        await close_devices(clients)
+
+
 async def test_a_dead_pipeline_writer_makes_the_gateway_unready_and_fail(
     mosquitto, pg_dsn, topic_root, monkeypatch
 ):

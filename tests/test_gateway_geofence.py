@@ -11,7 +11,7 @@ import orjson
 import psycopg
 import pytest
 
-from gateway.mqtt import MqttClient
+from gateway.mqtt import ConnectOptions, MqttClient
 from geofence import Zone, ZoneSet
 from telemetry.store import TelemetryStore
 from tests.harness import eventually, gateway_config, metric, register, running_gateway
@@ -52,7 +52,7 @@ def drive(t0: int, east_from: float, east_to: float, step_m: float = 5.0, speed_
 
 
 async def publish_all(broker, root: str, device_id: str, samples: list[dict]) -> None:
-    dev = MqttClient(broker.host, broker.port, client_id=device_id)
+    dev = MqttClient(ConnectOptions(broker.host, broker.port, device_id))
     await dev.connect()
     for s in samples:
         await dev.publish(f"{root}/{device_id}/telemetry", orjson.dumps(s), qos=1)
@@ -139,7 +139,7 @@ async def test_device_events_and_geofence_events_are_counted_apart(mosquitto, pg
     t0 = int(time.time() * 1000) - 600_000
     cfg = gateway_config(pg_dsn, mosquitto, topic_root)
     async with running_gateway(cfg) as (_gw, reg):
-        dev = MqttClient(mosquitto.host, mosquitto.port, client_id="bike-1")
+        dev = MqttClient(ConnectOptions(mosquitto.host, mosquitto.port, "bike-1"))
         await dev.connect()
         await dev.publish(
             f"{topic_root}/bike-1/event", orjson.dumps({"t": t0, "type": "tamper"}), qos=1

@@ -10,7 +10,7 @@ import orjson
 import psycopg
 import pytest
 
-from gateway.mqtt import MqttClient, Will
+from gateway.mqtt import ConnectOptions, MqttClient, Will
 from gateway.pipeline import PipelineLimits
 from tests.harness import (
     GatewayProcess,
@@ -43,7 +43,7 @@ def sample(t: int, i: int = 0, **over) -> dict:
 
 
 async def device(broker, device_id: str, **kw) -> MqttClient:
-    client = MqttClient(broker.host, broker.port, client_id=device_id, **kw)
+    client = MqttClient(ConnectOptions(broker.host, broker.port, device_id), **kw)
     await client.connect()
     return client
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from fleetgate.embedded import free_port
-from gateway.mqtt import MqttClient
+from gateway.mqtt import ConnectOptions, MqttClient
 from telemetry import senml
 from tests.harness import (
     GatewayProcess,
@@ -35,7 +35,7 @@ async def test_mqtt_and_coap_devices_share_one_pipeline(mosquitto, pg_dsn, topic
     now = int(time.time() * 1000)
     cfg = gateway_config(pg_dsn, mosquitto, topic_root, coap_enabled=True, coap_port=0)
     async with running_gateway(cfg) as (gw, reg):
-        car = MqttClient(mosquitto.host, mosquitto.port, client_id="tcu-1")
+        car = MqttClient(ConnectOptions(mosquitto.host, mosquitto.port, "tcu-1"))
         await car.connect()
         await car.publish(
             f"{topic_root}/tcu-1/telemetry",
@@ -107,7 +107,7 @@ async def test_received_is_stored_plus_duplicate_plus_rejected_on_both_transport
     t0 = int(time.time() * 1000) - 60_000
     try:
         await gw.wait_subscribed()
-        car = MqttClient(mosquitto.host, mosquitto.port, client_id="tcu-1")
+        car = MqttClient(ConnectOptions(mosquitto.host, mosquitto.port, "tcu-1"))
         await car.connect()
         mqtt = [
             ("telemetry", orjson.dumps([fix(t0 + k * 1000) for k in range(3)])),

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from benchmarks.zone_index import city_points, city_zones, shapely_contains_xy
 from geofence import Membership, Zone, ZoneIndex, ZoneSet
 from geofence._geo import circle_d2, circle_frame, circle_r2
-from telemetry.plausibility import haversine_m
+from telemetry.earth import haversine_m
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

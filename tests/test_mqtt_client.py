@@ -7,14 +7,31 @@ import socket
 
 import pytest
 
-from gateway.mqtt import ConnectionLost, MqttClient, MqttError, Will
+from gateway.mqtt import ConnectionLost, ConnectOptions, MqttClient, MqttError, Will
 from tests.harness import eventually
 
 pytestmark = pytest.mark.integration
 
 
-async def client(broker, client_id: str, **kw) -> MqttClient:
-    c = MqttClient(broker.host, broker.port, client_id=client_id, **kw)
+async def client(
+    broker,
+    client_id: str,
+    *,
+    protocol: int = 5,
+    keepalive_s: int = 30,
+    session_expiry_s: int = 0,
+    **kw,
+) -> MqttClient:
+    """A connected client; kw are the client's own arguments (clean_start, on_messages, ...)."""
+    options = ConnectOptions(
+        broker.host,
+        broker.port,
+        client_id,
+        protocol=protocol,
+        keepalive_s=keepalive_s,
+        session_expiry_s=session_expiry_s,
+    )
+    c = MqttClient(options, **kw)
     await c.connect()
     return c
 
@@ -130,12 +147,14 @@ async def test_a_refused_connection_says_why(restartable_mosquitto, tmp_path):
     broker.start()
     for protocol in (4, 5):
         c = MqttClient(
-            broker.host,
-            broker.port,
-            client_id="nobody",
-            protocol=protocol,
-            username="nobody",
-            password="wrong",
+            ConnectOptions(
+                broker.host,
+                broker.port,
+                "nobody",
+                protocol=protocol,
+                username="nobody",
+                password="wrong",
+            )
         )
         with pytest.raises(MqttError) as err:
             await c.connect()
@@ -214,13 +233,11 @@ async def test_ending_a_persistent_session_discards_it_on_the_broker(
 
     cid = f"end-{protocol}-{topic_root}"
     session = PersistentSession(
-        host=mosquitto.host,
-        port=mosquitto.port,
-        client_id=cid,
+        ConnectOptions(
+            mosquitto.host, mosquitto.port, cid, protocol=protocol, session_expiry_s=3600
+        ),
         subscriptions=lambda: [(f"{topic_root}/x", 1)],
         on_messages=lambda msgs, gen: None,
-        protocol=protocol,
-        session_expiry_s=3600,
         log=logging.getLogger("test"),
     )
     stop = asyncio.Event()
@@ -230,12 +247,8 @@ async def test_ending_a_persistent_session_discards_it_on_the_broker(
     await task
     await session.end()
     probe = MqttClient(
-        mosquitto.host,
-        mosquitto.port,
-        client_id=cid,
+        ConnectOptions(mosquitto.host, mosquitto.port, cid, protocol=protocol, session_expiry_s=60),
         clean_start=False,
-        protocol=protocol,
-        session_expiry_s=60,
     )
     assert await probe.connect() is False, "no session left to resume"
     await probe.disconnect(session_expiry_s=0)
@@ -319,12 +332,9 @@ async def test_a_paused_session_notices_a_killed_broker_within_a_keepalive(resta
 
     broker, keepalive = restartable_mosquitto, 2
     session = PersistentSession(
-        host=broker.host,
-        port=broker.port,
-        client_id="paused-kill",
+        ConnectOptions(broker.host, broker.port, "paused-kill", keepalive_s=keepalive),
         subscriptions=lambda: [("t/#", 1)],
         on_messages=lambda msgs, gen: None,
-        keepalive_s=keepalive,
         log=logging.getLogger("test"),
     )
     stop = asyncio.Event()
@@ -400,3 +410,11 @@ async def test_past_its_held_bytes_a_paused_client_stops_reading_yet_keeps_the_c
     broker.stop(kill=True)
     with pytest.raises(ConnectionLost):
         await asyncio.wait_for(sub.wait_closed(), keepalive)
+
+
+def test_connect_options_keep_the_password_out_of_repr_and_refuse_an_unknown_protocol():
+    options = ConnectOptions("broker", 8883, "gw-1", username="gw", password="s3cret")
+    assert "s3cret" not in repr(options) and "gw-1" in repr(options)
+    assert options.broker == "broker:8883"
+    with pytest.raises(ValueError, match="protocol must be 4"):
+        ConnectOptions("broker", 1883, "gw-1", protocol=3)

@@ -13,7 +13,7 @@ from typing import Self
 
 import pytest
 
-from gateway.mqtt import ConnectionLost, MqttClient
+from gateway.mqtt import ConnectionLost, ConnectOptions, MqttClient
 from gateway.mqtt._packets import PACKET_NAMES, encode_pubacks, encode_publish
 from tests.test_mqtt_packets import CONNACKS, violations
 
@@ -60,7 +60,9 @@ class FakeBroker:
 
 
 def client_of(broker: FakeBroker, protocol: int, **kw) -> MqttClient:
-    return MqttClient("127.0.0.1", broker.port, client_id="fake-test", protocol=protocol, **kw)
+    return MqttClient(
+        ConnectOptions("127.0.0.1", broker.port, "fake-test", protocol=protocol), **kw
+    )
 
 
 async def connection_lost(client: MqttClient) -> ConnectionLost:
@@ -140,6 +142,6 @@ async def test_a_well_behaved_fake_broker_gets_its_message_acknowledged(protocol
 
 
 async def test_subscribing_with_qos_2_is_refused_before_anything_is_sent():
-    client = MqttClient("127.0.0.1", 1, client_id="never-connected")
+    client = MqttClient(ConnectOptions("127.0.0.1", 1, "never-connected"))
     with pytest.raises(ValueError, match="QoS 0 or 1"):
         await client.subscribe([("fg/v1/+/telemetry", 2)])

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from fleetgate.embedded import free_port
-from gateway.mqtt import MqttClient
+from gateway.mqtt import ConnectOptions, MqttClient
 from telemetry.store import migrate
 from tests.fixtures_db import PrivateCluster, Server, dsn_for
 from tests.harness import GatewayProcess, eventually, register, sample_sum
@@ -53,7 +53,7 @@ EXPECTED_FAMILIES = {
 
 
 async def publish(broker, root: str, device_id: str, payloads: list[bytes]) -> None:
-    dev = MqttClient(broker.host, broker.port, client_id=device_id)
+    dev = MqttClient(ConnectOptions(broker.host, broker.port, device_id))
     await dev.connect()
     for p in payloads:
         await dev.publish(f"{root}/{device_id}/telemetry", p, qos=1)

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from fleetgate.embedded import free_port
-from gateway.mqtt import MqttClient
+from gateway.mqtt import ConnectOptions, MqttClient
 from gateway.mqtt_ingress import read_presence
 from gateway.pipeline import Inbound
 from telemetry.store import TelemetryStore
@@ -239,7 +239,7 @@ async def publish_samples(
 ) -> None:
     """One message per sample at rate_hz, or (buffered) all of them in one batch payload, as a
     TCU uploads what it held while offline."""
-    dev = MqttClient(broker.host, broker.port, client_id=device_id)
+    dev = MqttClient(ConnectOptions(broker.host, broker.port, device_id))
     await dev.connect()
     for payload in [samples] if buffered else samples:
         await dev.publish(f"{root}/{device_id}/telemetry", orjson.dumps(payload), qos=1)
@@ -370,7 +370,7 @@ def drain_cli(gw: GatewayProcess, timeout_s: float = 60) -> subprocess.Completed
 async def session_present(broker, client_id: str) -> bool:
     """Whether the broker holds a session for client_id (the probe leaves none behind)."""
     probe = MqttClient(
-        broker.host, broker.port, client_id=client_id, clean_start=False, session_expiry_s=60
+        ConnectOptions(broker.host, broker.port, client_id, session_expiry_s=60), clean_start=False
     )
     present = await probe.connect()
     await probe.disconnect(session_expiry_s=0)
@@ -408,7 +408,7 @@ async def test_draining_a_retired_process_stores_what_its_session_held_and_ends_
         assert not await session_present(mosquitto, "gw-retired")
         assert (
             await read_presence(
-                mosquitto.host, mosquitto.port, topic_root, "gw-retired", wait_s=0.5
+                ConnectOptions(mosquitto.host, mosquitto.port, "gw-retired"), topic_root, wait_s=0.5
             )
             is None
         ), "a retired id's presence is cleared"
@@ -438,7 +438,9 @@ async def test_a_client_id_still_in_use_is_not_drained_and_its_process_loses_not
         await a.wait_subscribed()
 
         async def presence() -> dict:
-            return await read_presence(mosquitto.host, mosquitto.port, topic_root, "gw-live")
+            return await read_presence(
+                ConnectOptions(mosquitto.host, mosquitto.port, "gw-live"), topic_root
+            )
 
         await eventually(lambda: _is(presence(), "online"), what="A's presence online")
         assert (await presence())["pid"] == a.proc.pid

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from telemetry.batch import FLAG_IMPLAUSIBLE_JUMP, TelemetryBatch
-from telemetry.plausibility import PlausibilityFilter, haversine_m
+from telemetry.earth import haversine_m
+from telemetry.plausibility import PlausibilityFilter
 
 LAT0, LON0 = 52.52, 13.40
 DEG_PER_M = 1 / 111_195.0  # latitude degrees per metre

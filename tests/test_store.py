@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 
 from telemetry.batch import UNKNOWN, DeviceEvent, TelemetryBatch
 from telemetry.store import (
+    DataRefused,
     RegistrationConflict,
     StoreUnavailable,
     TelemetryStore,
@@ -213,11 +214,12 @@ async def test_a_sample_for_a_day_without_a_partition_still_lands(store, vehicle
     assert {f"positions_p{d}" for d in days} <= names
 
 
-async def test_data_the_database_refuses_is_a_psycopg_error_not_an_outage(store):
+async def test_data_the_database_refuses_is_data_refused_not_an_outage(store):
     # A vehicle id the registry never issued: vehicle_state's foreign key refuses it. The
-    # pipeline relies on this being a psycopg.Error (it isolates the row) and not an outage.
-    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+    # pipeline relies on this being DataRefused (it isolates the row) and not an outage.
+    with pytest.raises(DataRefused, match="foreign key") as refused:
         await store.write(make_batch([{"vehicle": 999_999, "t": now_ms()}]), [])
+    assert isinstance(refused.value.__cause__, psycopg.errors.ForeignKeyViolation)
 
 
 # --- vehicle_state -------------------------------------------------------------------------------

@@ -150,6 +150,11 @@ def test_unknown_device_and_bad_topic_reject_the_message():
     assert len(r.batch) == 0
 
 
+def test_a_device_id_with_a_trailing_newline_is_a_bad_topic_not_an_unknown_device():
+    r = decode([orjson.dumps(sample())], devices=["bike-1\n"])
+    assert r.rejected == {"bad_topic": 1}
+
+
 def test_a_bad_sample_in_a_batch_does_not_take_the_others_with_it():
     batch = [sample(t=NOW - 3), sample(t=NOW - 2, soc_pct=101), sample(t=NOW - 1)]
     r = decode([orjson.dumps(batch)])

@@ -17,7 +17,10 @@ from api.auth import require
 from api.context import context
 from api.problems import PROBLEM_RESPONSES, Problem, field_errors, invalid
 from commands import (
+    Command,
+    CommandDispatcher,
     CommandNotFound,
+    CommandReader,
     CommandRequest,
     CommandState,
     CommandType,
@@ -102,7 +105,7 @@ class HistoryOut(BaseModel):
     detail: dict[str, Any] | None = None
 
 
-def _service(request: Request):
+def _service(request: Request) -> CommandDispatcher:
     """The dispatcher, for creating and cancelling commands."""
     service = context(request).commands
     if service is None:
@@ -116,14 +119,14 @@ def _service(request: Request):
     return service
 
 
-def _reads(request: Request):
+def _reads(request: Request) -> CommandReader:
     """Reading commands needs only the database: the dispatcher where it runs here, else the
     read side alone."""
     ctx = context(request)
     return ctx.commands or ctx.command_reads or _service(request)
 
 
-def _out(command) -> CommandOut:
+def _out(command: Command) -> CommandOut:
     return CommandOut.model_validate(command.model_dump())
 
 
@@ -194,7 +197,9 @@ async def create_command(
     return JSONResponse(out, status_code=202, headers={"Location": location})
 
 
-async def _wait_unless_stopping(request: Request, service, command, wait: float):
+async def _wait_unless_stopping(
+    request: Request, service: CommandDispatcher, command: Command, wait: float
+) -> Command:
     """The command once final or after `wait` s; as it was accepted if the server stops first
     (the caller gets 202 and follows Location, rather than a cut connection)."""
     waiting = asyncio.ensure_future(service.wait(command.id, wait))

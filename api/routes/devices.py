@@ -18,6 +18,7 @@ from telemetry.store import (
     UnknownDevice,
     VehicleRegistration,
 )
+from telemetry.topics import DEVICE_ID_PATTERN
 
 router = APIRouter(
     prefix="/v1/devices",
@@ -25,13 +26,13 @@ router = APIRouter(
     responses=PROBLEM_RESPONSES,
     dependencies=[require("devices:write")],
 )
-DeviceId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
 
 
 class DeviceIn(BaseModel):
     vehicle_ref: str = Field(min_length=1, max_length=128)
     device_id: str = Field(
-        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        pattern=DEVICE_ID_PATTERN,
         description="the TCU's MQTT client id and CoAP path segment",
     )
     vehicle_type: Literal["ebike", "car"]

@@ -1,5 +1,5 @@
 """Liveness and readiness: the only routes that answer without an API key (the metrics port
-answers the same two, gateway/ops_http.py)."""
+answers the same two, api/ops_http.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.context import context
+from api.ops_http import readiness
 from api.schemas import Health
-from gateway.ops_http import readiness
 
 router = APIRouter(tags=["health"])
 

@@ -17,7 +17,7 @@ from api.context import context
 from api.problems import PROBLEM_RESPONSES, Problem
 from api.routes._params import time_range
 from battery import DEFAULT_TYPES
-from telemetry.plausibility import haversine_m
+from telemetry.earth import haversine_m
 
 router = APIRouter(
     tags=["usage"], responses=PROBLEM_RESPONSES, dependencies=[require("fleet:read")]

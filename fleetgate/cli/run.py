@@ -8,7 +8,6 @@ Where no database or broker is configured, run and drain start embedded ones in 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -194,16 +193,14 @@ async def serve_api(
 
 async def open_store_retrying(dsn: str, stop: asyncio.Event) -> TelemetryStore | None:
     """The store, once the database answers; None when stop is set first."""
-    from telemetry.store import StoreUnavailable, TelemetryStore
+    from telemetry.store import TelemetryStore, retry_while_unavailable
 
-    while not stop.is_set():
-        try:
-            return await TelemetryStore.open(dsn)
-        except StoreUnavailable as exc:
-            log.warning("database_unavailable", extra={"operation": "api", "error": str(exc)[:200]})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
-    return None
+    def unavailable(exc: Exception, retry_in_s: float) -> None:
+        log.warning("database_unavailable", extra={"operation": "api", "error": str(exc)[:200]})
+
+    return await retry_while_unavailable(
+        lambda: TelemetryStore.open(dsn), unavailable, first_s=2.0, max_s=2.0, stop=stop
+    )
 
 
 def api_alone() -> None:
@@ -297,15 +294,7 @@ async def _client_id_in_use(config: GatewayConfig) -> str | None:
     """Why the client id's retained presence says a process still runs with it, or None."""
     from gateway.mqtt_ingress import read_presence
 
-    presence = await read_presence(
-        config.mqtt_host,
-        config.mqtt_port,
-        config.mqtt_topic_root,
-        config.mqtt_client_id,
-        username=config.mqtt_username,
-        password=config.mqtt_password,
-        protocol=config.mqtt_protocol,
-    )
+    presence = await read_presence(config.mqtt, config.mqtt_topic_root)
     if presence is None or presence.get("state") != "online":
         return None
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(presence.get("t", 0) / 1000))

@@ -139,20 +139,22 @@ def _write_sim_secrets(path: Path, secrets: dict[str, str]) -> None:
 async def _broker_refusal(fleet, issued: int, secrets: Path) -> str | None:
     """Why the broker would not let the simulated devices in, in one line, or None: one
     CONNECT as the first device, which resumes its session and leaves it as it was."""
-    from gateway.mqtt import MqttClient, MqttError
+    from gateway.mqtt import ConnectOptions, MqttClient, MqttError
 
     o, device_id = fleet.options, fleet.device_ids[0]
     where = f"{o.host}:{o.port}"
     probe = MqttClient(
-        o.host,
-        o.port,
-        client_id=device_id,
-        protocol=o.protocol,
+        ConnectOptions(
+            o.host,
+            o.port,
+            device_id,
+            protocol=o.protocol,
+            session_expiry_s=o.session_expiry_s,
+            **fleet.mqtt_login(device_id),
+        ),
         clean_start=False,
-        session_expiry_s=o.session_expiry_s,
         manual_ack=True,
         on_messages=lambda messages: None,
-        **fleet.mqtt_login(device_id),
     )
     try:
         await probe.connect(timeout=o.connect_timeout_s)

@@ -2,6 +2,6 @@
 2.04 after the commit, commands piggybacked on the response (docs/coap.md)."""
 
 from gateway.coap._auth import TokenVerifier
-from gateway.coap._ingress import MEDIA_TYPES, RESOURCES, CoapIngress, CommandMailbox
+from gateway.coap._ingress import MEDIA_TYPES, CoapIngress, CommandMailbox
 
-__all__ = ["MEDIA_TYPES", "RESOURCES", "CoapIngress", "CommandMailbox", "TokenVerifier"]
+__all__ = ["MEDIA_TYPES", "CoapIngress", "CommandMailbox", "TokenVerifier"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -39,13 +38,9 @@ from telemetry.decoder import (
     parse_payload,
     payload_encoding,
 )
-from telemetry.schema import (
-    DEVICE_ID_PATTERN,
-    MAX_PAYLOAD_BYTES,
-    MAX_SAMPLES_PER_MESSAGE,
-    Sample,
-)
+from telemetry.schema import MAX_PAYLOAD_BYTES, MAX_SAMPLES_PER_MESSAGE, Sample
 from telemetry.store import StoreUnavailable
+from telemetry.topics import COAP_UPLINKS, COMMAND_RESULT, EVENT, TELEMETRY, is_device_id
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +53,11 @@ MEDIA_TYPES: dict[int, str] = {
 }
 _SENML = (110, 112)
 _JSON, _CBOR = 50, 60
-RESOURCES = ("telemetry", "event", "cmd/result")
-_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 _MAX_RESULT_BYTES = 4096
 
 
 class CommandMailbox(Protocol):
-    """Pull delivery of remote commands (commands.service.CommandService implements it)."""
+    """Pull delivery of remote commands (gateway.commands.CommandService implements it)."""
 
     async def take_pending_for(self, device_id: str) -> dict | None:
         """The next command to hand the device now, marked sent; None if none is due."""
@@ -287,7 +280,7 @@ class CoapIngress:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
-        label = resource if resource in RESOURCES else "other"
+        label = resource if resource in COAP_UPLINKS else "other"
         self._coap_metrics.responses.labels(label, str(response.code.dotted)).inc()
         self._coap_metrics.response_seconds.observe(time.monotonic() - started)
         return response
@@ -301,14 +294,14 @@ class CoapIngress:
         if reason is None or request.code != aiocoap.POST:
             return
         resource = "/".join(path[1:])
-        if resource == "cmd/result":
+        if resource == COMMAND_RESULT:
             return
-        self._metrics.count_refused("event" if resource == "event" else "telemetry", "coap", reason)
+        self._metrics.count_refused(EVENT if resource == EVENT else TELEMETRY, "coap", reason)
 
     async def _handle(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
         if request.code != aiocoap.POST:
             raise _Refusal(aiocoap.METHOD_NOT_ALLOWED)
-        if len(path) < 2 or "/".join(path[1:]) not in RESOURCES:
+        if len(path) < 2 or "/".join(path[1:]) not in COAP_UPLINKS:
             raise _Refusal(aiocoap.NOT_FOUND, reason="bad_topic")
         device_id, resource = path[0], "/".join(path[1:])
         if self._paused:
@@ -324,20 +317,20 @@ class CoapIngress:
         except ValueError:  # aiocoap's spool: a gap or an overlap between blocks
             raise _Refusal(aiocoap.REQUEST_ENTITY_INCOMPLETE) from None
         payload = request.payload
-        if resource == "cmd/result":
+        if resource == COMMAND_RESULT:
             await self._result(device_id, payload)
             return await self._changed(request, device_id)
 
         cf = request.opt.content_format
         cf = None if cf is None else int(cf)
-        if cf is not None and (cf not in MEDIA_TYPES or (resource == "event" and cf in _SENML)):
+        if cf is not None and (cf not in MEDIA_TYPES or (resource == EVENT and cf in _SENML)):
             raise _Refusal(
                 aiocoap.UNSUPPORTED_CONTENT_FORMAT,
                 f"unknown_encoding: content-format {cf} on /{resource}",
                 reason="unknown_encoding",
             )
         media = MEDIA_TYPES.get(cf) if cf is not None else None
-        kind = "telemetry" if resource == "telemetry" else "event"
+        kind = TELEMETRY if resource == TELEMETRY else EVENT
         received_ms = int(time.time() * 1000)
         self._check(kind, device_id, payload, media, received_ms)
 
@@ -365,7 +358,7 @@ class CoapIngress:
     async def _authenticate(self, device_id: str, token: str | None) -> None:
         # Unknown device, bad id, missing or wrong token: all the same 4.01, so that nobody can
         # learn which device ids exist.
-        if not _DEVICE_ID.match(device_id):
+        if not is_device_id(device_id):
             raise _Refusal(aiocoap.UNAUTHORIZED, reason="bad_topic")  # MQTT's name for it
         if not token:
             raise _Refusal(aiocoap.UNAUTHORIZED, reason="unauthorized")

@@ -3,6 +3,7 @@ acknowledgement (the gateway acks a message only after its rows are committed), 
 session both the gateway and the command dispatcher keep on the broker."""
 
 from gateway.mqtt._client import ConnectionLost, MqttClient, MqttError
+from gateway.mqtt._options import ConnectOptions
 from gateway.mqtt._packets import (
     MalformedPacket,
     Message,
@@ -13,6 +14,7 @@ from gateway.mqtt._packets import (
 from gateway.mqtt._session import PersistentSession
 
 __all__ = [
+    "ConnectOptions",
     "ConnectionLost",
     "MalformedPacket",
     "Message",

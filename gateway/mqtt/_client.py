@@ -12,10 +12,10 @@ import asyncio
 import collections
 import logging
 import socket
-import ssl as _ssl
 import time
 from collections.abc import Callable, Iterable
 
+from gateway.mqtt._options import ConnectOptions
 from gateway.mqtt._packets import (
     CONNACK,
     CONNACK_V3_REASONS,
@@ -98,6 +98,9 @@ class MqttClient:
     returns; with it, the owner calls ack(mids) when it is done with them (for the gateway: after
     the commit), in the order they arrived.
 
+    options: the broker and the CONNECT parameters (ConnectOptions).
+    clean_start: start a new session (True) or resume the client id's one.
+    will: the message the broker publishes when the connection ends without DISCONNECT.
     max_packet_size: the largest packet (fixed header included) taken from the broker; MQTT 5
         announces it in CONNECT (the broker then drops bigger messages for this client), and a
         bigger packet ends the connection as soon as its length header arrives.
@@ -108,45 +111,31 @@ class MqttClient:
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        options: ConnectOptions,
         *,
-        client_id: str,
-        protocol: int = 5,
         clean_start: bool = True,
-        session_expiry_s: int = 0,
-        keepalive_s: int = 30,
-        receive_maximum: int = 65535,
-        username: str | None = None,
-        password: str | None = None,
         will: Will | None = None,
         on_messages: Callable[[list[Message]], None] | None = None,
         manual_ack: bool = False,
-        ssl: _ssl.SSLContext | None = None,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
     ) -> None:
-        if protocol not in (4, 5):
-            raise ValueError("protocol must be 4 (MQTT 3.1.1) or 5")
         if not 0 < max_packet_size <= MAX_PACKET_SIZE_LIMIT:
             raise ValueError(f"max_packet_size must be 1..{MAX_PACKET_SIZE_LIMIT}")
-        self.host, self.port = host, port
-        self.client_id = client_id
-        self.protocol = protocol
+        self.options = options
+        self.host, self.port = options.host, options.port
+        self.client_id = options.client_id
+        self.protocol = options.protocol
+        self.keepalive_s = options.keepalive_s  # an MQTT 5 broker may set another in CONNACK
         self.clean_start = clean_start
-        self.session_expiry_s = session_expiry_s
-        self.keepalive_s = keepalive_s
-        self.receive_maximum = receive_maximum
-        self.username, self.password = username, password
         self.will = will
         self.on_messages = on_messages
         self.manual_ack = manual_ack
         self.max_packet_size = max_packet_size
         self.max_held_bytes = max_held_bytes
-        self._ssl = ssl
 
         self._transport: asyncio.Transport | None = None
-        self._stream = PacketStream(protocol, max_packet_size)
+        self._stream = PacketStream(self.protocol, max_packet_size)
         self._connected = False
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -201,20 +190,19 @@ class MqttClient:
         self._done.set_result(None)
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(
-                    lambda: _Wire(self), self.host, self.port, ssl=self._ssl
-                )
+                o = self.options
+                await loop.create_connection(lambda: _Wire(self), o.host, o.port, ssl=o.ssl)
                 self._write_now(
                     encode_connect(
-                        client_id=self.client_id,
-                        protocol=self.protocol,
+                        client_id=o.client_id,
+                        protocol=o.protocol,
                         clean_start=self.clean_start,
-                        keepalive_s=self.keepalive_s,
-                        session_expiry_s=self.session_expiry_s,
-                        receive_maximum=self.receive_maximum,
+                        keepalive_s=o.keepalive_s,
+                        session_expiry_s=o.session_expiry_s,
+                        receive_maximum=o.receive_maximum,
                         maximum_packet_size=self.max_packet_size,
-                        username=self.username,
-                        password=self.password,
+                        username=o.username,
+                        password=o.password,
                         will=self.will,
                     )
                 )
@@ -488,18 +476,11 @@ class MqttClient:
         if self._input_ended:
             return
         if self._reading_paused:
-            self._held_bytes += len(data)
-            if self._held_bytes >= self.max_held_bytes and not self._socket_paused:
-                self._socket_paused = True
-                self._transport.pause_reading()
+            self._count_held_back(len(data))
         try:
             messages, acked, others, pongs = self._stream.feed(data)
             if pongs:
-                self._ping_sent = None
-                waiters, self._pong_waiters = self._pong_waiters, []
-                for fut in waiters:
-                    if not fut.done():
-                        fut.set_result(None)
+                self._on_pongs()
             for packet in others:
                 self._on_packet(packet)
                 if self._input_ended:  # a DISCONNECT
@@ -511,17 +492,40 @@ class MqttClient:
             self._violation(MalformedPacket(f"a field overruns its packet ({exc})"))
             return
         if acked:
-            inflight = self._inflight
-            for mid in acked:
-                fut = inflight.pop(mid, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-            self._release_waiting()
-        if messages and not self._leaving:
-            if self._reading_paused or self._held:
-                self._held += messages
-            else:
-                self._deliver(messages)
+            self._on_acked(acked)
+        if messages:
+            self._on_messages_read(messages)
+
+    def _count_held_back(self, size: int) -> None:
+        """Paused: past max_held_bytes read, stop reading the socket itself."""
+        self._held_bytes += size
+        if self._held_bytes >= self.max_held_bytes and not self._socket_paused:
+            self._socket_paused = True
+            self._transport.pause_reading()
+
+    def _on_pongs(self) -> None:
+        self._ping_sent = None
+        waiters, self._pong_waiters = self._pong_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _on_acked(self, mids: list[int]) -> None:
+        """Our QoS 1 publishes the broker acknowledged: resolve them, send what waited."""
+        inflight = self._inflight
+        for mid in mids:
+            fut = inflight.pop(mid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        self._release_waiting()
+
+    def _on_messages_read(self, messages: list[Message]) -> None:
+        if self._leaving:
+            return  # neither delivered nor acknowledged: the broker sends them again
+        if self._reading_paused or self._held:
+            self._held += messages
+        else:
+            self._deliver(messages)
 
     def _deliver(self, messages: list[Message]) -> None:
         if self.on_messages is not None:
@@ -549,33 +553,43 @@ class MqttClient:
         """A control packet; raises ProtocolViolation (or IndexError) for a broken one."""
         kind = packet.type
         if kind == CONNACK:  # the stream lets only the first one through
-            connack = decode_connack(packet.body, self.protocol)
-            if self._connack is not None and not self._connack.done():
-                self._connack.set_result(connack)
+            self._on_connack(packet.body)
         elif kind == PUBACK:  # an MQTT 5 PUBACK with a reason code
-            body = packet.body
-            mid, code = (body[0] << 8) | body[1], body[2]
-            fut = self._inflight.pop(mid, None)
-            if fut is not None and not fut.done():
-                if code >= 0x80:
-                    fut.set_exception(MqttError(f"publish refused: {reason_name(code)}", code))
-                else:
-                    fut.set_result(None)
-            self._release_waiting()
+            self._on_puback_with_reason(packet.body)
         elif kind == SUBACK or kind == UNSUBACK:
-            mid, codes = decode_suback(packet.body, self.protocol)
-            fut = self._subacks.pop(mid, None)
-            if fut is not None and not fut.done():
-                fut.set_result(codes)
+            self._on_suback(packet.body)
         elif kind == DISCONNECT:
-            body = packet.body
-            code = body[0] if body else 0
-            detail = reason_name(code)
-            if len(body) > 1:
-                props, _ = read_properties(body, 1)
-                if 0x1F in props:
-                    detail += f": {props[0x1F]}"
-            self._fail(ConnectionLost(f"broker disconnected: {detail}", code))
+            self._on_disconnect(packet.body)
+
+    def _on_connack(self, body: bytes) -> None:
+        connack = decode_connack(body, self.protocol)
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(connack)
+
+    def _on_puback_with_reason(self, body: bytes) -> None:
+        mid, code = (body[0] << 8) | body[1], body[2]
+        fut = self._inflight.pop(mid, None)
+        if fut is not None and not fut.done():
+            if code >= 0x80:
+                fut.set_exception(MqttError(f"publish refused: {reason_name(code)}", code))
+            else:
+                fut.set_result(None)
+        self._release_waiting()
+
+    def _on_suback(self, body: bytes) -> None:
+        mid, codes = decode_suback(body, self.protocol)
+        fut = self._subacks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(codes)
+
+    def _on_disconnect(self, body: bytes) -> None:
+        code = body[0] if body else 0
+        detail = reason_name(code)
+        if len(body) > 1:
+            props, _ = read_properties(body, 1)
+            if 0x1F in props:  # reason string
+                detail += f": {props[0x1F]}"
+        self._fail(ConnectionLost(f"broker disconnected: {detail}", code))
 
     def _fail(self, exc: ConnectionLost) -> None:
         self._lost_reason = exc

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from gateway.mqtt._client import ConnectionLost, MqttClient, MqttError
+from gateway.mqtt._options import ConnectOptions
 from gateway.mqtt._packets import Message, Will
 
 _BACKOFF_FIRST_S = 0.2
@@ -25,18 +27,10 @@ _BACKOFF_MAX_S = 5.0
 class PersistentSession:
     def __init__(
         self,
+        options: ConnectOptions,
         *,
-        host: str,
-        port: int,
-        client_id: str,
         subscriptions: Callable[[], list[tuple[str, int]]],
         on_messages: Callable[[list[Message], int], None],
-        protocol: int = 5,
-        keepalive_s: int = 30,
-        session_expiry_s: int = 7 * 86400,
-        receive_maximum: int = 65535,
-        username: str | None = None,
-        password: str | None = None,
         will: Will | None = None,
         unsubscribe: Callable[[], list[str]] | None = None,
         on_up: Callable[[MqttClient], None] | None = None,
@@ -49,19 +43,11 @@ class PersistentSession:
         before `subscribed` is set; on_down(generation) when a connection is
         gone, after the client was dropped. Log events are `{event_prefix}broker_subscribed` and
         `{event_prefix}broker_connection_lost`."""
-        self._host, self._port = host, port
-        self.client_id = client_id
+        self._options = options
+        self.client_id = options.client_id
         self._subscriptions = subscriptions
         self._on_messages = on_messages
-        self._options = dict(
-            protocol=protocol,
-            keepalive_s=keepalive_s,
-            session_expiry_s=session_expiry_s,
-            receive_maximum=receive_maximum,
-            username=username,
-            password=password,
-            will=will,
-        )
+        self._will = will
         self._unsubscribe = unsubscribe
         self._on_up = on_up
         self._on_down = on_down
@@ -94,16 +80,14 @@ class PersistentSession:
         connection drops what it delivered."""
         backoff = _BACKOFF_FIRST_S
         subscribed_event, lost_event = self._events
-        broker = f"{self._host}:{self._port}"
+        broker = self._options.broker
         while not stop.is_set():
             self.generation += 1
             client = MqttClient(
-                self._host,
-                self._port,
-                client_id=self.client_id,
+                self._options,
                 clean_start=False,
+                will=self._will,
                 manual_ack=True,
-                **self._options,
                 on_messages=lambda msgs, g=self.generation: self._on_messages(msgs, g),
             )
             try:
@@ -175,21 +159,13 @@ class PersistentSession:
         client, self._client = self._client, None
         self.subscribed.clear()
         if client is None or not client.connected:
-            raise ConnectionLost(f"not connected to {self._host}:{self._port}")
+            raise ConnectionLost(f"not connected to {self._options.broker}")
         if client.protocol == 5:
             await client.disconnect(session_expiry_s=0)
             return
         # MQTT 3.1.1 cannot shorten a session as it leaves; a clean session replaces it.
         await client.disconnect()
-        opts = {k: v for k, v in self._options.items() if k not in ("session_expiry_s", "will")}
-        clean = MqttClient(
-            self._host,
-            self._port,
-            client_id=self.client_id,
-            clean_start=True,
-            session_expiry_s=0,
-            **opts,
-        )
+        clean = MqttClient(replace(self._options, session_expiry_s=0), clean_start=True)
         await clean.connect(timeout=10.0)
         await clean.disconnect()
 

@@ -10,6 +10,7 @@ from telemetry.store._credentials import (
     UnknownDevice,
 )
 from telemetry.store._errors import (
+    DataRefused,
     MigrationError,
     RegistrationConflict,
     StorageMismatch,
@@ -17,6 +18,13 @@ from telemetry.store._errors import (
     StoreUnavailable,
 )
 from telemetry.store._migrate import MigrationReport, migrate
+from telemetry.store._pool import (
+    is_unavailable,
+    open_pool,
+    pooled_connection,
+    pooled_transaction,
+)
+from telemetry.store._retry import Backoff, retry_while_unavailable
 from telemetry.store._store import (
     BATTERY_HEALTH_COLUMNS,
     VEHICLE_JSON_COLUMNS,
@@ -29,7 +37,6 @@ from telemetry.store._store import (
     TelemetryStore,
     VehicleRegistration,
     WriteResult,
-    is_unavailable,
 )
 from telemetry.store._zones import ZoneRows
 
@@ -45,6 +52,8 @@ __all__ = [
     "BATTERY_HEALTH_COLUMNS",
     "VEHICLE_JSON_COLUMNS",
     "AdvancedState",
+    "Backoff",
+    "DataRefused",
     "Derived",
     "Device",
     "Event",
@@ -62,4 +71,8 @@ __all__ = [
     "ZoneRows",
     "is_unavailable",
     "migrate",
+    "open_pool",
+    "pooled_connection",
+    "pooled_transaction",
+    "retry_while_unavailable",
 ]

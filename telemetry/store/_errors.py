@@ -7,9 +7,15 @@ class StoreUnavailable(Exception):
     """The database cannot be reached or cannot take writes right now; try again later.
 
     Raised for connection-level trouble (server gone, refused or reset connections, pool timeout,
-    shutdown, read-only or recovering server). Errors about the data itself are psycopg errors
-    and propagate unchanged.
+    shutdown, read-only or recovering server). Errors about the data itself are not this: a
+    write raises DataRefused for them.
     """
+
+
+class DataRefused(Exception):
+    """The database refused the data of a write itself (a value a column cannot hold, a row a
+    constraint rejects): the same write would fail the same way again, so it is not retried.
+    The psycopg error is the cause."""
 
 
 class MigrationError(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -18,16 +18,17 @@ import numpy as np
 import orjson
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor
-from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, TelemetryBatch
 from telemetry.store import _api_keys, _partitions, _policies, _zones
 from telemetry.store import _binary as wire
 from telemetry.store._api_keys import ApiKey
-from telemetry.store._errors import RegistrationConflict, StoreUnavailable
+from telemetry.store._errors import DataRefused, RegistrationConflict, StoreUnavailable
+from telemetry.store._pool import open_pool, pooled_connection, pooled_transaction
 from telemetry.store._zones import ZoneRows
+from telemetry.topics import DEVICE_ID_RULE, is_device_id
 
-_DEVICE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 VEHICLE_TYPES = ("ebike", "car")
 
 
@@ -460,22 +461,6 @@ def _state_fields(batch: TelemetryBatch) -> list[wire.Field]:
     return fields
 
 
-# --- errors -------------------------------------------------------------------------------------
-
-# SQLSTATEs outside OperationalError that still mean "this server cannot take writes now".
-_UNAVAILABLE_STATES = {"25006"}  # read_only_sql_transaction: a standby, or during failover
-# OperationalError classes that are about the statement, not the server: retrying would stall.
-_REFUSED_CLASSES = {"54"}  # program_limit_exceeded
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, (PoolTimeout, PoolClosed)):
-        return True
-    if isinstance(exc, psycopg.OperationalError):
-        return (exc.sqlstate or "")[:2] not in _REFUSED_CLASSES
-    return isinstance(exc, psycopg.Error) and exc.sqlstate in _UNAVAILABLE_STATES
-
-
 def _is_missing_partition(exc: psycopg.Error) -> bool:
     return isinstance(exc, psycopg.errors.CheckViolation) and (
         exc.diag.message_primary or ""
@@ -507,38 +492,16 @@ class TelemetryStore:
         timeout_s is also how long an operation waits for a pooled connection during an
         outage before it gives up with StoreUnavailable.
         """
-        pool = AsyncConnectionPool(
+        pool = await open_pool(
             dsn,
-            min_size=pool_min,
-            max_size=max(pool_min, pool_max),
-            open=False,
-            timeout=timeout_s,
             name="fleetgate-store",
+            application_name="fleetgate",
+            pool_min=pool_min,
+            pool_max=pool_max,
+            timeout_s=timeout_s,
             configure=_configure,
             check=AsyncConnectionPool.check_connection,
-            # The pool retries a failed connection with exponential backoff until it gives up
-            # after reconnect_timeout; the next waiting caller starts afresh. Keeping that short
-            # bounds the gap between attempts, so a returning server is used within seconds
-            # rather than after a backoff that grew during a long outage.
-            reconnect_timeout=timeout_s,
-            kwargs={
-                "autocommit": True,
-                "application_name": "fleetgate",
-                "connect_timeout": max(2, int(timeout_s)),
-                # A server that vanished without closing the socket is noticed in about
-                # 20 s instead of the kernel's two hours.
-                "keepalives": 1,
-                "keepalives_idle": 10,
-                "keepalives_interval": 5,
-                "keepalives_count": 2,
-                "tcp_user_timeout": 20_000,
-            },
         )
-        try:
-            await pool.open(wait=True, timeout=timeout_s)
-        except PoolTimeout as exc:
-            await pool.close()
-            raise StoreUnavailable(f"database not reachable within {timeout_s} s: {exc}") from exc
         return cls(pool)
 
     async def close(self) -> None:
@@ -557,23 +520,15 @@ class TelemetryStore:
 
     # --- plumbing -------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+    def _connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A pooled connection; connection-level failures come out as StoreUnavailable."""
-        try:
-            async with self._pool.connection() as conn:
-                yield conn
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise StoreUnavailable(_describe(exc)) from exc
-            raise
+        return pooled_connection(self._pool)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncCursor]:
         """A cursor in one transaction: committed when the block ends, rolled back on error."""
-        async with self._connection() as conn:
-            async with conn.transaction():
-                yield conn.cursor()
+        async with pooled_transaction(self._pool) as conn:
+            yield conn.cursor()
 
     # Public names of the two above, for the rooms that keep their own queries over the same
     # pool and error translation (the API's reads, the commands store).
@@ -705,12 +660,19 @@ class TelemetryStore:
 
         events: device, geofence or battery events (anything with vehicle, time_ms, type, detail,
         source). Samples already stored (same vehicle and time) are counted as duplicates; so
-        are repeats within the batch. A sample for a day without a partition gets one.
+        are repeats within the batch. A sample for a day without a partition gets one. Data the
+        database refuses raises DataRefused (and nothing is stored), an outage StoreUnavailable.
         """
         derived = derived or Derived()
         if not len(batch) and not events and not derived:
             return WriteResult(0, 0, 0)
         prepared = _PreparedWrite.build(batch, events, derived)
+        try:
+            return await self._write_prepared(prepared)
+        except psycopg.Error as exc:  # connection trouble is StoreUnavailable by now
+            raise DataRefused(str(exc) or type(exc).__name__) from exc
+
+    async def _write_prepared(self, prepared: _PreparedWrite) -> WriteResult:
         try:
             async with self._transaction() as cur:
                 return await self._write_in(cur, prepared)
@@ -944,8 +906,8 @@ class TelemetryStore:
 
 
 def _validate(r: VehicleRegistration) -> None:
-    if not (1 <= len(r.device_id) <= 64) or not set(r.device_id) <= _DEVICE_ID_CHARS:
-        raise ValueError(f"device id {r.device_id!r} does not match [A-Za-z0-9_.:-]{{1,64}}")
+    if not is_device_id(r.device_id):
+        raise ValueError(f"device id {r.device_id!r} does not match {DEVICE_ID_RULE}")
     if r.vehicle_type not in VEHICLE_TYPES:
         raise ValueError(f"vehicle type {r.vehicle_type!r} is not one of {VEHICLE_TYPES}")
     if not r.vehicle_ref:
@@ -964,8 +926,3 @@ def _printable(text: str) -> str:
 
 def _utc(ms: float) -> datetime:
     return _UNIX_EPOCH + timedelta(milliseconds=ms)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return f"database unavailable: {text}"

@@ -1,9 +1,11 @@
 """The operator's port (FLEETGATE_METRICS_PORT): /metrics for Prometheus, /healthz and /readyz for
-the supervisor and the load balancer, without API keys, in the gateway's own event loop.
+the supervisor and the load balancer, without API keys, in the gateway's own event loop; and the
+readiness check runner behind both /readyz (here and on the API's health routes).
 
 The HTTP API answers /healthz and /readyz too; this port has them also where a process runs no API
 (FLEETGATE_API_PORT=0). Serving them in the event loop is deliberate: a loop that is stuck answers
-nothing, and a liveness probe should see that.
+nothing, and a liveness probe should see that. The checks are plain coroutine functions (the
+gateway's `Gateway.readiness`); the roof hands them over, so the API imports nothing of the gateway.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The commands' PostgreSQL access: commands and command_history (migration 0008), the registry
-lookups and vehicle snapshots the interlocks read. psycopg 3 async with a pool, like the
-telemetry store; connection trouble surfaces as telemetry.store.StoreUnavailable.
+lookups and vehicle snapshots the interlocks read. psycopg 3 async over the ground's pool and
+error translation (telemetry.store.pooled_connection): connection trouble is StoreUnavailable.
 
 Every change is written with its history row in one transaction, guarded by the state it expects
 the row to be in (optimistic concurrency): a row that moved under us is a CommandConflict and
@@ -17,8 +17,9 @@ from datetime import datetime
 from functools import lru_cache
 
 import orjson
+import psycopg
 from psycopg import AsyncConnection, AsyncCursor
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from commands.model import (
     Command,
@@ -28,10 +29,7 @@ from commands.model import (
     HistoryEntry,
     VehicleSnapshot,
 )
-from telemetry.store import (
-    StoreUnavailable,
-    is_unavailable,  # the one definition of "unavailable"
-)
+from telemetry.store import open_pool, pooled_connection
 
 
 class CommandConflict(Exception):
@@ -321,30 +319,14 @@ class CommandStore:
     async def open(
         cls, dsn: str, *, pool_min: int = 1, pool_max: int = 2, timeout_s: float = 5.0
     ) -> CommandStore:
-        pool = AsyncConnectionPool(
+        pool = await open_pool(
             dsn,
-            min_size=pool_min,
-            max_size=max(pool_min, pool_max),
-            open=False,
-            timeout=timeout_s,
             name="fleetgate-commands",
-            reconnect_timeout=timeout_s,
-            kwargs={
-                "autocommit": True,
-                "application_name": "fleetgate-commands",
-                "connect_timeout": max(2, int(timeout_s)),
-                "keepalives": 1,
-                "keepalives_idle": 10,
-                "keepalives_interval": 5,
-                "keepalives_count": 2,
-                "tcp_user_timeout": 20_000,
-            },
+            application_name="fleetgate-commands",
+            pool_min=pool_min,
+            pool_max=pool_max,
+            timeout_s=timeout_s,
         )
-        try:
-            await pool.open(wait=True, timeout=timeout_s)
-        except PoolTimeout as exc:
-            await pool.close()
-            raise StoreUnavailable(f"database not reachable within {timeout_s} s: {exc}") from exc
         return cls(pool, owns_pool=True)
 
     async def close(self) -> None:
@@ -353,17 +335,17 @@ class CommandStore:
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._pool.connection() as conn:
+        """A pooled connection of the ground's (connection trouble is StoreUnavailable); a row
+        commands_guard found moved is CommandConflict."""
+        async with pooled_connection(self._pool) as conn:
+            # Inside: commands_guard's SQLSTATE is of an OperationalError class, which the
+            # ground would otherwise report as an unavailable database.
+            try:
                 yield conn
-        except Exception as exc:
-            if getattr(exc, "sqlstate", None) == _CONFLICT:  # raised by commands_guard
-                raise CommandConflict(exc.diag.message_primary or str(exc)) from exc
-            if is_unavailable(exc):
-                raise StoreUnavailable(
-                    f"database unavailable: {str(exc).strip() or exc!r}"
-                ) from exc
-            raise
+            except psycopg.Error as exc:
+                if exc.sqlstate == _CONFLICT:
+                    raise CommandConflict(exc.diag.message_primary or str(exc)) from exc
+                raise
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[CommandTx]:

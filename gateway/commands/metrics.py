@@ -4,7 +4,11 @@ gateway.metrics). Labels are bounded: command types, states, a fixed set of reas
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from commands.model import Command, CommandState, HistoryEntry
 
 _ROUND_TRIP_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -68,3 +72,30 @@ class CommandMetrics:
             ["kind"],
             registry=r,
         )
+
+    def account(self, cmd: Command, entry: HistoryEntry) -> None:
+        """Count a committed state change (cmd as it is after entry)."""
+        t = cmd.type.value
+        if entry.from_state is not None and entry.from_state.terminal:
+            return  # a note on a finished command (late answer)
+        if (
+            entry.to_state is CommandState.WAITING_FOR_SAFE_STATE
+            and entry.from_state is not CommandState.WAITING_FOR_SAFE_STATE
+        ):
+            self.interlock_waits.labels(t, entry.reason or "").inc()
+        if entry.to_state is CommandState.SENT or entry.reason == "retry":
+            self.deliveries.labels("first" if cmd.attempts == 1 else "retry").inc()
+        if cmd.state.terminal:
+            self.finished.labels(t, cmd.state.value).inc()
+            if (
+                entry.from_state is not None
+                and entry.from_state.in_flight
+                and cmd.device_status is not None
+            ):
+                self.round_trip.labels(t).observe(
+                    max((cmd.finished_at - cmd.created_at).total_seconds(), 0.0)
+                )
+
+    def set_open(self, counts: Mapping[CommandState, int]) -> None:
+        for state, n in counts.items():
+            self.open.labels(state.value).set(n)

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from commands.errors import CommandNotFound, UnknownVehicle
 from commands.model import Command, CommandPage, CommandState, CommandType, HistoryEntry
-from commands.store import CommandStore
+from gateway.commands.store import CommandStore
 
 
 class CommandReads:

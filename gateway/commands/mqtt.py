@@ -10,7 +10,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from gateway.mqtt import ConnectionLost, Message, MqttClient, PersistentSession
+from gateway.mqtt import ConnectionLost, ConnectOptions, Message, MqttClient, PersistentSession
+from telemetry.topics import COMMAND, COMMAND_RESULT, device_topic, every_device, parse_device_topic
 
 log = logging.getLogger(__name__)
 
@@ -29,37 +30,22 @@ def command_client_id(gateway_client_id: str) -> str:
 class CommandLink:
     def __init__(
         self,
+        options: ConnectOptions,
         *,
-        host: str,
-        port: int,
-        client_id: str,
         topic_root: str = "fg/v1",
-        protocol: int = 5,
-        keepalive_s: int = 30,
-        session_expiry_s: int = 7 * 86400,
-        username: str | None = None,
-        password: str | None = None,
         on_results: Callable[[list[InboundResult]], None],
         on_up: Callable[[], None] | None = None,
         on_connected: Callable[[bool], None] | None = None,
     ) -> None:
-        self.client_id = client_id
+        self.client_id = options.client_id
         self._root = topic_root
-        self._prefix = topic_root + "/"
         self._on_results = on_results
         self._on_up = on_up
         self._on_connected = on_connected
         self._session = PersistentSession(
-            host=host,
-            port=port,
-            client_id=client_id,
-            subscriptions=lambda: [(f"{self._root}/+/cmd/result", 1)],
+            options,
+            subscriptions=lambda: [(every_device(self._root, COMMAND_RESULT), 1)],
             on_messages=self._messages,
-            protocol=protocol,
-            keepalive_s=keepalive_s,
-            session_expiry_s=session_expiry_s,
-            username=username,
-            password=password,
             on_up=self._connection_up,
             on_down=self._connection_gone,
             log=log,
@@ -68,7 +54,7 @@ class CommandLink:
         self.subscribed = self._session.subscribed
 
     def topic_cmd(self, device_id: str) -> str:
-        return f"{self._root}/{device_id}/cmd"
+        return device_topic(self._root, device_id, COMMAND)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected and subscribed until stop is set (then leave the connection open for
@@ -115,14 +101,10 @@ class CommandLink:
         self._session.abort()
 
     def _messages(self, messages: list[Message], generation: int) -> None:
-        prefix, plen = self._prefix, len(self._prefix)
         out = []
         for m in messages:
-            device_id = ""
-            if m.topic.startswith(prefix) and m.topic.endswith("/cmd/result"):
-                device_id = m.topic[plen : -len("/cmd/result")]
-                if "/" in device_id:
-                    device_id = ""
+            parsed = parse_device_topic(self._root, m.topic)
+            device_id = parsed[0] if parsed is not None and parsed[1] == COMMAND_RESULT else ""
             out.append(InboundResult(device_id, m.payload, (generation, m.mid, m.qos)))
         if out:
             self._on_results(out)

@@ -1,0 +1,128 @@
+"""New commands: a request becomes a Command (its vehicle resolved, its deadline fixed), and the
+commands submitted at the same time are judged and written together (one read of their
+vehicles' state, one write) before their callers hear of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timedelta
+
+from commands._time import from_ms, to_ms
+from commands.errors import InvalidDeadline
+from commands.model import MAX_TTL_S, Command, CommandRequest
+from gateway.commands.commit import Committer
+from gateway.commands.memory import OpenCommands
+from gateway.commands.store import CommandConflict, VehicleInfo
+from telemetry.store import StoreUnavailable
+
+_BATCH = 1000  # new commands written together at most
+
+
+def new_command(
+    request: CommandRequest, info: VehicleInfo, now: datetime, default_ttl_s: float
+) -> Command:
+    """The command a request makes for its vehicle, created now (InvalidDeadline for a deadline
+    in the past or too far away)."""
+    return Command(
+        id=uuid.uuid4(),
+        vehicle_id=info.vehicle_id,
+        vehicle_ref=info.vehicle_ref,
+        device_id=info.device_id,
+        type=request.type,
+        params=request.params,
+        idempotency_key=request.idempotency_key,
+        requested_by=request.requested_by,
+        request_hash=request.fingerprint(info.vehicle_id),
+        on_unsafe=request.on_unsafe,
+        created_at=now,
+        deadline=_deadline(request, now, default_ttl_s),
+        updated_at=now,
+    )
+
+
+def _deadline(request: CommandRequest, now: datetime, default_ttl_s: float) -> datetime:
+    if request.deadline is not None:
+        deadline = request.deadline
+        if deadline <= now:
+            raise InvalidDeadline(f"deadline {deadline.isoformat()} is in the past")
+        if deadline - now > timedelta(seconds=MAX_TTL_S):
+            raise InvalidDeadline(f"deadline is more than {MAX_TTL_S / 86400:.0f} days away")
+    else:
+        deadline = now + timedelta(seconds=request.ttl_s or default_ttl_s)
+    return from_ms(to_ms(deadline))  # the payload carries ms: keep both the same
+
+
+Pending = list[tuple[Command, asyncio.Future]]
+
+
+class Submissions:
+    """New commands waiting for the next joint write, and the loop that writes them."""
+
+    def __init__(
+        self,
+        memory: OpenCommands,
+        committer: Committer,
+        reload: Callable[[Iterable[int]], Awaitable[None]],
+    ) -> None:
+        self._memory = memory
+        self._committer = committer
+        self._reload = reload
+        self._pending: Pending = []
+        self._ready = asyncio.Event()
+
+    async def write(self, cmd: Command) -> Command | None:
+        """The new command as stored (judged, with its seq), or None where its idempotency key
+        is taken (nothing of it was written)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((cmd, fut))
+        self._ready.set()
+        return await fut
+
+    def fail_pending(self, reason: str) -> None:
+        """Tell the callers whose commands were not written yet that the store is unavailable
+        (stopping: they may submit again with the same key)."""
+        pending, self._pending = self._pending, []
+        for _, fut in pending:
+            if not fut.done():
+                fut.set_exception(StoreUnavailable(reason))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """New commands, as many as are waiting, together: one read of their vehicles' state,
+        then one write (a single statement for a single command)."""
+        while not stop.is_set():
+            await self._ready.wait()
+            batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
+            if not self._pending:
+                self._ready.clear()
+            if not batch:
+                continue
+            results, error = await self._write_batch(batch)
+            for i, (_, fut) in enumerate(batch):
+                if fut.done():
+                    continue  # the caller gave up waiting (the command may exist: same key)
+                if results is None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(results[i])
+
+    async def _write_batch(
+        self, batch: Pending
+    ) -> tuple[list[Command | None] | None, BaseException | None]:
+        """Per command the stored one or None (key taken); or no list and the error for all."""
+        vehicles = {cmd.vehicle_id for cmd, _ in batch}
+        inserts = [cmd for cmd, _ in batch]
+        for attempt in (1, 2):
+            try:
+                async with self._memory.locks.hold(vehicles):
+                    queues = {v: self._memory.queue(v) for v in vehicles}
+                    return await self._committer.commit(queues, [], inserts=inserts), None
+            except CommandConflict:
+                if attempt == 2:
+                    return None, CommandConflict("commands changed meanwhile; retry")
+            except Exception as exc:  # StoreUnavailable included: the callers decide
+                return None, exc
+            await self._reload(vehicles)  # memory lost track: read them again, try once more
+        return None, None  # (not reached: the second attempt returns)

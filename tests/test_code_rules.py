@@ -1,0 +1,75 @@
+"""Rules of the house that no behaviour test shows: a core (sans-IO) loads no IO library, not
+even through its package's face, so it stays usable and testable without a database, broker or
+web framework."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# What a core must not bring in: the database driver and pool, the metrics client, the web
+# framework, the CoAP stack, the gateway's MQTT client.
+IO_MODULES = (
+    "psycopg",
+    "psycopg_pool",
+    "prometheus_client",
+    "fastapi",
+    "starlette",
+    "aiocoap",
+    "gateway.mqtt",
+)
+
+# Imports every module of the package in a fresh interpreter, then names the IO modules loaded.
+_PROBE = """
+import importlib, json, pkgutil, sys
+package = importlib.import_module({core!r})
+for module in pkgutil.walk_packages(package.__path__, {core!r} + "."):
+    importlib.import_module(module.name)
+print(json.dumps(sorted(m for m in {io!r} if m in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("core", ["commands"])
+def test_importing_a_core_loads_no_io_library(core):
+    probe = _PROBE.format(core=core, io=IO_MODULES)
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [], f"importing {core} loads IO libraries"
+
+
+def _methods(protocol: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(member)
+        for klass in protocol.__mro__
+        if klass.__module__ == "commands.ports"
+        for name, member in vars(klass).items()
+        if inspect.iscoroutinefunction(member)
+    }
+
+
+@pytest.mark.parametrize(
+    ("port", "shell"),
+    [("CommandReader", "CommandReads"), ("CommandDispatcher", "CommandService")],
+)
+def test_the_command_shell_implements_the_ports_the_api_holds(port, shell):
+    """Every call of the port exists on the shell, accepting the port's parameters by the same
+    names (the API calls them by keyword)."""
+    import commands.ports
+    import gateway.commands
+
+    methods = _methods(getattr(commands.ports, port))
+    assert {"get", "history", "list"} <= methods.keys()
+    implementation = getattr(gateway.commands, shell)
+    for name, wanted in methods.items():
+        offered = inspect.signature(getattr(implementation, name)).parameters
+        missing = [p for p in wanted.parameters if p not in offered]
+        assert not missing, f"{shell}.{name} lacks {missing}"
