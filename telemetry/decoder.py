@@ -16,6 +16,7 @@ import orjson
 from pydantic import ValidationError
 
 from telemetry import senml
+from telemetry._shown import shown
 from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, DeviceEvent, TelemetryBatch
 from telemetry.schema import (
     HEADING_RANGE,
@@ -377,8 +378,14 @@ def _count_rejected(verdicts: _Verdicts, bad, items, owner, rejections: _Rejecti
         msg = int(owner[bad_rows[row]])
         sample = items[bad_rows[row]]
         fields = verdicts.detail_field[code].split("/")
-        shown = ", ".join(f"{k}={sample.get(k)!r}" for k in fields)
-        rejections.add(SAMPLE_REASONS[code - 1], msg, shown, count)
+        values = ", ".join(f"{k}={_shown_field(sample.get(k))}" for k in fields)
+        rejections.add(SAMPLE_REASONS[code - 1], msg, values, count)
+
+
+def _shown_field(value: object) -> str:
+    # A SenML value refused in telemetry.senml says why (bounded there); anything else is what
+    # the device sent, shown in short.
+    return repr(value) if type(value) is senml.WrongValue else shown(value)
 
 
 def _number_column(items, name, reject) -> np.ndarray:
@@ -445,9 +452,9 @@ def decode_events(
                 rejections.add("bad_structure", i, f"detail cannot be stored as JSON: {why}")
                 continue
         if ev.t > now_ms + limits.max_future_ms:
-            rejections.add("time_in_future", i, f"t={ev.t}")
+            rejections.add("time_in_future", i, f"t={shown(ev.t)}")
         elif ev.t < now_ms - limits.max_age_ms:
-            rejections.add("time_too_old", i, f"t={ev.t}")
+            rejections.add("time_too_old", i, f"t={shown(ev.t)}")
         else:
             events.append(DeviceEvent(registry[device_ids[i]], ev.t, ev.type, ev.detail))
     return events, rejections.counts, rejections.problems
@@ -466,7 +473,7 @@ def _unstorable(detail: dict, budget: int) -> tuple[str | None, int]:
         kind = type(value)
         if kind is str:
             budget -= len(value)
-            why = f"text with U+0000 ({value[:40]!r})" if "\x00" in value else None
+            why = f"text with U+0000 ({shown(value, 40)})" if "\x00" in value else None
         elif kind is dict or kind is list:
             why = _push_children(value, depth, stack)
         else:
@@ -491,7 +498,7 @@ def _push_children(value: dict | list, depth: int, stack: list[tuple[object, int
         return None
     for key in value:
         if type(key) is not str:
-            return f"a map key that is not text ({key!r:.40})"
+            return f"a map key that is not text ({shown(key, 40)})"
         stack.append((key, depth))
     stack.extend((item, depth + 1) for item in value.values())
     return None
@@ -503,11 +510,11 @@ def _unstorable_scalar(value: object, kind: type) -> str | None:
         if kind is float and not math.isfinite(value):
             return f"a number that is not finite ({value!r})"
         if not _DETAIL_NUMBERS[0] <= value <= _DETAIL_NUMBERS[1]:
-            return f"a number beyond 64-bit integers ({value!r:.40})"
+            return f"a number beyond 64-bit integers ({shown(value, 40)})"
         return None
     if value is None or kind is bool:
         return None
-    return f"{value!r:.40}, a CBOR item JSON has no form of"
+    return f"{shown(value, 40)}, a CBOR item JSON has no form of"
 
 
 def decode_status(payload: bytes, content_type: str | None = None) -> Status | None:

@@ -17,6 +17,7 @@ from typing import Any
 import cbor2
 import orjson
 
+from telemetry._shown import shown
 from telemetry.schema import MAX_SAMPLES_PER_MESSAGE
 
 # RFC 8428 section 6: the CBOR representation's integer labels.
@@ -207,7 +208,7 @@ def _bases(
         bver = record["bver"]
         if type(bver) is not int or not 1 <= bver <= SENML_VERSION:
             raise SenmlError(
-                f"record {index}: bver {bver!r} is not a version up to {SENML_VERSION}"
+                f"record {index}: bver {shown(bver)} is not a version up to {SENML_VERSION}"
             )
     if "bn" in record:
         name = _text(record, "bn", index)
@@ -250,9 +251,9 @@ def _labelled(raw: dict, index: int) -> dict[str, Any]:
             if name.endswith("_"):
                 # RFC 8428 section 4.4: a label ending in "_" must be understood, else the
                 # whole pack is rejected.
-                raise SenmlError(f"record {index}: must-understand label {label!r} is unknown")
+                raise SenmlError(f"record {index}: must-understand label {shown(label)} is unknown")
         else:
-            raise SenmlError(f"record {index}: label {label!r} is neither text nor an integer")
+            raise SenmlError(f"record {index}: label {shown(label)} is neither text nor an integer")
         out[name] = value
     return out
 
@@ -265,18 +266,24 @@ def _text(record: dict, label: str, index: int) -> str:
 
 
 def _as_float(value: Any) -> float | None:
-    """A SenML number as a float (CBOR decimal fractions and rationals included), else None."""
+    """A SenML number as a float (CBOR decimal fractions and rationals included), else None:
+    also for a number float64 cannot hold."""
     if type(value) in (int, float):
         return float(value) if abs(value) < 1e300 else None
     if isinstance(value, (Decimal, Fraction)):
-        return float(value)
+        try:
+            return float(value)
+        except (OverflowError, ValueError):  # a rational beyond float64; a signalling NaN
+            return None
     return None
 
 
 def _number(record: dict, label: str, index: int) -> float:
     value = _as_float(record[label])
     if value is None or not math.isfinite(value):
-        raise SenmlError(f"record {index}: {label} must be a finite number, not {record[label]!r}")
+        raise SenmlError(
+            f"record {index}: {label} must be a finite number, not {shown(record[label])}"
+        )
     return value
 
 
@@ -309,17 +316,17 @@ def _value(mapping: FieldMapping, record: dict, unit: str | None, base_value: fl
 
 def _wrong_boolean(kind: str, raw: Any, unit: str | None) -> WrongValue:
     if kind != "vb" or type(raw) is not bool:
-        return WrongValue(f"{kind}={raw!r}, expected a boolean vb")
-    return WrongValue(f"unit {unit!r} on a boolean")
+        return WrongValue(f"{kind}={shown(raw)}, expected a boolean vb")
+    return WrongValue(f"unit {shown(unit)} on a boolean")
 
 
 def _wrong_number(mapping: FieldMapping, kind: str, raw: Any, unit: str | None) -> WrongValue:
     if kind != "v":
-        return WrongValue(f"{kind}={raw!r}, expected a number v")
+        return WrongValue(f"{kind}={shown(raw)}, expected a number v")
     if _as_float(raw) is None:
-        return WrongValue(f"v={raw!r}, expected a number")
+        return WrongValue(f"v={shown(raw)}, expected a number")
     accepted = ", ".join(repr(u) for u in mapping.units if u is not None)
-    return WrongValue(f"unit {unit!r}, expected one of {accepted}")
+    return WrongValue(f"unit {shown(unit)}, expected one of {accepted}")
 
 
 def _time(record: dict, base_time: float, now_s: float) -> tuple[Any, int | WrongValue]:
@@ -327,7 +334,7 @@ def _time(record: dict, base_time: float, now_s: float) -> tuple[Any, int | Wron
     t = record.get("t", 0)
     offset = _as_float(t)
     if offset is None or not math.isfinite(offset):
-        bad = WrongValue(f"t={t!r}, expected a number")
+        bad = WrongValue(f"t={shown(t)}, expected a number")
         return ("bad", id(record)), bad
     when = base_time + offset
     if when < RELATIVE_TIME_LIMIT:

@@ -180,6 +180,22 @@ async def test_a_lost_response_is_replayed_with_the_same_command_and_not_handed_
         assert bad.code == aiocoap.BAD_REQUEST and bad.payload.startswith(b"bad_structure")
 
 
+async def test_a_result_of_a_command_nobody_knows_gets_2_04_and_changes_nothing(
+    pg_dsn, mosquitto, topic_root
+):
+    """Found by benchmarks/fuzz.py: the service ignored the result (as on MQTT) but the ingress
+    answered 5.00, because reading the unknown command back raised CommandNotFound."""
+    tokens = await provision(pg_dsn, [("lock-0001", "bike-0001", "ebike")])
+    async with (
+        gateway_with_commands(pg_dsn, mosquitto, topic_root) as (gw, service),
+        coap_client() as ctx,
+    ):
+        result = orjson.dumps({"id": str(uuid.uuid4()), "status": "succeeded", "t": now_ms()})
+        resp = await post(ctx, gw.uri("lock-0001", tokens["lock-0001"], "cmd/result"), result, 50)
+        assert resp.code == aiocoap.CHANGED and resp.payload == b""
+        assert (await service.list(device_id="lock-0001")).items == []
+
+
 async def _response(received: asyncio.Queue) -> bytes:
     while True:
         data = await asyncio.wait_for(received.get(), 10)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import subprocess
 import time
@@ -296,6 +297,55 @@ async def test_refusals_before_the_pipeline_are_counted_under_mqtts_reason_names
         assert metric(gw.registry, "fleetgate_samples_received_total", transport="coap") == 6
         assert metric(gw.registry, "fleetgate_messages_received_total", transport="coap") == 7
     assert await rows(pg_dsn) == 0
+
+
+async def test_a_datagram_with_an_option_that_is_not_utf8_is_dropped_with_a_warning(pg_dsn, caplog):
+    """Found by benchmarks/fuzz.py: aiocoap 0.4.17 lets a UnicodeDecodeError out of its receive
+    callback for a Uri-Query or Uri-Path that is not UTF-8, and asyncio logged an error with a
+    traceback for every such datagram. Now it is dropped with a warning, like garbage."""
+    tokens = await provision(pg_dsn)
+    t = now_ms()
+    async with coap_gateway(pg_dsn) as gw:
+        loop = asyncio.get_running_loop()
+        received: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Raw(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                received.put_nowait(data)
+
+        def uplink(mid: int, path: tuple[str, ...], query: str) -> bytes:
+            msg = aiocoap.Message(
+                code=aiocoap.POST,
+                payload=orjson.dumps(sample(t)),
+                _mtype=aiocoap.CON,
+                _mid=mid,
+                _token=mid.to_bytes(2, "big"),
+            )
+            msg.opt.uri_path = path
+            msg.opt.uri_query = (query,)
+            msg.opt.content_format = 50
+            return msg.encode()
+
+        path = ("fg", "v1", "lock-0001", "telemetry")
+        transport, _ = await loop.create_datagram_endpoint(Raw, remote_addr=("127.0.0.1", gw.port))
+        try:
+            with caplog.at_level(logging.WARNING):
+                transport.sendto(uplink(1, path, "t=ZZ").replace(b"t=ZZ", b"t=\xff\xfe"))
+                transport.sendto(
+                    uplink(
+                        2, ("fg", "v1", "lockZ0001", "telemetry"), f"t={tokens['lock-0001']}"
+                    ).replace(b"lockZ", b"lock\xff")
+                )
+                transport.sendto(uplink(3, path, f"t={tokens['lock-0001']}"))
+                answer = aiocoap.Message.decode(await _final_response(received))
+        finally:
+            transport.close()
+    assert answer.code == aiocoap.CHANGED and answer.token == (3).to_bytes(2, "big")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [
+        r.getMessage() for r in caplog.records if r.getMessage() == "coap_datagram_undecodable"
+    ] == ["coap_datagram_undecodable"] * 2
+    assert await stored_keys(pg_dsn) == [("lock-0001", t)]
 
 
 async def test_device_events_are_posted_like_telemetry(pg_dsn):

@@ -4,6 +4,7 @@ columnar batch, with the same rejection reasons, as the project's own JSON and C
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import cbor2
 import numpy as np
@@ -289,3 +290,38 @@ def test_relative_times_count_from_the_messages_receipt_not_from_the_batch_decod
         content_types=["application/senml+json"],
     )
     assert result.batch.time_ms.tolist() == [received - 60_000]
+
+
+# Found by benchmarks/fuzz.py: a CBOR rational (tag 30) beyond float64 made float() raise
+# OverflowError, and a 6,000-digit integer made the error message's repr() raise ValueError;
+# either failed the whole batch and the message was quarantined instead of refused.
+HUGE = 10**6000
+
+
+@pytest.mark.parametrize(
+    "record,reason",
+    [
+        ({"n": "soc_pct", "v": Fraction(10**400, 3)}, "wrong_type"),
+        ({"n": "soc_pct", "v": Fraction(-(10**400), 1)}, "wrong_type"),
+        ({"n": "soc_pct", "v": HUGE}, "wrong_type"),
+        ({"n": "soc_pct", "v": 50, "t": HUGE}, "wrong_type"),
+        ({"bt": Fraction(10**400, 7), "n": "soc_pct", "v": 50}, "bad_structure"),
+        ({"bt": HUGE, "n": "soc_pct", "v": 50}, "bad_structure"),
+        ({"bver": HUGE, "n": "soc_pct", "v": 50}, "bad_structure"),
+        ({"n": "soc_pct", "v": 50, "u": "%" * 100_000}, "wrong_type"),
+    ],
+    ids=[
+        "huge rational v",
+        "huge negative rational v",
+        "6000-digit v",
+        "6000-digit t",
+        "huge rational bt",
+        "6000-digit bt",
+        "6000-digit bver",
+        "a unit of 100,000 characters",
+    ],
+)
+def test_numbers_beyond_float64_and_huge_values_are_refused_with_a_short_reason(record, reason):
+    r = decode(cbor_pack([record]), "application/senml+cbor")
+    assert r.rejected == {reason: 1}
+    assert len(r.problems[0].detail) < 300, r.problems[0].detail

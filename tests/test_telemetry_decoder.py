@@ -691,3 +691,92 @@ def test_a_status_time_must_be_one_the_store_can_hold(t, ok, dumps):
     assert (status is not None) is ok
     if ok and t is not None:
         assert datetime.fromtimestamp(t / 1000, UTC).year <= 9999  # the store converts it
+
+
+# --- what a device sent, shown in a rejection ---------------------------------------------------
+# Found by benchmarks/fuzz.py: the rejection's detail was the repr() of the device's value, which
+# raises for an integer of more than 4,300 digits and for a list nested a thousand deep, and
+# expands CBOR shared references (a few hundred bytes standing for millions of values) in full:
+# the message failed its whole batch and was quarantined, or held the gateway for seconds.
+
+
+def deep_list_json(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+def expanding(levels: int) -> list:
+    """2**levels values once expanded; with value sharing, a few bytes a level in CBOR."""
+    value: list = [1, 2]
+    for _ in range(levels):
+        value = [value, value]
+    return value
+
+
+HUGE = 10**6000  # a CBOR bignum of 2.5 kB
+
+SHOWN_IN_REJECTIONS = {  # the message, its reason, what its detail shows
+    "a coordinate of 6,000 digits": (
+        cbor2.dumps(sample(lat=HUGE)),
+        "wrong_type",
+        "<an integer of 19932 bits>",
+    ),
+    "a time of 6,000 digits": (cbor2.dumps(sample(t=HUGE)), "time_in_future", "<an integer of"),
+    "a time of minus 6,000 digits": (
+        cbor2.dumps(sample(t=-HUGE)),
+        "time_too_old",
+        "<an integer of",
+    ),
+    "a list nested 1,020 deep": (
+        b'{"t": %d, "soc_pct": %s}' % (NOW - 1000, deep_list_json(1020)),
+        "wrong_type",
+        "soc_pct=<a list of 1 items>",
+    ),
+    "shared references to a million values": (
+        cbor2.dumps(sample(pack_v=expanding(20)), value_sharing=True),
+        "wrong_type",
+        "pack_v=<a list of 2 items>",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SHOWN_IN_REJECTIONS)
+def test_a_rejected_sample_shows_what_the_device_sent_in_short(name):
+    payload, reason, detail = SHOWN_IN_REJECTIONS[name]
+    # A content type: a CBOR value with shared references starts with a tag, not a map.
+    r = decode(
+        [orjson.dumps(sample(t=NOW - 5)), payload],
+        content_types=[None, None if payload[:1] in b"{[" else "application/cbor"],
+    )
+    assert r.rejected == {reason: 1}
+    assert len(r.batch) == 1, "the good message beside it is kept"
+    [problem] = r.problems
+    assert detail in problem.detail and len(problem.detail) < 200, problem.detail
+
+
+EVENTS_SHOWN_IN_REJECTIONS = {
+    "an event time of 6,000 digits": (
+        cbor2.dumps(event(t=HUGE)),
+        "time_in_future",
+        "t=<an integer of",
+    ),
+    "a detail number of 6,000 digits": (
+        cbor_event({"n": HUGE}),
+        "bad_structure",
+        "beyond 64-bit integers (<an integer of",
+    ),
+    "a detail key of 6,000 digits": (
+        cbor_event({"a": {HUGE: 1}}),
+        "bad_structure",
+        "not text (<an integer of",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", EVENTS_SHOWN_IN_REJECTIONS)
+def test_a_rejected_event_shows_what_the_device_sent_in_short(name):
+    payload, reason, detail = EVENTS_SHOWN_IN_REJECTIONS[name]
+    events, rejected, problems = decode_events(
+        ["bike-1"] * 2, [orjson.dumps(event(t=NOW - 5)), payload], REGISTRY, now_ms=NOW
+    )
+    assert rejected == {reason: 1} and len(events) == 1
+    assert detail in problems[0].detail and len(problems[0].detail) < 200, problems[0].detail

@@ -169,6 +169,7 @@ class CoapIngress:
             loggername="fleetgate.coap.aiocoap",
         )
         rcvbuf = self._grow_receive_buffer()
+        self._drop_undecodable_datagrams()
         log.info(
             "coap_listening",
             extra={
@@ -179,18 +180,50 @@ class CoapIngress:
             },
         )
 
+    def _message_interface(self):
+        # aiocoap exposes neither its socket nor its datagram handler; reach them where 0.4.x
+        # keeps them (the UDP message interface is the socket's asyncio protocol).
+        return self._context.request_interfaces[0].token_interface.message_interface
+
     def _grow_receive_buffer(self) -> int | None:
         """A larger socket receive buffer than the kernel's default (~200 kB, a few hundred
         datagrams): when many devices wake at once, the datagrams beyond it are dropped and
         each costs its device a retransmission 2 to 3 s later. Capped by net.core.rmem_max."""
-        try:  # aiocoap does not expose its socket; reach it where 0.4.x keeps it
-            iface = self._context.request_interfaces[0].token_interface.message_interface
-            sock = iface.transport.get_extra_info("socket")
+        try:
+            sock = self._message_interface().transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer_bytes)
             return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         except (AttributeError, IndexError, OSError) as exc:
             log.warning("coap_receive_buffer_unchanged", extra={"error": str(exc)[:200]})
             return None
+
+    def _drop_undecodable_datagrams(self) -> None:
+        """aiocoap drops a datagram that is not CoAP, but lets some malformed ones raise out of
+        its receive callback (0.4.17: a Uri-Query or Uri-Path that is not UTF-8 raises
+        UnicodeDecodeError): asyncio then logs an error with a traceback for every such
+        datagram. Found by benchmarks/fuzz.py. They are dropped here like any unparsable
+        datagram, with one warning line; the device gets no answer, as for garbage."""
+        try:
+            iface = self._message_interface()
+            receive = iface.datagram_msg_received
+        except (AttributeError, IndexError) as exc:
+            log.warning("coap_datagram_guard_missing", extra={"error": str(exc)[:200]})
+            return
+
+        def received(data: bytes, ancdata, flags: int, address) -> None:
+            try:
+                receive(data, ancdata, flags, address)
+            except Exception as exc:  # the datagram's fault: aiocoap handles its own errors
+                log.warning(
+                    "coap_datagram_undecodable",
+                    extra={
+                        "peer": str(address[:2]),
+                        "bytes": len(data),
+                        "error": f"{type(exc).__name__}: {exc}"[:200],
+                    },
+                )
+
+        iface.datagram_msg_received = received
 
     def pause(self) -> None:
         """Take no new uplinks (5.03 with Max-Age); requests already submitted are answered."""
@@ -409,6 +442,7 @@ class CoapIngress:
     async def _result(self, device_id: str, payload: bytes) -> None:
         if self.commands is None:
             raise _Refusal(aiocoap.NOT_IMPLEMENTED, "no command service in this gateway")
+        from commands import CommandNotFound
         from commands.model import DeviceResult  # the one parser of results
 
         if len(payload) > _MAX_RESULT_BYTES:
@@ -425,6 +459,12 @@ class CoapIngress:
             raise _Refusal(
                 aiocoap.SERVICE_UNAVAILABLE, "store_unavailable", max_age=self._retry_after_s
             ) from None
+        except CommandNotFound:
+            # A result of a command nobody knows (expired and purged, or never sent): the
+            # service has ignored it, as it does on MQTT; record_result then fails to read the
+            # command back (found by benchmarks/fuzz.py: the device got 5.00). Sending it again
+            # would change nothing, so it gets its 2.04.
+            pass
 
     async def _changed(self, request: aiocoap.Message, device_id: str) -> aiocoap.Message:
         """2.04, with the device's next command when one is due (handed over exactly here)."""
