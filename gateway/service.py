@@ -171,9 +171,11 @@ class Gateway:
             )
 
         cfg = self.config
-        return await retry_while_unavailable(
+        store = await retry_while_unavailable(
             lambda: TelemetryStore.open(cfg.database_url, pool_max=cfg.db_pool_max), unavailable
         )
+        self.metrics.db_up.set(1)  # it stayed 0 after an outage at start until a write failed
+        return store
 
     async def _load_registry(self) -> tuple[DeviceRegistry, PlausibilityFilter]:
         """The devices, and each vehicle's last fix (the plausibility filter continues from it)."""

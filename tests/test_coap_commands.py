@@ -196,6 +196,17 @@ async def test_a_result_of_a_command_nobody_knows_gets_2_04_and_changes_nothing(
         assert (await service.list(device_id="lock-0001")).items == []
 
 
+async def test_a_result_at_a_process_that_does_not_dispatch_gets_5_03_with_max_age(pg_dsn):
+    """Another process holds the dispatcher lease: the device keeps its result and sends it
+    again after Max-Age (it got 5.01 Not Implemented, which a device treats as final)."""
+    tokens = await provision(pg_dsn, [("lock-0001", "bike-0001", "ebike")])
+    async with coap_gateway(pg_dsn, retry_after_s=7) as gw, coap_client() as ctx:
+        result = orjson.dumps({"id": str(uuid.uuid4()), "status": "succeeded", "t": now_ms()})
+        resp = await post(ctx, gw.uri("lock-0001", tokens["lock-0001"], "cmd/result"), result, 50)
+    assert resp.code == aiocoap.SERVICE_UNAVAILABLE and resp.opt.max_age == 7
+    assert resp.payload.startswith(b"commands_unavailable")
+
+
 async def _response(received: asyncio.Queue) -> bytes:
     while True:
         data = await asyncio.wait_for(received.get(), 10)

@@ -183,3 +183,29 @@ def test_a_taken_port_stops_the_demo_before_it_starts_anything(tmp_path):
     assert "--api-port or FLEETGATE_API_PORT" in result.output
     assert f"CoAP (UDP) port {coap_port} on 127.0.0.1 is not free" in result.output
     assert not data_dir.exists()  # no embedded database or broker was started
+
+
+def test_on_a_configured_broker_the_demo_never_takes_a_real_gateways_session(
+    tmp_path, pg_dsn, mosquitto, topic_root
+):
+    """It used `fleetgate run`'s default client id: pointed at a production broker it took the
+    running gateway's persistent session over and acknowledged what that session held."""
+    from gateway.mqtt import ConnectOptions
+    from gateway.mqtt_ingress import read_presence
+
+    def presence(client_id: str):
+        probe = ConnectOptions(mosquitto.host, mosquitto.port, client_id)
+        return run_async(read_presence(probe, topic_root))
+
+    with Demo(
+        tmp_path,
+        "--vehicles",
+        "1",
+        FLEETGATE_DATABASE_URL=pg_dsn,
+        FLEETGATE_MQTT_URL=f"mqtt://{mosquitto.host}:{mosquitto.port}",
+        FLEETGATE_MQTT_TOPIC_ROOT=topic_root,
+    ) as demo:
+        demo.wait_for(r"vehicles connected 1/1")
+        assert presence("fleetgate-demo")["state"] == "online"
+        assert presence("fleetgate-gw-1") is None
+        assert demo.interrupt() == 0, demo.output

@@ -379,3 +379,28 @@ async def test_a_status_from_a_clock_far_ahead_is_rejected_and_does_not_pin_pres
             (online,) = await (await conn.execute("SELECT online FROM vehicle_state")).fetchone()
         assert online is False
         await dev.disconnect()
+
+
+async def test_a_database_away_at_start_is_reported_and_back_when_it_answers(
+    mosquitto, pg_dsn, topic_root
+):
+    """fleetgate_database_up stayed 0 after an outage at start, until a write failed and
+    recovered: an alert on it fired for a gateway that was fine."""
+    proxy = await TcpProxy.start_for(pg_dsn)
+    await proxy.cut()
+    try:
+        gateway = Gateway(
+            gateway_config(proxy.dsn(pg_dsn), mosquitto, topic_root),
+            registry=(registry := CollectorRegistry()),
+        )
+        running = asyncio.create_task(gateway.run())
+        await eventually(
+            lambda: metric(registry, "fleetgate_database_up") == 0, what="the outage reported"
+        )
+        await proxy.restore()
+        await eventually(lambda: gateway.ready.is_set(), timeout=30, what="the gateway started")
+        assert metric(registry, "fleetgate_database_up") == 1
+        gateway.stop()
+        await asyncio.wait_for(running, 30)
+    finally:
+        await proxy.close()

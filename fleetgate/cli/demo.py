@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from gateway.service import Gateway
 
 
+DEMO_CLIENT_ID = "fleetgate-demo"
+
+
 def demo(
     vehicles: Vehicles = 200,
     rate: Rate = 1.0,
@@ -86,6 +89,15 @@ def demo(
     from firmware_sim import Fleet
 
     s = load_settings(api_port=api_port, metrics_port=metrics_port, coap_port=coap_port)
+    if "mqtt_client_id" not in s.model_fields_set:
+        # Not the default id of `fleetgate run`: on a configured broker the demo would take a
+        # real gateway's persistent session over (and acknowledge what it holds).
+        s = load_settings(
+            api_port=api_port,
+            metrics_port=metrics_port,
+            coap_port=coap_port,
+            mqtt_client_id=DEMO_CLIENT_ID,
+        )
     explicit_format = "log_format" in s.model_fields_set
     setup_logging(
         "WARNING" if "log_level" not in s.model_fields_set else s.log_level,

@@ -441,8 +441,11 @@ class CoapIngress:
 
     async def _result(self, device_id: str, payload: bytes) -> None:
         if self.commands is None:
-            raise _Refusal(aiocoap.NOT_IMPLEMENTED, "no command service in this gateway")
-        from commands import CommandNotFound
+            # The dispatcher runs in another process or is being taken over (its lease): the
+            # device keeps the result and sends it again after Max-Age, as for any outage.
+            raise _Refusal(
+                aiocoap.SERVICE_UNAVAILABLE, "commands_unavailable", max_age=self._retry_after_s
+            )
         from commands.model import DeviceResult  # the one parser of results
 
         if len(payload) > _MAX_RESULT_BYTES:
@@ -459,12 +462,6 @@ class CoapIngress:
             raise _Refusal(
                 aiocoap.SERVICE_UNAVAILABLE, "store_unavailable", max_age=self._retry_after_s
             ) from None
-        except CommandNotFound:
-            # A result of a command nobody knows (expired and purged, or never sent): the
-            # service has ignored it, as it does on MQTT; record_result then fails to read the
-            # command back (found by benchmarks/fuzz.py: the device got 5.00). Sending it again
-            # would change nothing, so it gets its 2.04.
-            pass
 
     async def _changed(self, request: aiocoap.Message, device_id: str) -> aiocoap.Message:
         """2.04, with the device's next command when one is due (handed over exactly here)."""

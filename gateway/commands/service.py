@@ -353,9 +353,11 @@ class CommandService(CommandReads):
         return sent[0].downlink() if sent else None
 
     async def record_result(self, device_id: str, payload: bytes) -> Command | None:
-        """A result that came with a pull transport's uplink; returns the command after it."""
+        """A result that came with a pull transport's uplink; returns the command after it, None
+        for a result of a command nobody knows (expired and purged, or never sent), which is
+        ignored as on MQTT."""
         await self._results.process([InboundResult(device_id, payload, None)])
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, CommandNotFound):
             return await self.get(DeviceResult.parse(payload).id)
         return None
 

@@ -124,5 +124,8 @@ class Submissions:
                     return None, CommandConflict("commands changed meanwhile; retry")
             except Exception as exc:  # StoreUnavailable included: the callers decide
                 return None, exc
-            await self._reload(vehicles)  # memory lost track: read them again, try once more
+            try:
+                await self._reload(vehicles)  # memory lost track: read them again, try once more
+            except Exception as exc:  # raised out of run(), it ended the loop for good
+                return None, exc
         return None, None  # (not reached: the second attempt returns)
