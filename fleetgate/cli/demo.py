@@ -36,6 +36,16 @@ if TYPE_CHECKING:
 DEMO_CLIENT_ID = "fleetgate-demo"
 
 
+def _demo_settings(**overrides) -> Settings:
+    """The settings, with the demo's own MQTT client id unless one is configured: with the
+    default id of `fleetgate run`, a demo on a configured broker would take a real gateway's
+    persistent session over (and acknowledge what it holds)."""
+    s = load_settings(**overrides)
+    if "mqtt_client_id" in s.model_fields_set:
+        return s
+    return load_settings(**overrides, mqtt_client_id=DEMO_CLIENT_ID)
+
+
 def demo(
     vehicles: Vehicles = 200,
     rate: Rate = 1.0,
@@ -88,16 +98,7 @@ def demo(
     """
     from firmware_sim import Fleet
 
-    s = load_settings(api_port=api_port, metrics_port=metrics_port, coap_port=coap_port)
-    if "mqtt_client_id" not in s.model_fields_set:
-        # Not the default id of `fleetgate run`: on a configured broker the demo would take a
-        # real gateway's persistent session over (and acknowledge what it holds).
-        s = load_settings(
-            api_port=api_port,
-            metrics_port=metrics_port,
-            coap_port=coap_port,
-            mqtt_client_id=DEMO_CLIENT_ID,
-        )
+    s = _demo_settings(api_port=api_port, metrics_port=metrics_port, coap_port=coap_port)
     explicit_format = "log_format" in s.model_fields_set
     setup_logging(
         "WARNING" if "log_level" not in s.model_fields_set else s.log_level,
