@@ -17,16 +17,15 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import orjson
 
 from fleetgate.embedded import Mosquitto, free_port
 from telemetry.store import TelemetryStore, migrate
+from tests.api_client import fleet
 from tests.fixtures_db import DEFAULT_DSN, Server
 from tests.harness import GatewayProcess, eventually
-from tests.test_api import fleet
 
 CHECKS = (
     "not_a_server_error",
@@ -49,7 +48,7 @@ async def prepare(dsn: str, vehicles: int = 5) -> str:
     every scope; returns the key."""
     store = await TelemetryStore.open(dsn)
     try:
-        await fleet(SimpleNamespace(store=store), vehicles)
+        await fleet(store, vehicles)
         return (await store.create_api_key(f"fuzz-{uuid.uuid4().hex[:6]}", ["admin"]))[1]
     finally:
         await store.close()

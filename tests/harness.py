@@ -71,6 +71,11 @@ async def count_positions(dsn: str) -> int:
         return (await (await conn.execute("SELECT count(*) FROM positions")).fetchone())[0]
 
 
+async def stored_at_least(dsn: str, n: int) -> bool:
+    """Whether n positions are stored, for waiting until they are."""
+    return await count_positions(dsn) >= n
+
+
 def metric(registry: CollectorRegistry, name: str, **labels) -> float:
     """A sample's value; summed over the labels not given (0 when there is none)."""
     return sum(

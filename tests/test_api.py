@@ -14,57 +14,14 @@ import pytest
 from commands import CommandState
 from geofence import Zone
 from telemetry.batch import FLAG_IMPLAUSIBLE_JUMP, DeviceEvent
-from telemetry.store import VehicleRegistration
-from tests.test_store import make_batch, now_ms
+from tests.api_client import LAT0, LON0, assert_problem, fleet
+from tests.batches import make_batch, now_ms
 
 pytestmark = pytest.mark.integration
-
-LAT0, LON0 = 52.52, 13.40
-PROBLEM = "application/problem+json"
-
-
-async def fleet(api, n: int = 25) -> dict[str, int]:
-    """n vehicles (even: e-bikes, odd: cars) with one sample each; ref -> vehicles.id."""
-    regs = [
-        VehicleRegistration(f"veh-{i:03d}", f"tcu-{i:03d}", "ebike" if i % 2 == 0 else "car")
-        for i in range(n)
-    ]
-    ids = await api.store.register_vehicles(regs)
-    t = now_ms() - 60_000
-    rows = []
-    for i, r in enumerate(regs):
-        rows.append(
-            {
-                "vehicle": ids[r.device_id],
-                "t": t,
-                "lat": LAT0 + i * 0.001,
-                "lon": LON0 + i * 0.001,
-                "soc_pct": 10.0 if i == 3 else 80.0,
-                "locked": i != 5,
-                "speed_kmh": 18.0 if i == 5 else 0.0,
-                "immobilised": i == 7 if i % 2 else -1,
-            }
-        )
-    await api.store.write(make_batch(rows), [])
-    return {r.vehicle_ref: ids[r.device_id] for r in regs}
 
 
 def square(x0, y0, x1, y1) -> dict:
     return {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}
-
-
-def assert_problem(response, status: int, *words: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    for word in words:
-        assert word in body["detail"], body
-    if status == 422:  # docs/api.md: every 422 lists its reasons
-        assert body["errors"], body
-        for error in body["errors"]:
-            assert isinstance(error["loc"], list) and error["msg"], body
-    return body
 
 
 # --- health and keys --------------------------------------------------------------------------
@@ -126,7 +83,7 @@ async def test_a_key_without_the_scope_is_refused_and_changes_nothing(
 
 
 async def test_vehicles_list_filters_and_pages(api_server):
-    await fleet(api_server)
+    await fleet(api_server.store)
     async with api_server.client("reader") as c:
         seen, url = [], "/v1/vehicles?limit=10"
         while url:
@@ -175,7 +132,7 @@ async def test_unknown_vehicles_are_404(api_server):
 
 
 async def test_track_raw_and_downsampled(api_server):
-    ids = await fleet(api_server, 1)
+    ids = await fleet(api_server.store, 1)
     vehicle = ids["veh-000"]
     t0 = (now_ms() // 60_000) * 60_000 - 20 * 60_000  # on a minute boundary, 20 min ago
     rows = [
@@ -209,7 +166,7 @@ async def test_track_raw_and_downsampled(api_server):
 
 
 async def test_fixes_flagged_as_implausible_jumps_can_be_seen_in_the_track(api_server):
-    ids = await fleet(api_server, 1)
+    ids = await fleet(api_server.store, 1)
     t0 = (now_ms() // 60_000) * 60_000 - 20 * 60_000
     rows = [
         {
@@ -250,7 +207,7 @@ async def test_fixes_flagged_as_implausible_jumps_can_be_seen_in_the_track(api_s
     ],
 )
 async def test_malformed_time_ranges_get_a_reason(api_server, params, status, words):
-    await fleet(api_server, 1)
+    await fleet(api_server.store, 1)
     async with api_server.client("reader") as c:
         assert_problem(await c.get("/v1/vehicles/veh-000/track", params=params), status, *words)
 
@@ -259,7 +216,7 @@ async def test_malformed_time_ranges_get_a_reason(api_server, params, status, wo
 
 
 async def test_events_query_filters_and_pages(api_server):
-    ids = await fleet(api_server, 2)
+    ids = await fleet(api_server.store, 2)
     t = now_ms() - 30_000
     events = [DeviceEvent(ids["veh-000"], t + k, "tamper", {"k": k}) for k in range(7)]
     events.append(DeviceEvent(ids["veh-001"], t, "crash", None))
@@ -281,7 +238,7 @@ async def test_command_state_changes_are_events_paged_in_order_with_the_others(a
     from commands._time import utc_now
     from gateway.commands import CommandStore
 
-    ids = await fleet(api_server, 2)
+    ids = await fleet(api_server.store, 2)
     commands = CommandStore(api_server.store.pool)
 
     async def unlock(vehicle: str, key: str) -> Command:
@@ -354,7 +311,7 @@ async def test_command_state_changes_are_events_paged_in_order_with_the_others(a
 
 
 async def test_bad_command_parameters_are_a_422_listing_every_reason_with_its_place(api_server):
-    await fleet(api_server, 1)
+    await fleet(api_server.store, 1)
     async with api_server.client("rental", headers={"Idempotency-Key": "k-params"}) as c:
         body = assert_problem(
             await c.post(
@@ -479,7 +436,7 @@ async def read_sse(response, until, timeout: float = 10.0) -> list[tuple[str, ob
 
 
 async def test_the_stream_sends_new_positions_and_events_within_its_filter(api_server):
-    ids = await fleet(api_server, 3)
+    ids = await fleet(api_server.store, 3)
     box = f"{LON0 - 0.0005},{LAT0 - 0.0005},{LON0 + 0.0015},{LAT0 + 0.0015}"  # veh-000, veh-001
     async with api_server.client("reader") as c:
         async with c.stream("GET", "/v1/stream", params={"bbox": box}) as response:
@@ -519,7 +476,7 @@ async def test_the_stream_sends_new_positions_and_events_within_its_filter(api_s
 async def test_an_event_detail_beyond_64_bit_integers_does_not_stop_the_stream(api_server):
     """jsonb gives 1e20, stored before the decoder refused such details, back as 10**20, which
     orjson cannot write: the stream once failed at that row at every poll."""
-    ids = await fleet(api_server, 1)
+    ids = await fleet(api_server.store, 1)
     async with api_server.client("reader") as c:
         async with c.stream("GET", "/v1/stream") as response:
             await asyncio.sleep(0.3)

@@ -11,8 +11,8 @@ import pytest
 
 from firmware_sim import Fleet, FleetOptions
 from firmware_sim.tcu import CommandBehaviour
+from tests.api_client import assert_problem
 from tests.harness import eventually, gateway_config, register, running_gateway
-from tests.test_api import assert_problem
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.commands import CommandConfig, CommandService
-from tests.test_api import assert_problem, fleet
+from tests.api_client import assert_problem, fleet
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ async def dispatcher(api_server, mosquitto, pg_dsn, topic_root):
     ],
 )
 async def test_a_nul_in_the_path_or_query_is_refused_with_where_it_is(api_server, path, where):
-    await fleet(api_server, 2)
+    await fleet(api_server.store, 2)
     async with api_server.client() as c:
         body = assert_problem(await c.get(path), 422, where, NUL)
     assert body["type"] == "/problems/invalid-request"
@@ -89,7 +89,7 @@ async def test_a_percent_sign_before_00_is_text_not_a_nul(api_server):
 async def test_a_command_body_the_database_cannot_hold_is_refused_and_nothing_is_sent(
     api_server, dispatcher, body, words
 ):
-    await fleet(api_server, 2)
+    await fleet(api_server.store, 2)
     async with api_server.client(
         headers={"Idempotency-Key": "guard-1", "Content-Type": "application/json"}
     ) as c:
@@ -103,7 +103,7 @@ async def test_a_command_body_the_database_cannot_hold_is_refused_and_nothing_is
 
 
 async def test_a_zone_or_device_with_a_nul_or_an_out_of_range_priority_is_not_stored(api_server):
-    await fleet(api_server, 1)
+    await fleet(api_server.store, 1)
     circle = {"type": "Circle", "coordinates": [13.4, 52.5], "radius_m": 100}
     async with api_server.client() as c:
         assert_problem(
@@ -134,7 +134,7 @@ async def test_a_zone_or_device_with_a_nul_or_an_out_of_range_priority_is_not_st
     "path", ["/v1/events", "/v1/vehicles/veh-000/track", "/v1/vehicles/veh-000/usage"]
 )
 async def test_a_range_ending_at_the_start_of_the_calendar_is_a_bad_time_range(api_server, path):
-    await fleet(api_server, 1)
+    await fleet(api_server.store, 1)
     async with api_server.client() as c:
         assert_problem(
             await c.get(path, params={"to": "0001-01-01T00:30:00Z"}), 400, "too early", "'from'"

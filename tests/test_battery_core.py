@@ -25,20 +25,12 @@ from battery import (
 from battery._groups import Groups, decayed_sums, hysteresis
 from firmware_sim.model import CHARGING, EBIKE, TRIP, FleetModel
 from telemetry.batch import TelemetryBatch
+from tests.batches import make_batch
 from tests.sim_samples import as_batch
 
 T0 = 1_780_000_000_000
 MIN = 60_000
 EBIKE_V, CAR_V = 1, 2
-
-
-def make_batch(rows: list[dict]) -> TelemetryBatch:
-    """A batch from sample dicts (batch column names, `t` for time_ms); missing = unknown."""
-    b = TelemetryBatch.empty(len(rows))
-    for i, r in enumerate(rows):
-        for k, v in r.items():
-            getattr(b, "time_ms" if k == "t" else k)[i] = v
-    return b
 
 
 def core() -> BatteryCore:

@@ -11,8 +11,8 @@ import pytest
 
 from benchmarks._loadgen import publish_load
 from firmware_sim import Fleet, FleetOptions
+from tests.broker_listener import Listener
 from tests.harness import eventually
-from tests.test_firmware_sim_broker import Listener
 
 pytestmark = pytest.mark.integration
 

@@ -3,49 +3,21 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import orjson
 import pytest
-from typer.testing import CliRunner
 
-from fleetgate.cli import app
+from tests.cli_runner import run_fleetgate
+from tests.zones import gbfs_doc
 
 pytestmark = pytest.mark.integration
 
-RUNNER = CliRunner()
 RULE = {
     "ride_start_allowed": False,
     "ride_end_allowed": False,
     "ride_through_allowed": True,
     "maximum_speed_kph": 10,
 }
-
-
-def run(*args: str, env: dict | None = None, input: str | None = None):
-    """The command in this process. Its setup_logging points the root logger at the runner's
-    stderr, which is closed afterwards; the root logger is put back so that later tests do not
-    log into a closed file."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return RUNNER.invoke(app, list(args), env=env, input=input, catch_exceptions=False)
-    finally:
-        root.handlers[:], root.level = handlers, level
-
-
-def gbfs_doc(*features) -> dict:
-    return {
-        "last_updated": "2026-11-23T08:00:00Z",
-        "ttl": 60,
-        "version": "3.0",
-        "data": {
-            "geofencing_zones": {"type": "FeatureCollection", "features": list(features)},
-            "global_rules": [
-                {"ride_start_allowed": True, "ride_end_allowed": True, "ride_through_allowed": True}
-            ],
-        },
-    }
 
 
 def feature(x0: float, y0: float, x1: float, y1: float, name: str) -> dict:
@@ -68,14 +40,14 @@ def test_zones_import_list_and_export_as_gbfs(pg_dsn, tmp_path):
             )
         )
     )
-    result = run("zones", "import", str(path), "--replace", env=env)
+    result = run_fleetgate("zones", "import", str(path), "--replace", env=env)
     assert result.exit_code == 0, result.output
     assert "2 zones replace the zone set" in result.output
 
-    listed = run("zones", "list", env=env).output
+    listed = run_fleetgate("zones", "list", env=env).output
     assert "Mitte" in listed and "Kreuzberg" in listed
 
-    exported = json.loads(run("zones", "export", "--gbfs", env=env).output)
+    exported = json.loads(run_fleetgate("zones", "export", "--gbfs", env=env).output)
     names = [
         f["properties"]["name"][0]["text"] for f in exported["data"]["geofencing_zones"]["features"]
     ]
@@ -87,8 +59,8 @@ def test_an_invalid_zone_file_is_refused_and_changes_nothing(pg_dsn, tmp_path):
     env = {"FLEETGATE_DATABASE_URL": pg_dsn}
     good = tmp_path / "good.json"
     good.write_bytes(orjson.dumps(gbfs_doc(feature(13.40, 52.50, 13.41, 52.51, "Mitte"))))
-    assert run("zones", "import", str(good), env=env).exit_code == 0
-    before = run("zones", "export", env=env).output
+    assert run_fleetgate("zones", "import", str(good), env=env).exit_code == 0
+    before = run_fleetgate("zones", "export", env=env).output
 
     bowtie = {
         "type": "Feature",
@@ -102,10 +74,10 @@ def test_an_invalid_zone_file_is_refused_and_changes_nothing(pg_dsn, tmp_path):
     }
     bad = tmp_path / "bad.json"
     bad.write_bytes(orjson.dumps(gbfs_doc(bowtie)))
-    result = run("zones", "import", str(bad), "--replace", env=env)
+    result = run_fleetgate("zones", "import", str(bad), "--replace", env=env)
     assert result.exit_code == 2
     assert "rejected, nothing changed" in result.output and "Self-intersection" in result.output
-    assert run("zones", "export", env=env).output == before
+    assert run_fleetgate("zones", "export", env=env).output == before
 
 
 def test_a_gbfs_import_sets_kinds_by_zone_name_or_id_and_refuses_unknown_ones(pg_dsn, tmp_path):
@@ -128,12 +100,12 @@ def test_a_gbfs_import_sets_kinds_by_zone_name_or_id_and_refuses_unknown_ones(pg
         (["--kind", "Mitte"], ["NAME_OR_ID=KIND"]),
         (["--kind", "Mitte=slow", "--kind", "gbfs-1=station"], ["two kinds"]),
     ):
-        result = run("zones", "import", str(path), *bad, env=env)
+        result = run_fleetgate("zones", "import", str(path), *bad, env=env)
         assert result.exit_code == 2, (bad, result.output)
         assert all(w in result.output for w in words), (bad, result.output)
-        assert "0 zones" in run("zones", "list", env=env).output, "nothing stored"
+        assert "0 zones" in run_fleetgate("zones", "list", env=env).output, "nothing stored"
 
-    result = run(
+    result = run_fleetgate(
         "zones",
         "import",
         str(path),
@@ -146,7 +118,7 @@ def test_a_gbfs_import_sets_kinds_by_zone_name_or_id_and_refuses_unknown_ones(pg
         env=env,
     )
     assert result.exit_code == 0, result.output
-    exported = json.loads(run("zones", "export", env=env).output)
+    exported = json.loads(run_fleetgate("zones", "export", env=env).output)
     assert [(z["id"], z["name"], z["kind"]) for z in exported["zones"]] == [
         ("gbfs-0", "Service area", "operating_area"),
         ("gbfs-1", "Mitte", "no_parking"),
@@ -156,22 +128,22 @@ def test_a_gbfs_import_sets_kinds_by_zone_name_or_id_and_refuses_unknown_ones(pg
 
 def test_db_migrate_is_idempotent_and_reports_the_storage(empty_pg_dsn):
     env = {"FLEETGATE_DATABASE_URL": empty_pg_dsn, "FLEETGATE_STORAGE": "native"}
-    first = run("db", "migrate", env=env)
+    first = run_fleetgate("db", "migrate", env=env)
     assert first.exit_code == 0 and "native storage" in first.output and "applied" in first.output
-    again = run("db", "migrate", env=env)
+    again = run_fleetgate("db", "migrate", env=env)
     assert again.exit_code == 0 and "already up to date" in again.output
 
 
 def test_db_migrate_refuses_to_switch_storage_with_one_line(empty_pg_dsn):
     assert (
-        run(
+        run_fleetgate(
             "db",
             "migrate",
             env={"FLEETGATE_DATABASE_URL": empty_pg_dsn, "FLEETGATE_STORAGE": "native"},
         ).exit_code
         == 0
     )
-    result = run(
+    result = run_fleetgate(
         "db",
         "migrate",
         env={"FLEETGATE_DATABASE_URL": empty_pg_dsn, "FLEETGATE_STORAGE": "timescaledb"},
@@ -180,7 +152,7 @@ def test_db_migrate_refuses_to_switch_storage_with_one_line(empty_pg_dsn):
 
 
 def test_config_show_masks_secrets_and_bad_settings_exit_2():
-    shown = run(
+    shown = run_fleetgate(
         "config",
         "show",
         env={
@@ -191,7 +163,7 @@ def test_config_show_masks_secrets_and_bad_settings_exit_2():
     assert shown.exit_code == 0
     assert "hunter2" not in shown.output and "s3cret" not in shown.output
     assert json.loads(shown.output)["database_url"] == "postgresql://fg:***@db/fg"
-    bad = run("config", "show", env={"FLEETGATE_BATCH_MAX_AGE_MS": "-5"})
+    bad = run_fleetgate("config", "show", env={"FLEETGATE_BATCH_MAX_AGE_MS": "-5"})
     assert bad.exit_code == 2 and "batch_max_age_ms" in bad.output
 
 
@@ -202,7 +174,7 @@ def test_a_config_file_is_read_the_environment_wins_and_sources_are_shown(tmp_pa
         'database_url = "postgresql://fg:hunter2@db/fg"\n'
     )
     env = {"FLEETGATE_CONFIG": str(config), "FLEETGATE_RETENTION_DAYS": "45"}
-    shown = run("config", "show", "--sources", env=env)
+    shown = run_fleetgate("config", "show", "--sources", env=env)
     assert shown.exit_code == 0, shown.output
     settings = json.loads(shown.output)
     assert settings["mqtt_client_id"] == {
@@ -221,23 +193,25 @@ def test_a_config_file_is_read_the_environment_wins_and_sources_are_shown(tmp_pa
 def test_a_bad_config_file_names_the_key_and_the_file(tmp_path):
     config = tmp_path / "fleetgate.toml"
     config.write_text("mqtt_protcol = 5\nbatch_max_age_ms = -5\n")
-    result = run("config", "show", env={"FLEETGATE_CONFIG": str(config)})
+    result = run_fleetgate("config", "show", env={"FLEETGATE_CONFIG": str(config)})
     assert result.exit_code == 2
     assert f"mqtt_protcol (config file {config}): unknown setting" in result.output
     assert f"batch_max_age_ms = -5 (config file {config}):" in result.output
     config.write_text("retention_days = [30\n")
-    broken = run("config", "show", env={"FLEETGATE_CONFIG": str(config)})
+    broken = run_fleetgate("config", "show", env={"FLEETGATE_CONFIG": str(config)})
     assert broken.exit_code == 2 and f"{config} is not valid TOML" in broken.output
-    missing = run("config", "show", env={"FLEETGATE_CONFIG": str(tmp_path / "nope.toml")})
+    missing = run_fleetgate("config", "show", env={"FLEETGATE_CONFIG": str(tmp_path / "nope.toml")})
     assert missing.exit_code == 2 and "no such file" in missing.output
 
 
 def test_credentials_in_the_mqtt_url_are_refused_not_shown():
-    result = run("config", "show", env={"FLEETGATE_MQTT_URL": "mqtt://gw:s3cret@broker:1883"})
+    result = run_fleetgate(
+        "config", "show", env={"FLEETGATE_MQTT_URL": "mqtt://gw:s3cret@broker:1883"}
+    )
     assert result.exit_code == 2
     assert "mqtt_url" in result.output and "mqtt_username and mqtt_password" in result.output
     assert "s3cret" not in result.output and "mqtt://gw:***@broker:1883" in result.output
-    shown = run(
+    shown = run_fleetgate(
         "config",
         "show",
         env={

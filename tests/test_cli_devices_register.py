@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from telemetry.store import TelemetryStore
+from tests.cli_runner import run_fleetgate
 from tests.fixtures_db import run_async
-from tests.test_cli import run as run_fleetgate
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,9 @@ from prometheus_client import CollectorRegistry
 from commands import CommandRequest, CommandState
 from firmware_sim.coap import CoapFleet, CoapFleetOptions
 from gateway.commands import CommandConfig, CommandService
+from tests.batches import now_ms
+from tests.coap_devices import coap_client, coap_gateway, post, provision, sample
 from tests.harness import metric
-from tests.test_coap_ingress import coap_client, coap_gateway, now_ms, post, provision, sample
 
 pytestmark = pytest.mark.integration
 

@@ -5,11 +5,9 @@ and database outages."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiocoap
@@ -17,143 +15,17 @@ import cbor2
 import orjson
 import psycopg
 import pytest
-from prometheus_client import CollectorRegistry
 
-from gateway.coap import CoapIngress
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline import DeviceRegistry, IngestPipeline, PipelineLimits
 from telemetry import senml
 from telemetry.plausibility import PlausibilityFilter
-from telemetry.store import DeviceCredentials, TelemetryStore
-from tests.harness import eventually, metric, register, stored_keys
+from tests.batches import now_ms
+from tests.coap_devices import coap_client, coap_gateway, post, provision, sample
+from tests.harness import count_positions, eventually, metric, stored_keys
 from tests.netproxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
-DEVICES = [
-    ("lock-0001", "bike-0001", "ebike"),
-    ("lock-0002", "bike-0002", "ebike"),
-    ("lock-0003", "bike-0003", "ebike"),
-]
 COAP_CLIENTS = ("coap-client", "coap-client-notls", "coap-client-openssl", "coap-client-gnutls")
-
-
-@dataclass
-class CoapGateway:
-    """The ingest pipeline with the CoAP ingress as its "coap" transport (the wiring the
-    Gateway gets), on a free UDP port of 127.0.0.1."""
-
-    coap: CoapIngress
-    pipeline: IngestPipeline
-    store: TelemetryStore
-    registry: CollectorRegistry
-
-    @property
-    def port(self) -> int:
-        return self.coap.port
-
-    def uri(self, device_id: str, token: str | None, resource: str = "telemetry") -> str:
-        query = f"?t={token}" if token is not None else ""
-        return f"coap://127.0.0.1:{self.port}/fg/v1/{device_id}/{resource}{query}"
-
-
-@contextlib.asynccontextmanager
-async def coap_gateway(
-    dsn: str,
-    *,
-    commands=None,
-    on_committed=None,
-    max_age_ms: int = 20,
-    max_pending: int = 65535,
-    **ingress,
-):
-    registry = CollectorRegistry()
-    metrics = GatewayMetrics(registry)
-    store = await TelemetryStore.open(dsn)
-    plausibility = PlausibilityFilter(default_max_speed_kmh=300.0)
-    devices = DeviceRegistry(store, plausibility, {"ebike": 80.0, "car": 300.0})
-    box: list[CoapIngress] = []
-    pipeline = IngestPipeline(
-        store,
-        devices,
-        plausibility,
-        {"coap": lambda tokens: box[0].acknowledge(tokens)},
-        limits=PipelineLimits(max_age_ms=max_age_ms, max_pending=max_pending),
-        metrics=metrics,
-        on_committed=on_committed,
-    )
-    coap = CoapIngress(
-        pipeline,
-        DeviceCredentials(store).verify,
-        metrics=metrics,
-        host="127.0.0.1",
-        port=0,
-        commands=commands,
-        **ingress,
-    )
-    box.append(coap)
-    writer = asyncio.create_task(pipeline.run())
-    await coap.start()
-    try:
-        yield CoapGateway(coap, pipeline, store, registry)
-    finally:
-        coap.pause()
-        pipeline.close()
-        await asyncio.wait_for(writer, 30)
-        await coap.stop()
-        await store.close()
-
-
-async def provision(dsn: str, devices=DEVICES) -> dict[str, str]:
-    """Register the devices and give each a secret; device id -> token."""
-    await register(dsn, devices)
-    store = await TelemetryStore.open(dsn)
-    try:
-        issued = await DeviceCredentials(store).provision_many([d for d, _, _ in devices])
-    finally:
-        await store.close()
-    return {i.device_id: i.secret for i in issued}
-
-
-@contextlib.asynccontextmanager
-async def coap_client():
-    ctx = await aiocoap.Context.create_client_context()
-    try:
-        yield ctx
-    finally:
-        await ctx.shutdown()
-
-
-async def post(
-    ctx, uri: str, payload: bytes, content_format: int | None = None, **opts
-) -> aiocoap.Message:
-    msg = aiocoap.Message(code=aiocoap.POST, uri=uri, payload=payload, **opts)
-    if content_format is not None:
-        msg.opt.content_format = content_format
-    return await asyncio.wait_for(ctx.request(msg).response, 30)
-
-
-def sample(t: int, **over) -> dict:
-    s = {
-        "t": t,
-        "lat": 52.52,
-        "lon": 13.405,
-        "speed_kmh": 0.0,
-        "soc_pct": 64.5,
-        "pack_v": 36.4,
-        "locked": True,
-    }
-    s.update(over)
-    return s
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-async def rows(dsn: str) -> int:
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        return (await (await conn.execute("SELECT count(*) FROM positions")).fetchone())[0]
 
 
 # --- a client the project did not write: aiocoap ----------------------------------------------
@@ -176,7 +48,7 @@ async def test_senml_cbor_senml_json_json_and_cbor_uplinks_land_after_their_2_04
             assert resp.code == aiocoap.CHANGED, resp.payload
             expected += n
             # Durable before the answer: the rows are there the moment the 2.04 is.
-            assert await rows(pg_dsn) == expected
+            assert await count_positions(pg_dsn) == expected
         assert metric(
             gw.registry, "fleetgate_messages_received_total", transport="coap", kind="telemetry"
         ) == len(bodies)
@@ -295,7 +167,7 @@ async def test_refusals_before_the_pipeline_are_counted_under_mqtts_reason_names
         assert rejected() == 6
         assert metric(gw.registry, "fleetgate_samples_received_total", transport="coap") == 6
         assert metric(gw.registry, "fleetgate_messages_received_total", transport="coap") == 7
-    assert await rows(pg_dsn) == 0
+    assert await count_positions(pg_dsn) == 0
 
 
 async def test_device_events_are_posted_like_telemetry(pg_dsn):
@@ -332,13 +204,12 @@ async def test_an_event_the_store_cannot_hold_gets_4_00_and_the_next_uplink_land
             assert bad.code == aiocoap.BAD_REQUEST and bad.payload.startswith(b"bad_structure")
         ok = await post(ctx, gw.uri("lock-0001", tokens["lock-0001"]), orjson.dumps(sample(t)), 50)
         assert ok.code == aiocoap.CHANGED
-    assert await rows(pg_dsn) == 1
+    assert await count_positions(pg_dsn) == 1
 
 
 async def test_a_message_the_gateway_fails_on_is_quarantined_and_answered_2_04(pg_dsn, monkeypatch):
     """A fault of the gateway's own (planted in the plausibility filter: no payload reaches such a
     fault once validation is right): the uplink is kept verbatim and answered, the next stored."""
-    from telemetry.plausibility import PlausibilityFilter
 
     tokens = await provision(pg_dsn)
     t = now_ms() - 5000
@@ -365,7 +236,7 @@ async def test_a_message_the_gateway_fails_on_is_quarantined_and_answered_2_04(p
             )
             == 1
         )
-    assert await rows(pg_dsn) == 1
+    assert await count_positions(pg_dsn) == 1
     async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
         quarantined = await (
             await conn.execute("SELECT device_id, transport, payload FROM quarantined_messages")
@@ -426,7 +297,7 @@ async def test_an_oversized_block1_transfer_gets_4_13_with_the_limit_in_size1(pg
             device.close()
         assert resp.code == aiocoap.REQUEST_ENTITY_TOO_LARGE
         assert resp.payload.startswith(b"payload_too_large")
-    assert await rows(pg_dsn) == 0
+    assert await count_positions(pg_dsn) == 0
 
 
 # --- duplicates: a confirmable request sent again with the same message id ---------------------
@@ -625,7 +496,7 @@ async def test_libcoap_coap_client_uplinks_land_and_refusals_have_the_right_code
             assert code == "2.04", name
         code, _ = await coap_client_post(uri, big, 112, tmp_path, "-b", "256")
         assert code == "2.04", "Block1 from coap-client"
-        assert await rows(pg_dsn) == 3 + 150
+        assert await count_positions(pg_dsn) == 3 + 150
 
         code, diag = await coap_client_post(uri, b"\xff\x00garbage", 112, tmp_path)
         assert code == "4.00" and diag.startswith(b"malformed_cbor"), diag
@@ -641,4 +512,4 @@ async def test_libcoap_coap_client_uplinks_land_and_refusals_have_the_right_code
         assert code == "4.01"
         code, _ = await coap_client_post(uri, b"<xml/>", 41, tmp_path)
         assert code == "4.15"
-    assert await rows(pg_dsn) == 3 + 150
+    assert await count_positions(pg_dsn) == 3 + 150

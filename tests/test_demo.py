@@ -19,8 +19,8 @@ import pytest
 
 from fleetgate.embedded import free_port
 from telemetry.store import TelemetryStore, VehicleRegistration
+from tests.cli_runner import run_fleetgate
 from tests.fixtures_db import run_async
-from tests.test_cli import run as run_fleetgate
 
 pytestmark = pytest.mark.integration
 

@@ -36,17 +36,13 @@ from gateway.commands import command_client_id
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt import ConnectOptions, MqttClient, MqttError
 from gateway.mqtt_ingress import MqttIngress, read_presence
-from telemetry.store import AlreadyProvisioned, DeviceCredentials, TelemetryStore, UnknownDevice
+from telemetry.store import AlreadyProvisioned, TelemetryStore, UnknownDevice
 from telemetry.store._credentials import check_mosquitto_hash, mosquitto_hash
 from telemetry.topics import gateway_presence_topic
+from tests.device_credentials import DEVICES, credentials
 from tests.harness import eventually, gateway_config, metric, register, running_gateway, stored_keys
 
 ROOT = "fg/v1"
-DEVICES = [
-    ("lock-a", "bike-a", "ebike"),
-    ("lock-b", "bike-b", "ebike"),
-    ("lock-c", "bike-c", "ebike"),
-]
 
 
 # --- hashes ---------------------------------------------------------------------------------------
@@ -154,15 +150,6 @@ def test_generated_files_are_what_mosquitto_reads():
 
 
 # --- the store -----------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def credentials(dsn: str):
-    store = await TelemetryStore.open(dsn)
-    try:
-        yield DeviceCredentials(store)
-    finally:
-        await store.close()
 
 
 async def test_a_secret_is_issued_once_stored_only_hashed_and_works_for_its_device_only(pg_dsn):

@@ -12,22 +12,16 @@ from pathlib import Path
 
 import orjson
 import pytest
-from typer.testing import CliRunner
 
-from fleetgate.cli import app
 from fleetgate.cli.devices import parse_duration
 from fleetgate.embedded import Mosquitto, free_port
 from gateway.mqtt import ConnectOptions, MqttClient, MqttError
+from tests.cli_runner import run_fleetgate
+from tests.device_credentials import DEVICES, credentials
 from tests.fixtures_db import run_async
 from tests.harness import REPO, register
-from tests.test_cli import run as run_fleetgate
-from tests.test_device_identity import DEVICES, credentials
 
 pytestmark = pytest.mark.integration
-
-
-def run(*args: str, env: dict):
-    return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
 
 
 def secrets_of(output: str) -> dict[str, str]:
@@ -56,19 +50,19 @@ def test_provision_rotate_list_and_a_broker_that_reloads_the_generated_files(pg_
         "FLEETGATE_MQTT_TOPIC_ROOT": "fg/v1",
     }
 
-    issued = run("devices", "provision", "lock-a", "lock-b", env=env)
+    issued = run_fleetgate("devices", "provision", "lock-a", "lock-b", env=env)
     assert issued.exit_code == 0, issued.output
     secrets = secrets_of(issued.stdout)
     assert sorted(secrets) == ["lock-a", "lock-b"] and "shown only now" in issued.stderr
-    again = run("devices", "provision", "lock-a", env=env)
+    again = run_fleetgate("devices", "provision", "lock-a", env=env)
     assert again.exit_code == 2 and "already provisioned: lock-a" in again.stderr
-    unknown = run("devices", "provision", "ghost", env=env)
+    unknown = run_fleetgate("devices", "provision", "ghost", env=env)
     assert unknown.exit_code == 2 and "not in the registry: ghost" in unknown.stderr
-    rest = run("devices", "provision", "--missing", "--json", env=env)
+    rest = run_fleetgate("devices", "provision", "--missing", "--json", env=env)
     assert [d["device_id"] for d in orjson.loads(rest.stdout)] == ["lock-c"]
 
     out = tmp_path / "broker"
-    made = run("broker-config", "--out", str(out), "--gateway-user", "gw-1", env=env)
+    made = run_fleetgate("broker-config", "--out", str(out), "--gateway-user", "gw-1", env=env)
     assert made.exit_code == 0 and "3 devices, 1 gateway users" in made.stdout, made.output
     passwd = (out / "passwd").read_text()
     assert sorted(line.split(":")[0] for line in passwd.splitlines()) == [
@@ -87,10 +81,10 @@ def test_provision_rotate_list_and_a_broker_that_reloads_the_generated_files(pg_
         assert run_async(can_connect(broker, "gw-1", "gw-secret"))
         assert not run_async(can_connect(broker, "lock-a", secrets["lock-b"]))
 
-        rotated = run("devices", "rotate", "lock-a", "--grace", "0", env=env)
+        rotated = run_fleetgate("devices", "rotate", "lock-a", "--grace", "0", env=env)
         assert rotated.exit_code == 0, rotated.output
         new = secrets_of(rotated.stdout)["lock-a"]
-        reloaded = run(
+        reloaded = run_fleetgate(
             "broker-config",
             "--out",
             str(out),
@@ -107,9 +101,9 @@ def test_provision_rotate_list_and_a_broker_that_reloads_the_generated_files(pg_
     finally:
         broker.stop(kill=True)
 
-    listed = orjson.loads(run("devices", "list", "--json", env=env).stdout)
+    listed = orjson.loads(run_fleetgate("devices", "list", "--json", env=env).stdout)
     assert {d["device_id"]: d["valid"] for d in listed} == {"lock-a": 1, "lock-b": 1, "lock-c": 1}
-    table = run("devices", "list", env=env).stdout
+    table = run_fleetgate("devices", "list", env=env).stdout
     assert "lock-a" in table and new not in table
 
     async def verify() -> bool:
@@ -120,7 +114,7 @@ def test_provision_rotate_list_and_a_broker_that_reloads_the_generated_files(pg_
 
 
 def test_broker_config_needs_the_gateway_users_password(pg_dsn, tmp_path):
-    result = run(
+    result = run_fleetgate(
         "broker-config",
         "--out",
         str(tmp_path),
@@ -152,17 +146,17 @@ def test_broker_config_says_which_settings_the_gateway_account_needs(pg_dsn, tmp
     "no gateway user". It names both settings, and works with them alone."""
     run_async(register(pg_dsn, DEVICES[:1]))
     env = {"FLEETGATE_DATABASE_URL": pg_dsn}
-    bare = run("broker-config", "--out", str(tmp_path / "a"), env=env)
+    bare = run_fleetgate("broker-config", "--out", str(tmp_path / "a"), env=env)
     assert bare.exit_code == 2
     assert "FLEETGATE_MQTT_USERNAME" in bare.stderr and "FLEETGATE_MQTT_PASSWORD" in bare.stderr
-    no_password = run(
+    no_password = run_fleetgate(
         "broker-config",
         "--out",
         str(tmp_path / "b"),
         env={**env, "FLEETGATE_MQTT_USERNAME": "fleetgate-gw"},
     )
     assert no_password.exit_code == 2 and "FLEETGATE_MQTT_PASSWORD" in no_password.stderr
-    made = run(
+    made = run_fleetgate(
         "broker-config",
         "--out",
         str(tmp_path / "c"),
@@ -185,12 +179,14 @@ def test_broker_config_without_a_compiler_says_what_to_install_or_takes_a_built_
         "FLEETGATE_MQTT_PASSWORD": "gw-secret",
         "CC": "no-such-cc",
     }
-    failed = run("broker-config", "--out", str(tmp_path / "a"), env=env)
+    failed = run_fleetgate("broker-config", "--out", str(tmp_path / "a"), env=env)
     assert (
         failed.exit_code == 2 and "mosquitto-dev" in failed.stderr and "--plugin" in failed.stderr
     )
     built = tmp_path / "elsewhere" / "fleetgate_subscribe_acl.so"
-    made = run("broker-config", "--out", str(tmp_path / "b"), "--plugin", str(built), env=env)
+    made = run_fleetgate(
+        "broker-config", "--out", str(tmp_path / "b"), "--plugin", str(built), env=env
+    )
     assert made.exit_code == 0, made.output
     assert f"plugin {built}\n" in (tmp_path / "b" / "fleetgate.conf").read_text()
     assert not (tmp_path / "b" / "fleetgate_subscribe_acl.so").exists()
@@ -221,7 +217,7 @@ def broker_as_documented(tmp_path: Path, env: dict):
     """`fleetgate broker-config` writes the files, and a Mosquitto runs deploy/mosquitto.conf with
     the docs' lines at its end; yields the broker, the devices' port and the generated folder."""
     out = tmp_path / "broker"
-    made = run("broker-config", "--out", str(out), env=env)
+    made = run_fleetgate("broker-config", "--out", str(out), env=env)
     assert made.exit_code == 0, made.output
     devices_port = free_port()
     broker = Mosquitto(
@@ -272,7 +268,7 @@ def test_the_generated_files_included_as_the_docs_show_refuse_anonymous_clients(
         "FLEETGATE_MQTT_USERNAME": "fleetgate-gw",
         "FLEETGATE_MQTT_PASSWORD": "gw-secret",
     }
-    secret = secrets_of(run("devices", "provision", "lock-a", env=env).stdout)["lock-a"]
+    secret = secrets_of(run_fleetgate("devices", "provision", "lock-a", env=env).stdout)["lock-a"]
     with broker_as_documented(tmp_path, env) as (broker, devices_port, out):
         for port in (broker.port, devices_port):
             code, said = publish(broker, port)
@@ -324,7 +320,7 @@ def test_the_simulator_logs_in_with_its_devices_own_secrets_or_says_what_to_do(p
         assert unknown.exit_code == 2 and "broker-config" in unknown.stderr
         assert unknown.stderr.count("\n") == 1
 
-        reloaded = run(
+        reloaded = run_fleetgate(
             "broker-config",
             "--out",
             str(out),

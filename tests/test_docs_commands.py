@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from fleetgate.embedded import free_port
-from tests.test_cli import run as run_fleetgate
+from tests.cli_runner import run_fleetgate
 
 pytestmark = pytest.mark.integration
 

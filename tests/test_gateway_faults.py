@@ -30,8 +30,8 @@ from tests.harness import (
     running_gateway,
     stored_keys,
 )
+from tests.mqtt_devices import DEVICES, Stream, close_devices, device, open_devices, sample
 from tests.netproxy import TcpProxy
-from tests.test_gateway_ingest import DEVICES, Stream, close_devices, device, open_devices, sample
 
 pytestmark = pytest.mark.integration
 

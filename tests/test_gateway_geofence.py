@@ -4,7 +4,6 @@ vehicle_state across restarts, zone edits taking effect without a restart."""
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 
 import orjson
@@ -12,81 +11,13 @@ import psycopg
 import pytest
 
 from gateway.mqtt import ConnectOptions, MqttClient
-from geofence import Zone, ZoneSet
-from telemetry.store import TelemetryStore
+from geofence import ZoneSet
+from tests.cli_runner import run_fleetgate
 from tests.harness import eventually, gateway_config, metric, register, running_gateway
+from tests.mqtt_devices import publish
+from tests.zones import drive, gbfs_doc, geofence_events, put_zones, square, zones_in_state
 
 pytestmark = pytest.mark.integration
-
-LAT0, LON0 = 52.50, 13.40
-M_PER_DEG_LAT = 111_195.0
-M_PER_DEG_LON = M_PER_DEG_LAT * math.cos(math.radians(LAT0))
-
-
-def at(east_m: float, north_m: float = 0.0) -> tuple[float, float]:
-    return LAT0 + north_m / M_PER_DEG_LAT, LON0 + east_m / M_PER_DEG_LON
-
-
-def square(zone_id: str, west_m: float, east_m: float, **kw) -> dict:
-    """A square zone from west_m to east_m (and as tall, centred on the track) as a zones row."""
-    half = (east_m - west_m) / 2
-    ring = [
-        at(west_m, -half),
-        at(east_m, -half),
-        at(east_m, half),
-        at(west_m, half),
-        at(west_m, -half),
-    ]
-    geometry = {"type": "Polygon", "coordinates": [[[lon, lat] for lat, lon in ring]]}
-    return Zone.from_row({"id": zone_id, "geometry": geometry, **kw}).to_row()
-
-
-def drive(t0: int, east_from: float, east_to: float, step_m: float = 5.0, speed_kmh=18.0):
-    """Samples one second apart along the track, eastwards."""
-    n = int((east_to - east_from) / step_m) + 1
-    out = []
-    for k in range(n):
-        lat, lon = at(east_from + k * step_m)
-        out.append({"t": t0 + k * 1000, "lat": lat, "lon": lon, "speed_kmh": speed_kmh})
-    return out
-
-
-async def publish_all(broker, root: str, device_id: str, samples: list[dict]) -> None:
-    dev = MqttClient(ConnectOptions(broker.host, broker.port, device_id))
-    await dev.connect()
-    for s in samples:
-        await dev.publish(f"{root}/{device_id}/telemetry", orjson.dumps(s), qos=1)
-    await dev.disconnect()
-
-
-async def geofence_events(dsn: str) -> list[tuple[int, str, list | None]]:
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        cur = await conn.execute(
-            "SELECT (extract(epoch FROM time) * 1000)::bigint, type, detail->'zones' "
-            "FROM events WHERE source = 'geofence' ORDER BY time, type"
-        )
-        return [
-            (int(t), typ, None if zones is None else [z["id"] for z in zones])
-            for t, typ, zones in await cur.fetchall()
-        ]
-
-
-async def zones_in_state(dsn: str, vehicle: int) -> list[str] | None:
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        row = await (
-            await conn.execute(
-                "SELECT geofence->'zones' FROM vehicle_state WHERE vehicle = %s", (vehicle,)
-            )
-        ).fetchone()
-        return None if row is None else row[0]
-
-
-async def put_zones(dsn: str, rows: list[dict]) -> None:
-    store = await TelemetryStore.open(dsn)
-    try:
-        await store.put_zones(rows)
-    finally:
-        await store.close()
 
 
 async def test_driving_through_a_zone_stores_one_enter_and_one_exit(mosquitto, pg_dsn, topic_root):
@@ -115,7 +46,7 @@ async def test_driving_through_a_zone_stores_one_enter_and_one_exit(mosquitto, p
     cfg = gateway_config(pg_dsn, mosquitto, topic_root)
     async with running_gateway(cfg) as (gw, reg):
         gw.geofence.on_speed_caps = caps.extend
-        await publish_all(mosquitto, topic_root, "bike-1", drive(t0, 0, 400))
+        await publish(mosquitto, topic_root, "bike-1", drive(t0, 0, 400))
         await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 81)
         await eventually(lambda: _len_at_least(geofence_events(pg_dsn), 2), what="two events")
         assert metric(reg, "fleetgate_core_seconds_count", core="geofence") >= 1
@@ -145,7 +76,7 @@ async def test_device_events_and_geofence_events_are_counted_apart(mosquitto, pg
             f"{topic_root}/bike-1/event", orjson.dumps({"t": t0, "type": "tamper"}), qos=1
         )
         await dev.disconnect()
-        await publish_all(mosquitto, topic_root, "bike-1", drive(t0, 0, 400))
+        await publish(mosquitto, topic_root, "bike-1", drive(t0, 0, 400))
         await eventually(lambda: _len_at_least(geofence_events(pg_dsn), 2), what="two events")
         await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 81)
         assert metric(reg, "fleetgate_device_events_stored_total") == 1
@@ -160,8 +91,6 @@ async def test_an_operating_area_imported_from_gbfs_raises_left_operating_area(
 ):
     """Another publisher's geofencing_zones.json (no _kind), imported with `fleetgate zones import
     --kind`, then a ride out of the area through the running gateway."""
-    from tests.test_cli import gbfs_doc, run
-
     await register(pg_dsn, [("bike-1", "veh-1", "ebike")])
     area = square("ignored", -500, 200)["geometry"]
     feature = {
@@ -172,7 +101,7 @@ async def test_an_operating_area_imported_from_gbfs_raises_left_operating_area(
     path = tmp_path / "geofencing_zones.json"
     path.write_bytes(orjson.dumps(gbfs_doc(feature)))
     result = await asyncio.to_thread(  # the command runs its own event loop
-        run,
+        run_fleetgate,
         "zones",
         "import",
         str(path),
@@ -185,7 +114,7 @@ async def test_an_operating_area_imported_from_gbfs_raises_left_operating_area(
     t0 = int(time.time() * 1000) - 600_000
     cfg = gateway_config(pg_dsn, mosquitto, topic_root)
     async with running_gateway(cfg) as (_gw, reg):
-        await publish_all(mosquitto, topic_root, "bike-1", drive(t0, 0, 400))
+        await publish(mosquitto, topic_root, "bike-1", drive(t0, 0, 400))
         await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 81)
         await eventually(lambda: _len_at_least(geofence_events(pg_dsn), 2), what="two events")
     events = await geofence_events(pg_dsn)
@@ -208,11 +137,11 @@ async def test_a_restarted_gateway_continues_without_false_enter_events(
     track = drive(t0, 0, 400)
     cfg = gateway_config(pg_dsn, mosquitto, topic_root)
     async with running_gateway(cfg) as (gw, reg):
-        await publish_all(mosquitto, topic_root, "bike-1", track[:40])  # stops inside the zone
+        await publish(mosquitto, topic_root, "bike-1", track[:40])  # stops inside the zone
         await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 40)
     assert await zones_in_state(pg_dsn, ids["bike-1"]) == ["station"]
     async with running_gateway(cfg) as (gw, reg):  # a new process: state from the database
-        await publish_all(mosquitto, topic_root, "bike-1", track[40:])
+        await publish(mosquitto, topic_root, "bike-1", track[40:])
         await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == len(track) - 40)
         await eventually(lambda: _len_at_least(geofence_events(pg_dsn), 2), what="the exit")
     assert [typ for _, typ, _ in await geofence_events(pg_dsn)] == ["zone_enter", "zone_exit"]
@@ -226,12 +155,12 @@ async def test_a_zone_added_while_running_takes_effect_without_a_restart(
     track = drive(t0, 0, 400)
     cfg = gateway_config(pg_dsn, mosquitto, topic_root, zones_refresh_s=0.2)
     async with running_gateway(cfg) as (gw, reg):
-        await publish_all(mosquitto, topic_root, "bike-1", track[:10])
+        await publish(mosquitto, topic_root, "bike-1", track[:10])
         await eventually(lambda: metric(reg, "fleetgate_samples_stored_total") == 10)
         version = gw.geofence.version
         await put_zones(pg_dsn, [square("new-zone", 100, 300)])
         await eventually(lambda: gw.geofence.version != version, timeout=10, what="zone swap")
-        await publish_all(mosquitto, topic_root, "bike-1", track[10:])
+        await publish(mosquitto, topic_root, "bike-1", track[10:])
         await eventually(lambda: _len_at_least(geofence_events(pg_dsn), 2), what="enter and exit")
     assert [(typ, z) for _, typ, z in await geofence_events(pg_dsn)] == [
         ("zone_enter", ["new-zone"]),

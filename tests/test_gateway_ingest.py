@@ -10,7 +10,7 @@ import orjson
 import psycopg
 import pytest
 
-from gateway.mqtt import ConnectOptions, MqttClient, Will
+from gateway.mqtt import Will
 from gateway.pipeline import PipelineLimits
 from tests.harness import (
     GatewayProcess,
@@ -20,64 +20,13 @@ from tests.harness import (
     metric,
     register,
     running_gateway,
+    stored_at_least,
     stored_keys,
 )
+from tests.mqtt_devices import DEVICES, Stream, close_devices, device, open_devices, sample
 from tests.netproxy import TcpProxy
 
 pytestmark = pytest.mark.integration
-
-DEVICES = [(f"tcu-{i:03d}", f"veh-{i:03d}", "ebike" if i % 2 else "car") for i in range(20)]
-
-
-def sample(t: int, i: int = 0, **over) -> dict:
-    s = {
-        "t": t,
-        "lat": 52.50 + (i % 100) * 1e-4,
-        "lon": 13.40 + (t % 1000) * 1e-7,
-        "speed_kmh": 12.0,
-        "soc_pct": 80.0,
-        "locked": False,
-    }
-    s.update(over)
-    return s
-
-
-async def device(broker, device_id: str, **kw) -> MqttClient:
-    client = MqttClient(ConnectOptions(broker.host, broker.port, device_id), **kw)
-    await client.connect()
-    return client
-
-
-class Stream:
-    """Devices publishing one sample per message at a steady rate; records what the broker acked."""
-
-    def __init__(self, clients: dict[str, MqttClient], topic_root: str, t0: int) -> None:
-        self.clients, self.root, self.t0 = clients, topic_root, t0
-        self.acked: set[tuple[str, int]] = set()
-        self.sent = 0
-
-    async def run(self, per_device: int, rate_hz: float) -> None:
-        futures = []
-        for k in range(per_device):
-            t = self.t0 + k * 1000
-            for i, (dev, client) in enumerate(self.clients.items()):
-                fut = client.publish(
-                    f"{self.root}/{dev}/telemetry", orjson.dumps(sample(t, i)), qos=1
-                )
-                fut.add_done_callback(lambda f, key=(dev, t): f.exception() or self.acked.add(key))
-                futures.append(fut)
-                self.sent += 1
-            await asyncio.sleep(1 / rate_hz)
-        await asyncio.gather(*futures)
-
-
-async def open_devices(broker, n: int = len(DEVICES)) -> dict[str, MqttClient]:
-    return {d: await device(broker, d) for d, _, _ in DEVICES[:n]}
-
-
-async def close_devices(clients: dict[str, MqttClient]) -> None:
-    for c in clients.values():
-        await c.disconnect()
 
 
 async def test_bad_input_is_counted_by_reason_never_stored_and_never_stalls(
@@ -256,7 +205,7 @@ async def test_sigkill_mid_stream_loses_nothing(mosquitto, pg_dsn, topic_root, t
         clients = await open_devices(mosquitto)
         stream = Stream(clients, topic_root, int(time.time() * 1000) - 3_600_000)
         publishing = asyncio.create_task(stream.run(per_device=150, rate_hz=50))
-        await eventually(lambda: _at_least(pg_dsn, 600), what="some rows before the kill")
+        await eventually(lambda: stored_at_least(pg_dsn, 600), what="some rows before the kill")
         gw.kill()
         killed_at = await count_positions(pg_dsn)
         await asyncio.sleep(0.5)  # devices keep publishing into the broker meanwhile
@@ -264,7 +213,7 @@ async def test_sigkill_mid_stream_loses_nothing(mosquitto, pg_dsn, topic_root, t
         await gw.wait_subscribed()
         await publishing
         await eventually(
-            lambda: _at_least(pg_dsn, len(stream.acked)),
+            lambda: stored_at_least(pg_dsn, len(stream.acked)),
             timeout=60,
             what="every acked sample stored",
         )
@@ -274,10 +223,6 @@ async def test_sigkill_mid_stream_loses_nothing(mosquitto, pg_dsn, topic_root, t
         await close_devices(clients)
     finally:
         gw.stop()
-
-
-async def _at_least(dsn: str, n: int) -> bool:
-    return await count_positions(dsn) >= n
 
 
 async def test_sigterm_commits_what_it_holds_and_leaves_cleanly(

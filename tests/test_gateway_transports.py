@@ -14,6 +14,7 @@ import pytest
 from fleetgate.embedded import free_port
 from gateway.mqtt import ConnectOptions, MqttClient
 from telemetry import senml
+from tests.coap_devices import coap_client, post, provision
 from tests.harness import (
     GatewayProcess,
     eventually,
@@ -23,7 +24,6 @@ from tests.harness import (
     sample_sum,
     stored_keys,
 )
-from tests.test_coap_ingress import coap_client, post, provision
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from firmware_sim.model import Area
 from firmware_sim.tcu import CommandBehaviour
 from geofence import Zone
 from tests.harness import REPO, eventually, gateway_config, register, running_gateway
-from tests.test_gateway_geofence import put_zones, square
+from tests.zones import put_zones, square
 
 pytestmark = pytest.mark.integration
 

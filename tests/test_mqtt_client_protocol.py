@@ -15,7 +15,7 @@ import pytest
 
 from gateway.mqtt import ConnectionLost, ConnectOptions, MqttClient
 from gateway.mqtt._packets import PACKET_NAMES, encode_pubacks, encode_publish
-from tests.test_mqtt_packets import CONNACKS, violations
+from tests.mqtt_violations import CONNACKS, violations
 
 
 class FakeBroker:

@@ -7,20 +7,20 @@ from __future__ import annotations
 import asyncio
 import time
 
-import orjson
 import psycopg
 import pytest
 
 from fleetgate.embedded import free_port
-from gateway.mqtt import ConnectOptions, MqttClient
 from telemetry.store import migrate
+from tests import mqtt_devices
 from tests.fixtures_db import PrivateCluster, Server, dsn_for
 from tests.harness import GatewayProcess, eventually, register, sample_sum
+from tests.mqtt_devices import publish, sample
 from tests.netproxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
-DEVICES = [(f"tcu-{i:03d}", f"veh-{i:03d}", "ebike" if i % 2 else "car") for i in range(5)]
+DEVICES = mqtt_devices.DEVICES[:5]  # a handful: these tests count, they do not load
 
 # What issue 8 asks operators to see, by the names they are exported under.
 EXPECTED_FAMILIES = {
@@ -52,26 +52,6 @@ EXPECTED_FAMILIES = {
 }
 
 
-async def publish(broker, root: str, device_id: str, payloads: list[bytes]) -> None:
-    dev = MqttClient(ConnectOptions(broker.host, broker.port, device_id))
-    await dev.connect()
-    for p in payloads:
-        await dev.publish(f"{root}/{device_id}/telemetry", p, qos=1)
-    await dev.disconnect()
-
-
-def fix(t: int, i: int) -> bytes:
-    return orjson.dumps(
-        {
-            "t": t,
-            "lat": 52.5 + i * 1e-3,
-            "lon": 13.4 + (t % 100_000) * 1e-8,
-            "speed_kmh": 10.0,
-            "soc_pct": 70.0,
-        }
-    )
-
-
 async def test_metrics_exist_and_move_with_traffic(mosquitto, pg_dsn, topic_root, tmp_path):
     await register(pg_dsn, DEVICES)
     gw = GatewayProcess(
@@ -99,7 +79,7 @@ async def test_metrics_exist_and_move_with_traffic(mosquitto, pg_dsn, topic_root
                 mosquitto,
                 topic_root,
                 device_id,
-                [fix(t0 + k * 1000, i) for k in range(20)] + [b'{"t": 1'],
+                [sample(t0 + k * 1000, i) for k in range(20)] + [b'{"t": 1'],
             )
         await eventually(lambda: _stored(gw, 100), what="100 samples in the metrics")
         after = await gw.scrape()
@@ -258,7 +238,10 @@ async def _publish_round(broker, root: str, t0: int, round_: int) -> None:
     await asyncio.gather(
         *(
             publish(
-                broker, root, device_id, [fix(t0 + (round_ * 10 + k) * 1000, i) for k in range(10)]
+                broker,
+                root,
+                device_id,
+                [sample(t0 + (round_ * 10 + k) * 1000, i) for k in range(10)],
             )
             for i, (device_id, _, _) in enumerate(DEVICES)
         )

@@ -29,10 +29,11 @@ from tests.harness import (
     register,
     running_gateway,
     sample_sum,
+    stored_at_least,
     stored_keys,
 )
-from tests.test_gateway_geofence import at, geofence_events, put_zones, square, zones_in_state
-from tests.test_gateway_ingest import DEVICES, Stream, close_devices, open_devices
+from tests.mqtt_devices import DEVICES, Stream, close_devices, open_devices
+from tests.zones import at, geofence_events, put_zones, square, zones_in_state
 
 pytestmark = pytest.mark.integration
 
@@ -154,10 +155,6 @@ async def start_stream(broker, topic_root: str, per_device: int, rate_hz: float)
     return clients, stream, asyncio.create_task(stream.run(per_device=per_device, rate_hz=rate_hz))
 
 
-async def _at_least(dsn: str, n: int) -> bool:
-    return await count_positions(dsn) >= n
-
-
 async def test_two_processes_store_every_sample_once_and_a_killed_one_loses_nothing(
     mosquitto, pg_dsn, topic_root, tmp_path
 ):
@@ -168,7 +165,7 @@ async def test_two_processes_store_every_sample_once_and_a_killed_one_loses_noth
             gw.start()
         await asyncio.gather(a.wait_subscribed(), b.wait_subscribed())
         clients, stream, publishing = await start_stream(mosquitto, topic_root, 150, 50)
-        await eventually(lambda: _at_least(pg_dsn, 800), what="rows before the kill")
+        await eventually(lambda: stored_at_least(pg_dsn, 800), what="rows before the kill")
         stored_by_a = sample_sum(await a.scrape(), "fleetgate_samples_stored_total")
         b.kill()  # what B held unacknowledged waits in its session, and so does B's share
         await asyncio.sleep(0.5)
@@ -176,7 +173,7 @@ async def test_two_processes_store_every_sample_once_and_a_killed_one_loses_noth
         await b.wait_subscribed()
         await publishing
         await eventually(
-            lambda: _at_least(pg_dsn, len(stream.acked)),
+            lambda: stored_at_least(pg_dsn, len(stream.acked)),
             timeout=60,
             what="every acked sample stored",
         )
@@ -203,7 +200,8 @@ async def test_a_rolling_restart_loses_and_duplicates_nothing(
         clients, stream, publishing = await start_stream(mosquitto, topic_root, 200, 40)
         for i, gw in enumerate(gws):  # one after the other, while the devices keep sending
             await eventually(
-                lambda n=600 * (i + 1): _at_least(pg_dsn, n), what="more rows before each restart"
+                lambda n=600 * (i + 1): stored_at_least(pg_dsn, n),
+                what="more rows before each restart",
             )
             assert gw.terminate() == 0
             await asyncio.sleep(0.3)
@@ -211,7 +209,7 @@ async def test_a_rolling_restart_loses_and_duplicates_nothing(
             await gw.wait_subscribed()
         await publishing
         await eventually(
-            lambda: _at_least(pg_dsn, len(stream.acked)),
+            lambda: stored_at_least(pg_dsn, len(stream.acked)),
             timeout=60,
             what="every acked sample stored",
         )
@@ -263,7 +261,9 @@ async def test_a_killed_process_hands_its_vehicle_over_without_false_events(
         # has then seen 40 samples; sent one by one, a first 50 ms batch that held a single
         # sample (a publisher stalled for a moment) saved a state with nothing integrated yet.
         await publish_samples(mosquitto, topic_root, "bike-1", track[:40], buffered=True)
-        await eventually(lambda: _at_least(pg_dsn, 40), what="A stored the ride into the zone")
+        await eventually(
+            lambda: stored_at_least(pg_dsn, 40), what="A stored the ride into the zone"
+        )
         _, battery_at_kill = await stored_json(pg_dsn, v)
         a.kill()
         b.start()  # another client id in the same shared group
@@ -271,12 +271,12 @@ async def test_a_killed_process_hands_its_vehicle_over_without_false_events(
         # Mosquitto still sends every other message to A's session; B gets the others.
         await publish_samples(mosquitto, topic_root, "bike-1", track[40:])
         await eventually(
-            lambda: _at_least(pg_dsn, 40 + (len(track) - 40) // 2), what="B stored its share"
+            lambda: stored_at_least(pg_dsn, 40 + (len(track) - 40) // 2), what="B stored its share"
         )
         await eventually(lambda: _has_exit(pg_dsn), what="B saw the bike leave")
         a.start()  # back with the same id: it stores what waited in its session
         await a.wait_subscribed()
-        await eventually(lambda: _at_least(pg_dsn, len(track)), what="every sample stored")
+        await eventually(lambda: stored_at_least(pg_dsn, len(track)), what="every sample stored")
         assert b.terminate() == 0 and a.terminate() == 0
         events = await geofence_events(pg_dsn)
         assert [typ for _, typ, _ in events] == ["zone_enter", "zone_exit"], events
@@ -391,7 +391,7 @@ async def test_draining_a_retired_process_stores_what_its_session_held_and_ends_
         await publishing
         total = len(stream.acked)
         assert total == 20 * 40
-        await eventually(lambda: _at_least(pg_dsn, total // 3), what="A's share stored")
+        await eventually(lambda: stored_at_least(pg_dsn, total // 3), what="A's share stored")
         await asyncio.sleep(1.0)
         held = total - await count_positions(pg_dsn)
         assert held > total // 3, "Mosquitto queued a share for the retired process's session"
@@ -414,7 +414,9 @@ async def test_draining_a_retired_process_stores_what_its_session_held_and_ends_
         ), "a retired id's presence is cleared"
         more = Stream(clients, topic_root, stream.t0 + 3_600_000)
         await more.run(per_device=10, rate_hz=50)
-        await eventually(lambda: _at_least(pg_dsn, total + 200), what="A stored all new samples")
+        await eventually(
+            lambda: stored_at_least(pg_dsn, total + 200), what="A stored all new samples"
+        )
         assert len(await stored_keys(pg_dsn)) == total + 200
         # Draining an id without a session finds nothing and leaves nothing behind.
         again = await asyncio.to_thread(drain_cli, b)
@@ -450,7 +452,7 @@ async def test_a_client_id_still_in_use_is_not_drained_and_its_process_loses_not
         # A took its session back with its subscriptions: it still stores everything.
         clients, stream, publishing = await start_stream(mosquitto, topic_root, 10, 50)
         await publishing
-        await eventually(lambda: _at_least(pg_dsn, len(stream.acked)), what="A stored all")
+        await eventually(lambda: stored_at_least(pg_dsn, len(stream.acked)), what="A stored all")
         assert len(await stored_keys(pg_dsn)) == len(stream.acked) == 200
         assert a.proc.poll() is None
         assert a.terminate() == 0

@@ -15,9 +15,9 @@ import pytest
 from fleetgate.embedded import free_port
 from fleetgate.shutdown import FORCED_EXIT_STATUS
 from telemetry.store import TelemetryStore
-from tests.harness import GatewayProcess, count_positions, eventually, register, sample_sum
+from tests.harness import GatewayProcess, eventually, register, sample_sum, stored_at_least
+from tests.mqtt_devices import DEVICES, publish, sample
 from tests.netproxy import TcpProxy
-from tests.test_operations import DEVICES, fix, publish
 
 pytestmark = pytest.mark.integration
 
@@ -143,7 +143,7 @@ async def test_a_stop_that_hangs_ends_at_a_second_signal_or_after_the_grace_peri
         await proxy.cut()
         t0 = int(time.time() * 1000) - 60_000
         await publish(
-            mosquitto, topic_root, DEVICES[0][0], [fix(t0 + k * 1000, 0) for k in range(10)]
+            mosquitto, topic_root, DEVICES[0][0], [sample(t0 + k * 1000) for k in range(10)]
         )
         await eventually(lambda: _pending(gw, 10), timeout=20, what="the samples held")
 
@@ -167,7 +167,7 @@ async def test_a_stop_that_hangs_ends_at_a_second_signal_or_after_the_grace_peri
         await proxy.restore()
         gw.start()
         await gw.wait_subscribed()
-        await eventually(lambda: _stored(pg_dsn, 10), timeout=30, what="the samples stored")
+        await eventually(lambda: stored_at_least(pg_dsn, 10), timeout=30, what="the samples stored")
     finally:
         gw.stop()
         await proxy.close()
@@ -183,7 +183,3 @@ async def _commands(api: httpx.AsyncClient, n: int) -> bool:
 
 async def _pending(gw: GatewayProcess, n: int) -> bool:
     return sample_sum(await gw.scrape(), "fleetgate_pipeline_pending_messages") >= n
-
-
-async def _stored(dsn: str, n: int) -> bool:
-    return await count_positions(dsn) >= n

@@ -17,7 +17,7 @@ from telemetry.store import (
 )
 from telemetry.store._migrate import load_migrations, render
 from tests.fixtures_db import _can_load_timescaledb
-from tests.test_store import fetch
+from tests.stored_rows import fetch
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,8 @@ import psycopg
 import pytest
 
 from telemetry.store import StorageMismatch, TelemetryStore, VehicleRegistration, migrate
-from tests.test_store import DAY_MS, HOUR_MS, fetch, make_batch, ms, now_ms
+from tests.batches import DAY_MS, HOUR_MS, make_batch, ms, now_ms
+from tests.stored_rows import assert_samples_between_reads_back_what_was_written, fetch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timescaledb]
 
@@ -185,8 +186,6 @@ async def test_maintain_reports_timescaledb_jobs_whose_last_run_failed(timescale
 
 
 async def test_samples_between_reads_compressed_and_uncompressed_chunks(timescale_dsn):
-    from tests.test_store import assert_samples_between_reads_back_what_was_written
-
     async def compress_every_chunk() -> None:
         async with await psycopg.AsyncConnection.connect(timescale_dsn, autocommit=True) as conn:
             await conn.execute(
