@@ -23,8 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.pipeline import PipelineLimits
 from gateway.service import Gateway, GatewayConfig
 from telemetry.store import TelemetryStore, VehicleRegistration
-
-REPO = Path(__file__).resolve().parent.parent
+from tests import REPO
 
 
 async def eventually(

@@ -16,10 +16,11 @@ import pytest
 from fleetgate.cli.devices import parse_duration
 from fleetgate.embedded import Mosquitto, free_port
 from gateway.mqtt import ConnectOptions, MqttClient, MqttError
+from tests import REPO
 from tests.cli_runner import run_fleetgate
 from tests.device_credentials import DEVICES, credentials
 from tests.fixtures_db import run_async
-from tests.harness import REPO, register
+from tests.harness import register
 
 pytestmark = pytest.mark.integration
 

@@ -30,11 +30,11 @@ import httpx
 import pytest
 
 from fleetgate.embedded import free_port
+from tests import REPO
 from tests.cli_runner import run_fleetgate
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parent.parent
 DOCUMENTS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 SHELL_LANGUAGES = {"sh", "bash", "shell", "console"}
 # A block without a language whose lines start like this is a command block in disguise.

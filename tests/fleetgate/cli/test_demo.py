@@ -19,12 +19,11 @@ import pytest
 
 from fleetgate.embedded import free_port
 from telemetry.store import TelemetryStore, VehicleRegistration
+from tests import REPO
 from tests.cli_runner import run_fleetgate
 from tests.fixtures_db import run_async
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 class Demo:

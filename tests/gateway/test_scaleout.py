@@ -19,8 +19,8 @@ from gateway.mqtt import ConnectOptions, MqttClient
 from gateway.mqtt_ingress import read_presence
 from gateway.pipeline import Inbound
 from telemetry.store import TelemetryStore
+from tests import REPO
 from tests.harness import (
-    REPO,
     GatewayProcess,
     count_positions,
     eventually,

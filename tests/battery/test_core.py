@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from battery import (
 from battery._groups import Groups, decayed_sums, hysteresis
 from firmware_sim.model import CHARGING, EBIKE, TRIP, FleetModel
 from telemetry.batch import TelemetryBatch
+from tests import REPO
 from tests.batches import make_batch
 from tests.sim_samples import as_batch
 
@@ -363,7 +363,7 @@ def test_a_restored_state_older_than_the_stored_samples_treats_them_as_a_gap():
 
 
 def test_the_migration_has_a_column_for_every_estimate():
-    migrations = Path(__file__).resolve().parents[1] / "telemetry" / "migrations"
+    migrations = REPO / "telemetry" / "migrations"
     for path in sorted(migrations.glob("0006_battery_health*.sql")):
         sql = path.read_text()
         table = re.search(r"CREATE TABLE battery_health \((.*?)\n\);", sql, re.S).group(1)

@@ -8,13 +8,12 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from benchmarks import _runner, battery, decoder, ingest, mqtt_parser, zone_index
+from tests import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = sorted(
     p.stem
     for p in (REPO / "benchmarks").glob("*.py")

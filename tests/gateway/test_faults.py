@@ -20,8 +20,8 @@ from gateway.pipeline import PROCESSING_FAILED, IngestPipeline
 from gateway.service import Gateway, GatewayFailed
 from gateway.stages import GeofenceStage
 from telemetry.store import TelemetryStore, VehicleRegistration
+from tests import REPO
 from tests.harness import (
-    REPO,
     count_positions,
     eventually,
     gateway_config,

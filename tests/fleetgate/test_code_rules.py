@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import REPO
 
 # What a core must not bring in: the database driver and pool, the metrics client, the web
 # framework, the CoAP stack, the gateway's MQTT client.

@@ -16,6 +16,7 @@ import shapely
 
 from benchmarks.zone_index import city_zones
 from geofence import InvalidZone, Rule, Zone, ZoneKind, ZoneSet, assign_kinds
+from tests import REPO
 
 
 def gbfs_schema(name: str) -> dict:
@@ -28,7 +29,7 @@ def gbfs_schema(name: str) -> dict:
         else []
     )
     candidates += [
-        Path(__file__).resolve().parents[2] / "shared" / "gbfs" / "v3.0",
+        REPO.parent / "shared" / "gbfs" / "v3.0",
         Path("/work/shared/gbfs/v3.0"),
     ]
     for folder in candidates:

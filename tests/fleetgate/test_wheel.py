@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from fleetgate.embedded import EmbeddedServiceError, free_port, wait_for_port
+from tests import REPO
 from tests.fixtures_db import Server
-from tests.harness import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,8 @@ from firmware_sim import Fleet, FleetOptions
 from firmware_sim.model import Area
 from firmware_sim.tcu import CommandBehaviour
 from geofence import Zone
-from tests.harness import REPO, eventually, gateway_config, register, running_gateway
+from tests import REPO
+from tests.harness import eventually, gateway_config, register, running_gateway
 from tests.zones import put_zones, square
 
 pytestmark = pytest.mark.integration
