@@ -1,11 +1,12 @@
 """Rules of the house that no behaviour test shows: a core (sans-IO) loads no IO library, not
 even through its package's face, so it stays usable and testable without a database, broker or
-web framework."""
+web framework; the tree keeps ruff's rules and the import contracts; the tests mirror the rooms."""
 
 from __future__ import annotations
 
 import inspect
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,34 @@ def test_the_import_contracts_hold():
         timeout=120,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+# --- the tests mirror the rooms (docs/architecture.md, "Where the tests are") --------------------
+
+TESTS = REPO / "tests"
+
+
+def test_every_room_has_its_tests_and_every_test_folder_mirrors_a_package():
+    """A room's tests are in tests/<room>/, a subpackage's in the folder of the same path, and
+    nothing lies loose at the top, so the test of a module is where its module is. Each folder is
+    a package: pytest then imports tests/gateway/commands/test_store.py and
+    tests/telemetry/store/test_store.py under their own names."""
+    rooms = [d.name for d in REPO.iterdir() if (d / "__init__.py").is_file() and d != TESTS]
+    assert not [room for room in rooms if not list((TESTS / room).rglob("test_*.py"))]
+    assert not sorted(p.name for p in TESTS.glob("test_*.py")), "move them into their room"
+    folders = [d.relative_to(TESTS) for d in TESTS.rglob("*") if d.is_dir()]
+    folders = [f for f in folders if "__pycache__" not in f.parts]
+    assert not [f for f in folders if not (TESTS / f / "__init__.py").is_file()]
+    assert not [f for f in folders if not (REPO / f / "__init__.py").is_file()], "no such package"
+
+
+def test_no_test_module_imports_another():
+    """What several test modules share lives in a support module at the top of tests/ (no
+    test_ prefix), so that a test module can move without its neighbours."""
+    importing = re.compile(r"^\s*(?:from|import)\s+tests(?:\.\w+)*\.test_\w+", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(TESTS))
+        for path in TESTS.rglob("*.py")
+        if importing.search(path.read_text())
+    ]
+    assert offenders == []
