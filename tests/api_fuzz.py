@@ -1,5 +1,5 @@
 """schemathesis against a live `fleetgate run` (gateway, dispatcher and API in one child process,
-real broker and database): what the CI test (tests/test_api_schemathesis.py) and the longer run
+real broker and database): what the CI test (tests/api/test_schemathesis.py) and the longer run
 (scripts/fuzz-api) share. Every generated request must get a 2xx or 4xx, as the spec says.
 
 Usage: scripts/fuzz-api [--duration 300] [--workers 2] [--seed N] [--keep-report DIR]
@@ -35,7 +35,8 @@ CHECKS = (
     "response_headers_conformance",
 )
 # An endless response (Server-Sent Events) cannot be fuzzed by request and answer; its
-# parameters and its end are tested in tests/test_api.py and tests/test_shutdown.py.
+# parameters and its end are tested in tests/api/test_routes.py and
+# tests/fleetgate/test_shutdown.py.
 EXCLUDED_PATHS = ("/v1/stream",)
 
 

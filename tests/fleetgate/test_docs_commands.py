@@ -120,14 +120,15 @@ def logged(text: str) -> Callable[[Machine], bool]:
 SECRET_LINE = r"(?m)^{}\t[A-Za-z0-9_-]{{32}}$"
 BROKER_CONFIG = Skip(
     "writes into /etc/mosquitto and signals the machine's broker; "
-    "tests/test_device_identity_cli.py runs broker-config and a Mosquitto that includes its "
-    "files as docs/device-identity.md shows"
+    "tests/fleetgate/cli/test_device_identity.py runs broker-config and a Mosquitto that "
+    "includes its files as docs/device-identity.md shows"
 )
 COMMANDS: dict[str, dict[str, Action]] = {
     "README.md": {
         "scripts/demo": Skip(
             "runs scripts/setup (apt-get, pip, npm) and then a demo until Ctrl-C; "
-            "`fleetgate demo`, which it runs, is started and stopped in tests/test_demo.py"
+            "`fleetgate demo`, which it runs, is started and stopped in "
+            "tests/fleetgate/cli/test_demo.py"
         ),
         "scripts/test": Skip("the whole test suite, this test among them"),
         "pip install .": Skip(
@@ -179,13 +180,13 @@ COMMANDS: dict[str, dict[str, Action]] = {
         'coap-client-notls -m post -t 50 -e \'{"t": 1764412800123, "soc_pct": 71.5}\' '
         '"coap://gw.example:5683/fg/v1/lock-0001/telemetry?t=<secret>"': Skip(
             "gw.example and <secret> stand for your gateway and the secret provision printed; "
-            "tests/test_coap_ingress.py sends such uplinks with coap-client"
+            "tests/gateway/coap/test_ingress.py sends such uplinks with coap-client"
         ),
         "aiocoap-client -m POST --content-format application/senml+json --payload "
         '\'[{"n": "soc_pct", "u": "%EL", "v": 71.5}]\' '
         '"coap://gw.example/fg/v1/lock-0001/telemetry?t=<secret>"': Skip(
             "gw.example and <secret> stand for your gateway and the secret provision printed; "
-            "tests/test_coap_ingress.py posts SenML with aiocoap's client"
+            "tests/gateway/coap/test_ingress.py posts SenML with aiocoap's client"
         ),
     },
     "docs/deployment.md": {
@@ -193,14 +194,14 @@ COMMANDS: dict[str, dict[str, Action]] = {
         "fleetgate broker-config --out /etc/mosquitto/fleetgate --reload-pidfile "
         "/run/mosquitto/mosquitto.pid": BROKER_CONFIG,
         "systemctl stop fleetgate@gw-3": Skip(
-            "needs a systemd unit fleetgate@gw-3; tests/test_operations_scaleout.py stops a "
+            "needs a systemd unit fleetgate@gw-3; tests/gateway/test_scaleout.py stops a "
             "gateway process and drains its session"
         ),
         "fleetgate drain gw-3": Run(expect=r'"client_id":"gw-3".*"session_ended":true'),
         ".venv/bin/python -m benchmarks.faults --vehicles 50 --repeat 1 "
         "--scenarios gateway-kill,broker-kill": Skip(
             "a benchmark that starts its own broker, database and gateway for ~20 s per "
-            "scenario; tests/test_gateway_faults.py counts the same under the same faults"
+            "scenario; tests/gateway/test_faults.py counts the same under the same faults"
         ),
     },
     "docs/device-identity.md": {
@@ -220,7 +221,8 @@ COMMANDS: dict[str, dict[str, Action]] = {
         "/run/mosquitto/mosquitto.pid": BROKER_CONFIG,
         "cc -shared -fPIC -O2 -o fleetgate_subscribe_acl.so fleetgate_subscribe_acl.c": Skip(
             "runs where the broker runs, beside a copy of deploy/fleetgate_subscribe_acl.c; "
-            "broker-config builds the plugin the same way in tests/test_device_identity*.py"
+            "broker-config builds the plugin the same way in tests/gateway/test_broker_auth.py "
+            "and tests/fleetgate/cli/test_device_identity.py"
         ),
     },
 }
