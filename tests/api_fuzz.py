@@ -1,5 +1,5 @@
 """schemathesis against a live `fleetgate run` (gateway, dispatcher and API in one child process,
-real broker and database): what the CI test (tests/test_api_schemathesis.py) and the longer run
+real broker and database): what the CI test (tests/api/test_schemathesis.py) and the longer run
 (scripts/fuzz-api) share. Every generated request must get a 2xx or 4xx, as the spec says.
 
 Usage: scripts/fuzz-api [--duration 300] [--workers 2] [--seed N] [--keep-report DIR]
@@ -17,16 +17,15 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import orjson
 
 from fleetgate.embedded import Mosquitto, free_port
 from telemetry.store import TelemetryStore, migrate
+from tests.api_client import fleet
 from tests.fixtures_db import DEFAULT_DSN, Server
 from tests.harness import GatewayProcess, eventually
-from tests.test_api import fleet
 
 CHECKS = (
     "not_a_server_error",
@@ -36,7 +35,8 @@ CHECKS = (
     "response_headers_conformance",
 )
 # An endless response (Server-Sent Events) cannot be fuzzed by request and answer; its
-# parameters and its end are tested in tests/test_api.py and tests/test_shutdown.py.
+# parameters and its end are tested in tests/api/test_routes.py and
+# tests/fleetgate/test_shutdown.py.
 EXCLUDED_PATHS = ("/v1/stream",)
 
 
@@ -49,7 +49,7 @@ async def prepare(dsn: str, vehicles: int = 5) -> str:
     every scope; returns the key."""
     store = await TelemetryStore.open(dsn)
     try:
-        await fleet(SimpleNamespace(store=store), vehicles)
+        await fleet(store, vehicles)
         return (await store.create_api_key(f"fuzz-{uuid.uuid4().hex[:6]}", ["admin"]))[1]
     finally:
         await store.close()

@@ -23,8 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.pipeline import PipelineLimits
 from gateway.service import Gateway, GatewayConfig
 from telemetry.store import TelemetryStore, VehicleRegistration
-
-REPO = Path(__file__).resolve().parent.parent
+from tests import REPO
 
 
 async def eventually(
@@ -69,6 +68,11 @@ async def stored_keys(dsn: str) -> list[tuple[str, int]]:
 async def count_positions(dsn: str) -> int:
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         return (await (await conn.execute("SELECT count(*) FROM positions")).fetchone())[0]
+
+
+async def stored_at_least(dsn: str, n: int) -> bool:
+    """Whether n positions are stored, for waiting until they are."""
+    return await count_positions(dsn) >= n
 
 
 def metric(registry: CollectorRegistry, name: str, **labels) -> float:

@@ -13,7 +13,7 @@ from gateway.stages import BatteryStage, GeofenceStage
 from telemetry.batch import TelemetryBatch
 from telemetry.store import Device, TelemetryStore
 from tests.harness import register
-from tests.test_gateway_geofence import at, square
+from tests.zones import at, square
 
 pytestmark = pytest.mark.integration
 
