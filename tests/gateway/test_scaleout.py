@@ -316,6 +316,7 @@ async def test_one_process_dispatches_commands_and_another_takes_over(
             await conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name = 'fleetgate-dispatcher-lease' "
+                "AND datname = current_database() "  # not other test runs' gateways
                 "AND pid IN (SELECT pid FROM pg_locks "
                 "WHERE locktype = 'advisory' AND granted)"
             )
