@@ -135,45 +135,55 @@ def demo(
     for line in _demo_endpoints(s, services):
         typer.echo(f"  {line}")
 
-    async def main() -> None:
-        await migrate_database(services.database_url, s)
-        fleet = Fleet(opts)
-        await register_fleet(services.database_url, fleet)
-        if s.database_url is not None:
-            others = await with_store(
-                services.database_url, lambda store: _vehicles_besides(store, fleet.device_ids)
-            )
-            if others:
-                typer.echo(
-                    f"  the configured database holds {others} more vehicles (earlier "
-                    "runs, or your own): the demo deletes nothing there, so they show "
-                    "beside its fleet"
-                )
-        if s.api_port:
-            # A key for this demo run, so the map opens at once (never do this in production).
-            _, key = await with_store(
-                services.database_url,
-                lambda store: store.create_api_key(
-                    f"demo-{time.strftime('%Y%m%d-%H%M%S')}", ["admin"]
-                ),
-            )
-            typer.echo(f"live map: http://{s.api_host}:{s.api_port}/map/#key={key}")
-
-        async def run_fleet(gateway: Gateway) -> None:
-            await _until_subscribed(gateway)
-            last = {"stored": 0.0, "at": time.monotonic()}
-
-            async def report() -> None:
-                typer.echo(_demo_status(gateway, fleet, last))
-
-            await drive_fleet(fleet, gateway.stopping, report_every, report)
-
-        await run_gateway(s, services, migrate=False, fleet=run_fleet)
-
     try:
-        asyncio.run(main())
+        asyncio.run(_run_demo(s, services, Fleet(opts), report_every))
     finally:
         services.close()
+
+
+async def _run_demo(s: Settings, services: Services, fleet, report_every: float) -> None:
+    """Prepare the database for the fleet, then run the gateway with the fleet beside it until
+    Ctrl-C; a status line every report_every seconds and a last one once everything stopped."""
+    await migrate_database(services.database_url, s)
+    await register_fleet(services.database_url, fleet)
+    await _say_what_else_the_database_holds(s, services, fleet)
+    if s.api_port:
+        # A key for this demo run, so the map opens at once (never do this in production).
+        _, key = await with_store(
+            services.database_url,
+            lambda store: store.create_api_key(f"demo-{time.strftime('%Y%m%d-%H%M%S')}", ["admin"]),
+        )
+        typer.echo(f"live map: http://{s.api_host}:{s.api_port}/map/#key={key}")
+
+    last = {"stored": 0.0, "at": time.monotonic()}
+    running: list[Gateway] = []
+
+    async def run_fleet(gateway: Gateway) -> None:
+        running.append(gateway)
+        await _until_subscribed(gateway)
+
+        async def report() -> None:
+            typer.echo(_demo_status(gateway, fleet, last))
+
+        await drive_fleet(fleet, gateway.stopping, report_every, report)
+
+    await run_gateway(s, services, migrate=False, fleet=run_fleet)
+    if running:  # after the graceful stop: what it held is committed and acknowledged now
+        typer.echo(_demo_status(running[0], fleet, last))
+
+
+async def _say_what_else_the_database_holds(s: Settings, services: Services, fleet) -> None:
+    if s.database_url is None:
+        return
+    others = await with_store(
+        services.database_url, lambda store: _vehicles_besides(store, fleet.device_ids)
+    )
+    if others:
+        typer.echo(
+            f"  the configured database holds {others} more vehicles (earlier "
+            "runs, or your own): the demo deletes nothing there, so they show "
+            "beside its fleet"
+        )
 
 
 def _demo_endpoints(s: Settings, services: Services) -> list[str]:

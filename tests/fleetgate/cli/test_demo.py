@@ -122,6 +122,8 @@ def test_each_run_on_the_embedded_services_has_exactly_its_fleet_and_says_what_i
             )
         assert first.vehicles_on_the_map() == ["veh-0001", "veh-0002", "veh-0003"]
         assert first.interrupt() == 0, first.output
+        last = [line for line in first.output.splitlines() if "unacknowledged" in line][-1]
+        assert last.endswith("unacknowledged 0"), "the last line comes after the graceful stop"
 
     with Demo(tmp_path, "--vehicles", "2") as second:  # same data folder: a second run
         second.wait_for(r"vehicles connected 2/2")
