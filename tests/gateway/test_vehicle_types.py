@@ -186,3 +186,47 @@ async def test_a_type_added_while_the_gateway_runs_gets_its_pack_and_its_zone_ru
         assert gw.battery.core.types["trike"].nominal_kwh == pytest.approx(0.96)
     events = [t for _, t in await geofence_events_of(pg_dsn, ids["tr-1"])]
     assert events.count("speeding_in_zone") == 1
+
+
+async def test_each_types_plausibility_limit_follows_its_form_factor_unless_overridden(pg_dsn):
+    """A fix 2 km from the previous one a minute later (120 km/h) is a GPS jump for a scooter
+    (80 km/h, a two-wheeler's limit) but not for a moped (150) or a car (300); an operator's
+    limit for a type overrides its own."""
+    from gateway.pipeline import DeviceRegistry
+    from telemetry.batch import FLAG_IMPLAUSIBLE_JUMP
+    from telemetry.plausibility import PlausibilityFilter
+    from tests.batches import make_batch
+    from tests.zones import at
+
+    ids = await register(
+        pg_dsn,
+        [
+            ("sc-p", "veh-sc-p", "scooter"),
+            ("mo-p", "veh-mo-p", "moped"),
+            ("ca-p", "veh-ca-p", "car"),
+        ],
+    )
+    t0 = int(time.time() * 1000) - 600_000
+    (lat0, lon0), (lat1, lon1) = at(0), at(2000)
+
+    async def jumps(overrides) -> dict[str, bool]:
+        plausibility = PlausibilityFilter()
+        async with await TelemetryStore.open(pg_dsn) as store:
+            await DeviceRegistry(store, plausibility, overrides).refresh()
+        rows = []
+        for v in ids.values():
+            rows += [
+                {"vehicle": v, "t": t0, "lat": lat0, "lon": lon0},
+                {"vehicle": v, "t": t0 + 60_000, "lat": lat1, "lon": lon1},
+            ]
+        batch = make_batch(rows)
+        plausibility.apply(batch)
+        flagged = (batch.flags & FLAG_IMPLAUSIBLE_JUMP) != 0
+        return {d: bool(flagged[(batch.vehicle == v)].any()) for d, v in ids.items()}
+
+    assert await jumps({}) == {"sc-p": True, "mo-p": False, "ca-p": False}
+    assert await jumps({"scooter": 130.0, "moped": 100.0}) == {
+        "sc-p": False,
+        "mo-p": True,
+        "ca-p": False,
+    }

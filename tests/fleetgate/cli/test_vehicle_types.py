@@ -157,3 +157,14 @@ def test_sim_registers_a_mixed_fleet(pg_dsn, tmp_path):
             return sorted(d.vehicle_type for d in (await store.load_registry()).values())
 
     assert run_async(types_of_registered()) == ["car"] + ["ebike"] * 6 + ["scooter"] * 3
+
+
+def test_the_speed_settings_override_a_types_plausibility_limit_only_when_set(monkeypatch):
+    from fleetgate.settings import Settings
+    from fleetgate.wiring import plausibility_overrides
+
+    for name in [k for k in os.environ if k.startswith("FLEETGATE_")]:
+        monkeypatch.delenv(name)
+    assert plausibility_overrides(Settings.load()) == {}
+    monkeypatch.setenv("FLEETGATE_CAR_MAX_SPEED_KMH", "200")
+    assert plausibility_overrides(Settings.load()) == {"car": 200.0}
