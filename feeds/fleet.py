@@ -24,8 +24,8 @@ class FleetState:
     range_m        battery core's range estimate, m (NaN: unknown)
     soc_pct        state of charge, % (NaN: unknown)
     last_reported  newest sample, seconds since the epoch (NaN: never)
-    rotation       what changes with every trip: the seq of the vehicle's newest completed lock
-                   command (0: never locked by command); it keys the public vehicle id
+    rotation       what changes with every trip (object array: the API uses the newest lock or
+                   unlock command and the odometer); it keys the public vehicle id
     station_id     the station zone the vehicle stands in (object array, None: none)
     reserved       held by a reservation (no reservations yet: all False)
     """
@@ -64,7 +64,7 @@ class FleetState:
             range_m=column("range_m", np.float64, np.nan),
             soc_pct=column("soc_pct", np.float64, np.nan),
             last_reported=column("last_reported", np.float64, np.nan),
-            rotation=column("rotation", np.int64, 0),
+            rotation=column("rotation", object, None),
             station_id=column("station_id", object, None),
             reserved=column("reserved", bool, False),
         )
@@ -82,7 +82,8 @@ def rentable(fleet: FleetState) -> np.ndarray:
 
 
 def public_vehicle_ids(secret: bytes, vehicle: np.ndarray, rotation: np.ndarray) -> list[str]:
-    """GBFS vehicle_id: a keyed hash (BLAKE2b, 128 bits) of (vehicle, rotation). The same vehicle
+    """GBFS vehicle_id: a keyed hash (BLAKE2b, 128 bits) of (vehicle, rotation), rotation being
+    anything that changes with every trip. The same vehicle
     keeps its id while it stands, and gets a new, unlinkable one after each trip; without the
     secret nobody can tell two ids apart from two vehicles."""
     key = secret if len(secret) <= 64 else hashlib.sha256(secret).digest()  # BLAKE2b's limit
