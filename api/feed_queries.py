@@ -37,7 +37,7 @@ ORDER BY o.vehicle
 
 
 async def fleet_state(store: TelemetryStore, station_ids: Sequence[str]) -> FleetState:
-    async with store.pool.connection() as conn:
+    async with store.connection() as conn:
         cur = await conn.execute(_FLEET, [list(station_ids)])
         rows = await cur.fetchall()
     return fleet_from_tuples(rows)
@@ -158,7 +158,7 @@ UNION ALL
 
 async def ride_track(store: TelemetryStore, ride: Ride) -> list[tuple[float, float, float]]:
     """The ride's fixes (time, lat, lon): the last one before it began, then those during it."""
-    async with store.pool.connection() as conn:
+    async with store.connection() as conn:
         cur = await conn.execute(
             _RIDE_FIXES, {"v": ride.vehicle, "s": ride.start_time, "e": ride.end_time}
         )
@@ -234,7 +234,7 @@ async def events_between(
 
 
 async def _rows(store: TelemetryStore, query: str, params) -> list[dict]:
-    async with store.pool.connection() as conn:
+    async with store.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(query, params)
         return await cur.fetchall()

@@ -7,12 +7,16 @@ The files are built by the feeds core from what api.feed_queries reads."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from feeds import FeedSystem
+from telemetry.store import StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,13 +27,17 @@ class CachedFile:
 
 class FeedCache:
     """Built files by name, each until its ttl runs out; one build at a time per file (the
-    others wait for it rather than building the same file again)."""
+    others wait for it rather than building the same file again). While the database is
+    unavailable, a file built before is served as it was (its last_updated says how old it is:
+    trip planners keep a slightly old feed rather than none)."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._files: dict[str, CachedFile] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.builds = 0
+        self.stale_served = 0
+        self.retry_s = 5.0  # after a failed build, how long the old file is served unasked
 
     async def get(
         self, name: str, ttl_s: float, build: Callable[[], Awaitable[bytes]]
@@ -46,7 +54,16 @@ class FeedCache:
             hit = self._files.get(name)
             if hit is not None and hit.expires > time.monotonic():
                 return hit.body, True
-            body = await build()
+            try:
+                body = await build()
+            except StoreUnavailable as exc:
+                if hit is None:
+                    raise
+                self.stale_served += 1
+                # Not again at once: the requests queued behind this build get the old file too.
+                self._files[name] = CachedFile(hit.body, time.monotonic() + self.retry_s)
+                log.warning("feed_served_stale", extra={"file": name, "reason": str(exc)})
+                return hit.body, True
             self.builds += 1
             self._files[name] = CachedFile(body, time.monotonic() + max(ttl_s, 0.0))
             return body, False

@@ -63,6 +63,11 @@ EVENT_MAP: dict[tuple[str, str], dict[str, tuple[str, str]]] = {
     },
     ("battery", "pack_swapped"): {MICROMOBILITY: ("available", "battery_charged")},
     ("geofence", "left_operating_area"): {MICROMOBILITY: ("elsewhere", "unspecified")},
+    # Presence events of issue 20 (source 'vehicle'), where the database stores them.
+    ("vehicle", "vehicle.comms_lost"): {
+        MICROMOBILITY: ("non_contactable", "comms_lost"),
+        CAR_SHARE: ("non_contactable", "comms_lost"),
+    },
 }
 TRIP_EVENTS = frozenset({"trip_start", "trip_end"})
 # What vehicles/status says happened last when it describes the current state itself.

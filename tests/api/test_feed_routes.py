@@ -4,15 +4,24 @@ rate limit. (tests/api/test_feeds_live.py runs them over a live simulated fleet.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
+import uvicorn
 
+from api import ApiContext, KeyCache, LiveHub, create_app
 from api.feed_service import FeedCache, RateLimiter
 from feeds import MDS_MEDIA_TYPE
+from fleetgate.embedded import free_port
+from telemetry.store import TelemetryStore
 from tests.api_client import assert_problem, fleet
 from tests.feed_schemas import assert_gbfs_valid
 from tests.feeds_setup import PROVIDER_ID, feed_service, feed_system
+from tests.harness import eventually
+from tests.netproxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +137,54 @@ async def test_mds_refuses_bad_hours_spans_providers_and_versions_in_mds_errors(
             "/mds/telemetry", params={"telemetry_time": hour_of(now), "cursor": "x"}
         )
         assert_mds_error(bad_cursor, 400, "bad_param")
+
+
+async def test_during_a_database_outage_a_built_file_is_served_as_it_was_else_503(pg_dsn):
+    """The database behind a proxy that is cut: vehicle_status, built before, is served as it
+    was (its last_updated unchanged); a file never built is a 503 problem; after the outage the
+    files are fresh again."""
+    proxy = await TcpProxy.start_for(pg_dsn)
+    store = await TelemetryStore.open(proxy.dsn(pg_dsn), timeout_s=1.0)
+    await fleet(store, 4)
+    service = feed_service(feed_system(ttl_s=0))
+    ctx = ApiContext(store=store, live=LiveHub(store), key_cache=KeyCache(0), feeds=service)
+    try:
+        async with served(create_app(ctx)) as url, httpx.AsyncClient(base_url=url) as public:
+            before = await public.get("/gbfs/v3/test-city/vehicle_status.json")
+            assert before.status_code == 200
+            await proxy.cut()
+            during = await public.get("/gbfs/v3/test-city/vehicle_status.json")
+            assert during.status_code == 200 and during.content == before.content
+            assert service.cache.stale_served == 1
+            assert_problem(
+                await public.get("/gbfs/v3/test-city/station_status.json"), 503, "database"
+            )
+            await proxy.restore()
+            service.cache.retry_s = 0.0
+
+            async def fresh() -> bool:
+                answer = await public.get("/gbfs/v3/test-city/vehicle_status.json")
+                return answer.status_code == 200 and answer.content != before.content
+
+            await eventually(fresh, timeout=20, what="a fresh vehicle_status after the outage")
+    finally:
+        await store.close()
+        await proxy.close()
+
+
+@contextlib.asynccontextmanager
+async def served(app):
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, lifespan="off", access_log=False
+        )
+    )
+    server.install_signal_handlers = lambda: None
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, timeout=10, what="the API serving")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
