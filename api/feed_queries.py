@@ -95,12 +95,12 @@ async def zones_and_stations(
 
 # --- MDS -----------------------------------------------------------------------------------
 
-_VEHICLES = """
+_VEHICLE_COLUMNS = """
 SELECT v.id AS vehicle, v.vehicle_ref, t.form_factor, t.propulsion_type,
        t.battery_nominal_ah * t.battery_nominal_v AS battery_capacity_wh, t.max_speed_kmh
 FROM vehicles v JOIN vehicle_types t ON t.id = v.vehicle_type
-WHERE v.vehicle_ref > %s ORDER BY v.vehicle_ref LIMIT %s
 """
+_VEHICLES = _VEHICLE_COLUMNS + "WHERE v.vehicle_ref > %s ORDER BY v.vehicle_ref LIMIT %s"
 
 _STATUSES = """
 SELECT o.vehicle, o.vehicle_ref, t.form_factor, o.status,
@@ -110,8 +110,10 @@ SELECT o.vehicle, o.vehicle_ref, t.form_factor, o.status,
          WHERE c.vehicle = o.vehicle AND c.type IN ('lock', 'unlock') AND c.state = 'succeeded'
          ORDER BY c.seq DESC LIMIT 1) AS open_trip
 FROM vehicle_overview o JOIN vehicle_types t ON t.id = o.vehicle_type
-WHERE o.vehicle_ref > %s AND o.lat IS NOT NULL ORDER BY o.vehicle_ref LIMIT %s
 """
+_STATUS_PAGE = _STATUSES + (
+    "WHERE o.vehicle_ref > %s AND o.lat IS NOT NULL ORDER BY o.vehicle_ref LIMIT %s"
+)
 
 
 async def mds_vehicles(store: TelemetryStore, after: str, limit: int) -> list[dict]:
@@ -119,7 +121,23 @@ async def mds_vehicles(store: TelemetryStore, after: str, limit: int) -> list[di
 
 
 async def mds_statuses(store: TelemetryStore, after: str, limit: int) -> list[dict]:
-    return await _rows(store, _STATUSES, [after, limit])
+    return await _rows(store, _STATUS_PAGE, [after, limit])
+
+
+async def mds_vehicle(store: TelemetryStore, vehicle_ref: str) -> dict | None:
+    rows = await _rows(store, _VEHICLE_COLUMNS + "WHERE v.vehicle_ref = %s", [vehicle_ref])
+    return rows[0] if rows else None
+
+
+async def mds_status(store: TelemetryStore, vehicle_ref: str) -> dict | None:
+    rows = await _rows(
+        store, _STATUSES + "WHERE o.vehicle_ref = %s AND o.lat IS NOT NULL", [vehicle_ref]
+    )
+    return rows[0] if rows else None
+
+
+async def all_vehicle_refs(store: TelemetryStore) -> list[str]:
+    return [r["vehicle_ref"] for r in await _rows(store, "SELECT vehicle_ref FROM vehicles", [])]
 
 
 _RIDE_COMMANDS = """
@@ -185,17 +203,20 @@ async def vehicle_refs(store: TelemetryStore, vehicles: Sequence[int]) -> dict[i
 
 _TELEMETRY = """
 SELECT p.vehicle, v.vehicle_ref, t.form_factor, extract(epoch FROM p.time)::float8 AS time,
+       (extract(epoch FROM p.time) * 1000000)::bigint AS time_us,
        p.lat, p.lon, p.speed_kmh, p.heading_deg, p.soc_pct
 FROM positions p JOIN vehicles v ON v.id = p.vehicle JOIN vehicle_types t ON t.id = v.vehicle_type
 WHERE p.time >= %s AND p.time < %s AND p.lat IS NOT NULL AND p.flags = 0
-  AND (p.time, p.vehicle) > (to_timestamp(%s), %s)
+  AND (p.time, p.vehicle) > (timestamptz 'epoch' + %s * interval '1 microsecond', %s)
 ORDER BY p.time, p.vehicle LIMIT %s
 """
 
 
 async def telemetry_between(
-    store: TelemetryStore, start: datetime, end: datetime, after: tuple[float, int], limit: int
+    store: TelemetryStore, start: datetime, end: datetime, after: tuple[int, int], limit: int
 ) -> list[dict]:
+    """A page of the plausible fixes of [start, end), after (time in µs since the epoch,
+    vehicle): whole microseconds, so that a page's last row is never read again."""
     return await _rows(store, _TELEMETRY, [start, end, after[0], after[1], limit])
 
 

@@ -109,3 +109,4 @@ class FeedService:
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(10.0, 30))
     clock: Callable[[], datetime] = utc_now
     mds_page_size: int = 1000
+    device_refs: dict[str, str] = field(default_factory=dict)  # MDS device_id -> vehicle_ref

@@ -9,6 +9,7 @@ have `links.next` (a URL, null on the last page)."""
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -142,6 +143,54 @@ async def vehicles_status(
     )
 
 
+async def _vehicle_ref(ctx: ApiContext, mds: MdsProvider, device_id: str) -> str:
+    """The vehicle a device_id names (UUIDv5s cannot be reversed: the fleet's are computed,
+    and remembered until one is asked for that is not known)."""
+    try:
+        device_id = str(uuid.UUID(device_id))
+    except ValueError:
+        raise MdsError(400, "bad_param", f"device_id {device_id!r} is not a UUID") from None
+    known = ctx.feeds.device_refs
+    if device_id not in known:
+        refs = await feed_queries.all_vehicle_refs(ctx.store)
+        known.clear()
+        known.update({mds.device_id(r): r for r in refs})
+    if device_id not in known:
+        raise MdsError(404, "not_found", f"no vehicle with device_id {device_id}")
+    return known[device_id]
+
+
+@router.get("/vehicles/status/{device_id}", summary="MDS status of one vehicle")
+async def vehicle_status(request: Request, mds: Provider, device_id: str) -> Response:
+    ctx = context(request)
+    row = await feed_queries.mds_status(ctx.store, await _vehicle_ref(ctx, mds, device_id))
+    if row is None:
+        raise MdsError(404, "not_found", f"vehicle {device_id} has reported no position yet")
+    row["trip_ids"] = [row["open_trip"]] if row["open_trip"] else None
+    item = mds.vehicle_status(row, mds_mode(row["form_factor"]))
+    return _respond(
+        envelope(
+            "vehicles_status", [item], last_updated=ms(ctx.feeds.clock()), ttl=NEAR_REALTIME_TTL_MS
+        )
+    )
+
+
+@router.get("/vehicles/{device_id}", summary="One MDS vehicle")
+async def vehicle(request: Request, mds: Provider, device_id: str) -> Response:
+    ctx = context(request)
+    row = await feed_queries.mds_vehicle(ctx.store, await _vehicle_ref(ctx, mds, device_id))
+    if row is None:  # removed since the device ids were computed
+        raise MdsError(404, "not_found", f"no vehicle with device_id {device_id}")
+    return _respond(
+        envelope(
+            "vehicles",
+            [mds.vehicle(row)],
+            last_updated=ms(ctx.feeds.clock()),
+            ttl=NEAR_REALTIME_TTL_MS,
+        )
+    )
+
+
 def _past_hour(ctx: ApiContext, text: str | None, name: str) -> tuple[datetime, bool]:
     """The hour named, and whether it is over (MDS: a running hour is 202, a future one 404)."""
     try:
@@ -190,12 +239,12 @@ async def trips(
     return _respond(envelope("trips", items))
 
 
-def _cursor_pair(cursor: str) -> tuple[float, int]:
+def _cursor_pair(cursor: str) -> tuple[int, int]:
     if not cursor:
-        return (0.0, 0)
+        return (0, 0)
     try:
         t, v = cursor.split("_", 1)
-        return float(t), int(v)
+        return int(t), int(v)
     except ValueError:
         raise MdsError(400, "bad_param", f"cursor {cursor!r} is not one this API gave") from None
 
@@ -220,7 +269,7 @@ async def telemetry(
     for row in rows:
         trips = [r.trip_id for r in by_vehicle.get(row["vehicle"], ()) if r.covers(row["time"])]
         items.append(mds.telemetry(row, trips or None))
-    more = f"{rows[-1]['time']!r}_{rows[-1]['vehicle']}" if len(rows) == limit else None
+    more = f"{rows[-1]['time_us']}_{rows[-1]['vehicle']}" if len(rows) == limit else None
     return _respond(envelope("telemetry", items, links=_next_link(request, more)))
 
 

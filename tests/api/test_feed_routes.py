@@ -133,6 +133,10 @@ async def test_mds_refuses_bad_hours_spans_providers_and_versions_in_mds_errors(
             "/mds/vehicles", headers={"Accept": "application/vnd.mds+json;version=1.2"}
         )
         assert_mds_error(old_version, 406, "unsupported_version")
+        assert_mds_error(await agency.get("/mds/vehicles/not-a-uuid"), 400, "bad_param")
+        unknown = "00000000-0000-4000-8000-000000000000"
+        assert_mds_error(await agency.get(f"/mds/vehicles/{unknown}"), 404, "not_found")
+        assert_mds_error(await agency.get(f"/mds/vehicles/status/{unknown}"), 404, "not_found")
         bad_cursor = await agency.get(
             "/mds/telemetry", params={"telemetry_time": hour_of(now), "cursor": "x"}
         )

@@ -205,6 +205,14 @@ async def check_mds(api_server, fleet: Fleet, ref: str, unlock: dict, lock: dict
         assert len(vehicles) == len(modes)
         statuses = await all_pages(agency, "/mds/vehicles/status", {}, "vehicles_status", modes)
         assert len(statuses) == len(modes)
+        device = provider.device_id(ref)
+        one = await agency.get(f"/mds/vehicles/{device}")
+        assert one.status_code == 200 and one.json()["vehicles"][0]["vehicle_id"] == ref
+        assert_mds_valid("provider:/vehicles/{device_id}", one.json(), modes[device])
+        status = await agency.get(f"/mds/vehicles/status/{device}")
+        assert status.status_code == 200, status.text
+        assert_mds_valid("provider:/vehicles/status/{device_id}", status.json(), modes[device])
+        assert status.json()["vehicles_status"][0]["last_event"]["vehicle_state"] == "available"
 
         trips = await valid(agency, "/mds/trips", {"end_time": hour}, "trips", modes)
         trip = next(t for t in trips if t["trip_id"] == unlock["id"])
@@ -220,6 +228,7 @@ async def check_mds(api_server, fleet: Fleet, ref: str, unlock: dict, lock: dict
         ours = [e for e in events if e.get("trip_ids") == [unlock["id"]]]
         assert sorted(e["event_types"][0] for e in ours) == ["trip_end", "trip_start"]
 
+        api_server.context.feeds.mds_page_size = 100  # a few pages of an hour's fixes
         telemetry = await all_pages(
             agency, "/mds/telemetry", {"telemetry_time": hour}, "telemetry", modes
         )
