@@ -16,6 +16,7 @@ import pytest
 from api import feed_queries
 from feeds import MdsProvider, mds_mode, public_vehicle_ids
 from firmware_sim import Fleet, FleetOptions
+from firmware_sim.model import PARKED
 from firmware_sim.specs import Area
 from firmware_sim.tcu import CommandBehaviour
 from geofence import Zone
@@ -106,6 +107,15 @@ async def public_ids(api_server) -> dict[str, str]:
     return {refs[v]: i for v, i in zip(fleet.vehicle.tolist(), ids)}
 
 
+def parked_until(fleet: Fleet) -> dict[str, int]:
+    """vehicle_ref -> when the simulator ends its parking (simulated ms), for parked vehicles."""
+    refs = [r for _, r, _ in fleet.registrations()]
+    model = fleet.model
+    return {
+        ref: int(model.phase_end_ms[i]) for i, ref in enumerate(refs) if model.phase[i] == PARKED
+    }
+
+
 async def shown_ids(client) -> set[str]:
     doc = (await client.get("/gbfs/v3/test-city/vehicle_status.json")).json()
     assert_gbfs_valid("vehicle_status", doc)
@@ -168,7 +178,10 @@ async def test_a_ride_hides_the_vehicle_and_it_returns_under_a_new_id_and_as_an_
             )
             ids = await public_ids(api_server)
             shown = await shown_ids(public)
-            ref = next(r for r, i in sorted(ids.items()) if i in shown)
+            # The shown vehicle the simulator leaves parked longest: no ride of its own begins
+            # while the test rides it.
+            parked = parked_until(fleet)
+            ref = max((r for r, i in ids.items() if i in shown and r in parked), key=parked.get)
             before = ids[ref]
 
             unlock = await command(api_server, ref, "unlock")
