@@ -54,12 +54,16 @@ class Settled(str, Enum):
 class Scheduler:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     rng: random.Random = field(default_factory=random.Random)
+    # At most this many of one subscription in flight, so that a slow receiver cannot take
+    # every slot of the shell's concurrency from the others.
+    per_subscription: int | None = None
 
     def __post_init__(self) -> None:
         self._queues: dict[tuple[str, int], deque[Delivery]] = {}
         self._keys_by_subscription: dict[str, set[tuple[str, int]]] = {}
         self._due: list[tuple[float, int, Delivery]] = []  # heads not in flight (lazy deletion)
         self._in_flight: set[tuple[str, int]] = set()
+        self._in_flight_by_subscription: dict[str, int] = {}
         self._tiebreak = itertools.count()
         self.queued = 0
 
@@ -79,20 +83,34 @@ class Scheduler:
     def take_due(self, now: float, limit: int) -> list[Delivery]:
         """Up to limit heads due by now, marked in flight (earliest due first)."""
         taken: list[Delivery] = []
+        held_back: list[tuple[float, int, Delivery]] = []
         while self._due and len(taken) < limit and self._due[0][0] <= now:
-            due, _, delivery = heapq.heappop(self._due)
+            entry = heapq.heappop(self._due)
+            due, _, delivery = entry
             if not self._is_live(due, delivery):
                 continue  # an entry left behind by a retry or a dropped subscription
+            busy = self._in_flight_by_subscription.get(delivery.subscription, 0)
+            if self.per_subscription is not None and busy >= self.per_subscription:
+                held_back.append(entry)
+                continue
             self._in_flight.add(delivery.key)
+            self._in_flight_by_subscription[delivery.subscription] = busy + 1
             if delivery.first_attempt_at is None:
                 delivery.first_attempt_at = now
             taken.append(delivery)
+        for entry in held_back:
+            heapq.heappush(self._due, entry)
         return taken
 
     def settle(self, delivery: Delivery, status: int | None, now: float) -> Settled:
         """The answer to an attempt (status None: timeout or connection error)."""
         key = delivery.key
         self._in_flight.discard(key)
+        left = self._in_flight_by_subscription.get(delivery.subscription, 1) - 1
+        if left > 0:
+            self._in_flight_by_subscription[delivery.subscription] = left
+        else:
+            self._in_flight_by_subscription.pop(delivery.subscription, None)
         queue = self._queues.get(key)
         if not queue or queue[0] is not delivery:
             if queue and queue[0].key not in self._in_flight:

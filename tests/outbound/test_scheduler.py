@@ -111,3 +111,14 @@ def test_take_due_respects_the_limit_and_next_due_at():
     assert len(rest) == 2
     s.settle(rest[0], 500, now=1)
     assert 5 <= s.next_due_at() <= 9
+
+
+def test_one_subscription_cannot_take_every_slot():
+    s = Scheduler(RetryPolicy(), random.Random(7), per_subscription=2)
+    for vehicle in range(5):
+        s.add(Delivery("slow", _event(vehicle + 1, vehicle)))
+    s.add(Delivery("fast", _event(9, 1)))
+    taken = s.take_due(0, 10)
+    assert sorted(d.subscription for d in taken) == ["fast", "slow", "slow"]
+    s.settle(taken[0] if taken[0].subscription == "slow" else taken[1], 200, now=0)
+    assert [d.subscription for d in s.take_due(0, 10)] == ["slow"]

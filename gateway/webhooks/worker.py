@@ -1,0 +1,272 @@
+"""The webhook delivery worker: one per deployment (under a lease, gateway/service.py), in the
+gateway process, apart from ingestion: a slow or failing receiver holds back deliveries, never a
+commit.
+
+Each turn it numbers newly committed events into the outbox, loads what each enabled
+subscription still has to receive, posts what the scheduler (outbound.Scheduler: ordered per
+vehicle per subscription, retries with backoff) says is due, with at most `concurrency` requests
+in flight over one pooled HTTP client (keep-alive per receiver), and records the answers with how
+far each subscription is settled. A process killed between a delivery and its record delivers
+it again after the restart: at least once, with the same event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from gateway.webhooks.metrics import WebhookMetrics
+from gateway.webhooks.store import Attempt, OutboxStore, SubscriptionRow, outbound_event
+from outbound import Delivery, RetryPolicy, Scheduler, Settled, sign
+from telemetry.store import StoreUnavailable, TelemetryStore
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "fleetgate-webhooks/1"
+_RESPONSE_READ_LIMIT = 64 * 1024  # an answer's body beyond this is not read (the connection goes)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    concurrency: int = 64  # requests in flight, all receivers together
+    per_subscription: int = 32  # of which one subscription may hold at most this many
+    timeout_s: float = 10.0  # a whole attempt: connect, send, answer
+    poll_s: float = 0.2  # how often new commits are looked for
+    backlog: int = 20_000  # deliveries held in memory per subscription (the rest wait in the db)
+    sequence_batch: int = 5_000
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    dead_letters_s: float = 10.0  # how often the dead letters are counted
+
+
+@dataclass
+class _Sub:
+    row: SubscriptionRow
+    loaded_through: int  # outbox positions up to here are queued or settled
+
+
+class WebhookWorker:
+    def __init__(
+        self, store: TelemetryStore, config: WebhookConfig, metrics: WebhookMetrics
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._outbox = OutboxStore(store)
+        self._scheduler = Scheduler(
+            config.retry, random.Random(), per_subscription=config.per_subscription
+        )
+        self._subs: dict[str, _Sub] = {}
+        self._top = 0  # the outbox's highest position
+        self._results: list[tuple[Delivery, int | None, str | None, float]] = []
+        self._wake = asyncio.Event()
+        self._in_flight: set[asyncio.Task] = set()
+        self._next_poll = 0.0
+        self._next_dead_count = 0.0
+        self.turns = 0  # completed turns (readiness: the worker makes progress)
+
+    async def run(self) -> None:
+        """Deliver until cancelled. Database outages are waited out; anything else raises."""
+        cfg = self.config
+        limits = httpx.Limits(
+            max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
+        )
+        async with httpx.AsyncClient(
+            limits=limits,
+            timeout=httpx.Timeout(cfg.timeout_s),
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT},
+        ) as client:
+            self._client = client
+            try:
+                while True:
+                    try:
+                        await self._turn()
+                    except StoreUnavailable as exc:
+                        log.warning("webhooks_store_unavailable", extra={"error": str(exc)[:300]})
+                        await asyncio.sleep(1.0)
+                        continue
+                    self.turns += 1
+                    await self._wait()
+            finally:
+                for task in self._in_flight:
+                    task.cancel()
+                with contextlib.suppress(Exception):
+                    await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def _turn(self) -> None:
+        now = time.time()
+        if now >= self._next_poll:
+            self._next_poll = now + self.config.poll_s
+            await self._sequence()
+            await self._sync_subscriptions()
+            await self._load()
+        await self._settle_and_record()
+        self._start_due()
+        if now >= self._next_dead_count:
+            self._next_dead_count = now + self.config.dead_letters_s
+            self.metrics.dead_letters.set(await self._outbox.dead_letters())
+        oldest = self._scheduler.oldest_sequenced_at()
+        self.metrics.lag_seconds.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+
+    async def _wait(self) -> None:
+        now = time.time()
+        until = self._next_poll
+        due = self._scheduler.next_due_at()
+        if due is not None and len(self._in_flight) < self.config.concurrency:
+            until = min(until, due)
+        if self._results:
+            return
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(0.0, until - now))
+
+    # --- the outbox and the subscriptions ---------------------------------------------------
+
+    async def _sequence(self) -> None:
+        while True:
+            read, self._top = await self._outbox.sequence(self.config.sequence_batch)
+            if read < self.config.sequence_batch:
+                return
+
+    async def _sync_subscriptions(self) -> None:
+        rows = {r.id: r for r in await self._outbox.subscriptions()}
+        for sub_id in list(self._subs):
+            row = rows.get(sub_id)
+            if row is None or not row.enabled or row.revision != self._subs[sub_id].row.revision:
+                self._scheduler.drop(sub_id)  # deleted, disabled, or changed: reloaded below
+                del self._subs[sub_id]
+        for sub_id, row in rows.items():
+            if row.enabled and sub_id not in self._subs:
+                self._subs[sub_id] = _Sub(row, row.resolved_through)
+
+    async def _load(self) -> None:
+        for sub in self._subs.values():
+            room = self.config.backlog - self._scheduler.queued_for(sub.row.id)
+            if room <= 0 or sub.loaded_through >= self._top:
+                continue
+            rows = await self._outbox.to_deliver(sub.row, sub.loaded_through, self._top, room)
+            for row in rows:
+                delivery = Delivery(sub.row.id, outbound_event(row))
+                if row["attempts"] is not None:  # waiting for a retry before the restart
+                    delivery.failures = row["attempts"]
+                    delivery.first_attempt_at = row["first_attempt_at"]
+                    delivery.due_at = row["next_attempt_at"] or 0.0
+                self._scheduler.add(delivery)
+            sub.loaded_through = rows[-1]["position"] if len(rows) == room else self._top
+
+    # --- posting ----------------------------------------------------------------------------
+
+    def _start_due(self) -> None:
+        free = self.config.concurrency - len(self._in_flight)
+        if free <= 0:
+            return
+        for delivery in self._scheduler.take_due(time.time(), free):
+            sub = self._subs[delivery.subscription]
+            task = asyncio.create_task(self._post(sub.row, delivery))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _post(self, sub: SubscriptionRow, delivery: Delivery) -> None:
+        event = delivery.event
+        sent_at = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "Fleetgate-Event-Id": str(event.event_id),
+            "Fleetgate-Event-Type": event.type,
+            "Fleetgate-Timestamp": str(sent_at),
+            "Fleetgate-Signature": sign(sub.secret, sent_at, event.body),
+            "Fleetgate-Attempt": str(delivery.failures + 1),
+        }
+        status: int | None = None
+        error: str | None = None
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                async with self._client.stream(
+                    "POST", sub.url, content=event.body, headers=headers
+                ) as response:
+                    status = response.status_code
+                    read = 0
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read > _RESPONSE_READ_LIMIT:
+                            break  # not read further: closing drops the connection
+        except TimeoutError:
+            status, error = None, f"no answer within {self.config.timeout_s:g} s"
+        except httpx.HTTPError as exc:
+            status, error = None, f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
+        if status is not None and not 200 <= status < 300:
+            error = f"HTTP {status}"
+        self._results.append((delivery, status, error, time.time()))
+        self._wake.set()
+
+    # --- settling and recording -------------------------------------------------------------
+
+    async def _settle_and_record(self) -> None:
+        results, self._results = self._results, []
+        attempts: list[Attempt] = []
+        disabled: dict[str, tuple[int, str]] = {}
+        for delivery, status, error, at in results:
+            settled = self._scheduler.settle(delivery, status, at)
+            if settled is Settled.STALE:
+                continue
+            sub = self._subs.get(delivery.subscription)
+            if sub is None:
+                continue
+            self.metrics.deliveries.labels(outcome=_outcome(settled)).inc()
+            if settled is Settled.GONE:
+                disabled[sub.row.id] = (sub.row.revision, f"the receiver answered 410 at {at:.0f}")
+                del self._subs[sub.row.id]
+                log.warning("webhook_subscription_gone", extra={"subscription": sub.row.id})
+                continue
+            attempts.append(_attempt(sub.row, delivery, settled, status, error, at))
+        resolved = {}
+        for sub in self._subs.values():
+            lowest = self._scheduler.lowest_position(sub.row.id)
+            through = sub.loaded_through if lowest is None else lowest - 1
+            if through != sub.row.resolved_through:
+                resolved[sub.row.id] = (sub.row.revision, through)
+        if not attempts and not resolved and not disabled:
+            return
+        await self._outbox.record(attempts, resolved, disabled)
+        for sub_id, (_, through) in resolved.items():
+            sub = self._subs[sub_id]
+            sub.row = _with_resolved(sub.row, through)
+
+
+def _outcome(settled: Settled) -> str:
+    return {"retrying": "failed", "dead": "dead_lettered"}.get(settled.value, settled.value)
+
+
+def _attempt(
+    sub: SubscriptionRow,
+    delivery: Delivery,
+    settled: Settled,
+    status: int | None,
+    error: str | None,
+    at: float,
+) -> Attempt:
+    state = {Settled.DELIVERED: "delivered", Settled.RETRYING: "retrying"}.get(settled, "dead")
+    attempts = delivery.failures + (1 if settled is Settled.DELIVERED else 0)
+    return Attempt(
+        subscription=sub.id,
+        revision=sub.revision,
+        event=delivery.event,
+        state=state,
+        attempts=attempts,
+        first_attempt_at=delivery.first_attempt_at or at,
+        last_attempt_at=at,
+        next_attempt_at=delivery.due_at if settled is Settled.RETRYING else None,
+        status=status,
+        error=None if settled is Settled.DELIVERED else error,
+    )
+
+
+def _with_resolved(row: SubscriptionRow, through: int) -> SubscriptionRow:
+    return SubscriptionRow(
+        row.id, row.url, row.secret, row.event_types, row.enabled, row.revision, through
+    )
