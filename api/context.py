@@ -31,6 +31,9 @@ class ApiContext:
     map_tiles_url: str | None = None
     map_attribution: str = ""
     low_soc_pct: dict[str, float] = field(default_factory=lambda: {"ebike": 20.0, "car": 15.0})
+    # The ports this process serves on besides the API's own (the operator's): a webhook URL
+    # pointing at one of them is refused (api/routes/webhooks.py).
+    own_ports: frozenset[int] = frozenset()
     # Set when the server stops: responses that wait (a command's `wait`) answer at once.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -112,6 +112,7 @@ def api_context(
         map_attribution=s.map_attribution,
         broker_access=broker_access(s, store),
         command_reads=command_reads(store),
+        own_ports=frozenset(p for p in (s.api_port, s.metrics_port) if p),
     )
 
 

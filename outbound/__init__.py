@@ -7,10 +7,12 @@ from outbound.envelope import render
 from outbound.retry import Outcome, RetryPolicy, classify
 from outbound.scheduler import Delivery, OutboundEvent, Scheduler, Settled
 from outbound.signature import new_secret, sign, verify
+from outbound.urls import InvalidWebhookUrl, is_gateway_itself
 
 __all__ = [
     "CATALOGUE",
     "Delivery",
+    "InvalidWebhookUrl",
     "OutboundEvent",
     "Outcome",
     "RetryPolicy",
@@ -19,6 +21,7 @@ __all__ = [
     "UnknownEventType",
     "check_types",
     "classify",
+    "is_gateway_itself",
     "new_secret",
     "outbound_type",
     "render",
