@@ -4,8 +4,6 @@ worker in the gateway picks changes up within its poll interval."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -25,20 +23,12 @@ from api.schemas import (
     WebhookList,
     WebhookPatch,
 )
-from outbound import (
-    CATALOGUE,
-    InvalidWebhookUrl,
-    UnknownEventType,
-    check_types,
-    is_gateway_itself,
-    new_secret,
-)
-from outbound.urls import parse
+from api.webhook_urls import check_url
+from outbound import CATALOGUE, InvalidWebhookUrl, UnknownEventType, check_types, new_secret
 from telemetry.store import Subscription, UnknownOutboxEvent, UnknownSubscription, Webhooks
 
 router = APIRouter(tags=["webhooks"], responses=PROBLEM_RESPONSES)
 SCOPE = "webhooks:write"
-_RESOLVE_TIMEOUT_S = 5.0
 
 
 def _webhooks(request: Request) -> Webhooks:
@@ -75,34 +65,11 @@ def _types(types: list[str] | None) -> list[str] | None:
 
 async def _check_url(request: Request, url: str) -> None:
     """422 unless http(s), resolving, and not this gateway's own API or operator's port."""
+    server = request.scope.get("server") or ("", 0)
     try:
-        host, port = parse(url)
+        await check_url(url, {*context(request).own_ports, server[1]}, {server[0] or ""})
     except InvalidWebhookUrl as exc:
         raise invalid("bad-webhook-url", str(exc), ("body", "url")) from None
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), _RESOLVE_TIMEOUT_S
-        )
-    except (OSError, TimeoutError) as exc:
-        detail = f"the URL's host {host!r} does not resolve: {exc or 'timeout'}"
-        raise invalid("bad-webhook-url", detail, ("body", "url")) from None
-    server = request.scope.get("server") or ("", 0)
-    own_ports = {*context(request).own_ports, server[1]}
-    own_addresses = {server[0], *await _local_addresses(loop)} - {"", None}
-    if is_gateway_itself([i[4][0] for i in infos], port, own_ports, own_addresses):
-        detail = f"the URL points at this gateway itself ({host}:{port})"
-        raise invalid("bad-webhook-url", detail, ("body", "url"))
-
-
-async def _local_addresses(loop) -> set[str]:
-    try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(socket.gethostname(), None), _RESOLVE_TIMEOUT_S
-        )
-    except (OSError, TimeoutError):
-        return set()
-    return {i[4][0] for i in infos}
 
 
 def _unknown(sub_id: str) -> Problem:
