@@ -80,6 +80,11 @@ class Event(BaseModel):
     type: str
     detail: dict[str, Any] | None = None
     received_at: datetime
+    outbound_type: str | None = Field(
+        None,
+        description="the catalogue name it is announced under to webhooks (docs/webhooks.md); "
+        "null: not announced",
+    )
 
 
 class EventPage(Page):

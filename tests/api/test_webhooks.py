@@ -5,6 +5,8 @@ itself), and changing nothing when refused."""
 import pytest
 
 from outbound import CATALOGUE
+from telemetry.batch import DeviceEvent, TelemetryBatch
+from tests.harness import register
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +102,25 @@ async def test_webhooks_need_their_scope(api_server):
         answer = await http.get("/v1/webhooks")
         assert answer.status_code == 403
         assert answer.json()["scope"] == "webhooks:write"
+
+
+async def test_the_pull_feed_names_the_outbound_type(api_server):
+    store = api_server.store
+    dsn = store.pool.conninfo
+    ids = await register(dsn, [("pf-1", "PF-1", "ebike")])
+    vehicle = ids["pf-1"]
+    events = [
+        DeviceEvent(vehicle, 1_700_000_000_000, "zone_enter", {"zone": "a"}, "geofence"),
+        DeviceEvent(vehicle, 1_700_000_000_001, "door_open", None, "device"),
+        DeviceEvent(vehicle, 1_700_000_000_002, "trip.ended", {"distance_m": 3}, "gateway"),
+    ]
+    await store.write(TelemetryBatch.empty(), events)
+    async with api_server.client("reader") as http:
+        items = (await http.get("/v1/events", params={"after": 0})).json()["items"]
+        assert [(i["type"], i["outbound_type"]) for i in items] == [
+            ("zone_enter", "geofence.zone_enter"),
+            ("door_open", None),
+            ("trip.ended", "trip.ended"),
+        ]
+        dotted = (await http.get("/v1/events", params={"type": "trip.ended"})).json()["items"]
+        assert [i["type"] for i in dotted] == ["trip.ended"]
