@@ -42,6 +42,7 @@ class WebhookReceiver:
     received: list[Received] = field(default_factory=list)
     attempts: dict[int, int] = field(default_factory=dict)  # event id -> requests seen
     count: int = 0
+    record: bool = True  # False: only count (a benchmark's receiver)
 
     async def start(self, host: str = "127.0.0.1") -> str:
         self._server = await asyncio.start_server(self._serve, host, 0, backlog=1024)
@@ -82,7 +83,7 @@ class WebhookReceiver:
                 answer = await answer
         if answer.delay_s:
             await asyncio.sleep(answer.delay_s)
-        if 200 <= answer.status < 300:
+        if self.record and 200 <= answer.status < 300:
             self.received.append(request)  # what the sender was told is delivered
         writer.write(
             f"HTTP/1.1 {answer.status} X\r\nContent-Length: {answer.body_bytes}\r\n\r\n".encode()

@@ -5,9 +5,9 @@ commit.
 Each turn it numbers newly committed events into the outbox, loads what each enabled
 subscription still has to receive, posts what the scheduler (outbound.Scheduler: ordered per
 vehicle per subscription, retries with backoff) says is due, with at most `concurrency` requests
-in flight over one pooled HTTP client (keep-alive per receiver), and records the answers with how
-far each subscription is settled. A process killed between a delivery and its record delivers
-it again after the restart: at least once, with the same event id.
+in flight over one pooled HTTP client (aiohttp, keep-alive per receiver), and records the
+answers with how far each subscription is settled. A process killed between a delivery and its
+record delivers it again after the restart: at least once, with the same event id.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 
 from gateway.webhooks.metrics import WebhookMetrics
 from gateway.webhooks.store import Attempt, OutboxStore, SubscriptionRow, outbound_event
@@ -72,14 +72,11 @@ class WebhookWorker:
     async def run(self) -> None:
         """Deliver until cancelled. Database outages are waited out; anything else raises."""
         cfg = self.config
-        limits = httpx.Limits(
-            max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
-        )
-        async with httpx.AsyncClient(
-            limits=limits,
-            timeout=httpx.Timeout(cfg.timeout_s),
-            follow_redirects=False,
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=cfg.concurrency, ttl_dns_cache=60),
+            timeout=aiohttp.ClientTimeout(total=cfg.timeout_s),
             headers={"User-Agent": USER_AGENT},
+            auto_decompress=False,
         ) as client:
             self._client = client
             try:
@@ -186,19 +183,15 @@ class WebhookWorker:
         error: str | None = None
         try:
             async with asyncio.timeout(self.config.timeout_s):
-                async with self._client.stream(
-                    "POST", sub.url, content=event.body, headers=headers
+                async with self._client.post(
+                    sub.url, data=event.body, headers=headers, allow_redirects=False
                 ) as response:
-                    status = response.status_code
-                    read = 0
-                    async for chunk in response.aiter_raw():
-                        read += len(chunk)
-                        if read > _RESPONSE_READ_LIMIT:
-                            break  # not read further: closing drops the connection
+                    status = response.status
+                    await _read_some(response)
         except TimeoutError:
             status, error = None, f"no answer within {self.config.timeout_s:g} s"
-        except httpx.HTTPError as exc:
-            status, error = None, f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
+        except (aiohttp.ClientError, ValueError) as exc:
+            status, error = None, (f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__)
         if status is not None and not 200 <= status < 300:
             error = f"HTTP {status}"
         self._results.append((delivery, status, error, time.time()))
@@ -236,6 +229,17 @@ class WebhookWorker:
         for sub_id, (_, through) in resolved.items():
             sub = self._subs[sub_id]
             sub.row = _with_resolved(sub.row, through)
+
+
+async def _read_some(response: aiohttp.ClientResponse) -> None:
+    """Read the answer's body up to _RESPONSE_READ_LIMIT, so that its connection can be used
+    again; a longer one is not read further and its connection is closed."""
+    read = 0
+    while chunk := await response.content.readany():
+        read += len(chunk)
+        if read > _RESPONSE_READ_LIMIT:
+            response.close()
+            return
 
 
 def _outcome(settled: Settled) -> str:
