@@ -65,9 +65,16 @@ class WebhookWorker:
         self._results: list[tuple[Delivery, int | None, str | None, float]] = []
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
+        # The database work (a poll, or a flush of what was settled) runs beside the deliveries,
+        # one piece at a time, so that posting never waits for a round trip to the database.
+        self._database: asyncio.Task | None = None
+        self._unrecorded: list[Attempt] = []
+        self._disabled: dict[str, tuple[int, str]] = {}  # 410s not recorded yet
         self._next_poll = 0.0
         self._next_dead_count = 0.0
-        self.turns = 0  # completed turns (readiness: the worker makes progress)
+        self._database_back_at = 0.0  # after an outage: when to try again
+        self._polled_last = False
+        self.turns = 0  # database turns done (readiness: the worker makes progress)
 
     async def run(self) -> None:
         """Deliver until cancelled. Database outages are waited out; anything else raises."""
@@ -81,46 +88,101 @@ class WebhookWorker:
             self._client = client
             try:
                 while True:
-                    try:
-                        await self._turn()
-                    except StoreUnavailable as exc:
-                        log.warning("webhooks_store_unavailable", extra={"error": str(exc)[:300]})
-                        await asyncio.sleep(1.0)
-                        continue
-                    self.turns += 1
+                    self._settle()
+                    self._start_due()
+                    self._database_work()
+                    oldest = self._scheduler.oldest_sequenced_at()
+                    lag = 0.0 if oldest is None else max(0.0, time.time() - oldest)
+                    self.metrics.lag_seconds.set(lag)
                     await self._wait()
             finally:
-                for task in self._in_flight:
+                tasks = [*self._in_flight, *([self._database] if self._database else [])]
+                for task in tasks:
                     task.cancel()
                 with contextlib.suppress(Exception):
-                    await asyncio.gather(*self._in_flight, return_exceptions=True)
-
-    async def _turn(self) -> None:
-        now = time.time()
-        if now >= self._next_poll:
-            self._next_poll = now + self.config.poll_s
-            await self._sequence()
-            await self._sync_subscriptions()
-            await self._load()
-        await self._settle_and_record()
-        self._start_due()
-        if now >= self._next_dead_count:
-            self._next_dead_count = now + self.config.dead_letters_s
-            self.metrics.dead_letters.set(await self._outbox.dead_letters())
-        oldest = self._scheduler.oldest_sequenced_at()
-        self.metrics.lag_seconds.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+                    await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _wait(self) -> None:
+        if self._results:
+            return
         now = time.time()
-        until = self._next_poll
+        until = self._next_poll if self._database is None else now + self.config.poll_s
         due = self._scheduler.next_due_at()
         if due is not None and len(self._in_flight) < self.config.concurrency:
             until = min(until, due)
-        if self._results:
-            return
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), max(0.0, until - now))
+
+    def _database_work(self) -> None:
+        """Start the next piece of database work if none runs: a poll when one is due, else a
+        flush of what was settled. Raises what the last piece failed with (but an outage)."""
+        if self._database is not None:
+            if not self._database.done():
+                return
+            done, self._database = self._database, None
+            error = done.exception()
+            if isinstance(error, StoreUnavailable):
+                log.warning("webhooks_store_unavailable", extra={"error": str(error)[:300]})
+                self._database_back_at = time.time() + 1.0
+            elif error is not None:
+                raise error
+            else:
+                self.turns += 1
+        now = time.time()
+        if now < self._database_back_at:
+            return
+        to_flush = bool(self._unrecorded or self._disabled or self._resolved())
+        # Poll and flush take turns when both wait, so that a slow database starves neither.
+        if now >= self._next_poll and not (to_flush and self._polled_last):
+            self._next_poll = now + self.config.poll_s
+            self._polled_last = True
+            self._database = asyncio.create_task(self._poll())
+        elif to_flush:
+            self._polled_last = False
+            # Taken together, with no await between: every settlement the resolved positions
+            # reflect is in the records flushed with them.
+            attempts, self._unrecorded = self._unrecorded, []
+            disabled, self._disabled = self._disabled, {}
+            self._database = asyncio.create_task(self._flush(attempts, disabled, self._resolved()))
+        else:
+            return
+        self._database.add_done_callback(lambda _: self._wake.set())
+
+    async def _poll(self) -> None:
+        await self._sequence()
+        await self._sync_subscriptions()
+        await self._load()
+        if time.time() >= self._next_dead_count:
+            self._next_dead_count = time.time() + self.config.dead_letters_s
+            self.metrics.dead_letters.set(await self._outbox.dead_letters())
+
+    async def _flush(
+        self,
+        attempts: list[Attempt],
+        disabled: dict[str, tuple[int, str]],
+        resolved: dict[str, tuple[int, int]],
+    ) -> None:
+        try:
+            await self._outbox.record(attempts, resolved, disabled)
+        except BaseException:
+            self._unrecorded[:0] = attempts  # recorded with the next flush
+            self._disabled = {**disabled, **self._disabled}
+            raise
+        for sub_id, (revision, through) in resolved.items():
+            sub = self._subs.get(sub_id)
+            if sub is not None and sub.row.revision == revision:
+                sub.row = _with_resolved(sub.row, through)
+
+    def _resolved(self) -> dict[str, tuple[int, int]]:
+        """{subscription: (revision, settled through)} where that moved since it was stored."""
+        resolved = {}
+        for sub in self._subs.values():
+            lowest = self._scheduler.lowest_position(sub.row.id)
+            through = sub.loaded_through if lowest is None else lowest - 1
+            if through != sub.row.resolved_through:
+                resolved[sub.row.id] = (sub.row.revision, through)
+        return resolved
 
     # --- the outbox and the subscriptions ---------------------------------------------------
 
@@ -138,15 +200,18 @@ class WebhookWorker:
                 self._scheduler.drop(sub_id)  # deleted, disabled, or changed: reloaded below
                 del self._subs[sub_id]
         for sub_id, row in rows.items():
-            if row.enabled and sub_id not in self._subs:
+            # One a 410 ended is not taken up again before its disabling is stored.
+            if row.enabled and sub_id not in self._subs and sub_id not in self._disabled:
                 self._subs[sub_id] = _Sub(row, row.resolved_through)
 
     async def _load(self) -> None:
-        for sub in self._subs.values():
+        for sub in list(self._subs.values()):
             room = self.config.backlog - self._scheduler.queued_for(sub.row.id)
             if room <= 0 or sub.loaded_through >= self._top:
                 continue
             rows = await self._outbox.to_deliver(sub.row, sub.loaded_through, self._top, room)
+            if self._subs.get(sub.row.id) is not sub:
+                continue  # ended by a 410 meanwhile
             for row in rows:
                 delivery = Delivery(sub.row.id, outbound_event(row))
                 if row["attempts"] is not None:  # waiting for a retry before the restart
@@ -199,36 +264,22 @@ class WebhookWorker:
 
     # --- settling and recording -------------------------------------------------------------
 
-    async def _settle_and_record(self) -> None:
+    def _settle(self) -> None:
+        """The answers received since the last turn, into the scheduler and the records."""
         results, self._results = self._results, []
-        attempts: list[Attempt] = []
-        disabled: dict[str, tuple[int, str]] = {}
         for delivery, status, error, at in results:
             settled = self._scheduler.settle(delivery, status, at)
-            if settled is Settled.STALE:
-                continue
             sub = self._subs.get(delivery.subscription)
-            if sub is None:
+            if settled is Settled.STALE or sub is None:
                 continue
             self.metrics.deliveries.labels(outcome=_outcome(settled)).inc()
             if settled is Settled.GONE:
-                disabled[sub.row.id] = (sub.row.revision, f"the receiver answered 410 at {at:.0f}")
+                reason = f"the receiver answered 410 at {at:.0f}"
+                self._disabled[sub.row.id] = (sub.row.revision, reason)
                 del self._subs[sub.row.id]
                 log.warning("webhook_subscription_gone", extra={"subscription": sub.row.id})
                 continue
-            attempts.append(_attempt(sub.row, delivery, settled, status, error, at))
-        resolved = {}
-        for sub in self._subs.values():
-            lowest = self._scheduler.lowest_position(sub.row.id)
-            through = sub.loaded_through if lowest is None else lowest - 1
-            if through != sub.row.resolved_through:
-                resolved[sub.row.id] = (sub.row.revision, through)
-        if not attempts and not resolved and not disabled:
-            return
-        await self._outbox.record(attempts, resolved, disabled)
-        for sub_id, (_, through) in resolved.items():
-            sub = self._subs[sub_id]
-            sub.row = _with_resolved(sub.row, through)
+            self._unrecorded.append(_attempt(sub.row, delivery, settled, status, error, at))
 
 
 async def _read_some(response: aiohttp.ClientResponse) -> None:
