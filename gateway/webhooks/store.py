@@ -174,7 +174,10 @@ class OutboxStore:
                 (ids,),
             )
             current = dict(await cur.fetchall())
-            kept = [a for a in attempts if current.get(a.subscription) == a.revision]
+            # The last attempt per event (a retry then its success, flushed together) is the
+            # row's state: one insert may not touch a row twice.
+            latest = {(a.subscription, a.event.position): a for a in attempts}
+            kept = [a for a in latest.values() if current.get(a.subscription) == a.revision]
             if kept:
                 await cur.execute(_RECORD, _record_columns(kept))
             for sub_id, (revision, through) in resolved.items():
