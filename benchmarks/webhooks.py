@@ -118,6 +118,14 @@ async def deliveries(args, dsn: str, store, vehicles: list[int], receiver: Recei
     worker = WebhookWorker(store, _config(args), WebhookMetrics(registry))
     cpu0, started = cpu_seconds(), time.monotonic()
     task = asyncio.create_task(worker.run())
+
+    async def recorded() -> int:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'"
+            )
+            return (await cur.fetchone())[0]
+
     try:
         await until(
             lambda: (
@@ -127,6 +135,9 @@ async def deliveries(args, dsn: str, store, vehicles: list[int], receiver: Recei
             args.timeout,
             f"{expected} deliveries",
         )
+        delivered_s = time.monotonic() - started
+        # Done when recorded too (what a restart would not send again).
+        await until(lambda: _at_least(recorded, expected), args.timeout, "deliveries recorded")
         elapsed = time.monotonic() - started
         cpu_s = cpu_seconds() - cpu0
     finally:
@@ -134,22 +145,22 @@ async def deliveries(args, dsn: str, store, vehicles: list[int], receiver: Recei
         with contextlib.suppress(asyncio.CancelledError):
             await task
     received, receiver_cpu = await receiver.count()
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        cur = await conn.execute(
-            "SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'"
-        )
-        recorded = (await cur.fetchone())[0]
     return {
         "events": args.events,
         "subscriptions": args.subscriptions,
         "deliveries": expected,
         "received": received - received0,
-        "recorded_delivered": recorded,
+        "recorded_delivered": await recorded(),
+        "seconds_to_last_answer": round(delivered_s, 2),
         "seconds": round(elapsed, 2),
         "deliveries_per_s": round(expected / elapsed),
         "worker_cpu_us_per_delivery": round(cpu_s / expected * 1e6, 1),
         "receiver_cpu_us_per_delivery": round((receiver_cpu - receiver_cpu0) / expected * 1e6, 1),
     }
+
+
+async def _at_least(count, expected: int) -> bool:
+    return await count() >= expected
 
 
 async def bare_posts(args, url: str, count: int) -> dict:
