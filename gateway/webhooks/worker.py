@@ -74,6 +74,7 @@ class WebhookWorker:
         self._next_dead_count = 0.0
         self._database_back_at = 0.0  # after an outage: when to try again
         self._polled_last = False
+        self._loaded_more = False  # a poll moved some loaded_through: the settled point may move
         self.turns = 0  # database turns done (readiness: the worker makes progress)
 
     async def run(self) -> None:
@@ -91,9 +92,6 @@ class WebhookWorker:
                     self._settle()
                     self._start_due()
                     self._database_work()
-                    oldest = self._scheduler.oldest_sequenced_at()
-                    lag = 0.0 if oldest is None else max(0.0, time.time() - oldest)
-                    self.metrics.lag_seconds.set(lag)
                     await self._wait()
             finally:
                 tasks = [*self._in_flight, *([self._database] if self._database else [])]
@@ -132,18 +130,23 @@ class WebhookWorker:
         now = time.time()
         if now < self._database_back_at:
             return
-        to_flush = bool(self._unrecorded or self._disabled or self._resolved())
+        # What is settled moves only with a settlement or a poll that loaded more: no need to
+        # look at every queue (_resolved) on every turn.
+        to_flush = bool(self._unrecorded or self._disabled or self._loaded_more)
         # Poll and flush take turns when both wait, so that a slow database starves neither.
         if now >= self._next_poll and not (to_flush and self._polled_last):
             self._next_poll = now + self.config.poll_s
             self._polled_last = True
             self._database = asyncio.create_task(self._poll())
+            oldest = self._scheduler.oldest_sequenced_at()  # once a poll: it looks at every queue
+            self.metrics.lag_seconds.set(0.0 if oldest is None else max(0.0, now - oldest))
         elif to_flush:
             self._polled_last = False
             # Taken together, with no await between: every settlement the resolved positions
             # reflect is in the records flushed with them.
             attempts, self._unrecorded = self._unrecorded, []
             disabled, self._disabled = self._disabled, {}
+            self._loaded_more = False
             self._database = asyncio.create_task(self._flush(attempts, disabled, self._resolved()))
         else:
             return
@@ -168,6 +171,7 @@ class WebhookWorker:
         except BaseException:
             self._unrecorded[:0] = attempts  # recorded with the next flush
             self._disabled = {**disabled, **self._disabled}
+            self._loaded_more = True  # and the settled points with it
             raise
         for sub_id, (revision, through) in resolved.items():
             sub = self._subs.get(sub_id)
@@ -220,6 +224,7 @@ class WebhookWorker:
                     delivery.due_at = row["next_attempt_at"] or 0.0
                 self._scheduler.add(delivery)
             sub.loaded_through = rows[-1]["position"] if len(rows) == room else self._top
+            self._loaded_more = True
 
     # --- posting ----------------------------------------------------------------------------
 
