@@ -6,7 +6,6 @@ logged, said by readiness (`webhooks`) until a new one has made progress, and st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from gateway.dispatcher_lease import DispatcherLease
@@ -70,8 +69,9 @@ class WebhookRunner:
                 log.warning("webhook_worker_stopped", extra={"reason": "the lease was lost"})
         finally:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # The worker's own end, not ours: a cancellation of this task while it waits must
+            # go on (suppressing CancelledError here would swallow it).
+            await asyncio.gather(task, return_exceptions=True)
             self._metrics.worker_active.set(0)
             self.worker = None
 
