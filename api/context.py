@@ -30,7 +30,6 @@ class ApiContext:
     readiness: dict[str, Callable[[], Awaitable[str | None]]] = field(default_factory=dict)
     map_tiles_url: str | None = None
     map_attribution: str = ""
-    low_soc_pct: dict[str, float] = field(default_factory=lambda: {"ebike": 20.0, "car": 15.0})
     # The ports this process serves on besides the API's own (the operator's): a webhook URL
     # pointing at one of them is refused (api/routes/webhooks.py).
     own_ports: frozenset[int] = frozenset()

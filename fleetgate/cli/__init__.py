@@ -18,6 +18,7 @@ from fleetgate.cli import (
     devices,
     run,
     sim,
+    vehicle_types,
     webhooks,
     zones,
 )
@@ -39,6 +40,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(zones.app, name="zones")
 app.add_typer(api_keys.app, name="api-keys")
 app.add_typer(devices.app, name="devices")
+app.add_typer(vehicle_types.app, name="vehicle-types")
 app.add_typer(webhooks.app, name="webhooks")
 
 
