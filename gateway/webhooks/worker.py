@@ -109,8 +109,11 @@ class WebhookWorker:
         if due is not None and len(self._in_flight) < self.config.concurrency:
             until = min(until, due)
         self._wake.clear()
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # comes as the wake-up does, and the worker would never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(0.0, until - now))
+            async with asyncio.timeout(max(0.0, until - now)):
+                await self._wake.wait()
 
     def _database_work(self) -> None:
         """Start the next piece of database work if none runs: a poll when one is due, else a
