@@ -25,6 +25,7 @@ from api.routes import (
     usage,
     vehicle_types,
     vehicles,
+    webhooks,
     zones,
 )
 
@@ -58,6 +59,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 "commands",
                 "zones",
                 "events",
+                "webhooks",
                 "devices",
                 "usage",
                 "feeds",
@@ -77,6 +79,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         commands,
         usage,
         events,
+        webhooks,
         zones,
         devices,
         broker,

@@ -23,6 +23,7 @@ KEY_SCOPES = {
     "provisioning": ["devices:write"],
     "emqx": ["broker:auth"],
     "agency": ["mds:read"],
+    "billing": ["webhooks:write"],
     "admin": ["admin"],
 }
 

@@ -20,6 +20,7 @@ SCOPES = (
     "commands:write",
     "zones:write",
     "devices:write",
+    "webhooks:write",
     "broker:auth",
     "mds:read",
     "admin",
