@@ -53,17 +53,21 @@ def map_export(export: Any, mapping: Mapping) -> MappedSource:
     if isinstance(export, MappedSource):
         return export
     from migration.csv_source import CsvExport, map_csv
-    from migration.gbfs import GbfsFeeds, map_gbfs
     from migration.traccar import map_traccar
     from migration.traccar_export import TraccarExport
 
     if isinstance(export, TraccarExport):
         return map_traccar(export, mapping)
-    if isinstance(export, GbfsFeeds):
-        return map_gbfs(export, mapping)
     if isinstance(export, CsvExport):
         return map_csv(export, mapping)
     raise TypeError(f"not an export: {type(export).__name__}")
+
+
+async def known_vehicle_types(store: TelemetryStore) -> set[str]:
+    """The vehicle types the store registers vehicles of."""
+    from telemetry.store._store import VEHICLE_TYPES
+
+    return set(VEHICLE_TYPES)
 
 
 async def time_window(store: TelemetryStore | None, now_ms: int | None) -> TimeWindow:
@@ -82,6 +86,7 @@ async def import_export(
     started_at = datetime.now(UTC)
     source = map_export(export, options.mapping)
     registry = await store.load_registry()
+    source.reject_unknown_types(await known_vehicle_types(store), source.origin)
     source.reject_fitted_elsewhere({d: r.vehicle_ref for d, r in registry.items()}, source.origin)
     window = await time_window(store, options.now_ms)
     report = start_report(source, options.mapping)

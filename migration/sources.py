@@ -11,6 +11,7 @@ from typing import Any
 from migration.columns import TimeWindow
 from migration.records import (
     DEVICE_ALREADY_FITTED,
+    UNKNOWN_VEHICLE_TYPE,
     MappedPositions,
     MappedRegistry,
     Problem,
@@ -59,6 +60,26 @@ class MappedSource:
                 self.vehicle_of_source_id.pop(record.source_id, None)
             else:
                 kept.append(record)
+        self.registry.vehicles = kept
+
+    def reject_unknown_types(self, known: set[str], file: str) -> None:
+        """Reject the vehicles whose (mapped) type the store's registry of vehicle types lacks."""
+        kept = []
+        for record in self.registry.vehicles:
+            if record.vehicle_type in known:
+                kept.append(record)
+                continue
+            self.registry.rejected_devices[record.source_id] = UNKNOWN_VEHICLE_TYPE
+            self.registry.problems.append(
+                Problem(
+                    file,
+                    record.source_id,
+                    "vehicle_type",
+                    UNKNOWN_VEHICLE_TYPE,
+                    f"{record.vehicle_type!r} is not a vehicle type of this fleetgate",
+                )
+            )
+            self.vehicle_of_source_id.pop(record.source_id, None)
         self.registry.vehicles = kept
 
     def chunks(self, window: TimeWindow) -> Iterator[tuple[str, MappedPositions]]:

@@ -64,11 +64,10 @@ def synthetic_export(
     dest: Path, *, devices: int, days: int, per_day: int, first_day_ms: int | None = None
 ) -> Path:
     """A Traccar export of `devices` e-bikes ("sim-bike-N" / uniqueId "35000000000N"), each with
-    `per_day` positions a day for `days` days from first_day_ms (default: days + 1 days ago,
-    midnight UTC), one position file per device."""
+    `per_day` positions a minute apart at the start of each of `days` days from first_day_ms
+    (default: days + 0.5 days ago), one position file per device."""
     if first_day_ms is None:
-        today = int(time.time() // 86_400) * 86_400_000
-        first_day_ms = today - (days + 1) * 86_400_000
+        first_day_ms = int(time.time() * 1000) - int((days + 0.5) * 86_400_000)
     (dest / "positions").mkdir(parents=True)
     rows = []
     for d in range(1, devices + 1):
@@ -84,7 +83,7 @@ def synthetic_export(
             }
         )
         positions = []
-        step = 86_400_000 // per_day
+        step = 60_000
         for day in range(days):
             for k in range(per_day):
                 t = first_day_ms + day * 86_400_000 + k * step

@@ -73,17 +73,19 @@ def analyse(
     a database configured, the registry (devices fitted elsewhere) and retention count too."""
     from migration.analysis import analyse as analyse_source
     from migration.errors import UnreadableInput
-    from migration.importer import map_export, time_window
+    from migration.importer import known_vehicle_types, map_export, time_window
 
     export, mapping = _read(source, path, mapping_file)
     s = load_settings()
 
     async def run(store):
         fitted = None
+        mapped = map_export(export, mapping)
         if store is not None:
             fitted = {d: r.vehicle_ref for d, r in (await store.load_registry()).items()}
+            mapped.reject_unknown_types(await known_vehicle_types(store), mapped.origin)
         window = await time_window(store, None)
-        return analyse_source(map_export(export, mapping), mapping, window, fitted)
+        return analyse_source(mapped, mapping, window, fitted)
 
     try:
         if s.database_url is None:
