@@ -93,14 +93,16 @@ class Verdicts:
 
     def __init__(self, n: int, file: str, record_ids: Sequence[object]) -> None:
         self.code = np.zeros(n, dtype=np.int16)  # 0 = importable, else 1 + index into _why
-        self._why: list[tuple[str, str]] = []  # (reason, field)
+        self._why: list[tuple[str, str, bool]] = []  # (reason, field, listed as problems)
         self._file = file
         self._ids = record_ids
 
-    def reject(self, mask: np.ndarray, reason: str, field: str) -> None:
+    def reject(self, mask: np.ndarray, reason: str, field: str, listed: bool = True) -> None:
+        """Reject the rows of mask not rejected yet. listed=False: counted, but not listed as
+        problem rows (the positions of a rejected vehicle: its own row says why)."""
         new = mask & (self.code == 0)
         if new.any():
-            self._why.append((reason, field))
+            self._why.append((reason, field, listed))
             self.code[new] = len(self._why)
 
     def check_ranges(self, cols: dict[str, np.ndarray], names: dict[str, str]) -> None:
@@ -129,9 +131,11 @@ class Verdicts:
         """Rejections counted by reason, and the first PROBLEMS_PER_REASON of each as rows."""
         skipped: dict[str, int] = {}
         problems: list[Problem] = []
-        for code, (reason, field) in enumerate(self._why, start=1):
+        for code, (reason, field, listed) in enumerate(self._why, start=1):
             rows = np.flatnonzero(self.code == code)
             skipped[reason] = skipped.get(reason, 0) + len(rows)
+            if not listed:
+                continue
             listed = sum(1 for p in problems if p.reason == reason)
             for i in rows[: max(PROBLEMS_PER_REASON - listed, 0)].tolist():
                 problems.append(Problem(self._file, str(self._ids[i]), field, reason))

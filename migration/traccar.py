@@ -198,7 +198,8 @@ def map_positions(
     device = np.fromiter((index_of.get(o, -1) for o in owners), np.int32, n)
     if (device < 0).any():
         for source_id, reason in rejected.items():
-            verdicts.reject(np.array([o == source_id for o in owners]), reason, "deviceId")
+            rows = np.array([o == source_id for o in owners], bool)
+            verdicts.reject(rows, reason, "deviceId", listed=False)
         verdicts.reject(device < 0, UNKNOWN_DEVICE, "deviceId")
 
     cols, valid = _measurements(chunk, mapping, verdicts)

@@ -21,6 +21,7 @@ app = typer.Typer(
     help="Migrate a fleet from another platform: analyse, import, status",
 )
 
+IMPORTED = ("vehicles", "devices", "zones", "positions")  # migration.report.IMPORTED_KEYS
 SourceOption = Annotated[str, typer.Option("--source", help="traccar | gbfs | csv")]
 PathArgument = Annotated[
     str, typer.Argument(metavar="PATH_OR_URL", help="the export: a folder, a file or a URL")
@@ -158,7 +159,7 @@ def status(
     if not runs:
         typer.echo("no migration runs" + (f" in batch {batch!r}" if batch else ""))
     for r in runs:
-        imported = ", ".join(f"{n} {k}" for k, n in r.imported.items())
+        imported = ", ".join(f"{r.imported.get(k, 0)} {k}" for k in IMPORTED)
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(r.skipped.items())) or "nothing"
         typer.echo(
             f"run {r.id}  {r.finished_at:%Y-%m-%d %H:%M:%S}  batch {r.batch}  {r.source} "
