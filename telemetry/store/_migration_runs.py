@@ -62,11 +62,14 @@ async def record(
     return run
 
 
-async def runs(cur: AsyncCursor, batch: str | None, limit: int) -> list[MigrationRun]:
-    where = "WHERE batch = %s" if batch is not None else ""
-    params: tuple = (batch, limit) if batch is not None else (limit,)
+async def runs(
+    cur: AsyncCursor, batch: str | None, limit: int, before: int | None = None
+) -> list[MigrationRun]:
     await cur.execute(
-        f"SELECT {_COLUMNS} FROM migration_runs {where} ORDER BY id DESC LIMIT %s", params
+        f"SELECT {_COLUMNS} FROM migration_runs "
+        "WHERE (%(batch)s::text IS NULL OR batch = %(batch)s) "
+        "AND (%(before)s::int IS NULL OR id < %(before)s) ORDER BY id DESC LIMIT %(limit)s",
+        {"batch": batch, "before": before, "limit": limit},
     )
     return [MigrationRun(*row) for row in await cur.fetchall()]
 

@@ -921,11 +921,11 @@ class TelemetryStore:
             return run
 
     async def migration_runs(
-        self, batch: str | None = None, limit: int = 100
+        self, batch: str | None = None, limit: int = 100, before: int | None = None
     ) -> list[MigrationRun]:
-        """The newest runs first, of one batch or all."""
+        """The newest runs first (with ids below `before`), of one batch or all."""
         async with self._connection() as conn:
-            return await _migration_runs.runs(conn.cursor(), batch, limit)
+            return await _migration_runs.runs(conn.cursor(), batch, limit, before)
 
     async def migration_watermarks(self, source: str) -> dict[int, int]:
         """vehicle -> newest sample time (ms) imported from `source` so far."""
