@@ -53,11 +53,14 @@ def map_export(export: Any, mapping: Mapping) -> MappedSource:
     if isinstance(export, MappedSource):
         return export
     from migration.csv_source import CsvExport, map_csv
+    from migration.gbfs import GbfsFeeds, map_gbfs
     from migration.traccar import map_traccar
     from migration.traccar_export import TraccarExport
 
     if isinstance(export, TraccarExport):
         return map_traccar(export, mapping)
+    if isinstance(export, GbfsFeeds):
+        return map_gbfs(export, mapping)
     if isinstance(export, CsvExport):
         return map_csv(export, mapping)
     raise TypeError(f"not an export: {type(export).__name__}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 EXPORTS = Path(__file__).parent / "migration" / "exports"
-_TIME_KEYS = ("fixTime", "deviceTime", "serverTime", "lastUpdate")
+_TIME_KEYS = ("fixTime", "deviceTime", "serverTime", "lastUpdate", "last_reported", "last_updated")
 _ISO = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)(Z|[+-]\d\d:\d\d)$")
 # The newest position of the fixtures, 2026-11-20T09:03:00Z, lands here before now.
 FIXTURE_NEWEST = datetime(2026, 11, 20, 9, 3, tzinfo=UTC)
@@ -39,15 +39,18 @@ def _shifted(data: bytes, shift: timedelta) -> bytes:
             return [move(v) for v in value]
         if isinstance(value, dict):
             return {
-                k: _move_time(v, shift) if k in _TIME_KEYS and isinstance(v, str) else move(v)
-                for k, v in value.items()
+                k: _move_time(v, shift) if k in _TIME_KEYS else move(v) for k, v in value.items()
             }
         return value
 
     return orjson.dumps(move(orjson.loads(data)), option=orjson.OPT_INDENT_2)
 
 
-def _move_time(text: str, shift: timedelta) -> str:
+def _move_time(text, shift: timedelta):
+    if isinstance(text, int):  # GBFS 2.3: POSIX seconds
+        return text + int(shift.total_seconds())
+    if not isinstance(text, str):
+        return text
     match = _ISO.match(text)
     if not match:
         return text

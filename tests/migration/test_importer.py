@@ -186,3 +186,48 @@ async def test_history_older_than_live_state_does_not_overwrite_it(dsn, tmp_path
         "WHERE v.vehicle_ref = 'Bike 001'",
     )
     assert soc[0] == 86 and not math.isnan(soc[0])
+
+
+async def test_a_gbfs_feed_imports_vehicles_positions_zones_and_stations(dsn, tmp_path):
+    from migration.gbfs_feeds import read_gbfs
+
+    feeds = read_gbfs(str(copy_export("gbfs_v3", tmp_path / "gbfs")))
+    mapping = parse_mapping('[vehicle_types.gbfs_vehicle_type_id]\n"vt-kick" = "ebike"\n')
+    refused = await imported(dsn, feeds, "gbfs", mapping=mapping)
+    assert refused.outcome == "refused" and refused.skipped == {"unknown_vehicle_type": 2}
+    report = await imported(dsn, feeds, "gbfs", mapping=mapping, skip_invalid=True)
+    assert report.imported == {"vehicles": 3, "devices": 3, "zones": 3, "positions": 3}
+    kinds = await rows(dsn, "SELECT id, kind FROM zones ORDER BY id")
+    assert kinds == [
+        ("gbfs-0", "other"),
+        ("gbfs-station-st-hbf", "station"),
+        ("gbfs-station-st-ost", "station"),
+    ]
+    (soc,) = await rows(
+        dsn,
+        "SELECT p.soc_pct FROM positions p JOIN vehicles v ON v.id = p.vehicle "
+        "WHERE v.vehicle_ref = 'car-3001'",
+    )
+    assert soc[0] == pytest.approx(70.0)
+
+
+async def test_a_csv_registers_its_good_lines(dsn):
+    from migration.readers import read_export
+    from tests.migration_exports import EXPORTS
+
+    export = read_export("csv", str(EXPORTS / "fleet.csv"))
+    report = await imported(dsn, export, "csv", skip_invalid=True)
+    assert report.imported == {"vehicles": 3, "devices": 3, "zones": 0, "positions": 0}
+    assert report.skipped == {
+        "device_id_invalid": 1,
+        "duplicate_device": 1,
+        "unknown_vehicle_type": 1,
+    }
+    assert [(p.record, p.field) for p in report.problems] == [
+        ("line 5", "device_id"),
+        ("line 6", "device_id"),
+        ("line 7", "vehicle_type"),
+    ]
+    assert await rows(dsn, "SELECT vehicle_type FROM vehicles WHERE vehicle_ref = 'bike-0101'") == [
+        ("ebike",)
+    ]
