@@ -17,6 +17,9 @@ from telemetry.schema import HEADING_RANGE, LAT_RANGE, LON_RANGE, SOC_RANGE, SPE
 PROBLEMS_PER_REASON = 10
 
 _NUMBER = frozenset((int, float))
+_NUMBER_OR_NONE = frozenset((int, float, type(None)))
+_BOOL_OR_NONE = frozenset((bool, type(None)))
+_TRISTATE = {None: -1, False: 0, True: 1}
 _UTC_SUFFIXES = frozenset(("+00:00", "+0000", "Z"))
 
 
@@ -34,13 +37,14 @@ class TimeWindow:
 def numbers(values: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
     """(float64 column with NaN where missing, mask of values that are present but no number)."""
     out = np.full(len(values), np.nan)
-    try:
-        out[:] = values  # None becomes NaN; the common, fast case
-        if not all(type(v) in _NUMBER or v is None for v in values):
-            raise TypeError  # a bool or a numeric string would slip through numpy
-        return out, np.zeros(len(values), bool)
-    except (TypeError, ValueError, OverflowError):
-        pass
+    # A bool or a numeric string would slip through numpy's conversion: look at the types first
+    # (map(type) runs in C; the set is small).
+    if set(map(type, values)) <= _NUMBER_OR_NONE:
+        try:
+            out[:] = values  # None becomes NaN; the common, fast case
+            return out, np.zeros(len(values), bool)
+        except OverflowError:
+            pass
     wrong = np.fromiter((v is not None and type(v) not in _NUMBER for v in values), bool)
     for i, v in enumerate(values):
         if type(v) in _NUMBER:
@@ -56,6 +60,8 @@ def numbers(values: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
 
 def tristates(values: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
     """(int8 column -1/0/1, mask of values present but not booleans)."""
+    if set(map(type, values)) <= _BOOL_OR_NONE:
+        return np.array([_TRISTATE[v] for v in values], np.int8), np.zeros(len(values), bool)
     out = np.fromiter((1 if v is True else 0 if v is False else -1 for v in values), np.int8)
     wrong = np.fromiter((v is not None and type(v) is not bool for v in values), bool)
     return out, wrong

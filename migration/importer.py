@@ -12,6 +12,7 @@ records are skipped and counted. Running it again adds nothing (outcome "already
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -116,9 +117,12 @@ async def import_export(
         chunks = _map_and_count(source, window, report)
     else:  # counted by the checking pass already
         chunks = (mapped for _file, mapped in source.chunks(window))
-    for mapped in chunks:
-        await writer.add(mapped)
-    await writer.flush()
+    try:
+        async for mapped in _in_a_thread(chunks):
+            await writer.add(mapped)
+        await writer.finish()
+    finally:
+        await writer.abandon()
     report.imported["positions"] = writer.inserted
     report.duplicates = writer.duplicates
     report.implausible = writer.implausible
@@ -126,6 +130,15 @@ async def import_export(
     report.outcome = "imported" if imported_any else "already_imported"
     await _record(store, report, source, options, started_at, writer.newest)
     return report
+
+
+async def _in_a_thread(chunks):
+    """The chunks, each read and mapped in a worker thread, so that the event loop keeps
+    feeding the writes in flight (the database works while the next chunk is parsed)."""
+    iterator = iter(chunks)
+    done = object()
+    while (mapped := await asyncio.to_thread(next, iterator, done)) is not done:
+        yield mapped
 
 
 def _check_positions(source, window, report, keep_rows) -> list[MappedPositions] | None:
@@ -204,6 +217,11 @@ class _PositionWriter:
     implausible: int = 0
     _pending: list[TelemetryBatch] = field(default_factory=list)
     _rows: int = 0
+    # Writes in flight: two, so that one commits while the next is sent (each its own
+    # transaction on its own pooled connection; chunks are sorted by vehicle, so two writes
+    # share at most one vehicle_state row and take their row locks in one order).
+    _writing: list[asyncio.Task] = field(default_factory=list)
+    max_in_flight: int = 2
     _plausibility: PlausibilityFilter | None = None
 
     def __post_init__(self) -> None:
@@ -248,13 +266,31 @@ class _PositionWriter:
         self.implausible += self._plausibility.apply(batch)
         for start in range(0, len(batch), self.options.chunk_rows):
             part = batch.take(slice(start, start + self.options.chunk_rows))
-            result = await self.store.write(part)
-            self.inserted += result.inserted
-            self.duplicates += result.duplicates
+            while len(self._writing) >= self.max_in_flight:
+                await self._collect(self._writing.pop(0))
+            self._writing.append(asyncio.create_task(self.store.write(part)))
         last = batch.latest_per_vehicle()
         for v, t in zip(batch.vehicle[last].tolist(), batch.time_ms[last].tolist()):
             if t > self.newest.get(v, -(2**62)):
                 self.newest[v] = t
+
+    async def _collect(self, task: asyncio.Task) -> None:
+        result = await task
+        self.inserted += result.inserted
+        self.duplicates += result.duplicates
+
+    async def finish(self) -> None:
+        """Write what is gathered and wait for every write."""
+        await self.flush()
+        while self._writing:
+            await self._collect(self._writing.pop(0))
+
+    async def abandon(self) -> None:
+        """After a failure: cancel the writes in flight (their transactions roll back)."""
+        for task in self._writing:
+            task.cancel()
+        await asyncio.gather(*self._writing, return_exceptions=True)
+        self._writing.clear()
 
 
 async def _record(store, report: RunReport, source, options, started_at, newest) -> None:

@@ -191,19 +191,21 @@ def map_positions(
     n = len(chunk)
     ids = [p.get("id") for p in chunk]
     verdicts = Verdicts(n, file, ids)
-    owners = [str(p.get("deviceId")) for p in chunk]
+    owners = [p.get("deviceId") for p in chunk]
     device_ids = sorted({d for d, _ in devices.values()})
     slot = {d: i for i, d in enumerate(device_ids)}
+    # Traccar's deviceId is a number; the records key it as text: look up both.
     index_of = {src: slot[d] for src, (d, _) in devices.items()}
-    device = np.fromiter((index_of.get(o, -1) for o in owners), np.int32, n)
+    index_of.update({int(src): i for src, i in index_of.items() if src.isdigit()})
+    device = np.array([index_of.get(o, -1) for o in owners], np.int32)
     if (device < 0).any():
+        texts = np.array([str(o) for o in owners], dtype=object)
         for source_id, reason in rejected.items():
-            rows = np.array([o == source_id for o in owners], bool)
-            verdicts.reject(rows, reason, "deviceId", listed=False)
+            verdicts.reject(texts == source_id, reason, "deviceId", listed=False)
         verdicts.reject(device < 0, UNKNOWN_DEVICE, "deviceId")
 
     cols, valid = _measurements(chunk, mapping, verdicts)
-    cols.update(_power(chunk, owners, devices, mapping, verdicts))
+    cols.update(_power(chunk, device, device_ids, devices, mapping, verdicts))
     time_ms, received_ms = _times(chunk, valid, mapping, verdicts)
     verdicts.check_ranges(cols, _FIELD_NAMES)
     verdicts.check_time(time_ms, window, mapping.time)
@@ -217,7 +219,7 @@ def map_positions(
 
 def _measurements(chunk, mapping: Mapping, verdicts: Verdicts):
     attributes = [p.get("attributes") or {} for p in chunk]
-    valid = np.fromiter((p.get("valid", True) is not False for p in chunk), bool, len(chunk))
+    valid = np.array([p.get("valid") is not False for p in chunk], bool)
     cols: dict[str, np.ndarray] = {}
     for name, values, field in (
         ("lat", [p.get("latitude") for p in chunk], "latitude"),
@@ -248,30 +250,28 @@ def _measurements(chunk, mapping: Mapping, verdicts: Verdicts):
     return cols, valid
 
 
-def _power(chunk, owners, devices, mapping: Mapping, verdicts: Verdicts) -> dict[str, np.ndarray]:
+def _power(chunk, device, device_ids, devices, mapping: Mapping, verdicts: Verdicts):
     """`power` (V, the tracker's supply) into pack_v or aux_v by the vehicle's type."""
-    n = len(chunk)
     volts, wrong = numbers([(p.get("attributes") or {}).get(mapping.power) for p in chunk])
     verdicts.reject(wrong, "wrong_type", f"attributes.{mapping.power}")
+    type_of = {d: t for d, t in devices.values()}
+    # per device slot (and -1, a device not imported), where its power reading goes
     target = np.array(
-        [mapping.power_column(devices[o][1]) if o in devices else "ignore" for o in owners]
-        if n
-        else [],
-        dtype=object,
-    )
-    out = {}
-    for column in ("pack_v", "aux_v"):
-        out[column] = np.where(target == column, volts, np.nan) if n else np.empty(0)
-    return out
+        [mapping.power_column(type_of[d]) for d in device_ids] + ["ignore"], dtype=object
+    )[device]
+    return {column: np.where(target == column, volts, np.nan) for column in ("pack_v", "aux_v")}
 
 
 def _times(chunk, valid: np.ndarray, mapping: Mapping, verdicts: Verdicts):
     """Sample time (the mapping's field; deviceTime for a position without a fix, whose fixTime
     is the last fix's) and the time Traccar received it (serverTime)."""
-    chosen = [
-        p.get(mapping.time) if ok else p.get("deviceTime", p.get(mapping.time))
-        for p, ok in zip(chunk, valid.tolist())
-    ]
+    if valid.all():
+        chosen = [p.get(mapping.time) for p in chunk]
+    else:
+        chosen = [
+            p.get(mapping.time) if ok else p.get("deviceTime", p.get(mapping.time))
+            for p, ok in zip(chunk, valid.tolist())
+        ]
     time_ms, bad = iso_times_ms(chosen)
     missing = np.fromiter((v is None for v in chosen), bool, len(chunk))
     verdicts.reject(missing, "missing_field", mapping.time)
