@@ -64,22 +64,33 @@ def iso(ms: int) -> str:
 
 
 def synthetic_export(
-    dest: Path, *, devices: int, days: int, per_day: int, first_day_ms: int | None = None
+    dest: Path,
+    *,
+    devices: int,
+    days: int,
+    per_day: int,
+    first_day_ms: int | None = None,
+    named: list[tuple[str, str, str]] | None = None,
 ) -> Path:
     """A Traccar export of `devices` e-bikes ("sim-bike-N" / uniqueId "35000000000N"), each with
     `per_day` positions a minute apart at the start of each of `days` days from first_day_ms
-    (default: days + 0.5 days ago), one position file per device."""
+    (default: days + 0.5 days ago), one position file per device. `named`: (device_id,
+    vehicle_ref, vehicle_type) of vehicles to export besides (a simulated fleet's
+    registrations), numbered after the others."""
     if first_day_ms is None:
         first_day_ms = int(time.time() * 1000) - int((days + 0.5) * 86_400_000)
     (dest / "positions").mkdir(parents=True)
     rows = []
-    for d in range(1, devices + 1):
+    category = {"ebike": "bicycle", "car": "car", "scooter": "scooter", "moped": "motorcycle"}
+    everyone = [(f"3500000000{d:05d}", f"sim-bike-{d}", "ebike") for d in range(1, devices + 1)]
+    everyone += named or []
+    for d, (device_id, ref, vehicle_type) in enumerate(everyone, start=1):
         rows.append(
             {
                 "id": d,
-                "name": f"sim-bike-{d}",
-                "uniqueId": f"3500000000{d:05d}",
-                "category": "bicycle",
+                "name": ref,
+                "uniqueId": device_id,
+                "category": category.get(vehicle_type, vehicle_type),
                 "groupId": 0,
                 "disabled": False,
                 "attributes": {},
