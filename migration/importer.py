@@ -5,9 +5,12 @@ path (binary COPY, deduplicated on (vehicle, time)) in large chunks — and the 
     async def import_export(store, export, batch, options=ImportOptions()) -> RunReport
 
 `export` is a TraccarExport (migration.traccar_export), a GbfsFeeds (migration.gbfs), a CsvExport
-(migration.csv_source) or an already MappedSource. Without options.skip_invalid every record is
-checked first and any problem means nothing is imported (outcome "refused"); with it the invalid
-records are skipped and counted. Running it again adds nothing (outcome "already_imported").
+(migration.csv_source) or an already MappedSource. Every record is checked before anything is
+written (an unreadable file raises UnreadableInput and nothing is imported); without
+options.skip_invalid any problem means nothing is imported (outcome "refused"), with it the
+invalid records are skipped and counted. Running it again adds nothing ("already_imported").
+The mapped positions of the checking pass are kept for writing up to options.keep_rows; a larger
+export is read a second time, so a TraccarExport's positions must be re-iterable.
 """
 
 from __future__ import annotations
@@ -95,13 +98,13 @@ async def import_export(
     window = await time_window(store, options.now_ms)
     report = start_report(source, options.mapping)
     report.batch = batch
-    kept: list[MappedPositions] | None = None
-    if not options.skip_invalid:
-        kept = _check_positions(source, window, report, options.keep_rows)
-        if report.has_problems:
-            report.outcome = "refused"
-            await _record(store, report, source, options, started_at, {})
-            return report
+    # Every chunk is read and checked before anything is written, with --skip-invalid too: an
+    # unreadable file (UnreadableInput) means nothing is imported.
+    kept = _check_positions(source, window, report, options.keep_rows)
+    if report.has_problems and not options.skip_invalid:
+        report.outcome = "refused"
+        await _record(store, report, source, options, started_at, {})
+        return report
     report.imported["zones"] = await _put_zones(store, source.registry.zones)
     vehicle_ids = await _register(store, source.registry.vehicles, registry, report)
     if options.provision and vehicle_ids:
@@ -111,12 +114,8 @@ async def import_export(
     writer = _PositionWriter(store, source, vehicle_ids, options)
     if options.since_last_run:
         writer.watermarks = await store.migration_watermarks(source.source)
-    if kept is not None:
-        chunks = kept
-    elif options.skip_invalid:
-        chunks = _map_and_count(source, window, report)
-    else:  # counted by the checking pass already
-        chunks = (mapped for _file, mapped in source.chunks(window))
+    # the chunks kept from the checking pass, else read again (counted already)
+    chunks = kept if kept is not None else (mapped for _file, mapped in source.chunks(window))
     try:
         async for mapped in _in_a_thread(chunks):
             await writer.add(mapped)

@@ -89,16 +89,20 @@ def test_analyse_runs_without_a_database(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "duplicate_device" in result.output
 
 
-def test_truncated_json_is_named_with_its_byte_offset_and_nothing_is_imported(env, tmp_path):
+def test_truncated_json_is_named_with_its_byte_offset_and_nothing_is_imported(
+    env, mapping, tmp_path
+):
     export = copy_export("traccar", tmp_path / "export")
     broken = export / "positions" / "device-3.json"
     broken.write_bytes(broken.read_bytes()[:500])
-    for command in ("analyse", "import"):
+    for argv in (
+        ("analyse",),
+        ("import", "--batch", "w1"),
+        ("import", "--batch", "w1", "--skip-invalid"),
+    ):
         result = run_fleetgate(
-            "migrate", command, "--source", "traccar", str(export), "--batch", "w1", env=env
-        ) if command == "import" else run_fleetgate(
-            "migrate", command, "--source", "traccar", str(export), env=env
-        )  # fmt: skip
+            "migrate", *argv, "--source", "traccar", str(export), "--mapping", mapping, env=env
+        )
         assert result.exit_code == 2, result.output
         assert f"cannot read {broken} at byte 500: invalid JSON" in result.output
     status = run_fleetgate("migrate", "status", env=env)
