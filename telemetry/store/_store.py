@@ -21,10 +21,11 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
 from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, TelemetryBatch
-from telemetry.store import _api_keys, _partitions, _policies, _zones
+from telemetry.store import _api_keys, _migration_runs, _partitions, _policies, _zones
 from telemetry.store import _binary as wire
 from telemetry.store._api_keys import ApiKey
 from telemetry.store._errors import DataRefused, RegistrationConflict, StoreUnavailable
+from telemetry.store._migration_runs import MigrationRun
 from telemetry.store._pool import open_pool, pooled_connection, pooled_transaction
 from telemetry.store._zones import ZoneRows
 from telemetry.topics import DEVICE_ID_RULE, is_device_id
@@ -881,6 +882,55 @@ class TelemetryStore:
     async def delete_zone(self, zone_id: str) -> bool:
         async with self._transaction() as cur:
             return await _zones.delete(cur, zone_id)
+
+    # --- fleet migrations (migration/) ----------------------------------------------------------
+
+    async def retention_days(self) -> int | None:
+        """How many days of samples the store keeps (storage_settings), None if unlimited."""
+        async with self._connection() as conn:
+            cur = await conn.execute("SELECT retention_days FROM storage_settings")
+            row = await cur.fetchone()
+        return None if row is None else row[0]
+
+    async def record_migration_run(
+        self,
+        *,
+        batch: str,
+        source: str,
+        origin: str,
+        delta: bool,
+        outcome: str,
+        started_at: datetime,
+        report: dict[str, Any],
+        watermarks: Mapping[int, int] | None = None,
+    ) -> int:
+        """Record a migration run and move its vehicles' watermarks (vehicle -> newest sample
+        time in ms imported from `source`) in one transaction; the run's id."""
+        async with self._transaction() as cur:
+            run = await _migration_runs.record(
+                cur,
+                batch=batch,
+                source=source,
+                origin=origin,
+                delta=delta,
+                outcome=outcome,
+                started_at=started_at,
+                report=report,
+            )
+            await _migration_runs.advance_watermarks(cur, source, dict(watermarks or {}), run)
+            return run
+
+    async def migration_runs(
+        self, batch: str | None = None, limit: int = 100, before: int | None = None
+    ) -> list[MigrationRun]:
+        """The newest runs first (with ids below `before`), of one batch or all."""
+        async with self._connection() as conn:
+            return await _migration_runs.runs(conn.cursor(), batch, limit, before)
+
+    async def migration_watermarks(self, source: str) -> dict[int, int]:
+        """vehicle -> newest sample time (ms) imported from `source` so far."""
+        async with self._connection() as conn:
+            return await _migration_runs.watermarks(conn.cursor(), source)
 
     # --- housekeeping ---------------------------------------------------------------------------
 

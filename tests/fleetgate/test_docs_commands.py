@@ -204,6 +204,14 @@ COMMANDS: dict[str, dict[str, Action]] = {
             "scenario; tests/gateway/test_faults.py counts the same under the same faults"
         ),
     },
+    "docs/migration.md": {
+        "fleetgate migrate analyse --source csv examples/fleet.csv": Run(
+            expect=r"csv export \S+fleet.csv: 4 vehicles"
+        ),
+        "fleetgate migrate import --source csv examples/fleet.csv --batch wave-1 "
+        "--report wave-1.json": Run(expect="imported: 4 vehicles, 4 devices, 0 zones, 0 positions"),
+        "fleetgate migrate status --batch wave-1": Run(expect=r"batch wave-1  csv .*\n  imported"),
+    },
     "docs/device-identity.md": {
         "fleetgate devices register bike-0001 lock-0001 --type ebike": Run(),
         "fleetgate devices register bike-0002 lock-0002 --type ebike": Run(),

@@ -1,0 +1,154 @@
+"""`fleetgate migrate analyse|import|status` against a real database: analyse changes nothing
+(a data-only dump before and after), the exit codes, unreadable input named to the byte, the
+report file, secrets shown once, the runs listed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.cli_runner import run_fleetgate
+from tests.migration_exports import copy_export
+
+pytestmark = pytest.mark.integration
+
+# Until the registry of vehicle types lands, the store knows e-bikes and cars only.
+TWO_TYPES = '[vehicle_types.traccar]\nscooter = "ebike"\nmotorcycle = "car"\n'
+
+
+@pytest.fixture
+def env(pg_dsn):
+    return {"FLEETGATE_DATABASE_URL": pg_dsn}
+
+
+@pytest.fixture
+def mapping(tmp_path):
+    path = tmp_path / "mapping.toml"
+    path.write_text(TWO_TYPES)
+    return str(path)
+
+
+def data_dump(dsn: str) -> str:
+    run = subprocess.run(
+        ["pg_dump", "--data-only", "--no-owner", "-d", dsn],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    # pg_dump's \restrict lines carry a random key per dump; the data is the rest.
+    return "\n".join(
+        line
+        for line in run.stdout.splitlines()
+        if not line.startswith(("\\restrict", "\\unrestrict"))
+    )
+
+
+def test_analyse_changes_nothing_and_exits_0_for_a_clean_export(env, mapping, tmp_path):
+    export = copy_export("traccar", tmp_path / "export")
+    run_fleetgate("migrate", "import", "--source", "traccar", str(export), "--batch", "w1",
+                  "--mapping", mapping, env=env)  # fmt: skip
+    before = data_dump(env["FLEETGATE_DATABASE_URL"])
+    report_file = tmp_path / "report.json"
+    result = run_fleetgate(
+        "migrate", "analyse", "--source", "traccar", str(export), "--mapping", mapping,
+        "--report", str(report_file), env=env,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "4 devices, 3 geofences, 2 groups, 9 positions" in result.output
+    assert data_dump(env["FLEETGATE_DATABASE_URL"]) == before
+    report = json.loads(report_file.read_text())
+    assert {"source", "counts", "imported", "skipped", "problems"} <= report.keys()
+    assert report["source"] == "traccar" and report["problems"] == []
+    assert report["mapping"]["traccar"]["position.speed"] == "speed_kmh = speed × 1.852 (knots)"
+
+
+def test_analyse_lists_every_problem_and_exits_1(env, mapping, tmp_path):
+    export = copy_export("traccar_traps", tmp_path / "export")
+    before = data_dump(env["FLEETGATE_DATABASE_URL"])
+    report_file = tmp_path / "report.json"
+    result = run_fleetgate(
+        "migrate", "analyse", "--source", "traccar", str(export), "--report", str(report_file),
+        "--mapping", mapping, env=env,
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"{export}/positions/device-15.json\t1502\tlatitude\tlat_out_of_range" in result.output
+    assert f"{export}/geofences.json\t22\tarea\tunsupported_geometry (LINESTRING)" in result.output
+    report = json.loads(report_file.read_text())
+    assert report["skipped"]["time_beyond_retention"] == 1
+    assert {"file", "record", "field", "reason"} <= report["problems"][0].keys()
+    assert data_dump(env["FLEETGATE_DATABASE_URL"]) == before
+
+
+def test_analyse_runs_without_a_database(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLEETGATE_DATABASE_URL", raising=False)
+    export = copy_export("traccar_traps", tmp_path / "export")
+    result = run_fleetgate("migrate", "analyse", "--source", "traccar", str(export))
+    assert result.exit_code == 1 and "duplicate_device" in result.output
+
+
+def test_truncated_json_is_named_with_its_byte_offset_and_nothing_is_imported(
+    env, mapping, tmp_path
+):
+    export = copy_export("traccar", tmp_path / "export")
+    broken = export / "positions" / "device-3.json"
+    broken.write_bytes(broken.read_bytes()[:500])
+    for argv in (
+        ("analyse",),
+        ("import", "--batch", "w1"),
+        ("import", "--batch", "w1", "--skip-invalid"),
+    ):
+        result = run_fleetgate(
+            "migrate", *argv, "--source", "traccar", str(export), "--mapping", mapping, env=env
+        )
+        assert result.exit_code == 2, result.output
+        assert f"cannot read {broken} at byte 500: invalid JSON" in result.output
+    status = run_fleetgate("migrate", "status", env=env)
+    assert "no migration runs" in status.output
+    assert "Bike 001" not in data_dump(env["FLEETGATE_DATABASE_URL"])
+
+
+def test_an_unknown_source_exits_2_listing_the_sources(env, tmp_path):
+    result = run_fleetgate("migrate", "analyse", "--source", "fleetio", str(tmp_path), env=env)
+    assert result.exit_code == 2
+    assert "unknown source 'fleetio'; the sources are traccar, gbfs, csv" in result.output
+
+
+def test_import_provisions_once_and_status_lists_the_runs(env, mapping, tmp_path):
+    export = copy_export("traccar", tmp_path / "export")
+    argv = ("migrate", "import", "--source", "traccar", str(export), "--batch", "wave-1",
+            "--mapping", mapping, "--provision")  # fmt: skip
+    report_file = tmp_path / "report.json"
+    first = run_fleetgate(*argv, "--report", str(report_file), env=env)
+    assert first.exit_code == 0, first.output
+    assert "imported: 4 vehicles, 4 devices, 3 zones, 9 positions" in first.output
+    assert len([line for line in first.output.splitlines() if line.startswith("3587")]) == 4
+    report = json.loads(report_file.read_text())
+    assert report["imported"] == {"vehicles": 4, "devices": 4, "zones": 3, "positions": 9}
+    assert "secret" not in report_file.read_text()
+    second = run_fleetgate(*argv, env=env)
+    assert second.exit_code == 0 and "already imported" in second.output
+    assert not [line for line in second.output.splitlines() if line.startswith("3587")]
+    status = run_fleetgate("migrate", "status", "--batch", "wave-1", env=env)
+    assert status.output.count("batch wave-1") == 2
+    assert "already imported: 0 vehicles" in status.output
+    listed = json.loads(run_fleetgate("migrate", "status", "--json", env=env).output)
+    assert [r["outcome"] for r in listed] == ["already_imported", "imported"]
+
+
+def test_import_without_skip_invalid_imports_nothing_and_exits_1(env, mapping, tmp_path):
+    export = copy_export("traccar_traps", tmp_path / "export")
+    result = run_fleetgate(
+        "migrate", "import", "--source", "traccar", str(export), "--batch", "w1",
+        "--mapping", mapping, env=env,
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "refused: 0 vehicles, 0 devices, 0 zones, 0 positions" in result.output
+    skipped = run_fleetgate(
+        "migrate", "import", "--source", "traccar", str(export), "--batch", "w1",
+        "--skip-invalid", "--mapping", mapping, env=env,
+    )  # fmt: skip
+    assert skipped.exit_code == 1
+    assert "imported: 2 vehicles, 2 devices, 1 zones, 3 positions" in skipped.output
