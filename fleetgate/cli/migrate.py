@@ -15,6 +15,16 @@ import orjson
 import typer
 
 from fleetgate.cli.shared import database_url, fail, load_settings, with_store
+from fleetgate.cli.traccar_live import (
+    LiveOptionError,
+    LivePull,
+    PasswordOption,
+    SinceOption,
+    TokenOption,
+    UntilOption,
+    UrlOption,
+    UserOption,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -24,7 +34,12 @@ app = typer.Typer(
 IMPORTED = ("vehicles", "devices", "zones", "positions")  # migration.report.IMPORTED_KEYS
 SourceOption = Annotated[str, typer.Option("--source", help="traccar | gbfs | csv")]
 PathArgument = Annotated[
-    str, typer.Argument(metavar="PATH_OR_URL", help="the export: a folder, a file or a URL")
+    str | None,
+    typer.Argument(
+        metavar="PATH_OR_URL",
+        help="the export: a folder, a file or a URL (none with --url, a live Traccar)",
+        show_default=False,
+    ),
 ]
 MappingOption = Annotated[
     str | None, typer.Option("--mapping", metavar="FILE", help="TOML mapping file")
@@ -34,19 +49,32 @@ ReportOption = Annotated[
 ]
 
 
-def _read(source: str, path: str, mapping_file: str | None):
-    """(export, mapping), or exit 2 saying what could not be read."""
+def _read(source: str, path: str | None, mapping_file: str | None, live: LivePull | None = None):
+    """(export, mapping), or exit 2 saying what could not be read. With live, the export is
+    pulled from a Traccar server (fleetgate/cli/traccar_live.py) instead of read from path."""
     from migration.errors import UnreadableInput
     from migration.mapping import MappingError
     from migration.readers import UnknownSource, read_export, read_mapping_file
 
     try:
         mapping = read_mapping_file(mapping_file)
+        if live is not None:
+            from fleetgate.cli.traccar_live import pull_export
+
+            return pull_export(live, load_settings().retention_days), mapping
         return read_export(source, path), mapping
-    except (UnknownSource, MappingError) as exc:
+    except (UnknownSource, MappingError, LiveOptionError) as exc:
         fail(str(exc))
     except UnreadableInput as exc:
         fail(f"cannot read {exc}; nothing imported")
+
+
+def _live(source: str, path: str | None, url: str | None, *credentials) -> LivePull | None:
+    """The live pull --url asks for (None: read PATH); exit 2 when the options clash."""
+    try:
+        return LivePull.from_options(source, path, url, *credentials)
+    except LiveOptionError as exc:
+        fail(str(exc))
 
 
 def _finish(report, report_file: str | None) -> None:
@@ -65,10 +93,16 @@ def _unreadable(exc) -> None:
 
 @app.command("analyse")
 def analyse(
-    path: PathArgument,
     source: SourceOption,
+    path: PathArgument = None,
     mapping_file: MappingOption = None,
     report_file: ReportOption = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    user: UserOption = None,
+    password: PasswordOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
 ) -> None:
     """Check an export and say what an import would take and refuse; changes nothing. With
     a database configured, the registry (devices fitted elsewhere) and retention count too."""
@@ -76,7 +110,8 @@ def analyse(
     from migration.errors import UnreadableInput
     from migration.importer import known_vehicle_types, map_export, time_window
 
-    export, mapping = _read(source, path, mapping_file)
+    live = _live(source, path, url, token, user, password, since, until)
+    export, mapping = _read(source, path, mapping_file, live)
     s = load_settings()
 
     async def run(store):
@@ -100,9 +135,9 @@ def analyse(
 
 @app.command("import")
 def import_(
-    path: PathArgument,
     source: SourceOption,
     batch: Annotated[str, typer.Option(help="the migration batch these vehicles belong to")],
+    path: PathArgument = None,
     skip_invalid: Annotated[
         bool, typer.Option(help="import the valid records, skip and count the rest")
     ] = False,
@@ -114,13 +149,20 @@ def import_(
     ] = False,
     mapping_file: MappingOption = None,
     report_file: ReportOption = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    user: UserOption = None,
+    password: PasswordOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
 ) -> None:
     """Import vehicles, devices, zones and positions; record the run."""
     from migration.errors import UnreadableInput
     from migration.importer import ImportOptions, import_export
     from telemetry.store import RegistrationConflict
 
-    export, mapping = _read(source, path, mapping_file)
+    live = _live(source, path, url, token, user, password, since, until)
+    export, mapping = _read(source, path, mapping_file, live)
     s = load_settings()
     options = ImportOptions(
         mapping=mapping,
