@@ -1,5 +1,5 @@
-"""`fleetgate migrate analyse|import|status`: a legacy platform's fleet (Traccar, GBFS, CSV)
-checked, imported and accounted for (docs/migration.md).
+"""`fleetgate migrate analyse|import|rehearse|status`: a legacy platform's fleet (Traccar, GBFS,
+CSV) checked, imported, rehearsed on throw-away services and accounted for (docs/migration.md).
 
 Exit codes: 0 everything importable (or imported), 1 problems (listed; without --skip-invalid
 nothing was imported), 2 unreadable input, unknown source or no database.
@@ -25,10 +25,11 @@ from fleetgate.cli.traccar_live import (
     UrlOption,
     UserOption,
 )
+from fleetgate.logs import setup_logging
 
 app = typer.Typer(
     no_args_is_help=True,
-    help="Migrate a fleet from another platform: analyse, import, status",
+    help="Migrate a fleet from another platform: analyse, import, rehearse, status",
 )
 
 IMPORTED = ("vehicles", "devices", "zones", "positions")  # migration.report.IMPORTED_KEYS
@@ -185,6 +186,52 @@ def import_(
             "fleetgate: secrets are shown only now; the database keeps their hashes", err=True
         )
     _finish(report, report_file)
+
+
+@app.command("rehearse")
+def rehearse(
+    source: SourceOption,
+    path: PathArgument = None,
+    skip_invalid: Annotated[
+        bool, typer.Option(help="as the real import will: import the valid records only")
+    ] = False,
+    commands: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="share of the vehicles sent a locate (at least one)"),
+    ] = 0.01,
+    drive: Annotated[
+        float, typer.Option(min=1.0, help="seconds the simulated fleet drives")
+    ] = 10.0,
+    mapping_file: MappingOption = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    user: UserOption = None,
+    password: PasswordOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+) -> None:
+    """The test run: import into a throw-away embedded PostgreSQL (never the configured
+    database), run a gateway and the imported vehicles as a simulated fleet, locate some; PASS
+    or FAIL. Exit 0 pass, 1 fail, 2 unreadable input. It leaves nothing behind."""
+    from fleetgate.rehearsal import RehearsalOptions
+    from fleetgate.rehearsal import rehearse as run_rehearsal
+    from migration.errors import UnreadableInput
+
+    s = load_settings()
+    setup_logging(s.log_level if "log_level" in s.model_fields_set else "WARNING", "text")
+    live = _live(source, path, url, token, user, password, since, until)
+    export, mapping = _read(source, path, mapping_file, live)
+    options = RehearsalOptions(skip_invalid=skip_invalid, command_share=commands, drive_s=drive)
+    try:
+        result = asyncio.run(
+            run_rehearsal(export, mapping, s, options, lambda line: typer.echo(line))
+        )
+    except UnreadableInput as exc:
+        _unreadable(exc)
+    for check in result.checks:
+        typer.echo(check.line())
+    typer.echo("rehearsal PASSED" if result.passed else "rehearsal FAILED")
+    raise typer.Exit(0 if result.passed else 1)
 
 
 @app.command("status")
