@@ -72,9 +72,7 @@ def map_export(export: Any, mapping: Mapping) -> MappedSource:
 
 async def known_vehicle_types(store: TelemetryStore) -> set[str]:
     """The vehicle types the store registers vehicles of."""
-    from telemetry.store._store import VEHICLE_TYPES
-
-    return set(VEHICLE_TYPES)
+    return set(await store.vehicle_types())
 
 
 async def time_window(store: TelemetryStore | None, now_ms: int | None) -> TimeWindow:
