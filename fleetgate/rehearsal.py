@@ -263,6 +263,8 @@ def _fleet_area(last: dict[str, tuple[float, float]]):
 
 async def _drive(dsn, broker, settings, vehicles, last, options, say) -> list[Check]:
     """Gateway and simulated fleet; the checks of commands and live samples."""
+    from prometheus_client import CollectorRegistry
+
     from firmware_sim import Fleet, FleetOptions
     from fleetgate.wiring import gateway_config
     from gateway.service import Gateway
@@ -288,7 +290,9 @@ async def _drive(dsn, broker, settings, vehicles, last, options, say) -> list[Ch
     config.mqtt_username = config.mqtt_password = None
     config.coap_enabled = False
     config.commands_enabled = True
-    gateway = Gateway(config)
+    # Its own metrics registry: the rehearsal's gateway is not the process's (nor the only one
+    # a test process runs).
+    gateway = Gateway(config, registry=CollectorRegistry())
     running = asyncio.create_task(gateway.run(), name="rehearsal-gateway")
     try:
         await _until_ready(gateway, running)
