@@ -112,6 +112,9 @@ def import_(
     since_last_run: Annotated[
         bool, typer.Option(help="only positions newer than the last run's (the cut-over delta)")
     ] = False,
+    chunk_rows: Annotated[
+        int, typer.Option(min=1, help="positions per write (one transaction each)")
+    ] = 250_000,
     mapping_file: MappingOption = None,
     report_file: ReportOption = None,
 ) -> None:
@@ -127,6 +130,7 @@ def import_(
         skip_invalid=skip_invalid,
         provision=provision,
         since_last_run=since_last_run,
+        chunk_rows=chunk_rows,
     )
     try:
         report = asyncio.run(

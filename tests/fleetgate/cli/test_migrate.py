@@ -152,3 +152,51 @@ def test_import_without_skip_invalid_imports_nothing_and_exits_1(env, mapping, t
     )  # fmt: skip
     assert skipped.exit_code == 1
     assert "imported: 2 vehicles, 2 devices, 1 zones, 3 positions" in skipped.output
+
+
+def test_an_import_killed_half_way_is_completed_by_running_it_again(env, tmp_path):
+    """kill -9 between two committed chunks: what was committed stays, once; the next run adds
+    exactly the rest and says how many it found stored already."""
+    import os
+    import signal
+    import sys
+    import time
+
+    import psycopg
+
+    from tests.migration_exports import synthetic_export
+
+    export = synthetic_export(tmp_path / "export", devices=40, days=5, per_day=300)
+    total = 40 * 5 * 300
+    dsn = env["FLEETGATE_DATABASE_URL"]
+    argv = [sys.executable, "-m", "fleetgate.cli", "migrate", "import", "--source", "traccar",
+            str(export), "--batch", "w1", "--chunk-rows", "1000"]  # fmt: skip
+
+    def stored() -> int:
+        with psycopg.connect(dsn) as conn:
+            return conn.execute("SELECT count(*) FROM positions").fetchone()[0]
+
+    child = subprocess.Popen(
+        argv, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while stored() == 0 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    at_kill = stored()
+    assert 0 < at_kill < total, "killed between the first and the last chunk"
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM migration_runs").fetchone()[0] == 0
+    report_file = tmp_path / "report.json"
+    again = run_fleetgate(
+        "migrate", "import", "--source", "traccar", str(export), "--batch", "w1",
+        "--report", str(report_file), env=env,
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    report = json.loads(report_file.read_text())
+    assert report["imported"]["positions"] + report["duplicates"] == total
+    assert report["duplicates"] >= at_kill
+    with psycopg.connect(dsn) as conn:
+        keys = conn.execute("SELECT count(*), count(DISTINCT (vehicle, time)) FROM positions")
+        assert keys.fetchone() == (total, total)
