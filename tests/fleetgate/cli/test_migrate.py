@@ -200,3 +200,19 @@ def test_an_import_killed_half_way_is_completed_by_running_it_again(env, tmp_pat
     with psycopg.connect(dsn) as conn:
         keys = conn.execute("SELECT count(*), count(DISTINCT (vehicle, time)) FROM positions")
         assert keys.fetchone() == (total, total)
+
+
+def test_a_bad_mapping_file_or_a_csv_without_its_columns_exits_2(env, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[units]\nspeed = "furlongs"\n')
+    export = copy_export("traccar", tmp_path / "export")
+    result = run_fleetgate(
+        "migrate", "analyse", "--source", "traccar", str(export), "--mapping", str(bad), env=env
+    )
+    assert result.exit_code == 2 and "units.speed = 'furlongs'" in result.output
+    sheet = tmp_path / "fleet.csv"
+    sheet.write_text("ref,tcu\nbike-1,tcu-1\n")
+    result = run_fleetgate("migrate", "import", "--source", "csv", str(sheet), "--batch", "b",
+                           env=env)  # fmt: skip
+    assert result.exit_code == 2
+    assert "the header line lacks vehicle_ref, device_id, vehicle_type" in result.output
