@@ -3,7 +3,6 @@ it is all or nothing without --skip-invalid, idempotent, resumable as a delta, a
 
 from __future__ import annotations
 
-import math
 import time
 
 import psycopg
@@ -178,14 +177,30 @@ async def test_the_runs_say_what_each_imported_and_skipped(dsn, tmp_path):
 
 
 async def test_history_older_than_live_state_does_not_overwrite_it(dsn, tmp_path):
+    from telemetry.batch import TelemetryBatch
+
+    async with await TelemetryStore.open(dsn) as store:
+        ids = await store.register_vehicles(
+            [VehicleRegistration("Bike 001", "358762090000011", "ebike")]
+        )
+        live = TelemetryBatch.empty(1)
+        live.vehicle[:] = ids["358762090000011"]
+        live.time_ms[:] = live.received_ms[:] = int(time.time() * 1000)
+        live.lat[:], live.lon[:], live.soc_pct[:] = 52.6, 13.5, 41.0
+        await store.write(live)
     export = read_traccar_folder(copy_export("traccar", tmp_path / "export"))
     await imported(dsn, export)
-    (soc,) = await rows(
+    (state,) = await rows(
         dsn,
-        "SELECT s.soc_pct FROM vehicle_state s JOIN vehicles v ON v.id = s.vehicle "
-        "WHERE v.vehicle_ref = 'Bike 001'",
+        "SELECT s.soc_pct, s.lat, s.time > now() - interval '1 minute' FROM vehicle_state s "
+        "JOIN vehicles v ON v.id = s.vehicle WHERE v.vehicle_ref = 'Bike 001'",
     )
-    assert soc[0] == 86 and not math.isnan(soc[0])
+    assert state == (41.0, 52.6, True)
+    assert await rows(
+        dsn,
+        "SELECT count(*) FROM positions p JOIN vehicles v ON v.id = p.vehicle "
+        "WHERE v.vehicle_ref = 'Bike 001'",
+    ) == [(4,)]
 
 
 async def test_a_gbfs_feed_imports_vehicles_positions_zones_and_stations(dsn, tmp_path):
