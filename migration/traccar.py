@@ -9,6 +9,7 @@ odometer / totalDistance (m), ignition, blocked (the immobiliser), motion, power
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -318,6 +319,7 @@ def map_traccar(export: Any, mapping: Mapping) -> MappedSource:
     def map_chunk(chunk, file, devices, rejected, window):
         return map_positions(chunk, devices, rejected, mapping, window, file)
 
+    files = getattr(export.positions, "files", None)  # a folder's: mappable in other processes
     return MappedSource(
         source=SOURCE,
         origin=export.origin,
@@ -325,7 +327,15 @@ def map_traccar(export: Any, mapping: Mapping) -> MappedSource:
         raw_chunks=raw_chunks,
         map_chunk=map_chunk,
         vehicle_of_source_id={r.source_id: r for r in registry.vehicles},
+        file_mapper=functools.partial(_map_file, mapping=mapping) if files else None,
+        files=files,
     )
+
+
+def _map_file(file, devices, rejected, window, *, mapping):
+    from migration.traccar_export import read_and_map_file  # the IO edge, in a worker process
+
+    return read_and_map_file(file, devices, rejected, mapping, window)
 
 
 def _file(origin: str, name: str) -> str:

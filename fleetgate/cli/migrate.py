@@ -8,6 +8,7 @@ nothing was imported), 2 unreadable input, unknown source or no database.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -115,6 +116,13 @@ def import_(
     chunk_rows: Annotated[
         int, typer.Option(min=1, help="positions per write (one transaction each)")
     ] = 250_000,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="processes reading position files [default: one CPU fewer than there are, ≤ 8]",
+        ),
+    ] = None,
     mapping_file: MappingOption = None,
     report_file: ReportOption = None,
 ) -> None:
@@ -131,6 +139,8 @@ def import_(
         provision=provision,
         since_last_run=since_last_run,
         chunk_rows=chunk_rows,
+        # one CPU is left to this process, which sends the writes
+        workers=workers if workers is not None else max(1, min((os.cpu_count() or 1) - 1, 8)),
     )
     try:
         report = asyncio.run(

@@ -8,6 +8,7 @@ import time
 import psycopg
 import pytest
 
+from migration.errors import UnreadableInput
 from migration.importer import ImportOptions, import_export
 from migration.mapping import parse_mapping
 from migration.traccar_export import read_traccar_folder
@@ -246,3 +247,14 @@ async def test_a_csv_registers_its_good_lines(dsn):
     assert await rows(dsn, "SELECT vehicle_type FROM vehicles WHERE vehicle_ref = 'bike-0101'") == [
         ("ebike",)
     ]
+
+
+async def test_worker_processes_map_a_folder_as_this_process_does(dsn, tmp_path):
+    export = synthetic_export(tmp_path / "export", devices=12, days=2, per_day=50)
+    report = await imported(dsn, read_traccar_folder(export), workers=2, keep_rows=100)
+    assert report.imported["positions"] == 12 * 2 * 50 and report.counts["positions"] == 1200
+    broken = export / "positions" / "device-7.json"
+    broken.write_bytes(broken.read_bytes()[:1000])
+    with pytest.raises(UnreadableInput) as raised:
+        await imported(dsn, read_traccar_folder(export), "again", workers=2)
+    assert raised.value.file == str(broken) and raised.value.offset == 1000
