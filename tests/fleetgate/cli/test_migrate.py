@@ -62,7 +62,9 @@ def test_analyse_changes_nothing_and_exits_0_for_a_clean_export(env, mapping, tm
     report = json.loads(report_file.read_text())
     assert {"source", "counts", "imported", "skipped", "problems"} <= report.keys()
     assert report["source"] == "traccar" and report["problems"] == []
-    assert report["mapping"]["traccar"]["position.speed"] == "speed_kmh = speed × 1.852 (knots)"
+    assert report["mapping"]["fields"]["position.speed"] == "speed_kmh = speed × 1.852 (knots)"
+    assert "  position.speed -> speed_kmh = speed × 1.852 (knots)" in result.output
+    assert report["mapping"]["vehicle_types"]["scooter"] == "ebike"  # the mapping file's
 
 
 def test_analyse_lists_every_problem_and_exits_1(env, mapping, tmp_path):
