@@ -194,4 +194,5 @@ def _run_json(r) -> dict:
         "finished_at": r.finished_at.isoformat(),
         "imported": r.imported,
         "skipped": r.skipped,
+        "problems": r.report.get("problems", []),
     }
