@@ -99,7 +99,7 @@ async def import_export(
 ) -> RunReport:
     """Import an export as migration batch `batch` and record the run; the run's report.
     Raises UnreadableInput (migration.errors) when a position file cannot be read, before
-    anything is written unless options.skip_invalid."""
+    anything is written."""
     started_at = datetime.now(UTC)
     source = map_export(export, options.mapping)
     registry = await store.load_registry()
