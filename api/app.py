@@ -22,6 +22,7 @@ from api.routes import (
     map,
     migration,
     usage,
+    vehicle_types,
     vehicles,
     zones,
 )
@@ -51,6 +52,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             {"name": n}
             for n in (
                 "vehicles",
+                "vehicle-types",
                 "commands",
                 "zones",
                 "events",
@@ -67,6 +69,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     for module in (
         health,
         vehicles,
+        vehicle_types,
         commands,
         usage,
         events,

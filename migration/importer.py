@@ -36,12 +36,10 @@ from migration.sources import MappedSource
 from telemetry.batch import TelemetryBatch
 from telemetry.plausibility import PlausibilityFilter
 from telemetry.store import DeviceCredentials, TelemetryStore, VehicleRegistration
+from telemetry.vehicle_types import PLAUSIBLE_SPEED_KMH
 
 DAY_MS = 86_400_000
 MIN_FILES_PER_WORKER = 4
-# The fastest each type can go, for flagging implausible jumps in the history as the gateway
-# flags them live (gateway/service.py: GatewayConfig.max_speed_kmh).
-MAX_SPEED_KMH = {"ebike": 80.0, "cargo_ebike": 80.0, "scooter": 80.0, "moped": 120.0, "car": 300.0}
 
 
 @dataclass(frozen=True)
@@ -81,10 +79,9 @@ def map_export(export: Any, mapping: Mapping) -> MappedSource:
 
 
 async def known_vehicle_types(store: TelemetryStore) -> set[str]:
-    """The vehicle types the store registers vehicles of."""
-    from telemetry.store._store import VEHICLE_TYPES
-
-    return set(VEHICLE_TYPES)
+    """The vehicle types the store registers vehicles of (its registry, after GBFS
+    vehicle_types)."""
+    return set(await store.vehicle_types())
 
 
 async def time_window(store: TelemetryStore | None, now_ms: int | None) -> TimeWindow:
@@ -122,6 +119,8 @@ async def import_export(
             sorted(vehicle_ids), skip_provisioned=True
         )
     writer = _PositionWriter(store, source, vehicle_ids, options)
+    # implausible jumps flagged as the gateway flags them live: by each type's limit
+    writer.set_limits({t: v.plausible_speed_kmh for t, v in (await store.vehicle_types()).items()})
     if options.since_last_run:
         writer.watermarks = await store.migration_watermarks(source.source)
     # the chunks kept from the checking pass, else read again (counted already)
@@ -249,16 +248,18 @@ class _PositionWriter:
     # share at most one vehicle_state row and take their row locks in one order).
     _writing: list[asyncio.Task] = field(default_factory=list)
     max_in_flight: int = 2
-    _plausibility: PlausibilityFilter | None = None
+    _plausibility: PlausibilityFilter = field(default_factory=PlausibilityFilter)
 
-    def __post_init__(self) -> None:
-        self._plausibility = PlausibilityFilter(default_max_speed_kmh=max(MAX_SPEED_KMH.values()))
+    def set_limits(self, speed_by_type: dict[str, float]) -> None:
+        """Each vehicle's plausible speed by its type (telemetry.vehicle_types)."""
+        other = PLAUSIBLE_SPEED_KMH["other"]
+        self._plausibility = PlausibilityFilter(default_max_speed_kmh=other)
         types = {v.device_id: v.vehicle_type for v in self.source.registry.vehicles}
         ids = [(self.vehicle_ids[d], t) for d, t in types.items() if d in self.vehicle_ids]
         if ids:
             self._plausibility.set_limits(
                 np.array([v for v, _ in ids]),
-                np.array([MAX_SPEED_KMH.get(t, 300.0) for _, t in ids]),
+                np.array([speed_by_type.get(t, other) for _, t in ids]),
             )
 
     async def add(self, mapped: MappedPositions) -> None:

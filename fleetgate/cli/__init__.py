@@ -19,6 +19,7 @@ from fleetgate.cli import (
     migrate,
     run,
     sim,
+    vehicle_types,
     zones,
 )
 
@@ -39,6 +40,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(zones.app, name="zones")
 app.add_typer(api_keys.app, name="api-keys")
 app.add_typer(devices.app, name="devices")
+app.add_typer(vehicle_types.app, name="vehicle-types")
 app.add_typer(migrate.app, name="migrate")
 
 

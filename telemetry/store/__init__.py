@@ -36,6 +36,7 @@ from telemetry.store._store import (
     MaintenanceReport,
     QuarantinedMessage,
     TelemetryStore,
+    UnknownVehicleType,
     VehicleRegistration,
     WriteResult,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "StorageNotAvailable",
     "StoreUnavailable",
     "TelemetryStore",
+    "UnknownVehicleType",
     "VehicleRegistration",
     "WriteResult",
     "ZoneRows",

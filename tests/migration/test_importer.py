@@ -29,13 +29,7 @@ async def rows(dsn: str, query: str, *params) -> list[tuple]:
         return await cur.fetchall() if cur.description else []
 
 
-# Until the registry of vehicle types lands (docs: types_contract), the store knows e-bikes and
-# cars only: scooters and mopeds are migrated as those. The type tests come with the registry.
-TWO_TYPES = parse_mapping('[vehicle_types.traccar]\nscooter = "ebike"\nmotorcycle = "car"\n')
-
-
 async def imported(dsn: str, export, batch: str = "wave-1", **options):
-    options.setdefault("mapping", TWO_TYPES)
     async with await TelemetryStore.open(dsn) as store:
         return await import_export(store, export, batch, ImportOptions(**options))
 
@@ -47,7 +41,12 @@ async def test_a_clean_export_lands_whole(dsn, tmp_path):
     assert report.imported == {"vehicles": 4, "devices": 4, "zones": 3, "positions": 9}
     assert report.counts == {"devices": 4, "geofences": 3, "groups": 2, "positions": 9}
     vehicles = await rows(dsn, "SELECT vehicle_ref, device_id, vehicle_type FROM vehicles")
-    assert ("Scooter 07", "358762090000029", "ebike") in vehicles
+    assert sorted(vehicles) == [
+        ("Bike 001", "358762090000011", "ebike"),
+        ("Car 12 (Zoé)", "358762090000037", "car"),
+        ("Moped 3", "358762090000045", "moped"),
+        ("Scooter 07", "358762090000029", "scooter"),
+    ]
     (bike,) = await rows(
         dsn,
         "SELECT p.speed_kmh, p.soc_pct, p.odometer_m, p.ignition FROM positions p "
@@ -208,10 +207,9 @@ async def test_a_gbfs_feed_imports_vehicles_positions_zones_and_stations(dsn, tm
     from migration.gbfs_feeds import read_gbfs
 
     feeds = read_gbfs(str(copy_export("gbfs_v3", tmp_path / "gbfs")))
-    mapping = parse_mapping('[vehicle_types.gbfs_vehicle_type_id]\n"vt-kick" = "ebike"\n')
-    refused = await imported(dsn, feeds, "gbfs", mapping=mapping)
+    refused = await imported(dsn, feeds, "gbfs")
     assert refused.outcome == "refused" and refused.skipped == {"unknown_vehicle_type": 2}
-    report = await imported(dsn, feeds, "gbfs", mapping=mapping, skip_invalid=True)
+    report = await imported(dsn, feeds, "gbfs", skip_invalid=True)
     assert report.imported == {"vehicles": 3, "devices": 3, "zones": 3, "positions": 3}
     kinds = await rows(dsn, "SELECT id, kind FROM zones ORDER BY id")
     assert kinds == [
@@ -225,6 +223,27 @@ async def test_a_gbfs_feed_imports_vehicles_positions_zones_and_stations(dsn, tm
         "WHERE v.vehicle_ref = 'car-3001'",
     )
     assert soc[0] == pytest.approx(70.0)
+    types = await rows(dsn, "SELECT vehicle_ref, vehicle_type FROM vehicles ORDER BY 1")
+    assert types == [("bk-1001", "ebike"), ("car-3001", "car"), ("sc-2001", "scooter")]
+
+
+async def test_a_type_the_installation_lacks_is_refused_and_one_it_adds_is_taken(dsn, tmp_path):
+    """Types follow the store's registry: a mapping to a type nobody added is
+    unknown_vehicle_type; once added (fleetgate vehicle-types add), the same import goes in."""
+    from telemetry.vehicle_types import VehicleType
+
+    export = read_traccar_folder(copy_export("traccar", tmp_path / "export"))
+    mapping = parse_mapping('[vehicle_types.traccar]\nmotorcycle = "moped_45"\n')
+    refused = await imported(dsn, export, mapping=mapping)
+    assert refused.skipped == {"unknown_vehicle_type": 2}  # the moped and its position
+    (problem,) = refused.problems
+    assert (problem.record, problem.field) == ("4", "vehicle_type")
+    async with await TelemetryStore.open(dsn) as store:
+        await store.upsert_vehicle_types(
+            [VehicleType("moped_45", "Moped 45 km/h", "moped", "electric", max_speed_kmh=45.0)]
+        )
+    report = await imported(dsn, export, mapping=mapping)
+    assert report.outcome == "imported" and report.imported["vehicles"] == 4
 
 
 async def test_a_csv_registers_its_good_lines(dsn):

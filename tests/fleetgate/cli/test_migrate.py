@@ -14,8 +14,9 @@ from tests.migration_exports import copy_export
 
 pytestmark = pytest.mark.integration
 
-# Until the registry of vehicle types lands, the store knows e-bikes and cars only.
-TWO_TYPES = '[vehicle_types.traccar]\nscooter = "ebike"\nmotorcycle = "car"\n'
+# A mapping file adding a Traccar category to the defaults (every test may pass it: no fixture
+# has trucks).
+MAPPING = '[vehicle_types.traccar]\ntruck = "car"\n[units]\nspeed = "knots"\n'
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def env(pg_dsn):
 @pytest.fixture
 def mapping(tmp_path):
     path = tmp_path / "mapping.toml"
-    path.write_text(TWO_TYPES)
+    path.write_text(MAPPING)
     return str(path)
 
 
@@ -64,7 +65,7 @@ def test_analyse_changes_nothing_and_exits_0_for_a_clean_export(env, mapping, tm
     assert report["source"] == "traccar" and report["problems"] == []
     assert report["mapping"]["fields"]["position.speed"] == "speed_kmh = speed × 1.852 (knots)"
     assert "  position.speed -> speed_kmh = speed × 1.852 (knots)" in result.output
-    assert report["mapping"]["vehicle_types"]["scooter"] == "ebike"  # the mapping file's
+    assert report["mapping"]["vehicle_types"]["truck"] == "car"  # the mapping file's
 
 
 def test_analyse_lists_every_problem_and_exits_1(env, mapping, tmp_path):
