@@ -34,7 +34,7 @@ def analyse(
 def start_report(source: MappedSource, mapping: Mapping) -> RunReport:
     """A report with the registry's counts and problems (the positions' come chunk by chunk)."""
     registry = source.registry
-    report = RunReport(source.source, source.origin, mapping=mapping.described())
+    report = RunReport(source.source, source.origin, mapping=mapping.described(source.source))
     report.counts = dict(registry.counts)
     report.add_problems(registry.problems)
     for problem in registry.problems:

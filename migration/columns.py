@@ -17,6 +17,8 @@ from telemetry.schema import HEADING_RANGE, LAT_RANGE, LON_RANGE, SOC_RANGE, SPE
 PROBLEMS_PER_REASON = 10
 
 _NUMBER = frozenset((int, float))
+FLOAT32_COLUMNS = ("speed_kmh", "heading_deg", "soc_pct", "pack_v", "pack_a", "aux_v")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMBER_OR_NONE = frozenset((int, float, type(None)))
 _BOOL_OR_NONE = frozenset((bool, type(None)))
 _TRISTATE = {None: -1, False: 0, True: 1}
@@ -123,6 +125,14 @@ class Verdicts:
             ):
                 values = cols[col]
                 self.reject((values < lo) | (values > hi), why, names[col])
+
+    def check_storable(self, cols: dict[str, np.ndarray], names: dict[str, str]) -> None:
+        """A number finite in float64 but not in its float32 column is a wrong_type, as the
+        decoder has it (telemetry.decoder._store_numbers)."""
+        with np.errstate(invalid="ignore"):
+            for col in FLOAT32_COLUMNS:
+                if col in cols:
+                    self.reject(np.abs(cols[col]) > _FLOAT32_MAX, "wrong_type", names.get(col, col))
 
     def check_time(self, time_ms: np.ndarray, window: TimeWindow, field: str) -> None:
         self.reject(time_ms > window.now_ms + window.max_future_ms, "time_in_future", field)

@@ -15,6 +15,10 @@ class UnreadableInput(Exception):
         where = f"{file} at byte {offset}" if offset is not None else file
         super().__init__(f"{where}: {reason}")
 
+    def __reduce__(self):
+        # raised in a worker process that maps position files, re-raised in the importer
+        return (UnreadableInput, (self.file, self.reason, self.offset))
+
 
 def json_error_offset(data: bytes, char_pos: int) -> int:
     """orjson reports the position in characters of the decoded text; an editor and `dd` want

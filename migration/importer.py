@@ -16,7 +16,11 @@ export is read a second time, so a TraccarExport's positions must be re-iterable
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,11 +36,10 @@ from migration.sources import MappedSource
 from telemetry.batch import TelemetryBatch
 from telemetry.plausibility import PlausibilityFilter
 from telemetry.store import DeviceCredentials, TelemetryStore, VehicleRegistration
+from telemetry.vehicle_types import PLAUSIBLE_SPEED_KMH
 
 DAY_MS = 86_400_000
-# The fastest each type can go, for flagging implausible jumps in the history as the gateway
-# flags them live (gateway/service.py: GatewayConfig.max_speed_kmh).
-MAX_SPEED_KMH = {"ebike": 80.0, "cargo_ebike": 80.0, "scooter": 80.0, "moped": 120.0, "car": 300.0}
+MIN_FILES_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class ImportOptions:
     # export twice (an export larger than this is read again).
     keep_rows: int = 2_000_000
     now_ms: int | None = None  # the clock (tests); None: now
+    # Processes that read and map position files side by side (a folder export with at least
+    # MIN_FILES_PER_WORKER files per process); 1: all in this process. More than 1 starts them
+    # with multiprocessing's forkserver, which imports the program's main module again: it must
+    # keep its work under `if __name__ == "__main__":`, as every multiprocessing program.
+    workers: int = 1
 
 
 def map_export(export: Any, mapping: Mapping) -> MappedSource:
@@ -71,7 +79,8 @@ def map_export(export: Any, mapping: Mapping) -> MappedSource:
 
 
 async def known_vehicle_types(store: TelemetryStore) -> set[str]:
-    """The vehicle types the store registers vehicles of."""
+    """The vehicle types the store registers vehicles of (its registry, after GBFS
+    vehicle_types)."""
     return set(await store.vehicle_types())
 
 
@@ -87,7 +96,7 @@ async def import_export(
 ) -> RunReport:
     """Import an export as migration batch `batch` and record the run; the run's report.
     Raises UnreadableInput (migration.errors) when a position file cannot be read, before
-    anything is written unless options.skip_invalid."""
+    anything is written."""
     started_at = datetime.now(UTC)
     source = map_export(export, options.mapping)
     registry = await store.load_registry()
@@ -98,7 +107,7 @@ async def import_export(
     report.batch = batch
     # Every chunk is read and checked before anything is written, with --skip-invalid too: an
     # unreadable file (UnreadableInput) means nothing is imported.
-    kept = _check_positions(source, window, report, options.keep_rows)
+    kept = await asyncio.to_thread(_check_positions, source, window, report, options)
     if report.has_problems and not options.skip_invalid:
         report.outcome = "refused"
         await _record(store, report, source, options, started_at, {})
@@ -110,10 +119,12 @@ async def import_export(
             sorted(vehicle_ids), skip_provisioned=True
         )
     writer = _PositionWriter(store, source, vehicle_ids, options)
+    # implausible jumps flagged as the gateway flags them live: by each type's limit
+    writer.set_limits({t: v.plausible_speed_kmh for t, v in (await store.vehicle_types()).items()})
     if options.since_last_run:
         writer.watermarks = await store.migration_watermarks(source.source)
     # the chunks kept from the checking pass, else read again (counted already)
-    chunks = kept if kept is not None else (mapped for _file, mapped in source.chunks(window))
+    chunks = kept if kept is not None else _mapped(source, window, options.workers)
     try:
         async for mapped in _in_a_thread(chunks):
             await writer.add(mapped)
@@ -138,29 +149,47 @@ async def _in_a_thread(chunks):
         yield mapped
 
 
-def _check_positions(source, window, report, keep_rows) -> list[MappedPositions] | None:
+def _check_positions(source, window, report, options) -> list[MappedPositions] | None:
     """Map every chunk, counting positions and problems; the mapped chunks if they fit in
-    keep_rows (else None: the writing pass reads the export again)."""
+    options.keep_rows (else None: the writing pass reads the export again)."""
     kept: list[MappedPositions] | None = []
     rows = 0
-    for mapped in _map_and_count(source, window, report):
+    if source.map_chunk is not None:
+        report.counts.setdefault("positions", 0)
+    for mapped in _mapped(source, window, options.workers):
+        report.counts["positions"] += len(mapped.rows) + sum(mapped.skipped.values())
+        report.count_skipped(mapped.skipped)
+        report.add_problems(mapped.problems)
         rows += len(mapped.rows)
-        if kept is not None and rows <= keep_rows:
+        if kept is not None and rows <= options.keep_rows:
             kept.append(mapped)
         else:
             kept = None
     return kept
 
 
-def _map_and_count(source: MappedSource, window: TimeWindow, report: RunReport):
-    if source.map_chunk is None:
+def _mapped(source: MappedSource, window: TimeWindow, workers: int) -> Iterator[MappedPositions]:
+    """The source's chunks mapped, in order: by worker processes where the chunks are files
+    enough to share, else here."""
+    files = source.files or []
+    if source.file_mapper is None or workers < 2 or len(files) < MIN_FILES_PER_WORKER * workers:
+        for _file, mapped in source.chunks(window):
+            yield mapped
         return
-    report.counts.setdefault("positions", 0)
-    for _file, mapped in source.chunks(window):
-        report.counts["positions"] += len(mapped.rows) + sum(mapped.skipped.values())
-        report.count_skipped(mapped.skipped)
-        report.add_problems(mapped.problems)
-        yield mapped
+    devices, rejected = source.devices(), dict(source.registry.rejected_devices)
+    # forkserver: a fork of this process would copy its event loop and pool threads.
+    context = multiprocessing.get_context("forkserver")
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    try:
+        pending: deque = deque()
+        for file in files:
+            pending.append(pool.submit(source.file_mapper, file, devices, rejected, window))
+            if len(pending) >= 2 * workers:  # a few ahead, not the whole export in memory
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # done, or an unreadable file: the files not started yet are not read
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 async def _put_zones(store: TelemetryStore, rows: list[dict[str, Any]]) -> int:
@@ -219,16 +248,18 @@ class _PositionWriter:
     # share at most one vehicle_state row and take their row locks in one order).
     _writing: list[asyncio.Task] = field(default_factory=list)
     max_in_flight: int = 2
-    _plausibility: PlausibilityFilter | None = None
+    _plausibility: PlausibilityFilter = field(default_factory=PlausibilityFilter)
 
-    def __post_init__(self) -> None:
-        self._plausibility = PlausibilityFilter(default_max_speed_kmh=max(MAX_SPEED_KMH.values()))
+    def set_limits(self, speed_by_type: dict[str, float]) -> None:
+        """Each vehicle's plausible speed by its type (telemetry.vehicle_types)."""
+        other = PLAUSIBLE_SPEED_KMH["other"]
+        self._plausibility = PlausibilityFilter(default_max_speed_kmh=other)
         types = {v.device_id: v.vehicle_type for v in self.source.registry.vehicles}
         ids = [(self.vehicle_ids[d], t) for d, t in types.items() if d in self.vehicle_ids]
         if ids:
             self._plausibility.set_limits(
                 np.array([v for v, _ in ids]),
-                np.array([MAX_SPEED_KMH.get(t, 300.0) for _, t in ids]),
+                np.array([speed_by_type.get(t, other) for _, t in ids]),
             )
 
     async def add(self, mapped: MappedPositions) -> None:
@@ -265,7 +296,7 @@ class _PositionWriter:
             part = batch.take(slice(start, start + self.options.chunk_rows))
             while len(self._writing) >= self.max_in_flight:
                 await self._collect(self._writing.pop(0))
-            self._writing.append(asyncio.create_task(self.store.write_history(part)))
+            self._writing.append(asyncio.create_task(self.store.write(part)))
         last = batch.latest_per_vehicle()
         for v, t in zip(batch.vehicle[last].tolist(), batch.time_ms[last].tolist()):
             if t > self.newest.get(v, -(2**62)):

@@ -93,40 +93,53 @@ class Mapping:
     def power_column(self, vehicle_type: str) -> str:
         return self.power_to.get(vehicle_type, self.power_to.get("*", "ignore"))
 
-    def described(self) -> dict[str, Any]:
-        """The mapping applied, for the report: source field -> fleetgate field with its unit
-        conversion (for Traccar; the other sources' columns are named as they are)."""
+    def described(self, source: str) -> dict[str, Any]:
+        """The mapping applied to a source, for the report: its fields (source field ->
+        fleetgate field, with the unit conversion), its vehicle types and the zone kinds."""
+        fields = {"traccar": self._traccar_fields, "gbfs": self._gbfs_fields}.get(
+            source, lambda: {column: field for field, column in self.csv_columns.items()}
+        )()
+        types = {
+            "traccar": self.traccar_categories,
+            "gbfs": {**self.gbfs_form_factors, **self.gbfs_vehicle_types},
+            "csv": self.csv_types,
+        }.get(source, {})
+        return {"fields": fields, "vehicle_types": types, "zone_kinds": self.zone_kinds}
+
+    def _traccar_fields(self) -> dict[str, str]:
         speed = SPEED_UNITS[self.speed_unit]
         distance = DISTANCE_UNITS[self.distance_unit]
         return {
-            "traccar": {
-                "device.uniqueId" if self.device_id == "uniqueId" else f"device.{self.device_id}": (
-                    "device_id"
-                ),
-                f"device.{self.vehicle_ref}": "vehicle_ref",
-                "device.category": "vehicle_type (through vehicle_types.traccar)",
-                f"position.{self.time}": "time (deviceTime when valid is false)",
-                "position.serverTime": "received_at",
-                "position.latitude/longitude": "lat/lon (dropped when valid is false)",
-                "position.speed": f"speed_kmh = speed × {speed} ({self.speed_unit})",
-                "position.course": "heading_deg",
-                f"attributes.{self.soc}": "soc_pct (%)",
-                "attributes." + "|".join(self.odometer): f"odometer_m = value × {distance}",
-                f"attributes.{self.ignition}": "ignition",
-                f"attributes.{self.immobilised}": "immobilised",
-                f"attributes.{self.charging}": "charging",
-                f"attributes.{self.power}": "V to "
-                + ", ".join(f"{k}: {v}" for k, v in self.power_to.items()),
-                "attributes.motion, attributes.battery, altitude, accuracy": "not stored",
-                "geofence.area": "zone geometry (WKT, latitude first, swapped to lon/lat)",
-                "geofence.attributes.speedLimit": f"rule maximum_speed_kph = value × {speed}",
-            },
-            "vehicle_types": {
-                "traccar": self.traccar_categories,
-                "gbfs": {**self.gbfs_form_factors, **self.gbfs_vehicle_types},
-                "csv": self.csv_types,
-            },
-            "zone_kinds": self.zone_kinds,
+            f"device.{self.device_id}": "device_id",
+            f"device.{self.vehicle_ref}": "vehicle_ref",
+            "device.category": "vehicle_type (vehicle_types below)",
+            f"position.{self.time}": "time (deviceTime when valid is false)",
+            "position.serverTime": "received_at",
+            "position.latitude/longitude": "lat/lon (none when valid is false)",
+            "position.speed": f"speed_kmh = speed × {speed} ({self.speed_unit})",
+            "position.course": "heading_deg",
+            f"attributes.{self.soc}": "soc_pct (%)",
+            "attributes." + "|".join(self.odometer): f"odometer_m = value × {distance}",
+            f"attributes.{self.ignition}": "ignition",
+            f"attributes.{self.immobilised}": "immobilised",
+            f"attributes.{self.charging}": "charging",
+            f"attributes.{self.power}": "V to "
+            + ", ".join(f"{k}: {v}" for k, v in self.power_to.items()),
+            "attributes.motion, attributes.battery, altitude, accuracy": "not stored",
+            "geofence.area": "zone geometry (WKT latitude first, swapped to lon/lat)",
+            "geofence.attributes.speedLimit": f"rule maximum_speed_kph = value × {speed}",
+        }
+
+    def _gbfs_fields(self) -> dict[str, str]:
+        return {
+            "vehicle.vehicle_id (2.3: bike_id)": "vehicle_ref and device_id",
+            "vehicle.vehicle_type_id": "vehicle_type (through its form_factor, below)",
+            "vehicle.lat/lon": "lat/lon",
+            "vehicle.last_reported": "time (2.3: POSIX seconds; 3.0: RFC 3339)",
+            "vehicle.current_fuel_percent": "soc_pct = value × 100",
+            "geofencing_zones (2.3: ride_allowed)": "zones (ride_start_allowed, ride_end_allowed)",
+            "station_information": f"zones of kind station (station_area, else a circle of "
+            f"{self.station_radius_m:g} m)",
         }
 
 

@@ -73,6 +73,11 @@ class RunReport:
             f"{self.source} export {self.origin}: "
             + ", ".join(f"{n} {entity}" for entity, n in self.counts.items())
         ]
+        if self.outcome == "analysed" and self.mapping.get("fields"):
+            lines.append("mapping:")
+            lines += [
+                f"  {source} -> {target}" for source, target in self.mapping["fields"].items()
+            ]
         if self.outcome != "analysed":
             lines.append(
                 f"{self.outcome.replace('_', ' ')}: "

@@ -39,6 +39,10 @@ class MappedSource:
     raw_chunks: Callable[[], Iterable[tuple[Any, str]]] = lambda: ()
     map_chunk: ChunkMapper | None = None
     vehicle_of_source_id: dict[str, VehicleRecord] = field(default_factory=dict)
+    # Where the chunks are files that a worker process can read and map on its own:
+    # file_mapper(file, devices, rejected, window) -> MappedPositions (picklable), and the files.
+    file_mapper: Callable[..., MappedPositions] | None = None
+    files: list[str] | None = None
 
     def reject_fitted_elsewhere(self, fitted: dict[str, str], file: str) -> None:
         """Reject the vehicles whose device the registry has fitted to another vehicle
@@ -82,13 +86,17 @@ class MappedSource:
             self.vehicle_of_source_id.pop(record.source_id, None)
         self.registry.vehicles = kept
 
+    def devices(self) -> dict[str, tuple[str, str]]:
+        """Source device id -> (device id, vehicle type) of the vehicles imported."""
+        return {
+            source_id: (r.device_id, r.vehicle_type)
+            for source_id, r in self.vehicle_of_source_id.items()
+        }
+
     def chunks(self, window: TimeWindow) -> Iterator[tuple[str, MappedPositions]]:
         """Each chunk of positions mapped: (file, rows and rejections)."""
         if self.map_chunk is None:
             return
-        devices = {
-            source_id: (r.device_id, r.vehicle_type)
-            for source_id, r in self.vehicle_of_source_id.items()
-        }
+        devices = self.devices()
         for raw, file in self.raw_chunks():
             yield file, self.map_chunk(raw, file, devices, self.registry.rejected_devices, window)

@@ -9,6 +9,7 @@ odometer / totalDistance (m), ignition, blocked (the immobiliser), motion, power
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -53,11 +54,13 @@ def map_devices(
     for device in devices:
         source_id = str(device.get("id"))
         device_id = device.get(mapping.device_id)
-        device_id = str(device_id) if isinstance(device_id, int | str) else ""
+        device_id = str(device_id) if type(device_id) in (int, str) else ""
         ref = device.get(mapping.vehicle_ref)
-        ref = str(ref).strip() if isinstance(ref, int | str) else ""
+        ref = str(ref).strip() if type(ref) in (int, str) else ""
         category = device.get("category")
-        vehicle_type = mapping.traccar_categories.get(category) if category else None
+        vehicle_type = (
+            mapping.traccar_categories.get(category) if isinstance(category, str) else None
+        )
         if not is_device_id(device_id):
             _reject(out, file, source_id, mapping.device_id, DEVICE_ID_INVALID)
         elif not ref:
@@ -107,7 +110,7 @@ def map_geofences(
             "id": f"{ZONE_ID_PREFIX}{record}",
             "name": str(geofence.get("name") or ""),
             "geometry": geometry,
-            "rules": _rules(geofence.get("attributes") or {}, mapping),
+            "rules": _rules(_attributes(geofence), mapping),
         }
         try:
             zones.append(Zone.from_row(row))
@@ -122,7 +125,8 @@ def map_geofences(
 
 def _rules(attributes: dict[str, Any], mapping: Mapping) -> list[dict[str, Any]]:
     limit = attributes.get("speedLimit")  # knots, like every Traccar speed
-    if type(limit) not in (int, float) or not limit > 0:
+    # No limit where there is none, or none a vehicle could mean (beyond the decoder's 400 km/h).
+    if type(limit) not in (int, float) or not 0 < limit * mapping.speed_factor() <= 400:
         return []
     kph = round(limit * mapping.speed_factor())
     return [
@@ -192,6 +196,8 @@ def map_positions(
     ids = [p.get("id") for p in chunk]
     verdicts = Verdicts(n, file, ids)
     owners = [p.get("deviceId") for p in chunk]
+    if not set(map(type, owners)) <= {int, str}:
+        owners = [o if type(o) in (int, str) else None for o in owners]
     device_ids = sorted({d for d, _ in devices.values()})
     slot = {d: i for i, d in enumerate(device_ids)}
     # Traccar's deviceId is a number; the records key it as text: look up both.
@@ -208,6 +214,8 @@ def map_positions(
     cols.update(_power(chunk, device, device_ids, devices, mapping, verdicts))
     time_ms, received_ms = _times(chunk, valid, mapping, verdicts)
     verdicts.check_ranges(cols, _FIELD_NAMES)
+    power = f"attributes.{mapping.power}"
+    verdicts.check_storable(cols, {**_FIELD_NAMES, "pack_v": power, "aux_v": power})
     verdicts.check_time(time_ms, window, mapping.time)
     cols["time_ms"] = time_ms
     cols["received_ms"] = received_ms
@@ -219,6 +227,11 @@ def map_positions(
 
 def _measurements(chunk, mapping: Mapping, verdicts: Verdicts):
     attributes = [p.get("attributes") or {} for p in chunk]
+    if not set(map(type, attributes)) <= {dict}:
+        verdicts.reject(
+            np.array([type(a) is not dict for a in attributes], bool), "wrong_type", "attributes"
+        )
+        attributes = [a if type(a) is dict else {} for a in attributes]
     valid = np.array([p.get("valid") is not False for p in chunk], bool)
     cols: dict[str, np.ndarray] = {}
     for name, values, field in (
@@ -252,7 +265,7 @@ def _measurements(chunk, mapping: Mapping, verdicts: Verdicts):
 
 def _power(chunk, device, device_ids, devices, mapping: Mapping, verdicts: Verdicts):
     """`power` (V, the tracker's supply) into pack_v or aux_v by the vehicle's type."""
-    volts, wrong = numbers([(p.get("attributes") or {}).get(mapping.power) for p in chunk])
+    volts, wrong = numbers([_attributes(p).get(mapping.power) for p in chunk])
     verdicts.reject(wrong, "wrong_type", f"attributes.{mapping.power}")
     type_of = {d: t for d, t in devices.values()}
     # per device slot (and -1, a device not imported), where its power reading goes
@@ -260,6 +273,11 @@ def _power(chunk, device, device_ids, devices, mapping: Mapping, verdicts: Verdi
         [mapping.power_column(type_of[d]) for d in device_ids] + ["ignore"], dtype=object
     )[device]
     return {column: np.where(target == column, volts, np.nan) for column in ("pack_v", "aux_v")}
+
+
+def _attributes(position: dict[str, Any]) -> dict[str, Any]:
+    attributes = position.get("attributes")
+    return attributes if type(attributes) is dict else {}
 
 
 def _times(chunk, valid: np.ndarray, mapping: Mapping, verdicts: Verdicts):
@@ -301,6 +319,7 @@ def map_traccar(export: Any, mapping: Mapping) -> MappedSource:
     def map_chunk(chunk, file, devices, rejected, window):
         return map_positions(chunk, devices, rejected, mapping, window, file)
 
+    files = getattr(export.positions, "files", None)  # a folder's: mappable in other processes
     return MappedSource(
         source=SOURCE,
         origin=export.origin,
@@ -308,7 +327,15 @@ def map_traccar(export: Any, mapping: Mapping) -> MappedSource:
         raw_chunks=raw_chunks,
         map_chunk=map_chunk,
         vehicle_of_source_id={r.source_id: r for r in registry.vehicles},
+        file_mapper=functools.partial(_map_file, mapping=mapping) if files else None,
+        files=files,
     )
+
+
+def _map_file(file, devices, rejected, window, *, mapping):
+    from migration.traccar_export import read_and_map_file  # the IO edge, in a worker process
+
+    return read_and_map_file(file, devices, rejected, mapping, window)
 
 
 def _file(origin: str, name: str) -> str:

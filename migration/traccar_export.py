@@ -61,6 +61,11 @@ class _FolderPositions:
     def __len__(self) -> int:
         return len(self._files)
 
+    @property
+    def files(self) -> list[str]:
+        """The position files, for mapping them in worker processes (read_and_map_file)."""
+        return [str(f) for f in self._files]
+
 
 def read_json_file(path: Path) -> Any:
     """The parsed JSON of a file, or UnreadableInput naming the file and the byte offset."""
@@ -106,3 +111,12 @@ def read_traccar_folder(path: str | Path) -> TraccarExport:
         positions=_FolderPositions(files, read_json_file),
         origin=str(folder.resolve()),
     )
+
+
+def read_and_map_file(path: str, devices, rejected, mapping, window):
+    """One position file read and mapped (migration.traccar.map_positions): what a worker
+    process of the importer does, so that big exports are parsed on every core."""
+    from migration.traccar import map_positions
+
+    chunk = PositionChunk(_array_of_objects(read_json_file(Path(path)), Path(path)), path)
+    return map_positions(chunk, devices, rejected, mapping, window, path)

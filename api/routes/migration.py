@@ -14,6 +14,8 @@ from api.context import context
 from api.problems import PROBLEM_RESPONSES
 from api.schemas import Page
 
+PROBLEMS_SHOWN = 100  # per run: a page of runs stays small
+
 router = APIRouter(
     tags=["migration"], responses=PROBLEM_RESPONSES, dependencies=[require("fleet:read")]
 )
@@ -31,7 +33,8 @@ class MigrationRunOut(BaseModel):
     imported: dict[str, int] = Field(description="vehicles, devices, zones, positions")
     skipped: dict[str, int] = Field(description="reason -> records skipped for it")
     problems: list[dict[str, Any]] = Field(
-        description="the first problems: file, record, field, reason (and detail)"
+        description=f"the first {PROBLEMS_SHOWN} problems: file, record, field, reason (and "
+        "detail); `fleetgate migrate status --json` or the run's --report file has them all"
     )
 
 
@@ -65,7 +68,7 @@ async def list_runs(
             finished_at=r.finished_at,
             imported=r.imported,
             skipped=r.skipped,
-            problems=r.report.get("problems", []),
+            problems=r.report.get("problems", [])[:PROBLEMS_SHOWN],
         )
         for r in runs
     ]

@@ -8,6 +8,7 @@ nothing was imported), 2 unreadable input, unknown source or no database.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -148,6 +149,16 @@ def import_(
     since_last_run: Annotated[
         bool, typer.Option(help="only positions newer than the last run's (the cut-over delta)")
     ] = False,
+    chunk_rows: Annotated[
+        int, typer.Option(min=1, help="positions per write (one transaction each)")
+    ] = 250_000,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="processes reading position files [default: one CPU fewer than there are, ≤ 8]",
+        ),
+    ] = None,
     mapping_file: MappingOption = None,
     report_file: ReportOption = None,
     url: UrlOption = None,
@@ -170,6 +181,9 @@ def import_(
         skip_invalid=skip_invalid,
         provision=provision,
         since_last_run=since_last_run,
+        chunk_rows=chunk_rows,
+        # one CPU is left to this process, which sends the writes
+        workers=workers if workers is not None else max(1, min((os.cpu_count() or 1) - 1, 8)),
     )
     try:
         report = asyncio.run(
@@ -269,4 +283,5 @@ def _run_json(r) -> dict:
         "finished_at": r.finished_at.isoformat(),
         "imported": r.imported,
         "skipped": r.skipped,
+        "problems": r.report.get("problems", []),
     }

@@ -3,12 +3,12 @@ it is all or nothing without --skip-invalid, idempotent, resumable as a delta, a
 
 from __future__ import annotations
 
-import math
 import time
 
 import psycopg
 import pytest
 
+from migration.errors import UnreadableInput
 from migration.importer import ImportOptions, import_export
 from migration.mapping import parse_mapping
 from migration.traccar_export import read_traccar_folder
@@ -29,13 +29,7 @@ async def rows(dsn: str, query: str, *params) -> list[tuple]:
         return await cur.fetchall() if cur.description else []
 
 
-# Until the registry of vehicle types lands (docs: types_contract), the store knows e-bikes and
-# cars only: scooters and mopeds are migrated as those. The type tests come with the registry.
-TWO_TYPES = parse_mapping('[vehicle_types.traccar]\nscooter = "ebike"\nmotorcycle = "car"\n')
-
-
 async def imported(dsn: str, export, batch: str = "wave-1", **options):
-    options.setdefault("mapping", TWO_TYPES)
     async with await TelemetryStore.open(dsn) as store:
         return await import_export(store, export, batch, ImportOptions(**options))
 
@@ -47,7 +41,12 @@ async def test_a_clean_export_lands_whole(dsn, tmp_path):
     assert report.imported == {"vehicles": 4, "devices": 4, "zones": 3, "positions": 9}
     assert report.counts == {"devices": 4, "geofences": 3, "groups": 2, "positions": 9}
     vehicles = await rows(dsn, "SELECT vehicle_ref, device_id, vehicle_type FROM vehicles")
-    assert ("Scooter 07", "358762090000029", "ebike") in vehicles
+    assert sorted(vehicles) == [
+        ("Bike 001", "358762090000011", "ebike"),
+        ("Car 12 (Zoé)", "358762090000037", "car"),
+        ("Moped 3", "358762090000045", "moped"),
+        ("Scooter 07", "358762090000029", "scooter"),
+    ]
     (bike,) = await rows(
         dsn,
         "SELECT p.speed_kmh, p.soc_pct, p.odometer_m, p.ignition FROM positions p "
@@ -178,24 +177,39 @@ async def test_the_runs_say_what_each_imported_and_skipped(dsn, tmp_path):
 
 
 async def test_history_older_than_live_state_does_not_overwrite_it(dsn, tmp_path):
+    from telemetry.batch import TelemetryBatch
+
+    async with await TelemetryStore.open(dsn) as store:
+        ids = await store.register_vehicles(
+            [VehicleRegistration("Bike 001", "358762090000011", "ebike")]
+        )
+        live = TelemetryBatch.empty(1)
+        live.vehicle[:] = ids["358762090000011"]
+        live.time_ms[:] = live.received_ms[:] = int(time.time() * 1000)
+        live.lat[:], live.lon[:], live.soc_pct[:] = 52.6, 13.5, 41.0
+        await store.write(live)
     export = read_traccar_folder(copy_export("traccar", tmp_path / "export"))
     await imported(dsn, export)
-    (soc,) = await rows(
+    (state,) = await rows(
         dsn,
-        "SELECT s.soc_pct FROM vehicle_state s JOIN vehicles v ON v.id = s.vehicle "
-        "WHERE v.vehicle_ref = 'Bike 001'",
+        "SELECT s.soc_pct, s.lat, s.time > now() - interval '1 minute' FROM vehicle_state s "
+        "JOIN vehicles v ON v.id = s.vehicle WHERE v.vehicle_ref = 'Bike 001'",
     )
-    assert soc[0] == 86 and not math.isnan(soc[0])
+    assert state == (41.0, 52.6, True)
+    assert await rows(
+        dsn,
+        "SELECT count(*) FROM positions p JOIN vehicles v ON v.id = p.vehicle "
+        "WHERE v.vehicle_ref = 'Bike 001'",
+    ) == [(4,)]
 
 
 async def test_a_gbfs_feed_imports_vehicles_positions_zones_and_stations(dsn, tmp_path):
     from migration.gbfs_feeds import read_gbfs
 
     feeds = read_gbfs(str(copy_export("gbfs_v3", tmp_path / "gbfs")))
-    mapping = parse_mapping('[vehicle_types.gbfs_vehicle_type_id]\n"vt-kick" = "ebike"\n')
-    refused = await imported(dsn, feeds, "gbfs", mapping=mapping)
+    refused = await imported(dsn, feeds, "gbfs")
     assert refused.outcome == "refused" and refused.skipped == {"unknown_vehicle_type": 2}
-    report = await imported(dsn, feeds, "gbfs", mapping=mapping, skip_invalid=True)
+    report = await imported(dsn, feeds, "gbfs", skip_invalid=True)
     assert report.imported == {"vehicles": 3, "devices": 3, "zones": 3, "positions": 3}
     kinds = await rows(dsn, "SELECT id, kind FROM zones ORDER BY id")
     assert kinds == [
@@ -209,6 +223,27 @@ async def test_a_gbfs_feed_imports_vehicles_positions_zones_and_stations(dsn, tm
         "WHERE v.vehicle_ref = 'car-3001'",
     )
     assert soc[0] == pytest.approx(70.0)
+    types = await rows(dsn, "SELECT vehicle_ref, vehicle_type FROM vehicles ORDER BY 1")
+    assert types == [("bk-1001", "ebike"), ("car-3001", "car"), ("sc-2001", "scooter")]
+
+
+async def test_a_type_the_installation_lacks_is_refused_and_one_it_adds_is_taken(dsn, tmp_path):
+    """Types follow the store's registry: a mapping to a type nobody added is
+    unknown_vehicle_type; once added (fleetgate vehicle-types add), the same import goes in."""
+    from telemetry.vehicle_types import VehicleType
+
+    export = read_traccar_folder(copy_export("traccar", tmp_path / "export"))
+    mapping = parse_mapping('[vehicle_types.traccar]\nmotorcycle = "moped_45"\n')
+    refused = await imported(dsn, export, mapping=mapping)
+    assert refused.skipped == {"unknown_vehicle_type": 2}  # the moped and its position
+    (problem,) = refused.problems
+    assert (problem.record, problem.field) == ("4", "vehicle_type")
+    async with await TelemetryStore.open(dsn) as store:
+        await store.upsert_vehicle_types(
+            [VehicleType("moped_45", "Moped 45 km/h", "moped", "electric", max_speed_kmh=45.0)]
+        )
+    report = await imported(dsn, export, mapping=mapping)
+    assert report.outcome == "imported" and report.imported["vehicles"] == 4
 
 
 async def test_a_csv_registers_its_good_lines(dsn):
@@ -231,3 +266,14 @@ async def test_a_csv_registers_its_good_lines(dsn):
     assert await rows(dsn, "SELECT vehicle_type FROM vehicles WHERE vehicle_ref = 'bike-0101'") == [
         ("ebike",)
     ]
+
+
+async def test_worker_processes_map_a_folder_as_this_process_does(dsn, tmp_path):
+    export = synthetic_export(tmp_path / "export", devices=12, days=2, per_day=50)
+    report = await imported(dsn, read_traccar_folder(export), workers=2, keep_rows=100)
+    assert report.imported["positions"] == 12 * 2 * 50 and report.counts["positions"] == 1200
+    broken = export / "positions" / "device-7.json"
+    broken.write_bytes(broken.read_bytes()[:1000])
+    with pytest.raises(UnreadableInput) as raised:
+        await imported(dsn, read_traccar_folder(export), "again", workers=2)
+    assert raised.value.file == str(broken) and raised.value.offset == 1000

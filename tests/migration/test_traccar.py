@@ -174,3 +174,21 @@ def test_an_empty_chunk_maps_to_nothing():
     mapped = map_positions([], {}, {}, DEFAULT, WINDOW, "empty.json")
     assert len(mapped.rows) == 0 and mapped.skipped == {}
     assert isinstance(mapped.rows.device, np.ndarray)
+
+
+def test_a_voltage_beyond_what_the_store_holds_is_a_wrong_type():
+    chunk = [
+        {
+            "id": 1,
+            "deviceId": 1,
+            "fixTime": "2026-11-20T08:00:01.000+00:00",
+            "valid": True,
+            "latitude": 52.5,
+            "longitude": 13.4,
+            "attributes": {"power": 1e300},
+        }
+    ]
+    window = TimeWindow(NOW_MS, oldest_ms=None)
+    mapped = map_positions(chunk, {"1": ("tcu-1", "car")}, {}, DEFAULT, window, "p.json")
+    assert mapped.skipped == {"wrong_type": 1}
+    assert mapped.problems[0].field == "attributes.power"

@@ -14,8 +14,9 @@ from tests.migration_exports import copy_export
 
 pytestmark = pytest.mark.integration
 
-# Until the registry of vehicle types lands, the store knows e-bikes and cars only.
-TWO_TYPES = '[vehicle_types.traccar]\nscooter = "ebike"\nmotorcycle = "car"\n'
+# A mapping file adding a Traccar category to the defaults (every test may pass it: no fixture
+# has trucks).
+MAPPING = '[vehicle_types.traccar]\ntruck = "car"\n[units]\nspeed = "knots"\n'
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def env(pg_dsn):
 @pytest.fixture
 def mapping(tmp_path):
     path = tmp_path / "mapping.toml"
-    path.write_text(TWO_TYPES)
+    path.write_text(MAPPING)
     return str(path)
 
 
@@ -62,7 +63,9 @@ def test_analyse_changes_nothing_and_exits_0_for_a_clean_export(env, mapping, tm
     report = json.loads(report_file.read_text())
     assert {"source", "counts", "imported", "skipped", "problems"} <= report.keys()
     assert report["source"] == "traccar" and report["problems"] == []
-    assert report["mapping"]["traccar"]["position.speed"] == "speed_kmh = speed × 1.852 (knots)"
+    assert report["mapping"]["fields"]["position.speed"] == "speed_kmh = speed × 1.852 (knots)"
+    assert "  position.speed -> speed_kmh = speed × 1.852 (knots)" in result.output
+    assert report["mapping"]["vehicle_types"]["truck"] == "car"  # the mapping file's
 
 
 def test_analyse_lists_every_problem_and_exits_1(env, mapping, tmp_path):
@@ -152,3 +155,67 @@ def test_import_without_skip_invalid_imports_nothing_and_exits_1(env, mapping, t
     )  # fmt: skip
     assert skipped.exit_code == 1
     assert "imported: 2 vehicles, 2 devices, 1 zones, 3 positions" in skipped.output
+
+
+def test_an_import_killed_half_way_is_completed_by_running_it_again(env, tmp_path):
+    """kill -9 between two committed chunks: what was committed stays, once; the next run adds
+    exactly the rest and says how many it found stored already."""
+    import os
+    import signal
+    import sys
+    import time
+
+    import psycopg
+
+    from tests.migration_exports import synthetic_export
+
+    export = synthetic_export(tmp_path / "export", devices=40, days=5, per_day=300)
+    total = 40 * 5 * 300
+    dsn = env["FLEETGATE_DATABASE_URL"]
+    argv = [sys.executable, "-m", "fleetgate.cli", "migrate", "import", "--source", "traccar",
+            str(export), "--batch", "w1", "--chunk-rows", "1000"]  # fmt: skip
+
+    def stored() -> int:
+        with psycopg.connect(dsn) as conn:
+            return conn.execute("SELECT count(*) FROM positions").fetchone()[0]
+
+    child = subprocess.Popen(
+        argv, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while stored() == 0 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    at_kill = stored()
+    assert 0 < at_kill < total, "killed between the first and the last chunk"
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM migration_runs").fetchone()[0] == 0
+    report_file = tmp_path / "report.json"
+    again = run_fleetgate(
+        "migrate", "import", "--source", "traccar", str(export), "--batch", "w1",
+        "--report", str(report_file), env=env,
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    report = json.loads(report_file.read_text())
+    assert report["imported"]["positions"] + report["duplicates"] == total
+    assert report["duplicates"] >= at_kill
+    with psycopg.connect(dsn) as conn:
+        keys = conn.execute("SELECT count(*), count(DISTINCT (vehicle, time)) FROM positions")
+        assert keys.fetchone() == (total, total)
+
+
+def test_a_bad_mapping_file_or_a_csv_without_its_columns_exits_2(env, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[units]\nspeed = "furlongs"\n')
+    export = copy_export("traccar", tmp_path / "export")
+    result = run_fleetgate(
+        "migrate", "analyse", "--source", "traccar", str(export), "--mapping", str(bad), env=env
+    )
+    assert result.exit_code == 2 and "units.speed = 'furlongs'" in result.output
+    sheet = tmp_path / "fleet.csv"
+    sheet.write_text("ref,tcu\nbike-1,tcu-1\n")
+    result = run_fleetgate("migrate", "import", "--source", "csv", str(sheet), "--batch", "b",
+                           env=env)  # fmt: skip
+    assert result.exit_code == 2
+    assert "the header line lacks vehicle_ref, device_id, vehicle_type" in result.output
