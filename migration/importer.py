@@ -296,7 +296,9 @@ class _PositionWriter:
             part = batch.take(slice(start, start + self.options.chunk_rows))
             while len(self._writing) >= self.max_in_flight:
                 await self._collect(self._writing.pop(0))
-            self._writing.append(asyncio.create_task(self.store.write(part)))
+            # write_history: straight into positions where nothing is stored in the part's
+            # spans yet (about twice as fast as write()'s deduplicating staging path).
+            self._writing.append(asyncio.create_task(self.store.write_history(part)))
         last = batch.latest_per_vehicle()
         for v, t in zip(batch.vehicle[last].tolist(), batch.time_ms[last].tolist()):
             if t > self.newest.get(v, -(2**62)):
