@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="positions per write of the import (default: the importer's)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes reading and mapping position files (migrate import --workers)",
+    )
     return p
 
 
@@ -72,13 +78,17 @@ def prepare_export(folder: Path, shape: ExportShape) -> tuple[int, bool]:
     return written, False
 
 
-async def import_through_the_product(dsn: str, folder: Path, chunk_rows: int | None) -> dict:
+async def import_through_the_product(
+    dsn: str, folder: Path, chunk_rows: int | None, workers: int
+) -> dict:
     """migrate import's path, timed from reading the folder to the recorded run."""
     from migration.importer import ImportOptions, import_export
     from migration.traccar_export import read_traccar_folder
     from telemetry.store import TelemetryStore
 
-    options = ImportOptions() if chunk_rows is None else ImportOptions(chunk_rows=chunk_rows)
+    options = ImportOptions(workers=workers)
+    if chunk_rows is not None:
+        options = ImportOptions(workers=workers, chunk_rows=chunk_rows)
     store = await TelemetryStore.open(dsn)
     try:
         cpu0, t0 = cpu_seconds(), time.perf_counter()
@@ -136,7 +146,9 @@ async def bench(args: argparse.Namespace) -> dict:
         with BenchServices("fgbench_migration", broker=False) as services:
             await migrate(services.dsn, storage="native", retention_days=30)
             progress(f"importing {positions:,} positions of {args.vehicles:,} vehicles")
-            imported = await import_through_the_product(services.dsn, folder, args.chunk_rows)
+            imported = await import_through_the_product(
+                services.dsn, folder, args.chunk_rows, args.workers
+            )
             progress(f"imported at {imported['positions_per_s']:,}/s; the COPY baseline next")
             floor = await asyncio.to_thread(copy_floor, services.dsn, scratch)
             machine = services.machine()
@@ -155,7 +167,7 @@ async def bench(args: argparse.Namespace) -> dict:
             "generated_s": round(generated_s, 1),
             "reused": reused,
         },
-        "import": imported,
+        "import": {**imported, "workers": args.workers},
         "copy": floor,
         "import_share_of_copy": round(share, 3),
         "targets": {
