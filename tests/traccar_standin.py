@@ -2,10 +2,10 @@
 with its own database) cannot run here, so this real HTTP server on a free loopback port serves
 recorded Traccar responses the way Traccar does.
 
-The recording is a folder in the layout of a Traccar file export (devices.json, geofences.json,
-groups.json, positions/*.json as Traccar's API returns them), so the same folder is also "the
-equivalent export" a pull is compared with. What it mimics, after Traccar's API documentation
-and its PositionResource/SessionResource:
+The recording (examples/traccar-export) is a folder in the layout of a Traccar file export
+(devices.json, geofences.json, groups.json, positions/*.json as Traccar's API returns them), so
+the same folder is also "the equivalent export" a pull is compared with. What it mimics, after
+Traccar's API documentation and its PositionResource/SessionResource:
 
 - `POST /api/session` (form email, password) answers the user and sets a JSESSIONID cookie;
   wrong credentials get 401. Every other call needs that cookie or `Authorization: Bearer
@@ -34,7 +34,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-RECORDED = Path(__file__).parent / "migration" / "exports" / "traccar-recorded"
+# The recorded responses are the sample export operators walk through (docs/migration.md).
+RECORDED = Path(__file__).parent.parent / "examples" / "traccar-export"
+
+
+def recent_copy(dest: Path) -> Path:
+    """The recorded export copied to dest with its times moved close to now, as the migration
+    tests' fixtures are (the store refuses samples beyond its retention)."""
+    from tests.migration_exports import copy_export
+
+    return copy_export(str(RECORDED), dest)  # an absolute name: EXPORTS / name is the name
+
 
 # The user Traccar answers a login with (its User model, as /api/session returns it).
 RECORDED_USER = {

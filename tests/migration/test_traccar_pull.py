@@ -2,8 +2,8 @@
 
 Traccar itself (a Java server with its own database) cannot run here: these tests pull from
 tests/traccar_standin.py, a real HTTP server on a free port that serves recorded Traccar
-responses (tests/migration/exports/traccar-recorded, written after Traccar's API documentation
-and its PositionResource/SessionResource) and misbehaves on demand.
+responses (examples/traccar-export, written after Traccar's API documentation and its
+PositionResource/SessionResource) and misbehaves on demand.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ and the same import as the folder it was served from; refused credentials and cl
 exit 2 and change nothing.
 
 Traccar cannot run here: the server is tests/traccar_standin.py, a real HTTP server on a free
-port serving recorded Traccar responses (tests/migration/exports/traccar-recorded, its times
+port serving recorded Traccar responses (examples/traccar-export, its times
 moved close to now like the other fixtures)."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import psycopg
 import pytest
 
 from tests.cli_runner import run_fleetgate
-from tests.migration_exports import copy_export
-from tests.traccar_standin import TraccarStandIn
+from tests.traccar_standin import TraccarStandIn, recent_copy
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +24,7 @@ TOKEN = "recorded-token"
 
 @pytest.fixture
 def export(tmp_path):
-    return copy_export("traccar-recorded", tmp_path / "export")
+    return recent_copy(tmp_path / "export")
 
 
 @pytest.fixture

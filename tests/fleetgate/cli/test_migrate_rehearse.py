@@ -15,7 +15,7 @@ import pytest
 
 from tests.cli_runner import run_fleetgate
 from tests.migration_exports import copy_export
-from tests.traccar_standin import TraccarStandIn
+from tests.traccar_standin import TraccarStandIn, recent_copy
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def assert_nothing_left_of(output: str) -> None:
 
 
 def test_a_clean_export_passes_and_leaves_nothing_behind(configured, tmp_path):
-    export = copy_export("traccar-recorded", tmp_path / "export")
+    export = recent_copy(tmp_path / "export")
     result = run_fleetgate(
         "migrate", "rehearse", "--source", "traccar", str(export), "--drive", "4", env=configured
     )
@@ -98,7 +98,7 @@ def test_an_export_the_import_refuses_fails_and_leaves_nothing_behind(configured
 
 
 def test_a_live_pull_is_rehearsed_like_its_folder(configured, tmp_path):
-    export = copy_export("traccar-recorded", tmp_path / "export")
+    export = recent_copy(tmp_path / "export")
     with TraccarStandIn(export, token="recorded-token") as traccar:
         result = run_fleetgate(
             "migrate", "rehearse", "--source", "traccar", "--url", traccar.url,
@@ -110,7 +110,7 @@ def test_a_live_pull_is_rehearsed_like_its_folder(configured, tmp_path):
 
 
 def test_an_unreadable_export_exits_2_before_starting_anything(configured, tmp_path):
-    export = copy_export("traccar-recorded", tmp_path / "export")
+    export = recent_copy(tmp_path / "export")
     (export / "devices.json").write_text('[{"id": 11, "name": "Bike')
     result = run_fleetgate(
         "migrate", "rehearse", "--source", "traccar", str(export), env=configured
