@@ -17,7 +17,8 @@ Traccar's API documentation and its PositionResource/SessionResource:
 
 And it misbehaves on demand: `delay_s` slows every answer, `faults` makes the next position
 requests fail one each ("500", "drop": the connection closes half-way through the body, "stall":
-the answer comes after `stall_s`). Every request is logged in `requests`.
+the answer comes after `stall_s`, "garbage": half the body as a complete answer). Every request
+is logged in `requests`.
 """
 
 from __future__ import annotations
@@ -236,6 +237,8 @@ class _TraccarHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(2)
+        elif fault == "garbage":  # a complete answer that is not JSON (a proxy's page, a bug)
+            self._send(200, body[: len(body) // 2])
         else:
             if fault == "stall":
                 time.sleep(self.standin.stall_s)

@@ -179,3 +179,23 @@ async def test_an_answer_over_the_byte_limit_is_asked_for_in_smaller_windows():
         )
     assert pulled.windows_split >= 2
     assert pulled_positions(pulled) == recorded_positions()
+
+
+async def test_an_answer_that_is_not_json_stops_the_pull_naming_the_request_and_byte():
+    """Not a transfer error (the body arrived whole): trying again would not help."""
+    with TraccarStandIn() as traccar:
+        traccar.faults.append("garbage")
+        with pytest.raises(TraccarPullError) as raised:
+            await pull_traccar(traccar.url, TOKEN, options(concurrency=1))
+    assert raised.value.file.startswith(f"{traccar.url} GET /api/positions?deviceId=11&from=")
+    assert re.fullmatch(r"the answer is not JSON \(.+ at byte \d+\)", raised.value.reason)
+
+
+async def test_a_server_that_never_answers_in_time_is_given_up_on():
+    with TraccarStandIn() as traccar:
+        traccar.stall_s = 1.0
+        traccar.faults.extend(["stall"] * 2)
+        with pytest.raises(TraccarPullError, match=r"deviceId=11.*: timed out, 2 times; giving up"):
+            await pull_traccar(
+                traccar.url, TOKEN, options(concurrency=1, timeout_s=0.3, attempts=2)
+            )
