@@ -118,3 +118,18 @@ def test_an_unreadable_export_exits_2_before_starting_anything(configured, tmp_p
     assert result.exit_code == 2, result.output
     assert "devices.json at byte 25" in result.output
     assert "throw-away services" not in result.output
+
+
+def test_a_gbfs_feed_without_history_is_rehearsed_without_a_track_to_compare(configured):
+    """GBFS (one sample per vehicle, one of an unknown type skipped as the import would) and
+    no Traccar track: the import, commands and live samples are checked."""
+    feeds = Path(__file__).parents[2] / "migration" / "exports" / "gbfs_v3"
+    result = run_fleetgate(
+        "migrate", "rehearse", "--source", "gbfs", str(feeds), "--skip-invalid", "--drive", "2",
+        env=configured,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert re.search(r"(?m)^PASS  import: 3 vehicles, .*2 unknown_vehicle_type\)$", result.output)
+    assert "PASS  commands: locate to 1 of 3 vehicles: 1 succeeded" in result.output
+    assert "track" not in result.output
+    assert_nothing_left_of(result.output)
