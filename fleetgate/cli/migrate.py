@@ -129,7 +129,7 @@ def import_(
     """Import vehicles, devices, zones and positions; record the run."""
     from migration.errors import UnreadableInput
     from migration.importer import ImportOptions, import_export
-    from telemetry.store import RegistrationConflict
+    from telemetry.store import DataRefused, RegistrationConflict, StoreUnavailable
 
     export, mapping = _read(source, path, mapping_file)
     s = load_settings()
@@ -150,6 +150,9 @@ def import_(
         _unreadable(exc)
     except RegistrationConflict as exc:
         fail(f"nothing registered: {exc}")
+    except (StoreUnavailable, DataRefused) as exc:
+        # What was committed stays, each row once; the same command again completes the import.
+        fail(f"import stopped: {exc}; run it again to complete it")
     for issued in report.secrets:
         typer.echo(f"{issued.device_id}\t{issued.secret}")
     if report.secrets:
