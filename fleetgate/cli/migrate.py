@@ -120,7 +120,8 @@ def import_(
         int | None,
         typer.Option(
             min=1,
-            help="processes reading position files (default: one CPU fewer than there are, at most 8)",
+            help="processes reading position files (default: one CPU fewer than there are, "
+            "at most 8)",
         ),
     ] = None,
     mapping_file: MappingOption = None,
