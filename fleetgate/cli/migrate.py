@@ -156,7 +156,8 @@ def import_(
         int | None,
         typer.Option(
             min=1,
-            help="processes reading position files [default: one CPU fewer than there are, ≤ 8]",
+            help="processes reading position files (default: one CPU fewer than there are, "
+            "at most 8)",
         ),
     ] = None,
     mapping_file: MappingOption = None,
@@ -171,7 +172,7 @@ def import_(
     """Import vehicles, devices, zones and positions; record the run."""
     from migration.errors import UnreadableInput
     from migration.importer import ImportOptions, import_export
-    from telemetry.store import RegistrationConflict
+    from telemetry.store import DataRefused, RegistrationConflict, StoreUnavailable
 
     live = _live(source, path, url, token, user, password, since, until)
     export, mapping = _read(source, path, mapping_file, live)
@@ -193,6 +194,9 @@ def import_(
         _unreadable(exc)
     except RegistrationConflict as exc:
         fail(f"nothing registered: {exc}")
+    except (StoreUnavailable, DataRefused) as exc:
+        # What was committed stays, each row once; the same command again completes the import.
+        fail(f"import stopped: {exc}; run it again to complete it")
     for issued in report.secrets:
         typer.echo(f"{issued.device_id}\t{issued.secret}")
     if report.secrets:

@@ -3,6 +3,7 @@ it is all or nothing without --skip-invalid, idempotent, resumable as a delta, a
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import psycopg
@@ -277,3 +278,37 @@ async def test_worker_processes_map_a_folder_as_this_process_does(dsn, tmp_path)
     with pytest.raises(UnreadableInput) as raised:
         await imported(dsn, read_traccar_folder(export), "again", workers=2)
     assert raised.value.file == str(broken) and raised.value.offset == 1000
+
+
+async def test_a_database_lost_mid_import_stops_it_and_the_next_run_completes_it(pg_dsn, tmp_path):
+    """The connection to PostgreSQL is cut between two chunks (a TCP proxy in between): the
+    import stops with the store's error, what it committed stays, and the same import run again
+    stores the rest, every row once."""
+    from telemetry.store import DataRefused, StoreUnavailable
+    from tests.netproxy import TcpProxy
+
+    export = synthetic_export(tmp_path / "export", devices=20, days=3, per_day=200)
+    total = 20 * 3 * 200
+    proxy = await TcpProxy.start_for(pg_dsn)
+    try:
+        store = await TelemetryStore.open(proxy.dsn(pg_dsn), timeout_s=2.0)
+        importing = asyncio.create_task(
+            import_export(store, read_traccar_folder(export), "w1", ImportOptions(chunk_rows=300))
+        )
+        while not (await rows(pg_dsn, "SELECT count(*) > 0 FROM positions"))[0][0]:
+            assert not importing.done(), importing
+            await asyncio.sleep(0.02)
+        await proxy.cut()
+        with pytest.raises((StoreUnavailable, DataRefused)):
+            await importing
+        await store.close()
+    finally:
+        await proxy.close()
+    (at_cut,) = (await rows(pg_dsn, "SELECT count(*) FROM positions"))[0]
+    assert 0 < at_cut < total
+    assert await rows(pg_dsn, "SELECT count(*) FROM migration_runs") == [(0,)]
+    report = await imported(pg_dsn, read_traccar_folder(export))
+    assert report.imported["positions"] == total - at_cut and report.duplicates == at_cut
+    assert await rows(
+        pg_dsn, "SELECT count(*), count(DISTINCT (vehicle, time)) FROM positions"
+    ) == [(total, total)]
