@@ -67,9 +67,9 @@ def map_gbfs(feeds: GbfsFeeds, mapping: Mapping) -> MappedSource:
     registry.zones = zones
     registry.problems.extend(zone_problems)
     registry.counts = {
-        "vehicle_types": len(feeds.data("vehicle_types").get("vehicle_types") or []),
+        "vehicle_types": len(_listed(feeds, "vehicle_types", "vehicle_types")),
         "vehicles": len(vehicles),
-        "stations": len(feeds.data("station_information").get("stations") or []),
+        "stations": len(_listed(feeds, "station_information", "stations")),
         "geofencing_zones": len(_features(feeds)),
     }
     received_ms = _last_updated_ms(feeds.documents.get("vehicle_status", {}))
@@ -117,7 +117,7 @@ def _vehicle(vehicle, types, mapping, file, registry: MappedRegistry, by_id) -> 
 def _vehicle_types(feeds: GbfsFeeds, mapping: Mapping) -> dict[str, str]:
     """GBFS vehicle_type_id -> fleetgate type, by the mapping file's ids, else form factor."""
     out = {}
-    for t in feeds.data("vehicle_types").get("vehicle_types") or []:
+    for t in _listed(feeds, "vehicle_types", "vehicle_types"):
         type_id = t.get("vehicle_type_id")
         chosen = mapping.gbfs_vehicle_types.get(type_id) or mapping.gbfs_form_factors.get(
             t.get("form_factor")
@@ -127,10 +127,16 @@ def _vehicle_types(feeds: GbfsFeeds, mapping: Mapping) -> dict[str, str]:
     return out
 
 
+def _listed(feeds: GbfsFeeds, feed: str, key: str) -> list[dict[str, Any]]:
+    """The objects of a feed's list (garbage in the place of the list or an entry is left out)."""
+    items = feeds.data(feed).get(key)
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
 def _vehicles(feeds: GbfsFeeds) -> list[dict[str, Any]]:
     data = feeds.data("vehicle_status")
-    vehicles = data.get("vehicles", data.get("bikes")) or []
-    return [v for v in vehicles if isinstance(v, dict)]
+    vehicles = data.get("vehicles", data.get("bikes"))
+    return [v for v in vehicles if isinstance(v, dict)] if isinstance(vehicles, list) else []
 
 
 def _last_updated_ms(document: dict[str, Any]) -> int | None:
@@ -213,7 +219,7 @@ def _zones(feeds: GbfsFeeds, types: dict[str, str], mapping: Mapping):
         }
         _add_zone(row, file, str(position), zones, problems)
     station_file = feeds.files.get("station_information", feeds.origin)
-    for station in feeds.data("station_information").get("stations") or []:
+    for station in _listed(feeds, "station_information", "stations"):
         row = _station_zone(station, mapping)
         if row is None:
             problems.append(
