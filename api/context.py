@@ -30,6 +30,9 @@ class ApiContext:
     readiness: dict[str, Callable[[], Awaitable[str | None]]] = field(default_factory=dict)
     map_tiles_url: str | None = None
     map_attribution: str = ""
+    # The ports this process serves on besides the API's own (the operator's): a webhook URL
+    # pointing at one of them is refused (api/routes/webhooks.py).
+    own_ports: frozenset[int] = frozenset()
     # Set when the server stops: responses that wait (a command's `wait`) answer at once.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 

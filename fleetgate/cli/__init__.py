@@ -20,6 +20,7 @@ from fleetgate.cli import (
     run,
     sim,
     vehicle_types,
+    webhooks,
     zones,
 )
 
@@ -41,6 +42,7 @@ app.add_typer(zones.app, name="zones")
 app.add_typer(api_keys.app, name="api-keys")
 app.add_typer(devices.app, name="devices")
 app.add_typer(vehicle_types.app, name="vehicle-types")
+app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(migrate.app, name="migrate")
 
 
