@@ -42,8 +42,8 @@ app.add_typer(zones.app, name="zones")
 app.add_typer(api_keys.app, name="api-keys")
 app.add_typer(devices.app, name="devices")
 app.add_typer(vehicle_types.app, name="vehicle-types")
-app.add_typer(migrate.app, name="migrate")
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(migrate.app, name="migrate")
 
 
 def main() -> None:  # pragma: no cover - console entry

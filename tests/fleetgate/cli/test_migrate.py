@@ -219,3 +219,28 @@ def test_a_bad_mapping_file_or_a_csv_without_its_columns_exits_2(env, tmp_path):
                            env=env)  # fmt: skip
     assert result.exit_code == 2
     assert "the header line lacks vehicle_ref, device_id, vehicle_type" in result.output
+
+
+def test_gbfs_and_csv_through_the_command(env, tmp_path):
+    feeds = copy_export("gbfs_v2", tmp_path / "gbfs")
+    analysed = run_fleetgate("migrate", "analyse", "--source", "gbfs", str(feeds), env=env)
+    assert analysed.exit_code == 1, analysed.output  # the fuel level of 120 %
+    assert f"{feeds}/free_bike_status.json\tsc-9\tcurrent_fuel_percent\tsoc_out_of_range" in (
+        analysed.output
+    )
+    # a gbfs.json whose feeds nobody serves (port 1 refuses): exit 2 naming the feed's URL
+    discovery = feeds / "gbfs.json"
+    discovery.write_text(
+        discovery.read_text().replace("https://gbfs.example.com", "http://127.0.0.1:1")
+    )
+    imported = run_fleetgate(
+        "migrate", "import", "--source", "gbfs", str(discovery), "--batch", "g", env=env
+    )
+    assert imported.exit_code == 2
+    assert "cannot read http://127.0.0.1:1/v2/vehicle_types.json" in imported.output
+    done = run_fleetgate(
+        "migrate", "import", "--source", "gbfs", str(feeds), "--batch", "g", "--skip-invalid",
+        env=env,
+    )  # fmt: skip
+    assert done.exit_code == 1
+    assert "imported: 2 vehicles, 2 devices, 2 zones, 1 positions" in done.output
