@@ -166,7 +166,8 @@ def _positions(chunk, file, devices, rejected, window: TimeWindow, received_ms) 
     for name, key in (("lat", "lat"), ("lon", "lon"), ("soc_pct", "current_fuel_percent")):
         cols[name], wrong = numbers([v.get(key) for v in chunk])
         verdicts.reject(wrong, "wrong_type", key)
-    cols["soc_pct"] *= 100.0  # GBFS: a fraction 0..1
+    with np.errstate(over="ignore"):  # beyond float64: out of range, checked below
+        cols["soc_pct"] *= 100.0  # GBFS: a fraction 0..1
     time_ms = np.zeros(n, np.int64)
     for i, v in enumerate(chunk):
         reported = v.get("last_reported")

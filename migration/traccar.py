@@ -246,13 +246,15 @@ def _measurements(chunk, mapping: Mapping, verdicts: Verdicts):
     # No fix: Traccar repeats the last known coordinates; they are not this sample's position.
     cols["lat"][~valid] = np.nan
     cols["lon"][~valid] = np.nan
-    cols["speed_kmh"] *= mapping.speed_factor()
+    with np.errstate(over="ignore"):  # a speed beyond float64 is out of range, checked later
+        cols["speed_kmh"] *= mapping.speed_factor()
     odometer = np.full(len(chunk), np.nan)
     for name in reversed(mapping.odometer):  # the first name present wins
         values, wrong = numbers([a.get(name) for a in attributes])
         verdicts.reject(wrong, "wrong_type", f"attributes.{name}")
         odometer = np.where(np.isnan(values), odometer, values)
-    cols["odometer_m"] = odometer * mapping.distance_factor()
+    with np.errstate(over="ignore"):
+        cols["odometer_m"] = odometer * mapping.distance_factor()
     for column, name in (
         ("ignition", mapping.ignition),
         ("immobilised", mapping.immobilised),
