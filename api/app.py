@@ -22,6 +22,7 @@ from api.routes import (
     health,
     map,
     mds,
+    migration,
     usage,
     vehicle_types,
     vehicles,
@@ -64,6 +65,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 "usage",
                 "feeds",
                 "mds",
+                "migration",
                 "health",
             )
         ],
@@ -86,6 +88,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         map,
         gbfs,
         mds,
+        migration,
     ):
         app.include_router(module.router)
     return app

@@ -28,9 +28,9 @@ DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 class BenchServices:
     """A fresh database and a private broker, created on construction and removed by close() or
     at the end of a `with` block (the broker must outlive the gateways and simulators the
-    benchmark stops first)."""
+    benchmark stops first). broker=False: the database alone (benchmarks of the store)."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, broker: bool = True) -> None:
         self.loadavg_at_start = os.getloadavg()[0]
         self._admin = os.environ.get("FLEETGATE_BENCH_PG_DSN", DEFAULT_PG)
         self.dbname = f"{prefix}_{uuid.uuid4().hex[:8]}"
@@ -39,8 +39,10 @@ class BenchServices:
             self.pg_version = conn.execute("SHOW server_version").fetchone()[0]
         self.dsn = make_conninfo(self._admin, dbname=self.dbname)
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+        self.broker: Mosquitto | None = None
         try:
-            self.broker = Mosquitto(datadir=self.tmp / "mosquitto").start()
+            if broker:
+                self.broker = Mosquitto(datadir=self.tmp / "mosquitto").start()
         except BaseException:
             self._drop()
             raise
@@ -52,7 +54,8 @@ class BenchServices:
         self.close()
 
     def close(self) -> None:
-        self.broker.stop()
+        if self.broker is not None:
+            self.broker.stop()
         self._drop()
 
     def _drop(self) -> None:
@@ -66,12 +69,11 @@ class BenchServices:
     def machine(self) -> dict[str, object]:
         """The machine description of an end-to-end report: with the server versions and the
         load average when the services were started."""
-        mosquitto = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout
-        return machine(
-            postgresql=self.pg_version,
-            mosquitto=mosquitto.split("\n")[0].strip(),
-            loadavg_at_start=self.loadavg_at_start,
-        )
+        services: dict[str, object] = {"postgresql": self.pg_version}
+        if self.broker is not None:
+            mosquitto = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout
+            services["mosquitto"] = mosquitto.split("\n")[0].strip()
+        return machine(**services, loadavg_at_start=self.loadavg_at_start)
 
 
 # --- the gateway -------------------------------------------------------------------------------

@@ -89,6 +89,12 @@ class FleetOptions:
     buffer_max_samples: int = 500_000
     area: Area = field(default_factory=Area)
     ageing_speedup: float = 1.0
+    # Vehicles given by name instead of by count and patterns, (device_id, vehicle_ref,
+    # vehicle_type) each: the vehicles a migration imported (`fleetgate migrate rehearse`).
+    named: list[tuple[str, str, str]] | None = None
+    # Where vehicles stand at the start, device id -> (lat, lon) (their last known fix); the
+    # others start at random in the area.
+    start_fixes: dict[str, tuple[float, float]] | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.rate_hz <= 500:
@@ -149,6 +155,8 @@ class Fleet:
         self.roster = Roster.build(
             n, o.car_share, o.device_id_pattern, o.vehicle_ref_pattern, mix=o.mix
         )
+        if o.named is not None:
+            self.roster = Roster.named(o.named)
         self.device_ids = self.roster.device_ids
         self.vehicle_refs = self.roster.vehicle_refs
         self.start_ms = start_time_ms(o)
@@ -159,6 +167,16 @@ class Fleet:
             area=o.area,
             ageing_speedup=o.ageing_speedup,
         )
+        if o.start_fixes:
+            placed = [
+                (i, o.start_fixes[d]) for i, d in enumerate(self.device_ids) if d in o.start_fixes
+            ]
+            if placed:
+                self.model.motion.place(
+                    np.array([i for i, _ in placed]),
+                    np.array([lat for _, (lat, _) in placed]),
+                    np.array([lon for _, (_, lon) in placed]),
+                )
         encodings = np.where(spread(n, o.cbor_share), CBOR, JSON)
         self.firmware = FleetFirmware(
             self.model,

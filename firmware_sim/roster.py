@@ -41,6 +41,7 @@ class Roster:
     kinds: np.ndarray
     device_ids: list[str]
     vehicle_refs: list[str]
+    types: list[str] | None = None  # registered vehicle types, where given by name
 
     @classmethod
     def build(
@@ -65,7 +66,19 @@ class Roster:
             [vehicle_ref_pattern.format(type=t, n=i + 1, i=i) for t, i in names],
         )
 
+    @classmethod
+    def named(cls, vehicles: list[tuple[str, str, str]]) -> Roster:
+        """Vehicles given as (device_id, vehicle_ref, vehicle_type); a type the simulator has no
+        model of drives as an e-bike and keeps its own name in the registrations."""
+        kinds = [KIND_OF.get(t, EBIKE) for _, _, t in vehicles]
+        return cls(
+            np.array(kinds, dtype=np.int8),
+            [check_device_id(device) for device, _, _ in vehicles],
+            [ref for _, ref, _ in vehicles],
+            [kind for _, _, kind in vehicles],
+        )
+
     def registrations(self) -> list[tuple[str, str, str]]:
         """(device_id, vehicle_ref, vehicle_type) of every vehicle, for the device registry."""
-        types = (VEHICLE_TYPES[k] for k in self.kinds.tolist())
+        types = self.types or (VEHICLE_TYPES[k] for k in self.kinds.tolist())
         return list(zip(self.device_ids, self.vehicle_refs, types))

@@ -62,6 +62,12 @@ class Motion:
         self._dwell_left = np.zeros(n)
         self.speed_limit = np.full(n, np.inf)  # m/s, set by the set_speed_limit command
 
+    def place(self, idx: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> None:
+        """Vehicles idx stand at (lat, lon) (where another platform last saw them), folded
+        into the area like a trip's destination."""
+        self.x[idx] = _reflect(np.asarray(lon - self._lon0) * self.m_per_deg_lon, self._half_x)
+        self.y[idx] = _reflect(np.asarray(lat - self._lat0) * M_PER_DEG_LAT, self._half_y)
+
     def latlon(self) -> tuple[np.ndarray, np.ndarray]:
         """True positions (no GPS noise)."""
         return (self._lat0 + self.y / M_PER_DEG_LAT, self._lon0 + self.x / self.m_per_deg_lon)

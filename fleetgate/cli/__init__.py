@@ -16,6 +16,7 @@ from fleetgate.cli import (
     db,
     demo,
     devices,
+    migrate,
     run,
     sim,
     vehicle_types,
@@ -42,6 +43,7 @@ app.add_typer(api_keys.app, name="api-keys")
 app.add_typer(devices.app, name="devices")
 app.add_typer(vehicle_types.app, name="vehicle-types")
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(migrate.app, name="migrate")
 
 
 def main() -> None:  # pragma: no cover - console entry

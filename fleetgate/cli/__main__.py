@@ -4,4 +4,6 @@ import sys
 
 from fleetgate.cli import main
 
-sys.exit(main())
+# Guarded: worker processes (`fleetgate migrate import --workers`) import the main module again.
+if __name__ == "__main__":
+    sys.exit(main())

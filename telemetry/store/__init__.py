@@ -18,6 +18,7 @@ from telemetry.store._errors import (
     StoreUnavailable,
 )
 from telemetry.store._migrate import MigrationReport, migrate
+from telemetry.store._migration_runs import MigrationRun
 from telemetry.store._pool import (
     is_unavailable,
     open_pool,
@@ -71,6 +72,7 @@ __all__ = [
     "MaintenanceReport",
     "MigrationError",
     "MigrationReport",
+    "MigrationRun",
     "QuarantinedMessage",
     "RegistrationConflict",
     "StorageMismatch",

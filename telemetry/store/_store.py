@@ -21,10 +21,11 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
 from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, TelemetryBatch
-from telemetry.store import _api_keys, _partitions, _policies, _zones
+from telemetry.store import _api_keys, _migration_runs, _partitions, _policies, _zones
 from telemetry.store import _binary as wire
 from telemetry.store._api_keys import ApiKey
 from telemetry.store._errors import DataRefused, RegistrationConflict, StoreUnavailable
+from telemetry.store._migration_runs import MigrationRun
 from telemetry.store._pool import open_pool, pooled_connection, pooled_transaction
 from telemetry.store._zones import ZoneRows
 from telemetry.topics import DEVICE_ID_RULE, is_device_id
@@ -171,6 +172,15 @@ _COPY_STATE = (
 _INSERT_POSITIONS = (
     f"INSERT INTO positions ({_POSITION_LIST}) SELECT {_POSITION_LIST} FROM positions_staging "
     "ON CONFLICT (vehicle, time) DO NOTHING"
+)
+# The history of a migration goes straight into positions when nothing is stored yet in any of
+# its vehicles' time spans (write_history): ON CONFLICT's speculative insertion through staging
+# costs about twice a plain COPY, and a bulk import is all new rows but for a delta's edge.
+_COPY_POSITIONS_DIRECT = f"COPY positions ({_POSITION_LIST}) FROM STDIN (FORMAT BINARY)"
+_ANY_STORED_IN_SPANS = (
+    "SELECT EXISTS (SELECT 1 FROM unnest(%s::integer[], %s::timestamptz[], %s::timestamptz[]) "
+    "AS r(vehicle, first, last) WHERE EXISTS (SELECT 1 FROM positions p "
+    "WHERE p.vehicle = r.vehicle AND p.time BETWEEN r.first AND r.last))"
 )
 
 # A field's value from the batch counts only if it was reported after the newest sample already
@@ -713,10 +723,44 @@ class TelemetryStore:
         except psycopg.Error as exc:  # connection trouble is StoreUnavailable by now
             raise DataRefused(str(exc) or type(exc).__name__) from exc
 
-    async def _write_prepared(self, prepared: _PreparedWrite) -> WriteResult:
+    async def write_history(self, batch: TelemetryBatch) -> WriteResult:
+        """Store a large batch of past samples (a migration's history) with the vehicles' state,
+        as write() does, only faster where nothing is stored yet: when no stored sample lies in
+        any of the batch's vehicles' time spans, the rows are copied straight into positions
+        instead of through the deduplicating staging table. A span that holds stored samples,
+        or a concurrent writer that stores one of the rows first, takes write()'s path. Repeats
+        within the batch count as duplicates."""
+        if not len(batch):
+            return WriteResult(0, 0, 0)
+        order = np.lexsort((batch.time_ms, batch.vehicle))
+        vehicle, time_ms = batch.vehicle[order], batch.time_ms[order]
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = (vehicle[1:] != vehicle[:-1]) | (time_ms[1:] != time_ms[:-1])
+        unique = batch.take(order[first])
+        repeats = len(batch) - len(unique)
+        prepared = _PreparedWrite.build(unique, (), Derived())
+        starts = np.flatnonzero(np.r_[True, unique.vehicle[1:] != unique.vehicle[:-1]])
+        ends = np.r_[starts[1:], len(unique)] - 1
+        spans = (
+            unique.vehicle[starts].tolist(),
+            [_utc(t) for t in unique.time_ms[starts].tolist()],
+            [_utc(t) for t in unique.time_ms[ends].tolist()],
+        )
+        try:
+            try:
+                result = await self._write_prepared(prepared, direct_if_new=spans)
+            except psycopg.errors.UniqueViolation:
+                result = await self._write_prepared(prepared)  # a concurrent writer was first
+        except psycopg.Error as exc:
+            raise DataRefused(str(exc) or type(exc).__name__) from exc
+        return WriteResult(result.inserted, result.duplicates + repeats, 0)
+
+    async def _write_prepared(
+        self, prepared: _PreparedWrite, direct_if_new: tuple | None = None
+    ) -> WriteResult:
         try:
             async with self._transaction() as cur:
-                return await self._write_in(cur, prepared)
+                return await self._write_in(cur, prepared, direct_if_new)
         except psycopg.errors.CheckViolation as exc:
             if not _is_missing_partition(exc):
                 raise
@@ -724,17 +768,30 @@ class TelemetryStore:
         # make the ones this batch needs and write it again, rather than refuse the rows.
         await self._create_partitions(prepared.days)
         async with self._transaction() as cur:
-            return await self._write_in(cur, prepared)
+            return await self._write_in(cur, prepared, direct_if_new)
 
-    async def _write_in(self, cur: AsyncCursor, w: _PreparedWrite) -> WriteResult:
+    async def _write_in(
+        self, cur: AsyncCursor, w: _PreparedWrite, direct_if_new: tuple | None = None
+    ) -> WriteResult:
         """The steps of one write's transaction. Later stages that must commit atomically
-        with the samples (geofence events, zone membership, battery estimates) add theirs here."""
+        with the samples (geofence events, zone membership, battery estimates) add theirs here.
+        direct_if_new: (vehicles, first times, last times) of a batch whose rows are unique:
+        straight into positions when nothing is stored in those spans (write_history)."""
         inserted = 0
-        if w.rows:
+        direct = False
+        if w.rows and direct_if_new is not None:
+            await cur.execute(_ANY_STORED_IN_SPANS, direct_if_new)
+            direct = not (await cur.fetchone())[0]
+        if w.rows and direct:
+            async with cur.copy(_COPY_POSITIONS_DIRECT) as copy:
+                await copy.write(w.positions_copy)
+            inserted = w.rows
+        elif w.rows:
             async with cur.copy(_COPY_POSITIONS) as copy:
                 await copy.write(w.positions_copy)
             await cur.execute(_INSERT_POSITIONS)
             inserted = cur.rowcount
+        if w.rows:
             async with cur.copy(_COPY_STATE) as copy:
                 await copy.write(w.state_copy)
             await cur.execute(_UPSERT_STATE)
@@ -922,6 +979,55 @@ class TelemetryStore:
     async def delete_zone(self, zone_id: str) -> bool:
         async with self._transaction() as cur:
             return await _zones.delete(cur, zone_id)
+
+    # --- fleet migrations (migration/) ----------------------------------------------------------
+
+    async def retention_days(self) -> int | None:
+        """How many days of samples the store keeps (storage_settings), None if unlimited."""
+        async with self._connection() as conn:
+            cur = await conn.execute("SELECT retention_days FROM storage_settings")
+            row = await cur.fetchone()
+        return None if row is None else row[0]
+
+    async def record_migration_run(
+        self,
+        *,
+        batch: str,
+        source: str,
+        origin: str,
+        delta: bool,
+        outcome: str,
+        started_at: datetime,
+        report: dict[str, Any],
+        watermarks: Mapping[int, int] | None = None,
+    ) -> int:
+        """Record a migration run and move its vehicles' watermarks (vehicle -> newest sample
+        time in ms imported from `source`) in one transaction; the run's id."""
+        async with self._transaction() as cur:
+            run = await _migration_runs.record(
+                cur,
+                batch=batch,
+                source=source,
+                origin=origin,
+                delta=delta,
+                outcome=outcome,
+                started_at=started_at,
+                report=report,
+            )
+            await _migration_runs.advance_watermarks(cur, source, dict(watermarks or {}), run)
+            return run
+
+    async def migration_runs(
+        self, batch: str | None = None, limit: int = 100, before: int | None = None
+    ) -> list[MigrationRun]:
+        """The newest runs first (with ids below `before`), of one batch or all."""
+        async with self._connection() as conn:
+            return await _migration_runs.runs(conn.cursor(), batch, limit, before)
+
+    async def migration_watermarks(self, source: str) -> dict[int, int]:
+        """vehicle -> newest sample time (ms) imported from `source` so far."""
+        async with self._connection() as conn:
+            return await _migration_runs.watermarks(conn.cursor(), source)
 
     # --- housekeeping ---------------------------------------------------------------------------
 

@@ -187,3 +187,31 @@ async def test_a_broker_crash_loses_no_sample(restartable_mosquitto, topic_root)
     assert stats.connection_losses == 6 and stats.batches_published >= 6
     assert stats.samples_acked == stats.samples_generated
     assert stats.acked_keys() == fleet.expected_keys()
+
+
+def test_a_fleet_of_named_vehicles_starts_where_they_were_last_seen():
+    """The vehicles a migration imported (`migrate rehearse`): their ids, refs and types as
+    given (a type without a model of its own drives as an e-bike under its name), each placed
+    at its last known fix; nothing is sent until the fleet starts."""
+    from firmware_sim.specs import Area
+
+    named = [
+        ("356307042441011", "Bike 0101", "ebike"),
+        ("862095051234037", "B-FG 103E", "car"),
+        ("862095051234045", "Moped 0104", "moped"),
+        ("lock-77", "Cargo 7", "longtail"),
+    ]
+    fixes = {"356307042441011": (52.5101, 13.3902), "862095051234037": (52.5302, 13.4101)}
+    fleet = Fleet(
+        FleetOptions(
+            vehicles=len(named),
+            named=named,
+            start_fixes=fixes,
+            area=Area(south=52.49, west=13.37, north=52.55, east=13.43),
+        )
+    )
+    assert fleet.registrations() == named
+    assert fleet.device_ids == [d for d, _, _ in named]
+    lat, lon = fleet.model.latlon()
+    for i, device in enumerate(fleet.device_ids[:2]):
+        assert (lat[i], lon[i]) == pytest.approx(fixes[device], abs=1e-9)

@@ -123,6 +123,12 @@ BROKER_CONFIG = Skip(
     "tests/fleetgate/cli/test_device_identity.py runs broker-config and a Mosquitto that "
     "includes its files as docs/device-identity.md shows"
 )
+TRACCAR_SERVER = Skip(
+    "traccar:8082 stands for the operator's Traccar server, which cannot run here; "
+    "tests/fleetgate/cli/test_migrate_live.py and test_migrate_rehearse.py run these commands "
+    "against tests/traccar_standin.py, a real HTTP server serving examples/traccar-export as "
+    "Traccar's API returns it"
+)
 COMMANDS: dict[str, dict[str, Action]] = {
     "README.md": {
         "scripts/demo": Skip(
@@ -224,6 +230,36 @@ COMMANDS: dict[str, dict[str, Action]] = {
             "scenario; tests/gateway/test_faults.py counts the same under the same faults"
         ),
     },
+    "docs/migration.md": {
+        "fleetgate migrate analyse --source csv examples/fleet.csv": Run(
+            expect=r"csv export \S+fleet.csv: 4 vehicles"
+        ),
+        "fleetgate migrate import --source csv examples/fleet.csv --batch wave-1 "
+        "--report wave-1.json": Run(expect="imported: 4 vehicles, 4 devices, 0 zones, 0 positions"),
+        "fleetgate migrate status --batch wave-1": Run(expect=r"batch wave-1  csv .*\n  imported"),
+        "export TRACCAR_TOKEN=…": Run(),
+        "fleetgate migrate analyse --source traccar --url http://traccar:8082 "
+        "--report analysis.json": TRACCAR_SERVER,
+        "fleetgate migrate analyse --source traccar examples/traccar-export "
+        "--report analysis.json": Run(
+            expect=r"traccar export \S+traccar-export: 4 devices, 3 geofences, 2 groups, "
+            "294 positions"
+        ),
+        "fleetgate migrate rehearse --source traccar examples/traccar-export": Run(
+            expect=r"(?m)^PASS  track: .*\nrehearsal PASSED$"
+        ),
+        "fleetgate migrate import --source traccar examples/traccar-export --batch berlin-1 "
+        "--provision --report berlin-1.json": Run(expect=SECRET_LINE.format("862095051234037")),
+        "fleetgate migrate status --batch berlin-1": Run(expect=r"batch berlin-1  traccar"),
+        "fleetgate migrate import --source traccar examples/traccar-export --batch berlin-1 "
+        "--since-last-run": Run(expect="already imported"),
+        "fleetgate migrate rehearse --source traccar --url http://traccar:8082 "
+        "--skip-invalid": TRACCAR_SERVER,
+        "fleetgate migrate import --source traccar --url http://traccar:8082 --batch berlin-1 "
+        "--skip-invalid": TRACCAR_SERVER,
+        "fleetgate migrate import --source traccar --url http://traccar:8082 --batch berlin-1 "
+        "--skip-invalid --since-last-run": TRACCAR_SERVER,
+    },
     "docs/device-identity.md": {
         "fleetgate devices register bike-0001 lock-0001 --type ebike": Run(),
         "fleetgate devices register bike-0002 lock-0002 --type ebike": Run(),
@@ -249,6 +285,19 @@ COMMANDS: dict[str, dict[str, Action]] = {
 # Documents whose commands start on an empty database (the others expect `fleetgate db migrate`
 # of README's "Running it for real" to have run).
 STARTS_EMPTY = {"README.md"}
+
+
+def _recent_traccar_export(checkout: Path) -> None:
+    """examples/traccar-export with its times moved close to now, as the migration tests move
+    their fixtures: the sample's fixed dates would age beyond the store's retention."""
+    from tests.traccar_standin import recent_copy
+
+    shutil.rmtree(checkout / "examples" / "traccar-export")
+    recent_copy(checkout / "examples" / "traccar-export")
+
+
+# What a document's fresh machine needs besides a copy of the checkout.
+PREPARE: dict[str, Callable[[Path], None]] = {"docs/migration.md": _recent_traccar_export}
 
 
 # --- reading the documents ---------------------------------------------------------------------
@@ -551,6 +600,8 @@ def test_the_documented_commands_run_as_written_in_order(
 ):
     dsn = request.getfixturevalue("empty_pg_dsn" if document in STARTS_EMPTY else "pg_dsn")
     machine = Machine.fresh(tmp_path, dsn, mosquitto, topic_root)
+    if document in PREPARE:
+        PREPARE[document](machine.checkout)
     known = COMMANDS[document]
     ran = []
     try:
