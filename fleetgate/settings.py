@@ -208,6 +208,11 @@ class Settings(BaseSettings):
         "background tiles (the map works offline)",
     )
     map_attribution: str = ""
+    map_style_url: str | None = Field(
+        None,
+        description="MapLibre style URL (vector tiles, e.g. self-hosted) offered as the live "
+        "map's background besides raster tiles and the plain offline one",
+    )
 
     # Operations.
     metrics_host: str = Field(
