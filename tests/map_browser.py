@@ -52,6 +52,8 @@ def browser():
         "--disable-sync",
         f"--window-size={WINDOW[0]},{WINDOW[1]}",
         f"--host-resolver-rules=MAP {MAP_HOST} 127.0.0.1",
+        # WebGL in software (SwiftShader), for the vector style base map: there is no GPU here.
+        "--enable-unsafe-swiftshader",
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})

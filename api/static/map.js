@@ -77,6 +77,7 @@
     },
     clusters: () => layer.clusters(),
     stats: () => ({ ...layer.stats, vehicles: vehicles.size }),
+    baseLayer: () => baseLayer,
   };
   window.fleetgateMap = state;
 
@@ -92,18 +93,42 @@
   const trackLayer = L.layerGroup().addTo(map);
 
   const BASEMAPS = {
-    plain: { label: "Plain (offline)", make: () => null },
+    plain: { label: "Plain (offline)", make: async () => null },
     tiles: { label: "Raster tiles", available: !!CONFIG.tiles_url,
-             make: () => L.tileLayer(CONFIG.tiles_url, { attribution: CONFIG.attribution || "", maxZoom: 19 }) },
-    vector: { label: "Vector style", available: !!(CONFIG.style_url && L.maplibreGL),
-              make: () => L.maplibreGL({ style: CONFIG.style_url, attribution: CONFIG.attribution || "" }) },
+             make: async () => L.tileLayer(CONFIG.tiles_url, { attribution: CONFIG.attribution || "", maxZoom: 19 }) },
+    vector: { label: "Vector style", available: !!CONFIG.style_url, make: vectorBase },
   };
   let baseLayer = null;
 
-  function setBase(name) {
+  function loadOnce(tag, url) {
+    // MapLibre (about 1 MB) is loaded only when its base map is chosen.
+    const existing = document.querySelector(`[data-vendor="${url}"]`);
+    if (existing) return existing.loaded;
+    const el = document.createElement(tag);
+    el.dataset.vendor = url;
+    el.loaded = new Promise((resolve, reject) => { el.onload = resolve; el.onerror = () => reject(new Error("could not load " + url)); });
+    if (tag === "link") { el.rel = "stylesheet"; el.href = url; } else { el.src = url; el.async = false; }
+    document.head.appendChild(el);
+    return el.loaded;
+  }
+
+  async function vectorBase() {
+    const probe = document.createElement("canvas");
+    if (!(probe.getContext("webgl2") || probe.getContext("webgl"))) throw new Error("this browser has no WebGL, which a vector style needs");
+    await Promise.all([loadOnce("link", "vendor/maplibre/maplibre-gl.css"), loadOnce("script", "vendor/maplibre/maplibre-gl.js")]);
+    await loadOnce("script", "vendor/maplibre/leaflet-maplibre-gl.js");
+    return L.maplibreGL({ style: CONFIG.style_url, attribution: CONFIG.attribution || "", interactive: false });
+  }
+
+  async function setBase(name) {
     if (!BASEMAPS[name] || (name !== "plain" && !BASEMAPS[name].available)) name = "plain";
+    const note = $("basemap-note");
+    note.textContent = "";
+    let next = null;
+    try { next = await BASEMAPS[name].make(); }
+    catch (e) { note.textContent = `${BASEMAPS[name].label}: ${e.message || e}`; name = "plain"; }
     if (baseLayer) map.removeLayer(baseLayer);
-    baseLayer = BASEMAPS[name].make();
+    baseLayer = next;
     if (baseLayer) baseLayer.addTo(map);
     view.base = name;
     const radio = document.querySelector(`#basemaps input[value="${name}"]`);
@@ -121,6 +146,7 @@
       label.querySelector("input").addEventListener("change", () => setBase(name));
       box.appendChild(label);
     }
+    box.insertAdjacentHTML("beforeend", '<div id="basemap-note" role="status"></div>');
   }
 
   // --- vehicles: one canvas layer, updates applied once per animation frame ------------------

@@ -346,27 +346,40 @@ def png(rgb: tuple[int, int, int], size: int = 256) -> bytes:
     )
 
 
+# A vector style of a background alone: MapLibre draws it without any tiles (a self-hosted style
+# names its vector tile sources; the wiring is the same).
+STYLE = json.dumps(
+    {
+        "version": 8,
+        "sources": {},
+        "layers": [{"id": "land", "type": "background", "paint": {"background-color": "#d8e8c8"}}],
+    }
+).encode()
+
+
 @contextlib.asynccontextmanager
 async def tile_server():
-    """Raster tiles from a local server (what FLEETGATE_MAP_TILES_URL points at); yields the URL
-    template and the tiles asked for."""
+    """Raster tiles and a vector style from a local server (what FLEETGATE_MAP_TILES_URL and
+    FLEETGATE_MAP_STYLE_URL point at); yields the server's base URL and the paths asked for."""
     asked: list[str] = []
     tile = png((170, 211, 223))
 
     async def answer(reader, writer) -> None:
         request = await reader.readuntil(b"\r\n\r\n")
-        asked.append(request.split(b" ")[1].decode())
+        path = request.split(b" ")[1].decode()
+        asked.append(path)
+        body, kind = (STYLE, "application/json") if path == "/style.json" else (tile, "image/png")
         writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nAccess-Control-Allow-Origin: *\r\n"
-            + f"Content-Length: {len(tile)}\r\nConnection: close\r\n\r\n".encode()
-            + tile
+            f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nAccess-Control-Allow-Origin: *\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
         )
         await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/{{z}}/{{x}}/{{y}}.png", asked
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", asked
     finally:
         server.close()
 
@@ -386,8 +399,8 @@ async def test_track_replay_marks_implausible_fixes_and_base_maps_switch(page, a
         for k in range(10)
     ]
     await api_server.store.write(make_batch(rows), [])
-    async with tile_server() as (tiles_url, asked):
-        api_server.context.map_tiles_url = tiles_url
+    async with tile_server() as (base_url, asked):
+        api_server.context.map_tiles_url = base_url + "/{z}/{x}/{y}.png"
         await page.open(map_url(api_server, "reader", vehicle="veh-001", z=15))
         assert await page.text("#p-title") == "veh-001"  # selected from the URL
         await page.click("#track-form button")
@@ -446,6 +459,22 @@ async def test_track_replay_marks_implausible_fixes_and_base_maps_switch(page, a
         await page.click('#basemaps input[value="plain"]')
         assert await page.js("document.querySelectorAll('img.leaflet-tile').length") == 0
 
+        # A vector style (MapLibre GL, loaded only now), where the operator configured one.
+        api_server.context.map_style_url = base_url + "/style.json"
+        await page.open(map_url(api_server, z=15, base="vector"))
+        await eventually(
+            lambda: page.js(
+                "(() => { const b = window.fleetgateMap.baseLayer();"
+                " const m = b && b.getMaplibreMap && b.getMaplibreMap();"
+                " return !!m && m.loaded() && m.getStyle().layers[0].id === 'land'; })()"
+            ),
+            timeout=20,
+            what="the vector style drawn by MapLibre",
+        )
+        assert "/style.json" in asked
+        assert await page.js("document.querySelector('#basemaps input[value=vector]').checked")
+        await page.screenshot("map-vector.png")
+
 
 async def test_live_moves_and_the_vehicle_panel_commands_from_a_plain_http_host_name(
     page, mosquitto, pg_dsn, topic_root, api_server
@@ -485,10 +514,20 @@ async def test_live_moves_and_the_vehicle_panel_commands_from_a_plain_http_host_
             urlsplit(origin).netloc,
             False,
         ]
-        # The whole fleet counted, the silent car said to have no position.
-        listed_all = await vehicles_listed(api_server)
-        assert (await page.text("#counts")).startswith(
-            f"{len(listed_all)} vehicles · 1 without a position yet · "
+
+        # The whole fleet counted, the silent car among those said to have no position (a
+        # simulated vehicle may not have its first fix yet on a busy machine).
+        async def header_counts_the_whole_fleet() -> bool:
+            listed_all = await vehicles_listed(api_server)
+            unplaced = sum(v["lat"] is None for v in listed_all)
+            return unplaced >= 1 and (await page.text("#counts")).startswith(
+                f"{len(listed_all)} vehicles · {unplaced} without a position yet · "
+            )
+
+        await eventually(
+            header_counts_the_whole_fleet,
+            timeout=10,
+            what="the header counting every vehicle, with or without a position",
         )
         first = await page.js("window.fleetgateMap.positions()")
         assert set(await located(api_server)) <= set(first)
@@ -501,7 +540,9 @@ async def test_live_moves_and_the_vehicle_panel_commands_from_a_plain_http_host_
 
         await eventually(moved, timeout=30, what="vehicles moving with live telemetry")
         delays = await page.js("window.fleetgateMap.delays.receivedToDrawnMs")
-        assert delays and max(delays) < 5_000, delays  # applied in the next frame, not queued
+        # Applied in the next animation frame, not queued (the median: a busy machine may hold
+        # back a frame now and then).
+        assert delays and sorted(delays)[len(delays) // 2] < 1_000, delays
 
         # The zone filter: what the gateway says is in the zone, checked in one go in the page
         # (the vehicles move on meanwhile).
