@@ -327,6 +327,37 @@ async def test_zones_by_kind_rules_on_hover_and_alarms_from_the_stream(page, api
     )
     await page.screenshot("map-alarms.png")
 
+    # A type with markup in it is shown as text, never run.
+    t = now_ms()
+    markup = 'alarm.<img src=x onerror="window.owned=1">'
+    await api_server.store.write(make_batch([]), [DeviceEvent(ids["veh-001"], t, markup, {})])
+    await eventually(
+        lambda: page.js(
+            "document.querySelector('#alarm-list li').textContent.includes('alarm.<img src=x')"
+        ),
+        timeout=10,
+        what="the event with markup in its type listed as text",
+    )
+    assert await page.js("document.querySelectorAll('#alarm-list img').length") == 0
+    assert await page.js("window.owned") is None
+
+    # A flood of events keeps the list bounded: a tab open all day must not grow.
+    await api_server.store.write(
+        make_batch([]),
+        [
+            DeviceEvent(ids["veh-002"], t + 1 + k, "battery_low", {"soc_pct": 5}, "battery")
+            for k in range(400)
+        ],
+    )
+
+    async def flood_arrived() -> bool:
+        kept = await page.js("window.fleetgateMap.events().map((e) => e.type)")
+        return kept.count("battery_low") >= 250
+
+    await eventually(flood_arrived, timeout=15, what="the flood of events")
+    assert await page.js("window.fleetgateMap.events().length") <= 300
+    assert await page.js("document.querySelectorAll('#alarm-list li').length") <= 100
+
 
 def png(rgb: tuple[int, int, int], size: int = 256) -> bytes:
     """A plain-coloured PNG tile."""
