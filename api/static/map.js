@@ -56,7 +56,7 @@
                  allEvents: url.get("events") === "all" };
   const delays = { sampleToDrawnMs: [], receivedToDrawnMs: [] };
   const state = {
-    key: null, scopes: [], updates: 0, ready: false, countsDirty: true,
+    key: null, scopes: [], updates: 0, droppedEvents: 0, ready: false, countsDirty: true,
     delays, filters, view,
     // Read-only views for tests, the benchmark and curious operators.
     positions: () => Object.fromEntries([...vehicles.values()].filter((v) => v.lat != null)
@@ -865,6 +865,10 @@
     } else if (name === "event") {
       addEvent(JSON.parse(data), true);
       renderEventsSoon();
+    } else if (name === "dropped") {
+      // The server dropped events this reader was too slow for: the list is not complete.
+      state.droppedEvents += JSON.parse(data).events || 0;
+      setConn(true, `live · ${state.droppedEvents} events missed (slow connection)`);
     }
   }
 
