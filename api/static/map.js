@@ -47,7 +47,7 @@
   const filters = {
     type: url.get("type") || "",
     statuses: new Set((url.get("status") || "").split(",").filter((s) => STATUSES.includes(s))),
-    socBelow: url.get("soc_below") ? Number(url.get("soc_below")) : null,
+    socBelow: Number.isFinite(parseFloat(url.get("soc_below"))) ? parseFloat(url.get("soc_below")) : null,
     zone: url.get("zone") || "",
     online: url.get("online") || "",
   };
@@ -260,7 +260,8 @@
 
   function syncFilterControls() {
     $("f-type").value = filters.type;
-    $("f-soc").value = filters.socBelow == null ? "" : filters.socBelow;
+    // Not the field being typed in: "5." is no number yet, and must not be wiped.
+    if (document.activeElement !== $("f-soc")) $("f-soc").value = filters.socBelow == null ? "" : filters.socBelow;
     $("f-zone").value = filters.zone;
     $("f-online").value = filters.online;
     for (const s of STATUSES) {
