@@ -22,6 +22,7 @@ from api.routes import (
     keys,
     map,
     usage,
+    vehicle_types,
     vehicles,
     zones,
 )
@@ -49,12 +50,33 @@ def create_app(ctx: ApiContext) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=[
             {"name": n}
-            for n in ("vehicles", "commands", "zones", "events", "devices", "usage", "health")
+            for n in (
+                "vehicles",
+                "vehicle-types",
+                "commands",
+                "zones",
+                "events",
+                "devices",
+                "usage",
+                "health",
+            )
         ],
     )
     app.state.fleetgate = ctx
     problems.install(app)
     app.add_middleware(RefuseUnstorableInput)
-    for module in (health, keys, vehicles, commands, usage, events, zones, devices, broker, map):
+    for module in (
+        health,
+        keys,
+        vehicles,
+        vehicle_types,
+        commands,
+        usage,
+        events,
+        zones,
+        devices,
+        broker,
+        map,
+    ):
         app.include_router(module.router)
     return app

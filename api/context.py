@@ -31,7 +31,6 @@ class ApiContext:
     map_tiles_url: str | None = None
     map_attribution: str = ""
     map_style_url: str | None = None  # a MapLibre style (vector tiles) for the map's background
-    low_soc_pct: dict[str, float] = field(default_factory=lambda: {"ebike": 20.0, "car": 15.0})
     # Set when the server stops: responses that wait (a command's `wait`) answer at once.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from battery import DEFAULT_TYPES, BatteryCore, BatteryPolicy, BatteryType
+from battery import DEFAULT_TYPES, BatteryCore, BatteryPolicy, BatteryType, battery_types
 from geofence import (
     Hysteresis,
     InvalidZone,
@@ -28,6 +28,7 @@ from geofence import (
 )
 from telemetry.batch import TelemetryBatch
 from telemetry.store import AdvancedState, Derived, Device, TelemetryStore
+from telemetry.vehicle_types import VehicleType
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,11 @@ class BatchStage(Protocol):
 
     def process(self, batch: TelemetryBatch) -> StageOutput: ...
 
-    def set_devices(self, devices: Mapping[str, Device]) -> None: ...
+    def set_devices(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None: ...
 
 
 class GeofenceStage:
@@ -67,7 +72,11 @@ class GeofenceStage:
         self.version: int | None = None
         self.rejected_versions: set[int] = set()
 
-    async def start(self, devices: Mapping[str, Device]) -> None:
+    async def start(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None:
         """Build the zone set from the database and resume every vehicle's stored state."""
         rows = await self._store.load_zones()
         zoneset = await self._build(rows, strict=False)
@@ -116,7 +125,12 @@ class GeofenceStage:
         await asyncio.to_thread(lambda: zoneset.index)  # the grid build takes ~0.5 s per 1,000
         return zoneset
 
-    def set_devices(self, devices: Mapping[str, Device]) -> None:
+    def set_devices(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None:
+        # Rules name vehicle type ids (GBFS vehicle_type_ids): the id is all the tracker needs.
         if self.tracker is not None and devices:
             vehicles = [d.vehicle for d in devices.values()]
             self.tracker.set_vehicle_types(vehicles, [d.vehicle_type for d in devices.values()])
@@ -171,8 +185,14 @@ class BatteryStage:
         self.replay_max_samples = replay_max_samples
         self.replayed = 0  # samples replayed at start
 
-    async def start(self, devices: Mapping[str, Device]) -> None:
-        self.set_devices(devices)
+    async def start(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None:
+        if vehicle_types is None:
+            vehicle_types = await self._store.vehicle_types()
+        self.set_devices(devices, vehicle_types)
         started = time.perf_counter()
         states, last_time = await self._store.load_vehicle_json("battery_state")
         self.core.restore(states)  # each vehicle where its saved state left off
@@ -211,7 +231,15 @@ class BatteryStage:
             await self.save(list(behind))
         return seen
 
-    def set_devices(self, devices: Mapping[str, Device]) -> None:
+    def set_devices(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None:
+        """Each vehicle's pack from its type; vehicle_types (the registry) adds types registered
+        since and changes edited ones."""
+        if vehicle_types:
+            self.core.set_types(battery_types(vehicle_types.values()))
         known = [d for d in devices.values() if d.vehicle_type in self.core.types]
         if known:
             self.core.set_vehicle_types([d.vehicle for d in known], [d.vehicle_type for d in known])
