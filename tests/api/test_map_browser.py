@@ -161,10 +161,14 @@ async def test_vehicles_on_one_canvas_clusters_filters_search_and_a_shareable_vi
     )
     await page.set_view(centre["lat"], centre["lon"], 15)
 
+    # The type filter lists the registry's types (GBFS vehicle_types), not only the fleet's.
+    async with api_server.client("reader") as c:
+        registry = [t["id"] for t in (await c.get("/v1/vehicle-types")).json()]
+    assert {"ebike", "car", "scooter", "moped", "cargo_ebike"} <= set(registry)
+    assert await page.js(
+        "[...document.querySelectorAll('#f-type option')].map((o) => o.value)"
+    ) == ["", *registry]
     # Each filter shows exactly what the API lists with the same filter.
-    assert {"ebike", "car"} <= set(
-        await page.js("[...document.querySelectorAll('#f-type option')].map((o) => o.value)")
-    )
     await page.choose("#f-type", "car")
     assert await shown(page) == await listed(api_server, type="car")
     await page.click("#f-clear")
