@@ -238,6 +238,29 @@ async def test_vehicles_on_one_canvas_clusters_filters_search_and_a_shareable_vi
     await page.keys(Keys.ESCAPE)
     assert await page.js("document.getElementById('panel').hidden")
 
+    # Every control is reached with Tab, the map itself too (arrow keys pan it, +/- zoom).
+    await page.run(
+        "window.__focused = []; document.activeElement.blur();"
+        " document.addEventListener('focusin', (e) => window.__focused.push("
+        "e.target.id || e.target.dataset.status || e.target.className));"
+    )
+    await page.keys(*[Keys.TAB] * 30)
+    reached = await page.js("window.__focused")
+    assert {"q", "f-type", "f-soc", "f-zone", "f-online", "f-clear", "available"} <= set(reached), (
+        reached
+    )
+    assert "map" in reached, reached
+    await page.run("document.getElementById('map').focus()")
+    before_keys = await page.centre()
+    await page.keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
+    await eventually(
+        lambda: _moved_east(page, before_keys), timeout=3, what="the map panned by the keyboard"
+    )
+
+
+async def _moved_east(page, before: tuple[float, float]) -> bool:
+    return (await page.centre())[1] > before[1]
+
 
 async def test_zones_by_kind_rules_on_hover_and_alarms_from_the_stream(page, api_server, pg_dsn):
     ids = await fleet(api_server.store, 12)
