@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -308,6 +309,8 @@ async def one_fleet(args: argparse.Namespace, vehicles: int) -> dict:
                     page_url = f"{url}{path}?lat={lat}&lon={lon}&z=13#key={key}"
                     progress(f"map: {vehicles} vehicles, page {page}, {args.duration:.0f} s")
                     results[page] = await asyncio.to_thread(measure_page, page_url, args.duration)
+                    # At once on stderr: a long run's figures survive a hang of what follows.
+                    progress(f"map: {vehicles} vehicles, page {page}: " + json.dumps(results[page]))
                 # The simulator reports its wall-clock offset (a sample with time t was
                 # published at t + offset) only at the end: the delays are corrected now. On an
                 # overloaded machine the broker may drop a device and the simulator stop early;
