@@ -62,7 +62,8 @@ PROBE = """
     if (probe.parsed.length) {
       const now = Date.now();
       for (const sampleMs of probe.parsed) probe.delays.push(now - sampleMs);
-      for (const at of probe.parsedAt) probe.pageDelays.push(t - at);
+      const ran = performance.now();  // not t: a frame's timestamp may precede the parse
+      for (const at of probe.parsedAt) probe.pageDelays.push(ran - at);
       probe.parsed.length = 0;
       probe.parsedAt.length = 0;
     }
