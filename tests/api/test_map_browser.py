@@ -694,3 +694,30 @@ async def test_the_map_serves_its_files_and_nothing_else(api_server):
             assert (await c.get(f"/map/{path}")).status_code == 200, path
         for path in ("../routes/map.py", "map.html", "vendor/../../app.py", "nope.js"):
             assert (await c.get(f"/map/{path}")).status_code == 404, path
+
+
+async def test_without_a_key_the_page_asks_for_one_and_says_when_it_is_refused(page, api_server):
+    await fleet(api_server.store, 3)
+    # A fresh origin (this test's server): no key in the tab's session storage.
+    await asyncio.to_thread(page.driver.get, map_url(api_server))
+    await eventually(
+        lambda: page.js("!document.getElementById('keyform').hidden"),
+        timeout=10,
+        what="the key form",
+    )
+    assert await page.text("#conn") == "API key needed"
+    await page.type_into("#key", "fgk_nope_nope", Keys.ENTER)
+    await eventually(
+        lambda: page.js("document.getElementById('conn').textContent === 'the key was refused'"),
+        timeout=10,
+        what="the refusal",
+    )
+    await page.errors()  # the browser logs the refused call (401) itself: expected here
+    await page.type_into("#key", api_server.keys["reader"], Keys.ENTER)
+    await eventually(
+        lambda: page.js("window.fleetgateMap.ready && window.fleetgateMap.shown().length === 3"),
+        timeout=10,
+        what="the fleet with the right key",
+    )
+    assert await page.js("document.getElementById('keyform').hidden")
+    assert await page.js("sessionStorage.getItem('fleetgate-key')") == api_server.keys["reader"]
