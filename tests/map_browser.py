@@ -140,18 +140,23 @@ class MapPage:
 
         await asyncio.to_thread(act)
 
-    async def click_vehicle(self, ref: str) -> None:
-        """A real pointer click where the vehicle is drawn; its panel must open."""
-        x, y = await self.js(f"window.fleetgateMap.pointOf({json.dumps(ref)})")
-        await self.pointer(x, y, click=True)
-        await eventually(
-            lambda: self.js(
-                f"document.getElementById('p-title').textContent === {json.dumps(ref)}"
-                " && !document.getElementById('panel').hidden"
-            ),
-            timeout=5,
-            what=f"the panel of {ref}",
+    async def click_vehicle(self, ref: str, attempts: int = 3) -> None:
+        """A real pointer click where the vehicle is drawn; its panel must open. A moving
+        vehicle on a busy machine may have moved on between looking and clicking: looked up and
+        clicked again, a few times."""
+        opened = (
+            f"document.getElementById('p-title').textContent === {json.dumps(ref)}"
+            " && !document.getElementById('panel').hidden"
         )
+        for attempt in range(attempts):
+            x, y = await self.js(f"window.fleetgateMap.pointOf({json.dumps(ref)})")
+            await self.pointer(x, y, click=True)
+            try:
+                await eventually(lambda: self.js(opened), timeout=3, what=f"the panel of {ref}")
+                return
+            except AssertionError:
+                if attempt == attempts - 1:
+                    raise
 
     async def click(self, css: str) -> None:
         """A real click on an element (selenium scrolls it into view first)."""

@@ -637,7 +637,7 @@ async def test_live_moves_and_the_vehicle_panel_commands_from_a_plain_http_host_
             lambda: page.js(
                 "document.getElementById('p-result').textContent === 'unlock: succeeded'"
             ),
-            timeout=15,
+            timeout=30,
             what="the unlock's outcome from the stream",
         )
         assert "unlock: succeeded" in await page.text("#p-recent")
@@ -669,7 +669,7 @@ async def test_live_moves_and_the_vehicle_panel_commands_from_a_plain_http_host_
         # Whatever the vehicle makes of it (a moving one waits for a safe state), the page shows
         # the command's state as the API has it, learnt from the stream.
         await eventually(
-            page_shows_the_state_the_api_has, timeout=15, what="the immobilise's state on the page"
+            page_shows_the_state_the_api_has, timeout=30, what="the immobilise's state on the page"
         )
         assert [(c["type"], c["requested_by"]) for c in await commands_sent()] == [
             ("immobilise", "rental"),
