@@ -24,6 +24,7 @@ from api.routes import (
     usage,
     vehicle_types,
     vehicles,
+    webhooks,
     zones,
 )
 
@@ -56,6 +57,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 "commands",
                 "zones",
                 "events",
+                "webhooks",
                 "devices",
                 "usage",
                 "health",
@@ -73,6 +75,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         commands,
         usage,
         events,
+        webhooks,
         zones,
         devices,
         broker,

@@ -31,6 +31,9 @@ class ApiContext:
     map_tiles_url: str | None = None
     map_attribution: str = ""
     map_style_url: str | None = None  # a MapLibre style (vector tiles) for the map's background
+    # The ports this process serves on besides the API's own (the operator's): a webhook URL
+    # pointing at one of them is refused (api/routes/webhooks.py).
+    own_ports: frozenset[int] = frozenset()
     # Set when the server stops: responses that wait (a command's `wait`) answer at once.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 

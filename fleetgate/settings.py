@@ -199,6 +199,23 @@ class Settings(BaseSettings):
         "enters or leaves a zone with maximum_speed_kph",
     )
 
+    # Webhooks (docs/webhooks.md): one delivery worker per deployment, under a lease.
+    webhooks_enabled: bool = Field(
+        True, description="run the webhook delivery worker (in one process of the deployment)"
+    )
+    webhook_concurrency: int = Field(
+        64, ge=1, le=1024, description="webhook requests in flight, all receivers together"
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="how long one webhook attempt may take, answer included"
+    )
+    webhook_retry_first_s: float = Field(
+        5.0, gt=0, description="the first retry's wait (doubling, with jitter, up to an hour)"
+    )
+    webhook_give_up_s: float = Field(
+        86400.0, ge=0, description="retry a delivery this long, then dead-letter it"
+    )
+
     # HTTP API and live map (served by `fleetgate run` beside the gateway, or `fleetgate api`).
     api_host: str = Field("127.0.0.1", description="address the HTTP API listens on")
     api_port: int = Field(8080, ge=0, le=65535, description="0: no HTTP API in `fleetgate run`")

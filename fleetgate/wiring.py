@@ -22,6 +22,8 @@ from gateway.coap import TokenVerifier
 from gateway.commands import CommandReads, CommandStore
 from gateway.pipeline import PipelineLimits
 from gateway.service import Gateway, GatewayConfig
+from gateway.webhooks import WebhookConfig
+from outbound import RetryPolicy
 from telemetry.decoder import TimeLimits
 from telemetry.store import DeviceCredentials, TelemetryStore
 
@@ -66,6 +68,17 @@ def gateway_config(s: Settings, database_url: str, mqtt_host: str, mqtt_port: in
         fleet_gauges_s=s.fleet_gauges_s,
         speed_caps_enabled=s.speed_caps_enabled,
         command_overrides=command_overrides(s),
+        webhooks_enabled=s.webhooks_enabled,
+        webhooks=WebhookConfig(
+            concurrency=s.webhook_concurrency,
+            per_subscription=max(1, s.webhook_concurrency // 2),
+            timeout_s=s.webhook_timeout_s,
+            retry=RetryPolicy(
+                first_delay_s=s.webhook_retry_first_s,
+                max_delay_s=max(3600.0, s.webhook_retry_first_s),
+                give_up_after_s=s.webhook_give_up_s,
+            ),
+        ),
     )
 
 
@@ -100,6 +113,7 @@ def api_context(
         map_style_url=s.map_style_url,
         broker_access=broker_access(s, store),
         command_reads=command_reads(store),
+        own_ports=frozenset(p for p in (s.api_port, s.metrics_port) if p),
     )
 
 

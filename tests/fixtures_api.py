@@ -22,6 +22,7 @@ KEY_SCOPES = {
     "ops": ["fleet:read", "zones:write"],
     "provisioning": ["devices:write"],
     "emqx": ["broker:auth"],
+    "billing": ["webhooks:write"],
     "admin": ["admin"],
 }
 

@@ -15,6 +15,7 @@ from api.context import context
 from api.problems import PROBLEM_RESPONSES, Problem
 from api.routes._params import parse_bbox, time_range
 from api.schemas import Event, EventPage
+from outbound import outbound_type
 
 router = APIRouter(tags=["events"], responses=PROBLEM_RESPONSES)
 
@@ -30,7 +31,7 @@ KEEPALIVE_S = 15.0
 async def list_events(
     request: Request,
     vehicle: Annotated[str | None, Query(description="vehicle_ref")] = None,
-    type: Annotated[str | None, Query(pattern="^[a-z0-9_]{1,48}$")] = None,
+    type: Annotated[str | None, Query(pattern=r"^[a-z0-9_.]{1,48}$")] = None,
     source: Annotated[
         str | None, Query(pattern="^(device|geofence|battery|gateway|command)$")
     ] = None,
@@ -57,7 +58,12 @@ async def list_events(
         after=after,
         limit=limit + 1,
     )
-    items = [Event.model_validate(r) for r in rows[:limit]]
+    items = [
+        Event.model_validate(
+            {**r, "outbound_type": outbound_type(r["source"], r["type"], r["detail"])}
+        )
+        for r in rows[:limit]
+    ]
     next_url = None
     if len(rows) > limit:
         next_url = str(request.url.include_query_params(after=items[-1].id))

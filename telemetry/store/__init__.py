@@ -39,9 +39,19 @@ from telemetry.store._store import (
     VehicleRegistration,
     WriteResult,
 )
+from telemetry.store._webhooks import (
+    Subscription,
+    UnknownOutboxEvent,
+    UnknownSubscription,
+    Webhooks,
+)
 from telemetry.store._zones import ZoneRows
 
 __all__ = [
+    "Subscription",
+    "UnknownOutboxEvent",
+    "UnknownSubscription",
+    "Webhooks",
     "SCOPES",
     "ApiKey",
     "InvalidApiKey",

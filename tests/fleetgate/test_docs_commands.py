@@ -196,6 +196,14 @@ COMMANDS: dict[str, dict[str, Action]] = {
             "tests/gateway/coap/test_ingress.py posts SenML with aiocoap's client"
         ),
     },
+    "docs/webhooks.md": {
+        "fleetgate webhooks types": Run(expect="command.finished"),
+        "fleetgate webhooks create http://localhost:9000/fleetgate --type command.finished "
+        "--type trip.ended --description billing": Run(
+            expect=r"signing secret \(shown once\): whsec_"
+        ),
+        "fleetgate webhooks list": Run(expect="command.finished,trip.ended +http://localhost:9000"),
+    },
     "docs/deployment.md": {
         "export FLEETGATE_MQTT_USERNAME=fleetgate-gw FLEETGATE_MQTT_PASSWORD=…": Run(),
         "fleetgate broker-config --out /etc/mosquitto/fleetgate --reload-pidfile "

@@ -44,7 +44,10 @@ async def schema_objects(dsn: str) -> list[tuple]:
 
 def test_every_migration_exists_for_both_storage_kinds_in_version_order():
     migrations = load_migrations()
-    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    versions = [m.version for m in migrations]
+    # Parallel work is given ranges of numbers (e.g. 0030-0034), so there may be gaps: the
+    # runner applies every version a database lacks, whatever came before it.
+    assert versions[0] == 1 and versions == sorted(set(versions))
     for m in migrations:
         assert set(m.sql) == {"native", "timescaledb"}, m.name
     positions = next(m for m in migrations if m.name == "positions")
