@@ -20,6 +20,7 @@ from api.routes import (
     events,
     gbfs,
     health,
+    keys,
     map,
     mds,
     migration,
@@ -76,6 +77,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.add_middleware(RefuseUnstorableInput)
     for module in (
         health,
+        keys,
         vehicles,
         vehicle_types,
         commands,

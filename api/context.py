@@ -33,6 +33,7 @@ class ApiContext:
     map_attribution: str = ""
     # The public GBFS feeds and the MDS Provider API (system None: not configured, 404).
     feeds: FeedService = field(default_factory=lambda: FeedService(None))
+    map_style_url: str | None = None  # a MapLibre style (vector tiles) for the map's background
     # The ports this process serves on besides the API's own (the operator's): a webhook URL
     # pointing at one of them is refused (api/routes/webhooks.py).
     own_ports: frozenset[int] = frozenset()

@@ -306,6 +306,11 @@ class Settings(BaseSettings):
     feeds: FeedSettings | None = Field(
         None, description="the GBFS / MDS system ([feeds] table, docs/feeds.md); unset: none"
     )
+    map_style_url: str | None = Field(
+        None,
+        description="MapLibre style URL (vector tiles, e.g. self-hosted) offered as the live "
+        "map's background besides raster tiles and the plain offline one",
+    )
 
     # Operations.
     metrics_host: str = Field(

@@ -112,6 +112,7 @@ def api_context(
         stopping=stop,
         map_tiles_url=s.map_tiles_url,
         map_attribution=s.map_attribution,
+        map_style_url=s.map_style_url,
         broker_access=broker_access(s, store),
         command_reads=command_reads(store),
         feeds=feed_service(s),

@@ -14,8 +14,9 @@ from api.problems import Problem
 
 router = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).resolve().parent.parent / "static"
-# Leaflet at the version api/web/package.json pins, committed so that the wheel carries it.
-LEAFLET = STATIC / "vendor" / "leaflet"
+# The page's own scripts and styles, and under vendor/ the npm packages that api/web/package.json
+# pins, committed so that the wheel carries them (never loaded from a CDN).
+_SERVED_SUFFIXES = {".js", ".css", ".png", ".svg", ".map"}
 
 
 @router.get("/map")
@@ -26,21 +27,22 @@ async def map_root() -> RedirectResponse:
 @router.get("/map/", response_class=HTMLResponse)
 async def map_page(request: Request) -> HTMLResponse:
     ctx = context(request)
-    config = {"tiles_url": ctx.map_tiles_url, "attribution": ctx.map_attribution}
+    config = {
+        "tiles_url": ctx.map_tiles_url,
+        "attribution": ctx.map_attribution,
+        "style_url": ctx.map_style_url,
+    }
     html = (STATIC / "map.html").read_text().replace("__CONFIG__", orjson.dumps(config).decode())
     return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/map/{name}")
-async def map_asset(name: str) -> FileResponse:
-    if name not in ("map.js", "map.css"):
-        raise Problem(404, "not-found", f"no file {name!r}")
-    return FileResponse(STATIC / name)
-
-
-@router.get("/map/vendor/leaflet/{path:path}")
-async def leaflet(path: str) -> FileResponse:
-    target = (LEAFLET / path).resolve()
-    if not (target.is_file() and LEAFLET.resolve() in target.parents):
-        raise Problem(404, "not-found", f"no file leaflet/{path}")
-    return FileResponse(target)
+@router.get("/map/{path:path}")
+async def map_asset(path: str) -> FileResponse:
+    target = (STATIC / path).resolve()
+    if not (
+        target.is_file()
+        and target.suffix in _SERVED_SUFFIXES
+        and STATIC.resolve() in target.parents
+    ):
+        raise Problem(404, "not-found", f"no file {path!r}")
+    return FileResponse(target, headers={"Cache-Control": "no-cache"})

@@ -158,6 +158,12 @@ async def _run_demo(s: Settings, services: Services, fleet, report_every: float)
             lambda store: store.create_api_key(f"demo-{time.strftime('%Y%m%d-%H%M%S')}", ["admin"]),
         )
         typer.echo(f"live map: http://{s.api_host}:{s.api_port}/map/#key={key}")
+        if not (s.map_tiles_url or s.map_style_url):
+            typer.echo(
+                "  (plain background, works offline; for a street map set "
+                "FLEETGATE_MAP_TILES_URL to a raster tile server's {z}/{x}/{y} URL or "
+                "FLEETGATE_MAP_STYLE_URL to a vector style: docs/map.md#base-maps)"
+            )
 
     last = {"stored": 0.0, "at": time.monotonic()}
     running: list[Gateway] = []
