@@ -13,7 +13,18 @@ from fastapi import FastAPI
 from api import problems
 from api.context import ApiContext
 from api.input_guard import RefuseUnstorableInput
-from api.routes import broker, commands, devices, events, health, map, usage, vehicles, zones
+from api.routes import (
+    broker,
+    commands,
+    devices,
+    events,
+    health,
+    map,
+    trips,
+    usage,
+    vehicles,
+    zones,
+)
 
 DESCRIPTION = """fleetgate's HTTP API for rental, billing, fleet operations and administrators.
 
@@ -38,12 +49,21 @@ def create_app(ctx: ApiContext) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=[
             {"name": n}
-            for n in ("vehicles", "commands", "zones", "events", "devices", "usage", "health")
+            for n in (
+                "vehicles",
+                "trips",
+                "commands",
+                "zones",
+                "events",
+                "devices",
+                "usage",
+                "health",
+            )
         ],
     )
     app.state.fleetgate = ctx
     problems.install(app)
     app.add_middleware(RefuseUnstorableInput)
-    for module in (health, vehicles, commands, usage, events, zones, devices, broker, map):
+    for module in (health, vehicles, trips, commands, usage, events, zones, devices, broker, map):
         app.include_router(module.router)
     return app

@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     ebike_max_speed_kmh: float = Field(80, gt=0)
     car_max_speed_kmh: float = Field(300, gt=0)
     presence_timeout_s: float = Field(300, gt=0)
+    # Silence after which an offline vehicle is announced as vehicle.comms_lost (once).
+    comms_lost_s: float = Field(3600, gt=0)
 
     # Geofence.
     zones_refresh_s: float = Field(

@@ -38,9 +38,14 @@ from telemetry.store._store import (
     VehicleRegistration,
     WriteResult,
 )
+from telemetry.store._trips import FIGURE_COLUMNS as TRIP_FIGURE_COLUMNS
+from telemetry.store._trips import MeasuredTrip, TripToMeasure
 from telemetry.store._zones import ZoneRows
 
 __all__ = [
+    "TRIP_FIGURE_COLUMNS",
+    "MeasuredTrip",
+    "TripToMeasure",
     "SCOPES",
     "ApiKey",
     "InvalidApiKey",

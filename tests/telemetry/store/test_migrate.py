@@ -44,7 +44,9 @@ async def schema_objects(dsn: str) -> list[tuple]:
 
 def test_every_migration_exists_for_both_storage_kinds_in_version_order():
     migrations = load_migrations()
-    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    versions = [m.version for m in migrations]
+    # Numbers are handed out per branch ahead of the merge, so a range may be unused for a while.
+    assert versions[0] == 1 and versions == sorted(set(versions))
     for m in migrations:
         assert set(m.sql) == {"native", "timescaledb"}, m.name
     positions = next(m for m in migrations if m.name == "positions")

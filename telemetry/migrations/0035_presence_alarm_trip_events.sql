@@ -1,0 +1,19 @@
+-- Presence, theft alarms and trips announce themselves in the events table (the outbox of the
+-- outbound events), written in the transaction of the change they announce. Their catalogue type
+-- is `{source}.{type}`: vehicle.online / vehicle.offline / vehicle.comms_lost,
+-- alarm.moved_while_locked / alarm.tamper / alarm.crash, trip.started / trip.ended / trip.updated.
+ALTER TABLE events DROP CONSTRAINT IF EXISTS events_source_check;
+ALTER TABLE events ADD CONSTRAINT events_source_check
+    CHECK (source IN ('device', 'geofence', 'battery', 'gateway', 'command',
+                      'vehicle', 'alarm', 'trip'));
+
+-- Set once a vehicle has been silent past the comms-lost timeout (vehicle.comms_lost was sent);
+-- cleared when it is heard again. Vehicles already silent for an hour when this runs count as
+-- lost already, so that upgrading does not announce the whole idle fleet at once.
+ALTER TABLE vehicle_state ADD COLUMN comms_lost_at timestamptz;
+UPDATE vehicle_state SET comms_lost_at = now()
+ WHERE NOT online AND last_seen < now() - interval '1 hour';
+
+-- The theft detector's per-vehicle state (alarms.TheftDetector), written with the batch that
+-- changed it, so that a restarted gateway neither forgets nor repeats an alarm episode.
+ALTER TABLE vehicle_state ADD COLUMN theft jsonb;
