@@ -183,9 +183,13 @@ class TheftDetector:
         armed_all = np.logical_and.reduceat(s.armed, s.group_start)
         candidate_any = np.logical_or.reduceat(s.candidate, s.group_start)
         idle = ~self._active[v] & (self._support[v] == 0)
-        unlocked_quiet = unarmed_all & ~self._armed[v] & np.isnan(self._anchor_lat[v])
-        parked_quiet = armed_all & self._armed[v] & np.isfinite(self._anchor_lat[v])
-        return idle & (unlocked_quiet | (parked_quiet & ~candidate_any))
+        anchored = np.isfinite(self._anchor_lat[v])
+        unlocked_quiet = unarmed_all & ~self._armed[v] & ~anchored
+        parked_quiet = armed_all & self._armed[v] & anchored & ~candidate_any
+        # Locked without a fix so far (a car in a garage): it waits for one to anchor it.
+        blind = armed_all & self._armed[v] & ~anchored
+        blind_quiet = blind & ~np.logical_or.reduceat(s.fix_ok, s.group_start)
+        return idle & (unlocked_quiet | parked_quiet | blind_quiet)
 
     def _run_vehicle(self, v: int, s: _Rows, start: int, end: int, result: TheftResult) -> None:
         for i in range(start, end):

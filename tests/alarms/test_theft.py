@@ -117,3 +117,12 @@ def test_many_vehicles_in_one_batch_each_alarm_on_its_own():
 def test_a_bad_policy_is_refused():
     with pytest.raises(ValueError):
         TheftPolicy(fixes=0)
+
+
+def test_a_locked_vehicle_without_a_fix_is_anchored_at_its_first_fix():
+    det = TheftDetector()
+    blind = samples(1, [0, 1, 2], [0, 0, 0])
+    blind.lat[:] = np.nan  # a car in a garage
+    assert det.process(blind).events == []
+    assert det.process(samples(1, [3, 4, 5], [500, 505, 498])).events == []
+    assert len(det.process(samples(1, [6, 7], [700, 800])).events) == 1

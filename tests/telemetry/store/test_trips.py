@@ -126,3 +126,36 @@ async def test_presence_changes_are_announced_once_with_the_change(dsn):
         ] is None
     finally:
         await store.close()
+
+
+async def test_a_trip_names_the_unlock_and_lock_commands_that_made_it(dsn):
+    store, v = await _store_with_vehicle(dsn)
+    t0 = now_ms() - HOUR_MS
+    try:
+        async with store.pool.connection() as conn:
+            for kind, at in (("unlock", t0 - 2000), ("lock", t0 + 59_000), ("lock", t0 - 600_000)):
+                await conn.execute(
+                    "INSERT INTO commands (id, vehicle, device_id, type, idempotency_key, "
+                    "requested_by, request_hash, on_unsafe, state, created_at, deadline, "
+                    "finished_at, updated_at) VALUES (gen_random_uuid(), %s, 'tcu-trip', %s, "
+                    "%s, 'rental', 'h', 'refuse', 'succeeded', to_timestamp(%s / 1000.0), "
+                    "to_timestamp(%s / 1000.0 + 60), to_timestamp(%s / 1000.0), now())",
+                    (v, kind, f"k-{kind}-{at}", at, at, at),
+                )
+        derived = Derived(
+            trip_starts=[(v, t0, None, None)], trip_ends=[(v, t0 + 60_000, None, None)]
+        )
+        await store.write(make_batch(_ride(v, t0, range(0, 61))), derived=derived)
+        await store.measure_trips(_count_samples)
+        trip = (await fetch(dsn, "SELECT unlock_command, lock_command FROM trips"))[0]
+        commands = await fetch(
+            dsn,
+            "SELECT id, type FROM commands WHERE finished_at > to_timestamp(%s / 1000.0)",
+            t0 - 60_000,
+        )
+        ids = {c["type"]: c["id"] for c in commands}
+        assert trip == {"unlock_command": ids["unlock"], "lock_command": ids["lock"]}
+        ended = (await _events(dsn, "trip"))[-1][1]
+        assert ended["commands"] == {"unlock": str(ids["unlock"]), "lock": str(ids["lock"])}
+    finally:
+        await store.close()
