@@ -1,8 +1,8 @@
 """Device-reported alarms: a TCU's own tamper or crash event, passed on as an alarm.
 
 The device event stays as it was reported (source `device`); the alarm is a second event
-(source `alarm`, catalogue type `alarm.<type>`) at the same time, carrying the device's detail,
-so that a subscriber to alarms needs no knowledge of each TCU's event vocabulary.
+(source `alarm`, type `alarm.<type>`, its catalogue name) at the same time, carrying the
+device's detail, so that a subscriber to alarms needs no knowledge of each TCU's vocabulary.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any, Protocol
 
 from alarms.theft import AlarmEvent
 
-# device event type -> alarm type. Only what the catalogue names; other device events
-# (battery_removed, door_open, ...) stay device events.
-DEVICE_ALARMS: dict[str, str] = {"tamper": "tamper", "crash": "crash"}
+# device event type -> alarm type (stored as its catalogue name). Only what the catalogue names;
+# other device events (battery_removed, door_open, ...) stay device events.
+DEVICE_ALARMS: dict[str, str] = {"tamper": "alarm.tamper", "crash": "alarm.crash"}
 
 
 class _DeviceEvent(Protocol):

@@ -26,7 +26,7 @@ from telemetry.batch import FLAG_IMPLAUSIBLE_JUMP
 from telemetry.earth import haversine_m
 
 ALARM_SOURCE = "alarm"
-MOVED_WHILE_LOCKED = "moved_while_locked"
+MOVED_WHILE_LOCKED = "alarm.moved_while_locked"  # stored as its catalogue name
 STATE_FORMAT = 1
 
 

@@ -31,7 +31,7 @@ KEEPALIVE_S = 15.0
 async def list_events(
     request: Request,
     vehicle: Annotated[str | None, Query(description="vehicle_ref")] = None,
-    type: Annotated[str | None, Query(pattern="^[a-z0-9_]{1,48}$")] = None,
+    type: Annotated[str | None, Query(pattern=r"^[a-z0-9_.]{1,48}$")] = None,
     source: Annotated[
         str | None, Query(pattern="^(device|geofence|battery|gateway|command|vehicle|alarm|trip)$")
     ] = None,

@@ -1,7 +1,8 @@
 -- Presence, theft alarms and trips announce themselves in the events table (the outbox of the
--- outbound events), written in the transaction of the change they announce. Their catalogue type
--- is `{source}.{type}`: vehicle.online / vehicle.offline / vehicle.comms_lost,
--- alarm.moved_while_locked / alarm.tamper / alarm.crash, trip.started / trip.ended / trip.updated.
+-- outbound events), written in the transaction of the change they announce. Their type is
+-- stored as its catalogue name (docs/webhooks.md): vehicle.online / vehicle.offline /
+-- vehicle.comms_lost, alarm.moved_while_locked / alarm.tamper / alarm.crash, trip.started /
+-- trip.ended / trip.updated; their sources are new: vehicle, alarm, trip.
 ALTER TABLE events DROP CONSTRAINT IF EXISTS events_source_check;
 ALTER TABLE events ADD CONSTRAINT events_source_check
     CHECK (source IN ('device', 'geofence', 'battery', 'gateway', 'command',

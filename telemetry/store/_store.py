@@ -337,7 +337,7 @@ RETURNING source"""
 # vehicle never heard of before (no last_seen) is not "back": its first contact is no event.
 _ONLINE_FROM_TELEMETRY = """
 INSERT INTO events (time, vehicle, source, type, detail)
-SELECT b.last_seen, b.vehicle, 'vehicle', 'online',
+SELECT b.last_seen, b.vehicle, 'vehicle', 'vehicle.online',
        jsonb_build_object('cause', 'telemetry', 'after_comms_lost', s.comms_lost_at IS NOT NULL,
                           'offline_since', s.presence_changed_at)
 FROM vehicle_state_staging b JOIN vehicle_state s ON s.vehicle = b.vehicle
@@ -373,7 +373,7 @@ WITH p AS (
 )
 INSERT INTO events (time, vehicle, source, type, detail)
 SELECT up.presence_changed_at, up.vehicle, 'vehicle',
-       CASE WHEN up.online THEN 'online' ELSE 'offline' END,
+       CASE WHEN up.online THEN 'vehicle.online' ELSE 'vehicle.offline' END,
        CASE WHEN up.online
             THEN jsonb_build_object('cause', 'status',
                                     'after_comms_lost', prev.comms_lost_at IS NOT NULL,
@@ -391,7 +391,7 @@ WITH gone AS (
   RETURNING vehicle, last_seen
 ), announced AS (
   INSERT INTO events (time, vehicle, source, type, detail)
-  SELECT %(now)s, vehicle, 'vehicle', 'offline',
+  SELECT %(now)s, vehicle, 'vehicle', 'vehicle.offline',
          jsonb_build_object('cause', 'timeout', 'last_seen', last_seen)
   FROM gone
   ON CONFLICT (vehicle, time, type, source) DO NOTHING
@@ -406,7 +406,7 @@ WITH lost AS (
   RETURNING vehicle, last_seen
 ), announced AS (
   INSERT INTO events (time, vehicle, source, type, detail)
-  SELECT %(now)s, vehicle, 'vehicle', 'comms_lost',
+  SELECT %(now)s, vehicle, 'vehicle', 'vehicle.comms_lost',
          jsonb_build_object('last_seen', last_seen)
   FROM lost
   ON CONFLICT (vehicle, time, type, source) DO NOTHING
@@ -775,13 +775,13 @@ class TelemetryStore:
                 await copy.write(w.positions_copy)
             await cur.execute(_INSERT_POSITIONS)
             inserted = cur.rowcount
+            await _trips.mark_stale(cur)  # a late upload of a closed trip's samples
             async with cur.copy(_COPY_STATE) as copy:
                 await copy.write(w.state_copy)
             await cur.execute(_ONLINE_FROM_TELEMETRY)
             for (source,) in await cur.fetchall():  # vehicles back from silence: a few
                 events_by_source[source] = events_by_source.get(source, 0) + 1
             await cur.execute(_UPSERT_STATE)
-            await _trips.mark_stale(cur)  # a late upload of a closed trip's samples
         if w.event_params is not None:
             await cur.execute(_INSERT_EVENTS, w.event_params)
             for (source,) in await cur.fetchall():  # a handful per batch

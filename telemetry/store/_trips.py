@@ -60,7 +60,7 @@ WITH ins AS (
   RETURNING id, vehicle, started_at, start_lat, start_lon
 )
 INSERT INTO events (time, vehicle, source, type, detail)
-SELECT started_at, vehicle, 'trip', 'started',
+SELECT started_at, vehicle, 'trip', 'trip.started',
        jsonb_build_object('trip_id', id, 'started_at', started_at,
                           'start', CASE WHEN start_lat IS NOT NULL
                                    THEN jsonb_build_object('lat', start_lat, 'lon', start_lon) END)
@@ -73,11 +73,14 @@ UPDATE trips t SET status = 'closing', ended_at = b.t, end_lat = b.lat, end_lon 
 FROM {_BOUNDARIES}
 WHERE t.vehicle = b.vehicle AND t.status = 'open' AND t.started_at < b.t"""
 
-# Samples of a closed trip's interval in this batch (a late upload): measure it again. Live
-# samples are newer than every closed trip, so the index range (vehicle, ended_at >= lo) is empty.
+# Samples of a closed trip's interval in this batch (a late upload): measure it again. Run before
+# vehicle_state takes the batch: a closed trip ends at or before the vehicle's newest stored
+# sample, so only a vehicle with a sample not newer than that can have one in a closed trip, and a
+# live batch probes no trip at all.
 _MARK_STALE = """
 UPDATE trips t SET stale = true
 FROM (SELECT vehicle, min(time) AS lo, max(time) AS hi FROM positions_staging GROUP BY vehicle) s
+JOIN vehicle_state vs ON vs.vehicle = s.vehicle AND s.lo <= vs.time
 WHERE t.vehicle = s.vehicle AND t.ended_at >= s.lo AND t.started_at <= s.hi
   AND t.status <> 'open' AND NOT t.stale"""
 
@@ -196,7 +199,8 @@ def _rounds(
 
 
 async def mark_stale(cur: AsyncCursor) -> None:
-    """In a batch's transaction, after its samples are in positions_staging."""
+    """In a batch's transaction, after its samples are in positions_staging and before
+    vehicle_state is updated with them."""
     await cur.execute(_MARK_STALE)
 
 
@@ -230,7 +234,8 @@ async def measure_pending(
                 detail["changed"] = changed
             when = row["ended_at"] if first else datetime.now(UTC)
             await cur.execute(
-                _ANNOUNCE, (when, row["vehicle"], announced, orjson.dumps(detail).decode())
+                _ANNOUNCE,
+                (when, row["vehicle"], f"trip.{announced}", orjson.dumps(detail).decode()),
             )
         done.append(MeasuredTrip(row["id"], row["vehicle"], announced))
     return done

@@ -13,7 +13,7 @@ def test_tamper_and_crash_become_alarms_and_other_device_events_do_not():
     ]
     alarms = alarms_from_device_events(events)
     assert [(a.vehicle, a.time_ms, a.type, a.source) for a in alarms] == [
-        (1, 1000, "tamper", "alarm"),
-        (2, 2000, "crash", "alarm"),
+        (1, 1000, "alarm.tamper", "alarm"),
+        (2, 2000, "alarm.crash", "alarm"),
     ]
     assert alarms[0].detail == {"reported": {"sensor": "lock_cable"}}

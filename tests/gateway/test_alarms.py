@@ -58,7 +58,7 @@ async def test_a_locked_bike_carried_off_alarms_once_across_a_restart(
         await gw.pipeline.flush()
         await tcu.disconnect()
     found = await alarms(pg_dsn)
-    assert [t for t, _ in found] == ["moved_while_locked", "tamper"]
+    assert [t for t, _ in found] == ["alarm.moved_while_locked", "alarm.tamper"]
     moved = found[0][1]
     assert moved["distance_m"] > 50 and moved["lat"] > 52.5
     assert found[1][1] == {"reported": {"sensor": "lock_cable"}}

@@ -171,7 +171,10 @@ async def test_events_and_statuses_the_store_cannot_hold_are_rejected_and_the_ga
             await conn.execute("SELECT source, type, detail FROM events ORDER BY source")
         ).fetchall()
     # The device's crash, and the alarm that passes it on.
-    assert rows == [("alarm", "crash", {"reported": {"g": 3.5}}), ("device", "crash", {"g": 3.5})]
+    assert rows == [
+        ("alarm", "alarm.crash", {"reported": {"g": 3.5}}),
+        ("device", "crash", {"g": 3.5}),
+    ]
 
 
 async def test_duplicates_and_out_of_order_uploads_are_stored_once(mosquitto, pg_dsn, topic_root):

@@ -29,7 +29,7 @@ async def presence_events(dsn: str) -> dict[str, list[str]]:
         )
         out: dict[str, list[str]] = {}
         for device_id, kind in await cur.fetchall():
-            out.setdefault(device_id, []).append(kind)
+            out.setdefault(device_id, []).append(kind.removeprefix("vehicle."))
         return out
 
 
@@ -106,7 +106,7 @@ async def test_gateway_restarts_make_no_false_presence_events(
         async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
             cur = await conn.execute(
                 "SELECT detail->>'after_comms_lost', detail->>'cause' FROM events "
-                "WHERE source = 'vehicle' AND type = 'online' ORDER BY id"
+                "WHERE source = 'vehicle' AND type = 'vehicle.online' ORDER BY id"
             )
             assert await cur.fetchall() == [("false", "telemetry"), ("true", "telemetry")]
         assert gw.terminate() == 0

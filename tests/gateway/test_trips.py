@@ -100,7 +100,7 @@ async def test_a_simulated_ride_is_measured_checked_for_parking_and_measured_aga
         await tcu.publish(topic, orjson.dumps(first), qos=1)
 
         async def ended() -> bool:
-            return [t for t, _ in await trip_events(pg_dsn)] == ["started", "ended"]
+            return [t for t, _ in await trip_events(pg_dsn)] == ["trip.started", "trip.ended"]
 
         await eventually(ended, timeout=30, what="trip.started and trip.ended")
         trip = await trip_row(pg_dsn)
@@ -123,7 +123,7 @@ async def test_a_simulated_ride_is_measured_checked_for_parking_and_measured_aga
         await tcu.publish(topic, orjson.dumps(late), qos=1)
 
         async def updated() -> bool:
-            return [t for t, _ in await trip_events(pg_dsn)][-1:] == ["updated"]
+            return [t for t, _ in await trip_events(pg_dsn)][-1:] == ["trip.updated"]
 
         await eventually(updated, timeout=30, what="trip.updated after the late upload")
         again = await trip_row(pg_dsn)

@@ -239,7 +239,7 @@ async def test_device_events_are_posted_like_telemetry(pg_dsn):
             await conn.execute("SELECT source, type, detail FROM events ORDER BY source")
         ).fetchall()
     assert events == [  # the device's event, and the alarm that passes it on
-        ("alarm", "tamper", {"reported": {"sensor": "lock_cable"}}),
+        ("alarm", "alarm.tamper", {"reported": {"sensor": "lock_cable"}}),
         ("device", "tamper", {"sensor": "lock_cable"}),
     ]
 

@@ -46,7 +46,7 @@ async def test_a_trip_is_opened_closed_measured_and_measured_again_after_a_late_
     try:
         start = Derived(trip_starts=[(v, t0, 52.5, 13.4)])
         await store.write(make_batch(_ride(v, t0, range(0, 10))), derived=start)
-        assert [t for t, _ in await _events(dsn, "trip")] == ["started"]
+        assert [t for t, _ in await _events(dsn, "trip")] == ["trip.started"]
         again = await store.write(make_batch([]), derived=start)  # a batch written twice
         assert again.events_inserted == 0
         end = Derived(trip_ends=[(v, t0 + 60_000, 52.6, 13.4)])
@@ -65,7 +65,7 @@ async def test_a_trip_is_opened_closed_measured_and_measured_again_after_a_late_
         second = await store.measure_trips(_count_samples)
         assert [m.announced for m in second] == ["updated"]
         events = await _events(dsn, "trip")
-        assert [t for t, _ in events] == ["started", "ended", "updated"]
+        assert [t for t, _ in events] == ["trip.started", "trip.ended", "trip.updated"]
         ended, updated = events[1][1], events[2][1]
         assert ended["revision"] == 1 and ended["vehicle_ref"] == "veh-trip"
         assert updated["revision"] == 2 and updated["changed"] == ["fixes_used"]
@@ -109,17 +109,26 @@ async def test_presence_changes_are_announced_once_with_the_change(dsn):
         await store.set_presence([(v, True, t + 1)])
         await store.set_presence([(v, False, t + 2), (v, False, t + 3)])
         await store.set_presence([(v, False, t + 1)])  # older than what set it: ignored
-        assert [x for x, _ in await _events(dsn, "vehicle")] == ["offline"]
+        assert [x for x, _ in await _events(dsn, "vehicle")] == ["vehicle.offline"]
         await store.write(make_batch(_ride(v, t, range(10, 12))))  # telemetry: back online
         await store.write(make_batch(_ride(v, t, range(12, 14))))
-        assert [x for x, _ in await _events(dsn, "vehicle")] == ["offline", "online"]
+        assert [x for x, _ in await _events(dsn, "vehicle")] == [
+            "vehicle.offline",
+            "vehicle.online",
+        ]
         assert await store.expire_presence(0.0) == [v]
         assert await store.expire_presence(0.0) == [], "offline once"
         assert await store.mark_comms_lost(0.0) == [v]
         assert await store.mark_comms_lost(0.0) == [], "comms lost once"
         await store.set_presence([(v, True, now_ms() + 10)])
         events = await _events(dsn, "vehicle")
-        assert [x for x, _ in events] == ["offline", "online", "offline", "comms_lost", "online"]
+        assert [x.removeprefix("vehicle.") for x, _ in events] == [
+            "offline",
+            "online",
+            "offline",
+            "comms_lost",
+            "online",
+        ]
         assert events[2][1]["cause"] == "timeout" and events[4][1]["after_comms_lost"] is True
         assert (await fetch(dsn, "SELECT comms_lost_at FROM vehicle_state"))[0][
             "comms_lost_at"
