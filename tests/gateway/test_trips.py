@@ -14,7 +14,9 @@ from psycopg.rows import dict_row
 
 from firmware_sim.model import EBIKE, TRIP, FleetModel
 from firmware_sim.payloads import sample_row
-from geofence import Zone
+from gateway.trips import TripMeasurer
+from geofence import Zone, ZoneSet
+from telemetry.store import TripToMeasure
 from tests.harness import eventually, gateway_config, register, running_gateway
 from tests.mqtt_devices import device
 from tests.zones import put_zones
@@ -142,3 +144,59 @@ async def test_a_simulated_ride_is_measured_checked_for_parking_and_measured_aga
         assert len(await trip_events(pg_dsn)) == 3
         assert np.isclose((await trip_row(pg_dsn))["distance_m"], again["distance_m"])
         await tcu.disconnect()
+
+
+def _zone(zone_id: str, kind: str, lat: float, lon: float, radius_m: float, **rule) -> Zone:
+    rules = [{"ride_start_allowed": True, "ride_end_allowed": True, "ride_through_allowed": True}]
+    rules[0].update(rule)
+    return Zone.from_row(
+        {
+            "id": zone_id,
+            "kind": kind,
+            "geometry": {"type": "Circle", "coordinates": [lon, lat], "radius_m": radius_m},
+            "rules": rules,
+        }
+    )
+
+
+def test_the_measurer_flags_an_end_outside_the_operating_area_and_counts_speeding():
+    """The trip measurer's zone figures, from a ZoneSet as the geofence stage holds it."""
+
+    n = 60
+    lat = 52.5 + np.arange(n) * 20 / 111_195.0  # 1,180 m north
+    zones = ZoneSet(
+        [
+            _zone("city", "operating_area", 52.5, 13.4, 800),
+            _zone("slow", "slow", 52.5 + 300 / 111_195.0, 13.4, 50, maximum_speed_kph=10),
+        ],
+        global_rules=[
+            {"ride_start_allowed": True, "ride_end_allowed": True, "ride_through_allowed": True}
+        ],
+    )
+    samples = {
+        "time_ms": np.arange(n, dtype=np.int64) * 5000,
+        "lat": lat,
+        "lon": np.full(n, 13.4),
+        "speed_kmh": np.full(n, 14.0),
+        "soc_pct": np.full(n, np.nan),
+        "pack_v": np.full(n, np.nan),
+        "pack_a": np.full(n, np.nan),
+        "odometer_m": np.full(n, np.nan),
+        "flags": np.zeros(n, dtype=np.int16),
+    }
+    trip = TripToMeasure(1, 1, "veh-1", "ebike", 0, (n - 1) * 5000, samples, speeding_episodes=2)
+    measurer = TripMeasurer(None, zones=lambda: zones, max_speed_kmh={"ebike": 80.0})
+    figures = measurer.measure(trip)
+    assert figures["zones_visited"] == ["city", "slow"]
+    assert figures["ended_outside_operating_area"] is True
+    assert figures["end_zone"] is None and figures["parking_allowed"] is True  # global rules
+    assert figures["speeding_episodes"] == 2
+    assert figures["distance_m"] == pytest.approx(1180, rel=0.01)
+    inside = TripToMeasure(1, 1, "veh-1", "ebike", 0, 20 * 5000, _first(samples, 21), 0)
+    assert measurer.measure(inside)["ended_outside_operating_area"] is False
+    unmeasured = TripMeasurer(None, zones=lambda: None, max_speed_kmh={}).measure(trip)
+    assert "parking_allowed" not in unmeasured, "no zone set: no zone figures"
+
+
+def _first(samples: dict, k: int) -> dict:
+    return {name: column[:k] for name, column in samples.items()}

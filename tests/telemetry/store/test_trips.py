@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from telemetry.batch import DeviceEvent
 from telemetry.store import Derived, TelemetryStore, VehicleRegistration
 from tests.batches import HOUR_MS, make_batch, now_ms
 from tests.stored_rows import fetch
@@ -154,8 +155,15 @@ async def test_a_trip_names_the_unlock_and_lock_commands_that_made_it(dsn):
         derived = Derived(
             trip_starts=[(v, t0, None, None)], trip_ends=[(v, t0 + 60_000, None, None)]
         )
-        await store.write(make_batch(_ride(v, t0, range(0, 61))), derived=derived)
-        await store.measure_trips(_count_samples)
+        # Two speeding episodes the geofence found during the ride, one after it.
+        speeding = [
+            DeviceEvent(v, t0 + at, "speeding_in_zone", None, source="geofence")
+            for at in (10_000, 30_000, 90_000)
+        ]
+        await store.write(make_batch(_ride(v, t0, range(0, 61))), speeding, derived)
+        seen = []
+        await store.measure_trips(lambda trip: seen.append(trip.speeding_episodes) or {})
+        assert seen == [2]
         trip = (await fetch(dsn, "SELECT unlock_command, lock_command FROM trips"))[0]
         commands = await fetch(
             dsn,
