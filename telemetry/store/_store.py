@@ -349,8 +349,7 @@ RETURNING source"""
 # left the registry are skipped rather than failing the batch on the foreign key. A change of
 # `online` (not a repeated status) is announced as vehicle.online / vehicle.offline in the same
 # statement: `prev` reads the rows as they were before the upsert (one snapshot for the whole
-# statement). Every gateway process reads every status (they are not shared): two processes
-# applying the same status announce it with the same key, and the events table keeps one.
+# statement; set_presence locks the rows first, so a concurrent writer's change is seen).
 _SET_PRESENCE = """
 WITH p AS (
   SELECT p.* FROM unnest(%s::int4[], %s::bool[], %s::timestamptz[]) AS p(vehicle, online, t)
@@ -382,6 +381,10 @@ SELECT up.presence_changed_at, up.vehicle, 'vehicle',
 FROM up JOIN prev ON prev.vehicle = up.vehicle
 WHERE prev.online <> up.online AND (up.online = false OR prev.last_seen IS NOT NULL)
 ON CONFLICT (vehicle, time, type, source) DO NOTHING"""
+
+_LOCK_PRESENCE = (
+    "SELECT vehicle FROM vehicle_state WHERE vehicle = ANY(%s) ORDER BY vehicle FOR UPDATE"
+)
 
 # Silence past the presence timeout: offline, announced once (the row is offline afterwards).
 _EXPIRE_PRESENCE = """
@@ -821,8 +824,12 @@ class TelemetryStore:
                 latest[vehicle] = (online, t_ms)
         if not latest:
             return
-        vehicles = list(latest)
+        vehicles = sorted(latest)
         async with self._transaction() as cur:
+            # Every gateway process applies every status (status topics are not shared): the
+            # rows are locked first, in one order, so that a second process applying the same
+            # status waits and then sees the first one's change, instead of announcing it again.
+            await cur.execute(_LOCK_PRESENCE, (vehicles,))
             await cur.execute(
                 _SET_PRESENCE,
                 (

@@ -4,6 +4,8 @@ trip.updated only when a figure changed; presence changes announced with the cha
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from telemetry.batch import DeviceEvent
@@ -175,4 +177,26 @@ async def test_a_trip_names_the_unlock_and_lock_commands_that_made_it(dsn):
         ended = (await _events(dsn, "trip"))[-1][1]
         assert ended["commands"] == {"unlock": str(ids["unlock"]), "lock": str(ids["lock"])}
     finally:
+        await store.close()
+
+
+async def test_two_processes_applying_the_same_will_announce_it_once(dsn):
+    """Every gateway process receives every status; a will without t gets each one's own
+    receive time, so without a lock both saw the vehicle online and both announced offline."""
+    store, v = await _store_with_vehicle(dsn)
+    other = await TelemetryStore.open(dsn)
+    t = now_ms()
+    try:
+        await store.set_presence([(v, True, t)])
+        await store.write(make_batch(_ride(v, t, range(0, 1))))  # heard: later changes count
+        for k in range(1, 21):
+            online = k % 2 == 0
+            await asyncio.gather(
+                store.set_presence([(v, online, t + k * 100)]),
+                other.set_presence([(v, online, t + k * 100 + 1)]),
+            )
+        kinds = [x for x, _ in await _events(dsn, "vehicle")]
+        assert kinds == ["vehicle.offline", "vehicle.online"] * 10
+    finally:
+        await other.close()
         await store.close()
