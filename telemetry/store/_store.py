@@ -334,7 +334,14 @@ RETURNING source"""
 
 # vehicle.online for the vehicles of a batch that were offline, before _UPSERT_STATE sets them
 # online: in the batch's transaction, so that the event exists exactly when the change does. A
-# vehicle never heard of before (no last_seen) is not "back": its first contact is no event.
+# vehicle never heard of before (no last_seen) is not "back": its first contact is no event. The
+# rows are locked first (_LOCK_BATCH_STATE, in vehicle order as the upsert takes them), and judged
+# by the next statement, whose snapshot then includes a presence expiry that committed while the
+# lock waited: its vehicle.offline always gets its vehicle.online.
+_LOCK_BATCH_STATE = (
+    "SELECT vehicle FROM vehicle_state WHERE vehicle IN "
+    "(SELECT vehicle FROM vehicle_state_staging) ORDER BY vehicle FOR UPDATE"
+)
 _ONLINE_FROM_TELEMETRY = """
 INSERT INTO events (time, vehicle, source, type, detail)
 SELECT b.last_seen, b.vehicle, 'vehicle', 'vehicle.online',
@@ -781,6 +788,7 @@ class TelemetryStore:
             await _trips.mark_stale(cur)  # a late upload of a closed trip's samples
             async with cur.copy(_COPY_STATE) as copy:
                 await copy.write(w.state_copy)
+            await cur.execute(_LOCK_BATCH_STATE)
             await cur.execute(_ONLINE_FROM_TELEMETRY)
             for (source,) in await cur.fetchall():  # vehicles back from silence: a few
                 events_by_source[source] = events_by_source.get(source, 0) + 1

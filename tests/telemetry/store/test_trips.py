@@ -200,3 +200,23 @@ async def test_two_processes_applying_the_same_will_announce_it_once(dsn):
     finally:
         await other.close()
         await store.close()
+
+
+async def test_telemetry_racing_the_presence_expiry_never_leaves_an_offline_unanswered(dsn):
+    store, v = await _store_with_vehicle(dsn)
+    other = await TelemetryStore.open(dsn)
+    t = now_ms() - HOUR_MS
+    try:
+        await store.write(make_batch(_ride(v, t, range(0, 1))))
+        for k in range(1, 31):
+            await asyncio.gather(
+                other.expire_presence(0.0), store.write(make_batch(_ride(v, t, range(k, k + 1))))
+            )
+        kinds = [x for x, _ in await _events(dsn, "vehicle")]
+        online = (await fetch(dsn, "SELECT online FROM vehicle_state"))[0]["online"]
+        # Announced changes alternate, and the last one announced is the state stored.
+        assert all(a != b for a, b in zip(kinds, kinds[1:])), kinds
+        assert not kinds or kinds[-1] == ("vehicle.online" if online else "vehicle.offline")
+    finally:
+        await other.close()
+        await store.close()
