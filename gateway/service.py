@@ -240,7 +240,7 @@ class Gateway:
         self.trip_measurer = TripMeasurer(
             store,
             zones=lambda: geofence.tracker.zoneset if geofence.tracker is not None else None,
-            max_speed_kmh=cfg.max_speed_kmh,
+            max_speed_kmh=lambda vehicle_type: cfg.max_speed_kmh.get(vehicle_type, 300.0),
         )
         registry.on_refresh += [
             geofence.set_devices,

@@ -264,7 +264,7 @@ class AlarmStage:
         states, last_time = await self._store.load_vehicle_json("theft")
         self.detector.restore(states, last_time)
 
-    def set_devices(self, devices: Mapping[str, Device]) -> None:
+    def set_devices(self, devices: Mapping[str, Device], vehicle_types=None) -> None:
         pass  # the same rule for every vehicle type
 
     def process(self, batch: TelemetryBatch) -> StageOutput:
@@ -290,8 +290,8 @@ class TripStage:
     async def start(self, devices: Mapping[str, Device]) -> None:
         self.tracker.restore(await self._store.load_lock_states())
 
-    def set_devices(self, devices: Mapping[str, Device]) -> None:
-        pass
+    def set_devices(self, devices: Mapping[str, Device], vehicle_types=None) -> None:
+        pass  # rides are rides whatever the type
 
     def process(self, batch: TelemetryBatch) -> StageOutput:
         found = self.tracker.process(batch)

@@ -9,7 +9,7 @@ core's current zone set, which this shell holds for it (the cores do not import 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,13 +29,13 @@ class TripMeasurer:
         store: TelemetryStore,
         *,
         zones: Callable[[], ZoneSet | None],
-        max_speed_kmh: Mapping[str, float],
+        max_speed_kmh: Callable[[str], float],
         gap_s: float = 60.0,
         batch: int = 50,
     ) -> None:
         self._store = store
         self._zones = zones
-        self._max_speed_kmh = dict(max_speed_kmh)
+        self._max_speed_kmh = max_speed_kmh  # by vehicle type: what the plausibility filter uses
         self._gap_s = gap_s
         self._batch = batch
 
@@ -61,7 +61,7 @@ class TripMeasurer:
     def measure(self, trip: TripToMeasure) -> dict[str, Any]:
         """The trip's figures as trips columns (telemetry.store.TRIP_FIGURE_COLUMNS)."""
         samples = RideSamples(**trip.samples)
-        policy = RidePolicy(self._max_speed_kmh.get(trip.vehicle_type, 300.0), self._gap_s)
+        policy = RidePolicy(self._max_speed_kmh(trip.vehicle_type), self._gap_s)
         fig = measure_ride(samples, trip.started_ms, trip.ended_ms, policy)
         out: dict[str, Any] = {
             "distance_m": fig.distance_m,

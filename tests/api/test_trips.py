@@ -38,7 +38,7 @@ async def _rides(store, vehicle: int, t0: int, rides: int) -> None:
             trip_starts=[(vehicle, t, 52.5, 13.4)], trip_ends=[(vehicle, t + 60_000, None, None)]
         )
         await store.write(make_batch(rows), derived=derived)
-    await TripMeasurer(store, zones=lambda: None, max_speed_kmh={"ebike": 80.0}).measure_waiting()
+    await TripMeasurer(store, zones=lambda: None, max_speed_kmh=lambda _: 80.0).measure_waiting()
 
 
 async def test_trips_list_filter_page_and_one_with_its_route(api_server):

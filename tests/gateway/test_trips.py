@@ -185,7 +185,7 @@ def test_the_measurer_flags_an_end_outside_the_operating_area_and_counts_speedin
         "flags": np.zeros(n, dtype=np.int16),
     }
     trip = TripToMeasure(1, 1, "veh-1", "ebike", 0, (n - 1) * 5000, samples, speeding_episodes=2)
-    measurer = TripMeasurer(None, zones=lambda: zones, max_speed_kmh={"ebike": 80.0})
+    measurer = TripMeasurer(None, zones=lambda: zones, max_speed_kmh=lambda _: 80.0)
     figures = measurer.measure(trip)
     assert figures["zones_visited"] == ["city", "slow"]
     assert figures["ended_outside_operating_area"] is True
@@ -194,7 +194,7 @@ def test_the_measurer_flags_an_end_outside_the_operating_area_and_counts_speedin
     assert figures["distance_m"] == pytest.approx(1180, rel=0.01)
     inside = TripToMeasure(1, 1, "veh-1", "ebike", 0, 20 * 5000, _first(samples, 21), 0)
     assert measurer.measure(inside)["ended_outside_operating_area"] is False
-    unmeasured = TripMeasurer(None, zones=lambda: None, max_speed_kmh={}).measure(trip)
+    unmeasured = TripMeasurer(None, zones=lambda: None, max_speed_kmh=lambda _: 80.0).measure(trip)
     assert "parking_allowed" not in unmeasured, "no zone set: no zone figures"
 
 
