@@ -15,6 +15,10 @@ ALTER TABLE vehicle_state ADD COLUMN comms_lost_at timestamptz;
 UPDATE vehicle_state SET comms_lost_at = now()
  WHERE NOT online AND last_seen < now() - interval '1 hour';
 
+-- What the ingest upsert's vehicle.online says for a vehicle it brought back (NULL unless that
+-- batch did): the row's values before the upsert, which RETURNING cannot give otherwise.
+ALTER TABLE vehicle_state ADD COLUMN came_online jsonb;
+
 -- The theft detector's per-vehicle state (alarms.TheftDetector), written with the batch that
 -- changed it, so that a restarted gateway neither forgets nor repeats an alarm episode.
 ALTER TABLE vehicle_state ADD COLUMN theft jsonb;

@@ -181,6 +181,13 @@ _INSERT_POSITIONS = (
 # spreads a vehicle's messages, the row can move between that read and the update: then a
 # batch whose newest sample is older than the row's keeps the row's values, so the older batch
 # never overwrites what the newer one wrote. With one writer this changes nothing.)
+# Whether the upsert brings a vehicle back (it was offline; one never heard of before, without
+# last_seen, is not "back": its first contact is no event), with what vehicle.online says.
+_CAME_ONLINE = (
+    "  came_online = CASE WHEN NOT s.online AND s.last_seen IS NOT NULL THEN jsonb_build_object("
+    "'cause', 'telemetry', 'after_comms_lost', s.comms_lost_at IS NOT NULL, "
+    "'offline_since', s.presence_changed_at) END,\n"
+)
 _UPSERT_STATE = (
     "INSERT INTO vehicle_state AS s (vehicle, time, received_at, flags, fix_time, lat, lon, "
     + ", ".join(c for c, _ in _STATE_FIELDS)
@@ -210,9 +217,23 @@ _UPSERT_STATE = (
         for c, _ in _STATE_FIELDS
     )
     + "  online = true,\n"
-    "  comms_lost_at = NULL,\n"
+    + _CAME_ONLINE
+    + "  comms_lost_at = NULL,\n"
     "  last_seen = greatest(s.last_seen, EXCLUDED.last_seen),\n"
     "  updated_at = now()"
+)
+# The same upsert announcing vehicle.online for the vehicles it brought back (came_online is set
+# from the row's previous values, which ON CONFLICT DO UPDATE reads from the newest committed
+# version under the row's lock: a presence expiry committing meanwhile is seen, so its
+# vehicle.offline always gets its vehicle.online). In the batch's transaction: the event exists
+# exactly when the change does.
+_UPSERT_STATE_ANNOUNCING = (
+    "WITH up AS (\n" + _UPSERT_STATE + "\nRETURNING s.vehicle, s.came_online, s.last_seen)\n"
+    "INSERT INTO events (time, vehicle, source, type, detail)\n"
+    "SELECT last_seen, vehicle, 'vehicle', 'vehicle.online', came_online FROM up\n"
+    "WHERE came_online IS NOT NULL\n"
+    "ON CONFLICT (vehicle, time, type, source) DO NOTHING\n"
+    "RETURNING source"
 )
 
 # Per-vehicle state of the cores (geofence tracker, battery estimator), written with the batch
@@ -329,26 +350,6 @@ INSERT INTO events (time, vehicle, source, type, detail)
 SELECT e.time, e.vehicle, e.source, e.type, e.detail::jsonb
 FROM unnest(%s::timestamptz[], %s::int4[], %s::text[], %s::text[], %s::text[])
      AS e(time, vehicle, source, type, detail)
-ON CONFLICT (vehicle, time, type, source) DO NOTHING
-RETURNING source"""
-
-# vehicle.online for the vehicles of a batch that were offline, before _UPSERT_STATE sets them
-# online: in the batch's transaction, so that the event exists exactly when the change does. A
-# vehicle never heard of before (no last_seen) is not "back": its first contact is no event. The
-# rows are locked first (_LOCK_BATCH_STATE, in vehicle order as the upsert takes them), and judged
-# by the next statement, whose snapshot then includes a presence expiry that committed while the
-# lock waited: its vehicle.offline always gets its vehicle.online.
-_LOCK_BATCH_STATE = (
-    "SELECT vehicle FROM vehicle_state WHERE vehicle IN "
-    "(SELECT vehicle FROM vehicle_state_staging) ORDER BY vehicle FOR UPDATE"
-)
-_ONLINE_FROM_TELEMETRY = """
-INSERT INTO events (time, vehicle, source, type, detail)
-SELECT b.last_seen, b.vehicle, 'vehicle', 'vehicle.online',
-       jsonb_build_object('cause', 'telemetry', 'after_comms_lost', s.comms_lost_at IS NOT NULL,
-                          'offline_since', s.presence_changed_at)
-FROM vehicle_state_staging b JOIN vehicle_state s ON s.vehicle = b.vehicle
-WHERE NOT s.online AND s.last_seen IS NOT NULL
 ON CONFLICT (vehicle, time, type, source) DO NOTHING
 RETURNING source"""
 
@@ -788,11 +789,9 @@ class TelemetryStore:
             await _trips.mark_stale(cur)  # a late upload of a closed trip's samples
             async with cur.copy(_COPY_STATE) as copy:
                 await copy.write(w.state_copy)
-            await cur.execute(_LOCK_BATCH_STATE)
-            await cur.execute(_ONLINE_FROM_TELEMETRY)
+            await cur.execute(_UPSERT_STATE_ANNOUNCING)
             for (source,) in await cur.fetchall():  # vehicles back from silence: a few
                 events_by_source[source] = events_by_source.get(source, 0) + 1
-            await cur.execute(_UPSERT_STATE)
         if w.event_params is not None:
             await cur.execute(_INSERT_EVENTS, w.event_params)
             for (source,) in await cur.fetchall():  # a handful per batch
