@@ -280,6 +280,7 @@ TRIP_COLUMNS = (
     "distance_source",
     "gps_distance_m",
     "energy_wh",
+    "energy_source",
     "soc_start_pct",
     "soc_end_pct",
     "max_speed_kmh",

@@ -117,7 +117,10 @@ class Trip(BaseModel):
     distance_m: float | None = Field(None, description="odometer where reported, else fixes")
     distance_source: Literal["odometer", "fixes", "fixes+odometer"] | None = None
     gps_distance_m: float | None = Field(None, description="from the plausible fixes alone")
-    energy_wh: float | None = Field(None, description="pack voltage × current, integrated")
+    energy_wh: float | None = Field(None, description="see energy_source")
+    energy_source: Literal["pack_power", "soc"] | None = Field(
+        None, description="pack voltage × current integrated, or SoC used × nominal pack energy"
+    )
     soc_start_pct: float | None = None
     soc_end_pct: float | None = None
     max_speed_kmh: float | None = None

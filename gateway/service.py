@@ -241,6 +241,7 @@ class Gateway:
             store,
             zones=lambda: geofence.tracker.zoneset if geofence.tracker is not None else None,
             max_speed_kmh=lambda vehicle_type: cfg.max_speed_kmh.get(vehicle_type, 300.0),
+            pack_wh=lambda vehicle_type: _pack_wh(battery, vehicle_type),
         )
         registry.on_refresh += [
             geofence.set_devices,
@@ -672,6 +673,12 @@ class _CommandMetrics:
 
     def collect(self):
         return self.registry.collect() if self.registry is not None else iter(())
+
+
+def _pack_wh(battery: BatteryStage, vehicle_type: str) -> float | None:
+    """The nominal energy of a vehicle type's pack as the battery core knows it (None: none)."""
+    pack = battery.core.types.get(vehicle_type)
+    return None if pack is None else pack.nominal_kwh * 1000.0
 
 
 def _total(counter) -> int:

@@ -30,12 +30,14 @@ class TripMeasurer:
         *,
         zones: Callable[[], ZoneSet | None],
         max_speed_kmh: Callable[[str], float],
+        pack_wh: Callable[[str], float | None] = lambda vehicle_type: None,
         gap_s: float = 60.0,
         batch: int = 50,
     ) -> None:
         self._store = store
         self._zones = zones
         self._max_speed_kmh = max_speed_kmh  # by vehicle type: what the plausibility filter uses
+        self._pack_wh = pack_wh  # by vehicle type: the battery core's nominal pack energy
         self._gap_s = gap_s
         self._batch = batch
 
@@ -61,7 +63,9 @@ class TripMeasurer:
     def measure(self, trip: TripToMeasure) -> dict[str, Any]:
         """The trip's figures as trips columns (telemetry.store.TRIP_FIGURE_COLUMNS)."""
         samples = RideSamples(**trip.samples)
-        policy = RidePolicy(self._max_speed_kmh(trip.vehicle_type), self._gap_s)
+        policy = RidePolicy(
+            self._max_speed_kmh(trip.vehicle_type), self._gap_s, self._pack_wh(trip.vehicle_type)
+        )
         fig = measure_ride(samples, trip.started_ms, trip.ended_ms, policy)
         out: dict[str, Any] = {
             "distance_m": fig.distance_m,
@@ -69,6 +73,7 @@ class TripMeasurer:
             "gps_distance_m": fig.gps_distance_m,
             "duration_s": fig.duration_s,
             "energy_wh": fig.energy_wh,
+            "energy_source": fig.energy_source,
             "soc_start_pct": fig.soc_start_pct,
             "soc_end_pct": fig.soc_end_pct,
             "max_speed_kmh": fig.max_speed_kmh,

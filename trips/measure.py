@@ -8,7 +8,8 @@ fixes (the steps into and out of it imply an impossible speed while the fixes ar
 with each other); a step that still implies an impossible speed counts as a gap. A gap (no fix
 for longer than gap_s, or an impossible step) is bridged by the odometer where it is reported at
 both sides, else by the straight line, which is a lower bound. Energy is the integral of pack
-voltage times current (positive = discharging), over intervals no longer than gap_s.
+voltage times current (positive = discharging), over intervals no longer than gap_s; without
+current, the state of charge used times the nominal energy of the type's pack.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ _MAX_SPIKE_FIXES = 3  # a longer run away from the track is a gap, not a spike
 @dataclass(frozen=True, slots=True)
 class RidePolicy:
     """max_speed_kmh: no step of the vehicle's type is faster; gap_s: longer without a fix (or a
-    power reading) is a gap."""
+    power reading) is a gap; pack_wh: the nominal energy of the type's pack (battery core)."""
 
     max_speed_kmh: float = 80.0
     gap_s: float = 60.0
+    pack_wh: float | None = None  # the type's nominal pack energy: energy from SoC without current
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class RideFigures:
     gps_distance_m: float
     duration_s: float
     energy_wh: float | None
+    energy_source: str | None  # "pack_power" (V × I), "soc" (SoC used × nominal pack), None
     soc_start_pct: float | None
     soc_end_pct: float | None
     max_speed_kmh: float | None
@@ -96,7 +99,7 @@ def measure_ride(
         distance_source=source,
         gps_distance_m=round(gps_distance, 1),
         duration_s=(ended_ms - started_ms) / 1000.0,
-        energy_wh=_energy_wh(samples, policy.gap_s),
+        **_energy(samples, soc, policy),
         soc_start_pct=float(soc[0]) if len(soc) else None,
         soc_end_pct=float(soc[-1]) if len(soc) else None,
         max_speed_kmh=float(speed.max()) if len(speed) else None,
@@ -196,6 +199,18 @@ def _odometer_distance(s: RideSamples, duration_s: float, policy: RidePolicy) ->
     if not 0 <= delta <= policy.max_speed_kmh / 3.6 * max(duration_s, 1.0):
         return None
     return delta
+
+
+def _energy(s: RideSamples, soc: np.ndarray, policy: RidePolicy) -> dict:
+    """energy_wh and energy_source: the pack's power where current is reported, else the state
+    of charge used times the nominal pack energy (a ride that charged counts none)."""
+    wh = _energy_wh(s, policy.gap_s)
+    if wh is not None:
+        return {"energy_wh": wh, "energy_source": "pack_power"}
+    if policy.pack_wh is not None and len(soc) >= 2:
+        used = max(float(soc[0] - soc[-1]), 0.0) / 100.0 * policy.pack_wh
+        return {"energy_wh": round(used, 2), "energy_source": "soc"}
+    return {"energy_wh": None, "energy_source": None}
 
 
 def _energy_wh(s: RideSamples, gap_s: float) -> float | None:

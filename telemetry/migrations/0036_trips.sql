@@ -20,7 +20,8 @@ CREATE TABLE trips (
     distance_source     text CHECK (distance_source IN ('odometer', 'fixes', 'fixes+odometer')),
     gps_distance_m      double precision,  -- from the plausible fixes alone
     duration_s          double precision,
-    energy_wh           double precision,  -- at the pack terminals, where current is reported
+    energy_wh           double precision,  -- at the pack terminals, or from the SoC used
+    energy_source       text CHECK (energy_source IN ('pack_power', 'soc')),
     soc_start_pct       real,
     soc_end_pct         real,
     max_speed_kmh       real,

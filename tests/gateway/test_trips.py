@@ -134,6 +134,8 @@ async def test_a_simulated_ride_is_measured_checked_for_parking_and_measured_aga
         # adds a little; the jump adds nothing).
         assert again["distance_m"] == pytest.approx(true_distance, rel=0.08)
         assert again["distance_m"] > trip["distance_m"]
+        # The simulator reports pack voltage and current: energy from the pack's power.
+        assert again["energy_source"] == "pack_power" and again["energy_wh"] > 0
         update = (await trip_events(pg_dsn))[-1][1]
         assert update["revision"] == 2 and "distance_m" in update["changed"]
         assert update["trip_id"] == again["id"] and update["parking_allowed"] is False

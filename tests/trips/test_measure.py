@@ -98,7 +98,9 @@ def test_energy_is_the_integral_of_pack_power_and_soc_is_read_at_both_ends():
         300_000,
         POLICY,
     )
-    assert fig.energy_wh == pytest.approx(36 * 10 * 300 / 3600)
+    assert (
+        fig.energy_wh == pytest.approx(36 * 10 * 300 / 3600) and fig.energy_source == "pack_power"
+    )
     assert (fig.soc_start_pct, fig.soc_end_pct) == (80.0, 78.0)
     assert fig.max_speed_kmh == 15.0
 
@@ -108,3 +110,14 @@ def test_a_ride_without_samples_has_a_duration_and_nothing_else():
     fig = measure_ride(empty, 0, 60_000, POLICY)
     assert fig.duration_s == 60.0 and fig.distance_m == 0 and fig.distance_source is None
     assert fig.start is None and fig.energy_wh is None and fig.max_speed_kmh is None
+
+
+def test_without_current_energy_is_the_soc_used_times_the_nominal_pack():
+    n = 61
+    s = ride(np.arange(n) * 20.0, soc_pct=np.linspace(80, 70, n))
+    fig = measure_ride(s, 0, 300_000, RidePolicy(80.0, 60.0, pack_wh=500.0))
+    assert (fig.energy_wh, fig.energy_source) == (50.0, "soc")
+    unknown = measure_ride(s, 0, 300_000, POLICY)
+    assert (unknown.energy_wh, unknown.energy_source) == (None, None)
+    charged = ride(np.arange(n) * 20.0, soc_pct=np.linspace(70, 80, n))
+    assert measure_ride(charged, 0, 300_000, RidePolicy(pack_wh=500.0)).energy_wh == 0.0
