@@ -47,8 +47,14 @@ class TripMeasurer:
         while True:
             measured = await self._store.measure_trips(self.measure, self._batch)
             done += measured
-            if len(measured) < self._batch:
+            if len(measured) < self._batch or all(m.error for m in measured):
                 break
+        for m in done:
+            if m.error is not None:
+                log.error(
+                    "trip_measure_failed",
+                    extra={"trip": m.id, "vehicle": m.vehicle, "error": m.error[:300]},
+                )
         announced = [m for m in done if m.announced]
         if announced:
             log.info(

@@ -144,6 +144,7 @@ class MeasuredTrip:
     id: int
     vehicle: int
     announced: str | None  # "ended", "updated" or None (measured again, nothing changed)
+    error: str | None = None  # measure() raised: the trip waits, untouched, for the next round
 
 
 _SAMPLE_NAMES = (
@@ -220,7 +221,13 @@ async def measure_pending(
     for row in claimed:
         trip = await _load(cur, row)
         figures = {c: None for c in FIGURE_COLUMNS}
-        figures.update(measure(trip))
+        try:
+            figures.update(measure(trip))
+        except Exception as exc:  # one trip the measurer fails on must not hold up the others
+            done.append(
+                MeasuredTrip(row["id"], row["vehicle"], None, f"{type(exc).__name__}: {exc}")
+            )
+            continue
         figures["unlock_command"] = await _command(cur, row, "unlock", row["started_at"])
         figures["lock_command"] = await _command(cur, row, "lock", row["ended_at"])
         old = {c: row[c] for c in FIGURE_COLUMNS}

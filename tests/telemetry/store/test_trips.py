@@ -220,3 +220,32 @@ async def test_telemetry_racing_the_presence_expiry_never_leaves_an_offline_unan
     finally:
         await other.close()
         await store.close()
+
+
+async def test_a_trip_the_measurer_fails_on_waits_and_the_others_are_measured(dsn):
+    store, v = await _store_with_vehicle(dsn)
+    t0 = now_ms() - HOUR_MS
+    try:
+        derived = Derived(
+            trip_starts=[(v, t0, None, None), (v, t0 + 30_000, None, None)],
+            trip_ends=[(v, t0 + 10_000, None, None), (v, t0 + 40_000, None, None)],
+        )
+        await store.write(make_batch(_ride(v, t0, range(0, 41))), derived=derived)
+
+        def fails_on_the_first(trip):
+            if trip.started_ms == t0:
+                raise ValueError("a bug")
+            return _count_samples(trip)
+
+        done = await store.measure_trips(fails_on_the_first)
+        assert [(m.announced, m.error) for m in done] == [
+            (None, "ValueError: a bug"),
+            ("ended", None),
+        ]
+        assert [r["status"] for r in await fetch(dsn, "SELECT status FROM trips ORDER BY id")] == [
+            "closing",
+            "ended",
+        ]
+        assert [m.announced for m in await store.measure_trips(_count_samples)] == ["ended"]
+    finally:
+        await store.close()
