@@ -74,7 +74,8 @@ UPDATE trips t SET status = 'closing', ended_at = b.t, end_lat = b.lat, end_lon 
 FROM {_BOUNDARIES}
 WHERE t.vehicle = b.vehicle AND t.status = 'open' AND t.started_at < b.t"""
 
-# Samples of a closed trip's interval in this batch (a late upload): measure it again. Run before
+# Samples of a closed trip's interval in this batch, or of the hour before it (a late upload,
+# which may move its start: _EARLIER_START): measure it again. Run before
 # vehicle_state takes the batch: a closed trip ends at or before the vehicle's newest stored
 # sample, so only a vehicle with a sample not newer than that can have one in a closed trip, and a
 # live batch probes no trip at all.
@@ -82,8 +83,25 @@ _MARK_STALE = """
 UPDATE trips t SET stale = true
 FROM (SELECT vehicle, min(time) AS lo, max(time) AS hi FROM positions_staging GROUP BY vehicle) s
 JOIN vehicle_state vs ON vs.vehicle = s.vehicle AND s.lo <= vs.time
-WHERE t.vehicle = s.vehicle AND t.ended_at >= s.lo AND t.started_at <= s.hi
+WHERE t.vehicle = s.vehicle AND t.ended_at >= s.lo
+  AND t.started_at <= s.hi + interval '3600 seconds'
   AND t.status <> 'open' AND NOT t.stale"""
+
+# A buffered upload sent newest first shows the ride unlocked before its unlock sample arrives:
+# the trip opens at the first sample the gateway saw, later than the ride began. When measured,
+# its start moves back to the first of the unlocked samples stored since the vehicle was last
+# reported locked (at most an hour before, and never into the trip before it).
+_EARLIER_START = """
+SELECT min(p.time) FROM positions p
+WHERE p.vehicle = %(vehicle)s AND p.locked = false
+  AND p.time < %(start)s AND p.time >= %(start)s - interval '3600 seconds'
+  AND p.time > coalesce((SELECT max(q.time) FROM positions q
+                         WHERE q.vehicle = %(vehicle)s AND q.locked AND q.time < %(start)s
+                           AND q.time >= %(start)s - interval '3600 seconds'),
+                        '-infinity')
+  AND p.time > coalesce((SELECT max(t.ended_at) FROM trips t
+                         WHERE t.vehicle = %(vehicle)s AND t.id <> %(id)s
+                           AND t.ended_at <= %(start)s), '-infinity')"""
 
 _CLAIM = """
 SELECT t.id, t.vehicle, v.vehicle_ref, v.vehicle_type, t.status, t.revision,
@@ -115,8 +133,7 @@ _COMMAND_AFTER = timedelta(seconds=30)
 
 _UPDATE = (
     "UPDATE trips SET status = 'ended', stale = false, revision = %s, measured_at = now(), "
-    + ", ".join(f"{c} = %s" for c in FIGURE_COLUMNS)
-    + " WHERE id = %s"
+    "started_at = %s, " + ", ".join(f"{c} = %s" for c in FIGURE_COLUMNS) + " WHERE id = %s"
 )
 
 _ANNOUNCE = """
@@ -232,10 +249,15 @@ async def measure_pending(
         figures["lock_command"] = await _command(cur, row, "lock", row["ended_at"])
         old = {c: row[c] for c in FIGURE_COLUMNS}
         changed = [c for c in FIGURE_COLUMNS if not _same(old[c], figures[c])]
+        if row.get("moved_start"):
+            changed.insert(0, "started_at")
         first = row["status"] == "closing"
         announced = "ended" if first else ("updated" if changed else None)
         revision = row["revision"] + (1 if announced else 0)
-        await cur.execute(_UPDATE, (revision, *[figures[c] for c in FIGURE_COLUMNS], row["id"]))
+        await cur.execute(
+            _UPDATE,
+            (revision, row["started_at"], *[figures[c] for c in FIGURE_COLUMNS], row["id"]),
+        )
         if announced is not None:
             detail = billing_detail(row, figures, revision)
             if announced == "updated":
@@ -285,6 +307,16 @@ def billing_detail(row: dict[str, Any], figures: dict[str, Any], revision: int) 
 
 
 async def _load(cur: AsyncCursor, row: dict[str, Any]) -> TripToMeasure:
+    """The trip's samples and speeding episodes; its start moved back first where unlocked
+    samples before it arrived late (row is updated in place: started_at, started_ms)."""
+    await cur.execute(
+        _EARLIER_START, {"vehicle": row["vehicle"], "start": row["started_at"], "id": row["id"]}
+    )
+    (earlier,) = await cur.fetchone()
+    if earlier is not None and earlier < row["started_at"]:
+        row["started_at"] = earlier
+        row["started_ms"] = round(earlier.timestamp() * 1000)
+        row["moved_start"] = True
     await cur.execute(_SAMPLES, (row["vehicle"], row["started_at"], row["ended_at"]))
     rows = await cur.fetchall()
     columns = list(zip(*rows)) if rows else [()] * len(_SAMPLE_NAMES)

@@ -249,3 +249,28 @@ async def test_a_trip_the_measurer_fails_on_waits_and_the_others_are_measured(ds
         assert [m.announced for m in await store.measure_trips(_count_samples)] == ["ended"]
     finally:
         await store.close()
+
+
+async def test_unlocked_samples_uploaded_late_move_the_start_back_to_the_ride_s_first(dsn):
+    """A TCU uploading its buffer newest first: the gateway sees the ride unlocked before the
+    samples of its first seconds arrive."""
+    store, v = await _store_with_vehicle(dsn)
+    t0 = now_ms() - HOUR_MS
+    try:
+        parked = _ride(v, t0 - 10_000, range(0, 5), locked=1)  # locked until t0 - 6 s
+        await store.write(make_batch(parked))
+        derived = Derived(
+            trip_starts=[(v, t0 + 20_000, None, None)], trip_ends=[(v, t0 + 60_000, None, None)]
+        )
+        await store.write(make_batch(_ride(v, t0, range(20, 61))), derived=derived)
+        assert [m.announced for m in await store.measure_trips(_count_samples)] == ["ended"]
+        late = await store.write(make_batch(_ride(v, t0, range(0, 20))))  # the ride's first 20 s
+        assert late.inserted == 20
+        assert [m.announced for m in await store.measure_trips(_count_samples)] == ["updated"]
+        trip = (await fetch(dsn, "SELECT started_at, duration_s, fixes_used FROM trips"))[0]
+        assert round(trip["started_at"].timestamp() * 1000) == t0
+        assert trip["fixes_used"] == 61
+        updated = (await _events(dsn, "trip"))[-1][1]
+        assert updated["changed"][0] == "started_at" and "fixes_used" in updated["changed"]
+    finally:
+        await store.close()
