@@ -22,6 +22,7 @@ from api.routes import (
     map,
     trips,
     usage,
+    vehicle_types,
     vehicles,
     zones,
 )
@@ -51,6 +52,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             {"name": n}
             for n in (
                 "vehicles",
+                "vehicle-types",
                 "trips",
                 "commands",
                 "zones",
@@ -64,6 +66,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.state.fleetgate = ctx
     problems.install(app)
     app.add_middleware(RefuseUnstorableInput)
-    for module in (health, vehicles, trips, commands, usage, events, zones, devices, broker, map):
+    for module in (
+        health,
+        vehicles,
+        vehicle_types,
+        trips,
+        commands,
+        usage,
+        events,
+        zones,
+        devices,
+        broker,
+        map,
+    ):
         app.include_router(module.router)
     return app

@@ -30,7 +30,6 @@ class ApiContext:
     readiness: dict[str, Callable[[], Awaitable[str | None]]] = field(default_factory=dict)
     map_tiles_url: str | None = None
     map_attribution: str = ""
-    low_soc_pct: dict[str, float] = field(default_factory=lambda: {"ebike": 20.0, "car": 15.0})
     # Set when the server stops: responses that wait (a command's `wait`) answer at once.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 

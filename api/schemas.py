@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from telemetry.vehicle_types import VEHICLE_TYPE_ID_RULE
+
 Status = Literal["available", "on_trip", "low_battery", "offline", "immobilised"]
-VehicleType = Literal["ebike", "car"]
+VehicleType = Annotated[
+    str, Field(pattern=VEHICLE_TYPE_ID_RULE, description="a vehicle type's id (/v1/vehicle-types)")
+]
 
 
 class Vehicle(BaseModel):

@@ -2,7 +2,7 @@
 charging sessions and the cars' 12 V battery, vectorised over the fleet's telemetry batches.
 BatteryCore.update(batch) -> BatteryUpdate; export_state / restore carry it over restarts."""
 
-from battery.config import DEFAULT_TYPES, BatteryPolicy, BatteryType
+from battery.config import DEFAULT_TYPES, BatteryPolicy, BatteryType, battery_types
 from battery.core import COLUMNS, BatteryCore, BatteryEstimates, BatteryUpdate
 from battery.events import (
     ABNORMAL_PARKED_DRAIN,
@@ -29,6 +29,7 @@ __all__ = [
     "CHARGING_START",
     "COLUMNS",
     "DEFAULT_TYPES",
+    "battery_types",
     "EVENT_SOURCE",
     "EVENT_TYPES",
     "NMC",

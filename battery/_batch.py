@@ -44,14 +44,15 @@ class VehicleParams:
     def assign(self, vehicles: np.ndarray, type_idx: np.ndarray) -> None:
         self.grow(int(vehicles.max()) + 1)
         self.type_idx[vehicles] = type_idx
-        for name, attr in (
-            ("nominal_ah", "nominal_ah"),
-            ("nominal_v", "nominal_v"),
-            ("low_soc", "low_soc_pct"),
-            ("swappable", "swappable"),
-            ("max_rate", "max_soc_rate_pct_per_h"),
+        for name, attr, untyped in (
+            ("nominal_ah", "nominal_ah", np.nan),
+            ("nominal_v", "nominal_v", np.nan),
+            ("low_soc", "low_soc_pct", 20.0),
+            ("swappable", "swappable", False),
+            ("max_rate", "max_soc_rate_pct_per_h", 100.0),
         ):
-            table = np.array([getattr(t, attr) for t in self.types])
+            # Index -1 (no type) takes the last row: what grow() gives an untyped vehicle.
+            table = np.array([getattr(t, attr) for t in self.types] + [untyped])
             getattr(self, name)[vehicles] = table[type_idx]
 
     def by_type(self, type_idx: np.ndarray, soc: np.ndarray, what: str) -> np.ndarray:

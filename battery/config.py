@@ -1,13 +1,16 @@
 """What the battery core is told: each vehicle type's pack (nominal capacity and voltage, OCV
 curve, alert levels) and the fleet-wide thresholds of its estimators and alerts. Plain values;
-the gateway builds them from its settings.
+the gateway builds the packs from the vehicle type registry (battery_types) and the rest from
+its settings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from battery.ocv import NMC, OcvCurve
+from telemetry.vehicle_types import BUILTIN_VEHICLE_TYPES, VehicleType
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +39,24 @@ class BatteryType:
         return self.nominal_ah * self.nominal_v / 1000.0
 
 
-# The fleet's two kinds as the registry names them (vehicles.vehicle_type): a 0.5 kWh / 36 V
-# e-bike pack that stations swap, a 50 kWh / 400 V car battery charged in place.
-DEFAULT_TYPES: dict[str, BatteryType] = {
-    "ebike": BatteryType(nominal_ah=500.0 / 36.0, nominal_v=36.0, low_soc_pct=20.0, swappable=True),
-    "car": BatteryType(nominal_ah=125.0, nominal_v=400.0, low_soc_pct=15.0),
-}
+def battery_types(vehicle_types: Iterable[VehicleType]) -> dict[str, BatteryType]:
+    """The pack of each registered vehicle type that has one (nominal capacity and voltage);
+    a type without (human-powered, or not known) gets SoC-only estimates in the core."""
+    return {
+        t.id: BatteryType(
+            nominal_ah=t.battery_nominal_ah,
+            nominal_v=t.battery_nominal_v,
+            low_soc_pct=t.low_soc_pct,
+            swappable=t.battery_swappable,
+        )
+        for t in vehicle_types
+        if t.battery_nominal_ah is not None and t.battery_nominal_v is not None
+    }
+
+
+# The built-in vehicle types' packs (telemetry.vehicle_types): among them a 0.5 kWh / 36 V e-bike
+# pack that stations swap and a 50 kWh / 400 V car battery charged in place.
+DEFAULT_TYPES: dict[str, BatteryType] = battery_types(BUILTIN_VEHICLE_TYPES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,8 +139,19 @@ class BatteryCore:
 
     # ------------------------------------------------------------------------ configuration --
 
+    def set_types(self, types: Mapping[str, BatteryType]) -> None:
+        """Add pack types or change existing ones by name (a vehicle type registered while the
+        gateway runs). Vehicles take a changed type's values at their next set_vehicle_types()."""
+        for name, battery_type in types.items():
+            if name in self.types:
+                self._params.types[self._type_names.index(name)] = battery_type
+            else:
+                self._type_names.append(name)
+                self._params.types.append(battery_type)
+            self.types[name] = battery_type
+
     def set_vehicle_types(self, vehicles: Sequence[int] | np.ndarray, types: Sequence[str]) -> None:
-        """Vehicle type by vehicles.id ('ebike', 'car', ...). A vehicle of a type not configured
+        """Vehicle type by vehicles.id ('ebike', 'scooter', ...). A vehicle of a type not configured
         (or never assigned) gets SoC, charging, low-SoC and 12 V estimates, but no capacity,
         SoH, EFC, range or resistance (they need the nominal pack)."""
         vehicles = np.asarray(vehicles, dtype=np.int64)

@@ -139,7 +139,9 @@ class Load:
         steps = o.total_steps
         if steps is None:
             raise ValueError("a load is bounded: set samples_per_vehicle or duration_s")
-        roster = Roster.build(o.vehicles, o.car_share, o.device_id_pattern, o.vehicle_ref_pattern)
+        roster = Roster.build(
+            o.vehicles, o.car_share, o.device_id_pattern, o.vehicle_ref_pattern, mix=o.mix
+        )
         self.device_ids = roster.device_ids
         self.start_ms = start_time_ms(o)
         model = FleetModel(roster.kinds, seed=o.seed, start_ms=self.start_ms, area=o.area)

@@ -10,6 +10,7 @@ from enum import Enum
 from typing import NamedTuple
 
 from commands.model import STATE_CHANGES, Command, CommandType, VehicleSnapshot
+from telemetry.vehicle_types import BUILTIN_BY_ID, TWO_WHEELED
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +103,19 @@ def _unsafe(
             return "vehicle_moving"
         if m is Motion.UNKNOWN:
             return "state_unknown"
-    elif cmd.type is CommandType.LOCK and snap is not None and snap.vehicle_type == "ebike":
-        # An e-bike lock bolt cannot engage into turning spokes. Only a known ride holds it
-        # back: the lock refuses by itself when unsure, and parked e-bikes report rarely.
+    elif cmd.type is CommandType.LOCK and _two_wheeled(snap):
+        # A wheel lock bolt cannot engage into turning spokes (e-bikes, scooters, mopeds). Only
+        # a known ride holds it back: the lock refuses by itself when unsure, and parked
+        # two-wheelers report rarely.
         if motion(snap, now, policy) is Motion.MOVING:
             return "vehicle_moving"
     return None
+
+
+def _two_wheeled(snap: VehicleSnapshot | None) -> bool:
+    if snap is None:
+        return False
+    form_factor = snap.form_factor
+    if form_factor is None and snap.vehicle_type in BUILTIN_BY_ID:
+        form_factor = BUILTIN_BY_ID[snap.vehicle_type].form_factor
+    return form_factor in TWO_WHEELED

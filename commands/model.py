@@ -285,7 +285,7 @@ class VehicleSnapshot:
     """
 
     vehicle_id: int
-    vehicle_type: str | None = None  # "ebike" | "car"
+    vehicle_type: str | None = None  # vehicle_types.id: "ebike", "scooter", "car", ...
     online: bool = False
     state_time: datetime | None = None
     speed_kmh: float | None = None
@@ -293,3 +293,4 @@ class VehicleSnapshot:
     locked: bool | None = None
     immobilised: bool | None = None
     last_actuation: datetime | None = None
+    form_factor: str | None = None  # its type's GBFS form factor (None: the type's id tells)

@@ -1,5 +1,6 @@
-"""Firmware simulator: e-bike and car TCUs that speak docs/protocol.md, for tests, demos and
-benchmarks; a device of its own, which knows nothing of the backend.
+"""Firmware simulator: e-bike, cargo e-bike, scooter, moped and car TCUs that speak
+docs/protocol.md, for tests, demos and benchmarks; a device of its own, which knows nothing of
+the backend.
 
 model (the vehicles' physics with ground truth) and tcu (device firmware) are sans-IO; fleet
 connects them to a broker, one paho-mqtt connection per device (mqtt_connection); coap runs
@@ -14,12 +15,19 @@ from firmware_sim.sensors import Samples
 from firmware_sim.specs import (
     CAR,
     CAR_SPEC,
+    CARGO_EBIKE,
+    CARGO_EBIKE_SPEC,
     EBIKE,
     EBIKE_SPEC,
+    MOPED,
+    MOPED_SPEC,
+    SCOOTER,
+    SCOOTER_SPEC,
     VEHICLE_TYPES,
     Area,
     AuxSpec,
     VehicleSpec,
+    parse_mix,
 )
 from firmware_sim.tcu import CommandBehaviour, FleetFirmware, Misbehaviour, OfflineBuffer, Tcu
 from firmware_sim.traction import PackSwap
@@ -27,9 +35,15 @@ from firmware_sim.traction import PackSwap
 __all__ = [
     "CAR",
     "CAR_SPEC",
+    "CARGO_EBIKE",
+    "CARGO_EBIKE_SPEC",
     "CBOR",
     "EBIKE",
     "EBIKE_SPEC",
+    "MOPED",
+    "MOPED_SPEC",
+    "SCOOTER",
+    "SCOOTER_SPEC",
     "JSON",
     "MALFORMED_KINDS",
     "VEHICLE_TYPES",
@@ -48,6 +62,7 @@ __all__ = [
     "Samples",
     "Tcu",
     "VehicleSpec",
+    "parse_mix",
     "run_fleet",
     "start_time_ms",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from firmware_sim.specs import CAR, AuxSpec, uniform_by_kind
+from firmware_sim.specs import CAR, VEHICLE_TYPES, AuxSpec, uniform_by_kind
 
 # 12 V lead-acid resting voltage is linear in state of charge between these points (DOMAIN.md 6:
 # 12.6 V ≈ 100 %, 12.4 ≈ 75 %, 12.2 ≈ 50 %, 12.0 "discharged" ≈ 25 %).
@@ -29,7 +29,9 @@ class AuxBatteries:
         n = len(kind)
         self.spec = spec
         self.is_car = is_car = kind == CAR
-        self.capacity_ah = uniform_by_kind(rng, [spec.capacity_ah] * 2, kind.astype(np.intp))
+        self.capacity_ah = uniform_by_kind(
+            rng, [spec.capacity_ah] * len(VEHICLE_TYPES), kind.astype(np.intp)
+        )
         self.faulty = is_car & (rng.random(n) < spec.fault_share)
         self.drain_a = np.where(
             self.faulty, rng.uniform(*spec.fault_draw_a, n), rng.uniform(*spec.sleep_draw_a, n)

@@ -222,6 +222,9 @@ class CoapFleetOptions:
 
     vehicles: int = 10
     car_share: float = 0.0  # NB-IoT locks: e-bikes
+    # Shares by vehicle type (specs.parse_mix: {"ebike": 0.6, "scooter": 0.3, "car": 0.1}),
+    # spread evenly over the ids; replaces car_share when given.
+    mix: dict[str, float] | None = None
     seed: int = 0
     host: str = "127.0.0.1"
     port: int = 5683
@@ -372,7 +375,9 @@ class CoapFleet:
     def __init__(self, options: CoapFleetOptions, tokens: dict[str, str] | None = None) -> None:
         self.options = o = options
         n = o.vehicles
-        self.roster = Roster.build(n, o.car_share, o.device_id_pattern, o.vehicle_ref_pattern)
+        self.roster = Roster.build(
+            n, o.car_share, o.device_id_pattern, o.vehicle_ref_pattern, mix=o.mix
+        )
         self.device_ids = self.roster.device_ids
         self.vehicle_refs = self.roster.vehicle_refs
         step_ms = int(o.wake_interval_s * 1000)

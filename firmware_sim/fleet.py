@@ -48,6 +48,9 @@ class FleetOptions:
 
     vehicles: int = 10
     car_share: float = 0.5  # the rest are e-bikes; spread evenly over the ids
+    # Shares by vehicle type (specs.parse_mix: {"ebike": 0.6, "scooter": 0.3, "car": 0.1}),
+    # spread evenly over the ids; replaces car_share when given.
+    mix: dict[str, float] | None = None
     rate_hz: float = 1.0  # samples per vehicle per second of simulated time
     seed: int = 0
     topic_root: str = TOPIC_ROOT
@@ -143,7 +146,9 @@ class Fleet:
     def __init__(self, options: FleetOptions) -> None:
         self.options = o = options
         n = o.vehicles
-        self.roster = Roster.build(n, o.car_share, o.device_id_pattern, o.vehicle_ref_pattern)
+        self.roster = Roster.build(
+            n, o.car_share, o.device_id_pattern, o.vehicle_ref_pattern, mix=o.mix
+        )
         self.device_ids = self.roster.device_ids
         self.vehicle_refs = self.roster.vehicle_refs
         self.start_ms = start_time_ms(o)

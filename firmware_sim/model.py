@@ -18,9 +18,15 @@ from firmware_sim.sensors import Samples, Sensors
 from firmware_sim.specs import (
     CAR,
     CAR_SPEC,
+    CARGO_EBIKE,
+    CARGO_EBIKE_SPEC,
     DAY_MS,
     EBIKE,
     EBIKE_SPEC,
+    MOPED,
+    MOPED_SPEC,
+    SCOOTER,
+    SCOOTER_SPEC,
     VEHICLE_TYPES,
     Area,
     AuxSpec,
@@ -33,11 +39,17 @@ from firmware_sim.traction import PackSwap, TractionPacks
 __all__ = [
     "CAR",
     "CAR_SPEC",
+    "CARGO_EBIKE",
+    "CARGO_EBIKE_SPEC",
     "CHARGING",
     "DAY_MS",
     "EBIKE",
     "EBIKE_SPEC",
+    "MOPED",
+    "MOPED_SPEC",
     "PARKED",
+    "SCOOTER",
+    "SCOOTER_SPEC",
     "TRIP",
     "VEHICLE_TYPES",
     "Area",
@@ -67,9 +79,10 @@ class CommandRefused(Exception):
 class FleetModel:
     """All vehicles of a simulated fleet, advanced together in simulated time.
 
-    kinds[i] is EBIKE or CAR. `step(dt_s)` moves the clock by dt and returns every vehicle's
-    sample at the new time; nothing depends on the wall clock. Commands (lock, immobilise, ...)
-    change state between steps and raise CommandRefused when the vehicle cannot comply.
+    kinds[i] is EBIKE, CAR, SCOOTER, MOPED or CARGO_EBIKE (specs). `step(dt_s)` moves the clock
+    by dt and returns every vehicle's sample at the new time; nothing depends on the wall clock.
+    Commands (lock, immobilise, ...) change state between steps and raise CommandRefused when the
+    vehicle cannot comply.
 
     The physics live in `motion`, `traction` and `aux12v`; the model's own attributes and
     methods below (speed, soc, capacity_ah(), aux_soc, ...) are their ground truth, for tests.
@@ -84,6 +97,9 @@ class FleetModel:
         area: Area = _BERLIN,
         ebike: VehicleSpec = EBIKE_SPEC,
         car: VehicleSpec = CAR_SPEC,
+        scooter: VehicleSpec = SCOOTER_SPEC,
+        moped: VehicleSpec = MOPED_SPEC,
+        cargo_ebike: VehicleSpec = CARGO_EBIKE_SPEC,
         aux: AuxSpec = _AUX_SPEC,
         gps_noise_m: float = 3.0,
         no_fix_share: float = 0.002,
@@ -96,7 +112,7 @@ class FleetModel:
         self.t_ms = int(start_ms)
         self.start_ms = int(start_ms)
         self.area = area
-        self.specs = specs = (ebike, car)
+        self.specs = specs = (ebike, car, scooter, moped, cargo_ebike)  # by kind (specs.py)
         self.aux = aux
         self.garage_share = garage_share
         self._rng = rng = np.random.default_rng(seed)
@@ -276,9 +292,9 @@ class FleetModel:
     # -- commands ----------------------------------------------------------------------------
 
     def lock(self, i: int) -> None:
-        if self.kind[i] == EBIKE and self.speed[i] > 0:
-            # An e-bike's lock bolt cannot engage into turning spokes.
-            raise CommandRefused("vehicle_moving", "the e-bike is riding")
+        if self.kind[i] != CAR and self.speed[i] > 0:
+            # A two-wheeler's lock bolt cannot engage into turning spokes.
+            raise CommandRefused("vehicle_moving", f"the {VEHICLE_TYPES[self.kind[i]]} is riding")
         self.locked[i] = True
 
     def unlock(self, i: int) -> None:
@@ -288,7 +304,7 @@ class FleetModel:
         """Engage the immobiliser; only a car standing still complies (a stop in traffic ends
         its trip there)."""
         if self.kind[i] != CAR:
-            raise CommandRefused("not_supported", "e-bikes have no immobiliser")
+            raise CommandRefused("not_supported", self._no_immobiliser(i))
         if self.speed[i] > 0:
             raise CommandRefused("vehicle_moving", f"speed {self.speed[i] * 3.6:.0f} km/h")
         self.immobilised[i] = True
@@ -297,8 +313,12 @@ class FleetModel:
 
     def mobilise(self, i: int) -> None:
         if self.kind[i] != CAR:
-            raise CommandRefused("not_supported", "e-bikes have no immobiliser")
+            raise CommandRefused("not_supported", self._no_immobiliser(i))
         self.immobilised[i] = False
+
+    def _no_immobiliser(self, i: int) -> str:
+        kind = "e-bike" if self.kind[i] == EBIKE else VEHICLE_TYPES[self.kind[i]].replace("_", " ")
+        return f"{kind}s have no immobiliser"
 
     def set_speed_limit(self, i: int, kph: float | None) -> None:
         """Cap speed (e-bike assist, car limiter); None or 0 removes the cap."""

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EBIKE, CAR = 0, 1
-VEHICLE_TYPES = ("ebike", "car")  # vehicles.vehicle_type in the registry, by kind
+EBIKE, CAR, SCOOTER, MOPED, CARGO_EBIKE = 0, 1, 2, 3, 4
+# vehicles.vehicle_type in the registry, by kind (the backend's built-in vehicle types)
+VEHICLE_TYPES = ("ebike", "car", "scooter", "moped", "cargo_ebike")
+KIND_OF = {name: kind for kind, name in enumerate(VEHICLE_TYPES)}
 
 EARTH_RADIUS_M = 6_371_008.8  # the mean radius, the sphere the gateway measures distances on
 M_PER_DEG_LAT = np.pi * EARTH_RADIUS_M / 180.0
@@ -145,6 +147,137 @@ CAR_SPEC = VehicleSpec(
     pack_v_noise=0.2,
     pack_a_noise=0.1,
 )
+
+
+# A shared stand-up e-scooter: ~0.55 kWh / 36 V, 20 km/h (the EU cap), swapped in the street.
+SCOOTER_SPEC = VehicleSpec(
+    cruise_kmh=(12.0, 20.0),
+    accel_mps2=1.0,
+    decel_mps2=1.8,
+    turn_kmh=10.0,
+    stop_share=0.25,
+    stop_s=(4.0, 30.0),
+    trip_km=(0.5, 3.0),
+    parked_mean_s=60 * 60.0,
+    wh_per_km=(10.0, 15.0),
+    wh_per_km_noise=0.15,
+    idle_w=1.0,
+    driving_aux_w=3.0,
+    nominal_kwh=0.55,
+    nominal_v=36.0,
+    cells_series=10,
+    capacity_spread=(0.97, 1.04),
+    r0_ohm=(0.10, 0.16),
+    initial_efc=(0.0, 500.0),
+    initial_age_days=(0.0, 700.0),
+    fade_per_efc=(2.5e-4, 4.0e-4),
+    fade_per_sqrt_day=(6e-4, 1.2e-3),
+    r_growth_per_efc=7e-4,
+    r_growth_per_sqrt_day=3e-3,
+    charge_a=5.0,
+    service_below_pct=20.0,
+    charge_to_pct=(95.0, 100.0),
+    swap_share=0.9,
+    min_trip_soc_pct=8.0,
+    pack_v_noise=0.02,
+    pack_a_noise=0.02,
+)
+
+# A shared electric moped (L1e, 45 km/h): ~2 kWh / 60 V (16S), packs swapped at stations.
+MOPED_SPEC = VehicleSpec(
+    cruise_kmh=(25.0, 45.0),
+    accel_mps2=1.5,
+    decel_mps2=2.5,
+    turn_kmh=15.0,
+    stop_share=0.35,
+    stop_s=(5.0, 40.0),
+    trip_km=(1.5, 8.0),
+    parked_mean_s=120 * 60.0,
+    wh_per_km=(30.0, 45.0),
+    wh_per_km_noise=0.12,
+    idle_w=1.5,
+    driving_aux_w=25.0,
+    nominal_kwh=2.0,
+    nominal_v=60.0,
+    cells_series=16,
+    capacity_spread=(0.98, 1.03),
+    r0_ohm=(0.08, 0.14),
+    initial_efc=(0.0, 400.0),
+    initial_age_days=(0.0, 1000.0),
+    fade_per_efc=(1.5e-4, 3.0e-4),
+    fade_per_sqrt_day=(5e-4, 1.0e-3),
+    r_growth_per_efc=5e-4,
+    r_growth_per_sqrt_day=2.5e-3,
+    charge_a=8.0,
+    service_below_pct=25.0,
+    charge_to_pct=(90.0, 100.0),
+    swap_share=0.8,
+    min_trip_soc_pct=8.0,
+    pack_v_noise=0.05,
+    pack_a_noise=0.05,
+)
+
+# A cargo e-bike: ~1 kWh / 48 V (13S), heavier and slower than an e-bike, longer trips.
+CARGO_EBIKE_SPEC = VehicleSpec(
+    cruise_kmh=(12.0, 22.0),
+    accel_mps2=0.6,
+    decel_mps2=1.2,
+    turn_kmh=8.0,
+    stop_share=0.3,
+    stop_s=(4.0, 30.0),
+    trip_km=(1.0, 5.0),
+    parked_mean_s=90 * 60.0,
+    wh_per_km=(15.0, 22.0),
+    wh_per_km_noise=0.15,
+    idle_w=0.8,
+    driving_aux_w=2.5,
+    nominal_kwh=1.0,
+    nominal_v=48.0,
+    cells_series=13,
+    capacity_spread=(0.98, 1.04),
+    r0_ohm=(0.14, 0.22),
+    initial_efc=(0.0, 500.0),
+    initial_age_days=(0.0, 900.0),
+    fade_per_efc=(2.0e-4, 3.5e-4),
+    fade_per_sqrt_day=(6e-4, 1.2e-3),
+    r_growth_per_efc=6e-4,
+    r_growth_per_sqrt_day=3e-3,
+    charge_a=5.0,
+    service_below_pct=20.0,
+    charge_to_pct=(95.0, 100.0),
+    swap_share=0.7,
+    min_trip_soc_pct=5.0,
+    pack_v_noise=0.03,
+    pack_a_noise=0.03,
+)
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """A fleet mix "ebike=60,scooter=30,car=10" as shares by vehicle type (they need not add up
+    to 100: they are normalised). ValueError names what is wrong."""
+    shares: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.strip().partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(
+                f"{part.strip()!r} is not TYPE=SHARE (e.g. ebike=60,scooter=30,car=10)"
+            )
+        if name not in KIND_OF:
+            raise ValueError(f"unknown vehicle type {name!r}: one of {', '.join(VEHICLE_TYPES)}")
+        if name in shares:
+            raise ValueError(f"{name} is given twice")
+        try:
+            share = float(value)
+        except ValueError:
+            raise ValueError(f"{name}: {value.strip()!r} is not a number") from None
+        if not (share >= 0 and np.isfinite(share)):
+            raise ValueError(f"{name}: the share must be a number >= 0")
+        shares[name] = share
+    total = sum(shares.values())
+    if total <= 0:
+        raise ValueError("the mix has no vehicles: give some type a share above 0")
+    return {name: share / total for name, share in shares.items()}
 
 
 @dataclass(frozen=True, slots=True)

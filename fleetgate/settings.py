@@ -130,8 +130,16 @@ class Settings(BaseSettings):
 
     # Validation and presence.
     max_future_s: float = Field(300, gt=0)
-    ebike_max_speed_kmh: float = Field(80, gt=0)
-    car_max_speed_kmh: float = Field(300, gt=0)
+    # Unset, every vehicle type's plausibility limit follows its form factor (80 km/h for
+    # bicycles, 300 for cars, docs/api.md#vehicle-types); set, these override it for two types.
+    ebike_max_speed_kmh: float = Field(
+        80,
+        gt=0,
+        description="plausibility limit of vehicle type ebike (default: its form factor's)",
+    )
+    car_max_speed_kmh: float = Field(
+        300, gt=0, description="plausibility limit of vehicle type car (default: its form factor's)"
+    )
     presence_timeout_s: float = Field(300, gt=0)
     # Silence after which an offline vehicle is announced as vehicle.comms_lost (once).
     comms_lost_s: float = Field(3600, gt=0)

@@ -51,7 +51,7 @@ def gateway_config(s: Settings, database_url: str, mqtt_host: str, mqtt_port: in
             s.batch_max_messages, s.batch_max_bytes, s.batch_max_age_ms, s.pipeline_max_pending
         ),
         time_limits=TimeLimits(int(s.max_future_s * 1000), s.retention_days * 86_400_000),
-        max_speed_kmh={"ebike": s.ebike_max_speed_kmh, "car": s.car_max_speed_kmh},
+        max_speed_kmh=plausibility_overrides(s),
         presence_timeout_s=s.presence_timeout_s,
         comms_lost_s=s.comms_lost_s,
         db_pool_max=s.db_pool_max,
@@ -174,3 +174,14 @@ def http_server(app, host: str, port: int, grace_s: float) -> uvicorn.Server:
     )
     server.capture_signals = contextlib.nullcontext
     return server
+
+
+def plausibility_overrides(s: Settings) -> dict[str, float]:
+    """The plausibility limits the operator set for the ebike and car types; unset, each vehicle
+    type's own limit applies (from its form factor, VehicleType.plausible_speed_kmh)."""
+    settings = {"ebike": "ebike_max_speed_kmh", "car": "car_max_speed_kmh"}
+    return {
+        vehicle_type: getattr(s, name)
+        for vehicle_type, name in settings.items()
+        if name in s.model_fields_set
+    }

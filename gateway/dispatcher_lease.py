@@ -8,6 +8,12 @@ database session. The session is the lease: a process killed outright closes its
 server releases the lock at once; one that hangs or is cut off is ended by the server after
 `idle_session_timeout`, because the holder keeps its session busy every check_s (from a task of
 its own, so also while the dispatcher is starting).
+
+A holder whose session is ended notices it at its next check, up to check_s later; the server has
+released the lock at once. So a process that stood by (it found the lock taken before) waits two
+check intervals after taking the lock before it reports it held: by then the old holder has
+stopped, and the two never dispatch at once. A process that gets the lock at its first try (a
+start) does not wait.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class DispatcherLease:
         self._conn: psycopg.AsyncConnection | None = None
         self._keeping: asyncio.Task | None = None
         self.held = False  # False from the first failed check of the session on
+        self._stood_by = False  # found the lock taken once: a later acquisition is a takeover
 
     async def try_acquire(self) -> bool:
         """Take the lock if nobody holds it; False also when the database is away."""
@@ -57,14 +64,25 @@ class DispatcherLease:
             cur = await asyncio.wait_for(
                 conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)), self._timeout_s
             )
-            self.held = bool((await cur.fetchone())[0])
+            got = bool((await cur.fetchone())[0])
+            if got and self._stood_by:
+                await self._outwait_previous_holder(conn)
         except (psycopg.Error, OSError, TimeoutError) as exc:
             log.warning("dispatcher_lease_unavailable", extra={"error": str(exc)[:300]})
             await self._drop_connection()
             return False
+        self.held = got
+        self._stood_by = not got
         if self.held:
             self._keeping = asyncio.create_task(self._keep(), name="dispatcher-lease")
         return self.held
+
+    async def _outwait_previous_holder(self, conn: psycopg.AsyncConnection) -> None:
+        """The lock is ours, but a holder whose session was ended stops only at its next check:
+        wait that out, then prove the session still lives (a failure raises, as the lock query)."""
+        log.info("dispatcher_lease_takeover_wait", extra={"wait_s": 2 * self.check_s})
+        await asyncio.sleep(2 * self.check_s)
+        await asyncio.wait_for(conn.execute("SELECT 1"), self._timeout_s)
 
     async def _keep(self) -> None:
         """While held: prove every check_s that the session (and so the lock) lives."""

@@ -32,6 +32,7 @@ from telemetry.store import (
     retry_while_unavailable,
 )
 from telemetry.topics import is_device_id
+from telemetry.vehicle_types import PLAUSIBLE_SPEED_KMH, VehicleType
 
 log = logging.getLogger(__name__)
 
@@ -94,24 +95,31 @@ class _BatchInProgress:
 
 class DeviceRegistry:
     """device id -> vehicle, reloaded from the store now and then; an id it does not know is
-    looked up in the store at once, so a device registered a moment ago loses nothing."""
+    looked up in the store at once, so a device registered a moment ago loses nothing. The vehicle
+    type registry comes with it: a device of a type registered since is met with its type.
+
+    max_speed_kmh: plausibility limits by vehicle type id that override the type's own
+    (VehicleType.plausible_speed_kmh, from its form factor)."""
 
     def __init__(
         self,
         store: TelemetryStore,
         plausibility: PlausibilityFilter,
-        max_speed_kmh: dict[str, float],
+        max_speed_kmh: Mapping[str, float] | None = None,
     ) -> None:
         self._store = store
         self._plausibility = plausibility
-        self._max_speed_kmh = max_speed_kmh
+        self._max_speed_kmh = dict(max_speed_kmh or {})
         self.devices: dict[str, Device] = {}
         self.vehicle_of: dict[str, int] = {}
-        # Called with the devices after every change (the stages match rules on vehicle types).
-        self.on_refresh: list[Callable[[dict[str, Device]], None]] = []
+        self.vehicle_types: dict[str, VehicleType] = {}
+        # Called with the devices and the vehicle types after every change (the stages match
+        # rules on vehicle types and take each type's battery pack).
+        self.on_refresh: list[Callable[[dict[str, Device], dict[str, VehicleType]], None]] = []
 
     async def refresh(self) -> None:
-        """Reload every device (periodic: picks up removals and TCU swaps)."""
+        """Reload every device and vehicle type (periodic: picks up removals and TCU swaps)."""
+        self.vehicle_types = await self._store.vehicle_types()
         self._apply(await self._store.load_registry())
 
     async def ensure_known(self, device_ids: Sequence[str]) -> None:
@@ -124,8 +132,16 @@ class DeviceRegistry:
         if not unknown:
             return
         found = await self._store.load_devices(unknown)
+        if any(d.vehicle_type not in self.vehicle_types for d in found.values()):
+            self.vehicle_types = await self._store.vehicle_types()
         if found:
             self._apply({**self.devices, **found})
+
+    def max_speed_kmh(self, vehicle_type: str) -> float:
+        if vehicle_type in self._max_speed_kmh:
+            return self._max_speed_kmh[vehicle_type]
+        known = self.vehicle_types.get(vehicle_type)
+        return known.plausible_speed_kmh if known is not None else PLAUSIBLE_SPEED_KMH["other"]
 
     def _apply(self, devices: dict[str, Device]) -> None:
         self.devices = devices
@@ -133,13 +149,13 @@ class DeviceRegistry:
         if devices:
             vehicles = np.fromiter((d.vehicle for d in devices.values()), np.int64, len(devices))
             limits = np.fromiter(
-                (self._max_speed_kmh.get(d.vehicle_type, 300.0) for d in devices.values()),
+                (self.max_speed_kmh(d.vehicle_type) for d in devices.values()),
                 np.float64,
                 len(devices),
             )
             self._plausibility.set_limits(vehicles, limits)
         for callback in self.on_refresh:
-            callback(devices)
+            callback(devices, self.vehicle_types)
 
 
 class IngestPipeline:

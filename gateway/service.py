@@ -38,6 +38,7 @@ from telemetry.store import (
     TelemetryStore,
     retry_while_unavailable,
 )
+from telemetry.vehicle_types import PLAUSIBLE_SPEED_KMH
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ class GatewayConfig:
     mqtt_password: str | None = None
     limits: PipelineLimits = field(default_factory=PipelineLimits)
     time_limits: TimeLimits = field(default_factory=TimeLimits)
-    max_speed_kmh: dict[str, float] = field(default_factory=lambda: {"ebike": 80.0, "car": 300.0})
+    # Plausibility limits by vehicle type id overriding the type's own (from its form factor).
+    max_speed_kmh: dict[str, float] = field(default_factory=dict)
     presence_timeout_s: float = 300.0
     comms_lost_s: float = 3600.0  # silence after which vehicle.comms_lost is announced
     registry_refresh_s: float = 60.0
@@ -188,7 +190,9 @@ class Gateway:
     async def _load_registry(self) -> tuple[DeviceRegistry, PlausibilityFilter]:
         """The devices, and each vehicle's last fix (the plausibility filter continues from it)."""
         cfg, store = self.config, self.store
-        plausibility = PlausibilityFilter(default_max_speed_kmh=max(cfg.max_speed_kmh.values()))
+        plausibility = PlausibilityFilter(
+            default_max_speed_kmh=max([PLAUSIBLE_SPEED_KMH["other"], *cfg.max_speed_kmh.values()])
+        )
         registry = DeviceRegistry(store, plausibility, cfg.max_speed_kmh)
         await self._retry(registry.refresh)
         vehicles, t, lat, lon = await self._retry(store.load_last_fixes)
@@ -231,8 +235,8 @@ class Gateway:
             store, plausibility, [geofence, battery], self.metrics
         )
         await self._retry(handover.start)  # before the stages load: see StateHandover.start
-        await self._retry(lambda: geofence.start(registry.devices))
-        await self._retry(lambda: battery.start(registry.devices))
+        await self._retry(lambda: geofence.start(registry.devices, registry.vehicle_types))
+        await self._retry(lambda: battery.start(registry.devices, registry.vehicle_types))
         self.alarms = alarms = AlarmStage(store)
         await self._retry(lambda: alarms.start(registry.devices))
         self.trips = trip_stage = TripStage(store)
@@ -240,13 +244,13 @@ class Gateway:
         self.trip_measurer = TripMeasurer(
             store,
             zones=lambda: geofence.tracker.zoneset if geofence.tracker is not None else None,
-            max_speed_kmh=lambda vehicle_type: cfg.max_speed_kmh.get(vehicle_type, 300.0),
+            max_speed_kmh=registry.max_speed_kmh,  # what the plausibility filter uses
             pack_wh=lambda vehicle_type: _pack_wh(battery, vehicle_type),
         )
         registry.on_refresh += [
             geofence.set_devices,
             battery.set_devices,
-            lambda devices: self.metrics.devices_registered.set(len(devices)),
+            lambda devices, _types: self.metrics.devices_registered.set(len(devices)),
         ]
         self.metrics.devices_registered.set(len(registry.devices))
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from alarms import TheftDetector, TheftPolicy
-from battery import DEFAULT_TYPES, BatteryCore, BatteryPolicy, BatteryType
+from battery import DEFAULT_TYPES, BatteryCore, BatteryPolicy, BatteryType, battery_types
 from geofence import (
     Hysteresis,
     InvalidZone,
@@ -29,6 +29,7 @@ from geofence import (
 )
 from telemetry.batch import TelemetryBatch
 from telemetry.store import AdvancedState, Derived, Device, TelemetryStore
+from telemetry.vehicle_types import VehicleType
 from trips import TripTracker
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,11 @@ class BatchStage(Protocol):
 
     def process(self, batch: TelemetryBatch) -> StageOutput: ...
 
-    def set_devices(self, devices: Mapping[str, Device]) -> None: ...
+    def set_devices(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None: ...
 
 
 class GeofenceStage:
@@ -69,7 +74,11 @@ class GeofenceStage:
         self.version: int | None = None
         self.rejected_versions: set[int] = set()
 
-    async def start(self, devices: Mapping[str, Device]) -> None:
+    async def start(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None:
         """Build the zone set from the database and resume every vehicle's stored state."""
         rows = await self._store.load_zones()
         zoneset = await self._build(rows, strict=False)
@@ -118,7 +127,12 @@ class GeofenceStage:
         await asyncio.to_thread(lambda: zoneset.index)  # the grid build takes ~0.5 s per 1,000
         return zoneset
 
-    def set_devices(self, devices: Mapping[str, Device]) -> None:
+    def set_devices(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None:
+        # Rules name vehicle type ids (GBFS vehicle_type_ids): the id is all the tracker needs.
         if self.tracker is not None and devices:
             vehicles = [d.vehicle for d in devices.values()]
             self.tracker.set_vehicle_types(vehicles, [d.vehicle_type for d in devices.values()])
@@ -173,8 +187,14 @@ class BatteryStage:
         self.replay_max_samples = replay_max_samples
         self.replayed = 0  # samples replayed at start
 
-    async def start(self, devices: Mapping[str, Device]) -> None:
-        self.set_devices(devices)
+    async def start(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None:
+        if vehicle_types is None:
+            vehicle_types = await self._store.vehicle_types()
+        self.set_devices(devices, vehicle_types)
         started = time.perf_counter()
         states, last_time = await self._store.load_vehicle_json("battery_state")
         self.core.restore(states)  # each vehicle where its saved state left off
@@ -213,7 +233,15 @@ class BatteryStage:
             await self.save(list(behind))
         return seen
 
-    def set_devices(self, devices: Mapping[str, Device]) -> None:
+    def set_devices(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None:
+        """Each vehicle's pack from its type; vehicle_types (the registry) adds types registered
+        since and changes edited ones."""
+        if vehicle_types:
+            self.core.set_types(battery_types(vehicle_types.values()))
         known = [d for d in devices.values() if d.vehicle_type in self.core.types]
         if known:
             self.core.set_vehicle_types([d.vehicle for d in known], [d.vehicle_type for d in known])
@@ -264,7 +292,11 @@ class AlarmStage:
         states, last_time = await self._store.load_vehicle_json("theft")
         self.detector.restore(states, last_time)
 
-    def set_devices(self, devices: Mapping[str, Device], vehicle_types=None) -> None:
+    def set_devices(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None:
         pass  # the same rule for every vehicle type
 
     def process(self, batch: TelemetryBatch) -> StageOutput:
@@ -290,7 +322,11 @@ class TripStage:
     async def start(self, devices: Mapping[str, Device]) -> None:
         self.tracker.restore(await self._store.load_lock_states())
 
-    def set_devices(self, devices: Mapping[str, Device], vehicle_types=None) -> None:
+    def set_devices(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None:
         pass  # rides are rides whatever the type
 
     def process(self, batch: TelemetryBatch) -> StageOutput:

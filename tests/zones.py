@@ -86,3 +86,14 @@ def gbfs_doc(*features) -> dict:
             ],
         },
     }
+
+
+async def geofence_events_of(dsn: str, vehicle: int) -> list[tuple[int, str]]:
+    """(time in ms, type) of one vehicle's geofence events, in time order."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute(
+            "SELECT (extract(epoch FROM time) * 1000)::bigint, type FROM events "
+            "WHERE source = 'geofence' AND vehicle = %s ORDER BY time, type",
+            (vehicle,),
+        )
+        return [(int(t), typ) for t, typ in await cur.fetchall()]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
@@ -16,9 +16,11 @@ from telemetry.store import (
     DeviceCredentials,
     RegistrationConflict,
     UnknownDevice,
+    UnknownVehicleType,
     VehicleRegistration,
 )
 from telemetry.topics import DEVICE_ID_PATTERN
+from telemetry.vehicle_types import VEHICLE_TYPE_ID_RULE
 
 router = APIRouter(
     prefix="/v1/devices",
@@ -35,7 +37,10 @@ class DeviceIn(BaseModel):
         pattern=DEVICE_ID_PATTERN,
         description="the TCU's MQTT client id and CoAP path segment",
     )
-    vehicle_type: Literal["ebike", "car"]
+    vehicle_type: str = Field(
+        pattern=VEHICLE_TYPE_ID_RULE,
+        description="a vehicle type's id (GET /v1/vehicle-types): ebike, scooter, car, ...",
+    )
 
 
 class Secret(BaseModel):
@@ -79,6 +84,16 @@ async def register_device(request: Request, device: DeviceIn) -> Registered:
         )
     except RegistrationConflict as exc:
         raise Problem(409, "device-conflict", str(exc)) from None
+    except UnknownVehicleType as exc:
+        raise Problem(
+            422,
+            "unknown-vehicle-type",
+            str(exc),
+            errors=[
+                {"loc": ["body", "vehicle_type"], "msg": str(exc), "type": "unknown-vehicle-type"}
+            ],
+            known_vehicle_types=exc.known,
+        ) from None
     try:
         issued = await DeviceCredentials(store).provision(device.device_id)
         secret = Secret(**issued.__dict__)

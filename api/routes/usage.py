@@ -16,7 +16,6 @@ from api.auth import require
 from api.context import context
 from api.problems import PROBLEM_RESPONSES, Problem
 from api.routes._params import time_range
-from battery import DEFAULT_TYPES
 from telemetry.earth import haversine_m
 
 router = APIRouter(
@@ -72,15 +71,17 @@ async def vehicle_usage(
         raise Problem(404, "unknown-vehicle", f"no vehicle {vehicle_ref!r}")
     vehicle = await queries.vehicle_id(store, vehicle_ref)
     sessions = await queries.usage_sessions(store, vehicle, start, end, unlock_command)
+    vehicle_type = (await store.vehicle_types()).get(rows["vehicle_type"])
+    capacity_wh = vehicle_type.battery_capacity_wh if vehicle_type is not None else None
     rides = []
     for s in sessions:
         until = s["ended_at"] or datetime.now(UTC)
         samples = await queries.samples_between(store, vehicle, s["started_at"], until)
-        rides.append(_ride(s, until, samples, rows["vehicle_type"]))
+        rides.append(_ride(s, until, samples, capacity_wh))
     return Usage(vehicle_ref=vehicle_ref, rides=rides)
 
 
-def _ride(session: dict, until: datetime, samples: list[dict], vehicle_type: str) -> Ride:
+def _ride(session: dict, until: datetime, samples: list[dict], capacity_wh: float | None) -> Ride:
     ride = Ride(
         unlock_command=session["unlock_command"],
         lock_command=session["lock_command"],
@@ -115,8 +116,8 @@ def _ride(session: dict, until: datetime, samples: list[dict], vehicle_type: str
         p, tk = np.clip(power[known], 0, None), t[known]
         ride.energy_wh = float(np.sum((p[1:] + p[:-1]) / 2 * np.diff(tk)) / 3600.0)
         ride.energy_source = "pack_power"
-    elif len(soc) >= 2 and vehicle_type in DEFAULT_TYPES:
+    elif len(soc) >= 2 and capacity_wh is not None:
         used = max(float(soc[0] - soc[-1]), 0.0)
-        ride.energy_wh = used / 100.0 * DEFAULT_TYPES[vehicle_type].nominal_kwh * 1000.0
+        ride.energy_wh = used / 100.0 * capacity_wh
         ride.energy_source = "soc_x_nominal_capacity"
     return ride

@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import typer
 
-from fleetgate.cli import api_keys, broker_config, config, db, demo, devices, run, sim, zones
+from fleetgate.cli import (
+    api_keys,
+    broker_config,
+    config,
+    db,
+    demo,
+    devices,
+    run,
+    sim,
+    vehicle_types,
+    zones,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -28,6 +39,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(zones.app, name="zones")
 app.add_typer(api_keys.app, name="api-keys")
 app.add_typer(devices.app, name="devices")
+app.add_typer(vehicle_types.app, name="vehicle-types")
 
 
 def main() -> None:  # pragma: no cover - console entry

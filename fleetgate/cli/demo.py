@@ -15,11 +15,13 @@ from fleetgate.cli.run import DEMO_DATABASE, Services, resolve_services, run_gat
 from fleetgate.cli.shared import load_settings, with_store
 from fleetgate.cli.sim import (
     Cars,
+    Mix,
     Rate,
     Seed,
     Vehicles,
     drive_fleet,
     fleet_misbehaviour,
+    fleet_mix,
     fleet_options,
     register_fleet,
 )
@@ -51,6 +53,7 @@ def demo(
     rate: Rate = 1.0,
     seed: Seed = 0,
     cars: Cars = 0.5,
+    mix: Mix = None,
     misbehave: Annotated[
         bool,
         typer.Option(
@@ -128,6 +131,7 @@ def demo(
         samples=None,
         duration=None,
         misbehaviour=misbehaviour,
+        mix=fleet_mix(mix),
     )
     typer.echo(
         f"fleetgate demo: {vehicles} simulated vehicles at {rate} samples/s each. Ctrl-C stops."

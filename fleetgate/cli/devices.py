@@ -13,6 +13,7 @@ import dataclasses
 import io
 import re
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -39,11 +40,16 @@ def _run(dsn: str, action):
 
 def _run_on_store(dsn: str, action):
     """Run action(TelemetryStore) against the database; store errors become exit code 2."""
-    from telemetry.store import AlreadyProvisioned, RegistrationConflict, UnknownDevice
+    from telemetry.store import (
+        AlreadyProvisioned,
+        RegistrationConflict,
+        UnknownDevice,
+        UnknownVehicleType,
+    )
 
     try:
         return asyncio.run(with_store(dsn, action))
-    except RegistrationConflict as exc:
+    except (RegistrationConflict, UnknownVehicleType) as exc:
         fail(f"nothing registered: {exc}")
     except (UnknownDevice, AlreadyProvisioned) as exc:
         fail(f"{exc.args[0] if exc.args else exc}")
@@ -89,26 +95,31 @@ class RegistrationError(ValueError):
     """A registration that cannot be used; the message names every bad entry and why."""
 
 
-def read_registrations(text: str, source: str) -> list[DeviceIn]:
+def read_registrations(
+    text: str, source: str, known_types: Collection[str] | None = None
+) -> list[DeviceIn]:
     """The devices of a registration document, each validated as a `POST /v1/devices` body.
 
     The document is CSV with a header line naming vehicle_ref, device_id and vehicle_type (in
     any order; other columns are ignored), or JSON: one such body or a list of them.
-    RegistrationError lists every bad entry by its CSV line or JSON index, and every vehicle or
-    device that appears twice.
+    RegistrationError lists every bad entry by its CSV line or JSON index, every vehicle or
+    device that appears twice and, given the registry's vehicle types, every unknown type.
     """
     if text.lstrip()[:1] in ("[", "{"):
         entries = _json_entries(text, source)
     else:
         entries = _csv_entries(text, source)
-    devices = validate_registrations(entries)
+    devices = validate_registrations(entries, known_types)
     if not devices:
         raise RegistrationError(f"{source} holds no devices")
     return devices
 
 
-def validate_registrations(entries: list[tuple[str, object]]) -> list[DeviceIn]:
-    """(where, body) pairs as validated registrations, or RegistrationError naming each problem."""
+def validate_registrations(
+    entries: list[tuple[str, object]], known_types: Collection[str] | None = None
+) -> list[DeviceIn]:
+    """(where, body) pairs as validated registrations, or RegistrationError naming each problem
+    (with known_types, the registry's vehicle type ids, an unknown type is one)."""
     from pydantic import ValidationError
 
     from api.routes.devices import DeviceIn
@@ -128,6 +139,11 @@ def validate_registrations(entries: list[tuple[str, object]]) -> list[DeviceIn]:
         except ValidationError as exc:
             problems += [f"{where}: {_validation_problem(e)}" for e in exc.errors()]
             continue
+        if known_types is not None and device.vehicle_type not in known_types:
+            problems.append(
+                f"{where}: vehicle_type {device.vehicle_type!r}: unknown; known types are "
+                f"{', '.join(sorted(known_types))}"
+            )
         for name, seen in first_seen.items():
             value = getattr(device, name)
             if (earlier := seen.setdefault(value, where)) != where:
@@ -204,7 +220,14 @@ def register(
             "segment ([A-Za-z0-9_.:-], at most 64)",
         ),
     ] = None,
-    vehicle_type: Annotated[str | None, typer.Option("--type", help="ebike or car")] = None,
+    vehicle_type: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            help="a vehicle type's id: ebike, cargo_ebike, scooter, moped, car or one added "
+            "with `fleetgate vehicle-types add`",
+        ),
+    ] = None,
     file: Annotated[
         str | None,
         typer.Option(
@@ -226,16 +249,17 @@ def register(
         raise typer.BadParameter("give either VEHICLE_REF DEVICE_ID --type, or --file")
     if file is None and (missing := [name for name, v in given.items() if v is None]):
         raise typer.BadParameter(f"missing {', '.join(missing)} (or use --file)")
+    dsn = database_url(load_settings())
+    known_types = set(asyncio.run(with_store(dsn, lambda store: store.vehicle_types())))
     try:
         if file is not None:
             source = "standard input" if file == "-" else file
-            devices = read_registrations(_read_text(file), source)
+            devices = read_registrations(_read_text(file), source, known_types)
         else:
             body = dict(zip(REGISTRATION_FIELDS, (vehicle_ref, device_id, vehicle_type)))
-            devices = validate_registrations([("the arguments", body)])
+            devices = validate_registrations([("the arguments", body)], known_types)
     except RegistrationError as exc:
         fail(str(exc))
-    dsn = database_url(load_settings())
     before, without_secret = _run_on_store(dsn, lambda store: _register(store, devices))
     for line in _registration_report(devices, before):
         typer.echo(line)

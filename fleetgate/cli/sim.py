@@ -1,5 +1,5 @@
-"""`fleetgate sim`: simulated e-bike and car TCUs against the broker, with their registration
-and secrets; the demo drives its fleet with the same pieces.
+"""`fleetgate sim`: simulated TCUs (e-bikes, cargo e-bikes, scooters, mopeds, cars) against the
+broker, with their registration and secrets; the demo drives its fleet with the same pieces.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def fleet_options(
     samples: int | None,
     duration: float | None,
     misbehaviour: Misbehaviour,
+    mix: dict[str, float] | None = None,
 ) -> FleetOptions:
     """The simulator's options: the fleet the command line asks for, on the broker at
     host:port under the configured topic root."""
@@ -49,6 +50,7 @@ def fleet_options(
         rate_hz=rate,
         seed=seed,
         car_share=cars,
+        mix=mix,
         cbor_share=cbor,
         speedup=speedup,
         fast=fast,
@@ -207,6 +209,25 @@ Rate = Annotated[float, typer.Option(min=0.001, max=500, help="samples per vehic
 Seed = Annotated[int, typer.Option(help="seed: the same seed gives the same fleet and samples")]
 Cars = Annotated[float, typer.Option(min=0, max=1, help="share of cars; the rest are e-bikes")]
 Cbor = Annotated[float, typer.Option(min=0, max=1, help="share of devices sending CBOR")]
+Mix = Annotated[
+    str | None,
+    typer.Option(
+        help="a mixed fleet instead of --cars: shares by vehicle type, e.g. "
+        "ebike=60,scooter=30,car=10 (types: ebike, cargo_ebike, scooter, moped, car)"
+    ),
+]
+
+
+def fleet_mix(text: str | None) -> dict[str, float] | None:
+    """--mix as shares by vehicle type; a bad mix is a usage error naming the problem."""
+    if text is None:
+        return None
+    from firmware_sim import parse_mix
+
+    try:
+        return parse_mix(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--mix") from None
 
 
 def sim(
@@ -214,6 +235,7 @@ def sim(
     rate: Rate = 1.0,
     seed: Seed = 0,
     cars: Cars = 0.5,
+    mix: Mix = None,
     cbor: Cbor = 0.0,
     speedup: Annotated[float, typer.Option(min=0.001, help="simulated seconds per second")] = 1.0,
     fast: Annotated[
@@ -255,7 +277,8 @@ def sim(
         float, typer.Option(min=0.5, help="seconds between progress lines")
     ] = 5.0,
 ) -> None:
-    """Run simulated e-bike and car TCUs against the broker (FLEETGATE_MQTT_URL).
+    """Run simulated TCUs against the broker (FLEETGATE_MQTT_URL): e-bikes and cars (--cars), or
+    a mixed fleet of e-bikes, cargo e-bikes, scooters, mopeds and cars (--mix).
 
     The devices log in with their own secrets where FLEETGATE_DATA_DIR/sim-secrets.json holds
     them (--register issues them), else without credentials."""
@@ -278,6 +301,7 @@ def sim(
         samples=samples,
         duration=duration,
         misbehaviour=fleet_misbehaviour(duplicates, malformed, out_of_order, disconnects_per_h),
+        mix=fleet_mix(mix),
     )
     register = register or register_only
     if register and s.database_url is None:

@@ -158,6 +158,7 @@ _ACTUATING = "('lock', 'unlock', 'immobilise', 'mobilise')"
 _SNAPSHOTS = f"""
 SELECT v.id, v.vehicle_type, coalesce(s.online, false), s.time, s.speed_kmh, s.ignition,
        s.locked, s.immobilised,
+       (SELECT t.form_factor FROM vehicle_types t WHERE t.id = v.vehicle_type),
        (SELECT CASE WHEN c.device_status = 'succeeded' THEN c.device_t ELSE c.deadline END
           FROM commands c
          WHERE c.vehicle = v.id AND c.type IN {_ACTUATING}
@@ -300,7 +301,8 @@ async def _snapshots(cur: AsyncCursor, vehicle_ids: Iterable[int]) -> dict[int, 
             ignition=r[5],
             locked=r[6],
             immobilised=r[7],
-            last_actuation=r[8],
+            form_factor=r[8],
+            last_actuation=r[9],
         )
         for r in await cur.fetchall()
     }

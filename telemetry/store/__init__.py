@@ -35,6 +35,7 @@ from telemetry.store._store import (
     MaintenanceReport,
     QuarantinedMessage,
     TelemetryStore,
+    UnknownVehicleType,
     VehicleRegistration,
     WriteResult,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "StorageNotAvailable",
     "StoreUnavailable",
     "TelemetryStore",
+    "UnknownVehicleType",
     "VehicleRegistration",
     "WriteResult",
     "ZoneRows",

@@ -28,8 +28,8 @@ from telemetry.store._errors import DataRefused, RegistrationConflict, StoreUnav
 from telemetry.store._pool import open_pool, pooled_connection, pooled_transaction
 from telemetry.store._zones import ZoneRows
 from telemetry.topics import DEVICE_ID_RULE, is_device_id
-
-VEHICLE_TYPES = ("ebike", "car")
+from telemetry.vehicle_types import COLUMNS as VEHICLE_TYPE_COLUMNS
+from telemetry.vehicle_types import VehicleType
 
 
 class Event(Protocol):
@@ -47,7 +47,7 @@ class Device:
     device_id: str
     vehicle: int  # vehicles.id
     vehicle_ref: str
-    vehicle_type: str  # "ebike" | "car"
+    vehicle_type: str  # vehicle_types.id: "ebike", "scooter", "car", ...
 
 
 @dataclass(frozen=True)
@@ -431,6 +431,31 @@ ON CONFLICT (vehicle_ref) DO UPDATE
   SET device_id = EXCLUDED.device_id, vehicle_type = EXCLUDED.vehicle_type
 RETURNING device_id, id"""
 
+_SELECT_VEHICLE_TYPES = (
+    "SELECT " + ", ".join(VEHICLE_TYPE_COLUMNS) + " FROM vehicle_types ORDER BY id"
+)
+_UPSERT_VEHICLE_TYPE = (
+    "INSERT INTO vehicle_types ("
+    + ", ".join(VEHICLE_TYPE_COLUMNS)
+    + ") VALUES ("
+    + ", ".join(f"%({c})s" for c in VEHICLE_TYPE_COLUMNS)
+    + ") ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in VEHICLE_TYPE_COLUMNS if c != "id")
+    + ", updated_at = now()"
+)
+
+
+class UnknownVehicleType(ValueError):
+    """A registration names a vehicle type the registry does not hold."""
+
+    def __init__(self, unknown: Sequence[str], known: Sequence[str]) -> None:
+        self.unknown = sorted(set(unknown))
+        self.known = sorted(known)
+        super().__init__(
+            f"unknown vehicle type {', '.join(map(repr, self.unknown))}: "
+            f"known types are {', '.join(self.known)}"
+        )
+
 
 @dataclass(frozen=True)
 class _PreparedWrite:
@@ -708,11 +733,26 @@ class TelemetryStore:
                 ],
             )
 
+    async def vehicle_types(self) -> dict[str, VehicleType]:
+        """The vehicle type registry: id -> VehicleType, in id order."""
+        async with self._connection() as conn:
+            cur = await conn.execute(_SELECT_VEHICLE_TYPES)
+            return {r[0]: VehicleType(*r) for r in await cur.fetchall()}
+
+    async def upsert_vehicle_types(self, types: Sequence[VehicleType]) -> None:
+        """Add vehicle types or change existing ones by id, all in one transaction (a VehicleType
+        is valid by construction; the table's checks say the same)."""
+        if not types:
+            return
+        async with self._transaction() as cur:
+            await cur.executemany(_UPSERT_VEHICLE_TYPE, [t.to_dict() for t in types])
+
     async def register_vehicles(self, regs: list[VehicleRegistration]) -> dict[str, int]:
         """Create or update vehicles by vehicle_ref (idempotent); device_id -> vehicles.id.
 
         A vehicle_ref registered again with another device_id gets that device (a TCU swap);
-        a device_id already fitted to another vehicle is a RegistrationConflict.
+        a device_id already fitted to another vehicle is a RegistrationConflict; a vehicle type
+        not in the registry is an UnknownVehicleType (nothing is registered).
         """
         by_ref = {r.vehicle_ref: r for r in regs}  # the last registration of a ref wins
         seen: dict[str, str] = {}
@@ -728,6 +768,7 @@ class TelemetryStore:
         rows = list(by_ref.values())
         try:
             async with self._transaction() as cur:
+                await _check_vehicle_types(cur, {r.vehicle_type for r in rows})
                 await cur.execute(
                     _REGISTER,
                     (
@@ -1037,11 +1078,19 @@ class TelemetryStore:
             )
 
 
+async def _check_vehicle_types(cur: AsyncCursor, wanted: set[str]) -> None:
+    # Read in the registering transaction; the foreign key keeps a type from vanishing meanwhile.
+    await cur.execute("SELECT id FROM vehicle_types")
+    known = [r[0] for r in await cur.fetchall()]
+    if wanted - set(known):
+        raise UnknownVehicleType(sorted(wanted - set(known)), known)
+
+
 def _validate(r: VehicleRegistration) -> None:
     if not is_device_id(r.device_id):
         raise ValueError(f"device id {r.device_id!r} does not match {DEVICE_ID_RULE}")
-    if r.vehicle_type not in VEHICLE_TYPES:
-        raise ValueError(f"vehicle type {r.vehicle_type!r} is not one of {VEHICLE_TYPES}")
+    if not isinstance(r.vehicle_type, str) or not r.vehicle_type:
+        raise ValueError("vehicle_type must not be empty")
     if not r.vehicle_ref:
         raise ValueError("vehicle_ref must not be empty")
 

@@ -88,10 +88,12 @@ def snap(
     immobilised: bool | None = False,
     actuated_age_s: float | None = None,
     vehicle_type: str = "car",
+    form_factor: str | None = None,
 ) -> VehicleSnapshot:
     return VehicleSnapshot(
         vehicle_id=42,
         vehicle_type=vehicle_type,
+        form_factor=form_factor,
         online=online,
         state_time=None if age_s is None else now - timedelta(seconds=age_s),
         speed_kmh=speed,
@@ -336,6 +338,26 @@ def test_an_ebike_is_locked_only_when_not_known_to_be_riding():
         judge(lock, snap(vehicle_type="car", speed=50.0, locked=False), T0, POLICY).action
         is Action.SEND
     )
+
+
+@pytest.mark.parametrize(
+    ("vehicle_type", "form_factor", "held"),
+    [
+        ("scooter", None, True),  # a built-in type: its form factor is known without the row
+        ("moped", None, True),
+        ("cargo_ebike", None, True),
+        ("kick-2", "scooter_seated", True),  # an operator's own type, by its form factor
+        ("trike", "other", False),
+        ("van", "car", False),
+        ("unknown-type", None, False),
+    ],
+)
+def test_every_two_wheeler_is_locked_only_when_not_known_to_be_riding(
+    vehicle_type, form_factor, held
+):
+    riding = snap(vehicle_type=vehicle_type, form_factor=form_factor, speed=18.0, locked=False)
+    verdict = judge(cmd("lock"), riding, T0, POLICY)
+    assert verdict == ((Action.WAIT, "vehicle_moving") if held else (Action.SEND, None))
 
 
 # --- the scheduler ---------------------------------------------------------------------------

@@ -173,6 +173,13 @@ COMMANDS: dict[str, dict[str, Action]] = {
         ),
         "fleetgate api-keys list": Run(expect="rental-service"),
         "fleetgate api-keys revoke rental-service": Run(expect="revoked rental-service"),
+        "fleetgate vehicle-types list": Run(expect=r"(?m)^scooter\tscooter_standing\telectric"),
+        "fleetgate vehicle-types add trike --form-factor other --propulsion electric_assist "
+        '--name "Cargo trike" --max-speed-kmh 25 --battery-ah 20 --battery-v 48 '
+        "--swappable": Run(expect="vehicle type trike: added"),
+        "fleetgate devices register trike-0001 tcu-trike-0001 --type trike": Run(
+            expect="registered 1 vehicle: 1 new"
+        ),
     },
     "docs/coap.md": {
         "fleetgate devices register bike-0001 lock-0001 --type ebike": Run(),

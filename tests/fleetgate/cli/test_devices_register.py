@@ -94,7 +94,10 @@ def test_a_fleet_file_with_bad_entries_registers_nothing_and_names_every_one(pg_
             f"  {fleet} line 3: device_id 'tcu 0002': String should match pattern "
             "'^[A-Za-z0-9_.:-]{1,64}$'"
         ),
-        f"  {fleet} line 4: vehicle_type 'bike': Input should be 'ebike' or 'car'",
+        (
+            f"  {fleet} line 4: vehicle_type 'bike': unknown; known types are car, "
+            "cargo_ebike, ebike, moped, scooter"
+        ),
         f"  {fleet} line 5: device_id 'tcu-0001' is already on {fleet} line 2",
         f"  {fleet} line 6: 2 values where the header has 3",
     ]
