@@ -18,20 +18,24 @@ from api.routes import (
     commands,
     devices,
     events,
+    gbfs,
     health,
     map,
+    mds,
     trips,
     usage,
     vehicle_types,
     vehicles,
+    webhooks,
     zones,
 )
 
 DESCRIPTION = """fleetgate's HTTP API for rental, billing, fleet operations and administrators.
 
-Every route but `/healthz` and `/readyz` needs an API key (`Authorization: Bearer fgk_…` or
-`X-API-Key`) with the scope the route names. Errors are RFC 9457 problem details
-(`application/problem+json`). Lists are paginated with a cursor: follow `next`.
+Every route but `/healthz`, `/readyz` and the public GBFS feeds (`/gbfs/v3/…`) needs an API
+key (`Authorization: Bearer fgk_…` or `X-API-Key`) with the scope the route names. Errors are
+RFC 9457 problem details (`application/problem+json`). Lists are paginated with a cursor:
+follow `next`. The MDS Provider API (`/mds/…`, scope `mds:read`) answers in MDS's own format.
 """
 
 
@@ -57,14 +61,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 "commands",
                 "zones",
                 "events",
+                "webhooks",
                 "devices",
                 "usage",
+                "feeds",
+                "mds",
                 "health",
             )
         ],
     )
     app.state.fleetgate = ctx
     problems.install(app)
+    mds.install(app)
     app.add_middleware(RefuseUnstorableInput)
     for module in (
         health,
@@ -74,10 +82,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
         commands,
         usage,
         events,
+        webhooks,
         zones,
         devices,
         broker,
         map,
+        gbfs,
+        mds,
     ):
         app.include_router(module.router)
     return app

@@ -84,6 +84,11 @@ class Event(BaseModel):
     type: str
     detail: dict[str, Any] | None = None
     received_at: datetime
+    outbound_type: str | None = Field(
+        None,
+        description="the catalogue name it is announced under to webhooks (docs/webhooks.md); "
+        "null: not announced",
+    )
 
 
 class EventPage(Page):
@@ -143,3 +148,79 @@ class Trip(BaseModel):
 
 class TripPage(Page):
     items: list[Trip]
+
+
+# --- webhooks (docs/webhooks.md) ---------------------------------------------------------------
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="http(s) URL the events are POSTed to", max_length=2048)
+    event_types: list[str] | None = Field(
+        None, description="catalogue names to deliver; null: every type", max_length=100
+    )
+    description: str = Field("", max_length=500)
+
+
+class WebhookPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, max_length=2048)
+    event_types: list[str] | None = Field(None, max_length=100)
+    description: str | None = Field(None, max_length=500)
+    enabled: bool | None = Field(None, description="true re-enables a subscription a 410 ended")
+
+
+class Webhook(BaseModel):
+    id: str
+    url: str
+    event_types: list[str] | None
+    description: str
+    enabled: bool
+    disabled_reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookCreated(Webhook):
+    secret: str = Field(description="the signing secret: shown this once, keep it")
+
+
+class WebhookList(BaseModel):
+    items: list[Webhook]
+
+
+class WebhookDelivery(BaseModel):
+    event_id: int
+    type: str
+    vehicle_ref: str
+    state: Literal["delivered", "retrying", "dead"]
+    attempts: int
+    first_attempt_at: datetime
+    last_attempt_at: datetime
+    next_attempt_at: datetime | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+
+
+class WebhookDeliveryPage(Page):
+    items: list[WebhookDelivery]
+
+
+class ReplayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_event_id: int = Field(ge=0, description="deliver again every event from this id on")
+
+
+class RedriveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_ids: list[int] | None = Field(
+        None, description="the dead letters to re-drive; null: all of them", max_length=10_000
+    )
+
+
+class WebhookActionResult(BaseModel):
+    events: int = Field(description="how many events are delivered again")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 
 import uvicorn
 from starlette.applications import Starlette
 
 from api import ApiContext, KeyCache, LiveHub
+from api.feed_service import FeedService, RateLimiter
 from api.ops_http import ops_app
 from commands import DeliveryPolicy, InterlockPolicy
 from fleetgate.settings import Settings
@@ -22,6 +24,8 @@ from gateway.coap import TokenVerifier
 from gateway.commands import CommandReads, CommandStore
 from gateway.pipeline import PipelineLimits
 from gateway.service import Gateway, GatewayConfig
+from gateway.webhooks import WebhookConfig
+from outbound import RetryPolicy
 from telemetry.decoder import TimeLimits
 from telemetry.store import DeviceCredentials, TelemetryStore
 
@@ -67,6 +71,17 @@ def gateway_config(s: Settings, database_url: str, mqtt_host: str, mqtt_port: in
         fleet_gauges_s=s.fleet_gauges_s,
         speed_caps_enabled=s.speed_caps_enabled,
         command_overrides=command_overrides(s),
+        webhooks_enabled=s.webhooks_enabled,
+        webhooks=WebhookConfig(
+            concurrency=s.webhook_concurrency,
+            per_subscription=max(1, s.webhook_concurrency // 2),
+            timeout_s=s.webhook_timeout_s,
+            retry=RetryPolicy(
+                first_delay_s=s.webhook_retry_first_s,
+                max_delay_s=max(3600.0, s.webhook_retry_first_s),
+                give_up_after_s=s.webhook_give_up_s,
+            ),
+        ),
     )
 
 
@@ -100,7 +115,19 @@ def api_context(
         map_attribution=s.map_attribution,
         broker_access=broker_access(s, store),
         command_reads=command_reads(store),
+        feeds=feed_service(s),
+        own_ports=frozenset(p for p in (s.api_port, s.metrics_port) if p),
     )
+
+
+def feed_service(s: Settings) -> FeedService:
+    """The public feeds' system from the settings ([feeds]); none configured: 404 there."""
+    f = s.feeds
+    if f is None:
+        return FeedService(None)
+    # Unset id_secret: a random key per process (ids then also change when the API restarts).
+    system = f.system(secrets.token_bytes(32))
+    return FeedService(system, limiter=RateLimiter(f.rate_limit_per_s, f.rate_limit_burst))
 
 
 def broker_access(s: Settings, store: TelemetryStore) -> BrokerAccess:

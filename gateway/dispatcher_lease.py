@@ -43,10 +43,16 @@ class DispatcherLease:
         check_s: float = 2.0,
         idle_timeout_s: float = 10.0,
         timeout_s: float = 5.0,
+        lock_key: int = LOCK_KEY,
+        name: str = "dispatcher",
     ) -> None:
         if idle_timeout_s <= 2 * check_s:
             raise ValueError("idle_timeout_s must be well above check_s")
         self._dsn = dsn
+        # Other one-per-deployment workers (the webhook delivery worker) hold a lease the same
+        # way under a key of their own.
+        self._lock_key = lock_key
+        self._name = name
         self.check_s = check_s
         self._idle_timeout_s = idle_timeout_s
         self._timeout_s = timeout_s
@@ -62,19 +68,19 @@ class DispatcherLease:
         try:
             conn = await self._connection()
             cur = await asyncio.wait_for(
-                conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)), self._timeout_s
+                conn.execute("SELECT pg_try_advisory_lock(%s)", (self._lock_key,)), self._timeout_s
             )
             got = bool((await cur.fetchone())[0])
             if got and self._stood_by:
                 await self._outwait_previous_holder(conn)
         except (psycopg.Error, OSError, TimeoutError) as exc:
-            log.warning("dispatcher_lease_unavailable", extra={"error": str(exc)[:300]})
+            log.warning(f"{self._name}_lease_unavailable", extra={"error": str(exc)[:300]})
             await self._drop_connection()
             return False
         self.held = got
         self._stood_by = not got
         if self.held:
-            self._keeping = asyncio.create_task(self._keep(), name="dispatcher-lease")
+            self._keeping = asyncio.create_task(self._keep(), name=f"{self._name}-lease")
         return self.held
 
     async def _outwait_previous_holder(self, conn: psycopg.AsyncConnection) -> None:
@@ -91,7 +97,7 @@ class DispatcherLease:
             try:
                 await asyncio.wait_for(self._conn.execute("SELECT 1"), self._timeout_s)
             except (psycopg.Error, OSError, TimeoutError, AttributeError) as exc:
-                log.warning("dispatcher_lease_lost", extra={"error": str(exc)[:300]})
+                log.warning(f"{self._name}_lease_lost", extra={"error": str(exc)[:300]})
                 self.held = False
                 await self._drop_connection()
 
@@ -110,7 +116,7 @@ class DispatcherLease:
             self._conn = await psycopg.AsyncConnection.connect(
                 self._dsn,
                 autocommit=True,
-                application_name="fleetgate-dispatcher-lease",
+                application_name=f"fleetgate-{self._name}-lease",
                 connect_timeout=max(2, int(self._timeout_s)),
                 keepalives=1,
                 keepalives_idle=5,

@@ -28,6 +28,8 @@ from gateway.mqtt_ingress import DrainError, MqttIngress, read_broker_version
 from gateway.pipeline import DeviceRegistry, IngestPipeline, PipelineLimits
 from gateway.stages import AlarmStage, BatteryStage, GeofenceStage, TripStage
 from gateway.trips import TripMeasurer
+from gateway.webhooks import WebhookConfig, WebhookMetrics
+from gateway.webhooks.runner import WebhookRunner
 from geofence import Hysteresis, SpeedCapChange
 from telemetry.batch import TelemetryBatch
 from telemetry.decoder import TimeLimits
@@ -89,6 +91,9 @@ class GatewayConfig:
     geofence_fixes: int = 2
     fleet_gauges_s: float = 15.0  # how often fleetgate_devices_online is counted
     trips_measure_s: float = 1.0  # how often closed or late-updated trips are measured
+    # Webhook deliveries (docs/webhooks.md): one worker per deployment, under a lease of its own.
+    webhooks_enabled: bool = False
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
     # Drain mode (`fleetgate drain`): store what the broker holds for mqtt_client_id's session
     # (a process retired for good), end that session and stop. No commands, no CoAP.
     drain: bool = False
@@ -149,6 +154,8 @@ class Gateway:
         # Since when this process has listened without a break (monotonic), for presence expiry.
         self._listening_since: float | None = None
         self._commands_collector = _CommandMetrics()
+        self.webhook_metrics = WebhookMetrics(registry)
+        self.webhooks: WebhookRunner | None = None
         if registry is not None:
             registry.register(self._commands_collector)
 
@@ -331,6 +338,11 @@ class Gateway:
         ]
         if self.lease is not None:
             chores.append(asyncio.create_task(self._hold_dispatcher_lease(), name="lease"))
+        if cfg.webhooks_enabled and not cfg.drain:
+            self.webhooks = WebhookRunner(
+                cfg.database_url, self.store, cfg.webhooks, self.webhook_metrics
+            )
+            chores.append(asyncio.create_task(self.webhooks.run(), name="webhooks"))
         # Each runs until the gateway stops; one that ends sooner is a failure of the process.
         needed = {
             writer: "the pipeline writer",
@@ -641,7 +653,14 @@ class Gateway:
     @property
     def readiness(self) -> dict[str, Callable[[], Awaitable[str | None]]]:
         """The readiness checks (/readyz on the API and on the metrics port)."""
-        return {"broker": self.check_subscribed, "database": self.check_database}
+        checks = {"broker": self.check_subscribed, "database": self.check_database}
+        if self.config.webhooks_enabled and not self.config.drain:
+            checks["webhooks"] = self.check_webhooks
+        return checks
+
+    async def check_webhooks(self) -> str | None:
+        """Readiness: None unless the webhook worker failed (and no new one works yet)."""
+        return None if self.webhooks is None else await self.webhooks.check()
 
     async def check_database(self) -> str | None:
         """Readiness: None when the database takes writes (and the last batch committed)."""

@@ -22,6 +22,8 @@ KEY_SCOPES = {
     "ops": ["fleet:read", "zones:write"],
     "provisioning": ["devices:write"],
     "emqx": ["broker:auth"],
+    "agency": ["mds:read"],
+    "billing": ["webhooks:write"],
     "admin": ["admin"],
 }
 

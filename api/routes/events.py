@@ -16,6 +16,7 @@ from api.context import context
 from api.problems import PROBLEM_RESPONSES, Problem
 from api.routes._params import parse_bbox, time_range
 from api.schemas import Event, EventPage
+from outbound import outbound_type
 
 router = APIRouter(tags=["events"], responses=PROBLEM_RESPONSES)
 
@@ -58,7 +59,12 @@ async def list_events(
         after=after,
         limit=limit + 1,
     )
-    items = [Event.model_validate(r) for r in rows[:limit]]
+    items = [
+        Event.model_validate(
+            {**r, "outbound_type": outbound_type(r["source"], r["type"], r["detail"])}
+        )
+        for r in rows[:limit]
+    ]
     next_url = None
     if len(rows) > limit:
         next_url = str(request.url.include_query_params(after=items[-1].id))

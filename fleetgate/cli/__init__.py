@@ -19,6 +19,7 @@ from fleetgate.cli import (
     run,
     sim,
     vehicle_types,
+    webhooks,
     zones,
 )
 
@@ -40,6 +41,7 @@ app.add_typer(zones.app, name="zones")
 app.add_typer(api_keys.app, name="api-keys")
 app.add_typer(devices.app, name="devices")
 app.add_typer(vehicle_types.app, name="vehicle-types")
+app.add_typer(webhooks.app, name="webhooks")
 
 
 def main() -> None:  # pragma: no cover - console entry

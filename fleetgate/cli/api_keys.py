@@ -18,8 +18,8 @@ def api_keys_create(
     scope: Annotated[
         list[str],
         typer.Option(
-            help="fleet:read, commands:write, zones:write, "
-            "devices:write or admin; repeat for several"
+            help="fleet:read, commands:write, zones:write, devices:write, "
+            "webhooks:write, broker:auth, mds:read or admin; repeat for several"
         ),
     ],
 ) -> None:

@@ -41,12 +41,22 @@ from telemetry.store._store import (
 )
 from telemetry.store._trips import FIGURE_COLUMNS as TRIP_FIGURE_COLUMNS
 from telemetry.store._trips import MeasuredTrip, TripToMeasure
+from telemetry.store._webhooks import (
+    Subscription,
+    UnknownOutboxEvent,
+    UnknownSubscription,
+    Webhooks,
+)
 from telemetry.store._zones import ZoneRows
 
 __all__ = [
     "TRIP_FIGURE_COLUMNS",
     "MeasuredTrip",
     "TripToMeasure",
+    "Subscription",
+    "UnknownOutboxEvent",
+    "UnknownSubscription",
+    "Webhooks",
     "SCOPES",
     "ApiKey",
     "InvalidApiKey",

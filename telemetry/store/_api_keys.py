@@ -15,7 +15,16 @@ from datetime import datetime
 
 from psycopg import AsyncCursor
 
-SCOPES = ("fleet:read", "commands:write", "zones:write", "devices:write", "broker:auth", "admin")
+SCOPES = (
+    "fleet:read",
+    "commands:write",
+    "zones:write",
+    "devices:write",
+    "webhooks:write",
+    "broker:auth",
+    "mds:read",
+    "admin",
+)
 _KEY = re.compile(r"^fgk_([a-z0-9]{8,32})_([A-Za-z0-9_-]{20,100})$")
 
 

@@ -181,6 +181,11 @@ COMMANDS: dict[str, dict[str, Action]] = {
             expect="registered 1 vehicle: 1 new"
         ),
     },
+    "docs/feeds.md": {
+        "fleetgate api-keys create city-agency --scope mds:read": Run(
+            expect="API key 'city-agency' with scopes"
+        ),
+    },
     "docs/coap.md": {
         "fleetgate devices register bike-0001 lock-0001 --type ebike": Run(),
         "fleetgate devices provision lock-0001": Run(expect=SECRET_LINE.format("lock-0001")),
@@ -195,6 +200,14 @@ COMMANDS: dict[str, dict[str, Action]] = {
             "gw.example and <secret> stand for your gateway and the secret provision printed; "
             "tests/gateway/coap/test_ingress.py posts SenML with aiocoap's client"
         ),
+    },
+    "docs/webhooks.md": {
+        "fleetgate webhooks types": Run(expect="command.finished"),
+        "fleetgate webhooks create http://localhost:9000/fleetgate --type command.finished "
+        "--type trip.ended --description billing": Run(
+            expect=r"signing secret \(shown once\): whsec_"
+        ),
+        "fleetgate webhooks list": Run(expect="command.finished,trip.ended +http://localhost:9000"),
     },
     "docs/deployment.md": {
         "export FLEETGATE_MQTT_USERNAME=fleetgate-gw FLEETGATE_MQTT_PASSWORD=…": Run(),

@@ -138,7 +138,10 @@ async def test_readyz_follows_the_database_on_both_ports(mosquitto, pg_dsn, topi
         await gw.wait_subscribed()
         await eventually(lambda: _status(gw, api, "/readyz", 200), what="ready")
         ready = (await gw.get("/readyz")).json()
-        assert ready == {"status": "ok", "checks": {"broker": "ok", "database": "ok"}}
+        assert ready == {
+            "status": "ok",
+            "checks": {"broker": "ok", "database": "ok", "webhooks": "ok"},
+        }
 
         await proxy.cut()
         await eventually(

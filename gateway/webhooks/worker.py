@@ -1,0 +1,335 @@
+"""The webhook delivery worker: one per deployment (under a lease, gateway/service.py), in the
+gateway process, apart from ingestion: a slow or failing receiver holds back deliveries, never a
+commit.
+
+Each turn it numbers newly committed events into the outbox, loads what each enabled
+subscription still has to receive, posts what the scheduler (outbound.Scheduler: ordered per
+vehicle per subscription, retries with backoff) says is due, with at most `concurrency` requests
+in flight over one pooled HTTP client (aiohttp, keep-alive per receiver), and records the
+answers with how far each subscription is settled. A process killed between a delivery and its
+record delivers it again after the restart: at least once, with the same event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from gateway.webhooks.metrics import WebhookMetrics
+from gateway.webhooks.store import Attempt, OutboxStore, SubscriptionRow, outbound_event
+from outbound import Delivery, RetryPolicy, Scheduler, Settled, sign
+from telemetry.store import StoreUnavailable, TelemetryStore
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "fleetgate-webhooks/1"
+_RESPONSE_READ_LIMIT = 64 * 1024  # an answer's body beyond this is not read (the connection goes)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    concurrency: int = 64  # requests in flight, all receivers together
+    per_subscription: int = 32  # of which one subscription may hold at most this many
+    timeout_s: float = 10.0  # a whole attempt: connect, send, answer
+    poll_s: float = 0.2  # how often new commits are looked for
+    backlog: int = 20_000  # deliveries held in memory per subscription (the rest wait in the db)
+    sequence_batch: int = 5_000
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    dead_letters_s: float = 10.0  # how often the dead letters are counted
+
+
+@dataclass
+class _Sub:
+    row: SubscriptionRow
+    loaded_through: int  # outbox positions up to here are queued or settled
+
+
+class WebhookWorker:
+    def __init__(
+        self, store: TelemetryStore, config: WebhookConfig, metrics: WebhookMetrics
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._outbox = OutboxStore(store)
+        self._scheduler = Scheduler(
+            config.retry, random.Random(), per_subscription=config.per_subscription
+        )
+        self._subs: dict[str, _Sub] = {}
+        self._top = 0  # the outbox's highest position
+        self._results: list[tuple[Delivery, int | None, str | None, float]] = []
+        self._wake = asyncio.Event()
+        self._in_flight: set[asyncio.Task] = set()
+        # The database work (a poll, or a flush of what was settled) runs beside the deliveries,
+        # one piece at a time, so that posting never waits for a round trip to the database.
+        self._database: asyncio.Task | None = None
+        self._unrecorded: list[Attempt] = []
+        self._disabled: dict[str, tuple[int, str]] = {}  # 410s not recorded yet
+        self._next_poll = 0.0
+        self._next_dead_count = 0.0
+        self._database_back_at = 0.0  # after an outage: when to try again
+        self._polled_last = False
+        self._loaded_more = False  # a poll moved some loaded_through: the settled point may move
+        self.turns = 0  # database turns done (readiness: the worker makes progress)
+
+    async def run(self) -> None:
+        """Deliver until cancelled. Database outages are waited out; anything else raises."""
+        cfg = self.config
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=cfg.concurrency, ttl_dns_cache=60),
+            timeout=aiohttp.ClientTimeout(total=cfg.timeout_s),
+            headers={"User-Agent": USER_AGENT},
+            auto_decompress=False,
+        ) as client:
+            self._client = client
+            try:
+                while True:
+                    self._settle()
+                    self._start_due()
+                    self._database_work()
+                    await self._wait()
+            finally:
+                tasks = [*self._in_flight, *([self._database] if self._database else [])]
+                for task in tasks:
+                    task.cancel()
+                with contextlib.suppress(Exception):
+                    await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _wait(self) -> None:
+        if self._results:
+            return
+        now = time.time()
+        until = self._next_poll if self._database is None else now + self.config.poll_s
+        due = self._scheduler.next_due_at()
+        if due is not None and len(self._in_flight) < self.config.concurrency:
+            until = min(until, due)
+        self._wake.clear()
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # comes as the wake-up does, and the worker would never stop.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, until - now)):
+                await self._wake.wait()
+
+    def _database_work(self) -> None:
+        """Start the next piece of database work if none runs: a poll when one is due, else a
+        flush of what was settled. Raises what the last piece failed with (but an outage)."""
+        if self._database is not None:
+            if not self._database.done():
+                return
+            done, self._database = self._database, None
+            error = done.exception()
+            if isinstance(error, StoreUnavailable):
+                log.warning("webhooks_store_unavailable", extra={"error": str(error)[:300]})
+                self._database_back_at = time.time() + 1.0
+            elif error is not None:
+                raise error
+            else:
+                self.turns += 1
+        now = time.time()
+        if now < self._database_back_at:
+            return
+        # What is settled moves only with a settlement or a poll that loaded more: no need to
+        # look at every queue (_resolved) on every turn.
+        to_flush = bool(self._unrecorded or self._disabled or self._loaded_more)
+        # Poll and flush take turns when both wait, so that a slow database starves neither.
+        if now >= self._next_poll and not (to_flush and self._polled_last):
+            self._next_poll = now + self.config.poll_s
+            self._polled_last = True
+            self._database = asyncio.create_task(self._poll())
+            oldest = self._scheduler.oldest_sequenced_at()  # once a poll: it looks at every queue
+            self.metrics.lag_seconds.set(0.0 if oldest is None else max(0.0, now - oldest))
+        elif to_flush:
+            self._polled_last = False
+            # Taken together, with no await between: every settlement the resolved positions
+            # reflect is in the records flushed with them.
+            attempts, self._unrecorded = self._unrecorded, []
+            disabled, self._disabled = self._disabled, {}
+            self._loaded_more = False
+            self._database = asyncio.create_task(self._flush(attempts, disabled, self._resolved()))
+        else:
+            return
+        self._database.add_done_callback(lambda _: self._wake.set())
+
+    async def _poll(self) -> None:
+        await self._sequence()
+        await self._sync_subscriptions()
+        await self._load()
+        if time.time() >= self._next_dead_count:
+            self._next_dead_count = time.time() + self.config.dead_letters_s
+            self.metrics.dead_letters.set(await self._outbox.dead_letters())
+
+    async def _flush(
+        self,
+        attempts: list[Attempt],
+        disabled: dict[str, tuple[int, str]],
+        resolved: dict[str, tuple[int, int]],
+    ) -> None:
+        try:
+            await self._outbox.record(attempts, resolved, disabled)
+        except BaseException:
+            self._unrecorded[:0] = attempts  # recorded with the next flush
+            self._disabled = {**disabled, **self._disabled}
+            self._loaded_more = True  # and the settled points with it
+            raise
+        for sub_id, (revision, through) in resolved.items():
+            sub = self._subs.get(sub_id)
+            if sub is not None and sub.row.revision == revision:
+                sub.row = _with_resolved(sub.row, through)
+
+    def _resolved(self) -> dict[str, tuple[int, int]]:
+        """{subscription: (revision, settled through)} where that moved since it was stored."""
+        resolved = {}
+        for sub in self._subs.values():
+            lowest = self._scheduler.lowest_position(sub.row.id)
+            through = sub.loaded_through if lowest is None else lowest - 1
+            if through != sub.row.resolved_through:
+                resolved[sub.row.id] = (sub.row.revision, through)
+        return resolved
+
+    # --- the outbox and the subscriptions ---------------------------------------------------
+
+    async def _sequence(self) -> None:
+        while True:
+            read, self._top = await self._outbox.sequence(self.config.sequence_batch)
+            if read < self.config.sequence_batch:
+                return
+
+    async def _sync_subscriptions(self) -> None:
+        rows = {r.id: r for r in await self._outbox.subscriptions()}
+        for sub_id in list(self._subs):
+            row = rows.get(sub_id)
+            if row is None or not row.enabled or row.revision != self._subs[sub_id].row.revision:
+                self._scheduler.drop(sub_id)  # deleted, disabled, or changed: reloaded below
+                del self._subs[sub_id]
+        for sub_id, row in rows.items():
+            # One a 410 ended is not taken up again before its disabling is stored.
+            if row.enabled and sub_id not in self._subs and sub_id not in self._disabled:
+                self._subs[sub_id] = _Sub(row, row.resolved_through)
+
+    async def _load(self) -> None:
+        for sub in list(self._subs.values()):
+            room = self.config.backlog - self._scheduler.queued_for(sub.row.id)
+            if room <= 0 or sub.loaded_through >= self._top:
+                continue
+            rows = await self._outbox.to_deliver(sub.row, sub.loaded_through, self._top, room)
+            if self._subs.get(sub.row.id) is not sub:
+                continue  # ended by a 410 meanwhile
+            for row in rows:
+                delivery = Delivery(sub.row.id, outbound_event(row))
+                if row["attempts"] is not None:  # waiting for a retry before the restart
+                    delivery.failures = row["attempts"]
+                    delivery.first_attempt_at = row["first_attempt_at"]
+                    delivery.due_at = row["next_attempt_at"] or 0.0
+                self._scheduler.add(delivery)
+            sub.loaded_through = rows[-1]["position"] if len(rows) == room else self._top
+            self._loaded_more = True
+
+    # --- posting ----------------------------------------------------------------------------
+
+    def _start_due(self) -> None:
+        free = self.config.concurrency - len(self._in_flight)
+        if free <= 0:
+            return
+        for delivery in self._scheduler.take_due(time.time(), free):
+            sub = self._subs[delivery.subscription]
+            task = asyncio.create_task(self._post(sub.row, delivery))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _post(self, sub: SubscriptionRow, delivery: Delivery) -> None:
+        event = delivery.event
+        sent_at = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "Fleetgate-Event-Id": str(event.event_id),
+            "Fleetgate-Event-Type": event.type,
+            "Fleetgate-Timestamp": str(sent_at),
+            "Fleetgate-Signature": sign(sub.secret, sent_at, event.body),
+            "Fleetgate-Attempt": str(delivery.failures + 1),
+        }
+        status: int | None = None
+        error: str | None = None
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                async with self._client.post(
+                    sub.url, data=event.body, headers=headers, allow_redirects=False
+                ) as response:
+                    status = response.status
+                    await _read_some(response)
+        except TimeoutError:
+            status, error = None, f"no answer within {self.config.timeout_s:g} s"
+        except (aiohttp.ClientError, ValueError) as exc:
+            status, error = None, (f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__)
+        if status is not None and not 200 <= status < 300:
+            error = f"HTTP {status}"
+        self._results.append((delivery, status, error, time.time()))
+        self._wake.set()
+
+    # --- settling and recording -------------------------------------------------------------
+
+    def _settle(self) -> None:
+        """The answers received since the last turn, into the scheduler and the records."""
+        results, self._results = self._results, []
+        for delivery, status, error, at in results:
+            settled = self._scheduler.settle(delivery, status, at)
+            sub = self._subs.get(delivery.subscription)
+            if settled is Settled.STALE or sub is None:
+                continue
+            self.metrics.deliveries.labels(outcome=_outcome(settled)).inc()
+            if settled is Settled.GONE:
+                reason = f"the receiver answered 410 at {at:.0f}"
+                self._disabled[sub.row.id] = (sub.row.revision, reason)
+                del self._subs[sub.row.id]
+                log.warning("webhook_subscription_gone", extra={"subscription": sub.row.id})
+                continue
+            self._unrecorded.append(_attempt(sub.row, delivery, settled, status, error, at))
+
+
+async def _read_some(response: aiohttp.ClientResponse) -> None:
+    """Read the answer's body up to _RESPONSE_READ_LIMIT, so that its connection can be used
+    again; a longer one is not read further and its connection is closed."""
+    read = 0
+    while chunk := await response.content.readany():
+        read += len(chunk)
+        if read > _RESPONSE_READ_LIMIT:
+            response.close()
+            return
+
+
+def _outcome(settled: Settled) -> str:
+    return {"retrying": "failed", "dead": "dead_lettered"}.get(settled.value, settled.value)
+
+
+def _attempt(
+    sub: SubscriptionRow,
+    delivery: Delivery,
+    settled: Settled,
+    status: int | None,
+    error: str | None,
+    at: float,
+) -> Attempt:
+    state = {Settled.DELIVERED: "delivered", Settled.RETRYING: "retrying"}.get(settled, "dead")
+    attempts = delivery.failures + (1 if settled is Settled.DELIVERED else 0)
+    return Attempt(
+        subscription=sub.id,
+        revision=sub.revision,
+        event=delivery.event,
+        state=state,
+        attempts=attempts,
+        first_attempt_at=delivery.first_attempt_at or at,
+        last_attempt_at=at,
+        next_attempt_at=delivery.due_at if settled is Settled.RETRYING else None,
+        status=status,
+        error=None if settled is Settled.DELIVERED else error,
+    )
+
+
+def _with_resolved(row: SubscriptionRow, through: int) -> SubscriptionRow:
+    return SubscriptionRow(
+        row.id, row.url, row.secret, row.event_types, row.enabled, row.revision, through
+    )

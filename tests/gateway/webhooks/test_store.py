@@ -1,0 +1,106 @@
+"""The outbox's numbering against the classic trap: ids are taken before commit, so a reader by
+id skips a row that commits later with a smaller id. The outbox numbers a row only once its
+transaction has ended, and never skips or reorders one vehicle's events."""
+
+import asyncio
+import random
+
+import psycopg
+import pytest
+
+from gateway.webhooks.store import OutboxStore
+from telemetry.store import TelemetryStore
+from tests.harness import eventually, register
+
+pytestmark = pytest.mark.integration
+
+_INSERT = (
+    "INSERT INTO events (time, vehicle, source, type, detail) "
+    "VALUES (now() + %s * interval '1 ms', %s, 'geofence', 'zone_enter', %s) RETURNING id"
+)
+
+
+async def _outbox(dsn: str) -> list[tuple[int, int, int, str]]:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT position, event_id, vehicle, type FROM outbox ORDER BY 1")
+        return await cur.fetchall()
+
+
+async def test_a_smaller_id_committing_later_is_numbered_not_skipped(pg_dsn):
+    ids = await register(pg_dsn, [("ob-1", "OB-1", "ebike"), ("ob-2", "OB-2", "ebike")])
+    v1, v2 = ids["ob-1"], ids["ob-2"]
+    store = await TelemetryStore.open(pg_dsn)
+    outbox = OutboxStore(store)
+    slow = await psycopg.AsyncConnection.connect(pg_dsn)
+    fast = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+    try:
+        async with slow.transaction():
+            small = (await (await slow.execute(_INSERT, (1, v1, None))).fetchone())[0]
+            big = (await (await fast.execute(_INSERT, (2, v2, None))).fetchone())[0]
+            assert small < big
+            # The fast one committed, but the slow one may still commit with a smaller id.
+            assert await outbox.sequence() == (0, 0)
+            assert await _outbox(pg_dsn) == []
+
+        async def both_numbered() -> bool:  # other sessions' open transactions may delay it
+            await outbox.sequence()
+            return len(await _outbox(pg_dsn)) == 2
+
+        await eventually(both_numbered, timeout=120, what="both events numbered")
+        rows = await _outbox(pg_dsn)
+        assert [r[1] for r in rows] == [small, big]
+        assert [r[0] for r in rows] == [1, 2]
+        assert {r[3] for r in rows} == {"geofence.zone_enter"}
+        assert await outbox.sequence() == (0, 2)  # numbered once
+    finally:
+        await slow.close()
+        await fast.close()
+        await store.close()
+
+
+async def test_concurrent_writers_every_committed_event_once_in_commit_order(pg_dsn):
+    """Writers commit in random order while the worker numbers; aborted ones never appear."""
+    vehicles = await register(pg_dsn, [(f"cw-{i}", f"CW-{i}", "ebike") for i in range(6)])
+    store = await TelemetryStore.open(pg_dsn)
+    outbox = OutboxStore(store)
+    committed: dict[int, list[int]] = {v: [] for v in vehicles.values()}
+    rng = random.Random(20)
+    writing = True
+
+    async def writer(vehicle: int) -> None:
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            for n in range(40):
+                async with conn.transaction(force_rollback=(n % 7 == 3)) as tx:
+                    cur = await conn.execute(_INSERT, (n, vehicle, None))
+                    event_id = (await cur.fetchone())[0]
+                    await asyncio.sleep(rng.random() * 0.01)
+                    if tx.force_rollback:
+                        continue
+                committed[vehicle].append(event_id)
+
+    async def numberer() -> None:
+        while writing:
+            await outbox.sequence(limit=7)  # small pages: the cursor is exercised too
+            await asyncio.sleep(0.001)
+
+    try:
+        numbering = asyncio.create_task(numberer())
+        await asyncio.gather(*(writer(v) for v in vehicles.values()))
+        writing = False
+        await numbering
+        expected = sum(len(ids) for ids in committed.values())
+
+        async def all_numbered() -> bool:
+            # A transaction open anywhere on the server (another test session) holds the
+            # numbering back until it ends: wait for it rather than assume.
+            await outbox.sequence(limit=7)
+            return len(await _outbox(pg_dsn)) >= expected
+
+        await eventually(all_numbered, timeout=120, what="every committed event numbered")
+        rows = await _outbox(pg_dsn)
+    finally:
+        await store.close()
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))  # no gap in the numbering
+    assert sorted(r[1] for r in rows) == sorted(e for ids in committed.values() for e in ids)
+    for vehicle, ids in committed.items():
+        assert [r[1] for r in rows if r[2] == vehicle] == ids  # that vehicle's commit order
