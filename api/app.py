@@ -24,6 +24,7 @@ from api.routes import (
     map,
     mds,
     migration,
+    trips,
     usage,
     vehicle_types,
     vehicles,
@@ -58,6 +59,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             for n in (
                 "vehicles",
                 "vehicle-types",
+                "trips",
                 "commands",
                 "zones",
                 "events",
@@ -80,6 +82,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         keys,
         vehicles,
         vehicle_types,
+        trips,
         commands,
         usage,
         events,

@@ -261,3 +261,70 @@ async def samples_between(
         ),
         [vehicle, start, end],
     )
+
+
+TRIP_COLUMNS = (
+    "id",
+    "vehicle_ref",
+    "vehicle_type",
+    "status",
+    "revision",
+    "started_at",
+    "ended_at",
+    "start_lat",
+    "start_lon",
+    "end_lat",
+    "end_lon",
+    "duration_s",
+    "distance_m",
+    "distance_source",
+    "gps_distance_m",
+    "energy_wh",
+    "energy_source",
+    "soc_start_pct",
+    "soc_end_pct",
+    "max_speed_kmh",
+    "fixes_used",
+    "fixes_rejected",
+    "zones_visited",
+    "end_zone",
+    "parking_allowed",
+    "ended_outside_operating_area",
+    "speeding_episodes",
+    "unlock_command",
+    "lock_command",
+    "measured_at",
+)
+_TRIP_SELECT = (
+    "SELECT t.vehicle, "
+    + ", ".join(
+        f"v.{c}" if c in ("vehicle_ref", "vehicle_type") else f"t.{c}" for c in TRIP_COLUMNS
+    )
+    + " FROM trips t JOIN vehicles v ON v.id = t.vehicle"
+)
+
+
+async def trips(
+    store: TelemetryStore,
+    *,
+    vehicle: int | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    status: str | None = None,
+    after: int | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Trips started in [start, end), in id order (which is the order they started in)."""
+    clause, params = _where(
+        ("t.vehicle = %s", vehicle),
+        ("t.started_at >= %s", start),
+        ("t.started_at < %s", end),
+        ("t.status = %s", status),
+        ("t.id > %s", after),
+    )
+    return await _fetch(store, _TRIP_SELECT + clause + " ORDER BY t.id LIMIT %s", [*params, limit])
+
+
+async def trip(store: TelemetryStore, trip_id: int) -> dict[str, Any] | None:
+    rows = await _fetch(store, _TRIP_SELECT + " WHERE t.id = %s", [trip_id])
+    return rows[0] if rows else None

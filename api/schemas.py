@@ -100,6 +100,56 @@ class Health(BaseModel):
     checks: dict[str, str] = Field(default_factory=dict)
 
 
+TripStatus = Literal["open", "closing", "ended"]
+
+
+class Place(BaseModel):
+    lat: float
+    lon: float
+
+
+class Trip(BaseModel):
+    """A ride from unlock to lock. Figures are measured once the trip is closed (status
+    `ended`) from its stored samples, and again when samples of it arrive late (`revision`
+    counts the measurements announced); null: not measured yet, or not reported by the vehicle."""
+
+    id: int
+    vehicle_ref: str
+    vehicle_type: str
+    status: TripStatus
+    revision: int = Field(description="1 at trip.ended, +1 for every trip.updated")
+    started_at: datetime
+    ended_at: datetime | None = None
+    start: Place | None = None
+    end: Place | None = None
+    duration_s: float | None = None
+    distance_m: float | None = Field(None, description="odometer where reported, else fixes")
+    distance_source: Literal["odometer", "fixes", "fixes+odometer"] | None = None
+    gps_distance_m: float | None = Field(None, description="from the plausible fixes alone")
+    energy_wh: float | None = Field(None, description="see energy_source")
+    energy_source: Literal["pack_power", "soc"] | None = Field(
+        None, description="pack voltage × current integrated, or SoC used × nominal pack energy"
+    )
+    soc_start_pct: float | None = None
+    soc_end_pct: float | None = None
+    max_speed_kmh: float | None = None
+    fixes_used: int | None = None
+    fixes_rejected: int | None = Field(None, description="flagged fixes and GPS jumps left out")
+    zones_visited: list[str] | None = None
+    end_zone: str | None = Field(None, description="the zone whose rules govern the end")
+    parking_allowed: bool | None = Field(None, description="GBFS ride_end_allowed at the end")
+    ended_outside_operating_area: bool | None = None
+    speeding_episodes: int | None = None
+    unlock_command: str | None = Field(None, description="the unlock command that began it")
+    lock_command: str | None = Field(None, description="the lock command that ended it")
+    measured_at: datetime | None = None
+    route: list[TrackPoint] | None = Field(None, description="GET /v1/trips/{id} with route")
+
+
+class TripPage(Page):
+    items: list[Trip]
+
+
 # --- webhooks (docs/webhooks.md) ---------------------------------------------------------------
 
 

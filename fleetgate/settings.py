@@ -211,6 +211,8 @@ class Settings(BaseSettings):
         300, gt=0, description="plausibility limit of vehicle type car (default: its form factor's)"
     )
     presence_timeout_s: float = Field(300, gt=0)
+    # Silence after which an offline vehicle is announced as vehicle.comms_lost (once).
+    comms_lost_s: float = Field(3600, gt=0)
 
     # Geofence.
     zones_refresh_s: float = Field(

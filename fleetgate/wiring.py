@@ -57,6 +57,7 @@ def gateway_config(s: Settings, database_url: str, mqtt_host: str, mqtt_port: in
         time_limits=TimeLimits(int(s.max_future_s * 1000), s.retention_days * 86_400_000),
         max_speed_kmh=plausibility_overrides(s),
         presence_timeout_s=s.presence_timeout_s,
+        comms_lost_s=s.comms_lost_s,
         db_pool_max=s.db_pool_max,
         zones_refresh_s=s.zones_refresh_s,
         geofence_margin_m=s.geofence_margin_m,

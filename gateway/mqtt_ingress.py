@@ -301,5 +301,6 @@ class MqttIngress:
                     received_ms,
                     (generation, m.mid, m.qos),
                     m.content_type,
+                    retained=m.retain,
                 )
             )

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from alarms import alarms_from_device_events
 from gateway.metrics import GatewayMetrics
 from gateway.stages import BatchStage, merge_outputs
 from telemetry.batch import DeviceEvent, TelemetryBatch
@@ -51,6 +52,7 @@ class Inbound(NamedTuple):
     token: Any  # handed back to its transport's acknowledge callback after commit
     content_type: str | None = None
     transport: str = "mqtt"  # key of the acknowledge callback; a metrics label
+    retained: bool = False  # MQTT: a retained message the broker sent because we subscribed
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +418,7 @@ class IngestPipeline:
                 content_types=[m.content_type for m in msgs],
             )
             work.events += events
+            work.events += alarms_from_device_events(events)  # tamper, crash: alarms too
             work.reject(transport, "event", rejected)
             work.problems += problems
 
@@ -427,7 +430,7 @@ class IngestPipeline:
             if reason is not None:
                 work.reject(m.transport, "status", {reason: 1})
             else:
-                work.presence.append((vehicle, status.online, status.t or m.received_ms))
+                work.presence.append((vehicle, status.online, _status_time(status.t, m)))
 
     def _status_refusal(self, vehicle: int | None, status, now_ms: int) -> str | None:
         limits = self._time_limits
@@ -627,6 +630,16 @@ class IngestPipeline:
     def _held(self) -> int:
         """Everything received and not yet acknowledged: in the pipeline and held upstream."""
         return self.unacknowledged + sum(held() for held in self._held_upstream)
+
+
+def _status_time(t: int | None, m: Inbound) -> int:
+    """When a status was true. Without its own `t`, a status that arrives live stands for the
+    time it was received; a retained one the broker replays at every (re)subscription is old news
+    of unknown age (epoch 0): it sets presence only for a vehicle whose presence was never set, so
+    a restarted gateway never turns a silent vehicle online on the strength of it."""
+    if t is not None:
+        return t
+    return 0 if m.retained else m.received_ms
 
 
 def _by_transport(messages: list[Inbound]) -> list[tuple[str, list[Inbound]]]:

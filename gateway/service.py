@@ -26,7 +26,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.mqtt import ConnectOptions
 from gateway.mqtt_ingress import DrainError, MqttIngress, read_broker_version
 from gateway.pipeline import DeviceRegistry, IngestPipeline, PipelineLimits
-from gateway.stages import BatteryStage, GeofenceStage
+from gateway.stages import AlarmStage, BatteryStage, GeofenceStage, TripStage
+from gateway.trips import TripMeasurer
 from gateway.webhooks import WebhookConfig, WebhookMetrics
 from gateway.webhooks.runner import WebhookRunner
 from geofence import Hysteresis, SpeedCapChange
@@ -67,6 +68,7 @@ class GatewayConfig:
     # Plausibility limits by vehicle type id overriding the type's own (from its form factor).
     max_speed_kmh: dict[str, float] = field(default_factory=dict)
     presence_timeout_s: float = 300.0
+    comms_lost_s: float = 3600.0  # silence after which vehicle.comms_lost is announced
     registry_refresh_s: float = 60.0
     maintenance_interval_s: float = 3600.0
     db_pool_max: int = 4
@@ -88,6 +90,7 @@ class GatewayConfig:
     geofence_margin_m: float = 10.0
     geofence_fixes: int = 2
     fleet_gauges_s: float = 15.0  # how often fleetgate_devices_online is counted
+    trips_measure_s: float = 1.0  # how often closed or late-updated trips are measured
     # Webhook deliveries (docs/webhooks.md): one worker per deployment, under a lease of its own.
     webhooks_enabled: bool = False
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
@@ -128,6 +131,9 @@ class Gateway:
         self.ingress: MqttIngress | None = None
         self.geofence: GeofenceStage | None = None
         self.battery: BatteryStage | None = None
+        self.alarms: AlarmStage | None = None
+        self.trips: TripStage | None = None
+        self.trip_measurer: TripMeasurer | None = None
         self.coap: CoapIngress | None = None
         self.commands: CommandService | None = None
         # The slow-zone hook: speed-limit changes from the geofence core (commands layer).
@@ -145,6 +151,8 @@ class Gateway:
         # Called with the CommandService when this process starts dispatching, None when it
         # stops (the API's commands routes, CoAP pull delivery follow it).
         self.commands_listeners: list[Callable[[CommandService | None], None]] = []
+        # Since when this process has listened without a break (monotonic), for presence expiry.
+        self._listening_since: float | None = None
         self._commands_collector = _CommandMetrics()
         self.webhook_metrics = WebhookMetrics(registry)
         self.webhooks: WebhookRunner | None = None
@@ -236,6 +244,16 @@ class Gateway:
         await self._retry(handover.start)  # before the stages load: see StateHandover.start
         await self._retry(lambda: geofence.start(registry.devices, registry.vehicle_types))
         await self._retry(lambda: battery.start(registry.devices, registry.vehicle_types))
+        self.alarms = alarms = AlarmStage(store)
+        await self._retry(lambda: alarms.start(registry.devices))
+        self.trips = trip_stage = TripStage(store)
+        await self._retry(lambda: trip_stage.start(registry.devices))
+        self.trip_measurer = TripMeasurer(
+            store,
+            zones=lambda: geofence.tracker.zoneset if geofence.tracker is not None else None,
+            max_speed_kmh=registry.max_speed_kmh,  # what the plausibility filter uses
+            pack_wh=lambda vehicle_type: _pack_wh(battery, vehicle_type),
+        )
         registry.on_refresh += [
             geofence.set_devices,
             battery.set_devices,
@@ -261,7 +279,7 @@ class Gateway:
             on_committed=self._committed,
             on_vehicles_changed=self._vehicles_changed,
             on_presence=self._presence,
-            stages=[self.geofence, self.battery],
+            stages=[self.geofence, self.battery, self.alarms, self.trips],
             state_sync=self.handover.sync,
         )
         self.ingress = ingress = MqttIngress(
@@ -315,6 +333,7 @@ class Gateway:
                 ("zones-refresh", cfg.zones_refresh_s, self.geofence.refresh, None),
                 ("maintenance", cfg.maintenance_interval_s, self._maintain, None),
                 ("fleet-gauges", cfg.fleet_gauges_s, self._count_fleet, 0.0),
+                ("trips-measure", cfg.trips_measure_s, self.trip_measurer.measure_waiting, None),
             )
         ]
         if self.lease is not None:
@@ -568,7 +587,29 @@ class Gateway:
             except Exception:
                 log.exception("housekeeping_failed", extra={"task": getattr(fn, "__name__", "?")})
 
+    def _silence_is_evidence(self) -> bool:
+        """Whether this process has listened long enough for a vehicle's silence to mean the
+        vehicle is silent. After a restart (SIGTERM or kill -9), a broker outage or while the
+        database refuses writes, the gateway itself was deaf: every vehicle's last_seen is old
+        for the gateway's reason, not the vehicle's. Expiring then would announce false
+        vehicle.offline events (and vehicle.online ones once the backlog is stored), so expiry
+        waits until it has listened for a whole presence timeout."""
+        subscribed = self.ingress is not None and self.ingress.subscribed.is_set()
+        if not subscribed or (self.pipeline is not None and self.pipeline.db_down):
+            self._listening_since = None
+            return False
+        now = time.monotonic()
+        if self._listening_since is None:
+            self._listening_since = now
+        return now - self._listening_since >= self.config.presence_timeout_s
+
     async def _expire_presence(self) -> None:
+        if not self._silence_is_evidence():
+            return
+        lost = await self.store.mark_comms_lost(self.config.comms_lost_s)
+        if lost:
+            self.metrics.presence_changes.labels("comms_lost", "timeout").inc(len(lost))
+            log.info("vehicles_comms_lost", extra={"count": len(lost)})
         expired = await self.store.expire_presence(self.config.presence_timeout_s)
         if expired:
             self.metrics.presence_changes.labels("offline", "timeout").inc(len(expired))
@@ -655,6 +696,12 @@ class _CommandMetrics:
 
     def collect(self):
         return self.registry.collect() if self.registry is not None else iter(())
+
+
+def _pack_wh(battery: BatteryStage, vehicle_type: str) -> float | None:
+    """The nominal energy of a vehicle type's pack as the battery core knows it (None: none)."""
+    pack = battery.core.types.get(vehicle_type)
+    return None if pack is None else pack.nominal_kwh * 1000.0
 
 
 def _total(counter) -> int:

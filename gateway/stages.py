@@ -1,5 +1,5 @@
-"""The cores the pipeline runs over every batch (geofence, battery), behind one small interface,
-and their IO shells: loading state at start, reloading zones while running.
+"""The cores the pipeline runs over every batch (geofence, battery, alarms, trips), behind one
+small interface, and their IO shells: loading state at start, reloading zones while running.
 
 A stage's process() is synchronous and pure with respect to IO: it returns events and per-vehicle
 state that the store writes in the batch's own transaction, so what the database holds and what
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from alarms import TheftDetector, TheftPolicy
 from battery import DEFAULT_TYPES, BatteryCore, BatteryPolicy, BatteryType, battery_types
 from geofence import (
     Hysteresis,
@@ -29,6 +30,7 @@ from geofence import (
 from telemetry.batch import TelemetryBatch
 from telemetry.store import AdvancedState, Derived, Device, TelemetryStore
 from telemetry.vehicle_types import VehicleType
+from trips import TripTracker
 
 log = logging.getLogger(__name__)
 
@@ -274,3 +276,68 @@ def merge_outputs(outputs: Iterable[StageOutput]) -> StageOutput:
         merged.events.extend(out.events)
         merged.derived.merge(out.derived)
     return merged
+
+
+class AlarmStage:
+    """The theft detector over every batch; its state is written with the batch that changed it
+    (vehicle_state.theft), so a restart neither forgets nor repeats an episode's alarm."""
+
+    name = "alarms"
+
+    def __init__(self, store: TelemetryStore, *, policy: TheftPolicy | None = None) -> None:
+        self._store = store
+        self.detector = TheftDetector(policy or TheftPolicy())
+
+    async def start(self, devices: Mapping[str, Device]) -> None:
+        states, last_time = await self._store.load_vehicle_json("theft")
+        self.detector.restore(states, last_time)
+
+    def set_devices(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None:
+        pass  # the same rule for every vehicle type
+
+    def process(self, batch: TelemetryBatch) -> StageOutput:
+        result = self.detector.process(batch)
+        return StageOutput(
+            events=list(result.events),
+            derived=Derived(vehicle_json={"theft": result.states} if result.states else {}),
+        )
+
+
+class TripStage:
+    """Ride boundaries (unlock, lock) found by the trips core in every batch; the store opens and
+    closes the trips in the batch's own transaction. The core's state is the newest reported
+    lock state, which vehicle_state holds committed with the same batch."""
+
+    name = "trips"
+
+    def __init__(self, store: TelemetryStore) -> None:
+        self._store = store
+        self.tracker = TripTracker()
+        self.boundaries = 0  # seen since start (the measurer is woken when it grows)
+
+    async def start(self, devices: Mapping[str, Device]) -> None:
+        self.tracker.restore(await self._store.load_lock_states())
+
+    def set_devices(
+        self,
+        devices: Mapping[str, Device],
+        vehicle_types: Mapping[str, VehicleType] | None = None,
+    ) -> None:
+        pass  # rides are rides whatever the type
+
+    def process(self, batch: TelemetryBatch) -> StageOutput:
+        found = self.tracker.process(batch)
+        if not found:
+            return StageOutput()
+        self.boundaries += len(found.starts) + len(found.ends)
+
+        def rows(items):
+            return [(b.vehicle, b.time_ms, b.lat, b.lon) for b in items]
+
+        return StageOutput(
+            derived=Derived(trip_starts=rows(found.starts), trip_ends=rows(found.ends))
+        )

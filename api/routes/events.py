@@ -1,4 +1,5 @@
-"""Events about vehicles (device, geofence, battery, command): a query and a live stream (SSE)."""
+"""Events about vehicles (device, geofence, battery, command, presence, alarm, trip): a query and
+a live stream (SSE)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ async def list_events(
     vehicle: Annotated[str | None, Query(description="vehicle_ref")] = None,
     type: Annotated[str | None, Query(pattern=r"^[a-z0-9_.]{1,48}$")] = None,
     source: Annotated[
-        str | None, Query(pattern="^(device|geofence|battery|gateway|command)$")
+        str | None, Query(pattern="^(device|geofence|battery|gateway|command|vehicle|alarm|trip)$")
     ] = None,
     start: Annotated[datetime | None, Query(alias="from")] = None,
     end: Annotated[datetime | None, Query(alias="to")] = None,

@@ -40,6 +40,8 @@ from telemetry.store._store import (
     VehicleRegistration,
     WriteResult,
 )
+from telemetry.store._trips import FIGURE_COLUMNS as TRIP_FIGURE_COLUMNS
+from telemetry.store._trips import MeasuredTrip, TripToMeasure
 from telemetry.store._webhooks import (
     Subscription,
     UnknownOutboxEvent,
@@ -49,6 +51,9 @@ from telemetry.store._webhooks import (
 from telemetry.store._zones import ZoneRows
 
 __all__ = [
+    "TRIP_FIGURE_COLUMNS",
+    "MeasuredTrip",
+    "TripToMeasure",
     "Subscription",
     "UnknownOutboxEvent",
     "UnknownSubscription",

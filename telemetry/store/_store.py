@@ -21,7 +21,7 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
 from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, TelemetryBatch
-from telemetry.store import _api_keys, _migration_runs, _partitions, _policies, _zones
+from telemetry.store import _api_keys, _migration_runs, _partitions, _policies, _trips, _zones
 from telemetry.store import _binary as wire
 from telemetry.store._api_keys import ApiKey
 from telemetry.store._errors import DataRefused, RegistrationConflict, StoreUnavailable
@@ -191,6 +191,13 @@ _ANY_STORED_IN_SPANS = (
 # spreads a vehicle's messages, the row can move between that read and the update: then a
 # batch whose newest sample is older than the row's keeps the row's values, so the older batch
 # never overwrites what the newer one wrote. With one writer this changes nothing.)
+# Whether the upsert brings a vehicle back (it was offline; one never heard of before, without
+# last_seen, is not "back": its first contact is no event), with what vehicle.online says.
+_CAME_ONLINE = (
+    "  came_online = CASE WHEN NOT s.online AND s.last_seen IS NOT NULL THEN jsonb_build_object("
+    "'cause', 'telemetry', 'after_comms_lost', s.comms_lost_at IS NOT NULL, "
+    "'offline_since', s.presence_changed_at) END,\n"
+)
 _UPSERT_STATE = (
     "INSERT INTO vehicle_state AS s (vehicle, time, received_at, flags, fix_time, lat, lon, "
     + ", ".join(c for c, _ in _STATE_FIELDS)
@@ -220,13 +227,28 @@ _UPSERT_STATE = (
         for c, _ in _STATE_FIELDS
     )
     + "  online = true,\n"
+    + _CAME_ONLINE
+    + "  comms_lost_at = NULL,\n"
     "  last_seen = greatest(s.last_seen, EXCLUDED.last_seen),\n"
     "  updated_at = now()"
+)
+# The same upsert announcing vehicle.online for the vehicles it brought back (came_online is set
+# from the row's previous values, which ON CONFLICT DO UPDATE reads from the newest committed
+# version under the row's lock: a presence expiry committing meanwhile is seen, so its
+# vehicle.offline always gets its vehicle.online). In the batch's transaction: the event exists
+# exactly when the change does.
+_UPSERT_STATE_ANNOUNCING = (
+    "WITH up AS (\n" + _UPSERT_STATE + "\nRETURNING s.vehicle, s.came_online, s.last_seen)\n"
+    "INSERT INTO events (time, vehicle, source, type, detail)\n"
+    "SELECT last_seen, vehicle, 'vehicle', 'vehicle.online', came_online FROM up\n"
+    "WHERE came_online IS NOT NULL\n"
+    "ON CONFLICT (vehicle, time, type, source) DO NOTHING\n"
+    "RETURNING source"
 )
 
 # Per-vehicle state of the cores (geofence tracker, battery estimator), written with the batch
 # that changed it so that a restarted gateway resumes exactly where the database says.
-VEHICLE_JSON_COLUMNS = frozenset({"geofence", "battery_state"})
+VEHICLE_JSON_COLUMNS = frozenset({"geofence", "battery_state", "theft"})
 
 # battery_health rows (the battery core's downsampled history), in this column order; time in ms.
 BATTERY_HEALTH_COLUMNS = (
@@ -272,20 +294,28 @@ _INSERT_BATTERY_HEALTH = (
 class Derived:
     """What the cores derive from a batch, written in the batch's own transaction.
 
-    vehicle_json: vehicle_state JSON column ("geofence", "battery_state") -> vehicle -> value.
+    vehicle_json: vehicle_state JSON column ("geofence", "battery_state", "theft") -> vehicle ->
+    value.
     battery_health: history rows in BATTERY_HEALTH_COLUMNS order (NaN/None = unknown).
+    trip_starts, trip_ends: ride boundaries (vehicle, time_ms, lat, lon) from the trips core.
     """
 
     vehicle_json: dict[str, dict[int, Any]] = field(default_factory=dict)
     battery_health: list[tuple] = field(default_factory=list)
+    trip_starts: list[_trips.Boundary] = field(default_factory=list)
+    trip_ends: list[_trips.Boundary] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.battery_health) or any(self.vehicle_json.values())
+        return bool(self.battery_health or self.trip_starts or self.trip_ends) or any(
+            self.vehicle_json.values()
+        )
 
     def merge(self, other: Derived) -> None:
         for column, values in other.vehicle_json.items():
             self.vehicle_json.setdefault(column, {}).update(values)
         self.battery_health.extend(other.battery_health)
+        self.trip_starts.extend(other.trip_starts)
+        self.trip_ends.extend(other.trip_ends)
 
 
 # A core's state carries the time of the newest sample it includes ("t"). A state never replaces
@@ -334,24 +364,75 @@ ON CONFLICT (vehicle, time, type, source) DO NOTHING
 RETURNING source"""
 
 # A status only changes presence if it is not older than the one that set it; vehicles that
-# left the registry are skipped rather than failing the batch on the foreign key.
+# left the registry are skipped rather than failing the batch on the foreign key. A change of
+# `online` (not a repeated status) is announced as vehicle.online / vehicle.offline in the same
+# statement: `prev` reads the rows as they were before the upsert (one snapshot for the whole
+# statement; set_presence locks the rows first, so a concurrent writer's change is seen).
 _SET_PRESENCE = """
-INSERT INTO vehicle_state AS s (vehicle, online, presence_changed_at, last_seen, updated_at)
-SELECT p.vehicle, p.online, p.t, CASE WHEN p.online THEN p.t END, now()
-FROM unnest(%s::int4[], %s::bool[], %s::timestamptz[]) AS p(vehicle, online, t)
-JOIN vehicles v ON v.id = p.vehicle
-ON CONFLICT (vehicle) DO UPDATE SET
-  online = EXCLUDED.online,
-  presence_changed_at = EXCLUDED.presence_changed_at,
-  last_seen = CASE WHEN EXCLUDED.online THEN greatest(s.last_seen, EXCLUDED.last_seen)
-                   ELSE s.last_seen END,
-  updated_at = now()
-WHERE s.presence_changed_at IS NULL OR EXCLUDED.presence_changed_at >= s.presence_changed_at"""
+WITH p AS (
+  SELECT p.* FROM unnest(%s::int4[], %s::bool[], %s::timestamptz[]) AS p(vehicle, online, t)
+  JOIN vehicles v ON v.id = p.vehicle
+), prev AS (
+  SELECT s.vehicle, s.online, s.comms_lost_at, s.last_seen, s.presence_changed_at
+  FROM vehicle_state s JOIN p ON p.vehicle = s.vehicle
+), up AS (
+  INSERT INTO vehicle_state AS s (vehicle, online, presence_changed_at, last_seen, updated_at)
+  SELECT p.vehicle, p.online, p.t, CASE WHEN p.online THEN p.t END, now() FROM p
+  ON CONFLICT (vehicle) DO UPDATE SET
+    online = EXCLUDED.online,
+    presence_changed_at = EXCLUDED.presence_changed_at,
+    last_seen = CASE WHEN EXCLUDED.online THEN greatest(s.last_seen, EXCLUDED.last_seen)
+                     ELSE s.last_seen END,
+    comms_lost_at = CASE WHEN EXCLUDED.online THEN NULL ELSE s.comms_lost_at END,
+    updated_at = now()
+  WHERE s.presence_changed_at IS NULL OR EXCLUDED.presence_changed_at >= s.presence_changed_at
+  RETURNING s.vehicle, s.online, s.presence_changed_at
+)
+INSERT INTO events (time, vehicle, source, type, detail)
+SELECT up.presence_changed_at, up.vehicle, 'vehicle',
+       CASE WHEN up.online THEN 'vehicle.online' ELSE 'vehicle.offline' END,
+       CASE WHEN up.online
+            THEN jsonb_build_object('cause', 'status',
+                                    'after_comms_lost', prev.comms_lost_at IS NOT NULL,
+                                    'offline_since', prev.presence_changed_at)
+            ELSE jsonb_build_object('cause', 'status', 'last_seen', prev.last_seen) END
+FROM up JOIN prev ON prev.vehicle = up.vehicle
+WHERE prev.online <> up.online AND (up.online = false OR prev.last_seen IS NOT NULL)
+ON CONFLICT (vehicle, time, type, source) DO NOTHING"""
 
+_LOCK_PRESENCE = (
+    "SELECT vehicle FROM vehicle_state WHERE vehicle = ANY(%s) ORDER BY vehicle FOR UPDATE"
+)
+
+# Silence past the presence timeout: offline, announced once (the row is offline afterwards).
 _EXPIRE_PRESENCE = """
-UPDATE vehicle_state SET online = false, presence_changed_at = %(now)s, updated_at = now()
-WHERE online AND (last_seen IS NULL OR last_seen < %(cutoff)s)
-RETURNING vehicle"""
+WITH gone AS (
+  UPDATE vehicle_state SET online = false, presence_changed_at = %(now)s, updated_at = now()
+  WHERE online AND (last_seen IS NULL OR last_seen < %(cutoff)s)
+  RETURNING vehicle, last_seen
+), announced AS (
+  INSERT INTO events (time, vehicle, source, type, detail)
+  SELECT %(now)s, vehicle, 'vehicle', 'vehicle.offline',
+         jsonb_build_object('cause', 'timeout', 'last_seen', last_seen)
+  FROM gone
+  ON CONFLICT (vehicle, time, type, source) DO NOTHING
+)
+SELECT vehicle FROM gone"""
+
+# Silence past the longer comms-lost timeout: vehicle.comms_lost, once until heard again.
+_COMMS_LOST = """
+WITH lost AS (
+  UPDATE vehicle_state SET comms_lost_at = %(now)s, updated_at = now()
+  WHERE NOT online AND comms_lost_at IS NULL AND last_seen < %(cutoff)s
+  RETURNING vehicle, last_seen
+), announced AS (
+  INSERT INTO events (time, vehicle, source, type, detail)
+  SELECT %(now)s, vehicle, 'vehicle', 'vehicle.comms_lost',
+         jsonb_build_object('last_seen', last_seen)
+  FROM lost
+  ON CONFLICT (vehicle, time, type, source) DO NOTHING
+)
+SELECT vehicle FROM lost"""
 
 _REGISTER = """
 INSERT INTO vehicles (vehicle_ref, device_id, vehicle_type)
@@ -397,6 +478,8 @@ class _PreparedWrite:
     event_params: tuple | None
     json_params: list[tuple[str, tuple]]  # (vehicle_state column, its unnest parameters)
     battery_params: tuple | None
+    trip_starts: list[_trips.Boundary] = field(default_factory=list)
+    trip_ends: list[_trips.Boundary] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -443,7 +526,15 @@ class _PreparedWrite:
         if derived.battery_health:
             battery_params = tuple(list(col) for col in zip(*derived.battery_health))
         return cls(
-            len(batch), positions_copy, state_copy, days, event_params, json_params, battery_params
+            len(batch),
+            positions_copy,
+            state_copy,
+            days,
+            event_params,
+            json_params,
+            battery_params,
+            list(derived.trip_starts),
+            list(derived.trip_ends),
         )
 
 
@@ -777,25 +868,14 @@ class TelemetryStore:
         with the samples (geofence events, zone membership, battery estimates) add theirs here.
         direct_if_new: (vehicles, first times, last times) of a batch whose rows are unique:
         straight into positions when nothing is stored in those spans (write_history)."""
-        inserted = 0
-        direct = False
-        if w.rows and direct_if_new is not None:
-            await cur.execute(_ANY_STORED_IN_SPANS, direct_if_new)
-            direct = not (await cur.fetchone())[0]
-        if w.rows and direct:
-            async with cur.copy(_COPY_POSITIONS_DIRECT) as copy:
-                await copy.write(w.positions_copy)
-            inserted = w.rows
-        elif w.rows:
-            async with cur.copy(_COPY_POSITIONS) as copy:
-                await copy.write(w.positions_copy)
-            await cur.execute(_INSERT_POSITIONS)
-            inserted = cur.rowcount
+        inserted = await self._write_positions(cur, w, direct_if_new)
+        events_by_source: dict[str, int] = {}
         if w.rows:
             async with cur.copy(_COPY_STATE) as copy:
                 await copy.write(w.state_copy)
-            await cur.execute(_UPSERT_STATE)
-        events_by_source: dict[str, int] = {}
+            await cur.execute(_UPSERT_STATE_ANNOUNCING)
+            for (source,) in await cur.fetchall():  # vehicles back from silence: a few
+                events_by_source[source] = events_by_source.get(source, 0) + 1
         if w.event_params is not None:
             await cur.execute(_INSERT_EVENTS, w.event_params)
             for (source,) in await cur.fetchall():  # a handful per batch
@@ -804,9 +884,35 @@ class TelemetryStore:
             await cur.execute(_UPSERT_JSON.format(col=column), params)
         if w.battery_params is not None:
             await cur.execute(_INSERT_BATTERY_HEALTH, w.battery_params)
+        if w.trip_starts or w.trip_ends:
+            started = await _trips.write_boundaries(cur, w.trip_starts, w.trip_ends)
+            if started:
+                events_by_source["trip"] = events_by_source.get("trip", 0) + started
         return WriteResult(
             inserted, w.rows - inserted, sum(events_by_source.values()), events_by_source
         )
+
+    @staticmethod
+    async def _write_positions(
+        cur: AsyncCursor, w: _PreparedWrite, direct_if_new: tuple | None
+    ) -> int:
+        """The batch's positions, deduplicated on (vehicle, time); how many were new."""
+        if not w.rows:
+            return 0
+        if direct_if_new is not None:
+            await cur.execute(_ANY_STORED_IN_SPANS, direct_if_new)
+            if not (await cur.fetchone())[0]:
+                # Nothing stored in these spans (a migration's history): no trip of the vehicle
+                # has samples there to be stale for, so mark_stale's staging step is not needed.
+                async with cur.copy(_COPY_POSITIONS_DIRECT) as copy:
+                    await copy.write(w.positions_copy)
+                return w.rows
+        async with cur.copy(_COPY_POSITIONS) as copy:
+            await copy.write(w.positions_copy)
+        await cur.execute(_INSERT_POSITIONS)
+        inserted = cur.rowcount
+        await _trips.mark_stale(cur)  # a late upload of a closed trip's samples
+        return inserted
 
     async def save_vehicle_json(self, column: str, by_vehicle: Mapping[int, Any]) -> None:
         """Store a core's per-vehicle state outside a batch (a graceful stop saves it whole)."""
@@ -831,8 +937,12 @@ class TelemetryStore:
                 latest[vehicle] = (online, t_ms)
         if not latest:
             return
-        vehicles = list(latest)
+        vehicles = sorted(latest)
         async with self._transaction() as cur:
+            # Every gateway process applies every status (status topics are not shared): the
+            # rows are locked first, in one order, so that a second process applying the same
+            # status waits and then sees the first one's change, instead of announcing it again.
+            await cur.execute(_LOCK_PRESENCE, (vehicles,))
             await cur.execute(
                 _SET_PRESENCE,
                 (
@@ -843,11 +953,21 @@ class TelemetryStore:
             )
 
     async def expire_presence(self, timeout_s: float) -> list[int]:
-        """Set offline the vehicles online but not seen for timeout_s; returns their ids."""
+        """Set offline the vehicles online but not seen for timeout_s, each with its
+        vehicle.offline event in the same transaction; returns their ids."""
+        return await self._silent_since(_EXPIRE_PRESENCE, timeout_s)
+
+    async def mark_comms_lost(self, timeout_s: float) -> list[int]:
+        """Mark the offline vehicles not seen for timeout_s as lost, each with its
+        vehicle.comms_lost event in the same transaction (once until they are heard again);
+        returns their ids."""
+        return await self._silent_since(_COMMS_LOST, timeout_s)
+
+    async def _silent_since(self, query: str, timeout_s: float) -> list[int]:
         now_ms = _now_ms()
         async with self._transaction() as cur:
             await cur.execute(
-                _EXPIRE_PRESENCE, {"now": _utc(now_ms), "cutoff": _utc(now_ms - timeout_s * 1000)}
+                query, {"now": _utc(now_ms), "cutoff": _utc(now_ms - timeout_s * 1000)}
             )
             return sorted(v for (v,) in await cur.fetchall())
 
@@ -950,6 +1070,26 @@ class TelemetryStore:
             )
             rows = await cur.fetchall()
         return ({v: value for v, value, _ in rows}, {v: t for v, _, t in rows if t is not None})
+
+    # --- trips ----------------------------------------------------------------------------------
+
+    async def load_lock_states(self) -> dict[int, tuple[int, bool | None]]:
+        """vehicle -> (newest stored sample time ms, newest reported `locked`), for the trips
+        core to continue from after a restart."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT vehicle, (extract(epoch FROM time) * 1000)::bigint, locked "
+                "FROM vehicle_state WHERE time IS NOT NULL"
+            )
+            return {v: (int(t), locked) for v, t, locked in await cur.fetchall()}
+
+    async def measure_trips(
+        self, measure: Callable[[_trips.TripToMeasure], dict[str, Any]], limit: int = 50
+    ) -> list[_trips.MeasuredTrip]:
+        """Measure closed and stale trips (see telemetry/store/_trips.py): figures, trip.ended or
+        trip.updated, in one transaction. Several processes may call it at once."""
+        async with self._transaction() as cur:
+            return await _trips.measure_pending(cur, measure, limit)
 
     # --- zones ----------------------------------------------------------------------------------
 

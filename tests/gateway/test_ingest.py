@@ -167,8 +167,14 @@ async def test_events_and_statuses_the_store_cannot_hold_are_rejected_and_the_ga
         assert metric(reg, "fleetgate_device_events_stored_total") == 1
         await dev.disconnect()
     async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
-        rows = await (await conn.execute("SELECT type, detail FROM events")).fetchall()
-    assert rows == [("crash", {"g": 3.5})]
+        rows = await (
+            await conn.execute("SELECT source, type, detail FROM events ORDER BY source")
+        ).fetchall()
+    # The device's crash, and the alarm that passes it on.
+    assert rows == [
+        ("alarm", "alarm.crash", {"reported": {"g": 3.5}}),
+        ("device", "crash", {"g": 3.5}),
+    ]
 
 
 async def test_duplicates_and_out_of_order_uploads_are_stored_once(mosquitto, pg_dsn, topic_root):

@@ -235,8 +235,13 @@ async def test_device_events_are_posted_like_telemetry(pg_dsn):
         bad = await post(ctx, uri, orjson.dumps({"t": t, "type": "Not An Event"}), 50)
         assert bad.code == aiocoap.BAD_REQUEST and bad.payload.startswith(b"wrong_type")
     async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
-        events = await (await conn.execute("SELECT type, detail FROM events")).fetchall()
-    assert events == [("tamper", {"sensor": "lock_cable"})]
+        events = await (
+            await conn.execute("SELECT source, type, detail FROM events ORDER BY source")
+        ).fetchall()
+    assert events == [  # the device's event, and the alarm that passes it on
+        ("alarm", "alarm.tamper", {"reported": {"sensor": "lock_cable"}}),
+        ("device", "tamper", {"sensor": "lock_cable"}),
+    ]
 
 
 async def test_an_event_the_store_cannot_hold_gets_4_00_and_the_next_uplink_lands(pg_dsn):
