@@ -21,6 +21,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.stages import BatchStage, merge_outputs
 from telemetry.batch import DeviceEvent, TelemetryBatch
 from telemetry.decoder import TimeLimits, decode_events, decode_status, decode_telemetry
+from telemetry.dialect import Dialect
 from telemetry.plausibility import PlausibilityFilter
 from telemetry.store import (
     DataRefused,
@@ -51,6 +52,7 @@ class Inbound(NamedTuple):
     token: Any  # handed back to its transport's acknowledge callback after commit
     content_type: str | None = None
     transport: str = "mqtt"  # key of the acknowledge callback; a metrics label
+    dialect: Dialect | None = None  # the payload dialect of a legacy device's telemetry
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +390,7 @@ class IngestPipeline:
                 now_ms=work.now_ms,
                 limits=self._time_limits,
                 content_types=[m.content_type for m in msgs],
+                dialects=[m.dialect for m in msgs] if _any_dialect(msgs) else None,
             )
             batches.append(decoded.batch)
             work.sizes[transport] = len(decoded.batch)
@@ -627,6 +630,10 @@ class IngestPipeline:
     def _held(self) -> int:
         """Everything received and not yet acknowledged: in the pipeline and held upstream."""
         return self.unacknowledged + sum(held() for held in self._held_upstream)
+
+
+def _any_dialect(messages: list[Inbound]) -> bool:
+    return any(m.dialect is not None for m in messages)
 
 
 def _by_transport(messages: list[Inbound]) -> list[tuple[str, list[Inbound]]]:
