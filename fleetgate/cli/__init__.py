@@ -16,6 +16,7 @@ from fleetgate.cli import (
     db,
     demo,
     devices,
+    migrate_bridge,
     run,
     sim,
     vehicle_types,
@@ -42,6 +43,8 @@ app.add_typer(api_keys.app, name="api-keys")
 app.add_typer(devices.app, name="devices")
 app.add_typer(vehicle_types.app, name="vehicle-types")
 app.add_typer(webhooks.app, name="webhooks")
+# Until the `migrate` group of issue 18 lands: then its module registers bridge-config.
+app.add_typer(migrate_bridge.app, name="migrate")
 
 
 def main() -> None:  # pragma: no cover - console entry
