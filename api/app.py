@@ -20,6 +20,7 @@ from api.routes import (
     events,
     health,
     map,
+    migration,
     usage,
     vehicle_types,
     vehicles,
@@ -78,6 +79,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         devices,
         broker,
         map,
+        migration,
     ):
         app.include_router(module.router)
     return app

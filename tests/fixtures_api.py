@@ -23,6 +23,7 @@ KEY_SCOPES = {
     "provisioning": ["devices:write"],
     "emqx": ["broker:auth"],
     "billing": ["webhooks:write"],
+    "legacy": ["migration:write"],
     "admin": ["admin"],
 }
 

@@ -17,6 +17,7 @@ from telemetry.store._errors import (
     StorageNotAvailable,
     StoreUnavailable,
 )
+from telemetry.store._legacy import LegacyObservation, LegacyObservations
 from telemetry.store._migrate import MigrationReport, migrate
 from telemetry.store._pool import (
     is_unavailable,
@@ -48,6 +49,8 @@ from telemetry.store._webhooks import (
 from telemetry.store._zones import ZoneRows
 
 __all__ = [
+    "LegacyObservation",
+    "LegacyObservations",
     "Subscription",
     "UnknownOutboxEvent",
     "UnknownSubscription",

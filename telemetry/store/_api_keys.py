@@ -22,6 +22,7 @@ SCOPES = (
     "devices:write",
     "webhooks:write",
     "broker:auth",
+    "migration:write",
     "admin",
 )
 _KEY = re.compile(r"^fgk_([a-z0-9]{8,32})_([A-Za-z0-9_-]{20,100})$")
