@@ -18,8 +18,10 @@ from api.routes import (
     commands,
     devices,
     events,
+    gbfs,
     health,
     map,
+    mds,
     migration,
     usage,
     vehicle_types,
@@ -30,9 +32,10 @@ from api.routes import (
 
 DESCRIPTION = """fleetgate's HTTP API for rental, billing, fleet operations and administrators.
 
-Every route but `/healthz` and `/readyz` needs an API key (`Authorization: Bearer fgk_…` or
-`X-API-Key`) with the scope the route names. Errors are RFC 9457 problem details
-(`application/problem+json`). Lists are paginated with a cursor: follow `next`.
+Every route but `/healthz`, `/readyz` and the public GBFS feeds (`/gbfs/v3/…`) needs an API
+key (`Authorization: Bearer fgk_…` or `X-API-Key`) with the scope the route names. Errors are
+RFC 9457 problem details (`application/problem+json`). Lists are paginated with a cursor:
+follow `next`. The MDS Provider API (`/mds/…`, scope `mds:read`) answers in MDS's own format.
 """
 
 
@@ -60,12 +63,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 "webhooks",
                 "devices",
                 "usage",
+                "feeds",
+                "mds",
                 "health",
             )
         ],
     )
     app.state.fleetgate = ctx
     problems.install(app)
+    mds.install(app)
     app.add_middleware(RefuseUnstorableInput)
     for module in (
         health,
@@ -79,6 +85,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         devices,
         broker,
         map,
+        gbfs,
+        mds,
         migration,
     ):
         app.include_router(module.router)

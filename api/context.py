@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
+from api.feed_service import FeedService
 from commands.ports import CommandDispatcher, CommandReader
 from telemetry.store import TelemetryStore
 
@@ -30,6 +31,8 @@ class ApiContext:
     readiness: dict[str, Callable[[], Awaitable[str | None]]] = field(default_factory=dict)
     map_tiles_url: str | None = None
     map_attribution: str = ""
+    # The public GBFS feeds and the MDS Provider API (system None: not configured, 404).
+    feeds: FeedService = field(default_factory=lambda: FeedService(None))
     # The ports this process serves on besides the API's own (the operator's): a webhook URL
     # pointing at one of them is refused (api/routes/webhooks.py).
     own_ports: frozenset[int] = frozenset()

@@ -15,7 +15,15 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -24,6 +32,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from feeds import FeedSystem, InvalidFeedSystem
 from telemetry.dialect import load_dialects
 
 PREFIX = "FLEETGATE_"
@@ -33,6 +42,66 @@ ENV_FILE_VAR = "FLEETGATE_ENV_FILE"
 
 class SettingsError(ValueError):
     """Settings that cannot be used; the message names every key, its source and the problem."""
+
+
+class FeedSettings(BaseModel):
+    """The public feeds' system (docs/feeds.md): `[feeds]` in the TOML config file, or
+    FLEETGATE_FEEDS as JSON. Unset: /gbfs and /mds answer 404."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_id: str = Field(description="GBFS system_id, also in the feed URLs")
+    name: str
+    operator: str
+    languages: list[str] = Field(["en"], min_length=1)
+    timezone: str = Field(description="IANA time zone, e.g. Europe/Berlin")
+    feed_contact_email: str
+    base_url: str = Field(description="public URL the API is reached at, for the feeds' links")
+    opening_hours: str = "24/7"
+    url: str | None = None
+    email: str | None = None
+    ttl_s: int = Field(30, ge=0, le=3600, description="GBFS ttl of vehicle and station status")
+    pricing_plans: list[dict[str, Any]] = Field(default_factory=list)
+    alerts: list[dict[str, Any]] = Field(default_factory=list)
+    mds_provider_id: str | None = Field(None, description="MDS provider_id (UUID); unset: no MDS")
+    id_secret: SecretStr | None = Field(
+        None,
+        description="keys the public vehicle ids (>= 16 characters); unset: a random one per "
+        "process, so the ids also change when the API restarts",
+    )
+    rate_limit_per_s: float = Field(10.0, ge=0, description="GBFS requests/s per address; 0: off")
+    rate_limit_burst: int = Field(30, ge=1)
+
+    @model_validator(mode="after")
+    def _publishable(self) -> FeedSettings:
+        try:
+            self.system(b"checked only: a secret long enough")
+        except InvalidFeedSystem as exc:
+            raise ValueError(str(exc)) from None
+        if self.id_secret is not None and len(self.id_secret.get_secret_value()) < 16:
+            raise ValueError("id_secret must be at least 16 characters")
+        return self
+
+    def system(self, generated_secret: bytes) -> FeedSystem:
+        """The feeds core's system; `generated_secret` keys the ids where id_secret is unset."""
+        secret = self.id_secret.get_secret_value().encode() if self.id_secret else None
+        return FeedSystem(
+            system_id=self.system_id,
+            name=self.name,
+            operator=self.operator,
+            languages=tuple(self.languages),
+            timezone=self.timezone,
+            feed_contact_email=self.feed_contact_email,
+            base_url=self.base_url,
+            opening_hours=self.opening_hours,
+            url=self.url,
+            email=self.email,
+            ttl_s=self.ttl_s,
+            pricing_plans=tuple(self.pricing_plans),
+            alerts=tuple(self.alerts),
+            provider_id=self.mds_provider_id,
+            id_secret=secret or generated_secret,
+        )
 
 
 class Settings(BaseSettings):
@@ -241,6 +310,9 @@ class Settings(BaseSettings):
         "background tiles (the map works offline)",
     )
     map_attribution: str = ""
+    feeds: FeedSettings | None = Field(
+        None, description="the GBFS / MDS system ([feeds] table, docs/feeds.md); unset: none"
+    )
 
     # Operations.
     metrics_host: str = Field(

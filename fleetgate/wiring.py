@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 
 import uvicorn
 from starlette.applications import Starlette
 
 from api import ApiContext, KeyCache, LiveHub
+from api.feed_service import FeedService, RateLimiter
 from api.ops_http import ops_app
 from commands import DeliveryPolicy, InterlockPolicy
 from fleetgate.settings import Settings, dialect_specs
@@ -114,8 +116,19 @@ def api_context(
         map_attribution=s.map_attribution,
         broker_access=broker_access(s, store),
         command_reads=command_reads(store),
+        feeds=feed_service(s),
         own_ports=frozenset(p for p in (s.api_port, s.metrics_port) if p),
     )
+
+
+def feed_service(s: Settings) -> FeedService:
+    """The public feeds' system from the settings ([feeds]); none configured: 404 there."""
+    f = s.feeds
+    if f is None:
+        return FeedService(None)
+    # Unset id_secret: a random key per process (ids then also change when the API restarts).
+    system = f.system(secrets.token_bytes(32))
+    return FeedService(system, limiter=RateLimiter(f.rate_limit_per_s, f.rate_limit_burst))
 
 
 def broker_access(s: Settings, store: TelemetryStore) -> BrokerAccess:

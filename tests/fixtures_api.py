@@ -22,6 +22,7 @@ KEY_SCOPES = {
     "ops": ["fleet:read", "zones:write"],
     "provisioning": ["devices:write"],
     "emqx": ["broker:auth"],
+    "agency": ["mds:read"],
     "billing": ["webhooks:write"],
     "legacy": ["migration:write"],
     "admin": ["admin"],

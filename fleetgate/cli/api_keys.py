@@ -19,7 +19,7 @@ def api_keys_create(
         list[str],
         typer.Option(
             help="fleet:read, commands:write, zones:write, devices:write, "
-            "webhooks:write, broker:auth or admin; repeat for several"
+            "webhooks:write, broker:auth, mds:read or admin; repeat for several"
         ),
     ],
 ) -> None:

@@ -23,6 +23,7 @@ SCOPES = (
     "webhooks:write",
     "broker:auth",
     "migration:write",
+    "mds:read",
     "admin",
 )
 _KEY = re.compile(r"^fgk_([a-z0-9]{8,32})_([A-Za-z0-9_-]{20,100})$")

@@ -37,7 +37,7 @@ print(json.dumps(sorted(m for m in {io!r} if m in sys.modules)))
 """
 
 
-@pytest.mark.parametrize("core", ["commands", "geofence", "battery", "outbound"])
+@pytest.mark.parametrize("core", ["commands", "geofence", "battery", "feeds", "outbound"])
 def test_importing_a_core_loads_no_io_library(core):
     probe = _PROBE.format(core=core, io=IO_MODULES)
     run = subprocess.run(

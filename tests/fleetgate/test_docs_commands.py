@@ -181,6 +181,11 @@ COMMANDS: dict[str, dict[str, Action]] = {
             expect="registered 1 vehicle: 1 new"
         ),
     },
+    "docs/feeds.md": {
+        "fleetgate api-keys create city-agency --scope mds:read": Run(
+            expect="API key 'city-agency' with scopes"
+        ),
+    },
     "docs/coap.md": {
         "fleetgate devices register bike-0001 lock-0001 --type ebike": Run(),
         "fleetgate devices provision lock-0001": Run(expect=SECRET_LINE.format("lock-0001")),

@@ -139,7 +139,7 @@ async def test_a_database_of_ebikes_and_cars_keeps_them_through_the_migration(
     scooters can be registered next to them."""
     import telemetry.store._migrate as migrations
 
-    before = [m for m in load_migrations() if m.name != "vehicle_types"]
+    before = [m for m in load_migrations() if m.version < 14]  # the database before 0014
     assert before[-1].version == 13
     monkeypatch.setattr(migrations, "load_migrations", lambda: before)
     await migrate(empty_pg_dsn, storage="native")
@@ -166,7 +166,7 @@ async def test_a_database_of_ebikes_and_cars_keeps_them_through_the_migration(
     monkeypatch.undo()
 
     report = await migrate(empty_pg_dsn, storage="native")
-    assert report.applied == [14]
+    assert report.applied[0] == 14  # and every later migration
     assert await fetch(empty_pg_dsn, query) == old
     assert [r["status"] for r in old] == ["low_battery", "available", "low_battery"]
     async with await TelemetryStore.open(empty_pg_dsn) as store:
