@@ -61,7 +61,23 @@ class DialectEncoder:
 
     def encode(self, samples: list[dict]) -> bytes:
         """One message holding protocol samples (t in ms, the protocol's names and units)."""
-        objs = [self._object(s) for s in samples]
+        return self.encode_objects([self._object(s) for s in samples])
+
+    def fragment(self, native: bytes) -> bytes:
+        """A native single-sample JSON payload (firmware_sim.payloads) in this dialect: the
+        simulated fleet computes its samples once and speaks either."""
+        return self.encode([orjson.loads(native)])
+
+    def batch(self, fragments: list[bytes]) -> bytes:
+        """Several of fragment()'s payloads as one message, oldest first as given."""
+        if not self.samples_path:
+            return b"[" + b",".join(fragments) + b"]"
+        objs = [orjson.loads(f) for f in fragments]
+        for key in self.samples_path:
+            objs = [o[key] for o in objs]
+        return self.encode_objects(objs)
+
+    def encode_objects(self, objs: list[dict]) -> bytes:
         body: object = objs[0] if len(objs) == 1 else objs
         for key in reversed(self.samples_path):
             body = {key: body}
