@@ -9,9 +9,18 @@ import time
 import orjson
 import pytest
 
+from firmware_sim import Fleet, FleetOptions, Misbehaviour
+from telemetry.decoder import REASONS
 from telemetry.dialect import SHIPPED, load_dialects
-from tests.dialect_traffic import as_dialect_can_say, encoder, full_samples
-from tests.harness import eventually, gateway_config, metric, register, running_gateway
+from tests.dialect_traffic import as_dialect_can_say, encoder, full_samples, shipped_path
+from tests.harness import (
+    eventually,
+    gateway_config,
+    metric,
+    register,
+    running_gateway,
+    stored_keys,
+)
 from tests.mqtt_devices import device
 from tests.stored_rows import fetch
 
@@ -110,3 +119,51 @@ async def test_garbage_on_a_dialect_topic_is_counted_and_the_gateway_goes_on(
         ):
             assert metric(reg, "fleetgate_samples_rejected_total", reason=reason) == 1, reason
     assert len(await _rows(pg_dsn, legacy_id)) == 3
+
+
+async def test_a_misbehaving_simulated_fleet_in_a_dialect_is_stored_exactly(
+    mosquitto, pg_dsn, topic_root
+):
+    """The simulated fleet speaking Traccar's dialect with duplicates, garbage, reconnects and
+    out-of-order uploads: exactly the samples the broker acknowledged are stored, each once."""
+    fleet = Fleet(
+        FleetOptions(
+            vehicles=10,
+            rate_hz=5.0,
+            fast=True,
+            samples_per_vehicle=40,
+            dialect=str(shipped_path("traccar-osmand")),
+            misbehaviour=Misbehaviour(
+                duplicate_share=0.03,
+                malformed_share=0.02,
+                out_of_order_share=1.0,
+                disconnects_per_h=150.0,
+                offline_s=(2.0, 6.0),
+            ),
+            seed=31,
+            track_keys=True,
+            host=mosquitto.host,
+            port=mosquitto.port,
+            topic_root=topic_root,
+            session_expiry_s=30,
+        )
+    )
+    await register(pg_dsn, fleet.registrations())
+    cfg = gateway_config(
+        pg_dsn, mosquitto, topic_root, mqtt_dialects=load_dialects(["traccar-osmand"])
+    )
+    async with running_gateway(cfg) as (_, reg):
+        await fleet.start()
+        await fleet.run()
+        stats = await fleet.stop()
+        expected = stats.acked_keys()
+        assert len(expected) == 10 * 40
+
+        async def all_stored() -> bool:
+            return metric(reg, "fleetgate_samples_stored_total") >= len(expected)
+
+        await eventually(all_stored, timeout=30, what="every acknowledged sample stored")
+        assert stats.duplicates_sent > 0 and sum(stats.malformed_sent.values()) > 0
+        assert sum(metric(reg, "fleetgate_samples_rejected_total", reason=r) for r in REASONS) > 0
+    keys = await stored_keys(pg_dsn)
+    assert len(keys) == len(set(keys)) and set(keys) == expected
