@@ -5,9 +5,12 @@ back after the legacy broker restarts."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import orjson
+import paho.mqtt.client as paho
 import pytest
 
 from fleetgate.embedded import Mosquitto
@@ -170,3 +173,47 @@ def test_credentials_and_tls_are_written_and_the_client_id_is_stable(tmp_path):
     assert "cleansession false" in lines and "try_private true" in lines
     assert any(line.startswith("remote_clientid fleetgate-bridge-legacy-") for line in lines)
     assert (tmp_path / "bridge.conf").stat().st_mode & 0o077 == 0
+
+
+def test_sim_speaks_a_dialect_and_refuses_a_bad_one(mosquitto, tmp_path):
+    """`fleetgate sim --dialect`: the simulated devices publish in the dialect on its topics (a
+    watcher on the broker sees them); a bad dialect file ends it before it connects."""
+    env = {k: None for k in os.environ if k.startswith("FLEETGATE_")}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[dialect]\nname = 'x'\n")
+    refused = run_fleetgate("sim", "--samples", "1", "--dialect", str(bad), env=env)
+    assert refused.exit_code == 2 and f"{bad}: dialect.topic" in refused.output
+
+    # paho's threaded client watches: the sim installs signal handlers, so it runs in this
+    # (the main) thread, as the command does.
+    seen: list = []
+    subscribed = threading.Event()
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="sim-watcher")
+    watcher.on_subscribe = lambda *a: subscribed.set()
+    watcher.on_message = lambda client, userdata, m: seen.append((m.topic, m.payload))
+    watcher.connect(mosquitto.host, mosquitto.port)
+    watcher.subscribe("traccar/+/osmand", qos=1)
+    watcher.loop_start()
+    try:
+        assert subscribed.wait(10)
+        env.update(FLEETGATE_MQTT_URL=mosquitto.url, FLEETGATE_MQTT_TOPIC_ROOT="fgtest-sim/v1")
+        result = run_fleetgate(
+            "sim",
+            "--vehicles",
+            "2",
+            "--samples",
+            "3",
+            "--fast",
+            "--dialect",
+            "traccar-osmand",
+            env=env,
+        )
+        assert result.exit_code == 0, result.output
+        deadline = time.monotonic() + 10
+        while len(seen) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+    assert {topic for topic, _ in seen} == {"traccar/ebike-0001/osmand", "traccar/car-0002/osmand"}
+    assert all(set(orjson.loads(p)) >= {"timestamp", "speed", "batt"} for _, p in seen)
