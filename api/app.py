@@ -22,7 +22,7 @@ from api.routes import (
     health,
     map,
     mds,
-    migration,
+    migration_shadow,
     usage,
     vehicle_types,
     vehicles,
@@ -87,7 +87,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         map,
         gbfs,
         mds,
-        migration,
+        migration_shadow,
     ):
         app.include_router(module.router)
     return app
