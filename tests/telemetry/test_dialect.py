@@ -7,9 +7,11 @@ import cbor2
 import numpy as np
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from telemetry.batch import FLOAT_COLUMNS
-from telemetry.decoder import decode_telemetry
+from telemetry.decoder import REASONS, decode_telemetry
 from telemetry.dialect import SHIPPED, DialectError, load_dialect, load_dialects, parse_dialect
 from tests.dialect_traffic import as_dialect_can_say, encoder, full_samples
 
@@ -164,3 +166,51 @@ def test_two_dialects_on_one_topic_are_refused(tmp_path):
 
 def test_every_float_column_of_the_protocol_can_be_mapped():
     assert set(FLOAT_COLUMNS) <= {f.target for f in load_dialect("fleetgate").fields}
+
+
+_JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30)
+)
+_JSON = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+# Objects with the dialect's own names, holding anything: the values that reach the mapping.
+_TRACCAR_KEYS = ("timestamp", "lat", "lon", "speed", "bearing", "batt", "charge", "odometer")
+_TRACCAR_LIKE = st.dictionaries(st.sampled_from(_TRACCAR_KEYS), _JSON, max_size=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_TRACCAR_LIKE | st.lists(_TRACCAR_LIKE, max_size=3) | _JSON, max_size=8))
+def test_any_json_in_a_dialect_is_decoded_or_rejected_by_reason_never_raises(values):
+    """Whatever a legacy device sends, the decoder does not raise (a raise would cost the gateway
+    a bisection and a quarantine per message) and every message is either stored or counted."""
+    payloads = [orjson.dumps(v) for v in values]
+    result = decode(payloads, load_dialect("traccar-osmand"))
+    assert set(result.rejected) <= set(REASONS)
+    assert len(result.batch) + sum(result.rejected.values()) >= len(payloads)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(max_size=40)
+    | st.from_regex(
+        r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
+        r"(Z|[+-][0-9]{2}:[0-9]{2})?\Z"
+    )
+)
+def test_any_text_as_an_iso_time_is_a_time_or_a_wrong_type(text):
+    body = orjson.dumps({"ts": text, "latitude": 52.5, "longitude": 13.4})
+    result = decode([body], load_dialect("flat-json"))
+    assert len(result.batch) == 1 or set(result.rejected) <= {
+        "wrong_type",
+        "time_in_future",
+        "time_too_old",
+    }
