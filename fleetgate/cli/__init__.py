@@ -43,8 +43,9 @@ app.add_typer(api_keys.app, name="api-keys")
 app.add_typer(devices.app, name="devices")
 app.add_typer(vehicle_types.app, name="vehicle-types")
 app.add_typer(webhooks.app, name="webhooks")
-# Until the `migrate` group of issue 18 lands: then its module registers bridge-config.
-app.add_typer(migrate_bridge.app, name="migrate")
+# After every add_typer: bridge-config joins the `migrate` group if one is mounted, else brings
+# a group of that name of its own.
+migrate_bridge.mount(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -65,3 +65,13 @@ def bridge_config(
 
 app = typer.Typer(no_args_is_help=True, help="Migrate a fleet from another platform")
 app.command("bridge-config")(bridge_config)
+
+
+def mount(root: typer.Typer) -> None:
+    """`fleetgate migrate bridge-config`: in the `migrate` group another module mounted before
+    (issue 18's fleetgate/cli/migrate.py), else in this module's own group of that name."""
+    for group in root.registered_groups:
+        if group.name == "migrate" and group.typer_instance is not None:
+            group.typer_instance.command("bridge-config")(bridge_config)
+            return
+    root.add_typer(app, name="migrate")

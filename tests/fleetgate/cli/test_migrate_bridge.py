@@ -12,6 +12,7 @@ import time
 import orjson
 import paho.mqtt.client as paho
 import pytest
+import typer
 
 from fleetgate.embedded import Mosquitto
 from gateway.mqtt import ConnectOptions, MqttClient
@@ -217,3 +218,19 @@ def test_sim_speaks_a_dialect_and_refuses_a_bad_one(mosquitto, tmp_path):
         watcher.disconnect()
     assert {topic for topic, _ in seen} == {"traccar/ebike-0001/osmand", "traccar/car-0002/osmand"}
     assert all(set(orjson.loads(p)) >= {"timestamp", "speed", "batt"} for _, p in seen)
+
+
+def test_bridge_config_joins_a_migrate_group_that_is_already_mounted():
+    """Issue 18's `migrate` group and this command are mounted apart; whichever lands first,
+    `fleetgate migrate` holds both."""
+    from fleetgate.cli import migrate_bridge
+
+    root, group = typer.Typer(), typer.Typer()
+    group.command("analyse")(lambda: None)
+    root.add_typer(group, name="migrate")
+    migrate_bridge.mount(root)
+    assert [g.name for g in root.registered_groups] == ["migrate"]
+    assert {c.name for c in group.registered_commands} == {"analyse", "bridge-config"}
+    alone = typer.Typer()
+    migrate_bridge.mount(alone)
+    assert [g.typer_instance for g in alone.registered_groups] == [migrate_bridge.app]
