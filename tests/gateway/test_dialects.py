@@ -4,7 +4,9 @@ dialect topic counted by reason without stalling anything."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 
 import orjson
 import pytest
@@ -14,11 +16,13 @@ from telemetry.decoder import REASONS
 from telemetry.dialect import SHIPPED, load_dialects
 from tests.dialect_traffic import as_dialect_can_say, encoder, full_samples, shipped_path
 from tests.harness import (
+    GatewayProcess,
     eventually,
     gateway_config,
     metric,
     register,
     running_gateway,
+    stored_at_least,
     stored_keys,
 )
 from tests.mqtt_devices import device
@@ -167,3 +171,57 @@ async def test_a_misbehaving_simulated_fleet_in_a_dialect_is_stored_exactly(
         assert sum(metric(reg, "fleetgate_samples_rejected_total", reason=r) for r in REASONS) > 0
     keys = await stored_keys(pg_dsn)
     assert len(keys) == len(set(keys)) and set(keys) == expected
+
+
+async def test_fleetgate_run_reads_a_dialect_and_a_kill_9_loses_no_acknowledged_sample(
+    mosquitto, pg_dsn, topic_root, tmp_path
+):
+    """`fleetgate run` with FLEETGATE_MQTT_DIALECTS (the setting, not a test's config), killed
+    with SIGKILL while legacy devices stream and started again: every sample the broker
+    acknowledged is stored, once (the dialect's topics are in the same persistent session)."""
+    devices = [(f"kill-legacy-{i}", f"veh-kill-legacy-{i}", "ebike") for i in range(5)]
+    await register(pg_dsn, devices)
+    enc = encoder("traccar-osmand")
+    client_id = f"gw-dialect-{uuid.uuid4().hex[:8]}"
+    gw = GatewayProcess(
+        pg_dsn,
+        mosquitto,
+        topic_root,
+        client_id,
+        tmp_path / "gw.log",
+        FLEETGATE_MQTT_DIALECTS="traccar-osmand",
+    ).start()
+    clients = {d: await device(mosquitto, d) for d, _, _ in devices}
+    acked: set[tuple[str, int]] = set()
+    t0 = int(time.time() * 1000) - 600_000
+
+    async def stream() -> None:
+        futures = []
+        for k in range(100):
+            for i, (device_id, client) in enumerate(clients.items()):
+                sample = full_samples(t0 + k * 1000, 1, i=i)[0]
+                fut = client.publish(enc.topic(device_id), enc.encode([sample]), qos=1)
+                key = (device_id, sample["t"])
+                fut.add_done_callback(lambda f, key=key: f.exception() or acked.add(key))
+                futures.append(fut)
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*futures)
+
+    try:
+        await gw.wait_subscribed()
+        publishing = asyncio.create_task(stream())
+        await eventually(lambda: stored_at_least(pg_dsn, 100), what="rows before the kill")
+        gw.kill()
+        await publishing
+        gw.start()
+        await gw.wait_subscribed()
+        await eventually(
+            lambda: stored_at_least(pg_dsn, len(acked)), timeout=30, what="all acked stored"
+        )
+    finally:
+        gw.stop()
+        for client in clients.values():
+            await client.disconnect()
+    keys = await stored_keys(pg_dsn)
+    assert len(acked) == 500
+    assert len(keys) == len(set(keys)) and set(keys) == acked
