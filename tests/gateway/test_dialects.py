@@ -225,3 +225,30 @@ async def test_fleetgate_run_reads_a_dialect_and_a_kill_9_loses_no_acknowledged_
     keys = await stored_keys(pg_dsn)
     assert len(acked) == 500
     assert len(keys) == len(set(keys)) and set(keys) == acked
+
+
+async def test_a_dialect_topic_below_the_topic_root_is_read_as_the_dialect(
+    mosquitto, pg_dsn, topic_root, tmp_path
+):
+    """docs/dialects.md's way around broker accounts limited to the topic root: a dialect on
+    {root}/traccar/{device_id}/osmand is read as the dialect, not as a native topic."""
+    legacy_id = LEGACY[SHIPPED.index("traccar-osmand")][0]
+    await register(pg_dsn, [LEGACY[SHIPPED.index("traccar-osmand")]])
+    text = shipped_path("traccar-osmand").read_text()
+    below_root = tmp_path / "below-root.toml"
+    below_root.write_text(
+        text.replace('"traccar/{device_id}/osmand"', f'"{topic_root}/traccar/{{device_id}}/osmand"')
+    )
+    dialects = load_dialects([str(below_root)])
+    assert dialects[0].topic_filter == f"{topic_root}/traccar/+/osmand"
+    samples = full_samples(int(time.time() * 1000) - 10_000, 3)
+    cfg = gateway_config(pg_dsn, mosquitto, topic_root, mqtt_dialects=dialects)
+    async with running_gateway(cfg) as (_, reg):
+        await _publish(
+            mosquitto,
+            legacy_id,
+            f"{topic_root}/traccar/{legacy_id}/osmand",
+            [encoder("traccar-osmand").encode(samples)],
+        )
+        await eventually(lambda: _stored(pg_dsn, legacy_id, 3), what="stored via the dialect")
+        assert metric(reg, "fleetgate_samples_rejected_total") == 0
