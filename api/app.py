@@ -24,6 +24,7 @@ from api.routes import (
     map,
     mds,
     migration,
+    migration_shadow,
     trips,
     usage,
     vehicle_types,
@@ -94,6 +95,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         gbfs,
         mds,
         migration,
+        migration_shadow,
     ):
         app.include_router(module.router)
     return app

@@ -21,6 +21,7 @@ from functools import partial
 import numpy as np
 
 from firmware_sim.accounting import FleetStats
+from firmware_sim.dialect import DialectEncoder
 from firmware_sim.model import FleetModel
 from firmware_sim.mqtt_connection import ConnectionLost, MqttConnection, MqttError
 from firmware_sim.payloads import CBOR, JSON
@@ -62,6 +63,9 @@ class FleetOptions:
     # then logs in as itself, username = device id; None: username/password above for all.
     credentials: dict[str, str] | None = None
     cbor_share: float = 0.0  # devices that encode CBOR; the rest JSON
+    # A legacy payload dialect's TOML file (docs/dialects.md): every device speaks it, on its
+    # topic, instead of the protocol (cbor_share then does not apply).
+    dialect: str | None = None
     misbehaviour: Misbehaviour = field(default_factory=Misbehaviour)
     commands: CommandBehaviour = field(default_factory=CommandBehaviour)
     samples_per_vehicle: int | None = None  # stop after this many steps ...
@@ -189,6 +193,7 @@ class Fleet:
             fw_version=o.fw_version,
             track_keys=o.track_keys if o.track_keys is not None else o.total_steps is not None,
             buffer_max_samples=o.buffer_max_samples,
+            dialect=DialectEncoder.load(o.dialect) if o.dialect else None,
         )
         self.stats: FleetStats = self.firmware.stats
         self._links: list[_Link] = []

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from firmware_sim.accounting import FleetStats
+from firmware_sim.dialect import DialectEncoder
 from firmware_sim.model import CommandRefused, FleetModel
 from firmware_sim.payloads import (
     JSON,
@@ -293,6 +294,7 @@ class FleetFirmware:
         track_keys: bool = True,
         buffer_max_samples: int = 500_000,
         wall_ms: Callable[[], int] = wall_clock_ms,
+        dialect: DialectEncoder | None = None,
     ) -> None:
         if len(device_ids) != model.n:
             raise ValueError("one device id per vehicle of the model")
@@ -300,9 +302,11 @@ class FleetFirmware:
         self.seed = seed
         self.misbehaviour = misbehaviour
         self.wall_ms = wall_ms
+        # A legacy device's dialect is JSON: its vehicles' samples are encoded as JSON first.
+        self.dialect = dialect
         enc = (
             np.full(model.n, JSON, dtype=np.int8)
-            if encodings is None
+            if encodings is None or dialect is not None
             else np.asarray(encodings, np.int8)
         )
         self.encodings = enc
@@ -312,6 +316,9 @@ class FleetFirmware:
             )
             for i, (d, k, e) in enumerate(zip(device_ids, model.kind.tolist(), enc.tolist()))
         ]
+        if dialect is not None:
+            for tcu in self.tcus:
+                tcu.topic_telemetry = dialect.topic(tcu.device_id)
         self.by_id = {t.device_id: t for t in self.tcus}
         if len(self.by_id) != len(self.tcus):
             raise ValueError("device ids must be unique")
@@ -328,6 +335,8 @@ class FleetFirmware:
         samples = model.step_ms(dt_ms)
         t = samples.t_ms
         frags = encode_samples(samples, self.encodings)
+        if self.dialect is not None:
+            frags = [self.dialect.fragment(f) for f in frags]
         n = len(frags)
         stats.steps += 1
         stats.samples_generated += n
@@ -440,7 +449,12 @@ class FleetFirmware:
             self.stats.batches_out_of_order += 1
         out = []
         for ts, frags in tcu.buffer.take(MAX_SAMPLES_PER_BATCH, order, rng):
-            out.append(Outgoing(BATCH, tcu.topic_telemetry, encode_batch(frags, tcu.encoding), ts))
+            payload = (
+                encode_batch(frags, tcu.encoding)
+                if self.dialect is None
+                else self.dialect.batch(list(frags))
+            )
+            out.append(Outgoing(BATCH, tcu.topic_telemetry, payload, ts))
             self.stats.samples_published += len(ts)
         self.stats.batches_published += len(out)
         return out
@@ -657,4 +671,7 @@ class FleetFirmware:
             row["immobilised"] = bool(model.immobilised[i])
         self.stats.samples_generated += 1
         self.stats.samples_published += 1
-        return Outgoing(SAMPLE, tcu.topic_telemetry, encode_row(row, tcu.encoding), row["t"])
+        payload = (
+            encode_row(row, tcu.encoding) if self.dialect is None else self.dialect.encode([row])
+        )
+        return Outgoing(SAMPLE, tcu.topic_telemetry, payload, row["t"])

@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from feeds import FeedSystem, InvalidFeedSystem
+from telemetry.dialect import load_dialects
 
 PREFIX = "FLEETGATE_"
 CONFIG_FILE_VAR = "FLEETGATE_CONFIG"
@@ -172,6 +173,12 @@ class Settings(BaseSettings):
         "share the telemetry, on a broker that keeps shared "
         "subscriptions across its restarts (not Mosquitto 2.0; "
         "docs/deployment.md)",
+    )
+    mqtt_dialects: str = Field(
+        "",
+        description="payload dialects of legacy devices the gateway also "
+        "reads (docs/dialects.md): comma-separated TOML files or shipped "
+        "names (fleetgate, traccar-osmand, flat-json); empty: none",
     )
     mqtt_protocol: Literal[4, 5] = 5
     mqtt_keepalive_s: int = Field(30, ge=5, le=600)
@@ -354,6 +361,13 @@ class Settings(BaseSettings):
             )
         return v
 
+    @field_validator("mqtt_dialects")
+    @classmethod
+    def _dialects(cls, v: str) -> str:
+        # Loaded here so that a bad file stops the process at start, naming the file and key.
+        load_dialects(dialect_specs(v))
+        return v
+
     @field_validator("mqtt_topic_root")
     @classmethod
     def _topic_root(cls, v: str) -> str:
@@ -372,6 +386,11 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             out["database_url"] = _mask_dsn(self.database_url.get_secret_value())
         return out
+
+
+def dialect_specs(value: str) -> list[str]:
+    """The entries of FLEETGATE_MQTT_DIALECTS."""
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 SECRETS = frozenset({"database_url", "mqtt_password"})

@@ -18,7 +18,7 @@ from api import ApiContext, KeyCache, LiveHub
 from api.feed_service import FeedService, RateLimiter
 from api.ops_http import ops_app
 from commands import DeliveryPolicy, InterlockPolicy
-from fleetgate.settings import Settings
+from fleetgate.settings import Settings, dialect_specs
 from gateway.broker_auth import BrokerAccess, gateway_accounts
 from gateway.coap import TokenVerifier
 from gateway.commands import CommandReads, CommandStore
@@ -27,6 +27,7 @@ from gateway.service import Gateway, GatewayConfig
 from gateway.webhooks import WebhookConfig
 from outbound import RetryPolicy
 from telemetry.decoder import TimeLimits
+from telemetry.dialect import load_dialects
 from telemetry.store import DeviceCredentials, TelemetryStore
 
 
@@ -45,6 +46,7 @@ def gateway_config(s: Settings, database_url: str, mqtt_host: str, mqtt_port: in
         mqtt_client_id=s.mqtt_client_id,
         mqtt_topic_root=s.mqtt_topic_root,
         mqtt_shared_group=s.mqtt_shared_group,
+        mqtt_dialects=load_dialects(dialect_specs(s.mqtt_dialects)),
         mqtt_protocol=s.mqtt_protocol,
         mqtt_keepalive_s=s.mqtt_keepalive_s,
         mqtt_session_expiry_s=s.mqtt_session_expiry_s,

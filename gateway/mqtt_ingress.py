@@ -33,6 +33,7 @@ import orjson
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt import ConnectOptions, Message, MqttClient, MqttError, PersistentSession, Will
 from gateway.pipeline import Inbound, IngestPipeline
+from telemetry.dialect import Dialect
 from telemetry.topics import (
     EVENT,
     STATUS,
@@ -125,8 +126,12 @@ class MqttIngress:
         shared_group: str = "",
         metrics: GatewayMetrics,
         drain: bool = False,
+        dialects: tuple[Dialect, ...] = (),
     ) -> None:
         client_id = options.client_id
+        # A dialect on the native telemetry topics is read natively (the same samples).
+        native = every_device(topic_root, TELEMETRY)
+        self._dialects = tuple(d for d in dialects if d.topic_filter != native)
         self._pipeline = pipeline
         self._root = topic_root
         self._shared_group = shared_group
@@ -165,6 +170,7 @@ class MqttIngress:
             (shared + every_device(self._root, EVENT), 1),
             # Retained presence is not delivered on shared subscriptions (MQTT 5, 4.8.2).
             (every_device(self._root, STATUS), 1),
+            *((shared + d.topic_filter, 1) for d in self._dialects),
         ]
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -292,7 +298,11 @@ class MqttIngress:
                     self.marker_arrived.set()
                 continue
             parsed = parse_device_topic(root, topic)
-            device_id, kind = parsed if parsed is not None and parsed[1] in _KINDS else _BAD_TOPIC
+            dialect = None
+            if parsed is not None and parsed[1] in _KINDS:
+                device_id, kind = parsed
+            else:
+                device_id, kind, dialect = self._dialect_topic(topic)
             submit(
                 Inbound(
                     kind,
@@ -302,5 +312,15 @@ class MqttIngress:
                     (generation, m.mid, m.qos),
                     m.content_type,
                     retained=m.retain,
+                    dialect=dialect,
                 )
             )
+
+    def _dialect_topic(self, topic: str) -> tuple[str, str, Dialect | None]:
+        """(device id, kind, dialect) of a topic of the configured dialects; a topic of none of
+        them is refused as bad_topic (and acknowledged)."""
+        for dialect in self._dialects:
+            device_id = dialect.device_of(topic)
+            if device_id is not None:
+                return device_id, TELEMETRY, dialect
+        return (*_BAD_TOPIC, None)

@@ -22,6 +22,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.stages import BatchStage, merge_outputs
 from telemetry.batch import DeviceEvent, TelemetryBatch
 from telemetry.decoder import TimeLimits, decode_events, decode_status, decode_telemetry
+from telemetry.dialect import Dialect
 from telemetry.plausibility import PlausibilityFilter
 from telemetry.store import (
     DataRefused,
@@ -53,6 +54,7 @@ class Inbound(NamedTuple):
     content_type: str | None = None
     transport: str = "mqtt"  # key of the acknowledge callback; a metrics label
     retained: bool = False  # MQTT: a retained message the broker sent because we subscribed
+    dialect: Dialect | None = None  # the payload dialect of a legacy device's telemetry
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,6 +392,7 @@ class IngestPipeline:
                 now_ms=work.now_ms,
                 limits=self._time_limits,
                 content_types=[m.content_type for m in msgs],
+                dialects=[m.dialect for m in msgs] if _any_dialect(msgs) else None,
             )
             batches.append(decoded.batch)
             work.sizes[transport] = len(decoded.batch)
@@ -640,6 +643,10 @@ def _status_time(t: int | None, m: Inbound) -> int:
     if t is not None:
         return t
     return 0 if m.retained else m.received_ms
+
+
+def _any_dialect(messages: list[Inbound]) -> bool:
+    return any(m.dialect is not None for m in messages)
 
 
 def _by_transport(messages: list[Inbound]) -> list[tuple[str, list[Inbound]]]:

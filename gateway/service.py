@@ -33,6 +33,7 @@ from gateway.webhooks.runner import WebhookRunner
 from geofence import Hysteresis, SpeedCapChange
 from telemetry.batch import TelemetryBatch
 from telemetry.decoder import TimeLimits
+from telemetry.dialect import Dialect
 from telemetry.plausibility import PlausibilityFilter
 from telemetry.store import (
     DeviceCredentials,
@@ -57,6 +58,8 @@ class GatewayConfig:
     mqtt_client_id: str = "fleetgate-gw-1"
     mqtt_topic_root: str = "fg/v1"
     mqtt_shared_group: str = ""  # plain subscriptions: see Settings.mqtt_shared_group
+    # Payload dialects of legacy devices read beside the native topics (telemetry.dialect).
+    mqtt_dialects: tuple[Dialect, ...] = ()
     mqtt_protocol: int = 5
     mqtt_keepalive_s: int = 30
     mqtt_session_expiry_s: int = 7 * 86400
@@ -289,6 +292,7 @@ class Gateway:
             shared_group=cfg.mqtt_shared_group,
             metrics=self.metrics,
             drain=cfg.drain,
+            dialects=cfg.mqtt_dialects,
         )
         pipeline.count_held_upstream(lambda: ingress.held_back)
 

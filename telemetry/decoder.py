@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from telemetry import senml
 from telemetry._shown import shown
 from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, DeviceEvent, TelemetryBatch
+from telemetry.dialect import Dialect, PayloadError
 from telemetry.schema import (
     HEADING_RANGE,
     LAT_RANGE,
@@ -162,16 +163,25 @@ def decode_telemetry(
     limits: TimeLimits = TimeLimits(),
     content_types: Sequence[str | None] | None = None,
     max_problems: int = 20,
+    dialects: Sequence[Dialect | None] | None = None,
 ) -> DecodeResult:
     """Decode the payloads of many telemetry messages into one batch of valid samples.
 
     device_ids[i] is the device id from message i's topic, registry maps a device id to its
-    vehicles.id. Invalid samples are left out of the batch and counted by reason.
+    vehicles.id. Invalid samples are left out of the batch and counted by reason. dialects[i],
+    where given and not None, is the payload dialect message i arrived in (telemetry.dialect):
+    its samples are mapped onto the protocol's and then checked as native ones are.
     """
     rejections = _Rejections(device_ids, max_problems)
     received = np.asarray(received_ms, dtype=np.int64)
     items, owner = _parse_messages(
-        device_ids, payloads, registry, content_types, rejections, senml_received_ms=received
+        device_ids,
+        payloads,
+        registry,
+        content_types,
+        rejections,
+        senml_received_ms=received,
+        dialects=dialects,
     )
     vehicle_of_msg = np.fromiter(
         (registry.get(d, -1) for d in device_ids), np.int32, len(device_ids)
@@ -195,6 +205,7 @@ def _parse_messages(
     content_types,
     rejections,
     senml_received_ms: np.ndarray | None = None,
+    dialects: Sequence[Dialect | None] | None = None,
 ):
     """Parse every message on its own; returns the sample objects and the message index of each.
 
@@ -224,8 +235,8 @@ def _parse_messages(
         except Exception as exc:  # cbor2 raises several types for garbage input
             rejections.add(f"malformed_{_SYNTAX[enc]}", i, str(exc)[:200])
             continue
-        if enc.startswith("senml"):
-            value = _senml_samples(value, i, senml_received_ms, rejections)
+        if dialects is not None or enc.startswith("senml"):
+            value = _translated(value, enc, i, senml_received_ms, dialects, rejections)
         if type(value) is dict:
             items.append(value)
             owner.append(i)
@@ -252,6 +263,21 @@ def _senml_samples(pack, i: int, received_ms: np.ndarray | None, rejections: _Re
             raise senml.SenmlError("SenML carries telemetry samples only")
         return senml.to_samples(pack, int(received_ms[i]))
     except senml.SenmlError as exc:
+        rejections.add("bad_structure", i, str(exc)[:200])
+        return _REJECTED
+
+
+def _translated(value, enc: str, i: int, senml_received_ms, dialects, rejections: _Rejections):
+    """Message i's SenML pack, or payload in a dialect, as protocol sample objects, or
+    _REJECTED (counted); a native payload as it is."""
+    if enc.startswith("senml"):
+        return _senml_samples(value, i, senml_received_ms, rejections)
+    dialect = dialects[i]
+    if dialect is None:
+        return value
+    try:
+        return dialect.to_samples(value)
+    except PayloadError as exc:
         rejections.add("bad_structure", i, str(exc)[:200])
         return _REJECTED
 

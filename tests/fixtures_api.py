@@ -24,6 +24,7 @@ KEY_SCOPES = {
     "emqx": ["broker:auth"],
     "agency": ["mds:read"],
     "billing": ["webhooks:write"],
+    "legacy": ["migration:write"],
     "admin": ["admin"],
 }
 

@@ -17,6 +17,7 @@ from fleetgate.cli import (
     demo,
     devices,
     migrate,
+    migrate_bridge,
     run,
     sim,
     vehicle_types,
@@ -44,6 +45,9 @@ app.add_typer(devices.app, name="devices")
 app.add_typer(vehicle_types.app, name="vehicle-types")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(migrate.app, name="migrate")
+# After every add_typer: bridge-config joins the `migrate` group if one is mounted, else brings
+# a group of that name of its own.
+migrate_bridge.mount(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -63,6 +63,22 @@ def fleet_options(
     )
 
 
+def dialect_file(spec: str) -> str:
+    """The TOML file of a dialect (the simulator reads the file itself), checked as the gateway
+    checks it; a bad one ends the command (2) naming the file and key."""
+    from importlib import resources
+
+    from telemetry.dialect import SHIPPED, DialectError, load_dialect
+
+    try:
+        load_dialect(spec)
+    except DialectError as exc:
+        fail(str(exc))
+    if spec in SHIPPED:
+        return str(resources.files("telemetry").joinpath(f"dialects/{spec}.toml"))
+    return spec
+
+
 def fleet_misbehaviour(
     duplicates: float, malformed: float, out_of_order: float, disconnects_per_h: float
 ) -> Misbehaviour:
@@ -276,6 +292,13 @@ def sim(
     report_every: Annotated[
         float, typer.Option(min=0.5, help="seconds between progress lines")
     ] = 5.0,
+    dialect: Annotated[
+        str | None,
+        typer.Option(
+            help="the devices speak this legacy payload dialect (a TOML file or a shipped name: "
+            "fleetgate, traccar-osmand, flat-json; docs/dialects.md) on its topics"
+        ),
+    ] = None,
 ) -> None:
     """Run simulated TCUs against the broker (FLEETGATE_MQTT_URL): e-bikes and cars (--cars), or
     a mixed fleet of e-bikes, cargo e-bikes, scooters, mopeds and cars (--mix).
@@ -303,6 +326,7 @@ def sim(
         misbehaviour=fleet_misbehaviour(duplicates, malformed, out_of_order, disconnects_per_h),
         mix=fleet_mix(mix),
     )
+    opts.dialect = dialect_file(dialect) if dialect else None
     register = register or register_only
     if register and s.database_url is None:
         fail("--register needs FLEETGATE_DATABASE_URL")

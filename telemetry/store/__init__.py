@@ -17,6 +17,7 @@ from telemetry.store._errors import (
     StorageNotAvailable,
     StoreUnavailable,
 )
+from telemetry.store._legacy import LegacyObservation, LegacyObservations
 from telemetry.store._migrate import MigrationReport, migrate
 from telemetry.store._migration_runs import MigrationRun
 from telemetry.store._pool import (
@@ -54,6 +55,8 @@ __all__ = [
     "TRIP_FIGURE_COLUMNS",
     "MeasuredTrip",
     "TripToMeasure",
+    "LegacyObservation",
+    "LegacyObservations",
     "Subscription",
     "UnknownOutboxEvent",
     "UnknownSubscription",

@@ -22,6 +22,7 @@ SCOPES = (
     "devices:write",
     "webhooks:write",
     "broker:auth",
+    "migration:write",
     "mds:read",
     "admin",
 )

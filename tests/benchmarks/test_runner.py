@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from benchmarks import _runner, battery, decoder, ingest, mqtt_parser, zone_index
+from benchmarks import _runner, battery, decoder, dialects, ingest, mqtt_parser, zone_index
 from tests import REPO
 
 BENCHMARKS = sorted(
@@ -92,6 +92,13 @@ def test_the_decoder_and_parser_benchmarks_report_their_figures(capsys):
     assert report["small_publishes"]["messages"] == 1000
     assert report["huge_publish_default_limit"]["outcome"].startswith("rejected")
     assert report["huge_publish_no_limit"] is None
+
+
+def test_the_dialects_benchmark_reads_back_the_native_samples_in_each_dialect(capsys):
+    report = run_main(dialects.main, ["--messages", "400", "--repeat", "1"], capsys)
+    for name in ("native", "fleetgate", "traccar-osmand", "flat-json"):
+        assert report[name]["rejected"] == {} and report[name]["same_times_and_fixes"] is True
+        assert report[name]["us_per_message"] > 0
 
 
 def test_a_child_process_command_line_parses_back_to_its_options():

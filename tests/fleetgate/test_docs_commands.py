@@ -207,6 +207,14 @@ COMMANDS: dict[str, dict[str, Action]] = {
             "tests/gateway/coap/test_ingress.py posts SenML with aiocoap's client"
         ),
     },
+    "docs/dialects.md": {
+        "export FLEETGATE_MQTT_DIALECTS=traccar-osmand": Run(),
+        "fleetgate migrate bridge-config --legacy-url mqtt://legacy.example:1883 --dialect "
+        "traccar-osmand --out bridge.conf": Run(expect="wrote bridge.conf: mirrors traccar-osmand"),
+        "fleetgate api-keys create traccar-forwarder --scope migration:write": Run(
+            expect="API key 'traccar-forwarder' with scopes"
+        ),
+    },
     "docs/webhooks.md": {
         "fleetgate webhooks types": Run(expect="command.finished"),
         "fleetgate webhooks create http://localhost:9000/fleetgate --type command.finished "

@@ -78,3 +78,16 @@ def test_credentials_in_the_mqtt_url_are_refused_not_shown():
         },
     )
     assert shown.exit_code == 0 and "s3cret" not in shown.output
+
+
+def test_a_bad_dialect_file_stops_the_start_naming_the_file_and_key(tmp_path):
+    dialect = tmp_path / "legacy.toml"
+    dialect.write_text(
+        '[dialect]\nname = "x"\ntopic = "legacy/{device_id}/pos"\n'
+        '[time]\nfield = "ts"\nformat = "epoch_us"\n[fields]\nlat = "la"\nlon = "lo"\n'
+    )
+    bad = run_fleetgate("config", "show", env={"FLEETGATE_MQTT_DIALECTS": f"flat-json,{dialect}"})
+    assert bad.exit_code == 2
+    assert f"{dialect}: time.format" in bad.output and "epoch_us" in bad.output
+    good = run_fleetgate("config", "show", env={"FLEETGATE_MQTT_DIALECTS": "traccar-osmand"})
+    assert good.exit_code == 0, good.output
