@@ -1,5 +1,7 @@
 """The catalogue: which stored events are announced, and under which name."""
 
+import json
+
 import orjson
 import pytest
 
@@ -59,3 +61,14 @@ def test_the_envelope():
         "vehicle_ref": "bike-1",
         "data": {"distance_m": 1200},
     }
+
+
+def test_an_event_whose_detail_holds_numbers_beyond_64_bits_is_rendered_as_sent():
+    """Found by the fuzz campaign (benchmarks/fuzz.py): a device event with a 2**70 in its
+    detail stopped the webhook worker at every start (orjson refuses such integers)."""
+    detail = {"code": 2**70, "nested": [{"n": -(2**65)}], "ok": 1.5}
+    body = render(7, "alarm.tamper", 1764412800123, "bike-1", detail)
+    assert json.loads(body)["data"] == detail
+    assert json.loads(body)["time"] == "2025-11-29T10:40:00.123Z"
+    # Every delivery of it sends the same bytes.
+    assert body == render(7, "alarm.tamper", 1764412800123, "bike-1", detail)
