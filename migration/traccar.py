@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
+from itertools import repeat
+from operator import is_not
 from typing import Any
 
 import numpy as np
@@ -193,9 +195,9 @@ def map_positions(
     reason its vehicle was rejected (its positions are skipped for it). A position of a device
     in neither is unknown_device. Rejected rows are counted by reason (telemetry.decoder's)."""
     n = len(chunk)
-    ids = [p.get("id") for p in chunk]
-    verdicts = Verdicts(n, file, ids)
-    owners = [p.get("deviceId") for p in chunk]
+    fields = _top_level(chunk, mapping)
+    verdicts = Verdicts(n, file, fields["id"])
+    owners = fields["deviceId"]
     if not set(map(type, owners)) <= {int, str}:
         owners = [o if type(o) in (int, str) else None for o in owners]
     device_ids = sorted({d for d, _ in devices.values()})
@@ -203,16 +205,17 @@ def map_positions(
     # Traccar's deviceId is a number; the records key it as text: look up both.
     index_of = {src: slot[d] for src, (d, _) in devices.items()}
     index_of.update({int(src): i for src, i in index_of.items() if src.isdigit()})
-    device = np.array([index_of.get(o, -1) for o in owners], np.int32)
+    device = np.fromiter(map(index_of.get, owners, repeat(-1)), np.int32, n)
     if (device < 0).any():
         texts = np.array([str(o) for o in owners], dtype=object)
         for source_id, reason in rejected.items():
             verdicts.reject(texts == source_id, reason, "deviceId", listed=False)
         verdicts.reject(device < 0, UNKNOWN_DEVICE, "deviceId")
 
-    cols, valid = _measurements(chunk, mapping, verdicts)
-    cols.update(_power(chunk, device, device_ids, devices, mapping, verdicts))
-    time_ms, received_ms = _times(chunk, valid, mapping, verdicts)
+    attributes = _Attributes(_attribute_dicts(fields["attributes"], verdicts))
+    cols, valid = _measurements(fields, attributes, mapping, verdicts)
+    cols.update(_power(attributes, device, device_ids, devices, mapping, verdicts))
+    time_ms, received_ms = _times(chunk, fields, valid, mapping, verdicts)
     verdicts.check_ranges(cols, _FIELD_NAMES)
     power = f"attributes.{mapping.power}"
     verdicts.check_storable(cols, {**_FIELD_NAMES, "pack_v": power, "aux_v": power})
@@ -225,21 +228,74 @@ def map_positions(
     return MappedPositions(rows if ok.all() else rows.take(ok), skipped, problems)
 
 
-def _measurements(chunk, mapping: Mapping, verdicts: Verdicts):
-    attributes = [p.get("attributes") or {} for p in chunk]
+# The top-level fields of a Position the mapping reads (and the mapping's time field).
+_TOP_LEVEL = (
+    "id",
+    "deviceId",
+    "attributes",
+    "valid",
+    "latitude",
+    "longitude",
+    "speed",
+    "course",
+    "serverTime",
+)
+
+
+def _top_level(chunk: Sequence[dict[str, Any]], mapping: Mapping) -> dict[str, list[Any]]:
+    """Field name -> the chunk's values of it (None where missing), one pass per field. (One
+    itemgetter per position and a transpose was measured slower: the tuples it allocates wake
+    the cyclic garbage collector, which walks the chunk's dicts.)"""
+    return {key: _values(chunk, key) for key in dict.fromkeys((*_TOP_LEVEL, mapping.time))}
+
+
+def _values(dicts: Sequence[dict[str, Any]], key: str) -> list[Any]:
+    """Each dict's value of key, None where missing (dict.get mapped in C, no Python frame per
+    dict)."""
+    return list(map(dict.get, dicts, repeat(key)))
+
+
+def _attribute_dicts(raw: Sequence[Any], verdicts: Verdicts) -> Sequence[dict[str, Any]]:
+    """The positions' attributes ({} where missing or null); one that is not an object is a
+    wrong_type (its position is rejected) and reads as {}."""
+    if set(map(type, raw)) <= {dict}:
+        return raw
+    attributes = [a or {} for a in raw]
     if not set(map(type, attributes)) <= {dict}:
         verdicts.reject(
             np.array([type(a) is not dict for a in attributes], bool), "wrong_type", "attributes"
         )
         attributes = [a if type(a) is dict else {} for a in attributes]
-    valid = np.array([p.get("valid") is not False for p in chunk], bool)
+    return attributes
+
+
+class _Attributes:
+    """Columns of the positions' attributes; a name no position of the chunk has costs no pass
+    (a tracker reports a handful of the attributes the mapping knows)."""
+
+    def __init__(self, attributes: Sequence[dict[str, Any]]) -> None:
+        self._attributes = attributes
+        self._present: set[str] = set().union(*attributes)
+        self._absent: list[None] = [None] * len(attributes)
+
+    def __len__(self) -> int:
+        return len(self._attributes)
+
+    def values(self, name: str) -> Sequence[Any]:
+        if name not in self._present:
+            return self._absent
+        return _values(self._attributes, name)
+
+
+def _measurements(fields, attrs: _Attributes, mapping: Mapping, verdicts: Verdicts):
+    valid = np.fromiter(map(is_not, fields["valid"], repeat(False)), bool, len(attrs))
     cols: dict[str, np.ndarray] = {}
     for name, values, field in (
-        ("lat", [p.get("latitude") for p in chunk], "latitude"),
-        ("lon", [p.get("longitude") for p in chunk], "longitude"),
-        ("speed_kmh", [p.get("speed") for p in chunk], "speed"),
-        ("heading_deg", [p.get("course") for p in chunk], "course"),
-        ("soc_pct", [a.get(mapping.soc) for a in attributes], f"attributes.{mapping.soc}"),
+        ("lat", fields["latitude"], "latitude"),
+        ("lon", fields["longitude"], "longitude"),
+        ("speed_kmh", fields["speed"], "speed"),
+        ("heading_deg", fields["course"], "course"),
+        ("soc_pct", attrs.values(mapping.soc), f"attributes.{mapping.soc}"),
     ):
         cols[name], wrong = numbers(values)
         verdicts.reject(wrong, "wrong_type", field)
@@ -248,9 +304,9 @@ def _measurements(chunk, mapping: Mapping, verdicts: Verdicts):
     cols["lon"][~valid] = np.nan
     with np.errstate(over="ignore"):  # a speed beyond float64 is out of range, checked later
         cols["speed_kmh"] *= mapping.speed_factor()
-    odometer = np.full(len(chunk), np.nan)
+    odometer = np.full(len(attrs), np.nan)
     for name in reversed(mapping.odometer):  # the first name present wins
-        values, wrong = numbers([a.get(name) for a in attributes])
+        values, wrong = numbers(attrs.values(name))
         verdicts.reject(wrong, "wrong_type", f"attributes.{name}")
         odometer = np.where(np.isnan(values), odometer, values)
     with np.errstate(over="ignore"):
@@ -260,14 +316,14 @@ def _measurements(chunk, mapping: Mapping, verdicts: Verdicts):
         ("immobilised", mapping.immobilised),
         ("charging", mapping.charging),
     ):
-        cols[column], wrong = tristates([a.get(name) for a in attributes])
+        cols[column], wrong = tristates(attrs.values(name))
         verdicts.reject(wrong, "wrong_type", f"attributes.{name}")
     return cols, valid
 
 
-def _power(chunk, device, device_ids, devices, mapping: Mapping, verdicts: Verdicts):
+def _power(attrs: _Attributes, device, device_ids, devices, mapping: Mapping, verdicts: Verdicts):
     """`power` (V, the tracker's supply) into pack_v or aux_v by the vehicle's type."""
-    volts, wrong = numbers([_attributes(p).get(mapping.power) for p in chunk])
+    volts, wrong = numbers(attrs.values(mapping.power))
     verdicts.reject(wrong, "wrong_type", f"attributes.{mapping.power}")
     type_of = {d: t for d, t in devices.values()}
     # per device slot (and -1, a device not imported), where its power reading goes
@@ -277,26 +333,26 @@ def _power(chunk, device, device_ids, devices, mapping: Mapping, verdicts: Verdi
     return {column: np.where(target == column, volts, np.nan) for column in ("pack_v", "aux_v")}
 
 
-def _attributes(position: dict[str, Any]) -> dict[str, Any]:
-    attributes = position.get("attributes")
+def _attributes(record: dict[str, Any]) -> dict[str, Any]:
+    attributes = record.get("attributes")
     return attributes if type(attributes) is dict else {}
 
 
-def _times(chunk, valid: np.ndarray, mapping: Mapping, verdicts: Verdicts):
+def _times(chunk, fields, valid: np.ndarray, mapping: Mapping, verdicts: Verdicts):
     """Sample time (the mapping's field; deviceTime for a position without a fix, whose fixTime
     is the last fix's) and the time Traccar received it (serverTime)."""
     if valid.all():
-        chosen = [p.get(mapping.time) for p in chunk]
+        chosen = fields[mapping.time]
     else:
         chosen = [
-            p.get(mapping.time) if ok else p.get("deviceTime", p.get(mapping.time))
-            for p, ok in zip(chunk, valid.tolist())
+            t if ok else p.get("deviceTime", t)
+            for p, t, ok in zip(chunk, fields[mapping.time], valid.tolist(), strict=True)
         ]
     time_ms, bad = iso_times_ms(chosen)
     missing = np.fromiter((v is None for v in chosen), bool, len(chunk))
     verdicts.reject(missing, "missing_field", mapping.time)
     verdicts.reject(bad, "wrong_type", mapping.time)
-    received_ms, bad_received = iso_times_ms([p.get("serverTime") for p in chunk])
+    received_ms, bad_received = iso_times_ms(fields["serverTime"])
     # serverTime is informative only: where it is missing, the sample's own time stands in.
     received_ms = np.where(bad_received, time_ms, received_ms)
     return time_ms, received_ms

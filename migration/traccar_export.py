@@ -116,7 +116,10 @@ def read_traccar_folder(path: str | Path) -> TraccarExport:
 def read_and_map_file(path: str, devices, rejected, mapping, window):
     """One position file read and mapped (migration.traccar.map_positions): what a worker
     process of the importer does, so that big exports are parsed on every core."""
+    import gc
+
     from migration.traccar import map_positions
 
+    gc.disable()  # a worker only parses and maps: no cycles (see importer._collector_paused)
     chunk = PositionChunk(_array_of_objects(read_json_file(Path(path)), Path(path)), path)
     return map_positions(chunk, devices, rejected, mapping, window, path)

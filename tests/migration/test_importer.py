@@ -271,7 +271,7 @@ async def test_a_csv_registers_its_good_lines(dsn):
 
 async def test_worker_processes_map_a_folder_as_this_process_does(dsn, tmp_path):
     export = synthetic_export(tmp_path / "export", devices=12, days=2, per_day=50)
-    report = await imported(dsn, read_traccar_folder(export), workers=2, keep_rows=100)
+    report = await imported(dsn, read_traccar_folder(export), workers=2, keep_bytes=20_000)
     assert report.imported["positions"] == 12 * 2 * 50 and report.counts["positions"] == 1200
     broken = export / "positions" / "device-7.json"
     broken.write_bytes(broken.read_bytes()[:1000])
