@@ -8,7 +8,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from telemetry.store import TelemetryStore
+from telemetry.store import TRIP_FIGURE_COLUMNS, TelemetryStore
 
 VEHICLE_COLUMNS = (
     "vehicle_ref",
@@ -263,6 +263,8 @@ async def samples_between(
     )
 
 
+# A trip as the API and its CSV show it: who and when, then the measurer's figures (one list,
+# kept by the store), then when they were measured.
 TRIP_COLUMNS = (
     "id",
     "vehicle_ref",
@@ -271,28 +273,7 @@ TRIP_COLUMNS = (
     "revision",
     "started_at",
     "ended_at",
-    "start_lat",
-    "start_lon",
-    "end_lat",
-    "end_lon",
-    "duration_s",
-    "distance_m",
-    "distance_source",
-    "gps_distance_m",
-    "energy_wh",
-    "energy_source",
-    "soc_start_pct",
-    "soc_end_pct",
-    "max_speed_kmh",
-    "fixes_used",
-    "fixes_rejected",
-    "zones_visited",
-    "end_zone",
-    "parking_allowed",
-    "ended_outside_operating_area",
-    "speeding_episodes",
-    "unlock_command",
-    "lock_command",
+    *TRIP_FIGURE_COLUMNS,
     "measured_at",
 )
 _TRIP_SELECT = (
