@@ -12,6 +12,9 @@ commands (gateway/dispatcher_lease.py); the others stand by and take over when i
    dispatcher not being theirs yet) and waits for it to succeed;
 5. watches which process dispatches next.
 
+The command is sent once the stopped process no longer dispatches (its /metrics says so or it no
+longer answers), so only another process can run it; the time is counted from the stop.
+
 It passes when another process took over and the command succeeded within --within seconds
 (30) of the stop; either way the timings are recorded as evidence `failover_drill`.
 """
@@ -235,14 +238,21 @@ async def _stop(client, holder: str, stop_command: str | None, timeout_s: float,
             raise DrillError(
                 f"the stop command exited {done.returncode}: {(done.stderr or done.stdout)[:300]}"
             )
+        # A stop may return before the process has let go (a graceful stop drains first): the
+        # command is sent once it no longer dispatches, so only another process can run it.
+        await _until_stopped(client, holder, stop_at + timeout_s)
         return stop_at
     say(f"stop the process at {holder} now (the drill waits up to {timeout_s:g} s)")
-    deadline = time.monotonic() + timeout_s
+    await _until_stopped(client, holder, time.monotonic() + timeout_s)
+    return time.monotonic()
+
+
+async def _until_stopped(client, holder: str, deadline: float) -> None:
     while time.monotonic() < deadline:
         if not await dispatching(client, holder):
-            return time.monotonic()
+            return
         await asyncio.sleep(0.1)
-    raise DrillError(f"{holder} still dispatches after {timeout_s:g} s: it was not stopped")
+    raise DrillError(f"{holder} still dispatches: it was not stopped")
 
 
 async def _watch_takeover(client, others: list[str], stop_at: float, found: dict) -> None:
