@@ -342,6 +342,12 @@ class Settings(BaseSettings):
         "API requests in flight get half of it, and when it runs out "
         "the process exits anyway (status 1), as does a second signal",
     )
+    migration_ready_urls: str = Field(
+        "",
+        description="comma-separated readiness URLs (http://host:9108/readyz) of every gateway "
+        "and API process: the go-live gate asks each (`fleetgate migrate gate`, "
+        "GET /v1/migration/gate)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 

@@ -120,7 +120,22 @@ def api_context(
         command_reads=command_reads(store),
         feeds=feed_service(s),
         own_ports=frozenset(p for p in (s.api_port, s.metrics_port) if p),
+        migration_gate=migration_gate(s),
     )
+
+
+def migration_gate(s: Settings):
+    """GET /v1/migration/gate: the verdict as `fleetgate migrate gate --json` prints it, the
+    processes' readiness from FLEETGATE_MIGRATION_READY_URLS."""
+    from fleetgate.go_live import gate_verdict, ready_urls_setting
+
+    urls = ready_urls_setting(s.migration_ready_urls)
+
+    async def verdict(store: TelemetryStore, batch: str) -> dict | None:
+        found = await gate_verdict(store, batch, urls)
+        return None if found is None else found.to_json()
+
+    return verdict
 
 
 def feed_service(s: Settings) -> FeedService:

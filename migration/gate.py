@@ -325,7 +325,8 @@ def _processes(processes: Sequence[ProcessReadiness]) -> Criterion:
         return Criterion(
             name,
             False,
-            "no process to check: name each gateway and API process's /readyz (--ready-url)",
+            "no process to check: name each gateway and API process's /readyz "
+            "(--ready-url, FLEETGATE_MIGRATION_READY_URLS)",
         )
     unready = [p for p in processes if not p.ready]
     if unready:

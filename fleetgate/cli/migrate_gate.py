@@ -12,7 +12,6 @@ with nothing recorded.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -20,11 +19,6 @@ import orjson
 import typer
 
 from fleetgate.cli.shared import database_url, fail, load_settings, with_store
-
-READY_TIMEOUT_S = 5.0
-# Every gateway process with commands enabled keeps a session of this name (held or standing by):
-# the processes the database knows of (gateway/dispatcher_lease.py).
-LEASE_APPLICATION = "fleetgate-dispatcher-lease"
 
 
 def mount(group: typer.Typer) -> None:
@@ -36,13 +30,6 @@ def mount(group: typer.Typer) -> None:
     group.command("failover-drill")(migrate_drill.failover_drill)
     group.command("load-evidence")(load_evidence)
     group.command("gate")(gate)
-
-
-async def known_batch(store, batch: str) -> bool:
-    """A batch is known once a migration run or a piece of evidence carries its name."""
-    return bool(await store.migration_runs(batch, limit=1)) or bool(
-        await store.migration_evidence(batch=batch, limit=1)
-    )
 
 
 def unknown_batch(batch: str) -> None:
@@ -72,42 +59,6 @@ def _windows(values: list[str]) -> dict[str, float]:
     return windows
 
 
-async def readiness(urls: list[str]) -> list:
-    """Each URL's /readyz answer as a ProcessReadiness."""
-    import httpx
-
-    from migration.gate import ProcessReadiness
-
-    async def one(client: httpx.AsyncClient, url: str) -> ProcessReadiness:
-        try:
-            r = await client.get(url)
-        except httpx.HTTPError as exc:
-            return ProcessReadiness(url, False, f"no answer: {type(exc).__name__}: {exc}"[:200])
-        if r.status_code == 200:
-            return ProcessReadiness(url, True)
-        reasons = ""
-        try:
-            checks = r.json().get("checks", {})
-            reasons = ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
-        except (ValueError, AttributeError):
-            pass
-        return ProcessReadiness(url, False, f"{r.status_code}{f': {reasons}' if reasons else ''}")
-
-    async with httpx.AsyncClient(timeout=READY_TIMEOUT_S) as client:
-        return list(await asyncio.gather(*(one(client, u) for u in urls)))
-
-
-async def lease_sessions(store) -> int:
-    """How many gateway processes the database sees (their dispatcher-lease sessions)."""
-    async with store.connection() as conn:
-        cur = await conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = %s",
-            (LEASE_APPLICATION,),
-        )
-        return (await cur.fetchone())[0]
-
-
 def gate(
     batch: Annotated[str, typer.Option(help="the migration batch to go live")],
     ready_url: Annotated[
@@ -116,7 +67,7 @@ def gate(
             "--ready-url",
             metavar="URL",
             help="a process's readiness URL (http://host:9108/readyz); repeat for every gateway "
-            "and API process of the deployment",
+            "and API process of the deployment (default: FLEETGATE_MIGRATION_READY_URLS)",
         ),
     ] = None,
     window: Annotated[
@@ -130,28 +81,15 @@ def gate(
 ) -> None:
     """Exit 0 only when every go-live criterion is met by fresh evidence; else 1 and each unmet
     criterion with what is missing."""
-    from migration.gate import GateThresholds, ProcessReadiness, evaluate_gate
+    from fleetgate.go_live import gate_verdict, ready_urls_setting
+    from migration.gate import GateThresholds
 
     thresholds = GateThresholds(windows_days=_windows(window or []))
-    urls = list(ready_url or [])
     s = load_settings()
+    urls = list(ready_url or ready_urls_setting(s.migration_ready_urls))
 
     async def run(store):
-        if not await known_batch(store, batch):
-            return None
-        evidence = await store.migration_evidence(limit=10_000)
-        processes = await readiness(urls)
-        sessions = await lease_sessions(store)
-        if sessions > len(urls):
-            processes.append(
-                ProcessReadiness(
-                    "database",
-                    False,
-                    f"it sees {sessions} gateway processes (dispatcher-lease sessions) but "
-                    f"--ready-url names {len(urls)}: name every process",
-                )
-            )
-        return evaluate_gate(batch, evidence, datetime.now(UTC), processes, thresholds)
+        return await gate_verdict(store, batch, urls, thresholds)
 
     verdict = asyncio.run(with_store(database_url(s), run))
     if verdict is None:
@@ -229,7 +167,7 @@ def record_rehearsal(s, result, source: str, origin: str | None) -> None:
     """`migrate rehearse` ran on services of its own: its verdict goes into the configured
     database (where there is one) as evidence for the gate. A database that cannot take it is
     said, not fatal: the rehearsal's own verdict stands."""
-    from telemetry.store import StoreUnavailable, TelemetryStore
+    from telemetry.store import TelemetryStore
 
     if s.database_url is None:
         typer.echo("no database configured: the verdict is not recorded as evidence", err=True)
@@ -251,7 +189,7 @@ def record_rehearsal(s, result, source: str, origin: str | None) -> None:
 
     try:
         evidence = asyncio.run(record())
-    except (StoreUnavailable, Exception) as exc:  # noqa: BLE001 - said, not fatal
+    except Exception as exc:  # noqa: BLE001 - said, not fatal: the rehearsal's verdict stands
         typer.echo(
             f"fleetgate: the verdict could not be recorded as evidence: {exc}"[:400], err=True
         )

@@ -16,8 +16,9 @@ import orjson
 import typer
 
 from fleetgate.cli.migrate import MappingOption, PathArgument, SourceOption, _read
-from fleetgate.cli.migrate_gate import known_batch, unknown_batch
+from fleetgate.cli.migrate_gate import unknown_batch
 from fleetgate.cli.shared import database_url, fail, load_settings, with_store
+from fleetgate.go_live import known_batch
 
 BatchOption = Annotated[str, typer.Option(help="the migration batch the records were imported as")]
 
