@@ -214,6 +214,11 @@ async def drill(
             reasons.append(
                 f"the locate after the stop ended {after.state or 'unanswered'} within "
                 f"{within_s:g} s"
+                + (
+                    ""
+                    if after.accepted_by
+                    else " (no --api accepted it: is another process's API among them?)"
+                )
             )
         elif command_s > within_s:
             reasons.append(f"the locate after the stop took {command_s:.1f} s")

@@ -7,8 +7,10 @@ would), the other takes over, and a `locate` succeeds within 30 s; the timings a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -40,9 +42,20 @@ async def dispatcher_of(processes: list[GatewayProcess]) -> GatewayProcess | Non
     return None
 
 
-async def test_the_dispatcher_fails_over_and_a_command_succeeds_within_30_s(
-    mosquitto, pg_dsn, topic_root, tmp_path
-):
+@dataclass
+class Deployment:
+    vehicle: str
+    key: str
+    holder: GatewayProcess
+    other: GatewayProcess
+    gateways: list[GatewayProcess]
+    stop_command: str
+
+
+@contextlib.asynccontextmanager
+async def deployment(mosquitto, pg_dsn, topic_root, tmp_path):
+    """Two `fleetgate run` processes with their operator's ports and APIs, one dispatching, and
+    a simulated TCU answering commands; stopped afterwards."""
     fleet = Fleet(
         FleetOptions(
             vehicles=1,
@@ -59,27 +72,25 @@ async def test_the_dispatcher_fails_over_and_a_command_succeeds_within_30_s(
     ((_device, vehicle, _kind),) = fleet.registrations()
     await register(pg_dsn, fleet.registrations())
     key = await api_key(pg_dsn)
-    gateways = []
-    for name in ("gw-a", "gw-b"):
-        gateways.append(
-            GatewayProcess(
-                pg_dsn,
-                mosquitto,
-                topic_root,
-                f"{name}-{topic_root[7:13]}",
-                tmp_path / f"{name}.log",
-                metrics_port=free_port(),
-                FLEETGATE_API_PORT=free_port(),
-                FLEETGATE_MQTT_SHARED_GROUP="fleetgate",
-            )
+    gateways = [
+        GatewayProcess(
+            pg_dsn,
+            mosquitto,
+            topic_root,
+            f"{name}-{topic_root[7:13]}",
+            tmp_path / f"{name}.log",
+            metrics_port=free_port(),
+            FLEETGATE_API_PORT=free_port(),
+            FLEETGATE_MQTT_SHARED_GROUP="fleetgate",
         )
+        for name in ("gw-a", "gw-b")
+    ]
     stop = asyncio.Event()
     driving = None
     try:
-        gateways[0].start()
-        await gateways[0].wait_subscribed()
-        gateways[1].start()
-        await gateways[1].wait_subscribed()
+        for gw in gateways:
+            gw.start()
+            await gw.wait_subscribed()
         await eventually(
             lambda: dispatcher_of(gateways), timeout=30, what="a process dispatching commands"
         )
@@ -92,6 +103,28 @@ async def test_the_dispatcher_fails_over_and_a_command_succeeds_within_30_s(
         for gw in gateways:
             (tmp_path / f"{gw.metrics_port}.pid").write_text(str(gw.proc.pid))
         stop_command = f"kill -TERM $(cat {tmp_path}/{{port}}.pid)"
+        yield Deployment(vehicle, key, holder, other, gateways, stop_command)
+    finally:
+        stop.set()
+        if driving is not None:
+            await driving
+            await fleet.stop(flush=False)
+        for gw in gateways:
+            gw.stop()
+
+
+def api_of(gw: GatewayProcess) -> str:
+    return f"http://127.0.0.1:{gw.env['FLEETGATE_API_PORT']}"
+
+
+async def test_the_dispatcher_fails_over_and_a_command_succeeds_within_30_s(
+    mosquitto, pg_dsn, topic_root, tmp_path
+):
+    async with deployment(mosquitto, pg_dsn, topic_root, tmp_path) as dep:
+        holder, other, gateways, vehicle, key = (
+            dep.holder, dep.other, dep.gateways, dep.vehicle, dep.key
+        )  # fmt: skip
+        stop_command = dep.stop_command
         env = {"FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_DRILL_API_KEY": key}
         args = ["migrate", "failover-drill", "--vehicle", vehicle]
         for gw in gateways:
@@ -155,13 +188,30 @@ async def test_the_dispatcher_fails_over_and_a_command_succeeds_within_30_s(
         assert criteria["processes_ready"]["detail"].startswith(
             f"not ready: {holder.ops_url}/readyz (no answer: ConnectError"
         )
-    finally:
-        stop.set()
-        if driving is not None:
-            await driving
-            await fleet.stop(flush=False)
-        for gw in gateways:
-            gw.stop()
+
+
+async def test_a_drill_whose_command_cannot_reach_the_new_dispatcher_fails_and_is_recorded(
+    mosquitto, pg_dsn, topic_root, tmp_path
+):
+    """Only the stopped process's API named: the locate after the stop finds no API to take it
+    (the takeover happens all the same); exit 1, the failed drill recorded with why."""
+    async with deployment(mosquitto, pg_dsn, topic_root, tmp_path) as dep:
+        env = {"FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_DRILL_API_KEY": dep.key}
+        args = ["migrate", "failover-drill", "--vehicle", dep.vehicle, "--within", "10",
+                "--api", api_of(dep.holder), "--stop-command", dep.stop_command]  # fmt: skip
+        for gw in dep.gateways:
+            args += ["--process", gw.ops_url]
+        result = await asyncio.to_thread(run_fleetgate, *args, env=env)
+        assert result.exit_code == 1, result.output
+        assert f"FAIL  failover drill: {dep.holder.ops_url} stopped; " in result.output
+        assert "locate unanswered" in result.output
+        async with await TelemetryStore.open(pg_dsn) as store:
+            (drill,) = await store.migration_evidence("failover_drill")
+        assert not drill.passed
+        assert drill.detail["reason"].startswith(
+            "the locate after the stop ended unanswered within 10 s (no --api accepted it"
+        )
+        assert drill.detail["took_over"] == dep.other.ops_url, "the takeover itself happened"
 
 
 async def test_a_drill_that_cannot_run_says_why_and_records_nothing(
