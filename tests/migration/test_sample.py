@@ -90,6 +90,9 @@ def test_a_file_with_ok_or_a_comment_on_every_row_is_signed_with_its_comments():
     ]
     assert signed.meta.batch == "berlin-1" and signed.meta.seed == 7
     assert signed.meta.covered_percent == 10.0, "vehicles 10 %, zones 33 %: the lower"
+    no_zones = SampleMeta.from_json({**signed.meta.to_json(), "zones": [0, 0]})
+    assert no_zones.covered_percent == 10.0, "an export without zones: the vehicles' share"
+    assert SampleMeta.from_json({**signed.meta.to_json(), "zones": [1, 20]}).covered_percent == 5.0
 
 
 def test_a_row_without_ok_or_a_comment_is_refused_with_its_line():
