@@ -282,6 +282,11 @@ class Settings(BaseSettings):
     webhooks_enabled: bool = Field(
         True, description="run the webhook delivery worker (in one process of the deployment)"
     )
+    webhook_process: bool = Field(
+        True,
+        description="run the webhook delivery worker in a child process of `fleetgate run` "
+        "(false: in the gateway process itself)",
+    )
     webhook_concurrency: int = Field(
         64, ge=1, le=1024, description="webhook requests in flight, all receivers together"
     )
