@@ -90,6 +90,7 @@ def webhook_config(s: Settings) -> WebhookConfig:
         concurrency=s.webhook_concurrency,
         per_subscription=max(1, s.webhook_concurrency // 2),
         timeout_s=s.webhook_timeout_s,
+        retention_s=s.webhook_retention_s,
         retry=RetryPolicy(
             first_delay_s=s.webhook_retry_first_s,
             max_delay_s=max(3600.0, s.webhook_retry_first_s),

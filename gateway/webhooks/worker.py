@@ -42,6 +42,8 @@ class WebhookConfig:
     sequence_batch: int = 5_000
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     dead_letters_s: float = 10.0  # how often the dead letters are counted
+    retention_s: float = 7 * 86400.0  # delivered records and settled outbox rows kept (0: all)
+    prune_every_s: float = 60.0
 
 
 @dataclass
@@ -72,6 +74,7 @@ class WebhookWorker:
         self._disabled: dict[str, tuple[int, str]] = {}  # 410s not recorded yet
         self._next_poll = 0.0
         self._next_dead_count = 0.0
+        self._next_prune = 0.0
         self._database_back_at = 0.0  # after an outage: when to try again
         self._polled_last = False
         self._loaded_more = False  # a poll moved some loaded_through: the settled point may move
@@ -162,6 +165,11 @@ class WebhookWorker:
         if time.time() >= self._next_dead_count:
             self._next_dead_count = time.time() + self.config.dead_letters_s
             self.metrics.dead_letters.set(await self._outbox.dead_letters())
+        if self.config.retention_s > 0 and time.time() >= self._next_prune:
+            self._next_prune = time.time() + self.config.prune_every_s
+            pruned, records = await self._outbox.prune(self.config.retention_s)
+            if pruned or records:
+                log.info("webhooks_pruned", extra={"outbox_rows": pruned, "records": records})
 
     async def _flush(
         self,
