@@ -168,6 +168,9 @@ def worker(
             help="started by `fleetgate run`: report on stdout, end when stdin closes",
         ),
     ] = False,
+    event_loop: Annotated[
+        str, typer.Option(help="auto (uvloop where installed), uvloop or asyncio")
+    ] = "auto",
 ) -> None:
     """Run the webhook delivery worker in this process (under the webhook lease) until SIGTERM.
 
@@ -179,6 +182,8 @@ def worker(
     from gateway.webhooks.process import serve_worker
     from telemetry.store import StoreUnavailable
 
+    if event_loop not in ("auto", "uvloop", "asyncio"):
+        fail("--event-loop is auto, uvloop or asyncio")
     s = load_settings()
     setup_logging(s.log_level, s.log_format)
     dsn = database_url(s)
@@ -191,16 +196,20 @@ def worker(
             await task
 
     try:
-        _event_loop_runner()(main())
+        _event_loop_runner(event_loop)(main())
     except StoreUnavailable as exc:
         fail(f"the database is unavailable: {exc}", 1)
 
 
-def _event_loop_runner():
-    """uvloop's runner where uvloop is installed (the worker's HTTP client and its database
-    driver spend much of their CPU in the event loop), asyncio's otherwise."""
+def _event_loop_runner(name: str = "auto"):
+    """uvloop's runner where uvloop is installed (auto) or asked for, asyncio's otherwise: the
+    worker's HTTP requests spend a good part of their CPU in the event loop and its sockets."""
+    if name == "asyncio":
+        return asyncio.run
     try:
         import uvloop
     except ImportError:
+        if name == "uvloop":
+            fail("--event-loop uvloop: uvloop is not installed")
         return asyncio.run
     return uvloop.run

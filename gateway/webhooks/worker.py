@@ -79,13 +79,20 @@ class WebhookWorker:
         self._polled_last = False
         self._loaded_more = False  # a poll moved some loaded_through: the settled point may move
         self.turns = 0  # database turns done (readiness: the worker makes progress)
+        # The counter's children, looked up once rather than for every delivery.
+        self._counted = {
+            outcome: metrics.deliveries.labels(outcome=outcome)
+            for outcome in ("delivered", "failed", "dead_lettered", "gone")
+        }
 
     async def run(self) -> None:
         """Deliver until cancelled. Database outages are waited out; anything else raises."""
         cfg = self.config
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=cfg.concurrency, ttl_dns_cache=60),
-            timeout=aiohttp.ClientTimeout(total=cfg.timeout_s),
+            # One timer per attempt (asyncio.timeout in _post) rather than two: aiohttp's own
+            # total timeout cost ~15 us of CPU per request here.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeout_s),
             headers={"User-Agent": USER_AGENT},
             auto_decompress=False,
         ) as client:
@@ -288,7 +295,7 @@ class WebhookWorker:
             sub = self._subs.get(delivery.subscription)
             if settled is Settled.STALE or sub is None:
                 continue
-            self.metrics.deliveries.labels(outcome=_outcome(settled)).inc()
+            self._counted[_outcome(settled)].inc()
             if settled is Settled.GONE:
                 reason = f"the receiver answered 410 at {at:.0f}"
                 self._disabled[sub.row.id] = (sub.row.revision, reason)
