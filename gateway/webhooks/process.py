@@ -152,22 +152,26 @@ class WebhookProcess:
     def _take(self, line: bytes) -> None:
         try:
             report = orjson.loads(line)
-        except orjson.JSONDecodeError:
+            deliveries = {o: float(report["deliveries"][o]) for o in _OUTCOMES}
+            gauges = [float(report[k]) for k in ("lag_seconds", "dead_letters", "active")]
+            held, turns, failure = bool(report["held"]), int(report["turns"]), report["failure"]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            # Not a report (something else wrote to its stdout): said, not taken for one.
             log.warning("webhook_process_said", extra={"line": line[:300].decode(errors="replace")})
             return
         self._last_report = time.monotonic()
         m = self._metrics
-        for outcome, value in report["deliveries"].items():
+        for outcome, value in deliveries.items():
             delta = value - self._counted.get(outcome, 0.0)
             if delta > 0:
                 m.deliveries.labels(outcome=outcome).inc(delta)
             self._counted[outcome] = value
-        m.lag_seconds.set(report["lag_seconds"])
-        m.dead_letters.set(report["dead_letters"])
-        m.worker_active.set(report["active"])
-        if report["failure"] is not None:
-            self.failure = report["failure"]
-        elif not report["held"] or report["turns"] > 0:
+        m.lag_seconds.set(gauges[0])
+        m.dead_letters.set(gauges[1])
+        m.worker_active.set(gauges[2])
+        if failure is not None:
+            self.failure = str(failure)
+        elif not held or turns > 0:
             self.failure = None  # standing by, or working
 
     async def check(self) -> str | None:
@@ -190,3 +194,4 @@ class WebhookProcess:
                 proc.kill()
             if not isinstance(sys.exception(), TimeoutError):
                 raise
+            await proc.wait()

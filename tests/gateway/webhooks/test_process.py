@@ -4,6 +4,7 @@ restart every outbox event is delivered at least once, a duplicate carries the s
 same bytes), none arrives out of order for its vehicle, and every signature verifies."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -194,3 +195,50 @@ async def test_killed_worker_process_makes_readiness_fail_is_restarted_and_loses
         gw.stop()
         await receiver.close()
         await store.close()
+
+
+async def test_the_supervisor_says_why_a_child_is_not_working_and_starts_it_again():
+    """WebhookProcess with real child processes standing in for the worker: one that writes
+    something other than reports and exits, and one that reports, holding the lease."""
+    import sys
+
+    from prometheus_client import CollectorRegistry
+
+    from gateway.webhooks import WebhookMetrics
+    from gateway.webhooks.process import WebhookProcess
+    from tests.harness import metric
+
+    report = (
+        '{"held": true, "turns": 3, "failure": null, "lag_seconds": 1.5, "dead_letters": 2, '
+        '"active": 1, "deliveries": {"delivered": 7, "failed": 1, "dead_lettered": 0, "gone": 0}}'
+    )
+    script = (
+        "import sys\n"
+        "print('not a report', flush=True)\n"
+        f"if len(sys.argv) > 1: print({report!r}, flush=True); sys.stdin.read()\n"
+        "sys.exit(3)\n"
+    )
+    registry = CollectorRegistry()
+    supervisor = WebhookProcess(
+        [sys.executable, "-c", script], WebhookMetrics(registry), restart_after_s=0.1
+    )
+    assert await supervisor.check() == "the webhook worker process has not reported yet"
+    task = asyncio.create_task(supervisor.run())
+    try:
+
+        async def restarted() -> bool:
+            return supervisor.starts >= 2 and "exited with 3" in (await supervisor.check() or "")
+
+        await eventually(restarted, timeout=20, what="restarted, and said why")
+        supervisor.command.append("report")
+        await eventually(lambda: supervisor.failure is None, timeout=20, what="a working child")
+        assert await supervisor.check() is None
+        assert metric(registry, "fleetgate_webhook_deliveries_total", outcome="delivered") == 7
+        assert metric(registry, "fleetgate_webhook_dead_letters") == 2
+        assert metric(registry, "fleetgate_webhook_worker_active") == 1
+        child = supervisor.proc
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert child.returncode is not None  # stopped with the supervisor, not left behind
