@@ -8,10 +8,10 @@ asyncio HTTP/1.1 server, tests/webhook_receiver.py) in a child process of its ow
 - deliveries: `--events` outbound events already committed, `--subscriptions` subscriptions to
   the receiver; the delivery worker is started as it runs in production, `fleetgate webhooks
   worker --supervised` in a process of its own, and timed until every event has reached every
-  subscription and is recorded (deliveries/s, the worker process's CPU per delivery), on uvloop
-  and on asyncio's own loop. Beside it, the baseline: the same number of POSTs over the same HTTP
-  client (aiohttp) and concurrency with no database, no ordering and no signing, in a process of
-  its own on each loop (what the client and receiver alone manage here).
+  subscription and is recorded (deliveries/s, the worker process's CPU per delivery). Beside it,
+  in turn, the baseline: the same number of POSTs over the same HTTP client (aiohttp) and
+  concurrency with no database, no ordering and no signing, in a process of its own (what the
+  client and receiver alone manage here).
 - ingest: the gateway in this process takes `--samples` samples as fast as the broker delivers
   them while `--event-rate` outbound events/s are committed beside the samples, twice: webhooks
   off, then on with the worker in its child process (as `fleetgate run` starts it) delivering
@@ -108,7 +108,7 @@ def _worker_env(args: argparse.Namespace, dsn: str) -> dict[str, str]:
     }
 
 
-async def deliveries(args, dsn: str, store, vehicles: list[int], receiver, loop: str) -> dict:
+async def deliveries(args, dsn: str, store, vehicles: list[int], receiver) -> dict:
     """The worker as deployed: `fleetgate webhooks worker --supervised` in its own process.
     Once it holds the lease and has polled (its start-up is not counted), the events are
     committed; timed until every delivery is received and recorded."""
@@ -118,14 +118,12 @@ async def deliveries(args, dsn: str, store, vehicles: list[int], receiver, loop:
     profile = os.environ.get("FLEETGATE_BENCH_PROFILE_WORKER")  # a directory: cProfile it
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        *(["-m", "cProfile", "-o", f"{profile}/worker-{loop}.prof"] if profile else []),
+        *(["-m", "cProfile", "-o", f"{profile}/worker.prof"] if profile else []),
         "-m",
         "fleetgate.cli",
         "webhooks",
         "worker",
         "--supervised",
-        "--event-loop",
-        loop,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         env=_worker_env(args, dsn),
@@ -168,7 +166,6 @@ async def deliveries(args, dsn: str, store, vehicles: list[int], receiver, loop:
             reports.cancel()
     received_n, receiver_cpu = await receiver.count()
     return {
-        "event_loop": loop,
         "events": args.events,
         "subscriptions": args.subscriptions,
         "deliveries": expected,
@@ -209,32 +206,20 @@ async def _at_least(count, dsn: str, expected: int) -> bool:
     return await count(dsn) >= expected
 
 
-def _bare_child(args: argparse.Namespace) -> None:
-    """The baseline in a process of its own, on the event loop asked for."""
-    if args.event_loop == "uvloop":
-        import uvloop
-
-        report = uvloop.run(_bare_posts(args, args.url, args.posts))
-    else:
-        report = asyncio.run(_bare_posts(args, args.url, args.posts))
-    emit(report)
+async def _bare_child(args: argparse.Namespace) -> None:
+    """The baseline in a process of its own, as the worker is."""
+    emit(await _bare_posts(args, args.url, args.posts))
 
 
-async def bare_posts(args, url: str, count: int, loop: str) -> dict:
+async def bare_posts(args, url: str, count: int) -> dict:
     proc = await start_child(
-        __spec__.name,
-        "bare",
-        url=url,
-        posts=count,
-        event_loop=loop,
-        concurrency=args.concurrency,
-        stderr=None,
+        __spec__.name, "bare", url=url, posts=count, concurrency=args.concurrency, stderr=None
     )
     line = await proc.stdout.readline()
     await proc.wait()
     if not line:
         raise RuntimeError(f"the baseline process ended with {proc.returncode}")
-    return {"event_loop": loop, **orjson.loads(line)}
+    return orjson.loads(line)
 
 
 async def _bare_posts(args, url: str, count: int) -> dict:
@@ -365,14 +350,11 @@ async def bench(args: argparse.Namespace) -> dict:
             posts = args.events * args.subscriptions
             await _subscribe(store, url, args.subscriptions)
             baseline, delivered = [], []
-            for _ in range(args.rounds):  # in turn, so that the machine's load falls on all
-                for loop in ("uvloop", "asyncio"):
-                    baseline.append(await bare_posts(args, url, posts, loop))
-                    progress(f"bare posts: {baseline[-1]}")
-                    delivered.append(
-                        await deliveries(args, services.dsn, store, vehicles, receiver, loop)
-                    )
-                    progress(f"deliveries: {delivered[-1]}")
+            for _ in range(args.rounds):  # in turn, so that the machine's load falls on both
+                baseline.append(await bare_posts(args, url, posts))
+                progress(f"bare posts: {baseline[-1]}")
+                delivered.append(await deliveries(args, services.dsn, store, vehicles, receiver))
+                progress(f"deliveries: {delivered[-1]}")
             off = await ingest(args, services, store, vehicles, False, receiver)
             progress(f"ingest, webhooks off: {off}")
             on = await ingest(args, services, store, vehicles, True, receiver)
@@ -411,11 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--event-rate", type=float, default=100.0, help="outbound events/s beside the ingest"
     )
     p.add_argument("--seed", type=int, default=1, help="the simulated fleet's seed")
-    p.add_argument("--rounds", type=int, default=2, help="deliveries and baseline rounds")
+    p.add_argument("--rounds", type=int, default=3, help="deliveries and baseline rounds")
     # The baseline's child process (--role bare).
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--posts", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--event-loop", default="asyncio", help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=300.0, help="s to wait for each part")
     return p
 

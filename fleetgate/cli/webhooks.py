@@ -168,22 +168,18 @@ def worker(
             help="started by `fleetgate run`: report on stdout, end when stdin closes",
         ),
     ] = False,
-    event_loop: Annotated[
-        str, typer.Option(help="auto (uvloop where installed), uvloop or asyncio")
-    ] = "auto",
 ) -> None:
     """Run the webhook delivery worker in this process (under the webhook lease) until SIGTERM.
 
-    `fleetgate run` starts this itself as its child (`--supervised`); run it alone only where
-    no gateway process runs the worker (FLEETGATE_WEBHOOK_PROCESS=false there)."""
+    `fleetgate run` starts this itself as its child (`--supervised`). Alone (e.g. on another
+    machine) it competes for the same lease as the gateways' workers; FLEETGATE_WEBHOOKS_ENABLED
+    =false on the gateways leaves the deliveries to it."""
     from fleetgate.cli.shared import install_signal_handlers
     from fleetgate.logs import setup_logging
     from fleetgate.wiring import webhook_config
     from gateway.webhooks.process import serve_worker
     from telemetry.store import StoreUnavailable
 
-    if event_loop not in ("auto", "uvloop", "asyncio"):
-        fail("--event-loop is auto, uvloop or asyncio")
     s = load_settings()
     setup_logging(s.log_level, s.log_format)
     dsn = database_url(s)
@@ -196,20 +192,6 @@ def worker(
             await task
 
     try:
-        _event_loop_runner(event_loop)(main())
+        asyncio.run(main())
     except StoreUnavailable as exc:
         fail(f"the database is unavailable: {exc}", 1)
-
-
-def _event_loop_runner(name: str = "auto"):
-    """uvloop's runner where uvloop is installed (auto) or asked for, asyncio's otherwise: the
-    worker's HTTP requests spend a good part of their CPU in the event loop and its sockets."""
-    if name == "asyncio":
-        return asyncio.run
-    try:
-        import uvloop
-    except ImportError:
-        if name == "uvloop":
-            fail("--event-loop uvloop: uvloop is not installed")
-        return asyncio.run
-    return uvloop.run

@@ -54,13 +54,6 @@ def test_webhooks_create_refuses_bad_input(pg_dsn, args, reason):
     assert run_fleetgate("webhooks", "list", env=env).output == ""
 
 
-def test_webhooks_worker_refuses_an_unknown_event_loop(pg_dsn):
-    result = run_fleetgate(
-        "webhooks", "worker", "--event-loop", "moon", env={"FLEETGATE_DATABASE_URL": pg_dsn}
-    )
-    assert result.exit_code == 2 and "auto, uvloop or asyncio" in result.output
-
-
 async def test_webhooks_worker_alone_delivers_and_ends_on_sigterm(pg_dsn):
     """`fleetgate webhooks worker` without a gateway (e.g. on another machine): it takes the
     lease, delivers what is committed, and SIGTERM ends it cleanly."""
