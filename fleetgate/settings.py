@@ -282,6 +282,17 @@ class Settings(BaseSettings):
     webhooks_enabled: bool = Field(
         True, description="run the webhook delivery worker (in one process of the deployment)"
     )
+    webhook_process: bool = Field(
+        True,
+        description="run the webhook delivery worker in a child process of `fleetgate run` "
+        "(false: in the gateway process itself)",
+    )
+    webhook_retention_s: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="keep delivered webhook records and delivered outbox rows this long "
+        "(dead letters and retries are kept until settled); 0: keep everything",
+    )
     webhook_concurrency: int = Field(
         64, ge=1, le=1024, description="webhook requests in flight, all receivers together"
     )

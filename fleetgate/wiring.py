@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import sys
 
 import uvicorn
 from starlette.applications import Starlette
@@ -74,15 +75,26 @@ def gateway_config(s: Settings, database_url: str, mqtt_host: str, mqtt_port: in
         speed_caps_enabled=s.speed_caps_enabled,
         command_overrides=command_overrides(s),
         webhooks_enabled=s.webhooks_enabled,
-        webhooks=WebhookConfig(
-            concurrency=s.webhook_concurrency,
-            per_subscription=max(1, s.webhook_concurrency // 2),
-            timeout_s=s.webhook_timeout_s,
-            retry=RetryPolicy(
-                first_delay_s=s.webhook_retry_first_s,
-                max_delay_s=max(3600.0, s.webhook_retry_first_s),
-                give_up_after_s=s.webhook_give_up_s,
-            ),
+        webhooks=webhook_config(s),
+        webhooks_command=(
+            [sys.executable, "-m", "fleetgate.cli", "webhooks", "worker", "--supervised"]
+            if s.webhook_process
+            else None
+        ),
+    )
+
+
+def webhook_config(s: Settings) -> WebhookConfig:
+    """The delivery worker's settings (the gateway's, and `fleetgate webhooks worker`'s)."""
+    return WebhookConfig(
+        concurrency=s.webhook_concurrency,
+        per_subscription=max(1, s.webhook_concurrency // 2),
+        timeout_s=s.webhook_timeout_s,
+        retention_s=s.webhook_retention_s,
+        retry=RetryPolicy(
+            first_delay_s=s.webhook_retry_first_s,
+            max_delay_s=max(3600.0, s.webhook_retry_first_s),
+            give_up_after_s=s.webhook_give_up_s,
         ),
     )
 

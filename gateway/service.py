@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from gateway.pipeline import DeviceRegistry, IngestPipeline, PipelineLimits
 from gateway.stages import AlarmStage, BatteryStage, GeofenceStage, TripStage
 from gateway.trips import TripMeasurer
 from gateway.webhooks import WebhookConfig, WebhookMetrics
+from gateway.webhooks.process import WebhookProcess
 from gateway.webhooks.runner import WebhookRunner
 from geofence import Hysteresis, SpeedCapChange
 from telemetry.batch import TelemetryBatch
@@ -97,6 +99,9 @@ class GatewayConfig:
     # Webhook deliveries (docs/webhooks.md): one worker per deployment, under a lease of its own.
     webhooks_enabled: bool = False
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
+    # The worker's own process (`fleetgate webhooks worker --supervised`, gateway/webhooks/
+    # process.py), started and supervised by this one; None: the worker runs in this process.
+    webhooks_command: list[str] | None = None
     # Drain mode (`fleetgate drain`): store what the broker holds for mqtt_client_id's session
     # (a process retired for good), end that session and stop. No commands, no CoAP.
     drain: bool = False
@@ -158,7 +163,7 @@ class Gateway:
         self._listening_since: float | None = None
         self._commands_collector = _CommandMetrics()
         self.webhook_metrics = WebhookMetrics(registry)
-        self.webhooks: WebhookRunner | None = None
+        self.webhooks: WebhookRunner | WebhookProcess | None = None
         if registry is not None:
             registry.register(self._commands_collector)
 
@@ -343,9 +348,15 @@ class Gateway:
         if self.lease is not None:
             chores.append(asyncio.create_task(self._hold_dispatcher_lease(), name="lease"))
         if cfg.webhooks_enabled and not cfg.drain:
-            self.webhooks = WebhookRunner(
-                cfg.database_url, self.store, cfg.webhooks, self.webhook_metrics
-            )
+            if cfg.webhooks_command:
+                # The child reads the same settings from the same environment, and this
+                # process's database (also an embedded one's, which no setting names).
+                env = {**os.environ, "FLEETGATE_DATABASE_URL": cfg.database_url}
+                self.webhooks = WebhookProcess(cfg.webhooks_command, self.webhook_metrics, env=env)
+            else:
+                self.webhooks = WebhookRunner(
+                    cfg.database_url, self.store, cfg.webhooks, self.webhook_metrics
+                )
             chores.append(asyncio.create_task(self.webhooks.run(), name="webhooks"))
         # Each runs until the gateway stops; one that ends sooner is a failure of the process.
         needed = {
