@@ -101,9 +101,13 @@ class StageProfile:
         return timed
 
     def report(self, samples: int, total_cpu_s: float) -> dict[str, float]:
-        """µs of CPU per sample by step (each its own time), `gc`, and `rest`."""
+        """µs of CPU per sample by step (each its own time), `gc`, `rest`, and the samples per
+        socket read and per batch."""
         per = max(samples, 1)
         out = {label: round(v / 1e3 / per, 2) for label, v in self.ns.items()}
         out["rest"] = round(total_cpu_s * 1e6 / per - sum(self.ns.values()) / 1e3 / per, 2)
         out["total"] = round(total_cpu_s * 1e6 / per, 2)
+        # How many samples the per-read and per-batch costs were spread over.
+        out["samples_per_read"] = round(per / max(self.calls["mqtt_receive"], 1), 1)
+        out["samples_per_batch"] = round(per / max(self.calls["decode"], 1), 1)
         return out

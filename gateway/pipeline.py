@@ -319,6 +319,10 @@ class IngestPipeline:
         limits, pending = self.limits, self._pending
         if len(pending) <= limits.max_messages and self._pending_bytes <= limits.max_bytes:
             n, size = len(pending), self._pending_bytes  # all of it, the common case
+        elif (
+            size := sum(map(len, map(_PAYLOAD, pending[: limits.max_messages])))
+        ) <= limits.max_bytes:
+            n = limits.max_messages  # a full batch by count, the case of a backlog
         else:
             n, size = 0, 0
             while n < len(pending) and n < limits.max_messages and size < limits.max_bytes:
