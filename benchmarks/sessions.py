@@ -1,5 +1,6 @@
-"""Many device sessions: a connect storm of persistent MQTT sessions with last wills, 1 Hz
-telemetry from each, presence checked for every device, then a forced disconnect of some.
+"""Many device sessions: a connect storm of persistent MQTT sessions with last wills, a sample
+every --interval-s from each (1 s by default), presence checked for every device, then a forced
+disconnect of some.
 
 Everything runs on this machine in one run: a private Mosquitto with the project's configuration
 (its descriptor limit raised to the hard limit first, see docs/deployment.md), a fresh database,
@@ -7,15 +8,16 @@ Everything runs on this machine in one run: a private Mosquitto with the project
 --processes child processes. A device here is a lean asyncio connection with its MQTT 5 frames
 written out by hand (benchmarks/_loadgen.py's framing, plus the will): CONNECT with clean start 0,
 a session expiry and the last will `{"online": false}` (retained, QoS 1) on
-{root}/{device}/status; after CONNACK its retained `{"online": true, "t": ...}`; then one sample a
-second (QoS 1, the simulated fleet's own payloads), spread evenly over the second.
+{root}/{device}/status; after CONNACK its retained `{"online": true, "t": ...}`; then a sample
+every --interval-s (QoS 1, the simulated fleet's own payloads), the devices' turns spread evenly.
 
 Phases, each with the gateway's and the broker's CPU and memory:
 - storm:  every child connects its devices at once (at most --connect-concurrency connects in
           flight per child); the time until every CONNACK, and until the database shows every
           device online.
-- steady: --steady-s seconds at 1 Hz each: samples acknowledged by the broker, stored by the
-          gateway, and the backlog (published but not stored) at the end.
+- steady: --steady-s seconds of a sample per device every --interval-s: samples acknowledged
+          by the broker, stored by the gateway, where a batch's time goes (the gateway's
+          metrics), and the backlog (published but not stored) at the end.
 - kill:   --kill devices lose their sockets without DISCONNECT (the broker publishes their
           wills); the time until the database shows exactly them offline, every other device
           still online, while the rest keep sending.
@@ -152,13 +154,14 @@ class Session(asyncio.Protocol):
 class Telemetry:
     """The simulated fleet's samples of one child's devices, encoded one step (second) at a time."""
 
-    def __init__(self, child: int, count: int, root: str, seed: int) -> None:
+    def __init__(self, child: int, count: int, root: str, seed: int, interval_s: float) -> None:
         from firmware_sim.model import FleetModel
         from firmware_sim.payloads import CBOR, JSON
         from firmware_sim.protocol import DeviceTopics
         from firmware_sim.roster import spread
 
         r = roster(child, count)
+        self.interval_ms = int(round(interval_s * 1000))
         self.device_ids = r.device_ids
         self._model = lambda start_ms: FleetModel(r.kinds, seed=seed + child, start_ms=start_ms)
         self.start_ms = 0
@@ -176,7 +179,7 @@ class Telemetry:
     def step(self, k: int) -> list[bytes]:
         from firmware_sim.payloads import encode_samples
 
-        t = self.start_ms + (k + 1) * 1000
+        t = self.start_ms + (k + 1) * self.interval_ms
         payloads = encode_samples(self.model.step_ms(t - self.model.t_ms), self.encodings)
         mid = k % 65000 + 2  # 1 is the presence message's
         return [publish_frame(topic, mid, p) for topic, p in zip(self.telemetry, payloads)]
@@ -185,7 +188,7 @@ class Telemetry:
 async def _devices_child(args: argparse.Namespace) -> None:
     """One device process: told by its parent on stdin when to connect, kill and stop; reports
     each step as a line of JSON on stdout."""
-    tel = Telemetry(args.child, args.count, args.topic_root, args.seed)
+    tel = Telemetry(args.child, args.count, args.topic_root, args.seed, args.interval_s)
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
@@ -275,7 +278,7 @@ async def _send(tel: Telemetry, sessions: list[Session], killed: set[int], stop)
     wall0 = loop.time()
     k, done_in_step, frames = 0, 0, tel.step(0)
     while not stop.is_set():
-        elapsed = loop.time() - wall0
+        elapsed = (loop.time() - wall0) * 1000 / tel.interval_ms  # in steps
         step = int(elapsed)
         if step > k:  # finish the step that is over (a late turn), then the next one's frames
             upto = n
@@ -329,6 +332,7 @@ class Devices:
                     count=n,
                     kill=self.kills[c],
                     seed=self.args.seed,
+                    interval_s=self.args.interval_s,
                     connect_concurrency=self.args.connect_concurrency,
                 )
             )
@@ -397,24 +401,61 @@ async def online_count(dsn: str) -> int:
         return (await cur.fetchone())[0]
 
 
-async def stored(port: int) -> float:
-    """The gateway's count of stored samples, from its metrics (read in a thread: a busy
-    gateway may take a while to answer)."""
+async def metrics(port: int) -> dict[str, float]:
+    """The gateway's metrics, each sample name (with its core label, for the cores) summed over
+    its other labels; read in a thread: a busy gateway may take a while to answer."""
 
-    def scrape() -> float:
+    def scrape() -> dict[str, float]:
         import urllib.request
 
         from prometheus_client.parser import text_string_to_metric_families
 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as r:
             text = r.read().decode()
+        out: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "fleetgate_samples_stored_total":
-                    return sample.value
-        return 0.0
+                if sample.name.endswith("_bucket"):
+                    continue
+                name = sample.name
+                if "core" in sample.labels:
+                    name += ":" + sample.labels["core"]
+                out[name] = out.get(name, 0.0) + sample.value
+        return out
 
     return await asyncio.to_thread(scrape)
+
+
+async def stored(port: int) -> float:
+    return (await metrics(port)).get("fleetgate_samples_stored_total", 0.0)
+
+
+def batches(before: dict[str, float], after: dict[str, float]) -> dict:
+    """What the gateway's batches were like between two scrapes: size, commit time, the
+    hand-over check and the cores' time per batch (where a batch's time goes)."""
+
+    def d(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    n = max(d("fleetgate_batch_commit_seconds_count"), 1.0)
+    cores = {
+        k.split(":", 1)[1]: round(1000 * d(k) / n, 2)
+        for k in after
+        if k.startswith("fleetgate_core_seconds_sum:")
+    }
+    return {
+        "batches": int(d("fleetgate_batch_commit_seconds_count")),
+        "mean_samples": round(d("fleetgate_batch_samples_sum") / n),
+        "mean_commit_ms": round(1000 * d("fleetgate_batch_commit_seconds_sum") / n, 1),
+        "mean_handover_check_ms": round(
+            1000
+            * d("fleetgate_handover_check_seconds_sum")
+            / max(d("fleetgate_handover_check_seconds_count"), 1.0),
+            1,
+        ),
+        "mean_core_ms": cores,
+        "queued_messages_at_end": after.get("fleetgate_pipeline_queued_messages", 0.0),
+    }
 
 
 def raise_fd_limit() -> tuple[int, int]:
@@ -500,21 +541,24 @@ async def phases(args, dsn: str, devices: Devices, gw_pid: int, broker_pid: int,
     }
     progress(f"all {n} online in {all_online_s:.1f} s; steady {args.steady_s} s")
     # steady
-    s0, t1 = await stored(port), time.monotonic()
+    m0 = await metrics(port)
+    s0, t1 = m0.get("fleetgate_samples_stored_total", 0.0), time.monotonic()
     rates = []
     for _ in range(int(args.steady_s)):
         await asyncio.sleep(1.0)
         rates.append(await stored(port))
-    s1, t2 = await stored(port), time.monotonic()
+    m1 = await metrics(port)
+    s1, t2 = m1.get("fleetgate_samples_stored_total", 0.0), time.monotonic()
     per_s = np.diff([s0, *rates])
     gw_steady = gw.lap()
     steady = {
         "seconds": round(t2 - t1, 2),
-        "offered_per_s": n,
+        "offered_per_s": round(n / args.interval_s, 1),
         "stored_per_s": round((s1 - s0) / (t2 - t1), 1),
         "stored_per_s_min_max": [float(per_s.min()), float(per_s.max())] if len(per_s) else [],
         "gateway": gw_steady,
         "gateway_cpu_us_per_sample": round(1e6 * gw_steady["cpu_s"] / max(s1 - s0, 1), 1),
+        "gateway_batches": batches(m0, m1),
         "broker": broker.lap(),
         "loadavg": loadavg(),
     }
@@ -562,6 +606,7 @@ async def phases(args, dsn: str, devices: Devices, gw_pid: int, broker_pid: int,
     return {
         "loadavg_at_measurement": load0,
         "devices": n,
+        "interval_s": args.interval_s,
         "processes": args.processes,
         "idle": idle,
         "storm": storm,
@@ -588,7 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=10_000, help="device sessions")
     p.add_argument("--processes", type=int, default=2, help="device child processes")
     p.add_argument("--kill", type=int, default=1000, help="devices to disconnect by force")
-    p.add_argument("--steady-s", type=float, default=30.0, help="seconds of 1 Hz telemetry")
+    p.add_argument("--steady-s", type=float, default=30.0, help="seconds of telemetry")
+    p.add_argument("--interval-s", type=float, default=1.0, help="between a device's samples")
     p.add_argument("--after-kill-s", type=float, default=3.0, help="sending on after the wills")
     p.add_argument("--wills-timeout-s", type=float, default=120.0, help="for the wills")
     p.add_argument("--catch-up-s", type=float, default=60.0, help="for the backlog at the end")
@@ -606,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
 def check(args: argparse.Namespace) -> str | None:
     if args.devices < 1 or args.processes < 1:
         return "--devices and --processes must be at least 1"
+    if not 0.01 <= args.interval_s <= 3600:
+        return "--interval-s must be between 0.01 and 3600"
     if not 0 <= args.kill <= args.devices:
         return "--kill must be between 0 and --devices"
     return None
