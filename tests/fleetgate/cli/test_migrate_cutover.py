@@ -266,3 +266,155 @@ def _ms(text: str) -> int:
     from datetime import datetime
 
     return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+TRACCAR = '[vehicle_types.traccar]\ntruck = "car"\n[units]\nspeed = "knots"\n'
+
+
+async def _authority(dsn: str) -> list[dict]:
+    return await fetch(
+        dsn,
+        "SELECT v.vehicle_ref, a.holder, a.legacy, a.batch FROM vehicle_authority a "
+        "JOIN vehicles v ON v.id = a.vehicle ORDER BY 1",
+    )
+
+
+async def _history(dsn: str) -> list[dict]:
+    return await fetch(
+        dsn, "SELECT batch, action, vehicle, holder FROM cutover_history ORDER BY id"
+    )
+
+
+def _fails(env, *argv: str, reason: str, status: int = 2) -> None:
+    result = run_fleetgate("migrate", *argv, env=env)
+    assert result.exit_code == status, result.output
+    assert reason in result.output, result.output
+
+
+async def test_imported_vehicles_are_the_legacy_platforms_and_bad_input_changes_nothing(
+    pg_dsn, mosquitto, topic_root, tmp_path
+):
+    from tests.migration_exports import copy_export
+
+    env = _env(pg_dsn, mosquitto, topic_root)
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text(TRACCAR)
+    export = copy_export("traccar", tmp_path / "export")
+    imported = await asyncio.to_thread(
+        run_fleetgate, "migrate", "import", "--source", "traccar", str(export), "--batch", "w1",
+        "--mapping", str(mapping), env=env,
+    )  # fmt: skip
+    assert imported.exit_code == 0, imported.output
+    await register(pg_dsn, [("native-1", "veh-native", "ebike")])
+    held = await _authority(pg_dsn)
+    assert {(r["holder"], r["legacy"], r["batch"]) for r in held} == {("traccar", "traccar", None)}
+    refs = sorted(r["vehicle_ref"] for r in held)
+    assert len(refs) == 4 and "veh-native" not in refs  # never migrated: fleetgate's
+
+    def file_of(*names: str):
+        path = tmp_path / f"v-{uuid.uuid4().hex[:6]}.txt"
+        path.write_text("# vehicles\n" + "\n".join(names) + "\n")
+        return str(path)
+
+    out = str(tmp_path / "repoint.jsonl")
+    exp = ("--export", out)
+    run = asyncio.to_thread
+    before = (await _authority(pg_dsn), await _history(pg_dsn))
+    await run(_fails, env, "cutover", "--batch", "b1", *exp, reason="exactly one of")
+    await run(
+        _fails, env, "cutover", "--batch", "b1", "--percent", "10", "--zone", "z", *exp,
+        reason="exactly one of",
+    )  # fmt: skip
+    await run(_fails, env, "cutover", "--batch", "b1", "--percent", "10", reason="--legacy-broker")
+    await run(_fails, env, "cutover", "--batch", "b 1", "--percent", "10", *exp, reason="--batch")
+    await run(
+        _fails, env, "cutover", "--batch", "b1", "--vehicles", file_of(refs[0], "veh-nope"), *exp,
+        reason="unknown vehicles: veh-nope",
+    )  # fmt: skip
+    await run(
+        _fails, env, "cutover", "--batch", "b1", "--vehicles", file_of("veh-native"), *exp,
+        reason="never migrated",
+    )  # fmt: skip
+    await run(_fails, env, "cutover", "--batch", "b1", "--zone", "nowhere", *exp, reason="no zone")
+    await run(
+        _fails, env, "cutover", "--batch", "b1", "--percent", "10",
+        "--legacy-broker", "mqtt://127.0.0.1:1", reason="nothing cut over",
+    )  # fmt: skip
+    await run(_fails, env, "rollback", "--batch", "b1", "--legacy-url", "mqtt://l:1883",
+              "--out", str(tmp_path / "bf.jsonl"), reason="no cut-over batch 'b1'")  # fmt: skip
+    await run(_fails, env, "status", "--cutover", "--batch", "b1", reason="no cut-over batch 'b1'")
+    assert (await _authority(pg_dsn), await _history(pg_dsn)) == before
+    assert not (tmp_path / "repoint.jsonl").exists()
+
+    # A zone around one vehicle's last fix selects it alone.
+    (state,) = await fetch(
+        pg_dsn,
+        "SELECT s.lat, s.lon FROM vehicle_state s JOIN vehicles v ON v.id = s.vehicle "
+        "WHERE v.vehicle_ref = %s",
+        refs[0],
+    )
+    async with await TelemetryStore.open(pg_dsn) as store:
+        await store.put_zones(
+            [
+                {
+                    "id": "depot",
+                    "geometry": {
+                        "type": "Circle",
+                        "coordinates": [state["lon"], state["lat"]],
+                        "radius_m": 5,
+                    },
+                }
+            ]
+        )
+    zoned = await run(run_fleetgate, "migrate", "cutover", "--batch", "depot-1", "--zone", "depot",
+                      *exp, env=env)  # fmt: skip
+    assert zoned.exit_code == 0, zoned.output
+    assert "fleetgate holds 1 vehicles" in zoned.output
+    lines = [json.loads(x) for x in (tmp_path / "repoint.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["topic"].startswith(f"{topic_root}/")
+    payload = json.loads(lines[0]["payload"])
+    assert payload["type"] == "set_config" and payload["params"] == {"mqtt_url": mosquitto.url}
+
+    # Already cut over in another batch; a batch name used before; nothing left to select.
+    await run(
+        _fails, env, "cutover", "--batch", "b2", "--vehicles", file_of(refs[0], refs[1]), *exp,
+        reason="batch 'depot-1'",
+    )  # fmt: skip
+    await run(
+        _fails, env, "cutover", "--batch", "depot-1", "--percent", "10", *exp,
+        reason="exists already",
+    )  # fmt: skip
+    rest = await run(run_fleetgate, "migrate", "cutover", "--batch", "b3", "--percent", "100",
+                     *exp, env=env)  # fmt: skip
+    assert rest.exit_code == 0 and "fleetgate holds 3 vehicles" in rest.output, rest.output
+    await run(_fails, env, "cutover", "--batch", "b4", "--percent", "100", *exp, reason="is empty")
+    before = (await _authority(pg_dsn), await _history(pg_dsn))
+    await run(
+        _fails, env, "rollback", "--batch", "b3", "--vehicles", file_of(refs[0]),
+        "--legacy-url", "mqtt://l:1883", "--out", str(tmp_path / "bf.jsonl"),
+        reason="not held in batch 'b3'",
+    )  # fmt: skip
+    assert (await _authority(pg_dsn), await _history(pg_dsn)) == before
+
+    # A roll-back whose devices do not answer (none are connected here): the authority is back
+    # with the legacy platform all the same, the file is written, the exit status says 1.
+    backfill = tmp_path / "bf.jsonl"
+    back = await run(
+        run_fleetgate, "migrate", "rollback", "--batch", "b3", "--legacy-url", "mqtt://l:1883",
+        "--out", str(backfill), "--wait", "0.5", env=env,
+    )  # fmt: skip
+    assert back.exit_code == 1, back.output
+    assert "no answer within 0.5 s from 3" in back.output
+    assert backfill.exists()
+    now = {r["vehicle_ref"]: (r["holder"], r["batch"]) for r in await _authority(pg_dsn)}
+    assert now[refs[0]] == ("fleetgate", "depot-1")
+    assert (
+        sorted(v for v in now.values() if v != ("fleetgate", "depot-1")) == [("traccar", None)] * 3
+    )
+    status = await run(run_fleetgate, "migrate", "status", env=env)
+    assert "cut-over batch b3: 0 live, 0 pending, 0 not arrived, 3 rolled back" in status.output
+    assert "cut-over batch depot-1: 0 live, 1 pending" in status.output
+    await run(
+        _fails, env, "rollback", "--batch", "b3", "--legacy-url", "mqtt://l:1883",
+        "--out", str(backfill), reason="holds no vehicles",
+    )  # fmt: skip
