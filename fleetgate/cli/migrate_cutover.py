@@ -314,10 +314,7 @@ async def _roll_back(store, batch, ids, ours, root, legacy_url, out: Path, wait)
 async def _evidence(store, batch, devices, back, out: Path, written) -> None:
     """The roll-back's evidence for the go-live gate: passed when every device is back on the
     legacy broker and the backfill file is written."""
-    record = getattr(store, "record_migration_evidence", None)
-    if record is None:
-        return
-    await record(
+    await store.record_migration_evidence(
         "rollback",
         batch=batch,
         passed=bool(devices) and len(back) == len(devices) and written is not None,

@@ -260,6 +260,11 @@ async def test_cutover_of_10_percent_then_rollback_loses_nothing_and_commands_no
     stored = await _keys(pg_dsn)
     assert len(stored) == len(set(stored)) and set(stored) == acked
     assert any(r["kind"] == "event" for r in lines)  # presence changes at fleetgate, at least
+    async with await TelemetryStore.open(pg_dsn) as store:
+        (evidence,) = await store.migration_evidence("rollback", "pilot")
+    assert evidence.passed and evidence.detail["vehicles"] == evidence.detail["back"] == 5
+    assert evidence.detail["file"] == str(backfill.resolve())
+    assert evidence.detail["samples"] == len(samples)
 
 
 def _ms(text: str) -> int:
@@ -411,6 +416,14 @@ async def test_imported_vehicles_are_the_legacy_platforms_and_bad_input_changes_
     assert (
         sorted(v for v in now.values() if v != ("fleetgate", "depot-1")) == [("traccar", None)] * 3
     )
+    async with await TelemetryStore.open(pg_dsn) as store:
+        (evidence,) = await store.migration_evidence("rollback", "b3")
+    assert not evidence.passed and evidence.detail["back"] == 0
+    assert sorted(evidence.detail["not_back"]) == sorted(
+        r["device_id"]
+        for r in await fetch(pg_dsn, "SELECT device_id FROM vehicles WHERE vehicle_ref <> ALL(%s)",
+                             [refs[0], "veh-native"])
+    )  # fmt: skip
     status = await run(run_fleetgate, "migrate", "status", env=env)
     assert "cut-over batch b3: 0 live, 0 pending, 0 not arrived, 3 rolled back" in status.output
     assert "cut-over batch depot-1: 0 live, 1 pending" in status.output
