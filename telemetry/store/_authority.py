@@ -64,7 +64,10 @@ LEFT JOIN vehicle_state s ON s.vehicle = v.id
 """
 
 # Per vehicle of a batch: its last cut-over in this batch, the roll-back after it (if any) and
-# whether a sample at or after the device's boundary is stored (the vehicle is live then).
+# the first sample stored at or after the device's boundary (the vehicle is live then). Without
+# the device's answer (an --export cut-over) the boundary is its own online status on
+# fleetgate's broker after the cut-over: status topics are never bridged, so that one came from
+# the device directly, and a mirrored copy of an older sample does not count.
 _BATCH = """
 WITH c AS (
   SELECT DISTINCT ON (vehicle) vehicle, id, at, device_t
@@ -79,10 +82,13 @@ WITH c AS (
 SELECT v.id, v.vehicle_ref, v.device_id, coalesce(a.holder, 'fleetgate'), c.at, c.device_t,
        r.at, r.device_t,
        (SELECT min(p.time) FROM positions p
-         WHERE p.vehicle = v.id AND p.time >= coalesce(c.device_t, c.at)
+         WHERE p.vehicle = v.id
+           AND p.time >= coalesce(c.device_t, CASE WHEN s.online AND s.presence_changed_at >= c.at
+                                                   THEN s.presence_changed_at END)
            AND (r.at IS NULL OR p.time < coalesce(r.device_t, r.at)))
 FROM c JOIN vehicles v ON v.id = c.vehicle
 LEFT JOIN vehicle_authority a ON a.vehicle = v.id
+LEFT JOIN vehicle_state s ON s.vehicle = v.id
 LEFT JOIN r ON r.vehicle = v.id
 ORDER BY v.vehicle_ref
 """

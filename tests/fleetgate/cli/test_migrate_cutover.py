@@ -151,7 +151,6 @@ async def test_cutover_of_10_percent_then_rollback_loses_nothing_and_commands_no
             assert cut.exit_code == 0, cut.output
             assert "fleetgate holds 5 vehicles" in cut.output
             assert "5 of 5 devices carried out set_config" in cut.output
-            moved = [d for d in fleet.device_ids if fleet.tcu(d).broker == ours.url]
             await eventually(
                 lambda: len([d for d in fleet.device_ids if fleet.tcu(d).broker == ours.url]) == 5,
                 what="5 devices on fleetgate's broker",
