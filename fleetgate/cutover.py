@@ -11,10 +11,8 @@ publishes there (--legacy-broker) or writes the messages for the legacy platform
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -33,11 +31,14 @@ class BrokerLogin:
     port: int
     username: str | None = None
     password: str | None = None
+    tls: bool = False  # mqtts://: TLS, the server checked against the system's CAs
 
     @classmethod
     def from_url(cls, url: str, username: str | None = None, password: str | None = None):
         parts = urlsplit(url)
-        return cls(parts.hostname or "127.0.0.1", parts.port or 1883, username, password)
+        tls = parts.scheme == "mqtts"
+        port = parts.port or (8883 if tls else 1883)
+        return cls(parts.hostname or "127.0.0.1", port, username, password, tls)
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -89,6 +90,8 @@ class _Session:
         )
         if login.username is not None:
             client.username_pw_set(login.username, login.password)
+        if login.tls:
+            client.tls_set()
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *a: self._subscribed.set()
         client.on_message = lambda c, u, m: on_message(m.topic, m.payload)
@@ -255,12 +258,3 @@ async def write_backfill(authority, batch: str, vehicle_ids: list[int], path: Pa
             counts["samples" if row["kind"] == "sample" else "events"] += 1
     tmp.replace(path)
     return counts
-
-
-async def in_thread(fn, *args, **kwargs):
-    """A blocking call (paho's session) off the event loop."""
-    return await asyncio.to_thread(fn, *args, **kwargs)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
