@@ -1,7 +1,7 @@
 """`fleetgate migrate cutover|rollback`: a batch of migrated vehicles' command authority moved to
 fleetgate and their devices re-pointed to its broker, or both given back with a backfill file
-(docs/migration.md, "Cut-over and roll-back"). `migrate status --batch` lists the batch's
-vehicles as live, pending or not arrived (cutover_lines).
+(docs/migration.md, "Cut-over and roll-back"). `migrate status --cutover [--batch]` lists the
+batches' vehicles as live, pending, not arrived or rolled back (cutover_status).
 
 Exit codes: 0 done; 1 done in the database, but devices did not all answer (listed) or, for a
 roll-back, the backfill was not written; 2 bad input (unknown batch, empty selection, a vehicle
