@@ -445,7 +445,7 @@ class FleetFirmware:
         """The device is connected: presence, then what it kept while it was not."""
         tcu.online = True
         self.stats.connects += 1
-        t = self.model.t_ms
+        t = max(self.model.t_ms, tcu.command_log.last_exec_t)  # after a re-point: not before it
         out = [
             Outgoing(STATUS, tcu.topic_status, status_payload(True, t, tcu.fw_version), retain=True)
         ]
@@ -512,9 +512,10 @@ class FleetFirmware:
 
     def goodbye(self, tcu: Tcu) -> Outgoing:
         """Presence before a clean disconnect (which suppresses the will)."""
-        return Outgoing(
-            STATUS, tcu.topic_status, status_payload(False, self.model.t_ms), retain=True
-        )
+        # Not before its last execution: after a re-point, "offline at or after the answer's t"
+        # is how the platforms know everything before it was delivered (docs/protocol.md).
+        t = max(self.model.t_ms, tcu.command_log.last_exec_t)
+        return Outgoing(STATUS, tcu.topic_status, status_payload(False, t), retain=True)
 
     # -- the broker's answers --------------------------------------------------------------
 

@@ -297,6 +297,8 @@ async def _roll_back(store, batch, ids, ours, root, legacy_url, out: Path, wait)
             n = len(result.succeeded()) - len(back)
             typer.echo(f"fleetgate: {n} devices answered but were not seen leaving", err=True)
             status = 1
+    if back and not await _stored_until_gone(authority, result, vehicle_of, back, wait):
+        status = 1
     written = None
     try:
         written = await write_backfill(authority, batch, list(vehicle_of.values()), out)
@@ -309,6 +311,32 @@ async def _roll_back(store, batch, ids, ours, root, legacy_url, out: Path, wait)
         status = 1
     await _evidence(store, batch, devices, back, out, written)
     return status
+
+
+async def _stored_until_gone(authority, result, vehicle_of, back, wait: float) -> bool:
+    """Wait (up to wait seconds) until the gateway has stored each departed device's offline
+    status, after which everything it sent before is stored too; False (listed) if not."""
+    from fleetgate.cutover import device_times
+
+    since = {
+        v: t
+        for v, t in device_times(result, vehicle_of).items()
+        if v in {vehicle_of[d] for d in back}
+    }
+    loop = asyncio.get_running_loop()
+    until = loop.time() + max(wait, 1.0)
+    gone = await authority.gone_since(since)
+    while len(gone) < len(since) and loop.time() < until:
+        await asyncio.sleep(0.2)
+        gone = await authority.gone_since(since)
+    missing = sorted(d for d in back if vehicle_of[d] not in gone)
+    if missing:
+        typer.echo(
+            f"fleetgate: the gateway has not stored the departure of {len(missing)} devices "
+            f"({', '.join(missing[:10])}): their last samples may be missing from the file",
+            err=True,
+        )
+    return not missing
 
 
 async def _evidence(store, batch, devices, back, out: Path, written) -> None:

@@ -275,6 +275,24 @@ class CommandAuthority:
                     (ids, ts, batch),
                 )
 
+    async def gone_since(self, since: Mapping[int, datetime]) -> set[int]:
+        """The vehicles whose stored presence comes from a status at or after their time in
+        `since` (only a status moves presence_changed_at; mirrored telemetry after a roll-back
+        sets `online` again, so that is not read): the device's offline status after its
+        answer is committed, and with it everything it sent before (one pipeline commits a
+        connection's messages in order)."""
+        if not since:
+            return set()
+        ids = sorted(since)
+        async with self._store.connection() as conn:
+            cur = await conn.execute(
+                "SELECT s.vehicle FROM vehicle_state s "
+                "JOIN unnest(%s::int4[], %s::timestamptz[]) AS x(v, t) ON x.v = s.vehicle "
+                "WHERE s.presence_changed_at >= x.t",
+                (ids, [since[v] for v in ids]),
+            )
+            return {r[0] for r in await cur.fetchall()}
+
     async def batch(self, batch: str) -> list[BatchVehicle]:
         """The batch's vehicles with their cut-over, roll-back and first sample; [] if the
         batch does not exist."""

@@ -161,6 +161,7 @@ async def test_cutover_of_10_percent_then_rollback_loses_nothing_and_commands_no
                 return set((await _status(env)).values()) == {"live"}
 
             await eventually(all_live, timeout=30, what="the batch live")
+            await asyncio.sleep(2.0)  # a few samples on fleetgate's broker
             assert set(await _status(env)) == set(moved)
 
             # fleetgate commands them now; the others are still the legacy platform's.
@@ -258,7 +259,6 @@ async def test_cutover_of_10_percent_then_rollback_loses_nothing_and_commands_no
     assert not set(platform.seen) & set(samples)
     stored = await _keys(pg_dsn)
     assert len(stored) == len(set(stored)) and set(stored) == acked
-    assert any(r["kind"] == "event" for r in lines)  # presence changes at fleetgate, at least
     async with await TelemetryStore.open(pg_dsn) as store:
         (evidence,) = await store.migration_evidence("rollback", "pilot")
     assert evidence.passed and evidence.detail["vehicles"] == evidence.detail["back"] == 5

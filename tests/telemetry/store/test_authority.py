@@ -116,9 +116,19 @@ async def test_authority_moves_and_comes_back_and_live_needs_a_sample_after_the_
         held = {h.vehicle_ref: (h.holder, h.batch) for h in await authority.vehicles()}
         assert held["veh-a"] == ("traccar", None) and held["veh-b"] == ("fleetgate", "pilot")
 
+        for t, type_ in ((t_a - timedelta(seconds=1), "tamper"), (t_a, "crash"), (t_back, "x")):
+            async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+                await conn.execute(
+                    "INSERT INTO events (time, vehicle, source, type, detail) "
+                    "VALUES (%s, %s, 'device', %s, '{\"n\": 1}')",
+                    (t, a, type_),
+                )
         rows = [r async for r in authority.stored_since_cutover("pilot", [a])]
         samples = [r["time"] for r in rows if r["kind"] == "sample"]
         assert samples == [t_a]  # not the mirrored one before, not the one after the roll-back
+        events = [(r["time"], r["type"], r["detail"]) for r in rows if r["kind"] == "event"]
+        assert events == [(t_a, "crash", {"n": 1})]
+        assert [r["kind"] for r in rows] == ["sample", "event"]
         rows = {r.vehicle_ref: r for r in await authority.batch("pilot")}
         assert rows["veh-a"].rolled_back_at is not None and rows["veh-a"].back_t == t_back
         assert rows["veh-b"].rolled_back_at is None
