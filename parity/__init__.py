@@ -2,13 +2,23 @@
 platform observed of the same vehicles, compared per vehicle and in aggregate, each metric green,
 yellow or red against configurable thresholds. Vectorised over the whole sample; no IO."""
 
-from parity.compare import COLOURS, Metric, ParityReport, VehicleParity, compare
+from parity.compare import (
+    COLOURS,
+    METRICS,
+    Metric,
+    ParityReport,
+    VehicleParity,
+    compare,
+    evidence_detail,
+    summary,
+)
 from parity.observations import Observations, Rides, rides_from_observations
 from parity.sample import SampleError, pick_sample
 from parity.thresholds import DEFAULT_THRESHOLDS, GO_LIVE_MIN_PERCENT, Band, Thresholds
 
 __all__ = [
     "COLOURS",
+    "METRICS",
     "DEFAULT_THRESHOLDS",
     "GO_LIVE_MIN_PERCENT",
     "Band",
@@ -20,6 +30,8 @@ __all__ = [
     "Thresholds",
     "VehicleParity",
     "compare",
+    "evidence_detail",
+    "summary",
     "pick_sample",
     "rides_from_observations",
 ]

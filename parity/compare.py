@@ -475,3 +475,73 @@ def _worst(*colours: str) -> str:
 
 def _num(x: float, digits: int = 5) -> float | None:
     return None if x is None or math.isnan(x) else round(float(x), digits)
+
+
+def evidence_detail(report: ParityReport, batch_vehicles: int) -> dict:
+    """What a validation leaves as go-live evidence ("parallel_run", passed = every metric
+    green): the share, the days covered so far, the colours and the figures behind them."""
+    return {
+        "percent": report.percent,
+        "days": round(report.days, 4),
+        "colours": report.colours(),
+        "overall": report.overall,
+        "below_minimum": report.below_minimum,
+        "vehicles": batch_vehicles,
+        "newest_sample": report.newest_ms,
+        "metrics": {name: m.to_json() for name, m in report.metrics.items()},
+    }
+
+
+def summary(report: ParityReport) -> list[str]:
+    """The report as lines for a terminal: one per metric, then the notes."""
+    lines = [f"{name:<9} {m.colour:<6}  {_figures(m)}" for name, m in report.metrics.items()]
+    lines.append(f"overall   {report.overall}")
+    return lines + [f"note: {n}" for n in report.notes()]
+
+
+def _figures(m: Metric) -> str:  # noqa: C901 - one line per metric
+    d = m.detail
+    if m.name == "coverage":
+        return (
+            f"{_pct(m.value)} of samples matched within ±{d['window_s']:g} s (legacy "
+            f"{_pct(d['legacy_covered'])}, fleetgate {_pct(d['fleetgate_covered'])})"
+        )
+    if m.name == "position":
+        return f"p50 {_m(d['p50_m'])}, p95 {_m(d['p95_m'])} over {d['pairs']} time-matched fixes"
+    if m.name == "state":
+        return ", ".join(
+            f"{k} {_pct(v['agreement'])} of {v['pairs']}" for k, v in d["fields"].items()
+        )
+    if m.name == "presence":
+        return (
+            f"{_pct(m.value)} of vehicles alike ({d['present_both']} heard by both within "
+            f"{d['window_s']:g} s of the end)"
+        )
+    if m.name == "latency":
+        return (
+            f"fleetgate behind the legacy platform: p95 {_s(d['behind_legacy_p95_s'])} over "
+            f"{d['pairs']} samples"
+        )
+    if m.name == "gaps":
+        return (
+            f"{d['fleetgate_only']} in fleetgate's samples only, {d['legacy_only']} in the "
+            f"legacy platform's only (gap > {d['gap_s']:g} s)"
+        )
+    return (
+        f"{_pct(m.value)} of rides billed alike; {d['matched']} matched of "
+        f"{d['rides_fleetgate']} (fleetgate) / {d['rides_legacy']} (legacy), "
+        f"{d['billed_minutes_changed']} with other billed minutes, "
+        f"{d['distance_disagreements']} with other distances"
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{100 * x:.2f} %"
+
+
+def _m(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f} m"
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"

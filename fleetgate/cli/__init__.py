@@ -18,6 +18,7 @@ from fleetgate.cli import (
     devices,
     migrate,
     migrate_bridge,
+    migrate_shadow,
     run,
     sim,
     vehicle_types,
@@ -48,6 +49,7 @@ app.add_typer(migrate.app, name="migrate")
 # After every add_typer: bridge-config joins the `migrate` group if one is mounted, else brings
 # a group of that name of its own.
 migrate_bridge.mount(app)
+migrate_shadow.mount(app)  # migrate shadow start|status|stop, migrate validate
 
 
 def main() -> None:  # pragma: no cover - console entry
