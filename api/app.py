@@ -25,6 +25,7 @@ from api.routes import (
     mds,
     migration,
     migration_shadow,
+    migration_validation,
     trips,
     usage,
     vehicle_types,
@@ -96,6 +97,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         mds,
         migration,
         migration_shadow,
+        migration_validation,
     ):
         app.include_router(module.router)
     return app

@@ -13,6 +13,7 @@ from parity.compare import (
     summary,
 )
 from parity.observations import Observations, Rides, rides_from_observations
+from parity.run import validate_shadow_batch
 from parity.sample import SampleError, pick_sample
 from parity.thresholds import DEFAULT_THRESHOLDS, GO_LIVE_MIN_PERCENT, Band, Thresholds
 
@@ -32,6 +33,7 @@ __all__ = [
     "compare",
     "evidence_detail",
     "summary",
+    "validate_shadow_batch",
     "pick_sample",
     "rides_from_observations",
 ]

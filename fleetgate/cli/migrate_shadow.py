@@ -159,8 +159,8 @@ def validate(
     """Compare what fleetgate observed of a shadow batch with what the legacy platform observed
     (coverage, positions, state, presence, latency, gaps, usage per ride), per vehicle and in
     aggregate; record the result as go-live evidence. Exit 0 every metric green, 1 otherwise."""
-    from parity import DEFAULT_THRESHOLDS, summary
-    from telemetry.store import UnknownShadowBatch
+    from parity import DEFAULT_THRESHOLDS, summary, validate_shadow_batch
+    from telemetry.store import ShadowBatches, UnknownShadowBatch
 
     try:
         thresholds = DEFAULT_THRESHOLDS.with_overrides(_overrides(threshold or []))
@@ -171,7 +171,9 @@ def validate(
         b, report = asyncio.run(
             with_store(
                 database_url(load_settings()),
-                lambda store: validate_batch(store, batch, thresholds, at),
+                lambda store: validate_shadow_batch(
+                    ShadowBatches(store), store, batch, thresholds, at
+                ),
             )
         )
     except UnknownShadowBatch as exc:
@@ -187,35 +189,6 @@ def validate(
         for line in summary(report):
             typer.echo(line)
     raise typer.Exit(0 if report.passed else 1)
-
-
-async def validate_batch(store, name: str, thresholds, now: datetime):
-    """(the batch, its parity report), the report recorded as "parallel_run" evidence."""
-    import numpy as np
-
-    from parity import Observations, Rides, compare, evidence_detail
-    from telemetry.store import ShadowBatches
-
-    batches = ShadowBatches(store)
-    b = await batches.get(name)
-    fleet, legacy, rides = await batches.observations(b, b.until(now))
-    report = compare(
-        np.asarray(b.vehicles, np.int64),
-        Observations(**fleet),
-        Observations(**legacy),
-        Rides(**rides),
-        percent=b.percent,
-        started_ms=int(b.started_at.timestamp() * 1000),
-        thresholds=thresholds,
-    )
-    await store.record_migration_evidence(
-        "parallel_run",
-        batch=b.name,
-        passed=report.passed,
-        detail=evidence_detail(report, len(b.vehicles)),
-        recorded_at=now,
-    )
-    return b, report
 
 
 def _overrides(items: list[str]) -> dict[str, float]:

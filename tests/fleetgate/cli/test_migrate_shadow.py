@@ -11,11 +11,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from telemetry.earth import M_PER_DEG
-from telemetry.store import TelemetryStore
 from tests.cli_runner import run_fleetgate
 from tests.fixtures_db import run_async
 from tests.harness import register
+from tests.shadow_runs import both_sides, parallel_run_evidence
 
 pytestmark = pytest.mark.integration
 
@@ -105,43 +104,10 @@ def test_below_ten_percent_is_started_and_every_report_says_so(env):
     assert "note: the batch is 5 % of the fleet, below the go-live minimum" in result.stdout
 
 
-async def _both_sides(dsn: str, batch: dict, shift_m: float = 0.0) -> None:
-    """Every vehicle of the batch, a sample a minute for 20 minutes in fleetgate's positions and
-    in the legacy observations (the legacy ones shifted north by shift_m), one ride each."""
-    t0 = datetime.fromisoformat(batch["started_at"]) + timedelta(seconds=5)
-    pos, legacy, trips = [], [], []
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        ids = dict(await (await conn.execute("SELECT id, device_id FROM vehicles")).fetchall())
-        for v in batch["vehicles"]:
-            for k in range(20):
-                t, riding = t0 + timedelta(minutes=k), 5 <= k < 12
-                lat, lon = 52.5 + v * 1e-3 + (k * 1e-3 if riding else 0), 13.4
-                pos.append((t, v, lat, lon, 80.0 - k, not riding, t + timedelta(seconds=1)))
-                attrs = json.dumps({"batteryLevel": 80.0 - k, "lock": not riding})
-                legacy.append((ids[v], t, lat + shift_m / M_PER_DEG, lon, attrs))
-            trips.append((v, t0 + timedelta(minutes=5), t0 + timedelta(minutes=12), 777.0))
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO positions (time, vehicle, lat, lon, soc_pct, locked, received_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                pos,
-            )
-            await cur.executemany(
-                "INSERT INTO legacy_observations (source, legacy_device, time, lat, lon,"
-                " attributes) VALUES ('traccar', %s, %s, %s, %s, %s)",
-                legacy,
-            )
-            await cur.executemany(
-                "INSERT INTO trips (vehicle, status, started_at, ended_at, distance_m)"
-                " VALUES (%s, 'ended', %s, %s, %s)",
-                trips,
-            )
-
-
-def test_validate_is_green_on_identical_sides_and_recorded_as_evidence(env):
+def test_validate_is_green_on_identical_sides_and_recorded_asparallel_run_evidence(env):
     dsn = env["FLEETGATE_DATABASE_URL"]
     batch = json.loads(start(env, "--batch", "pilot", "--seed", "9").stdout)
-    run_async(_both_sides(dsn, batch))
+    run_async(both_sides(dsn, batch))
     result = run_fleetgate("migrate", "validate", "--batch", "pilot", "--json", env=env)
     report = json.loads(result.stdout)
     # the legacy rides are derived from its samples: 7 minutes, and the fixes' distance
@@ -151,7 +117,7 @@ def test_validate_is_green_on_identical_sides_and_recorded_as_evidence(env):
     assert report["metrics"]["state"]["fields"]["locked"]["pairs"] == 200
     assert report["days"] == pytest.approx(19 / 1440, abs=1e-3)
     assert len(report["vehicles"]) == 10
-    evidence = run_async(_evidence(dsn))
+    evidence = run_async(parallel_run_evidence(dsn))
     assert len(evidence) == 1 and evidence[0].batch == "pilot"
     assert evidence[0].detail["colours"] == {m: v["colour"] for m, v in report["metrics"].items()}
     assert evidence[0].detail["vehicles"] == 10 and evidence[0].detail["percent"] == 10.0
@@ -161,13 +127,13 @@ def test_validate_is_green_on_identical_sides_and_recorded_as_evidence(env):
 def test_positions_50_m_apart_turn_position_agreement_red_and_validate_exits_1(env):
     dsn = env["FLEETGATE_DATABASE_URL"]
     batch = json.loads(start(env, "--batch", "pilot", "--seed", "9").stdout)
-    run_async(_both_sides(dsn, batch, shift_m=50.0))
+    run_async(both_sides(dsn, batch, shift_m=50.0))
     result = run_fleetgate("migrate", "validate", "--batch", "pilot", env=env)
     assert result.exit_code == 1
     assert "position  red     p50 50.0 m, p95 50.0 m over 200 time-matched fixes" in result.stdout
     assert "coverage  green" in result.stdout
     assert "overall   red" in result.stdout
-    evidence = run_async(_evidence(dsn))
+    evidence = run_async(parallel_run_evidence(dsn))
     assert not evidence[0].passed and evidence[0].detail["overall"] == "red"
 
 
@@ -185,17 +151,9 @@ def test_an_unknown_batch_or_a_bad_threshold_is_named_and_nothing_recorded(env):
             "migrate", "validate", "--batch", "pilot", "--threshold", bad, env=env
         )
         assert result.exit_code == 2 and reason in result.stderr, result.stderr
-    assert run_async(_evidence(dsn)) == []
+    assert run_async(parallel_run_evidence(dsn)) == []
 
 
 def test_stopping_a_batch_that_does_not_run_is_named(env):
     result = run_fleetgate("migrate", "shadow", "stop", "--batch", "nope", env=env)
     assert result.exit_code == 2 and "no running shadow batch 'nope'" in result.stderr
-
-
-async def _evidence(dsn: str):
-    store = await TelemetryStore.open(dsn)
-    try:
-        return await store.migration_evidence("parallel_run")
-    finally:
-        await store.close()

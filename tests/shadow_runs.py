@@ -1,0 +1,53 @@
+"""Both sides of a shadow batch written straight into the database (fleetgate's positions and
+trips, the legacy platform's observations), for the tests of `migrate validate` and its API."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import psycopg
+
+from telemetry.earth import M_PER_DEG
+from telemetry.store import TelemetryStore
+
+
+async def both_sides(dsn: str, batch: dict, shift_m: float = 0.0) -> None:
+    """Every vehicle of the batch, a sample a minute for 20 minutes in fleetgate's positions and
+    in the legacy observations (the legacy ones shifted north by shift_m), one ride each."""
+    t0 = datetime.fromisoformat(batch["started_at"]) + timedelta(seconds=5)
+    pos, legacy, trips = [], [], []
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        ids = dict(await (await conn.execute("SELECT id, device_id FROM vehicles")).fetchall())
+        for v in batch["vehicles"]:
+            for k in range(20):
+                t, riding = t0 + timedelta(minutes=k), 5 <= k < 12
+                lat, lon = 52.5 + v * 1e-3 + (k * 1e-3 if riding else 0), 13.4
+                pos.append((t, v, lat, lon, 80.0 - k, not riding, t + timedelta(seconds=1)))
+                attrs = json.dumps({"batteryLevel": 80.0 - k, "lock": not riding})
+                legacy.append((ids[v], t, lat + shift_m / M_PER_DEG, lon, attrs))
+            trips.append((v, t0 + timedelta(minutes=5), t0 + timedelta(minutes=12), 777.0))
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO positions (time, vehicle, lat, lon, soc_pct, locked, received_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                pos,
+            )
+            await cur.executemany(
+                "INSERT INTO legacy_observations (source, legacy_device, time, lat, lon,"
+                " attributes) VALUES ('traccar', %s, %s, %s, %s, %s)",
+                legacy,
+            )
+            await cur.executemany(
+                "INSERT INTO trips (vehicle, status, started_at, ended_at, distance_m)"
+                " VALUES (%s, 'ended', %s, %s, %s)",
+                trips,
+            )
+
+
+async def parallel_run_evidence(dsn: str):
+    store = await TelemetryStore.open(dsn)
+    try:
+        return await store.migration_evidence("parallel_run")
+    finally:
+        await store.close()
