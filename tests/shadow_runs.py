@@ -4,12 +4,19 @@ trips, the legacy platform's observations), for the tests of `migrate validate` 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
 from telemetry.earth import M_PER_DEG
 from telemetry.store import TelemetryStore
+
+RIDE_M = 7e-3 * M_PER_DEG  # each vehicle's one ride: 7 minutes north along a meridian
+
+
+def an_hour_ago() -> str:
+    """A --now for `shadow start` whose batch has an hour of samples behind it by now."""
+    return (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 async def both_sides(dsn: str, batch: dict, shift_m: float = 0.0) -> None:
@@ -22,11 +29,14 @@ async def both_sides(dsn: str, batch: dict, shift_m: float = 0.0) -> None:
         for v in batch["vehicles"]:
             for k in range(20):
                 t, riding = t0 + timedelta(minutes=k), 5 <= k < 12
-                lat, lon = 52.5 + v * 1e-3 + (k * 1e-3 if riding else 0), 13.4
+                # north 1e-3 degrees a minute while riding, then parked where the ride ended
+                lat, lon = 52.5 + v * 1e-3 + min(max(k - 5, 0), 7) * 1e-3, 13.4
                 pos.append((t, v, lat, lon, 80.0 - k, not riding, t + timedelta(seconds=1)))
                 attrs = json.dumps({"batteryLevel": 80.0 - k, "lock": not riding})
-                legacy.append((ids[v], t, lat + shift_m / M_PER_DEG, lon, attrs))
-            trips.append((v, t0 + timedelta(minutes=5), t0 + timedelta(minutes=12), 777.0))
+                legacy.append(
+                    (ids[v], t, lat + shift_m / M_PER_DEG, lon, attrs, t + timedelta(seconds=1))
+                )
+            trips.append((v, t0 + timedelta(minutes=5), t0 + timedelta(minutes=12), RIDE_M))
         async with conn.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO positions (time, vehicle, lat, lon, soc_pct, locked, received_at)"
@@ -35,7 +45,7 @@ async def both_sides(dsn: str, batch: dict, shift_m: float = 0.0) -> None:
             )
             await cur.executemany(
                 "INSERT INTO legacy_observations (source, legacy_device, time, lat, lon,"
-                " attributes) VALUES ('traccar', %s, %s, %s, %s, %s)",
+                " attributes, received_at) VALUES ('traccar', %s, %s, %s, %s, %s, %s)",
                 legacy,
             )
             await cur.executemany(

@@ -11,7 +11,7 @@ from tests.api_client import assert_problem
 from tests.cli_runner import run_fleetgate
 from tests.fixtures_db import run_async
 from tests.harness import register
-from tests.shadow_runs import both_sides, parallel_run_evidence
+from tests.shadow_runs import an_hour_ago, both_sides, parallel_run_evidence
 
 pytestmark = pytest.mark.integration
 
@@ -21,6 +21,7 @@ def batch(pg_dsn):
     run_async(register(pg_dsn, [(f"tcu-{n:02d}", f"veh-{n:02d}", "ebike") for n in range(40)]))
     result = run_fleetgate(
         "migrate", "shadow", "start", "--batch", "pilot", "--percent", "5", "--json",
+        "--now", an_hour_ago(),
         env={"FLEETGATE_DATABASE_URL": pg_dsn},
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr

@@ -14,7 +14,7 @@ import pytest
 from tests.cli_runner import run_fleetgate
 from tests.fixtures_db import run_async
 from tests.harness import register
-from tests.shadow_runs import both_sides, parallel_run_evidence
+from tests.shadow_runs import RIDE_M, an_hour_ago, both_sides, parallel_run_evidence
 
 pytestmark = pytest.mark.integration
 
@@ -106,12 +106,16 @@ def test_below_ten_percent_is_started_and_every_report_says_so(env):
 
 def test_validate_is_green_on_identical_sides_and_recorded_asparallel_run_evidence(env):
     dsn = env["FLEETGATE_DATABASE_URL"]
-    batch = json.loads(start(env, "--batch", "pilot", "--seed", "9").stdout)
+    batch = json.loads(start(env, "--batch", "pilot", "--seed", "9", "--now", an_hour_ago()).stdout)
     run_async(both_sides(dsn, batch))
     result = run_fleetgate("migrate", "validate", "--batch", "pilot", "--json", env=env)
     report = json.loads(result.stdout)
+    assert result.exit_code == 0, result.stdout
+    assert report["overall"] == "green" and report["passed"] is True
     # the legacy rides are derived from its samples: 7 minutes, and the fixes' distance
-    assert report["metrics"]["usage"]["matched"] == 10
+    usage = report["metrics"]["usage"]
+    assert usage["matched"] == 10 and usage["billed_minutes_legacy"] == 70
+    assert usage["distance_m_legacy"] == pytest.approx(10 * RIDE_M, abs=0.1)
     assert report["metrics"]["coverage"]["value"] == 1.0
     assert report["metrics"]["position"]["p95_m"] == 0.0
     assert report["metrics"]["state"]["fields"]["locked"]["pairs"] == 200
@@ -121,12 +125,12 @@ def test_validate_is_green_on_identical_sides_and_recorded_asparallel_run_eviden
     assert len(evidence) == 1 and evidence[0].batch == "pilot"
     assert evidence[0].detail["colours"] == {m: v["colour"] for m, v in report["metrics"].items()}
     assert evidence[0].detail["vehicles"] == 10 and evidence[0].detail["percent"] == 10.0
-    assert evidence[0].passed is (result.exit_code == 0) is report["passed"]
+    assert evidence[0].passed is True and evidence[0].detail["overall"] == "green"
 
 
 def test_positions_50_m_apart_turn_position_agreement_red_and_validate_exits_1(env):
     dsn = env["FLEETGATE_DATABASE_URL"]
-    batch = json.loads(start(env, "--batch", "pilot", "--seed", "9").stdout)
+    batch = json.loads(start(env, "--batch", "pilot", "--seed", "9", "--now", an_hour_ago()).stdout)
     run_async(both_sides(dsn, batch, shift_m=50.0))
     result = run_fleetgate("migrate", "validate", "--batch", "pilot", env=env)
     assert result.exit_code == 1
