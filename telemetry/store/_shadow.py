@@ -80,7 +80,9 @@ _FLEETGATE = (
 )
 _LEGACY = (
     "SELECT v.id::int8, " + _MS.format(c="o.time") + ", " + _MS.format(c="o.received_at") + ","
-    " coalesce(o.lat, 'NaN'), coalesce(o.lon, 'NaN'),"
+    # Traccar forwards a position without a fix as the last known one, marked invalid.
+    " CASE WHEN o.valid IS FALSE THEN 'NaN' ELSE coalesce(o.lat, 'NaN') END,"
+    " CASE WHEN o.valid IS FALSE THEN 'NaN' ELSE coalesce(o.lon, 'NaN') END,"
     f" {_LEGACY_NUMBER.format(v=_attr('batteryLevel', 'soc_pct'))},"
     f" {_LEGACY_NUMBER.format(v=_attr('odometer', 'odometer_m'))},"
     f" {_LEGACY_FLAG.format(v=_attr('lock', 'locked'))},"
