@@ -3,6 +3,7 @@ telemetry and events by time. SQL over the store's pool; the feeds core turns ro
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -11,8 +12,15 @@ import numpy as np
 import shapely
 from psycopg.rows import dict_row
 
-from feeds import FleetState, RideCommand, Station, rides_from_commands
-from feeds.rides import Ride
+from feeds import (
+    FleetState,
+    Ride,
+    RideCommand,
+    Station,
+    TripFigures,
+    rides_from_commands,
+    rides_preferring_trips,
+)
 from geofence import InvalidZone, ZoneSet
 from telemetry.earth import haversine_m
 from telemetry.store import TelemetryStore
@@ -149,15 +157,51 @@ WHERE type IN ('lock', 'unlock') AND state = 'succeeded'
 """
 
 
+_TRIPS = """
+SELECT id, vehicle, unlock_command::text AS unlock_command,
+       extract(epoch FROM started_at)::float8 AS start_time,
+       extract(epoch FROM ended_at)::float8 AS end_time,
+       status, start_lat, start_lon, end_lat, end_lon, distance_m
+FROM trips
+WHERE started_at >= %(earliest)s AND started_at < %(end)s
+  AND (ended_at IS NULL OR ended_at >= %(start)s)
+"""
+
+# A trip no command began has no command id; MDS wants a UUID all the same, the same one each
+# time it is asked for.
+_TRIP_ID_NAMESPACE = uuid.UUID("6f1f3d0e-4f5c-5a52-9d43-0d1b8f0e7a11")
+
+
+def _trip_ride(row: dict[str, Any]) -> Ride:
+    trip_id = row["unlock_command"] or str(uuid.uuid5(_TRIP_ID_NAMESPACE, str(row["id"])))
+    measured = row["status"] == "ended" and None not in (
+        row["start_lat"],
+        row["start_lon"],
+        row["end_lat"],
+        row["end_lon"],
+        row["distance_m"],
+    )
+    figures = (
+        TripFigures(
+            row["start_lat"], row["start_lon"], row["end_lat"], row["end_lon"], row["distance_m"]
+        )
+        if measured
+        else None
+    )
+    return Ride(row["vehicle"], trip_id, row["start_time"], row["end_time"], None, figures)
+
+
 async def rides_between(store: TelemetryStore, start: datetime, end: datetime) -> list[Ride]:
-    """The rides that touch [start, end): read from the commands of [start - MAX_RIDE, end).
-    The one place rides come from (feeds.rides documents the rule)."""
+    """The rides that touch [start, end): the trip entity's, and unlock→lock rides from the
+    commands of [start - MAX_RIDE, end) where no trip covers them (feeds.rides has the rule).
+    The one place rides come from."""
     rows = await _rows(store, _RIDE_COMMANDS, [start - MAX_RIDE, end])
     commands = [RideCommand(**r) for r in rows]
+    trips = await _rows(store, _TRIPS, {"earliest": start - MAX_RIDE, "start": start, "end": end})
     lo, hi = start.timestamp(), end.timestamp()
     return [
         r
-        for r in rides_from_commands(commands)
+        for r in rides_preferring_trips(map(_trip_ride, trips), rides_from_commands(commands))
         if r.start_time < hi and (r.end_time is None or r.end_time >= lo)
     ]
 

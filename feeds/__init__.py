@@ -15,7 +15,7 @@ from feeds.mds import (
     mds_mode,
     parse_hour,
 )
-from feeds.rides import Ride, RideCommand, rides_from_commands
+from feeds.rides import Ride, RideCommand, TripFigures, rides_from_commands, rides_preferring_trips
 from feeds.system import FeedSystem, InvalidFeedSystem
 
 __all__ = [
@@ -32,9 +32,11 @@ __all__ = [
     "Ride",
     "RideCommand",
     "Station",
+    "TripFigures",
     "mds_mode",
     "parse_hour",
     "public_vehicle_ids",
     "rentable",
     "rides_from_commands",
+    "rides_preferring_trips",
 ]

@@ -1,9 +1,12 @@
-"""Rides (trips) from the command history: a succeeded unlock opens a ride, the vehicle's next
-succeeded lock closes it. This is the one place the feeds learn what a trip is; when the trip
-entity (rental integration) lands, its rows become Rides here and nothing else changes."""
+"""What the feeds call a ride. The trip entity (the trips table, measured once a ride ends, its
+figures what billing is told) is the ride where it exists. Where it does not (a vehicle that
+never reports its lock state, rides older than the trips table), a succeeded unlock opens a ride
+and the vehicle's next succeeded lock closes it. This is the one place the feeds learn what a
+trip is."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -21,15 +24,28 @@ class RideCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class TripFigures:
+    """A measured trip's figures as the trip entity stores them (never recomputed per query)."""
+
+    start_lat: float
+    start_lon: float
+    end_lat: float
+    end_lon: float
+    distance_m: float
+
+
+@dataclass(frozen=True, slots=True)
 class Ride:
-    """One ride; trip_id is the opening unlock's command id (a UUID, as MDS wants).
-    end_time and end_seq are None while the ride goes on."""
+    """One ride; trip_id is a UUID, as MDS wants: the opening unlock's command id where a
+    command began it. end_time and end_seq are None while the ride goes on. `figures` is set for
+    a measured trip of the trip entity; a ride from commands alone is measured by its reader."""
 
     vehicle: int
     trip_id: str
     start_time: float
     end_time: float | None
     end_seq: int | None
+    figures: TripFigures | None = None
 
     @property
     def open(self) -> bool:
@@ -54,3 +70,23 @@ def rides_from_commands(commands: Iterable[RideCommand]) -> list[Ride]:
     rides.extend(Ride(s.vehicle, s.command_id, s.time, None, None) for s in opened.values())
     rides.sort(key=lambda r: (r.start_time, r.vehicle))
     return rides
+
+
+def rides_preferring_trips(trips: Iterable[Ride], from_commands: Iterable[Ride]) -> list[Ride]:
+    """The trip entity's rides, and a ride from commands only where no trip of the same vehicle
+    overlaps it: the same ride seen twice would be reported twice (and billed twice)."""
+    kept = list(trips)
+    by_vehicle: dict[int, list[Ride]] = {}
+    for trip in kept:
+        by_vehicle.setdefault(trip.vehicle, []).append(trip)
+    for ride in from_commands:
+        if not any(_overlap(ride, trip) for trip in by_vehicle.get(ride.vehicle, ())):
+            kept.append(ride)
+    kept.sort(key=lambda r: (r.start_time, r.vehicle))
+    return kept
+
+
+def _overlap(a: Ride, b: Ride) -> bool:
+    a_end = math.inf if a.end_time is None else a.end_time
+    b_end = math.inf if b.end_time is None else b.end_time
+    return a.start_time <= b_end and b.start_time <= a_end

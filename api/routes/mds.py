@@ -220,12 +220,20 @@ async def trips(
     refs = await feed_queries.vehicle_refs(ctx.store, [r.vehicle for r in ended])
     items = []
     for ride in ended:
-        track = await feed_queries.ride_track(ctx.store, ride)
-        if not track:
-            continue  # no fix at all: MDS needs the start and end location
         vehicle = refs[ride.vehicle]
-        start = {"lat": track[0][1], "lon": track[0][2]}
-        end = {"lat": track[-1][1], "lon": track[-1][2]}
+        if ride.figures is not None:
+            # A measured trip: the regulator is told what billing was told.
+            f = ride.figures
+            start = {"lat": f.start_lat, "lon": f.start_lon}
+            end = {"lat": f.end_lat, "lon": f.end_lon}
+            distance_m = f.distance_m
+        else:
+            track = await feed_queries.ride_track(ctx.store, ride)
+            if not track:
+                continue  # no fix at all: MDS needs the start and end location
+            start = {"lat": track[0][1], "lon": track[0][2]}
+            end = {"lat": track[-1][1], "lon": track[-1][2]}
+            distance_m = feed_queries.track_distance_m(track)
         items.append(
             mds.trip(
                 ride,
@@ -233,7 +241,7 @@ async def trips(
                 mds_mode(vehicle["form_factor"]),
                 start,
                 end,
-                feed_queries.track_distance_m(track),
+                distance_m,
             )
         )
     return _respond(envelope("trips", items))

@@ -43,6 +43,11 @@
   const events = [];              // newest last, at most MAX_EVENTS
   const zones = [];               // {row, layer}
   const commandsShown = new Map(); // command id -> {li, type} in the panel's recent list
+  // The newest progress the stream brought per command id, kept for a while because the stream
+  // can bring a command's progress before the POST that created it has answered (the command
+  // runs while the answer is on its way); without it the panel would stay at the POST's state.
+  const progressSeen = new Map(); // command id -> {to_state, reason, requested_by}
+  const PROGRESS_REMEMBERED = 200;
   const url = new URLSearchParams(location.search);
   const filters = {
     type: url.get("type") || "",
@@ -638,9 +643,11 @@
         method: "POST", headers: { "Idempotency-Key": idempotencyKey() }, body: JSON.stringify({ type }) });
       const body = await res.json().catch(() => ({}));
       if (res.ok) {
+        const later = progressSeen.get(body.id);
+        const shown = later ? { ...body, state: later.to_state, reason: later.reason } : body;
         out.dataset.command = body.id;
-        out.textContent = `${body.type}: ${body.state}`;
-        if (view.selected === ref) showCommand(body, true);
+        out.textContent = `${shown.type}: ${shown.state}` + (shown.reason ? ` (${shown.reason})` : "");
+        if (view.selected === ref) showCommand(shown, true);
       } else {
         out.textContent = `${type} refused: ${body.detail || body.title || "HTTP " + res.status}`;
       }
@@ -672,6 +679,9 @@
   function commandProgress(ev) {
     const d = ev.detail || {};
     if (!d.command_id) return;
+    progressSeen.delete(d.command_id);  // re-inserted: the Map's order is then oldest first
+    progressSeen.set(d.command_id, { to_state: d.to_state, reason: d.reason, requested_by: d.requested_by });
+    if (progressSeen.size > PROGRESS_REMEMBERED) progressSeen.delete(progressSeen.keys().next().value);
     const entry = commandsShown.get(d.command_id);
     if (entry) showCommand({ id: d.command_id, state: d.to_state, reason: d.reason, requested_by: d.requested_by }, false);
     const out = $("p-result");

@@ -19,6 +19,7 @@ from telemetry.store._errors import (
 )
 from telemetry.store._legacy import LegacyObservation, LegacyObservations
 from telemetry.store._migrate import MigrationReport, migrate
+from telemetry.store._migration_evidence import EVIDENCE_KINDS, MigrationEvidence
 from telemetry.store._migration_runs import MigrationRun
 from telemetry.store._pool import (
     is_unavailable,
@@ -90,6 +91,8 @@ __all__ = [
     "MaintenanceReport",
     "MigrationError",
     "MigrationReport",
+    "EVIDENCE_KINDS",
+    "MigrationEvidence",
     "MigrationRun",
     "QuarantinedMessage",
     "RegistrationConflict",

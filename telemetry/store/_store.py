@@ -21,10 +21,19 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
 from telemetry.batch import FLOAT_COLUMNS, STATE_COLUMNS, TelemetryBatch
-from telemetry.store import _api_keys, _migration_runs, _partitions, _policies, _trips, _zones
+from telemetry.store import (
+    _api_keys,
+    _migration_evidence,
+    _migration_runs,
+    _partitions,
+    _policies,
+    _trips,
+    _zones,
+)
 from telemetry.store import _binary as wire
 from telemetry.store._api_keys import ApiKey
 from telemetry.store._errors import DataRefused, RegistrationConflict, StoreUnavailable
+from telemetry.store._migration_evidence import MigrationEvidence
 from telemetry.store._migration_runs import MigrationRun
 from telemetry.store._pool import open_pool, pooled_connection, pooled_transaction
 from telemetry.store._zones import ZoneRows
@@ -1168,6 +1177,30 @@ class TelemetryStore:
         """vehicle -> newest sample time (ms) imported from `source` so far."""
         async with self._connection() as conn:
             return await _migration_runs.watermarks(conn.cursor(), source)
+
+    async def record_migration_evidence(
+        self,
+        kind: str,
+        *,
+        batch: str | None,
+        passed: bool,
+        detail: dict[str, Any],
+        recorded_at: datetime | None = None,
+    ) -> int:
+        """Record one piece of go-live evidence (kind one of EVIDENCE_KINDS, else ValueError
+        before anything is written); recorded_at defaults to the database's now(). Its id."""
+        _migration_evidence.check_kind(kind)
+        async with self._transaction() as cur:
+            return await _migration_evidence.record(
+                cur, kind, batch=batch, passed=passed, detail=detail, recorded_at=recorded_at
+            )
+
+    async def migration_evidence(
+        self, kind: str | None = None, batch: str | None = None, limit: int = 100
+    ) -> list[MigrationEvidence]:
+        """The newest evidence first (by recorded_at), of one kind and/or batch or all."""
+        async with self._connection() as conn:
+            return await _migration_evidence.evidence(conn.cursor(), kind, batch, limit)
 
     # --- housekeeping ---------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -14,11 +15,12 @@ import uvicorn
 
 from api import ApiContext, KeyCache, LiveHub, create_app
 from api.feed_service import FeedCache, RateLimiter
-from feeds import MDS_MEDIA_TYPE
+from feeds import MDS_MEDIA_TYPE, MdsProvider, mds_mode
 from fleetgate.embedded import free_port
 from telemetry.store import TelemetryStore
-from tests.api_client import assert_problem, fleet
-from tests.feed_schemas import assert_gbfs_valid
+from tests.api_client import LAT0, LON0, assert_problem, fleet
+from tests.batches import make_batch
+from tests.feed_schemas import assert_gbfs_valid, assert_mds_valid
 from tests.feeds_setup import PROVIDER_ID, feed_service, feed_system
 from tests.harness import eventually
 from tests.netproxy import TcpProxy
@@ -192,3 +194,91 @@ async def served(app):
     finally:
         server.should_exit = True
         await task
+
+
+async def _ride_commands(
+    store: TelemetryStore, vehicle: int, unlock_at: datetime, lock_at: datetime
+):
+    """A succeeded unlock and lock of the vehicle; returns the unlock's id."""
+    ids = []
+    async with store.pool.connection() as conn:
+        for kind, at in (("unlock", unlock_at), ("lock", lock_at)):
+            cur = await conn.execute(
+                "INSERT INTO commands (id, vehicle, device_id, type, idempotency_key, "
+                "requested_by, request_hash, on_unsafe, state, created_at, deadline, "
+                "finished_at, updated_at) VALUES (gen_random_uuid(), %s, 'tcu', %s, %s, "
+                "'rental', 'h', 'refuse', 'succeeded', %s, %s, %s, now()) RETURNING id::text",
+                (vehicle, kind, f"k-{vehicle}-{kind}", at, at + timedelta(minutes=1), at),
+            )
+            ids.append((await cur.fetchone())[0])
+    return ids[0]
+
+
+async def _measured_trip(store, vehicle, start, end, unlock_id, distance_m) -> None:
+    async with store.pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO trips (vehicle, status, revision, started_at, ended_at, start_lat, "
+            "start_lon, end_lat, end_lon, distance_m, distance_source, duration_s, "
+            "unlock_command, measured_at) VALUES (%s, 'ended', 1, %s, %s, 52.5, 13.4, 52.51, "
+            "13.41, %s, 'fixes', %s, %s, now())",
+            (vehicle, start, end, distance_m, (end - start).total_seconds(), unlock_id),
+        )
+
+
+async def test_mds_trips_are_the_measured_trips_and_command_rides_only_where_none_is(api_server):
+    """Where the trip entity has a ride, MDS reports its stored figures (what billing was told)
+    under the unlock's id, once; an unlock→lock ride with no trip is still reported, measured
+    from its fixes; a trip no command began gets a UUID that stays the same."""
+    api_server.context.feeds = feed_service()
+    ids = await fleet(api_server.store, 3)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    start, end = hour + timedelta(minutes=5), hour + timedelta(minutes=20)
+
+    # veh-000: commands and the trip they made (the vehicle reported itself unlocked a second
+    # after the unlock), measured at 1,234.4 m.
+    unlock_0 = await _ride_commands(api_server.store, ids["veh-000"], start, end)
+    await _measured_trip(
+        api_server.store, ids["veh-000"], start + timedelta(seconds=1), end, unlock_0, 1234.4
+    )
+    # veh-001: commands only, with two fixes 111 m apart during the ride.
+    unlock_1 = await _ride_commands(api_server.store, ids["veh-001"], start, end)
+    fixes = [(start + timedelta(minutes=1), LAT0), (start + timedelta(minutes=2), LAT0 + 0.001)]
+    await api_server.store.write(
+        make_batch(
+            [
+                {"vehicle": ids["veh-001"], "t": int(t.timestamp() * 1000), "lat": lat, "lon": LON0}
+                for t, lat in fixes
+            ]
+        ),
+        [],
+    )
+    # veh-002: a trip and no command (a rider's key fob).
+    await _measured_trip(api_server.store, ids["veh-002"], start, end, None, 500.0)
+
+    provider = MdsProvider(PROVIDER_ID)
+    modes = {
+        provider.device_id(ref): mds_mode("bicycle" if int(ref[-3:]) % 2 == 0 else "car")
+        for ref in ids
+    }
+    async with api_server.client("agency") as agency:
+        answers = [await agency.get("/mds/trips", params={"end_time": hour_of(hour)}) for _ in "12"]
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        for mode in set(modes.values()):
+            part = [t for t in answer.json()["trips"] if modes[t["device_id"]] == mode]
+            assert_mds_valid("provider:/trips", {**answer.json(), "trips": part}, mode)
+    trips = {t["device_id"]: t for t in answers[0].json()["trips"]}
+    assert len(answers[0].json()["trips"]) == 3  # veh-000's ride once, not once per source
+
+    measured = trips[provider.device_id("veh-000")]
+    assert measured["trip_id"] == unlock_0 and measured["distance"] == 1234
+    assert measured["start_location"] == {"lat": 52.5, "lng": 13.4}
+    assert measured["duration"] == 899
+
+    from_commands = trips[provider.device_id("veh-001")]
+    assert from_commands["trip_id"] == unlock_1 and 105 <= from_commands["distance"] <= 117
+
+    fob = trips[provider.device_id("veh-002")]
+    assert str(uuid.UUID(fob["trip_id"])) == fob["trip_id"] and fob["distance"] == 500
+    again = {t["device_id"]: t for t in answers[1].json()["trips"]}
+    assert again[provider.device_id("veh-002")]["trip_id"] == fob["trip_id"]

@@ -678,6 +678,43 @@ async def test_live_moves_and_the_vehicle_panel_commands_from_a_plain_http_host_
         await page.screenshot("map-panel.png")
 
 
+async def test_a_commands_progress_that_arrives_before_its_post_has_answered_is_still_shown(
+    page, mosquitto, pg_dsn, topic_root, api_server
+):
+    """On a busy server the stream can bring a command's progress before the POST that created
+    it answers; the panel must end at the newest state, not at the POST's `queued`."""
+    async with live_fleet(mosquitto, pg_dsn, topic_root, api_server, vehicles=2):
+        await page.open(f"{api_server.url}/map/#key={api_server.keys['rental']}")
+        ref = await page.lone_vehicle()
+        await page.click_vehicle(ref)
+        # Hold the answer of the page's command POST until the test lets it through.
+        await page.run(
+            "window.releasePost = false; const realFetch = window.fetch;"
+            "window.fetch = async (url, opts) => { const res = await realFetch(url, opts);"
+            " if (opts && opts.method === 'POST' && String(url).includes('/commands')) {"
+            "  while (!window.releasePost) await new Promise((r) => setTimeout(r, 50)); }"
+            " return res; };"
+        )
+        await page.click('#p-commands button[data-cmd="locate"]')
+
+        async def succeeded_in_the_api() -> bool:
+            async with api_server.client("reader") as c:
+                items = (await c.get("/v1/commands", params={"vehicle": ref})).json()["items"]
+            return bool(items) and items[0]["state"] == "succeeded"
+
+        await eventually(succeeded_in_the_api, timeout=30, what="the locate succeeding")
+        assert await page.text("#p-result") == "locate…"  # the answer is still held back
+        await page.run("window.releasePost = true;")
+        await eventually(
+            lambda: page.js(
+                "document.getElementById('p-result').textContent === 'locate: succeeded'"
+            ),
+            timeout=10,
+            what="the page showing the state the stream brought before the answer",
+        )
+        assert "locate: succeeded" in await page.text("#p-recent")
+
+
 async def test_the_calling_key_tells_its_scopes(api_server):
     async with api_server.client("rental") as c:
         assert (await c.get("/v1/key")).json() == {
@@ -758,7 +795,12 @@ async def test_a_cut_stream_reconnects_and_catches_up_with_what_it_missed(page, 
     ids = await fleet(api_server.store, 3)
     async with cuttable_proxy(urlsplit(api_server.url).port) as (port, cut):
         await page.open(f"http://127.0.0.1:{port}/map/#key={api_server.keys['reader']}")
-        assert await page.text("#conn") == "live"
+        # The page is ready once vehicles and zones are in; its stream may open a moment later.
+        await eventually(
+            lambda: page.js("document.getElementById('conn').textContent === 'live'"),
+            timeout=10,
+            what="the page's stream open",
+        )
         cut()
         await eventually(
             lambda: page.js("document.getElementById('conn').textContent === 'reconnecting…'"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from feeds import RideCommand, rides_from_commands
+from feeds import Ride, RideCommand, TripFigures, rides_from_commands, rides_preferring_trips
 
 
 def cmd(vehicle, seq, kind, t):
@@ -40,3 +40,17 @@ def test_a_repeated_unlock_belongs_to_the_open_ride_and_a_lone_lock_ends_nothing
 
 def test_no_commands_no_rides():
     assert rides_from_commands([]) == []
+
+
+def test_a_trip_replaces_the_command_rides_it_overlaps_and_leaves_the_others():
+    trip = Ride(1, "trip-a", 100.0, 200.0, None, TripFigures(1.0, 2.0, 3.0, 4.0, 500.0))
+    open_trip = Ride(2, "trip-b", 300.0, None, None)
+    same_ride = Ride(1, "unlock-a", 99.0, 201.0, 5)  # the trip's own unlock→lock
+    later_ride = Ride(1, "unlock-b", 250.0, 260.0, 9)  # a ride the trip table does not have
+    into_open = Ride(2, "unlock-c", 400.0, 450.0, 3)  # overlaps the open trip
+    other_vehicle = Ride(3, "unlock-d", 100.0, 200.0, 4)
+    rides = rides_preferring_trips(
+        [trip, open_trip], [same_ride, later_ride, into_open, other_vehicle]
+    )
+    assert [r.trip_id for r in rides] == ["trip-a", "unlock-d", "unlock-b", "trip-b"]
+    assert rides_preferring_trips([], [later_ride]) == [later_ride]
