@@ -129,6 +129,12 @@ TRACCAR_SERVER = Skip(
     "against tests/traccar_standin.py, a real HTTP server serving examples/traccar-export as "
     "Traccar's API returns it"
 )
+PARALLEL_RUN = Skip(
+    "exits 1 (yellow: nothing to compare) until both platforms have observed the batch; "
+    "tests/migration/test_parallel_run.py runs it after a parallel run through two Mosquitto "
+    "processes (green, then coverage yellow, then position red), "
+    "tests/fleetgate/cli/test_migrate_shadow.py its output, evidence and refusals"
+)
 COMMANDS: dict[str, dict[str, Action]] = {
     "README.md": {
         "scripts/demo": Skip(
@@ -267,6 +273,18 @@ COMMANDS: dict[str, dict[str, Action]] = {
         "--skip-invalid": TRACCAR_SERVER,
         "fleetgate migrate import --source traccar --url http://traccar:8082 --batch berlin-1 "
         "--skip-invalid --since-last-run": TRACCAR_SERVER,
+        # The csv and Traccar imports above registered 8 vehicles of 4 types: one of each type.
+        "fleetgate migrate shadow start --batch berlin-1 --percent 10 --days 14 --seed 7": Run(
+            expect=r"shadow batch berlin-1 started: 4 of 8 vehicles "
+            r"\(10 %: 1 car, 1 ebike, 1 moped, 1 scooter\)"
+        ),
+        "fleetgate migrate shadow status": Run(expect=r"(?m)^berlin-1  running  4 vehicles"),
+        "fleetgate migrate validate --batch berlin-1": PARALLEL_RUN,
+        "fleetgate migrate validate --batch berlin-1 --json "
+        "--threshold coverage.green=0.999": PARALLEL_RUN,
+        "fleetgate migrate shadow stop --batch berlin-1": Run(
+            expect="shadow batch berlin-1 stopped at"
+        ),
     },
     "docs/device-identity.md": {
         "fleetgate devices register bike-0001 lock-0001 --type ebike": Run(),
