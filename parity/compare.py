@@ -130,16 +130,18 @@ def compare(
     n = len(ids)
     if legacy_rides is None:
         legacy_rides = rides_from_observations(legacy, th.gap_s)
-    f, fv = _in_batch(fleetgate, ids)
-    lg, lv = _in_batch(legacy, ids)
-    keys = TimeKeys(f.time_ms, lg.time_ms, fleetgate_rides.started_ms, legacy_rides.started_ms)
-    f, fv, fk = _sorted(f, fv, keys)
-    lg, lv, lk = _sorted(lg, lv, keys)
+    f_rows, fv = _in_batch(fleetgate, ids)
+    l_rows, lv = _in_batch(legacy, ids)
+    keys = TimeKeys(
+        fleetgate.time_ms, legacy.time_ms, fleetgate_rides.started_ms, legacy_rides.started_ms
+    )
+    f, fv, fk = _sorted(fleetgate, f_rows, fv, keys)
+    lg, lv, lk = _sorted(legacy, l_rows, lv, keys)
     ms = lambda s: int(round(s * 1000))  # noqa: E731
 
     # coverage, both ways
-    _, d_lf = _nearest(lk, fk)
-    j_fl, d_fl = _nearest(fk, lk)
+    j_lf, d_lf = _nearest(lk, fk)
+    _, d_fl = _nearest(fk, lk)
     cov_l, cov_f = d_lf <= ms(th.match_s), d_fl <= ms(th.match_s)
     coverage = min(_share(cov_l), _share(cov_f))
     v_cov = np.fmin(_ratio(lv, cov_l, n), _ratio(fv, cov_f, n))
@@ -159,7 +161,6 @@ def compare(
     }
 
     # pairs: a fleetgate sample and a legacy one of the same moment
-    j_lf, d_lf = _nearest(lk, fk)
     pl = np.flatnonzero(d_lf <= ms(th.pair_s))
     pf = j_lf[pl]
     pv = lv[pl]
@@ -389,12 +390,12 @@ def _vehicle_colours(th, cov, p95, state, rides, alike) -> list[str]:
     return [COLOURS[int(w)] for w in worst]
 
 
-def _in_batch(obs: Observations, ids: np.ndarray) -> tuple[Observations, np.ndarray]:
+def _in_batch(obs: Observations, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The rows of the batch's vehicles, and each row's vehicle index into ids."""
     idx = np.searchsorted(ids, obs.vehicle)
     ok = idx < len(ids)
     ok[ok] = ids[idx[ok]] == obs.vehicle[ok]
-    return obs.take(np.flatnonzero(ok)), idx[ok]
+    return np.flatnonzero(ok), idx[ok]
 
 
 def _rides_in_batch(r: Rides, ids: np.ndarray) -> tuple[Rides, np.ndarray]:
@@ -404,10 +405,12 @@ def _rides_in_batch(r: Rides, ids: np.ndarray) -> tuple[Rides, np.ndarray]:
     return Rides(*(getattr(r, s)[ok] for s in Rides.__slots__)), idx[ok]
 
 
-def _sorted(obs: Observations, vidx: np.ndarray, keys: TimeKeys):
-    k = keys.of(vidx, obs.time_ms)
+def _sorted(obs: Observations, rows: np.ndarray, vidx: np.ndarray, keys: TimeKeys):
+    """The batch's rows of obs in (vehicle, time) order (taken once), their vehicle indexes and
+    keys."""
+    k = keys.of(vidx, obs.time_ms[rows])
     order = np.argsort(k, kind="stable")
-    return obs.take(order), vidx[order], k[order]
+    return obs.take(rows[order]), vidx[order], k[order]
 
 
 def _nearest(q: np.ndarray, sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -452,7 +455,8 @@ def _group_percentile(v: np.ndarray, x: np.ndarray, n: int, q: float) -> np.ndar
     out = np.full(n, np.nan)
     if not len(x):
         return out
-    order = np.lexsort((x, v))
+    order = np.argsort(x, kind="stable")
+    order = order[np.argsort(v[order], kind="stable")]  # by group, then by value
     counts = np.bincount(v, minlength=n)
     start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     has = counts > 0

@@ -96,9 +96,15 @@ def rides_from_observations(obs: Observations, gap_s: float = 60.0) -> Rides:
     first reporting it locked again (a vehicle first seen unlocked opens none; a ride not yet
     ended is left out). Its distance is the odometer's advance where it is reported within gap_s
     of both ends, else the sum of the great-circle steps between its fixes."""
-    rows = np.lexsort((obs.time_ms, obs.vehicle))
-    rows = rows[obs.locked[rows] != UNKNOWN]
-    v, t, lk = obs.vehicle[rows], obs.time_ms[rows], obs.locked[rows]
+    order = np.lexsort((obs.time_ms, obs.vehicle))
+    # a dense vehicle number per sorted row: keys of (vehicle, time) then stay small
+    v_sorted = obs.vehicle[order]
+    dense = np.zeros(len(order), np.int64)
+    if len(order):
+        dense[1:] = np.cumsum(v_sorted[1:] != v_sorted[:-1])
+    known = obs.locked[order] != UNKNOWN
+    rows = order[known]
+    v, t, lk, d = obs.vehicle[rows], obs.time_ms[rows], obs.locked[rows], dense[known]
     same = np.zeros(len(rows), bool)
     same[1:] = v[1:] == v[:-1]
     prev = np.full(len(rows), UNKNOWN, np.int8)
@@ -107,49 +113,54 @@ def rides_from_observations(obs: Observations, gap_s: float = 60.0) -> Rides:
     start = (prev == 1) & (lk == 0)
     end = (prev == 0) & (lk == 1)
     edges = np.flatnonzero(start | end)
-    ev, et, es = v[edges], t[edges], start[edges]
+    ev, et, es, ed = v[edges], t[edges], start[edges], d[edges]
     # A vehicle's edges alternate start, end: a ride is a start followed by an end of the vehicle.
     pair = np.flatnonzero(es[:-1] & ~es[1:] & (ev[:-1] == ev[1:])) if len(edges) > 1 else []
     pair = np.asarray(pair, np.int64)
     vehicle, started, ended = ev[pair], et[pair], et[pair + 1]
-    return Rides(vehicle, started, ended, _ride_distances(obs, vehicle, started, ended, gap_s))
+    distance = _ride_distances(obs, order, dense, ed[pair], started, ended, gap_s)
+    return Rides(vehicle, started, ended, distance)
 
 
 def _ride_distances(
-    obs: Observations, vehicle: np.ndarray, started: np.ndarray, ended: np.ndarray, gap_s: float
+    obs: Observations,
+    order: np.ndarray,
+    dense: np.ndarray,
+    ride: np.ndarray,
+    started: np.ndarray,
+    ended: np.ndarray,
+    gap_s: float,
 ) -> np.ndarray:
-    if not len(vehicle):
+    """Per ride (dense vehicle number, start, end; in (vehicle, start) order, so their keys are
+    ascending and do not overlap), the odometer's advance or else the fixes' steps summed."""
+    if not len(ride):
         return np.empty(0)
-    keys = TimeKeys(obs.time_ms, started, ended)
-    # Fixes: the step from each fix to the next of the same vehicle, summed between the ends.
-    fix = np.flatnonzero(np.isfinite(obs.lat) & np.isfinite(obs.lon))
-    fix = fix[np.lexsort((obs.time_ms[fix], obs.vehicle[fix]))]
-    fk = keys.of(obs.vehicle[fix], obs.time_ms[fix])
-    lat, lon = obs.lat[fix], obs.lon[fix]
-    step = np.zeros(len(fix))
-    if len(fix) > 1:
-        step[1:] = haversine_m(lat[:-1], lon[:-1], lat[1:], lon[1:])
-        step[1:][obs.vehicle[fix][1:] != obs.vehicle[fix][:-1]] = 0.0
-    cum = np.concatenate([[0.0], np.cumsum(step)])
-    lo = np.searchsorted(fk, keys.of(vehicle, started), "left")
-    hi = np.searchsorted(fk, keys.of(vehicle, ended), "right")
-    # steps lo+1 .. hi-1 lie inside the ride (step k joins fix k-1 and fix k)
-    gps = np.where(hi - lo > 1, cum[np.maximum(hi, lo + 1)] - cum[np.minimum(lo + 1, hi)], 0.0)
+    keys = TimeKeys(obs.time_ms)
+    sk, ek = keys.of(ride, started), keys.of(ride, ended)
+    # Fixes: the steps between consecutive fixes inside the same ride, and only those.
+    finite = np.isfinite(obs.lat[order]) & np.isfinite(obs.lon[order])
+    fix = order[finite]
+    fk = keys.of(dense[finite], obs.time_ms[fix])
+    r = np.searchsorted(sk, fk, "right") - 1
+    inside = (r >= 0) & (fk <= ek[np.maximum(r, 0)])
+    i = np.flatnonzero(inside[1:] & inside[:-1] & (r[1:] == r[:-1]))
+    a, b = fix[i], fix[i + 1]
+    steps = haversine_m(obs.lat[a], obs.lon[a], obs.lat[b], obs.lon[b])
+    gps = np.bincount(r[i + 1], weights=steps, minlength=len(sk))
     # The odometer, where read within gap_s of both ends and not running backwards.
-    odo = np.flatnonzero(np.isfinite(obs.odometer_m))
-    odo = odo[np.lexsort((obs.time_ms[odo], obs.vehicle[odo]))]
-    ok_ = keys.of(obs.vehicle[odo], obs.time_ms[odo])
-    olo = np.searchsorted(ok_, keys.of(vehicle, started), "left")
-    ohi = np.searchsorted(ok_, keys.of(vehicle, ended), "right") - 1
-    has = ohi > olo
-    a, b = np.where(has, olo, 0), np.where(has, ohi, 0)
-    if len(odo):
-        t_odo, m_odo = obs.time_ms[odo], obs.odometer_m[odo]
-        near = (t_odo[a] - started <= gap_s * 1000) & (ended - t_odo[b] <= gap_s * 1000)
-        delta = m_odo[b] - m_odo[a]
-        use = has & near & (delta >= 0)
-        return np.where(use, delta, gps)
-    return gps
+    has_odo = np.isfinite(obs.odometer_m[order])
+    odo = order[has_odo]
+    if not len(odo):
+        return gps
+    ok_ = keys.of(dense[has_odo], obs.time_ms[odo])
+    lo = np.searchsorted(ok_, sk, "left")
+    hi = np.searchsorted(ok_, ek, "right") - 1
+    has = hi > lo
+    first, last = odo[np.where(has, lo, 0)], odo[np.where(has, hi, 0)]
+    t_odo, m_odo = obs.time_ms, obs.odometer_m
+    near = (t_odo[first] - started <= gap_s * 1000) & (ended - t_odo[last] <= gap_s * 1000)
+    delta = m_odo[last] - m_odo[first]
+    return np.where(has & near & (delta >= 0), delta, gps)
 
 
 class TimeKeys:
