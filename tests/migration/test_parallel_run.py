@@ -90,11 +90,15 @@ async def test_a_parallel_run_validates_green_and_each_disagreement_shows(
                 )
             )
             assert stats.samples_acked == stats.samples_generated == len(FLEET) * SAMPLES
-            await eventually(
-                lambda: _both_sides_have(pg_dsn, len(FLEET) * SAMPLES),
-                timeout=30,
-                what="every sample on both sides",
-            )
+            counts: list = []
+            try:
+                await eventually(
+                    lambda: _both_sides_have(pg_dsn, len(FLEET) * SAMPLES, counts),
+                    timeout=60,
+                    what="every sample on both sides",
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: (fleetgate, legacy) stored {counts[-1]}") from None
             await platform.idle()
             await eventually(lambda: _all_trips_measured(pg_dsn), timeout=15, what="trips measured")
         assert platform.refused == []
@@ -152,9 +156,10 @@ async def _wait_bridged(legacy: Mosquitto, ours: Mosquitto) -> None:
         await watcher.disconnect()
 
 
-async def _both_sides_have(dsn: str, n: int) -> bool:
+async def _both_sides_have(dsn: str, n: int, counts: list) -> bool:
     ours = await _count(dsn, "SELECT count(*) FROM positions")
     theirs = await _count(dsn, "SELECT count(*) FROM legacy_observations WHERE vehicle IS NOT NULL")
+    counts.append((ours, theirs))
     return ours >= n and theirs >= n
 
 
