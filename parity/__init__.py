@@ -13,7 +13,7 @@ from parity.compare import (
     summary,
 )
 from parity.observations import Observations, Rides, rides_from_observations
-from parity.run import validate_shadow_batch
+from parity.run import start_shadow_batch, validate_shadow_batch
 from parity.sample import SampleError, pick_sample
 from parity.thresholds import DEFAULT_THRESHOLDS, GO_LIVE_MIN_PERCENT, Band, Thresholds
 
@@ -32,6 +32,7 @@ __all__ = [
     "VehicleParity",
     "compare",
     "evidence_detail",
+    "start_shadow_batch",
     "summary",
     "validate_shadow_batch",
     "pick_sample",

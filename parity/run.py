@@ -1,17 +1,19 @@
-"""One validation of a shadow batch, as `fleetgate migrate validate` and `GET
-/v1/migration/validation` both run it: read both sides (through the ports given, the store's
-ShadowBatches in production), compare, record the result as "parallel_run" evidence. The IO is
-the ports'; this module only sequences them."""
+"""A shadow batch started, and one validation of it, as the `fleetgate migrate` commands and the
+HTTP API both run them: the sample picked from the registered fleet and stored; both sides read
+(through the ports given, the store's ShadowBatches in production), compared, the result recorded
+as "parallel_run" evidence. The IO is the ports'; this module only sequences them."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections import Counter
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
 
 from parity.compare import ParityReport, compare, evidence_detail
 from parity.observations import Observations, Rides
+from parity.sample import pick_sample
 from parity.thresholds import Thresholds
 
 
@@ -65,3 +67,30 @@ async def validate_shadow_batch(
         recorded_at=now,
     )
     return b, report
+
+
+class ShadowStarter(Protocol):
+    async def fleet(self) -> tuple[list[int], list[str]]: ...
+
+    async def start(self, name: str, **batch: Any) -> Any: ...
+
+
+async def start_shadow_batch(
+    batches: ShadowStarter, name: str, *, percent: float, days: float, seed: int, now: datetime
+) -> Any:
+    """Pick the batch's sample from the registered fleet (pick_sample) and start it at now for
+    days; SampleError (bad share, no vehicles) or the starter's conflict when it overlaps."""
+    ids, types = await batches.fleet()
+    picked = pick_sample(ids, types, percent, seed)
+    kind = dict(zip(ids, types, strict=True))
+    return await batches.start(
+        name,
+        percent=percent,
+        days=days,
+        seed=seed,
+        vehicles=picked,
+        by_type=dict(sorted(Counter(kind[v] for v in picked).items())),
+        fleet_size=len(ids),
+        started_at=now,
+        ends_at=now + timedelta(days=days),
+    )

@@ -9,8 +9,7 @@ unknown batch, an overlapping shadow run or no database.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated
 
 import orjson
@@ -62,7 +61,7 @@ def shadow_start(
     """Pick a reproducible sample of the fleet, stratified by vehicle type, and start its
     parallel run. A vehicle already in a running batch, or a batch of that name running, is
     refused (exit 2)."""
-    from parity import GO_LIVE_MIN_PERCENT, SampleError, pick_sample
+    from parity import GO_LIVE_MIN_PERCENT, SampleError, start_shadow_batch
     from telemetry.store import ShadowBatches, ShadowConflict
 
     if not 0 < days <= 366:
@@ -70,20 +69,8 @@ def shadow_start(
     started = _now(now)
 
     async def run(store):
-        batches = ShadowBatches(store)
-        ids, types = await batches.fleet()
-        picked = pick_sample(ids, types, percent, seed)
-        kind = dict(zip(ids, types, strict=True))
-        return await batches.start(
-            batch,
-            percent=percent,
-            days=days,
-            seed=seed,
-            vehicles=picked,
-            by_type=dict(sorted(Counter(kind[v] for v in picked).items())),
-            fleet_size=len(ids),
-            started_at=started,
-            ends_at=started + timedelta(days=days),
+        return await start_shadow_batch(
+            ShadowBatches(store), batch, percent=percent, days=days, seed=seed, now=started
         )
 
     _check_name(batch)

@@ -80,3 +80,33 @@ async def test_the_read_scope_is_required(api_server, batch):
     async with api_server.client("legacy") as c:
         r = await c.get("/v1/migration/validation", params={"batch": "pilot"})
     assert_problem(r, 403, "fleet:read")
+
+
+async def test_a_shadow_batch_is_started_listed_and_stopped_and_overlaps_are_a_409(
+    api_server, pg_dsn
+):
+    await register(pg_dsn, [(f"tcu-{n:02d}", f"veh-{n:02d}", "ebike") for n in range(20)])
+    async with api_server.client("legacy") as w, api_server.client("reader") as r:
+        first = await w.post(
+            "/v1/migration/shadow-batches", json={"batch": "pilot", "percent": 5, "seed": 3}
+        )
+        again = await w.post("/v1/migration/shadow-batches", json={"batch": "pilot"})
+        wide = await w.post("/v1/migration/shadow-batches", json={"batch": "w", "percent": 100})
+        bad = await w.post("/v1/migration/shadow-batches", json={"batch": "x", "percent": 0})
+        read_only = await r.post("/v1/migration/shadow-batches", json={"batch": "y"})
+        listed = await r.get("/v1/migration/shadow-batches")
+        stopped = await w.post("/v1/migration/shadow-batches/pilot/stop")
+        stopped_again = await w.post("/v1/migration/shadow-batches/pilot/stop")
+        wide_now = await w.post("/v1/migration/shadow-batches", json={"batch": "w", "percent": 100})
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert body["state"] == "running" and body["below_minimum"] is True
+    assert body["by_type"] == {"ebike": 1} and len(body["vehicles"]) == 1
+    assert_problem(again, 409, "shadow batch 'pilot' is running")
+    assert_problem(wide, 409, "running shadow batch 'pilot'")
+    assert_problem(bad, 422)
+    assert_problem(read_only, 403, "migration:write")
+    assert [b["batch"] for b in listed.json()] == ["pilot"]
+    assert stopped.status_code == 200 and stopped.json()["state"] == "stopped"
+    assert_problem(stopped_again, 404, "no running shadow batch 'pilot'")
+    assert wide_now.status_code == 201 and len(wide_now.json()["vehicles"]) == 20
