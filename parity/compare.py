@@ -133,7 +133,11 @@ def compare(
     f_rows, fv = _in_batch(fleetgate, ids)
     l_rows, lv = _in_batch(legacy, ids)
     keys = TimeKeys(
-        fleetgate.time_ms, legacy.time_ms, fleetgate_rides.started_ms, legacy_rides.started_ms
+        fleetgate.time_ms,
+        legacy.time_ms,
+        fleetgate_rides.started_ms,
+        legacy_rides.started_ms,
+        margin_ms=int(th.longest_window_s() * 1000) + 86_400_000,  # no window spans two vehicles
     )
     f, fv, fk = _sorted(fleetgate, f_rows, fv, keys)
     lg, lv, lk = _sorted(legacy, l_rows, lv, keys)

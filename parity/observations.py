@@ -168,6 +168,7 @@ class TimeKeys:
     any window, so a search by key never crosses from one vehicle into another."""
 
     def __init__(self, *times: np.ndarray, margin_ms: int = 86_400_000) -> None:
+        # margin_ms: longer than any window searched with these keys
         times = tuple(c for c in times if len(c))
         lo = min((int(c.min()) for c in times), default=0)
         hi = max((int(c.max()) for c in times), default=0)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, fields, replace
 
 GO_LIVE_MIN_PERCENT = 10.0  # the share of the fleet a parallel run needs before go-live
 GO_LIVE_MIN_DAYS = 14.0
+MAX_WINDOW_S = 30 * 86400.0  # a window (match_s, gap_s, ...) longer than a month compares nothing
+MAX_VALUE = 1e6  # any other bound (metres, percent, a band's bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +60,13 @@ class Thresholds:
             metric, _, bound = name.partition(".")
             if metric not in known:
                 raise ValueError(f"unknown threshold {name!r}; known: {', '.join(self.names())}")
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"threshold {name}: {value!r} is not a number ≥ 0")
+            limit = MAX_WINDOW_S if metric.endswith("_s") and not bound else MAX_VALUE
+            if (
+                not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or not 0 <= value <= limit
+            ):
+                raise ValueError(f"threshold {name}: {value!r} is not a number in [0, {limit:g}]")
             current = changes.get(metric, getattr(self, metric))
             if isinstance(current, Band):
                 if bound not in ("green", "yellow"):
@@ -75,6 +82,9 @@ class Thresholds:
             ):
                 raise ValueError(f"threshold {metric}: green must be stricter than yellow")
         return replace(self, **changes)
+
+    def longest_window_s(self) -> float:
+        return max(self.match_s, self.pair_s, self.gap_s, self.presence_s, self.ride_match_s)
 
     def names(self) -> list[str]:
         out = []

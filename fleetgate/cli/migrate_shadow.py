@@ -64,8 +64,8 @@ def shadow_start(
     from parity import GO_LIVE_MIN_PERCENT, SampleError, start_shadow_batch
     from telemetry.store import ShadowBatches, ShadowConflict
 
-    if not 0 < days <= 366:
-        fail(f"--days {days:g} is not in (0, 366]")
+    if not 0.01 <= days <= 366:
+        fail(f"--days {days:g} is not in [0.01, 366]")
     started = _now(now)
 
     async def run(store):

@@ -197,6 +197,27 @@ def test_thresholds_are_overridden_by_name_and_bad_names_refused():
         {"coverage.green": 0.9, "coverage.yellow": 0.8, "match_s": 10}
     )
     assert (th.coverage.green, th.coverage.yellow, th.match_s) == (0.9, 0.8, 10.0)
-    for bad in ({"nope": 1}, {"coverage": 1}, {"match_s.green": 1}, {"coverage.yellow": 0.999}):
+    for bad in (
+        {"nope": 1},
+        {"coverage": 1},
+        {"match_s.green": 1},
+        {"coverage.yellow": 0.999},
+        {"match_s": 31 * 86400},
+        {"soc_pp": float("inf")},
+        {"gap_s": -1},
+    ):
         with pytest.raises(ValueError):
             DEFAULT_THRESHOLDS.with_overrides(bad)
+
+
+def test_a_window_longer_than_a_day_never_matches_another_vehicle():
+    # vehicle 2's samples are a day and a half after vehicle 1's: with a two-day window each
+    # side still covers only its own vehicle's samples
+    a = fleet(vehicles=1, samples=10)
+    b = dict(a, vehicle=np.full(10, 2), time_ms=np.asarray(a["time_ms"]) + 36 * 3600 * 1000)
+    th = DEFAULT_THRESHOLDS.with_overrides({"match_s": 2 * 86400})
+    fo = Observations.of(**a)
+    lo = Observations.of(**b)
+    report = compare(np.array([1, 2]), fo, lo, rides_from_observations(fo), percent=10,
+                     started_ms=T0, thresholds=th)  # fmt: skip
+    assert report.metrics["coverage"].value == 0.0

@@ -82,7 +82,7 @@ def test_overlapping_shadow_runs_are_refused_with_a_reason_and_nothing_written(e
     [
         (("--batch", "x", "--percent", "0"), "percent 0.0 is not in (0, 100]"),
         (("--batch", "x", "--percent", "150"), "percent 150.0 is not in (0, 100]"),
-        (("--batch", "x", "--days", "0"), "--days 0 is not in (0, 366]"),
+        (("--batch", "x", "--days", "0"), "--days 0 is not in [0.01, 366]"),
         (("--batch", "no spaces"), "--batch 'no spaces'"),
     ],
 )
