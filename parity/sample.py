@@ -21,6 +21,8 @@ def pick_sample(
     random with seed (the same fleet, percent and seed give the same sample), ids ascending."""
     if not 0 < percent <= 100 or not math.isfinite(percent):
         raise SampleError(f"percent {percent!r} is not in (0, 100]")
+    if not 0 <= seed < 2**63:
+        raise SampleError(f"seed {seed} is not in [0, 2**63)")
     ids = np.asarray(vehicles, dtype=np.int64)
     types = np.asarray(vehicle_types, dtype=object)
     if len(ids) != len(types):

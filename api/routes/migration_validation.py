@@ -94,7 +94,7 @@ class ShadowStart(BaseModel):
     batch: str = Field(pattern=BATCH_RULE, description="the batch's name")
     percent: float = Field(10.0, gt=0, le=100, description="share of the fleet, by vehicle type")
     days: float = Field(14.0, ge=0.01, le=366, description="how long the parallel run lasts")
-    seed: int = Field(0, ge=-(2**63), le=2**63 - 1, description="the same seed, the same sample")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="the same seed, the same sample")
 
 
 class ShadowBatchOut(BaseModel):

@@ -54,7 +54,9 @@ def shadow_start(
         float, typer.Option(help="share of the fleet, by vehicle type (go-live needs ≥ 10)")
     ] = 10.0,
     days: Annotated[float, typer.Option(help="how long the parallel run lasts")] = 14.0,
-    seed: Annotated[int, typer.Option(help="the same seed picks the same vehicles")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**63 - 1, help="the same seed picks the same vehicles")
+    ] = 0,
     as_json: JsonOption = False,
     now: NowOption = None,
 ) -> None:

@@ -40,3 +40,8 @@ def test_a_share_outside_0_to_100_is_refused(percent):
 def test_an_empty_fleet_is_refused():
     with pytest.raises(SampleError, match="no vehicles"):
         pick_sample([], [], 10, seed=1)
+
+
+def test_a_negative_seed_is_refused():
+    with pytest.raises(SampleError, match="seed -1"):
+        pick_sample([1], ["ebike"], 10, seed=-1)
