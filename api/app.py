@@ -24,6 +24,7 @@ from api.routes import (
     map,
     mds,
     migration,
+    migration_gate,
     migration_shadow,
     migration_validation,
     trips,
@@ -96,6 +97,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         gbfs,
         mds,
         migration,
+        migration_gate,
         migration_shadow,
         migration_validation,
     ):

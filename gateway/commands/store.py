@@ -108,6 +108,51 @@ WITH ins AS (
 SELECT seq FROM ins"""
 
 
+_INSERT_TYPES = (
+    "uuid",  # id
+    "int4",  # vehicle
+    *("text",) * 2,  # device_id, type
+    "jsonb",  # params
+    *("text",) * 6,  # idempotency_key ... reason
+    *("timestamptz",) * 6,  # created_at ... finished_at
+    "int4",
+    "timestamptz",
+    "int4",  # n: the order given
+)
+
+
+@lru_cache(maxsize=64)
+def _insert_many_sql(commands: int, history_rows: int) -> str:
+    """Several new commands with all their history rows in one statement (one round trip for a
+    burst of submissions, where one statement each cost one round trip each): a command whose
+    idempotency key is taken is left out with its history, as _insert_sql does; returns the id
+    and seq of each command inserted, in the order given."""
+    return f"""
+WITH given (id, vehicle, device_id, type, params, idempotency_key, requested_by, request_hash,
+            on_unsafe, state, reason, created_at, deadline, sent_at, last_sent_at,
+            acknowledged_at, finished_at, attempts, updated_at, n) AS (
+    VALUES {_rows(commands, _INSERT_TYPES)}
+), ins AS (
+    INSERT INTO commands (id, vehicle, device_id, type, params, idempotency_key, requested_by,
+                          request_hash, on_unsafe, state, reason, created_at, deadline, sent_at,
+                          last_sent_at, acknowledged_at, finished_at, attempts, updated_at)
+    SELECT id, vehicle, device_id, type, params, idempotency_key, requested_by, request_hash,
+           on_unsafe, state, reason, created_at, deadline, sent_at, last_sent_at,
+           acknowledged_at, finished_at, attempts, updated_at
+    FROM given ORDER BY n
+    ON CONFLICT (requested_by, idempotency_key) DO NOTHING
+    RETURNING id, seq
+), history AS (
+    INSERT INTO command_history (command_id, at, from_state, to_state, reason, detail)
+    SELECT h.command_id, h.at, h.from_state, h.to_state, h.reason, h.detail
+    FROM (VALUES {_rows(history_rows, ("uuid", *_HISTORY_TYPES))})
+         AS h(command_id, at, from_state, to_state, reason, detail, n)
+    JOIN ins ON ins.id = h.command_id
+    ORDER BY h.n
+)
+SELECT id, seq FROM ins"""
+
+
 _UPDATE_TYPES = (
     "uuid",
     "text",
@@ -202,34 +247,36 @@ class CommandTx:
         """Insert a new command in its current state with its history rows (the first one its
         creation). Nothing is written if its (requested_by, idempotency_key) is taken: see
         inserted() after the commit."""
-        c = cmd
         cur = self._conn.cursor()
         await cur.execute(
             _insert_sql(len(history)),
             (
-                c.id,
-                c.vehicle_id,
-                c.device_id,
-                c.type.value,
-                orjson.dumps(c.params).decode(),
-                c.idempotency_key,
-                c.requested_by,
-                c.request_hash,
-                c.on_unsafe,
-                c.state.value,
-                c.reason,
-                c.created_at,
-                c.deadline,
-                c.sent_at,
-                c.last_sent_at,
-                c.acknowledged_at,
-                c.finished_at,
-                c.attempts,
-                c.updated_at,
+                *_insert_values(cmd),
                 *(v for n, e in enumerate(history) for v in _history_row(e, n)),
             ),
         )
-        self._inserts.append((cur, c))
+        self._inserts.append((cur, cmd))
+
+    async def insert_many(
+        self, inserts: Sequence[tuple[Command, Sequence[HistoryEntry]]]
+    ) -> list[Command | None]:
+        """insert() of several commands in one statement; per command the stored one (with its
+        seq) or None where its key was taken. The commands' own order gives their seqs."""
+        params: list = []
+        for n, (c, _) in enumerate(inserts):
+            params += _insert_values(c)
+            params.append(n)
+        k = 0
+        for c, history in inserts:
+            for e in history:
+                params += (c.id, *_history_row(e, k))
+                k += 1
+        cur = await self._conn.execute(_insert_many_sql(len(inserts), k), params)
+        seqs = dict(await cur.fetchall())
+        return [
+            None if c.id not in seqs else c.model_copy(update={"seq": seqs[c.id]})
+            for c, _ in inserts
+        ]
 
     async def inserted(self) -> list[Command | None]:
         """Per insert() of this transaction: the command with its seq, or None if its key was
@@ -273,6 +320,31 @@ class CommandTx:
             params.append(len(final))
             await self._conn.execute(_update_sql(len(final), len(changes)), params)
         return await _snapshots(self._conn.cursor(), then_snapshots)
+
+
+def _insert_values(c: Command) -> tuple:
+    """A new command's values, in the column order of _insert_sql and _insert_many_sql."""
+    return (
+        c.id,
+        c.vehicle_id,
+        c.device_id,
+        c.type.value,
+        orjson.dumps(c.params).decode(),
+        c.idempotency_key,
+        c.requested_by,
+        c.request_hash,
+        c.on_unsafe,
+        c.state.value,
+        c.reason,
+        c.created_at,
+        c.deadline,
+        c.sent_at,
+        c.last_sent_at,
+        c.acknowledged_at,
+        c.finished_at,
+        c.attempts,
+        c.updated_at,
+    )
 
 
 def _history_row(e: HistoryEntry, n: int) -> tuple:
@@ -370,16 +442,15 @@ class CommandStore:
             return []
         async with self._connection() as conn:
             tx = CommandTx(conn)
-            if len(inserts) + bool(changes) > 1:
-                async with conn.transaction():
-                    for cmd, history in inserts:
-                        await tx.insert(cmd, history)
-                    await tx.write(changes)
-            elif inserts:
+            if len(inserts) == 1 and not changes:
                 await tx.insert(*inserts[0])
-            elif changes:
+                return await tx.inserted()
+            if not changes:
+                return await tx.insert_many(inserts)
+            async with conn.transaction():
+                stored = await tx.insert_many(inserts) if inserts else []
                 await tx.write(changes)
-            return await tx.inserted()
+            return stored
 
     # --- reads ------------------------------------------------------------------------------
 

@@ -119,6 +119,38 @@ async def test_apply_inserts_planned_commands_and_skips_taken_keys(store):
     assert await store.get(again.id) is None and await store.get(other.id) is not None
 
 
+async def test_a_burst_of_new_commands_is_stored_in_order_each_key_once(store):
+    a, b = store.ids["dev-a"], store.ids["dev-b"]
+    taken = await _insert(store, new(a, key="t0"))
+    burst = [
+        new(a, key="t1"),
+        new(b, key="t2"),
+        new(a, key="t0"),
+        new(b, key="t5"),
+        new(a, key="t1"),
+    ]
+    sent, entry = machine.transition(burst[1], S.SENT, utc_now())
+    planned = [(c, [machine.created(c)]) for c in burst]
+    planned[1] = (sent, [machine.created(burst[1]), entry])
+    stored = await store.apply(planned, [])
+    # The key taken before and the repeated key within the burst are skipped, history too.
+    assert [s is not None for s in stored] == [True, True, False, True, False]
+    assert [s.id for s in stored if s] == [burst[0].id, burst[1].id, burst[3].id]
+    seqs = [s.seq for s in stored if s]
+    assert taken.seq < seqs[0] < seqs[1] < seqs[2], "submission order"
+    assert stored[1].state is S.SENT and (await store.get(burst[1].id)).state is S.SENT
+    assert [e.to_state for e in await store.history(burst[1].id)] == [S.QUEUED, S.SENT]
+    assert [e.to_state for e in await store.history(burst[3].id)] == [S.QUEUED]
+    assert await store.history(burst[2].id) == [] and await store.get(burst[4].id) is None
+    # New commands with a change of another one: all or nothing.
+    stale = machine.transition(taken, S.SENT, utc_now())
+    stale = (stale[0], stale[1].model_copy(update={"from_state": S.ACKNOWLEDGED}))
+    more = [new(b, key="t3"), new(b, key="t4")]
+    with pytest.raises(CommandConflict):
+        await store.apply([(c, [machine.created(c)]) for c in more], [stale])
+    assert all([await store.get(c.id) is None for c in more])
+
+
 async def test_open_commands_come_back_in_submission_order_and_lists_page_newest_first(store):
     a, b = store.ids["dev-a"], store.ids["dev-b"]
     made = [await _insert(store, new(v)) for v in (a, b, a, b, a)]
