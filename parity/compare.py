@@ -67,7 +67,7 @@ class ParityReport:
     vehicles: list[VehicleParity]
     percent: float
     below_minimum: bool
-    days: float  # from the batch's start to the newest compared sample
+    days: float  # from the batch's start to the newest compared sample (see _days_covered)
     newest_ms: int | None
     thresholds: Thresholds
 
@@ -120,11 +120,13 @@ def compare(
     *,
     percent: float,
     started_ms: int,
+    until_ms: int | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     legacy_rides: Rides | None = None,
 ) -> ParityReport:
-    """The batch's vehicles as both sides saw them. fleetgate_rides are fleetgate's ended trips;
-    the legacy platform's rides are derived from its observations unless given."""
+    """The batch's vehicles as both sides saw them from started_ms to until_ms (now, or the
+    batch's end). fleetgate_rides are fleetgate's ended trips; the legacy platform's rides are
+    derived from its observations unless given."""
     th = thresholds
     ids = np.unique(np.asarray(vehicles, np.int64))
     n = len(ids)
@@ -300,7 +302,7 @@ def compare(
             zip(np.bincount(lv, minlength=n), np.bincount(fv, minlength=n), strict=True)
         )
     ]
-    days = 0.0 if newest is None else max(0.0, (newest - started_ms) / 86_400_000)
+    days = _days_covered(newest, started_ms, until_ms, ms(th.presence_s))
     return ParityReport(
         metrics=metrics,
         vehicles=per_vehicle,
@@ -310,6 +312,16 @@ def compare(
         newest_ms=newest,
         thresholds=th,
     )
+
+
+def _days_covered(newest: int | None, started_ms: int, until_ms: int | None, recent_ms: int):
+    """Days from the start to the newest compared sample; to until_ms when that sample is within
+    recent_ms of it (both sides still reporting at the end: a batch of 14 days that ran to its
+    end covered 14 days, not 14 days less one reporting interval)."""
+    if newest is None:
+        return 0.0
+    end = until_ms if until_ms is not None and newest >= until_ms - recent_ms else newest
+    return max(0.0, (end - started_ms) / 86_400_000)
 
 
 def _usage(fr: Rides, lr: Rides, ids: np.ndarray, keys: TimeKeys, th: Thresholds):

@@ -49,7 +49,8 @@ async def validate_shadow_batch(
 ) -> tuple[Any, ParityReport]:
     """(the batch, its report); the batch's absence is the reader's error (unknown batch)."""
     b = await batches.get(name)
-    fleet, legacy, rides = await batches.observations(b, b.until(now))
+    until = b.until(now)
+    fleet, legacy, rides = await batches.observations(b, until)
     report = compare(
         np.asarray(b.vehicles, np.int64),
         Observations(**fleet),
@@ -57,6 +58,7 @@ async def validate_shadow_batch(
         Rides(**rides),
         percent=b.percent,
         started_ms=int(b.started_at.timestamp() * 1000),
+        until_ms=int(until.timestamp() * 1000),
         thresholds=thresholds,
     )
     await evidence.record_migration_evidence(

@@ -19,24 +19,31 @@ def an_hour_ago() -> str:
     return (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-async def both_sides(dsn: str, batch: dict, shift_m: float = 0.0) -> None:
-    """Every vehicle of the batch, a sample a minute for 20 minutes in fleetgate's positions and
-    in the legacy observations (the legacy ones shifted north by shift_m), one ride each."""
+async def both_sides(
+    dsn: str,
+    batch: dict,
+    shift_m: float = 0.0,
+    samples: int = 20,
+    step: timedelta = timedelta(minutes=1),
+) -> None:
+    """Every vehicle of the batch, a sample every step (a minute) for `samples` steps in
+    fleetgate's positions and in the legacy observations (the legacy ones shifted north by
+    shift_m), one ride each: north 1e-3 degrees a step from step 5 to step 12."""
     t0 = datetime.fromisoformat(batch["started_at"]) + timedelta(seconds=5)
     pos, legacy, trips = [], [], []
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         ids = dict(await (await conn.execute("SELECT id, device_id FROM vehicles")).fetchall())
         for v in batch["vehicles"]:
-            for k in range(20):
-                t, riding = t0 + timedelta(minutes=k), 5 <= k < 12
-                # north 1e-3 degrees a minute while riding, then parked where the ride ended
+            for k in range(samples):
+                t, riding = t0 + k * step, 5 <= k < 12
+                # north while riding, then parked where the ride ended
                 lat, lon = 52.5 + v * 1e-3 + min(max(k - 5, 0), 7) * 1e-3, 13.4
                 pos.append((t, v, lat, lon, 80.0 - k, not riding, t + timedelta(seconds=1)))
                 attrs = json.dumps({"batteryLevel": 80.0 - k, "lock": not riding})
                 legacy.append(
                     (ids[v], t, lat + shift_m / M_PER_DEG, lon, attrs, t + timedelta(seconds=1))
                 )
-            trips.append((v, t0 + timedelta(minutes=5), t0 + timedelta(minutes=12), RIDE_M))
+            trips.append((v, t0 + 5 * step, t0 + 12 * step, RIDE_M))
         async with conn.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO positions (time, vehicle, lat, lon, soc_pct, locked, received_at)"

@@ -221,3 +221,17 @@ def test_a_window_longer_than_a_day_never_matches_another_vehicle():
     report = compare(np.array([1, 2]), fo, lo, rides_from_observations(fo), percent=10,
                      started_ms=T0, thresholds=th)  # fmt: skip
     assert report.metrics["coverage"].value == 0.0
+
+
+def test_a_run_reporting_until_its_end_covered_all_its_days():
+    f = fleet(vehicles=2, samples=100)  # a sample every 45 s from T0
+    newest = T0 + 99 * STEP_MS
+    fo = Observations.of(**f)
+
+    def days(until_ms):
+        return compare(np.array([1, 2]), fo, fo, rides_from_observations(fo), percent=10,
+                       started_ms=T0, until_ms=until_ms).days  # fmt: skip
+
+    assert days(newest + 30_000) == pytest.approx((newest + 30_000 - T0) / 86_400_000)
+    # an hour after the newest sample the run is not "still reporting": it covered what it saw
+    assert days(newest + 3_600_000) == pytest.approx((newest - T0) / 86_400_000)

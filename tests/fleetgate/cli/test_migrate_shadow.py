@@ -161,3 +161,19 @@ def test_an_unknown_batch_or_a_bad_threshold_is_named_and_nothing_recorded(env):
 def test_stopping_a_batch_that_does_not_run_is_named(env):
     result = run_fleetgate("migrate", "shadow", "stop", "--batch", "nope", env=env)
     assert result.exit_code == 2 and "no running shadow batch 'nope'" in result.stderr
+
+
+def test_two_green_weeks_of_ten_percent_meet_the_gates_parallel_run_criterion(env):
+    """Time driven forward: the batch started 15 days ago, both sides agree every 10 minutes
+    since; it ended a day ago, having covered its 14 days."""
+    dsn = env["FLEETGATE_DATABASE_URL"]
+    fortnight = (datetime.now(UTC) - timedelta(days=15)).strftime("%Y-%m-%dT%H:%M:%S%z")
+    batch = json.loads(start(env, "--batch", "berlin-1", "--seed", "2", "--now", fortnight).stdout)
+    run_async(both_sides(dsn, batch, samples=15 * 144, step=timedelta(minutes=10)))
+    result = run_fleetgate("migrate", "validate", "--batch", "berlin-1", env=env)
+    assert result.exit_code == 0, result.stdout
+    assert "10 vehicles (10 %), 14.00 of 14 days compared" in result.stdout
+    gate = run_fleetgate("migrate", "gate", "--batch", "berlin-1", "--json", env=env)
+    criteria = {c["name"]: c for c in json.loads(gate.stdout)["criteria"]}
+    assert criteria["parallel_run"]["met"] is True, criteria["parallel_run"]
+    assert gate.exit_code == 1  # the other criteria have no evidence here
