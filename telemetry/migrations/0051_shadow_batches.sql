@@ -23,3 +23,8 @@ CREATE TABLE shadow_batch_vehicles (
     PRIMARY KEY (batch, vehicle)
 );
 CREATE INDEX shadow_batch_vehicles_vehicle_idx ON shadow_batch_vehicles (vehicle);
+
+-- validate reads the legacy observations of a batch's vehicles; those that arrived before their
+-- device was registered have no vehicle and are found by the device id.
+CREATE INDEX legacy_observations_unmatched_idx ON legacy_observations (legacy_device, time)
+    WHERE vehicle IS NULL;

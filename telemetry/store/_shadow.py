@@ -78,7 +78,7 @@ _FLEETGATE = (
     " coalesce(p.ignition::int::int2, -1::int2), coalesce(p.immobilised::int::int2, -1::int2)"
     " FROM positions p WHERE p.vehicle = ANY({ids}) AND p.time >= {since} AND p.time <= {until}"
 )
-_LEGACY = (
+_LEGACY_COLUMNS = (
     "SELECT v.id::int8, " + _MS.format(c="o.time") + ", " + _MS.format(c="o.received_at") + ","
     # Traccar forwards a position without a fix as the last known one, marked invalid.
     " CASE WHEN o.valid IS FALSE THEN 'NaN' ELSE coalesce(o.lat, 'NaN') END,"
@@ -88,10 +88,17 @@ _LEGACY = (
     f" {_LEGACY_FLAG.format(v=_attr('lock', 'locked'))},"
     f" {_LEGACY_FLAG.format(v=_attr('ignition'))},"
     f" {_LEGACY_FLAG.format(v=_attr('blocked', 'immobilised'))}"
-    " FROM legacy_observations o JOIN vehicles v"
-    " ON v.id = o.vehicle OR (o.vehicle IS NULL AND v.device_id = o.legacy_device)"
-    " WHERE v.id = ANY({ids}) AND o.time >= {since} AND o.time <= {until}"
 )
+# Matched to a vehicle on arrival (index vehicle, time), or not yet (the device was registered
+# later: by device id, index legacy_observations_unmatched_idx of migration 0051).
+_LEGACY = (
+    _LEGACY_COLUMNS + " FROM legacy_observations o JOIN vehicles v ON v.id = o.vehicle"
+    " WHERE o.vehicle = ANY({ids}) AND o.time >= {since} AND o.time <= {until}"
+    " UNION ALL "
+    + _LEGACY_COLUMNS + " FROM legacy_observations o JOIN vehicles v"
+    " ON v.device_id = o.legacy_device WHERE o.vehicle IS NULL AND v.id = ANY({ids})"
+    " AND o.time >= {since} AND o.time <= {until}"
+)  # fmt: skip
 _TRIPS = (
     "SELECT t.vehicle::int8, " + _MS.format(c="t.started_at") + ", " + _MS.format(c="t.ended_at")
     + ", coalesce(t.distance_m, 'NaN') FROM trips t"

@@ -177,3 +177,14 @@ def test_two_green_weeks_of_ten_percent_meet_the_gates_parallel_run_criterion(en
     criteria = {c["name"]: c for c in json.loads(gate.stdout)["criteria"]}
     assert criteria["parallel_run"]["met"] is True, criteria["parallel_run"]
     assert gate.exit_code == 1  # the other criteria have no evidence here
+
+
+def test_legacy_observations_that_arrived_before_their_device_was_registered_are_compared(env):
+    dsn = env["FLEETGATE_DATABASE_URL"]
+    batch = json.loads(start(env, "--batch", "pilot", "--seed", "9", "--now", an_hour_ago()).stdout)
+    run_async(both_sides(dsn, batch))
+    with psycopg.connect(dsn) as conn:
+        conn.execute("UPDATE legacy_observations SET vehicle = NULL")
+    result = run_fleetgate("migrate", "validate", "--batch", "pilot", "--json", env=env)
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0 and report["metrics"]["coverage"]["legacy_samples"] == 200
