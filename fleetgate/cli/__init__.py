@@ -18,7 +18,9 @@ from fleetgate.cli import (
     devices,
     migrate,
     migrate_bridge,
+    migrate_cutover,
     migrate_gate,
+    migrate_shadow,
     run,
     sim,
     vehicle_types,
@@ -50,6 +52,8 @@ migrate_gate.mount(migrate.app)
 # After every add_typer: bridge-config joins the `migrate` group if one is mounted, else brings
 # a group of that name of its own.
 migrate_bridge.mount(app)
+migrate_cutover.mount(migrate.app)
+migrate_shadow.mount(app)  # migrate shadow start|status|stop, migrate validate
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -2,6 +2,13 @@
 state, presence and events, and the versioned migrations that create its schema."""
 
 from telemetry.store._api_keys import SCOPES, ApiKey, InvalidApiKey
+from telemetry.store._authority import (
+    FLEETGATE,
+    AuthorityConflict,
+    BatchVehicle,
+    CommandAuthority,
+    HeldVehicle,
+)
 from telemetry.store._credentials import (
     AlreadyProvisioned,
     CredentialInfo,
@@ -28,6 +35,12 @@ from telemetry.store._pool import (
     pooled_transaction,
 )
 from telemetry.store._retry import Backoff, retry_while_unavailable
+from telemetry.store._shadow import (
+    ShadowBatch,
+    ShadowBatches,
+    ShadowConflict,
+    UnknownShadowBatch,
+)
 from telemetry.store._store import (
     BATTERY_HEALTH_COLUMNS,
     VEHICLE_JSON_COLUMNS,
@@ -53,11 +66,20 @@ from telemetry.store._webhooks import (
 from telemetry.store._zones import ZoneRows
 
 __all__ = [
+    "FLEETGATE",
+    "AuthorityConflict",
+    "BatchVehicle",
+    "CommandAuthority",
+    "HeldVehicle",
     "TRIP_FIGURE_COLUMNS",
     "MeasuredTrip",
     "TripToMeasure",
     "LegacyObservation",
     "LegacyObservations",
+    "ShadowBatch",
+    "ShadowBatches",
+    "ShadowConflict",
+    "UnknownShadowBatch",
     "Subscription",
     "UnknownOutboxEvent",
     "UnknownSubscription",
