@@ -373,7 +373,7 @@ async def bench(args: argparse.Namespace) -> dict:
             "concurrent_at_least_1000_per_s": conc["commands_per_s"] >= 1000,
             "concurrent_p99_under_50ms": conc["round_trip_ms"]["p99"] < 50.0,
             "every_command_executed_once": bool(sim.done)
-            and sim.done["executions"] == sim.done["commands_received"]
+            and sim.done["executions"] == args.warmup + 2 * args.commands
             and sim.done["max_executions_per_id"] == 1,
         },
     }
