@@ -24,6 +24,7 @@ from api.routes import (
     map,
     mds,
     migration,
+    migration_gate,
     migration_shadow,
     trips,
     usage,
@@ -95,6 +96,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         gbfs,
         mds,
         migration,
+        migration_gate,
         migration_shadow,
     ):
         app.include_router(module.router)

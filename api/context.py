@@ -37,6 +37,9 @@ class ApiContext:
     # The ports this process serves on besides the API's own (the operator's): a webhook URL
     # pointing at one of them is refused (api/routes/webhooks.py).
     own_ports: frozenset[int] = frozenset()
+    # The go-live gate of a migration batch (GET /v1/migration/gate), handed over by the roof
+    # (fleetgate/go_live.py): (store, batch) -> the verdict as JSON, None for an unknown batch.
+    migration_gate: Callable[[TelemetryStore, str], Awaitable[dict[str, Any] | None]] | None = None
     # Set when the server stops: responses that wait (a command's `wait`) answer at once.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -136,6 +136,20 @@ _COMMAND_EVENTS = (
 )
 
 
+# Commit order for paging (/v1/events?after=): ids are taken when a row is inserted, not when
+# it commits, so a reader going by id skips a smaller id whose transaction commits after a larger
+# one was read. Each row records its transaction's id (xid8, migration 0030): a page holds only
+# rows whose transaction ended before the oldest one still running began (xid below the snapshot's
+# xmin), in (xid, id) order after the cursor's (xid, id). A row committing later has an xid at or
+# above that horizon, so it sorts after every row already handed out. Rows stored before 0030
+# have no xid and come first (as xid 0), in id order.
+_HORIZON = "pg_snapshot_xmin(pg_current_snapshot())"
+_CURSOR = """
+SELECT coalesce((SELECT coalesce(xid, '0') FROM events WHERE id = %(after)s),
+                (SELECT coalesce(xid, '0') FROM command_history WHERE id = %(after)s),
+                '0') AS xid"""
+
+
 async def events(
     store: TelemetryStore,
     *,
@@ -146,9 +160,18 @@ async def events(
     end: datetime | None = None,
     after: int | None = None,
     limit: int = 100,
+    commit_ordered: bool = False,
 ) -> list[dict[str, Any]]:
     """Stored events and command state changes, in id order (one query, each part ordered and
-    limited on its own index before they are merged)."""
+    limited on its own index before they are merged). commit_ordered: in commit order, after
+    the event `after` in that order, only events no transaction still running can precede: what
+    a client paging with the last id it saw never skips (the comment above)."""
+    if commit_ordered:
+        order, key = "coalesce({t}.xid, '0'), {t}.id", "coalesce({t}.xid, '0') AS xid, "
+        cursor = "(coalesce({t}.xid, '0'), {t}.id) > ((SELECT xid FROM cur), %s)"
+        settled = f"({{t}}.xid IS NULL OR {{t}}.xid < {_HORIZON})"
+    else:
+        order, key, cursor, settled = "{t}.id", "", "{t}.id > %s", None
     parts, params = [], []
     if source != "command":
         clause, args = _where(
@@ -157,13 +180,16 @@ async def events(
             ("e.source = %s", source),
             ("e.time >= %s", start),
             ("e.time < %s", end),
-            ("e.id > %s", after),
+            (cursor.format(t="e"), after),
+            (settled and settled.format(t="e"), () if settled else None),
         )
         parts.append(
-            "(SELECT e.id, e.time, v.vehicle_ref, e.source, e.type, e.detail, "
+            "(SELECT "
+            + key.format(t="e")
+            + "e.id, e.time, v.vehicle_ref, e.source, e.type, e.detail, "
             "e.received_at FROM events e JOIN vehicles v ON v.id = e.vehicle"
             + clause
-            + " ORDER BY e.id LIMIT %s)"
+            + f" ORDER BY {order.format(t='e')} LIMIT %s)"
         )
         params += [*args, limit]
     if source in (None, "command") and (type is None or type.startswith("command_")):
@@ -172,14 +198,26 @@ async def events(
             ("h.to_state = %s", type and type[len("command_") :]),
             ("h.at >= %s", start),
             ("h.at < %s", end),
-            ("h.id > %s", after),
+            (cursor.format(t="h"), after),
+            (settled and settled.format(t="h"), () if settled else None),
         )
-        parts.append("(" + _COMMAND_EVENTS + clause + " ORDER BY h.id LIMIT %s)")
+        select = _COMMAND_EVENTS.replace("SELECT ", "SELECT " + key.format(t="h"), 1)
+        parts.append("(" + select + clause + f" ORDER BY {order.format(t='h')} LIMIT %s)")
         params += [*args, limit]
     if not parts:  # source "command" with a type no command event has
         return []
-    query = "SELECT * FROM (" + " UNION ALL ".join(parts) + ") AS u ORDER BY id LIMIT %s"
-    return await _fetch(store, query, [*params, limit])
+    union = " UNION ALL ".join(parts)
+    if not commit_ordered:
+        query = "SELECT * FROM (" + union + ") AS u ORDER BY id LIMIT %s"
+        return await _fetch(store, query, [*params, limit])
+    query = (
+        "WITH cur AS (" + _CURSOR.replace("%(after)s", "%s") + ") "
+        "SELECT * FROM (" + union + ") AS u ORDER BY xid, id LIMIT %s"
+    )
+    rows = await _fetch(store, query, [after or 0, after or 0, *params, limit])
+    for row in rows:
+        del row["xid"]
+    return rows
 
 
 async def latest_event_id(store: TelemetryStore) -> int:

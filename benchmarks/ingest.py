@@ -12,6 +12,13 @@ process either fleetgate's gateway or the naive baseline
 - paced: a steady offered rate for a while; publish-to-commit latency p50/p99 per sample (the
          simulator's clock is the wall clock, so latency = commit time - publish time).
 
+The ceiling: the same load generator and broker with nothing but `mosquitto_sub` consuming
+(Mosquitto's own C client: MQTT 5, QoS 1, a persistent session, output to /dev/null, no
+database), what the broker and load generator deliver on this machine when the consumer costs
+next to nothing. Its max runs take turns with fleetgate's (--rounds), so that a change in the
+machine's load falls on both; the ratio of each pair is reported, with the gateway's CPU per
+sample in the same run.
+
 With --processes N, the max workload also runs against 1, 2, ... N gateway processes (`fleetgate
 run` children sharing the MQTT subscription, the broker and the database), in the same run, and
 reports the throughput of each count with what the processes did (per-process share, batches,
@@ -25,6 +32,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -38,6 +47,7 @@ import psycopg
 from benchmarks._runner import (
     bench_parser,
     cpu_seconds,
+    loadavg,
     percentiles,
     progress,
     run_benchmark,
@@ -45,6 +55,7 @@ from benchmarks._runner import (
     until,
 )
 from benchmarks._services import BenchServices, answers_ok, gateway_process, running_gateway
+from benchmarks._stage_profile import StageProfile
 from benchmarks.naive_ingest import run_naive_gateway
 from fleetgate.embedded import Mosquitto
 
@@ -279,6 +290,70 @@ def _scrape(port: int) -> dict[str, float]:
     return out
 
 
+class Ceiling:
+    """`mosquitto_sub` consuming the workload: MQTT 5, QoS 1, a persistent session, its output
+    discarded. The session and its subscription are made first (`-E`: exit once subscribed), so
+    that everything the load generator publishes afterwards is the session's, whenever the
+    consuming `mosquitto_sub` has connected; that one resumes the session and exits after
+    `count` messages (`-C`). Throughput is taken at its exit, its CPU from its own rusage."""
+
+    name = "ceiling"
+
+    def __init__(self, broker: Mosquitto, topic_root: str, count: int) -> None:
+        self.broker, self.topic_root, self.count = broker, topic_root, count
+        self.dsn = None  # nothing is stored
+        self.cpu_s = 0.0
+
+    def _argv(self, *extra: str) -> list[str]:
+        binary = shutil.which("mosquitto_sub")
+        if binary is None:
+            raise RuntimeError("mosquitto_sub not found: install mosquitto-clients")
+        return [
+            binary,
+            *("-h", self.broker.host, "-p", str(self.broker.port)),
+            *("-V", "mqttv5", "-c", "-x", "600", "-i", "bench-ceiling", "-q", "1"),
+            *("-t", f"{self.topic_root}/+/telemetry"),
+            *extra,
+        ]
+
+    @contextlib.asynccontextmanager
+    async def running(self, recorder: Recorder):
+        made = await asyncio.to_thread(
+            subprocess.run, self._argv("-E"), capture_output=True, timeout=30
+        )
+        if made.returncode != 0:
+            raise RuntimeError(f"mosquitto_sub -E failed: {made.stderr.decode()[-500:]}")
+        proc = subprocess.Popen(
+            self._argv("-C", str(self.count)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+        def wait() -> None:  # in a thread: the exit time and the child's own rusage
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            recorder.last_commit = time.time()
+            self.cpu_s = usage.ru_utime + usage.ru_stime
+            if proc.returncode == 0:
+                recorder.count = self.count
+
+        waiter = asyncio.create_task(asyncio.to_thread(wait))
+        try:
+            yield
+            await waiter
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"mosquitto_sub exited with {proc.returncode}: "
+                    f"{proc.stderr.read().decode()[-500:]}"
+                )
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await waiter
+            proc.stderr.close()
+
+
 class Naive:
     name = "naive"
 
@@ -316,11 +391,18 @@ class Naive:
             await task
 
 
-async def measure(system, broker: Mosquitto, workload: Workload, timeout: float) -> dict:
-    """One system (Fleetgate, GatewayProcesses or Naive) under one workload, on its topic root."""
+async def measure(
+    system, broker: Mosquitto, workload: Workload, timeout: float, profile: bool = False
+) -> dict:
+    """One system (Fleetgate, Ceiling, GatewayProcesses or Naive) under one workload, on its
+    topic root. profile: the in-process gateway's CPU by stage (benchmarks/_stage_profile.py)."""
     recorder = Recorder()
+    stages = StageProfile() if profile and isinstance(system, Fleetgate) else None
     cpu0 = cpu_seconds()
-    async with system.running(recorder):
+    async with contextlib.AsyncExitStack() as stack:
+        if stages is not None:
+            stack.enter_context(stages)
+        await stack.enter_async_context(system.running(recorder))
         sim = SimProcess(broker, system.topic_root, workload)
         await sim.run()
         expected = sim.done["samples_acked"]
@@ -333,20 +415,30 @@ async def measure(system, broker: Mosquitto, workload: Workload, timeout: float)
     if isinstance(system, GatewayProcesses):  # the consumers are the children, not this process
         cpu_s = system.cpu1 - system.cpu0
     elapsed = recorder.last_commit - sim.started_at
-    rows = await stored_rows(system.dsn)
+    if isinstance(system, Ceiling):  # a C client, nothing stored
+        cpu_s = system.cpu_s
+        stored = {"every_acked_sample_received": recorder.count == expected}
+    else:
+        rows = await stored_rows(system.dsn)
+        stored = {
+            "rows_stored": rows,
+            "every_acked_sample_stored_once": rows == expected == recorder.count,
+        }
     out = {
         "samples": recorder.count,
-        "rows_stored": rows,
-        "every_acked_sample_stored_once": rows == expected == recorder.count,
+        **stored,
         "seconds": round(elapsed, 2),
         "samples_per_s": round(recorder.count / elapsed),
-        "consumer_cpu_us_per_sample": round(cpu_s / max(recorder.count, 1) * 1e6, 1),
+        "consumer_cpu_us_per_sample": round(cpu_s / max(recorder.count, 1) * 1e6, 2),
+        "loadavg": loadavg(),
     }
     if not workload.fast:
         out["offered_per_s"] = round(workload.vehicles * workload.rate_hz)
         out["latency_ms"] = recorder.latency_ms(sim.done["wall_offset_ms"])
     if isinstance(system, GatewayProcesses):
         out.update(system.report())
+    if stages is not None:
+        out["cpu_by_stage_us_per_sample"] = stages.report(recorder.count, cpu_s)
     return out
 
 
@@ -373,10 +465,15 @@ def planned_runs(args: argparse.Namespace, dsn: str, broker: Mosquitto, vehicle_
     runs = []
     if not args.scale_out_only:
         fg = Fleetgate(dsn, broker, "bench-fg/v1")
-        runs += [
-            ("fleetgate", "max", fg, max_run),
-            ("fleetgate", "paced", fg, workload(int(args.duration * args.rate_hz), fast=False)),
-        ]
+        ceiling = Ceiling(broker, "bench-ceiling/v1", max_run.vehicles * max_run.samples)
+        for k in range(1, max(args.rounds, 1) + 1):  # in turn: ceiling, fleetgate, ceiling, ...
+            mode = "max" if k == 1 else f"max_{k}"
+            if not args.skip_ceiling:
+                runs.append(("ceiling", mode, ceiling, max_run))
+            runs.append(("fleetgate", mode, fg, max_run))
+        runs.append(
+            ("fleetgate", "paced", fg, workload(int(args.duration * args.rate_hz), fast=False))
+        )
     for count in range(1, args.processes + 1):  # upwards: see GatewayProcesses
         runs.append(
             (
@@ -414,15 +511,49 @@ def summary(results: dict) -> dict:
         out["scale_out"] = {
             n: round(r["samples_per_s"] / one, 2) for n, r in results["processes"].items()
         }
+    if "ceiling" in results:
+        out["vs_ceiling"] = vs_ceiling(results)
     if "fleetgate" in results:
         paced = results["fleetgate"]["paced"]
         out["targets"] = {
             "sustained_30k_per_s": paced["samples_per_s"] >= 30_000 * 0.98
             and paced["offered_per_s"] >= 30_000,
             "p99_under_500ms": paced["latency_ms"].get("p99", 1e9) < 500,
+            "p99_under_250ms": paced["latency_ms"].get("p99", 1e9) < 250,
             "10x_naive": out.get("ratio_max_throughput", 0) >= 10,
         }
+        if "vs_ceiling" in out:
+            ceiling = out["vs_ceiling"]
+            out["targets"]["max_at_least_0.90_of_ceiling"] = ceiling["median_ratio"] >= 0.9
+            out["targets"]["gateway_cpu_at_most_6us_per_sample"] = (
+                ceiling["median_gateway_cpu_us_per_sample"] <= 6.0
+            )
     return out
+
+
+def vs_ceiling(results: dict) -> dict:
+    """fleetgate's max runs against the ceiling's run just before each (the same round)."""
+    rounds = []
+    for mode, ceiling in results["ceiling"].items():
+        fg = results["fleetgate"][mode]
+        rounds.append(
+            {
+                "ceiling_per_s": ceiling["samples_per_s"],
+                "fleetgate_per_s": fg["samples_per_s"],
+                "ratio": round(fg["samples_per_s"] / ceiling["samples_per_s"], 3),
+                "gateway_cpu_us_per_sample": fg["consumer_cpu_us_per_sample"],
+                "mosquitto_sub_cpu_us_per_sample": ceiling["consumer_cpu_us_per_sample"],
+                "loadavg": fg["loadavg"],
+            }
+        )
+    return {
+        "rounds": rounds,
+        "median_ratio": round(float(np.median([r["ratio"] for r in rounds])), 3),
+        "best_ratio": max(r["ratio"] for r in rounds),
+        "median_gateway_cpu_us_per_sample": round(
+            float(np.median([r["gateway_cpu_us_per_sample"] for r in rounds])), 2
+        ),
+    }
 
 
 async def bench(args: argparse.Namespace) -> dict:
@@ -443,7 +574,7 @@ async def bench(args: argparse.Namespace) -> dict:
         ):
             await truncate(services.dsn)
             results.setdefault(name, {})[mode] = await measure(
-                system, services.broker, workload, args.timeout
+                system, services.broker, workload, args.timeout, args.profile_stages
             )
             progress(f"{name} {mode}: {results[name][mode]}")
         return {
@@ -478,6 +609,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="offered samples/s for the naive paced run (it cannot keep up with more)",
     )
     p.add_argument("--skip-naive", action="store_true", help="no naive baseline runs")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="max runs of fleetgate, each after one of the ceiling (mosquitto_sub)",
+    )
+    p.add_argument("--skip-ceiling", action="store_true", help="no mosquitto_sub ceiling runs")
+    p.add_argument(
+        "--profile-stages",
+        action="store_true",
+        help="the in-process gateway's CPU per sample by stage (benchmarks/_stage_profile.py)",
+    )
     p.add_argument(
         "--processes",
         type=int,

@@ -282,6 +282,17 @@ class Settings(BaseSettings):
     webhooks_enabled: bool = Field(
         True, description="run the webhook delivery worker (in one process of the deployment)"
     )
+    webhook_process: bool = Field(
+        True,
+        description="run the webhook delivery worker in a child process of `fleetgate run` "
+        "(false: in the gateway process itself)",
+    )
+    webhook_retention_s: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="keep delivered webhook records and delivered outbox rows this long "
+        "(dead letters and retries are kept until settled); 0: keep everything",
+    )
     webhook_concurrency: int = Field(
         64, ge=1, le=1024, description="webhook requests in flight, all receivers together"
     )
@@ -341,6 +352,12 @@ class Settings(BaseSettings):
         "(SIGTERM/SIGINT) may take: open live streams end at once, "
         "API requests in flight get half of it, and when it runs out "
         "the process exits anyway (status 1), as does a second signal",
+    )
+    migration_ready_urls: str = Field(
+        "",
+        description="comma-separated readiness URLs (http://host:9108/readyz) of every gateway "
+        "and API process: the go-live gate asks each (`fleetgate migrate gate`, "
+        "GET /v1/migration/gate)",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import sys
 
 import uvicorn
 from starlette.applications import Starlette
@@ -74,15 +75,26 @@ def gateway_config(s: Settings, database_url: str, mqtt_host: str, mqtt_port: in
         speed_caps_enabled=s.speed_caps_enabled,
         command_overrides=command_overrides(s),
         webhooks_enabled=s.webhooks_enabled,
-        webhooks=WebhookConfig(
-            concurrency=s.webhook_concurrency,
-            per_subscription=max(1, s.webhook_concurrency // 2),
-            timeout_s=s.webhook_timeout_s,
-            retry=RetryPolicy(
-                first_delay_s=s.webhook_retry_first_s,
-                max_delay_s=max(3600.0, s.webhook_retry_first_s),
-                give_up_after_s=s.webhook_give_up_s,
-            ),
+        webhooks=webhook_config(s),
+        webhooks_command=(
+            [sys.executable, "-m", "fleetgate.cli", "webhooks", "worker", "--supervised"]
+            if s.webhook_process
+            else None
+        ),
+    )
+
+
+def webhook_config(s: Settings) -> WebhookConfig:
+    """The delivery worker's settings (the gateway's, and `fleetgate webhooks worker`'s)."""
+    return WebhookConfig(
+        concurrency=s.webhook_concurrency,
+        per_subscription=max(1, s.webhook_concurrency // 2),
+        timeout_s=s.webhook_timeout_s,
+        retention_s=s.webhook_retention_s,
+        retry=RetryPolicy(
+            first_delay_s=s.webhook_retry_first_s,
+            max_delay_s=max(3600.0, s.webhook_retry_first_s),
+            give_up_after_s=s.webhook_give_up_s,
         ),
     )
 
@@ -120,7 +132,22 @@ def api_context(
         command_reads=command_reads(store),
         feeds=feed_service(s),
         own_ports=frozenset(p for p in (s.api_port, s.metrics_port) if p),
+        migration_gate=migration_gate(s),
     )
+
+
+def migration_gate(s: Settings):
+    """GET /v1/migration/gate: the verdict as `fleetgate migrate gate --json` prints it, the
+    processes' readiness from FLEETGATE_MIGRATION_READY_URLS."""
+    from fleetgate.go_live import gate_verdict, ready_urls_setting
+
+    urls = ready_urls_setting(s.migration_ready_urls)
+
+    async def verdict(store: TelemetryStore, batch: str) -> dict | None:
+        found = await gate_verdict(store, batch, urls)
+        return None if found is None else found.to_json()
+
+    return verdict
 
 
 def feed_service(s: Settings) -> FeedService:

@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 _KINDS = frozenset((TELEMETRY, EVENT, STATUS))
 _BAD_TOPIC = ("", TELEMETRY)  # rejected as bad_topic, still acknowledged
+_MARKER = object()  # the route of drain mode's marker topic
+# Topics whose route (kind, device id, dialect) the ingress remembers: a topic per device and
+# kind, so a fleet of 50,000 devices' telemetry and status fits.
+_ROUTES_CACHED = 100_000
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code
 
 
@@ -148,6 +152,7 @@ class MqttIngress:
         self.drain_error: str | None = None
         self.session_present: bool | None = None
         self._client_id = client_id
+        self._routes: dict[str, tuple[str, str, Dialect | None]] = {}
         self._presence_topic = gateway_presence_topic(topic_root, client_id)
         self._session = PersistentSession(
             options,
@@ -288,33 +293,56 @@ class MqttIngress:
         self._session.acknowledge(tokens)
 
     def _on_messages(self, messages: list[Message], generation: int) -> None:
+        """One read's messages, handed to the pipeline in one call. Per message only what
+        differs is done: a topic seen before is looked up, not parsed, and the Inbound is built
+        as the tuple it is (NamedTuple's own constructor is a Python call per message)."""
         received_ms = int(time.time() * 1000)
-        root, submit = self._root, self._pipeline.submit
+        routes, route_of = self._routes, self._route
+        inbound = []
+        add = inbound.append
+        new = tuple.__new__
         for m in messages:
-            topic = m.topic
-            if topic == self._marker_topic:  # drain mode's marker: stored nowhere
+            route = routes.get(m.topic) or route_of(m.topic)
+            if route is _MARKER:  # drain mode's marker: stored nowhere
                 if self.draining and m.payload == self._marker_payload():
                     self._marker = (generation, m.mid, m.qos)
                     self.marker_arrived.set()
                 continue
-            parsed = parse_device_topic(root, topic)
-            dialect = None
-            if parsed is not None and parsed[1] in _KINDS:
-                device_id, kind = parsed
-            else:
-                device_id, kind, dialect = self._dialect_topic(topic)
-            submit(
-                Inbound(
-                    kind,
-                    device_id,
-                    m.payload,
-                    received_ms,
-                    (generation, m.mid, m.qos),
-                    m.content_type,
-                    retained=m.retain,
-                    dialect=dialect,
+            kind, device_id, dialect = route
+            add(
+                new(
+                    Inbound,
+                    (
+                        kind,
+                        device_id,
+                        m.payload,
+                        received_ms,
+                        (generation, m.mid, m.qos),
+                        m.content_type,
+                        "mqtt",
+                        m.retain,
+                        dialect,
+                    ),
                 )
             )
+        if inbound:
+            self._pipeline.submit_many(inbound)
+
+    def _route(self, topic: str) -> tuple[str, str, Dialect | None] | object:
+        """(kind, device id, dialect) of a topic, or _MARKER; remembered for the next message
+        on it (up to _ROUTES_CACHED topics: then the memory starts afresh)."""
+        if topic == self._marker_topic:
+            return _MARKER
+        parsed = parse_device_topic(self._root, topic)
+        if parsed is not None and parsed[1] in _KINDS:
+            route = (parsed[1], parsed[0], None)
+        else:
+            device_id, kind, dialect = self._dialect_topic(topic)
+            route = (kind, device_id, dialect)
+        if len(self._routes) >= _ROUTES_CACHED:
+            self._routes.clear()
+        self._routes[topic] = route
+        return route
 
     def _dialect_topic(self, topic: str) -> tuple[str, str, Dialect | None]:
         """(device id, kind, dialect) of a topic of the configured dialects; a topic of none of

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
@@ -57,6 +58,13 @@ class Inbound(NamedTuple):
     dialect: Dialect | None = None  # the payload dialect of a legacy device's telemetry
 
 
+# Fields of Inbound, for C-level passes over a batch's messages (map) instead of a Python loop.
+_KIND, _DEVICE_ID, _PAYLOAD, _RECEIVED_MS, _TOKEN, _CONTENT_TYPE, _TRANSPORT = (
+    itemgetter(i) for i in range(7)
+)
+_DIALECT = itemgetter(8)
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineLimits:
     max_messages: int = 5000
@@ -87,9 +95,20 @@ class _BatchInProgress:
     inserted: int = 0
     duplicates: int = 0
     events_inserted: Counter[str] = field(default_factory=Counter)  # by source
+    _kinds: set[str] | None = None
 
     def of_kind(self, kind: str) -> list[Inbound]:
+        kinds = self.kinds()
+        if kind not in kinds:
+            return []
+        if len(kinds) == 1:  # a batch of telemetry alone, the common case
+            return self.items
         return [m for m in self.items if m.kind == kind]
+
+    def kinds(self) -> set[str]:
+        if self._kinds is None:
+            self._kinds = set(map(_KIND, self.items))
+        return self._kinds
 
     def reject(self, transport: str, kind: str, reasons: dict[str, int]) -> None:
         _merge(self.rejected.setdefault((transport, kind), {}), reasons)
@@ -226,6 +245,19 @@ class IngestPipeline:
         if not self._paused and len(pending) + self._in_write >= self.limits.max_pending:
             self._set_paused(True)
 
+    def submit_many(self, items: list[Inbound]) -> None:
+        """Take the messages of one read (as submit() does each, in one call: a transport that
+        receives many at once, such as MQTT, saves a call per message)."""
+        pending = self._pending
+        if not pending:
+            self._wakeup.set()
+        pending += items
+        self._pending_bytes += sum(map(len, map(_PAYLOAD, items)))
+        if len(pending) >= self.limits.max_messages or self._pending_bytes >= self.limits.max_bytes:
+            self._full.set()
+        if not self._paused and len(pending) + self._in_write >= self.limits.max_pending:
+            self._set_paused(True)
+
     def count_held_upstream(self, held: Callable[[], int]) -> None:
         """Add what a transport received and holds back from the pipeline (an MQTT client while
         reading is paused) to fleetgate_pipeline_pending_messages, so that it shows all a
@@ -285,10 +317,17 @@ class IngestPipeline:
 
     def _take(self) -> list[Inbound]:
         limits, pending = self.limits, self._pending
-        n, size = 0, 0
-        while n < len(pending) and n < limits.max_messages and size < limits.max_bytes:
-            size += len(pending[n].payload)
-            n += 1
+        if len(pending) <= limits.max_messages and self._pending_bytes <= limits.max_bytes:
+            n, size = len(pending), self._pending_bytes  # all of it, the common case
+        elif (
+            size := sum(map(len, map(_PAYLOAD, pending[: limits.max_messages])))
+        ) <= limits.max_bytes:
+            n = limits.max_messages  # a full batch by count, the case of a backlog
+        else:
+            n, size = 0, 0
+            while n < len(pending) and n < limits.max_messages and size < limits.max_bytes:
+                size += len(pending[n].payload)
+                n += 1
         taken, self._pending = pending[:n], pending[n:]
         self._pending_bytes -= size
         self._in_write = n
@@ -378,21 +417,22 @@ class IngestPipeline:
 
     async def _look_up_new_devices(self, items: list[Inbound]) -> None:
         self._first_transport = items[0].transport
-        device_ids = [m.device_id for m in items]
+        device_ids = list(set(map(_DEVICE_ID, items)))
         await self._until_stored("registry", lambda: self._registry.ensure_known(device_ids))
 
     def _decode_telemetry(self, work: _BatchInProgress) -> None:
         batches = []
         for transport, msgs in _by_transport(work.of_kind("telemetry")):
+            dialects = list(map(_DIALECT, msgs))
             decoded = decode_telemetry(
-                [m.device_id for m in msgs],
-                [m.payload for m in msgs],
-                np.fromiter((m.received_ms for m in msgs), np.int64, len(msgs)),
+                list(map(_DEVICE_ID, msgs)),
+                list(map(_PAYLOAD, msgs)),
+                np.fromiter(map(_RECEIVED_MS, msgs), np.int64, len(msgs)),
                 work.vehicle_of,
                 now_ms=work.now_ms,
                 limits=self._time_limits,
-                content_types=[m.content_type for m in msgs],
-                dialects=[m.dialect for m in msgs] if _any_dialect(msgs) else None,
+                content_types=list(map(_CONTENT_TYPE, msgs)),
+                dialects=None if dialects.count(None) == len(dialects) else dialects,
             )
             batches.append(decoded.batch)
             work.sizes[transport] = len(decoded.batch)
@@ -495,7 +535,10 @@ class IngestPipeline:
 
     def _count(self, work: _BatchInProgress) -> None:
         metrics = self._metrics
-        for (transport, kind), count in Counter((m.transport, m.kind) for m in work.items).items():
+        items = work.items
+        for (transport, kind), count in Counter(
+            zip(map(_TRANSPORT, items), map(_KIND, items))
+        ).items():
             metrics.messages_received.labels(transport, kind).inc(count)
         for transport, count in work.received.items():
             metrics.samples_received.labels(transport).inc(count)
@@ -530,8 +573,12 @@ class IngestPipeline:
 
     def _acknowledge_all(self, items: list[Inbound]) -> None:
         by_transport: dict[str, list[Any]] = {}
-        for m in items:  # in arrival order within each transport (MQTT wants PUBACKs in order)
-            by_transport.setdefault(m.transport, []).append(m.token)
+        transports = set(map(_TRANSPORT, items))
+        if len(transports) == 1:  # the common case, in one C-level pass
+            by_transport[transports.pop()] = list(map(_TOKEN, items))
+        else:
+            for m in items:  # in arrival order within each transport (MQTT wants PUBACKs in order)
+                by_transport.setdefault(m.transport, []).append(m.token)
         for transport, tokens in by_transport.items():
             try:
                 self._acknowledge[transport](tokens)
@@ -645,12 +692,11 @@ def _status_time(t: int | None, m: Inbound) -> int:
     return 0 if m.retained else m.received_ms
 
 
-def _any_dialect(messages: list[Inbound]) -> bool:
-    return any(m.dialect is not None for m in messages)
-
-
 def _by_transport(messages: list[Inbound]) -> list[tuple[str, list[Inbound]]]:
     """Messages grouped by transport, in arrival order within each group (usually one group)."""
+    transports = set(map(_TRANSPORT, messages))
+    if len(transports) <= 1:
+        return [(transports.pop(), messages)] if messages else []
     groups: dict[str, list[Inbound]] = {}
     for m in messages:
         groups.setdefault(m.transport, []).append(m)

@@ -48,3 +48,20 @@ def assert_problem(response, status: int, *words: str) -> dict:
         for error in body["errors"]:
             assert isinstance(error["loc"], list) and error["msg"], body
     return body
+
+
+async def events_settled(store: TelemetryStore, timeout: float = 60.0) -> None:
+    """Wait until every event committed so far is past the commit-order horizon, so that
+    /v1/events lists it (api/queries.py: no transaction that began before it still runs; on the
+    shared test server other sessions' transactions count too)."""
+    from tests.harness import eventually
+
+    async def settled() -> bool:
+        async with store.connection() as conn:
+            cur = await conn.execute(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot()) > greatest("
+                "(SELECT max(xid) FROM events), (SELECT max(xid) FROM command_history), '0')"
+            )
+            return (await cur.fetchone())[0]
+
+    await eventually(settled, timeout, what="the events past the commit-order horizon")

@@ -58,6 +58,7 @@ async def list_events(
         end=end,
         after=after,
         limit=limit + 1,
+        commit_ordered=True,  # a page never skips an event that commits late
     )
     items = [
         Event.model_validate(

@@ -18,6 +18,7 @@ from fleetgate.cli import (
     devices,
     migrate,
     migrate_bridge,
+    migrate_gate,
     run,
     sim,
     vehicle_types,
@@ -45,6 +46,7 @@ app.add_typer(devices.app, name="devices")
 app.add_typer(vehicle_types.app, name="vehicle-types")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(migrate.app, name="migrate")
+migrate_gate.mount(migrate.app)
 # After every add_typer: bridge-config joins the `migrate` group if one is mounted, else brings
 # a group of that name of its own.
 migrate_bridge.mount(app)

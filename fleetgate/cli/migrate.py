@@ -230,7 +230,8 @@ def rehearse(
 ) -> None:
     """The test run: import into a throw-away embedded PostgreSQL (never the configured
     database), run a gateway and the imported vehicles as a simulated fleet, locate some; PASS
-    or FAIL. Exit 0 pass, 1 fail, 2 unreadable input. It leaves nothing behind."""
+    or FAIL. Exit 0 pass, 1 fail, 2 unreadable input. It leaves nothing behind but its verdict,
+    recorded in the configured database (if any) as evidence for `migrate gate`."""
     from fleetgate.rehearsal import RehearsalOptions
     from fleetgate.rehearsal import rehearse as run_rehearsal
     from migration.errors import UnreadableInput
@@ -246,6 +247,9 @@ def rehearse(
         )
     except UnreadableInput as exc:
         _unreadable(exc)
+    from fleetgate.cli.migrate_gate import record_rehearsal  # evidence for `migrate gate`
+
+    record_rehearsal(s, result, source, url or path)
     for check in result.checks:
         typer.echo(check.line())
     typer.echo("rehearsal PASSED" if result.passed else "rehearsal FAILED")

@@ -4,6 +4,7 @@ subscriptions, as the API's /v1/webhooks (docs/webhooks.md), straight on the dat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Annotated
 
 import typer
@@ -156,3 +157,41 @@ def redrive(
     s = load_settings()
     count = _run(s, lambda hooks: hooks.redrive(sub_id, event_id or None))
     typer.echo(f"{count} dead letters back to delivery for {sub_id}")
+
+
+@app.command("worker")
+def worker(
+    supervised: Annotated[
+        bool,
+        typer.Option(
+            "--supervised",
+            help="started by `fleetgate run`: report on stdout, end when stdin closes",
+        ),
+    ] = False,
+) -> None:
+    """Run the webhook delivery worker in this process (under the webhook lease) until SIGTERM.
+
+    `fleetgate run` starts this itself as its child (`--supervised`). Alone (e.g. on another
+    machine) it competes for the same lease as the gateways' workers; FLEETGATE_WEBHOOKS_ENABLED
+    =false on the gateways leaves the deliveries to it."""
+    from fleetgate.cli.shared import install_signal_handlers
+    from fleetgate.logs import setup_logging
+    from fleetgate.wiring import webhook_config
+    from gateway.webhooks.process import serve_worker
+    from telemetry.store import StoreUnavailable
+
+    s = load_settings()
+    setup_logging(s.log_level, s.log_format)
+    dsn = database_url(s)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(serve_worker(dsn, webhook_config(s), supervised=supervised))
+        if not supervised:
+            install_signal_handlers(task.cancel, s.shutdown_grace_s)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+    except StoreUnavailable as exc:
+        fail(f"the database is unavailable: {exc}", 1)

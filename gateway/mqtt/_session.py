@@ -141,7 +141,12 @@ class PersistentSession:
         if client is None:
             return
         generation = self.generation
-        mids = [mid for gen, mid, qos in tokens if gen == generation and qos]
+        tokens = tokens if isinstance(tokens, list) else list(tokens)
+        if not tokens:
+            return
+        generations, mids, qos = zip(*tokens)  # columns, in C
+        if generations.count(generation) != len(tokens) or 0 in qos:
+            mids = [mid for gen, mid, qos in tokens if gen == generation and qos]
         if mids:
             client.ack(mids)
 

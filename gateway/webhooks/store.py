@@ -195,6 +195,46 @@ class OutboxStore:
                         (reason, sub_id),
                     )
 
+    async def prune(self, retention_s: float, chunk: int = 20_000) -> tuple[int, int]:
+        """Delete what is older than retention_s and no longer needed: delivery records of
+        delivered events, and outbox rows every enabled subscription has settled, but never an
+        event that waits for a retry or is a dead letter (its re-drive needs the body). In
+        transactions of at most `chunk` positions. Returns (outbox rows, records) deleted."""
+        async with self._store.connection() as conn:
+            cur = await conn.execute(
+                "SELECT (SELECT position FROM outbox WHERE sequenced_at >= now() - %s * "
+                "interval '1 s' ORDER BY position LIMIT 1), "
+                "(SELECT coalesce(max(position), 0) FROM outbox), "
+                "(SELECT min(resolved_through) FROM webhook_subscriptions WHERE enabled), "
+                "(SELECT coalesce(min(position), 1) FROM outbox)",
+                (retention_s,),
+            )
+            young, top, settled, low = await cur.fetchone()
+        through = (top if young is None else young - 1) if settled is None else settled
+        if young is not None:
+            through = min(through, young - 1)
+        pruned = records = 0
+        start = low
+        while start <= through:
+            end = min(through, start + chunk - 1)
+            async with self._store.transaction() as cur:
+                await cur.execute(
+                    "DELETE FROM webhook_deliveries WHERE subscription = ANY(ARRAY("
+                    "SELECT id FROM webhook_subscriptions)) AND position BETWEEN %s AND %s "
+                    "AND state = 'delivered'",
+                    (start, end),
+                )
+                records += cur.rowcount
+                await cur.execute(
+                    "DELETE FROM outbox o WHERE o.position BETWEEN %s AND %s AND NOT EXISTS "
+                    "(SELECT 1 FROM webhook_deliveries d WHERE d.position = o.position "
+                    "AND d.state <> 'delivered')",
+                    (start, end),
+                )
+                pruned += cur.rowcount
+            start = end + 1
+        return pruned, records
+
     async def dead_letters(self) -> int:
         async with self._store.connection() as conn:
             cur = await conn.execute("SELECT count(*) FROM webhook_deliveries WHERE state = 'dead'")

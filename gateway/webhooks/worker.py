@@ -38,10 +38,15 @@ class WebhookConfig:
     per_subscription: int = 32  # of which one subscription may hold at most this many
     timeout_s: float = 10.0  # a whole attempt: connect, send, answer
     poll_s: float = 0.2  # how often new commits are looked for
+    # Settled attempts are recorded at most this often (one statement for all of them): fewer,
+    # larger writes, and the settled points (a look at every queue) worked out less often.
+    flush_s: float = 0.05
     backlog: int = 20_000  # deliveries held in memory per subscription (the rest wait in the db)
     sequence_batch: int = 5_000
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     dead_letters_s: float = 10.0  # how often the dead letters are counted
+    retention_s: float = 7 * 86400.0  # delivered records and settled outbox rows kept (0: all)
+    prune_every_s: float = 60.0
 
 
 @dataclass
@@ -71,18 +76,27 @@ class WebhookWorker:
         self._unrecorded: list[Attempt] = []
         self._disabled: dict[str, tuple[int, str]] = {}  # 410s not recorded yet
         self._next_poll = 0.0
+        self._next_flush = 0.0
         self._next_dead_count = 0.0
+        self._next_prune = 0.0
         self._database_back_at = 0.0  # after an outage: when to try again
         self._polled_last = False
         self._loaded_more = False  # a poll moved some loaded_through: the settled point may move
         self.turns = 0  # database turns done (readiness: the worker makes progress)
+        # The counter's children, looked up once rather than for every delivery.
+        self._counted = {
+            outcome: metrics.deliveries.labels(outcome=outcome)
+            for outcome in ("delivered", "failed", "dead_lettered", "gone")
+        }
 
     async def run(self) -> None:
         """Deliver until cancelled. Database outages are waited out; anything else raises."""
         cfg = self.config
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=cfg.concurrency, ttl_dns_cache=60),
-            timeout=aiohttp.ClientTimeout(total=cfg.timeout_s),
+            # One timer per attempt (asyncio.timeout in _post) rather than two: aiohttp's own
+            # total timeout cost ~15 us of CPU per request here.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeout_s),
             headers={"User-Agent": USER_AGENT},
             auto_decompress=False,
         ) as client:
@@ -105,6 +119,8 @@ class WebhookWorker:
             return
         now = time.time()
         until = self._next_poll if self._database is None else now + self.config.poll_s
+        if self._database is None and (self._unrecorded or self._disabled or self._loaded_more):
+            until = min(until, self._next_flush)
         due = self._scheduler.next_due_at()
         if due is not None and len(self._in_flight) < self.config.concurrency:
             until = min(until, due)
@@ -135,7 +151,9 @@ class WebhookWorker:
             return
         # What is settled moves only with a settlement or a poll that loaded more: no need to
         # look at every queue (_resolved) on every turn.
-        to_flush = bool(self._unrecorded or self._disabled or self._loaded_more)
+        to_flush = bool(self._unrecorded or self._disabled or self._loaded_more) and (
+            now >= self._next_flush
+        )
         # Poll and flush take turns when both wait, so that a slow database starves neither.
         if now >= self._next_poll and not (to_flush and self._polled_last):
             self._next_poll = now + self.config.poll_s
@@ -145,6 +163,7 @@ class WebhookWorker:
             self.metrics.lag_seconds.set(0.0 if oldest is None else max(0.0, now - oldest))
         elif to_flush:
             self._polled_last = False
+            self._next_flush = now + self.config.flush_s
             # Taken together, with no await between: every settlement the resolved positions
             # reflect is in the records flushed with them.
             attempts, self._unrecorded = self._unrecorded, []
@@ -162,6 +181,11 @@ class WebhookWorker:
         if time.time() >= self._next_dead_count:
             self._next_dead_count = time.time() + self.config.dead_letters_s
             self.metrics.dead_letters.set(await self._outbox.dead_letters())
+        if self.config.retention_s > 0 and time.time() >= self._next_prune:
+            self._next_prune = time.time() + self.config.prune_every_s
+            pruned, records = await self._outbox.prune(self.config.retention_s)
+            if pruned or records:
+                log.info("webhooks_pruned", extra={"outbox_rows": pruned, "records": records})
 
     async def _flush(
         self,
@@ -280,7 +304,7 @@ class WebhookWorker:
             sub = self._subs.get(delivery.subscription)
             if settled is Settled.STALE or sub is None:
                 continue
-            self.metrics.deliveries.labels(outcome=_outcome(settled)).inc()
+            self._counted[_outcome(settled)].inc()
             if settled is Settled.GONE:
                 reason = f"the receiver answered 410 at {at:.0f}"
                 self._disabled[sub.row.id] = (sub.row.revision, reason)

@@ -14,7 +14,7 @@ import pytest
 from commands import CommandState
 from geofence import Zone
 from telemetry.batch import FLAG_IMPLAUSIBLE_JUMP, DeviceEvent
-from tests.api_client import LAT0, LON0, assert_problem, fleet
+from tests.api_client import LAT0, LON0, assert_problem, events_settled, fleet
 from tests.batches import make_batch, now_ms
 
 pytestmark = pytest.mark.integration
@@ -226,6 +226,7 @@ async def test_events_query_filters_and_pages(api_server):
     events = [DeviceEvent(ids["veh-000"], t + k, "tamper", {"k": k}) for k in range(7)]
     events.append(DeviceEvent(ids["veh-001"], t, "crash", None))
     await api_server.store.write(make_batch([]), events)
+    await events_settled(api_server.store)
     async with api_server.client("reader") as c:
         first = (await c.get("/v1/events", params={"vehicle": "veh-000", "limit": 5})).json()
         assert [e["detail"]["k"] for e in first["items"]] == [0, 1, 2, 3, 4]
@@ -276,6 +277,7 @@ async def test_command_state_changes_are_events_paged_in_order_with_the_others(a
         [], [machine.transition(sent[0], CommandState.SUCCEEDED, utc_now(), reason="ok")]
     )
     await unlock("veh-001", "k2")
+    await events_settled(api_server.store)
 
     async with api_server.client("reader") as c:
         seen, url = [], "/v1/events?limit=2"

@@ -6,6 +6,7 @@ import pytest
 
 from outbound import CATALOGUE
 from telemetry.batch import DeviceEvent, TelemetryBatch
+from tests.api_client import events_settled
 from tests.harness import register
 
 pytestmark = pytest.mark.integration
@@ -115,6 +116,7 @@ async def test_the_pull_feed_names_the_outbound_type(api_server):
         DeviceEvent(vehicle, 1_700_000_000_002, "trip.ended", {"distance_m": 3}, "gateway"),
     ]
     await store.write(TelemetryBatch.empty(), events)
+    await events_settled(store)
     async with api_server.client("reader") as http:
         items = (await http.get("/v1/events", params={"after": 0})).json()["items"]
         assert [(i["type"], i["outbound_type"]) for i in items] == [

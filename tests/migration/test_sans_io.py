@@ -22,6 +22,8 @@ MAPPERS = (
     "migration.csv_source",
     "migration.analysis",
     "migration.report",
+    "migration.gate",
+    "migration.sample",
 )
 IO_MODULES = (
     "psycopg",

@@ -21,9 +21,17 @@ pytestmark = pytest.mark.integration
 
 
 def data_dump(dsn: str) -> str:
-    """The configured database's data (pg_dump --data-only), without pg_dump's random keys."""
+    """The configured database's data (pg_dump --data-only), without pg_dump's random keys,
+    but the rehearsal's verdict (migration_evidence, checked on its own)."""
     run = subprocess.run(
-        ["pg_dump", "--data-only", "--no-owner", "-d", dsn],
+        [
+            "pg_dump",
+            "--data-only",
+            "--no-owner",
+            "--exclude-table-data=migration_evidence",
+            "-d",
+            dsn,
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=120,
@@ -33,7 +41,21 @@ def data_dump(dsn: str) -> str:
         line
         for line in run.stdout.splitlines()
         if not line.startswith(("\\restrict", "\\unrestrict"))
+        and "migration_evidence_id_seq" not in line
     )
+
+
+def stored_evidence(env: dict) -> list:
+    """The evidence in the configured database (the rehearsal records its verdict there)."""
+    import asyncio
+
+    from telemetry.store import TelemetryStore
+
+    async def read():
+        async with await TelemetryStore.open(env["FLEETGATE_DATABASE_URL"]) as store:
+            return await store.migration_evidence()
+
+    return asyncio.run(read())
 
 
 def rehearsal_folders() -> set[str]:
@@ -84,6 +106,17 @@ def test_a_clean_export_passes_and_leaves_nothing_behind(configured, tmp_path):
     )
     assert lines[-1] == "rehearsal PASSED"
     assert_nothing_left_of(result.output)
+    # The verdict is evidence for `migrate gate`, in the configured database.
+    (evidence,) = stored_evidence(configured)
+    assert f"verdict recorded as evidence {evidence.id}" in lines
+    assert evidence.kind == "rehearsal" and evidence.passed and evidence.batch is None
+    assert evidence.detail["source"] == "traccar" and evidence.detail["origin"] == str(export)
+    assert [c["name"] for c in evidence.detail["checks"]] == [
+        "import",
+        "commands",
+        "live samples",
+        "track",
+    ]
 
 
 def test_an_export_the_import_refuses_fails_and_leaves_nothing_behind(configured, tmp_path):
@@ -95,6 +128,9 @@ def test_an_export_the_import_refuses_fails_and_leaves_nothing_behind(configured
     assert re.search(r"(?m)^FAIL  import: refused: \d+ problems in the export", result.output)
     assert result.output.splitlines()[-1] == "rehearsal FAILED"
     assert_nothing_left_of(result.output)
+    (evidence,) = stored_evidence(configured)
+    assert not evidence.passed
+    assert evidence.detail["reason"].startswith("import: refused: ")
 
 
 def test_a_live_pull_is_rehearsed_like_its_folder(configured, tmp_path):
@@ -118,6 +154,7 @@ def test_an_unreadable_export_exits_2_before_starting_anything(configured, tmp_p
     assert result.exit_code == 2, result.output
     assert "devices.json at byte 25" in result.output
     assert "throw-away services" not in result.output
+    assert stored_evidence(configured) == []
 
 
 def test_a_gbfs_feed_without_history_is_rehearsed_without_a_track_to_compare(configured):

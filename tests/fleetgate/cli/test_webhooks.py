@@ -52,3 +52,40 @@ def test_webhooks_create_refuses_bad_input(pg_dsn, args, reason):
     assert refused.exit_code != 0
     assert reason in refused.output
     assert run_fleetgate("webhooks", "list", env=env).output == ""
+
+
+async def test_webhooks_worker_alone_delivers_and_ends_on_sigterm(pg_dsn):
+    """`fleetgate webhooks worker` without a gateway (e.g. on another machine): it takes the
+    lease, delivers what is committed, and SIGTERM ends it cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from outbound import new_secret
+    from telemetry.store import TelemetryStore, Webhooks
+    from tests.harness import eventually, register
+    from tests.webhook_events import write_zone_events
+    from tests.webhook_receiver import WebhookReceiver
+
+    ids = await register(pg_dsn, [("wa-1", "WA-1", "ebike"), ("wa-2", "WA-2", "ebike")])
+    store = await TelemetryStore.open(pg_dsn)
+    receiver = WebhookReceiver()
+    await Webhooks(store).create(await receiver.start(), None, "alone", new_secret())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleetgate.cli", "webhooks", "worker"],
+        env={**os.environ, "FLEETGATE_DATABASE_URL": pg_dsn, "FLEETGATE_LOG_FORMAT": "json"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert await write_zone_events(store, sorted(ids.values()), 3) == 6
+        await eventually(lambda: len(receiver.received) >= 6, timeout=60, what="deliveries")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, proc.stdout.read().decode()[-2000:]
+        assert b"webhook_worker_started" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await receiver.close()
+        await store.close()

@@ -4,6 +4,9 @@ restart every outbox event is delivered at least once, a duplicate carries the s
 same bytes), none arrives out of order for its vehicle, and every signature verifies."""
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 
 import psycopg
@@ -119,3 +122,123 @@ async def test_sigkill_mid_delivery_then_everything_at_least_once_in_order_signe
         gw.stop()
         await receiver.close()
         await store.close()
+
+
+def _worker_pids(gw: GatewayProcess) -> list[int]:
+    return [e["pid"] for e in gw.events() if e.get("event") == "webhook_process_started"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (exited, not reaped yet) is gone too
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_killed_worker_process_makes_readiness_fail_is_restarted_and_loses_nothing(
+    pg_dsn, mosquitto, topic_root, tmp_path
+):
+    """The delivery worker runs in a child process of `fleetgate run`: SIGKILLed, readiness says
+    so, a new child is started and delivers what the old one had not; killing the gateway takes
+    its child with it."""
+    ids = await register(pg_dsn, [(f"w-{i}", f"W-{i}", "ebike") for i in range(VEHICLES)])
+    store = await TelemetryStore.open(pg_dsn)
+    receiver = WebhookReceiver(lambda request, nth: Answer(200, delay_s=0.02))
+    await Webhooks(store).create(await receiver.start(), None, "billing", new_secret())
+    gw = GatewayProcess(
+        pg_dsn,
+        mosquitto,
+        topic_root,
+        "gw-webhooks-child",
+        tmp_path / "gw.log",
+        metrics_port=free_port(),
+        FLEETGATE_WEBHOOK_CONCURRENCY="4",
+    ).start()
+    try:
+        await gw.wait_subscribed()
+        vehicles = sorted(ids.values())
+        assert await write_zone_events(store, vehicles, 10) == 80
+        await eventually(lambda: len(receiver.received) >= 20, timeout=60, what="deliveries")
+        await eventually(lambda: len(_worker_pids(gw)) == 1, what="the worker process's pid")
+        (first,) = _worker_pids(gw)
+        assert first != gw.proc.pid
+        assert (await gw.get("/readyz")).status_code == 200
+        os.kill(first, signal.SIGKILL)
+
+        async def unready() -> bool:
+            answer = await gw.get("/readyz")
+            return answer.status_code == 503 and "webhook worker process exited" in answer.text
+
+        await eventually(unready, timeout=10, interval=0.05, what="readiness down")
+        await write_zone_events(store, vehicles, 10)  # committed while no worker runs
+
+        async def ready() -> bool:
+            return (await gw.get("/readyz")).status_code == 200
+
+        await eventually(ready, timeout=30, what="readiness back")
+        second = _worker_pids(gw)[-1]
+        assert second != first and _alive(second)
+
+        async def all_delivered() -> bool:
+            outbox = await _outbox(pg_dsn)
+            return len(outbox) == 160 and {r.event["id"] for r in receiver.received} >= {
+                e for _, e, _ in outbox
+            }
+
+        await eventually(all_delivered, timeout=60, what="every event delivered")
+        assert any(e.get("event") == "webhook_process_exited" for e in gw.events())
+        gw.kill()
+        await eventually(lambda: not _alive(second), timeout=15, what="the child ended with it")
+    finally:
+        gw.stop()
+        await receiver.close()
+        await store.close()
+
+
+async def test_the_supervisor_says_why_a_child_is_not_working_and_starts_it_again():
+    """WebhookProcess with real child processes standing in for the worker: one that writes
+    something other than reports and exits, and one that reports, holding the lease."""
+    import sys
+
+    from prometheus_client import CollectorRegistry
+
+    from gateway.webhooks import WebhookMetrics
+    from gateway.webhooks.process import WebhookProcess
+    from tests.harness import metric
+
+    report = (
+        '{"held": true, "turns": 3, "failure": null, "lag_seconds": 1.5, "dead_letters": 2, '
+        '"active": 1, "deliveries": {"delivered": 7, "failed": 1, "dead_lettered": 0, "gone": 0}}'
+    )
+    script = (
+        "import sys\n"
+        "print('not a report', flush=True)\n"
+        f"if len(sys.argv) > 1: print({report!r}, flush=True); sys.stdin.read()\n"
+        "sys.exit(3)\n"
+    )
+    registry = CollectorRegistry()
+    supervisor = WebhookProcess(
+        [sys.executable, "-c", script], WebhookMetrics(registry), restart_after_s=0.1
+    )
+    assert await supervisor.check() == "the webhook worker process has not reported yet"
+    task = asyncio.create_task(supervisor.run())
+    try:
+
+        async def restarted() -> bool:
+            return supervisor.starts >= 2 and "exited with 3" in (await supervisor.check() or "")
+
+        await eventually(restarted, timeout=20, what="restarted, and said why")
+        supervisor.command.append("report")
+        await eventually(lambda: supervisor.failure is None, timeout=20, what="a working child")
+        assert await supervisor.check() is None
+        assert metric(registry, "fleetgate_webhook_deliveries_total", outcome="delivered") == 7
+        assert metric(registry, "fleetgate_webhook_dead_letters") == 2
+        assert metric(registry, "fleetgate_webhook_worker_active") == 1
+        child = supervisor.proc
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert child.returncode is not None  # stopped with the supervisor, not left behind

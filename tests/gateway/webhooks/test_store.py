@@ -104,3 +104,61 @@ async def test_concurrent_writers_every_committed_event_once_in_commit_order(pg_
     assert sorted(r[1] for r in rows) == sorted(e for ids in committed.values() for e in ids)
     for vehicle, ids in committed.items():
         assert [r[1] for r in rows if r[2] == vehicle] == ids  # that vehicle's commit order
+
+
+async def test_prune_deletes_old_delivered_records_and_settled_outbox_rows_only(pg_dsn):
+    """Retention (FLEETGATE_WEBHOOK_RETENTION_S): old delivered records and the outbox rows
+    every enabled subscription has settled go; a dead letter, a young row and one a
+    subscription has not settled stay."""
+    from telemetry.store import Webhooks
+    from tests.webhook_events import write_zone_events
+
+    ids = await register(pg_dsn, [("pr-1", "PR-1", "ebike")])
+    store = await TelemetryStore.open(pg_dsn)
+    outbox = OutboxStore(store)
+    try:
+        await write_zone_events(store, [ids["pr-1"]], per_vehicle=5)
+
+        async def numbered() -> bool:
+            await outbox.sequence()
+            return len(await _outbox(pg_dsn)) == 5
+
+        await eventually(numbered, timeout=120, what="five events numbered")
+        sub = await Webhooks(store).create("http://127.0.0.1:9/x", None, "prune", "s")
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            await conn.execute(
+                "UPDATE webhook_subscriptions SET resolved_through = 4 WHERE id = %s", (sub.id,)
+            )
+            await conn.execute(
+                "UPDATE outbox SET sequenced_at = now() - interval '2 days' WHERE position <= 3"
+            )
+            for position, state in (
+                (1, "delivered"),
+                (2, "dead"),
+                (3, "delivered"),
+                (4, "delivered"),
+            ):
+                await conn.execute(
+                    "INSERT INTO webhook_deliveries (subscription, position, event_id, vehicle, "
+                    "state, attempts, first_attempt_at, last_attempt_at) SELECT %s, position, "
+                    "event_id, vehicle, %s, 1, now(), now() FROM outbox WHERE position = %s",
+                    (sub.id, state, position),
+                )
+
+            async def kept() -> tuple[list[int], list[tuple[int, str]]]:
+                rows = await (
+                    await conn.execute("SELECT position FROM outbox ORDER BY 1")
+                ).fetchall()
+                records = await (
+                    await conn.execute("SELECT position, state FROM webhook_deliveries ORDER BY 1")
+                ).fetchall()
+                return [r[0] for r in rows], records
+
+            assert await outbox.prune(86400.0) == (2, 2)  # 1 and 3: old, delivered, settled
+            assert await kept() == ([2, 4, 5], [(2, "dead"), (4, "delivered")])
+            assert await outbox.prune(86400.0) == (0, 0)
+            # Everything old: the settled delivered one goes, the unsettled one stays.
+            assert await outbox.prune(0.000001) == (1, 1)
+            assert await kept() == ([2, 5], [(2, "dead")])
+    finally:
+        await store.close()
