@@ -14,6 +14,7 @@ from commands.errors import (
     IdempotencyConflict,
     InvalidDeadline,
     NotCancellable,
+    NotHeld,
     UnknownVehicle,
 )
 from commands.interlocks import Action, InterlockPolicy, Motion, Verdict, judge, motion
@@ -53,6 +54,7 @@ __all__ = [
     "InvalidDeadline",
     "Motion",
     "NotCancellable",
+    "NotHeld",
     "Plan",
     "UnknownVehicle",
     "VehicleSnapshot",

@@ -27,3 +27,16 @@ class NotCancellable(CommandError):
 
 class InvalidDeadline(CommandError):
     """The deadline is in the past or further away than the service allows (HTTP 422)."""
+
+
+class NotHeld(CommandError):
+    """Another platform holds the vehicle's command authority during a fleet migration (HTTP
+    409): fleetgate commands it only once it is cut over (docs/migration.md)."""
+
+    def __init__(self, vehicle_ref: str, holder: str) -> None:
+        super().__init__(
+            f"vehicle {vehicle_ref!r} is commanded by the {holder} platform until it is cut "
+            "over to fleetgate (fleetgate migrate cutover); send the command there"
+        )
+        self.vehicle_ref = vehicle_ref
+        self.holder = holder

@@ -294,3 +294,6 @@ class VehicleSnapshot:
     immobilised: bool | None = None
     last_actuation: datetime | None = None
     form_factor: str | None = None  # its type's GBFS form factor (None: the type's id tells)
+    # The platform holding its command authority when not fleetgate (a fleet migration):
+    # nothing is delivered then, a command not sent yet fails with reason not_held.
+    held_by: str | None = None

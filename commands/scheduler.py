@@ -120,6 +120,10 @@ def _decide_head(
     if head.state.in_flight:
         _in_flight(plan, head, snap, now, delivery, push)
         return False
+    if snap is not None and snap.held_by is not None:
+        # Another platform commands the vehicle now (a roll-back after it was queued).
+        plan.change(machine.transition(head, CommandState.FAILED, now, reason="not_held"))
+        return True
     verdict = judge(head, snap, now, interlocks)
     if verdict.action is Action.NOOP:
         plan.change(machine.transition(head, CommandState.SUCCEEDED, now, reason=verdict.reason))
@@ -159,6 +163,8 @@ def _in_flight(
     if retry_at is None or retry_at >= cmd.deadline:
         return
     if now >= retry_at:
+        if snap is not None and snap.held_by is not None:
+            return  # rolled back: never delivered again; it times out unanswered
         if snap is None or not snap.online:
             plan.blocked = True  # the broker holds the last delivery; retry once it is back
             return

@@ -48,16 +48,22 @@ class FleetStats:
     finished_monotonic: float | None = None
     track_keys: bool = True
     _acked: dict[str, set[int]] = field(default_factory=dict, repr=False)
+    _acked_on: dict[str, set[tuple[str, int]]] = field(default_factory=dict, repr=False)
 
-    def record_acked(self, device_id: str, ts) -> None:
+    def record_acked(self, device_id: str, ts, broker: str = "") -> None:
         if self.track_keys:
             keys = self._acked.get(device_id)
             if keys is None:
                 keys = self._acked[device_id] = set()
-            if isinstance(ts, int):
-                keys.add(ts)
-            else:
-                keys.update(ts)
+            ts = (ts,) if isinstance(ts, int) else ts
+            keys.update(ts)
+            if broker:
+                self._acked_on.setdefault(broker, set()).update((device_id, t) for t in ts)
+
+    def acked_keys_by_broker(self) -> dict[str, set[tuple[str, int]]]:
+        """(device_id, t) of every valid sample by the broker that acknowledged it (a device
+        moved by set_config's mqtt_url has samples on both)."""
+        return {b: set(keys) for b, keys in self._acked_on.items()}
 
     def acked_keys(self) -> set[tuple[str, int]]:
         """(device_id, t) of every valid sample the broker acknowledged."""

@@ -37,6 +37,7 @@ from firmware_sim.tcu import (
     Misbehaviour,
     Outgoing,
     Tcu,
+    broker_address,
     wall_clock_ms,
 )
 
@@ -137,10 +138,12 @@ def start_time_ms(options: FleetOptions, now_ms: int | None = None) -> int:
 class _Link:
     """One device's connection: the client, its unacknowledged messages, its task."""
 
-    __slots__ = ("tcu", "client", "pending", "task", "wake", "up", "relost")
+    __slots__ = ("tcu", "client", "pending", "task", "wake", "up", "relost", "host", "port")
 
-    def __init__(self, tcu: Tcu) -> None:
+    def __init__(self, tcu: Tcu, host: str, port: int) -> None:
         self.tcu = tcu
+        self.host, self.port = host, port  # the broker; set_config's mqtt_url moves it
+        tcu.broker = f"mqtt://{host}:{port}"
         self.client: MqttConnection | None = None
         self.pending: deque[tuple[asyncio.Future, Outgoing]] = deque()
         self.task: asyncio.Task | None = None
@@ -201,6 +204,7 @@ class Fleet:
         self._stopping = False
         self._closing = False
         self._answers: set[asyncio.TimerHandle] = set()
+        self._repoints: set[asyncio.Task] = set()
         self._connect_gate: asyncio.Semaphore | None = None
         self.steps_done = 0
         self.wall_offset_ms = 0
@@ -230,7 +234,7 @@ class Fleet:
         """Connect every device (concurrently, a bounded number at a time); returns when all
         are online, or raises TimeoutError (the stragglers keep trying)."""
         self._connect_gate = asyncio.Semaphore(self.options.connect_concurrency)
-        self._links = [_Link(t) for t in self.firmware.tcus]
+        self._links = [_Link(t, self.options.host, self.options.port) for t in self.firmware.tcus]
         for link in self._links:
             link.task = asyncio.create_task(
                 self._connection(link), name=f"sim-{link.tcu.device_id}"
@@ -459,8 +463,8 @@ class Fleet:
                     await link.wake.wait()
                 continue
             client = MqttConnection(
-                o.host,
-                o.port,
+                link.host,
+                link.port,
                 client_id=tcu.device_id,
                 protocol=o.protocol,
                 session_expiry_s=o.session_expiry_s,
@@ -520,6 +524,29 @@ class Fleet:
             with contextlib.suppress(MqttError, OSError):
                 await client.disconnect(timeout=5.0)
 
+    async def _repoint(self, link: _Link) -> None:
+        """set_config's mqtt_url: once the current broker has acknowledged everything sent
+        to it (the result last), say offline there and leave cleanly; the connection loop then
+        connects to the new broker (same client id, buffer and unsent results)."""
+        tcu = link.tcu
+        url, tcu.repoint_to = tcu.repoint_to, None
+        host, port = broker_address(url)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 10.0
+        while link.pending and loop.time() < until:
+            self._sweep()
+            await asyncio.sleep(0.01)
+        client = link.client
+        if client is not None and client.connected:
+            out = self.firmware.goodbye(tcu)
+            with contextlib.suppress(ConnectionLost, MqttError, TimeoutError):
+                await asyncio.wait_for(client.publish(out.topic, out.payload, retain=True), 5.0)
+        link.host, link.port = host, port
+        tcu.broker = f"mqtt://{host}:{port}"
+        log.info("sim_repointed", extra={"device_id": tcu.device_id, "broker": tcu.broker})
+        if client is not None:
+            await self._disconnect(link)
+
     async def _sleep(self, seconds: float, stop_event: asyncio.Event | None) -> None:
         if stop_event is None:
             await asyncio.sleep(seconds)
@@ -556,12 +583,18 @@ class Fleet:
             handle.append(loop.call_later(delay, run))
             self._answers.add(handle[0])
 
+        cid = decision.command_id
+
         def answer() -> None:
             out = self.firmware.execute(link.tcu, decision)
             held = [o for o in out if o.kind == RESULT] if decision.answer_after_s > 0 else []
             for o in out:
                 if o not in held:
                     self._publish(link, o)
+            if link.tcu.repoint_to is not None:
+                task = asyncio.create_task(self._repoint(link), name=f"sim-repoint-{cid}")
+                self._repoints.add(task)
+                task.add_done_callback(self._repoints.discard)
             if held:
 
                 def late() -> None:

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -196,6 +197,18 @@ class OfflineBuffer:
         return sorted(self._frag)
 
 
+def broker_address(url: str) -> tuple[str, int]:
+    """(host, port) of an mqtt://host:port URL (set_config's mqtt_url); ValueError if it is
+    not one. TLS (mqtts) is not simulated."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise ValueError(f"mqtt_url {url!r}: must look like mqtt://host:port")
+    try:
+        return parts.hostname, parts.port or 1883
+    except ValueError as exc:
+        raise ValueError(f"mqtt_url {url!r}: {exc}") from None
+
+
 @dataclass(slots=True)
 class CommandDecision:
     """What a device will do about a received command, after delay_s (wall clock)."""
@@ -250,6 +263,11 @@ class Tcu:
         self.command_behaviour = commands
         self.command_log = CommandLog()
         self.unsent: list[Outgoing] = []  # command results waiting for a connection
+        self.config: dict = {}  # settings set_config gave it
+        # set_config {"mqtt_url"}: the broker to move to once the result is acknowledged
+        # (the transport moves it, see Fleet); None: stay.
+        self.repoint_to: str | None = None
+        self.broker = ""  # the broker it is connected to, as the transport names it
 
     @property
     def wants_online(self) -> bool:
@@ -427,7 +445,7 @@ class FleetFirmware:
         """The device is connected: presence, then what it kept while it was not."""
         tcu.online = True
         self.stats.connects += 1
-        t = self.model.t_ms
+        t = max(self.model.t_ms, tcu.command_log.last_exec_t)  # after a re-point: not before it
         out = [
             Outgoing(STATUS, tcu.topic_status, status_payload(True, t, tcu.fw_version), retain=True)
         ]
@@ -494,9 +512,10 @@ class FleetFirmware:
 
     def goodbye(self, tcu: Tcu) -> Outgoing:
         """Presence before a clean disconnect (which suppresses the will)."""
-        return Outgoing(
-            STATUS, tcu.topic_status, status_payload(False, self.model.t_ms), retain=True
-        )
+        # Not before its last execution: after a re-point, "offline at or after the answer's t"
+        # is how the platforms know everything before it was delivered (docs/protocol.md).
+        t = max(self.model.t_ms, tcu.command_log.last_exec_t)
+        return Outgoing(STATUS, tcu.topic_status, status_payload(False, t), retain=True)
 
     # -- the broker's answers --------------------------------------------------------------
 
@@ -506,11 +525,11 @@ class FleetFirmware:
         kind = out.kind
         if kind == SAMPLE:
             stats.samples_acked += 1
-            stats.record_acked(tcu.device_id, out.ref)
+            stats.record_acked(tcu.device_id, out.ref, tcu.broker)
         elif kind == BATCH:
             tcu.buffer.acked(out.ref)
             stats.samples_acked += len(out.ref)
-            stats.record_acked(tcu.device_id, out.ref)
+            stats.record_acked(tcu.device_id, out.ref, tcu.broker)
         elif kind == DUPLICATE:
             stats.duplicates_acked += 1
         elif kind == MALFORMED:
@@ -602,7 +621,10 @@ class FleetFirmware:
         out: list[Outgoing] = []
         ctype = cmd.get("type")
         try:
-            self._actuate(tcu.index, ctype, cmd.get("params") or {})
+            if ctype == "set_config":
+                self._configure(tcu, cmd.get("params") or {})
+            else:
+                self._actuate(tcu.index, ctype, cmd.get("params") or {})
         except CommandRefused as exc:
             result = result_payload(cid, False, model.t_ms, exc.reason)
         else:
@@ -635,6 +657,27 @@ class FleetFirmware:
             model.set_speed_limit(i, kph)
         elif ctype != "locate":
             raise CommandRefused("unsupported_command", f"type {ctype!r}")
+
+    def _configure(self, tcu: Tcu, params: dict) -> None:
+        """set_config (docs/protocol.md): scalar settings; `mqtt_url` moves the device to
+        another broker. From the execution on, its samples wait for the new connection (they are
+        at or after the result's t); the transport leaves once the old broker has acknowledged
+        the result and everything before it, and connects to the new one with the same session
+        and buffer."""
+        if not params or not all(
+            isinstance(v, str | int | float | bool) or v is None for v in params.values()
+        ):
+            raise CommandRefused("invalid_params", "set_config takes scalar settings")
+        url = params.get("mqtt_url")
+        if url is not None:
+            try:
+                broker_address(url)
+            except ValueError as exc:
+                raise CommandRefused("invalid_params", str(exc)) from None
+        tcu.config.update(params)
+        if url is not None:
+            tcu.repoint_to = url
+            tcu.online = False  # samples from now on go to the buffer, then the new broker
 
     def _reports_at_once(self, tcu: Tcu, ctype: str | None, exec_t: int) -> bool:
         """Whether a sample at the execution time goes with the result: for locate, and for a

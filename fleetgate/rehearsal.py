@@ -113,7 +113,10 @@ async def _rehearse_on(dsn, broker, export, mapping, settings, options, say) -> 
     result = Rehearsal()
     async with await TelemetryStore.open(dsn) as store:
         say("analysing and importing the export")
-        import_options = ImportOptions(mapping=mapping, skip_invalid=options.skip_invalid)
+        # The throw-away fleet is commanded at once: fleetgate holds it (no cut-over rehearsed).
+        import_options = ImportOptions(
+            mapping=mapping, skip_invalid=options.skip_invalid, legacy_holds=False
+        )
         result.report = report = await import_export(store, export, options.batch, import_options)
         result.checks.append(_counts_check(report))
         if report.outcome == "refused":

@@ -39,7 +39,12 @@ from migration.report import RunReport
 from migration.sources import MappedSource
 from telemetry.batch import TelemetryBatch
 from telemetry.plausibility import PlausibilityFilter
-from telemetry.store import DeviceCredentials, TelemetryStore, VehicleRegistration
+from telemetry.store import (
+    CommandAuthority,
+    DeviceCredentials,
+    TelemetryStore,
+    VehicleRegistration,
+)
 from telemetry.vehicle_types import PLAUSIBLE_SPEED_KMH
 
 DAY_MS = 86_400_000
@@ -62,6 +67,9 @@ class ImportOptions:
     # with multiprocessing's forkserver, which imports the program's main module again: it must
     # keep its work under `if __name__ == "__main__":`, as every multiprocessing program.
     workers: int = 1
+    # The legacy platform (the source) keeps command authority over the imported vehicles until
+    # `migrate cutover` (docs/migration.md); False: fleetgate's at once (a rehearsal).
+    legacy_holds: bool = True
 
 
 def map_export(export: Any, mapping: Mapping) -> MappedSource:
@@ -144,6 +152,8 @@ async def _import_checked(store, source, report, kept, registry, options, starte
         return report
     report.imported["zones"] = await _put_zones(store, source.registry.zones)
     vehicle_ids = await _register(store, source.registry.vehicles, registry, report)
+    if options.legacy_holds and vehicle_ids:
+        await CommandAuthority(store).hold_for_legacy(vehicle_ids.values(), source.source)
     if options.provision and vehicle_ids:
         report.secrets = await DeviceCredentials(store).provision_many(
             sorted(vehicle_ids), skip_provisioned=True

@@ -27,6 +27,7 @@ from commands import (
     IdempotencyConflict,
     InvalidDeadline,
     NotCancellable,
+    NotHeld,
     UnknownVehicle,
 )
 from commands.model import MAX_TTL_S, PARAMS
@@ -179,6 +180,9 @@ async def create_command(
         raise Problem(404, "unknown-vehicle", f"no vehicle {vehicle_ref!r}") from None
     except IdempotencyConflict as exc:
         raise Problem(409, "idempotency-conflict", str(exc)) from None
+    except NotHeld as exc:
+        # During a fleet migration: the legacy platform commands this vehicle, not fleetgate.
+        raise Problem(409, "not-held", str(exc), holder=exc.holder) from None
     except InvalidDeadline as exc:
         field = "deadline" if body.deadline is not None else "ttl_s"
         raise invalid("invalid-deadline", str(exc), ("body", field)) from None

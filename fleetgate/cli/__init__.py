@@ -18,6 +18,7 @@ from fleetgate.cli import (
     devices,
     migrate,
     migrate_bridge,
+    migrate_cutover,
     migrate_gate,
     run,
     sim,
@@ -50,6 +51,7 @@ migrate_gate.mount(migrate.app)
 # After every add_typer: bridge-config joins the `migrate` group if one is mounted, else brings
 # a group of that name of its own.
 migrate_bridge.mount(app)
+migrate_cutover.mount(migrate.app)
 
 
 def main() -> None:  # pragma: no cover - console entry

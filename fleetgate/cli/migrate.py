@@ -260,9 +260,26 @@ def rehearse(
 def status(
     batch: Annotated[str | None, typer.Option(help="only this batch's runs")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the runs as JSON")] = False,
+    cutover: Annotated[
+        bool,
+        typer.Option(
+            "--cutover",
+            help="the cut-over batches' vehicles (live, pending, not arrived, rolled back) "
+            "instead of the import runs",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(min=0.0, help="seconds after its cut-over a vehicle not live is not arrived"),
+    ] = 600.0,
 ) -> None:
-    """The migration runs, newest first: what each imported, skipped and why."""
+    """The migration runs, newest first: what each imported, skipped and why; then each
+    cut-over batch in a line (all its vehicles with --cutover)."""
+    from fleetgate.cli.migrate_cutover import cutover_status
+
     s = load_settings()
+    if cutover:
+        raise typer.Exit(cutover_status(database_url(s), batch, as_json, timeout))
     runs = asyncio.run(with_store(database_url(s), lambda store: store.migration_runs(batch)))
     if as_json:
         typer.echo(orjson.dumps([_run_json(r) for r in runs], option=orjson.OPT_INDENT_2))
@@ -277,6 +294,7 @@ def status(
             f"{r.origin}{'  (delta)' if r.delta else ''}\n"
             f"  {r.outcome.replace('_', ' ')}: {imported}; skipped: {skipped}"
         )
+    cutover_status(database_url(s), batch, False, timeout, summary=True)
 
 
 def _run_json(r) -> dict:

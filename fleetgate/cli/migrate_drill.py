@@ -233,7 +233,12 @@ async def _stop(client, holder: str, stop_command: str | None, timeout_s: float,
     """Stop the holder; the monotonic time of the stop."""
     if stop_command:
         parts = urlsplit(holder)
-        command = stop_command.format(url=holder, host=parts.hostname or "", port=parts.port or "")
+        # Only these three are replaced: the rest of the command (awk '{print $1}') stays.
+        command = (
+            stop_command.replace("{url}", holder)
+            .replace("{host}", parts.hostname or "")
+            .replace("{port}", str(parts.port or ""))
+        )
         say(f"stopping {holder}: {command}")
         stop_at = time.monotonic()
         done = await asyncio.to_thread(
@@ -303,11 +308,11 @@ def failover_drill(
     ] = 300.0,
 ) -> None:
     """Stop the process running the command dispatcher; another must take over and a `locate`
-    succeed within 30 s. Records the timings as evidence. The API key (scope commands:write)
-    comes from FLEETGATE_DRILL_API_KEY."""
+    succeed within 30 s. Records the timings as evidence. The API key (scopes commands:write
+    and fleet:read) comes from FLEETGATE_DRILL_API_KEY."""
     key = os.environ.get(API_KEY_VARIABLE, "").strip()
     if not key:
-        fail(f"{API_KEY_VARIABLE} must hold an API key with the scope commands:write")
+        fail(f"{API_KEY_VARIABLE} must hold an API key with the scopes commands:write, fleet:read")
     if len(set(process)) < 2:
         fail("name at least two gateway processes (--process), one to stop, one to take over")
     s = load_settings()

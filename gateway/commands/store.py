@@ -209,7 +209,9 @@ SELECT v.id, v.vehicle_type, coalesce(s.online, false), s.time, s.speed_kmh, s.i
          WHERE c.vehicle = v.id AND c.type IN {_ACTUATING}
            AND (c.device_status = 'succeeded'
                 OR (c.state = 'timed_out' AND c.device_status IS NULL))
-         ORDER BY c.seq DESC LIMIT 1)
+         ORDER BY c.seq DESC LIMIT 1),
+       (SELECT a.holder FROM vehicle_authority a
+         WHERE a.vehicle = v.id AND a.holder <> 'fleetgate')
 FROM vehicles v LEFT JOIN vehicle_state s ON s.vehicle = v.id
 WHERE v.id = ANY(%s)"""
 
@@ -375,6 +377,7 @@ async def _snapshots(cur: AsyncCursor, vehicle_ids: Iterable[int]) -> dict[int, 
             immobilised=r[7],
             form_factor=r[8],
             last_actuation=r[9],
+            held_by=r[10],
         )
         for r in await cur.fetchall()
     }
@@ -476,6 +479,18 @@ class CommandStore:
             )
             row = await cur.fetchone()
         return VehicleInfo(*row) if row else None
+
+    async def holder(self, vehicle_id: int) -> str | None:
+        """The platform that holds the vehicle's command authority when it is not fleetgate
+        (migration 0058); None: fleetgate holds it. Read on every submission, never cached: a
+        roll-back takes effect for the next command."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT holder FROM vehicle_authority WHERE vehicle = %s AND holder <> %s",
+                (vehicle_id, "fleetgate"),
+            )
+            row = await cur.fetchone()
+        return row[0] if row else None
 
     async def get(self, command_id: uuid.UUID) -> Command | None:
         return (await self.get_many([command_id])).get(command_id)

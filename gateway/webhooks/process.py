@@ -59,7 +59,7 @@ async def serve_worker(
         # Ctrl-C in a terminal reaches the whole process group: the gateway decides when we end.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         waits.add(asyncio.create_task(_until_stdin_closes(), name="stdin"))
-        waits.add(asyncio.create_task(_report(runner, metrics), name="report"))
+        waits.add(asyncio.create_task(_report(runner, registry), name="report"))
     try:
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -79,18 +79,24 @@ async def _until_stdin_closes() -> None:
         pass
 
 
-async def _report(runner: WebhookRunner, metrics: WebhookMetrics) -> None:
+async def _report(runner: WebhookRunner, registry: CollectorRegistry) -> None:
     out = sys.stdout.buffer
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
     while True:
         worker = runner.worker
         line = {
             "held": runner.lease.held,
             "turns": worker.turns if worker is not None else 0,
             "failure": runner.failure,
-            "deliveries": {o: metrics.deliveries.labels(outcome=o)._value.get() for o in _OUTCOMES},
-            "lag_seconds": metrics.lag_seconds._value.get(),
-            "dead_letters": metrics.dead_letters._value.get(),
-            "active": metrics.worker_active._value.get(),
+            "deliveries": {
+                o: value("fleetgate_webhook_deliveries_total", outcome=o) for o in _OUTCOMES
+            },
+            "lag_seconds": value("fleetgate_webhook_lag_seconds"),
+            "dead_letters": value("fleetgate_webhook_dead_letters"),
+            "active": value("fleetgate_webhook_worker_active"),
         }
         out.write(orjson.dumps(line) + b"\n")
         out.flush()

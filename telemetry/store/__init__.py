@@ -2,6 +2,13 @@
 state, presence and events, and the versioned migrations that create its schema."""
 
 from telemetry.store._api_keys import SCOPES, ApiKey, InvalidApiKey
+from telemetry.store._authority import (
+    FLEETGATE,
+    AuthorityConflict,
+    BatchVehicle,
+    CommandAuthority,
+    HeldVehicle,
+)
 from telemetry.store._credentials import (
     AlreadyProvisioned,
     CredentialInfo,
@@ -53,6 +60,11 @@ from telemetry.store._webhooks import (
 from telemetry.store._zones import ZoneRows
 
 __all__ = [
+    "FLEETGATE",
+    "AuthorityConflict",
+    "BatchVehicle",
+    "CommandAuthority",
+    "HeldVehicle",
     "TRIP_FIGURE_COLUMNS",
     "MeasuredTrip",
     "TripToMeasure",

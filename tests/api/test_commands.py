@@ -216,3 +216,31 @@ async def test_the_api_alone_reads_commands_but_creating_one_needs_the_gateway(a
         assert response.headers["retry-after"] == "30"
         assert (await c.get("/v1/commands")).json() == {"items": [], "next": None}
         assert_problem(await c.get(f"/v1/commands/{uuid.uuid4()}"), 404)
+
+
+async def test_a_vehicle_another_platform_holds_is_refused_with_409_naming_it(
+    mosquitto, pg_dsn, topic_root, api_server
+):
+    """During a fleet migration (docs/migration.md): a command to a vehicle the legacy platform
+    still holds is refused, saying which platform; once cut over, fleetgate commands it."""
+    from telemetry.store import CommandAuthority, TelemetryStore
+    from tests.stored_rows import fetch
+
+    async with stack(mosquitto, pg_dsn, topic_root, api_server) as (fleet, gw):
+        (row,) = await fetch(pg_dsn, "SELECT id FROM vehicles WHERE vehicle_ref = 'veh-0004'")
+        async with await TelemetryStore.open(pg_dsn) as store:
+            authority = CommandAuthority(store)
+            await authority.hold_for_legacy([row["id"]], "traccar")
+            async with api_server.client("rental", headers={"Idempotency-Key": "k-held"}) as c:
+                refused = await c.post("/v1/vehicles/veh-0004/commands", json={"type": "unlock"})
+                body = assert_problem(refused, 409, "traccar", "cut over")
+                assert body["holder"] == "traccar" and body["type"].endswith("not-held")
+                await authority.cut_over("api-pilot", [row["id"]], {})
+                done = await c.post(
+                    "/v1/vehicles/veh-0004/commands", params={"wait": 10}, json={"type": "unlock"}
+                )
+                assert done.status_code == 200 and done.json()["state"] == "succeeded", done.text
+        (count,) = await fetch(
+            pg_dsn, "SELECT count(*) AS n FROM commands WHERE idempotency_key = 'k-held'"
+        )
+        assert count["n"] == 1  # the refused request left nothing behind

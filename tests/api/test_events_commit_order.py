@@ -60,3 +60,5 @@ async def test_an_event_committing_after_a_later_id_was_read_is_not_skipped(api_
         await eventually(both, timeout=60, what="both events listed")
         assert await _pages(c, after=early) == [late]
         assert await _pages(c, after=late) == []
+        # An id that is no stored event's lists everything numbered since 0030: nothing skipped.
+        assert await _pages(c, after=late + 1000) == [early, late]

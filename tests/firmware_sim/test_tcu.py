@@ -518,3 +518,37 @@ def test_a_fleet_spreads_its_mix_names_devices_and_dates_its_clock_for_the_gatew
     assert FleetOptions(rate_hz=2.0, duration_s=60).total_steps == 120
     with pytest.raises(ValueError):
         FleetOptions(rate_hz=1000.0)
+
+
+def test_set_config_mqtt_url_keeps_everything_from_its_execution_for_the_new_broker():
+    """docs/protocol.md, Re-pointing a device: samples before the result's t went to the old
+    broker, every one from t on waits for the new connection and is uploaded there."""
+    fw = firmware(1, 1)
+    old = online(fw)
+    old.run(3)
+    bike = fw.tcus[0]
+    _, out = answer(fw, bike, command("c-20", "set_config", params={"mqtt_url": "ftp://x"}))
+    assert result_of(out)["reason"] == "invalid_params" and bike.repoint_to is None
+    _, out = answer(fw, bike, command("c-21", "set_config", params={"mode": [1]}))
+    assert result_of(out)["reason"] == "invalid_params"
+    _, out = answer(fw, bike, command("c-22", "set_config", params={"mode": "eco"}))
+    assert result_of(out)["status"] == "succeeded" and bike.repoint_to is None
+    old.deliver([(bike, o) for o in out])
+    before = {t for d, t in fw.stats.acked_keys() if d == bike.device_id}
+
+    url = "mqtt://fleetgate.example:1884"
+    _, out = answer(fw, bike, command("c-23", "set_config", params={"mqtt_url": url}))
+    result = result_of(out)
+    assert result["status"] == "succeeded" and bike.repoint_to == url
+    assert bike.config == {"mode": "eco", "mqtt_url": url}
+    old.deliver([(bike, o) for o in out])
+    old.run(2)  # the transport is still leaving: the samples stay with the device
+    assert {t for d, t in fw.stats.acked_keys() if d == bike.device_id} == before
+    assert all(t >= result["t"] for t in bike.buffer.times()) and len(bike.buffer) == 2
+    fw.connection_down(bike, on_purpose=True)
+    bike.broker = url
+    new = FakeBroker(fw)
+    new.connect(bike)
+    assert not bike.buffer.times() and len(new.telemetry()) == 1  # one batch, oldest first
+    moved = fw.stats.acked_keys_by_broker()[url]
+    assert len(moved) == 2 and all(d == bike.device_id and t >= result["t"] for d, t in moved)

@@ -131,6 +131,11 @@ TRACCAR_SERVER = Skip(
     "against tests/traccar_standin.py, a real HTTP server serving examples/traccar-export as "
     "Traccar's API returns it"
 )
+LEGACY_BROKER = Skip(
+    "legacy.example stands for the operator's legacy broker with its devices connected; "
+    "tests/fleetgate/cli/test_migrate_cutover.py runs cutover and rollback against a real legacy "
+    "Mosquitto, fleetgate's bridged to it, and 50 simulated devices that carry out set_config"
+)
 COMMANDS: dict[str, dict[str, Action]] = {
     "README.md": {
         "scripts/demo": Skip(
@@ -269,6 +274,15 @@ COMMANDS: dict[str, dict[str, Action]] = {
         "--skip-invalid": TRACCAR_SERVER,
         "fleetgate migrate import --source traccar --url http://traccar:8082 --batch berlin-1 "
         "--skip-invalid --since-last-run": TRACCAR_SERVER,
+        "fleetgate migrate cutover --batch berlin-pilot --percent 10 --legacy-broker "
+        "mqtt://legacy.example:1883 --broker-url mqtt://mqtt.fleetgate.example:1883": LEGACY_BROKER,
+        "fleetgate migrate cutover --batch berlin-wave-2 --percent 25 --seed 7 --export "
+        "repoint.jsonl": Run(expect="fleetgate holds 2 vehicles now.*\n.*wrote repoint.jsonl: 2"),
+        "fleetgate migrate status --cutover --batch berlin-wave-2": Run(
+            expect=r"cut-over batch berlin-wave-2: 0 live, 2 pending"
+        ),
+        "fleetgate migrate rollback --batch berlin-pilot --legacy-url mqtt://legacy.example:1883 "
+        "--out berlin-pilot-backfill.jsonl": LEGACY_BROKER,
         "fleetgate migrate validation-sample --source traccar examples/traccar-export "
         "--batch berlin-1 --seed 7 --out sample.csv": Run(
             expect=r"sample of batch berlin-1 \(seed 7\): 1 of 4 vehicles, 1 of 3 zones, "

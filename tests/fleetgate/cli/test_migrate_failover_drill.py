@@ -42,6 +42,24 @@ async def dispatcher_of(processes: list[GatewayProcess]) -> GatewayProcess | Non
     return None
 
 
+async def is_ready(gw: GatewayProcess) -> bool:
+    try:
+        return (await gw.get("/readyz")).status_code == 200
+    except Exception:  # noqa: BLE001 - not answering yet
+        return False
+
+
+def distinct_ports(n: int) -> list[int]:
+    """n free ports, all different: free_port() may hand out a port again until it is bound,
+    and these are bound only once the processes start."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 @dataclass
 class Deployment:
     vehicle: str
@@ -72,6 +90,7 @@ async def deployment(mosquitto, pg_dsn, topic_root, tmp_path):
     ((_device, vehicle, _kind),) = fleet.registrations()
     await register(pg_dsn, fleet.registrations())
     key = await api_key(pg_dsn)
+    ports = distinct_ports(4)
     gateways = [
         GatewayProcess(
             pg_dsn,
@@ -79,11 +98,11 @@ async def deployment(mosquitto, pg_dsn, topic_root, tmp_path):
             topic_root,
             f"{name}-{topic_root[7:13]}",
             tmp_path / f"{name}.log",
-            metrics_port=free_port(),
-            FLEETGATE_API_PORT=free_port(),
+            metrics_port=ports[2 * k],
+            FLEETGATE_API_PORT=ports[2 * k + 1],
             FLEETGATE_MQTT_SHARED_GROUP="fleetgate",
         )
-        for name in ("gw-a", "gw-b")
+        for k, name in enumerate(("gw-a", "gw-b"))
     ]
     stop = asyncio.Event()
     driving = None
@@ -91,6 +110,8 @@ async def deployment(mosquitto, pg_dsn, topic_root, tmp_path):
         for gw in gateways:
             gw.start()
             await gw.wait_subscribed()
+        for gw in gateways:  # a drill runs on a settled deployment: every process ready
+            await eventually(lambda gw=gw: is_ready(gw), timeout=60, what=f"{gw.ops_url} ready")
         await eventually(
             lambda: dispatcher_of(gateways), timeout=30, what="a process dispatching commands"
         )

@@ -170,3 +170,20 @@ def test_a_gbfs_feed_without_history_is_rehearsed_without_a_track_to_compare(con
     assert "PASS  commands: locate to 1 of 3 vehicles: 1 succeeded" in result.output
     assert "track" not in result.output
     assert_nothing_left_of(result.output)
+
+
+def test_a_database_that_cannot_take_the_verdict_is_said_and_the_verdict_stands(tmp_path):
+    """The configured database is away: the rehearsal ran on its own services all the same;
+    its verdict and exit code stand, and stderr says the evidence was not recorded."""
+    from fleetgate.embedded import free_port
+
+    away = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere?connect_timeout=2"
+    export = copy_export("traccar_traps", tmp_path / "export")
+    result = run_fleetgate(
+        "migrate", "rehearse", "--source", "traccar", str(export),
+        env={"FLEETGATE_DATABASE_URL": away},
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "fleetgate: the verdict could not be recorded as evidence: " in result.output
+    assert result.output.splitlines()[-1] == "rehearsal FAILED"
+    assert_nothing_left_of(result.output)
