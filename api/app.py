@@ -26,6 +26,7 @@ from api.routes import (
     migration,
     migration_gate,
     migration_shadow,
+    migration_validation,
     trips,
     usage,
     vehicle_types,
@@ -98,6 +99,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         migration,
         migration_gate,
         migration_shadow,
+        migration_validation,
     ):
         app.include_router(module.router)
     return app

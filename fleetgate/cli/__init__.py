@@ -20,6 +20,7 @@ from fleetgate.cli import (
     migrate_bridge,
     migrate_cutover,
     migrate_gate,
+    migrate_shadow,
     run,
     sim,
     vehicle_types,
@@ -52,6 +53,7 @@ migrate_gate.mount(migrate.app)
 # a group of that name of its own.
 migrate_bridge.mount(app)
 migrate_cutover.mount(migrate.app)
+migrate_shadow.mount(app)  # migrate shadow start|status|stop, migrate validate
 
 
 def main() -> None:  # pragma: no cover - console entry

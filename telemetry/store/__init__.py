@@ -35,6 +35,12 @@ from telemetry.store._pool import (
     pooled_transaction,
 )
 from telemetry.store._retry import Backoff, retry_while_unavailable
+from telemetry.store._shadow import (
+    ShadowBatch,
+    ShadowBatches,
+    ShadowConflict,
+    UnknownShadowBatch,
+)
 from telemetry.store._store import (
     BATTERY_HEALTH_COLUMNS,
     VEHICLE_JSON_COLUMNS,
@@ -70,6 +76,10 @@ __all__ = [
     "TripToMeasure",
     "LegacyObservation",
     "LegacyObservations",
+    "ShadowBatch",
+    "ShadowBatches",
+    "ShadowConflict",
+    "UnknownShadowBatch",
     "Subscription",
     "UnknownOutboxEvent",
     "UnknownSubscription",

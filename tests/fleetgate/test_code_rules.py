@@ -38,7 +38,7 @@ print(json.dumps(sorted(m for m in {io!r} if m in sys.modules)))
 
 
 @pytest.mark.parametrize(
-    "core", ["commands", "geofence", "battery", "feeds", "outbound", "alarms", "trips"]
+    "core", ["commands", "geofence", "battery", "feeds", "outbound", "alarms", "trips", "parity"]
 )
 def test_importing_a_core_loads_no_io_library(core):
     probe = _PROBE.format(core=core, io=IO_MODULES)

@@ -283,6 +283,24 @@ COMMANDS: dict[str, dict[str, Action]] = {
         ),
         "fleetgate migrate rollback --batch berlin-pilot --legacy-url mqtt://legacy.example:1883 "
         "--out berlin-pilot-backfill.jsonl": LEGACY_BROKER,
+        # The csv and Traccar imports above registered 8 vehicles of 4 types: one of each type.
+        "fleetgate migrate shadow start --batch berlin-1 --percent 10 --days 14 --seed 7": Run(
+            expect=r"shadow batch berlin-1 started: 4 of 8 vehicles "
+            r"\(10 %: 1 car, 1 ebike, 1 moped, 1 scooter\)"
+        ),
+        "fleetgate migrate shadow status": Run(expect=r"(?m)^berlin-1  running  4 vehicles"),
+        # Nothing observed yet on either side: nothing to compare is yellow, exit 1 (the green
+        # run of a real parallel run is tests/migration/test_parallel_run.py's).
+        "fleetgate migrate validate --batch berlin-1": Run(
+            expect=r"(?m)^shadow batch berlin-1: 4 vehicles \(10 %\)(.|\n)*^overall   yellow$",
+            exit=1,
+        ),
+        "fleetgate migrate validate --batch berlin-1 --json --threshold coverage.green=0.999": Run(
+            expect=r'"overall": "yellow"', exit=1
+        ),
+        "fleetgate migrate shadow stop --batch berlin-1": Run(
+            expect="shadow batch berlin-1 stopped at"
+        ),
         "fleetgate migrate validation-sample --source traccar examples/traccar-export "
         "--batch berlin-1 --seed 7 --out sample.csv": Run(
             expect=r"sample of batch berlin-1 \(seed 7\): 1 of 4 vehicles, 1 of 3 zones, "
