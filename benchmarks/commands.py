@@ -207,6 +207,9 @@ class Targets:
         return d, t
 
 
+RETRIED: list[int] = [0]  # commands delivered more than once (the device took them once)
+
+
 async def command_round_trip(service, device_id: str, ctype: str) -> float:
     from commands import CommandRequest, CommandState
 
@@ -221,10 +224,14 @@ async def command_round_trip(service, device_id: str, ctype: str) -> float:
     cmd = await service.submit(request)
     done = await service.wait(cmd.id, 30)
     elapsed = time.perf_counter() - t0
-    if done.state is not CommandState.SUCCEEDED or done.attempts != 1:
+    if done.state is not CommandState.SUCCEEDED:
         raise RuntimeError(
             f"{ctype} to {device_id}: {done.state.value} ({done.reason}), attempts {done.attempts}"
         )
+    # On a loaded machine an answer can come after the delivery's retry time: the command goes
+    # out again with the same id and the device answers from its log (device_side counts what
+    # it executed). Counted, not a failure: the round trip still measures submit -> succeeded.
+    RETRIED[0] += done.attempts > 1
     return elapsed
 
 
@@ -356,10 +363,18 @@ async def bench(args: argparse.Namespace) -> dict:
         "sequential": seq,
         "concurrent": conc,
         "device_side": sim.done,
+        "commands_delivered_again": RETRIED[0],
         "targets": {
             "p99_under_50ms": seq["round_trip_ms"]["p99"] < 50.0,
             "p99_within_3x_floor": seq["ratio_p99"] <= 3.0,
             "p50_within_3x_floor": seq["ratio_p50"] <= 3.0,
+            # issue 23
+            "p99_within_2x_floor": seq["ratio_p99"] <= 2.0,
+            "concurrent_at_least_1000_per_s": conc["commands_per_s"] >= 1000,
+            "concurrent_p99_under_50ms": conc["round_trip_ms"]["p99"] < 50.0,
+            "every_command_executed_once": bool(sim.done)
+            and sim.done["executions"] == args.warmup + 2 * args.commands
+            and sim.done["max_executions_per_id"] == 1,
         },
     }
 

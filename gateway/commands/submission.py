@@ -19,6 +19,7 @@ from gateway.commands.store import CommandConflict, VehicleInfo
 from telemetry.store import StoreUnavailable
 
 _BATCH = 1000  # new commands written together at most
+_IN_FLIGHT = 3  # joint writes under way at once (the commands' pool has 4 connections)
 
 
 def new_command(
@@ -59,7 +60,9 @@ Pending = list[tuple[Command, asyncio.Future]]
 
 
 class Submissions:
-    """New commands waiting for the next joint write, and the loop that writes them."""
+    """New commands waiting for the next joint write, and the loop that writes them: up to
+    _IN_FLIGHT joint writes at once, for different vehicles (a vehicle's commands are written
+    in submission order, one write after the other)."""
 
     def __init__(
         self,
@@ -72,6 +75,7 @@ class Submissions:
         self._reload = reload
         self._pending: Pending = []
         self._ready = asyncio.Event()
+        self._writing: set[int] = set()  # vehicles with commands in a write under way
 
     async def write(self, cmd: Command) -> Command | None:
         """The new command as stored (judged, with its seq), or None where its idempotency key
@@ -85,28 +89,71 @@ class Submissions:
         """Tell the callers whose commands were not written yet that the store is unavailable
         (stopping: they may submit again with the same key)."""
         pending, self._pending = self._pending, []
-        for _, fut in pending:
-            if not fut.done():
-                fut.set_exception(StoreUnavailable(reason))
+        _fail(pending, reason)
 
     async def run(self, stop: asyncio.Event) -> None:
         """New commands, as many as are waiting, together: one read of their vehicles' state,
-        then one write (a single statement for a single command)."""
-        while not stop.is_set():
-            await self._ready.wait()
-            batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
-            if not self._pending:
+        then one write (a single statement). While one write waits for the database the next
+        one starts, for other vehicles: with one write at a time, a burst of callers queued
+        behind two round trips per write (issue 23)."""
+        slots = asyncio.Semaphore(_IN_FLIGHT)
+        writes: set[asyncio.Task] = set()
+        try:
+            while not stop.is_set():
+                await self._ready.wait()
                 self._ready.clear()
-            if not batch:
-                continue
+                await slots.acquire()
+                batch = self._take()
+                if not batch:
+                    slots.release()  # the rest waits for its vehicles' writes (they set _ready)
+                    continue
+                if self._pending:
+                    self._ready.set()
+                vehicles = {cmd.vehicle_id for cmd, _ in batch}
+                self._writing |= vehicles
+                task = asyncio.create_task(self._write_and_tell(batch, vehicles, slots))
+                writes.add(task)
+                task.add_done_callback(writes.discard)
+        finally:
+            for task in list(writes):
+                task.cancel()
+            await asyncio.gather(*writes, return_exceptions=True)
+
+    def _take(self) -> Pending:
+        """The next joint write: waiting commands in submission order, at most _BATCH, none of
+        a vehicle whose commands are being written (nor any behind such a one)."""
+        batch: Pending = []
+        rest: Pending = []
+        held: set[int] = set()
+        for item in self._pending:
+            v = item[0].vehicle_id
+            if len(batch) < _BATCH and v not in self._writing and v not in held:
+                batch.append(item)
+            else:
+                rest.append(item)
+                held.add(v)  # its later commands stay behind this one
+        self._pending = rest
+        return batch
+
+    async def _write_and_tell(
+        self, batch: Pending, vehicles: set[int], slots: asyncio.Semaphore
+    ) -> None:
+        try:
             results, error = await self._write_batch(batch)
-            for i, (_, fut) in enumerate(batch):
-                if fut.done():
-                    continue  # the caller gave up waiting (the command may exist: same key)
-                if results is None:
-                    fut.set_exception(error)
-                else:
-                    fut.set_result(results[i])
+        except asyncio.CancelledError:
+            _fail(batch, "the command service is stopping")
+            raise
+        finally:
+            self._writing -= vehicles
+            slots.release()
+            self._ready.set()
+        for i, (_, fut) in enumerate(batch):
+            if fut.done():
+                continue  # the caller gave up waiting (the command may exist: same key)
+            if results is None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(results[i])
 
     async def _write_batch(
         self, batch: Pending
@@ -129,3 +176,9 @@ class Submissions:
             except Exception as exc:  # raised out of run(), it ended the loop for good
                 return None, exc
         return None, None  # (not reached: the second attempt returns)
+
+
+def _fail(pending: Pending, reason: str) -> None:
+    for _, fut in pending:
+        if not fut.done():
+            fut.set_exception(StoreUnavailable(reason))

@@ -60,3 +60,81 @@ async def test_an_outage_while_reloading_after_a_conflict_fails_that_write_not_t
     finally:
         stop.set()
         loop.cancel()
+
+
+def command_for(vehicle: int, key: str):
+    request = CommandRequest(
+        vehicle_id=vehicle, type=CommandType.LOCK, idempotency_key=key, requested_by="rental"
+    )
+    info = VehicleInfo(vehicle, f"veh-{vehicle}", f"tcu-{vehicle}", "ebike")
+    return new_command(request, info, datetime.now(UTC), 60)
+
+
+class Gated:
+    """A committer whose writes wait until the test lets each one finish."""
+
+    def __init__(self) -> None:
+        self.started: list[list[str]] = []  # idempotency keys per write, in the order begun
+        self.release: dict[str, asyncio.Event] = {}
+
+    async def commit(self, queues, changes, *, inserts):
+        keys = [c.idempotency_key for c in inserts]
+        self.started.append(keys)
+        gate = self.release.setdefault(keys[0], asyncio.Event())
+        await gate.wait()
+        return list(inserts)
+
+    def finish(self, first_key: str) -> None:
+        self.release.setdefault(first_key, asyncio.Event()).set()
+
+
+async def until(check, what: str) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_writes_for_other_vehicles_overlap_and_a_vehicles_commands_keep_their_order():
+    committer = Gated()
+    submissions = Submissions(OpenCommands(), committer, reload=None)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(submissions.run(stop))
+    try:
+        first = asyncio.create_task(submissions.write(command_for(1, "a1")))
+        await until(lambda: committer.started == [["a1"]], "the first write")
+        # While it waits for the database: vehicle 2's command is written beside it, vehicle
+        # 1's second one waits for the first (submission order), vehicle 3's goes with 2's.
+        second = asyncio.create_task(submissions.write(command_for(1, "a2")))
+        other = asyncio.create_task(submissions.write(command_for(2, "b1")))
+        third = asyncio.create_task(submissions.write(command_for(3, "c1")))
+        await until(lambda: len(committer.started) == 2, "a second write beside the first")
+        assert committer.started[1] == ["b1", "c1"], "vehicle 1's next command held back"
+        committer.finish("b1")
+        assert [
+            c.idempotency_key for c in await asyncio.wait_for(asyncio.gather(other, third), 5)
+        ] == ["b1", "c1"]
+        assert not second.done() and len(committer.started) == 2
+        committer.finish("a1")
+        await until(lambda: len(committer.started) == 3, "vehicle 1's second write")
+        assert committer.started[2] == ["a2"]
+        committer.finish("a2")
+        done = await asyncio.wait_for(asyncio.gather(first, second), 5)
+        assert [c.idempotency_key for c in done] == ["a1", "a2"]
+    finally:
+        stop.set()
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+
+async def test_a_stop_fails_the_callers_of_a_write_under_way():
+    committer = Gated()
+    submissions = Submissions(OpenCommands(), committer, reload=None)
+    loop = asyncio.create_task(submissions.run(asyncio.Event()))
+    waiting = asyncio.create_task(submissions.write(command_for(1, "a1")))
+    await until(lambda: committer.started, "the write")
+    loop.cancel()
+    await asyncio.gather(loop, return_exceptions=True)
+    with pytest.raises(StoreUnavailable, match="stopping"):
+        await asyncio.wait_for(waiting, 5)
