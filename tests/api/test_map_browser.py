@@ -684,7 +684,17 @@ async def test_a_commands_progress_that_arrives_before_its_post_has_answered_is_
     """On a busy server the stream can bring a command's progress before the POST that created
     it answers; the panel must end at the newest state, not at the POST's `queued`."""
     async with live_fleet(mosquitto, pg_dsn, topic_root, api_server, vehicles=2):
-        await page.open(f"{api_server.url}/map/#key={api_server.keys['rental']}")
+        # Where the fleet drives: a page without a view in its URL opens where the last one was.
+        area = Area()
+        await page.open(
+            f"{api_server.url}/map/?lat={area.centre[0]}&lon={area.centre[1]}&z=14"
+            f"#key={api_server.keys['rental']}"
+        )
+        await eventually(
+            lambda: page.js("window.fleetgateMap.shown().length === 2"),
+            timeout=20,
+            what="both vehicles drawn",
+        )
         ref = await page.lone_vehicle()
         await page.click_vehicle(ref)
         # Hold the answer of the page's command POST until the test lets it through.
