@@ -295,8 +295,11 @@ async def ingest(args, services, store, vehicles, webhooks_on: bool, receiver) -
 
     received0, _ = await receiver.count()
     workload = Workload(len(vehicles), args.samples // len(vehicles), 100.0, True, args.seed)
-    # The worker's child process reads its settings from the environment, as under fleetgate run.
-    os.environ.update(_worker_env(args, services.dsn))
+    # The worker's child process reads its settings from the environment, as under fleetgate run;
+    # given through env(1), so this process's own environment (a test's too) stays as it was.
+    settings = {
+        k: v for k, v in _worker_env(args, services.dsn).items() if k.startswith("FLEETGATE_")
+    }
     command = ["-m", "fleetgate.cli", "webhooks", "worker", "--supervised"]
     async with running_gateway(
         services.dsn,
@@ -305,7 +308,12 @@ async def ingest(args, services, store, vehicles, webhooks_on: bool, receiver) -
         "bench-webhooks",
         on_committed=lambda b, ms: recorder.batch(b.time_ms, ms),
         webhooks_enabled=webhooks_on,
-        webhooks_command=[sys.executable, *command],
+        webhooks_command=[
+            "env",
+            *(f"{k}={v}" for k, v in settings.items()),
+            sys.executable,
+            *command,
+        ],
     ) as gateway:
         if webhooks_on:
             await until(lambda: gateway.webhooks.proc is not None, 30, "the worker process")
