@@ -188,7 +188,15 @@ def _trip_ride(row: dict[str, Any]) -> Ride:
         if measured
         else None
     )
-    return Ride(row["vehicle"], trip_id, row["start_time"], row["end_time"], None, figures)
+    return Ride(
+        row["vehicle"],
+        trip_id,
+        row["start_time"],
+        row["end_time"],
+        None,
+        figures,
+        named=row["unlock_command"] is not None,
+    )
 
 
 async def rides_between(store: TelemetryStore, start: datetime, end: datetime) -> list[Ride]:

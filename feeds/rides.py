@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,9 @@ class Ride:
     end_time: float | None
     end_seq: int | None
     figures: TripFigures | None = None
+    # False for a trip that names no unlock command (not measured yet, or none began it): its
+    # trip_id is then a stand-in until a command ride it overlaps names it.
+    named: bool = True
 
     @property
     def open(self) -> bool:
@@ -76,12 +79,20 @@ def rides_preferring_trips(trips: Iterable[Ride], from_commands: Iterable[Ride])
     """The trip entity's rides, and a ride from commands only where no trip of the same vehicle
     overlaps it: the same ride seen twice would be reported twice (and billed twice)."""
     kept = list(trips)
-    by_vehicle: dict[int, list[Ride]] = {}
-    for trip in kept:
-        by_vehicle.setdefault(trip.vehicle, []).append(trip)
-    for ride in from_commands:
-        if not any(_overlap(ride, trip) for trip in by_vehicle.get(ride.vehicle, ())):
-            kept.append(ride)
+    by_vehicle: dict[int, list[int]] = {}
+    for i, trip in enumerate(kept):
+        by_vehicle.setdefault(trip.vehicle, []).append(i)
+    alone: list[Ride] = []
+    for ride in sorted(from_commands, key=lambda r: r.start_time):
+        overlapped = [i for i in by_vehicle.get(ride.vehicle, ()) if _overlap(ride, kept[i])]
+        if not overlapped:
+            alone.append(ride)
+        for i in overlapped:
+            # The unlock that began a trip names it before the trip is measured (which is when
+            # the trip learns its unlock): the same ride keeps one id from its first report on.
+            if not kept[i].named:
+                kept[i] = replace(kept[i], trip_id=ride.trip_id, named=True)
+    kept += alone
     kept.sort(key=lambda r: (r.start_time, r.vehicle))
     return kept
 

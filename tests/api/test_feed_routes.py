@@ -240,7 +240,7 @@ async def test_mds_trips_are_the_measured_trips_and_command_rides_only_where_non
     await _measured_trip(
         api_server.store, ids["veh-000"], start + timedelta(seconds=1), end, unlock_0, 1234.4
     )
-    # veh-001: commands only, with two fixes 111 m apart during the ride.
+    # veh-001: commands with two fixes 111 m apart during the ride ...
     unlock_1 = await _ride_commands(api_server.store, ids["veh-001"], start, end)
     fixes = [(start + timedelta(minutes=1), LAT0), (start + timedelta(minutes=2), LAT0 + 0.001)]
     await api_server.store.write(
@@ -252,6 +252,12 @@ async def test_mds_trips_are_the_measured_trips_and_command_rides_only_where_non
         ),
         [],
     )
+    # ... and the trip they made, closed but not measured yet: it names no unlock so far.
+    async with api_server.store.pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO trips (vehicle, status, started_at, ended_at) VALUES (%s, 'closing', %s, %s)",
+            (ids["veh-001"], start + timedelta(seconds=1), end),
+        )
     # veh-002: a trip and no command (a rider's key fob).
     await _measured_trip(api_server.store, ids["veh-002"], start, end, None, 500.0)
 
@@ -276,6 +282,7 @@ async def test_mds_trips_are_the_measured_trips_and_command_rides_only_where_non
     assert measured["duration"] == 899
 
     from_commands = trips[provider.device_id("veh-001")]
+    # The unmeasured trip is named by its unlock and measured from its fixes meanwhile.
     assert from_commands["trip_id"] == unlock_1 and 105 <= from_commands["distance"] <= 117
 
     fob = trips[provider.device_id("veh-002")]

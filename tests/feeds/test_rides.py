@@ -54,3 +54,12 @@ def test_a_trip_replaces_the_command_rides_it_overlaps_and_leaves_the_others():
     )
     assert [r.trip_id for r in rides] == ["trip-a", "unlock-d", "unlock-b", "trip-b"]
     assert rides_preferring_trips([], [later_ride]) == [later_ride]
+
+
+def test_a_trip_that_names_no_unlock_yet_takes_the_id_of_the_command_ride_it_overlaps():
+    # Not measured yet: the trip does not know its unlock, the command ride does.
+    unmeasured = Ride(1, "stand-in", 100.0, 200.0, None, named=False)
+    ride = Ride(1, "unlock-a", 99.0, 201.0, 5)
+    fob = Ride(2, "fob-trip", 100.0, 200.0, None, named=False)  # no command began it
+    rides = rides_preferring_trips([unmeasured, fob], [ride])
+    assert [(r.vehicle, r.trip_id) for r in rides] == [(1, "unlock-a"), (2, "fob-trip")]
