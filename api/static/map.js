@@ -643,8 +643,7 @@
         method: "POST", headers: { "Idempotency-Key": idempotencyKey() }, body: JSON.stringify({ type }) });
       const body = await res.json().catch(() => ({}));
       if (res.ok) {
-        const later = progressSeen.get(body.id);
-        const shown = later ? { ...body, state: later.to_state, reason: later.reason } : body;
+        const shown = withProgress(body);
         out.dataset.command = body.id;
         out.textContent = `${shown.type}: ${shown.state}` + (shown.reason ? ` (${shown.reason})` : "");
         if (view.selected === ref) showCommand(shown, true);
@@ -675,6 +674,15 @@
       (c.reason ? ` (${c.reason})` : "") + (c.requested_by ? ` · ${c.requested_by}` : "");
   }
 
+  // A command as listed, or as the stream has seen it since if that is further along.
+  const STATE_ORDER = { queued: 0, waiting_for_safe_state: 1, sent: 2, acknowledged: 3 };  // others: final
+  function withProgress(c) {
+    const later = progressSeen.get(c.id);
+    const rank = (state) => STATE_ORDER[state] ?? 4;
+    if (!later || rank(later.to_state) <= rank(c.state)) return c;
+    return { ...c, state: later.to_state, reason: later.reason };
+  }
+
   // A command's progress from the stream: `command_<state>` events carry its id.
   function commandProgress(ev) {
     const d = ev.detail || {};
@@ -699,9 +707,17 @@
       ]);
       if (view.selected !== ref) return;  // another vehicle was picked meanwhile
       if (detail.vehicle_ref) { remember(detail); renderPanelState(); }
+      // Commands sent from this panel while the list was on its way are newer than the list:
+      // they stay (at the top), and the stream's progress is newer than the list's states.
+      const listed = new Set((cmds.items || []).map((c) => c.id));
+      const sentMeanwhile = [...commandsShown.entries()].filter(([id]) => !listed.has(id));
       $("p-recent").replaceChildren();
       commandsShown.clear();
-      for (const c of (cmds.items || []).slice().reverse()) showCommand(c, true);
+      for (const c of (cmds.items || []).slice().reverse()) showCommand(withProgress(c), true);
+      for (const [id, entry] of sentMeanwhile.reverse()) {
+        commandsShown.set(id, entry);
+        $("p-recent").prepend(entry.li);
+      }
       if (!$("p-recent").children.length) $("p-recent").innerHTML = "<li class=\"none\">none</li>";
       $("p-events").replaceChildren();
       for (const ev of (evs.items || []).slice(-10)) panelEvent(ev);

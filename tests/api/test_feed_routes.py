@@ -255,7 +255,8 @@ async def test_mds_trips_are_the_measured_trips_and_command_rides_only_where_non
     # ... and the trip they made, closed but not measured yet: it names no unlock so far.
     async with api_server.store.pool.connection() as conn:
         await conn.execute(
-            "INSERT INTO trips (vehicle, status, started_at, ended_at) VALUES (%s, 'closing', %s, %s)",
+            "INSERT INTO trips (vehicle, status, started_at, ended_at) "
+            "VALUES (%s, 'closing', %s, %s)",
             (ids["veh-001"], start + timedelta(seconds=1), end),
         )
     # veh-002: a trip and no command (a rider's key fob).
