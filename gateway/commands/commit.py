@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from commands import machine
+from commands.errors import NotHeld
 from commands.interlocks import InterlockPolicy
 from commands.model import Command, VehicleSnapshot
 from commands.scheduler import DeliveryPolicy, Plan, plan_vehicle
@@ -60,7 +61,8 @@ class Committer:
         cancel) applied; each vehicle with open commands is planned (commands.scheduler).
 
         inserts: new commands, each for the end of its vehicle's queue; returns each as
-        planned, or None where its idempotency key is taken (nothing of it is written then).
+        planned, None where its idempotency key is taken, or NotHeld where another platform
+        holds its vehicle (nothing of it is written in either case).
         present: a pull device is talking to us now; returns the commands to hand it.
 
         Atomically: the writes already decided, the vehicles' snapshots (seeing those writes),
@@ -129,13 +131,15 @@ class Committer:
         inserts: Sequence[Command],
         now: datetime,
         present: bool,
-    ) -> tuple[dict[int, Plan], list[Command | None]]:
+    ) -> tuple[dict[int, Plan], list[Command | NotHeld | None]]:
         """Nothing written yet that the interlocks must see: judge, then write once. A new
         command is inserted in the state its plan gives it, with that history."""
-        plans = self._plan(
-            queues, busy, await self._store.snapshots(busy) if busy else {}, now, present
-        )
-        planned = {c.id: (c, [machine.created(c)]) for c in inserts}
+        snaps = await self._store.snapshots(busy) if busy else {}
+        # The authority is read with the snapshots, in this joint write, not once per caller.
+        refused = _refuse_held(queues, inserts, snaps)
+        accepted = [c for c in inserts if c.id not in refused]
+        plans = self._plan(queues, [v for v in busy if queues[v]], snaps, now, present)
+        planned = {c.id: (c, [machine.created(c)]) for c in accepted}
         for p in plans.values():
             for cmd, entry in p.changes:
                 if cmd.id in planned:
@@ -145,11 +149,11 @@ class Committer:
             *(c for p in plans.values() for c in p.changes if c[0].id not in planned),
         ]
         stored_inserts = await self._store.apply(list(planned.values()), changes)
-        results = [
-            self._settle_insert(queues, plans[new.vehicle_id], new, planned[new.id][0], stored)
-            for new, stored in zip(inserts, stored_inserts)
-        ]
-        return plans, results
+        settled = {
+            new.id: self._settle_insert(queues, plans[new.vehicle_id], new, planned[new.id][0], s)
+            for new, s in zip(accepted, stored_inserts)
+        }
+        return plans, [refused.get(c.id) or settled.get(c.id) for c in inserts]
 
     def _settle_insert(
         self,
@@ -190,6 +194,22 @@ class Committer:
             for plan in plans.values():
                 for cmd in plan.send:
                     self._deliveries.publish(cmd)
+
+
+def _refuse_held(
+    queues: Queues, inserts: Sequence[Command], snaps: dict[int, VehicleSnapshot]
+) -> dict[uuid.UUID, NotHeld]:
+    """New commands for vehicles another platform holds (a fleet migration): refused before
+    anything of them is written, and taken out of their vehicles' queues."""
+    refused = {}
+    for cmd in inserts:
+        snap = snaps.get(cmd.vehicle_id)
+        if snap is not None and snap.held_by is not None:
+            refused[cmd.id] = NotHeld(cmd.vehicle_ref, snap.held_by)
+    if refused:
+        for v in {c.vehicle_id for c in inserts if c.id in refused}:
+            queues[v] = [c for c in queues[v] if c.id not in refused]
+    return refused
 
 
 def _set_seq(plan: Plan, command_id: uuid.UUID, seq: int) -> None:

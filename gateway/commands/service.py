@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from commands import machine
 from commands._time import utc_now
-from commands.errors import CommandNotFound, IdempotencyConflict, NotCancellable, NotHeld
+from commands.errors import CommandNotFound, IdempotencyConflict, NotCancellable
 from commands.model import Command, CommandRequest, CommandState, CommandType, DeviceResult
 from gateway.commands.commit import Committer
 from gateway.commands.config import CommandConfig
@@ -214,14 +214,12 @@ class CommandService(CommandReads):
 
     async def submit(self, request: CommandRequest) -> Command:
         """Accept a command, or return the one this caller's idempotency key already made
-        (IdempotencyConflict if that one was a different request)."""
+        (IdempotencyConflict if that one was a different request); NotHeld while another
+        platform holds the vehicle's command authority."""
         info = await self._vehicles.resolve(
             vehicle_ref=request.vehicle, device_id=request.device_id, vehicle_id=request.vehicle_id
         )
         cmd = new_command(request, info, self._clock(), self.config.default_ttl_s)
-        holder = await self._store.holder(info.vehicle_id)
-        if holder is not None:
-            raise NotHeld(info.vehicle_ref, holder)
         if not self.ready.is_set():
             raise StoreUnavailable("the command service is not running")
         inserted = await self._submissions.write(cmd)

@@ -448,10 +448,13 @@ class CommandStore:
             if len(inserts) == 1 and not changes:
                 await tx.insert(*inserts[0])
                 return await tx.inserted()
+            if not inserts:
+                await tx.write(changes)  # one statement: atomic on its own
+                return []
             if not changes:
                 return await tx.insert_many(inserts)
             async with conn.transaction():
-                stored = await tx.insert_many(inserts) if inserts else []
+                stored = await tx.insert_many(inserts)
                 await tx.write(changes)
             return stored
 
@@ -479,18 +482,6 @@ class CommandStore:
             )
             row = await cur.fetchone()
         return VehicleInfo(*row) if row else None
-
-    async def holder(self, vehicle_id: int) -> str | None:
-        """The platform that holds the vehicle's command authority when it is not fleetgate
-        (migration 0058); None: fleetgate holds it. Read on every submission, never cached: a
-        roll-back takes effect for the next command."""
-        async with self._connection() as conn:
-            cur = await conn.execute(
-                "SELECT holder FROM vehicle_authority WHERE vehicle = %s AND holder <> %s",
-                (vehicle_id, "fleetgate"),
-            )
-            row = await cur.fetchone()
-        return row[0] if row else None
 
     async def get(self, command_id: uuid.UUID) -> Command | None:
         return (await self.get_many([command_id])).get(command_id)

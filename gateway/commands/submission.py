@@ -79,7 +79,8 @@ class Submissions:
 
     async def write(self, cmd: Command) -> Command | None:
         """The new command as stored (judged, with its seq), or None where its idempotency key
-        is taken (nothing of it was written)."""
+        is taken (nothing of it was written); NotHeld where another platform holds its vehicle
+        (read in the joint write, so a roll-back takes effect for the next write)."""
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((cmd, fut))
         self._ready.set()
@@ -152,6 +153,8 @@ class Submissions:
                 continue  # the caller gave up waiting (the command may exist: same key)
             if results is None:
                 fut.set_exception(error)
+            elif isinstance(results[i], Exception):
+                fut.set_exception(results[i])  # refused (NotHeld): nothing of it was written
             else:
                 fut.set_result(results[i])
 

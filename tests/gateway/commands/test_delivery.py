@@ -21,6 +21,7 @@ from commands import (
     DeliveryPolicy,
     IdempotencyConflict,
     NotCancellable,
+    NotHeld,
 )
 from firmware_sim.fleet import Fleet, FleetOptions
 from firmware_sim.model import CAR, TRIP
@@ -290,6 +291,67 @@ async def test_the_same_idempotency_key_twice_yields_one_command_and_one_executi
         async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
             (n,) = await (await conn.execute("SELECT count(*) FROM commands")).fetchone()
         assert n == 2
+
+
+async def test_a_burst_of_concurrent_callers_is_written_together_and_each_executed_once(
+    mosquitto, pg_dsn, topic_root
+):
+    """Twenty callers at once, nine commands per vehicle: written in joint writes, yet every
+    command is executed once and each vehicle's commands run in the order they were given."""
+    async with stack(pg_dsn, mosquitto, topic_root, vehicles=4) as s:
+        cars = s.fleet.device_ids
+        order = {car: ["unlock", "lock", "unlock", "lock", "unlock"] for car in cars}
+
+        async def caller(car: str) -> list:
+            submitted = [await s.submit(car, t) for t in order[car]]  # queued behind each other
+            return [await s.finished(c) for c in submitted]
+
+        # One caller per vehicle gives an order to keep; four more per vehicle race it.
+        racing = [s.submit(car, "locate") for car in cars for _ in range(4)]
+        per_car, raced = await asyncio.gather(
+            asyncio.gather(*(caller(car) for car in cars)), asyncio.gather(*racing)
+        )
+        done = [c for cars_done in per_car for c in cars_done]
+        done += [await s.finished(c) for c in raced]
+        assert len({c.id for c in done}) == len(done) == 36
+        assert all(c.state is S.SUCCEEDED for c in done)
+        assert all(s.executions(c.device_id, c.id) == 1 for c in done)
+        for car, cars_done in zip(cars, per_car):
+            executed = s.executed_ids(car)
+            positions = [executed.index(str(c.id)) for c in cars_done]
+            assert positions == sorted(positions), f"{car}: not in the order given"
+
+
+async def test_a_vehicle_another_platform_holds_is_refused_in_a_burst_and_nothing_written(
+    mosquitto, pg_dsn, topic_root
+):
+    """The authority is read in the joint write of a burst: the held vehicle's command is
+    refused with NotHeld and leaves no row, the other callers' commands go through."""
+    from telemetry.store import CommandAuthority, TelemetryStore
+
+    async with stack(pg_dsn, mosquitto, topic_root, vehicles=3) as s:
+        held, *free = s.fleet.device_ids
+        info = await s.service.store.vehicle(device_id=held)
+        async with await TelemetryStore.open(pg_dsn) as store:
+            authority = CommandAuthority(store)
+            await authority.hold_for_legacy([info.vehicle_id], "traccar")
+            outcome = await asyncio.gather(
+                s.submit(held, "unlock", key="held-1"),
+                *(s.submit(car, "unlock") for car in free),
+                return_exceptions=True,
+            )
+            assert isinstance(outcome[0], NotHeld) and outcome[0].holder == "traccar"
+            assert all(c.state is S.SENT for c in outcome[1:])
+            assert [(await s.finished(c)).state for c in outcome[1:]] == [S.SUCCEEDED] * 2
+            async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM commands WHERE vehicle = %s", (info.vehicle_id,)
+                )
+                assert (await cur.fetchone())[0] == 0
+            # Cut over: the next command is fleetgate's to send (the authority is not cached).
+            await authority.cut_over("pilot", [info.vehicle_id], {})
+            done = await s.finished(await s.submit(held, "unlock", key="held-1"))
+            assert done.state is S.SUCCEEDED and s.executions(held, done.id) == 1
 
 
 # --- offline vehicles, deadlines ---------------------------------------------------------------
