@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import orjson
 import psycopg
-from psycopg import AsyncConnection, AsyncCursor
+from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor
 from psycopg_pool import AsyncConnectionPool
 
 from commands.model import (
@@ -76,6 +76,15 @@ _SELECT = (
 
 # Statements take one scalar parameter per value (VALUES lists, built per number of rows and
 # cached): psycopg dumps scalars much faster than arrays, and most writes are one or two rows.
+# They are written with %s and numbered ($1, $2, ...) once, when built, and run on a raw cursor:
+# psycopg parses a %s statement again on every execution once it has more than 50 parameters
+# (a joint write of 8 new commands: 0.8 ms of CPU per execution; numbered: 0.04 ms).
+
+
+def _numbered(sql: str) -> str:
+    """A statement's %s placeholders as $1, $2, ... in order (our statements hold no other %)."""
+    parts = sql.split("%s")
+    return "".join(f"{part}${n}" for n, part in enumerate(parts[:-1], 1)) + parts[-1]
 
 
 def _rows(n: int, types: Sequence[str]) -> str:
@@ -90,7 +99,7 @@ _HISTORY_TYPES = ("timestamptz", "text", "text", "text", "jsonb", "int4")
 def _insert_sql(history_rows: int) -> str:
     """A new command, already in the state the scheduler gave it, with its history rows, in one
     statement; nothing at all when its idempotency key is taken."""
-    return f"""
+    return _numbered(f"""
 WITH ins AS (
     INSERT INTO commands (id, vehicle, device_id, type, params, idempotency_key, requested_by,
                           request_hash, on_unsafe, state, reason, created_at, deadline, sent_at,
@@ -105,7 +114,7 @@ WITH ins AS (
          AS h(at, from_state, to_state, reason, detail, n)
     ORDER BY h.n
 )
-SELECT seq FROM ins"""
+SELECT seq FROM ins""")
 
 
 _INSERT_TYPES = (
@@ -127,7 +136,7 @@ def _insert_many_sql(commands: int, history_rows: int) -> str:
     burst of submissions, where one statement each cost one round trip each): a command whose
     idempotency key is taken is left out with its history, as _insert_sql does; returns the id
     and seq of each command inserted, in the order given."""
-    return f"""
+    return _numbered(f"""
 WITH given (id, vehicle, device_id, type, params, idempotency_key, requested_by, request_hash,
             on_unsafe, state, reason, created_at, deadline, sent_at, last_sent_at,
             acknowledged_at, finished_at, attempts, updated_at, n) AS (
@@ -150,7 +159,7 @@ WITH given (id, vehicle, device_id, type, params, idempotency_key, requested_by,
     JOIN ins ON ins.id = h.command_id
     ORDER BY h.n
 )
-SELECT id, seq FROM ins"""
+SELECT id, seq FROM ins""")
 
 
 _UPDATE_TYPES = (
@@ -175,7 +184,7 @@ def _update_sql(rows: int, history_rows: int) -> str:
     """Each command's final row, guarded by the state it is expected in, and every history row,
     in one statement (data-modifying CTEs always run to completion). commands_guard raises if a
     row had moved, which rolls the transaction back (CommandConflict)."""
-    return f"""
+    return _numbered(f"""
 WITH changed AS (
     UPDATE commands c SET state = u.state, reason = u.reason, sent_at = u.sent_at,
         last_sent_at = u.last_sent_at, acknowledged_at = u.acknowledged_at,
@@ -193,7 +202,7 @@ WITH changed AS (
          AS h(command_id, at, from_state, to_state, reason, detail, n)
     ORDER BY h.n
 )
-SELECT commands_guard(%s, count(*)) FROM changed"""
+SELECT commands_guard(%s, count(*)) FROM changed""")
 
 
 _ACTUATING = "('lock', 'unlock', 'immobilise', 'mobilise')"
@@ -249,7 +258,7 @@ class CommandTx:
         """Insert a new command in its current state with its history rows (the first one its
         creation). Nothing is written if its (requested_by, idempotency_key) is taken: see
         inserted() after the commit."""
-        cur = self._conn.cursor()
+        cur = AsyncRawCursor(self._conn)
         await cur.execute(
             _insert_sql(len(history)),
             (
@@ -273,7 +282,7 @@ class CommandTx:
             for e in history:
                 params += (c.id, *_history_row(e, k))
                 k += 1
-        cur = await self._conn.execute(_insert_many_sql(len(inserts), k), params)
+        cur = await AsyncRawCursor(self._conn).execute(_insert_many_sql(len(inserts), k), params)
         seqs = dict(await cur.fetchall())
         return [
             None if c.id not in seqs else c.model_copy(update={"seq": seqs[c.id]})
@@ -320,7 +329,7 @@ class CommandTx:
             for n, (_, entry) in enumerate(changes):
                 params += (entry.command_id, *_history_row(entry, n))
             params.append(len(final))
-            await self._conn.execute(_update_sql(len(final), len(changes)), params)
+            await AsyncRawCursor(self._conn).execute(_update_sql(len(final), len(changes)), params)
         return await _snapshots(self._conn.cursor(), then_snapshots)
 
 
