@@ -3,6 +3,7 @@ guarded state changes with their history, paging, and the snapshots the interloc
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 from unittest.mock import ANY
@@ -14,6 +15,7 @@ from commands import Command, CommandState, CommandType, machine
 from commands._time import from_ms, utc_now
 from commands.model import DeviceResult
 from gateway.commands import CommandConflict, CommandStore
+from gateway.commands.store import _insert_many_sql, _insert_sql, _numbered, _update_sql
 from telemetry.store import StoreUnavailable
 from tests.harness import register
 
@@ -149,6 +151,19 @@ async def test_a_burst_of_new_commands_is_stored_in_order_each_key_once(store):
     with pytest.raises(CommandConflict):
         await store.apply([(c, [machine.created(c)]) for c in more], [stale])
     assert all([await store.get(c.id) is None for c in more])
+
+
+def test_joint_statements_are_numbered_once_with_one_placeholder_per_parameter():
+    """psycopg parses a %s statement of more than 50 parameters again on every execution; the
+    joint statements are numbered when built, one $n per parameter, in order."""
+    assert _numbered("VALUES (%s, %s::int4), (%s, %s)") == "VALUES ($1, $2::int4), ($3, $4)"
+    for sql, params in (
+        (_insert_many_sql(8, 16), 8 * 20 + 16 * 7),
+        (_update_sql(6, 9), 6 * 13 + 9 * 7 + 1),
+        (_insert_sql(2), 19 + 2 * 6),
+    ):
+        numbers = [int(n) for n in re.findall(r"\$(\d+)", sql)]
+        assert "%s" not in sql and numbers == list(range(1, params + 1))
 
 
 async def test_open_commands_come_back_in_submission_order_and_lists_page_newest_first(store):
