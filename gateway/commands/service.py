@@ -197,6 +197,8 @@ class CommandService(CommandReads):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._vehicles is not None:
+            await self._vehicles.close()
         if self._submissions is not None:
             # Not written: the callers may submit again (same key).
             self._submissions.fail_pending("the command service is stopping")

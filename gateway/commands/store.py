@@ -492,6 +492,14 @@ class CommandStore:
             row = await cur.fetchone()
         return VehicleInfo(*row) if row else None
 
+    async def vehicles(self) -> list[VehicleInfo]:
+        """Every registered vehicle (the command service's copy of the registry)."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT id, vehicle_ref, device_id, vehicle_type FROM vehicles"
+            )
+            return [VehicleInfo(*row) for row in await cur.fetchall()]
+
     async def get(self, command_id: uuid.UUID) -> Command | None:
         return (await self.get_many([command_id])).get(command_id)
 
