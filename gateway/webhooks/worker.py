@@ -25,7 +25,7 @@ import aiohttp
 
 from gateway.webhooks.metrics import WebhookMetrics
 from gateway.webhooks.store import Attempt, OutboxStore, SubscriptionRow, outbound_event
-from outbound import Delivery, RetryPolicy, Scheduler, Settled, sign
+from outbound import Delivery, RetryPolicy, Scheduler, Settled, Signer
 from telemetry.store import StoreUnavailable, TelemetryStore
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,10 @@ class WebhookConfig:
 class _Sub:
     row: SubscriptionRow
     loaded_through: int  # outbox positions up to here are queued or settled
+    signer: Signer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.signer = Signer(self.row.secret)  # a row's secret stays with its revision
 
 
 @dataclass(eq=False)
@@ -111,7 +115,7 @@ class WebhookWorker:
             # No per-request timer at all: the worker's watchdog (_expire_overdue) cancels an
             # attempt past timeout_s; asyncio.timeout around each request cost ~20 us of CPU.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeout_s),
-            headers={"User-Agent": USER_AGENT},
+            headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
             auto_decompress=False,
             # A receiver's cookies are never sent back: no jar to fill and look up per request.
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -283,11 +287,11 @@ class WebhookWorker:
             return
         for delivery in self._scheduler.take_due(time.time(), len(self._idle)):
             lane = self._idle.pop()
-            lane.handed.set_result((delivery, self._subs[delivery.subscription].row))
+            lane.handed.set_result((delivery, self._subs[delivery.subscription]))
 
-    def _take_one(self) -> tuple[Delivery, SubscriptionRow] | None:
+    def _take_one(self) -> tuple[Delivery, _Sub] | None:
         for delivery in self._scheduler.take_due(time.time(), 1):
-            return delivery, self._subs[delivery.subscription].row
+            return delivery, self._subs[delivery.subscription]
         return None
 
     def _expire_overdue(self) -> float | None:
@@ -342,23 +346,20 @@ class WebhookWorker:
                 lane.started_at = None
             self._settle(delivery, status, error, time.time())
 
-    async def _post(
-        self, sub: SubscriptionRow, delivery: Delivery
-    ) -> tuple[int | None, str | None]:
+    async def _post(self, sub: _Sub, delivery: Delivery) -> tuple[int | None, str | None]:
         """One attempt: (HTTP status or None, why it failed or None)."""
         event = delivery.event
         sent_at = int(time.time())
         headers = {
-            "Content-Type": "application/json",
             "Fleetgate-Event-Id": str(event.event_id),
             "Fleetgate-Event-Type": event.type,
             "Fleetgate-Timestamp": str(sent_at),
-            "Fleetgate-Signature": sign(sub.secret, sent_at, event.body),
+            "Fleetgate-Signature": sub.signer.sign(sent_at, event.body),
             "Fleetgate-Attempt": str(delivery.failures + 1),
         }
         try:
             async with self._client.post(
-                sub.url, data=event.body, headers=headers, allow_redirects=False
+                sub.row.url, data=event.body, headers=headers, allow_redirects=False
             ) as response:
                 status = response.status
                 await _read_some(response)
