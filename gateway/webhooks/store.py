@@ -183,13 +183,15 @@ class OutboxStore:
             kept = [a for a in latest.values() if current.get(a.subscription) == a.revision]
             if kept:
                 await cur.execute(_RECORD, _record_columns(kept))
-            for sub_id, (revision, through) in resolved.items():
-                if current.get(sub_id) == revision:
-                    await cur.execute(
-                        "UPDATE webhook_subscriptions SET resolved_through = %s "
-                        "WHERE id = %s AND resolved_through <> %s",
-                        (through, sub_id, through),
-                    )
+            moved = [(i, t) for i, (revision, t) in resolved.items() if current.get(i) == revision]
+            if moved:
+                # One statement for every subscription (a flush runs up to 20 times a second).
+                await cur.execute(
+                    "UPDATE webhook_subscriptions s SET resolved_through = m.through "
+                    "FROM unnest(%b::text[], %b::int8[]) AS m(id, through) "
+                    "WHERE s.id = m.id AND s.resolved_through <> m.through",
+                    ([i for i, _ in moved], [t for _, t in moved]),
+                )
             for sub_id, (revision, reason) in disabled.items():
                 if current.get(sub_id) == revision:
                     await cur.execute(
