@@ -25,7 +25,7 @@ import aiohttp
 
 from gateway.webhooks.metrics import WebhookMetrics
 from gateway.webhooks.store import Attempt, OutboxStore, SubscriptionRow, outbound_event
-from outbound import Delivery, RetryPolicy, Scheduler, Settled, Signer
+from outbound import Delivery, OutboundEvent, RetryPolicy, Scheduler, Settled, Signer
 from telemetry.store import StoreUnavailable, TelemetryStore
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,8 @@ class WebhookWorker:
                 self._subs[sub_id] = _Sub(row, row.resolved_through)
 
     async def _load(self) -> None:
+        # Every subscription that gets an event shares one copy of it (its body above all).
+        events: dict[int, OutboundEvent] = {}
         for sub in list(self._subs.values()):
             room = self.config.backlog - self._scheduler.queued_for(sub.row.id)
             if room <= 0 or sub.loaded_through >= self._top:
@@ -270,7 +272,10 @@ class WebhookWorker:
             if self._subs.get(sub.row.id) is not sub:
                 continue  # ended by a 410 meanwhile
             for row in rows:
-                delivery = Delivery(sub.row.id, outbound_event(row))
+                event = events.get(row["position"])
+                if event is None:
+                    event = events[row["position"]] = outbound_event(row)
+                delivery = Delivery(sub.row.id, event)
                 if row["attempts"] is not None:  # waiting for a retry before the restart
                     delivery.failures = row["attempts"]
                     delivery.first_attempt_at = row["first_attempt_at"]
