@@ -380,7 +380,7 @@ class WebhookWorker:
         sub = self._subs.get(delivery.subscription)
         if settled is Settled.STALE or sub is None:
             return
-        self._counted[_outcome(settled)].inc()
+        self._counted[_OUTCOME[settled]].inc()
         if not (self._unrecorded or self._disabled):
             self._wake.set()  # the first to record since the last flush: the worker flushes next
         if settled is Settled.GONE:
@@ -403,8 +403,14 @@ async def _read_some(response: aiohttp.ClientResponse) -> None:
             return
 
 
-def _outcome(settled: Settled) -> str:
-    return {"retrying": "failed", "dead": "dead_lettered"}.get(settled.value, settled.value)
+# The deliveries metric's outcome, and the record's state, of each settlement.
+_OUTCOME = {
+    Settled.DELIVERED: "delivered",
+    Settled.RETRYING: "failed",
+    Settled.DEAD: "dead_lettered",
+    Settled.GONE: "gone",
+}
+_STATE = {Settled.DELIVERED: "delivered", Settled.RETRYING: "retrying", Settled.DEAD: "dead"}
 
 
 def _attempt(
@@ -415,7 +421,7 @@ def _attempt(
     error: str | None,
     at: float,
 ) -> Attempt:
-    state = {Settled.DELIVERED: "delivered", Settled.RETRYING: "retrying"}.get(settled, "dead")
+    state = _STATE[settled]
     attempts = delivery.failures + (1 if settled is Settled.DELIVERED else 0)
     return Attempt(
         subscription=sub.id,
