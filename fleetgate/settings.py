@@ -287,6 +287,13 @@ class Settings(BaseSettings):
         description="run the webhook delivery worker in a child process of `fleetgate run` "
         "(false: in the gateway process itself)",
     )
+    webhook_nice: int = Field(
+        5,
+        ge=0,
+        le=19,
+        description="niceness of the webhook worker's child process: when the CPU is short, "
+        "ingestion goes first and deliveries wait (0: the same priority as the gateway)",
+    )
     webhook_retention_s: float = Field(
         7 * 86400.0,
         ge=0,

@@ -6,7 +6,7 @@ from outbound.catalogue import CATALOGUE, UnknownEventType, check_types, outboun
 from outbound.envelope import render
 from outbound.retry import Outcome, RetryPolicy, classify
 from outbound.scheduler import Delivery, OutboundEvent, Scheduler, Settled
-from outbound.signature import new_secret, sign, verify
+from outbound.signature import Signer, new_secret, sign, verify
 from outbound.urls import InvalidWebhookUrl, is_gateway_itself
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "RetryPolicy",
     "Scheduler",
     "Settled",
+    "Signer",
     "UnknownEventType",
     "check_types",
     "classify",

@@ -64,6 +64,11 @@ class Scheduler:
         self._due: list[tuple[float, int, Delivery]] = []  # heads not in flight (lazy deletion)
         self._in_flight: set[tuple[str, int]] = set()
         self._in_flight_by_subscription: dict[str, int] = {}
+        # Heads of a subscription at its per_subscription limit, in the order they left the
+        # heap: set aside until one of its attempts settles, rather than pushed back onto the
+        # heap and popped again by every take (with lanes taking one at a time, that was most of
+        # the scheduler's cost: hundreds of held-back heads per take).
+        self._parked: dict[str, deque[tuple[float, int, Delivery]]] = {}
         self._tiebreak = itertools.count()
         self.queued = 0
 
@@ -83,7 +88,6 @@ class Scheduler:
     def take_due(self, now: float, limit: int) -> list[Delivery]:
         """Up to limit heads due by now, marked in flight (earliest due first)."""
         taken: list[Delivery] = []
-        held_back: list[tuple[float, int, Delivery]] = []
         while self._due and len(taken) < limit and self._due[0][0] <= now:
             entry = heapq.heappop(self._due)
             due, _, delivery = entry
@@ -91,15 +95,13 @@ class Scheduler:
                 continue  # an entry left behind by a retry or a dropped subscription
             busy = self._in_flight_by_subscription.get(delivery.subscription, 0)
             if self.per_subscription is not None and busy >= self.per_subscription:
-                held_back.append(entry)
+                self._parked.setdefault(delivery.subscription, deque()).append(entry)
                 continue
             self._in_flight.add(delivery.key)
             self._in_flight_by_subscription[delivery.subscription] = busy + 1
             if delivery.first_attempt_at is None:
                 delivery.first_attempt_at = now
             taken.append(delivery)
-        for entry in held_back:
-            heapq.heappush(self._due, entry)
         return taken
 
     def settle(self, delivery: Delivery, status: int | None, now: float) -> Settled:
@@ -111,6 +113,7 @@ class Scheduler:
             self._in_flight_by_subscription[delivery.subscription] = left
         else:
             self._in_flight_by_subscription.pop(delivery.subscription, None)
+        self._unpark(delivery.subscription, left)
         queue = self._queues.get(key)
         if not queue or queue[0] is not delivery:
             if queue and queue[0].key not in self._in_flight:
@@ -138,6 +141,7 @@ class Scheduler:
         in flight settle as STALE."""
         for key in self._keys_by_subscription.pop(subscription, ()):
             self.queued -= len(self._queues.pop(key))
+        self._parked.pop(subscription, None)
 
     def next_due_at(self) -> float | None:
         while self._due:
@@ -169,6 +173,21 @@ class Scheduler:
 
     def queued_for(self, subscription: str) -> int:
         return sum(len(self._queues[k]) for k in self._keys_by_subscription.get(subscription, ()))
+
+    def _unpark(self, subscription: str, busy: int) -> None:
+        """Back onto the heap, as many of the subscription's parked heads as it has slots free
+        (in their order; those a drop or reload left behind do not count)."""
+        parked = self._parked.get(subscription)
+        if parked is None:
+            return
+        free = max(0, self.per_subscription - busy) if self.per_subscription is not None else 1
+        while parked and free > 0:
+            entry = parked.popleft()
+            if self._is_live(entry[0], entry[2]):
+                heapq.heappush(self._due, entry)
+                free -= 1
+        if not parked:
+            del self._parked[subscription]
 
     def _pop_head(self, key: tuple[str, int]) -> None:
         queue = self._queues[key]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Annotated
 
 import typer
@@ -183,6 +184,9 @@ def worker(
     s = load_settings()
     setup_logging(s.log_level, s.log_format)
     dsn = database_url(s)
+    if supervised and s.webhook_nice:
+        # Beside its gateway on the same cores: ingestion first, deliveries with what is left.
+        os.nice(s.webhook_nice)
 
     async def main() -> None:
         task = asyncio.ensure_future(serve_worker(dsn, webhook_config(s), supervised=supervised))

@@ -3,11 +3,13 @@ gateway process, apart from ingestion: a slow or failing receiver holds back del
 commit.
 
 Each turn it numbers newly committed events into the outbox, loads what each enabled
-subscription still has to receive, posts what the scheduler (outbound.Scheduler: ordered per
-vehicle per subscription, retries with backoff) says is due, with at most `concurrency` requests
-in flight over one pooled HTTP client (aiohttp, keep-alive per receiver), and records the
-answers with how far each subscription is settled. A process killed between a delivery and its
-record delivers it again after the restart: at least once, with the same event id.
+subscription still has to receive, and records the answers with how far each subscription is
+settled. Posting is done by `concurrency` lanes, long-lived tasks that each post one delivery at
+a time over one pooled HTTP client (aiohttp, keep-alive per receiver), settle its answer and take
+the next one the scheduler (outbound.Scheduler: ordered per vehicle per subscription, retries
+with backoff) says is due; a lane with nothing due waits until the worker hands it one. A process
+killed between a delivery and its record delivers it again after the restart: at least once,
+with the same event id.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import aiohttp
 
 from gateway.webhooks.metrics import WebhookMetrics
 from gateway.webhooks.store import Attempt, OutboxStore, SubscriptionRow, outbound_event
-from outbound import Delivery, RetryPolicy, Scheduler, Settled, sign
+from outbound import Delivery, OutboundEvent, RetryPolicy, Scheduler, Settled, Signer
 from telemetry.store import StoreUnavailable, TelemetryStore
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,20 @@ class WebhookConfig:
 class _Sub:
     row: SubscriptionRow
     loaded_through: int  # outbox positions up to here are queued or settled
+    signer: Signer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.signer = Signer(self.row.secret)  # a row's secret stays with its revision
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One of the worker's `concurrency` posting tasks, and the attempt it has in flight."""
+
+    task: asyncio.Task | None = None
+    started_at: float | None = None  # of the attempt in flight
+    expired: bool = False  # that attempt was cancelled for taking longer than timeout_s
+    handed: asyncio.Future | None = None  # while idle: resolved with the next work
 
 
 class WebhookWorker:
@@ -67,9 +83,9 @@ class WebhookWorker:
         )
         self._subs: dict[str, _Sub] = {}
         self._top = 0  # the outbox's highest position
-        self._results: list[tuple[Delivery, int | None, str | None, float]] = []
         self._wake = asyncio.Event()
-        self._in_flight: set[asyncio.Task] = set()
+        self._lanes: list[_Lane] = []
+        self._idle: list[_Lane] = []  # lanes waiting for work, each on its `handed` future
         # The database work (a poll, or a flush of what was settled) runs beside the deliveries,
         # one piece at a time, so that posting never waits for a round trip to the database.
         self._database: asyncio.Task | None = None
@@ -96,34 +112,44 @@ class WebhookWorker:
             connector=aiohttp.TCPConnector(limit=cfg.concurrency, ttl_dns_cache=60),
             # One timer per attempt (asyncio.timeout in _post) rather than two: aiohttp's own
             # total timeout cost ~15 us of CPU per request here.
+            # No per-request timer at all: the worker's watchdog (_expire_overdue) cancels an
+            # attempt past timeout_s; asyncio.timeout around each request cost ~20 us of CPU.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeout_s),
-            headers={"User-Agent": USER_AGENT},
+            headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
             auto_decompress=False,
+            # A receiver's cookies are never sent back: no jar to fill and look up per request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         ) as client:
             self._client = client
+            for n in range(cfg.concurrency):
+                lane = _Lane()
+                lane.task = asyncio.create_task(self._run_lane(lane), name=f"webhook-lane-{n}")
+                lane.task.add_done_callback(lambda _: self._wake.set())  # a lane never ends
+                self._lanes.append(lane)
             try:
                 while True:
-                    self._settle()
+                    expiry = self._expire_overdue()
                     self._start_due()
                     self._database_work()
-                    await self._wait()
+                    await self._wait(expiry)
             finally:
-                tasks = [*self._in_flight, *([self._database] if self._database else [])]
+                tasks = [lane.task for lane in self._lanes]
+                tasks += [self._database] if self._database else []
                 for task in tasks:
                     task.cancel()
                 with contextlib.suppress(Exception):
                     await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _wait(self) -> None:
-        if self._results:
-            return
+    async def _wait(self, expiry: float | None) -> None:
         now = time.time()
         until = self._next_poll if self._database is None else now + self.config.poll_s
         if self._database is None and (self._unrecorded or self._disabled or self._loaded_more):
             until = min(until, self._next_flush)
         due = self._scheduler.next_due_at()
-        if due is not None and len(self._in_flight) < self.config.concurrency:
+        if due is not None and self._idle:
             until = min(until, due)
+        if expiry is not None:
+            until = min(until, expiry)
         self._wake.clear()
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
         # comes as the wake-up does, and the worker would never stop.
@@ -236,6 +262,8 @@ class WebhookWorker:
                 self._subs[sub_id] = _Sub(row, row.resolved_through)
 
     async def _load(self) -> None:
+        # Every subscription that gets an event shares one copy of it (its body above all).
+        events: dict[int, OutboundEvent] = {}
         for sub in list(self._subs.values()):
             room = self.config.backlog - self._scheduler.queued_for(sub.row.id)
             if room <= 0 or sub.loaded_through >= self._top:
@@ -244,7 +272,10 @@ class WebhookWorker:
             if self._subs.get(sub.row.id) is not sub:
                 continue  # ended by a 410 meanwhile
             for row in rows:
-                delivery = Delivery(sub.row.id, outbound_event(row))
+                event = events.get(row["position"])
+                if event is None:
+                    event = events[row["position"]] = outbound_event(row)
+                delivery = Delivery(sub.row.id, event)
                 if row["attempts"] is not None:  # waiting for a retry before the restart
                     delivery.failures = row["attempts"]
                     delivery.first_attempt_at = row["first_attempt_at"]
@@ -256,62 +287,109 @@ class WebhookWorker:
     # --- posting ----------------------------------------------------------------------------
 
     def _start_due(self) -> None:
-        free = self.config.concurrency - len(self._in_flight)
-        if free <= 0:
+        """Hand what is due to the idle lanes (busy lanes take the next one themselves)."""
+        if not self._idle:
             return
-        for delivery in self._scheduler.take_due(time.time(), free):
-            sub = self._subs[delivery.subscription]
-            task = asyncio.create_task(self._post(sub.row, delivery))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+        for delivery in self._scheduler.take_due(time.time(), len(self._idle)):
+            lane = self._idle.pop()
+            lane.handed.set_result((delivery, self._subs[delivery.subscription]))
 
-    async def _post(self, sub: SubscriptionRow, delivery: Delivery) -> None:
+    def _take_one(self) -> tuple[Delivery, _Sub] | None:
+        for delivery in self._scheduler.take_due(time.time(), 1):
+            return delivery, self._subs[delivery.subscription]
+        return None
+
+    def _expire_overdue(self) -> float | None:
+        """Cancel the attempts in flight for longer than timeout_s (their lanes record them as
+        timed out), and raise what a lane failed with. Returns when the next attempt in flight
+        would be overdue. One look at the lanes per turn of the worker instead of a timer per
+        request: an attempt ends between timeout_s and timeout_s + a turn (at most poll_s)
+        after it began."""
+        timeout_s = self.config.timeout_s
+        overdue = time.time() - timeout_s
+        earliest = None
+        for lane in self._lanes:
+            if lane.task.done():  # a lane never ends: the worker fails (and is started again)
+                if lane.task.cancelled():
+                    raise RuntimeError("a webhook lane was cancelled")
+                raise lane.task.exception() or RuntimeError("a webhook lane ended")
+            started = lane.started_at
+            if started is None or lane.expired:
+                continue
+            if started <= overdue:
+                lane.expired = True
+                lane.task.cancel()
+            elif earliest is None or started < earliest:
+                earliest = started
+        return None if earliest is None else earliest + timeout_s
+
+    async def _run_lane(self, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
+        timed_out = f"no answer within {self.config.timeout_s:g} s"
+        while True:
+            work = self._take_one()
+            if work is None:
+                lane.handed = loop.create_future()
+                self._idle.append(lane)
+                try:
+                    work = await lane.handed
+                finally:
+                    lane.handed = None
+            delivery, sub = work
+            lane.started_at, lane.expired = time.time(), False
+            try:
+                status, error = await self._post(sub, delivery)
+            except asyncio.CancelledError:
+                # Ours (the watchdog's) only when nothing else cancels the lane too.
+                if not lane.expired or lane.task.uncancel() > 0:
+                    raise
+                status, error = None, timed_out
+            else:
+                if lane.expired:  # the request swallowed the watchdog's cancellation
+                    lane.task.uncancel()
+            finally:
+                lane.started_at = None
+            self._settle(delivery, status, error, time.time())
+
+    async def _post(self, sub: _Sub, delivery: Delivery) -> tuple[int | None, str | None]:
+        """One attempt: (HTTP status or None, why it failed or None)."""
         event = delivery.event
         sent_at = int(time.time())
         headers = {
-            "Content-Type": "application/json",
             "Fleetgate-Event-Id": str(event.event_id),
             "Fleetgate-Event-Type": event.type,
             "Fleetgate-Timestamp": str(sent_at),
-            "Fleetgate-Signature": sign(sub.secret, sent_at, event.body),
+            "Fleetgate-Signature": sub.signer.sign(sent_at, event.body),
             "Fleetgate-Attempt": str(delivery.failures + 1),
         }
-        status: int | None = None
-        error: str | None = None
         try:
-            async with asyncio.timeout(self.config.timeout_s):
-                async with self._client.post(
-                    sub.url, data=event.body, headers=headers, allow_redirects=False
-                ) as response:
-                    status = response.status
-                    await _read_some(response)
-        except TimeoutError:
-            status, error = None, f"no answer within {self.config.timeout_s:g} s"
-        except (aiohttp.ClientError, ValueError) as exc:
-            status, error = None, (f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__)
-        if status is not None and not 200 <= status < 300:
-            error = f"HTTP {status}"
-        self._results.append((delivery, status, error, time.time()))
-        self._wake.set()
+            async with self._client.post(
+                sub.row.url, data=event.body, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
+                await _read_some(response)
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return None, (f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__)
+        return status, (None if 200 <= status < 300 else f"HTTP {status}")
 
     # --- settling and recording -------------------------------------------------------------
 
-    def _settle(self) -> None:
-        """The answers received since the last turn, into the scheduler and the records."""
-        results, self._results = self._results, []
-        for delivery, status, error, at in results:
-            settled = self._scheduler.settle(delivery, status, at)
-            sub = self._subs.get(delivery.subscription)
-            if settled is Settled.STALE or sub is None:
-                continue
-            self._counted[_outcome(settled)].inc()
-            if settled is Settled.GONE:
-                reason = f"the receiver answered 410 at {at:.0f}"
-                self._disabled[sub.row.id] = (sub.row.revision, reason)
-                del self._subs[sub.row.id]
-                log.warning("webhook_subscription_gone", extra={"subscription": sub.row.id})
-                continue
-            self._unrecorded.append(_attempt(sub.row, delivery, settled, status, error, at))
+    def _settle(self, delivery: Delivery, status: int | None, error: str | None, at: float) -> None:
+        """An answer, into the scheduler and the records."""
+        settled = self._scheduler.settle(delivery, status, at)
+        sub = self._subs.get(delivery.subscription)
+        if settled is Settled.STALE or sub is None:
+            return
+        self._counted[_OUTCOME[settled]].inc()
+        if not (self._unrecorded or self._disabled):
+            self._wake.set()  # the first to record since the last flush: the worker flushes next
+        if settled is Settled.GONE:
+            reason = f"the receiver answered 410 at {at:.0f}"
+            self._disabled[sub.row.id] = (sub.row.revision, reason)
+            del self._subs[sub.row.id]
+            log.warning("webhook_subscription_gone", extra={"subscription": sub.row.id})
+            return
+        self._unrecorded.append(_attempt(sub.row, delivery, settled, status, error, at))
 
 
 async def _read_some(response: aiohttp.ClientResponse) -> None:
@@ -325,8 +403,14 @@ async def _read_some(response: aiohttp.ClientResponse) -> None:
             return
 
 
-def _outcome(settled: Settled) -> str:
-    return {"retrying": "failed", "dead": "dead_lettered"}.get(settled.value, settled.value)
+# The deliveries metric's outcome, and the record's state, of each settlement.
+_OUTCOME = {
+    Settled.DELIVERED: "delivered",
+    Settled.RETRYING: "failed",
+    Settled.DEAD: "dead_lettered",
+    Settled.GONE: "gone",
+}
+_STATE = {Settled.DELIVERED: "delivered", Settled.RETRYING: "retrying", Settled.DEAD: "dead"}
 
 
 def _attempt(
@@ -337,7 +421,7 @@ def _attempt(
     error: str | None,
     at: float,
 ) -> Attempt:
-    state = {Settled.DELIVERED: "delivered", Settled.RETRYING: "retrying"}.get(settled, "dead")
+    state = _STATE[settled]
     attempts = delivery.failures + (1 if settled is Settled.DELIVERED else 0)
     return Attempt(
         subscription=sub.id,

@@ -122,3 +122,38 @@ def test_one_subscription_cannot_take_every_slot():
     assert sorted(d.subscription for d in taken) == ["fast", "slow", "slow"]
     s.settle(taken[0] if taken[0].subscription == "slow" else taken[1], 200, now=0)
     assert [d.subscription for d in s.take_due(0, 10)] == ["slow"]
+
+
+def test_heads_held_back_by_the_limit_go_out_in_order_as_their_subscription_settles():
+    s = Scheduler(RetryPolicy(), random.Random(7), per_subscription=2)
+    for vehicle in range(6):
+        s.add(Delivery("busy", _event(vehicle + 1, vehicle)))
+    s.add(Delivery("other", _event(20, 1)))
+    first = s.take_due(0, 1) + s.take_due(0, 1)
+    assert [d.event.position for d in first] == [1, 2]
+    # The limit is reached: the other subscription's head is next, taken one at a time too.
+    assert [d.subscription for d in s.take_due(0, 1)] == ["other"]
+    assert s.take_due(0, 1) == []
+    sent = [d.event.position for d in first]
+    in_flight = list(first)
+    while in_flight:
+        s.settle(in_flight.pop(0), 200, now=0)
+        taken = s.take_due(0, 10)
+        assert len(taken) == 1  # one slot came free: one held-back head, the earliest
+        sent += [d.event.position for d in taken]
+        in_flight += taken
+        if len(sent) == 6:
+            break
+    assert sent == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_dropped_subscription_leaves_no_held_back_heads_behind():
+    s = Scheduler(RetryPolicy(), random.Random(7), per_subscription=1)
+    for vehicle in range(3):
+        s.add(Delivery("a", _event(vehicle + 1, vehicle)))
+    (first,) = s.take_due(0, 10)  # the other two heads are held back
+    s.drop("a")
+    for vehicle in range(3):  # reloaded, as the worker does after a change
+        s.add(Delivery("a", _event(vehicle + 1, vehicle)))
+    assert s.settle(first, 200, now=0) is Settled.STALE
+    assert [d.event.position for d in s.take_due(0, 10)] == [1]

@@ -3,7 +3,7 @@
 import hashlib
 import hmac
 
-from outbound import new_secret, sign, verify
+from outbound import Signer, new_secret, sign, verify
 
 
 def test_sign_is_hmac_sha256_of_timestamp_dot_body():
@@ -22,3 +22,13 @@ def test_verify_accepts_its_own_and_refuses_tampering_old_and_foreign():
     assert not verify(secret, "1700000000", header, body, now=1700000000 + 301)
     assert not verify(new_secret(), "1700000000", header, body, now=1700000000)
     assert not verify(secret, "soon", header, body, now=1700000000)
+
+
+def test_a_signer_kept_for_many_deliveries_signs_each_as_sign_does():
+    secret = new_secret()
+    signer = Signer(secret)
+    for timestamp, body in [(1700000000, b'{"id":1}'), (1700000001, b'{"id":2}'), (7, b"")]:
+        assert signer.sign(timestamp, body) == sign(secret, timestamp, body)
+    assert signer.sign(1700000000, b'{"id":1}') != Signer(new_secret()).sign(
+        1700000000, b'{"id":1}'
+    )

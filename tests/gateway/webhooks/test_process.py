@@ -155,6 +155,7 @@ async def test_killed_worker_process_makes_readiness_fail_is_restarted_and_loses
         tmp_path / "gw.log",
         metrics_port=free_port(),
         FLEETGATE_WEBHOOK_CONCURRENCY="4",
+        FLEETGATE_WEBHOOK_NICE="3",
     ).start()
     try:
         await gw.wait_subscribed()
@@ -164,6 +165,9 @@ async def test_killed_worker_process_makes_readiness_fail_is_restarted_and_loses
         await eventually(lambda: len(_worker_pids(gw)) == 1, what="the worker process's pid")
         (first,) = _worker_pids(gw)
         assert first != gw.proc.pid
+        # When the CPU is short, the gateway's ingestion goes before its child's deliveries.
+        gateway_nice = os.getpriority(os.PRIO_PROCESS, gw.proc.pid)
+        assert os.getpriority(os.PRIO_PROCESS, first) == min(19, gateway_nice + 3)
         assert (await gw.get("/readyz")).status_code == 200
         os.kill(first, signal.SIGKILL)
 

@@ -162,3 +162,35 @@ async def test_prune_deletes_old_delivered_records_and_settled_outbox_rows_only(
             assert await kept() == ([2, 5], [(2, "dead")])
     finally:
         await store.close()
+
+
+async def test_record_moves_the_settled_point_of_subscriptions_still_at_their_revision(pg_dsn):
+    from outbound import new_secret
+    from telemetry.store import Webhooks
+
+    store = await TelemetryStore.open(pg_dsn)
+    try:
+        hooks = Webhooks(store)
+        subs = [
+            await hooks.create("http://127.0.0.1:9/h", None, "", new_secret()) for _ in range(3)
+        ]
+        outbox = OutboxStore(store)
+        rows = {r.id: r for r in await outbox.subscriptions()}
+        first, second, changed = (rows[s.id] for s in subs)
+        await outbox.record(
+            [],
+            {
+                first.id: (first.revision, first.resolved_through + 7),
+                second.id: (second.revision, second.resolved_through + 3),
+                changed.id: (changed.revision - 1, changed.resolved_through + 5),  # stale
+            },
+            {},
+        )
+        after = {r.id: r.resolved_through for r in await outbox.subscriptions()}
+        assert after == {
+            first.id: first.resolved_through + 7,
+            second.id: second.resolved_through + 3,
+            changed.id: changed.resolved_through,
+        }
+    finally:
+        await store.close()

@@ -208,3 +208,44 @@ async def test_replay_from_an_event_id_sends_the_same_ids_again(fleet, pg_dsn):
             _in_order_per_vehicle(replayed, outbox)
     finally:
         await receiver.close()
+
+
+async def test_an_attempt_without_an_answer_in_time_fails_and_frees_its_lane(fleet):
+    store, vehicles = fleet
+
+    def answer(request, nth):
+        # WH-0's receiver hangs far beyond the worker's timeout; every other vehicle's answers.
+        return Answer(200, delay_s=30.0 if request.event["vehicle_ref"] == "WH-0" else 0.0)
+
+    receiver = WebhookReceiver(answer)
+    hooks = Webhooks(store)
+    sub = await hooks.create(await receiver.start(), None, "", new_secret())
+    config = WebhookConfig(
+        concurrency=2,  # a lane lost to a hung attempt would stop the others' deliveries
+        timeout_s=0.3,
+        poll_s=0.05,
+        retry=RetryPolicy(first_delay_s=0.05, max_delay_s=0.1, give_up_after_s=0.0),
+    )
+    try:
+        async with _worker(store, config) as (_, registry):
+            await write_zone_events(store, vehicles, per_vehicle=3)
+
+            async def three_dead() -> bool:
+                return len(await hooks.deliveries(sub.id, state="dead")) == 3
+
+            await eventually(three_dead, timeout=10, what="WH-0's hung attempts given up")
+            dead = await hooks.deliveries(sub.id, state="dead")
+            assert {d["vehicle_ref"] for d in dead} == {"WH-0"}
+            assert {d["last_error"] for d in dead} == {"no answer within 0.3 s"}
+            assert {d["last_status"] for d in dead} == {None}
+            delivered = 3 * (len(vehicles) - 1)
+
+            async def others_delivered() -> bool:
+                return len(await hooks.deliveries(sub.id, state="delivered")) == delivered
+
+            await eventually(others_delivered, timeout=10, what="the other vehicles' events")
+            assert (
+                metric(registry, "fleetgate_webhook_deliveries_total", outcome="dead_lettered") == 3
+            )
+    finally:
+        await receiver.close()
