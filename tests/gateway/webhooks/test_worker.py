@@ -210,6 +210,7 @@ async def test_replay_from_an_event_id_sends_the_same_ids_again(fleet, pg_dsn):
         await receiver.close()
 
 
+@pytest.mark.timeout(60)  # a broken watchdog would leave the attempt hanging for 30 s a try
 async def test_an_attempt_without_an_answer_in_time_fails_and_frees_its_lane(fleet):
     store, vehicles = fleet
 
