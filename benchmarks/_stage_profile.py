@@ -26,6 +26,7 @@ STEPS: list[tuple[str, str, str]] = [
     ("mqtt_parse", "gateway.mqtt._packets", "PacketStream.feed"),
     ("ingress_submit", "gateway.mqtt_ingress", "MqttIngress._on_messages"),
     ("decode", "gateway.pipeline", "IngestPipeline._decode_telemetry"),
+    ("decode.native", "telemetry.decoder", "_parse_native_json"),
     ("decode.parse", "telemetry.decoder", "_parse_messages"),
     ("decode.validate", "telemetry.decoder", "_columns"),
     ("plausibility", "gateway.pipeline", "IngestPipeline._flag_implausible"),
