@@ -77,8 +77,9 @@ def publish_frame(topic: bytes, mid: int, payload: bytes) -> bytes:
     )
 
 
-class _Device(asyncio.Protocol):
-    """One device's connection: CONNACK, then PUBACKs counted (refusals apart)."""
+class DeviceConnection(asyncio.Protocol):
+    """One device's connection: CONNACK, then PUBACKs counted (refusals apart). benchmarks/
+    sessions.py opens its 10,000 sessions with it too."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -175,9 +176,9 @@ async def publish_load(
     o = options
     load = Load(o)
     loop = asyncio.get_running_loop()
-    devices: list[_Device] = []
+    devices: list[DeviceConnection] = []
     for device_id in load.device_ids:
-        _, device = await loop.create_connection(_Device, o.host, o.port)
+        _, device = await loop.create_connection(DeviceConnection, o.host, o.port)
         device.transport.write(connect_frame(device_id, o.keepalive_s, o.session_expiry_s))
         devices.append(device)
     codes = await asyncio.wait_for(asyncio.gather(*(d.connack for d in devices)), 30)
@@ -208,7 +209,7 @@ async def publish_load(
     }
 
 
-async def _write(load: Load, devices: list[_Device], o: FleetOptions) -> None:
+async def _write(load: Load, devices: list[DeviceConnection], o: FleetOptions) -> None:
     """Write the steps in order, a burst of steps per event-loop turn and device."""
     loop = asyncio.get_running_loop()
     per_turn = max(1, o.publish_burst // max(1, len(devices)))

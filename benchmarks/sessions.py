@@ -42,7 +42,7 @@ import numpy as np
 import orjson
 import psycopg
 
-from benchmarks._loadgen import _DISCONNECT, _PUBACK, _utf8, _varint, publish_frame
+from benchmarks._loadgen import _DISCONNECT, DeviceConnection, _utf8, _varint, publish_frame
 from benchmarks._runner import (
     bench_parser,
     cpu_seconds,
@@ -100,55 +100,6 @@ def retained_frame(topic: bytes, mid: int, payload: bytes) -> bytes:
     frame = bytearray(publish_frame(topic, mid, payload))
     frame[0] = _PUBLISH_QOS1_RETAIN
     return bytes(frame)
-
-
-class Session(asyncio.Protocol):
-    """One device's connection: CONNACK, then PUBACKs counted."""
-
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.connack: asyncio.Future = loop.create_future()
-        self.closed: asyncio.Future = loop.create_future()
-        self.acked = self.refused = self.sent = 0
-        self._buf = b""
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        buf = self._buf + data if self._buf else data
-        i, n = 0, len(buf)
-        while i + 2 <= n:
-            kind = buf[i]
-            length, shift, j = 0, 0, i + 1
-            while j < n:
-                byte = buf[j]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                j += 1
-                if not byte & 0x80:
-                    break
-            else:
-                break
-            if j + length > n:
-                break
-            body = buf[j : j + length]
-            if kind == _PUBACK:
-                if len(body) > 2 and body[2] >= 0x80:
-                    self.refused += 1
-                else:
-                    self.acked += 1
-            elif kind == 0x20 and not self.connack.done():
-                self.connack.set_result(body[1] if len(body) > 1 else 0)
-            i = j + length
-        self._buf = buf[i:]
-
-    def connection_lost(self, exc) -> None:
-        if not self.connack.done():
-            self.connack.set_exception(ConnectionError(f"lost before CONNACK: {exc}"))
-        if not self.closed.done():
-            self.closed.set_result(exc)
 
 
 class Telemetry:
@@ -233,11 +184,11 @@ async def _devices_child(args: argparse.Namespace) -> None:
             s.transport.close()
 
 
-async def _connect_all(tel: Telemetry, args: argparse.Namespace) -> list[Session]:
+async def _connect_all(tel: Telemetry, args: argparse.Namespace) -> list[DeviceConnection]:
     """Every device at once (at most connect_concurrency connecting): CONNECT with its will,
     CONNACK, its retained presence."""
     loop = asyncio.get_running_loop()
-    sessions: list[Session] = [None] * args.count  # type: ignore[list-item]
+    sessions: list[DeviceConnection] = [None] * args.count  # type: ignore[list-item]
     gate = asyncio.Semaphore(args.connect_concurrency)
     t0 = time.monotonic()
     connack_s = np.zeros(args.count)
@@ -245,7 +196,7 @@ async def _connect_all(tel: Telemetry, args: argparse.Namespace) -> list[Session
     async def connect(i: int) -> None:
         async with gate:
             device = tel.device_ids[i]
-            _, s = await loop.create_connection(Session, args.host, args.port)
+            _, s = await loop.create_connection(DeviceConnection, args.host, args.port)
             s.transport.write(
                 connect_with_will(device, 60, 600, tel.status[i], b'{"online": false}')
             )
@@ -270,7 +221,7 @@ async def _connect_all(tel: Telemetry, args: argparse.Namespace) -> list[Session
     return sessions
 
 
-async def _send(tel: Telemetry, sessions: list[Session], killed: set[int], stop) -> int:
+async def _send(tel: Telemetry, sessions: list[DeviceConnection], killed: set[int], stop) -> int:
     """One sample per device a second, the devices' turns spread evenly over the second."""
     loop = asyncio.get_running_loop()
     n = len(sessions)

@@ -20,7 +20,7 @@ there is none, the reason names the newest evidence there is (failed, or too old
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -173,81 +173,77 @@ def _number(detail: dict[str, Any], key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _parallel_run(found: list[Evidence], now: datetime, t: GateThresholds) -> Criterion:
-    name = "parallel_run"
+def _newest_judged(
+    name: str,
+    found: list[Evidence],
+    now: datetime,
+    t: GateThresholds,
+    absent: str,
+    shortfalls: Callable[[Evidence], list[str]],
+    summary: Callable[[Evidence], str],
+) -> Criterion:
+    """A rule met by the batch's newest evidence of its kind alone: fresh, and no shortfall."""
     if not found:
-        return Criterion(
-            name,
-            False,
-            "no validation of a parallel run of this batch (`fleetgate migrate validate`)",
-        )
+        return Criterion(name, False, absent)
     e = found[0]
-    missing = []
     stale = _stale(name, e, now, t)
-    if stale:
-        missing.append(stale)
-    percent, days = _number(e.detail, "percent"), _number(e.detail, "days")
-    colours = e.detail.get("colours")
-    if percent is None or percent < t.parallel_percent:
-        missing.append(
-            f"it covered {'an unknown share' if percent is None else f'{percent:g} %'} of the "
-            f"vehicles; at least {t.parallel_percent:g} % needed"
-        )
-    if days is None or days < t.parallel_days:
-        missing.append(
-            f"it covered {'an unknown time' if days is None else f'{days:.1f} days'}; "
-            f"at least {t.parallel_days:g} days needed"
-        )
-    if not isinstance(colours, dict) or not colours:
-        missing.append("it lists no metric colours")
-    else:
-        off = sorted(f"{m} {c}" for m, c in colours.items() if c != "green")
-        if off:
-            missing.append(f"not all green: {', '.join(off)}")
-    if not e.passed and not missing:
-        missing.append(f"it did not pass (overall {e.detail.get('overall', 'unknown')})")
+    missing = ([stale] if stale else []) + shortfalls(e)
     if missing:
         return Criterion(name, False, "; ".join(missing), e.id)
-    return Criterion(
-        name,
-        True,
-        f"{percent:g} % of the vehicles for {days:.1f} days, all green, "
-        f"{age_text(now - e.recorded_at)} ago",
-        e.id,
-    )
+    return Criterion(name, True, f"{summary(e)}, {age_text(now - e.recorded_at)} ago", e.id)
+
+
+def _share_short(percent: float | None, needed: float, of_what: str) -> list[str]:
+    if percent is not None and percent >= needed:
+        return []
+    share = "an unknown share" if percent is None else f"{percent:g} %"
+    return [f"it covered {share} of the {of_what}; at least {needed:g} % needed"]
+
+
+def _parallel_run(found: list[Evidence], now: datetime, t: GateThresholds) -> Criterion:
+    def shortfalls(e: Evidence) -> list[str]:
+        percent, days = _number(e.detail, "percent"), _number(e.detail, "days")
+        colours = e.detail.get("colours")
+        missing = _share_short(percent, t.parallel_percent, "vehicles")
+        if days is None or days < t.parallel_days:
+            missing.append(
+                f"it covered {'an unknown time' if days is None else f'{days:.1f} days'}; "
+                f"at least {t.parallel_days:g} days needed"
+            )
+        if not isinstance(colours, dict) or not colours:
+            missing.append("it lists no metric colours")
+        else:
+            off = sorted(f"{m} {c}" for m, c in colours.items() if c != "green")
+            if off:
+                missing.append(f"not all green: {', '.join(off)}")
+        if not e.passed and not missing:
+            missing.append(f"it did not pass (overall {e.detail.get('overall', 'unknown')})")
+        return missing
+
+    def summary(e: Evidence) -> str:
+        percent, days = _number(e.detail, "percent"), _number(e.detail, "days")
+        return f"{percent:g} % of the vehicles for {days:.1f} days, all green"
+
+    absent = "no validation of a parallel run of this batch (`fleetgate migrate validate`)"
+    return _newest_judged("parallel_run", found, now, t, absent, shortfalls, summary)
 
 
 def _signoff(found: list[Evidence], now: datetime, t: GateThresholds) -> Criterion:
-    name = "signoff"
-    if not found:
-        return Criterion(
-            name,
-            False,
-            "no sign-off of this batch (`fleetgate migrate validation-sample`, "
-            "then `fleetgate migrate signoff`)",
-        )
-    e = found[0]
-    missing = []
-    stale = _stale(name, e, now, t)
-    if stale:
-        missing.append(stale)
-    percent = _number(e.detail, "percent")
-    if percent is None or percent < t.signoff_percent:
-        missing.append(
-            f"it covered {'an unknown share' if percent is None else f'{percent:g} %'} of the "
-            f"migrated records; at least {t.signoff_percent:g} % needed"
-        )
-    if not e.passed:
-        missing.append("it was not signed off")
-    if missing:
-        return Criterion(name, False, "; ".join(missing), e.id)
-    return Criterion(
-        name,
-        True,
-        f"{percent:g} % signed off by {e.detail.get('by', 'unknown')}, "
-        f"{age_text(now - e.recorded_at)} ago",
-        e.id,
+    def shortfalls(e: Evidence) -> list[str]:
+        missing = _share_short(_number(e.detail, "percent"), t.signoff_percent, "migrated records")
+        if not e.passed:
+            missing.append("it was not signed off")
+        return missing
+
+    def summary(e: Evidence) -> str:
+        percent = _number(e.detail, "percent")
+        return f"{percent:g} % signed off by {e.detail.get('by', 'unknown')}"
+
+    absent = (
+        "no sign-off of this batch (`fleetgate migrate validation-sample`, "
+        "then `fleetgate migrate signoff`)"
     )
+    return _newest_judged("signoff", found, now, t, absent, shortfalls, summary)
 
 
 def _any_passed(

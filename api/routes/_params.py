@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+
+from fastapi import Request
 
 from api.problems import Problem
 
@@ -64,3 +67,13 @@ def time_range(
             400, "bad-time-range", f"the range is {end - start}; at most {max_range} per request"
         )
     return start, end
+
+
+def next_page(request: Request, found: int, items: Sequence[object], cursor: str) -> str | None:
+    """The URL of the page after `items`, or None on the last page. The list routes ask their
+    query for one row more than the page holds: a row beyond it (found > len(items)) is how
+    they know there is more without counting. The cursor is the page's last item's `cursor`
+    attribute."""
+    if found <= len(items):
+        return None
+    return str(request.url.include_query_params(after=getattr(items[-1], cursor)))

@@ -14,7 +14,7 @@ from api import queries
 from api.auth import require
 from api.context import context
 from api.problems import PROBLEM_RESPONSES, Problem
-from api.routes._params import parse_bbox, time_range
+from api.routes._params import next_page, parse_bbox, time_range
 from api.schemas import Event, EventPage
 from outbound import outbound_type
 
@@ -66,9 +66,7 @@ async def list_events(
         )
         for r in rows[:limit]
     ]
-    next_url = None
-    if len(rows) > limit:
-        next_url = str(request.url.include_query_params(after=items[-1].id))
+    next_url = next_page(request, len(rows), items, "id")
     return EventPage(items=items, next=next_url)
 
 

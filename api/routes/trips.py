@@ -15,7 +15,7 @@ from api import queries
 from api.auth import require
 from api.context import context
 from api.problems import PROBLEM_RESPONSES, Problem
-from api.routes._params import time_range
+from api.routes._params import next_page, time_range
 from api.schemas import Place, TrackPoint, Trip, TripPage, TripStatus
 
 router = APIRouter(tags=["trips"], responses=PROBLEM_RESPONSES)
@@ -44,9 +44,7 @@ async def list_trips(
 ) -> TripPage:
     rows = await _query(request, vehicle, start, end, status, after, limit + 1, timedelta(days=31))
     items = [_trip(r) for r in rows[:limit]]
-    next_url = None
-    if len(rows) > limit:
-        next_url = str(request.url.include_query_params(after=items[-1].id))
+    next_url = next_page(request, len(rows), items, "id")
     return TripPage(items=items, next=next_url)
 
 

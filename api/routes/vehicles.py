@@ -11,7 +11,7 @@ from api import queries
 from api.auth import require
 from api.context import context
 from api.problems import PROBLEM_RESPONSES, Problem
-from api.routes._params import parse_bbox, time_range
+from api.routes._params import next_page, parse_bbox, time_range
 from api.schemas import Status, Track, TrackPoint, Vehicle, VehiclePage, VehicleType
 
 router = APIRouter(prefix="/v1/vehicles", tags=["vehicles"], responses=PROBLEM_RESPONSES)
@@ -44,9 +44,7 @@ async def list_vehicles(
         limit=limit + 1,
     )
     items = [Vehicle.model_validate(r) for r in rows[:limit]]
-    next_url = None
-    if len(rows) > limit:
-        next_url = str(request.url.include_query_params(after=items[-1].vehicle_ref))
+    next_url = next_page(request, len(rows), items, "vehicle_ref")
     return VehiclePage(items=items, next=next_url)
 
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
 
+from telemetry.store._store import SAMPLE_COLUMNS
+
 if TYPE_CHECKING:
     from telemetry.store._store import TelemetryStore
 
@@ -92,23 +94,6 @@ LEFT JOIN vehicle_state s ON s.vehicle = v.id
 LEFT JOIN r ON r.vehicle = v.id
 ORDER BY v.vehicle_ref
 """
-
-_SAMPLE_COLUMNS = (
-    "lat",
-    "lon",
-    "speed_kmh",
-    "heading_deg",
-    "soc_pct",
-    "pack_v",
-    "pack_a",
-    "aux_v",
-    "odometer_m",
-    "locked",
-    "ignition",
-    "immobilised",
-    "charging",
-    "flags",
-)
 
 
 class CommandAuthority:
@@ -316,7 +301,7 @@ class CommandAuthority:
             "  FROM cutover_history h WHERE h.vehicle = c.vehicle AND h.id > c.id "
             "  AND h.action = 'rollback' ORDER BY h.id DESC LIMIT 1) AS t1 FROM c) "
         )
-        cols = ", ".join(f"p.{c}" for c in _SAMPLE_COLUMNS)
+        cols = ", ".join(f"p.{c}" for c in SAMPLE_COLUMNS)
         async with self._store.connection() as conn:
             async with conn.cursor() as cur:
                 await cur.execute(
@@ -332,7 +317,7 @@ class CommandAuthority:
                         "vehicle_ref": row[0],
                         "device_id": row[1],
                         "time": row[2],
-                        **dict(zip(_SAMPLE_COLUMNS, row[3:-1])),
+                        **dict(zip(SAMPLE_COLUMNS, row[3:-1])),
                         "received_at": row[-1],
                     }
             async with conn.cursor() as cur:

@@ -137,6 +137,12 @@ _POSITION_COLUMNS: list[_Column] = [
     ("received_at", "timestamptz", lambda b: wire.timestamptz(b.received_ms)),
 ]
 
+# What a device reported in a sample, in COPY order: the positions columns but the keys (time,
+# vehicle) and the gateway's own received_at. Readers that hand samples back take this list.
+SAMPLE_COLUMNS = tuple(
+    c for c, _, _ in _POSITION_COLUMNS if c not in ("time", "vehicle", "received_at")
+)
+
 # vehicle_state: fields that keep their newest reported value, (column, SQL type).
 _STATE_FIELDS = [(c, "real") for c in FLOAT_COLUMNS] + [("odometer_m", "double precision")]
 _STATE_FIELDS += [(c, "boolean") for c in STATE_COLUMNS]
