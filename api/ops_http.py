@@ -33,13 +33,31 @@ async def readiness(
     return all(r is None for r in results), {n: r or "ok" for n, r in zip(names, results)}
 
 
+# Checks past their deadline, left to end by themselves (see _check).
+_abandoned: set[asyncio.Task] = set()
+
+
 async def _check(check: Check, timeout_s: float) -> str | None:
-    try:
-        return await asyncio.wait_for(check(), timeout_s)
-    except TimeoutError:
+    task = asyncio.ensure_future(check())
+    # Not wait_for: it waits for the cancelled check to finish, and a check stuck on a database
+    # that hangs finishes only when psycopg's cancel request, itself stuck, gives up (30 s):
+    # /readyz would hang instead of saying why it is not ready.
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        task.cancel()
+        _abandoned.add(task)
+        task.add_done_callback(_forget)
         return f"no answer within {timeout_s:g} s"
+    try:
+        return task.result()
     except Exception as exc:  # a failing check is a reason, not a crash
         return str(exc)[:200] or type(exc).__name__
+
+
+def _forget(task: asyncio.Task) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: its reason was reported as the timeout already
 
 
 def ops_app(

@@ -7,6 +7,11 @@ Scenarios (each with a fleet of its own, publishing QoS 1 one sample per message
   broker-term    SIGTERM the broker, start it again
   broker-kill    SIGKILL the broker, start it again
   db-outage      the database away for --db-down-s, then back
+  db-hang        the database stops answering for --db-down-s (connections stay open, nothing
+                 moves, as a server stopped by SIGSTOP or stuck in I/O), then resumes
+  broker-hang    SIGSTOP the broker for --broker-hang-s, then SIGCONT (longer than the gateway's
+                 1.5 MQTT keepalive intervals, 45 s by default: a silent broker is noticed by
+                 the PINGRESP that does not come)
 
 Locally (the default) the script starts everything itself: a private Mosquitto with the
 project's configuration, a fresh database on the local PostgreSQL (FLEETGATE_BENCH_PG_DSN), a TCP
@@ -24,7 +29,7 @@ Scenarios whose commands are missing are skipped. The simulated devices register
 prefix fault-<scenario>-<run id> and connect with --device-username/--device-password (or
 anonymously): run it against a staging deployment, or a listener that lets them in.
 
-Prints one JSON document and exits 1 on any loss.
+Prints one JSON document and exits 1 on any loss, or when a hang did not show on /readyz.
 Usage:  .venv/bin/python -m benchmarks.faults [--help]
 """
 
@@ -59,7 +64,12 @@ FAULTS = {
     "broker-term": ("broker_term", "broker_start"),
     "broker-kill": ("broker_kill", "broker_start"),
     "db-outage": ("db_stop", "db_start"),
+    "db-hang": ("db_freeze", "db_thaw"),
+    "broker-hang": ("broker_freeze", "broker_thaw"),
 }
+# Faults that leave the process running but silent: the gateway must notice by its own deadlines
+# and say so on /readyz while it lasts.
+HANGS = {"db-hang", "broker-hang"}
 SCENARIOS = tuple(FAULTS)
 ACTIONS = tuple(dict.fromkeys(action for pair in FAULTS.values() for action in pair))
 
@@ -157,6 +167,18 @@ class LocalDeployment:
     async def db_start(self) -> None:
         await self.proxy.restore()
 
+    async def db_freeze(self) -> None:
+        self.proxy.freeze()
+
+    async def db_thaw(self) -> None:
+        self.proxy.thaw()
+
+    async def broker_freeze(self) -> None:
+        self.broker.proc.send_signal(signal.SIGSTOP)
+
+    async def broker_thaw(self) -> None:
+        self.broker.proc.send_signal(signal.SIGCONT)
+
     def available(self, scenario: str) -> bool:
         return True
 
@@ -201,13 +223,25 @@ class CommandDeployment:
         pass
 
 
-async def _fault(deployment, scenario: str, args: argparse.Namespace) -> None:
-    """One fault and the recovery from it."""
+async def _fault(deployment, scenario: str, args: argparse.Namespace) -> bool:
+    """One fault and the recovery from it; whether /readyz said not ready during the fault."""
     fault, recovery = FAULTS[scenario]
     await deployment.act(fault)
-    await asyncio.sleep(args.db_down_s if scenario == "db-outage" else args.down_s)
+    down_s = {
+        "db-outage": args.db_down_s,
+        "db-hang": args.db_down_s,
+        "broker-hang": args.broker_hang_s,
+    }.get(scenario, args.down_s)
+    deadline = time.monotonic() + down_s
+    went_down = False
+    while (left := deadline - time.monotonic()) > 0:
+        probe = asyncio.ensure_future(_ready(deployment.readyz))
+        done, _ = await asyncio.wait({probe}, timeout=left)
+        went_down = went_down or (probe in done and not probe.result())
+        await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
     await deployment.act(recovery)
     await _until_ready(deployment.readyz, 120, f"the gateway ready after {scenario}")
+    return went_down
 
 
 async def _stored_keys(dsn: str, device_ids: list[str]) -> tuple[list[tuple[str, int]], int]:
@@ -252,8 +286,9 @@ async def run_scenario(deployment, scenario: str, args: argparse.Namespace, run_
     stop = asyncio.Event()
     running = asyncio.create_task(fleet.run(stop))
     await asyncio.sleep(args.warmup_s)
+    not_ready_seen = 0
     for _ in range(args.repeat):
-        await _fault(deployment, scenario, args)
+        not_ready_seen += await _fault(deployment, scenario, args)
         await asyncio.sleep(args.between_s)
     stop.set()
     await running
@@ -279,6 +314,7 @@ async def run_scenario(deployment, scenario: str, args: argparse.Namespace, run_
         "duplicated": len(rows) - distinct,
         "stored_not_acknowledged": len(stored - acked),
         "device_reconnects": stats.connection_losses,
+        "faults_seen_on_readyz": not_ready_seen,
         "seconds": round(time.monotonic() - started, 1),
     }
 
@@ -315,6 +351,12 @@ async def bench(args: argparse.Namespace) -> dict:
     report["zero_loss"] = all(
         r.get("lost", 0) == 0 and r.get("duplicated", 0) == 0 for r in results
     )
+    # A dependency that hangs for longer than the gateway's deadlines must show on /readyz.
+    report["hangs_reported"] = all(
+        r["faults_seen_on_readyz"] == r["faults"]
+        for r in results
+        if r["scenario"] in HANGS and "skipped" not in r
+    )
     return report
 
 
@@ -349,7 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-s", type=float, default=5.0, help="load before the first fault")
     p.add_argument("--between-s", type=float, default=5.0, help="load after each recovery")
     p.add_argument("--down-s", type=float, default=2.0, help="how long a process stays down")
-    p.add_argument("--db-down-s", type=float, default=10.0, help="how long the database is away")
+    p.add_argument(
+        "--db-down-s", type=float, default=10.0, help="how long the database is away or hangs"
+    )
+    p.add_argument(
+        "--broker-hang-s", type=float, default=60.0, help="how long the broker is stopped"
+    )
     p.add_argument(
         "--settle-s",
         type=float,
@@ -374,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
         build_parser(),
         argv,
         check=own_deployment_complete,
-        passed=lambda report: report["zero_loss"],
+        passed=lambda report: report["zero_loss"] and report["hangs_reported"],
     )
 
 

@@ -42,12 +42,13 @@ class EvidenceRecorder(Protocol):
 
 async def validate_shadow_batch(
     batches: ShadowReader,
-    evidence: EvidenceRecorder,
+    evidence: EvidenceRecorder | None,
     name: str,
     thresholds: Thresholds,
     now: datetime,
-) -> tuple[Any, ParityReport]:
-    """(the batch, its report); the batch's absence is the reader's error (unknown batch)."""
+) -> tuple[Any, ParityReport, int | None]:
+    """(the batch, its report, the evidence id); the batch's absence is the reader's error
+    (unknown batch). With no recorder (a read-only look) nothing is recorded and the id is None."""
     b = await batches.get(name)
     until = b.until(now)
     fleet, legacy, rides = await batches.observations(b, until)
@@ -61,14 +62,16 @@ async def validate_shadow_batch(
         until_ms=int(until.timestamp() * 1000),
         thresholds=thresholds,
     )
-    await evidence.record_migration_evidence(
+    if evidence is None:
+        return b, report, None
+    evidence_id = await evidence.record_migration_evidence(
         "parallel_run",
         batch=b.name,
         passed=report.passed,
         detail=evidence_detail(report, len(b.vehicles)),
         recorded_at=now,
     )
-    return b, report
+    return b, report, evidence_id
 
 
 class ShadowStarter(Protocol):

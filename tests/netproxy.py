@@ -30,6 +30,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.WriteTransport] = set()
         self._tasks: set[asyncio.Task] = set()
+        self._flowing = asyncio.Event()  # cleared: frozen, see freeze
+        self._flowing.set()
 
     @classmethod
     async def start_for(cls, dsn: str) -> TcpProxy:
@@ -66,11 +68,27 @@ class TcpProxy:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def freeze(self) -> None:
+        """A server that hangs: connections stay open and new ones are accepted, but no byte
+        moves either way until thaw. The client's kernel sees every segment acknowledged (by
+        this proxy's), so neither TCP keepalives nor a TCP user timeout notice anything: only
+        the client's own deadlines do, as with a database stopped by SIGSTOP, stuck in I/O or
+        behind a lock."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        """What was held back moves on, in order, as when a frozen server resumes."""
+        self._flowing.set()
+
     async def close(self) -> None:
         await self.cut()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._transports.add(writer.transport)
+        await self._flowing.wait()
+        if writer.transport.is_closing():  # cut while frozen
+            self._transports.discard(writer.transport)
+            return
         try:
             if self._unix_path:
                 up_reader, up_writer = await asyncio.open_unix_connection(self._unix_path)
@@ -82,8 +100,8 @@ class TcpProxy:
             return
         self._transports.add(up_writer.transport)
         pumps = [
-            asyncio.create_task(_pump(reader, up_writer)),
-            asyncio.create_task(_pump(up_reader, writer)),
+            asyncio.create_task(_pump(reader, up_writer, self._flowing)),
+            asyncio.create_task(_pump(up_reader, writer, self._flowing)),
         ]
         self._tasks.update(pumps)
         try:
@@ -97,8 +115,11 @@ class TcpProxy:
                 w.transport.abort()
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
+) -> None:
     with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
         while data := await reader.read(65536):
+            await flowing.wait()
             writer.write(data)
             await writer.drain()

@@ -1,7 +1,9 @@
 """The parallel run over HTTP (docs/migration.md): shadow batches started, listed and stopped as
 `fleetgate migrate shadow` does, and a batch's observations by fleetgate beside the legacy
-platform's, compared by the parity core, each metric green, yellow or red; every validation is
-recorded as "parallel_run" evidence for the go-live gate, as `fleetgate migrate validate` does."""
+platform's, compared by the parity core, each metric green, yellow or red. GET only looks (a
+reader's key may); POST /v1/migration/validations also records the result as "parallel_run"
+evidence for the go-live gate, as `fleetgate migrate validate` does, and needs migration:write:
+a read-only key must not be able to put evidence before the gate."""
 
 from __future__ import annotations
 
@@ -49,24 +51,29 @@ class ValidationOut(BaseModel):
     )
     vehicles: list[dict[str, Any]] = Field(description="per vehicle: figures and colour")
     thresholds: dict[str, Any]
+    evidence_id: int | None = Field(
+        None, description="the go-live evidence this validation was recorded as (POST only)"
+    )
+
+
+_THRESHOLD_HELP = (
+    "NAME=VALUE overrides of the thresholds (docs/migration.md), e.g. coverage.green=0.999; "
+    "repeat for several"
+)
 
 
 @router.get(
     "/validation",
     response_model=ValidationOut,
     dependencies=[require("fleet:read")],
-    summary="Compare a shadow batch's observations by fleetgate and the legacy platform",
+    summary="Compare a shadow batch's observations by fleetgate and the legacy platform "
+    "(records nothing)",
 )
 async def validation(
     request: Request,
     batch: Annotated[str, Query(pattern=BATCH_RULE, description="the shadow batch")],
     threshold: Annotated[
-        list[str] | None,
-        Query(
-            max_length=40,
-            description="NAME=VALUE overrides of the thresholds (docs/migration.md), e.g. "
-            "coverage.green=0.999; repeat for several",
-        ),
+        list[str] | None, Query(max_length=40, description=_THRESHOLD_HELP)
     ] = None,
 ) -> ValidationOut:
     overrides = {}
@@ -76,18 +83,49 @@ async def validation(
             overrides[name.strip()] = float(value) if eq else float("nan")
         except ValueError:
             overrides[name.strip()] = float("nan")
+    return await _validate(request, batch, overrides, ("query", "threshold"), record=False)
+
+
+class ValidationRequest(BaseModel):
+    batch: str = Field(pattern=BATCH_RULE, description="the shadow batch")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        max_length=40,
+        description='overrides by name (docs/migration.md), e.g. {"coverage.green": 0.999}',
+    )
+
+
+@router.post(
+    "/validations",
+    response_model=ValidationOut,
+    status_code=201,
+    dependencies=[require("migration:write")],
+    summary="Validate a shadow batch and record the result as go-live evidence "
+    "(as `fleetgate migrate validate`)",
+)
+async def record_validation(request: Request, body: ValidationRequest) -> ValidationOut:
+    return await _validate(request, body.batch, body.thresholds, ("body", "thresholds"), True)
+
+
+async def _validate(
+    request: Request,
+    batch: str,
+    overrides: dict[str, float],
+    overrides_at: tuple[str, ...],
+    record: bool,
+) -> ValidationOut:
     try:
         thresholds = DEFAULT_THRESHOLDS.with_overrides(overrides)
     except ValueError as exc:
-        raise invalid("bad-threshold", str(exc), ("query", "threshold")) from None
+        raise invalid("bad-threshold", str(exc), overrides_at) from None
     store = context(request).store
     try:
-        b, report = await validate_shadow_batch(
-            ShadowBatches(store), store, batch, thresholds, datetime.now(UTC)
+        b, report, evidence_id = await validate_shadow_batch(
+            ShadowBatches(store), store if record else None, batch, thresholds, datetime.now(UTC)
         )
     except UnknownShadowBatch as exc:
         raise Problem(404, "unknown-shadow-batch", str(exc)) from None
-    return ValidationOut(batch=b.name, **report.to_json())
+    return ValidationOut(batch=b.name, evidence_id=evidence_id, **report.to_json())
 
 
 class ShadowStart(BaseModel):

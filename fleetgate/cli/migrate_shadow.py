@@ -157,7 +157,7 @@ def validate(
         fail(str(exc))
     at = _now(now)
     try:
-        b, report = asyncio.run(
+        b, report, _ = asyncio.run(
             with_store(
                 database_url(load_settings()),
                 lambda store: validate_shadow_batch(

@@ -1,5 +1,6 @@
-"""GET /v1/migration/validation: a shadow batch's parity report over HTTP, recorded as evidence
-like the command's; an unknown batch a 404, a bad threshold a 422, the read scope required."""
+"""GET /v1/migration/validation: a shadow batch's parity report over HTTP, recording nothing;
+POST /v1/migration/validations: the same, recorded as evidence like the command's, with the write
+scope. An unknown batch a 404, a bad threshold a 422, the scopes required."""
 
 from __future__ import annotations
 
@@ -43,9 +44,18 @@ async def test_the_report_says_each_metric_and_the_share_below_the_minimum(
     assert body["metrics"]["position"]["p50_m"] == pytest.approx(50.0, abs=0.1)
     assert body["metrics"]["coverage"]["colour"] == "green"
     assert body["overall"] == "red" and body["passed"] is False
+    assert body["evidence_id"] is None
+    assert await parallel_run_evidence(pg_dsn) == [], "a look records nothing"
+
+    async with api_server.client("legacy") as c:
+        recorded = await c.post("/v1/migration/validations", json={"batch": "pilot"})
+    assert recorded.status_code == 201, recorded.text
+    assert {k: v for k, v in recorded.json().items() if k != "evidence_id"} == {
+        k: v for k, v in body.items() if k != "evidence_id"
+    }
     evidence = await parallel_run_evidence(pg_dsn)
-    assert [(e.batch, e.passed, e.detail["below_minimum"]) for e in evidence] == [
-        ("pilot", False, True)
+    assert [(e.id, e.batch, e.passed, e.detail["below_minimum"]) for e in evidence] == [
+        (recorded.json()["evidence_id"], "pilot", False, True)
     ]
 
 
@@ -59,6 +69,14 @@ async def test_thresholds_are_given_by_name(api_server, pg_dsn, batch):
     assert r.status_code == 200, r.text
     assert r.json()["metrics"]["position"]["colour"] == "green"
     assert r.json()["thresholds"]["position_p95_m"]["green"] == 60.0
+    async with api_server.client("legacy") as c:
+        body = {
+            "batch": "pilot",
+            "thresholds": {t.split("=")[0]: float(t.split("=")[1]) for t in loose},
+        }
+        recorded = await c.post("/v1/migration/validations", json=body)
+    assert recorded.status_code == 201, recorded.text
+    assert recorded.json()["metrics"]["position"]["colour"] == "green"
 
 
 async def test_an_unknown_batch_is_a_404_and_a_bad_threshold_a_422_recording_nothing(
@@ -70,16 +88,28 @@ async def test_an_unknown_batch_is_a_404_and_a_bad_threshold_a_422_recording_not
             "/v1/migration/validation", params={"batch": "pilot", "threshold": "speed=3"}
         )
         malformed = await c.get("/v1/migration/validation", params={"batch": "a b"})
+    async with api_server.client("legacy") as c:
+        post = "/v1/migration/validations"
+        unknown_post = await c.post(post, json={"batch": "nope"})
+        bad_post = await c.post(post, json={"batch": "pilot", "thresholds": {"speed": 3}})
+        not_a_number = await c.post(post, json={"batch": "pilot", "thresholds": {"x": "high"}})
     assert_problem(unknown, 404, "no shadow batch 'nope'")
     assert_problem(bad, 422, "unknown threshold 'speed'")
     assert_problem(malformed, 422)
+    assert_problem(unknown_post, 404, "no shadow batch 'nope'")
+    assert_problem(bad_post, 422, "unknown threshold 'speed'")
+    assert_problem(not_a_number, 422)
     assert await parallel_run_evidence(pg_dsn) == []
 
 
-async def test_the_read_scope_is_required(api_server, batch):
+async def test_the_read_scope_looks_and_only_the_write_scope_records(api_server, pg_dsn, batch):
     async with api_server.client("legacy") as c:
         r = await c.get("/v1/migration/validation", params={"batch": "pilot"})
+    async with api_server.client("reader") as c:
+        w = await c.post("/v1/migration/validations", json={"batch": "pilot"})
     assert_problem(r, 403, "fleet:read")
+    assert_problem(w, 403, "migration:write")
+    assert await parallel_run_evidence(pg_dsn) == []
 
 
 async def test_a_shadow_batch_is_started_listed_and_stopped_and_overlaps_are_a_409(

@@ -253,3 +253,49 @@ async def _publish_round(broker, root: str, t0: int, round_: int) -> None:
 
 async def _ready(gw: GatewayProcess, code: int) -> bool:
     return (await gw.get("/readyz")).status_code == code
+
+
+async def test_a_database_that_hangs_makes_it_unready_and_nothing_is_lost(
+    mosquitto, pg_dsn, topic_root, tmp_path
+):
+    """A database that stops answering without closing anything (a server stopped by SIGSTOP,
+    stuck in I/O, a proxy that swallows the traffic): the kernel acknowledges every segment, so
+    no TCP keepalive or user timeout fires; readiness must follow from the gateway's own
+    deadlines, and what was held must be stored once the server resumes."""
+    await register(pg_dsn, DEVICES)
+    proxy = await TcpProxy.start_for(pg_dsn)
+    gw = GatewayProcess(
+        proxy.dsn(pg_dsn),
+        mosquitto,
+        topic_root,
+        "gw-hang",
+        tmp_path / "gw.log",
+        metrics_port=free_port(),
+    ).start()
+    try:
+        await gw.wait_subscribed()
+        await eventually(lambda: _ready(gw, 200), what="ready")
+        t0 = int(time.time() * 1000) - 60_000
+        await _publish_round(mosquitto, topic_root, t0, 0)
+        await eventually(lambda: _stored(gw, 50), what="the first round stored")
+
+        proxy.freeze()
+        await _publish_round(mosquitto, topic_root, t0, 1)  # its batch's write hangs
+        await eventually(lambda: _ready(gw, 503), timeout=20, what="unready while it hangs")
+        assert (await gw.get("/readyz")).json()["checks"]["database"] != "ok"
+        assert (await gw.get("/healthz")).status_code == 200
+        assert gw.proc.poll() is None, "the gateway keeps running"
+
+        proxy.thaw()
+        await eventually(lambda: _ready(gw, 200), timeout=30, what="ready again")
+        await eventually(lambda: _stored(gw, 100), timeout=30, what="the held round stored")
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT count(*), count(DISTINCT (vehicle, time)) FROM positions"
+                )
+            ).fetchone()
+        assert rows == (100, 100)
+    finally:
+        gw.stop()
+        await proxy.close()
