@@ -18,9 +18,7 @@ from firmware_sim.payloads import JSON
 from telemetry.batch import STATE_COLUMNS
 from telemetry.decoder import _NUMBER_FIELDS, _parse_native_json, decode_telemetry
 from telemetry.schema import MAX_PAYLOAD_BYTES, MAX_SAMPLES_PER_MESSAGE
-
-NOW = 1_764_412_800_000
-REGISTRY = {"bike-1": 1, "car-2": 2}
+from tests.telemetry.test_decoder import _DROP, NOW, REGISTRY, sample
 
 
 def decoded_alike(devices, payloads, content_types=None, registry=REGISTRY):
@@ -47,27 +45,6 @@ def decoded_alike(devices, payloads, content_types=None, registry=REGISTRY):
     assert fast.problems == general.problems
     taken, _, _ = _parse_native_json(devices, payloads, registry, content_types, None)
     return fast, len(taken)
-
-
-def sample(**over) -> dict:
-    s = {
-        "t": NOW - 1000,
-        "lat": 52.52,
-        "lon": 13.405,
-        "speed_kmh": 17.5,
-        "heading_deg": 84.0,
-        "soc_pct": 71.5,
-        "pack_v": 38.9,
-        "pack_a": 6.2,
-        "aux_v": 12.6,
-        "odometer_m": 1289034,
-        "locked": False,
-        "ignition": True,
-        "immobilised": False,
-        "charging": False,
-    }
-    s.update(over)
-    return {k: v for k, v in s.items() if v is not None}
 
 
 def test_the_simulated_fleets_json_goes_the_typed_way_and_decodes_as_before():
@@ -98,7 +75,7 @@ _EDGE_CASES = [
     (b'{"t": %d, "pack_v": 3.5e38}' % NOW, True),  # float32's range ends: a wrong_type
     (b'{"t": %d, "soc_pct": 1E2, "heading_deg": 360.0000000001}' % NOW, True),
     (orjson.dumps(sample(lat=91)), True),
-    (orjson.dumps(sample(lon=None)), True),  # lat without lon
+    (orjson.dumps(sample(lon=_DROP)), True),  # lat without lon
     (orjson.dumps(sample(t=NOW + 3_600_000)), True),
     (orjson.dumps(sample(t=2**63 - 1)), True),
     (orjson.dumps(sample(t=-(2**63))), True),
@@ -113,7 +90,7 @@ _EDGE_CASES = [
     (b'{"t": 1.0}', False),
     (b'{"t": "1"}', False),
     (b'{"t": true}', False),
-    (orjson.dumps(sample(lat=None, lon=None))[:-1] + b', "lat": null, "lon": null}', False),
+    (orjson.dumps(sample(lat=_DROP, lon=_DROP))[:-1] + b', "lat": null, "lon": null}', False),
     (orjson.dumps(sample(locked=1)), False),
     (orjson.dumps(sample(soc_pct="50")), False),
     (orjson.dumps(sample(extra="x")), False),  # a field the protocol has not: read the general way
