@@ -309,6 +309,14 @@ class Settings(BaseSettings):
     # HTTP API and live map (served by `fleetgate run` beside the gateway, or `fleetgate api`).
     api_host: str = Field("127.0.0.1", description="address the HTTP API listens on")
     api_port: int = Field(8080, ge=0, le=65535, description="0: no HTTP API in `fleetgate run`")
+    api_db_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="how long one API request's database work may take; past it the request "
+        "answers 503 (a database that hangs with its connections open would otherwise hold "
+        "it for ever)",
+    )
     api_key_cache_s: float = Field(
         30.0,
         ge=0,

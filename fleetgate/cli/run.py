@@ -160,7 +160,7 @@ async def serve_api(
     from api import LiveHub, create_app
     from fleetgate.wiring import api_alone, api_beside_gateway, api_context, http_server
 
-    store = await open_store_retrying(dsn, stop)
+    store = await open_store_retrying(dsn, stop, s.api_db_deadline_s)
     if store is None:
         return
     hub = LiveHub(store)
@@ -191,15 +191,22 @@ async def serve_api(
         raise serving.exception()
 
 
-async def open_store_retrying(dsn: str, stop: asyncio.Event) -> TelemetryStore | None:
-    """The store, once the database answers; None when stop is set first."""
+async def open_store_retrying(
+    dsn: str, stop: asyncio.Event, deadline_s: float
+) -> TelemetryStore | None:
+    """The API's store, once the database answers (None when stop is set first), with
+    deadline_s for each request's database work."""
     from telemetry.store import TelemetryStore, retry_while_unavailable
 
     def unavailable(exc: Exception, retry_in_s: float) -> None:
         log.warning("database_unavailable", extra={"operation": "api", "error": str(exc)[:200]})
 
     return await retry_while_unavailable(
-        lambda: TelemetryStore.open(dsn), unavailable, first_s=2.0, max_s=2.0, stop=stop
+        lambda: TelemetryStore.open(dsn, operation_deadline_s=deadline_s),
+        unavailable,
+        first_s=2.0,
+        max_s=2.0,
+        stop=stop,
     )
 
 

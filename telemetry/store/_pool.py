@@ -5,6 +5,7 @@ The telemetry store and the command store (gateway/commands/store.py) both go th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -88,12 +89,25 @@ async def open_pool(
 
 
 @asynccontextmanager
-async def pooled_connection(pool: AsyncConnectionPool) -> AsyncIterator[AsyncConnection]:
+async def pooled_connection(
+    pool: AsyncConnectionPool, deadline_s: float | None = None
+) -> AsyncIterator[AsyncConnection]:
     """A connection from the pool; connection-level failures come out as StoreUnavailable,
-    other errors unchanged."""
+    other errors unchanged.
+
+    With deadline_s, the whole block (waiting for a connection included) must end within it,
+    else StoreUnavailable. That is for a server that hangs with its connections open: the
+    kernel acknowledges every segment, so no TCP timeout fires and a query would wait for ever.
+    psycopg then tries to cancel the query (5 s) and closes the connection if the server does
+    not answer that either, so the block ends at most about 10 s past the deadline."""
+    deadline = asyncio.timeout(deadline_s)
     try:
-        async with pool.connection() as conn:
+        async with deadline, pool.connection() as conn:
             yield conn
+    except TimeoutError as exc:
+        if deadline_s is not None and deadline.expired():
+            raise StoreUnavailable(f"the database did not answer within {deadline_s:g} s") from exc
+        raise
     except Exception as exc:
         if is_unavailable(exc):
             raise StoreUnavailable(describe_unavailable(exc)) from exc
@@ -101,9 +115,11 @@ async def pooled_connection(pool: AsyncConnectionPool) -> AsyncIterator[AsyncCon
 
 
 @asynccontextmanager
-async def pooled_transaction(pool: AsyncConnectionPool) -> AsyncIterator[AsyncConnection]:
+async def pooled_transaction(
+    pool: AsyncConnectionPool, deadline_s: float | None = None
+) -> AsyncIterator[AsyncConnection]:
     """A pooled connection in one transaction: committed when the block ends, rolled back on
-    any error."""
-    async with pooled_connection(pool) as conn:
+    any error. deadline_s as for pooled_connection."""
+    async with pooled_connection(pool, deadline_s) as conn:
         async with conn.transaction():
             yield conn

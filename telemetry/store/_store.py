@@ -625,17 +625,29 @@ def _now_ms() -> int:
 class TelemetryStore:
     """The ingest path's access to PostgreSQL. Open with `await TelemetryStore.open(dsn)`."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, operation_deadline_s: float | None = None
+    ) -> None:
         self._pool = pool
+        self._deadline_s = operation_deadline_s
 
     @classmethod
     async def open(
-        cls, dsn: str, *, pool_min: int = 1, pool_max: int = 4, timeout_s: float = 5.0
+        cls,
+        dsn: str,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 4,
+        timeout_s: float = 5.0,
+        operation_deadline_s: float | None = None,
     ) -> TelemetryStore:
         """Open the pool and check the server answers within timeout_s (else StoreUnavailable).
 
         timeout_s is also how long an operation waits for a pooled connection during an
-        outage before it gives up with StoreUnavailable.
+        outage before it gives up with StoreUnavailable. operation_deadline_s bounds every
+        connection()/transaction() block (telemetry/store/_pool.py, pooled_connection): the
+        HTTP API's store has one, so that a request never waits for ever on a database that
+        hangs; the ingest path has none (a slow commit is retried, not abandoned).
         """
         pool = await open_pool(
             dsn,
@@ -647,7 +659,7 @@ class TelemetryStore:
             configure=_configure,
             check=AsyncConnectionPool.check_connection,
         )
-        return cls(pool)
+        return cls(pool, operation_deadline_s)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -667,12 +679,12 @@ class TelemetryStore:
 
     def _connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A pooled connection; connection-level failures come out as StoreUnavailable."""
-        return pooled_connection(self._pool)
+        return pooled_connection(self._pool, self._deadline_s)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncCursor]:
         """A cursor in one transaction: committed when the block ends, rolled back on error."""
-        async with pooled_transaction(self._pool) as conn:
+        async with pooled_transaction(self._pool, self._deadline_s) as conn:
             yield conn.cursor()
 
     # Public names of the two above, for the rooms that keep their own queries over the same

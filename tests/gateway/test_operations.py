@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import psycopg
 import pytest
 
 from fleetgate.embedded import free_port
-from telemetry.store import migrate
+from telemetry.store import TelemetryStore, migrate
 from tests import mqtt_devices
 from tests.fixtures_db import PrivateCluster, Server, dsn_for
 from tests.harness import GatewayProcess, eventually, register, sample_sum
@@ -299,3 +300,49 @@ async def test_a_database_that_hangs_makes_it_unready_and_nothing_is_lost(
     finally:
         gw.stop()
         await proxy.close()
+
+
+async def test_an_api_request_on_a_database_that_hangs_answers_503_within_its_deadline(
+    mosquitto, pg_dsn, topic_root, tmp_path
+):
+    """A request already holding a connection when the server froze waited for ever (its query
+    had no deadline: nothing at the TCP level notices a silent server); with
+    FLEETGATE_API_DB_DEADLINE_S it answers 503 past the deadline (plus psycopg's cancel attempt,
+    at most about 10 s) and the API works again once the server answers."""
+    store = await TelemetryStore.open(pg_dsn)
+    try:
+        key = (await store.create_api_key("ops", ["fleet:read"]))[1]
+    finally:
+        await store.close()
+    proxy = await TcpProxy.start_for(pg_dsn)
+    api_port = free_port()
+    gw = GatewayProcess(
+        proxy.dsn(pg_dsn), mosquitto, topic_root, "gw-api-hang", tmp_path / "gw.log",
+        metrics_port=free_port(), FLEETGATE_API_PORT=api_port, FLEETGATE_API_DB_DEADLINE_S=2,
+        FLEETGATE_API_KEY_CACHE_S=600,
+    ).start()  # fmt: skip
+    api, auth = f"http://127.0.0.1:{api_port}", {"Authorization": f"Bearer {key}"}
+    try:
+        await gw.wait_subscribed()
+        async with httpx.AsyncClient(timeout=60.0) as client:
+            assert (await client.get(api + "/v1/vehicles", headers=auth)).status_code == 200
+            proxy.freeze()
+            started = time.monotonic()
+            r = await client.get(api + "/v1/vehicles", headers=auth)
+            took = time.monotonic() - started
+            assert r.status_code == 503, r.text
+            assert "the database did not answer within 2 s" in r.json()["detail"]
+            assert took < 2 + 12, f"answered after {took:.1f} s"
+            proxy.thaw()
+            await eventually(
+                lambda: _answers(client, api + "/v1/vehicles", auth, 200),
+                timeout=30,
+                what="the API answers again",
+            )
+    finally:
+        gw.stop()
+        await proxy.close()
+
+
+async def _answers(client, url: str, headers: dict, code: int) -> bool:
+    return (await client.get(url, headers=headers)).status_code == code
