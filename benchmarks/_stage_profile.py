@@ -26,6 +26,7 @@ STEPS: list[tuple[str, str, str]] = [
     ("mqtt_parse", "gateway.mqtt._packets", "PacketStream.feed"),
     ("ingress_submit", "gateway.mqtt_ingress", "MqttIngress._on_messages"),
     ("decode", "gateway.pipeline", "IngestPipeline._decode_telemetry"),
+    ("decode.native", "telemetry.decoder", "_parse_native_json"),
     ("decode.parse", "telemetry.decoder", "_parse_messages"),
     ("decode.validate", "telemetry.decoder", "_columns"),
     ("plausibility", "gateway.pipeline", "IngestPipeline._flag_implausible"),
@@ -49,6 +50,7 @@ class StageProfile:
         # One frame per step running now: the time its nested steps took (to take out of its).
         self._nested: list[int] = []
         self._gc_started = 0
+        self.longest_gc_ns = 0  # the longest single collection: a pause of the event loop
 
     def __enter__(self) -> StageProfile:
         for label, module, path in STEPS:
@@ -78,6 +80,7 @@ class StageProfile:
             return
         took = time.thread_time_ns() - self._gc_started
         self.ns["gc"] += took
+        self.longest_gc_ns = max(self.longest_gc_ns, took)
         self.calls["gc"] += 1
         if self._nested:
             self._nested[-1] += took
@@ -110,4 +113,5 @@ class StageProfile:
         # How many samples the per-read and per-batch costs were spread over.
         out["samples_per_read"] = round(per / max(self.calls["mqtt_receive"], 1), 1)
         out["samples_per_batch"] = round(per / max(self.calls["decode"], 1), 1)
+        out["longest_gc_ms"] = round(self.longest_gc_ns / 1e6, 2)
         return out

@@ -130,19 +130,29 @@ def registrations(vehicles: int, seed: int) -> list[tuple[str, str, str]]:
 
 
 class Recorder:
-    """Counts committed samples and their publish-to-commit delays (offset applied at the end)."""
+    """Counts committed samples and their publish-to-commit delays (offset applied at the end);
+    where the gateway runs in this process, also each sample's receipt-to-commit delay and each
+    batch's size, to tell where a slow commit comes from."""
 
     def __init__(self) -> None:
         self.count = 0
         self.first_commit: float | None = None
         self.last_commit = 0.0
         self._delays: list[np.ndarray] = []
+        self._since_receipt: list[np.ndarray] = []
+        self._batches: list[tuple[int, float]] = []  # (samples, commit - newest receipt, ms)
 
-    def batch(self, sample_ms: np.ndarray, commit_ms: float) -> None:
+    def batch(
+        self, sample_ms: np.ndarray, commit_ms: float, received_ms: np.ndarray | None = None
+    ) -> None:
         self.count += len(sample_ms)
         self.first_commit = self.first_commit or commit_ms / 1000.0
         self.last_commit = commit_ms / 1000.0
         self._delays.append(commit_ms - sample_ms.astype(np.float64))
+        if received_ms is not None and len(received_ms):
+            since = commit_ms - received_ms.astype(np.float64)
+            self._since_receipt.append(since)
+            self._batches.append((len(received_ms), float(since.min())))
 
     def one(self, sample_ms: int, commit_ms: float) -> None:
         self.batch(np.array([sample_ms]), commit_ms)
@@ -151,6 +161,42 @@ class Recorder:
         if not self._delays:
             return {}
         return percentiles(np.concatenate(self._delays) - wall_offset_ms)
+
+    def latency_parts_ms(self, wall_offset_ms: float) -> dict:
+        """Publish -> commit split at the gateway's receipt: publish -> receipt (load generator,
+        broker, the gateway's socket reads) and receipt -> commit (the wait for a batch to be cut,
+        its processing and its transaction); and per batch its samples and the time from its
+        newest receipt to its commit (processing and transaction, at most)."""
+        if not self._since_receipt:
+            return {}
+        since = np.concatenate(self._since_receipt)
+        total = np.concatenate(self._delays) - wall_offset_ms
+        sizes = np.array([n for n, _ in self._batches])
+        newest = np.array([ms for _, ms in self._batches])
+        return {
+            "publish_to_receipt": percentiles(total - since),
+            "receipt_to_commit": percentiles(since),
+            "batches": len(self._batches),
+            "batch_samples": percentiles(sizes, digits=0),
+            "newest_receipt_to_commit": percentiles(newest),
+        }
+
+
+class LoopLag:
+    """How late the event loop wakes a task that sleeps 5 ms: a synchronous step that holds the
+    loop (a big batch through the cores, a garbage collection) shows as lag."""
+
+    def __init__(self) -> None:
+        self.lag_ms: list[float] = []
+
+    async def run(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.005)
+            self.lag_ms.append((time.perf_counter() - t0 - 0.005) * 1000.0)
+
+    def report(self) -> dict:
+        return percentiles(self.lag_ms)
 
 
 class Fleetgate:
@@ -169,7 +215,7 @@ class Fleetgate:
             self.broker,
             self.topic_root,
             "bench-gateway",
-            on_committed=lambda b, ms: recorder.batch(b.time_ms, ms),
+            on_committed=lambda b, ms: recorder.batch(b.time_ms, ms, b.received_ms),
         ):
             yield
 
@@ -403,6 +449,9 @@ async def measure(
         if stages is not None:
             stack.enter_context(stages)
         await stack.enter_async_context(system.running(recorder))
+        lag = LoopLag() if isinstance(system, Fleetgate) and not workload.fast else None
+        if lag is not None:  # paced runs only: the max runs' CPU per sample stays comparable
+            stack.callback(asyncio.create_task(lag.run()).cancel)
         sim = SimProcess(broker, system.topic_root, workload)
         await sim.run()
         expected = sim.done["samples_acked"]
@@ -435,6 +484,9 @@ async def measure(
     if not workload.fast:
         out["offered_per_s"] = round(workload.vehicles * workload.rate_hz)
         out["latency_ms"] = recorder.latency_ms(sim.done["wall_offset_ms"])
+        if isinstance(system, Fleetgate):
+            out["latency_parts_ms"] = recorder.latency_parts_ms(sim.done["wall_offset_ms"])
+            out["event_loop_lag_ms"] = lag.report()
     if isinstance(system, GatewayProcesses):
         out.update(system.report())
     if stages is not None:

@@ -7,11 +7,15 @@ rejected sample gets exactly one reason of REASONS, the one it would get decoded
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
+from operator import attrgetter
+from typing import Annotated
 
 import cbor2
+import msgspec
 import numpy as np
 import orjson
 from pydantic import ValidationError
@@ -152,6 +156,12 @@ class _Rejections:
         self._device_ids = device_ids
         self._max = max_problems
 
+    def of_messages(self, indices: Sequence[int]) -> _Rejections:
+        """The same counts and problems, for a subset of the messages (index j: indices[j])."""
+        view = _Rejections([self._device_ids[i] for i in indices], self._max)
+        view.counts, view.problems = self.counts, self.problems
+        return view
+
     def add(self, reason: str, msg: int, detail: str, count: int = 1) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + count
         if len(self.problems) < self._max:
@@ -169,6 +179,7 @@ def decode_telemetry(
     content_types: Sequence[str | None] | None = None,
     max_problems: int = 20,
     dialects: Sequence[Dialect | None] | None = None,
+    fast_json: bool = True,
 ) -> DecodeResult:
     """Decode the payloads of many telemetry messages into one batch of valid samples.
 
@@ -176,24 +187,50 @@ def decode_telemetry(
     vehicles.id. Invalid samples are left out of the batch and counted by reason. dialects[i],
     where given and not None, is the payload dialect message i arrived in (telemetry.dialect):
     its samples are mapped onto the protocol's and then checked as native ones are.
+
+    Native JSON samples take a typed decoder straight to their fields (_parse_native_json);
+    every other payload, and any the typed decoder refuses, the general path. Both give the same
+    columns and the same rejections; fast_json=False sends every payload the general way (the
+    tests compare the two).
     """
     rejections = _Rejections(device_ids, max_problems)
     received = np.asarray(received_ms, dtype=np.int64)
-    items, owner = _parse_messages(
-        device_ids,
-        payloads,
-        registry,
-        content_types,
-        rejections,
-        senml_received_ms=received,
-        dialects=dialects,
-    )
+    if fast_json:
+        native, native_owner, rest = _parse_native_json(
+            device_ids, payloads, registry, content_types, dialects
+        )
+    else:
+        native, native_owner, rest = [], [], None
+    if rest is None:  # every message the general way
+        items, owner = _parse_messages(
+            device_ids,
+            payloads,
+            registry,
+            content_types,
+            rejections,
+            senml_received_ms=received,
+            dialects=dialects,
+        )
+    elif rest:
+        items, owner = _parse_messages(
+            [device_ids[i] for i in rest],
+            [payloads[i] for i in rest],
+            registry,
+            content_types and [content_types[i] for i in rest],
+            rejections.of_messages(rest),
+            senml_received_ms=received[rest],
+            dialects=dialects and [dialects[i] for i in rest],
+        )
+        owner = [rest[j] for j in owner]
+    else:
+        items, owner = [], []
     vehicle_of_msg = np.fromiter(
         map(registry.get, device_ids, repeat(-1, len(device_ids))), np.int32, len(device_ids)
     )
     batch = _columns(
+        _NativeRows(native, native_owner, payloads),
         items,
-        np.asarray(owner, dtype=np.intp),
+        owner,
         vehicle_of_msg,
         received,
         now_ms,
@@ -201,6 +238,115 @@ def decode_telemetry(
         rejections,
     )
     return DecodeResult(batch, rejections.counts, rejections.problems)
+
+
+# --- the fast path: native JSON samples decoded straight into typed fields ---------------------
+
+# A native JSON sample the fast path takes whole: the protocol's fields and no other, each a
+# number or a boolean as telemetry.schema.Sample wants it (null not taken), t within int64.
+# msgspec refuses anything else and such a payload takes the general path, which says what is
+# wrong with it. A default is what a column reads for a field not reported (NaN; -1 for a
+# state): JSON cannot write NaN, so no value a device sent reads as one. Not tracked by the
+# cyclic garbage collector: it holds numbers only.
+_NativeSample = msgspec.defstruct(
+    "_NativeSample",
+    [
+        ("t", Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]),
+        *((name, float, _NOT_REPORTED) for name in _NUMBER_FIELDS),
+        *((name, bool, -1) for name in STATE_COLUMNS),
+    ],
+    forbid_unknown_fields=True,
+    gc=False,
+)
+_decode_native_sample = msgspec.json.Decoder(_NativeSample).decode
+_decode_native = msgspec.json.Decoder(
+    _NativeSample
+    | Annotated[list[_NativeSample], msgspec.Meta(min_length=1, max_length=MAX_SAMPLES_PER_MESSAGE)]
+).decode
+_NATIVE_START = (b"{", b"[")
+_native_time = attrgetter("t")
+
+
+def _parse_native_json(device_ids, payloads, registry, content_types, dialects):
+    """The native JSON samples the typed decoder takes, the message index of each, and the
+    indices of the messages left to the general path (those of unknown devices, too large, in
+    another encoding or dialect, or refused by the typed decoder: the general path counts each
+    under its reason, or takes it).
+
+    The common batch, every message a known device's single native JSON sample, is decoded in
+    one C-level pass; a batch with any other message goes message by message."""
+    n = len(payloads)
+    if (
+        dialects is None
+        and (not content_types or content_types.count(None) == n)
+        and all(map(registry.__contains__, device_ids))
+        and max(map(len, payloads), default=0) <= MAX_PAYLOAD_BYTES
+    ):
+        try:
+            return list(map(_decode_native_sample, payloads)), list(range(n)), []
+        except Exception:  # msgspec.DecodeError, or UnicodeDecodeError on bytes not UTF-8
+            pass
+    samples: list = []
+    owner: list[int] = []
+    rest: list[int] = []
+    if not content_types:
+        content_types = repeat(None, n)
+    for i, (device_id, payload, content_type) in enumerate(
+        zip(device_ids, payloads, content_types)
+    ):
+        if (
+            payload[:1] in _NATIVE_START
+            and (content_type is None or content_type == "application/json")
+            and (dialects is None or dialects[i] is None)
+            and device_id in registry
+            and len(payload) <= MAX_PAYLOAD_BYTES
+        ):
+            try:
+                value = _decode_native(payload)
+            except Exception:  # refused, as above: the general path says why
+                rest.append(i)
+                continue
+            if type(value) is list:
+                samples += value
+                owner += repeat(i, len(value))
+            else:
+                samples.append(value)
+                owner.append(i)
+        else:
+            rest.append(i)
+    if not samples:
+        return [], [], None  # every message the general way, without taking subsets
+    return samples, owner, rest
+
+
+@dataclass(slots=True)
+class _NativeRows:
+    """The fast path's samples, with what it takes to show one as the device sent it."""
+
+    samples: list
+    owner: list[int]
+    payloads: Sequence[bytes]
+
+    def columns(self) -> _RawColumns:
+        """The samples as raw columns: nothing to reject, the typed decoder took each whole."""
+        n, width = len(self.samples), len(_NativeSample.__struct_fields__)
+        # One float64 row per sample (t too, read exactly apart): a C-level pass over tuples.
+        flat = np.fromiter(
+            chain.from_iterable(map(msgspec.structs.astuple, self.samples)), np.float64, n * width
+        ).reshape(n, width)
+        numbers = {name: flat[:, 1 + k] for k, name in enumerate(_NUMBER_FIELDS)}
+        first_state = 1 + len(_NUMBER_FIELDS)
+        states = {
+            name: flat[:, first_state + k].astype(np.int8) for k, name in enumerate(STATE_COLUMNS)
+        }
+        time_ms = np.fromiter(map(_native_time, self.samples), np.int64, n)
+        return _RawColumns(time_ms, numbers, states, _Verdicts(n))
+
+    def as_sent(self, k: int) -> dict:
+        """Sample k as the general path reads it: its message parsed again (for the log)."""
+        msg = self.owner[k]
+        value = orjson.loads(self.payloads[msg])
+        return value if type(value) is dict else value[k - bisect_left(self.owner, msg)]
 
 
 def _parse_messages(  # noqa: C901 (the common path inline: see below)
@@ -338,17 +484,84 @@ class _Verdicts:
             self.detail_field.setdefault(code, field_name)
 
 
-def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections) -> TelemetryBatch:
-    """The samples as columns, checked column by column; the rejected ones counted and left out."""
-    n = len(items)
-    verdicts = _Verdicts(n)
+@dataclass(slots=True)
+class _RawColumns:
+    """Samples as columns before the checks common to every path: t, the numbers in float64 (NaN:
+    not reported or unreadable), the states as tristates, and what reading them rejected."""
+
+    time_ms: np.ndarray
+    numbers: dict[str, np.ndarray]
+    states: dict[str, np.ndarray]
+    verdicts: _Verdicts
+
+    @classmethod
+    def read(cls, items: list[dict]) -> _RawColumns:
+        """The general path's sample objects, each field type-checked on its own."""
+        verdicts = _Verdicts(len(items))
+        reject = verdicts.reject
+        time_ms = _time_column(items, reject)
+        # Numbers are read and range-checked in float64 before they meet their (often float32)
+        # column: a tiny negative speed must fail as negative, not pass as -0.0.
+        numbers = {name: _number_column(items, name, reject) for name in _NUMBER_FIELDS}
+        states = {name: _state_column(items, name, reject) for name in STATE_COLUMNS}
+        return cls(time_ms, numbers, states, verdicts)
+
+    def merged(self, other: _RawColumns, order: np.ndarray) -> _RawColumns:
+        """This group's rows followed by other's, then in `order`. Only other's reading may have
+        rejected rows (the fast path's never does), so the fields it names for the log stand."""
+        verdicts = _Verdicts(0)
+        verdicts.reason = np.concatenate((self.verdicts.reason, other.verdicts.reason))[order]
+        verdicts.detail_field = {**self.verdicts.detail_field, **other.verdicts.detail_field}
+
+        def joined(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return np.concatenate((a, b))[order]
+
+        return _RawColumns(
+            joined(self.time_ms, other.time_ms),
+            {name: joined(col, other.numbers[name]) for name, col in self.numbers.items()},
+            {name: joined(col, other.states[name]) for name, col in self.states.items()},
+            verdicts,
+        )
+
+
+def _columns(
+    native: _NativeRows, items, owner, vehicle_of_msg, received, now_ms, limits, rejections
+) -> TelemetryBatch:
+    """The samples of both paths as columns in message order, checked column by column; the
+    rejected ones counted and left out."""
+    if not items:
+        raw, owner, as_sent = native.columns(), native.owner, native.as_sent
+    elif not native.samples:
+        raw, as_sent = _RawColumns.read(items), items.__getitem__
+    else:
+        # Rows in message order, as the general path alone would give them.
+        owner = np.asarray(native.owner + owner, dtype=np.intp)
+        order = np.argsort(owner, kind="stable")
+        owner = owner[order]
+        raw = native.columns().merged(_RawColumns.read(items), order)
+        n_native = len(native.samples)
+
+        def as_sent(row: int) -> dict:
+            k = int(order[row])
+            return native.as_sent(k) if k < n_native else items[k - n_native]
+
+    owner = np.asarray(owner, dtype=np.intp)
+    return _checked(raw, owner, vehicle_of_msg, received, now_ms, limits, rejections, as_sent)
+
+
+def _checked(
+    raw: _RawColumns, owner, vehicle_of_msg, received, now_ms, limits, rejections, as_sent
+):
+    """The checks every sample meets, whichever path read it, in this order: a sample is
+    rejected for the first that fails."""
+    n = len(raw.time_ms)
+    verdicts = raw.verdicts
     reject = verdicts.reject
     batch = TelemetryBatch.empty(n)
-    _time_column(items, batch, reject)
-    # Numbers are read and range-checked in float64 before they meet their (often float32)
-    # column: a tiny negative speed must fail as negative, not pass as -0.0.
-    numbers = {name: _number_column(items, name, reject) for name in _NUMBER_FIELDS}
-    _state_columns(items, batch, reject)
+    batch.time_ms[:] = raw.time_ms
+    numbers = raw.numbers
+    for name, col in raw.states.items():
+        getattr(batch, name)[:] = col
     reject(np.isnan(numbers["lat"]) != np.isnan(numbers["lon"]), "missing_field", "lat/lon")
     _check_ranges(numbers, reject)
     _store_numbers(numbers, batch, reject)
@@ -359,7 +572,7 @@ def _columns(items, owner, vehicle_of_msg, received, now_ms, limits, rejections)
         batch.received_ms[:] = received[owner]
     bad = verdicts.reason != 0
     if bad.any():
-        _count_rejected(verdicts, bad, items, owner, rejections)
+        _count_rejected(verdicts, bad, as_sent, owner, rejections)
         return batch.take(~bad)
     return batch
 
@@ -370,7 +583,7 @@ def _field(items: list[dict], name: str, missing: object = None) -> list:
     return list(map(dict.get, items, repeat(name, len(items)), repeat(missing, len(items))))
 
 
-def _time_column(items, batch: TelemetryBatch, reject) -> None:
+def _time_column(items, reject) -> np.ndarray:
     """t: a required integer. Any integer is one; beyond int64 it is clamped to it, so that the
     time checks find it in the future or too old, as they do any far-off t."""
     n = len(items)
@@ -383,22 +596,20 @@ def _time_column(items, batch: TelemetryBatch, reject) -> None:
         )
         t_col = [v if type(v) is int else 0 for v in t_col]
     try:
-        batch.time_ms[:] = np.array(t_col, dtype=np.int64)
+        return np.array(t_col, dtype=np.int64)
     except OverflowError:
-        batch.time_ms[:] = [min(max(v, _INT64[0]), _INT64[1]) for v in t_col]
+        return np.array([min(max(v, _INT64[0]), _INT64[1]) for v in t_col], dtype=np.int64)
 
 
-def _state_columns(items, batch: TelemetryBatch, reject) -> None:
-    """The boolean states as tristate columns (-1: not reported)."""
+def _state_column(items, name: str, reject) -> np.ndarray:
+    """A boolean state as a tristate column (-1: not reported)."""
     n = len(items)
-    for name in STATE_COLUMNS:
-        col = _field(items, name)
-        if set(map(type, col)) <= _BOOL_TYPES:
-            getattr(batch, name)[:] = np.fromiter(map(_TRISTATE.__getitem__, col), np.int8, n)
-        else:
-            wrong = np.fromiter((type(v) not in _BOOL_TYPES for v in col), bool, len(col))
-            reject(wrong, "wrong_type", name)
-            getattr(batch, name)[:] = [_TRISTATE[v] if type(v) in _BOOL_TYPES else -1 for v in col]
+    col = _field(items, name)
+    if set(map(type, col)) <= _BOOL_TYPES:
+        return np.fromiter(map(_TRISTATE.__getitem__, col), np.int8, n)
+    wrong = np.fromiter((type(v) not in _BOOL_TYPES for v in col), bool, n)
+    reject(wrong, "wrong_type", name)
+    return np.array([_TRISTATE[v] if type(v) in _BOOL_TYPES else -1 for v in col], dtype=np.int8)
 
 
 def _check_ranges(numbers: dict[str, np.ndarray], reject) -> None:
@@ -421,13 +632,14 @@ def _store_numbers(numbers: dict[str, np.ndarray], batch: TelemetryBatch, reject
                 out[too_large] = np.nan
 
 
-def _count_rejected(verdicts: _Verdicts, bad, items, owner, rejections: _Rejections) -> None:
-    """Count the rejected samples by reason, logging the first of each with its field(s)."""
+def _count_rejected(verdicts: _Verdicts, bad, as_sent, owner, rejections: _Rejections) -> None:
+    """Count the rejected samples by reason, logging the first of each with its field(s);
+    as_sent(row) is the sample object of a row as the device sent it."""
     codes, first, counts = np.unique(verdicts.reason[bad], return_index=True, return_counts=True)
     bad_rows = np.flatnonzero(bad)
     for code, row, count in zip(codes.tolist(), first.tolist(), counts.tolist()):
         msg = int(owner[bad_rows[row]])
-        sample = items[bad_rows[row]]
+        sample = as_sent(int(bad_rows[row]))
         fields = verdicts.detail_field[code].split("/")
         values = ", ".join(f"{k}={_shown_field(sample.get(k))}" for k in fields)
         rejections.add(SAMPLE_REASONS[code - 1], msg, values, count)

@@ -4,6 +4,7 @@ Speed is not tested here; that the figures are what they claim to be is."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from benchmarks import ingest
@@ -62,8 +63,10 @@ def test_the_stage_profile_times_each_step_on_its_own_and_puts_everything_back()
         )
     assert len(result.batch) == 3
     assert PacketStream.feed is original_feed and decoder._columns is original_columns
-    assert prof.calls["decode.parse"] == 1 and prof.calls["decode.validate"] == 1
-    assert prof.ns["decode.parse"] > 0 and prof.ns["decode.validate"] > 0
+    # Native JSON samples: the typed decoder takes them all, the general parse is not called.
+    assert prof.calls["decode.native"] == 1 and prof.calls["decode.validate"] == 1
+    assert prof.calls["decode.parse"] == 0
+    assert prof.ns["decode.native"] > 0 and prof.ns["decode.validate"] > 0
     report = prof.report(samples=3, total_cpu_s=1.0)
     steps = sum(report[label] for label in prof.ns)
     assert report["total"] == pytest.approx(1e6 / 3, abs=0.01)
@@ -76,3 +79,19 @@ async def test_mosquitto_sub_missing_is_said_plainly(mosquitto, topic_root, monk
     with pytest.raises(RuntimeError, match="mosquitto_sub not found"):
         async with ceiling.running(ingest.Recorder()):
             pass
+
+
+def test_the_recorder_splits_publish_to_commit_at_the_gateways_receipt():
+    recorder = ingest.Recorder()
+    # Published at 1000 (twice) and 2000 ms, received at 1100, 1200 and 2010, committed in two
+    # batches at 1300 and 2050.
+    recorder.batch(np.array([1000, 1000]), 1300.0, np.array([1100, 1200]))
+    recorder.batch(np.array([2000]), 2050.0, np.array([2010]))
+    parts = recorder.latency_parts_ms(wall_offset_ms=0.0)
+    assert parts["publish_to_receipt"] == {"p50": 100.0, "p99": 198.0, "max": 200.0}
+    assert parts["receipt_to_commit"]["max"] == 200.0
+    assert parts["receipt_to_commit"]["p50"] == 100.0
+    assert parts["batches"] == 2
+    assert parts["batch_samples"]["max"] == 2
+    assert parts["newest_receipt_to_commit"]["max"] == 100.0  # 1300 - 1200
+    assert ingest.Recorder().latency_parts_ms(0.0) == {}
