@@ -192,11 +192,7 @@ async def test_a_stopped_database_makes_it_unready_and_nothing_is_lost(
             dsn, mosquitto, topic_root, "gw-outage", tmp_path / "gw.log", metrics_port=free_port()
         ).start()
         try:
-            await gw.wait_subscribed()
-            await eventually(lambda: _ready(gw, 200), what="ready")
-            t0 = int(time.time() * 1000) - 60_000
-            await _publish_round(mosquitto, topic_root, t0, 0)
-            await eventually(lambda: _stored(gw, 50), what="the first round stored")
+            t0 = await _ready_with_a_first_round_stored(gw, mosquitto, topic_root)
 
             cluster.halt()
             await eventually(
@@ -237,6 +233,17 @@ async def test_a_stopped_database_makes_it_unready_and_nothing_is_lost(
         cluster.stop()
 
 
+async def _ready_with_a_first_round_stored(gw: GatewayProcess, broker, root: str) -> int:
+    """Wait for the gateway to be ready, then store one round of fixes of every device; the
+    rounds' start time (ms), a minute ago."""
+    await gw.wait_subscribed()
+    await eventually(lambda: _ready(gw, 200), what="ready")
+    t0 = int(time.time() * 1000) - 60_000
+    await _publish_round(broker, root, t0, 0)
+    await eventually(lambda: _stored(gw, 50), what="the first round stored")
+    return t0
+
+
 async def _publish_round(broker, root: str, t0: int, round_: int) -> None:
     """10 fixes from every device, the round-th ten seconds of the ride."""
     await asyncio.gather(
@@ -274,11 +281,7 @@ async def test_a_database_that_hangs_makes_it_unready_and_nothing_is_lost(
         metrics_port=free_port(),
     ).start()
     try:
-        await gw.wait_subscribed()
-        await eventually(lambda: _ready(gw, 200), what="ready")
-        t0 = int(time.time() * 1000) - 60_000
-        await _publish_round(mosquitto, topic_root, t0, 0)
-        await eventually(lambda: _stored(gw, 50), what="the first round stored")
+        t0 = await _ready_with_a_first_round_stored(gw, mosquitto, topic_root)
 
         proxy.freeze()
         await _publish_round(mosquitto, topic_root, t0, 1)  # its batch's write hangs

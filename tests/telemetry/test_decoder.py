@@ -26,38 +26,13 @@ from telemetry.decoder import (
     payload_encoding,
 )
 from telemetry.schema import Sample
-
-NOW = 1_764_412_800_000
-REGISTRY = {"bike-1": 1, "car-2": 2}
+from tests.decoder_samples import DROP as _DROP
+from tests.decoder_samples import NOW, REGISTRY, sample
 
 
 def decode(payloads, devices=None, **kw):
     devices = devices or ["bike-1"] * len(payloads)
     return decode_telemetry(devices, payloads, [NOW] * len(payloads), REGISTRY, now_ms=NOW, **kw)
-
-
-def sample(**over):
-    s = {
-        "t": NOW - 1000,
-        "lat": 52.52,
-        "lon": 13.405,
-        "speed_kmh": 17.5,
-        "heading_deg": 84.0,
-        "soc_pct": 71.5,
-        "pack_v": 38.9,
-        "pack_a": 6.2,
-        "aux_v": 12.6,
-        "odometer_m": 1289034,
-        "locked": False,
-        "ignition": True,
-        "immobilised": False,
-        "charging": False,
-    }
-    s.update(over)
-    return {k: v for k, v in s.items() if v is not _DROP}
-
-
-_DROP = object()
 
 
 def test_a_full_sample_lands_in_every_column():

@@ -18,7 +18,8 @@ from firmware_sim.payloads import JSON
 from telemetry.batch import STATE_COLUMNS
 from telemetry.decoder import _NUMBER_FIELDS, _parse_native_json, decode_telemetry
 from telemetry.schema import MAX_PAYLOAD_BYTES, MAX_SAMPLES_PER_MESSAGE
-from tests.telemetry.test_decoder import _DROP, NOW, REGISTRY, sample
+from tests.decoder_samples import DROP as _DROP
+from tests.decoder_samples import NOW, REGISTRY, sample
 
 
 def decoded_alike(devices, payloads, content_types=None, registry=REGISTRY):
