@@ -492,13 +492,23 @@ class CommandStore:
             row = await cur.fetchone()
         return VehicleInfo(*row) if row else None
 
-    async def vehicles(self) -> list[VehicleInfo]:
-        """Every registered vehicle (the command service's copy of the registry)."""
+    async def registry_version(self) -> int:
+        """The registry's version (migration 0064): it moves with every committed change."""
         async with self._connection() as conn:
+            cur = await conn.execute("SELECT version FROM registry_version")
+            return (await cur.fetchone())[0]
+
+    async def vehicles(self) -> tuple[int, list[VehicleInfo]]:
+        """Every registered vehicle (the command service's copy of the registry), with the
+        registry's version read just before: a change committed between the two reads makes
+        the version older than the rows, never newer, so it is read again, never missed."""
+        async with self._connection() as conn:
+            cur = await conn.execute("SELECT version FROM registry_version")
+            version = (await cur.fetchone())[0]
             cur = await conn.execute(
                 "SELECT id, vehicle_ref, device_id, vehicle_type FROM vehicles"
             )
-            return [VehicleInfo(*row) for row in await cur.fetchall()]
+            return version, [VehicleInfo(*row) for row in await cur.fetchall()]
 
     async def get(self, command_id: uuid.UUID) -> Command | None:
         return (await self.get_many([command_id])).get(command_id)

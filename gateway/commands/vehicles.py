@@ -1,7 +1,9 @@
 """The registry as the command service sees it: a vehicle by vehicle_ref, device id or id, from a
-copy of the whole registry held in memory (one query, read again every half minute), so that a
-submission costs no database round trip for its vehicle; a vehicle registered since is looked up
-on its own."""
+copy of the whole registry held in memory, so that a submission costs no database round trip for
+its vehicle. Every check_s the registry's version (migration 0064, one row) is read in the
+background, and the whole copy only when it moved: a TCU swap is seen within check_s, and a fleet
+of a million vehicles is not read again while nothing changes. A vehicle registered since the last
+read is looked up on its own."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from gateway.commands.store import CommandStore, VehicleInfo
 
 log = logging.getLogger(__name__)
 
-_FRESH_S = 30.0  # a TCU swap (new device_id) is seen within half a minute
+_CHECK_S = 5.0  # a TCU swap (new device_id) is seen within this
 
 Key = tuple[str, object]
 
@@ -25,11 +27,12 @@ def _keys(info: VehicleInfo) -> tuple[Key, Key, Key]:
 
 
 class VehicleDirectory:
-    def __init__(self, store: CommandStore, *, fresh_s: float = _FRESH_S) -> None:
+    def __init__(self, store: CommandStore, *, check_s: float = _CHECK_S) -> None:
         self._store = store
-        self._fresh_s = fresh_s
+        self._check_s = check_s
         self._by_key: dict[Key, VehicleInfo] = {}
-        self._loaded_at: float | None = None  # monotonic time of the last full read
+        self._version: int | None = None  # the registry's version the copy was read at
+        self._checked_at = 0.0  # monotonic time of the last version check
         self._reading: asyncio.Task | None = None
 
     async def resolve(
@@ -68,23 +71,27 @@ class VehicleDirectory:
                 await reading
 
     async def _keep_fresh(self) -> None:
-        """The first call reads the registry; later, a copy older than fresh_s is read again
-        in the background while this one still answers (a failed read is tried again at the
-        next call)."""
-        if self._loaded_at is None:
-            self._replace(await self._store.vehicles())
-        elif time.monotonic() - self._loaded_at >= self._fresh_s and self._reading is None:
-            self._reading = asyncio.create_task(self._read_again(), name="commands-registry")
+        """The first call reads the registry; later, once check_s has passed, its version is
+        checked in the background while the copy in hand still answers, and the copy read
+        again if the version moved (a failed check is tried again at the next call)."""
+        if self._version is None:
+            self._replace(*await self._store.vehicles())
+        elif time.monotonic() - self._checked_at >= self._check_s and self._reading is None:
+            self._checked_at = time.monotonic()
+            self._reading = asyncio.create_task(self._check(), name="commands-registry")
 
-    async def _read_again(self) -> None:
+    async def _check(self) -> None:
         try:
-            self._replace(await self._store.vehicles())
+            if await self._store.registry_version() != self._version:
+                self._replace(*await self._store.vehicles())
         except Exception as exc:  # the copy in hand still serves; the next call tries again
+            self._checked_at = 0.0
             log.warning("commands_registry_read_failed", extra={"error": str(exc)[:300]})
         finally:
             self._reading = None
 
-    def _replace(self, vehicles: list[VehicleInfo]) -> None:
+    def _replace(self, version: int, vehicles: list[VehicleInfo]) -> None:
         # Rebuilt, not updated: a swapped TCU's old device id must stop resolving.
         self._by_key = {k: v for v in vehicles for k in _keys(v)}
-        self._loaded_at = time.monotonic()
+        self._version = version
+        self._checked_at = time.monotonic()

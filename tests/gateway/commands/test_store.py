@@ -218,3 +218,31 @@ async def test_snapshots_carry_the_last_actuation_of_the_vehicle(store, pg_dsn):
 async def test_a_database_that_is_not_there_is_unavailable(pg_dsn):
     with pytest.raises(StoreUnavailable):
         await CommandStore.open("postgresql://postgres@127.0.0.1:9/x", timeout_s=1)
+
+
+async def test_the_registry_version_moves_with_every_committed_registry_change(store, pg_dsn):
+    """Migration 0064's trigger: a registration, a TCU swap and a re-registration of the same
+    fleet move the version; the copy read with it holds the change (gateway/commands/vehicles.py
+    reads the whole registry again only when it moved)."""
+    version, vehicles = await store.vehicles()
+    assert {v.device_id for v in vehicles} == {"dev-a", "dev-b"}
+    assert await store.registry_version() == version
+
+    await register(pg_dsn, [("dev-c", "veh-c", "ebike")])
+    registered = await store.registry_version()
+    assert registered > version
+
+    await register(pg_dsn, [("dev-a2", "veh-a", "car")])  # veh-a's TCU swapped
+    swapped, vehicles = await store.vehicles()
+    assert swapped > registered
+    assert {v.vehicle_ref: v.device_id for v in vehicles} == {
+        "veh-a": "dev-a2",
+        "veh-b": "dev-b",
+        "veh-c": "dev-c",
+    }
+
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+        await conn.execute("UPDATE vehicles SET vehicle_type = 'car' WHERE vehicle_ref = 'veh-c'")
+        assert await store.registry_version() == swapped, "not before the change commits"
+        await conn.commit()
+    assert await store.registry_version() > swapped

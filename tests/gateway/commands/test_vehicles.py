@@ -1,6 +1,7 @@
 """gateway/commands/vehicles.py: submissions resolve their vehicle from a copy of the registry
-(one read, again every fresh_s), not with a database round trip each. The store is a stand-in
-that counts its reads."""
+(one read, again when the registry's version moved, checked every check_s), not with a database
+round trip each. The store is a stand-in that counts its reads; test_store.py has the real
+version's trigger."""
 
 from __future__ import annotations
 
@@ -19,17 +20,33 @@ class Registry:
 
     def __init__(self, *vehicles: VehicleInfo) -> None:
         self.rows = list(vehicles)
+        self.version = 1
         self.full_reads = 0
         self.single_reads = 0
-        self.fail_next_full_read = False
+        self.version_reads = 0
+        self.fail_next_read = False
 
-    async def vehicles(self) -> list[VehicleInfo]:
+    def change(self, *vehicles: VehicleInfo) -> None:
+        """The registry's rows replaced, as a committed change: its version moves."""
+        self.rows = list(vehicles)
+        self.version += 1
+
+    async def registry_version(self) -> int:
+        await asyncio.sleep(0)
+        self.version_reads += 1
+        self._maybe_fail()
+        return self.version
+
+    async def vehicles(self) -> tuple[int, list[VehicleInfo]]:
         await asyncio.sleep(0)
         self.full_reads += 1
-        if self.fail_next_full_read:
-            self.fail_next_full_read = False
+        self._maybe_fail()
+        return self.version, list(self.rows)
+
+    def _maybe_fail(self) -> None:
+        if self.fail_next_read:
+            self.fail_next_read = False
             raise StoreUnavailable("database unavailable: connection refused")
-        return list(self.rows)
 
     async def vehicle(self, *, vehicle_ref=None, device_id=None, vehicle_id=None):
         self.single_reads += 1
@@ -68,32 +85,48 @@ async def test_a_vehicle_registered_after_the_read_is_looked_up_on_its_own():
     assert (registry.full_reads, registry.single_reads) == (1, 2)
 
 
-async def test_a_swapped_tcu_is_seen_once_the_copy_is_read_again():
-    registry = Registry(vehicle(1, "tcu-old"))
-    directory = VehicleDirectory(registry, fresh_s=0.05)
-    assert (await directory.resolve(device_id="tcu-old")).vehicle_id == 1
-    registry.rows = [vehicle(1, "tcu-new")]
-    await asyncio.sleep(0.06)
-    await directory.resolve(vehicle_id=1)  # stale: answered from the copy, read in background
+async def settle() -> None:
     for _ in range(10):
         await asyncio.sleep(0)
-    assert registry.full_reads == 2
+
+
+async def test_a_swapped_tcu_is_seen_once_the_version_moved():
+    registry = Registry(vehicle(1, "tcu-old"))
+    directory = VehicleDirectory(registry, check_s=0.05)
+    assert (await directory.resolve(device_id="tcu-old")).vehicle_id == 1
+    registry.change(vehicle(1, "tcu-new"))
+    await asyncio.sleep(0.06)
+    await directory.resolve(vehicle_id=1)  # answered from the copy; checked in the background
+    await settle()
+    assert (registry.version_reads, registry.full_reads) == (1, 2)
     assert (await directory.resolve(vehicle_id=1)).device_id == "tcu-new"
     with pytest.raises(UnknownVehicle):
         await directory.resolve(device_id="tcu-old")  # the old id no longer resolves
 
 
-async def test_a_failed_read_keeps_the_copy_and_is_tried_again():
+async def test_an_unchanged_registry_is_checked_but_not_read_again():
+    registry = Registry(*(vehicle(n) for n in range(1, 1001)))
+    directory = VehicleDirectory(registry, check_s=0.0)
+    for n in range(1, 51):
+        await directory.resolve(vehicle_id=n)
+        await settle()
+    assert registry.full_reads == 1, "a thousand vehicles read once"
+    assert registry.version_reads >= 40  # one small check per call at check_s=0
+    await directory.close()
+
+
+async def test_a_failed_check_keeps_the_copy_and_is_tried_again():
     registry = Registry(vehicle(1))
-    directory = VehicleDirectory(registry, fresh_s=0.0)
+    directory = VehicleDirectory(registry, check_s=0.0)
     await directory.resolve(vehicle_id=1)
-    registry.fail_next_full_read = True
-    assert (await directory.resolve(vehicle_id=1)).vehicle_ref == "veh-1"
-    for _ in range(10):
-        await asyncio.sleep(0)
-    assert registry.full_reads == 2  # the failed one
-    assert (await directory.resolve(vehicle_ref="veh-1")).vehicle_id == 1
-    for _ in range(10):
-        await asyncio.sleep(0)
-    assert registry.full_reads == 3 and registry.single_reads == 0
+    registry.change(vehicle(1, "tcu-9"))
+    registry.fail_next_read = True
+    assert (await directory.resolve(vehicle_id=1)).device_id == "tcu-1"  # the copy in hand
+    await settle()
+    assert (registry.version_reads, registry.full_reads) == (1, 1)  # the failed check
+    await directory.resolve(vehicle_ref="veh-1")
+    await settle()
+    assert (registry.version_reads, registry.full_reads) == (2, 2)
+    assert (await directory.resolve(vehicle_id=1)).device_id == "tcu-9"
+    assert registry.single_reads == 0
     await directory.close()
