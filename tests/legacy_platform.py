@@ -7,11 +7,15 @@ marked invalid, as Traccar sends it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import orjson
 
+from fleetgate.embedded import Mosquitto
 from gateway.mqtt import ConnectOptions, MqttClient
 
 KNOT_MS = 1852 / 3600
@@ -87,3 +91,28 @@ class LegacyPlatform:
             "attributes": {k: v for k, v in attributes.items() if v is not None},
         }
         return {"position": position, "device": {"uniqueId": device}}
+
+
+@contextlib.contextmanager
+def bridged_brokers(tmp_path: Path, dialect: str) -> Iterator[tuple[Mosquitto, Mosquitto]]:
+    """(legacy, fleetgate's): the legacy platform's broker, and fleetgate's, which mirrors the
+    legacy one's uplinks in `dialect` over the bridge `fleetgate migrate bridge-config` writes;
+    both killed afterwards."""
+    from tests.cli_runner import run_fleetgate
+
+    legacy = Mosquitto(datadir=tmp_path / "legacy").start()
+    try:
+        bridge = tmp_path / "bridge.conf"
+        made = run_fleetgate(
+            "migrate", "bridge-config", "--legacy-url", legacy.url, "--dialect", dialect,
+            "--out", str(bridge),
+        )  # fmt: skip
+        assert made.exit_code == 0, made.output
+        ours = Mosquitto(datadir=tmp_path / "fleetgate", extra_config="\n" + bridge.read_text())
+        ours.start()
+        try:
+            yield legacy, ours
+        finally:
+            ours.stop(kill=True)
+    finally:
+        legacy.stop(kill=True)

@@ -8,6 +8,7 @@ legacy platform's samples turns coverage yellow; its positions 50 m off turn pos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -23,7 +24,7 @@ from telemetry.earth import M_PER_DEG
 from tests.cli_runner import run_fleetgate
 from tests.dialect_traffic import shipped_path
 from tests.harness import eventually, gateway_config, register, running_gateway
-from tests.legacy_platform import LegacyPlatform
+from tests.legacy_platform import LegacyPlatform, bridged_brokers
 from tests.mqtt_devices import device
 
 pytestmark = pytest.mark.integration
@@ -52,15 +53,8 @@ async def test_a_parallel_run_validates_green_and_each_disagreement_shows(
     # A forwarding legacy platform posts one position per request: as deployed (api_key_cache_s),
     # the key is verified once, not hashed again for every position.
     api_server.context.key_cache = KeyCache(60)
-    legacy = Mosquitto(datadir=tmp_path / "legacy").start()
-    bridge = tmp_path / "bridge.conf"
-    made = run_fleetgate(
-        "migrate", "bridge-config", "--legacy-url", legacy.url, "--dialect", "flat-json",
-        "--out", str(bridge),
-    )  # fmt: skip
-    assert made.exit_code == 0, made.output
-    ours = Mosquitto(datadir=tmp_path / "fleetgate", extra_config="\n" + bridge.read_text())
-    ours.start()
+    brokers = contextlib.ExitStack()
+    legacy, ours = brokers.enter_context(bridged_brokers(tmp_path, "flat-json"))
     platform = LegacyPlatform(
         legacy.host, legacy.port, api_server.url, api_server.keys["legacy"], "legacy"
     )
@@ -129,8 +123,7 @@ async def test_a_parallel_run_validates_green_and_each_disagreement_shows(
         assert report["overall"] == "red"
     finally:
         await platform.stop()
-        ours.stop(kill=True)
-        legacy.stop(kill=True)
+        brokers.close()
 
 
 async def _wait_bridged(legacy: Mosquitto, ours: Mosquitto) -> None:

@@ -23,6 +23,7 @@ from telemetry.store import CommandAuthority, TelemetryStore
 from tests.cli_runner import run_fleetgate
 from tests.dialect_traffic import shipped_path
 from tests.harness import eventually, gateway_config, register, running_gateway
+from tests.legacy_platform import bridged_brokers
 from tests.stored_rows import fetch
 
 pytestmark = pytest.mark.integration
@@ -33,18 +34,8 @@ FAST = CommandBehaviour(delay_ms=(20.0, 60.0), acknowledge=True)
 @pytest.fixture
 def brokers(tmp_path):
     """(legacy, fleetgate): fleetgate's mirrors the legacy one's OsmAnd uplinks (the bridge)."""
-    legacy = Mosquitto(datadir=tmp_path / "legacy").start()
-    bridge = tmp_path / "bridge.conf"
-    made = run_fleetgate(
-        "migrate", "bridge-config", "--legacy-url", legacy.url, "--dialect", "traccar-osmand",
-        "--out", str(bridge),
-    )  # fmt: skip
-    assert made.exit_code == 0, made.output
-    ours = Mosquitto(datadir=tmp_path / "fleetgate", extra_config="\n" + bridge.read_text())
-    ours.start()
-    yield legacy, ours
-    ours.stop(kill=True)
-    legacy.stop(kill=True)
+    with bridged_brokers(tmp_path, "traccar-osmand") as pair:
+        yield pair
 
 
 def _env(dsn: str, broker: Mosquitto, topic_root: str) -> dict[str, str]:
