@@ -302,40 +302,29 @@ class CommandAuthority:
             "  AND h.action = 'rollback' ORDER BY h.id DESC LIMIT 1) AS t1 FROM c) "
         )
         cols = ", ".join(f"p.{c}" for c in SAMPLE_COLUMNS)
+        # (kind, what follows vehicle_ref, device_id and time, the query after the window)
+        reads = (
+            (
+                "sample",
+                (*SAMPLE_COLUMNS, "received_at"),
+                f"SELECT v.vehicle_ref, v.device_id, p.time, {cols}, p.received_at "
+                "FROM w JOIN vehicles v ON v.id = w.vehicle JOIN positions p "
+                "ON p.vehicle = w.vehicle AND p.time >= w.t0 "
+                "AND (w.t1 IS NULL OR p.time < w.t1) ORDER BY v.vehicle_ref, p.time",
+            ),
+            (
+                "event",
+                ("source", "type", "detail", "received_at"),
+                "SELECT v.vehicle_ref, v.device_id, e.time, e.source, e.type, "
+                "e.detail, e.received_at FROM w JOIN vehicles v ON v.id = w.vehicle "
+                "JOIN events e ON e.vehicle = w.vehicle AND e.time >= w.t0 "
+                "AND (w.t1 IS NULL OR e.time < w.t1) ORDER BY v.vehicle_ref, e.time, e.id",
+            ),
+        )
         async with self._store.connection() as conn:
-            async with conn.cursor() as cur:
-                await cur.execute(
-                    window + f"SELECT v.vehicle_ref, v.device_id, p.time, {cols}, p.received_at "
-                    "FROM w JOIN vehicles v ON v.id = w.vehicle JOIN positions p "
-                    "ON p.vehicle = w.vehicle AND p.time >= w.t0 "
-                    "AND (w.t1 IS NULL OR p.time < w.t1) ORDER BY v.vehicle_ref, p.time",
-                    {"batch": batch, "ids": ids},
-                )
-                async for row in cur:
-                    yield {
-                        "kind": "sample",
-                        "vehicle_ref": row[0],
-                        "device_id": row[1],
-                        "time": row[2],
-                        **dict(zip(SAMPLE_COLUMNS, row[3:-1])),
-                        "received_at": row[-1],
-                    }
-            async with conn.cursor() as cur:
-                await cur.execute(
-                    window + "SELECT v.vehicle_ref, v.device_id, e.time, e.source, e.type, "
-                    "e.detail, e.received_at FROM w JOIN vehicles v ON v.id = w.vehicle "
-                    "JOIN events e ON e.vehicle = w.vehicle AND e.time >= w.t0 "
-                    "AND (w.t1 IS NULL OR e.time < w.t1) ORDER BY v.vehicle_ref, e.time, e.id",
-                    {"batch": batch, "ids": ids},
-                )
-                async for row in cur:
-                    yield {
-                        "kind": "event",
-                        "vehicle_ref": row[0],
-                        "device_id": row[1],
-                        "time": row[2],
-                        "source": row[3],
-                        "type": row[4],
-                        "detail": row[5],
-                        "received_at": row[6],
-                    }
+            for kind, columns, query in reads:
+                names = ("vehicle_ref", "device_id", "time", *columns)
+                async with conn.cursor() as cur:
+                    await cur.execute(window + query, {"batch": batch, "ids": ids})
+                    async for row in cur:
+                        yield {"kind": kind, **dict(zip(names, row))}
