@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -36,6 +37,7 @@ import psycopg
 
 from benchmarks._runner import (
     bench_parser,
+    cpu_seconds,
     emit,
     loadavg,
     percentiles,
@@ -255,6 +257,67 @@ class CommitProbe:
         return time.perf_counter() - t0
 
 
+class ProcessCpu:
+    """CPU seconds of every process a command passes through: this one (the gateway, the
+    command service and the callers), the simulator child, the broker, and PostgreSQL (the
+    benchmark database's backends; the walwriter apart, since it serves the whole server)."""
+
+    def __init__(self, sim_pid: int, broker_pid: int, dbname: str) -> None:
+        self.pids = {"simulator": sim_pid, "mosquitto": broker_pid}
+        self.dbname = dbname.encode()
+
+    def sample(self) -> dict[str, float]:
+        out = {"gateway": cpu_seconds(), **{k: cpu_seconds(p) for k, p in self.pids.items()}}
+        out["postgres"] = out["postgres_walwriter"] = 0.0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                title = (entry / "cmdline").read_bytes()
+                if not title.startswith(b"postgres: "):
+                    continue
+                if b" " + self.dbname + b" " in title:
+                    out["postgres"] += cpu_seconds(int(entry.name))
+                elif title.rstrip(b"\0 ").endswith(b"walwriter"):
+                    out["postgres_walwriter"] += cpu_seconds(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # it ended meanwhile
+        return out
+
+
+class CpuWindow:
+    """Each process's CPU per command in a phase, less what it spends anyway in that time (the
+    fleet's telemetry: its rate measured while no command runs)."""
+
+    def __init__(self, cpu: ProcessCpu, idle_rate: dict[str, float]) -> None:
+        self.cpu, self.idle_rate = cpu, idle_rate
+
+    def __enter__(self) -> CpuWindow:
+        self.t0, self.c0 = time.perf_counter(), self.cpu.sample()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.seconds = time.perf_counter() - self.t0
+        c1 = self.cpu.sample()
+        self.spent = {k: c1[k] - self.c0[k] for k in c1}
+
+    def per_command_ms(self, n: int) -> dict[str, float]:
+        out = {
+            k: round((v - self.idle_rate[k] * self.seconds) / n * 1000, 3)
+            for k, v in self.spent.items()
+        }
+        out["total"] = round(sum(out.values()), 3)
+        return out
+
+
+async def idle_cpu_rate(cpu: ProcessCpu, seconds: float) -> dict[str, float]:
+    """Each process's CPU seconds per second while the fleet sends telemetry and no command."""
+    t0, c0 = time.perf_counter(), cpu.sample()
+    await asyncio.sleep(seconds)
+    elapsed, c1 = time.perf_counter() - t0, cpu.sample()
+    return {k: (c1[k] - c0[k]) / elapsed for k in c1}
+
+
 async def sequential(
     service, floor: Floor, targets: Targets, floor_ids: list[str], n: int, probe: CommitProbe
 ) -> dict:
@@ -345,8 +408,9 @@ async def bench(args: argparse.Namespace) -> dict:
                 f"{args.vehicles} vehicles online",
                 interval=0.5,
             )
+            cpu = ProcessCpu(sim.proc.pid, services.broker.proc.pid, services.dbname)
             load0, seq, conc = await phases(
-                gateway.commands, floor, main, floor_fleet, services.dsn, args
+                gateway.commands, floor, main, floor_fleet, services.dsn, args, cpu
             )
             await floor.client.disconnect()
     return {
@@ -401,22 +465,31 @@ async def vehicles_online(dsn: str, vehicles: int) -> bool:
         return (await cur.fetchone())[0] >= vehicles
 
 
-async def phases(service, floor: Floor, main, floor_fleet, dsn: str, args) -> tuple:
+async def phases(
+    service, floor: Floor, main, floor_fleet, dsn: str, args, cpu: ProcessCpu
+) -> tuple:
     """Warm-up, the sequential phase (with the commit probe), the concurrent phase: the load
-    average before measuring and each phase's figures beside the floor's."""
+    average before measuring and each phase's figures beside the floor's, with each process's
+    CPU per command (the floor's round trips included: they are a small share of the phase)."""
     targets = Targets(main.device_ids)
     floor_ids = floor_fleet.device_ids
     probe = CommitProbe(dsn)
     await probe.start()
     await sequential(service, floor, targets, floor_ids, args.warmup, probe)
+    idle = await idle_cpu_rate(cpu, args.idle_s)
     load0 = loadavg()[0]
-    seq = await sequential(service, floor, targets, floor_ids, args.commands, probe)
+    with CpuWindow(cpu, idle) as seq_cpu:
+        seq = await sequential(service, floor, targets, floor_ids, args.commands, probe)
+    seq["cpu_per_command_ms"] = seq_cpu.per_command_ms(args.commands)
     # The least a durable command can cost: the bare round trip plus its two commits.
     seq["floor_plus_two_commits_p50_ms"] = round(
         seq["floor_ms"]["p50"] + 2 * seq["durable_commit_ms"]["p50"], 2
     )
     await probe.conn.close()
-    conc = await concurrent(service, floor, targets, floor_ids, args.commands, args.concurrency)
+    with CpuWindow(cpu, idle) as conc_cpu:
+        conc = await concurrent(service, floor, targets, floor_ids, args.commands, args.concurrency)
+    conc["cpu_per_command_ms"] = conc_cpu.per_command_ms(args.commands)
+    conc["idle_cpu_cores"] = {k: round(v, 3) for k, v in idle.items()}
     for phase in (seq, conc):
         phase["ratio_p50"] = round(phase["round_trip_ms"]["p50"] / phase["floor_ms"]["p50"], 2)
         phase["ratio_p99"] = round(phase["round_trip_ms"]["p99"] / phase["floor_ms"]["p99"], 2)
@@ -432,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=200, help="commands before measuring")
     p.add_argument("--concurrency", type=int, default=20, help="callers in the concurrent phase")
     p.add_argument("--seed", type=int, default=1, help="the simulated fleet's seed")
+    p.add_argument(
+        "--idle-s", type=float, default=5.0, help="CPU measured with telemetry alone, before"
+    )
     # the simulator child's (SimProcess)
     p.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=1883, help=argparse.SUPPRESS)

@@ -75,7 +75,7 @@ FROM {_BOUNDARIES}
 WHERE t.vehicle = b.vehicle AND t.status = 'open' AND t.started_at < b.t"""
 
 # Samples of a closed trip's interval in this batch, or of the hour before it (a late upload,
-# which may move its start: _EARLIER_START): measure it again. Run before
+# which may move its start: _LOAD): measure it again. Run before
 # vehicle_state takes the batch: a closed trip ends at or before the vehicle's newest stored
 # sample, so only a vehicle with a sample not newer than that can have one in a closed trip, and a
 # live batch probes no trip at all.
@@ -87,22 +87,6 @@ WHERE t.vehicle = s.vehicle AND t.ended_at >= s.lo
   AND t.started_at <= s.hi + interval '3600 seconds'
   AND t.status <> 'open' AND NOT t.stale"""
 
-# A buffered upload sent newest first shows the ride unlocked before its unlock sample arrives:
-# the trip opens at the first sample the gateway saw, later than the ride began. When measured,
-# its start moves back to the first of the unlocked samples stored since the vehicle was last
-# reported locked (at most an hour before, and never into the trip before it).
-_EARLIER_START = """
-SELECT min(p.time) FROM positions p
-WHERE p.vehicle = %(vehicle)s AND p.locked = false
-  AND p.time < %(start)s AND p.time >= %(start)s - interval '3600 seconds'
-  AND p.time > coalesce((SELECT max(q.time) FROM positions q
-                         WHERE q.vehicle = %(vehicle)s AND q.locked AND q.time < %(start)s
-                           AND q.time >= %(start)s - interval '3600 seconds'),
-                        '-infinity')
-  AND p.time > coalesce((SELECT max(t.ended_at) FROM trips t
-                         WHERE t.vehicle = %(vehicle)s AND t.id <> %(id)s
-                           AND t.ended_at <= %(start)s), '-infinity')"""
-
 _CLAIM = """
 SELECT t.id, t.vehicle, v.vehicle_ref, v.vehicle_type, t.status, t.revision,
        (extract(epoch FROM t.started_at) * 1000)::bigint AS started_ms,
@@ -113,32 +97,100 @@ WHERE t.status = 'closing' OR t.stale
 ORDER BY t.id LIMIT %s
 FOR UPDATE OF t SKIP LOCKED""".format(figures=", ".join(f"t.{c}" for c in FIGURE_COLUMNS))
 
-_SAMPLES = """
-SELECT (extract(epoch FROM time) * 1000)::bigint, lat, lon, speed_kmh, soc_pct, pack_v, pack_a,
-       odometer_m, flags
-FROM positions WHERE vehicle = %s AND time >= %s AND time <= %s ORDER BY time"""
+# One statement loads every claimed trip (in the order given, `k`): its start moved back where
+# a buffered upload sent newest first showed the ride unlocked before its unlock sample arrived
+# (the trip opened at the first sample the gateway saw, later than the ride began: the start
+# moves to the first of the unlocked samples stored since the vehicle was last reported locked,
+# at most an hour before, and never into the trip before it); then, over [that start, end], the
+# stored samples as one array per column, the speeding episodes, and the rental's commands that
+# made the ride: the newest succeeded unlock (lock) of the vehicle finished up to 5 minutes
+# before the ride's start (end) and not after it plus 30 seconds.
+_LOAD = """
+SELECT c.k, e.earlier, s.time_ms, s.lat, s.lon, s.speed_kmh, s.soc_pct, s.pack_v, s.pack_a,
+       s.odometer_m, s.flags,
+       (SELECT count(*) FROM events ev WHERE ev.vehicle = c.vehicle AND ev.source = 'geofence'
+          AND ev.type = 'speeding_in_zone' AND ev.time >= r.lo AND ev.time <= c.ended_at),
+       (SELECT id FROM commands m WHERE m.vehicle = c.vehicle AND m.type = 'unlock'
+          AND m.state = 'succeeded'
+          AND m.finished_at BETWEEN r.lo - interval '5 minutes' AND r.lo + interval '30 seconds'
+        ORDER BY m.finished_at DESC LIMIT 1),
+       (SELECT id FROM commands m WHERE m.vehicle = c.vehicle AND m.type = 'lock'
+          AND m.state = 'succeeded'
+          AND m.finished_at BETWEEN c.ended_at - interval '5 minutes'
+                                AND c.ended_at + interval '30 seconds'
+        ORDER BY m.finished_at DESC LIMIT 1)
+FROM unnest(%s::int8[], %s::int4[], %s::timestamptz[], %s::timestamptz[])
+     WITH ORDINALITY AS c(id, vehicle, started_at, ended_at, k)
+CROSS JOIN LATERAL (
+  SELECT min(p.time) AS earlier FROM positions p
+  WHERE p.vehicle = c.vehicle AND p.locked = false
+    AND p.time < c.started_at AND p.time >= c.started_at - interval '3600 seconds'
+    AND p.time > coalesce((SELECT max(q.time) FROM positions q
+                           WHERE q.vehicle = c.vehicle AND q.locked AND q.time < c.started_at
+                             AND q.time >= c.started_at - interval '3600 seconds'),
+                          '-infinity')
+    AND p.time > coalesce((SELECT max(t.ended_at) FROM trips t
+                           WHERE t.vehicle = c.vehicle AND t.id <> c.id
+                             AND t.ended_at <= c.started_at), '-infinity')) e
+CROSS JOIN LATERAL (SELECT coalesce(e.earlier, c.started_at) AS lo) r
+CROSS JOIN LATERAL (
+  SELECT array_agg((extract(epoch FROM p.time) * 1000)::bigint ORDER BY p.time) AS time_ms,
+         array_agg(p.lat ORDER BY p.time) AS lat, array_agg(p.lon ORDER BY p.time) AS lon,
+         array_agg(p.speed_kmh ORDER BY p.time) AS speed_kmh,
+         array_agg(p.soc_pct ORDER BY p.time) AS soc_pct,
+         array_agg(p.pack_v ORDER BY p.time) AS pack_v,
+         array_agg(p.pack_a ORDER BY p.time) AS pack_a,
+         array_agg(p.odometer_m ORDER BY p.time) AS odometer_m,
+         array_agg(p.flags ORDER BY p.time) AS flags
+  FROM positions p WHERE p.vehicle = c.vehicle AND p.time >= r.lo AND p.time <= c.ended_at) s
+ORDER BY c.k"""
 
-_SPEEDING = """
-SELECT count(*) FROM events WHERE vehicle = %s AND source = 'geofence'
-  AND type = 'speeding_in_zone' AND time >= %s AND time <= %s"""
+# Each figure's array type in the batch's UPDATE: reals go as float8 and are rounded on
+# assignment, as a single row's parameter was; zones_visited (text[] per trip) goes as its JSON.
+_FIGURE_ARRAYS = {
+    **dict.fromkeys(
+        ("start_lat", "start_lon", "end_lat", "end_lon", "distance_m", "gps_distance_m"),
+        "float8[]",
+    ),
+    **dict.fromkeys(
+        ("duration_s", "energy_wh", "soc_start_pct", "soc_end_pct", "max_speed_kmh"), "float8[]"
+    ),
+    **dict.fromkeys(("distance_source", "energy_source", "end_zone"), "text[]"),
+    **dict.fromkeys(("fixes_used", "fixes_rejected", "speeding_episodes"), "int8[]"),
+    **dict.fromkeys(("parking_allowed", "ended_outside_operating_area"), "bool[]"),
+    **dict.fromkeys(("unlock_command", "lock_command"), "uuid[]"),
+    "zones_visited": "text[]",
+}
+assert set(_FIGURE_ARRAYS) == set(FIGURE_COLUMNS)
 
-# The rental's commands that made the ride: the newest succeeded unlock (lock) of the vehicle
-# finished up to `slack` before the ride's start (end) and not after it plus a little.
-_COMMAND = """
-SELECT id FROM commands WHERE vehicle = %s AND type = %s AND state = 'succeeded'
-  AND finished_at BETWEEN %s AND %s
-ORDER BY finished_at DESC LIMIT 1"""
-_COMMAND_SLACK = timedelta(minutes=5)
-_COMMAND_AFTER = timedelta(seconds=30)
 
+def _set_figure(c: str) -> str:
+    if c == "zones_visited":
+        return (
+            "zones_visited = CASE WHEN f.zones_visited IS NULL THEN NULL "
+            "ELSE ARRAY(SELECT jsonb_array_elements_text(f.zones_visited::jsonb)) END"
+        )
+    return f"{c} = f.{c}"
+
+
+# Every measured trip of the batch in one statement.
 _UPDATE = (
-    "UPDATE trips SET status = 'ended', stale = false, revision = %s, measured_at = now(), "
-    "started_at = %s, " + ", ".join(f"{c} = %s" for c in FIGURE_COLUMNS) + " WHERE id = %s"
+    "UPDATE trips t SET status = 'ended', stale = false, revision = f.revision, "
+    "measured_at = now(), started_at = f.started_at, "
+    + ", ".join(_set_figure(c) for c in FIGURE_COLUMNS)
+    + " FROM unnest(%s::int8[], %s::int4[], %s::timestamptz[], "
+    + ", ".join(f"%s::{_FIGURE_ARRAYS[c]}" for c in FIGURE_COLUMNS)
+    + ") AS f(id, revision, started_at, "
+    + ", ".join(FIGURE_COLUMNS)
+    + ") WHERE t.id = f.id"
 )
 
 _ANNOUNCE = """
 INSERT INTO events (time, vehicle, source, type, detail)
-VALUES (%s, %s, 'trip', %s, %s::jsonb)
+SELECT a.time, a.vehicle, 'trip', a.type, a.detail::jsonb
+FROM unnest(%s::timestamptz[], %s::int4[], %s::text[], %s::text[])
+     WITH ORDINALITY AS a(time, vehicle, type, detail, k)
+ORDER BY a.k
 ON CONFLICT (vehicle, time, type, source) DO NOTHING"""
 
 
@@ -230,13 +282,16 @@ async def measure_pending(
 ) -> list[MeasuredTrip]:
     """Measure the closed trips not measured yet and the stale ones (up to `limit`, skipping any
     another process is measuring), store their figures and announce them, all in the caller's
-    transaction. measure() returns the FIGURE_COLUMNS it knows (the others are taken as None)."""
+    transaction. measure() returns the FIGURE_COLUMNS it knows (the others are taken as None).
+    Four statements whatever the number of trips: claim, load, update, announce."""
     await cur.execute(_CLAIM, (limit,))
     names = [d.name for d in cur.description]
     claimed = [dict(zip(names, r)) for r in await cur.fetchall()]
-    done = []
-    for row in claimed:
-        trip = await _load(cur, row)
+    if not claimed:
+        return []
+    trips = await _load(cur, claimed)
+    done, updates, announcements = [], [], []
+    for row, (trip, commands) in zip(claimed, trips):
         figures = {c: None for c in FIGURE_COLUMNS}
         try:
             figures.update(measure(trip))
@@ -245,8 +300,7 @@ async def measure_pending(
                 MeasuredTrip(row["id"], row["vehicle"], None, f"{type(exc).__name__}: {exc}")
             )
             continue
-        figures["unlock_command"] = await _command(cur, row, "unlock", row["started_at"])
-        figures["lock_command"] = await _command(cur, row, "lock", row["ended_at"])
+        figures["unlock_command"], figures["lock_command"] = commands
         old = {c: row[c] for c in FIGURE_COLUMNS}
         changed = [c for c in FIGURE_COLUMNS if not _same(old[c], figures[c])]
         if row.get("moved_start"):
@@ -254,21 +308,34 @@ async def measure_pending(
         first = row["status"] == "closing"
         announced = "ended" if first else ("updated" if changed else None)
         revision = row["revision"] + (1 if announced else 0)
-        await cur.execute(
-            _UPDATE,
-            (revision, row["started_at"], *[figures[c] for c in FIGURE_COLUMNS], row["id"]),
-        )
+        updates.append((row["id"], revision, row["started_at"], figures))
         if announced is not None:
             detail = billing_detail(row, figures, revision)
             if announced == "updated":
                 detail["changed"] = changed
             when = row["ended_at"] if first else datetime.now(UTC)
-            await cur.execute(
-                _ANNOUNCE,
-                (when, row["vehicle"], f"trip.{announced}", orjson.dumps(detail).decode()),
-            )
+            announcements.append((when, row["vehicle"], f"trip.{announced}", detail))
         done.append(MeasuredTrip(row["id"], row["vehicle"], announced))
+    if updates:
+        await cur.execute(_UPDATE, _update_columns(updates))
+    if announcements:
+        when, vehicles, types, details = zip(*announcements)
+        await cur.execute(
+            _ANNOUNCE,
+            (list(when), list(vehicles), list(types), [orjson.dumps(d).decode() for d in details]),
+        )
     return done
+
+
+def _update_columns(updates: list[tuple[int, int, datetime, dict[str, Any]]]) -> list[list]:
+    """_UPDATE's parameters: one array per column, a trip per position."""
+    columns = [[u[0] for u in updates], [u[1] for u in updates], [u[2] for u in updates]]
+    for c in FIGURE_COLUMNS:
+        values = [u[3][c] for u in updates]
+        if c == "zones_visited":
+            values = [None if v is None else orjson.dumps(list(v)).decode() for v in values]
+        columns.append(values)
+    return columns
 
 
 def billing_detail(row: dict[str, Any], figures: dict[str, Any], revision: int) -> dict[str, Any]:
@@ -306,46 +373,52 @@ def billing_detail(row: dict[str, Any], figures: dict[str, Any], revision: int) 
     }
 
 
-async def _load(cur: AsyncCursor, row: dict[str, Any]) -> TripToMeasure:
-    """The trip's samples and speeding episodes; its start moved back first where unlocked
-    samples before it arrived late (row is updated in place: started_at, started_ms)."""
+async def _load(
+    cur: AsyncCursor, claimed: list[dict[str, Any]]
+) -> list[tuple[TripToMeasure, tuple[Any, Any]]]:
+    """Each claimed trip's samples, speeding episodes and (unlock, lock) commands, in one
+    statement; a start moved back where unlocked samples before it arrived late (each row is
+    updated in place: started_at, started_ms, moved_start)."""
     await cur.execute(
-        _EARLIER_START, {"vehicle": row["vehicle"], "start": row["started_at"], "id": row["id"]}
+        _LOAD,
+        (
+            [r["id"] for r in claimed],
+            [r["vehicle"] for r in claimed],
+            [r["started_at"] for r in claimed],
+            [r["ended_at"] for r in claimed],
+        ),
     )
-    (earlier,) = await cur.fetchone()
-    if earlier is not None and earlier < row["started_at"]:
-        row["started_at"] = earlier
-        row["started_ms"] = round(earlier.timestamp() * 1000)
-        row["moved_start"] = True
-    await cur.execute(_SAMPLES, (row["vehicle"], row["started_at"], row["ended_at"]))
-    rows = await cur.fetchall()
-    columns = list(zip(*rows)) if rows else [()] * len(_SAMPLE_NAMES)
-    samples = {}
-    for name, col in zip(_SAMPLE_NAMES, columns):
-        if name == "time_ms":
-            samples[name] = np.array(col, dtype=np.int64)
-        elif name == "flags":
-            samples[name] = np.array([0 if x is None else x for x in col], dtype=np.int16)
-        else:
-            samples[name] = np.array([np.nan if x is None else x for x in col], dtype=np.float64)
-    await cur.execute(_SPEEDING, (row["vehicle"], row["started_at"], row["ended_at"]))
-    (speeding,) = await cur.fetchone()
-    return TripToMeasure(
-        row["id"],
-        row["vehicle"],
-        row["vehicle_ref"],
-        row["vehicle_type"],
-        int(row["started_ms"]),
-        int(row["ended_ms"]),
-        samples,
-        int(speeding),
-    )
-
-
-async def _command(cur: AsyncCursor, row: dict[str, Any], kind: str, at: datetime) -> Any:
-    await cur.execute(_COMMAND, (row["vehicle"], kind, at - _COMMAND_SLACK, at + _COMMAND_AFTER))
-    found = await cur.fetchone()
-    return None if found is None else found[0]
+    out = []
+    for row, found in zip(claimed, await cur.fetchall()):
+        earlier, columns = found[1], found[2 : 2 + len(_SAMPLE_NAMES)]
+        speeding, unlock_command, lock_command = found[2 + len(_SAMPLE_NAMES) :]
+        if earlier is not None and earlier < row["started_at"]:
+            row["started_at"] = earlier
+            row["started_ms"] = round(earlier.timestamp() * 1000)
+            row["moved_start"] = True
+        samples = {}
+        for name, col in zip(_SAMPLE_NAMES, columns):
+            col = col or []
+            if name == "time_ms":
+                samples[name] = np.array(col, dtype=np.int64)
+            elif name == "flags":
+                samples[name] = np.array([0 if x is None else x for x in col], dtype=np.int16)
+            else:
+                samples[name] = np.array(
+                    [np.nan if x is None else x for x in col], dtype=np.float64
+                )
+        trip = TripToMeasure(
+            row["id"],
+            row["vehicle"],
+            row["vehicle_ref"],
+            row["vehicle_type"],
+            int(row["started_ms"]),
+            int(row["ended_ms"]),
+            samples,
+            int(speeding),
+        )
+        out.append((trip, (unlock_command, lock_command)))
+    return out
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -274,3 +274,51 @@ async def test_unlocked_samples_uploaded_late_move_the_start_back_to_the_ride_s_
         assert updated["changed"][0] == "started_at" and "fixes_used" in updated["changed"]
     finally:
         await store.close()
+
+
+async def test_trips_of_several_vehicles_measured_in_one_round_keep_their_own_figures(dsn):
+    """The round's trips are loaded and stored together: each trip gets its own samples and
+    figures of every column kind (a real rounded as stored, a list of zones, an empty list,
+    none), and a trip with no sample in its interval is measured on none."""
+    store = await TelemetryStore.open(dsn)
+    regs = [VehicleRegistration(f"veh-{k}", f"tcu-{k}", "ebike") for k in range(3)]
+    ids = await store.register_vehicles(regs)
+    vs = [ids[f"tcu-{k}"] for k in range(3)]
+    t0 = now_ms() - HOUR_MS
+    try:
+        derived = Derived(
+            trip_starts=[(v, t0, None, None) for v in vs],
+            trip_ends=[(v, t0 + (k + 1) * 10_000, None, None) for k, v in enumerate(vs)],
+        )
+        rides = _ride(vs[0], t0, range(0, 11)) + _ride(vs[1], t0, range(0, 21))
+        await store.write(make_batch(rides), derived=derived)
+        zones = {vs[0]: ["z-a", "z-b"], vs[1]: [], vs[2]: None}
+
+        def figures(trip):
+            return {
+                "fixes_used": len(trip.samples["time_ms"]),
+                "soc_start_pct": 100 / 3,
+                "zones_visited": zones[trip.vehicle],
+                "parking_allowed": trip.vehicle != vs[1],
+                "distance_source": "fixes",
+            }
+
+        done = await store.measure_trips(figures)
+        assert sorted((m.vehicle, m.announced) for m in done) == [(v, "ended") for v in vs]
+        rows = await fetch(
+            dsn,
+            "SELECT vehicle, status, revision, fixes_used, soc_start_pct, zones_visited, "
+            "parking_allowed, distance_source, end_zone FROM trips ORDER BY vehicle",
+        )
+        assert [(r["status"], r["revision"]) for r in rows] == [("ended", 1)] * 3
+        assert [r["fixes_used"] for r in rows] == [11, 21, 0]
+        assert [r["zones_visited"] for r in rows] == [["z-a", "z-b"], [], None]
+        assert [r["parking_allowed"] for r in rows] == [True, False, True]
+        assert {r["soc_start_pct"] for r in rows} == {33.333332}  # 100 / 3 as a real
+        assert {(r["distance_source"], r["end_zone"]) for r in rows} == {("fixes", None)}
+        ended = {d["vehicle_ref"]: d for t, d in await _events(dsn, "trip") if t == "trip.ended"}
+        assert ended["veh-0"]["zones_visited"] == ["z-a", "z-b"]
+        assert ended["veh-1"]["parking_allowed"] is False
+        assert await store.measure_trips(figures) == [], "nothing waits any more"
+    finally:
+        await store.close()
