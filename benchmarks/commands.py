@@ -29,7 +29,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -259,27 +258,27 @@ class CommitProbe:
 
 class ProcessCpu:
     """CPU seconds of every process a command passes through: this one (the gateway, the
-    command service and the callers), the simulator child, the broker, and PostgreSQL (the
-    benchmark database's backends; the walwriter apart, since it serves the whole server)."""
+    command service and the callers), the simulator child, the broker, and PostgreSQL's
+    backends of the benchmark database by application (`fleetgate`: ingest and the trips'
+    measurer; `fleetgate-commands`: the command store)."""
 
-    def __init__(self, sim_pid: int, broker_pid: int, dbname: str) -> None:
+    def __init__(self, sim_pid: int, broker_pid: int, dsn: str, dbname: str) -> None:
         self.pids = {"simulator": sim_pid, "mosquitto": broker_pid}
-        self.dbname = dbname.encode()
+        self.dsn, self.dbname = dsn, dbname
 
     def sample(self) -> dict[str, float]:
         out = {"gateway": cpu_seconds(), **{k: cpu_seconds(p) for k, p in self.pids.items()}}
-        out["postgres"] = out["postgres_walwriter"] = 0.0
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
+        with psycopg.connect(self.dsn, dbname="postgres") as conn:
+            backends = conn.execute(
+                "SELECT pid, application_name FROM pg_stat_activity WHERE datname = %s",
+                (self.dbname,),
+            ).fetchall()
+        for key in ("pg:fleetgate", "pg:fleetgate-commands", "pg:other"):
+            out[key] = 0.0
+        for pid, app in backends:
+            key = f"pg:{app}" if f"pg:{app}" in out else "pg:other"
             try:
-                title = (entry / "cmdline").read_bytes()
-                if not title.startswith(b"postgres: "):
-                    continue
-                if b" " + self.dbname + b" " in title:
-                    out["postgres"] += cpu_seconds(int(entry.name))
-                elif title.rstrip(b"\0 ").endswith(b"walwriter"):
-                    out["postgres_walwriter"] += cpu_seconds(int(entry.name))
+                out[key] += cpu_seconds(pid)
             except (FileNotFoundError, ProcessLookupError):
                 continue  # it ended meanwhile
         return out
@@ -306,7 +305,8 @@ class CpuWindow:
             k: round((v - self.idle_rate[k] * self.seconds) / n * 1000, 3)
             for k, v in self.spent.items()
         }
-        out["total"] = round(sum(out.values()), 3)
+        out["postgres"] = round(sum(v for k, v in out.items() if k.startswith("pg:")), 3)
+        out["total"] = round(sum(v for k, v in out.items() if k != "postgres"), 3)
         return out
 
 
@@ -408,7 +408,7 @@ async def bench(args: argparse.Namespace) -> dict:
                 f"{args.vehicles} vehicles online",
                 interval=0.5,
             )
-            cpu = ProcessCpu(sim.proc.pid, services.broker.proc.pid, services.dbname)
+            cpu = ProcessCpu(sim.proc.pid, services.broker.proc.pid, services.dsn, services.dbname)
             load0, seq, conc = await phases(
                 gateway.commands, floor, main, floor_fleet, services.dsn, args, cpu
             )
