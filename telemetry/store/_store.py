@@ -559,29 +559,31 @@ class _PreparedWrite:
 
 def _state_fields(batch: TelemetryBatch) -> list[wire.Field]:
     """The vehicle_state_staging rows of a batch, one per vehicle, as COPY columns."""
-    newest = batch.latest_per_vehicle()  # one row per vehicle, by ascending vehicle
-    vehicles = batch.vehicle[newest]
-    newest_t = batch.time_ms[newest]
     order = np.lexsort((batch.time_ms, batch.vehicle))  # by vehicle, then time (stable)
     group_start = np.flatnonzero(np.r_[True, np.diff(batch.vehicle[order]) != 0])
+    newest = order[np.r_[group_start[1:], len(order)] - 1]  # the later row of a tie in time
+    vehicles = batch.vehicle[newest]  # ascending
+    newest_t = batch.time_ms[newest]
     last_seen = np.maximum.reduceat(batch.received_ms[order], group_start)
-
-    def newest_where(present: np.ndarray) -> np.ndarray:
-        """Row of each vehicle's newest sample where `present`, -1 where it has none."""
-        rows = order[present[order]]
-        v = batch.vehicle[rows]
-        last = np.ones(len(rows), dtype=bool)
-        last[:-1] = v[1:] != v[:-1]
-        out = np.full(len(vehicles), -1, dtype=np.intp)
-        out[np.searchsorted(vehicles, v[last])] = rows[last]
-        return out
+    # Where each field is reported (column 0: an unflagged fix), all fields at once: the newest
+    # row of each vehicle that reports it is the largest position in `order` within the
+    # vehicle's group that does (-1: none). One reduction for every field instead of a dozen
+    # small numpy calls per field, which cost 0.3 ms a batch whatever its size.
+    present = np.empty((len(order), 1 + len(_STATE_FIELDS)), dtype=bool)
+    present[:, 0] = ~np.isnan(batch.lat) & ~np.isnan(batch.lon) & (batch.flags == 0)
+    for k, (name, sql_type) in enumerate(_STATE_FIELDS, 1):
+        column = getattr(batch, name)
+        present[:, k] = column >= 0 if sql_type == "boolean" else ~np.isnan(column)
+    position = np.where(present[order], np.arange(len(order))[:, None], -1)
+    newest_position = np.maximum.reduceat(position, group_start, axis=0)
+    source = np.where(newest_position >= 0, order[newest_position], -1)
 
     def pick(column: np.ndarray, src: np.ndarray, missing) -> np.ndarray:
         values = column[np.maximum(src, 0)]
         values[src < 0] = missing
         return values
 
-    fix = newest_where(~np.isnan(batch.lat) & ~np.isnan(batch.lon) & (batch.flags == 0))
+    fix = source[:, 0]
     fields = [
         wire.int4(vehicles),
         wire.timestamptz(newest_t),
@@ -592,18 +594,24 @@ def _state_fields(batch: TelemetryBatch) -> list[wire.Field]:
         wire.float8(pick(batch.lat, fix, np.nan)),
         wire.float8(pick(batch.lon, fix, np.nan)),
     ]
-    for name, sql_type in _STATE_FIELDS:
-        column = getattr(batch, name)
+    for k, (name, sql_type) in enumerate(_STATE_FIELDS, 1):
+        column, src = getattr(batch, name), source[:, k]
         if sql_type == "boolean":
-            src = newest_where(column >= 0)
             fields.append(wire.tristate(pick(column, src, -1)))
         else:
-            src = newest_where(~np.isnan(column))
             to_wire = wire.float4 if sql_type == "real" else wire.float8
             fields.append(to_wire(pick(column, src, np.nan)))
         t = pick(batch.time_ms, src, 0)
         fields.append(wire.timestamptz(t, (src < 0) | (t == newest_t)))
     return fields
+
+
+async def _copy_in(cur: AsyncCursor, statement: str, stream: bytes) -> None:
+    """Send a complete binary COPY stream. As a memoryview: psycopg sends a stream larger than
+    128 KiB in slices, and a slice of bytes is a copy (1.3 ms for the 700 KB of a batch of
+    5,000 samples, fresh pages each time), a slice of a memoryview is not."""
+    async with cur.copy(statement) as copy:
+        await copy.write(memoryview(stream))
 
 
 def _is_missing_partition(exc: psycopg.Error) -> bool:
@@ -902,8 +910,7 @@ class TelemetryStore:
         inserted = await self._write_positions(cur, w, direct_if_new)
         events_by_source: dict[str, int] = {}
         if w.rows:
-            async with cur.copy(_COPY_STATE) as copy:
-                await copy.write(w.state_copy)
+            await _copy_in(cur, _COPY_STATE, w.state_copy)
             await cur.execute(_UPSERT_STATE_ANNOUNCING)
             for (source,) in await cur.fetchall():  # vehicles back from silence: a few
                 events_by_source[source] = events_by_source.get(source, 0) + 1
@@ -935,11 +942,9 @@ class TelemetryStore:
             if not (await cur.fetchone())[0]:
                 # Nothing stored in these spans (a migration's history): no trip of the vehicle
                 # has samples there to be stale for, so mark_stale's staging step is not needed.
-                async with cur.copy(_COPY_POSITIONS_DIRECT) as copy:
-                    await copy.write(w.positions_copy)
+                await _copy_in(cur, _COPY_POSITIONS_DIRECT, w.positions_copy)
                 return w.rows
-        async with cur.copy(_COPY_POSITIONS) as copy:
-            await copy.write(w.positions_copy)
+        await _copy_in(cur, _COPY_POSITIONS, w.positions_copy)
         await cur.execute(_INSERT_POSITIONS)
         inserted = cur.rowcount
         await _trips.mark_stale(cur)  # a late upload of a closed trip's samples
