@@ -325,14 +325,17 @@ class ZoneTracker:
         # seen before starts where its first fix is.
         n_zones = max(len(zs), 1)
         starts = np.flatnonzero(first)
-        st_lists = [self._zones.get(v, ()) for v in vehicles.tolist()]
         for u in np.flatnonzero(new).tolist():
-            st_lists[u] = tuple(sorted(raw.zones_of(int(starts[u])).tolist()))
-            self._set_zones(int(vehicles[u]), st_lists[u])
-        st_count = np.fromiter((len(x) for x in st_lists), dtype=np.int64, count=len(st_lists))
-        st_zone = np.fromiter(
-            (z for x in st_lists for z in x), dtype=np.int64, count=int(st_count.sum())
-        )
+            self._set_zones(int(vehicles[u]), tuple(sorted(raw.zones_of(int(starts[u])).tolist())))
+        if self._zones:
+            st_lists = [self._zones.get(v, ()) for v in vehicles.tolist()]
+            st_count = np.fromiter(map(len, st_lists), dtype=np.int64, count=len(st_lists))
+            st_zone = np.fromiter(
+                (z for x in st_lists for z in x), dtype=np.int64, count=int(st_count.sum())
+            )
+        else:  # no vehicle in any zone (no zones, or all outside them): no loop over vehicles
+            st_count = np.zeros(len(vehicles), dtype=np.int64)
+            st_zone = np.empty(0, dtype=np.int64)
         st_unit = np.repeat(np.arange(len(vehicles)), st_count)
         st_keys = st_unit * n_zones + st_zone  # sorted: units ascending, zones sorted within
         was_op_first = (
@@ -562,6 +565,11 @@ class ZoneTracker:
         zone changed, else the previous state. Updates `stored` (episode code per vehicle) and
         returns the samples where an episode starts."""
         n = len(on)
+        if not on.any() and off.all():
+            # Nothing starts or holds an episode anywhere (no limit or rule applies): each
+            # vehicle's episode ends, as the general path below would find.
+            stored[vehicles] = _NO_EPISODE
+            return np.empty(0, dtype=np.int64)
         prior = stored[vehicles][unit]
         same = np.empty(n, dtype=bool)
         same[1:] = zone[1:] == zone[:-1]

@@ -188,6 +188,9 @@ class ZoneSet:
             bits = np.where(self.active(zone, t[point]), bits, 0)
 
         def governing(table: np.ndarray, bit: int) -> tuple[np.ndarray, np.ndarray]:
+            if not len(zone):  # no point in any zone: the global rules govern every point
+                rule = table[len(self.zones), codes]
+                return np.full(n, -1, dtype=np.int32), np.where(rule >= 0, rule, self._default)
             candidates = np.where(bits & bit, zone, _NONE)
             win = _segment_min(candidates, membership.ptr, _NONE)
             found = win != _NONE

@@ -340,3 +340,50 @@ def test_a_zone_that_becomes_active_is_entered_then():
 def test_state_of_an_unknown_format_is_refused():
     with pytest.raises(ValueError, match="unknown geofence state format"):
         ZoneTracker(city()).restore({1: {"v": 99, "t": 0}})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batches_with_no_fix_in_any_zone_match_one_whole_batch(seed):
+    """Batches in which no fix lies in any zone (or no speed rule applies anywhere) take short
+    cuts through rule resolution and the episodes; cut finely, a random fleet's events, speed
+    caps and states must equal those of the same samples in one batch (the general path)."""
+    rng = np.random.default_rng(seed)
+    scooters_capped = Rule(vehicle_type_ids=["scooter"], maximum_speed_kph=20, **ALLOW)
+    zones = city().zones if seed % 2 else []
+    zoneset = ZoneSet(zones, global_rules=[scooters_capped, Rule(**ALLOW)] if seed < 4 else [])
+    vehicles = np.arange(1, 13)
+    types = rng.choice(["scooter", "ebike"], size=len(vehicles))
+    parts = []
+    for v in vehicles:
+        steps = rng.integers(0, 2, 120) * rng.uniform(0, 15, 120)  # parked or moving east
+        x = rng.uniform(-2000, 1000) + np.cumsum(steps)
+        parts.append(batch(int(v), np.arange(120), x, speed=rng.choice([0.0, 10.0, 30.0], 120)))
+    fleet = TelemetryBatch.concat(parts)
+    fleet = fleet.take(np.argsort(fleet.time_ms, kind="stable"))
+
+    def run(cuts):
+        tracker = ZoneTracker(zoneset)
+        tracker.set_vehicle_types(vehicles, list(types))
+        events, caps, states = [], [], {}
+        for part in np.split(np.arange(len(fleet)), cuts):
+            result = tracker.process(fleet.take(rng.permutation(part)))
+            events += result.events
+            caps += result.speed_caps
+            states.update(result.states)
+        key = lambda x: (x.vehicle, x.time_ms)  # noqa: E731
+        # left_operating_area at a batch's first fix names no zones (the fix before it is in
+        # the previous batch): compare those without their zone list.
+        events = [
+            (e.vehicle, e.time_ms, e.type, {**e.detail, "zones": None})
+            if e.type == LEFT_OPERATING_AREA
+            else e
+            for e in sorted(events, key=key)
+        ]
+        return events, sorted(caps, key=key), states, tracker.export_state()
+
+    whole = run([])
+    cut = run(np.arange(7, len(fleet), 7))  # a few fixes per batch: many outside every zone
+    assert cut[0] == whole[0]
+    assert cut[1] == whole[1]
+    assert cut[3] == whole[3]
+    assert any(c.max_speed_kph == 20 for c in whole[1]) == (seed < 4)
