@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from battery._batch import SortedSamples, VehicleParams
-from battery._groups import decayed_sums
+from battery._groups import decayed_sums, run_tails
 from battery._state import VehicleArrays
 from battery.config import BatteryPolicy
 from battery.events import PACK_SWAPPED, BatteryEvent
@@ -92,8 +92,9 @@ def _throughput(st: VehicleArrays, b: SortedSamples, swapped: np.ndarray) -> Non
     joins = ~head_swap & ~head_active
     net[s0] += np.where(joins, carry, 0.0)
     closes_at_head = ~head_swap & head_active & ~swapped
-    nxt = np.r_[heads[1:], 0]
-    closed = np.r_[g.g[heads[1:]] == g.g[heads[:-1]], False] & active[nxt] & ~b.swap[nxt]
+    nxt = np.zeros(len(heads), dtype=heads.dtype)
+    nxt[:-1] = heads[1:]
+    closed = ~run_tails(g.g[heads]) & active[nxt] & ~b.swap[nxt]
     closed &= current[heads]
     add = (
         g.sum(np.abs(b.dq), where=active & current)

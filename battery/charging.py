@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from battery._batch import SortedSamples
-from battery._groups import Groups
+from battery._groups import Groups, run_heads
 from battery._state import VehicleArrays
 from battery.config import BatteryPolicy
 from battery.events import CHARGING_END, CHARGING_FAULT, CHARGING_START, BatteryEvent
@@ -52,7 +52,8 @@ def update_charging(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy) -> li
     val[start] = np.where(np.isfinite(soc_ff[start]), soc_ff[start], -1.0)
     off = seg * 1000.0
     acc = np.maximum.accumulate(val + off) - off
-    carry_max = np.where(carried, np.nan_to_num(st.s_max[veh][seg_grp], nan=-1.0), -1.0)
+    s_max = st.s_max[veh][seg_grp]  # a SoC or NaN, never infinite
+    carry_max = np.where(carried & ~np.isnan(s_max), s_max, -1.0)
     before = sg.prev(acc, carry_max)
     before = np.maximum(before, carry_max[seg])
     progress = start | (on & b.soc_known & (b.soc > before))
@@ -64,7 +65,7 @@ def update_charging(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy) -> li
         )
     stalled &= ~(carried & st.s_fault[veh][seg_grp])[seg]
     sk = np.flatnonzero(stalled)
-    first_fault = sk[np.r_[True, seg[sk][1:] != seg[sk][:-1]]] if len(sk) else sk
+    first_fault = sk[run_heads(seg[sk])] if len(sk) else sk
 
     events = []
     for k in np.flatnonzero(start).tolist():

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from battery._batch import SortedSamples
-from battery._groups import decayed_sums
+from battery._groups import decayed_sums, run_heads, run_tails
 from battery._state import VehicleArrays
 from battery.config import BatteryPolicy
 
@@ -66,8 +66,7 @@ def update_low_voltage(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy) ->
     h0 = np.full(n_ep, np.nan)
     h1 = np.full(n_ep, np.nan)
     if len(k):
-        firsts = np.r_[True, epk[1:] != epk[:-1]]
-        lasts = np.r_[epk[1:] != epk[:-1], True]
+        firsts, lasts = run_heads(epk), run_tails(epk)
         h0[epk[firsts]] = h[firsts]
         h1[epk[lasts]] = h[lasts]
     c_ep, c_grp = np.flatnonzero(carried), ep_grp[carried]
@@ -86,15 +85,16 @@ def update_low_voltage(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy) ->
         c, kc = closed[ok], kc[ok]
         cg = ep_grp[c]
         if len(c):
-            heads = np.r_[True, cg[1:] != cg[:-1]]
-            prev_t = np.r_[-1, t[kc][:-1]]
+            heads = run_heads(cg)
+            prev_t = np.empty(len(kc), dtype=t.dtype)
+            prev_t[1:] = t[kc][:-1]
             prev_t[heads] = st.d_t[veh][cg[heads]]
             delta = np.where(prev_t >= 0, (t[kc] - prev_t) / 1000.0 / p.aux_memory_s, 0.0)
             var = fit.var_slope[ok]
             (st.d_w[veh], st.d_ws[veh]), _ = decayed_sums(
                 cg, g.m, delta, [1.0 / var, fit.slope[ok] / var], [st.d_w[veh], st.d_ws[veh]]
             )
-            last = np.r_[cg[1:] != cg[:-1], True]
+            last = run_tails(cg)
             lv = veh[cg[last]]
             st.d_t[lv] = t[kc][last]
             st.rest_v[lv] = fit.rest_v[ok][last]
