@@ -131,28 +131,31 @@ class VehicleArrays:
 
     def export(self, vehicles: Iterable[int]) -> dict[int, dict[str, Any]]:
         """JSON-able state per vehicle (floats as floats, NaN as None)."""
-        ids = [int(v) for v in vehicles if 0 <= int(v) < self.size and self.t[int(v)] >= 0]
-        if not ids:
+        idx = np.fromiter(vehicles, dtype=np.int64)
+        inside = (idx >= 0) & (idx < self.size)
+        idx = idx[inside][self.t[idx[inside]] >= 0]
+        if not len(idx):
             return {}
-        idx = np.asarray(ids)
         cols = {}
         for name, (dtype, _) in FIELDS.items():
             values = getattr(self, name)[idx]
-            if dtype is _F:
+            if dtype is _F and np.isnan(values).any():
                 cols[name] = [None if x != x else x for x in values.tolist()]
-            elif dtype is _B:
-                cols[name] = [bool(x) for x in values.tolist()]
-            else:
+            else:  # tolist() gives Python floats, ints and bools alike
                 cols[name] = values.tolist()
+        # The non-empty bins of every vehicle's histograms in one pass: nonzero() goes row by
+        # row, bins ascending within a row, as flatnonzero() of each row would.
+        rows, bins = np.nonzero(self.r_w[idx])
+        w, wl = self.r_w[idx[rows], bins].tolist(), self.r_wl[idx[rows], bins].tolist()
+        cuts = np.searchsorted(rows, np.arange(len(idx) + 1)).tolist()
+        bins = bins.tolist()
         names = list(cols)
         out = {}
-        for v, row in zip(ids, zip(*cols.values())):
+        for k, (v, row) in enumerate(zip(idx.tolist(), zip(*cols.values()))):
             state = dict(zip(names, row))
             state["format"] = STATE_FORMAT
-            bins = np.flatnonzero(self.r_w[v])
-            state["r_bins"] = bins.tolist()
-            state["r_w"] = self.r_w[v, bins].tolist()
-            state["r_wl"] = self.r_wl[v, bins].tolist()
+            a, b = cuts[k], cuts[k + 1]
+            state["r_bins"], state["r_w"], state["r_wl"] = bins[a:b], w[a:b], wl[a:b]
             out[v] = state
         return out
 

@@ -336,6 +336,35 @@ def test_state_round_trips_through_json_and_unknown_formats_are_refused():
         d.restore({CAR_V: {**states[str(CAR_V)], "format": 99}})
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_state_export_is_each_vehicles_own_row_and_histogram(seed):
+    """export() renders many vehicles in one pass: each state must be its own vehicle's fields
+    (NaN as None, Python scalars), its histogram's non-empty bins in order, whatever the mix of
+    vehicles asked for (unknown, never seen, repeated, out of range)."""
+    rng = np.random.default_rng(seed)
+    c = core()
+    st_ = c._state
+    c.update(make_batch([{"vehicle": v, "t": T0 + v, "soc_pct": 50.0} for v in range(1, 40)]))
+    filled = rng.random(st_.r_w.shape) < 0.05
+    st_.r_w[filled] = rng.random(int(filled.sum()))
+    st_.r_wl[filled] = rng.normal(size=int(filled.sum()))
+    st_.soc[rng.random(st_.size) < 0.3] = np.nan
+    asked = [*rng.integers(-3, 45, 80).tolist(), st_.size, st_.size + 7]
+    out = st_.export(asked)
+    expected = [v for v in dict.fromkeys(asked) if 0 <= v < st_.size and st_.t[v] >= 0]
+    assert list(out) == expected and len(expected) > 10
+    for v, state in out.items():
+        bins = np.flatnonzero(st_.r_w[v])
+        assert state["r_bins"] == bins.tolist()
+        assert state["r_w"] == st_.r_w[v, bins].tolist()
+        assert state["r_wl"] == st_.r_wl[v, bins].tolist()
+        soc = st_.soc[v]
+        assert state["soc"] == (None if np.isnan(soc) else float(soc))
+        assert state["t"] == int(st_.t[v]) and type(state["t"]) is int
+        assert type(state["s_on"]) is bool
+    assert st_.export([]) == {}
+
+
 def test_a_restored_state_older_than_the_stored_samples_treats_them_as_a_gap():
     rows = [
         {
