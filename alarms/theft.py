@@ -284,7 +284,12 @@ class _Rows:
     @classmethod
     def take(cls, batch: Any, rows: np.ndarray, det: TheftDetector) -> _Rows:
         vehicle = np.asarray(batch.vehicle, dtype=np.int64)[rows]
-        vehicles, group_start = np.unique(vehicle, return_index=True)
+        # rows are sorted by vehicle: each vehicle's group starts where the vehicle changes
+        # (np.unique would sort them again).
+        first = np.ones(len(vehicle), dtype=bool)
+        first[1:] = vehicle[1:] != vehicle[:-1]
+        group_start = np.flatnonzero(first)
+        vehicles = vehicle[group_start]
         group_end = np.append(group_start[1:], len(rows))
         group = np.repeat(np.arange(len(vehicles)), group_end - group_start)
         lat = np.asarray(batch.lat, dtype=np.float64)[rows]
@@ -292,9 +297,11 @@ class _Rows:
         speed = np.asarray(batch.speed_kmh, dtype=np.float64)[rows]
         flags = np.asarray(batch.flags)[rows]
         fix_ok = np.isfinite(lat) & np.isfinite(lon) & ((flags & FLAG_IMPLAUSIBLE_JUMP) == 0)
-        locked = _carry_forward(np.asarray(batch.locked)[rows], group_start, det._locked[vehicles])
+        locked = _carry_forward(
+            np.asarray(batch.locked)[rows], group_start, group, det._locked[vehicles]
+        )
         immobilised = _carry_forward(
-            np.asarray(batch.immobilised)[rows], group_start, det._immobilised[vehicles]
+            np.asarray(batch.immobilised)[rows], group_start, group, det._immobilised[vehicles]
         )
         armed = (locked == 1) & (immobilised != 1)
         anchor_lat, anchor_lon = det._anchor_lat[vehicles][group], det._anchor_lon[vehicles][group]
@@ -317,7 +324,9 @@ class _Rows:
         )
 
 
-def _carry_forward(values: np.ndarray, group_start: np.ndarray, before: np.ndarray) -> np.ndarray:
+def _carry_forward(
+    values: np.ndarray, group_start: np.ndarray, group: np.ndarray, before: np.ndarray
+) -> np.ndarray:
     """A tri-state column (-1 = not reported) with each gap filled by the vehicle's last reported
     value: earlier in the batch, else `before` (its last value from earlier batches)."""
     values = values.astype(np.int8).copy()
@@ -327,6 +336,5 @@ def _carry_forward(values: np.ndarray, group_start: np.ndarray, before: np.ndarr
     # Never carry across vehicles: each group's first row is known or stays -1 by itself.
     np.maximum.accumulate(idx, out=idx)
     filled = values[idx]
-    group_of = np.searchsorted(group_start, np.arange(len(values)), side="right") - 1
-    same_group = np.searchsorted(group_start, idx, side="right") - 1 == group_of
+    same_group = group[idx] == group  # group: each row's vehicle group
     return np.where(known, values, np.where(same_group, filled, -1)).astype(np.int8)

@@ -126,3 +126,40 @@ def test_a_locked_vehicle_without_a_fix_is_anchored_at_its_first_fix():
     assert det.process(blind).events == []
     assert det.process(samples(1, [3, 4, 5], [500, 505, 498])).events == []
     assert len(det.process(samples(1, [6, 7], [700, 800])).events) == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_random_fleet_cut_into_batches_anywhere_gives_the_same_alarms_and_states(seed):
+    """Lock states left out (-1) carry over from earlier in the batch or from earlier batches,
+    within each vehicle only; however the samples are cut and shuffled into batches, the alarms
+    and the final states are those of one whole batch."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for v in range(1, 9):
+        n = 60
+        walk = np.cumsum(rng.choice([0.0, 0.0, 5.0, 80.0], n))
+        parts.append(
+            samples(
+                v,
+                np.arange(n) * 10,
+                walk,
+                locked=rng.choice([-1, -1, 0, 1, 1, 1], n),
+                immobilised=rng.choice([-1, -1, -1, 0, 1], n),
+                speed=rng.choice([0.0, 3.0, 20.0], n),
+                flags=rng.choice([0, 0, 0, FLAG_IMPLAUSIBLE_JUMP], n),
+            )
+        )
+    fleet = TelemetryBatch.concat(parts)
+
+    def run(pieces):
+        det = TheftDetector()
+        events = []
+        for piece in pieces:
+            events += det.process(fleet.take(rng.permutation(piece))).events
+        return sorted(events, key=lambda e: (e.vehicle, e.time_ms)), det.export_state()
+
+    whole = run([np.arange(len(fleet))])
+    order = np.argsort(fleet.time_ms, kind="stable")
+    cuts = np.sort(rng.choice(np.arange(1, len(fleet)), size=30, replace=False))
+    assert run(np.split(order, cuts)) == whole
+    assert whole[0]  # the fleet raises alarms at all
