@@ -494,6 +494,17 @@ async def measure(
     return out
 
 
+async def warm_up(systems: list) -> None:
+    """Start and stop the in-process gateway once before the measured runs: its first start
+    imports and sets up the modules it uses (~0.4 s of CPU), which the first run's CPU per
+    sample would otherwise carry (1.4 µs a sample over 300,000). Each run still pays its own
+    start and stop (~0.03 s)."""
+    gateway = next((s for s in systems if isinstance(s, Fleetgate)), None)
+    if gateway is not None:
+        async with gateway.running(Recorder()):
+            pass
+
+
 async def stored_rows(dsn: str) -> int:
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         return (await (await conn.execute("SELECT count(*) FROM positions")).fetchone())[0]
@@ -620,10 +631,10 @@ async def bench(args: argparse.Namespace) -> dict:
         )
         await store.close()
 
+        runs = planned_runs(args, services.dsn, services.broker, vehicle_of)
+        await warm_up([system for _, _, system, _ in runs])
         results: dict = {}
-        for name, mode, system, workload in planned_runs(
-            args, services.dsn, services.broker, vehicle_of
-        ):
+        for name, mode, system, workload in runs:
             await truncate(services.dsn)
             results.setdefault(name, {})[mode] = await measure(
                 system, services.broker, workload, args.timeout, args.profile_stages
