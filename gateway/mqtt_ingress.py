@@ -131,7 +131,9 @@ class MqttIngress:
         metrics: GatewayMetrics,
         drain: bool = False,
         dialects: tuple[Dialect, ...] = (),
+        read_gather_s: float = 0.0,
     ) -> None:
+        """read_gather_s: the session's client's (MqttClient), GatewayConfig.mqtt_read_gather_s."""
         client_id = options.client_id
         # A dialect on the native telemetry topics is read natively (the same samples).
         native = every_device(topic_root, TELEMETRY)
@@ -162,6 +164,7 @@ class MqttIngress:
             on_up=self._connection_up,
             on_down=self._connection_gone,
             log=log,
+            read_gather_s=read_gather_s,
             will=None
             if drain
             else Will(self._presence_topic, _presence("offline", client_id), qos=1, retain=True),

@@ -107,6 +107,13 @@ class GatewayConfig:
     mqtt_keepalive_s: int = 30
     mqtt_session_expiry_s: int = 7 * 86400
     mqtt_receive_maximum: int = 65535
+    # After a read that found the socket nearly empty, leave it unread this long (MqttClient
+    # read_gather_s). At 30,000 samples/s on two shared cores, 0.004 cut the receive path's CPU
+    # (socket reads, event loop passes, parser, ingress) from ~3.8 to ~1.8 µs a sample (reads of
+    # ~7 messages became ~170-300); at the max rate it changed nothing measurable, and whether
+    # it costs throughput was lost in a loaded machine's spread (benchmarks/README.md). Off
+    # until measured on a quiet one.
+    mqtt_read_gather_s: float = 0.0
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     limits: PipelineLimits = field(default_factory=PipelineLimits)
@@ -344,6 +351,7 @@ class Gateway:
             metrics=self.metrics,
             drain=cfg.drain,
             dialects=cfg.mqtt_dialects,
+            read_gather_s=cfg.mqtt_read_gather_s,
         )
         pipeline.count_held_upstream(lambda: ingress.held_back)
 

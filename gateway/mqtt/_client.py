@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_HELD_BYTES = 8 * 1024 * 1024
 # How long a DISCONNECT after a protocol violation may take to go out before the socket is cut.
 _VIOLATION_CLOSE_S = 1.0
+# A read smaller than this found the socket nearly empty: with read_gather_s the client then waits
+# before it reads again. asyncio reads at most 256 KiB at a time; a read near that found a backlog.
+_GATHER_BELOW_BYTES = 64 * 1024
 
 
 class MqttError(Exception):
@@ -107,6 +110,11 @@ class MqttClient:
     max_held_bytes: while reading is paused (pause_reading) the client still reads, so that
         keepalive, acknowledgements and a broker going away keep working, and holds the messages
         back; after this many bytes it stops reading the socket itself (see pause_reading).
+    read_gather_s: after a read that found the socket nearly empty, leave it unread this long,
+        so that the kernel gathers what arrives meanwhile into one read. Every read is a pass of
+        the event loop (a select, a recv, the callbacks) however few messages it brings: under a
+        steady stream a client that reads as soon as anything arrives reads a few messages at a
+        time. The price is this much more latency. 0 (the default): read at once.
     """
 
     def __init__(
@@ -119,6 +127,7 @@ class MqttClient:
         manual_ack: bool = False,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+        read_gather_s: float = 0.0,
     ) -> None:
         if not 0 < max_packet_size <= MAX_PACKET_SIZE_LIMIT:
             raise ValueError(f"max_packet_size must be 1..{MAX_PACKET_SIZE_LIMIT}")
@@ -133,6 +142,7 @@ class MqttClient:
         self.manual_ack = manual_ack
         self.max_packet_size = max_packet_size
         self.max_held_bytes = max_held_bytes
+        self.read_gather_s = read_gather_s
 
         self._transport: asyncio.Transport | None = None
         self._stream = PacketStream(self.protocol, max_packet_size)
@@ -156,6 +166,7 @@ class MqttClient:
         self._lost_reason: ConnectionLost | None = None
         self._input_ended = False  # failed or broken: what the broker still sends is ignored
         self._cut_timer: asyncio.TimerHandle | None = None
+        self._gather_timer: asyncio.TimerHandle | None = None  # read_gather_s: reading resumes
         self._pong_waiters: list[asyncio.Future] = []
         self._leaving = False
 
@@ -495,6 +506,20 @@ class MqttClient:
             self._on_acked(acked)
         if messages:
             self._on_messages_read(messages)
+        self._gather(len(data))
+
+    def _gather(self, size: int) -> None:
+        """read_gather_s: after a read that found the socket nearly empty, read nothing for a
+        while (a read near asyncio's 256 KiB found a backlog: read on)."""
+        if self.read_gather_s and size < _GATHER_BELOW_BYTES and self._gather_timer is None:
+            self._transport.pause_reading()
+            self._gather_timer = self._loop.call_later(self.read_gather_s, self._end_gather)
+
+    def _end_gather(self) -> None:
+        """read_gather_s is over: read again, unless the socket is paused for another reason."""
+        self._gather_timer = None
+        if not self._socket_paused:
+            self._transport.resume_reading()
 
     def _count_held_back(self, size: int) -> None:
         """Paused: past max_held_bytes read, stop reading the socket itself."""
@@ -652,7 +677,7 @@ class MqttClient:
     def _on_lost(self, exc: Exception | None) -> None:
         self._connected = False
         held, self._held = self._held, []
-        for timer in (self._keepalive_timer, self._cut_timer):
+        for timer in (self._keepalive_timer, self._cut_timer, self._gather_timer):
             if timer is not None:
                 timer.cancel()
         lost = self._lost_reason or ConnectionLost(

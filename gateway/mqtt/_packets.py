@@ -414,6 +414,23 @@ _FLAGS_EXPECTED = {
     AUTH: 0,
 }
 _TOPIC_CACHE_SIZE = 10_000
+# (QoS, retain, DUP) of a PUBLISH by the low nibble of its first byte; None where a server must
+# not send it: QoS 2 (this client subscribes with QoS 1 at most), QoS 3, QoS 0 with DUP. One
+# lookup instead of the bit arithmetic and checks per message.
+_PUBLISH_FLAGS = tuple(
+    None if (f >> 1) & 3 > 1 or (f & 8 and not f & 6) else ((f >> 1) & 3, bool(f & 1), bool(f & 8))
+    for f in range(16)
+)
+
+
+def _publish_refused(b0: int) -> ProtocolViolation:
+    """Why a PUBLISH with these flags (a None in _PUBLISH_FLAGS) is refused."""
+    qos = (b0 >> 1) & 3
+    if qos == 3:
+        return MalformedPacket("PUBLISH with QoS 3")
+    if qos == 2:
+        return ProtocolViolation("PUBLISH with QoS 2 (this client subscribes with QoS 1 at most)")
+    return MalformedPacket("QoS 0 PUBLISH with the DUP flag")
 
 
 class PacketStream:
@@ -485,7 +502,8 @@ class PacketStream:
         v5 = self.protocol == 5
         limit = self.max_packet_size
         topics = self._topics
-        new = tuple.__new__
+        publish_flags = _PUBLISH_FLAGS
+        new, message, add = tuple.__new__, Message, messages.append
         while i + 2 <= n:
             b0 = buf[i]
             rl = buf[i + 1]
@@ -508,30 +526,26 @@ class PacketStream:
                 return i, pongs, end - i
             kind = b0 >> 4
             if kind == PUBLISH:
-                qos = (b0 >> 1) & 3
-                if qos > 1:
-                    if qos == 3:
-                        raise MalformedPacket("PUBLISH with QoS 3")
-                    raise ProtocolViolation(
-                        "PUBLISH with QoS 2 (this client subscribes with QoS 1 at most)"
-                    )
+                flags = publish_flags[b0 & 0x0F]
+                if flags is None:
+                    raise _publish_refused(b0)
+                qos, retain, dup = flags
                 tl = (buf[p] << 8) | buf[p + 1]
-                raw = buf[p + 2 : p + 2 + tl]
+                p += 2
+                raw = buf[p : p + tl]
+                p += tl
                 try:  # a dict hit is cheaper than decoding, and the topic was checked once
                     topic = topics[raw]
                 except KeyError:
-                    if p + 2 + tl > end:
+                    if p > end:
                         raise MalformedPacket("PUBLISH topic overruns the packet") from None
                     topic = self._new_topic(raw)
-                p += 2 + tl
                 mid = 0
                 if qos:
                     mid = (buf[p] << 8) | buf[p + 1]
                     if not mid:
                         raise ProtocolViolation("QoS 1 PUBLISH with packet identifier 0")
                     p += 2
-                elif b0 & 8:
-                    raise MalformedPacket("QoS 0 PUBLISH with the DUP flag")
                 content_type = None
                 if v5:
                     if buf[p] == 0:
@@ -545,12 +559,7 @@ class PacketStream:
                         content_type = props.get(PROP_CONTENT_TYPE)
                 if p > end:
                     raise MalformedPacket("PUBLISH header overruns the packet")
-                messages.append(
-                    new(
-                        Message,
-                        (topic, buf[p:end], qos, bool(b0 & 1), mid, bool(b0 & 8), content_type),
-                    )
-                )
+                add(new(message, (topic, buf[p:end], qos, retain, mid, dup, content_type)))
             elif b0 == 0x40 and rl == 2:
                 acked.append((buf[p] << 8) | buf[p + 1])
             elif b0 == 0xD0 and rl == 0:

@@ -37,12 +37,13 @@ class PersistentSession:
         on_down: Callable[[int], None] | None = None,
         log: logging.Logger,
         event_prefix: str = "",
+        read_gather_s: float = 0.0,
     ) -> None:
         """on_messages(messages, generation) runs in the event loop for every read; unsubscribe()
         names filters the session leaves right after subscribing; on_up(client) once subscribed,
         before `subscribed` is set; on_down(generation) when a connection is
         gone, after the client was dropped. Log events are `{event_prefix}broker_subscribed` and
-        `{event_prefix}broker_connection_lost`."""
+        `{event_prefix}broker_connection_lost`. read_gather_s: the clients' (MqttClient)."""
         self._options = options
         self.client_id = options.client_id
         self._subscriptions = subscriptions
@@ -52,6 +53,7 @@ class PersistentSession:
         self._on_up = on_up
         self._on_down = on_down
         self._log = log
+        self._read_gather_s = read_gather_s
         self._events = (f"{event_prefix}broker_subscribed", f"{event_prefix}broker_connection_lost")
         self._client: MqttClient | None = None
         self.generation = 0
@@ -89,6 +91,7 @@ class PersistentSession:
                 will=self._will,
                 manual_ack=True,
                 on_messages=lambda msgs, g=self.generation: self._on_messages(msgs, g),
+                read_gather_s=self._read_gather_s,
             )
             try:
                 session_present = await client.connect(timeout=10.0)

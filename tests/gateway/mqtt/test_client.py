@@ -325,6 +325,42 @@ async def test_a_paused_client_keeps_its_connection_and_its_later_acks_count(mos
     await pub.disconnect()
 
 
+async def test_a_gathering_client_reads_a_steady_stream_in_fewer_reads_and_loses_nothing(
+    mosquitto, topic_root
+):
+    """read_gather_s: after a small read the socket rests, so a steady stream arrives in reads
+    of many messages; the messages are all there, in order, and pausing still holds them."""
+    reads: list[int] = []
+    got = []
+
+    def on_messages(messages) -> None:
+        reads.append(len(messages))
+        got.extend(messages)
+
+    sub = await client(
+        mosquitto, f"gather-{topic_root}", on_messages=on_messages, read_gather_s=0.1
+    )
+    await sub.subscribe([(f"{topic_root}/+/telemetry", 1)])
+    pub = await client(mosquitto, f"gather-pub-{topic_root}")
+    for i in range(200):  # 10 messages every 20 ms: 0.4 s in all
+        pub.publish(f"{topic_root}/d/telemetry", b"%d" % i, qos=1)
+        if i % 10 == 9:
+            await asyncio.sleep(0.02)
+    await eventually(lambda: len(got) == 200, timeout=10, what="200 messages")
+    assert [m.payload for m in got] == [b"%d" % i for i in range(200)]
+    # Read at once, 20 bursts are 20 reads or more; resting 100 ms after each, about 10.
+    assert len(reads) <= 14, reads
+
+    sub.pause_reading()
+    await pub.publish(f"{topic_root}/d/telemetry", b"held", qos=1)
+    await asyncio.sleep(0.3)  # past a rest: the client reads it, and holds it back
+    assert len(got) == 200 and sub.held == 1
+    sub.resume_reading()
+    await eventually(lambda: len(got) == 201, timeout=5, what="the held message")
+    await pub.disconnect()
+    await sub.disconnect()
+
+
 async def test_a_paused_session_notices_a_killed_broker_within_a_keepalive(restartable_mosquitto):
     import logging
 
