@@ -26,7 +26,8 @@ def update_charging(st: VehicleArrays, b: SortedSamples, p: BatteryPolicy) -> li
     # (carried over from the state when the run's first segment does not begin with a start).
     head = g.first | start
     seg = np.cumsum(head) - 1
-    sg = Groups(seg)
+    # No session starts in the batch (the common case): the segments are the vehicles' runs.
+    sg = Groups(seg) if start.any() else g
     n_seg = sg.m
     seg_grp = g.g[sg.starts]
     carried = ~start[sg.starts] & st.s_on[veh][seg_grp]
