@@ -377,6 +377,8 @@ class ZoneIndex:
         if lat.shape != lon.shape or lat.ndim != 1:
             raise ValueError("lat and lon must be 1-d arrays of the same length")
         n = len(lat)
+        if not self.n_zones:  # an empty zone set: no point is in any zone
+            return Membership(np.zeros(n + 1, dtype=np.int64), np.empty(0, dtype=np.int32), 0)
         u, v = self._uv(lon, lat)
         ok = (u >= 0) & (u < self._nx) & (v >= 0) & (v < self._ny)  # False for NaN
         pid = np.flatnonzero(ok)

@@ -216,7 +216,11 @@ def test_nan_and_far_away_points_are_in_no_zone():
 
 
 def test_empty_zone_set_and_empty_batch():
-    assert len(ZoneIndex([]).locate(np.array([1.0]), np.array([2.0])).zone) == 0
+    empty = ZoneIndex([]).locate(np.array([1.0, np.nan, 3.0]), np.array([2.0, 1.0, np.nan]))
+    assert empty.ptr.tolist() == [0, 0, 0, 0] and len(empty.zone) == 0
+    assert empty.ptr.dtype == np.int64 and empty.zone.dtype == np.int32
+    with pytest.raises(ValueError):
+        ZoneIndex([]).locate(np.array([1.0]), np.array([2.0, 3.0]))
     zone = Zone(id="a", geometry={"type": "Circle", "coordinates": [13.4, 52.5], "radius_m": 100})
     m = ZoneIndex([zone]).locate(np.empty(0), np.empty(0))
     assert len(m) == 0 and m.ptr.tolist() == [0]
