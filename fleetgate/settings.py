@@ -184,6 +184,14 @@ class Settings(BaseSettings):
     mqtt_keepalive_s: int = Field(30, ge=5, le=600)
     mqtt_session_expiry_s: int = Field(7 * 86400, ge=60)
     mqtt_receive_maximum: int = Field(65535, ge=10, le=65535)
+    mqtt_read_gather_ms: int = Field(
+        0,
+        ge=0,
+        le=50,
+        description="after a socket read that found little, leave the broker's socket unread "
+        "this long so that one read takes what arrives meanwhile: less CPU a sample at steady "
+        "rates, up to this much more latency, less peak throughput (docs/deployment.md); 0: off",
+    )
 
     # Batch pipeline.
     batch_max_messages: int = Field(5000, ge=1)

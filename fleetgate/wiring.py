@@ -52,6 +52,7 @@ def gateway_config(s: Settings, database_url: str, mqtt_host: str, mqtt_port: in
         mqtt_keepalive_s=s.mqtt_keepalive_s,
         mqtt_session_expiry_s=s.mqtt_session_expiry_s,
         mqtt_receive_maximum=s.mqtt_receive_maximum,
+        mqtt_read_gather_s=s.mqtt_read_gather_ms / 1000.0,
         mqtt_username=s.mqtt_username,
         mqtt_password=mqtt_password(s),
         limits=PipelineLimits(

@@ -108,11 +108,13 @@ class GatewayConfig:
     mqtt_session_expiry_s: int = 7 * 86400
     mqtt_receive_maximum: int = 65535
     # After a read that found the socket nearly empty, leave it unread this long (MqttClient
-    # read_gather_s). At 30,000 samples/s on two shared cores, 0.004 cut the receive path's CPU
-    # (socket reads, event loop passes, parser, ingress) from ~3.8 to ~1.8 µs a sample (reads of
-    # ~7 messages became ~170-300); at the max rate it changed nothing measurable, and whether
-    # it costs throughput was lost in a loaded machine's spread (benchmarks/README.md). Off
-    # until measured on a quiet one.
+    # read_gather_s; FLEETGATE_MQTT_READ_GATHER_MS). Measured with the machine otherwise idle
+    # (benchmarks/README.md): at a steady 30,000 samples/s, 0.004 took 11.6 µs of CPU a sample
+    # against 13.4-14.5 and kept p99 at 178-249 ms; at the max rate it cost 5-13 % of the
+    # throughput (the queue is read later, batches come out smaller). A fleet sending well
+    # below its gateway's capacity gains from it; off by default, since it trades peak
+    # throughput (what catching up after an outage needs) and two pairs on one machine kind are
+    # all that measured it.
     mqtt_read_gather_s: float = 0.0
     mqtt_username: str | None = None
     mqtt_password: str | None = None

@@ -1,5 +1,6 @@
-"""The [feeds] settings: read from the TOML config file or FLEETGATE_FEEDS, checked when the
-settings load (the field named), turned into the feeds' system by the wiring."""
+"""Settings as the wiring turns them into components. The [feeds] settings: read from the TOML
+config file or FLEETGATE_FEEDS, checked when the settings load (the field named), turned into the
+feeds' system by the wiring; the gateway's read gathering, in milliseconds, into its config."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import pytest
 
 from fleetgate.settings import Settings, SettingsError
-from fleetgate.wiring import feed_service
+from fleetgate.wiring import feed_service, gateway_config
 
 FEEDS_TOML = """
 [feeds]
@@ -72,4 +73,18 @@ def test_without_feeds_nothing_is_published_and_without_a_secret_one_is_drawn(mo
 def test_a_bad_feeds_value_is_refused_at_load_naming_it(monkeypatch, change, words):
     monkeypatch.setenv("FLEETGATE_FEEDS", json.dumps({**MINIMAL, **change}))
     with pytest.raises(SettingsError, match=words):
+        Settings.load()
+
+
+def test_read_gathering_is_off_unless_set_and_reaches_the_gateway_in_seconds(monkeypatch):
+    assert gateway_config(Settings.load(), "postgresql://x/y", "h", 1).mqtt_read_gather_s == 0.0
+    monkeypatch.setenv("FLEETGATE_MQTT_READ_GATHER_MS", "4")
+    cfg = gateway_config(Settings.load(), "postgresql://x/y", "h", 1)
+    assert cfg.mqtt_read_gather_s == pytest.approx(0.004)
+
+
+@pytest.mark.parametrize("value", ["-1", "51"])
+def test_a_read_gathering_out_of_range_is_refused_naming_it(monkeypatch, value):
+    monkeypatch.setenv("FLEETGATE_MQTT_READ_GATHER_MS", value)
+    with pytest.raises(SettingsError, match="mqtt_read_gather_ms"):
         Settings.load()
