@@ -9,6 +9,7 @@ figures and, if any figure changed, announces trip.updated.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -292,6 +293,10 @@ async def measure_pending(
     trips = await _load(cur, claimed)
     done, updates, announcements = [], [], []
     for row, (trip, commands) in zip(claimed, trips):
+        # One trip at a time, then the event loop's turn: a round of 50 measured in one go held
+        # the gateway's loop for ~10-15 ms, and the commands waiting on it showed it (sequential
+        # p99 15 -> 25-30 ms in benchmarks/commands.py) where per-trip statements had yielded.
+        await asyncio.sleep(0)
         figures = {c: None for c in FIGURE_COLUMNS}
         try:
             figures.update(measure(trip))

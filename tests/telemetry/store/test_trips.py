@@ -322,3 +322,44 @@ async def test_trips_of_several_vehicles_measured_in_one_round_keep_their_own_fi
         assert await store.measure_trips(figures) == [], "nothing waits any more"
     finally:
         await store.close()
+
+
+async def test_the_event_loop_runs_between_the_trips_of_a_round(dsn):
+    """A round measures its trips one at a time with the event loop's turn in between: the
+    gateway's loop also carries commands, and a round of 50 measured in one go held it for
+    10-15 ms (benchmarks/README.md, commands)."""
+    store = await TelemetryStore.open(dsn)
+    regs = [VehicleRegistration(f"veh-{k}", f"tcu-{k}", "ebike") for k in range(4)]
+    ids = await store.register_vehicles(regs)
+    vs = [ids[f"tcu-{k}"] for k in range(4)]
+    t0 = now_ms() - HOUR_MS
+    ticks = 0
+
+    async def ticking() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    seen: list[int] = []
+
+    def figures(trip):
+        seen.append(ticks)
+        return {"fixes_used": len(trip.samples["time_ms"])}
+
+    try:
+        derived = Derived(
+            trip_starts=[(v, t0, None, None) for v in vs],
+            trip_ends=[(v, t0 + 10_000, None, None) for v in vs],
+        )
+        rides = [s for v in vs for s in _ride(v, t0, range(0, 11))]
+        await store.write(make_batch(rides), derived=derived)
+        ticker = asyncio.create_task(ticking())
+        try:
+            assert len(await store.measure_trips(figures)) == 4
+        finally:
+            ticker.cancel()
+        assert len(seen) == 4
+        assert all(b > a for a, b in zip(seen, seen[1:])), f"no turn between trips: {seen}"
+    finally:
+        await store.close()
